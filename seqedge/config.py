@@ -1,0 +1,133 @@
+"""The model configuration: one frozen dataclass handed explicitly to every module.
+
+Torch-free on purpose, so runtimes and manifests can read and validate it without the training stack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+UpdateRule = Literal["gated", "delta"]
+UPDATE_RULES: tuple[str, ...] = ("gated", "delta")
+SUB_CHUNK = 16  # sub-chunk of the chunked scan: bounded gates keep exp(b_t - b_s) in range inside it
+
+
+@dataclass(frozen=True)
+class SequentialAttentionConfig:
+    """Shape and hyper-parameters of a Sequential Attention language model.
+
+    The recurrent state per layer is ``[B, num_heads, head_k_dim, head_v_dim]`` (float32) plus a conv tail
+    ``[B, conv_channels, conv_kernel - 1]``; neither grows with context.
+    """
+
+    vocab_size: int = 259
+    hidden_size: int = 192
+    num_layers: int = 4
+    num_heads: int = 3
+    head_k_dim: int = 64
+    head_v_dim: int = 64
+    update_rule: UpdateRule = "gated"
+    conv_kernel: int = 4
+    gate_rank: int = 16
+    g_min: float = -5.0
+    chunk_size: int = 64
+    mlp_ratio: float = 8.0 / 3.0
+    mlp_multiple_of: int = 64
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+    gate_half_life_min: float = 1.0
+    gate_half_life_max: float = 1.0e4
+
+    def __post_init__(self) -> None:
+        positive = ("vocab_size", "hidden_size", "num_layers", "num_heads", "head_k_dim", "head_v_dim",
+                    "gate_rank", "chunk_size", "mlp_multiple_of")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.update_rule not in UPDATE_RULES:
+            raise ValueError(f"update_rule must be one of {list(UPDATE_RULES)}, got {self.update_rule!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        if self.chunk_size % SUB_CHUNK:
+            raise ValueError(f"chunk_size must be a multiple of {SUB_CHUNK} (the scan's sub-chunk), "
+                             f"got {self.chunk_size}")
+        if not isinstance(self.conv_kernel, int) or self.conv_kernel < 2:
+            raise ValueError(f"conv_kernel must be an integer >= 2, got {self.conv_kernel!r}")
+        if not -5.0 <= self.g_min < 0.0:
+            raise ValueError(f"g_min must lie in [-5, 0) so exp(b_t - b_s) stays finite in a {SUB_CHUNK}-token "
+                             f"sub-chunk, got {self.g_min}")
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not (self.norm_eps > 0 and self.init_std > 0):
+            raise ValueError(f"norm_eps and init_std must be > 0, got {self.norm_eps}, {self.init_std}")
+        if not 0 < self.gate_half_life_min <= self.gate_half_life_max:
+            raise ValueError("gate_half_life_min and gate_half_life_max must satisfy 0 < min <= max, got "
+                             f"{self.gate_half_life_min}, {self.gate_half_life_max}")
+
+    # derived sizes -------------------------------------------------------------------------------------
+    @property
+    def key_size(self) -> int:
+        """H * dk: width of q and k."""
+        return self.num_heads * self.head_k_dim
+
+    @property
+    def value_size(self) -> int:
+        """H * dv: width of v and of the attention output."""
+        return self.num_heads * self.head_v_dim
+
+    @property
+    def conv_channels(self) -> int:
+        """Channels of the short causal conv (q, k and v together)."""
+        return 2 * self.key_size + self.value_size
+
+    @property
+    def mlp_hidden_size(self) -> int:
+        """SwiGLU inner width, rounded up to ``mlp_multiple_of``."""
+        raw = int(self.mlp_ratio * self.hidden_size)
+        return self.mlp_multiple_of * math.ceil(raw / self.mlp_multiple_of)
+
+    # serialisation --------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SequentialAttentionConfig":
+        """Build from a dict, rejecting unknown keys (a tampered or foreign config must not pass silently)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}; valid fields are {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SequentialAttentionConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"config is not valid JSON: {err}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "SequentialAttentionConfig":
+        """A named preset (``tiny`` ~2M, ``small`` ~25M, ``base`` ~125M parameters) with field overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; valid presets are {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=192, num_layers=4, num_heads=3, head_k_dim=64, head_v_dim=64),
+    "small": dict(hidden_size=512, num_layers=8, num_heads=4, head_k_dim=128, head_v_dim=128),
+    "base": dict(hidden_size=768, num_layers=16, num_heads=6, head_k_dim=128, head_v_dim=128),
+}
