@@ -128,6 +128,6 @@ class SequentialAttentionConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=192, num_layers=4, num_heads=3, head_k_dim=64, head_v_dim=64),
-    "small": dict(hidden_size=512, num_layers=8, num_heads=4, head_k_dim=128, head_v_dim=128),
+    "small": dict(hidden_size=512, num_layers=7, num_heads=4, head_k_dim=128, head_v_dim=128),
     "base": dict(hidden_size=768, num_layers=16, num_heads=6, head_k_dim=128, head_v_dim=128),
 }

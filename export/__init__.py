@@ -1,0 +1,1 @@
+"""Export: a model -> ``step`` and ``chunk`` entry points -> one artifact directory per export, per target."""

@@ -1,0 +1,1 @@
+"""Runtimes: one Session API over torch, onnxruntime, executorch, coreml and tensorrt."""

@@ -1,0 +1,1 @@
+"""The ``seqedge`` command line: one thin subcommand per library call."""

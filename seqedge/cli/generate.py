@@ -1,0 +1,49 @@
+"""``seqedge generate``: stream a continuation of a prompt from a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="stream generated text from a checkpoint",
+                       description="Stream a continuation of --prompt to the terminal, token by token.")
+    p.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory (default: the bundled model)")
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0: off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed, for repeatable output")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from seqedge.checkpoint import load_pretrained
+    from seqedge.defaults import default_checkpoint_dir
+    from seqedge.sampling import SamplingConfig
+    from seqedge.tokenizer import ByteTokenizer
+
+    SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)  # validate before loading anything
+    if args.max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if not args.prompt:
+        raise ValueError("--prompt must not be empty")
+    model = load_pretrained(args.checkpoint or default_checkpoint_dir()).eval()
+    tok = ByteTokenizer()
+    decoder = tok.stream_decoder()
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    start, count = time.perf_counter(), 0
+    for token in model.generate(tok.encode(args.prompt, add_bos=True), args.max_new_tokens,
+                                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                                stop_tokens=(tok.eos_id,)):
+        count += 1
+        sys.stdout.write(decoder.push(token))
+        sys.stdout.flush()
+    sys.stdout.write(decoder.flush() + "\n")
+    elapsed = time.perf_counter() - start
+    print(f"[{count} tokens, {count / max(elapsed, 1e-9):.1f} tokens/s]", file=sys.stderr)
+    return 0

@@ -1,0 +1,123 @@
+"""Building blocks of the model: RMSNorm, the short causal conv, the Sequential Attention mixer, SwiGLU.
+
+Every mixer has a sequence path (chunked scan) and a one-token path (recurrent step) over the same weights,
+with the state passed explicitly, so the step function exports as a plain feed-forward graph.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import SequentialAttentionConfig
+from .scan import recurrent_step
+from .scan.dispatch import sequence_scan
+
+
+class RMSNorm(nn.Module):
+    """RMS normalisation over the last dimension, in plain ops (exports everywhere)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class ShortConv(nn.Module):
+    """Causal depthwise conv of kernel K whose last K-1 inputs are the carried state ``[B, channels, K-1]``."""
+
+    def __init__(self, channels: int, kernel: int) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.weight = nn.Parameter(torch.empty(channels, 1, kernel))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor, tail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x ``[B, T, channels]``, tail ``[B, channels, K-1]`` -> (SiLU(conv) ``[B, T, channels]``, new tail)."""
+        xc = torch.cat([tail.to(x.dtype), x.transpose(1, 2)], dim=-1)              # [B, ch, K-1+T]
+        y = F.conv1d(xc, self.weight.to(x.dtype), groups=xc.shape[1])              # [B, ch, T]
+        return F.silu(y).transpose(1, 2), xc[..., xc.shape[-1] - (self.kernel - 1):].float()
+
+
+def _gate_bias_init(config: SequentialAttentionConfig) -> torch.Tensor:
+    """Biases whose gates have half-lives spread log-uniformly over [min, max] tokens within every head."""
+    half_lives = torch.logspace(math.log10(config.gate_half_life_min), math.log10(config.gate_half_life_max),
+                                config.head_k_dim)
+    p = (math.log(2.0) / (half_lives * abs(config.g_min))).clamp(1e-7, 1 - 1e-7)   # sigmoid(bias)
+    return torch.log(p / (1 - p)).repeat(config.num_heads)                           # [H * dk]
+
+
+class SequentialAttention(nn.Module):
+    """The gated linear-attention mixer of DESIGN §1, with ``gated`` or ``delta`` update rule."""
+
+    def __init__(self, config: SequentialAttentionConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        self.qkv = nn.Linear(c.hidden_size, c.conv_channels, bias=False)
+        self.conv = ShortConv(c.conv_channels, c.conv_kernel)
+        self.gate_down = nn.Linear(c.hidden_size, c.gate_rank, bias=False)
+        self.gate_up = nn.Linear(c.gate_rank, c.key_size, bias=True)
+        self.beta = nn.Linear(c.hidden_size, c.num_heads, bias=True)
+        self.skip = nn.Parameter(torch.ones(c.value_size))
+        self.out_norm = RMSNorm(c.head_v_dim, c.norm_eps)
+        self.out_gate = nn.Linear(c.hidden_size, c.value_size, bias=False)
+        self.out_proj = nn.Linear(c.value_size, c.hidden_size, bias=False)
+        with torch.no_grad():
+            self.gate_up.bias.copy_(_gate_bias_init(c))
+            nn.init.zeros_(self.beta.bias)
+
+    def _project(self, x: torch.Tensor, conv_state: torch.Tensor):
+        """x ``[B, T, D]`` -> q, k, g ``[B, T, H, dk]``, v ``[B, T, H, dv]``, beta ``[B, T, H]``, new conv tail."""
+        c = self.config
+        B, T, _ = x.shape
+        qkv, conv_state = self.conv(self.qkv(x), conv_state)
+        q, k, v = qkv.split([c.key_size, c.key_size, c.value_size], dim=-1)
+        q = q.reshape(B, T, c.num_heads, c.head_k_dim)
+        k = k.reshape(B, T, c.num_heads, c.head_k_dim)
+        v = v.reshape(B, T, c.num_heads, c.head_v_dim)
+        if c.update_rule == "delta":
+            q = F.normalize(q.float(), dim=-1, eps=1e-6).to(x.dtype)
+            k = F.normalize(k.float(), dim=-1, eps=1e-6).to(x.dtype)
+        g = c.g_min * torch.sigmoid(self.gate_up(self.gate_down(x)).float())
+        g = g.reshape(B, T, c.num_heads, c.head_k_dim)
+        beta = torch.sigmoid(self.beta(x).float())
+        return q, k, v, g, beta, conv_state
+
+    def _output(self, x: torch.Tensor, o: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """o, v ``[B, T, H, dv]`` -> y ``[B, T, D]``: local skip, per-head norm, output gate, projection."""
+        B, T = o.shape[:2]
+        o = o.to(x.dtype) + self.skip.view(self.config.num_heads, -1).to(x.dtype) * v
+        o = self.out_norm(o).reshape(B, T, -1)
+        return self.out_proj(o * F.silu(self.out_gate(x)))
+
+    def forward(self, x: torch.Tensor, conv_state: torch.Tensor, scan_state: torch.Tensor):
+        """Sequence path: x ``[B, T, D]`` -> (y ``[B, T, D]``, conv tail, scan state ``[B, H, dk, dv]``)."""
+        q, k, v, g, beta, conv_state = self._project(x, conv_state)
+        o, scan_state = sequence_scan(q, k, v, g, beta, rule=self.config.update_rule, initial_state=scan_state,
+                                      chunk_size=self.config.chunk_size)
+        return self._output(x, o, v), conv_state, scan_state
+
+    def step(self, x: torch.Tensor, conv_state: torch.Tensor, scan_state: torch.Tensor):
+        """One-token path: x ``[B, 1, D]`` -> (y ``[B, 1, D]``, conv tail, scan state), recurrent form."""
+        q, k, v, g, beta, conv_state = self._project(x, conv_state)
+        o, scan_state = recurrent_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], scan_state,
+                                       rule=self.config.update_rule)
+        return self._output(x, o.unsqueeze(1), v), conv_state, scan_state
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, config: SequentialAttentionConfig) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(config.hidden_size, 2 * config.mlp_hidden_size, bias=False)
+        self.down = nn.Linear(config.mlp_hidden_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)

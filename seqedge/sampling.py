@@ -1,0 +1,56 @@
+"""Next-token sampling on numpy logits, shared by the torch model and every runtime session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """temperature 0 means greedy; top_k 0 and top_p 1.0 disable those filters."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+class Sampler:
+    """Picks the next token of each row of ``logits [B, V]``; seeded, so a run can be repeated exactly."""
+
+    def __init__(self, config: SamplingConfig) -> None:
+        self.config = config
+        self._rng = np.random.default_rng(config.seed)
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        logits = np.asarray(logits, dtype=np.float64)
+        if logits.ndim == 1:
+            logits = logits[None]
+        cfg = self.config
+        if cfg.temperature == 0:
+            return logits.argmax(-1)
+        logits = logits / cfg.temperature
+        if cfg.top_k:
+            kth = np.sort(logits, axis=-1)[:, -min(cfg.top_k, logits.shape[-1])][:, None]
+            logits = np.where(logits < kth, -np.inf, logits)
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        if cfg.top_p < 1:
+            order = np.argsort(-probs, axis=-1)
+            sorted_p = np.take_along_axis(probs, order, -1)
+            keep_sorted = np.cumsum(sorted_p, -1) - sorted_p < cfg.top_p     # always keeps the top token
+            keep = np.zeros_like(keep_sorted)
+            np.put_along_axis(keep, order, keep_sorted, -1)
+            probs = np.where(keep, probs, 0.0)
+            probs /= probs.sum(-1, keepdims=True)
+        return np.array([self._rng.choice(probs.shape[-1], p=row) for row in probs])

@@ -1,0 +1,1 @@
+"""Training: data, the trainer and the transformer baseline."""
