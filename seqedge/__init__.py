@@ -19,6 +19,7 @@ _LAZY = {
     "SequentialAttentionModel": ("seqedge.model", "SequentialAttentionModel"),
     "save_pretrained": ("seqedge.checkpoint", "save_pretrained"),
     "load_pretrained": ("seqedge.checkpoint", "load_pretrained"),
+    "load": ("seqedge.runtimes", "load"),
 }
 
 __all__ = ["ByteTokenizer", "SequentialAttentionConfig", "State", "StateSpec", "__version__", *_LAZY]

@@ -1,0 +1,62 @@
+"""The interface every runtime backend implements, and the registry of runtimes (a plain dict, lazy)."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any, Protocol
+
+import numpy as np
+
+from seqedge.export.manifest import Manifest, Variant
+
+
+class RuntimeUnavailable(RuntimeError):
+    """The runtime cannot run here (library missing, wrong OS, no supported GPU); the message says what would."""
+
+
+class Backend(Protocol):
+    """Runs one entry point of one variant on numpy data. The Session adds validation and the API on top.
+
+    ``run("step", tokens[B] int64, state)``      -> (logits[B, V] float32, new_state)
+    ``run("chunk", tokens[B, C] int64, state)``  -> (logits[B, C, V] float32, new_state)
+    State tensors are float32 numpy arrays in manifest order. A backend may keep device buffers between calls
+    (e.g. IOBinding) but must accept any valid state it is given.
+    """
+
+    runtime: str
+    target: str          # which artifact target it runs ("torch", "onnx", "executorch", "coreml", "tensorrt")
+
+    def run(self, entry: str, tokens: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Provider/device details for reports (e.g. ORT providers, TensorRT device)."""
+        ...
+
+
+class BackendFactory(Protocol):
+    runtime: str
+    target: str
+
+    def check_available(self) -> None:
+        """Raise ImportError (exact pip install) or RuntimeUnavailable (what would run it) when it cannot run."""
+
+    def open(self, manifest: Manifest, variant: Variant, **options: Any) -> Backend:
+        ...
+
+
+# runtime name -> "module:FactoryClass"
+RUNTIMES: dict[str, str] = {
+    "torch": "seqedge.runtimes.torch_runtime:TorchRuntime",
+    "onnxruntime": "seqedge.runtimes.onnxruntime_runtime:OnnxRuntimeRuntime",
+    "executorch": "seqedge.runtimes.executorch_runtime:ExecuTorchRuntime",
+    "coreml": "seqedge.runtimes.coreml_runtime:CoreMLRuntime",
+    "tensorrt": "seqedge.runtimes.tensorrt_runtime:TensorRTRuntime",
+}
+
+
+def get_runtime(name: str) -> BackendFactory:
+    if name not in RUNTIMES:
+        raise ValueError(f"unknown runtime {name!r}; valid runtimes are {sorted(RUNTIMES)}")
+    module, cls = RUNTIMES[name].split(":")
+    return getattr(import_module(module), cls)()

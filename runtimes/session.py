@@ -1,0 +1,136 @@
+"""``Session``: the same ``init_state / step / prefill / generate`` behaviour over every runtime backend.
+
+Validation happens here, before a backend sees anything, so a bad call raises a clear error and leaves the
+session usable. States are never modified in place: each call returns a new ``State``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from seqedge.export.manifest import Manifest, Variant, read_manifest
+from seqedge.sampling import Sampler, SamplingConfig
+from seqedge.state import State
+
+from .base import Backend, get_runtime
+
+
+class Session:
+    """A loaded artifact on one runtime. Create with :func:`seqedge.runtimes.load`."""
+
+    def __init__(self, manifest: Manifest, variant: Variant, backend: Backend, runtime: str) -> None:
+        self.manifest = manifest
+        self.variant = variant
+        self.backend = backend
+        self.runtime = runtime
+        self.specs = manifest.state_specs
+        self.fingerprint = manifest.fingerprint
+        self.vocab_size = manifest.vocab_size
+        self.chunk_size = manifest.chunk_size
+
+    def __repr__(self) -> str:
+        return f"Session(runtime={self.runtime!r}, variant={self.variant.name!r}, artifact={str(self.manifest.root)!r})"
+
+    # state ------------------------------------------------------------------------------------------------
+    def init_state(self, batch_size: int = 1) -> State:
+        """Zero state for ``batch_size`` sequences (float32 numpy arrays in manifest order)."""
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        return State([np.zeros(s.concrete_shape(int(batch_size)), np.float32) for s in self.specs], self.specs,
+                     self.fingerprint)
+
+    def _check_state(self, state: State, batch_size: int) -> list[np.ndarray]:
+        if not isinstance(state, State):
+            raise TypeError(f"state must be a seqedge State (from init_state), got {type(state).__name__}")
+        state.check(self.specs, self.fingerprint, batch_size)
+        return state.numpy()
+
+    def _check_tokens(self, tokens: Any, ndim: int) -> np.ndarray:
+        arr = np.asarray(tokens)
+        if arr.ndim != ndim:
+            shape = "[B]" if ndim == 1 else "[B, T]"
+            raise ValueError(f"tokens must have shape {shape}, got shape {arr.shape}")
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"tokens must be integers, got dtype {arr.dtype}")
+        arr = arr.astype(np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got range [{arr.min()}, {arr.max()}]")
+        return np.ascontiguousarray(arr)
+
+    # entry points -----------------------------------------------------------------------------------------
+    def step(self, tokens: Any, state: State) -> tuple[np.ndarray, State]:
+        """One token per sequence: tokens ``[B]`` -> (logits ``[B, V]`` float32, new state)."""
+        tokens = self._check_tokens(tokens, 1)
+        arrays = self._check_state(state, tokens.shape[0])
+        logits, new = self.backend.run("step", tokens, arrays)
+        return logits, state.with_tensors(new)
+
+    def prefill(self, tokens: Any, state: State) -> tuple[np.ndarray, State]:
+        """Any number of tokens: tokens ``[B, T]`` -> (logits ``[B, T, V]``, new state).
+
+        ``T // C`` chunk calls, then the rest as steps: exact, no padding ever touches the state.
+        """
+        tokens = self._check_tokens(tokens, 2)
+        arrays = self._check_state(state, tokens.shape[0])
+        B, T = tokens.shape
+        C = self.chunk_size
+        pieces = []
+        for start in range(0, T - T % C, C):
+            logits, arrays = self.backend.run("chunk", np.ascontiguousarray(tokens[:, start:start + C]), arrays)
+            pieces.append(logits)
+        for t in range(T - T % C, T):
+            logits, arrays = self.backend.run("step", np.ascontiguousarray(tokens[:, t]), arrays)
+            pieces.append(logits[:, None])
+        out = np.concatenate(pieces, axis=1) if pieces else np.zeros((B, 0, self.vocab_size), np.float32)
+        return out, state.with_tensors(arrays)
+
+    def generate(
+        self,
+        prompt: Sequence[int] | str,
+        max_new_tokens: int = 100,
+        *,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_tokens: Sequence[int] = (),
+        state: State | None = None,
+    ) -> Iterator[int]:
+        """Yield up to ``max_new_tokens`` tokens continuing ``prompt`` (ids, or text encoded as bytes after BOS)."""
+        if isinstance(prompt, str):
+            from seqedge.tokenizer import ByteTokenizer
+
+            prompt = ByteTokenizer().encode(prompt, add_bos=True)
+        if len(prompt) == 0:
+            raise ValueError("prompt must contain at least one token")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        sampler = Sampler(SamplingConfig(temperature, top_k, top_p, seed))
+        logits, state = self.prefill(np.asarray([list(prompt)]), state or self.init_state(1))
+        last = logits[:, -1]
+        for _ in range(max_new_tokens):
+            token = int(sampler(last)[0])
+            yield token
+            if token in stop_tokens:
+                return
+            last, state = self.step(np.asarray([token]), state)
+
+    def describe(self) -> dict[str, Any]:
+        return {"runtime": self.runtime, "variant": self.variant.name, **self.backend.describe()}
+
+
+def load(artifact_dir: str | Path, runtime: str = "onnxruntime", *, quantization: str | None = None,
+         **options: Any) -> Session:
+    """Open ``artifact_dir`` on ``runtime`` (torch, onnxruntime, executorch, coreml, tensorrt).
+
+    ``quantization`` picks a variant (fp32/none, fp16, int8, int4); by default fp32, or the only one present.
+    Files are checked against their sha256 before use.
+    """
+    factory = get_runtime(runtime)
+    manifest = read_manifest(artifact_dir)
+    variant = manifest.variant(factory.target, quantization)
+    factory.check_available()
+    return Session(manifest, variant, factory.open(manifest, variant, **options), runtime)
