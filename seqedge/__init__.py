@@ -20,6 +20,7 @@ _LAZY = {
     "save_pretrained": ("seqedge.checkpoint", "save_pretrained"),
     "load_pretrained": ("seqedge.checkpoint", "load_pretrained"),
     "load": ("seqedge.runtimes", "load"),
+    "load_default": ("seqedge.defaults", "load_default"),
 }
 
 __all__ = ["ByteTokenizer", "SequentialAttentionConfig", "State", "StateSpec", "__version__", *_LAZY]
