@@ -17,6 +17,11 @@ from .scan import recurrent_step
 from .scan.dispatch import sequence_scan
 
 
+def _at_least_f32(dtype: torch.dtype) -> torch.dtype:
+    """float32 for float16/bfloat16/float32, float64 for float64 (so a float64 model is a float64 reference)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 class RMSNorm(nn.Module):
     """RMS normalisation over the last dimension, in plain ops (exports everywhere)."""
 
@@ -26,7 +31,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        xf = x.to(_at_least_f32(x.dtype))
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 
@@ -42,8 +47,14 @@ class ShortConv(nn.Module):
     def forward(self, x: torch.Tensor, tail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x ``[B, T, channels]``, tail ``[B, channels, K-1]`` -> (SiLU(conv) ``[B, T, channels]``, new tail)."""
         xc = torch.cat([tail.to(x.dtype), x.transpose(1, 2)], dim=-1)              # [B, ch, K-1+T]
-        y = F.conv1d(xc, self.weight.to(x.dtype), groups=xc.shape[1])              # [B, ch, T]
-        return F.silu(y).transpose(1, 2), xc[..., xc.shape[-1] - (self.kernel - 1):].float()
+        if x.dtype == torch.float64:
+            # the float64 reference: torch's depthwise conv1d has no fast float64 CPU kernel (~100x slower)
+            T = x.shape[1]
+            w = self.weight.to(x.dtype)[:, 0]                                       # [ch, K]
+            y = sum(xc[..., i:i + T] * w[:, i:i + 1] for i in range(self.kernel))   # [B, ch, T]
+        else:
+            y = F.conv1d(xc, self.weight.to(x.dtype), groups=xc.shape[1])          # [B, ch, T]
+        return F.silu(y).transpose(1, 2), xc[..., xc.shape[-1] - (self.kernel - 1):].to(_at_least_f32(x.dtype))
 
 
 def _gate_bias_init(config: SequentialAttentionConfig) -> torch.Tensor:
@@ -83,11 +94,11 @@ class SequentialAttention(nn.Module):
         k = k.reshape(B, T, c.num_heads, c.head_k_dim)
         v = v.reshape(B, T, c.num_heads, c.head_v_dim)
         if c.update_rule == "delta":
-            q = F.normalize(q.float(), dim=-1, eps=1e-6).to(x.dtype)
-            k = F.normalize(k.float(), dim=-1, eps=1e-6).to(x.dtype)
-        g = c.g_min * torch.sigmoid(self.gate_up(self.gate_down(x)).float())
+            q = F.normalize(q.to(_at_least_f32(q.dtype)), dim=-1, eps=1e-6).to(x.dtype)
+            k = F.normalize(k.to(_at_least_f32(k.dtype)), dim=-1, eps=1e-6).to(x.dtype)
+        g = c.g_min * torch.sigmoid(self.gate_up(self.gate_down(x)).to(_at_least_f32(x.dtype)))
         g = g.reshape(B, T, c.num_heads, c.head_k_dim)
-        beta = torch.sigmoid(self.beta(x).float())
+        beta = torch.sigmoid(self.beta(x).to(_at_least_f32(x.dtype)))
         return q, k, v, g, beta, conv_state
 
     def _output(self, x: torch.Tensor, o: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

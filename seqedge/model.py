@@ -91,7 +91,7 @@ class SequentialAttentionModel(nn.Module):
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)
         weight = self.embed.weight if self.head is None else self.head.weight
-        return (x @ weight.to(x.dtype).t()).float()
+        return (x @ weight.to(x.dtype).t()).to(torch.promote_types(x.dtype, torch.float32))
 
     def forward_tensors(self, tokens: torch.Tensor, states: Sequence[torch.Tensor], *, step: bool = False):
         """Flat form for export: tokens ``[B, T]``, ordered state tensors -> (logits ``[B, T, V]``, new states)."""

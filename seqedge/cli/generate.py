@@ -11,6 +11,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="stream generated text from a checkpoint",
                        description="Stream a continuation of --prompt to the terminal, token by token.")
     p.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory (default: the bundled model)")
+    p.add_argument("--artifact", metavar="DIR", help="run an exported artifact instead of a checkpoint")
+    p.add_argument("--runtime", default="onnxruntime",
+                   help="runtime for --artifact: torch, onnxruntime, executorch, coreml, tensorrt (default: "
+                        "onnxruntime)")
+    p.add_argument("--quantization", default=None, help="variant of --artifact: fp32, fp16, int8, int4 (default: "
+                                                        "fp32, or the only one)")
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: 200)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy (default: 0.8)")
@@ -31,7 +37,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if not args.prompt:
         raise ValueError("--prompt must not be empty")
-    model = load_pretrained(args.checkpoint or default_checkpoint_dir()).eval()
+    if args.artifact and args.checkpoint:
+        raise ValueError("pass either --checkpoint or --artifact, not both")
+    if args.artifact:
+        from seqedge.runtimes import load
+
+        model = load(args.artifact, args.runtime, quantization=args.quantization)     # a Session
+        print(f"[{model.runtime} running {model.variant.name}]", file=sys.stderr)
+    else:
+        model = load_pretrained(args.checkpoint or default_checkpoint_dir()).eval()
     tok = ByteTokenizer()
     decoder = tok.stream_decoder()
     sys.stdout.write(args.prompt)

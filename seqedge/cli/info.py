@@ -26,11 +26,10 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{path} does not exist")
     manifest = path / "manifest.json"
     if manifest.is_file():
-        try:
-            data = json.loads(manifest.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{manifest} is not valid JSON: {err}") from None
-        print(json.dumps(data, indent=2))
+        from seqedge.export.manifest import read_manifest
+
+        data = read_manifest(path).data          # checks format and version
+        print(json.dumps(data, indent=2) if args.json else _manifest_summary(path, data))
         return 0
     config = read_config(path)
     specs = state_specs(config)
@@ -57,3 +56,28 @@ def _numel(shape: tuple[int, ...]) -> int:
     for d in shape:
         n *= d
     return n
+
+
+def _manifest_summary(path: Path, data: dict) -> str:
+    """A readable summary of an artifact's manifest.json (``--json`` prints all of it)."""
+    model = data["model"]
+    lines = [f"artifact: {path}  (format {data['format_version']}, seqedge {data.get('seqedge_version', '?')})",
+             f"  model       {model['update_rule']} rule, hidden {model['hidden_size']}, {model['num_layers']} "
+             f"layers, {model['num_heads']} heads x dk {model['head_k_dim']} / dv {model['head_v_dim']}, vocab "
+             f"{model['vocab_size']}, {data.get('num_parameters', 0) / 1e6:.2f}M parameters",
+             f"  fingerprint {data['fingerprint']}",
+             f"  state       {len(data['state'])} tensors, {data.get('state_bytes_per_sequence', 0) / 1024:.1f} KiB "
+             "per sequence (fixed, any context)",
+             f"  entry points step(tokens[B], *state), chunk(tokens[B, {data['chunk_size']}], *state)",
+             "  variants:"]
+    parity = data.get("parity", {})
+    for v in data["variants"]:
+        name = f"{v['target']}/{'fp32' if v['quantization']['scheme'] == 'none' else v['quantization']['scheme']}"
+        size = sum(f["bytes"] for f in v["files"].values())
+        p = parity.get(name, {})
+        check = (f"max|dlogit| {p['max_abs']:.2e}, top-1 {p['top1']:.0%} on {p.get('runtime')}" if "max_abs" in p
+                 else f"not checked: {p.get('skipped', '-')}")
+        lines.append(f"    {name:14s} {size / 2**20:8.2f} MiB  {', '.join(sorted(v['files']))}  [{check}]")
+    for s in data.get("skipped", []):
+        lines.append(f"  skipped {s['target']}/{s['quantization']}: {s['reason']}")
+    return "\n".join(lines)

@@ -1,0 +1,279 @@
+"""``export_model``: a model -> one artifact directory with every requested target and quantization.
+
+    manifest = export_model(model, "out/", ["onnx"], ["none", "int8"])
+
+The artifact is built in a temporary directory next to ``out_dir`` and renamed into place only when every
+requested target succeeded: an interrupted or failed export leaves nothing at ``out_dir`` (and no temp dir).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import seqedge
+
+from .base import TARGETS, ExportContext, get_target
+from .entry_points import ENTRY_POINTS, input_names, output_names
+from .manifest import (ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST_FILE, ArtifactError, Manifest, Variant,
+                       file_record, read_manifest, write_manifest)
+from .quantization import QuantizationRecipe
+
+TARGET_ORDER = ("onnx", "executorch", "coreml", "tensorrt")   # tensorrt builds from the onnx variant
+RUNTIME_OF_TARGET = {"torch": "torch", "onnx": "onnxruntime", "executorch": "executorch", "coreml": "coreml",
+                     "tensorrt": "tensorrt"}
+PARITY_CHUNKS, PARITY_STEPS = 2, 16
+
+
+def export_model(model, out_dir: str | os.PathLike, targets: Sequence[str] | str,
+                 quantize: Sequence[str] = ("none",), *, progress: bool | Callable[[str], None] = True,
+                 overwrite: bool = False, group_size: int = 32) -> Manifest:
+    """Export ``model`` (a SequentialAttentionModel or a checkpoint directory) to ``out_dir``.
+
+    ``targets``: names from ``TARGETS`` (an empty list writes only the torch variant) or ``"all"`` (every target whose library works here; the others are
+    skipped and listed in the manifest's ``skipped`` with the reason). An explicitly requested target whose
+    library is missing raises ImportError with the exact ``pip install``. ``tensorrt`` pulls in ``onnx``.
+    A ``torch`` variant (``config.json`` + ``model.safetensors``) is always written: it is the float64
+    reference for parity and what the torch runtime runs. The manifest's ``parity`` holds a short check
+    (2 chunks + 16 steps) of every variant whose runtime can run here against that reference.
+    """
+    say = _progress_fn(progress)
+    out = Path(out_dir)
+    _check_destination(out, overwrite)
+    recipes = _recipes(quantize, group_size)
+    plan, skipped = _plan(targets, recipes, say)
+    model = _as_model(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        variants = [_export_torch(model, tmp, say)]
+        for name, target, recipe in plan:
+            start = time.perf_counter()
+            say(f"{name}/{recipe.tag}: exporting")
+            ctx = ExportContext(model, tmp, recipe, say, list(variants))
+            variant = target.export(ctx)
+            variants.append(variant)
+            say(f"{name}/{recipe.tag}: done in {time.perf_counter() - start:.1f}s "
+                f"({sum(f['bytes'] for f in variant.files.values()) / 2**20:.2f} MiB)")
+        data = _manifest_data(model, variants, recipes, skipped)
+        write_manifest(tmp, data)
+        data["parity"] = _export_parity(tmp, say)
+        write_manifest(tmp, data)
+        failed = {k: v["failures"] for k, v in data["parity"].items() if v.get("failures")}
+        if failed:
+            raise RuntimeError(f"export parity check failed: {failed}; nothing was written to {out}")
+        _move_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    say(f"artifact written to {out}")
+    return read_manifest(out)
+
+
+# planning -----------------------------------------------------------------------------------------------
+def _progress_fn(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
+    if callable(progress):
+        return progress
+    if progress:
+        return lambda message: print(f"[seqedge export] {message}", file=sys.stderr, flush=True)
+    return lambda message: None
+
+
+def _recipes(quantize: Sequence[str] | str, group_size: int) -> list[QuantizationRecipe]:
+    schemes = [quantize] if isinstance(quantize, str) else list(quantize)
+    if not schemes:
+        raise ValueError("quantize must name at least one scheme (none, fp16, int8, int4)")
+    seen: list[str] = []
+    for s in schemes:
+        if s not in seen:
+            seen.append(s)
+    return [QuantizationRecipe(s, group_size) for s in seen]
+
+
+def _plan(targets: Sequence[str] | str, recipes: list[QuantizationRecipe], say):
+    """[(name, target, recipe)] to export, and [{target, quantization, reason}] skipped (only with "all")."""
+    explicit = targets != "all" and list(targets) != ["all"]
+    names = [targets] if isinstance(targets, str) and explicit else (list(targets) if explicit else list(TARGETS))
+    if not names:
+        return [], []               # only the torch variant
+    for n in names:
+        if n not in TARGETS:
+            raise ValueError(f"unknown export target {n!r}; valid targets are {sorted(TARGETS)} or 'all'")
+    if "tensorrt" in names and "onnx" not in names:
+        say("tensorrt builds its engine from the onnx variant: exporting onnx too")
+        names.append("onnx")
+    names = sorted(set(names), key=TARGET_ORDER.index)
+    plan, skipped = [], []
+    for name in names:
+        try:
+            target = get_target(name)
+            target.check_available()
+        except (ImportError, RuntimeError, OSError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if explicit:
+                raise ImportError(reason) from None
+            skipped.append({"target": name, "quantization": "*", "reason": reason})
+            say(f"skipping {name}: {reason}")
+            continue
+        for recipe in recipes:
+            if recipe.scheme not in target.schemes:
+                reason = f"{name} does not support quantize={recipe.scheme!r} (it supports {list(target.schemes)})"
+                if explicit:
+                    raise ValueError(reason)
+                skipped.append({"target": name, "quantization": recipe.scheme, "reason": reason})
+                say(f"skipping {name}/{recipe.tag}: {reason}")
+                continue
+            plan.append((name, target, recipe))
+    if not plan and not explicit:
+        raise RuntimeError("no export target can run here: " + "; ".join(s["reason"] for s in skipped))
+    if any(n == "tensorrt" for n, _, _ in plan) and not any(n == "onnx" for n, _, _ in plan):
+        raise RuntimeError("tensorrt builds from the onnx variant, but the onnx target cannot run here")
+    return plan, skipped
+
+
+def _as_model(model):
+    from seqedge.checkpoint import load_pretrained
+    from seqedge.model import SequentialAttentionModel
+
+    if isinstance(model, (str, os.PathLike)):
+        model = load_pretrained(model)
+    if not isinstance(model, SequentialAttentionModel):
+        raise TypeError(f"model must be a SequentialAttentionModel or a checkpoint directory, got "
+                        f"{type(model).__name__}")
+    return model.float().cpu().eval()
+
+
+def _check_destination(out: Path, overwrite: bool) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ArtifactError(f"{out} exists and is not a directory; choose another --out")
+    is_artifact = (out / MANIFEST_FILE).is_file()
+    if not is_artifact and any(out.iterdir()):
+        raise ArtifactError(f"{out} exists and is not a seqedge artifact; refusing to replace it (choose another "
+                            "--out or remove it)")
+    if is_artifact and not overwrite:
+        raise ArtifactError(f"{out} already holds an artifact; pass overwrite=True (--overwrite) to replace it")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an existing artifact is swapped out only after ``tmp`` is complete."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+# writing ------------------------------------------------------------------------------------------------
+def _export_torch(model, root: Path, say) -> Variant:
+    from seqedge.checkpoint import CONFIG_FILE, WEIGHTS_FILE, save_pretrained
+
+    say("torch/fp32: writing config.json + model.safetensors (the float64 reference)")
+    directory = root / "torch" / "fp32"
+    save_pretrained(model, directory)
+    files = {"config": file_record(root, directory / CONFIG_FILE), "weights": file_record(root, directory / WEIGHTS_FILE)}
+    return Variant("torch", QuantizationRecipe("none").to_dict(), files, {"format": "safetensors"})
+
+
+def _io(specs, entry: str, chunk: int) -> dict[str, Any]:
+    tokens_shape = ["batch"] if entry == "step" else ["batch", chunk]
+    logits_shape = ["batch", "vocab"] if entry == "step" else ["batch", chunk, "vocab"]
+    inputs = [{"name": "tokens", "shape": tokens_shape, "dtype": "int64"}]
+    inputs += [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in specs]
+    outputs = [{"name": "logits", "shape": logits_shape, "dtype": "float32"}]
+    outputs += [{"name": f"new_{s.name}", "shape": list(s.shape), "dtype": s.dtype} for s in specs]
+    assert [i["name"] for i in inputs] == input_names(specs) and [o["name"] for o in outputs] == output_names(specs)
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def _manifest_data(model, variants: list[Variant], recipes, skipped) -> dict[str, Any]:
+    import torch
+
+    from seqedge.tokenizer import ByteTokenizer
+
+    config, specs = model.config, model.state_specs
+    vocab = {"vocab": config.vocab_size}
+    entry_points = {e: _io(specs, e, config.chunk_size) for e in ENTRY_POINTS}
+    for e in entry_points.values():
+        for item in e["inputs"] + e["outputs"]:
+            item["shape"] = [vocab.get(d, d) for d in item["shape"]]
+    return {
+        "format": ARTIFACT_FORMAT,
+        "format_version": ARTIFACT_FORMAT_VERSION,
+        "seqedge_version": seqedge.__version__,
+        "torch_version": torch.__version__,
+        "model": config.to_dict(),
+        "fingerprint": model.fingerprint,
+        "num_parameters": model.num_parameters(),
+        "tokenizer": ByteTokenizer().to_dict(),
+        "state": [s.to_dict() for s in specs],
+        "state_bytes_per_sequence": sum(4 * _numel(s.concrete_shape(1)) for s in specs),
+        "entry_points": entry_points,
+        "chunk_size": config.chunk_size,
+        "prefill": "floor(N / chunk_size) chunk calls, then the remaining tokens as step calls",
+        "quantization": [r.to_dict() for r in recipes],
+        "variants": [v.to_dict() for v in variants],
+        "skipped": skipped,
+    }
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _export_parity(root: Path, say) -> dict[str, Any]:
+    """Short parity check of every variant whose runtime runs here, against the float64 reference."""
+    from seqedge.runtimes.base import get_runtime
+    from seqedge.runtimes.parity import reference_stream, run_stream, text_tokens
+    from seqedge.runtimes.session import Session
+
+    manifest = read_manifest(root)
+    C = manifest.chunk_size
+    prefill = PARITY_CHUNKS * C
+    tokens = text_tokens(prefill + PARITY_STEPS)
+    reference = reference_stream(manifest, tokens, prefill)
+    results: dict[str, Any] = {}
+    for variant in manifest.variants:
+        runtime = RUNTIME_OF_TARGET[variant.target]
+        try:
+            factory = get_runtime(runtime)
+            factory.check_available()
+            session = Session(manifest, variant, factory.open(manifest, variant), runtime)
+        except (ImportError, RuntimeError) as err:
+            results[variant.name] = {"runtime": runtime, "skipped": str(err).strip().splitlines()[0]}
+            say(f"parity {variant.name} on {runtime}: skipped ({results[variant.name]['skipped']})")
+            continue
+        report = _short_report(session, tokens, prefill, reference)
+        results[variant.name] = {"runtime": runtime, **report}
+        say(f"parity {variant.name} on {runtime}: max|dlogit| {report['max_abs']:.2e}, top-1 "
+            f"{report['top1']:.1%}, state rel err {report['state_rel_err']:.1e}")
+    return results
+
+
+def _short_report(session, tokens, prefill, reference) -> dict[str, Any]:
+    """Statistics of the short stream; only fp32 (and non-finite output) is held to its budget here, the
+    statistical budgets of quantized formats need the long stream of ``seqedge validate``."""
+    from seqedge.runtimes.parity import compare, run_stream
+
+    report = compare(run_stream(session, tokens, prefill), reference, tokens, prefill=prefill,
+                     tag=session.variant.tag, window=PARITY_STEPS)
+    data = report.to_dict(per_step=False)
+    if session.variant.tag != "fp32":
+        data["failures"] = [f for f in report.failures if f == "non-finite logits"]
+        data["budget_checked_by"] = "seqedge validate (1,024 tokens)"
+    data["passed"] = not data["failures"]
+    return data

@@ -1,0 +1,113 @@
+"""ONNX Runtime: one ``InferenceSession`` per entry point of an ``onnx`` variant, run through IOBinding.
+
+The state stays where ORT put it: the arrays a call returns are views of ORT's output buffers (CPU), and when the
+next call passes exactly those arrays back (the usual step loop), their ``OrtValue``s are bound as inputs again,
+so no state tensor is copied between steps. Any other valid state (a fresh one, one loaded from disk, one from
+another runtime) is bound from numpy. With the CUDA provider the state OrtValues live on the GPU and are re-bound
+there; the arrays handed back are host copies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from seqedge.export.manifest import Manifest, Variant
+
+from .base import RuntimeUnavailable
+
+INSTALL_HINT = "pip install onnxruntime  (or pip install 'seqedge[onnx]'; onnxruntime-gpu for CUDA)"
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise ImportError(f"the onnxruntime runtime needs onnxruntime, which is not installed ({err}); run: "
+                          f"{INSTALL_HINT}") from None
+    return onnxruntime
+
+
+class OnnxRuntimeBackend:
+    runtime = "onnxruntime"
+    target = "onnx"
+
+    def __init__(self, sessions: dict[str, Any], providers: list[str], state_names: list[str]) -> None:
+        self._ort = _ort()
+        self.sessions = sessions
+        self.providers = providers
+        self.device = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
+        self.state_names = state_names
+        self.out_names = [f"new_{n}" for n in state_names]
+        self._last: list[tuple[np.ndarray, Any]] = []   # (array handed out, its OrtValue) of the last call
+        self.reused_state_binds = 0                    # how many calls re-bound the previous call's OrtValues
+
+    def _bind_state(self, io, state: list[np.ndarray]) -> None:
+        reuse = len(self._last) == len(state) and all(a is b for a, (b, _) in zip(state, self._last))
+        if reuse:
+            self.reused_state_binds += 1
+        for i, (name, arr) in enumerate(zip(self.state_names, state)):
+            if reuse:
+                io.bind_ortvalue_input(name, self._last[i][1])
+            elif self.device == "cpu":
+                io.bind_cpu_input(name, np.ascontiguousarray(arr, dtype=np.float32))
+            else:
+                io.bind_ortvalue_input(name, self._ort.OrtValue.ortvalue_from_numpy(
+                    np.ascontiguousarray(arr, dtype=np.float32), "cuda", 0))
+
+    def run(self, entry: str, tokens: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        if entry not in self.sessions:
+            raise ValueError(f"unknown entry point {entry!r}; valid ones are {sorted(self.sessions)}")
+        sess = self.sessions[entry]
+        io = sess.io_binding()
+        io.bind_cpu_input("tokens", np.ascontiguousarray(tokens, dtype=np.int64))
+        self._bind_state(io, state)
+        io.bind_output("logits", "cpu")
+        for name in self.out_names:
+            io.bind_output(name, self.device)
+        sess.run_with_iobinding(io)
+        values = io.get_outputs()
+        logits = values[0].numpy()
+        arrays = [v.numpy() for v in values[1:]]     # CPU: views of the OrtValues; CUDA: host copies
+        for a in arrays:
+            a.flags.writeable = False                # a state is never modified in place (see Session)
+        self._last = list(zip(arrays, values[1:]))
+        return logits, arrays
+
+    def describe(self) -> dict[str, Any]:
+        return {"providers": self.providers, "device": self.device, "onnxruntime": self._ort.__version__}
+
+
+class OnnxRuntimeRuntime:
+    runtime = "onnxruntime"
+    target = "onnx"
+
+    def check_available(self) -> None:
+        _ort()
+
+    def open(self, manifest: Manifest, variant: Variant, *, providers: list[str] | None = None,
+             threads: int | None = None, **options: Any) -> OnnxRuntimeBackend:
+        if options:
+            raise ValueError(f"unknown option(s) {sorted(options)} for onnxruntime; valid: providers, threads")
+        ort = _ort()
+        available = ort.get_available_providers()
+        if providers is None:
+            providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in available
+                         else ["CPUExecutionProvider"])
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise RuntimeUnavailable(f"onnxruntime provider(s) {missing} are not available here (available: "
+                                     f"{available}); install onnxruntime-gpu for CUDAExecutionProvider")
+        options_ = ort.SessionOptions()
+        options_.log_severity_level = 3
+        options_.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            options_.intra_op_num_threads = int(threads)
+        sessions = {}
+        for entry in ("step", "chunk"):
+            path = manifest.path(variant, entry)
+            if f"{entry}.data" in variant.files:
+                manifest.path(variant, f"{entry}.data")
+            sessions[entry] = ort.InferenceSession(str(path), options_, providers=providers)
+        return OnnxRuntimeBackend(sessions, sessions["step"].get_providers(), [s.name for s in manifest.state_specs])

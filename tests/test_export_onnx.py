@@ -1,0 +1,128 @@
+"""ONNX target: graph contract (names, dynamic batch, opset, checker), quantized packings, parity budgets."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import seqedge
+from seqedge.export.entry_points import entry_module, example_inputs
+from seqedge.export.manifest import read_manifest
+from seqedge.runtimes.parity import BUDGETS, check_session, text_tokens
+
+from _artifacts import RULES, SCHEMES, onnx_artifact, reference, tiny_model
+
+TOKENS = 1024
+
+
+@pytest.fixture(params=RULES)
+def rule(request):
+    return request.param
+
+
+@pytest.fixture
+def artifact(tmp_path_factory, rule):
+    return onnx_artifact(tmp_path_factory, rule)
+
+
+def _graph(artifact, tag, entry):
+    return onnx.load(str(artifact / "onnx" / tag / f"{entry}.onnx"))
+
+
+@pytest.mark.parametrize("tag", ["fp32", "fp16", "int8", "int4"])
+def test_graph_contract(artifact, tag):
+    """Named I/O in manifest order, symbolic batch on dim 0, float32 state/logits I/O, opset >= 18, checker clean."""
+    manifest = read_manifest(artifact)
+    for entry in ("step", "chunk"):
+        model = _graph(artifact, tag, entry)
+        onnx.checker.check_model(model, full_check=True)
+        opset = {o.domain: o.version for o in model.opset_import}
+        assert opset.get("", opset.get("ai.onnx")) >= 18
+        expected = manifest.data["entry_points"][entry]
+        for values, spec in ((model.graph.input, expected["inputs"]), (model.graph.output, expected["outputs"])):
+            assert [v.name for v in values] == [s["name"] for s in spec]
+            for v, s in zip(values, spec):
+                dims = v.type.tensor_type.shape.dim
+                assert dims[0].dim_param == "batch"
+                assert [d.dim_value for d in dims[1:]] == s["shape"][1:]
+                want = onnx.TensorProto.INT64 if s["dtype"] == "int64" else onnx.TensorProto.FLOAT
+                assert v.type.tensor_type.elem_type == want
+
+
+def test_quantized_packings(artifact):
+    """fp16 holds float16 weights, int8 runs MatMulInteger, int4 MatMulNBits with 4 bits and the recipe's group."""
+    ops = {tag: [n for n in _graph(artifact, tag, "step").graph.node] for tag in ("fp32", "fp16", "int8", "int4")}
+    fp16_init = _graph(artifact, "fp16", "step").graph.initializer
+    assert sum(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16_init) >= 4
+    assert not any(n.op_type == "MatMulInteger" for n in ops["fp32"])
+    assert sum(n.op_type == "MatMulInteger" for n in ops["int8"]) >= 4
+    nbits = [n for n in ops["int4"] if n.op_type == "MatMulNBits"]
+    assert len(nbits) >= 4
+    for node in nbits:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["bits"] == 4 and attrs["block_size"] == 32
+    sizes = {v.tag: sum(f["bytes"] for f in v.files.values()) for v in read_manifest(artifact).variants
+             if v.target == "onnx"}
+    assert sizes["int4"] < sizes["fp16"] < sizes["fp32"]
+
+
+@pytest.mark.parametrize("entry", ["step", "chunk"])
+def test_dynamic_batch_matches_torch(artifact, rule, entry):
+    """Batch 3 through onnxruntime == the float32 torch entry point, per output (logits and every state)."""
+    import onnxruntime as ort
+
+    model = tiny_model(rule)
+    args = example_inputs(model, entry, batch_size=3, seed=7)
+    sess = ort.InferenceSession(str(artifact / "onnx" / "fp32" / f"{entry}.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {i.name: a.numpy() for i, a in zip(sess.get_inputs(), args)})
+    with torch.no_grad():
+        want = entry_module(model, entry)(*args)
+    for g, w in zip(got, want):
+        assert g.shape == tuple(w.shape)
+        np.testing.assert_allclose(g, w.numpy(), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_onnxruntime_parity_budget(artifact, scheme):
+    """1,024 tokens of real text (512 prefill + 512 steps) vs the float64 reference, at the issue's budgets.
+
+    What is tested, honestly: the tiny model is random, and its tied embeddings make the top-1 prediction mostly
+    "the current byte", a peaked margin that quantization rarely flips; so for int8/int4 the top-1 and bpb
+    budgets are weak evidence here, and we also bound KL and the SQNR of the logits. The bpb budget on real
+    weights needs the bundled model (slow test in the bench/parity suite once it lands).
+    """
+    tag = "fp32" if scheme == "none" else scheme
+    session = seqedge.load(artifact, "onnxruntime", quantization=scheme)
+    tokens = text_tokens(TOKENS)
+    report = check_session(session, tokens, prefill=TOKENS // 2, reference=reference(artifact, tokens, TOKENS // 2))
+    assert report.passed, report.failures
+    if tag == "fp32":
+        assert report.max_abs <= BUDGETS["fp32"].max_abs and report.state_rel_err < 1e-4
+    else:
+        min_sqnr = {"fp16": 40.0, "int8": 25.0, "int4": 12.0}[tag]
+        assert report.sqnr_db > min_sqnr and report.kl < 1e-3, (report.sqnr_db, report.kl)
+    # the error does not grow along the stream: a broken state write-back would make the last window worse
+    assert report.last["max_abs"] <= 3 * report.first["max_abs"] + 1e-6
+
+
+def test_export_is_deterministic(tmp_path, artifact, rule):
+    """The same model exported twice gives byte-identical ONNX files (fp32 and int4)."""
+    from seqedge.export.api import export_model
+
+    again = export_model(tiny_model(rule), tmp_path / "again", ["onnx"], ["none", "int4"], progress=False)
+    first = read_manifest(artifact)
+    for tag in ("fp32", "int4"):
+        a, b = first.variant("onnx", tag), again.variant("onnx", tag)
+        assert {k: f["sha256"] for k, f in a.files.items()} == {k: f["sha256"] for k, f in b.files.items()}
+
+
+def test_export_is_quiet(tmp_path, capfd, recwarn):
+    """No warnings or library chatter while exporting with progress off."""
+    from seqedge.export.api import export_model
+
+    export_model(tiny_model("gated", seed=3), tmp_path / "q", ["onnx"], ["none", "int8"], progress=False)
+    out, err = capfd.readouterr()
+    assert out == "" and "Warning" not in err and "warn" not in err.lower(), err[:500]
+    assert not [w for w in recwarn if "onnx" in str(w.filename) or "torch" in str(w.filename)]

@@ -1,0 +1,176 @@
+"""Runtimes: torch and onnxruntime sessions, IOBinding state reuse, state handoff, bad input, broken artifacts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+import seqedge
+from seqedge.export.manifest import ArtifactError
+from seqedge.runtimes import RuntimeUnavailable, State
+from seqedge.runtimes.parity import check_session, text_tokens
+
+from _artifacts import onnx_artifact, reference, tiny_model
+
+
+@pytest.fixture
+def artifact(tmp_path_factory):
+    return onnx_artifact(tmp_path_factory, "delta")
+
+
+@pytest.fixture
+def copy_of(tmp_path, artifact):
+    """A private copy of the artifact that a test may damage."""
+    def make():
+        dst = tmp_path / "copy"
+        shutil.copytree(artifact, dst)
+        return dst
+    return make
+
+
+def test_torch_runtime_parity(artifact):
+    """The torch runtime (float32) over 256 tokens (prefill + steps) is within the fp32 budget."""
+    session = seqedge.load(artifact, "torch")
+    tokens = text_tokens(256)
+    report = check_session(session, tokens, prefill=128, reference=reference(artifact, tokens, 128))
+    assert report.passed and report.max_abs <= 1e-4, report.failures
+    assert report.state_rel_err < 1e-5
+
+
+def test_torch_runtime_float64_is_the_reference(artifact):
+    """float64 through a Session == the reference, up to the float32 rounding of the state that a portable
+    State holds between calls (the reference keeps it in float64)."""
+    session = seqedge.load(artifact, "torch", dtype="float64")
+    tokens = text_tokens(64)
+    report = check_session(session, tokens, prefill=40, reference=reference(artifact, tokens, 40))
+    assert report.max_abs < 1e-7 and report.state_rel_err < 1e-6
+
+
+def test_iobinding_reuses_state_and_matches_copies(artifact):
+    """A step loop re-binds the previous OrtValues; feeding copies instead gives bit-identical logits."""
+    session = seqedge.load(artifact, "onnxruntime")
+    other = seqedge.load(artifact, "onnxruntime")
+    tokens = text_tokens(40)
+    s1, s2 = session.init_state(), other.init_state()
+    l1, s1 = session.prefill(tokens[None, :33], s1)
+    l2, s2 = other.prefill(tokens[None, :33], s2)
+    before, before_other = session.backend.reused_state_binds, other.backend.reused_state_binds
+    assert before == 2                                    # prefill of 33 = chunk, chunk (re-bound), step (re-bound)
+    for t in tokens[33:]:
+        l1, s1 = session.step([t], s1)
+        s2 = s2.with_tensors([np.array(a, copy=True) for a in s2.tensors])   # fresh arrays: bound from numpy
+        l2, s2 = other.step([t], s2)
+        np.testing.assert_array_equal(l1, l2)
+    assert session.backend.reused_state_binds - before == len(tokens) - 33
+    assert other.backend.reused_state_binds == before_other     # fresh arrays are never mistaken for its own
+    with pytest.raises(ValueError):
+        s1.tensors[0][0, 0, 0] = 1.0                       # handed-out state is read-only: never mutated in place
+
+
+def test_state_handoff_between_runtimes(tmp_path, artifact):
+    """Prefill in onnxruntime, State.save, State.load, resume in torch: the next logits agree (and vice versa)."""
+    tokens = text_tokens(70)
+    ort_s, torch_s = seqedge.load(artifact, "onnxruntime"), seqedge.load(artifact, "torch")
+    for first, second in ((ort_s, torch_s), (torch_s, ort_s)):
+        _, state = first.prefill(tokens[None, :69], first.init_state())
+        state.save(tmp_path / "state.safetensors")
+        loaded = State.load(tmp_path / "state.safetensors")
+        resumed, _ = second.step(tokens[69:70], loaded)
+        direct, _ = first.step(tokens[69:70], state)
+        full, _ = second.prefill(tokens[None, :70], second.init_state())
+        np.testing.assert_allclose(resumed, direct, atol=1e-5)
+        np.testing.assert_allclose(resumed[0], full[0, -1], atol=1e-5)
+
+
+def test_generate_matches_torch_model(artifact):
+    model = tiny_model("delta")
+    prompt = list(b"import os\n")
+    want = list(model.generate(prompt, 12))
+    for runtime in ("onnxruntime", "torch"):
+        assert list(seqedge.load(artifact, runtime).generate(prompt, 12)) == want
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
+def test_bad_input_leaves_session_usable(runtime, artifact, tmp_path):
+    """Each bad call raises a clear ValueError/TypeError; afterwards the session gives the same logits as before."""
+    session = seqedge.load(artifact, runtime)
+    state = session.init_state(1)
+    good, _ = session.step([65], state)
+    foreign = seqedge.load(onnx_artifact_other(tmp_path), "torch").init_state(1)
+    cases = [
+        (lambda: session.step([259], state), "token ids must lie in"),
+        (lambda: session.step([-1], state), "token ids must lie in"),
+        (lambda: session.step(np.array([1.5]), state), "must be integers"),
+        (lambda: session.step([[1]], state), "shape"),
+        (lambda: session.step([1, 2], state), "batch"),
+        (lambda: session.prefill(np.zeros((2, 20), np.int64), state), "batch"),
+        (lambda: session.step([1], foreign), "another model"),
+        (lambda: session.step([1], [np.zeros(1)]), "State"),
+        (lambda: session.init_state(0), "batch_size"),
+    ]
+    for call, words in cases:
+        with pytest.raises((ValueError, TypeError), match=words):
+            call()
+        again, _ = session.step([65], state)
+        np.testing.assert_array_equal(again, good)
+
+
+def onnx_artifact_other(tmp_path):
+    """A torch-only artifact (no target) of a model with another config, hence another fingerprint."""
+    from seqedge.export.api import export_model
+    from seqedge.model import SequentialAttentionModel
+
+    from _artifacts import export_config
+
+    path = tmp_path / "other"
+    if not path.exists():
+        config = type(export_config("gated"))(**{**export_config("gated").to_dict(), "num_layers": 1})
+        export_model(SequentialAttentionModel(config).eval(), path, [], progress=False)
+    return path
+
+
+def test_other_format_version_is_refused(copy_of):
+    path = copy_of()
+    data = json.loads((path / "manifest.json").read_text())
+    data["format_version"] = 99
+    (path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="format version 99"):
+        seqedge.load(path, "onnxruntime")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "tamper"])
+@pytest.mark.parametrize("runtime,file", [("onnxruntime", "onnx/fp32/step.onnx"),
+                                          ("torch", "torch/fp32/model.safetensors")])
+def test_damaged_file_fails_hash_check(copy_of, damage, runtime, file):
+    path = copy_of()
+    target = path / file
+    blob = target.read_bytes()
+    if damage == "truncate":
+        target.write_bytes(blob[: len(blob) // 2])
+    else:
+        i = len(blob) // 2
+        target.write_bytes(blob[:i] + bytes([blob[i] ^ 0xFF]) + blob[i + 1:])
+    with pytest.raises(ArtifactError, match="sha256"):
+        seqedge.load(path, runtime)
+
+
+def test_missing_runtime_library(monkeypatch, artifact):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)      # import onnxruntime -> ImportError
+    with pytest.raises(ImportError, match="pip install onnxruntime"):
+        seqedge.load(artifact, "onnxruntime")
+
+
+def test_unknown_runtime_and_variant(artifact):
+    with pytest.raises(ValueError, match="valid runtimes are"):
+        seqedge.load(artifact, "tflite")
+    with pytest.raises(ArtifactError, match="no onnx/bf16"):
+        seqedge.load(artifact, "onnxruntime", quantization="bf16")
+
+
+def test_missing_provider_says_so(artifact):
+    with pytest.raises(RuntimeUnavailable, match="not available here"):
+        seqedge.load(artifact, "onnxruntime", providers=["TensorrtExecutionProvider"])
