@@ -87,6 +87,14 @@ def unit_lower_inverse(lower: torch.Tensor) -> torch.Tensor:
     return torch.cat(rows, dim=-2)
 
 
+def _flat(fn, *xs: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Apply ``fn`` to ``[B, H, N, C, d]`` inputs flattened to ``[B*H*N, C, d]`` (keeps every intermediate at
+    rank <= 5, which Core ML requires) and restore the leading dims."""
+    lead = xs[0].shape[:-2]
+    out = fn(*(x.reshape(-1, *x.shape[-2:]) for x in xs), **kwargs)
+    return out.reshape(*lead, *out.shape[-2:])
+
+
 def _to_chunks(x: torch.Tensor, chunk: int) -> torch.Tensor:
     """``[B, T, H, d]`` (T a multiple of chunk) -> ``[B, H, N, C, d]``."""
     B, T, H = x.shape[:3]
@@ -131,13 +139,13 @@ def chunked_scan(
     b = torch.cumsum(g, dim=-2)                                            # inclusive log-decay from chunk start
     kb = k * beta
     q = q * scale
-    scores = decayed_scores(q, kb, b, strict=False)                        # [B, H, N, C, C]
+    scores = _flat(decayed_scores, q, kb, b, strict=False)                 # [B, H, N, C, C]
     b_last = b[..., -1:, :]                                                # [B, H, N, 1, dk]
     q_dec = q * torch.exp(b)
     k_dec = kb * torch.exp(b_last - b)
     chunk_decay = torch.exp(b_last).transpose(-1, -2)                      # [B, H, N, dk, 1]
     if rule == "delta":
-        inv = unit_lower_inverse(decayed_scores(k, kb, b, strict=True))    # (I + M)^-1  [B, H, N, C, C]
+        inv = _flat(unit_lower_inverse, _flat(decayed_scores, k, kb, b, strict=True))  # (I + M)^-1 [B, H, N, C, C]
         u0 = inv @ v
         w = inv @ (k * torch.exp(b))
     else:
