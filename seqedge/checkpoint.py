@@ -49,7 +49,11 @@ def _replace_dir(src: Path, dst: Path) -> None:
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
         os.replace(dst, old)
-        os.replace(src, dst)
+        try:
+            os.replace(src, dst)
+        except BaseException:
+            os.replace(old, dst)          # put the previous checkpoint back: never leave nothing behind
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(src, dst)
