@@ -13,6 +13,10 @@ import seqedge
 SUBCOMMANDS: dict[str, str] = {
     "generate": "seqedge.cli.generate",
     "info": "seqedge.cli.info",
+    "export": "seqedge.cli.export",
+    "validate": "seqedge.cli.validate",
+    "train": "seqedge.cli.train",
+    "bench": "seqedge.cli.bench",
 }
 
 EXIT_USER_ERROR = 2

@@ -1,0 +1,462 @@
+"""Per-token latency of a step function, measured the same way for every runtime (and for baselines).
+
+What is measured for one runtime/variant (:func:`bench_stepper`):
+
+- per-token ``step`` latency p50/p90/p99 after reaching each context length by prefill (it must not grow);
+- prefill tokens/s through the chunk path vs token-by-token tokens/s through ``step``;
+- time to first token: a fresh state, a prompt prefilled, the first token picked (argmax);
+- memory: the state (or cache) bytes held and the process RSS at each context, and the peak RSS of the run;
+- the artifact size of the variant and the machine it ran on (:mod:`seqedge.runtimes.latency_report`).
+
+The harness drives anything with the small :class:`Stepper` interface; :class:`SessionStepper` adapts a
+:class:`~seqedge.runtimes.Session`, benchmarks/transformer_kv_onnx.py adapts the KV-cache transformer baseline.
+Torch-free, like every runtime module. Token streams are real text (the Python standard library's source bytes),
+so the state holds realistic values all along the stream.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import sysconfig
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import numpy as np
+
+from seqedge.state import State
+
+_CONTEXT_RE = re.compile(r"^\s*(\d+)\s*([kKmM]?)\s*$")
+
+
+def parse_contexts(spec: str | Sequence[int]) -> tuple[int, ...]:
+    """``"0,1k,16k,64k"`` -> ``(0, 1024, 16384, 65536)``: sorted, unique, each >= 0 (k = 1024, m = 1024**2)."""
+    if not isinstance(spec, str):
+        values = [int(v) for v in spec]
+    else:
+        values = []
+        for part in spec.split(","):
+            match = _CONTEXT_RE.match(part)
+            if not match:
+                raise ValueError(f"context {part.strip()!r} in {spec!r} is not a length like 0, 512, 1k, 64k or 1m")
+            scale = {"": 1, "k": 1024, "m": 1024 ** 2}[match.group(2).lower()]
+            values.append(int(match.group(1)) * scale)
+    if not values or any(v < 0 for v in values):
+        raise ValueError(f"contexts must be a non-empty list of lengths >= 0, got {spec!r}")
+    return tuple(sorted(set(values)))
+
+
+def format_context(n: int) -> str:
+    """1024 -> "1k", 65536 -> "64k", 100 -> "100"."""
+    if n >= 1024 ** 2 and n % 1024 ** 2 == 0:
+        return f"{n // 1024 ** 2}m"
+    if n >= 1024 and n % 1024 == 0:
+        return f"{n // 1024}k"
+    return str(n)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How much to measure. Defaults suit the tiny model on a 2-core CPU (a 64k prefill is the long pole)."""
+
+    contexts: tuple[int, ...] = (0, 1024, 16384, 65536)
+    steps: int = 100             # timed steps per context
+    warmup: int = 5              # untimed steps before them (the state moves on by these too)
+    prefill_tokens: int = 2048   # tokens timed through prefill (chunk calls) for prefill tokens/s
+    stepwise_tokens: int = 256   # tokens timed one ``step`` at a time for token-by-token tokens/s
+    ttft_prompt: int = 128       # prompt length of the time-to-first-token measurement
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "contexts", parse_contexts(self.contexts))
+        for name in ("steps", "prefill_tokens", "stepwise_tokens", "ttft_prompt"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"warmup must be an integer >= 0, got {self.warmup!r}")
+        per_context = self.warmup + self.steps
+        for a, b in zip(self.contexts, self.contexts[1:]):
+            if b - a < per_context:
+                raise ValueError(f"contexts {a} and {b} are closer than warmup + steps = {per_context} tokens, "
+                                 f"which the measurement at {a} consumes; space them further or use fewer steps")
+
+    def stream_length(self) -> int:
+        """Tokens the context sweep consumes (the other phases start from a fresh state)."""
+        return max(self.contexts) + self.warmup + self.steps + 1
+
+
+# --- token streams --------------------------------------------------------------------------------------------
+def token_stream(n: int, source: str | Path | None = None) -> np.ndarray:
+    """``n`` byte tokens ``[n]`` int64 of real text: the .py files under ``source`` (default: the running Python's
+    standard library) concatenated in sorted order, repeated if too short. Deterministic for a given Python."""
+    root = Path(source) if source is not None else Path(sysconfig.get_paths()["stdlib"])
+    out = bytearray()
+    files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts)
+    for path in files:
+        try:
+            out += path.read_bytes()
+        except OSError:
+            continue
+        if len(out) >= n:
+            break
+    if not out:
+        raise FileNotFoundError(f"no .py files under {root} to build a token stream from")
+    reps = -(-n // len(out))
+    return np.frombuffer(bytes(out) * reps, dtype=np.uint8)[:n].astype(np.int64)
+
+
+# --- memory ---------------------------------------------------------------------------------------------------
+def current_rss_bytes() -> int | None:
+    """Resident set size of this process now (Linux /proc; None where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux >= 4.0: write 5 to /proc/self/clear_refs).
+
+    Returns False where that is impossible; :func:`peak_rss_bytes` is then the process's lifetime peak.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size since the last :func:`reset_peak_rss` (else since the process started)."""
+    try:
+        with open("/proc/self/status") as f:
+            match = re.search(r"VmHWM:\s+(\d+)\s+kB", f.read())
+        if match:
+            return int(match.group(1)) * 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)   # bytes on macOS, KiB on Linux
+
+
+# --- what the harness drives ----------------------------------------------------------------------------------
+class Stepper(Protocol):
+    """A model with a state that the harness advances, one prefill or one step at a time (batch 1)."""
+
+    name: str
+
+    def reset(self) -> None:
+        """Back to a fresh state (context 0)."""
+
+    def prefill(self, tokens: np.ndarray) -> np.ndarray | None:
+        """Consume ``tokens`` ``[T]``; the logits ``[V]`` after the last one (None when T == 0)."""
+
+    def step(self, token: int) -> np.ndarray:
+        """Consume one token; its logits ``[V]``."""
+
+    def memory_bytes(self) -> int:
+        """Bytes of state (or KV cache) held now."""
+
+    def describe(self) -> dict[str, Any]:
+        """What runs (runtime, provider, variant, threads) for the report."""
+
+
+class SessionStepper:
+    """A :class:`~seqedge.runtimes.Session` seen as a :class:`Stepper` (prefill = chunk calls, then steps)."""
+
+    def __init__(self, session: Any, name: str | None = None) -> None:
+        self.session = session
+        self.name = name or f"{session.runtime}/{session.variant.tag}"
+        self.chunk_size = session.chunk_size
+        self.state: State = session.init_state(1)
+
+    def reset(self) -> None:
+        self.state = self.session.init_state(1)
+
+    def prefill(self, tokens: np.ndarray) -> np.ndarray | None:
+        if len(tokens) == 0:
+            return None
+        logits, self.state = self.session.prefill(np.asarray(tokens, np.int64)[None], self.state)
+        return logits[0, -1]
+
+    def step(self, token: int) -> np.ndarray:
+        logits, self.state = self.session.step(np.asarray([token], np.int64), self.state)
+        return logits[0]
+
+    def memory_bytes(self) -> int:
+        return int(sum(np.asarray(t).nbytes for t in self.state.numpy()))
+
+    def describe(self) -> dict[str, Any]:
+        return self.session.describe()
+
+
+# --- results --------------------------------------------------------------------------------------------------
+@dataclass
+class ContextResult:
+    context: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    reach_s: float               # seconds the prefill from the previous context to this one took
+    reach_tokens: int            # tokens that prefill consumed
+    memory_bytes: int            # state / KV cache held while measuring
+    rss_bytes: int | None        # process RSS after the timed steps
+
+
+@dataclass
+class RunResult:
+    name: str                    # e.g. "onnxruntime/int8", "transformer-kv/onnxruntime"
+    kind: str                    # "seqedge" or "baseline"
+    contexts: list[ContextResult]
+    ttft_ms: float | None              # None where the stepper has no real prefill (the KV baseline)
+    prefill_tokens_per_s: float | None
+    stepwise_tokens_per_s: float
+    peak_rss_bytes: int
+    rss_before_bytes: int | None
+    load_s: float | None = None
+    artifact_bytes: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prefill_speedup(self) -> float | None:
+        if self.prefill_tokens_per_s is None:
+            return None
+        return self.prefill_tokens_per_s / self.stepwise_tokens_per_s
+
+    @property
+    def flatness(self) -> float:
+        """p50 latency at the longest context over p50 at the shortest (1.0 = flat)."""
+        return self.contexts[-1].p50_ms / self.contexts[0].p50_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["prefill_speedup"] = self.prefill_speedup
+        out["flatness"] = self.flatness
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunResult":
+        data = {k: v for k, v in data.items() if k not in ("prefill_speedup", "flatness")}
+        data["contexts"] = [ContextResult(**c) for c in data["contexts"]]
+        return cls(**data)
+
+
+def latency_stats(samples_ns: Sequence[int]) -> dict[str, float]:
+    """p50/p90/p99/mean/min in milliseconds of per-call times in nanoseconds (numpy linear percentiles)."""
+    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    if ms.size == 0:
+        raise ValueError("no latency samples")
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(ms.mean()),
+            "min_ms": float(ms.min())}
+
+
+Progress = Callable[[int, str], None]     # (tokens just consumed, phase) -> None
+
+
+def _timed_steps(stepper: Stepper, tokens: Iterable[int], progress: Progress, phase: str) -> list[int]:
+    times, logits = [], None
+    for token in tokens:
+        start = time.perf_counter_ns()
+        logits = stepper.step(int(token))
+        times.append(time.perf_counter_ns() - start)
+        progress(1, phase)
+    if logits is not None and not np.isfinite(logits).all():
+        raise RuntimeError(f"{stepper.name}: non-finite logits during {phase}")
+    return times
+
+
+def _timed_prefill(stepper: Stepper, tokens: np.ndarray, progress: Progress, phase: str,
+                   piece: int = 4096) -> float:
+    """Prefill in pieces of about ``piece`` tokens (so progress moves); returns the seconds spent inside prefill.
+
+    The piece is a multiple of the stepper's chunk size, so splitting never changes how many chunk calls run.
+    """
+    chunk = int(getattr(stepper, "chunk_size", 1))
+    piece = max(chunk, piece - piece % chunk)
+    spent = 0.0
+    for start in range(0, len(tokens), piece):
+        part = tokens[start:start + piece]
+        t0 = time.perf_counter()
+        logits = stepper.prefill(part)
+        spent += time.perf_counter() - t0
+        progress(len(part), phase)
+        if logits is not None and not np.isfinite(logits).all():
+            raise RuntimeError(f"{stepper.name}: non-finite logits during {phase}")
+    return spent
+
+
+def total_tokens(config: BenchConfig) -> int:
+    """Tokens one :func:`bench_stepper` run consumes (for progress bars)."""
+    return config.ttft_prompt + config.prefill_tokens + config.stepwise_tokens + config.stream_length() - 1
+
+
+def bench_stepper(stepper: Stepper, config: BenchConfig, stream: np.ndarray | None = None,
+                  progress: Progress | None = None, *, kind: str = "seqedge", measure_prefill: bool = True
+                  ) -> RunResult:
+    """Measure one stepper (see the module docstring). ``stream``: the token ids fed ``[N]`` (default: stdlib text).
+
+    ``measure_prefill=False`` for a stepper whose ``prefill`` only fills its memory synthetically (the KV-cache
+    baseline): time to first token and prefill tokens/s are then not measured (None), the rest is.
+
+    """
+    progress = progress or (lambda n, phase: None)
+    need = max(config.stream_length(), config.prefill_tokens, config.stepwise_tokens, config.ttft_prompt)
+    stream = token_stream(need) if stream is None else np.asarray(stream, np.int64)
+    if len(stream) < need:
+        raise ValueError(f"token stream has {len(stream)} tokens, the benchmark needs {need}")
+    rss_before = current_rss_bytes()
+    reset_peak_rss()
+
+    ttft = prefill_rate = None
+    if measure_prefill:
+        # time to first token: fresh state, prompt through prefill, first token chosen
+        stepper.reset()
+        t0 = time.perf_counter()
+        logits = stepper.prefill(stream[:config.ttft_prompt])
+        int(np.argmax(logits))
+        ttft = (time.perf_counter() - t0) * 1e3
+        progress(config.ttft_prompt, "ttft")
+        # prefill (chunk path), from a fresh state
+        stepper.reset()
+        prefill_rate = config.prefill_tokens / _timed_prefill(stepper, stream[:config.prefill_tokens], progress,
+                                                              "prefill")
+    else:
+        progress(config.ttft_prompt + config.prefill_tokens, "no prefill")
+    # token by token, from a fresh state
+    stepper.reset()
+    stepwise_ns = _timed_steps(stepper, stream[:config.stepwise_tokens], progress, "token-by-token")
+
+    # the context sweep: one stream, prefilled up to each context, then timed steps
+    stepper.reset()
+    pos, results = 0, []
+    for context in config.contexts:
+        reach_tokens = context - pos
+        reach_s = _timed_prefill(stepper, stream[pos:context], progress, f"prefill to {format_context(context)}")
+        pos = context
+        _timed_steps(stepper, stream[pos:pos + config.warmup], progress, "warmup")
+        pos += config.warmup
+        times = _timed_steps(stepper, stream[pos:pos + config.steps], progress, f"steps @{format_context(context)}")
+        pos += config.steps
+        results.append(ContextResult(context=context, **latency_stats(times), reach_s=reach_s,
+                                     reach_tokens=reach_tokens, memory_bytes=stepper.memory_bytes(),
+                                     rss_bytes=current_rss_bytes()))
+    return RunResult(
+        name=stepper.name, kind=kind, contexts=results, ttft_ms=ttft, prefill_tokens_per_s=prefill_rate,
+        stepwise_tokens_per_s=config.stepwise_tokens / (sum(stepwise_ns) / 1e9),
+        peak_rss_bytes=peak_rss_bytes(), rss_before_bytes=rss_before, info=dict(stepper.describe()))
+
+
+# --- artifacts ------------------------------------------------------------------------------------------------
+@dataclass
+class Skipped:
+    """A runtime (or variant) that was not measured, and why: it cannot run here, or it failed (``failed``)."""
+
+    name: str
+    reason: str
+    failed: bool = False
+
+
+def variant_bytes(variant: Any) -> int:
+    """Bytes of a variant's files (as recorded in the manifest)."""
+    return int(sum(int(rec.get("bytes", 0)) for rec in variant.files.values()))
+
+
+def plan_runs(artifact_dir: str | Path, runtimes: Sequence[str] | None = None,
+              quantizations: Sequence[str] | None = None) -> tuple[list[tuple[str, Any]], list[Skipped]]:
+    """Which (runtime, variant) pairs of the artifact can run here, and which cannot with the reason.
+
+    ``runtimes``: names from :data:`seqedge.runtimes.RUNTIMES` (default: all); an unknown name raises ValueError.
+    ``quantizations``: tags (none/fp32, fp16, int8, int4) to keep (default: all present).
+    """
+    from seqedge.export.manifest import read_manifest
+
+    from .base import RUNTIMES, get_runtime
+
+    unknown = [r for r in (runtimes or []) if r not in RUNTIMES]
+    if unknown:
+        raise ValueError(f"unknown runtime(s) {unknown}; valid runtimes are {sorted(RUNTIMES)}")
+    tags = None if quantizations is None else {"fp32" if q == "none" else q for q in quantizations}
+    manifest = read_manifest(artifact_dir)
+    runs, skipped = [], []
+    for runtime in runtimes or list(RUNTIMES):
+        try:
+            factory = get_runtime(runtime)
+            factory.check_available()
+        except (ImportError, RuntimeError, OSError) as err:
+            skipped.append(Skipped(runtime, _first_line(err)))
+            continue
+        variants = [v for v in manifest.variants if v.target == factory.target]
+        if tags is not None:
+            variants = [v for v in variants if v.tag in tags]
+        if not variants:
+            have = sorted(v.name for v in manifest.variants)
+            wanted = "" if tags is None else f" at {sorted(tags)}"
+            skipped.append(Skipped(runtime, f"the artifact has no {factory.target!r} variant{wanted} (it has "
+                                            f"{have}); export it with `seqedge export --target {factory.target}`"))
+            continue
+        runs += [(runtime, v) for v in variants]
+    return runs, skipped
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def progress_bar(name: str, total: int, enabled: bool = True) -> tuple[Any, Progress]:
+    """A tqdm bar on stderr counting tokens, and the ``Progress`` callback that feeds it (phase as postfix)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=name, unit="tok", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+    def progress(n: int, phase: str) -> None:
+        if bar.disable:
+            return
+        if getattr(bar, "postfix", None) != phase:
+            bar.set_postfix_str(phase, refresh=False)
+        bar.update(n)
+
+    return bar, progress
+
+
+def bench_artifact(artifact_dir: str | Path, config: BenchConfig, runtimes: Sequence[str] | None = None,
+                   quantizations: Sequence[str] | None = None, *, show_progress: bool = True,
+                   session_options: dict[str, Any] | None = None) -> tuple[list[RunResult], list[Skipped]]:
+    """Benchmark every runnable (runtime, variant) of an artifact with one token stream; list the rest with why.
+
+    A variant that fails to load or run is listed with its error (``failed=True``); it never stops the others.
+    """
+    from .session import load
+
+    runs, skipped = plan_runs(artifact_dir, runtimes, quantizations)
+    stream = token_stream(max(config.stream_length(), config.prefill_tokens, config.stepwise_tokens,
+                              config.ttft_prompt))
+    results = []
+    for runtime, variant in runs:
+        name = f"{runtime}/{variant.tag}"
+        bar, progress = progress_bar(name, total_tokens(config), show_progress)
+        try:
+            t0 = time.perf_counter()
+            session = load(artifact_dir, runtime, quantization=variant.tag, **(session_options or {}))
+            load_s = time.perf_counter() - t0
+            result = bench_stepper(SessionStepper(session, name), config, stream, progress)
+        except (ImportError, RuntimeError, ValueError, OSError) as err:
+            skipped.append(Skipped(name, f"failed: {type(err).__name__}: {_first_line(err)}", failed=True))
+            continue
+        finally:
+            bar.close()
+        result.load_s = load_s
+        result.artifact_bytes = variant_bytes(variant)
+        result.info.setdefault("variant", variant.name)
+        results.append(result)
+    return results, skipped
