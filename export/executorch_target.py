@@ -1,0 +1,220 @@
+"""ExecuTorch target: one ``.pte`` program with methods ``step`` and ``chunk``, delegated to XNNPACK.
+
+How each recipe scheme is packed here (DESIGN §3; the state I/O stays float32 in every scheme):
+
+- ``none``: float32 weights and compute.
+- ``fp16``: linear, norm and conv weights and their compute in float16 (``model.half()``); the scan, gates,
+  state and logits stay float32 because the model casts them explicitly.
+- ``int8``: torchao ``Int8DynamicActivationIntxWeightConfig`` with int8 weights per output channel and 8-bit
+  dynamic (per-token) activations ("8da8w"), lowered to XNNPACK's quantized fully-connected kernels.
+- ``int4``: the same config with int4 weights in groups of ``recipe.group_size`` input columns ("8da4w").
+  A linear whose input width is not a multiple of the group size stays float32; the Variant lists them.
+
+The embedding and the tied output head are not ``nn.Linear`` and stay float32 in every scheme.
+
+Both methods take a dynamic batch dimension in ``[1, max_batch]``; ExecuTorch plans memory for the upper bound,
+so the bound actually compiled into the program is read back and recorded in ``Variant.info["batch"]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import Counter
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .base import ExportContext
+from .entry_points import ENTRY_POINTS, entry_module, example_inputs
+from .manifest import Variant, file_record
+from .quantization import SCHEMES, QuantizationRecipe
+
+INSTALL_HINT = "pip install executorch==1.5.1 torchao==0.18.0"
+PROGRAM_FILE = "model.pte"
+# Upper bound of the dynamic batch. Kept below 16: when ExecuTorch re-traces the depthwise conv1d, torch's
+# conv-backend heuristic guards on ``batch < 16`` for a batch hint below 16, so larger bounds are cut to 15.
+DEFAULT_MAX_BATCH = 8
+XNNPACK_MAX_RANK = 6      # XNNPACK tensors have at most 6 dimensions (XNN_MAX_TENSOR_DIMS)
+_BOOKKEEPING_OPS = {"getitem", "sym_size.int", "executorch_call_delegate"}
+
+
+def _import_executorch():
+    try:
+        import executorch.exir as exir
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    except ImportError as err:
+        raise ImportError(f"the executorch target needs ExecuTorch ({err}); install it with `{INSTALL_HINT}`") \
+            from None
+    return exir, XnnpackPartitioner
+
+
+def _import_torchao():
+    try:
+        from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+        from torchao.quantization.granularity import PerAxis, PerGroup
+    except ImportError as err:
+        raise ImportError(f"int8/int4 ExecuTorch export needs torchao ({err}); install it with `{INSTALL_HINT}`") \
+            from None
+    return Int8DynamicActivationIntxWeightConfig, quantize_, PerAxis, PerGroup
+
+
+# quantization ----------------------------------------------------------------------------------------------
+def _quantizable(module: nn.Module, fqn: str, group_size: int | None) -> bool:
+    return isinstance(module, nn.Linear) and (group_size is None or module.in_features % group_size == 0)
+
+
+def prepare_model(model: nn.Module, recipe: QuantizationRecipe) -> tuple[nn.Module, dict[str, Any]]:
+    """A copy of ``model`` in the recipe's scheme (the caller's model is never modified) and what was done."""
+    model = copy.deepcopy(model).eval()
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if recipe.scheme == "none":
+        return model, {"weights": "float32", "compute": "float32"}
+    if recipe.scheme == "fp16":
+        return model.half(), {"weights": "float16", "compute": "float16 (scan, gates, state, logits float32)"}
+    config_cls, quantize_, per_axis, per_group = _import_torchao()
+    if recipe.scheme == "int8":
+        group, config = None, config_cls(weight_dtype=torch.int8, weight_granularity=per_axis(0))
+        desc = {"weights": "int8 per output channel", "activations": "int8 dynamic per token"}
+    else:
+        group = recipe.group_size
+        config = config_cls(weight_dtype=torch.int4, weight_granularity=per_group(group))
+        desc = {"weights": f"int4, groups of {group} input columns", "activations": "int8 dynamic per token"}
+    quantized = [n for n in linears if _quantizable(model.get_submodule(n), n, group)]
+    with torch.no_grad():
+        quantize_(model, config, filter_fn=lambda m, fqn: _quantizable(m, fqn, group))
+    kept = sorted(set(linears) - set(quantized))
+    desc.update(torchao_config=type(config).__name__, quantized_linears=len(quantized),
+                float32_linears=kept, float32_reason=(f"input width not a multiple of group_size {group}"
+                                                      if kept else None),
+                float32_modules=["embed (tied head)"])
+    return model, desc
+
+
+# export + lowering ----------------------------------------------------------------------------------------
+def _export_entry(model: nn.Module, entry: str, max_batch: int) -> "torch.export.ExportedProgram":
+    """torch.export one entry point with a dynamic batch dimension in [1, max_batch]."""
+    example = example_inputs(model, entry, batch_size=2)
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    shapes = ({0: batch}, tuple({0: batch} for _ in example[1:]))      # (tokens, *state)
+    with torch.no_grad():
+        return torch.export.export(entry_module(model, entry), example, dynamic_shapes=shapes, strict=False)
+
+
+def _rank_limited(config_cls: type) -> type:
+    """A partitioner config that also refuses nodes touching tensors of rank > 6 (XNNPACK cannot define them)."""
+
+    def check_constraints(self, node, ep) -> bool:
+        values = [node.meta.get("val")] + [a.meta.get("val") for a in node.all_input_nodes]
+        if any(isinstance(v, torch.Tensor) and v.dim() > XNNPACK_MAX_RANK for v in values):
+            return False
+        return config_cls.check_constraints(self, node, ep)
+
+    return type(config_cls.__name__, (config_cls,), {"check_constraints": check_constraints})
+
+
+def _partitioner():
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+
+    _, XnnpackPartitioner = _import_executorch()
+    return XnnpackPartitioner(configs=[_rank_limited(c) for c in ALL_PARTITIONER_CONFIGS])
+
+
+def _op_name(node: torch.fx.Node) -> str:
+    target = node.target
+    name = getattr(target, "__name__", str(target))
+    return name.removeprefix("aten.")
+
+
+def delegation_counts(graph_module: torch.fx.GraphModule) -> dict[str, Any]:
+    """Operator nodes inside XNNPACK delegates vs left on the portable CPU kernels (bookkeeping ops excluded)."""
+    delegated, portable, subgraphs = Counter(), Counter(), 0
+    for node in graph_module.graph.nodes:
+        if node.op == "get_attr" and node.name.startswith("lowered_module_"):
+            subgraphs += 1
+            lowered = getattr(graph_module, node.name)
+            delegated.update(_op_name(n) for n in lowered.original_module.graph.nodes
+                             if n.op == "call_function" and _op_name(n) not in _BOOKKEEPING_OPS)
+        elif node.op == "call_function" and _op_name(node) not in _BOOKKEEPING_OPS:
+            portable[_op_name(node)] += 1
+    return {"delegated_nodes": sum(delegated.values()), "portable_nodes": sum(portable.values()),
+            "delegated_subgraphs": subgraphs, "portable_ops": dict(portable.most_common())}
+
+
+def _compiled_batch_bound(buffer: bytes) -> int:
+    """The batch capacity ExecuTorch planned for: the leading size of every method's inputs (all equal)."""
+    from executorch.runtime import Runtime
+
+    program = Runtime.get().load_program(buffer)
+    bounds = set()
+    for method in program.method_names:
+        meta = program.metadata(method)
+        bounds |= {meta.input_tensor_meta(i).sizes()[0] for i in range(meta.num_inputs())}
+    assert len(bounds) == 1, f"inputs planned for different batch bounds {bounds}"
+    return int(bounds.pop())
+
+
+class ExecuTorchTarget:
+    """``executorch/<tag>/model.pte``: methods ``step`` and ``chunk`` over flat tensors, XNNPACK-delegated."""
+
+    name = "executorch"
+    install_hint = INSTALL_HINT
+    schemes: tuple[str, ...] = SCHEMES
+
+    def __init__(self, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        if not 2 <= max_batch <= 15:
+            raise ValueError(f"max_batch must lie in [2, 15] (ExecuTorch plans memory for it; torch caps a "
+                             f"dynamic conv batch below 16), got {max_batch}")
+        self.max_batch = max_batch
+
+    def check_available(self) -> None:
+        _import_executorch()
+        _import_torchao()
+
+    def export(self, ctx: ExportContext) -> Variant:
+        recipe = ctx.quantization
+        if recipe.scheme not in self.schemes:
+            raise ValueError(f"the executorch target supports quantize {list(self.schemes)}, got {recipe.scheme!r}")
+        exir, _ = _import_executorch()
+        started = time.perf_counter()
+        ctx.progress(f"executorch/{recipe.tag}: preparing the model ({recipe.scheme})")
+        model, quant_info = prepare_model(ctx.model, recipe)
+        ctx.progress(f"executorch/{recipe.tag}: torch.export of {', '.join(ENTRY_POINTS)}")
+        programs = {entry: _export_entry(model, entry, self.max_batch) for entry in ENTRY_POINTS}
+        ctx.progress(f"executorch/{recipe.tag}: lowering to XNNPACK")
+        # IR validity checks off, as in ExecuTorch's XNNPACK recipes: the dtype verifier would specialise the
+        # symbolic batch to the example's.
+        edge = exir.to_edge_transform_and_lower(programs, partitioner=[_partitioner()],
+                                                compile_config=exir.EdgeCompileConfig(_check_ir_validity=False))
+        delegation = {e: delegation_counts(edge.exported_program(e).graph_module) for e in ENTRY_POINTS}
+        ctx.progress(f"executorch/{recipe.tag}: writing {PROGRAM_FILE}")
+        program = edge.to_executorch(exir.ExecutorchBackendConfig(extract_delegate_segments=True))
+        path = ctx.target_dir(self.name) / PROGRAM_FILE
+        path.write_bytes(program.buffer)
+        max_batch = _compiled_batch_bound(program.buffer)
+        info = {
+            "methods": list(ENTRY_POINTS),
+            "backend": "XnnpackBackend",
+            "batch": {"min": 1, "max": max_batch},
+            "chunk_size": ctx.model.config.chunk_size,
+            "delegation": delegation,
+            "quantization": quant_info,
+            "state_io": "float32",
+            "export_seconds": round(time.perf_counter() - started, 1),
+            "versions": _versions(),
+        }
+        return Variant(target=self.name, quantization=recipe.to_dict(),
+                       files={"program": file_record(ctx.root, path)}, info=info)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"torch": torch.__version__}
+    for package in ("executorch", "torchao"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "not installed"
+    return out

@@ -1,0 +1,92 @@
+"""ExecuTorch runtime: runs the ``step`` and ``chunk`` methods of an artifact's ``.pte`` in the ExecuTorch Python
+runtime (``executorch.runtime.Runtime``), whose prebuilt pybindings include the XNNPACK backend.
+
+The pybindings exchange ``torch.Tensor``s, so this runtime imports torch (CPU) besides ExecuTorch; data still
+crosses the Session boundary as numpy arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from seqedge.export.manifest import Manifest, Variant
+
+from .base import RuntimeUnavailable
+
+INSTALL_HINT = "pip install executorch==1.5.1 torchao==0.18.0"
+BACKEND = "XnnpackBackend"
+METHODS = ("step", "chunk")
+
+
+def _import_runtime():
+    try:
+        import torch
+        from executorch.runtime import Runtime
+    except ImportError as err:
+        raise ImportError(f"the executorch runtime needs ExecuTorch ({err}); install it with `{INSTALL_HINT}`") \
+            from None
+    return torch, Runtime
+
+
+class ExecuTorchBackend:
+    """One loaded ``.pte``: its two methods, and the batch range the program was planned for."""
+
+    runtime = "executorch"
+    target = "executorch"
+
+    def __init__(self, manifest: Manifest, variant: Variant) -> None:
+        torch, Runtime = _import_runtime()
+        self._torch = torch
+        self.path = manifest.path(variant, "program")
+        runtime = Runtime.get()
+        if not runtime.backend_registry.is_available(BACKEND):
+            raise RuntimeUnavailable(f"this ExecuTorch build has no {BACKEND} (registered: "
+                                     f"{runtime.backend_registry.registered_backend_names}); install the "
+                                     f"prebuilt wheel with `{INSTALL_HINT}`")
+        self.program = runtime.load_program(self.path)
+        missing = [m for m in METHODS if m not in self.program.method_names]
+        if missing:
+            raise RuntimeUnavailable(f"{self.path} lacks method(s) {missing} (it has "
+                                     f"{sorted(self.program.method_names)}); re-run `seqedge export --target "
+                                     "executorch`")
+        self.methods = {m: self.program.load_method(m) for m in METHODS}
+        batch = variant.info.get("batch", {})
+        self.min_batch, self.max_batch = int(batch.get("min", 1)), int(batch.get("max", 1))
+
+    def run(self, entry: str, tokens: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        if entry not in self.methods:
+            raise ValueError(f"unknown entry point {entry!r}; valid ones are {list(METHODS)}")
+        batch = tokens.shape[0]
+        if not self.min_batch <= batch <= self.max_batch:
+            raise ValueError(f"batch size {batch} is outside the range [{self.min_batch}, {self.max_batch}] this "
+                             f"ExecuTorch program was planned for ({self.path}); split the batch or re-export")
+        torch = self._torch
+        inputs = [torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))]
+        inputs += [torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32)) for s in state]
+        outputs = self.methods[entry].execute(inputs)
+        # Copies: never hand out views of buffers the runtime may reuse on the next call.
+        logits, *new_state = (np.array(o.numpy(), dtype=np.float32, copy=True) for o in outputs)
+        return logits, new_state
+
+    def describe(self) -> dict[str, Any]:
+        from importlib.metadata import version
+
+        return {"library": f"executorch {version('executorch')}", "backend": BACKEND, "device": "cpu",
+                "program": str(self.path), "batch_range": [self.min_batch, self.max_batch]}
+
+
+class ExecuTorchRuntime:
+    """Factory registered as ``executorch`` in :data:`seqedge.runtimes.base.RUNTIMES`."""
+
+    runtime = "executorch"
+    target = "executorch"
+
+    def check_available(self) -> None:
+        _import_runtime()
+
+    def open(self, manifest: Manifest, variant: Variant, **options: Any) -> ExecuTorchBackend:
+        if options:
+            raise ValueError(f"the executorch runtime takes no options, got {sorted(options)}")
+        return ExecuTorchBackend(manifest, variant)
