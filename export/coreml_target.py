@@ -11,8 +11,8 @@ Precision: ``none`` computes in float32; ``fp16``, ``int8`` and ``int4`` compute
 also compress the weights of linear, matmul and embedding ops (int8 per output channel; int4 in blocks of
 ``group_size`` input columns), which Core ML dequantises at load.
 
-The ``chunk`` function is C recurrent steps unrolled in one graph: the chunked PyTorch scan reshapes into rank-6
-tensors, and Core ML allows rank 5 at most. Unrolled steps compute the same function exactly (the recurrent form).
+Both functions trace the same entry modules as every other target: ``step`` the recurrent form, ``chunk`` the
+chunked scan (its intermediates stay at rank <= 5, the most Core ML allows).
 """
 
 from __future__ import annotations
@@ -25,13 +25,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-import torch.nn as nn
 
-from seqedge.model import SequentialAttentionModel
 from seqedge.state import StateSpec
 
 from .base import ExportContext
-from .entry_points import StepEntry, example_inputs
+from .entry_points import entry_module, example_inputs
 from .manifest import Variant, file_record
 
 PACKAGE = "model.mlpackage"
@@ -44,23 +42,6 @@ INSTALL_HINT = "pip install 'coremltools==9.0'  (or: pip install 'seqedge[coreml
 def feature_name(name: str) -> str:
     """Core ML feature name of a graph name (``state.0`` -> ``state_0``; Core ML names have no dots)."""
     return name.replace(".", "_")
-
-
-class UnrolledChunk(nn.Module):
-    """``chunk`` as C recurrent steps in one graph (Core ML allows tensors of rank <= 5; the chunked scan uses 6)."""
-
-    def __init__(self, model: SequentialAttentionModel, chunk_size: int) -> None:
-        super().__init__()
-        self.step = StepEntry(model)
-        self.chunk_size = chunk_size
-
-    def forward(self, tokens: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        logits = []
-        for t in range(self.chunk_size):
-            out = self.step(tokens[:, t], *state)
-            logits.append(out[0])
-            state = out[1:]
-        return (torch.stack(logits, dim=1), *state)
 
 
 def neural_engine_notes(specs: list[StateSpec]) -> list[str]:
@@ -144,7 +125,7 @@ class CoreMLTarget:
         model = ctx.model.eval()
         specs = model.state_specs
         C = model.config.chunk_size
-        module = StepEntry(model).eval() if entry == "step" else UnrolledChunk(model, C).eval()
+        module = entry_module(model, entry)
         args = example_inputs(model, entry, batch_size=BATCH_SIZE, chunk_size=C)
         with torch.no_grad():
             traced = torch.jit.trace(module, args, check_trace=False)
@@ -221,7 +202,7 @@ class CoreMLTarget:
             "batch_sizes": [BATCH_SIZE],
             "tokens_dtype": "int32",
             "state_io_dtype": "float32",
-            "chunk_form": "recurrent steps unrolled (Core ML allows rank <= 5; the chunked scan uses rank 6)",
+            "chunk_form": "chunked scan (intermediates of rank <= 5)",
             "feature_names": {n: feature_name(n) for n in
                               ["tokens", "logits"] + [s.name for s in specs] + [f"new_{s.name}" for s in specs]},
             "neural_engine_notes": notes,
