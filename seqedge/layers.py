@@ -53,8 +53,8 @@ class ShortConv(nn.Module):
             w = self.weight.to(x.dtype)[:, 0]                                       # [ch, K]
             y = sum(xc[..., i:i + T] * w[:, i:i + 1] for i in range(self.kernel))   # [B, ch, T]
         else:
-            y = F.conv1d(xc, self.weight.to(x.dtype), groups=xc.shape[1])          # [B, ch, T]
-        return F.silu(y).transpose(1, 2), xc[..., xc.shape[-1] - (self.kernel - 1):].to(_at_least_f32(x.dtype))
+            y = F.conv1d(xc, self.weight.to(x.dtype), groups=self.weight.shape[0])  # [B, ch, T]
+        return F.silu(y).transpose(1, 2), xc[..., -(self.kernel - 1):].to(_at_least_f32(x.dtype))
 
 
 def _gate_bias_init(config: SequentialAttentionConfig) -> torch.Tensor:
@@ -84,10 +84,12 @@ class SequentialAttention(nn.Module):
             self.gate_up.bias.copy_(_gate_bias_init(c))
             nn.init.zeros_(self.beta.bias)
 
-    def _project(self, x: torch.Tensor, conv_state: torch.Tensor):
-        """x ``[B, T, D]`` -> q, k, g ``[B, T, H, dk]``, v ``[B, T, H, dv]``, beta ``[B, T, H]``, new conv tail."""
+    def _project(self, x: torch.Tensor, conv_state: torch.Tensor, B: int, T: int):
+        """x ``[B, T, D]`` -> q, k, g ``[B, T, H, dk]``, v ``[B, T, H, dv]``, beta ``[B, T, H]``, new conv tail.
+
+        The step path passes B = -1 and T = 1, so its exported graph needs no shape arithmetic.
+        """
         c = self.config
-        B, T, _ = x.shape
         qkv, conv_state = self.conv(self.qkv(x), conv_state)
         q, k, v = qkv.split([c.key_size, c.key_size, c.value_size], dim=-1)
         q = q.reshape(B, T, c.num_heads, c.head_k_dim)
@@ -101,26 +103,29 @@ class SequentialAttention(nn.Module):
         beta = torch.sigmoid(self.beta(x).to(_at_least_f32(x.dtype)))
         return q, k, v, g, beta, conv_state
 
-    def _output(self, x: torch.Tensor, o: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _output(self, x: torch.Tensor, o: torch.Tensor, v: torch.Tensor, B: int, T: int) -> torch.Tensor:
         """o, v ``[B, T, H, dv]`` -> y ``[B, T, D]``: local skip, per-head norm, output gate, projection."""
-        B, T = o.shape[:2]
         o = o.to(x.dtype) + self.skip.view(self.config.num_heads, -1).to(x.dtype) * v
-        o = self.out_norm(o).reshape(B, T, -1)
+        o = self.out_norm(o).reshape(B, T, self.config.value_size)
         return self.out_proj(o * F.silu(self.out_gate(x)))
 
     def forward(self, x: torch.Tensor, conv_state: torch.Tensor, scan_state: torch.Tensor):
         """Sequence path: x ``[B, T, D]`` -> (y ``[B, T, D]``, conv tail, scan state ``[B, H, dk, dv]``)."""
-        q, k, v, g, beta, conv_state = self._project(x, conv_state)
+        B, T = x.shape[:2]
+        q, k, v, g, beta, conv_state = self._project(x, conv_state, B, T)
         o, scan_state = sequence_scan(q, k, v, g, beta, rule=self.config.update_rule, initial_state=scan_state,
                                       chunk_size=self.config.chunk_size)
-        return self._output(x, o, v), conv_state, scan_state
+        return self._output(x, o, v, B, T), conv_state, scan_state
 
     def step(self, x: torch.Tensor, conv_state: torch.Tensor, scan_state: torch.Tensor):
         """One-token path: x ``[B, 1, D]`` -> (y ``[B, 1, D]``, conv tail, scan state), recurrent form."""
-        q, k, v, g, beta, conv_state = self._project(x, conv_state)
-        o, scan_state = recurrent_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], scan_state,
-                                       rule=self.config.update_rule)
-        return self._output(x, o.unsqueeze(1), v), conv_state, scan_state
+        q, k, v, g, beta, conv_state = self._project(x, conv_state, -1, 1)
+        c = self.config
+        H, dk, dv = c.num_heads, c.head_k_dim, c.head_v_dim
+        q, k, g = (t.reshape(-1, H, dk) for t in (q, k, g))             # drop T = 1, with constant shapes only
+        v, beta = v.reshape(-1, H, dv), beta.reshape(-1, H)
+        o, scan_state = recurrent_step(q, k, v, g, beta, scan_state, rule=c.update_rule, scale=dk ** -0.5)
+        return self._output(x, o.unsqueeze(1), v.unsqueeze(1), -1, 1), conv_state, scan_state
 
 
 class SwiGLU(nn.Module):
@@ -128,7 +133,8 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.gate_up = nn.Linear(config.hidden_size, 2 * config.mlp_hidden_size, bias=False)
         self.down = nn.Linear(config.mlp_hidden_size, config.hidden_size, bias=False)
+        self.hidden = config.mlp_hidden_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        gate, up = self.gate_up(x).split([self.hidden, self.hidden], dim=-1)
         return self.down(F.silu(gate) * up)

@@ -23,8 +23,7 @@ def recurrent_step(
     Args: q, k, g ``[B, H, dk]``; v ``[B, H, dv]``; beta ``[B, H]``; state ``[B, H, dk, dv]`` float32.
     Returns o ``[B, H, dv]`` (float32) and the new state ``[B, H, dk, dv]`` (float32).
     """
-    dk = q.shape[-1]
-    scale = dk ** -0.5 if scale is None else scale
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
     dtype = state.dtype
     q, k, v, g, beta = (x.to(dtype) for x in (q, k, v, g, beta))
     decayed = torch.exp(g).unsqueeze(-1) * state                       # [B, H, dk, dv]
