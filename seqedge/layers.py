@@ -111,7 +111,8 @@ class SequentialAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, conv_state: torch.Tensor, scan_state: torch.Tensor):
         """Sequence path: x ``[B, T, D]`` -> (y ``[B, T, D]``, conv tail, scan state ``[B, H, dk, dv]``)."""
-        B, T = x.shape[:2]
+        T = int(x.shape[1])                      # static in exported graphs: only the batch stays symbolic
+        B = -1 if T else x.shape[0]
         q, k, v, g, beta, conv_state = self._project(x, conv_state, B, T)
         o, scan_state = sequence_scan(q, k, v, g, beta, rule=self.config.update_rule, initial_state=scan_state,
                                       chunk_size=self.config.chunk_size)

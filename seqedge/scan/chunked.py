@@ -28,35 +28,36 @@ def decayed_scores(x: torch.Tensor, y: torch.Tensor, b: torch.Tensor, *, strict:
     middle), and across sub-chunks both factors are at most 1, so float32 neither overflows nor loses the
     small terms; every product is a matmul.
     """
-    *lead, C, d = x.shape
+    lead = x.shape[:-2]
+    C, d = int(x.shape[-2]), int(x.shape[-1])      # static when exported: only leading dims stay symbolic
     nb = C // SUB_CHUNK
-    xb = x.reshape(*lead, nb, SUB_CHUNK, d)
-    yb = y.reshape(*lead, nb, SUB_CHUNK, d)
-    bb = b.reshape(*lead, nb, SUB_CHUNK, d)
+    x, y, b = (t.reshape(-1, C, d) for t in (x, y, b))                                  # [L, C, d]
+    xb, yb, bb = (t.reshape(-1, nb, SUB_CHUNK, d) for t in (x, y, b))                   # [L, nb, 16, d]
     idx = torch.arange(SUB_CHUNK, device=x.device)
     tri = idx[:, None] > idx[None, :] if strict else idx[:, None] >= idx[None, :]       # [16, 16]
 
-    mid = bb[..., SUB_CHUNK // 2: SUB_CHUNK // 2 + 1, :]                                 # [..., nb, 1, d]
-    diag = (xb * torch.exp(bb - mid)) @ (yb * torch.exp(mid - bb)).transpose(-1, -2)   # [..., nb, 16, 16]
+    mid = bb[:, :, SUB_CHUNK // 2: SUB_CHUNK // 2 + 1, :]                                # [L, nb, 1, d]
+    diag = (xb * torch.exp(bb - mid)) @ (yb * torch.exp(mid - bb)).transpose(-1, -2)   # [L, nb, 16, 16]
     diag = torch.where(tri, diag, torch.zeros_like(diag))
     eye_nb = torch.eye(nb, dtype=x.dtype, device=x.device).reshape(nb, 1, nb, 1)
-    diag_full = (diag.unsqueeze(-2) * eye_nb).reshape(*lead, C, C)                      # block-diagonal
+    diag_full = (diag.unsqueeze(-2) * eye_nb).reshape(-1, C, C)                         # block-diagonal
 
-    ref = bb[..., SUB_CHUNK - 1, :].unsqueeze(-2)                                        # [..., nb, 1, d]
-    x_dec = x.unsqueeze(-3) * torch.exp(torch.clamp(b.unsqueeze(-3) - ref, max=0.0))   # [..., nb, C, d]
-    y_dec = yb * torch.exp(ref - bb)                                                     # [..., nb, 16, d]
-    off = (x_dec @ y_dec.transpose(-1, -2)).transpose(-3, -2).reshape(*lead, C, C)     # [..., C, C]
+    ref = bb[:, :, SUB_CHUNK - 1, :].unsqueeze(-2)                                       # [L, nb, 1, d]
+    x_dec = x.unsqueeze(1) * torch.exp(torch.clamp(b.unsqueeze(1) - ref, max=0.0))     # [L, nb, C, d]
+    y_dec = yb * torch.exp(ref - bb)                                                     # [L, nb, 16, d]
+    off = (x_dec @ y_dec.transpose(-1, -2)).transpose(1, 2).reshape(-1, C, C)          # [L, C, C]
 
     blk = torch.arange(C, device=x.device) // SUB_CHUNK
     below = blk[:, None] > blk[None, :]                                                  # [C, C]
-    return torch.where(below, off, diag_full)
+    out = torch.where(below, off, diag_full)
+    return out if len(lead) == 1 else out.reshape(*lead, C, C)
 
 
 def _block_forward_substitution(lower: torch.Tensor) -> torch.Tensor:
     """``(I + L)^-1`` for strictly lower-triangular 16x16 blocks ``[..., 16, 16]``: 15 unrolled row updates."""
-    n = lower.shape[-1]
+    n = int(lower.shape[-1])
     eye = torch.eye(n, dtype=lower.dtype, device=lower.device)
-    inv = eye.expand_as(lower)
+    inv = eye                                                        # broadcasts to [..., 16, 16] at i = 1
     for i in range(1, n):
         row_i = eye[:, i:i + 1]                                      # [16, 1] selects row i
         inv = inv - row_i * (lower @ inv)                            # row i := e_i - L[i, :i] X[:i]
@@ -69,7 +70,7 @@ def unit_lower_inverse(lower: torch.Tensor) -> torch.Tensor:
     Forward substitution on the 16-row diagonal blocks, merged by block-triangular products. Unlike powers of
     L (Neumann series, repeated squaring) this stays accurate in float32 when keys are strongly correlated.
     """
-    C = lower.shape[-1]
+    C = int(lower.shape[-1])
     nb = C // SUB_CHUNK
 
     def block(m: torch.Tensor, i: int, j: int) -> torch.Tensor:
@@ -87,18 +88,10 @@ def unit_lower_inverse(lower: torch.Tensor) -> torch.Tensor:
     return torch.cat(rows, dim=-2)
 
 
-def _flat(fn, *xs: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Apply ``fn`` to ``[B, H, N, C, d]`` inputs flattened to ``[B*H*N, C, d]`` (keeps every intermediate at
-    rank <= 5, which Core ML requires) and restore the leading dims."""
-    lead = xs[0].shape[:-2]
-    out = fn(*(x.reshape(-1, *x.shape[-2:]) for x in xs), **kwargs)
-    return out.reshape(*lead, *out.shape[-2:])
-
-
-def _to_chunks(x: torch.Tensor, chunk: int) -> torch.Tensor:
-    """``[B, T, H, d]`` (T a multiple of chunk) -> ``[B, H, N, C, d]``."""
-    B, T, H = x.shape[:3]
-    return x.reshape(B, T // chunk, chunk, H, *x.shape[3:]).permute(0, 3, 1, 2, *range(4, x.dim() + 1))
+def _to_chunks(x: torch.Tensor, n_chunks: int, chunk: int) -> torch.Tensor:
+    """``[B, T, H, d]`` (T = n_chunks * chunk) -> ``[B, H, N, C, d]``; only the batch is left symbolic."""
+    H, d = int(x.shape[2]), int(x.shape[3])
+    return x.reshape(-1, n_chunks, chunk, H, d).permute(0, 3, 1, 2, 4)
 
 
 def chunked_scan(
@@ -120,6 +113,7 @@ def chunked_scan(
     Returns o ``[B, T, H, dv]`` and the final state ``[B, H, dk, dv]``, float32 (float64 for float64 input).
     """
     B, T, H, dk, dv = check_scan_inputs(q, k, v, g, beta, rule, initial_state)
+    T, H, dk, dv = int(T), int(H), int(dk), int(dv)      # static in exported graphs: only the batch is symbolic
     if chunk_size <= 0 or chunk_size % SUB_CHUNK:
         raise ValueError(f"chunk_size must be a positive multiple of {SUB_CHUNK}, got {chunk_size}")
     scale = dk ** -0.5 if scale is None else scale
@@ -132,20 +126,26 @@ def chunked_scan(
         q, k, v, g = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (q, k, v, g))
         beta = F.pad(beta, (0, 0, 0, pad))
     C = chunk_size
-    q, k, v, g = (_to_chunks(x, C) for x in (q, k, v, g))               # [B, H, N, C, d]
-    beta = _to_chunks(beta.unsqueeze(-1), C)                               # [B, H, N, C, 1]
-    n_chunks = q.shape[2]
+    n_chunks = (T + pad) // C
+    q, k, v, g = (_to_chunks(x, n_chunks, C) for x in (q, k, v, g))     # [B, H, N, C, d]
+    beta = _to_chunks(beta.unsqueeze(-1), n_chunks, C)                     # [B, H, N, C, 1]
+
+    def flat(x: torch.Tensor) -> torch.Tensor:     # [B, H, N, C, d] -> [B*H*N, C, d]: intermediates stay rank <= 5
+        return x.reshape(-1, C, int(x.shape[-1]))
+
+    def unflat(x: torch.Tensor) -> torch.Tensor:   # [B*H*N, C, C] -> [B, H, N, C, C]
+        return x.reshape(-1, H, n_chunks, C, C)
 
     b = torch.cumsum(g, dim=-2)                                            # inclusive log-decay from chunk start
     kb = k * beta
     q = q * scale
-    scores = _flat(decayed_scores, q, kb, b, strict=False)                 # [B, H, N, C, C]
+    scores = unflat(decayed_scores(flat(q), flat(kb), flat(b), strict=False))     # [B, H, N, C, C]
     b_last = b[..., -1:, :]                                                # [B, H, N, 1, dk]
     q_dec = q * torch.exp(b)
     k_dec = kb * torch.exp(b_last - b)
     chunk_decay = torch.exp(b_last).transpose(-1, -2)                      # [B, H, N, dk, 1]
     if rule == "delta":
-        inv = _flat(unit_lower_inverse, _flat(decayed_scores, k, kb, b, strict=True))  # (I + M)^-1 [B, H, N, C, C]
+        inv = unflat(unit_lower_inverse(decayed_scores(flat(k), flat(kb), flat(b), strict=True)))  # (I + M)^-1
         u0 = inv @ v
         w = inv @ (k * torch.exp(b))
     else:
@@ -156,5 +156,5 @@ def chunked_scan(
         u = u0[:, :, n] if w is None else u0[:, :, n] - w[:, :, n] @ state
         outs.append(q_dec[:, :, n] @ state + scores[:, :, n] @ u)           # [B, H, C, dv]
         state = chunk_decay[:, :, n] * state + k_dec[:, :, n].transpose(-1, -2) @ u
-    out = torch.stack(outs, dim=2).permute(0, 2, 3, 1, 4).reshape(B, n_chunks * C, H, dv)
+    out = torch.stack(outs, dim=2).permute(0, 2, 3, 1, 4).reshape(-1, n_chunks * C, H, dv)
     return out[:, :T], state
