@@ -1,1 +1,78 @@
-"""GPU custom ops (Triton) for the chunked scan and the fused decode step, with CPU fallbacks."""
+"""GPU custom ops (Triton) for the chunked scan and the fused decode step, with CPU fallbacks.
+
+    >>> import torch
+    >>> from seqedge.kernels import chunk_scan
+    >>> B, T, H, dk, dv = 1, 100, 2, 64, 64
+    >>> q, k = torch.randn(B, T, H, dk), torch.randn(B, T, H, dk)
+    >>> v, g = torch.randn(B, T, H, dv), -5 * torch.rand(B, T, H, dk)
+    >>> o, state = chunk_scan(q, k, v, g, torch.rand(B, T, H), output_final_state=True)   # CPU: chunked form
+    >>> o.shape, state.shape
+    (torch.Size([1, 100, 2, 64]), torch.Size([1, 2, 64, 64]))
+
+Importing this package imports neither triton nor CUDA (tests/test_kernels_cpu.py checks it); the Triton modules
+(:mod:`seqedge.kernels.chunk_scan_triton`, :mod:`seqedge.kernels.step_scan_triton`) load on the first CUDA call.
+The backward of :func:`chunk_scan` is not a Triton kernel yet: see :mod:`seqedge.kernels.ops`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from seqedge.scan._checks import check_scan_inputs
+
+from . import ops
+
+__all__ = ["chunk_scan", "step_scan"]
+
+
+def chunk_scan(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The gated scan ``S_t = diag(exp g_t) S_{t-1} + beta_t k_t^T v_t``, ``o_t = scale q_t S_t`` as a custom op.
+
+    Args: q, k ``[B, T, H, dk]`` and v ``[B, T, H, dv]`` (all float32 or all bfloat16 on CUDA); g ``[B, T, H, dk]``
+    log forget gates in [-5, 0]; beta ``[B, T, H]``; initial_state ``[B, H, dk, dv]`` float32 or None (zeros);
+    scale defaults to dk ** -0.5. Any T, B, H; on CUDA dk and dv are powers of two in [16, 256].
+    Returns o ``[B, T, H, dv]`` in q's dtype and, if ``output_final_state``, the final state ``[B, H, dk, dv]``
+    float32 (else None). Differentiable in every input, initial_state included; works under torch.compile.
+    """
+    check_scan_inputs(q, k, v, g, beta, "gated", initial_state)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    o, final = ops.chunk_scan_gated(q, k, v, g, beta, initial_state, scale)
+    return o, (final if output_final_state else None)
+
+
+def step_scan(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    state: torch.Tensor,
+    *,
+    rule: str,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """One decode step of either rule, updating ``state`` in place (same address before and after).
+
+    Args: q, k, g ``[B, H, dk]``; v ``[B, H, dv]``; beta ``[B, H]``; state ``[B, H, dk, dv]`` float32,
+    contiguous. Returns o ``[B, H, dv]`` float32. Same math as :func:`seqedge.scan.recurrent_step`.
+    """
+    if rule not in ("gated", "delta"):
+        raise ValueError(f"rule must be one of ['gated', 'delta'], got {rule!r}")
+    B, H, dk = q.shape
+    dv = v.shape[-1]
+    expected = {"k": (k, (B, H, dk)), "g": (g, (B, H, dk)), "v": (v, (B, H, dv)), "beta": (beta, (B, H)),
+                "state": (state, (B, H, dk, dv))}
+    for name, (tensor, shape) in expected.items():
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+    scale = dk ** -0.5 if scale is None else float(scale)
+    return ops.step_scan_op(q, k, v, g, beta, state, rule == "delta", scale)

@@ -1,0 +1,167 @@
+"""torch.library registration of the kernels: custom ops with a fake (meta) implementation and autograd.
+
+``seqedge::chunk_scan_gated``   forward: Triton on CUDA, the chunked PyTorch form on every other device.
+``seqedge::chunk_scan_gated_bwd`` backward: NOT a Triton kernel yet. It recomputes the scan with the chunked
+    PyTorch form and differentiates that with autograd, segment by segment in reverse (segment-start states come
+    from the forward kernel), so memory stays bounded by one segment. Correct, but far slower than a fused
+    backward; benchmarks/results/kernels.md records how much.
+``seqedge::step_scan``          one decode step, in place on the state: Triton on CUDA, PyTorch elsewhere.
+
+Importing this module imports neither triton nor CUDA: the CUDA implementations import the Triton modules
+when they first run.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch._C import DispatchKey
+
+from seqedge.scan import chunked_scan, recurrent_step
+
+KERNEL_DTYPES = (torch.float32, torch.bfloat16)
+BWD_SEGMENT = 8192  # tokens recomputed at once by the backward (bounds its memory)
+
+
+@contextmanager
+def _autograd_inside_op():
+    """Re-enable autograd inside a custom op's implementation (the dispatcher excludes it there), so the
+    backward op can differentiate the chunked PyTorch form while staying opaque to torch.compile."""
+    include = torch._C._dispatch_tls_local_include_set()
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    for key in (DispatchKey.AutogradFunctionality, DispatchKey.ADInplaceOrView):
+        exclude = exclude.remove(key)
+    with torch._C._ForceDispatchKeyGuard(include, exclude), torch.enable_grad():
+        yield
+
+
+def _state_dtype(q: Tensor) -> torch.dtype:
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
+# chunk scan, forward ------------------------------------------------------------------------------------------
+@torch.library.custom_op("seqedge::chunk_scan_gated", mutates_args=())
+def chunk_scan_gated(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, initial_state: Optional[Tensor],
+                     scale: float) -> tuple[Tensor, Tensor]:
+    """Default (non-CUDA) implementation: the chunked PyTorch form. o in q's dtype, state float32/float64."""
+    o, state = chunked_scan(q, k, v, g, beta, rule="gated", scale=scale, initial_state=initial_state)
+    return o.to(q.dtype).contiguous(), state.to(_state_dtype(q)).contiguous()
+
+
+@chunk_scan_gated.register_kernel("cuda")
+def _chunk_scan_gated_cuda(q, k, v, g, beta, initial_state, scale):
+    from .chunk_scan_triton import check_kernel_shapes, chunk_scan_fwd, pick_config
+
+    if q.dtype not in KERNEL_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"the Triton chunk scan takes q, k, v all float32 or all bfloat16 (float16 would overflow "
+                         f"exp(40) inside a sub-chunk), got {q.dtype}, {k.dtype}, {v.dtype}; cast them first or "
+                         f"call seqedge.scan.chunked_scan")
+    why = check_kernel_shapes(q.shape[-1], v.shape[-1])
+    if why:
+        raise ValueError(why)
+    q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
+    init = None if initial_state is None else initial_state.float().contiguous()
+    config = pick_config(q, k, v, g, beta, init, scale)
+    return chunk_scan_fwd(q, k, v, g, beta, init, scale, config)
+
+
+@chunk_scan_gated.register_fake
+def _chunk_scan_gated_fake(q, k, v, g, beta, initial_state, scale):
+    B, T, H, dk = q.shape
+    dv = v.shape[-1]
+    return q.new_empty(B, T, H, dv), q.new_empty(B, H, dk, dv, dtype=_state_dtype(q))
+
+
+# chunk scan, backward -----------------------------------------------------------------------------------------
+@torch.library.custom_op("seqedge::chunk_scan_gated_bwd", mutates_args=())
+def chunk_scan_gated_bwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, initial_state: Optional[Tensor],
+                         do: Tensor, dfinal: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor,
+                                                                            Tensor]:
+    """Gradients (dq, dk, dv, dg, dbeta, dinitial_state) by reverse-order recompute of the chunked PyTorch form."""
+    B, T, H, dk = q.shape
+    dv = v.shape[-1]
+    sdt = _state_dtype(q)
+    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    seg = BWD_SEGMENT
+    starts = list(range(0, T, seg)) or [0]
+    state = (torch.zeros(B, H, dk, dv, dtype=sdt, device=q.device) if initial_state is None
+             else initial_state.detach().to(sdt))
+    seg_states = []                                              # state entering each segment, no grad
+    with torch.no_grad():
+        for t0 in starts[:-1]:
+            seg_states.append(state)
+            sl = slice(t0, t0 + seg)
+            _, state = chunk_scan_gated(q[:, sl], k[:, sl], v[:, sl], g[:, sl], beta[:, sl], state, scale)
+            state = state.to(sdt)
+        seg_states.append(state)
+    grads = [torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v, g, beta)]
+    d_state = dfinal.to(cdt)
+    for t0, s_in in zip(reversed(starts), reversed(seg_states)):
+        sl = slice(t0, t0 + seg)
+        with _autograd_inside_op():
+            ins = [x[:, sl].detach().to(cdt).requires_grad_() for x in (q, k, v, g, beta)]
+            s_leaf = s_in.detach().to(cdt).requires_grad_()
+            o, s_out = chunked_scan(*ins, rule="gated", scale=scale, initial_state=s_leaf)
+            got = torch.autograd.grad((o, s_out), [*ins, s_leaf], (do[:, sl].to(cdt), d_state))
+        for dst, src in zip(grads, got[:5]):
+            dst[:, sl] = src.to(dst.dtype)
+        d_state = got[5]
+    return (*grads, d_state.to(sdt))
+
+
+@chunk_scan_gated_bwd.register_fake
+def _chunk_scan_gated_bwd_fake(q, k, v, g, beta, initial_state, do, dfinal, scale):
+    B, H, dk, dv = dfinal.shape
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(g),
+            torch.empty_like(beta), q.new_empty(B, H, dk, dv, dtype=_state_dtype(q)))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, g, beta, initial_state, scale = inputs
+    ctx.save_for_backward(q, k, v, g, beta, initial_state)
+    ctx.scale = scale
+    ctx.has_init = initial_state is not None
+
+
+def _backward(ctx, do, dfinal):
+    q, k, v, g, beta, initial_state = ctx.saved_tensors
+    B, T, H, dk = q.shape
+    dv = v.shape[-1]
+    if do is None:
+        do = torch.zeros(B, T, H, dv, dtype=q.dtype, device=q.device)
+    if dfinal is None:
+        dfinal = torch.zeros(B, H, dk, dv, dtype=_state_dtype(q), device=q.device)
+    dq, dk_, dv_, dg, dbeta, ds0 = chunk_scan_gated_bwd(q, k, v, g, beta, initial_state, do, dfinal, ctx.scale)
+    return dq, dk_, dv_, dg, dbeta, (ds0.to(initial_state.dtype) if ctx.has_init else None), None
+
+
+chunk_scan_gated.register_autograd(_backward, setup_context=_setup_context)
+
+
+# decode step --------------------------------------------------------------------------------------------------
+@torch.library.custom_op("seqedge::step_scan", mutates_args=("state",))
+def step_scan_op(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, state: Tensor, delta: bool,
+                 scale: float) -> Tensor:
+    """Default (non-CUDA) implementation: :func:`seqedge.scan.recurrent_step`, then written into ``state``."""
+    o, new_state = recurrent_step(q, k, v, g, beta, state, rule="delta" if delta else "gated", scale=scale)
+    state.copy_(new_state)
+    return o
+
+
+@step_scan_op.register_kernel("cuda")
+def _step_scan_cuda(q, k, v, g, beta, state, delta, scale):
+    from .step_scan_triton import step_scan_cuda
+
+    if state.dtype != torch.float32 or not state.is_contiguous():
+        raise ValueError(f"the fused step updates a contiguous float32 state in place, got {state.dtype}, "
+                         f"contiguous={state.is_contiguous()}; allocate it with model.init_state")
+    q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
+    return step_scan_cuda(q, k, v, g, beta, state, delta, scale)
+
+
+@step_scan_op.register_fake
+def _step_scan_fake(q, k, v, g, beta, state, delta, scale):
+    return state.new_empty(q.shape[0], q.shape[1], v.shape[-1])

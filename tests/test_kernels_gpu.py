@@ -1,0 +1,221 @@
+"""GPU tests of seqedge.kernels: Triton chunk scan and fused step against the float64 forms, every config.
+
+Chained references: reference_scan (float64 loops, small shapes) and chunked_scan in float64 on the GPU (long
+shapes; itself tested against the reference in the core tests). Outputs are poisoned with NaN before each call.
+Skipped, with the reason printed, where there is no CUDA GPU or no triton.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import pytest
+import torch
+
+from seqedge.scan import chunked_scan, recurrent_step, reference_scan
+
+HAS_CUDA = torch.cuda.is_available()
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (Triton kernels); CPU paths are in test_kernels_cpu"),
+    pytest.mark.skipif(not HAS_TRITON, reason="needs triton (pip install triton)"),
+]
+HAS_FLA = importlib.util.find_spec("fla") is not None
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}   # relative L2 error against float64 on the same (rounded) inputs
+CONFIG_IDS = [0, 1]   # indices into FWD_CONFIGS (tests check len(FWD_CONFIGS) matches)
+
+
+def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:
+    assert not torch.isnan(x).any(), "NaN in output: unwritten or poisoned memory"
+    x, ref = x.double(), ref.double().to(x.device)
+    return float((x - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def _inputs(B, T, H, dk, dv, dtype, seed, g_mode="random"):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen, device="cuda")
+    q, k, v = r(B, T, H, dk).to(dtype), r(B, T, H, dk).to(dtype), r(B, T, H, dv).to(dtype)
+    u = torch.rand(B, T, H, dk, generator=gen, device="cuda")
+    g = {"random": -5.0 * u, "gmin": torch.full_like(u, -5.0), "slow": -0.05 * u,
+         "mixed": torch.where(u < 0.5, torch.full_like(u, -5.0), -1e-3 * u)}[g_mode]
+    beta = torch.rand(B, T, H, generator=gen, device="cuda")
+    s0 = r(B, H, dk, dv)
+    return q, k, v, g, beta, s0
+
+
+def _oracle(q, k, v, g, beta, s0, scale=None):
+    """float64 reference_scan on CPU for small shapes, float64 chunked_scan on the GPU for long ones."""
+    args = [x.double() for x in (q, k, v, g, beta)]
+    init = None if s0 is None else s0.double()
+    if q.shape[0] * q.shape[1] * q.shape[2] <= 1200:
+        return reference_scan(*[a.cpu() for a in args], rule="gated", scale=scale,
+                              initial_state=None if init is None else init.cpu())
+    return chunked_scan(*args, rule="gated", scale=scale, initial_state=init)
+
+
+SHAPES = [  # B, T, H, dk, dv
+    (1, 1, 1, 64, 64),
+    (2, 100, 3, 64, 64),
+    (1, 200, 2, 128, 128),
+    (2, 64, 2, 128, 64),
+    (1, 2051, 1, 128, 128),      # several segments, odd tail
+    (3, 777, 2, 64, 128),
+]
+
+
+@pytest.mark.parametrize("cfg_id", CONFIG_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("with_init", [False, True])
+def test_forward_every_config(cfg_id, dtype, shape, with_init):
+    from seqedge.kernels.chunk_scan_triton import FWD_CONFIGS, chunk_scan_fwd
+
+    assert len(FWD_CONFIGS) == len(CONFIG_IDS), "every config must be checked: update CONFIG_IDS"
+
+    B, T, H, dk, dv = shape
+    q, k, v, g, beta, s0 = _inputs(B, T, H, dk, dv, dtype, seed=hash((cfg_id, shape, with_init)) % 2**31)
+    init = s0 if with_init else None
+    o = torch.full((B, T, H, dv), float("nan"), dtype=dtype, device="cuda")
+    fin = torch.full((B, H, dk, dv), float("nan"), device="cuda")
+    chunk_scan_fwd(q, k, v, g, beta, init, dk ** -0.5, FWD_CONFIGS[cfg_id], out=(o, fin))
+    ro, rs = _oracle(q, k, v, g, beta, init)
+    assert _rel(o, ro) < TOL[dtype], (_rel(o, ro), FWD_CONFIGS[cfg_id])
+    assert _rel(fin, rs) < TOL[dtype], (_rel(fin, rs), FWD_CONFIGS[cfg_id])
+
+
+@pytest.mark.parametrize("cfg_id", CONFIG_IDS)
+@pytest.mark.parametrize("g_mode", ["gmin", "slow", "mixed"])
+def test_forward_gate_extremes(cfg_id, g_mode):
+    from seqedge.kernels.chunk_scan_triton import FWD_CONFIGS, chunk_scan_fwd
+
+    B, T, H, dk, dv = 2, 300, 2, 128, 128
+    q, k, v, g, beta, s0 = _inputs(B, T, H, dk, dv, torch.float32, seed=7 + cfg_id, g_mode=g_mode)
+    o = torch.full((B, T, H, dv), float("nan"), device="cuda")
+    fin = torch.full((B, H, dk, dv), float("nan"), device="cuda")
+    chunk_scan_fwd(q, k, v, g, beta, s0, 0.3, FWD_CONFIGS[cfg_id], out=(o, fin))
+    ro, rs = _oracle(q, k, v, g, beta, s0, scale=0.3)
+    assert _rel(o, ro) < TOL[torch.float32] and _rel(fin, rs) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_public_op_and_gradients(dtype):
+    from seqedge.kernels import chunk_scan
+
+    B, T, H, dk, dv = 2, 150, 2, 64, 64
+    ins = list(_inputs(B, T, H, dk, dv, dtype, seed=11))
+    leaves = [x.detach().clone().requires_grad_() for x in ins]
+    o, fin = chunk_scan(*leaves[:5], initial_state=leaves[5], output_final_state=True)
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    do = torch.randn(o.shape, generator=gen, device="cuda")
+    dfin = torch.randn(fin.shape, generator=gen, device="cuda")
+    ((o.float() * do).sum() + (fin * dfin).sum()).backward()
+
+    ref = [x.detach().double().requires_grad_() for x in ins]
+    ro, rs = chunked_scan(*ref[:5], rule="gated", initial_state=ref[5])
+    ((ro * do.double()).sum() + (rs * dfin.double()).sum()).backward()
+    assert _rel(o, ro) < TOL[dtype] and _rel(fin, rs) < TOL[dtype]
+    for name, a, b in zip(["q", "k", "v", "g", "beta", "initial_state"], leaves, ref):
+        assert _rel(a.grad, b.grad) < (1e-4 if dtype == torch.float32 else 2e-2), name
+
+
+def test_torch_compile_fullgraph():
+    from seqedge.kernels import chunk_scan
+
+    q, k, v, g, beta, s0 = _inputs(1, 130, 2, 64, 64, torch.bfloat16, seed=5)
+    fn = torch.compile(lambda *a: chunk_scan(*a, output_final_state=True), fullgraph=True)
+    o, fin = fn(q, k, v, g, beta, s0)
+    ro, rs = _oracle(q, k, v, g, beta, s0)
+    assert _rel(o, ro) < TOL[torch.bfloat16] and _rel(fin, rs) < TOL[torch.bfloat16]
+
+
+@pytest.mark.skipif(not HAS_FLA, reason="flash-linear-attention not installed (pip install flash-linear-attention)")
+@pytest.mark.parametrize("T", [64, 1000])
+def test_against_fla(T):
+    from fla.ops.gla import chunk_gla, fused_recurrent_gla
+
+    from seqedge.kernels import chunk_scan
+
+    q, k, v, g, beta, s0 = _inputs(2, T, 4, 128, 128, torch.bfloat16, seed=T)
+    o, fin = chunk_scan(q, k, v, g, beta, initial_state=s0, output_final_state=True)
+    kb = (k.float() * beta[..., None]).to(torch.bfloat16)            # beta folded into k
+    fo, ffin = chunk_gla(q, kb, v, g, initial_state=s0, output_final_state=True)
+    ro, ros = fused_recurrent_gla(q, kb, v, g, initial_state=s0, output_final_state=True)
+    for peer_o, peer_s in ((fo, ffin), (ro, ros)):
+        assert _rel(o, peer_o) < 2e-2 and _rel(fin, peer_s) < 2e-2
+
+
+@pytest.mark.parametrize("rule", ["gated", "delta"])
+@pytest.mark.parametrize("block_v", [32, 64])
+@pytest.mark.parametrize("dims", [(64, 64), (128, 128), (128, 64)])
+def test_step_scan(rule, block_v, dims):
+    from seqedge.kernels.step_scan_triton import STEP_BLOCK_V, step_scan_cuda
+
+    assert block_v in STEP_BLOCK_V
+    dk, dv = dims
+    B, H = 3, 4
+    q, k, v, g, beta, s0 = _inputs(B, 1, H, dk, dv, torch.float32, seed=dk + dv + block_v)
+    q, k, v, g, beta = (x[:, 0] for x in (q, k, v, g, beta))
+    if rule == "delta":
+        q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
+    state = s0.clone()
+    addr = state.data_ptr()
+    o = torch.full((B, H, dv), float("nan"), device="cuda")
+    step_scan_cuda(q, k, v, g, beta, state, rule == "delta", dk ** -0.5, block_v=block_v, out=o)
+    ro, rs = recurrent_step(*(x.double() for x in (q, k, v, g, beta)), s0.double(), rule=rule)
+    assert state.data_ptr() == addr
+    assert _rel(o, ro) < 1e-5 and _rel(state, rs) < 1e-5
+
+
+def test_step_scan_public_op():
+    from seqedge.kernels import step_scan
+
+    q, k, v, g, beta, s0 = _inputs(2, 1, 3, 64, 64, torch.float32, seed=1)
+    q, k, v, g, beta = (x[:, 0] for x in (q, k, v, g, beta))
+    state = s0.clone()
+    o = step_scan(q, k, v, g, beta, state, rule="gated")
+    ro, rs = recurrent_step(*(x.double() for x in (q, k, v, g, beta)), s0.double(), rule="gated")
+    assert _rel(o, ro) < 1e-5 and _rel(state, rs) < 1e-5
+
+
+@pytest.mark.parametrize("rule", ["gated", "delta"])
+def test_decode_graph_matches_model_step(rule):
+    from seqedge.config import SequentialAttentionConfig
+    from seqedge.kernels.decode_graph import GraphDecoder
+    from seqedge.model import SequentialAttentionModel
+
+    torch.manual_seed(0)
+    model = SequentialAttentionModel(SequentialAttentionConfig.preset("tiny", update_rule=rule)).cuda().eval()
+    B = 3
+    dec = GraphDecoder(model, batch_size=B)
+    state = model.init_state(B)
+    tokens = torch.randint(0, 256, (12, B), device="cuda")
+    with torch.no_grad():
+        for t in range(tokens.shape[0]):
+            ref, state = model.step(tokens[t], state)
+            got = dec.step(tokens[t])
+            assert (got - ref).abs().max().item() < 1e-4
+    for a, b in zip(dec.state().tensors, state.tensors):
+        assert (a - b).abs().max().item() < 1e-4
+
+
+def test_model_dispatches_to_kernel_on_cuda(caplog):
+    from seqedge.config import SequentialAttentionConfig
+    from seqedge.model import SequentialAttentionModel
+    from seqedge.scan import dispatch
+
+    torch.manual_seed(0)
+    model = SequentialAttentionModel(SequentialAttentionConfig.preset("tiny"))
+    tokens = torch.randint(0, 256, (2, 150))
+    dispatch._TOLD.clear()
+    dispatch.use_triton_kernels()
+    try:
+        with torch.no_grad(), caplog.at_level(logging.WARNING, logger="seqedge.scan"):
+            ref, _ = model(tokens)
+            got, _ = model.cuda()(tokens.cuda())
+    finally:
+        dispatch.use_triton_kernels(False)
+    assert any("Triton chunk-scan kernel" in r.message for r in caplog.records)
+    assert any("chunked PyTorch scan" in r.message for r in caplog.records)
+    assert _rel(got, ref) < 1e-4
