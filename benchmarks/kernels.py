@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import statistics
 import sys
@@ -236,7 +235,7 @@ def bench_decode(results: dict, save, bw: float) -> None:
 
 def write_markdown(results: dict, path: str) -> None:
     m = results["meta"]
-    lines = [f"# seqedge.kernels benchmark\n", f"- card: {m['card']}", f"- date (UTC): {m['date']}",
+    lines = ["# seqedge.kernels benchmark\n", f"- card: {m['card']}", f"- date (UTC): {m['date']}",
              f"- versions: {m['versions']}", f"- command: `{m['command']}`",
              f"- measured copy bandwidth: {m['copy_bw_gbs']:.0f} GB/s (bytes read + written)",
              f"- shapes: H={H}, head dim {D}, bf16 q/k/v/g, beta float32 (ours only); times are medians (ms)",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import seqedge
+from seqedge.fsutil import replace_dir
 
 from .base import TARGETS, ExportContext, get_target
 from .entry_points import ENTRY_POINTS, input_names, output_names
@@ -67,7 +68,7 @@ def export_model(model, out_dir: str | os.PathLike, targets: Sequence[str] | str
         failed = {k: v["failures"] for k, v in data["parity"].items() if v.get("failures")}
         if failed:
             raise RuntimeError(f"export parity check failed: {failed}; nothing was written to {out}")
-        _move_into_place(tmp, out)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     say(f"artifact written to {out}")
@@ -160,21 +161,6 @@ def _check_destination(out: Path, overwrite: bool) -> None:
         raise ArtifactError(f"{out} already holds an artifact; pass overwrite=True (--overwrite) to replace it")
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing artifact is swapped out only after ``tmp`` is complete."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            os.replace(old, out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 # writing ------------------------------------------------------------------------------------------------
 def _export_torch(model, root: Path, say) -> Variant:
     from seqedge.checkpoint import CONFIG_FILE, WEIGHTS_FILE, save_pretrained
@@ -238,7 +224,7 @@ def _numel(shape) -> int:
 def _export_parity(root: Path, say) -> dict[str, Any]:
     """Short parity check of every variant whose runtime runs here, against the float64 reference."""
     from seqedge.runtimes.base import get_runtime
-    from seqedge.runtimes.parity import reference_stream, run_stream, text_tokens
+    from seqedge.runtimes.parity import reference_stream, text_tokens
     from seqedge.runtimes.session import Session
 
     manifest = read_manifest(root)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import SequentialAttentionConfig
+from .fsutil import replace_dir
 
 if TYPE_CHECKING:
     from .model import SequentialAttentionModel
@@ -38,25 +39,10 @@ def save_pretrained(model: "SequentialAttentionModel", directory: str | os.PathL
         payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
                    "model": model.config.to_dict()}
         (tmp / CONFIG_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-        _replace_dir(tmp, directory)
+        replace_dir(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``; an existing ``dst`` is swapped out only after ``src`` is complete."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        try:
-            os.replace(src, dst)
-        except BaseException:
-            os.replace(old, dst)          # put the previous checkpoint back: never leave nothing behind
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
 
 
 def read_config(directory: str | os.PathLike) -> SequentialAttentionConfig:
