@@ -24,6 +24,7 @@ from .entry_points import ENTRY_POINTS, input_names, output_names
 from .manifest import (ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST_FILE, ArtifactError, Manifest, Variant,
                        file_record, read_manifest, write_manifest)
 from .quantization import QuantizationRecipe
+from .quiet import quiet_libraries
 
 TARGET_ORDER = ("onnx", "executorch", "coreml", "tensorrt")   # tensorrt builds from the onnx variant
 RUNTIME_OF_TARGET = {"torch": "torch", "onnx": "onnxruntime", "executorch": "executorch", "coreml": "coreml",
@@ -57,7 +58,8 @@ def export_model(model, out_dir: str | os.PathLike, targets: Sequence[str] | str
             start = time.perf_counter()
             say(f"{name}/{recipe.tag}: exporting")
             ctx = ExportContext(model, tmp, recipe, say, list(variants))
-            variant = target.export(ctx)
+            with quiet_libraries():
+                variant = target.export(ctx)
             variants.append(variant)
             say(f"{name}/{recipe.tag}: done in {time.perf_counter() - start:.1f}s "
                 f"({sum(f['bytes'] for f in variant.files.values()) / 2**20:.2f} MiB)")
@@ -111,8 +113,9 @@ def _plan(targets: Sequence[str] | str, recipes: list[QuantizationRecipe], say):
     plan, skipped = [], []
     for name in names:
         try:
-            target = get_target(name)
-            target.check_available()
+            with quiet_libraries():
+                target = get_target(name)
+                target.check_available()
         except (ImportError, RuntimeError, OSError) as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             if explicit:

@@ -18,13 +18,10 @@ so the bound actually compiled into the program is read back and recorded in ``V
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
 import time
-import warnings
 from collections import Counter
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -33,6 +30,7 @@ from .base import ExportContext
 from .entry_points import ENTRY_POINTS, entry_module, example_inputs
 from .manifest import Variant, file_record
 from .quantization import SCHEMES, QuantizationRecipe
+from .quiet import quiet_libraries
 
 INSTALL_HINT = "pip install executorch==1.5.1 torchao==0.18.0"
 PROGRAM_FILE = "model.pte"
@@ -41,24 +39,6 @@ PROGRAM_FILE = "model.pte"
 DEFAULT_MAX_BATCH = 8
 XNNPACK_MAX_RANK = 6      # XNNPACK tensors have at most 6 dimensions (XNN_MAX_TENSOR_DIMS)
 _BOOKKEEPING_OPS = {"getitem", "sym_size.int", "executorch_call_delegate"}
-
-
-@contextlib.contextmanager
-def _quiet_libraries() -> Iterator[None]:
-    """Silence the deprecation chatter of ExecuTorch/torchao/torch.export during one export (their warnings say
-    nothing a seqedge user can act on); seqedge's own progress lines and every error still come through."""
-    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree", "executorch")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        for category in (FutureWarning, DeprecationWarning, UserWarning):
-            warnings.filterwarnings("ignore", category=category)
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
 
 
 def _import_executorch():
@@ -194,7 +174,7 @@ class ExecuTorchTarget:
         _import_torchao()
 
     def export(self, ctx: ExportContext) -> Variant:
-        with _quiet_libraries():
+        with quiet_libraries():
             return self._export(ctx)
 
     def _export(self, ctx: ExportContext) -> Variant:

@@ -379,6 +379,7 @@ def plan_runs(artifact_dir: str | Path, runtimes: Sequence[str] | None = None,
     ``quantizations``: tags (none/fp32, fp16, int8, int4) to keep (default: all present).
     """
     from seqedge.export.manifest import read_manifest
+    from seqedge.export.quiet import quiet_libraries
 
     from .base import RUNTIMES, get_runtime
 
@@ -390,8 +391,9 @@ def plan_runs(artifact_dir: str | Path, runtimes: Sequence[str] | None = None,
     runs, skipped = [], []
     for runtime in runtimes or list(RUNTIMES):
         try:
-            factory = get_runtime(runtime)
-            factory.check_available()
+            with quiet_libraries():
+                factory = get_runtime(runtime)
+                factory.check_available()
         except (ImportError, RuntimeError, OSError) as err:
             skipped.append(Skipped(runtime, _first_line(err)))
             continue

@@ -12,6 +12,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from seqedge.export.manifest import Manifest, Variant, read_manifest
+from seqedge.export.quiet import quiet_libraries
 from seqedge.sampling import Sampler, SamplingConfig
 from seqedge.state import State
 
@@ -129,8 +130,10 @@ def load(artifact_dir: str | Path, runtime: str = "onnxruntime", *, quantization
     ``quantization`` picks a variant (fp32/none, fp16, int8, int4); by default fp32, or the only one present.
     Files are checked against their sha256 before use.
     """
-    factory = get_runtime(runtime)
-    manifest = read_manifest(artifact_dir)
-    variant = manifest.variant(factory.target, quantization)
-    factory.check_available()
-    return Session(manifest, variant, factory.open(manifest, variant, **options), runtime)
+    with quiet_libraries():
+        factory = get_runtime(runtime)
+        manifest = read_manifest(artifact_dir)
+        variant = manifest.variant(factory.target, quantization)
+        factory.check_available()
+        backend = factory.open(manifest, variant, **options)
+    return Session(manifest, variant, backend, runtime)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from seqedge.export.manifest import read_manifest
+from seqedge.export.quiet import quiet_libraries
 
 from .base import RUNTIMES, get_runtime
 from .parity import check_session, default_prefill, reference_stream, text_tokens
@@ -71,8 +72,10 @@ def _open_runtime(manifest, name: str) -> list[tuple[dict[str, Any], Session | N
     for variant in variants:
         row: dict[str, Any] = {"runtime": name, "variant": variant.name}
         try:
-            factory.check_available()
-            out.append((row, Session(manifest, variant, factory.open(manifest, variant), name)))
+            with quiet_libraries():
+                factory.check_available()
+                backend = factory.open(manifest, variant)
+            out.append((row, Session(manifest, variant, backend, name)))
         except (ImportError, RuntimeError) as err:
             row.update(status="unavailable", reason=str(err).strip().splitlines()[0])
             out.append((row, None))
