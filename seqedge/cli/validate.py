@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "runtime and quantization present in the artifact and compare with the float64 torch "
                     "reference: max |logit diff|, top-1 agreement, KL, state relative error, bits per byte, and "
                     "the error over the first vs last 100 tokens. Exit code 1 when a tolerance is missed "
-                    "(fp32: max |diff| <= 1e-4; fp16: top-1 >= 99%%; int8/int4: top-1 >= 95%% and bpb within 3%%). "
+                    "(fp32: max |diff| <= 1e-4; fp16: top-1 >= 99%; int8/int4: top-1 >= 95% and bpb within 3%). "
                     "Runtimes that cannot run here are listed with the reason.")
     p.add_argument("artifact", metavar="DIR", help="artifact directory written by `seqedge export`")
     p.add_argument("--runtimes", default=None,
