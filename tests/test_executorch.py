@@ -25,6 +25,7 @@ import copy
 import json
 import math
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -233,7 +234,8 @@ def test_fp16_stream(exported):
 def test_importing_the_modules_does_not_import_executorch():
     code = ("import sys, seqedge.export.executorch_target, seqedge.runtimes.executorch_runtime; "
             "print([m for m in ('executorch', 'torchao') if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tempfile.gettempdir(), check=True)  # installed package, not ./seqedge
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
