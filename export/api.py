@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import seqedge
 from seqedge.fsutil import replace_dir
+from seqedge.state import state_nbytes
 
 from .base import TARGETS, ExportContext, get_target
 from .entry_points import ENTRY_POINTS, input_names, output_names
@@ -207,7 +208,7 @@ def _manifest_data(model, variants: list[Variant], recipes, skipped) -> dict[str
         "num_parameters": model.num_parameters(),
         "tokenizer": ByteTokenizer().to_dict(),
         "state": [s.to_dict() for s in specs],
-        "state_bytes_per_sequence": sum(4 * _numel(s.concrete_shape(1)) for s in specs),
+        "state_bytes_per_sequence": state_nbytes(specs),
         "entry_points": entry_points,
         "chunk_size": config.chunk_size,
         "prefill": "floor(N / chunk_size) chunk calls, then the remaining tokens as step calls",
@@ -215,13 +216,6 @@ def _manifest_data(model, variants: list[Variant], recipes, skipped) -> dict[str
         "variants": [v.to_dict() for v in variants],
         "skipped": skipped,
     }
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _export_parity(root: Path, say) -> dict[str, Any]:

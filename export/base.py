@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import import_module
 from pathlib import Path
 from typing import Callable, Protocol
 
 from seqedge.model import SequentialAttentionModel
+from seqedge.registry import instantiate
 
 from .manifest import Variant
 from .quantization import QuantizationRecipe
@@ -57,7 +57,4 @@ TARGETS: dict[str, str] = {
 
 
 def get_target(name: str) -> ExportTarget:
-    if name not in TARGETS:
-        raise ValueError(f"unknown export target {name!r}; valid targets are {sorted(TARGETS)} or 'all'")
-    module, cls = TARGETS[name].split(":")
-    return getattr(import_module(module), cls)()
+    return instantiate(TARGETS, name, "export target", " or 'all'")

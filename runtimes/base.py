@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import Any, Protocol
 
 import numpy as np
 
 from seqedge.export.manifest import Manifest, Variant
+from seqedge.registry import instantiate
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -56,7 +56,4 @@ RUNTIMES: dict[str, str] = {
 
 
 def get_runtime(name: str) -> BackendFactory:
-    if name not in RUNTIMES:
-        raise ValueError(f"unknown runtime {name!r}; valid runtimes are {sorted(RUNTIMES)}")
-    module, cls = RUNTIMES[name].split(":")
-    return getattr(import_module(module), cls)()
+    return instantiate(RUNTIMES, name, "runtime")

@@ -55,6 +55,11 @@ def state_specs(config: SequentialAttentionConfig) -> list[StateSpec]:
     return specs
 
 
+def state_nbytes(specs: Sequence[StateSpec], batch_size: int = 1) -> int:
+    """Bytes of the whole state for ``batch_size`` sequences: fixed, whatever the context length."""
+    return sum(int(np.prod(s.concrete_shape(batch_size))) * np.dtype(s.dtype).itemsize for s in specs)
+
+
 def model_fingerprint(config: SequentialAttentionConfig) -> str:
     """A short hash of the config: states of two different models never pass for each other."""
     return hashlib.sha256(config.to_json().encode()).hexdigest()[:16]

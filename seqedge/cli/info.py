@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from seqedge.checkpoint import read_config
     from seqedge.defaults import default_checkpoint_dir
-    from seqedge.state import state_specs
+    from seqedge.state import state_nbytes, state_specs
 
     path = Path(args.path) if args.path else default_checkpoint_dir()
     if not path.exists():
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     config = read_config(path)
     specs = state_specs(config)
-    state_bytes = sum(4 * _numel(s.concrete_shape(1)) for s in specs)
+    state_bytes = state_nbytes(specs)
     info = {"path": str(path), "config": config.to_dict(), "state_bytes_per_sequence": state_bytes,
             "state": [s.to_dict() for s in specs]}
     weights = path / "model.safetensors"
@@ -49,13 +49,6 @@ def run(args: argparse.Namespace) -> int:
     if "weights_bytes" in info:
         print(f"  weights file         {info['weights_bytes'] / 2**20:.2f} MiB")
     return 0
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _manifest_summary(path: Path, data: dict) -> str:
