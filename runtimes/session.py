@@ -130,10 +130,16 @@ def load(artifact_dir: str | Path, runtime: str = "onnxruntime", *, quantization
     ``quantization`` picks a variant (fp32/none, fp16, int8, int4); by default fp32, or the only one present.
     Files are checked against their sha256 before use.
     """
+    target = get_runtime(runtime).target
+    manifest = read_manifest(artifact_dir)
+    return open_session(manifest, manifest.variant(target, quantization), runtime, **options)
+
+
+def open_session(manifest: Manifest, variant: Variant, runtime: str, **options: Any) -> Session:
+    """A Session for one variant of an already-read manifest; ImportError or RuntimeUnavailable if the runtime
+    cannot run here (the message says what would)."""
     with quiet_libraries():
         factory = get_runtime(runtime)
-        manifest = read_manifest(artifact_dir)
-        variant = manifest.variant(factory.target, quantization)
         factory.check_available()
         backend = factory.open(manifest, variant, **options)
     return Session(manifest, variant, backend, runtime)

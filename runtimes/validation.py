@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from seqedge.export.manifest import read_manifest
-from seqedge.export.quiet import quiet_libraries
 
 from .base import RUNTIMES, get_runtime
 from .parity import check_session, default_prefill, reference_stream, text_tokens
-from .session import Session
+from .session import Session, open_session
 
 
 def validate_artifact(artifact_dir: str | Path, runtimes: Sequence[str] | None = None, *, tokens: int = 1024,
@@ -72,10 +71,7 @@ def _open_runtime(manifest, name: str) -> list[tuple[dict[str, Any], Session | N
     for variant in variants:
         row: dict[str, Any] = {"runtime": name, "variant": variant.name}
         try:
-            with quiet_libraries():
-                factory.check_available()
-                backend = factory.open(manifest, variant)
-            out.append((row, Session(manifest, variant, backend, name)))
+            out.append((row, open_session(manifest, variant, name)))
         except (ImportError, RuntimeError) as err:
             row.update(status="unavailable", reason=str(err).strip().splitlines()[0])
             out.append((row, None))
