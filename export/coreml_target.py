@@ -7,9 +7,11 @@ Core ML feature names cannot contain ``.``, so ``state.<i>`` is written ``state_
 ``Variant.info["feature_names"]``); Core ML takes int32 token ids, not int64. The state stays explicit float32 I/O
 (Core ML's own ``StateType`` holds fp16 only). Batch is fixed at 1.
 
-Precision: ``none`` computes in float32; ``fp16``, ``int8`` and ``int4`` compute in float16, and ``int8``/``int4``
-also compress the weights of linear, matmul and embedding ops (int8 per output channel; int4 in blocks of
-``group_size`` input columns), which Core ML dequantises at load.
+Precision: ``none`` computes in float32; ``fp16``, ``int8`` and ``int4`` compute in float16. ``int8`` also
+compresses the weights of linear, matmul and embedding ops (per output channel); ``int4`` compresses the weights
+of the modules the recipe's int4 policy selects (``QuantizationRecipe.int4_applies``; the MLP by default) in
+blocks of ``group_size`` input columns and keeps the others float16 (``Variant.info["int4"]`` lists both). Core
+ML dequantises compressed weights at load.
 
 Both functions trace the same entry modules as every other target: ``step`` the recurrent form, ``chunk`` the
 chunked scan (its intermediates stay at rank <= 5, the most Core ML allows).
@@ -31,6 +33,7 @@ from seqedge.state import StateSpec
 from .base import ExportContext
 from .entry_points import entry_module, example_inputs
 from .manifest import Variant, file_record
+from .quantization import QuantizationRecipe, WeightIndex, int4_selection
 
 PACKAGE = "model.mlpackage"
 FUNCTIONS = ("step", "chunk")
@@ -94,17 +97,36 @@ def _converter_fixes() -> Iterator[None]:
             registry.set_func_by_name(func, name)
 
 
-def _compression_config(scheme: str, group_size: int) -> Any:
+def weight_consts(mlmodel: Any, model) -> dict[str, list[str]]:
+    """``{const name: module names}`` of the weight matrices in a converted (uncompressed) ``mlmodel``: consts
+    feeding a linear, matmul or gather whose value is a model weight cast to the program's dtype
+    (:class:`WeightIndex`). Const names come from traced parameter names and may change between coremltools
+    versions; values do not."""
+    import coremltools.optimize.coreml as cto
+    import numpy as np
+
+    index = WeightIndex(model)
+    found = {}
+    for name, meta in cto.get_weights_metadata(mlmodel, weight_threshold=0).items():
+        if any(op.op_type in WEIGHT_OPERANDS for op in meta.child_ops):
+            modules = index.lookup(np.asarray(meta.val))
+            if modules:
+                found[name] = modules
+    return found
+
+
+def _compression_config(recipe: QuantizationRecipe, selected: list[str]) -> Any:
+    """int8: every linear/matmul weight and the embedding table; int4: exactly the ``selected`` consts."""
     import coremltools.optimize.coreml as cto
 
-    if scheme == "int8":
+    if recipe.scheme == "int8":
         op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
                                          weight_threshold=0)
-    else:
-        op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
-                                         block_size=group_size, weight_threshold=0)
-    # Only the matrices: linear/matmul weights and the embedding table (gather); norms and conv taps stay fp16.
-    return cto.OptimizationConfig(op_type_configs={"linear": op, "matmul": op, "gather": op})
+        # Only the matrices: linear/matmul weights and the embedding table (gather); norms and conv taps stay fp16.
+        return cto.OptimizationConfig(op_type_configs={"linear": op, "matmul": op, "gather": op})
+    op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
+                                     block_size=recipe.group_size, weight_threshold=0)
+    return cto.OptimizationConfig(op_name_configs={name: op for name in selected})
 
 
 class CoreMLTarget:
@@ -118,7 +140,8 @@ class CoreMLTarget:
         except ImportError:
             raise ImportError(f"the coreml target needs coremltools: {INSTALL_HINT}") from None
 
-    def _convert(self, ctx: ExportContext, entry: str, out: Path) -> None:
+    def _convert(self, ctx: ExportContext, entry: str, out: Path) -> dict[str, list[str]]:
+        """Convert one entry point to ``out``; for int4, return ``{weight const: module names}``."""
         import coremltools as ct
         import numpy as np
 
@@ -141,11 +164,14 @@ class CoreMLTarget:
             mlmodel = ct.convert(traced, inputs=inputs, outputs=outputs, convert_to="mlprogram",
                                  minimum_deployment_target=ct.target.iOS18, compute_precision=precision,
                                  skip_model_load=True)
+        consts = weight_consts(mlmodel, model) if scheme == "int4" else {}
+        selected = _int4_consts(ctx, consts, entry) if scheme == "int4" else []
         if scheme in ("int8", "int4"):
             import coremltools.optimize.coreml as cto
 
-            mlmodel = cto.linear_quantize_weights(mlmodel, _compression_config(scheme, ctx.quantization.group_size))
+            mlmodel = cto.linear_quantize_weights(mlmodel, _compression_config(ctx.quantization, selected))
         mlmodel.save(str(out))
+        return consts
 
     def export(self, ctx: ExportContext) -> Variant:
         self.check_available()
@@ -164,11 +190,11 @@ class CoreMLTarget:
         out_dir = ctx.target_dir(self.name)
         package = out_dir / PACKAGE
         with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-            parts = {}
+            parts, consts = {}, {}
             for entry in FUNCTIONS:
                 ctx.progress(f"coreml/{ctx.quantization.tag}: converting {entry}")
                 parts[entry] = str(Path(tmp) / f"{entry}.mlpackage")
-                self._convert(ctx, entry, Path(parts[entry]))
+                consts.update(self._convert(ctx, entry, Path(parts[entry])))
             ctx.progress(f"coreml/{ctx.quantization.tag}: merging step and chunk into {PACKAGE} (shared weights)")
             desc = ct.utils.MultiFunctionDescriptor()
             for entry in FUNCTIONS:
@@ -180,7 +206,11 @@ class CoreMLTarget:
         spec = ct.utils.load_spec(str(package))
         stored = {entry: weight_storage(spec, entry) for entry in FUNCTIONS}
         weights = sorted({(name, dtype) for entry in FUNCTIONS for _, name, dtype in stored[entry]})
-        uncompressed = [name for name, dtype in weights if scheme in ("int8", "int4") and not dtype.startswith("INT")]
+        # int4 leaves the weights its policy does not select in float16 on purpose; any other plain weight was
+        # skipped by coremltools (for int4: input dim not a multiple of group_size)
+        expected = {n for n, modules in consts.items() if not ctx.quantization.int4_applies(modules[0])}
+        uncompressed = [name for name, dtype in weights if scheme in ("int8", "int4") and not dtype.startswith("INT")
+                        and name not in expected]
         if uncompressed:
             message = (f"Core ML {scheme}: coremltools left {len(uncompressed)} weight(s) uncompressed (for int4, "
                        f"their input dim is not a multiple of group_size={ctx.quantization.group_size}): "
@@ -196,6 +226,8 @@ class CoreMLTarget:
             "minimum_deployment_target": "iOS18/macOS15",
             "compute_precision": "float32" if scheme == "none" else "float16",
             "weight_compression": _compression_summary(scheme, ctx.quantization.group_size),
+            **({"int4": _int4_summary(ctx.quantization, consts, dict(weights))}
+               if scheme == "int4" else {}),
             "weight_dtypes": {dtype: sum(1 for _, d in weights if d == dtype)
                               for dtype in sorted({d for _, d in weights})},
             "uncompressed_weights": uncompressed,
@@ -243,9 +275,48 @@ def weight_storage(spec: Any, function: str) -> list[tuple[str, str, str]]:
     return found
 
 
+def _int4_consts(ctx: ExportContext, consts: dict[str, list[str]], entry: str) -> list[str]:
+    """The weight consts the int4 policy selects, checked: every selected module has one in this function, and
+    no const stands for modules the policy treats differently."""
+    selected = [name for name, modules in consts.items() if ctx.quantization.int4_applies(modules[0])]
+    for name, modules in consts.items():
+        if len({ctx.quantization.int4_applies(m) for m in modules}) > 1:
+            raise RuntimeError(f"Core ML const {name!r}: modules {modules} have identical weights but the int4 "
+                               f"policy treats them differently; one const cannot be both")
+    wanted, _ = int4_selection(ctx.model, ctx.quantization)
+    found = {m for name in selected for m in consts[name]}
+    if not wanted:
+        raise ValueError(f"the int4 policy {list(ctx.quantization.int4_modules)} selects no weight matrix of "
+                         f"the model")
+    if set(wanted) - found:
+        raise RuntimeError(f"Core ML {entry}: no weight const found for {sorted(set(wanted) - found)} (selected "
+                           f"for int4); the converted program names {sorted(consts)}")
+    return selected
+
+
+def _int4_summary(recipe: QuantizationRecipe, consts: dict[str, list[str]], stored: dict[str, str]) -> dict:
+    """Which modules' weights are stored as int4 in the package, and which stay float16 by the policy.
+
+    ``stored`` is ``{weight name: stored dtype}`` of the saved package; coremltools renames a const it compresses
+    (``<name>_quantized``), so a selected const no longer stored as a float under its own name was packed (and
+    the INT4 count must agree)."""
+    floats = {name for name, dtype in stored.items() if not dtype.startswith("INT")}
+    packed_consts = [name for name, modules in consts.items() if recipe.int4_applies(modules[0]) and name not in floats]
+    n_int4 = sum(dtype == "INT4" for dtype in stored.values())
+    if n_int4 != len(packed_consts):
+        raise RuntimeError(f"Core ML int4: the package stores {n_int4} INT4 weights, but {len(packed_consts)} "
+                           f"selected consts were compressed ({packed_consts})")
+    packed = {m for name in packed_consts for m in consts[name]}
+    kept = {m for modules in consts.values() for m in modules if not recipe.int4_applies(m)}
+    return {"policy": list(recipe.int4_modules), "quantized_modules": sorted(packed),
+            "float16_modules": sorted(kept),
+            "float16_reason": "not selected by the recipe's int4 policy (see QuantizationRecipe)"}
+
+
 def _compression_summary(scheme: str, group_size: int) -> str | None:
     if scheme == "int8":
         return "int8 linear symmetric, per output channel (linear, matmul, embedding weights)"
     if scheme == "int4":
-        return f"int4 linear symmetric, blocks of {group_size} input columns (linear, matmul, embedding weights)"
+        return (f"int4 linear symmetric, blocks of {group_size} input columns (the weights of the modules the "
+                f"recipe's int4 policy selects; the others float16)")
     return None

@@ -7,8 +7,10 @@ How each recipe scheme is packed here (DESIGN §3; the state I/O stays float32 i
   state and logits stay float32 because the model casts them explicitly.
 - ``int8``: torchao ``Int8DynamicActivationIntxWeightConfig`` with int8 weights per output channel and 8-bit
   dynamic (per-token) activations ("8da8w"), lowered to XNNPACK's quantized fully-connected kernels.
-- ``int4``: the same config with int4 weights in groups of ``recipe.group_size`` input columns ("8da4w").
-  A linear whose input width is not a multiple of the group size stays float32; the Variant lists them.
+- ``int4``: the same config with int4 weights in groups of ``recipe.group_size`` input columns ("8da4w"), for
+  the linears the recipe's int4 policy selects (``QuantizationRecipe.int4_applies``; the MLP by default). The
+  others, and a selected linear whose input width is not a multiple of the group size, stay float32; the
+  Variant lists which linears were quantized and why each other one was kept.
 
 The embedding and the tied output head are not ``nn.Linear`` and stay float32 in every scheme.
 
@@ -62,34 +64,39 @@ def _import_torchao():
 
 
 # quantization ----------------------------------------------------------------------------------------------
-def _quantizable(module: nn.Module, fqn: str, group_size: int | None) -> bool:
-    return isinstance(module, nn.Linear) and (group_size is None or module.in_features % group_size == 0)
+def _float32_reason(module: nn.Module, fqn: str, recipe: QuantizationRecipe) -> str | None:
+    """Why linear ``fqn`` stays float32 under ``recipe`` (int8/int4), or None when torchao quantizes it."""
+    if recipe.scheme == "int4" and not recipe.int4_applies(fqn):
+        return "not selected by the recipe's int4 policy"
+    if recipe.scheme == "int4" and module.in_features % recipe.group_size:
+        return f"input width {module.in_features} is not a multiple of group_size {recipe.group_size}"
+    return None
 
 
 def prepare_model(model: nn.Module, recipe: QuantizationRecipe) -> tuple[nn.Module, dict[str, Any]]:
     """A copy of ``model`` in the recipe's scheme (the caller's model is never modified) and what was done."""
     model = copy.deepcopy(model).eval()
-    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     if recipe.scheme == "none":
         return model, {"weights": "float32", "compute": "float32"}
     if recipe.scheme == "fp16":
         return model.half(), {"weights": "float16", "compute": "float16 (scan, gates, state, logits float32)"}
     config_cls, quantize_, per_axis, per_group = _import_torchao()
     if recipe.scheme == "int8":
-        group, config = None, config_cls(weight_dtype=torch.int8, weight_granularity=per_axis(0))
+        config = config_cls(weight_dtype=torch.int8, weight_granularity=per_axis(0))
         desc = {"weights": "int8 per output channel", "activations": "int8 dynamic per token"}
     else:
         group = recipe.group_size
         config = config_cls(weight_dtype=torch.int4, weight_granularity=per_group(group))
-        desc = {"weights": f"int4, groups of {group} input columns", "activations": "int8 dynamic per token"}
-    quantized = [n for n in linears if _quantizable(model.get_submodule(n), n, group)]
+        desc = {"weights": f"int4, groups of {group} input columns", "activations": "int8 dynamic per token",
+                "policy": list(recipe.int4_modules)}
+    kept = {n: reason for n, m in linears.items() if (reason := _float32_reason(m, n, recipe)) is not None}
+    quantized = [n for n in linears if n not in kept]
     with torch.no_grad():
-        quantize_(model, config, filter_fn=lambda m, fqn: _quantizable(m, fqn, group))
-    kept = sorted(set(linears) - set(quantized))
-    desc.update(torchao_config=type(config).__name__, quantized_linears=len(quantized),
-                float32_linears=kept, float32_reason=(f"input width not a multiple of group_size {group}"
-                                                      if kept else None),
-                float32_modules=["embed (tied head)"])
+        quantize_(model, config, filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn in quantized)
+    desc.update(torchao_config=type(config).__name__, quantized_linears=len(quantized), quantized_modules=quantized,
+                float32_linears=sorted(kept), float32_reasons=kept,
+                float32_modules=["embed (tied head)" if model.head is None else "embed"])
     return model, desc
 
 

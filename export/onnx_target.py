@@ -8,7 +8,9 @@ How each scheme is packed (the recipe says *what*, this module says *how*):
 - ``int8``: ``onnxruntime.quantization.quantize_dynamic`` on the float32 graph: int8 per-channel MatMul weights,
   activations quantized dynamically (``DynamicQuantizeLinear`` + ``MatMulInteger``).
 - ``int4``: weight-only ``com.microsoft::MatMulNBits`` (HQQ: asymmetric, ``group_size`` weights per block, no
-  calibration data) through ``onnxruntime.quantization.matmul_nbits_quantizer``; activations stay float32.
+  calibration data) through ``onnxruntime.quantization.matmul_nbits_quantizer``, for the MatMuls of the modules
+  the recipe's int4 policy selects (``QuantizationRecipe.int4_applies``; the MLP by default); the other MatMuls
+  stay float32, and ``Variant.info["int4"]`` lists both. Activations stay float32.
 
 Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. Measured with torch 2.13 on the tiny
 test model (2 CPU cores): it exports both entry points in ~3 s against ~40 s for ``dynamo=True``, gives the same
@@ -28,6 +30,7 @@ from typing import Any, Iterator
 
 from .entry_points import ENTRY_POINTS, entry_module, example_inputs, input_names, output_names
 from .manifest import Variant, file_record
+from .quantization import QuantizationRecipe, WeightIndex
 
 OPSET = 18
 EXPORTERS = ("torchscript", "dynamo")
@@ -92,15 +95,17 @@ class OnnxTarget:
         with tempfile.TemporaryDirectory(dir=ctx.root, prefix=".onnx-work-") as work:
             work = Path(work)
             files: dict[str, Path] = {}
+            int4: dict[str, dict[str, Any]] = {}
             for entry in ENTRY_POINTS:
                 ctx.progress(f"onnx/{ctx.quantization.tag}: {entry} entry point")
                 with _quiet():
                     if scheme in ("none", "fp16"):
                         self._trace(ctx.model, entry, out / f"{entry}.onnx", half=scheme == "fp16")
+                    elif scheme == "int8":
+                        _quantize_int8(self._float_source(ctx, entry, work), out / f"{entry}.onnx")
                     else:
-                        source = self._float_source(ctx, entry, work)
-                        quantize = _quantize_int8 if scheme == "int8" else _quantize_int4
-                        quantize(source, out / f"{entry}.onnx", ctx.quantization.group_size)
+                        int4[entry] = _quantize_int4(self._float_source(ctx, entry, work), out / f"{entry}.onnx",
+                                                     ctx.model, ctx.quantization)
                 files[entry] = out / f"{entry}.onnx"
                 _finalize(files[entry])
         records: dict[str, dict[str, Any]] = {}
@@ -115,6 +120,7 @@ class OnnxTarget:
                              for e, p in files.items()}}
         if scheme == "int4":
             info["group_size"] = ctx.quantization.group_size
+            info["int4"] = _int4_summary(ctx.quantization, int4)
         return Variant(self.name, ctx.quantization.to_dict(), records, info)
 
     def _float_source(self, ctx, entry: str, work: Path) -> Path:
@@ -189,23 +195,73 @@ def _finalize(path: Path) -> None:
         onnx.checker.check_model(model, full_check=True)
 
 
-def _quantize_int8(source: Path, dest: Path, group_size: int) -> None:
+def _quantize_int8(source: Path, dest: Path) -> None:
     quantization = _require("onnxruntime.quantization")
     quantization.quantize_dynamic(str(source), str(dest), op_types_to_quantize=["MatMul"], per_channel=True,
                                   weight_type=quantization.QuantType.QInt8,
                                   extra_options={"MatMulConstBOnly": True})
 
 
-def _quantize_int4(source: Path, dest: Path, group_size: int) -> None:
+def matmul_modules(graph, model) -> dict[str, list[str]]:
+    """``{MatMul node name: module names}`` for every MatMul of ``graph`` whose weight (input B) is an
+    initializer, found by value (:class:`WeightIndex`): the TorchScript exporter names these initializers
+    ``onnx::MatMul_<n>`` and drops the ``attn`` scope from the step graph's node names, so names cannot be used.
+    Raises if a constant weight matches no module, or if node names are not unique (the quantizer selects by name).
+    """
+    numpy_helper = _require("onnx.numpy_helper")
+    initializers = {t.name: t for t in graph.initializer}
+    index = WeightIndex(model)
+    found: dict[str, list[str]] = {}
+    for node in graph.node:
+        if node.op_type != "MatMul" or len(node.input) < 2 or node.input[1] not in initializers:
+            continue
+        weight = numpy_helper.to_array(initializers[node.input[1]])
+        names = index.lookup(weight)
+        if not names:
+            raise RuntimeError(f"MatMul {node.name!r} has a constant weight {node.input[1]!r} {list(weight.shape)} "
+                               f"that is no weight matrix of the model; the int4 module policy cannot place it")
+        if not node.name or node.name in found:
+            raise RuntimeError(f"MatMul node names must be unique and non-empty to select them for int4, got "
+                               f"{node.name!r} twice or empty")
+        found[node.name] = names
+    return found
+
+
+def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe) -> dict[str, list[str]]:
+    """MatMulNBits for the MatMuls whose module the recipe's int4 policy selects; every other MatMul is kept
+    float32 (the quantizer's ``nodes_to_exclude``). Returns ``{"int4": [...], "float32": [...]}`` module names."""
     onnx = _require("onnx")
     nbits = _require("onnxruntime.quantization.matmul_nbits_quantizer")
-    model = onnx.load(str(source))
+    model_proto = onnx.load(str(source))
+    modules = matmul_modules(model_proto.graph, model)
+    selected = {node for node, names in modules.items() if recipe.int4_applies(names[0])}
+    for node, names in modules.items():
+        if len({recipe.int4_applies(n) for n in names}) > 1:
+            raise RuntimeError(f"MatMul {node!r}: modules {names} have identical weights but the int4 policy "
+                               f"treats them differently; the graph shares one initializer, so it cannot")
+    if not selected:
+        raise ValueError(f"the int4 policy {list(recipe.int4_modules)} selects no MatMul of {source.name} "
+                         f"(its weight matrices: {sorted({n for ns in modules.values() for n in ns})})")
     # HQQ (half-quadratic, calibration-free, asymmetric): on the bundled model it keeps more of the fp32 model than
-    # symmetric round-to-nearest (top-1 93.5% vs 92.4%, bpb +2.4% vs +3.0% over 1,024 tokens of stdlib text).
-    config = nbits.HQQWeightOnlyQuantConfig(block_size=group_size, bits=4, op_types_to_quantize=("MatMul",))
-    quantizer = nbits.MatMulNBitsQuantizer(model, algo_config=config)
+    # symmetric round-to-nearest (every linear in int4: top-1 93.5% vs 92.4%, bpb +2.4% vs +3.0%, 1,024 tokens).
+    config = nbits.HQQWeightOnlyQuantConfig(block_size=recipe.group_size, bits=4, op_types_to_quantize=("MatMul",))
+    quantizer = nbits.MatMulNBitsQuantizer(model_proto, algo_config=config,
+                                           nodes_to_exclude=sorted(set(modules) - selected))
     quantizer.process()
     quantizer.model.save_model_to_file(str(dest), False)
-    if not any(n.op_type == "MatMulNBits" for n in onnx.load(str(dest)).graph.node):
-        raise RuntimeError(f"int4 quantization of {source.name} produced no MatMulNBits node: no MatMul with "
-                           f"constant weights whose input size is a multiple of group_size={group_size}")
+    graph = onnx.load(str(dest)).graph
+    packed = {n.name for n in graph.node if n.op_type == "MatMulNBits"}
+    plain = {n.name for n in graph.node if n.op_type == "MatMul"}
+    if packed != {f"{n}_Q4" for n in selected} or not (set(modules) - selected) <= plain:
+        raise RuntimeError(f"int4 quantization of {source.name} packed {sorted(packed)}, but the policy selects "
+                           f"{sorted(selected)} (and keeps {sorted(set(modules) - selected)} as MatMul)")
+    return {"int4": sorted({n for node in selected for n in modules[node]}),
+            "float32": sorted({n for node in set(modules) - selected for n in modules[node]})}
+
+
+def _int4_summary(recipe: QuantizationRecipe, per_entry: dict[str, dict[str, list[str]]]) -> dict[str, Any]:
+    """What the int4 variant packed: the policy, and which modules are MatMulNBits vs float32 MatMul."""
+    return {"policy": list(recipe.int4_modules), "packing": "MatMulNBits, HQQ asymmetric, weight-only",
+            "quantized_modules": sorted({n for e in per_entry.values() for n in e["int4"]}),
+            "float32_modules": sorted({n for e in per_entry.values() for n in e["float32"]}),
+            "float32_reason": "not selected by the recipe's int4 policy (see QuantizationRecipe)"}

@@ -1,39 +1,131 @@
-"""Quantization recipes: what to quantize. Each export target maps the scheme onto its own packing (how)."""
+"""Quantization recipes: what to quantize. Each export target maps the scheme onto its own packing (how).
+
+The int4 module policy lives here and only here: :meth:`QuantizationRecipe.int4_applies` says, for a module's
+qualified name in :class:`~seqedge.model.SequentialAttentionModel` (``blocks.0.mlp.gate_up``, ``embed``, ...),
+whether its weight matrix gets 4-bit weights; :func:`int4_selection` applies it to a whole model, and
+:class:`WeightIndex` maps a weight found in an exported graph back to the module it came from, so each target
+can check that exactly the selected matrices were packed.
+"""
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 SCHEMES = ("none", "fp16", "int8", "int4")
+
+# The default int4 policy: the two SwiGLU matrices of every block (see QuantizationRecipe's docstring for why).
+MLP_MODULES = ("blocks.*.mlp.gate_up", "blocks.*.mlp.down")
+TIED_HEAD = "embed"        # the weight-matrix name of the output head when it is tied to the embedding
 
 
 @dataclass(frozen=True)
 class QuantizationRecipe:
-    """``scheme`` for the linear layers (and embedding where a target supports it); state I/O stays float32.
+    """``scheme`` for the weight matrices; state I/O stays float32.
 
     - ``fp16``: weights and compute in float16.
-    - ``int8``: 8-bit weights, dynamic 8-bit activations where the target supports them.
-    - ``int4``: 4-bit grouped weights (``group_size`` columns share a scale); activations per target.
+    - ``int8``: 8-bit weights of every linear layer, dynamic 8-bit activations where the target supports them.
+    - ``int4``: 4-bit grouped weights (``group_size`` input columns share a scale) for the modules matching
+      ``int4_modules`` (``fnmatch`` patterns over qualified module names); every other weight matrix keeps the
+      precision of the float variant (float32; float16 where a target computes in float16). Activations per target.
+
+    Why int4 covers only the MLP by default: on a small model the attention projections (``qkv``, the
+    forget-gate ``gate_down``/``gate_up``, ``beta``, ``out_gate``, ``out_proj``) and the tied embedding/head are the
+    matrices most sensitive to 4-bit error (a likely reason, not isolated here: their error enters the gates and
+    the recurrent state, which carry it along the stream, or the logits directly). Measured on the bundled
+    2M-parameter model (``benchmarks/results/int4_policy.md``: 1,024 tokens against float64, group 32, ONNX HQQ /
+    ExecuTorch 8da4w): every matrix in int4 misses the budget (top-1 93.5% / 92.3%, bpb +2.4% / +3.5%), and so do the
+    attention projections alone (94.9% / 93.2%, +1.8% / +2.8%) though they hold only 38% of the weights, while
+    the MLP linears, 59% of the weights, meet it (96.0% / 95.4%, +0.4% / +0.6%). Pass ``int4_modules=("*",)``
+    for every weight matrix a target can pack.
     """
 
     scheme: str = "none"
     group_size: int = 32
+    int4_modules: tuple[str, ...] = MLP_MODULES
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise ValueError(f"quantize must be one of {list(SCHEMES)}, got {self.scheme!r}")
         if self.group_size not in (16, 32, 64, 128, 256):
             raise ValueError(f"group_size must be one of 16, 32, 64, 128, 256, got {self.group_size}")
+        patterns = (self.int4_modules,) if isinstance(self.int4_modules, str) else tuple(self.int4_modules)
+        if not patterns or not all(isinstance(p, str) and p for p in patterns):
+            raise ValueError(f"int4_modules must be a non-empty sequence of module-name patterns (e.g. "
+                             f"{list(MLP_MODULES)}), got {self.int4_modules!r}")
+        object.__setattr__(self, "int4_modules", patterns)
 
     @property
     def tag(self) -> str:
         """Short name used in file names and reports (``none`` -> ``fp32``)."""
         return "fp32" if self.scheme == "none" else self.scheme
 
+    def int4_applies(self, module_name: str) -> bool:
+        """Whether the weight matrix of ``module_name`` (a qualified name in the model, e.g.
+        ``blocks.0.mlp.down``; ``embed`` for the tied head) gets 4-bit weights under this recipe."""
+        return self.scheme == "int4" and any(fnmatch.fnmatchcase(module_name, p) for p in self.int4_modules)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.scheme == "int4":
+            data["int4_modules"] = list(self.int4_modules)
+        else:
+            del data["int4_modules"]          # meaningless for the other schemes
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "QuantizationRecipe":
+        data = dict(data)
+        if data.get("scheme") == "int4" and "int4_modules" not in data:
+            data["int4_modules"] = ("*",)    # written before the policy existed: every matrix was packed
         return cls(**data)
+
+
+def weight_matrices(model) -> dict[str, Any]:
+    """``{module name: weight [out, in]}`` of every matrix a target may quantize: each ``nn.Linear`` and the
+    output head (the embedding table ``[V, D]`` when tied, named ``embed``; ``head`` otherwise)."""
+    import torch.nn as nn
+
+    found = {name: m.weight for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if getattr(model, "head", None) is None:
+        found[TIED_HEAD] = model.embed.weight
+    return found
+
+
+def int4_selection(model, recipe: QuantizationRecipe) -> tuple[list[str], list[str]]:
+    """``(selected, kept)`` module names of ``model``'s weight matrices under ``recipe``'s int4 policy."""
+    names = list(weight_matrices(model))
+    return [n for n in names if recipe.int4_applies(n)], [n for n in names if not recipe.int4_applies(n)]
+
+
+class WeightIndex:
+    """Finds which module of ``model`` a weight array in an exported graph came from, by value.
+
+    Exporters rename weights (``onnx::MatMul_368``, ``model_blocks_0_mlp_down_weight_to_fp16``) and drop module
+    scopes, so names are not a reliable key; the values are: a constant-folded transpose or a cast to the graph's
+    float dtype is exact. An array matches a module when it equals the module's weight (or its transpose) cast to
+    the array's dtype, bit for bit.
+    """
+
+    def __init__(self, model) -> None:
+        self._weights = {n: w.detach().float().cpu().numpy() for n, w in weight_matrices(model).items()}
+        self._index: dict[tuple, set[str]] = {}
+        for dtype in (np.float32, np.float16):
+            for name, w in self._weights.items():
+                for arr in (w, w.T):
+                    self._index.setdefault(self._key(arr.astype(dtype)), set()).add(name)
+
+    @staticmethod
+    def _key(arr: np.ndarray) -> tuple:
+        arr = np.ascontiguousarray(arr)
+        return arr.dtype.str, arr.shape, hashlib.sha256(arr.tobytes()).hexdigest()
+
+    def lookup(self, arr: np.ndarray) -> list[str]:
+        """The module names whose weight equals ``arr`` (usually one; several if weights are identical)."""
+        if arr.dtype not in (np.float32, np.float16) or arr.ndim != 2:
+            return []
+        return sorted(self._index.get(self._key(arr), ()))

@@ -36,14 +36,19 @@ def model():
     return SequentialAttentionModel(SequentialAttentionConfig(**{**TINY_DIMS, "num_layers": 1})).eval()
 
 
-@pytest.fixture(scope="module", params=["none", "int4"])
+# "int4": the recipe's default int4 policy (the MLP); "int4-all": every weight matrix (int4_modules=("*",))
+RECIPES = {"none": QuantizationRecipe("none"), "int4": QuantizationRecipe("int4"),
+           "int4-all": QuantizationRecipe("int4", int4_modules=("*",))}
+
+
+@pytest.fixture(scope="module", params=list(RECIPES))
 def exported(request, model, tmp_path_factory):
     from seqedge.export.coreml_target import CoreMLTarget
 
     root = tmp_path_factory.mktemp(f"coreml_{request.param}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        variant = CoreMLTarget().export(ExportContext(model, root, QuantizationRecipe(request.param)))
+        variant = CoreMLTarget().export(ExportContext(model, root, RECIPES[request.param]))
     spec = ct.utils.load_spec(str(root / variant.info["package"]))
     return request.param, root, variant, spec, [str(w.message) for w in caught]
 
@@ -99,12 +104,25 @@ def test_weights_are_stored_as_the_scheme_says(exported):
         dtypes = [d for d in _stored_weight_dtypes(spec, function) if d != "BOOL"]
         if scheme == "none":
             assert set(dtypes) == {"FLOAT32"}
+        elif scheme == "int4":
+            assert dtypes.count("INT4") == 2                     # the MLP's two matrices, nothing else
+            assert "FLOAT32" not in dtypes
         else:
             assert dtypes.count("INT4") >= 4                     # embedding and the attention/MLP matrices
             assert "FLOAT32" not in dtypes
     assert variant.info["compute_precision"] == ("float32" if scheme == "none" else "float16")
     if scheme == "int4":
+        assert variant.info["weight_dtypes"]["INT4"] == 2
+        assert variant.info["int4"]["quantized_modules"] == ["blocks.0.mlp.down", "blocks.0.mlp.gate_up"]
+        assert variant.info["int4"]["float16_modules"] == sorted(
+            [f"blocks.0.attn.{m}" for m in ("qkv", "gate_down", "gate_up", "beta", "out_gate", "out_proj")]
+            + ["embed"])
+        # the kept matrices are float16 by the policy, not a failure to compress: no warning
+        assert variant.info["uncompressed_weights"] == []
+        assert not any("uncompressed" in m for m in caught)
+    if scheme == "int4-all":
         assert variant.info["weight_dtypes"]["INT4"] >= 4
+        assert "embed" in variant.info["int4"]["quantized_modules"]
         # tiny layers narrower than group_size=32 cannot be blocked: export must say which stayed fp16
         assert variant.info["uncompressed_weights"]
         assert any("left" in m and "uncompressed" in m for m in caught)

@@ -205,6 +205,11 @@ def test_quantized_stream_within_scheme_budget(exported, rule, scheme):
     assert all(np.isfinite(s).all() and s.dtype == np.float32 for s in state), "state not finite float32"
     info = variant.info["quantization"]
     assert info["quantized_linears"] > 0 and info["activations"] == "int8 dynamic per token"
+    if scheme == "int4":      # the recipe's int4 policy: the MLP linears only, recorded in the variant
+        from seqedge.export.quantization import int4_selection
+
+        assert sorted(info["quantized_modules"]) == sorted(int4_selection(model, QuantizationRecipe("int4"))[0])
+        assert sorted(info["quantized_modules"]) == ["blocks.0.mlp.down", "blocks.0.mlp.gate_up"]
     faithful = rel_rms(logits, _torchao_eager_logits(model, scheme, tokens))
     assert faithful <= 1e-2, f"{scheme}: program vs torchao eager model, relative RMS {faithful:.2e}"
     err = rel_rms(logits, ref_logits)
