@@ -93,8 +93,6 @@ def _allowed(name: str, B: int, T: int, backward: bool) -> str | None:
     """Why a measurement is skipped (time budget of one lease), or None."""
     if name.startswith("torch SDPA") and B * T > (32768 if backward else 65536):
         return "quadratic attention: skipped above B*T = %d to fit the lease" % (32768 if backward else 65536)
-    if name == "seqedge chunk_scan" and backward and B * T > 65536:
-        return "backward is the PyTorch recompute (no Triton backward yet): skipped above B*T = 65536"
     return None
 
 
@@ -203,6 +201,8 @@ def bench_step(results: dict, save) -> None:
 
 
 def bench_decode(results: dict, save, bw: float) -> None:
+    """Whole-model decode in one CUDA graph: eager ops at batch 1, 8, 64; torch.compile at batch 1 (one compile
+    per preset: each batch size would be another multi-second compile)."""
     from seqedge.config import SequentialAttentionConfig
     from seqedge.kernels.decode_graph import GraphDecoder
     from seqedge.model import SequentialAttentionModel
@@ -211,8 +211,15 @@ def bench_decode(results: dict, save, bw: float) -> None:
         torch.manual_seed(0)
         model = SequentialAttentionModel(SequentialAttentionConfig.preset(preset)).to("cuda", torch.bfloat16).eval()
         w_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        for B in (1, 8, 64):
-            dec = GraphDecoder(model, batch_size=B)
+        for B, compiled in ((1, True), (1, False), (8, False), (64, False)):
+            row = dict(preset=preset, B=B, compiled=compiled)
+            try:
+                dec = GraphDecoder(model, batch_size=B, compile=compiled)
+            except Exception as err:                     # a compile failure must not end the run
+                row["note"] = f"error: {type(err).__name__}: {str(err)[:150]}"
+                results["decode"].append(row)
+                save()
+                continue
             s_bytes = sum(t.numel() * t.element_size() for t in dec.states)
             tok = torch.randint(0, 256, (B,), device="cuda")
             n = 200
@@ -226,9 +233,10 @@ def bench_decode(results: dict, save, bw: float) -> None:
             end.synchronize()
             us = start.elapsed_time(end) / n * 1e3
             floor_us = (w_bytes + 2 * s_bytes) / (bw * 1e9) * 1e6
-            results["decode"].append(dict(preset=preset, B=B, us_per_token=us, floor_us=floor_us,
-                                          x_floor=us / floor_us, weight_bytes=w_bytes, state_bytes=s_bytes))
-            print(results["decode"][-1], flush=True)
+            row.update(us_per_token=us, floor_us=floor_us, x_floor=us / floor_us, weight_bytes=w_bytes,
+                       state_bytes=s_bytes)
+            results["decode"].append(row)
+            print(row, flush=True)
             save()
             del dec
 
@@ -239,7 +247,7 @@ def write_markdown(results: dict, path: str) -> None:
              f"- versions: {m['versions']}", f"- command: `{m['command']}`",
              f"- measured copy bandwidth: {m['copy_bw_gbs']:.0f} GB/s (bytes read + written)",
              f"- shapes: H={H}, head dim {D}, bf16 q/k/v/g, beta float32 (ours only); times are medians (ms)",
-             "- our backward is the PyTorch recompute (no Triton backward yet); see kernels/ops.py\n",
+             "- fwd+bwd: forward, then backward of sum(o * do) for random do (all inputs require grad)\n",
              "| B | T | method | fwd ms | fwd+bwd ms | fwd peak extra GB | eff. BW GB/s (% copy) | notes |",
              "|---|---|---|---|---|---|---|---|"]
     f = lambda r, key, fmt: (fmt % r[key]) if key in r else "-"
@@ -268,10 +276,12 @@ def write_markdown(results: dict, path: str) -> None:
     lines += [f"| {r['method']} | {r['us']:.1f} | {r['eager_launch_us']:.1f} |" if "us" in r
               else f"| {r['method']} | {r['note']} | - |" for r in results["step"]]
     lines += ["\n## Whole-model decode in one CUDA graph (bf16 weights, float32 state)\n",
-              "| preset | batch | us / token | floor us (weights + 2x state) / copy BW | x floor |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {r['preset']} | {r['B']} | {r['us_per_token']:.1f} | {r['floor_us']:.1f} | {r['x_floor']:.1f} |"
-              for r in results["decode"]]
+              "| preset | batch | step | us / token | floor us (weights + 2x state) / copy BW | x floor |",
+              "|---|---|---|---|---|---|"]
+    how = lambda r: "torch.compile + graph" if r.get("compiled") else "eager ops + graph"
+    lines += [f"| {r['preset']} | {r['B']} | {how(r)} | {r['us_per_token']:.1f} | {r['floor_us']:.1f} | "
+              f"{r['x_floor']:.1f} |" if "us_per_token" in r else f"| {r['preset']} | {r['B']} | {how(r)} | "
+              f"{r['note']} | - | - |" for r in results["decode"]]
     with open(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")
 

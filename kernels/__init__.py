@@ -11,7 +11,7 @@
 
 Importing this package imports neither triton nor CUDA (tests/test_kernels_cpu.py checks it); the Triton modules
 (:mod:`seqedge.kernels.chunk_scan_triton`, :mod:`seqedge.kernels.step_scan_triton`) load on the first CUDA call.
-The backward of :func:`chunk_scan` is not a Triton kernel yet: see :mod:`seqedge.kernels.ops`.
+The backward of :func:`chunk_scan` is Triton too (:mod:`seqedge.kernels.chunk_scan_bwd_triton`).
 """
 
 from __future__ import annotations

@@ -19,19 +19,24 @@ from seqedge.state import State
 class GraphDecoder:
     """CUDA-graph decoder for a :class:`seqedge.model.SequentialAttentionModel` at a fixed batch size."""
 
-    def __init__(self, model, batch_size: int, warmup: int = 2) -> None:
+    def __init__(self, model, batch_size: int, warmup: int = 2, compile: bool = False) -> None:
+        """``compile=True`` runs the step through ``torch.compile`` (Inductor fuses the elementwise work between
+        the matmuls into a few kernels) before capturing it: fewer, larger kernels per token, slower to build."""
         device = model.embed.weight.device
         if device.type != "cuda":
             raise ValueError(f"GraphDecoder needs the model on a CUDA device, it is on {device}; "
                              f"call model.cuda() first, or use model.step on CPU")
         self.model = model
         self.batch_size = batch_size
+        self._forward = model.forward_tensors
+        if compile:
+            self._forward = torch.compile(model.forward_tensors, fullgraph=True, dynamic=False)
         self.tokens = torch.zeros(batch_size, dtype=torch.int64, device=device)            # [B]
         self.states = [t.clone() for t in model.init_state(batch_size, device).tensors]    # static buffers
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.no_grad(), torch.cuda.stream(side):
-            for _ in range(warmup):                          # first calls allocate and pick kernels
+            for _ in range(warmup + (2 if compile else 0)):  # first calls compile, allocate, pick kernels
                 self._body()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
@@ -40,7 +45,7 @@ class GraphDecoder:
         self.reset()
 
     def _body(self) -> torch.Tensor:
-        logits, new_states = self.model.forward_tensors(self.tokens[:, None], self.states, step=True)
+        logits, new_states = self._forward(self.tokens[:, None], self.states, step=True)
         for buf, new in zip(self.states, new_states):
             buf.copy_(new)
         return logits[:, 0]

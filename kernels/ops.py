@@ -1,10 +1,10 @@
 """torch.library registration of the kernels: custom ops with a fake (meta) implementation and autograd.
 
 ``seqedge::chunk_scan_gated``   forward: Triton on CUDA, the chunked PyTorch form on every other device.
-``seqedge::chunk_scan_gated_bwd`` backward: NOT a Triton kernel yet. It recomputes the scan with the chunked
-    PyTorch form and differentiates that with autograd, segment by segment in reverse (segment-start states come
-    from the forward kernel), so memory stays bounded by one segment. Correct, but far slower than a fused
-    backward; benchmarks/results/kernels.md records how much.
+``seqedge::chunk_scan_gated_bwd`` backward: Triton on CUDA (:mod:`seqedge.kernels.chunk_scan_bwd_triton`: chunk
+    states, reverse state gradients, then every chunk's gradients in parallel). On every other device it
+    recomputes the scan with the chunked PyTorch form and differentiates that with autograd, segment by segment
+    in reverse, so memory stays bounded by one segment: the reference the Triton backward is tested against.
 ``seqedge::step_scan``          one decode step, in place on the state: Triton on CUDA, PyTorch elsewhere.
 
 Importing this module imports neither triton nor CUDA: the CUDA implementations import the Triton modules
@@ -80,7 +80,8 @@ def _chunk_scan_gated_fake(q, k, v, g, beta, initial_state, scale):
 def chunk_scan_gated_bwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, initial_state: Optional[Tensor],
                          do: Tensor, dfinal: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor,
                                                                             Tensor]:
-    """Gradients (dq, dk, dv, dg, dbeta, dinitial_state) by reverse-order recompute of the chunked PyTorch form."""
+    """Gradients (dq, dk, dv, dg, dbeta, dinitial_state); default (non-CUDA) implementation: reverse-order recompute
+    of the chunked PyTorch form, differentiated by autograd."""
     B, T, H, dk = q.shape
     dv = v.shape[-1]
     sdt = _state_dtype(q)
@@ -110,6 +111,18 @@ def chunk_scan_gated_bwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tenso
             dst[:, sl] = src.to(dst.dtype)
         d_state = got[5]
     return (*grads, d_state.to(sdt))
+
+
+@chunk_scan_gated_bwd.register_kernel("cuda")
+def _chunk_scan_gated_bwd_cuda(q, k, v, g, beta, initial_state, do, dfinal, scale):
+    from .chunk_scan_bwd_triton import chunk_scan_bwd, pick_bwd_config
+
+    q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
+    do = do.to(q.dtype).contiguous()
+    dfinal = dfinal.float().contiguous()
+    init = None if initial_state is None else initial_state.float().contiguous()
+    config = pick_bwd_config(q, k, v, g, beta, init, do, dfinal, scale)
+    return chunk_scan_bwd(q, k, v, g, beta, init, do, dfinal, scale, config)
 
 
 @chunk_scan_gated_bwd.register_fake

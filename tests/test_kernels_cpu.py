@@ -51,21 +51,30 @@ def _stub(device_cuda: bool, dtype=torch.bfloat16, dk=128, dv=128):
 ])
 def test_scan_path_decisions(cuda, rule, dtype, dk, expected, monkeypatch):
     monkeypatch.setattr(dispatch, "_TRITON_ENABLED", True)
+    monkeypatch.setattr(dispatch, "_triton_available", lambda: True)
     q, v = _stub(cuda, dtype, dk)
     path, reason = dispatch.scan_path(q, v, rule)
     assert path == expected and reason
 
 
-def test_triton_kernel_is_opt_in(monkeypatch):
-    monkeypatch.setattr(dispatch, "_TRITON_ENABLED", False)
+def test_triton_kernel_is_on_by_default_and_can_be_turned_off(monkeypatch):
+    monkeypatch.setattr(dispatch, "_triton_available", lambda: True)
+    q, v = _stub(True)
+    assert dispatch._TRITON_ENABLED, "the kernel must be on by default"
+    assert dispatch.scan_path(q, v, "gated")[0] == "triton"
+    dispatch.use_triton_kernels(False)
+    try:
+        path, reason = dispatch.scan_path(q, v, "gated")
+        assert path == "chunked" and "use_triton_kernels(False)" in reason
+    finally:
+        dispatch.use_triton_kernels(True)
+
+
+def test_missing_triton_falls_back_with_reason(monkeypatch):
+    monkeypatch.setattr(dispatch, "_triton_available", lambda: False)
     q, v = _stub(True)
     path, reason = dispatch.scan_path(q, v, "gated")
-    assert path == "chunked" and "use_triton_kernels" in reason
-    dispatch.use_triton_kernels()
-    try:
-        assert dispatch.scan_path(q, v, "gated")[0] == "triton"
-    finally:
-        dispatch.use_triton_kernels(False)
+    assert path == "chunked" and "pip install triton" in reason
 
 
 def test_export_tracing_takes_plain_form(monkeypatch):

@@ -1,19 +1,19 @@
 """Which implementation runs the sequence scan, and telling the user once which one does.
 
-- After :func:`use_triton_kernels` (opt-in, see below) and for CUDA tensors, gated rule, float32/bfloat16, head
-  dims the kernel takes, not tracing for export: the Triton custom op ``seqedge::chunk_scan_gated``
-  (:func:`seqedge.kernels.chunk_scan`).
+- For CUDA tensors, gated rule, float32/bfloat16, head dims the kernel takes, triton installed, not tracing for
+  export: the Triton custom op ``seqedge::chunk_scan_gated`` (:func:`seqedge.kernels.chunk_scan`), forward and
+  backward. ``use_triton_kernels(False)`` turns it off for the process.
 - Anything else: the chunked PyTorch form (:func:`seqedge.scan.chunked_scan`). Export (torch.export, torch.jit
   tracing, ONNX export) always traces this plain form, so artifacts never contain the custom op.
 Each path is announced once per process with a WARNING on the ``seqedge.scan`` logger, with the reason.
 
-The Triton kernel is opt-in until its GPU test suite (tests/test_kernels_gpu.py) has passed in full on a GPU:
-its recorded run (benchmarks/results/kernels_gpu_tests.md) covers only part of the cases, and a training run must
-never rest on an unverified kernel by default.
+The kernel is on by default because every test of tests/test_kernels_gpu.py has passed on a GPU for the shipped
+config lists (benchmarks/results/kernels_gpu_tests.md says which run covered which tests).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 import torch
@@ -23,13 +23,17 @@ from .chunked import chunked_scan
 logger = logging.getLogger("seqedge.scan")
 _TOLD: set[str] = set()
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)
-_TRITON_ENABLED = False
+_TRITON_ENABLED = True
 
 
 def use_triton_kernels(enabled: bool = True) -> None:
-    """Opt in (or out) of the Triton chunk-scan kernel for CUDA tensors in this process."""
+    """Turn the Triton chunk-scan kernel for CUDA tensors on (the default) or off in this process."""
     global _TRITON_ENABLED
     _TRITON_ENABLED = bool(enabled)
+
+
+def _triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
 def _tracing_for_export() -> bool:
@@ -48,8 +52,9 @@ def scan_path(q: torch.Tensor, v: torch.Tensor, rule: str) -> tuple[str, str]:
     if not q.is_cuda:
         return "chunked", f"tensors on {q.device.type}: the Triton kernel needs CUDA"
     if not _TRITON_ENABLED:
-        return "chunked", ("the Triton kernel is opt-in until its GPU tests pass in full: "
-                           "seqedge.scan.dispatch.use_triton_kernels()")
+        return "chunked", "the Triton kernel was turned off with seqedge.scan.dispatch.use_triton_kernels(False)"
+    if not _triton_available():
+        return "chunked", "triton is not installed (pip install triton) for the GPU kernel"
     if rule != "gated":
         return "chunked", f"no GPU kernel for the {rule!r} rule yet"
     if q.dtype not in _KERNEL_DTYPES:

@@ -1,0 +1,336 @@
+"""Triton backward of the gated chunked scan, the CUDA path of ``seqedge::chunk_scan_gated_bwd``.
+
+Imported only on the CUDA path (imports triton at top level). With ``b`` the within-chunk cumulative log-gates,
+``kt = beta * k`` and the scan ``S_t = diag(exp g_t) S_{t-1} + kt_t^T v_t``, ``o_t = scale q_t S_t``, three
+launches give every gradient:
+
+1. ``_states_kernel`` (forward in time): the state entering each chunk, ``states[n]``, and the final state at
+   ``states[N]``. Rows of S are independent under diagonal gates, so programs split both state dims.
+2. ``_dstates_kernel`` (backward in time): ``dstates[n]``, the gradient of the loss with respect to the state
+   leaving chunk n through everything after it: ``dS_{n-1} = diag(exp b_C) dS_n + scale sum_t (q_t exp b_t)^T do_t``,
+   starting from the gradient of the final state; what is left at the start is the initial state's gradient.
+3. ``_grads_qk_kernel`` and ``_grads_v_kernel`` (all chunks in parallel, split over key or value columns so the
+   tiles fit in shared memory): inside a chunk, with ``P = do v^T`` and
+   ``A`` the decayed scores of the forward,
+   ``dq = scale (exp(b) * do S_prev^T + sum_s P[t, s] kt_s exp(b_t - b_s))``,
+   ``dkt = exp(b_C - b) * v dS^T + scale sum_t P[t, s] q_t exp(b_t - b_s)``,
+   ``dv = A^T do + (kt exp(b_C - b)) dS``, and for the gates, since the loss sees b only through
+   ``q exp(b)`` and ``kt exp(-b)``: ``dg_t = sum_{s >= t} (q_s dq_s - kt_s dkt_s) + rowsum(dS * S_end)``, the last
+   term carrying everything after the chunk. Exponents inside a chunk are referenced to the middle of 16-token
+   blocks, as in the forward (:mod:`seqedge.kernels.chunk_scan_triton`), so nothing overflows for g >= -5.
+
+Chunk states are stored in the inputs' dtype (bf16 halves that traffic; float32 inputs keep float32 states):
+``(N + 1) * dk * dv`` values per (batch, head) each for ``states`` and ``dstates``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+_SUB = tl.constexpr(16)
+
+
+@dataclass(frozen=True)
+class BwdConfig:
+    """One launch configuration of the backward: chunk length, warps of the gradient kernel, state-kernel blocks."""
+
+    chunk: int
+    num_warps: int
+    block_k: int = 32          # state kernels: rows and columns of the state per program
+    block_v: int = 64
+    grad_block_k: int = 64     # gradient kernels: key and value columns per program (bounds shared memory)
+    grad_block_v: int = 64
+
+    def __post_init__(self) -> None:
+        if self.chunk % 16 or self.chunk <= 0:
+            raise ValueError(f"chunk must be a positive multiple of 16, got {self.chunk}")
+
+
+# Short on purpose: every entry is run and checked by tests/test_kernels_gpu.py, not only the one picked.
+# benchmarks/kernels_tune.py (H200, T=65,536, B=1, H=16, D=128, bf16): chunk 32 / 4 warps / 64-column gradient
+# blocks 15.2 ms; 8 warps 22 ms; 32-column blocks 21.5 ms; chunk 64 26.6 ms (and chunk 64 with 64-column blocks
+# needs 233 KB of shared memory at float32, over the H100/H200's 227 KB).
+BWD_CONFIGS: tuple[BwdConfig, ...] = (
+    BwdConfig(chunk=32, num_warps=4),
+    BwdConfig(chunk=32, num_warps=4, block_k=16, block_v=32),
+)
+
+
+@triton.jit
+def _states_kernel(k, v, g, beta, s0, states, T, H, NC,
+                   DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
+                   HAS_INIT: tl.constexpr, PREC: tl.constexpr):
+    i_bh = tl.program_id(0)
+    i_k = tl.program_id(1)
+    i_v = tl.program_id(2)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    DT = k.dtype.element_ty
+    rk = i_k * BK + tl.arange(0, BK)
+    rv = i_v * BV + tl.arange(0, BV)
+    rc = tl.arange(0, C)
+    qk_base = i_b.to(tl.int64) * T * H * DK + i_h * DK
+    v_base = i_b.to(tl.int64) * T * H * DV + i_h * DV
+    be_base = i_b.to(tl.int64) * T * H + i_h
+    st_off = rk[:, None] * DV + rv[None, :]
+    st_base = i_bh.to(tl.int64) * (NC + 1) * DK * DV
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_INIT:
+        S = tl.load(s0 + i_bh.to(tl.int64) * DK * DV + st_off)
+    for n in range(0, NC):
+        tl.store(states + st_base + n * DK * DV + st_off, S.to(states.dtype.element_ty))
+        rows = n * C + rc
+        m = rows < T
+        off_k = qk_base + rows[:, None].to(tl.int64) * (H * DK) + rk[None, :]
+        b_k = tl.load(k + off_k, mask=m[:, None], other=0.0).to(tl.float32)
+        b_g = tl.load(g + off_k, mask=m[:, None], other=0.0).to(tl.float32)
+        b_v = tl.load(v + v_base + rows[:, None].to(tl.int64) * (H * DV) + rv[None, :], mask=m[:, None], other=0.0)
+        b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=m, other=0.0).to(tl.float32)
+        b_b = tl.cumsum(b_g, axis=0)
+        b_last = tl.sum(b_g, axis=0)
+        k_dec = (b_k * b_beta[:, None] * tl.exp(b_last[None, :] - b_b)).to(DT)
+        S = tl.exp(b_last)[:, None] * S + tl.dot(tl.trans(k_dec), b_v, input_precision=PREC)
+    tl.store(states + st_base + NC * DK * DV + st_off, S.to(states.dtype.element_ty))
+
+
+@triton.jit
+def _dstates_kernel(q, g, do, dfinal, dstates, ds0, T, H, NC, scale,
+                    DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
+                    PREC: tl.constexpr):
+    i_bh = tl.program_id(0)
+    i_k = tl.program_id(1)
+    i_v = tl.program_id(2)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    DT = q.dtype.element_ty
+    rk = i_k * BK + tl.arange(0, BK)
+    rv = i_v * BV + tl.arange(0, BV)
+    rc = tl.arange(0, C)
+    qk_base = i_b.to(tl.int64) * T * H * DK + i_h * DK
+    v_base = i_b.to(tl.int64) * T * H * DV + i_h * DV
+    st_off = rk[:, None] * DV + rv[None, :]
+    st_base = i_bh.to(tl.int64) * (NC + 1) * DK * DV
+    dS = tl.load(dfinal + i_bh.to(tl.int64) * DK * DV + st_off).to(tl.float32)
+    for i in range(0, NC):
+        n = NC - 1 - i
+        tl.store(dstates + st_base + n * DK * DV + st_off, dS.to(dstates.dtype.element_ty))
+        rows = n * C + rc
+        m = rows < T
+        off_k = qk_base + rows[:, None].to(tl.int64) * (H * DK) + rk[None, :]
+        b_q = tl.load(q + off_k, mask=m[:, None], other=0.0).to(tl.float32)
+        b_g = tl.load(g + off_k, mask=m[:, None], other=0.0).to(tl.float32)
+        b_do = tl.load(do + v_base + rows[:, None].to(tl.int64) * (H * DV) + rv[None, :], mask=m[:, None], other=0.0)
+        b_b = tl.cumsum(b_g, axis=0)
+        b_last = tl.sum(b_g, axis=0)
+        q_dec = (b_q * scale * tl.exp(b_b)).to(DT)
+        dS = tl.exp(b_last)[:, None] * dS + tl.dot(tl.trans(q_dec), b_do.to(DT), input_precision=PREC)
+    tl.store(ds0 + i_bh.to(tl.int64) * DK * DV + st_off, dS)
+
+
+@triton.jit
+def _grads_qk_kernel(q, k, v, g, beta, do, states, dstates, dq, dk, dg, dbeta_part, T, H, NC, scale,
+                     DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
+                     PREC: tl.constexpr):
+    """dq, dk, dg and this key block's share of dbeta, for one (batch*head, chunk, key block)."""
+    i_bh = tl.program_id(0)
+    i_n = tl.program_id(1)
+    i_k = tl.program_id(2)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    DT = q.dtype.element_ty
+    rk = i_k * BK + tl.arange(0, BK)
+    rc = tl.arange(0, C)
+    r16 = tl.arange(0, 16)
+    rv0 = tl.arange(0, BV)
+    qk_base = i_b.to(tl.int64) * T * H * DK + i_h * DK
+    v_base = i_b.to(tl.int64) * T * H * DV + i_h * DV
+    be_base = i_b.to(tl.int64) * T * H + i_h
+    st_base = i_bh.to(tl.int64) * (NC + 1) * DK * DV + i_n.to(tl.int64) * DK * DV
+
+    t0 = i_n * C
+    rows = t0 + rc
+    m = rows < T
+    off_k = qk_base + rows[:, None].to(tl.int64) * (H * DK) + rk[None, :]
+    b_g = tl.load(g + off_k, mask=m[:, None], other=0.0).to(tl.float32)
+    b_b = tl.cumsum(b_g, axis=0)                                               # [C, BK]
+    b_last = tl.sum(b_g, axis=0)                                               # [BK]
+    b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=m, other=0.0).to(tl.float32)
+
+    dq_inter = tl.zeros([C, BK], dtype=tl.float32)    # do S_prev^T, scaled by exp(b) at the end
+    dq_acc = tl.zeros([C, BK], dtype=tl.float32)      # intra-chunk part of dq (without scale)
+    dkt_acc = tl.zeros([C, BK], dtype=tl.float32)     # dkt, diagonal terms added at the end
+    carry = tl.zeros([BK], dtype=tl.float32)          # rowsum(dS * S_end): the gates' gradient from later tokens
+    p_diag = tl.zeros([C], dtype=tl.float32)          # do_t . v_t: kept apart, its terms in dg cancel exactly
+    for i_v in range(0, DV // BV):
+        rv = i_v * BV + rv0
+        off_v = v_base + rows[:, None].to(tl.int64) * (H * DV) + rv[None, :]
+        st_off = rk[:, None] * DV + rv[None, :]
+        b_v = tl.load(v + off_v, mask=m[:, None], other=0.0).to(DT)             # [C, BV]
+        b_do = tl.load(do + off_v, mask=m[:, None], other=0.0).to(DT)           # [C, BV]
+        S_prev = tl.load(states + st_base + st_off).to(DT)                      # [BK, BV]
+        dS = tl.load(dstates + st_base + st_off)                                # [BK, BV]
+        S_end = tl.load(states + st_base + DK * DV + st_off).to(tl.float32)
+        carry += tl.sum(dS.to(tl.float32) * S_end, axis=1)
+        p_diag += tl.sum(b_do.to(tl.float32) * b_v.to(tl.float32), axis=1)
+        dq_inter += tl.dot(b_do, tl.trans(S_prev), input_precision=PREC)
+        dkt_acc += tl.exp(b_last[None, :] - b_b) * tl.dot(b_v, tl.trans(dS.to(DT)), input_precision=PREC)
+        for j in tl.static_range(C // _SUB):
+            rows_j = t0 + j * _SUB + r16
+            m_j = rows_j < T
+            off_kj = qk_base + rows_j[:, None].to(tl.int64) * (H * DK) + rk[None, :]
+            off_vj = v_base + rows_j[:, None].to(tl.int64) * (H * DV) + rv[None, :]
+            g_j = tl.load(g + off_kj, mask=m_j[:, None], other=0.0).to(tl.float32)           # [16, BK]
+            k_j = tl.load(k + off_kj, mask=m_j[:, None], other=0.0).to(tl.float32)
+            q_j = tl.load(q + off_kj, mask=m_j[:, None], other=0.0).to(tl.float32)
+            beta_j = tl.load(beta + be_base + rows_j.to(tl.int64) * H, mask=m_j, other=0.0).to(tl.float32)
+            v_j = tl.load(v + off_vj, mask=m_j[:, None], other=0.0).to(DT)                    # [16, BV]
+            do_j = tl.load(do + off_vj, mask=m_j[:, None], other=0.0).to(DT)                  # [16, BV]
+            pre = tl.sum(tl.where(rc[:, None] < j * _SUB, b_g, 0.0), axis=0)                  # [BK]
+            b_j = pre[None, :] + tl.cumsum(g_j, axis=0)                                       # [16, BK]
+            mid = tl.sum(tl.where(r16[:, None] == _SUB // 2, b_j, 0.0), axis=0)                # [BK]
+            up = tl.exp(tl.minimum(b_b - mid[None, :], 40.0))          # exp(b_t - mid), rows t before j masked
+            down = tl.exp(tl.minimum(mid[None, :] - b_b, 40.0))        # exp(mid - b_s), rows s after j masked
+            kk_j = (k_j * beta_j[:, None] * tl.exp(mid[None, :] - b_j)).to(DT)               # [16, BK]
+            qq_j = (q_j * tl.exp(b_j - mid[None, :])).to(DT)                                 # [16, BK]
+            # columns s in block j: P[t, s] = do_t . v_s for t > s
+            strict_c = rc[:, None] > j * _SUB + r16[None, :]                                  # [C, 16]
+            p_c = tl.where(strict_c, tl.dot(b_do, tl.trans(v_j), input_precision=PREC), 0.0)   # [C, 16]
+            dq_acc += up * tl.dot(p_c.to(DT), kk_j, input_precision=PREC)
+            # rows t in block j: P[t, s] for s < t, as its transpose [C(s), 16(t)]
+            strict_r = j * _SUB + r16[None, :] > rc[:, None]
+            p_r = tl.where(strict_r, tl.dot(b_v, tl.trans(do_j), input_precision=PREC), 0.0)
+            dkt_acc += scale * down * tl.dot(p_r.to(DT), qq_j, input_precision=PREC)
+
+    b_q = tl.load(q + off_k, mask=m[:, None], other=0.0).to(tl.float32)
+    b_k = tl.load(k + off_k, mask=m[:, None], other=0.0).to(tl.float32)
+    kt = b_k * b_beta[:, None]
+    d_q = scale * (tl.exp(b_b) * dq_inter + dq_acc)                # every term but the diagonal s = t
+    d_b = b_q * d_q - kt * dkt_acc
+    d_q += scale * p_diag[:, None] * kt
+    dkt_acc += scale * p_diag[:, None] * b_q
+    d_g = tl.sum(d_b, axis=0)[None, :] - tl.cumsum(d_b, axis=0) + d_b + carry[None, :]
+    tl.store(dq + off_k, d_q.to(dq.dtype.element_ty), mask=m[:, None])
+    tl.store(dk + off_k, (dkt_acc * b_beta[:, None]).to(dk.dtype.element_ty), mask=m[:, None])
+    tl.store(dg + off_k, d_g.to(dg.dtype.element_ty), mask=m[:, None])
+    part = i_k.to(tl.int64) * (tl.num_programs(0) // H) * T * H
+    tl.store(dbeta_part + part + be_base + rows.to(tl.int64) * H, tl.sum(dkt_acc * b_k, axis=1), mask=m)
+
+
+@triton.jit
+def _grads_v_kernel(q, k, g, beta, do, dstates, dv, T, H, NC, scale,
+                    DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
+                    PREC: tl.constexpr):
+    """dv for one (batch*head, chunk, value block): ``A^T do`` inside the chunk plus ``(kt exp(b_C - b)) dS``."""
+    i_bh = tl.program_id(0)
+    i_n = tl.program_id(1)
+    i_v = tl.program_id(2)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    DT = q.dtype.element_ty
+    rc = tl.arange(0, C)
+    r16 = tl.arange(0, 16)
+    rk0 = tl.arange(0, BK)
+    rv = i_v * BV + tl.arange(0, BV)
+    qk_base = i_b.to(tl.int64) * T * H * DK + i_h * DK
+    v_base = i_b.to(tl.int64) * T * H * DV + i_h * DV
+    be_base = i_b.to(tl.int64) * T * H + i_h
+    st_base = i_bh.to(tl.int64) * (NC + 1) * DK * DV + i_n.to(tl.int64) * DK * DV
+
+    t0 = i_n * C
+    rows = t0 + rc
+    m = rows < T
+    b_do = tl.load(do + v_base + rows[:, None].to(tl.int64) * (H * DV) + rv[None, :], mask=m[:, None],
+                   other=0.0).to(DT)                                                    # [C, BV]
+    for j in tl.static_range(C // _SUB):
+        rows_j = t0 + j * _SUB + r16
+        m_j = rows_j < T
+        beta_j = tl.load(beta + be_base + rows_j.to(tl.int64) * H, mask=m_j, other=0.0).to(tl.float32)
+        a_c = tl.zeros([C, 16], dtype=tl.float32)
+        dv_j = tl.zeros([16, BV], dtype=tl.float32)
+        for i_k in range(0, DK // BK):
+            rk = i_k * BK + rk0
+            off_k = qk_base + rows[:, None].to(tl.int64) * (H * DK) + rk[None, :]
+            off_kj = qk_base + rows_j[:, None].to(tl.int64) * (H * DK) + rk[None, :]
+            b_g = tl.load(g + off_k, mask=m[:, None], other=0.0).to(tl.float32)               # [C, BK]
+            b_q = tl.load(q + off_k, mask=m[:, None], other=0.0).to(tl.float32)
+            g_j = tl.load(g + off_kj, mask=m_j[:, None], other=0.0).to(tl.float32)           # [16, BK]
+            k_j = tl.load(k + off_kj, mask=m_j[:, None], other=0.0).to(tl.float32)
+            b_b = tl.cumsum(b_g, axis=0)
+            b_last = tl.sum(b_g, axis=0)
+            pre = tl.sum(tl.where(rc[:, None] < j * _SUB, b_g, 0.0), axis=0)
+            b_j = pre[None, :] + tl.cumsum(g_j, axis=0)
+            mid = tl.sum(tl.where(r16[:, None] == _SUB // 2, b_j, 0.0), axis=0)
+            up = tl.exp(tl.minimum(b_b - mid[None, :], 40.0))
+            kk_j = (k_j * beta_j[:, None] * tl.exp(mid[None, :] - b_j)).to(DT)
+            a_c += tl.dot((b_q * up).to(DT), tl.trans(kk_j), input_precision=PREC)             # [C, 16]
+            dS = tl.load(dstates + st_base + rk[:, None] * DV + rv[None, :]).to(DT)          # [BK, BV]
+            kt_end_j = (k_j * beta_j[:, None] * tl.exp(b_last[None, :] - b_j)).to(DT)
+            dv_j += tl.dot(kt_end_j, dS, input_precision=PREC)
+        a_c = tl.where(rc[:, None] >= j * _SUB + r16[None, :], a_c, 0.0) * scale
+        dv_j += tl.dot(tl.trans(a_c.to(DT)), b_do, input_precision=PREC)
+        tl.store(dv + v_base + rows_j[:, None].to(tl.int64) * (H * DV) + rv[None, :],
+                 dv_j.to(dv.dtype.element_ty), mask=m_j[:, None])
+
+
+def chunk_scan_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                   initial_state: torch.Tensor | None, do: torch.Tensor, dfinal: torch.Tensor, scale: float,
+                   config: BwdConfig) -> tuple[torch.Tensor, ...]:
+    """Gradients (dq, dk, dv, dg, dbeta, d_initial_state) of the gated scan, on contiguous CUDA tensors.
+
+    q, k, v, do share one dtype (float32 or bfloat16); gradients come back in their inputs' dtypes and the
+    initial state's gradient in float32.
+    """
+    B, T, H, DK = q.shape
+    DV = v.shape[-1]
+    C = config.chunk
+    NC = triton.cdiv(T, C)
+    BK, BV = min(config.block_k, DK), min(config.block_v, DV)
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    if T == 0:
+        return (*(torch.zeros_like(x) for x in (q, k, v, g, beta)), dfinal.float().clone())
+    states = torch.empty(B * H, NC + 1, DK, DV, dtype=q.dtype, device=q.device)
+    dstates = torch.empty_like(states)
+    ds0 = torch.empty(B, H, DK, DV, dtype=torch.float32, device=q.device)
+    s0 = initial_state if initial_state is not None else ds0     # dummy pointer when absent
+    grid = (B * H, DK // BK, DV // BV)
+    _states_kernel[grid](k, v, g, beta, s0, states, T, H, NC, DK=DK, DV=DV, BK=BK, BV=BV, C=C,
+                         HAS_INIT=initial_state is not None, PREC=prec, num_warps=4)
+    _dstates_kernel[grid](q, g, do, dfinal, dstates, ds0, T, H, NC, scale, DK=DK, DV=DV, BK=BK, BV=BV, C=C,
+                          PREC=prec, num_warps=4)
+    dq, dk, dv, dg = (torch.empty_like(x) for x in (q, k, v, g))
+    GK, GV = min(config.grad_block_k, DK), min(config.grad_block_v, DV)
+    dbeta_part = torch.empty(DK // GK, B, T, H, dtype=torch.float32, device=q.device)
+    _grads_qk_kernel[(B * H, NC, DK // GK)](q, k, v, g, beta, do, states, dstates, dq, dk, dg, dbeta_part, T, H, NC,
+                                             scale, DK=DK, DV=DV, BK=GK, BV=GV, C=C, PREC=prec,
+                                             num_warps=config.num_warps)
+    _grads_v_kernel[(B * H, NC, DV // GV)](q, k, g, beta, do, dstates, dv, T, H, NC, scale, DK=DK, DV=DV, BK=GK,
+                                            BV=GV, C=C, PREC=prec, num_warps=config.num_warps)
+    return dq, dk, dv, dg, dbeta_part.sum(0).to(beta.dtype), ds0
+
+
+_PICKED: dict[tuple, BwdConfig] = {}
+
+
+def pick_bwd_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                    initial_state: torch.Tensor | None, do: torch.Tensor, dfinal: torch.Tensor,
+                    scale: float) -> BwdConfig:
+    """The fastest of :data:`BWD_CONFIGS` for this shape class, timed once per class (median of events).
+
+    While a CUDA graph is being captured nothing can be timed: the first config is used and not cached.
+    """
+    B, T, H, DK = q.shape
+    key = (DK, v.shape[-1], q.dtype, B * H, max(T, 1).bit_length())
+    if key in _PICKED:
+        return _PICKED[key]
+    if torch.cuda.is_current_stream_capturing():
+        return BWD_CONFIGS[0]
+    from triton.testing import do_bench
+
+    times = {cfg: do_bench(lambda: chunk_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale, cfg),
+                           warmup=3, rep=10, return_mode="median") for cfg in BWD_CONFIGS}
+    _PICKED[key] = min(times, key=times.get)
+    return _PICKED[key]
