@@ -8,8 +8,8 @@ One command measures, with one token stream (Python standard-library source byte
 - the matched softmax-attention transformer with a growing KV cache in ONNX Runtime (benchmarks/transformer_kv_onnx.py);
 
 and checks the targets: per-token p50 at the longest context / at context 0 <= 1.10 for every Sequential
-Attention row; ONNX Runtime and ExecuTorch steps >= 3x faster than the torch eager step (p50 at context 0);
-prefill tokens/s >= 10x token-by-token. A missed target is reported with by how much. It also tabulates the
+Attention row; ONNX Runtime (both graph flavours: portable and fused) and ExecuTorch steps >= 3x faster than the
+torch eager step (p50 at context 0); prefill tokens/s >= 10x token-by-token. A missed target is reported with by how much. It also tabulates the
 artifact size per target and quantization. Results: benchmarks/results/runtime_latency.{json,md,png}.
 
     python benchmarks/runtime_latency.py            # the recorded run (contexts 0,1k,16k,64k; several minutes)
@@ -101,7 +101,7 @@ def evaluate_targets(results: list[RunResult]) -> list[dict[str, Any]]:
                      "run": r.name, "value": r.flatness, "target": f"<= {FLAT_MAX:.2f}", "met": r.flatness <= FLAT_MAX,
                      "missed_by": f"{(r.flatness / FLAT_MAX - 1) * 100:.0f}% above"})
     for r in ours:
-        if eager is None or not r.name.startswith(("onnxruntime/", "executorch/")):
+        if eager is None or not r.name.startswith(("onnxruntime/", "onnxruntime-fused/", "executorch/")):
             continue
         speedup = eager.contexts[0].p50_ms / r.contexts[0].p50_ms
         rows.append({"check": "step speed-up vs torch eager (p50 @0)", "run": r.name, "value": speedup,
@@ -148,10 +148,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"smoke test: contexts {QUICK['contexts']}, {QUICK['steps']} steps, results to a temp dir")
     p.add_argument("--checkpoint", help="model checkpoint (default: the bundled model)")
     p.add_argument("--artifact", help="an existing artifact directory (default: export the checkpoint to a temp dir)")
-    p.add_argument("--targets", default="onnx,executorch",
+    p.add_argument("--targets", default="onnx,onnx-ort,executorch",
                    help="export targets (a torch variant is always exported too; default: %(default)s)")
     p.add_argument("--quantize", default="none,fp16,int8,int4", help="quantizations (default: %(default)s)")
-    p.add_argument("--runtimes", default="torch,onnxruntime,executorch", help="runtimes (default: %(default)s)")
+    p.add_argument("--runtimes", default="torch,onnxruntime,onnxruntime-fused,executorch",
+                   help="runtimes (default: %(default)s)")
     p.add_argument("--contexts", help=f"override the contexts (default {FULL['contexts']}; quick {QUICK['contexts']})")
     p.add_argument("--steps", type=int, help=f"override timed steps per context (default {FULL['steps']})")
     p.add_argument("--baseline-checkpoint", help="trained transformer baseline (default: random weights; latency "

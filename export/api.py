@@ -27,9 +27,9 @@ from .manifest import (ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST_FILE, 
 from .quantization import QuantizationRecipe
 from .quiet import quiet_libraries
 
-TARGET_ORDER = ("onnx", "executorch", "coreml", "tensorrt")   # tensorrt builds from the onnx variant
-RUNTIME_OF_TARGET = {"torch": "torch", "onnx": "onnxruntime", "executorch": "executorch", "coreml": "coreml",
-                     "tensorrt": "tensorrt"}
+TARGET_ORDER = ("onnx", "onnx-ort", "executorch", "coreml", "tensorrt")   # tensorrt builds from the onnx variant
+RUNTIME_OF_TARGET = {"torch": "torch", "onnx": "onnxruntime", "onnx-ort": "onnxruntime-fused",
+                     "executorch": "executorch", "coreml": "coreml", "tensorrt": "tensorrt"}
 PARITY_CHUNKS, PARITY_STEPS = 2, 16
 
 

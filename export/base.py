@@ -50,6 +50,7 @@ class ExportTarget(Protocol):
 # target name -> "module:Class"; modules import their heavy libraries lazily.
 TARGETS: dict[str, str] = {
     "onnx": "seqedge.export.onnx_target:OnnxTarget",
+    "onnx-ort": "seqedge.export.onnx_ort_target:OnnxOrtTarget",
     "executorch": "seqedge.export.executorch_target:ExecuTorchTarget",
     "coreml": "seqedge.export.coreml_target:CoreMLTarget",
     "tensorrt": "seqedge.export.tensorrt_target:TensorRTTarget",

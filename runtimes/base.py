@@ -49,6 +49,7 @@ class BackendFactory(Protocol):
 RUNTIMES: dict[str, str] = {
     "torch": "seqedge.runtimes.torch_runtime:TorchRuntime",
     "onnxruntime": "seqedge.runtimes.onnxruntime_runtime:OnnxRuntimeRuntime",
+    "onnxruntime-fused": "seqedge.runtimes.onnxruntime_runtime:OnnxRuntimeFusedRuntime",
     "executorch": "seqedge.runtimes.executorch_runtime:ExecuTorchRuntime",
     "coreml": "seqedge.runtimes.coreml_runtime:CoreMLRuntime",
     "tensorrt": "seqedge.runtimes.tensorrt_runtime:TensorRTRuntime",

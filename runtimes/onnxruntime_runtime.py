@@ -111,3 +111,20 @@ class OnnxRuntimeRuntime:
                 manifest.path(variant, f"{entry}.data")
             sessions[entry] = ort.InferenceSession(str(path), options_, providers=providers)
         return OnnxRuntimeBackend(sessions, sessions["step"].get_providers(), [s.name for s in manifest.state_specs])
+
+
+class OnnxRuntimeFusedBackend(OnnxRuntimeBackend):
+    runtime = "onnxruntime-fused"
+    target = "onnx-ort"
+
+
+class OnnxRuntimeFusedRuntime(OnnxRuntimeRuntime):
+    """ONNX Runtime on the ``onnx-ort`` graphs (the scan as ``com.microsoft::LinearAttention``)."""
+
+    runtime = "onnxruntime-fused"
+    target = "onnx-ort"
+
+    def open(self, manifest: Manifest, variant: Variant, **options: Any) -> OnnxRuntimeBackend:
+        backend = super().open(manifest, variant, **options)
+        backend.__class__ = OnnxRuntimeFusedBackend
+        return backend

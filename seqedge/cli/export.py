@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-TARGET_CHOICES = ("onnx", "executorch", "coreml", "tensorrt", "all")
+TARGET_CHOICES = ("onnx", "onnx-ort", "executorch", "coreml", "tensorrt", "all")
 SCHEME_CHOICES = ("none", "fp16", "int8", "int4")
 
 
@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
                    help="checkpoint directory (config.json + model.safetensors; default: the bundled model)")
     p.add_argument("--target", type=_csv(TARGET_CHOICES, "target"), default=["onnx"],
-                   help="onnx, executorch, coreml, tensorrt or all; comma-separated for several (default: onnx)")
+                   help="onnx, onnx-ort (ONNX Runtime's fused LinearAttention op), executorch, coreml, tensorrt or "
+                        "all; comma-separated for several (default: onnx)")
     p.add_argument("--quantize", type=_csv(SCHEME_CHOICES, "quantization"), default=["none"],
                    help="none, fp16, int8, int4; comma-separated for several variants (default: none)")
     p.add_argument("--group-size", type=int, default=32, help="int4 weights per scale group (default: 32)")

@@ -1,0 +1,35 @@
+"""``onnx-ort`` target: the ONNX graphs of the ``onnx`` target with every layer's scan as ONNX Runtime's fused
+``com.microsoft::LinearAttention`` (see :mod:`seqedge.export.ort_fused`). Runs only in ONNX Runtime >= 1.32
+(runtime ``onnxruntime-fused``); quantization as in the ``onnx`` target, whose graphs stay standard-ops only
+for TensorRT and every other ONNX consumer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .onnx_target import INSTALL_HINT, OnnxTarget, _require
+from .ort_fused import MIN_ONNXRUNTIME, fused_scan
+
+
+class OnnxOrtTarget(OnnxTarget):
+    """``<root>/onnx-ort/<tag>/{step,chunk}.onnx``: same inputs, outputs and quantization as ``onnx``."""
+
+    name = "onnx-ort"
+    install_hint = INSTALL_HINT
+
+    def __init__(self) -> None:
+        super().__init__(exporter="torchscript")     # the fused op comes from a symbolic: TorchScript exporter
+
+    def check_available(self) -> None:
+        super().check_available()
+        ort = _require("onnxruntime")
+        version = tuple(int(p) for p in ort.__version__.split(".")[:2])
+        if version < MIN_ONNXRUNTIME:
+            raise ImportError(f"the onnx-ort target needs onnxruntime >= {'.'.join(map(str, MIN_ONNXRUNTIME))} "
+                              f"(com.microsoft::LinearAttention), found {ort.__version__}; run: "
+                              f"pip install -U 'onnxruntime>=1.32'")
+
+    def _trace(self, model, entry: str, path: Path, *, half: bool) -> None:
+        with fused_scan():
+            super()._trace(model, entry, path, half=half)

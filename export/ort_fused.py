@@ -1,0 +1,75 @@
+"""The scan as ONNX Runtime's fused ``com.microsoft::LinearAttention`` op, for the ``onnx-ort`` target.
+
+ONNX Runtime >= 1.32 ships ``LinearAttention`` (CPU, CUDA, WebGPU providers): per-key decay ``[B, T, H*dk]``,
+state ``[B, H, dk, dv]``, q/k/v packed ``[B, T, H*d]``. Its ``gated`` rule is our gated rule with beta folded
+into k, and its ``gated_delta`` rule with per-key decay is exactly our delta rule (DESIGN §3). Inside
+:func:`fused_scan` the model's scan calls (``seqedge.layers.sequence_scan`` and ``recurrent_step``) go through
+:class:`LinearAttentionOp`, which computes with the plain PyTorch forms (so traced shapes and values are right) and
+exports as one ``LinearAttention`` node per layer. The graph then runs only in ONNX Runtime: TensorRT and other
+ONNX consumers take the portable ``onnx`` target, which this leaves untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+from unittest import mock
+
+import torch
+
+from seqedge import layers
+from seqedge.scan import chunked_scan
+
+ORT_RULE = {"gated": "gated", "delta": "gated_delta"}
+MIN_ONNXRUNTIME = (1, 32)
+
+
+class LinearAttentionOp(torch.autograd.Function):
+    """q, k, decay ``[B, T, H, dk]``, v ``[B, T, H, dv]``, beta ``[B, T, H]``, state ``[B, H, dk, dv]`` (all
+    float32) -> o ``[B, T, H, dv]``, new state. For the gated rule k already carries beta (and beta is unused)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, decay, beta, state, rule: str, scale: float, heads: int):  # noqa: D102
+        tracing = torch._C._get_tracing_state()
+        torch._C._set_tracing_state(None)   # values only: the exporter records this Function as one node
+        try:
+            beta = torch.ones_like(beta) if rule == "gated" else beta
+            return chunked_scan(q, k, v, decay, beta, rule=rule, scale=scale, initial_state=state)
+        finally:
+            torch._C._set_tracing_state(tracing)
+
+    @staticmethod
+    def symbolic(g, q, k, v, decay, beta, state, rule: str, scale: float, heads: int):  # noqa: D102
+        packed = g.op("Constant", value_t=torch.tensor([0, 0, -1], dtype=torch.int64))
+        pack = lambda x: g.op("Reshape", x, packed)                      # [B, T, H, d] -> [B, T, H*d]
+        inputs = [pack(q), pack(k), pack(v), state, pack(decay)]
+        if rule == "delta":
+            inputs.append(beta)
+        o, new_state = g.op("com.microsoft::LinearAttention", *inputs, update_rule_s=ORT_RULE[rule],
+                            q_num_heads_i=heads, kv_num_heads_i=heads, scale_f=float(scale), outputs=2)
+        o.setType(v.type().with_sizes([None, None, None]))               # float32, packed [B, T, H*dv]
+        new_state.setType(state.type())
+        unpacked = g.op("Constant", value_t=torch.tensor([0, 0, heads, -1], dtype=torch.int64))
+        return g.op("Reshape", o, unpacked), new_state
+
+
+def _fused_sequence_scan(q, k, v, g, beta, *, rule, initial_state, chunk_size=None, scale=None):
+    q, k, v, g, beta = (x.float() for x in (q, k, v, g, beta))
+    if rule == "gated":
+        k = k * beta.unsqueeze(-1)
+    scale = int(q.shape[-1]) ** -0.5 if scale is None else float(scale)      # python numbers: node attributes
+    return LinearAttentionOp.apply(q, k, v, g, beta, initial_state.float(), rule, scale, int(q.shape[2]))
+
+
+def _fused_recurrent_step(q, k, v, g, beta, state, *, rule, scale=None):
+    o, new_state = _fused_sequence_scan(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), g.unsqueeze(1),
+                                        beta.unsqueeze(1), rule=rule, initial_state=state, scale=scale)
+    return o[:, 0], new_state
+
+
+@contextlib.contextmanager
+def fused_scan() -> Iterator[None]:
+    """While active, the model's scans trace as ``com.microsoft::LinearAttention`` (TorchScript ONNX exporter)."""
+    with mock.patch.object(layers, "sequence_scan", _fused_sequence_scan), \
+            mock.patch.object(layers, "recurrent_step", _fused_recurrent_step):
+        yield
