@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-seqedge export --target onnx,executorch --quantize none,fp16,int8,int4 --out "$work/artifact" --quiet
+seqedge export --target onnx,onnx-ort,executorch --quantize none,fp16,int8,int4 --out "$work/artifact" --quiet
 status=0
 {
   echo "# Parity of the bundled model"
@@ -15,7 +15,7 @@ status=0
   echo "- versions: $(python3 -c 'from importlib.metadata import version as v; print(", ".join(f"{p} {v(p)}" for p in ("seqedge", "torch", "onnxruntime", "executorch", "torchao")))')"
   echo
   echo '```'
-  seqedge validate "$work/artifact" --runtimes torch,onnxruntime,executorch --tokens 1024 \
+  seqedge validate "$work/artifact" --runtimes torch,onnxruntime,onnxruntime-fused,executorch --tokens 1024 \
       --json benchmarks/results/parity_bundled.json 2>/dev/null || status=$?
   echo '```'
   echo

@@ -1,12 +1,13 @@
-"""The scan as ONNX Runtime's fused ``com.microsoft::LinearAttention`` op, for the ``onnx-ort`` target.
+"""The scan and the short convolution as ONNX Runtime's fused contrib ops, for the ``onnx-ort`` target.
 
 ONNX Runtime >= 1.32 ships ``LinearAttention`` (CPU, CUDA, WebGPU providers): per-key decay ``[B, T, H*dk]``,
 state ``[B, H, dk, dv]``, q/k/v packed ``[B, T, H*d]``. Its ``gated`` rule is our gated rule with beta folded
 into k, and its ``gated_delta`` rule with per-key decay is exactly our delta rule (DESIGN §3). Inside
 :func:`fused_scan` the model's scan calls (``seqedge.layers.sequence_scan`` and ``recurrent_step``) go through
 :class:`LinearAttentionOp`, which computes with the plain PyTorch forms (so traced shapes and values are right) and
-exports as one ``LinearAttention`` node per layer. The graph then runs only in ONNX Runtime: TensorRT and other
-ONNX consumers take the portable ``onnx`` target, which this leaves untouched.
+exports as one ``LinearAttention`` node per layer; the short causal convolution with its carried tail (concat,
+depthwise conv, SiLU, slice) likewise becomes one ``CausalConvWithState`` node. The graph then runs only in ONNX
+Runtime: TensorRT and other ONNX consumers take the portable ``onnx`` target, which this leaves untouched.
 """
 
 from __future__ import annotations
@@ -67,9 +68,42 @@ def _fused_recurrent_step(q, k, v, g, beta, state, *, rule, scale=None):
     return o[:, 0], new_state
 
 
+class CausalConvOp(torch.autograd.Function):
+    """x ``[B, C, T]``, depthwise weight ``[C, 1, K]``, bias ``[C]``, carried tail ``[B, C, K-1]`` (one dtype) ->
+    SiLU(causal conv) ``[B, C, T]``, new tail; exports as ``com.microsoft::CausalConvWithState``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, tail):  # noqa: D102
+        tracing = torch._C._get_tracing_state()
+        torch._C._set_tracing_state(None)
+        try:
+            xc = torch.cat([tail, x], dim=-1)
+            y = torch.nn.functional.conv1d(xc, weight, bias, groups=weight.shape[0])
+            return torch.nn.functional.silu(y), xc[..., -tail.shape[-1]:].clone()
+        finally:
+            torch._C._set_tracing_state(tracing)
+
+    @staticmethod
+    def symbolic(g, x, weight, bias, tail):  # noqa: D102
+        y, new_tail = g.op("com.microsoft::CausalConvWithState", x, weight, bias, tail, activation_s="silu",
+                           outputs=2)
+        y.setType(x.type())
+        new_tail.setType(tail.type())
+        return y, new_tail
+
+
+def _fused_short_conv(self: layers.ShortConv, x: torch.Tensor, tail: torch.Tensor):
+    """:meth:`seqedge.layers.ShortConv.forward` through :class:`CausalConvOp` (same inputs and outputs)."""
+    bias = torch.zeros(self.weight.shape[0], dtype=x.dtype)
+    y, new_tail = CausalConvOp.apply(x.transpose(1, 2), self.weight.to(x.dtype), bias, tail.to(x.dtype))
+    return y.transpose(1, 2), new_tail.to(torch.promote_types(x.dtype, torch.float32))
+
+
 @contextlib.contextmanager
 def fused_scan() -> Iterator[None]:
-    """While active, the model's scans trace as ``com.microsoft::LinearAttention`` (TorchScript ONNX exporter)."""
+    """While active, the model's scans trace as ``com.microsoft::LinearAttention`` and its short convolutions as
+    ``com.microsoft::CausalConvWithState`` (TorchScript ONNX exporter)."""
     with mock.patch.object(layers, "sequence_scan", _fused_sequence_scan), \
-            mock.patch.object(layers, "recurrent_step", _fused_recurrent_step):
+            mock.patch.object(layers, "recurrent_step", _fused_recurrent_step), \
+            mock.patch.object(layers.ShortConv, "forward", _fused_short_conv):
         yield

@@ -80,18 +80,20 @@ def _open_runtime(manifest, name: str) -> list[tuple[dict[str, Any], Session | N
 
 def format_table(result: dict[str, Any]) -> str:
     """The validation result as a fixed-width text table (one row per runtime x variant)."""
-    head = (f"{'runtime':12s} {'variant':12s} {'max|dlogit|':>11s} {'top-1':>7s} {'KL':>9s} {'state err':>9s} "
+    rw = max([12] + [len(row["runtime"]) for row in result["results"]])        # column widths fit the names
+    vw = max([12] + [len(row["variant"]) for row in result["results"]])
+    head = (f"{'runtime':{rw}s} {'variant':{vw}s} {'max|dlogit|':>11s} {'top-1':>7s} {'KL':>9s} {'state err':>9s} "
             f"{'bpb':>7s} {'dbpb':>7s} {'first100':>9s} {'last100':>9s}  status")
     lines = [f"{result['tokens']} tokens ({result['prefill']} prefill + {result['tokens'] - result['prefill']} "
              f"steps) against the {result['reference']}", head, "-" * len(head)]
     for row in result["results"]:
         if row["status"] == "unavailable":
-            lines.append(f"{row['runtime']:12s} {row['variant']:12s} {'cannot run here: ' + row['reason']}")
+            lines.append(f"{row['runtime']:{rw}s} {row['variant']:{vw}s} {'cannot run here: ' + row['reason']}")
             continue
         r = row["report"]
         dbpb = r["bpb"] / r["bpb_reference"] - 1
         status = "ok" if row["status"] == "ok" else "FAILED: " + "; ".join(r["failures"])
-        lines.append(f"{row['runtime']:12s} {row['variant']:12s} {r['max_abs']:11.2e} {r['top1']:7.2%} "
+        lines.append(f"{row['runtime']:{rw}s} {row['variant']:{vw}s} {r['max_abs']:11.2e} {r['top1']:7.2%} "
                      f"{r['kl']:9.2e} {r['state_rel_err']:9.2e} {r['bpb']:7.3f} {dbpb:+7.2%} "
                      f"{r['first']['max_abs']:9.2e} {r['last']['max_abs']:9.2e}  {status}")
     return "\n".join(lines)

@@ -33,6 +33,8 @@ def test_graph_has_one_fused_scan_per_layer_and_portable_graph_none(artifact):
         onnx.checker.check_model(fused, full_check=True)
         ops = [n for n in fused.graph.node if n.op_type == "LinearAttention"]
         assert len(ops) == 2 and all(n.domain == "com.microsoft" for n in ops)        # tiny model: 2 layers
+        convs = [n for n in fused.graph.node if n.op_type == "CausalConvWithState"]
+        assert len(convs) == 2 and not any(n.op_type == "Conv" for n in fused.graph.node)
         portable = onnx.load(str(artifact / "onnx" / "fp32" / f"{entry}.onnx"))
         assert not any(n.domain == "com.microsoft" for n in portable.graph.node)
 
