@@ -97,7 +97,7 @@ class OnnxTarget:
             files: dict[str, Path] = {}
             int4: dict[str, dict[str, Any]] = {}
             for entry in ENTRY_POINTS:
-                ctx.progress(f"onnx/{ctx.quantization.tag}: {entry} entry point")
+                ctx.progress(f"{self.name}/{ctx.quantization.tag}: {entry} entry point")
                 with _quiet():
                     if scheme in ("none", "fp16"):
                         self._trace(ctx.model, entry, out / f"{entry}.onnx", half=scheme == "fp16")
