@@ -14,6 +14,10 @@ How each recipe scheme is packed here (DESIGN §3; the state I/O stays float32 i
 
 The embedding and the tied output head are not ``nn.Linear`` and stay float32 in every scheme.
 
+After quantization the copy's RMSNorms and tied head are rewritten, and the edge graphs' reshapes made static,
+so that XNNPACK delegates them (export/xnnpack_friendly.py: same function, fewer portable ops between
+delegates); ``Variant.info["delegation"]`` records what stays on the portable kernels.
+
 Both methods take a dynamic batch dimension in ``[1, max_batch]``; ExecuTorch plans memory for the upper bound,
 so the bound actually compiled into the program is read back and recorded in ``Variant.info["batch"]``.
 """
@@ -33,6 +37,7 @@ from .entry_points import ENTRY_POINTS, entry_module, example_inputs
 from .manifest import Variant, file_record
 from .quantization import SCHEMES, QuantizationRecipe
 from .quiet import quiet_libraries
+from .xnnpack_friendly import XNNPACK_REWRITES, static_reshapes, xnnpack_friendly
 
 INSTALL_HINT = "pip install executorch==1.5.1 torchao==0.18.0"
 PROGRAM_FILE = "model.pte"
@@ -192,12 +197,14 @@ class ExecuTorchTarget:
         started = time.perf_counter()
         ctx.progress(f"executorch/{recipe.tag}: preparing the model ({recipe.scheme})")
         model, quant_info = prepare_model(ctx.model, recipe)
+        xnnpack_friendly(model, inplace=True)       # after quantization: the tied head stays float32
         ctx.progress(f"executorch/{recipe.tag}: torch.export of {', '.join(ENTRY_POINTS)}")
         programs = {entry: _export_entry(model, entry, self.max_batch) for entry in ENTRY_POINTS}
         ctx.progress(f"executorch/{recipe.tag}: lowering to XNNPACK")
         # IR validity checks off, as in ExecuTorch's XNNPACK recipes: the dtype verifier would specialise the
         # symbolic batch to the example's.
-        edge = exir.to_edge_transform_and_lower(programs, partitioner=[_partitioner()],
+        edge = exir.to_edge_transform_and_lower(programs, transform_passes=[static_reshapes],
+                                                partitioner=[_partitioner()],
                                                 compile_config=exir.EdgeCompileConfig(_check_ir_validity=False))
         delegation = {e: delegation_counts(edge.exported_program(e).graph_module) for e in ENTRY_POINTS}
         ctx.progress(f"executorch/{recipe.tag}: writing {PROGRAM_FILE}")
@@ -211,6 +218,7 @@ class ExecuTorchTarget:
             "batch": {"min": 1, "max": max_batch},
             "chunk_size": ctx.model.config.chunk_size,
             "delegation": delegation,
+            "xnnpack_rewrites": XNNPACK_REWRITES,
             "quantization": quant_info,
             "state_io": "float32",
             "export_seconds": round(time.perf_counter() - started, 1),

@@ -1,0 +1,210 @@
+"""Export-only rewrites that let XNNPACK take ops it would otherwise leave on ExecuTorch's portable kernels.
+
+The ExecuTorch target lowers ``step`` and ``chunk`` with a dynamic batch. XNNPACK's partitioner (executorch
+1.5.1, ``backends/xnnpack/partition/config``) then refuses, and leaves between delegate calls:
+
+- ``mean.dim`` unless it averages the two innermost dims of a 4-D tensor with keepdim (RMSNorm averages the
+  last dim of a 3-D or 4-D tensor);
+- ``mm`` whose weight is not a static parameter (the tied head multiplies by ``embed.weight.t()``);
+- ``view_copy`` whose shape names the symbolic batch (``torch.export`` writes ``reshape(-1, ...)`` as
+  ``view(x, [sym_size, ...])``; XNNPACK's reshape takes constant sizes with at most one inferred ``-1``), and
+  ``unsqueeze_copy`` on any but the last dim;
+- ``slice_copy`` and ``split_with_sizes_copy`` of a tensor with a symbolic size (the short conv's new tail,
+  the SwiGLU's gate/up split).
+
+Every portable op between two delegates costs a delegate exit and re-entry, so these few ops split each
+program into dozens of XNNPACK subgraphs. Two rewrites remove most of them, each computing the same function:
+
+- :func:`xnnpack_friendly`: a copy of the model whose RMSNorms average over a ``[-1, L, 1, n]`` view, whose
+  tied head is ``F.linear(x, embed.weight)`` (a linear over the parameter itself), whose short convs pick the
+  new tail with a 0/1 matrix (exact), and whose float SwiGLUs run gate and up as two linears over the row
+  blocks of the fused weight. Applied after quantization, so the head stays float32, only the recipe's
+  linears are quantized, and a quantized gate/up linear is left fused.
+- :func:`static_reshapes`: an edge-dialect graph pass that writes every pure reshape (``view_copy``,
+  ``unsqueeze_copy``, ``squeeze_copy``, ``alias_copy``, ``select_copy`` of a size-1 dim, ``expand_copy`` to
+  its own shape) whose output has at most one symbolic size as ``view_copy`` with constant sizes and ``-1``.
+
+What stays portable (measured on the bundled model, executorch 1.5.1): in ``step`` the q/k/v split and the
+embedding; in ``chunk`` also the chunked scan's mask construction (``arange``, comparisons), ``where``,
+``cumsum`` and its slices of dynamic tensors; and in float16 every float16/float32 cast (XNNPACK's
+partitioner takes no dtype-converting ``_to_dim_order_copy``).
+
+The eager model (``seqedge``) is never modified; tests/test_xnnpack_friendly.py checks both rewrites against it.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from seqedge.layers import RMSNorm, ShortConv, SwiGLU, _at_least_f32
+from seqedge.model import SequentialAttentionModel
+
+# What the ExecuTorch Variant records as applied (Variant.info["xnnpack_rewrites"]).
+XNNPACK_REWRITES = ("RMSNorm mean over a [-1, L, 1, n] view", "tied head as F.linear(x, embed.weight)",
+                    "short-conv tail picked by a 0/1 linear", "float SwiGLU gate/up as two linears",
+                    "pure reshapes as static view_copy")
+
+
+class PooledRMSNorm(nn.Module):
+    """:class:`seqedge.layers.RMSNorm` with the mean over a ``[-1, L, 1, n]`` view (XNNPACK's 4-D mean).
+
+    Same weight, eps, dtype handling and function: ``x * rsqrt(mean(x^2) + eps) * weight`` over the last dim.
+    """
+
+    def __init__(self, norm: RMSNorm) -> None:
+        super().__init__()
+        self.eps = norm.eps
+        self.weight = norm.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.to(_at_least_f32(x.dtype))
+        n = int(x.shape[-1])
+        rows = 1
+        for d in x.shape[1:-1]:                   # static in exported graphs: only the batch stays symbolic
+            rows *= int(d)
+        sq = (xf * xf).reshape(-1, rows, 1, n)                              # [B, L, 1, n]
+        ms = sq.mean(dim=(2, 3), keepdim=True).reshape(*(-1, *x.shape[1:-1]), 1)   # [B, ..., 1]
+        return (xf * torch.rsqrt(ms + self.eps)).to(x.dtype) * self.weight
+
+
+class PickedTailConv(nn.Module):
+    """:class:`seqedge.layers.ShortConv` whose new tail (the last K-1 conv inputs) is picked by a linear.
+
+    XNNPACK slices only tensors of static shape; a 0/1 matrix ``[K-1, L]`` picks the same columns exactly
+    (each output is one input times 1 plus zeros). Built for the input lengths of ``step`` (L = K) and
+    ``chunk`` (L = K-1+chunk_size); other lengths slice, as the original does.
+    """
+
+    def __init__(self, conv: ShortConv, lengths: tuple[int, ...]) -> None:
+        super().__init__()
+        self.kernel = conv.kernel
+        self.weight = conv.weight
+        dtype = conv.weight.dtype                  # the model's float dtype: no cast between pick and linear
+        self.picks = nn.ParameterDict({str(n): nn.Parameter(self._pick(n, conv.kernel).to(dtype), requires_grad=False)
+                                       for n in lengths})
+
+    @staticmethod
+    def _pick(length: int, kernel: int) -> torch.Tensor:
+        pick = torch.zeros(kernel - 1, length)
+        pick[:, length - kernel + 1:] = torch.eye(kernel - 1)                # row i selects column L-K+1+i
+        return pick
+
+    def forward(self, x: torch.Tensor, tail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xc = torch.cat([tail.to(x.dtype), x.transpose(1, 2)], dim=-1)              # [B, ch, K-1+T]
+        y = F.conv1d(xc, self.weight.to(x.dtype), groups=self.weight.shape[0])      # [B, ch, T]
+        key = str(int(xc.shape[-1]))
+        new_tail = (F.linear(xc, self.picks[key].to(xc.dtype)) if key in self.picks
+                    else xc[..., -(self.kernel - 1):])                              # [B, ch, K-1]
+        return F.silu(y).transpose(1, 2), new_tail.to(_at_least_f32(x.dtype))
+
+
+class SplitSwiGLU(nn.Module):
+    """:class:`seqedge.layers.SwiGLU` with its fused gate/up linear as two linears over the two row blocks."""
+
+    def __init__(self, mlp: SwiGLU) -> None:
+        super().__init__()
+        h = mlp.hidden
+        self.gate = nn.Linear(mlp.gate_up.in_features, h, bias=False)
+        self.up = nn.Linear(mlp.gate_up.in_features, h, bias=False)
+        self.gate.weight = nn.Parameter(mlp.gate_up.weight.detach()[:h].clone(), requires_grad=False)
+        self.up.weight = nn.Parameter(mlp.gate_up.weight.detach()[h:].clone(), requires_grad=False)
+        self.down = mlp.down
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+def _plain_weight(linear: nn.Linear) -> bool:
+    """True for a float weight (not a torchao quantized tensor subclass, which cannot be split by rows)."""
+    return type(linear.weight.data) is torch.Tensor
+
+
+def _linear_logits(self: SequentialAttentionModel, x: torch.Tensor) -> torch.Tensor:
+    """``SequentialAttentionModel._logits`` with the head as a linear over the weight parameter itself."""
+    x = self.norm(x)
+    weight = self.embed.weight if self.head is None else self.head.weight
+    return F.linear(x, weight.to(x.dtype)).to(torch.promote_types(x.dtype, torch.float32))
+
+
+def xnnpack_friendly(model: SequentialAttentionModel, *, inplace: bool = False) -> SequentialAttentionModel:
+    """A copy of ``model`` (the model itself if ``inplace``) with XNNPACK-friendly norms, convs, MLPs and head.
+
+    Norm, conv and embedding weights are shared with the modules they replace (a float gate/up weight is split
+    into two row blocks); outputs equal the original's up to float rounding (the mean's summation order; the
+    conv tail pick is exact). Apply it after quantization: quantized linears are kept as they are.
+    """
+    model = model if inplace else copy.deepcopy(model)
+    c = model.config
+    lengths = (c.conv_kernel, c.conv_kernel - 1 + c.chunk_size)          # step and chunk conv inputs
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, RMSNorm):
+                setattr(parent, name, PooledRMSNorm(child))
+            elif isinstance(child, ShortConv):
+                setattr(parent, name, PickedTailConv(child, lengths))
+            elif isinstance(child, SwiGLU) and _plain_weight(child.gate_up):
+                setattr(parent, name, SplitSwiGLU(child))
+    model._logits = types.MethodType(_linear_logits, model)
+    return model
+
+
+# edge-dialect graph pass ----------------------------------------------------------------------------------
+def _reshape_targets() -> dict[object, str]:
+    from executorch.exir.dialects._ops import ops as exir_ops
+
+    aten = exir_ops.edge.aten
+    return {aten.view_copy.default: "view", aten.unsqueeze_copy.default: "view",
+            aten.squeeze_copy.dims: "view", aten.squeeze_copy.dim: "view", aten.alias_copy.default: "view",
+            aten.select_copy.int: "select", aten.expand_copy.default: "expand"}
+
+
+def _is_pure_reshape(node: torch.fx.Node, kind: str) -> bool:
+    src, out = node.args[0].meta.get("val"), node.meta.get("val")
+    if not isinstance(src, torch.Tensor) or not isinstance(out, torch.Tensor):
+        return False
+    if kind == "select":                                   # picking index 0 of a size-1 dim drops the dim
+        dim = node.args[1] % src.dim()
+        return isinstance(src.shape[dim], int) and src.shape[dim] == 1
+    if kind == "expand":                                   # an expand to the input's own shape copies it
+        return [str(d) for d in src.shape] == [str(d) for d in out.shape]
+    return True
+
+
+def _static_shape(out: torch.Tensor) -> list[int] | None:
+    """Constant sizes with ``-1`` for the one symbolic size; None if there are several or a zero size."""
+    shape = [d if isinstance(d, int) else -1 for d in out.shape]
+    if shape.count(-1) > 1 or 0 in shape:
+        return None
+    return shape
+
+
+def static_reshapes(graph_module: torch.fx.GraphModule):
+    """Rewrite pure reshapes as ``view_copy`` with constant sizes and at most one ``-1`` (see module doc)."""
+    from executorch.exir.dialects._ops import ops as exir_ops
+    from executorch.exir.pass_base import PassResult
+
+    view = exir_ops.edge.aten.view_copy.default
+    targets = _reshape_targets()
+    changed = False
+    for node in list(graph_module.graph.nodes):
+        kind = targets.get(node.target) if node.op == "call_function" else None
+        if kind is None or not _is_pure_reshape(node, kind):
+            continue
+        shape = _static_shape(node.meta["val"])
+        if shape is None or (node.target == view and list(node.args[1]) == shape):
+            continue
+        with graph_module.graph.inserting_before(node):
+            new = graph_module.graph.call_function(view, (node.args[0], shape))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        graph_module.graph.erase_node(node)
+        changed = True
+    if changed:
+        graph_module.graph.eliminate_dead_code()
+        graph_module.recompile()
+    return PassResult(graph_module, changed)

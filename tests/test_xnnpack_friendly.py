@@ -1,0 +1,140 @@
+"""The ExecuTorch target's export-only rewrites (export/xnnpack_friendly.py) compute the model's function.
+
+- The rewritten model's ``step`` and ``chunk`` entry points match the original's on random tokens and a random
+  carried state (float32: 1e-5 relative; float16: the half model against its own rewrite), for both update
+  rules, tied and untied heads; the original model is left untouched.
+- After int8 quantization the quantized linears are kept as they are (the gate/up linear is not split).
+- The static-reshape pass plus the rewrite leave fewer ops on the portable kernels of a lowered ``step`` (no
+  ``mean.dim``, no ``mm``) and fewer delegate calls, and the program it gives runs to 1e-5 of the eager model at
+  batch 1 and 3 (the ``-1`` it writes is resolved at run time, not fixed to the traced batch).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from seqedge.config import SequentialAttentionConfig
+from seqedge.export.entry_points import entry_module, example_inputs
+from seqedge.export.xnnpack_friendly import (PickedTailConv, PooledRMSNorm, SplitSwiGLU, static_reshapes,
+                                             xnnpack_friendly)
+from seqedge.layers import RMSNorm, ShortConv, SwiGLU
+from seqedge.model import SequentialAttentionModel
+
+DIMS = dict(hidden_size=32, num_layers=2, num_heads=2, head_k_dim=16, head_v_dim=8, gate_rank=4, chunk_size=16,
+            mlp_multiple_of=16)
+
+
+def _model(rule: str, tie: bool = True, dtype: torch.dtype = torch.float32, layers: int = 2):
+    torch.manual_seed(0)
+    config = SequentialAttentionConfig(**{**DIMS, "num_layers": layers}, update_rule=rule, tie_embeddings=tie)
+    model = SequentialAttentionModel(config)
+    with torch.no_grad():                 # non-trivial norm weights, so a dropped weight would show
+        for m in model.modules():
+            if isinstance(m, RMSNorm):
+                m.weight.uniform_(0.5, 1.5)
+    return model.eval().to(dtype)
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, rtol: float) -> None:
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert torch.isfinite(want).all()
+    scale = want.abs().max().clamp_min(1e-30)
+    err = (got - want).abs().max() / scale
+    assert err <= rtol, f"max |diff| / max |ref| = {err:.3g} > {rtol}"
+
+
+@pytest.mark.parametrize("rule", ["gated", "delta"])
+@pytest.mark.parametrize("tie", [True, False])
+@pytest.mark.parametrize("entry", ["step", "chunk"])
+def test_rewritten_entry_points_match_the_model(rule, tie, entry):
+    model = _model(rule, tie)
+    before = copy.deepcopy(model.state_dict())
+    friendly = xnnpack_friendly(model)
+    assert not any(isinstance(m, (RMSNorm, ShortConv, SwiGLU)) for m in friendly.modules())
+    kinds = [type(m) for m in friendly.modules()]
+    L = DIMS["num_layers"]                  # attn_norm, mlp_norm, out_norm per layer, and the final norm
+    assert (kinds.count(PooledRMSNorm), kinds.count(PickedTailConv), kinds.count(SplitSwiGLU)) == (3 * L + 1, L, L)
+    for seed in range(3):
+        inputs = example_inputs(model, entry, batch_size=3, seed=seed)      # random tokens and state
+        with torch.no_grad():
+            want = entry_module(model, entry)(*inputs)
+            got = entry_module(friendly, entry)(*inputs)
+        for g, w in zip(got, want, strict=True):                          # logits, then every new state
+            _close(g, w, 1e-5)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())     # the original untouched
+    assert not isinstance(model.norm, PooledRMSNorm)
+
+
+def test_quantized_gate_up_stays_fused_and_matches():
+    """After torchao quantization (as the int8/int4 target runs it) the rewrite keeps the quantized linears."""
+    pytest.importorskip("torchao", reason="torchao is not installed (pip install torchao==0.18.0)")
+    from seqedge.export.executorch_target import prepare_model
+    from seqedge.export.quantization import QuantizationRecipe
+
+    quantized, info = prepare_model(_model("gated"), QuantizationRecipe(scheme="int8"))
+    assert info["quantized_linears"] > 0
+    friendly = xnnpack_friendly(quantized)
+    assert not any(isinstance(m, SplitSwiGLU) for m in friendly.modules())     # a quantized weight is not split
+    assert type(friendly.blocks[0].mlp.gate_up.weight) is type(quantized.blocks[0].mlp.gate_up.weight)
+    for entry in ("step", "chunk"):
+        inputs = example_inputs(quantized, entry, batch_size=2, seed=2)
+        with torch.no_grad():
+            want, got = entry_module(quantized, entry)(*inputs), entry_module(friendly, entry)(*inputs)
+        for g, w in zip(got, want, strict=True):
+            _close(g, w, 1e-5)
+
+
+def test_rewritten_half_model_matches_the_half_model():
+    model = _model("gated", dtype=torch.float16)
+    friendly = xnnpack_friendly(model)
+    for entry in ("step", "chunk"):
+        inputs = example_inputs(model, entry, batch_size=2, seed=1)
+        with torch.no_grad():
+            want, got = entry_module(model, entry)(*inputs), entry_module(friendly, entry)(*inputs)
+        for g, w in zip(got, want, strict=True):
+            _close(g, w, 2e-3)              # one float16 rounding (2^-11) of a norm output may flip
+
+
+# lowering --------------------------------------------------------------------------------------------------
+def _lower_step(model: SequentialAttentionModel, rewrite: bool):
+    exir = pytest.importorskip("executorch.exir", reason="ExecuTorch is not installed "
+                                                         "(pip install executorch==1.5.1 torchao==0.18.0)")
+    from seqedge.export import executorch_target as et
+    from seqedge.export.quiet import quiet_libraries
+
+    with quiet_libraries():
+        model = xnnpack_friendly(model) if rewrite else model
+        program = et._export_entry(model, "step", max_batch=4)
+        edge = exir.to_edge_transform_and_lower({"step": program},
+                                                transform_passes=[static_reshapes] if rewrite else None,
+                                                partitioner=[et._partitioner()],
+                                                compile_config=exir.EdgeCompileConfig(_check_ir_validity=False))
+        counts = et.delegation_counts(edge.exported_program("step").graph_module)
+        buffer = edge.to_executorch(exir.ExecutorchBackendConfig(extract_delegate_segments=True)).buffer
+    return counts, buffer
+
+
+def test_rewrites_delegate_more_and_run_exactly():
+    pytest.importorskip("executorch.runtime", reason="ExecuTorch is not installed "
+                                                     "(pip install executorch==1.5.1 torchao==0.18.0)")
+    from executorch.runtime import Runtime
+
+    model = _model("delta", layers=1)          # lowering re-traces every partition: one layer keeps it short
+    old, _ = _lower_step(model, rewrite=False)
+    new, buffer = _lower_step(model, rewrite=True)
+    assert {"mean.dim", "mm.default"} <= set(old["portable_ops"])          # what the rewrites are for
+    assert not {"mean.dim", "mm.default", "unsqueeze_copy.default"} & set(new["portable_ops"]), new
+    assert new["portable_nodes"] < old["portable_nodes"] // 2, (old, new)
+    assert new["delegated_subgraphs"] < old["delegated_subgraphs"], (old, new)
+
+    method = Runtime.get().load_program(buffer).load_method("step")
+    for batch in (1, 3):
+        inputs = example_inputs(model, "step", batch_size=batch, seed=batch)
+        with torch.no_grad():
+            want = entry_module(model, "step")(*inputs)
+        got = method.execute(list(inputs))
+        for g, w in zip(got, want, strict=True):
+            _close(g, w, 1e-5)
