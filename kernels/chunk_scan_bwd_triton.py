@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .chunk_scan_triton import fastest, shape_class
+
 _SUB = tl.constexpr(16)
 
 
@@ -318,19 +320,6 @@ _PICKED: dict[tuple, BwdConfig] = {}
 def pick_bwd_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
                     initial_state: torch.Tensor | None, do: torch.Tensor, dfinal: torch.Tensor,
                     scale: float) -> BwdConfig:
-    """The fastest of :data:`BWD_CONFIGS` for this shape class, timed once per class (median of events).
-
-    While a CUDA graph is being captured nothing can be timed: the first config is used and not cached.
-    """
-    B, T, H, DK = q.shape
-    key = (DK, v.shape[-1], q.dtype, B * H, max(T, 1).bit_length())
-    if key in _PICKED:
-        return _PICKED[key]
-    if torch.cuda.is_current_stream_capturing():
-        return BWD_CONFIGS[0]
-    from triton.testing import do_bench
-
-    times = {cfg: do_bench(lambda: chunk_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale, cfg),
-                           warmup=3, rep=10, return_mode="median") for cfg in BWD_CONFIGS}
-    _PICKED[key] = min(times, key=times.get)
-    return _PICKED[key]
+    """The fastest of :data:`BWD_CONFIGS` for this shape class (see :func:`chunk_scan_triton.fastest`)."""
+    return fastest(BWD_CONFIGS, shape_class(q, v), _PICKED,
+                   lambda cfg: chunk_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale, cfg))

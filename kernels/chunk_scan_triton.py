@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
@@ -227,23 +228,30 @@ def chunk_scan_fwd(
 _PICKED: dict[tuple, ScanConfig] = {}
 
 
-def pick_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
-                initial_state: torch.Tensor | None, scale: float) -> ScanConfig:
-    """The fastest of :data:`FWD_CONFIGS` for this shape class, timed once per class (median of events).
+def shape_class(q: torch.Tensor, v: torch.Tensor) -> tuple:
+    """Inputs that share a class share a picked config: head dims, dtype, batch*heads and log2 of the length."""
+    B, T, H, DK = q.shape
+    return DK, v.shape[-1], q.dtype, B * H, max(T, 1).bit_length()
+
+
+def fastest(configs: tuple, key: tuple, cache: dict, run) -> Any:
+    """The config of ``configs`` for which ``run(config)`` is fastest, timed once per ``key`` (median of events).
 
     While a CUDA graph is being captured nothing can be timed: the first config is used and not cached.
     """
-    B, T, H, DK = q.shape
-    key = (DK, v.shape[-1], q.dtype, B * H, max(T, 1).bit_length())
-    if key in _PICKED:
-        return _PICKED[key]
+    if key in cache:
+        return cache[key]
     if torch.cuda.is_current_stream_capturing():
-        return FWD_CONFIGS[0]
+        return configs[0]
     from triton.testing import do_bench
 
-    times = {}
-    for cfg in FWD_CONFIGS:
-        times[cfg] = do_bench(lambda: chunk_scan_fwd(q, k, v, g, beta, initial_state, scale, cfg),
-                              warmup=5, rep=20, return_mode="median")
-    _PICKED[key] = min(times, key=times.get)
-    return _PICKED[key]
+    times = {cfg: do_bench(lambda: run(cfg), warmup=3, rep=10, return_mode="median") for cfg in configs}
+    cache[key] = min(times, key=times.get)
+    return cache[key]
+
+
+def pick_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                initial_state: torch.Tensor | None, scale: float) -> ScanConfig:
+    """The fastest of :data:`FWD_CONFIGS` for this shape class (see :func:`fastest`)."""
+    return fastest(FWD_CONFIGS, shape_class(q, v), _PICKED,
+                   lambda cfg: chunk_scan_fwd(q, k, v, g, beta, initial_state, scale, cfg))
