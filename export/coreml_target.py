@@ -33,7 +33,7 @@ from seqedge.state import StateSpec
 from .base import ExportContext
 from .entry_points import entry_module, example_inputs
 from .manifest import Variant, file_record
-from .quantization import QuantizationRecipe, WeightIndex, int4_selection
+from .quantization import QuantizationRecipe, WeightIndex, int4_selection, int4_split
 
 PACKAGE = "model.mlpackage"
 FUNCTIONS = ("step", "chunk")
@@ -278,11 +278,7 @@ def weight_storage(spec: Any, function: str) -> list[tuple[str, str, str]]:
 def _int4_consts(ctx: ExportContext, consts: dict[str, list[str]], entry: str) -> list[str]:
     """The weight consts the int4 policy selects, checked: every selected module has one in this function, and
     no const stands for modules the policy treats differently."""
-    selected = [name for name, modules in consts.items() if ctx.quantization.int4_applies(modules[0])]
-    for name, modules in consts.items():
-        if len({ctx.quantization.int4_applies(m) for m in modules}) > 1:
-            raise RuntimeError(f"Core ML const {name!r}: modules {modules} have identical weights but the int4 "
-                               f"policy treats them differently; one const cannot be both")
+    selected, _ = int4_split(ctx.quantization, consts, "Core ML const")
     wanted, _ = int4_selection(ctx.model, ctx.quantization)
     found = {m for name in selected for m in consts[name]}
     if not wanted:

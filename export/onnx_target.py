@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 from .entry_points import ENTRY_POINTS, entry_module, example_inputs, input_names, output_names
 from .manifest import Variant, file_record
-from .quantization import QuantizationRecipe, WeightIndex
+from .quantization import QuantizationRecipe, WeightIndex, int4_split
 
 OPSET = 18
 EXPORTERS = ("torchscript", "dynamo")
@@ -234,11 +234,7 @@ def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe) 
     nbits = _require("onnxruntime.quantization.matmul_nbits_quantizer")
     model_proto = onnx.load(str(source))
     modules = matmul_modules(model_proto.graph, model)
-    selected = {node for node, names in modules.items() if recipe.int4_applies(names[0])}
-    for node, names in modules.items():
-        if len({recipe.int4_applies(n) for n in names}) > 1:
-            raise RuntimeError(f"MatMul {node!r}: modules {names} have identical weights but the int4 policy "
-                               f"treats them differently; the graph shares one initializer, so it cannot")
+    selected = set(int4_split(recipe, modules, "MatMul")[0])
     if not selected:
         raise ValueError(f"the int4 policy {list(recipe.int4_modules)} selects no MatMul of {source.name} "
                          f"(its weight matrices: {sorted({n for ns in modules.values() for n in ns})})")

@@ -96,6 +96,18 @@ def weight_matrices(model) -> dict[str, Any]:
     return found
 
 
+def int4_split(recipe: QuantizationRecipe, found: dict[str, list[str]], where: str) -> tuple[list[str], list[str]]:
+    """``(selected, kept)`` keys of ``found`` (``{graph weight name: module names}``, from :class:`WeightIndex`)
+    under ``recipe``'s int4 policy. Raises if one weight stands for modules the policy treats differently (a
+    shared weight cannot be both packed and kept)."""
+    for key, modules in found.items():
+        if len({recipe.int4_applies(m) for m in modules}) > 1:
+            raise RuntimeError(f"{where} {key!r}: modules {modules} have identical weights but the int4 policy "
+                               f"treats them differently; one shared weight cannot be both")
+    selected = [key for key, modules in found.items() if recipe.int4_applies(modules[0])]
+    return selected, [key for key in found if key not in selected]
+
+
 def int4_selection(model, recipe: QuantizationRecipe) -> tuple[list[str], list[str]]:
     """``(selected, kept)`` module names of ``model``'s weight matrices under ``recipe``'s int4 policy."""
     names = list(weight_matrices(model))
