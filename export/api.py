@@ -27,7 +27,7 @@ from .manifest import (ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST_FILE, 
 from .quantization import QuantizationRecipe
 from .quiet import quiet_libraries
 
-TARGET_ORDER = ("onnx", "onnx-ort", "executorch", "coreml", "tensorrt")   # tensorrt builds from the onnx variant
+TARGET_ORDER = tuple(TARGETS)        # the registry's order: tensorrt comes after onnx, whose variant it builds from
 RUNTIME_OF_TARGET = {"torch": "torch", "onnx": "onnxruntime", "onnx-ort": "onnxruntime-fused",
                      "executorch": "executorch", "coreml": "coreml", "tensorrt": "tensorrt"}
 PARITY_CHUNKS, PARITY_STEPS = 2, 16

@@ -36,7 +36,6 @@ from .base import ExportContext
 from .entry_points import ENTRY_POINTS, entry_module, example_inputs
 from .manifest import Variant, file_record
 from .quantization import SCHEMES, QuantizationRecipe
-from .quiet import quiet_libraries
 from .xnnpack_friendly import XNNPACK_REWRITES, static_reshapes, xnnpack_friendly
 
 INSTALL_HINT = "pip install executorch==1.5.1 torchao==0.18.0"
@@ -186,10 +185,6 @@ class ExecuTorchTarget:
         _import_torchao()
 
     def export(self, ctx: ExportContext) -> Variant:
-        with quiet_libraries():
-            return self._export(ctx)
-
-    def _export(self, ctx: ExportContext) -> Variant:
         recipe = ctx.quantization
         if recipe.scheme not in self.schemes:
             raise ValueError(f"the executorch target supports quantize {list(self.schemes)}, got {recipe.scheme!r}")

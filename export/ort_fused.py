@@ -25,19 +25,26 @@ ORT_RULE = {"gated": "gated", "delta": "gated_delta"}
 MIN_ONNXRUNTIME = (1, 32)
 
 
+@contextlib.contextmanager
+def _untraced() -> Iterator[None]:
+    """Compute values without recording them: the exporter records the whole Function as one node."""
+    tracing = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        yield
+    finally:
+        torch._C._set_tracing_state(tracing)
+
+
 class LinearAttentionOp(torch.autograd.Function):
     """q, k, decay ``[B, T, H, dk]``, v ``[B, T, H, dv]``, beta ``[B, T, H]``, state ``[B, H, dk, dv]`` (all
     float32) -> o ``[B, T, H, dv]``, new state. For the gated rule k already carries beta (and beta is unused)."""
 
     @staticmethod
     def forward(ctx, q, k, v, decay, beta, state, rule: str, scale: float, heads: int):  # noqa: D102
-        tracing = torch._C._get_tracing_state()
-        torch._C._set_tracing_state(None)   # values only: the exporter records this Function as one node
-        try:
+        with _untraced():
             beta = torch.ones_like(beta) if rule == "gated" else beta
             return chunked_scan(q, k, v, decay, beta, rule=rule, scale=scale, initial_state=state)
-        finally:
-            torch._C._set_tracing_state(tracing)
 
     @staticmethod
     def symbolic(g, q, k, v, decay, beta, state, rule: str, scale: float, heads: int):  # noqa: D102
@@ -74,14 +81,10 @@ class CausalConvOp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, tail):  # noqa: D102
-        tracing = torch._C._get_tracing_state()
-        torch._C._set_tracing_state(None)
-        try:
+        with _untraced():
             xc = torch.cat([tail, x], dim=-1)
             y = torch.nn.functional.conv1d(xc, weight, bias, groups=weight.shape[0])
             return torch.nn.functional.silu(y), xc[..., -tail.shape[-1]:].clone()
-        finally:
-            torch._C._set_tracing_state(tracing)
 
     @staticmethod
     def symbolic(g, x, weight, bias, tail):  # noqa: D102

@@ -82,6 +82,7 @@ class OnnxRuntimeBackend:
 class OnnxRuntimeRuntime:
     runtime = "onnxruntime"
     target = "onnx"
+    backend = OnnxRuntimeBackend
 
     def check_available(self) -> None:
         _ort()
@@ -110,7 +111,7 @@ class OnnxRuntimeRuntime:
             if f"{entry}.data" in variant.files:
                 manifest.path(variant, f"{entry}.data")
             sessions[entry] = ort.InferenceSession(str(path), options_, providers=providers)
-        return OnnxRuntimeBackend(sessions, sessions["step"].get_providers(), [s.name for s in manifest.state_specs])
+        return self.backend(sessions, sessions["step"].get_providers(), [s.name for s in manifest.state_specs])
 
 
 class OnnxRuntimeFusedBackend(OnnxRuntimeBackend):
@@ -123,8 +124,4 @@ class OnnxRuntimeFusedRuntime(OnnxRuntimeRuntime):
 
     runtime = "onnxruntime-fused"
     target = "onnx-ort"
-
-    def open(self, manifest: Manifest, variant: Variant, **options: Any) -> OnnxRuntimeBackend:
-        backend = super().open(manifest, variant, **options)
-        backend.__class__ = OnnxRuntimeFusedBackend
-        return backend
+    backend = OnnxRuntimeFusedBackend
