@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from seqedge.scan._checks import check_scan_inputs
+from seqedge.scan._checks import check_scan_inputs, check_step_inputs
 
 from . import ops
 
@@ -65,14 +65,6 @@ def step_scan(
     Args: q, k, g ``[B, H, dk]``; v ``[B, H, dv]``; beta ``[B, H]``; state ``[B, H, dk, dv]`` float32,
     contiguous. Returns o ``[B, H, dv]`` float32. Same math as :func:`seqedge.scan.recurrent_step`.
     """
-    if rule not in ("gated", "delta"):
-        raise ValueError(f"rule must be one of ['gated', 'delta'], got {rule!r}")
-    B, H, dk = q.shape
-    dv = v.shape[-1]
-    expected = {"k": (k, (B, H, dk)), "g": (g, (B, H, dk)), "v": (v, (B, H, dv)), "beta": (beta, (B, H)),
-                "state": (state, (B, H, dk, dv))}
-    for name, (tensor, shape) in expected.items():
-        if tuple(tensor.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+    dk = check_step_inputs(q, k, v, g, beta, rule, state)[2]
     scale = dk ** -0.5 if scale is None else float(scale)
     return ops.step_scan_op(q, k, v, g, beta, state, rule == "delta", scale)

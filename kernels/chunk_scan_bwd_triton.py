@@ -322,4 +322,5 @@ def pick_bwd_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.
                     scale: float) -> BwdConfig:
     """The fastest of :data:`BWD_CONFIGS` for this shape class (see :func:`chunk_scan_triton.fastest`)."""
     return fastest(BWD_CONFIGS, shape_class(q, v), _PICKED,
-                   lambda cfg: chunk_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale, cfg))
+                   lambda cfg: chunk_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale, cfg),
+                   warmup=3, rep=10)

@@ -234,7 +234,7 @@ def shape_class(q: torch.Tensor, v: torch.Tensor) -> tuple:
     return DK, v.shape[-1], q.dtype, B * H, max(T, 1).bit_length()
 
 
-def fastest(configs: tuple, key: tuple, cache: dict, run) -> Any:
+def fastest(configs: tuple, key: tuple, cache: dict, run, warmup: int, rep: int) -> Any:
     """The config of ``configs`` for which ``run(config)`` is fastest, timed once per ``key`` (median of events).
 
     While a CUDA graph is being captured nothing can be timed: the first config is used and not cached.
@@ -245,7 +245,7 @@ def fastest(configs: tuple, key: tuple, cache: dict, run) -> Any:
         return configs[0]
     from triton.testing import do_bench
 
-    times = {cfg: do_bench(lambda: run(cfg), warmup=3, rep=10, return_mode="median") for cfg in configs}
+    times = {cfg: do_bench(lambda: run(cfg), warmup=warmup, rep=rep, return_mode="median") for cfg in configs}
     cache[key] = min(times, key=times.get)
     return cache[key]
 
@@ -254,4 +254,4 @@ def pick_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tens
                 initial_state: torch.Tensor | None, scale: float) -> ScanConfig:
     """The fastest of :data:`FWD_CONFIGS` for this shape class (see :func:`fastest`)."""
     return fastest(FWD_CONFIGS, shape_class(q, v), _PICKED,
-                   lambda cfg: chunk_scan_fwd(q, k, v, g, beta, initial_state, scale, cfg))
+                   lambda cfg: chunk_scan_fwd(q, k, v, g, beta, initial_state, scale, cfg), warmup=5, rep=20)

@@ -13,6 +13,7 @@ config lists (benchmarks/results/kernels_gpu_tests.md says which run covered whi
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 
@@ -32,6 +33,7 @@ def use_triton_kernels(enabled: bool = True) -> None:
     _TRITON_ENABLED = bool(enabled)
 
 
+@functools.cache
 def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
