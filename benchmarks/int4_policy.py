@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from seqedge.runtimes.latency_report import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = 1024
@@ -172,21 +173,11 @@ def main() -> int:
     return 0
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def write(rows: list[dict], algorithms: list[dict], model) -> None:
     out = ROOT / "benchmarks" / "results"
     meta = {"command": "python benchmarks/int4_policy.py",
             "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-            "machine": f"{_cpu_name()}, {os.cpu_count()} cores",
+            "machine": f"{cpu_model()}, {os.cpu_count()} cores",
             "versions": {p: version(p) for p in ("seqedge", "torch", "onnxruntime", "executorch", "torchao")},
             "tokens": TOKENS, "stream": "chunk calls only, state carried", "parameters": model.num_parameters()}
     (out / "int4_policy.json").write_text(json.dumps({**meta, "rows": rows, "onnx_algorithms": algorithms},

@@ -33,21 +33,12 @@ import torch.nn.functional as F
 
 from seqedge.config import SequentialAttentionConfig
 from seqedge.model import SequentialAttentionModel
+from seqedge.runtimes.latency_report import cpu_model
 from seqedge.scan import chunked_scan, recurrent_scan
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_T, TARGET_RATIO = 4096, 5.0
 RULES = ("gated", "delta")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_average() -> list[float] | None:

@@ -23,7 +23,8 @@ LIBRARIES = ("seqedge", "numpy", "onnxruntime", "onnx", "executorch", "torch", "
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo, macOS sysctl), else what platform knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -71,7 +72,7 @@ def machine_info() -> dict[str, Any]:
     except AttributeError:
         usable = os.cpu_count()
     info: dict[str, Any] = {
-        "cpu": _cpu_model(), "cores": os.cpu_count(), "usable_cores": usable, "memory_bytes": _memory_total(),
+        "cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable, "memory_bytes": _memory_total(),
         "os": platform.platform(), "python": platform.python_version(), "libraries": library_versions(),
         "thread_env": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
     }
