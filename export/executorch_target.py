@@ -36,6 +36,7 @@ from .base import ExportContext
 from .entry_points import ENTRY_POINTS, entry_module, example_inputs
 from .manifest import Variant, file_record
 from .quantization import SCHEMES, QuantizationRecipe
+from .quiet import quiet_libraries
 from .xnnpack_friendly import XNNPACK_REWRITES, static_reshapes, xnnpack_friendly
 
 INSTALL_HINT = "pip install executorch==1.5.1 torchao==0.18.0"
@@ -185,6 +186,10 @@ class ExecuTorchTarget:
         _import_torchao()
 
     def export(self, ctx: ExportContext) -> Variant:
+        with quiet_libraries():        # also when called directly, not through export_model
+            return self._export(ctx)
+
+    def _export(self, ctx: ExportContext) -> Variant:
         recipe = ctx.quantization
         if recipe.scheme not in self.schemes:
             raise ValueError(f"the executorch target supports quantize {list(self.schemes)}, got {recipe.scheme!r}")
