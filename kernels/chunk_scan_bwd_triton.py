@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import chunk_scan_triton as _fwd
 from .chunk_scan_triton import fastest, shape_class
 
 _SUB = tl.constexpr(16)
@@ -63,10 +64,16 @@ BWD_CONFIGS: tuple[BwdConfig, ...] = (
 
 
 @triton.jit
-def _states_kernel(k, v, g, beta, s0, states, T, H, NC,
+def _states_kernel(k, v, g, beta, s0, states, seg_state, seg_decay, T, H, NC, NSEG, PER, SEG_CHUNKS, NSUM,
                    DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
-                   HAS_INIT: tl.constexpr, PREC: tl.constexpr):
-    i_bh = tl.program_id(0)
+                   HAS_INIT: tl.constexpr, SUMMARY: tl.constexpr, PREC: tl.constexpr):
+    """One (batch*head, segment) x (key block, value block): forward in time over the segment's chunks.
+
+    SUMMARY: from zero, the segment's local final state and total log-decay into slot ``i_s``. Otherwise: from
+    the joined state entering the segment, write ``states[n]`` for each of its chunks (and ``states[NC]``).
+    """
+    i_bh = tl.program_id(0) // PER
+    i_s = tl.program_id(0) % PER
     i_k = tl.program_id(1)
     i_v = tl.program_id(2)
     i_b = i_bh // H
@@ -81,10 +88,16 @@ def _states_kernel(k, v, g, beta, s0, states, T, H, NC,
     st_off = rk[:, None] * DV + rv[None, :]
     st_base = i_bh.to(tl.int64) * (NC + 1) * DK * DV
     S = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_INIT:
-        S = tl.load(s0 + i_bh.to(tl.int64) * DK * DV + st_off)
-    for n in range(0, NC):
-        tl.store(states + st_base + n * DK * DV + st_off, S.to(states.dtype.element_ty))
+    if not SUMMARY:
+        if i_s > 0:
+            S = tl.load(seg_state + (i_bh.to(tl.int64) * NSUM + i_s - 1) * DK * DV + st_off)
+        elif HAS_INIT:
+            S = tl.load(s0 + i_bh.to(tl.int64) * DK * DV + st_off).to(tl.float32)
+    D_acc = tl.zeros([BK], dtype=tl.float32)
+    n0 = i_s * SEG_CHUNKS
+    for n in range(n0, tl.minimum(n0 + SEG_CHUNKS, NC)):
+        if not SUMMARY:
+            tl.store(states + st_base + n * DK * DV + st_off, S.to(states.dtype.element_ty))
         rows = n * C + rc
         m = rows < T
         off_k = qk_base + rows[:, None].to(tl.int64) * (H * DK) + rk[None, :]
@@ -94,16 +107,31 @@ def _states_kernel(k, v, g, beta, s0, states, T, H, NC,
         b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=m, other=0.0).to(tl.float32)
         b_b = tl.cumsum(b_g, axis=0)
         b_last = tl.sum(b_g, axis=0)
+        D_acc += b_last
         k_dec = (b_k * b_beta[:, None] * tl.exp(b_last[None, :] - b_b)).to(DT)
         S = tl.exp(b_last)[:, None] * S + tl.dot(tl.trans(k_dec), b_v, input_precision=PREC)
-    tl.store(states + st_base + NC * DK * DV + st_off, S.to(states.dtype.element_ty))
+    if SUMMARY:
+        idx = i_bh.to(tl.int64) * NSUM + i_s
+        tl.store(seg_state + idx * DK * DV + st_off, S)
+        if i_v == 0:
+            tl.store(seg_decay + idx * DK + rk, D_acc)
+    elif i_s == NSEG - 1:
+        tl.store(states + st_base + NC * DK * DV + st_off, S.to(states.dtype.element_ty))
 
 
 @triton.jit
-def _dstates_kernel(q, g, do, dfinal, dstates, ds0, T, H, NC, scale,
+def _dstates_kernel(q, g, do, dfinal, dstates, ds0, seg_state, seg_decay, T, H, NC, NSEG, PER, OFF, SEG_CHUNKS,
+                    NSUM, scale,
                     DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
-                    PREC: tl.constexpr):
-    i_bh = tl.program_id(0)
+                    SUMMARY: tl.constexpr, PREC: tl.constexpr):
+    """One (batch*head, segment) x (key block, value block): backward in time over the segment's chunks.
+
+    SUMMARY (segments 1 and later): from zero, the segment's local gradient and total log-decay into slot
+    ``i_s - 1``. Otherwise: from the gradient leaving the segment (joined, or the final state's for the last
+    segment), write ``dstates[n]`` for each chunk; the first segment also writes the initial state's gradient.
+    """
+    i_bh = tl.program_id(0) // PER
+    i_s = tl.program_id(0) % PER + OFF
     i_k = tl.program_id(1)
     i_v = tl.program_id(2)
     i_b = i_bh // H
@@ -116,10 +144,19 @@ def _dstates_kernel(q, g, do, dfinal, dstates, ds0, T, H, NC, scale,
     v_base = i_b.to(tl.int64) * T * H * DV + i_h * DV
     st_off = rk[:, None] * DV + rv[None, :]
     st_base = i_bh.to(tl.int64) * (NC + 1) * DK * DV
-    dS = tl.load(dfinal + i_bh.to(tl.int64) * DK * DV + st_off).to(tl.float32)
-    for i in range(0, NC):
-        n = NC - 1 - i
-        tl.store(dstates + st_base + n * DK * DV + st_off, dS.to(dstates.dtype.element_ty))
+    dS = tl.zeros([BK, BV], dtype=tl.float32)
+    if not SUMMARY:
+        if i_s < NSEG - 1:
+            dS = tl.load(seg_state + (i_bh.to(tl.int64) * NSUM + i_s) * DK * DV + st_off)
+        else:
+            dS = tl.load(dfinal + i_bh.to(tl.int64) * DK * DV + st_off).to(tl.float32)
+    D_acc = tl.zeros([BK], dtype=tl.float32)
+    n0 = i_s * SEG_CHUNKS
+    n1 = tl.minimum(n0 + SEG_CHUNKS, NC)
+    for i in range(0, n1 - n0):
+        n = n1 - 1 - i
+        if not SUMMARY:
+            tl.store(dstates + st_base + n * DK * DV + st_off, dS.to(dstates.dtype.element_ty))
         rows = n * C + rc
         m = rows < T
         off_k = qk_base + rows[:, None].to(tl.int64) * (H * DK) + rk[None, :]
@@ -128,9 +165,16 @@ def _dstates_kernel(q, g, do, dfinal, dstates, ds0, T, H, NC, scale,
         b_do = tl.load(do + v_base + rows[:, None].to(tl.int64) * (H * DV) + rv[None, :], mask=m[:, None], other=0.0)
         b_b = tl.cumsum(b_g, axis=0)
         b_last = tl.sum(b_g, axis=0)
+        D_acc += b_last
         q_dec = (b_q * scale * tl.exp(b_b)).to(DT)
         dS = tl.exp(b_last)[:, None] * dS + tl.dot(tl.trans(q_dec), b_do.to(DT), input_precision=PREC)
-    tl.store(ds0 + i_bh.to(tl.int64) * DK * DV + st_off, dS)
+    if SUMMARY:
+        idx = i_bh.to(tl.int64) * NSUM + i_s - 1
+        tl.store(seg_state + idx * DK * DV + st_off, dS)
+        if i_v == 0:
+            tl.store(seg_decay + idx * DK + rk, D_acc)
+    elif i_s == 0:
+        tl.store(ds0 + i_bh.to(tl.int64) * DK * DV + st_off, dS)
 
 
 @triton.jit
@@ -298,11 +342,28 @@ def chunk_scan_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.T
     dstates = torch.empty_like(states)
     ds0 = torch.empty(B, H, DK, DV, dtype=torch.float32, device=q.device)
     s0 = initial_state if initial_state is not None else ds0     # dummy pointer when absent
-    grid = (B * H, DK // BK, DV // BV)
-    _states_kernel[grid](k, v, g, beta, s0, states, T, H, NC, DK=DK, DV=DV, BK=BK, BV=BV, C=C,
-                         HAS_INIT=initial_state is not None, PREC=prec, num_warps=4)
-    _dstates_kernel[grid](q, g, do, dfinal, dstates, ds0, T, H, NC, scale, DK=DK, DV=DV, BK=BK, BV=BV, C=C,
-                          PREC=prec, num_warps=4)
+    n_seg = _fwd._num_segments(B * H * (DK // BK) * (DV // BV), NC)
+    seg_chunks = triton.cdiv(NC, n_seg)
+    n_seg = triton.cdiv(NC, seg_chunks)
+    nsum = max(n_seg - 1, 1)
+    seg_state = torch.empty(B * H, nsum, DK, DV, dtype=torch.float32, device=q.device)
+    seg_decay = torch.empty(B * H, nsum, DK, dtype=torch.float32, device=q.device)
+    blocks = dict(DK=DK, DV=DV, BK=BK, BV=BV, C=C, PREC=prec, num_warps=4)
+    st_args = (k, v, g, beta, s0, states, seg_state, seg_decay, T, H, NC, n_seg)
+    ds_args = (q, g, do, dfinal, dstates, ds0, seg_state, seg_decay, T, H, NC, n_seg)
+    has_init = initial_state is not None
+    if n_seg > 1:
+        _states_kernel[(B * H * (n_seg - 1), DK // BK, DV // BV)](
+            *st_args, n_seg - 1, seg_chunks, nsum, HAS_INIT=has_init, SUMMARY=True, **blocks)
+        _fwd.join_segments(seg_state, seg_decay, initial_state)
+    _states_kernel[(B * H * n_seg, DK // BK, DV // BV)](
+        *st_args, n_seg, seg_chunks, nsum, HAS_INIT=has_init, SUMMARY=False, **blocks)
+    if n_seg > 1:      # seg_state is free again: the gradient's summaries of segments 1.. go to slots 0..
+        _dstates_kernel[(B * H * (n_seg - 1), DK // BK, DV // BV)](
+            *ds_args, n_seg - 1, 1, seg_chunks, nsum, scale, SUMMARY=True, **blocks)
+        _fwd.join_segments(seg_state, seg_decay, dfinal, reverse=True)
+    _dstates_kernel[(B * H * n_seg, DK // BK, DV // BV)](
+        *ds_args, n_seg, 0, seg_chunks, nsum, scale, SUMMARY=False, **blocks)
     dq, dk, dv, dg = (torch.empty_like(x) for x in (q, k, v, g))
     GK, GV = min(config.grad_block_k, DK), min(config.grad_block_v, DV)
     dbeta_part = torch.empty(DK // GK, B, T, H, dtype=torch.float32, device=q.device)

@@ -13,9 +13,12 @@ Design (one program per (batch*head, value block, segment)):
   factor that survives the causal mask is at most exp(40), so float32 and bf16 neither overflow nor lose terms,
   and every product is a tensor-core dot.
 - When batch*heads*value-blocks is too small to fill the GPU, the sequence is split into segments: a first
-  launch writes each segment's local final state (from zero) and its total log-decay; the output launch of
-  segment j starts from ``S_j = sum_i (prod_{i<l<j} exp(D_l)) L_i`` (diagonal gates: joining is decay-and-add).
-  That costs one extra read of k, v, g but gives B*H*NV*n_seg programs instead of B*H*NV.
+  launch writes each segment's local final state (from zero) and its total log-decay; a short sequential launch
+  over the segments turns those into the state entering each segment, ``S_{j+1} = exp(D_j) S_j + L_j`` (diagonal
+  gates: joining is decay-and-add); the output launch of segment j starts from ``S_j``. That costs one extra read
+  of k, v, g but gives B*H*NV*n_seg programs instead of B*H*NV. (Joining inside each output program instead
+  read every earlier summary: quadratic in the segments, about 2 GB at T=65,536, B=1, H=16, D=128 on 132
+  multiprocessors, twice the bytes of q, k, v, g together.)
 Tail chunks are masked: missing tokens load g = 0, beta = 0, which leaves the state untouched, so any T is exact.
 """
 
@@ -51,15 +54,17 @@ class ScanConfig:
 
 # Short on purpose: every entry is run and checked by tests/test_kernels_gpu.py, not only the one picked.
 # From benchmarks/kernels_tune.py (H200, T=65,536, B=1, H=16, D=128, bf16; results/kernels_tune.json): chunk 32,
-# 4 warps, 2 pipeline stages, PROGRAMS_PER_SM = 8 (2 per SM: 5.3-8.3 ms). Both entries passed every forward
-# test on a GPU (results/kernels_gpu_tests.md, run 3).
+# 4 warps, 2 pipeline stages, PROGRAMS_PER_SM = 8 (2 per SM: 5.3-8.3 ms). The block_v=64 entries passed every
+# forward test on a GPU (results/kernels_gpu_tests.md, run 3); block_v=128 joined them once the whole forward suite
+# had run with it (run L, kernels_gpu_tests.md).
 FWD_CONFIGS: tuple[ScanConfig, ...] = (
+    ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2),    # 3.45 ms
     ScanConfig(chunk=32, block_v=64, num_warps=4, num_stages=2),     # 4.73 ms
     ScanConfig(chunk=32, block_v=64, num_warps=4, num_stages=1),     # 5.31 ms
 )
-# Faster, but its GPU test runs were cut by the time limit (40 of 54 forward tests ran, all passed: H100 and
-# H200); it joins FWD_CONFIGS once tests/test_kernels_gpu.py has run in full with it. 3.45 ms in the same sweep.
-PENDING_CONFIGS: tuple[ScanConfig, ...] = (ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2),)
+# Candidates: checked by the same tests as FWD_CONFIGS, never picked; they join FWD_CONFIGS once the GPU suite
+# has run in full with them.
+PENDING_CONFIGS: tuple[ScanConfig, ...] = ()
 # Taken out of the list by evidence from the GPU runs recorded in benchmarks/results/kernels_gpu_tests.md
 # (H100, triton 3.6.0, 2026-11-27); kept here so the finding is not lost:
 EXCLUDED_CONFIGS: dict[ScanConfig, str] = {
@@ -102,13 +107,10 @@ def _chunk_fwd_kernel(
 
     S = tl.zeros([DK, BV], dtype=tl.float32)
     if not SUMMARY:
-        if HAS_INIT:
+        if i_s > 0:         # the state entering this segment, joined by _join_segments_kernel
+            S = tl.load(seg_state + (i_bh.to(tl.int64) * NSUM + i_s - 1) * DK * DV + st_off)
+        elif HAS_INIT:
             S = tl.load(s0 + i_bh.to(tl.int64) * DK * DV + st_off)
-        for js in range(0, i_s):                                  # join the summaries of earlier segments
-            idx_j = i_bh.to(tl.int64) * NSUM + js
-            D = tl.load(seg_decay + idx_j * DK + rk)
-            L = tl.load(seg_state + idx_j * DK * DV + st_off)
-            S = tl.exp(D)[:, None] * S + L
     D_acc = tl.zeros([DK], dtype=tl.float32)
 
     t_start = i_s * SEG_LEN
@@ -159,6 +161,44 @@ def _chunk_fwd_kernel(
             tl.store(seg_decay + idx * DK + rk, D_acc)
     elif i_s == tl.num_programs(2) - 1:
         tl.store(s_final + i_bh.to(tl.int64) * DK * DV + st_off, S)
+
+
+@triton.jit
+def _join_segments_kernel(seg_state, seg_decay, s_in, NSUM,
+                          DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                          HAS_IN: tl.constexpr, REVERSE: tl.constexpr):
+    """Turn per-segment summaries into the states entering each segment, in place.
+
+    Slot i holds a segment's local state L (from zero) and its total log-decay D; walking the slots in order
+    (backwards when REVERSE) from ``s_in`` (or zero), ``S <- exp(D) S + L`` and slot i receives S. One short
+    sequential pass over the segments instead of every segment program re-joining all earlier summaries.
+    """
+    i_bh = tl.program_id(0)
+    rk = tl.program_id(1) * BK + tl.arange(0, BK)
+    rv = tl.program_id(2) * BV + tl.arange(0, BV)
+    st_off = rk[:, None] * DV + rv[None, :]
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_IN:
+        S = tl.load(s_in + i_bh.to(tl.int64) * DK * DV + st_off).to(tl.float32)
+    for i in range(0, NSUM):
+        if REVERSE:
+            j = NSUM - 1 - i
+        else:
+            j = i
+        idx = i_bh.to(tl.int64) * NSUM + j
+        D = tl.load(seg_decay + idx * DK + rk)
+        S = tl.exp(D)[:, None] * S + tl.load(seg_state + idx * DK * DV + st_off)
+        tl.store(seg_state + idx * DK * DV + st_off, S)
+
+
+def join_segments(seg_state: torch.Tensor, seg_decay: torch.Tensor, s_in: torch.Tensor | None,
+                  reverse: bool = False) -> None:
+    """Launch :func:`_join_segments_kernel` on ``seg_state [BH, NSUM, DK, DV]``, ``seg_decay [BH, NSUM, DK]``."""
+    BH, nsum, DK, DV = seg_state.shape
+    BK, BV = min(32, DK), min(64, DV)
+    _join_segments_kernel[(BH, DK // BK, DV // BV)](
+        seg_state, seg_decay, s_in if s_in is not None else seg_state, nsum, DK=DK, DV=DV, BK=BK, BV=BV,
+        HAS_IN=s_in is not None, REVERSE=reverse, num_warps=4)
 
 
 PROGRAMS_PER_SM = 8     # the sequence is split into segments until about this many programs run per multiprocessor
@@ -219,6 +259,7 @@ def chunk_scan_fwd(
         _chunk_fwd_kernel[(B * H, NV, n_seg - 1)](
             q, k, v, g, beta, o, s0, seg_state, seg_decay, final, T, H, nsum, seg_len, scale,
             SUMMARY=True, **common)
+        join_segments(seg_state, seg_decay, initial_state)
     _chunk_fwd_kernel[(B * H, NV, n_seg)](
         q, k, v, g, beta, o, s0, seg_state, seg_decay, final, T, H, nsum, seg_len, scale,
         SUMMARY=False, **common)

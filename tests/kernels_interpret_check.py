@@ -71,7 +71,8 @@ def main() -> None:
             check(f"fwd {cfg} {shape} state", rel(fin, rs), TOL)
     for i, cfg in enumerate(bwd.BWD_CONFIGS):
         for shape, g_mode, with_init in [(shapes[1], "random", True), (shapes[2], "gmin", False),
-                                         ((1, 40, 1, 16, 32), "slow", True), ((1, 45, 1, 128, 128), "random", True)]:
+                                         ((1, 40, 1, 16, 32), "slow", True), ((1, 45, 1, 128, 128), "random", True),
+                                         ((1, 20, 1, 32, 32), "random", True)]:     # one chunk: one segment
             q, k, v, g, beta, s0 = inputs(*shape, seed=10 + i, g_mode=g_mode)
             gen = torch.Generator().manual_seed(1)
             do, dfin = torch.randn(*shape[:3], shape[4], generator=gen), torch.randn(s0.shape, generator=gen)
