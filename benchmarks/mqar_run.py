@@ -39,6 +39,7 @@ def main(argv=None) -> int:
 
     from seqedge.config import SequentialAttentionConfig
     from seqedge.model import SequentialAttentionModel
+    from seqedge.scan import dispatch
     from seqedge.training.synthetic import MQARTask
     from seqedge.training.trainer import SequentialTrainer, evaluate_model
 
@@ -86,7 +87,8 @@ def main(argv=None) -> int:
                   cost_factor=args.cost_factor,
                   lr=args.lr, batch_size=args.batch_size, steps=trainer.step, schedule=trainer.args.seq_len_schedule,
                   train_wall_s=round(run["train_wall_s"]["mqar"], 1), curve=curve, accuracy=grid,
-                  parameters=trainer.model.num_parameters(), state_bytes_fp32=4 * state_floats)
+                  parameters=trainer.model.num_parameters(), state_bytes_fp32=4 * state_floats,
+                  scan_paths=sorted(dispatch._TOLD))       # which scan ran (Triton kernel or chunked PyTorch form)
     (out / "mqar_run.json").write_text(json.dumps(result, indent=1))
     log(f"final grid: {grid}")
     return 0
