@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,7 +164,9 @@ class SequentialTrainer:
             name = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(name)
         if device.type == "cuda" and device.index is None:
-            index = self.rank % torch.cuda.device_count() if self.distributed else torch.cuda.current_device()
+            # torchrun's LOCAL_RANK is the GPU on this host (the global rank is not, across several hosts)
+            local = int(os.environ.get("LOCAL_RANK", self.rank))
+            index = local % torch.cuda.device_count() if self.distributed else torch.cuda.current_device()
             device = torch.device("cuda", index)
         if device.type == "cuda":
             torch.cuda.set_device(device)
