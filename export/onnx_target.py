@@ -7,10 +7,11 @@ How each scheme is packed (the recipe says *what*, this module says *how*):
   casts keep norms, gates, the scan and the state in float32; ``tokens``, ``state.*`` and ``logits`` stay float32.
 - ``int8``: ``onnxruntime.quantization.quantize_dynamic`` on the float32 graph: int8 per-channel MatMul weights,
   activations quantized dynamically (``DynamicQuantizeLinear`` + ``MatMulInteger``).
-- ``int4``: weight-only ``com.microsoft::MatMulNBits`` (HQQ: asymmetric, ``group_size`` weights per block, no
-  calibration data) through ``onnxruntime.quantization.matmul_nbits_quantizer``, for the MatMuls of the modules
-  the recipe's int4 policy selects (``QuantizationRecipe.int4_applies``; the MLP by default); the other MatMuls
-  stay float32, and ``Variant.info["int4"]`` lists both. Activations stay float32.
+- ``int4``: weight-only ``com.microsoft::MatMulNBits`` (asymmetric, ``group_size`` weights per block with a float32
+  scale and a uint8 zero point, chosen by ``int4_blockwise.search`` to lower each block's squared error; no
+  calibration data), laid out by ``onnxruntime.quantization.matmul_nbits_quantizer``, for the MatMuls of the
+  modules the recipe's int4 policy selects (``QuantizationRecipe.int4_applies``; the MLP by default); the other
+  MatMuls stay float32, and ``Variant.info["int4"]`` lists both. Activations stay float32.
 
 Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. Measured with torch 2.13 on the tiny
 test model (2 CPU cores): it exports both entry points in ~3 s against ~40 s for ``dynamo=True``, gives the same
@@ -28,6 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import int4_blockwise
 from .entry_points import ENTRY_POINTS, entry_module, example_inputs, input_names, output_names
 from .manifest import Variant, file_record
 from .quantization import QuantizationRecipe, WeightIndex, int4_split
@@ -231,6 +233,7 @@ def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe) 
     """MatMulNBits for the MatMuls whose module the recipe's int4 policy selects; every other MatMul is kept
     float32 (the quantizer's ``nodes_to_exclude``). Returns ``{"int4": [...], "float32": [...]}`` module names."""
     onnx = _require("onnx")
+    numpy_helper = _require("onnx.numpy_helper")
     nbits = _require("onnxruntime.quantization.matmul_nbits_quantizer")
     model_proto = onnx.load(str(source))
     modules = matmul_modules(model_proto.graph, model)
@@ -238,26 +241,56 @@ def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe) 
     if not selected:
         raise ValueError(f"the int4 policy {list(recipe.int4_modules)} selects no MatMul of {source.name} "
                          f"(its weight matrices: {sorted({n for ns in modules.values() for n in ns})})")
-    # HQQ (half-quadratic, calibration-free, asymmetric): on the bundled model it keeps more of the fp32 model than
-    # symmetric round-to-nearest (every linear in int4: top-1 93.5% vs 92.4%, bpb +2.4% vs +3.0%, 1,024 tokens).
-    config = nbits.HQQWeightOnlyQuantConfig(block_size=recipe.group_size, bits=4, op_types_to_quantize=("MatMul",))
+    initializers = {t.name: t for t in model_proto.graph.initializer}
+    weights = {f"{n.name}_Q4": numpy_helper.to_array(initializers[n.input[1]])
+               for n in model_proto.graph.node if n.name in selected}
+    # onnxruntime's asymmetric round-to-nearest lays out the MatMulNBits nodes with uint8 zero points, which ORT's
+    # CPU runs on its fast MLAS kernels (HQQ's float zero points made the bundled model's step ~3x slower), and
+    # int4_blockwise.search then sets each block's scale and zero point: lower weight error than round-to-nearest,
+    # parity close to HQQ's (benchmarks/results/int4_policy.md compares them all). No accuracy_level: float32
+    # compute; level 4 (int8 activations) made the step ~6% faster there, the 64-token chunk 8-17% slower.
+    config = nbits.DefaultWeightOnlyQuantConfig(block_size=recipe.group_size, is_symmetric=False,
+                                                op_types_to_quantize=("MatMul",))
     quantizer = nbits.MatMulNBitsQuantizer(model_proto, algo_config=config,
                                            nodes_to_exclude=sorted(set(modules) - selected))
     quantizer.process()
-    quantizer.model.save_model_to_file(str(dest), False)
-    graph = onnx.load(str(dest)).graph
+    graph = quantizer.model.model.graph
     packed = {n.name for n in graph.node if n.op_type == "MatMulNBits"}
     plain = {n.name for n in graph.node if n.op_type == "MatMul"}
-    if packed != {f"{n}_Q4" for n in selected} or not (set(modules) - selected) <= plain:
+    if packed != set(weights) or not (set(modules) - selected) <= plain:
         raise RuntimeError(f"int4 quantization of {source.name} packed {sorted(packed)}, but the policy selects "
                            f"{sorted(selected)} (and keeps {sorted(set(modules) - selected)} as MatMul)")
+    _refit_int4(graph, weights, recipe.group_size, numpy_helper)
+    quantizer.model.save_model_to_file(str(dest), False)
     return {"int4": sorted({n for node in selected for n in modules[node]}),
             "float32": sorted({n for node in set(modules) - selected for n in modules[node]})}
 
 
+def _refit_int4(graph, weights: dict[str, Any], group: int, numpy_helper) -> None:
+    """Replace the B, scales and zero_points of each MatMulNBits node ``weights`` names (its float weight
+    ``[K, N]``) with :func:`int4_blockwise.search`'s blocks, in the layout and shapes onnxruntime wrote."""
+    initializers = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        w = weights[node.name]
+        if w.ndim != 2:
+            raise RuntimeError(f"{node.name}: int4 packs 2-D weights [K, N], got shape {list(w.shape)}")
+        arrays = int4_blockwise.pack(w, *int4_blockwise.search(w, group), group)
+        if len(node.input) != 4:
+            raise RuntimeError(f"{node.name} has no zero_points input; asymmetric int4 needs one")
+        for name, array in zip(node.input[1:4], arrays):
+            old = numpy_helper.to_array(initializers[name])
+            if old.shape != array.shape or old.dtype != array.dtype:
+                raise RuntimeError(f"{node.name}: onnxruntime wrote {name} as {old.dtype}{list(old.shape)}, "
+                                   f"int4_blockwise packed {array.dtype}{list(array.shape)}")
+            initializers[name].CopyFrom(numpy_helper.from_array(array, name))
+
+
 def _int4_summary(recipe: QuantizationRecipe, per_entry: dict[str, dict[str, list[str]]]) -> dict[str, Any]:
     """What the int4 variant packed: the policy, and which modules are MatMulNBits vs float32 MatMul."""
-    return {"policy": list(recipe.int4_modules), "packing": "MatMulNBits, HQQ asymmetric, weight-only",
+    return {"policy": list(recipe.int4_modules),
+            "packing": "MatMulNBits, asymmetric with uint8 zero points (int4_blockwise.search), weight-only",
             "quantized_modules": sorted({n for e in per_entry.values() for n in e["int4"]}),
             "float32_modules": sorted({n for e in per_entry.values() for n in e["float32"]}),
             "float32_reason": "not selected by the recipe's int4 policy (see QuantizationRecipe)"}

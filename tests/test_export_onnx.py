@@ -62,7 +62,8 @@ def test_quantized_packings(artifact, rule):
     assert len(nbits) >= 4
     for node in nbits:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        assert attrs["bits"] == 4 and attrs["block_size"] == 32
+        assert attrs["bits"] == 4 and attrs["block_size"] == 32 and "accuracy_level" not in attrs
+    _check_int4_numbers(artifact, nbits)
     sizes = {v.tag: sum(f["bytes"] for f in v.files.values()) for v in read_manifest(artifact).variants
              if v.target == "onnx"}
     assert sizes["fp16"] < sizes["fp32"]
@@ -74,6 +75,25 @@ def test_quantized_packings(artifact, rule):
     selected, _ = int4_selection(model, QuantizationRecipe("int4"))
     mlp_bytes = 2 * 4 * sum(model.get_submodule(n).weight.numel() for n in selected)      # step + chunk files
     assert 0.75 * mlp_bytes < sizes["fp32"] - sizes["int4"] < mlp_bytes
+
+
+def _check_int4_numbers(artifact, nbits):
+    """Each MatMulNBits holds int4_blockwise.search's blocks of its float32 weight, with uint8 (integer) zero
+    points: ONNX Runtime's CPU runs those on its fast kernels, float ones (HQQ's) it does not."""
+    from onnx import numpy_helper
+
+    from seqedge.export import int4_blockwise
+
+    fp32 = _graph(artifact, "fp32", "step").graph
+    fp32_nodes = {n.name: n for n in fp32.node}
+    fp32_weights = {t.name: t for t in fp32.initializer}
+    int4_inits = {t.name: t for t in _graph(artifact, "int4", "step").graph.initializer}
+    for node in nbits:
+        assert len(node.input) == 4 and int4_inits[node.input[3]].data_type == onnx.TensorProto.UINT8
+        w = numpy_helper.to_array(fp32_weights[fp32_nodes[node.name.removesuffix("_Q4")].input[1]])
+        want = int4_blockwise.pack(w, *int4_blockwise.search(w, 32), 32)
+        for name, array in zip(node.input[1:4], want):
+            np.testing.assert_array_equal(numpy_helper.to_array(int4_inits[name]), array, err_msg=name)
 
 
 @pytest.mark.parametrize("entry", ["step", "chunk"])
