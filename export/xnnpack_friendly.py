@@ -10,26 +10,35 @@ The ExecuTorch target lowers ``step`` and ``chunk`` with a dynamic batch. XNNPAC
   ``view(x, [sym_size, ...])``; XNNPACK's reshape takes constant sizes with at most one inferred ``-1``), and
   ``unsqueeze_copy`` on any but the last dim;
 - ``slice_copy`` and ``split_with_sizes_copy`` of a tensor with a symbolic size (the short conv's new tail,
-  the SwiGLU's gate/up split).
+  the SwiGLU's gate/up split, the chunked scan's reference rows);
+- ``arange``, comparisons, ``where`` and ``cumsum`` (the chunked scan's masks and prefix sums);
+- ``_to_dim_order_copy`` that changes the dtype (every float16/float32 cast; ``F.silu`` of a float16 tensor
+  decomposes into a float32 upcast, the product, and a cast back).
 
 Every portable op between two delegates costs a delegate exit and re-entry, so these few ops split each
-program into dozens of XNNPACK subgraphs. Two rewrites remove most of them, each computing the same function:
+program into dozens of XNNPACK subgraphs. Two rewrites remove most of them, each computing the same function
+(the float16 SiLU up to one float16 rounding):
 
 - :func:`xnnpack_friendly`: a copy of the model whose RMSNorms average over a ``[-1, L, 1, n]`` view, whose
   tied head is ``F.linear(x, embed.weight)`` (a linear over the parameter itself), whose short convs pick the
-  new tail with a 0/1 matrix (exact), and whose float SwiGLUs run gate and up as two linears over the row
-  blocks of the fused weight. Applied after quantization, so the head stays float32, only the recipe's
-  linears are quantized, and a quantized gate/up linear is left fused.
+  new tail with a 0/1 matrix (exact), whose float SwiGLUs run gate and up as two linears over the row
+  blocks of the fused weight, whose SiLUs are ``x * sigmoid(x)`` in the input's dtype (no float32 round trip
+  in float16), and whose mixers run :class:`~seqedge.export.xnnpack_scan.StaticMaskScan` on the sequence
+  path (export/xnnpack_scan.py: the chunked scan with constant masks, prefix sums as a 0/1 linear). Applied
+  after quantization, so the head stays float32, only the recipe's linears are quantized, and a quantized
+  gate/up linear is left fused.
 - :func:`static_reshapes`: an edge-dialect graph pass that writes every pure reshape (``view_copy``,
   ``unsqueeze_copy``, ``squeeze_copy``, ``alias_copy``, ``select_copy`` of a size-1 dim, ``expand_copy`` to
   its own shape) whose output has at most one symbolic size as ``view_copy`` with constant sizes and ``-1``.
 
-What stays portable (measured on the bundled model, executorch 1.5.1): in ``step`` the q/k/v split and the
-embedding; in ``chunk`` also the chunked scan's mask construction (``arange``, comparisons), ``where``,
-``cumsum`` and its slices of dynamic tensors; and in float16 every float16/float32 cast (XNNPACK's
-partitioner takes no dtype-converting ``_to_dim_order_copy``).
+What stays portable (measured on the bundled model, executorch 1.5.1; ``Variant.info["delegation"]`` lists it
+per program): in ``step`` and ``chunk`` the q/k/v split, a quantized gate/up split (int8, int4) and the
+embedding; for the delta rule also the L2 normalisation of q and k and, in ``chunk``, the eye and block slices
+of ``(I + M)^-1``; and in float16 the casts around the float32 norms, gates and scan (14 per layer; the SiLUs
+added 6 more before they were rewritten).
 
-The eager model (``seqedge``) is never modified; tests/test_xnnpack_friendly.py checks both rewrites against it.
+The eager model (``seqedge``) is never modified; tests/test_xnnpack_friendly.py checks these rewrites against
+it and tests/test_xnnpack_scan.py the scan against the chunked and reference scans.
 """
 
 from __future__ import annotations
@@ -41,13 +50,26 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seqedge.layers import RMSNorm, ShortConv, SwiGLU, _at_least_f32
+from seqedge.layers import RMSNorm, SequentialAttention, ShortConv, SwiGLU, _at_least_f32
 from seqedge.model import SequentialAttentionModel
+
+from .xnnpack_scan import StaticMaskAttention
 
 # What the ExecuTorch Variant records as applied (Variant.info["xnnpack_rewrites"]).
 XNNPACK_REWRITES = ("RMSNorm mean over a [-1, L, 1, n] view", "tied head as F.linear(x, embed.weight)",
                     "short-conv tail picked by a 0/1 linear", "float SwiGLU gate/up as two linears",
+                    "SiLU as x * sigmoid(x)", "chunked scan with constant masks, prefix sums and row picks",
                     "pure reshapes as static view_copy")
+
+
+def _silu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU as ``x * sigmoid(x)`` in x's dtype.
+
+    ``F.silu`` of a float16 tensor is decomposed with a float32 upcast: two dtype casts that stay on the portable
+    kernels. This form rounds the sigmoid to float16 before the product (one more float16 rounding); in float32
+    it is the decomposition ``F.silu`` gets anyway.
+    """
+    return x * torch.sigmoid(x)
 
 
 class PooledRMSNorm(nn.Module):
@@ -100,7 +122,7 @@ class PickedTailConv(nn.Module):
         key = str(int(xc.shape[-1]))
         new_tail = (F.linear(xc, self.picks[key].to(xc.dtype)) if key in self.picks
                     else xc[..., -(self.kernel - 1):])                              # [B, ch, K-1]
-        return F.silu(y).transpose(1, 2), new_tail.to(_at_least_f32(x.dtype))
+        return _silu(y).transpose(1, 2), new_tail.to(_at_least_f32(x.dtype))
 
 
 class SplitSwiGLU(nn.Module):
@@ -116,7 +138,7 @@ class SplitSwiGLU(nn.Module):
         self.down = mlp.down
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(_silu(self.gate(x)) * self.up(x))
 
 
 def _plain_weight(linear: nn.Linear) -> bool:
@@ -129,6 +151,13 @@ def _linear_logits(self: SequentialAttentionModel, x: torch.Tensor) -> torch.Ten
     x = self.norm(x)
     weight = self.embed.weight if self.head is None else self.head.weight
     return F.linear(x, weight.to(x.dtype)).to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _silu_output(self: SequentialAttention, x: torch.Tensor, o: torch.Tensor, v: torch.Tensor, B: int, T: int):
+    """``SequentialAttention._output`` with the output gate's SiLU as :func:`_silu`."""
+    o = o.to(x.dtype) + self.skip.view(self.config.num_heads, -1).to(x.dtype) * v
+    o = self.out_norm(o).reshape(B, T, self.config.value_size)
+    return self.out_proj(o * _silu(self.out_gate(x)))
 
 
 def xnnpack_friendly(model: SequentialAttentionModel, *, inplace: bool = False) -> SequentialAttentionModel:
@@ -149,6 +178,9 @@ def xnnpack_friendly(model: SequentialAttentionModel, *, inplace: bool = False) 
                 setattr(parent, name, PickedTailConv(child, lengths))
             elif isinstance(child, SwiGLU) and _plain_weight(child.gate_up):
                 setattr(parent, name, SplitSwiGLU(child))
+            elif isinstance(child, SequentialAttention):
+                child._output = types.MethodType(_silu_output, child)
+                setattr(parent, name, StaticMaskAttention(child))
     model._logits = types.MethodType(_linear_logits, model)
     return model
 

@@ -1,8 +1,9 @@
 """The ExecuTorch target's export-only rewrites (export/xnnpack_friendly.py) compute the model's function.
 
-- The rewritten model's ``step`` and ``chunk`` entry points match the original's on random tokens and a random
-  carried state (float32: 1e-5 relative; float16: the half model against its own rewrite), for both update
-  rules, tied and untied heads; the original model is left untouched.
+- The rewritten model's ``step`` and ``chunk`` entry points (the chunk with the scan of export/xnnpack_scan.py,
+  tested on its own in tests/test_xnnpack_scan.py) match the original's on random tokens and a random carried
+  state (float32: 1e-5 relative; float16: the half model against its own rewrite), for both update rules, tied
+  and untied heads; the original model is left untouched.
 - After int8 quantization the quantized linears are kept as they are (the gate/up linear is not split).
 - The static-reshape pass plus the rewrite leave fewer ops on the portable kernels of a lowered ``step`` (no
   ``mean.dim``, no ``mm``) and fewer delegate calls, and the program it gives runs to 1e-5 of the eager model at
@@ -20,6 +21,7 @@ from seqedge.config import SequentialAttentionConfig
 from seqedge.export.entry_points import entry_module, example_inputs
 from seqedge.export.xnnpack_friendly import (PickedTailConv, PooledRMSNorm, SplitSwiGLU, static_reshapes,
                                              xnnpack_friendly)
+from seqedge.export.xnnpack_scan import StaticMaskAttention
 from seqedge.layers import RMSNorm, ShortConv, SwiGLU
 from seqedge.model import SequentialAttentionModel
 
@@ -56,7 +58,8 @@ def test_rewritten_entry_points_match_the_model(rule, tie, entry):
     assert not any(isinstance(m, (RMSNorm, ShortConv, SwiGLU)) for m in friendly.modules())
     kinds = [type(m) for m in friendly.modules()]
     L = DIMS["num_layers"]                  # attn_norm, mlp_norm, out_norm per layer, and the final norm
-    assert (kinds.count(PooledRMSNorm), kinds.count(PickedTailConv), kinds.count(SplitSwiGLU)) == (3 * L + 1, L, L)
+    assert (kinds.count(PooledRMSNorm), kinds.count(PickedTailConv), kinds.count(SplitSwiGLU),
+            kinds.count(StaticMaskAttention)) == (3 * L + 1, L, L, L)
     for seed in range(3):
         inputs = example_inputs(model, entry, batch_size=3, seed=seed)      # random tokens and state
         with torch.no_grad():

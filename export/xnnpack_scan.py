@@ -1,0 +1,183 @@
+"""The chunked scan with its masks and prefix sums as constants: what the ExecuTorch ``chunk`` program traces.
+
+:func:`seqedge.scan.chunked_scan` builds its masks at run time (``arange``, comparisons, ``where``), takes the
+cumulative log-gates with ``cumsum`` and its reference rows with slices. XNNPACK's partitioner (executorch
+1.5.1) takes none of these on tensors with a symbolic batch, so every layer's scan ran on ExecuTorch's portable
+kernels between delegate calls. :class:`StaticMaskScan` computes the same function with ops XNNPACK takes, for
+the chunk size C fixed at export (its constants are built once, in ``__init__``):
+
+- ``b = cumsum(g)`` as a linear over the chunk axis with the 0/1 lower-triangular ``[C, C]`` matrix: the same
+  sums (XNNPACK adds them in order: the lowered programs gave the same bits as ``cumsum``);
+- the reference rows (b at the middle of every 16-token sub-chunk, b at the chunk's end) as linears with one-hot
+  rows: exact (one term times 1, the others times 0);
+- the decayed scores ``x_t . y_s exp(b_t - b_s)`` (s <= t) with one reference per 16-token column block, its
+  middle m: ``(x_t exp(b_t - m)) . (y_s exp(m - b_s))``, one batched matmul for the whole ``[C, C]``. The same
+  product as :func:`seqedge.scan.decayed_scores` in exact arithmetic. For a kept score both factors stay in
+  range: ``b_t - m <= 40`` inside the block (at most 8 decays of at most 5, g_min >= -5) and ``<= 0`` below it,
+  ``|m - b_s| <= 40``. Rows above the block (masked out) would reach ``exp(5 C)``, so that exponent is clamped at
+  :data:`REF_SPAN` = 41, which no kept score reaches;
+- ``where(mask, scores, 0)`` as ``clamp(scores, -FLT_MAX, FLT_MAX) * mask`` with constant 0/1 masks: a kept
+  score is multiplied by 1 (exact); a masked-out one, at most ``exp(76) |x_t| |y_s|``, becomes a zero, also
+  when it overflowed (the clamp makes ``inf`` finite first). Only a NaN, from opposite overflowing terms in one
+  dot product (each ``|x_i y_i| > 3e5``), would pass the mask;
+- the per-chunk products as 3-D ``bmm`` (no broadcast reshapes around them) and a one-chunk output reshaped,
+  not stacked (``cat`` of one tensor is not taken either).
+
+One buffer per use: a constant that feeds a linear must not also feed a multiply. XNNPACK packs the linear's
+weights, ExecuTorch's delegate then frees the constant's unpacked data, and the multiply reads freed memory: a
+program loaded from a file (memory-mapped, as on a device) crashed, one loaded from a buffer did not.
+
+The delta rule's ``(I + M)^-1`` still comes from :func:`seqedge.scan.unit_lower_inverse`, whose block slices
+stay portable. The eager model (``seqedge``) is never modified; tests/test_xnnpack_scan.py compares this scan
+to :func:`seqedge.scan.chunked_scan`, :func:`seqedge.scan.decayed_scores` and the float64 reference, and runs a
+lowered program loaded from a file.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from seqedge.config import SUB_CHUNK
+from seqedge.layers import SequentialAttention
+from seqedge.scan import unit_lower_inverse
+from seqedge.scan._checks import check_scan_inputs
+
+# b_t - b_mid for t in the mid's own 16-token block is at most 8 decays of at most 5 (g_min >= -5): 40, plus
+# one for the rounding of the prefix sums. Clamping the exponent here leaves every kept score as it is.
+REF_SPAN = 5.0 * (SUB_CHUNK // 2) + 1.0
+
+
+def _one_hot_rows(positions: list[int], length: int) -> torch.Tensor:
+    """``[len(positions), length]``: row i picks column ``positions[i]`` (``F.linear`` with it selects rows)."""
+    out = torch.zeros(len(positions), length)
+    out[torch.arange(len(positions)), torch.tensor(positions)] = 1.0
+    return out
+
+
+class StaticMaskScan(nn.Module):
+    """:func:`seqedge.scan.chunked_scan` for chunk size C with masks, prefix sums and row picks as constants.
+
+    Same signature (less ``chunk_size``: fixed here) and outputs: o ``[B, T, H, dv]`` and the final state
+    ``[B, H, dk, dv]``, float32 (float64 for float64 input); any T, the tail padded as chunked_scan pads it.
+    """
+
+    def __init__(self, chunk_size: int) -> None:
+        super().__init__()
+        if chunk_size <= 0 or chunk_size % SUB_CHUNK:
+            raise ValueError(f"chunk_size must be a positive multiple of {SUB_CHUNK}, got {chunk_size}")
+        C, nb = chunk_size, chunk_size // SUB_CHUNK
+        self.chunk_size = C
+        t = torch.arange(C)
+        consts = {      # one buffer per use: see the module doc on constants shared by a linear and a multiply
+            "prefix": (t[:, None] >= t[None, :]).float(),          # [C, C]: b = prefix @ g (inclusive sums)
+            "causal": (t[:, None] >= t[None, :]).float(),          # [C, C] mask: s <= t
+            "strict": (t[:, None] > t[None, :]).float(),           # [C, C] mask: s < t
+            "pick_mid": _one_hot_rows([j * SUB_CHUNK + SUB_CHUNK // 2 for j in range(nb)], C),    # [nb, C]
+            "pick_last": _one_hot_rows([C - 1], C),                                                # [1, C]
+        }
+        for name, value in consts.items():
+            self.register_buffer(name, value, persistent=False)
+
+    def _const(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        return getattr(self, name).to(dtype)          # float32 buffers: a no-op except for a float64 scan
+
+    def decayed_scores(self, x: torch.Tensor, y: torch.Tensor, b: torch.Tensor, mid: torch.Tensor, *,
+                       strict: bool) -> torch.Tensor:
+        """:func:`seqedge.scan.decayed_scores` with one reference row per 16-token column block.
+
+        x, y, b: ``[L, C, d]``; mid: ``[L, nb, 1, d]``, b at row 16j+8. Returns ``[L, C, C]``.
+        """
+        C, d = self.chunk_size, int(x.shape[-1])
+        nb = C // SUB_CHUNK
+        yb, bb = (t.reshape(-1, nb, SUB_CHUNK, d) for t in (y, b))                          # [L, nb, 16, d]
+        x_dec = x.unsqueeze(1) * torch.exp(torch.clamp(b.unsqueeze(1) - mid, max=REF_SPAN))  # [L, nb, C, d]
+        y_dec = yb * torch.exp(mid - bb)                                                     # [L, nb, 16, d]
+        scores = torch.bmm(x_dec.reshape(-1, C, d), y_dec.reshape(-1, SUB_CHUNK, d).transpose(1, 2))  # [L*nb, C, 16]
+        scores = scores.reshape(-1, nb, C, SUB_CHUNK).transpose(1, 2).reshape(-1, C, C)    # [L, C, C]
+        limit = torch.finfo(x.dtype).max
+        return torch.clamp(scores, -limit, limit) * self._const("strict" if strict else "causal", x.dtype)
+
+    def _prefix(self, g: torch.Tensor, n_chunks: int) -> tuple[torch.Tensor, ...]:
+        """g ``[B, T, H, dk]`` -> b ``[BH, N, C, dk]``, references ``[BH*N, nb, 1, dk]``, b_last ``[BH, N, dk, 1]``."""
+        C, H, dk = self.chunk_size, int(g.shape[2]), int(g.shape[3])
+        nb = C // SUB_CHUNK
+        g_t = g.reshape(-1, n_chunks, C, H, dk).permute(0, 3, 1, 4, 2).reshape(-1, n_chunks, dk, C)  # [BH, N, dk, C]
+        b_t = F.linear(g_t, self._const("prefix", g.dtype))                                  # inclusive sums
+        mid = F.linear(b_t, self._const("pick_mid", g.dtype)).transpose(-1, -2).reshape(-1, nb, 1, dk)
+        b_last = F.linear(b_t, self._const("pick_last", g.dtype))                            # [BH, N, dk, 1]
+        return b_t.transpose(-1, -2), mid, b_last
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
+                rule: str, scale: float | None = None,
+                initial_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, H, dk, dv = check_scan_inputs(q, k, v, g, beta, rule, initial_state)
+        T, H, dk, dv = int(T), int(H), int(dk), int(dv)   # static in exported graphs: only the batch is symbolic
+        scale = dk ** -0.5 if scale is None else scale
+        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        q, k, v, g, beta = (x.to(dtype) for x in (q, k, v, g, beta))
+        state = (torch.zeros(B, H, dk, dv, dtype=dtype, device=q.device) if initial_state is None
+                 else initial_state.to(dtype)).reshape(-1, dk, dv)                      # [BH, dk, dv]
+        C = self.chunk_size
+        pad = (-T) % C
+        if pad:
+            q, k, v, g = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (q, k, v, g))
+            beta = F.pad(beta, (0, 0, 0, pad))
+        N = (T + pad) // C
+
+        def chunks(x: torch.Tensor) -> torch.Tensor:       # [B, T, H, d] -> [BH, N, C, d]
+            d = int(x.shape[-1])
+            return x.reshape(-1, N, C, H, d).permute(0, 3, 1, 2, 4).reshape(-1, N, C, d)
+
+        def flat(x: torch.Tensor) -> torch.Tensor:         # [BH, N, C, d] -> [BH*N, C, d]
+            return x.reshape(-1, C, int(x.shape[-1]))
+
+        b, mid, b_last_t = self._prefix(g, N)                                     # b: [BH, N, C, dk]
+        q, k, v = (chunks(x) for x in (q, k, v))                                  # [BH, N, C, d]
+        kb = k * chunks(beta.unsqueeze(-1))
+        q = q * scale
+        scores = self.decayed_scores(flat(q), flat(kb), flat(b), mid, strict=False).reshape(-1, N, C, C)
+        q_dec = q * torch.exp(b)
+        k_dec = kb * torch.exp(b_last_t.reshape(-1, N, 1, dk) - b)               # a size-1 transpose: a reshape
+        chunk_decay = torch.exp(b_last_t)                                          # [BH, N, dk, 1]
+        if rule == "delta":
+            lower = self.decayed_scores(flat(k), flat(kb), flat(b), mid, strict=True)
+            inv = unit_lower_inverse(lower).reshape(-1, N, C, C)                   # (I + M)^-1
+            u0 = inv @ v
+            w = inv @ (k * torch.exp(b))
+        else:
+            u0, w = v, None
+
+        outs = []
+        for n in range(N):                                # [BH, C, d] per chunk: plain batched matmuls
+            u = u0[:, n] if w is None else u0[:, n] - torch.bmm(w[:, n], state)
+            outs.append(torch.bmm(q_dec[:, n], state) + torch.bmm(scores[:, n], u))   # [BH, C, dv]
+            state = chunk_decay[:, n] * state + torch.bmm(k_dec[:, n].transpose(1, 2), u)
+        out = outs[0] if N == 1 else torch.cat(outs, dim=1)                       # [BH, N*C, dv]
+        out = out.reshape(-1, H, N * C, dv).permute(0, 2, 1, 3)                  # [B, N*C, H, dv]
+        return (out[:, :T] if pad else out), state.reshape(-1, H, dk, dv)
+
+
+class StaticMaskAttention(nn.Module):
+    """A :class:`seqedge.layers.SequentialAttention` whose sequence path runs :class:`StaticMaskScan`.
+
+    The mixer's weights and submodules are the original's (``self.attn``); ``step`` is the original's.
+    """
+
+    def __init__(self, attn: SequentialAttention) -> None:
+        super().__init__()
+        self.attn = attn
+        self.scan = StaticMaskScan(attn.config.chunk_size)
+
+    def forward(self, x: torch.Tensor, conv_state: torch.Tensor, scan_state: torch.Tensor):
+        """As :meth:`SequentialAttention.forward`: x ``[B, T, D]`` -> (y ``[B, T, D]``, conv tail, scan state)."""
+        a = self.attn
+        T = int(x.shape[1])                      # static in exported graphs: only the batch stays symbolic
+        B = -1 if T else x.shape[0]
+        q, k, v, g, beta, conv_state = a._project(x, conv_state, B, T)
+        o, scan_state = self.scan(q, k, v, g, beta, rule=a.config.update_rule, initial_state=scan_state)
+        return a._output(x, o, v, B, T), conv_state, scan_state
+
+    def step(self, x: torch.Tensor, conv_state: torch.Tensor, scan_state: torch.Tensor):
+        return self.attn.step(x, conv_state, scan_state)
