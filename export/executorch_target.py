@@ -14,9 +14,11 @@ How each recipe scheme is packed here (DESIGN §3; the state I/O stays float32 i
 
 The embedding and the tied output head are not ``nn.Linear`` and stay float32 in every scheme.
 
-After quantization the copy's RMSNorms and tied head are rewritten, and the edge graphs' reshapes made static,
-so that XNNPACK delegates them (export/xnnpack_friendly.py: same function, fewer portable ops between
-delegates); ``Variant.info["delegation"]`` records what stays on the portable kernels.
+After quantization the copy's RMSNorms, short convs, SwiGLUs, SiLUs, tied head and chunked scan are rewritten
+(the scan with constant masks and prefix sums: export/xnnpack_scan.py), and the edge graphs' reshapes made
+static, so that XNNPACK delegates them (export/xnnpack_friendly.py: same function, fewer portable ops between
+delegates); ``Variant.info["xnnpack_rewrites"]`` lists the rewrites and ``Variant.info["delegation"]`` records
+what stays on the portable kernels.
 
 Both methods take a dynamic batch dimension in ``[1, max_batch]``; ExecuTorch plans memory for the upper bound,
 so the bound actually compiled into the program is read back and recorded in ``Variant.info["batch"]``.
