@@ -37,15 +37,19 @@ def blocks(w: np.ndarray, group: int) -> np.ndarray:
     return np.pad(np.asarray(w, np.float32), ((0, kb * group - K), (0, 0))).T.reshape(N, kb, group)
 
 
+def _round_half_up(x: np.ndarray) -> np.ndarray:
+    """onnxruntime's rounding of codes and zero points (``roundf`` on the non-negative values that survive)."""
+    floor = np.floor(x)
+    return floor + (x - floor >= 0.5)
+
+
 def codes(wb: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
     """Nearest codes ``[N, kb, group]`` (float32, 0..15) of blocks ``wb`` for ``scale``, ``zero [N, kb]``, in
     onnxruntime's arithmetic: float32 ``w * (1/scale) + zero`` rounded half up (``roundf`` on what survives the
     clip at 0); a zero scale gives ``zero``."""
     scale = np.asarray(scale, np.float32)
     inv = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=scale != 0)
-    x = wb * inv[..., None] + np.asarray(zero, np.float32)[..., None]
-    floor = np.floor(x)
-    return np.clip(floor + (x - floor >= 0.5), 0, LEVELS)
+    return np.clip(_round_half_up(wb * inv[..., None] + np.asarray(zero, np.float32)[..., None]), 0, LEVELS)
 
 
 def block_error(wb: np.ndarray, scale: np.ndarray, zero: np.ndarray, valid: np.ndarray | None = None
@@ -64,8 +68,7 @@ def _range_params(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarra
     onnxruntime's float32 arithmetic; an empty range gives scale 0, zero point 0."""
     scale = (hi - lo) / np.float32(LEVELS)
     zp = np.divide(-lo, scale, out=np.zeros_like(scale), where=scale != 0)
-    floor = np.floor(zp)
-    return scale, np.clip(floor + (zp - floor >= 0.5), 0, LEVELS)
+    return scale, np.clip(_round_half_up(zp), 0, LEVELS)
 
 
 def rtn(w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:

@@ -233,7 +233,6 @@ def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe) 
     """MatMulNBits for the MatMuls whose module the recipe's int4 policy selects; every other MatMul is kept
     float32 (the quantizer's ``nodes_to_exclude``). Returns ``{"int4": [...], "float32": [...]}`` module names."""
     onnx = _require("onnx")
-    numpy_helper = _require("onnx.numpy_helper")
     nbits = _require("onnxruntime.quantization.matmul_nbits_quantizer")
     model_proto = onnx.load(str(source))
     modules = matmul_modules(model_proto.graph, model)
@@ -242,7 +241,8 @@ def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe) 
         raise ValueError(f"the int4 policy {list(recipe.int4_modules)} selects no MatMul of {source.name} "
                          f"(its weight matrices: {sorted({n for ns in modules.values() for n in ns})})")
     initializers = {t.name: t for t in model_proto.graph.initializer}
-    weights = {f"{n.name}_Q4": numpy_helper.to_array(initializers[n.input[1]])
+    to_array = _require("onnx.numpy_helper").to_array
+    weights = {f"{n.name}_Q4": to_array(initializers[n.input[1]])
                for n in model_proto.graph.node if n.name in selected}
     # onnxruntime's asymmetric round-to-nearest lays out the MatMulNBits nodes with uint8 zero points, which ORT's
     # CPU runs on its fast MLAS kernels (HQQ's float zero points made the bundled model's step ~3x slower), and
@@ -260,15 +260,16 @@ def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe) 
     if packed != set(weights) or not (set(modules) - selected) <= plain:
         raise RuntimeError(f"int4 quantization of {source.name} packed {sorted(packed)}, but the policy selects "
                            f"{sorted(selected)} (and keeps {sorted(set(modules) - selected)} as MatMul)")
-    _refit_int4(graph, weights, recipe.group_size, numpy_helper)
+    _refit_int4(graph, weights, recipe.group_size)
     quantizer.model.save_model_to_file(str(dest), False)
     return {"int4": sorted({n for node in selected for n in modules[node]}),
             "float32": sorted({n for node in set(modules) - selected for n in modules[node]})}
 
 
-def _refit_int4(graph, weights: dict[str, Any], group: int, numpy_helper) -> None:
+def _refit_int4(graph, weights: dict[str, Any], group: int) -> None:
     """Replace the B, scales and zero_points of each MatMulNBits node ``weights`` names (its float weight
     ``[K, N]``) with :func:`int4_blockwise.search`'s blocks, in the layout and shapes onnxruntime wrote."""
+    numpy_helper = _require("onnx.numpy_helper")
     initializers = {t.name: t for t in graph.initializer}
     for node in graph.node:
         if node.op_type != "MatMulNBits":

@@ -153,13 +153,6 @@ def _linear_logits(self: SequentialAttentionModel, x: torch.Tensor) -> torch.Ten
     return F.linear(x, weight.to(x.dtype)).to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _silu_output(self: SequentialAttention, x: torch.Tensor, o: torch.Tensor, v: torch.Tensor, B: int, T: int):
-    """``SequentialAttention._output`` with the output gate's SiLU as :func:`_silu`."""
-    o = o.to(x.dtype) + self.skip.view(self.config.num_heads, -1).to(x.dtype) * v
-    o = self.out_norm(o).reshape(B, T, self.config.value_size)
-    return self.out_proj(o * _silu(self.out_gate(x)))
-
-
 def xnnpack_friendly(model: SequentialAttentionModel, *, inplace: bool = False) -> SequentialAttentionModel:
     """A copy of ``model`` (the model itself if ``inplace``) with XNNPACK-friendly norms, convs, MLPs and head.
 
@@ -179,7 +172,7 @@ def xnnpack_friendly(model: SequentialAttentionModel, *, inplace: bool = False) 
             elif isinstance(child, SwiGLU) and _plain_weight(child.gate_up):
                 setattr(parent, name, SplitSwiGLU(child))
             elif isinstance(child, SequentialAttention):
-                child._output = types.MethodType(_silu_output, child)
+                child.gate_activation = _silu
                 setattr(parent, name, StaticMaskAttention(child))
     model._logits = types.MethodType(_linear_logits, model)
     return model

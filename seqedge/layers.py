@@ -68,6 +68,8 @@ def _gate_bias_init(config: SequentialAttentionConfig) -> torch.Tensor:
 class SequentialAttention(nn.Module):
     """The gated linear-attention mixer of DESIGN §1, with ``gated`` or ``delta`` update rule."""
 
+    gate_activation = staticmethod(F.silu)   # of the output gate; export may swap in an equal form (xnnpack_friendly)
+
     def __init__(self, config: SequentialAttentionConfig) -> None:
         super().__init__()
         c = self.config = config
@@ -107,7 +109,7 @@ class SequentialAttention(nn.Module):
         """o, v ``[B, T, H, dv]`` -> y ``[B, T, D]``: local skip, per-head norm, output gate, projection."""
         o = o.to(x.dtype) + self.skip.view(self.config.num_heads, -1).to(x.dtype) * v
         o = self.out_norm(o).reshape(B, T, self.config.value_size)
-        return self.out_proj(o * F.silu(self.out_gate(x)))
+        return self.out_proj(o * self.gate_activation(self.out_gate(x)))
 
     def forward(self, x: torch.Tensor, conv_state: torch.Tensor, scan_state: torch.Tensor):
         """Sequence path: x ``[B, T, D]`` -> (y ``[B, T, D]``, conv tail, scan state ``[B, H, dk, dv]``)."""
