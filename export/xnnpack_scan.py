@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from seqedge.config import SUB_CHUNK
 from seqedge.layers import SequentialAttention
 from seqedge.scan import unit_lower_inverse
+from seqedge.scan.chunked import check_chunk_size, padded_inputs
 from seqedge.scan._checks import check_scan_inputs
 
 # b_t - b_mid for t in the mid's own 16-token block is at most 8 decays of at most 5 (g_min >= -5): 40, plus
@@ -65,8 +66,7 @@ class StaticMaskScan(nn.Module):
 
     def __init__(self, chunk_size: int) -> None:
         super().__init__()
-        if chunk_size <= 0 or chunk_size % SUB_CHUNK:
-            raise ValueError(f"chunk_size must be a positive multiple of {SUB_CHUNK}, got {chunk_size}")
+        check_chunk_size(chunk_size)
         C, nb = chunk_size, chunk_size // SUB_CHUNK
         self.chunk_size = C
         t = torch.arange(C)
@@ -112,18 +112,12 @@ class StaticMaskScan(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
                 rule: str, scale: float | None = None,
                 initial_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        B, T, H, dk, dv = check_scan_inputs(q, k, v, g, beta, rule, initial_state)
-        T, H, dk, dv = int(T), int(H), int(dk), int(dv)   # static in exported graphs: only the batch is symbolic
+        # static in exported graphs: only the batch is symbolic
+        T, H, dk, dv = (int(n) for n in check_scan_inputs(q, k, v, g, beta, rule, initial_state)[1:])
         scale = dk ** -0.5 if scale is None else scale
-        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-        q, k, v, g, beta = (x.to(dtype) for x in (q, k, v, g, beta))
-        state = (torch.zeros(B, H, dk, dv, dtype=dtype, device=q.device) if initial_state is None
-                 else initial_state.to(dtype)).reshape(-1, dk, dv)                      # [BH, dk, dv]
         C = self.chunk_size
-        pad = (-T) % C
-        if pad:
-            q, k, v, g = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (q, k, v, g))
-            beta = F.pad(beta, (0, 0, 0, pad))
+        q, k, v, g, beta, state, pad = padded_inputs(q, k, v, g, beta, initial_state, C)
+        state = state.reshape(-1, dk, dv)                                          # [BH, dk, dv]
         N = (T + pad) // C
 
         def chunks(x: torch.Tensor) -> torch.Tensor:       # [B, T, H, d] -> [BH, N, C, d]

@@ -94,6 +94,29 @@ def _to_chunks(x: torch.Tensor, n_chunks: int, chunk: int) -> torch.Tensor:
     return x.reshape(-1, n_chunks, chunk, H, d).permute(0, 3, 1, 2, 4)
 
 
+def check_chunk_size(chunk_size: int) -> None:
+    """Chunks are whole 16-token sub-chunks (the decayed scores' exponent reference)."""
+    if chunk_size <= 0 or chunk_size % SUB_CHUNK:
+        raise ValueError(f"chunk_size must be a positive multiple of {SUB_CHUNK}, got {chunk_size}")
+
+
+def padded_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                  initial_state: torch.Tensor | None, chunk_size: int) -> tuple[torch.Tensor, ...]:
+    """``(q, k, v, g, beta, state, pad)``: the inputs in float32 (float64 for float64 input), padded to whole
+    chunks with ``pad`` tokens that leave the state untouched (g = 0, beta = 0), and the starting state
+    ``[B, H, dk, dv]`` (zeros without an initial state). Shared by the chunked forms, so they pad alike."""
+    B, T, H, dk = q.shape
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q, k, v, g, beta = (x.to(dtype) for x in (q, k, v, g, beta))
+    state = (torch.zeros(B, H, dk, v.shape[-1], dtype=dtype, device=q.device) if initial_state is None
+             else initial_state.to(dtype))
+    pad = (-int(T)) % chunk_size
+    if pad:
+        q, k, v, g = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (q, k, v, g))
+        beta = F.pad(beta, (0, 0, 0, pad))
+    return q, k, v, g, beta, state, pad
+
+
 def chunked_scan(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -112,19 +135,10 @@ def chunked_scan(
     Any T: the tail is padded with tokens that leave the state untouched (g = 0, beta = 0), so it is exact.
     Returns o ``[B, T, H, dv]`` and the final state ``[B, H, dk, dv]``, float32 (float64 for float64 input).
     """
-    B, T, H, dk, dv = check_scan_inputs(q, k, v, g, beta, rule, initial_state)
-    T, H, dk, dv = int(T), int(H), int(dk), int(dv)      # static in exported graphs: only the batch is symbolic
-    if chunk_size <= 0 or chunk_size % SUB_CHUNK:
-        raise ValueError(f"chunk_size must be a positive multiple of {SUB_CHUNK}, got {chunk_size}")
+    T, H, dk, dv = (int(n) for n in check_scan_inputs(q, k, v, g, beta, rule, initial_state)[1:])
+    check_chunk_size(chunk_size)
     scale = dk ** -0.5 if scale is None else scale
-    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    q, k, v, g, beta = (x.to(dtype) for x in (q, k, v, g, beta))
-    state = (torch.zeros(B, H, dk, dv, dtype=dtype, device=q.device) if initial_state is None
-             else initial_state.to(dtype))
-    pad = (-T) % chunk_size
-    if pad:
-        q, k, v, g = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (q, k, v, g))
-        beta = F.pad(beta, (0, 0, 0, pad))
+    q, k, v, g, beta, state, pad = padded_inputs(q, k, v, g, beta, initial_state, chunk_size)
     C = chunk_size
     n_chunks = (T + pad) // C
     q, k, v, g = (_to_chunks(x, n_chunks, C) for x in (q, k, v, g))     # [B, H, N, C, d]
