@@ -17,7 +17,8 @@ The embedding and the tied output head are not ``nn.Linear`` and stay float32 in
 After quantization the copy's RMSNorms, short convs, SwiGLUs, SiLUs, tied head and chunked scan are rewritten
 (the scan with constant masks and prefix sums: export/xnnpack_scan.py), and the edge graphs' reshapes made
 static, so that XNNPACK delegates them (export/xnnpack_friendly.py: same function, fewer portable ops between
-delegates); ``Variant.info["xnnpack_rewrites"]`` lists the rewrites and ``Variant.info["delegation"]`` records
+delegates). The partitioner also takes float16 <-> float32 casts, which ExecuTorch's own config leaves on the
+portable kernels, and lowers them to XNNPACK converts (export/xnnpack_cast.py). ``Variant.info["xnnpack_rewrites"]`` lists the rewrites and ``Variant.info["delegation"]`` records
 what stays on the portable kernels.
 
 Both methods take a dynamic batch dimension in ``[1, max_batch]``; ExecuTorch plans memory for the upper bound,
@@ -39,6 +40,7 @@ from .entry_points import ENTRY_POINTS, entry_module, example_inputs
 from .manifest import Variant, file_record
 from .quantization import SCHEMES, QuantizationRecipe
 from .quiet import quiet_libraries
+from .xnnpack_cast import partitioner_configs
 from .xnnpack_friendly import XNNPACK_REWRITES, static_reshapes, xnnpack_friendly
 
 INSTALL_HINT = "pip install executorch==1.5.1 torchao==0.18.0"
@@ -133,7 +135,8 @@ def _partitioner():
     from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
 
     _, XnnpackPartitioner = _import_executorch()
-    return XnnpackPartitioner(configs=[_rank_limited(c) for c in ALL_PARTITIONER_CONFIGS])
+    configs = partitioner_configs(list(ALL_PARTITIONER_CONFIGS))
+    return XnnpackPartitioner(configs=[_rank_limited(c) for c in configs])
 
 
 def _op_name(node: torch.fx.Node) -> str:
@@ -221,6 +224,7 @@ class ExecuTorchTarget:
             "chunk_size": ctx.model.config.chunk_size,
             "delegation": delegation,
             "xnnpack_rewrites": XNNPACK_REWRITES,
+            "xnnpack_casts": "float16 <-> float32 copies lowered as XNNPACK converts (export/xnnpack_cast.py)",
             "quantization": quant_info,
             "state_io": "float32",
             "export_seconds": round(time.perf_counter() - started, 1),
