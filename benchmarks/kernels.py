@@ -200,45 +200,95 @@ def bench_step(results: dict, save) -> None:
     save()
 
 
-def bench_decode(results: dict, save, bw: float) -> None:
-    """Whole-model decode in one CUDA graph: eager ops at batch 1, 8, 64; torch.compile at batch 1 (one compile
-    per preset: each batch size would be another multi-second compile)."""
-    from seqedge.config import SequentialAttentionConfig
+DECODE_STEPS = {"fused": "fused Triton + graph", "fused-nopdl": "fused Triton + graph, no PDL",
+                "compile": "torch.compile + graph", "eager": "eager ops + graph"}
+# (batch, step): the issue's target first (a run cut short has measured what matters most); torch.compile only at
+# batch 1 (one multi-second compile per preset and batch size)
+DECODE_ROWS = ((1, "fused"), (1, "fused-nopdl"), (1, "compile"), (1, "eager"), (8, "fused"), (8, "eager"),
+               (64, "fused"), (64, "eager"))
+
+
+def _decoder(model, B: int, step: str):
+    from seqedge.kernels.decode_fused import FusedDecoder
     from seqedge.kernels.decode_graph import GraphDecoder
+
+    if step.startswith("fused"):
+        return FusedDecoder(model, batch_size=B, pdl=False if step == "fused-nopdl" else None)
+    return GraphDecoder(model, batch_size=B, compile=step == "compile")
+
+
+def bench_decode(results: dict, save, bw: float) -> None:
+    """Whole-model decode in one CUDA graph at batch 1, 8, 64: the fused Triton decoder (kernels/decode_fused.py)
+    and the model's own step (eager ops; torch.compile at batch 1 only). Each row also records how far the first
+    token's logits are from ``model.step`` (same bf16 model, zero state): a sanity check, not the tests."""
+    from seqedge.config import SequentialAttentionConfig
     from seqedge.model import SequentialAttentionModel
 
     for preset in ("small", "base"):
         torch.manual_seed(0)
         model = SequentialAttentionModel(SequentialAttentionConfig.preset(preset)).to("cuda", torch.bfloat16).eval()
         w_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        for B, compiled in ((1, True), (1, False), (8, False), (64, False)):
-            row = dict(preset=preset, B=B, compiled=compiled)
+        for B, step in DECODE_ROWS:
+            row = dict(preset=preset, B=B, step=DECODE_STEPS[step])
             try:
-                dec = GraphDecoder(model, batch_size=B, compile=compiled)
+                dec = _decoder(model, B, step)
             except Exception as err:                     # a compile failure must not end the run
                 row["note"] = f"error: {type(err).__name__}: {str(err)[:150]}"
                 results["decode"].append(row)
                 save()
                 continue
-            s_bytes = sum(t.numel() * t.element_size() for t in dec.states)
-            tok = torch.randint(0, 256, (B,), device="cuda")
-            n = 200
-            dec.step(tok)
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(n):
-                dec.graph.replay()
-            end.record()
-            end.synchronize()
-            us = start.elapsed_time(end) / n * 1e3
-            floor_us = (w_bytes + 2 * s_bytes) / (bw * 1e9) * 1e6
-            row.update(us_per_token=us, floor_us=floor_us, x_floor=us / floor_us, weight_bytes=w_bytes,
-                       state_bytes=s_bytes)
+            row.update(_time_decoder(dec, model, B, w_bytes, bw))
             results["decode"].append(row)
             print(row, flush=True)
             save()
             del dec
+
+
+def _time_decoder(dec, model, B: int, w_bytes: int, bw: float, n: int = 200) -> dict:
+    """Median-free mean of ``n`` graph replays (us per token), the floor, and the first token's error."""
+    s_bytes = sum(t.numel() * t.element_size() for t in dec.states)
+    tok = torch.randint(0, 256, (B,), device="cuda")
+    with torch.no_grad():
+        ref, _ = model.step(tok, model.init_state(B))
+    dec.reset()
+    got = dec.step(tok)
+    row = dict(rel_err_vs_model_step=float((got.double() - ref.double()).norm() / ref.double().norm()))
+    if hasattr(dec, "launches_per_step"):
+        row.update(launches_per_token=dec.launches_per_step, pdl=dec.pdl)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n):
+        dec.graph.replay()
+    end.record()
+    end.synchronize()
+    us = start.elapsed_time(end) / n * 1e3
+    floor_us = (w_bytes + 2 * s_bytes) / (bw * 1e9) * 1e6
+    row.update(us_per_token=us, floor_us=floor_us, x_floor=us / floor_us, weight_bytes=w_bytes, state_bytes=s_bytes)
+    return row
+
+
+def bench_decode_sweep(results: dict, save, bw: float) -> None:
+    """The fused decoder's launch parameters at the target (small, batch 1): every FUSED_CONFIGS entry x GEMV
+    programs per batch row (half, one, two per SM)."""
+    from seqedge.config import SequentialAttentionConfig
+    from seqedge.kernels.decode_fused import FUSED_CONFIGS, FusedDecoder
+    from seqedge.model import SequentialAttentionModel
+
+    torch.manual_seed(0)
+    model = SequentialAttentionModel(SequentialAttentionConfig.preset("small")).to("cuda", torch.bfloat16).eval()
+    w_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for cfg in FUSED_CONFIGS:
+        for programs in (sms // 2, sms, 2 * sms):
+            row = dict(preset="small", B=1, config=cfg._asdict(), programs=programs)
+            try:
+                row.update(_time_decoder(FusedDecoder(model, 1, config=cfg, programs=programs), model, 1, w_bytes, bw))
+            except Exception as err:
+                row["note"] = f"error: {type(err).__name__}: {str(err)[:150]}"
+            results["decode_sweep"].append(row)
+            print(row, flush=True)
+            save()
 
 
 def write_markdown(results: dict, path: str) -> None:
@@ -247,9 +297,10 @@ def write_markdown(results: dict, path: str) -> None:
              f"- versions: {m['versions']}", f"- command: `{m['command']}`",
              f"- measured copy bandwidth: {m['copy_bw_gbs']:.0f} GB/s (bytes read + written)",
              f"- shapes: H={H}, head dim {D}, bf16 q/k/v/g, beta float32 (ours only); times are medians (ms)",
-             "- fwd+bwd: forward, then backward of sum(o * do) for random do (all inputs require grad)\n",
-             "| B | T | method | fwd ms | fwd+bwd ms | fwd peak extra GB | eff. BW GB/s (% copy) | notes |",
-             "|---|---|---|---|---|---|---|---|"]
+             "- fwd+bwd: forward, then backward of sum(o * do) for random do (all inputs require grad)\n"]
+    if results["scan"]:
+        lines += ["| B | T | method | fwd ms | fwd+bwd ms | fwd peak extra GB | eff. BW GB/s (% copy) | notes |",
+                  "|---|---|---|---|---|---|---|---|"]
     f = lambda r, key, fmt: (fmt % r[key]) if key in r else "-"
     order = list(dict.fromkeys(r.get("method", "") for r in results["scan"]))
     for r in sorted(results["scan"], key=lambda r: (r["B"], order.index(r.get("method", "")), r["T"])):
@@ -261,9 +312,12 @@ def write_markdown(results: dict, path: str) -> None:
         notes = "; ".join(r[k] for k in ("fwd_note", "fwdbwd_note") if k in r)
         lines.append(f"| {r['B']} | {r['T']} | {r['method']} | {f(r, 'fwd_ms', '%.3f')} | "
                      f"{f(r, 'fwdbwd_ms', '%.2f')} | {f(r, 'fwd_peak_extra_gb', '%.2f')} | {bwp} | {notes} |")
-    lines += ["\n## Targets (issue 5), B=1\n", "| target | goal | measured | verdict |", "|---|---|---|---|"]
+    if not results["scan"]:
+        lines.append("Chunk scan: not measured in this run (`--skip scan`).")
     ours = {(r["B"], r["T"]): r for r in results["scan"] if r.get("method") == "seqedge chunk_scan"}
-    for key, goal, (B, T), field in (("fwd_ms_T65536", 2.0, (1, 65536), "fwd_ms"),
+    if results["scan"]:
+        lines += ["\n## Targets (issue 5), B=1\n", "| target | goal | measured | verdict |", "|---|---|---|---|"]
+    for key, goal, (B, T), field in () if not results["scan"] else (("fwd_ms_T65536", 2.0, (1, 65536), "fwd_ms"),
                                      ("fwdbwd_ms_T65536", 10.0, (1, 65536), "fwdbwd_ms"),
                                      ("fwd_peak_gb_T131072", 2.5, (1, 131072), "fwd_peak_extra_gb")):
         val = ours.get((B, T), {}).get(field)
@@ -272,17 +326,26 @@ def write_markdown(results: dict, path: str) -> None:
         else:
             verdict = "met" if val <= goal else f"missed by {val - goal:.2f} ({val / goal:.1f}x the goal)"
             lines.append(f"| {key} | <= {goal} | {val:.3f} | {verdict} |")
-    lines += ["\n## One layer's decode step (B=1, H=16, D=128)\n",
-              "| method | us per call, 50 calls in a CUDA graph | us per call, eager (launch included) |", "|---|---|---|"]
+    if results["step"]:
+        lines += ["\n## One layer's decode step (B=1, H=16, D=128)\n",
+                  "| method | us per call, 50 calls in a CUDA graph | us per call, eager (launch included) |",
+                  "|---|---|---|"]
     lines += [f"| {r['method']} | {r['us']:.1f} | {r['eager_launch_us']:.1f} |" if "us" in r
               else f"| {r['method']} | {r['note']} | - |" for r in results["step"]]
     lines += ["\n## Whole-model decode in one CUDA graph (bf16 weights, float32 state)\n",
-              "| preset | batch | step | us / token | floor us (weights + 2x state) / copy BW | x floor |",
-              "|---|---|---|---|---|---|"]
-    how = lambda r: "torch.compile + graph" if r.get("compiled") else "eager ops + graph"
+              "| preset | batch | step | us / token | floor us (weights + 2x state) / copy BW | x floor | "
+              "1st-token logits rel. err vs model.step |", "|---|---|---|---|---|---|---|"]
+    how = lambda r: r["step"] + (f" ({r['launches_per_token']} launches)" if "launches_per_token" in r else "")
+    err = lambda r: f"{r['rel_err_vs_model_step']:.1e}" if "rel_err_vs_model_step" in r else "-"
     lines += [f"| {r['preset']} | {r['B']} | {how(r)} | {r['us_per_token']:.1f} | {r['floor_us']:.1f} | "
-              f"{r['x_floor']:.1f} |" if "us_per_token" in r else f"| {r['preset']} | {r['B']} | {how(r)} | "
-              f"{r['note']} | - | - |" for r in results["decode"]]
+              f"{r['x_floor']:.1f} | {err(r)} |" if "us_per_token" in r else f"| {r['preset']} | {r['B']} | "
+              f"{how(r)} | {r['note']} | - | - | - |" for r in results["decode"]]
+    if results.get("decode_sweep"):
+        lines += ["\n## Fused decoder launch parameters (small, batch 1)\n",
+                  "| config | GEMV programs per batch row | us / token | x floor |", "|---|---|---|---|"]
+        lines += [f"| {r['config']} | {r['programs']} | {r['us_per_token']:.1f} | {r['x_floor']:.2f} |"
+                  if "us_per_token" in r else f"| {r['config']} | {r['programs']} | {r['note']} | - |"
+                  for r in results["decode_sweep"]]
     with open(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")
 
@@ -292,7 +355,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--lens", default="2048,8192,32768,65536,131072")
     ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--skip", default="", help="comma list of sections to skip: scan,step,decode")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: scan,step,decode,sweep")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA GPU; none is visible", file=sys.stderr)
@@ -308,7 +371,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     results = {"meta": dict(card=torch.cuda.get_device_name(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"), versions=versions, command="python " + " ".join(sys.argv)), "scan": [], "step": [],
-        "decode": []}
+        "decode": [], "decode_sweep": []}
 
     def save():
         with open(os.path.join(args.out, "kernels.json"), "w") as fh:
@@ -329,6 +392,8 @@ def main(argv=None) -> int:
         bench_scan(results, save, lens, batches[:1], bw)
     if "decode" not in skip:
         bench_decode(results, save, bw)
+    if "sweep" not in skip:
+        bench_decode_sweep(results, save, bw)
     if "scan" not in skip and batches[1:]:
         bench_scan(results, save, lens, batches[1:], bw)
     results["meta"]["wall_s"] = time.time() - t0

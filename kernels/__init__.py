@@ -12,6 +12,9 @@
 Importing this package imports neither triton nor CUDA (tests/test_kernels_cpu.py checks it); the Triton modules
 (:mod:`seqedge.kernels.chunk_scan_triton`, :mod:`seqedge.kernels.step_scan_triton`) load on the first CUDA call.
 The backward of :func:`chunk_scan` is Triton too (:mod:`seqedge.kernels.chunk_scan_bwd_triton`).
+Whole-model decode: :class:`seqedge.kernels.decode_graph.GraphDecoder` (the model's step in one CUDA graph) and
+``seqedge.kernels.FusedDecoder`` (:mod:`seqedge.kernels.decode_fused`: ~5 Triton launches per layer in one graph;
+loaded, with triton, on first access).
 """
 
 from __future__ import annotations
@@ -22,7 +25,16 @@ from seqedge.scan._checks import check_scan_inputs, check_step_inputs
 
 from . import ops
 
-__all__ = ["chunk_scan", "step_scan"]
+__all__ = ["chunk_scan", "step_scan"]   # FusedDecoder is left out: a star import must not import triton
+
+
+def __getattr__(name: str):
+    """``seqedge.kernels.FusedDecoder``, imported on first access (its module imports triton)."""
+    if name == "FusedDecoder":
+        from .decode_fused import FusedDecoder
+
+        return FusedDecoder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def chunk_scan(

@@ -296,3 +296,124 @@ def test_model_dispatches_to_kernel_on_cuda(caplog):
     assert any("Triton chunk-scan kernel" in r.message for r in caplog.records)
     assert any("chunked PyTorch scan" in r.message for r in caplog.records)
     assert _rel(got, ref) < 1e-4
+
+
+def _randomize(model, seed: int) -> None:
+    """Trained-like weights: matrices ~ N(0, 1/fan_in); vectors (norms, skip, biases) shifted by N(0, 0.5)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if p.dim() == 1:
+                p.add_(0.5 * noise)
+            else:
+                p.copy_(noise / p.shape[-1] ** 0.5)
+
+
+def _fused_config(name: str, rule: str):
+    from seqedge.config import SequentialAttentionConfig
+
+    if name == "small":
+        return SequentialAttentionConfig.preset("small", update_rule=rule)
+    # odd sizes: dk != dv, gate_rank and conv tail not powers of two, untied head, masked GEMV tails
+    return SequentialAttentionConfig(hidden_size=64, num_layers=2, num_heads=2, head_k_dim=32, head_v_dim=64,
+                                     gate_rank=5, conv_kernel=3, update_rule=rule, tie_embeddings=False,
+                                     mlp_multiple_of=16)
+
+
+@pytest.fixture
+def no_tf32():
+    """The float32 references must be float32: no TF32 in cuBLAS or cuDNN (the conv) while the test runs."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _fused_vs_references(name, rule, B, dtype, cfg_id, steps=6, pdl=None):
+    """Runs FusedDecoder, GraphDecoder (same model) and model.step of a float32 copy of the model (the same, rounded,
+    weights: the fused decoder's exact target, as it computes in float32) over ``steps`` tokens from a random state.
+
+    Checks: fused vs the float32 step to 1e-4 (logits and every state tensor, each step); fused vs GraphDecoder to
+    1e-4 in float32 and 5e-2 in bf16 (GraphDecoder rounds activations to bf16 like the model: measured on CPU,
+    small preset, B=8, randomised weights, the bf16 model.step is 1.4-3.0e-2 (logits) and up to 2.8e-2 (states) from
+    float32 on the same weights, so the issue's 2e-2 would test the model's rounding, not the kernels).
+    """
+    from seqedge.kernels.decode_fused import FUSED_CONFIGS, FusedDecoder
+    from seqedge.kernels.decode_graph import GraphDecoder
+    from seqedge.model import SequentialAttentionModel
+    from seqedge.state import State
+
+    cfg = _fused_config(name, rule)
+    torch.manual_seed(0)
+    model = SequentialAttentionModel(cfg)
+    _randomize(model, seed=1)
+    model = model.to("cuda", dtype).eval()
+    ref_model = SequentialAttentionModel(cfg).cuda().eval()
+    ref_model.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    gen = torch.Generator(device="cuda").manual_seed(B)
+    state = State([0.5 * torch.randn(t.shape, generator=gen, device="cuda") for t in model.init_state(B).tensors],
+                  model.state_specs, model.fingerprint)
+    fused = FusedDecoder(model, batch_size=B, config=FUSED_CONFIGS[cfg_id], pdl=pdl)
+    graph = GraphDecoder(model, batch_size=B)
+    assert fused.graph is not None and (pdl is None or fused.pdl == pdl)
+    fused.reset(state)
+    graph.reset(state)
+    addrs = [t.data_ptr() for t in fused.states]
+    loose = 1e-4 if dtype == torch.float32 else 5e-2
+    tokens = torch.randint(0, cfg.vocab_size, (steps, B), generator=gen, device="cuda")
+    with torch.no_grad():
+        for t in range(steps):
+            for buf in fused.scratch:
+                buf.fill_(float("nan"))
+            ref, state = ref_model.step(tokens[t], state)
+            got = fused.step(tokens[t]).clone()
+            other = graph.step(tokens[t])
+            assert got.dtype == torch.float32 and got.shape == (B, cfg.vocab_size)
+            assert _rel(got, ref) < 1e-4, (t, _rel(got, ref))
+            assert _rel(got, other) < loose, (t, _rel(got, other))
+            for i, (a, r, o) in enumerate(zip(fused.states, state.tensors, graph.states)):
+                assert _rel(a, r) < 1e-4, (t, i, _rel(a, r))
+                assert _rel(a, o) < loose, (t, i, _rel(a, o))
+    assert [t.data_ptr() for t in fused.states] == addrs
+
+
+@pytest.mark.parametrize("pdl", [True, False], ids=["pdl", "no-pdl"])
+@pytest.mark.parametrize("cfg_id", [0, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B", [1, 8])
+@pytest.mark.parametrize("rule", ["gated", "delta"])
+@pytest.mark.parametrize("name", ["tiny-odd", "small"])
+def test_fused_decoder_matches_model_step(name, rule, B, dtype, cfg_id, pdl, no_tf32):
+    from seqedge.kernels.decode_fused import FUSED_CONFIGS, pdl_supported
+
+    assert len(FUSED_CONFIGS) == 2, "every config must be checked: update the cfg_id parametrisation"
+    if pdl and not pdl_supported(torch.device("cuda")):
+        pytest.skip(f"programmatic dependent launch needs sm 9.0+, this GPU is sm "
+                    f"{'.'.join(map(str, torch.cuda.get_device_capability()))}")
+    _fused_vs_references(name, rule, B, dtype, cfg_id, pdl=pdl)
+
+
+def test_fused_decoder_batch_64(no_tf32):
+    _fused_vs_references("small", "delta", 64, torch.bfloat16, 0, steps=3)
+
+
+def test_fused_decoder_state_round_trip():
+    from seqedge.config import SequentialAttentionConfig
+    from seqedge.kernels import FusedDecoder
+    from seqedge.model import SequentialAttentionModel
+
+    torch.manual_seed(0)
+    model = SequentialAttentionModel(SequentialAttentionConfig.preset("tiny")).cuda().eval()
+    dec = FusedDecoder(model, batch_size=2)
+    assert dec.launches_per_step == 5 * model.config.num_layers + 1
+    with pytest.raises(ValueError, match="tokens must have shape"):
+        dec.step(torch.zeros(3, dtype=torch.int64, device="cuda"))
+    tokens = torch.tensor([1, 2], device="cuda")
+    dec.step(tokens)
+    saved = dec.state()
+    first = dec.step(tokens).clone()
+    dec.reset(saved)
+    assert torch.equal(dec.step(tokens), first)     # same state, same token: bit-identical replay
+    dec.reset()
+    assert all(not t.any() for t in dec.states)

@@ -1,0 +1,95 @@
+"""Runs the fused decoder's Triton kernels in Triton's CPU interpreter against ``model.step`` (float32).
+
+Started in a subprocess by tests/test_decode_fused_interpret.py (the interpreter must be on before triton compiles
+anything). A tiny float32 model with every parameter randomised (norm weights, skip, biases: a forgotten term
+fails), a random non-zero initial state, both update rules x every entry of FUSED_CONFIGS at batch 1 (and each
+rule and each config once at batch 3), several consecutive tokens; each step compares the logits and every state
+tensor. Scratch buffers and logits are poisoned with NaN before each step. Prints ``name rel_err`` (relative L2
+error) per check and exits non-zero on the first one over TOL.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+# first: importing it sets TRITON_INTERPRET=1 and patches the interpreter, before triton compiles anything
+from kernels_interpret_check import rel
+
+import torch  # noqa: E402
+
+from seqedge.config import SequentialAttentionConfig  # noqa: E402
+from seqedge.kernels.decode_fused import FUSED_CONFIGS, FusedDecoder, _head_split, block_n  # noqa: E402
+from seqedge.model import SequentialAttentionModel  # noqa: E402
+
+TOL = 1e-4      # float32 model, float32 kernels: only the summation order differs
+STEPS = 5
+CASES = [       # rule, conv_kernel, tied head: the delta case also covers a non-power-of-two conv tail and a head
+    ("gated", 4, True),
+    ("delta", 3, False),
+]
+
+
+def randomize(model: SequentialAttentionModel, seed: int) -> None:
+    """Trained-like weights: matrices ~ N(0, 1/fan_in); vectors (norms, skip, biases) shifted by N(0, 0.5)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if p.dim() == 1:
+                p.add_(0.5 * noise)
+            else:
+                p.copy_(noise / math.sqrt(p.shape[-1]))
+
+
+def check(name: str, err: float) -> None:
+    print(f"{name} {err:.2e}", flush=True)
+    if not err < TOL:
+        sys.exit(f"FAILED {name}: relative error {err:.2e} >= {TOL:.0e}")
+
+
+def run_case(rule: str, kernel: int, tied: bool, B: int, cfg_id: int, programs: int) -> None:
+    cfg = SequentialAttentionConfig(hidden_size=64, num_layers=2, num_heads=2, head_k_dim=32, head_v_dim=64,
+                                    gate_rank=5, conv_kernel=kernel, update_rule=rule, tie_embeddings=tied,
+                                    mlp_multiple_of=16)
+    torch.manual_seed(cfg_id)
+    model = SequentialAttentionModel(cfg).eval()
+    randomize(model, seed=7 + cfg_id)
+    gen = torch.Generator().manual_seed(B)
+    state = model.init_state(B)
+    state = state.with_tensors([torch.randn(t.shape, generator=gen) * 0.5 for t in state.tensors])
+    dec = FusedDecoder(model, batch_size=B, config=FUSED_CONFIGS[cfg_id], capture=False, programs=programs)
+    assert dec.graph is None
+    dec.reset(state)
+    addrs = [t.data_ptr() for t in dec.states]
+    tokens = torch.randint(0, cfg.vocab_size, (STEPS, B), generator=gen)
+    name = f"{rule} K={kernel} tied={tied} B={B} cfg={FUSED_CONFIGS[cfg_id]} programs={programs}"
+    with torch.no_grad():
+        for t in range(STEPS):
+            for buf in dec.scratch:
+                buf.fill_(float("nan"))
+            ref, state = model.step(tokens[t], state)
+            got = dec.step(tokens[t])
+            check(f"{name} step {t} logits", rel(got, ref))
+            for i, (a, b) in enumerate(zip(dec.states, state.tensors)):
+                check(f"{name} step {t} state.{i}", rel(a, b))
+    assert [t.data_ptr() for t in dec.states] == addrs, "state buffers must be updated in place"
+    got_state = dec.state()
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(got_state.tensors, dec.states)), "state() must copy"
+
+
+def main() -> None:
+    assert block_n(2068, 512, 132) == 8 and block_n(64, 64, 132) == 2           # small's step 1; tiny rows
+    assert block_n(391, 512, 4) == 8 and block_n(391, 64, 16) == 16             # the tile cap; the program target
+    assert _head_split(1408) == (11, 128) and _head_split(176) == (11, 16) and _head_split(512) == (4, 128)
+    for cfg_id in range(len(FUSED_CONFIGS)):          # few, wide programs (programs=4): fast in the interpreter
+        for case_id, (rule, kernel, tied) in enumerate(CASES):
+            run_case(rule, kernel, tied, 1, cfg_id, programs=4)
+            if case_id == cfg_id:                     # batch 3 (3x the programs): each rule once, each config once
+                run_case(rule, kernel, tied, 3, cfg_id, programs=4)
+    run_case("delta", 3, False, 1, 0, programs=16)                     # narrower GEMV tiles, more programs
+    print("ALL OK")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The fused decoder's Triton kernels on CPU, in Triton's interpreter, against ``model.step``; and its guards.
+
+The GPU tests (test_kernels_gpu.py) check the compiled kernels, bf16 and the CUDA graph on a card; this runs the
+same kernel source eagerly (``capture=False``) for every entry of FUSED_CONFIGS, both update rules, batch 1 and 3,
+on any machine with triton installed (see decode_fused_interpret_check.py). float32 only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="needs triton for its CPU interpreter "
+                                  "(pip install triton==3.6.0)")
+
+
+@needs_triton
+def test_fused_decoder_in_triton_interpreter():
+    script = Path(__file__).with_name("decode_fused_interpret_check.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600,
+                          cwd=Path(__file__).parent)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ALL OK" in proc.stdout
+    # 2 configs x 2 rules at B=1, 2 runs at B=3, 1 more: 7 runs, 5 steps each, logits + 4 state tensors per step
+    assert proc.stdout.count("\n") == 7 * 5 * 5 + 1, "every case must print its checks: none silently skipped"
+
+
+def _tiny_model(**overrides):
+    from seqedge.config import SequentialAttentionConfig
+    from seqedge.model import SequentialAttentionModel
+
+    dims = dict(hidden_size=32, num_layers=1, num_heads=2, head_k_dim=16, head_v_dim=16)
+    return SequentialAttentionModel(SequentialAttentionConfig(**{**dims, **overrides}))
+
+
+@needs_triton
+def test_fused_decoder_guards(monkeypatch):
+    from seqedge.kernels.decode_fused import FusedDecoder
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="CUDA device"):
+        FusedDecoder(_tiny_model(), batch_size=1)
+    with pytest.raises(ValueError, match="Triton's interpreter"):
+        FusedDecoder(_tiny_model(), batch_size=1, capture=False)
+    with pytest.raises(ValueError, match="head_v_dim to be a power of two"):
+        FusedDecoder(_tiny_model(head_v_dim=24), batch_size=1, capture=False)
+    with pytest.raises(ValueError, match="float64"):
+        FusedDecoder(_tiny_model().to(torch.float64), batch_size=1, capture=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        FusedDecoder(_tiny_model(), batch_size=0, capture=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")          # past the device check: PDL asked for where there is none
+    with pytest.raises(ValueError, match="programmatic dependent launch needs"):
+        FusedDecoder(_tiny_model(), batch_size=1, capture=False, pdl=True)
+
+
+@needs_triton
+def test_fused_decoder_is_exported_lazily():
+    import seqedge.kernels
+    from seqedge.kernels.decode_fused import FusedDecoder
+
+    assert seqedge.kernels.FusedDecoder is FusedDecoder
+    assert "FusedDecoder" not in seqedge.kernels.__all__     # a star import must not pull in triton
+    with pytest.raises(AttributeError):
+        seqedge.kernels.NoSuchDecoder
