@@ -19,6 +19,12 @@ Design (one program per (batch*head, value block, segment)):
   of k, v, g but gives B*H*NV*n_seg programs instead of B*H*NV. (Joining inside each output program instead
   read every earlier summary: quadratic in the segments, about 2 GB at T=65,536, B=1, H=16, D=128 on 132
   multiprocessors, twice the bytes of q, k, v, g together.)
+- Prepass configs (``ScanConfig.prepass``, the fastest at long T): everything of a chunk that does not depend on
+  the state (the cumulative gates, ``q*exp(b)``, ``beta k exp(b_C - b)``, the intra-chunk scores and ``b_C``) is
+  computed for all chunks in one parallel launch (``_chunk_prep_kernel``) and written in k's dtype, exactly the
+  operands the fused loop rounds to before its dots; the sequential loops then only load them and do three dots
+  per chunk. At T=65,536, B=1, H=16, D=128 (H100) the forward goes from 3.17 to 1.87 ms, for 2x q's size of
+  extra memory (plus the scores, 1/4 of q's size at chunk 32).
 Tail chunks are masked: missing tokens load g = 0, beta = 0, which leaves the state untouched, so any T is exact.
 """
 
@@ -44,6 +50,9 @@ class ScanConfig:
     block_v: int
     num_warps: int
     num_stages: int = 1
+    prepass: bool = False     # the per-chunk, state-independent work in a parallel launch first (see below)
+    prep_warps: int = 4       # warps of that launch
+    prep_cumsum_dot: bool = False   # its cumulative gates as a float32 (ieee) dot with a 0/1 triangle, not tl.cumsum
 
     def __post_init__(self) -> None:
         if self.chunk % SUB or self.chunk <= 0:
@@ -53,14 +62,20 @@ class ScanConfig:
 
 
 # Short on purpose: every entry is run and checked by tests/test_kernels_gpu.py, not only the one picked.
-# From benchmarks/kernels_tune.py (H200, T=65,536, B=1, H=16, D=128, bf16; results/kernels_tune.json): chunk 32,
-# 4 warps, 2 pipeline stages, PROGRAMS_PER_SM = 8 (2 per SM: 5.3-8.3 ms). The block_v=64 entries passed every
-# forward test on a GPU (results/kernels_gpu_tests.md, run 3); block_v=128 joined them once the whole forward suite
-# had run with it (run L, kernels_gpu_tests.md).
+# Times: H100, T=65,536, B=1, H=16, D=128, bf16, kernel time (benchmarks/results/kernels_fwd_configs.md, run R).
+# The prepass entries run the state-independent work of every chunk in one parallel launch first
+# (_chunk_prep_kernel), so the sequential loops only load its operands and do three dots per chunk: the same
+# operands, rounded the same way (bitwise the same output on that benchmark), for 2x q's size of extra memory
+# (qt, kt) plus the scores. Both passed the whole forward suite on an H100 (kernels_gpu_tests.md, runs P and R).
+# The first entry is the one used while a CUDA graph is captured (nothing can be timed then). The others: chunk 32,
+# 4 warps, PROGRAMS_PER_SM = 8 from benchmarks/kernels_tune.py (results/kernels_tune.json); block_v=64 passed
+# every forward test (run 3), block_v=128 once the whole suite had run with it (run L).
 FWD_CONFIGS: tuple[ScanConfig, ...] = (
-    ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2),    # 3.45 ms
-    ScanConfig(chunk=32, block_v=64, num_warps=4, num_stages=2),     # 4.73 ms
-    ScanConfig(chunk=32, block_v=64, num_warps=4, num_stages=1),     # 5.31 ms
+    ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2, prepass=True, prep_warps=2),     # 1.87 ms
+    ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2, prepass=True),                   # 2.16 ms
+    ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2),                                 # 3.17 ms
+    ScanConfig(chunk=32, block_v=64, num_warps=4, num_stages=2),                                  # 4.67 ms
+    ScanConfig(chunk=32, block_v=64, num_warps=4, num_stages=1),                                  # 5.13 ms
 )
 # Candidates: checked by the same tests as FWD_CONFIGS, never picked; they join FWD_CONFIGS once the GPU suite
 # has run in full with them.
@@ -79,15 +94,96 @@ EXCLUDED_CONFIGS: dict[ScanConfig, str] = {
         "after it in that process failed the same way, so chunk 64 is out until it is understood",
     ScanConfig(chunk=32, block_v=128, num_warps=8):
         "correct, but slower than 4 warps with 2 stages (4.4-5.5 ms vs 3.45 ms, kernels_tune run)",
+    ScanConfig(chunk=32, block_v=128, num_warps=8, num_stages=2, prepass=True):
+        "correct (run P: every forward test), but slower than 4 warps: 2.29 ms vs 2.15 ms at T=65,536 (H100)",
+    ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2, prepass=True, prep_warps=8):
+        "correct (run R: every forward test), but its prepass is slower: 3.19 ms vs 1.87 ms (2 warps), run R",
+    ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2, prepass=True, prep_cumsum_dot=True):
+        "correct (run R), but a float32 dot with a 0/1 triangle is slower than tl.cumsum: 2.62 ms vs 2.16 ms",
+    ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2, prepass=True, prep_warps=8, prep_cumsum_dot=True):
+        "correct (run R), slower: 3.79 ms",
 }
 
 
 @triton.jit
+def _intra_scores(b_q, b_g, b_b, k, g, beta, qk_base, be_base, t0, T, H,
+                  DK: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr, COL: tl.constexpr,
+                  CUMSUM_DOT: tl.constexpr = False):
+    """The masked intra-chunk scores of 16-token column block COL, ``[C, 16]`` float32: rows are the chunk's
+    queries ``b_q`` (scaled, float32; ``b_g`` their log-gates, ``b_b`` the cumulative ones), columns keys
+    t0 + 16*COL + [0, 16), exponents referenced to the block's middle (every surviving factor is at most exp(40)
+    with g >= -5)."""
+    DT = k.dtype.element_ty
+    rk = tl.arange(0, DK)
+    rc = tl.arange(0, C)
+    r16 = tl.arange(0, 16)
+    rows_j = t0 + COL * _SUB + r16
+    m_j = rows_j < T
+    off_kj = qk_base + rows_j[:, None].to(tl.int64) * (H * DK) + rk[None, :]
+    k_j = tl.load(k + off_kj, mask=m_j[:, None], other=0.0).to(tl.float32)    # [16, DK]
+    g_j = tl.load(g + off_kj, mask=m_j[:, None], other=0.0).to(tl.float32)
+    beta_j = tl.load(beta + be_base + rows_j.to(tl.int64) * H, mask=m_j, other=0.0).to(tl.float32)
+    pre = tl.sum(tl.where(rc[:, None] < COL * _SUB, b_g, 0.0), axis=0)        # [DK]
+    if CUMSUM_DOT:
+        tri16 = (r16[:, None] >= r16[None, :]).to(tl.float32)
+        b_j = pre[None, :] + tl.dot(tri16, g_j, input_precision="ieee")        # [16, DK]
+    else:
+        b_j = pre[None, :] + tl.cumsum(g_j, axis=0)                            # [16, DK]
+    mid = tl.sum(tl.where(r16[:, None] == _SUB // 2, b_j, 0.0), axis=0)         # [DK]
+    # rows before block j are masked below; the clamp only keeps their factor finite
+    q_j = (b_q * tl.exp(tl.minimum(b_b - mid[None, :], 40.0))).to(DT)         # [C, DK]
+    kk_j = (k_j * beta_j[:, None] * tl.exp(mid[None, :] - b_j)).to(DT)         # [16, DK]
+    a = tl.dot(q_j, tl.trans(kk_j), input_precision=PREC)                       # [C, 16]
+    return tl.where(rc[:, None] >= COL * _SUB + r16[None, :], a, 0.0)
+
+
+@triton.jit
+def _chunk_prep_kernel(q, k, g, beta, qt, kt, A, decay, T, H, NC, scale,
+                       DK: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr, CUMSUM_DOT: tl.constexpr):
+    """Everything of one chunk that does not depend on the state, for all chunks in parallel (prepass configs).
+
+    Writes, in k's dtype (exactly the operands the fused kernel rounds to before its dots): ``qt = q*scale*exp(b)``
+    and ``kt = beta k exp(b_C - b)`` ``[B, T, H, DK]``, the masked intra-chunk scores ``A [B*H, NC, C, C]``; and
+    the chunk's total log-decay ``b_C`` ``[B*H, NC, DK]`` float32.
+    """
+    i_c = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    DT = k.dtype.element_ty
+    rk = tl.arange(0, DK)
+    rc = tl.arange(0, C)
+    r16 = tl.arange(0, 16)
+    qk_base = i_b.to(tl.int64) * T * H * DK + i_h * DK
+    be_base = i_b.to(tl.int64) * T * H + i_h
+    t0 = i_c * C
+    rows = t0 + rc
+    m = rows < T
+    off_k = qk_base + rows[:, None].to(tl.int64) * (H * DK) + rk[None, :]
+    b_q = tl.load(q + off_k, mask=m[:, None], other=0.0).to(tl.float32) * scale
+    b_k = tl.load(k + off_k, mask=m[:, None], other=0.0).to(tl.float32)
+    b_g = tl.load(g + off_k, mask=m[:, None], other=0.0).to(tl.float32)
+    b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=m, other=0.0).to(tl.float32)
+    if CUMSUM_DOT:
+        b_b = tl.dot((rc[:, None] >= rc[None, :]).to(tl.float32), b_g, input_precision="ieee")
+    else:
+        b_b = tl.cumsum(b_g, axis=0)
+    b_last = tl.sum(b_g, axis=0)
+    tl.store(qt + off_k, (b_q * tl.exp(b_b)).to(DT), mask=m[:, None])
+    tl.store(kt + off_k, (b_k * b_beta[:, None] * tl.exp(b_last[None, :] - b_b)).to(DT), mask=m[:, None])
+    idx = i_bh.to(tl.int64) * NC + i_c
+    tl.store(decay + idx * DK + rk, b_last)
+    for j in tl.static_range(C // _SUB):
+        a = _intra_scores(b_q, b_g, b_b, k, g, beta, qk_base, be_base, t0, T, H, DK, C, PREC, j, CUMSUM_DOT)
+        tl.store(A + idx * C * C + rc[:, None] * C + j * _SUB + r16[None, :], a.to(DT))
+
+
+@triton.jit
 def _chunk_fwd_kernel(
-    q, k, v, g, beta, o, s0, seg_state, seg_decay, s_final,
+    q, k, v, g, beta, o, s0, seg_state, seg_decay, s_final, qt, kt, A, decay,
     T, H, NSUM, SEG_LEN, scale,
     DK: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
-    SUMMARY: tl.constexpr, HAS_INIT: tl.constexpr, PREC: tl.constexpr,
+    SUMMARY: tl.constexpr, HAS_INIT: tl.constexpr, PREC: tl.constexpr, PREP: tl.constexpr,
 ):
     i_bh = tl.program_id(0)
     i_v = tl.program_id(1)
@@ -99,11 +195,11 @@ def _chunk_fwd_kernel(
     rk = tl.arange(0, DK)
     rv = i_v * BV + tl.arange(0, BV)
     rc = tl.arange(0, C)
-    r16 = tl.arange(0, 16)
     qk_base = i_b.to(tl.int64) * T * H * DK + i_h * DK          # q, k, g: [B, T, H, DK]
     v_base = i_b.to(tl.int64) * T * H * DV + i_h * DV           # v, o:    [B, T, H, DV]
     be_base = i_b.to(tl.int64) * T * H + i_h                     # beta:    [B, T, H]
     st_off = rk[:, None] * DV + rv[None, :]                       # [DK, BV] inside one [DK, DV] state
+    NC = tl.cdiv(T, C)
 
     S = tl.zeros([DK, BV], dtype=tl.float32)
     if not SUMMARY:
@@ -120,35 +216,34 @@ def _chunk_fwd_kernel(
         m = rows < T
         off_k = qk_base + rows[:, None].to(tl.int64) * (H * DK) + rk[None, :]
         off_v = v_base + rows[:, None].to(tl.int64) * (H * DV) + rv[None, :]
-        b_k = tl.load(k + off_k, mask=m[:, None], other=0.0)                       # [C, DK]
-        b_g = tl.load(g + off_k, mask=m[:, None], other=0.0).to(tl.float32)       # [C, DK]
         b_v = tl.load(v + off_v, mask=m[:, None], other=0.0)                       # [C, BV]
-        b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=m, other=0.0).to(tl.float32)
-        b_b = tl.cumsum(b_g, axis=0)                                                # [C, DK] inclusive
-        b_last = tl.sum(b_g, axis=0)                                                # [DK]
-        k_dec = (b_k.to(tl.float32) * b_beta[:, None] * tl.exp(b_last[None, :] - b_b)).to(DT)
+        if PREP:            # the prepass wrote this chunk's operands: load them
+            idx = i_bh.to(tl.int64) * NC + t0 // C
+            k_dec = tl.load(kt + off_k, mask=m[:, None], other=0.0)                # [C, DK]
+            b_last = tl.load(decay + idx * DK + rk)                                 # [DK]
+        else:
+            b_k = tl.load(k + off_k, mask=m[:, None], other=0.0)                   # [C, DK]
+            b_g = tl.load(g + off_k, mask=m[:, None], other=0.0).to(tl.float32)   # [C, DK]
+            b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=m, other=0.0).to(tl.float32)
+            b_b = tl.cumsum(b_g, axis=0)                                            # [C, DK] inclusive
+            b_last = tl.sum(b_g, axis=0)                                            # [DK]
+            k_dec = (b_k.to(tl.float32) * b_beta[:, None] * tl.exp(b_last[None, :] - b_b)).to(DT)
 
         if not SUMMARY:
-            b_q = tl.load(q + off_k, mask=m[:, None], other=0.0).to(tl.float32) * scale
-            acc = tl.dot((b_q * tl.exp(b_b)).to(DT), S.to(DT), input_precision=PREC)   # [C, BV]
-            for j in tl.static_range(C // _SUB):
-                rows_j = t0 + j * _SUB + r16
-                m_j = rows_j < T
-                off_kj = qk_base + rows_j[:, None].to(tl.int64) * (H * DK) + rk[None, :]
-                k_j = tl.load(k + off_kj, mask=m_j[:, None], other=0.0).to(tl.float32)    # [16, DK]
-                g_j = tl.load(g + off_kj, mask=m_j[:, None], other=0.0).to(tl.float32)
-                beta_j = tl.load(beta + be_base + rows_j.to(tl.int64) * H, mask=m_j, other=0.0).to(tl.float32)
-                v_j = tl.load(v + v_base + rows_j[:, None].to(tl.int64) * (H * DV) + rv[None, :],
-                              mask=m_j[:, None], other=0.0)                                # [16, BV]
-                pre = tl.sum(tl.where(rc[:, None] < j * _SUB, b_g, 0.0), axis=0)            # [DK]
-                b_j = pre[None, :] + tl.cumsum(g_j, axis=0)                                # [16, DK]
-                mid = tl.sum(tl.where(r16[:, None] == _SUB // 2, b_j, 0.0), axis=0)         # [DK]
-                # rows before block j are masked below; the clamp only keeps their factor finite
-                q_j = (b_q * tl.exp(tl.minimum(b_b - mid[None, :], 40.0))).to(DT)         # [C, DK]
-                kk_j = (k_j * beta_j[:, None] * tl.exp(mid[None, :] - b_j)).to(DT)         # [16, DK]
-                a = tl.dot(q_j, tl.trans(kk_j), input_precision=PREC)                       # [C, 16]
-                a = tl.where(rc[:, None] >= j * _SUB + r16[None, :], a, 0.0)
-                acc += tl.dot(a.to(DT), v_j, input_precision=PREC)
+            if PREP:
+                b_qt = tl.load(qt + off_k, mask=m[:, None], other=0.0)
+                acc = tl.dot(b_qt, S.to(DT), input_precision=PREC)                    # [C, BV]
+                b_a = tl.load(A + idx * C * C + rc[:, None] * C + rc[None, :])          # [C, C]
+                acc += tl.dot(b_a, b_v, input_precision=PREC)
+            else:
+                b_q = tl.load(q + off_k, mask=m[:, None], other=0.0).to(tl.float32) * scale
+                acc = tl.dot((b_q * tl.exp(b_b)).to(DT), S.to(DT), input_precision=PREC)   # [C, BV]
+                for j in tl.static_range(C // _SUB):
+                    rows_j = t0 + j * _SUB + tl.arange(0, 16)
+                    v_j = tl.load(v + v_base + rows_j[:, None].to(tl.int64) * (H * DV) + rv[None, :],
+                                  mask=(rows_j < T)[:, None], other=0.0)                  # [16, BV]
+                    a = _intra_scores(b_q, b_g, b_b, k, g, beta, qk_base, be_base, t0, T, H, DK, C, PREC, j)
+                    acc += tl.dot(a.to(DT), v_j, input_precision=PREC)
             tl.store(o + off_v, acc.to(o.dtype.element_ty), mask=m[:, None])
         else:
             D_acc += b_last
@@ -252,17 +347,23 @@ def chunk_scan_fwd(
     seg_state = torch.empty(B * H, nsum, DK, DV, dtype=torch.float32, device=q.device)
     seg_decay = torch.empty(B * H, nsum, DK, dtype=torch.float32, device=q.device)
     s0 = initial_state if initial_state is not None else final      # dummy pointer when absent
-    common = dict(DK=DK, DV=DV, BV=BV, C=C, HAS_INIT=initial_state is not None,
-                  PREC="ieee" if q.dtype == torch.float32 else "tf32",
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    common = dict(DK=DK, DV=DV, BV=BV, C=C, HAS_INIT=initial_state is not None, PREC=prec, PREP=config.prepass,
                   num_warps=config.num_warps, num_stages=config.num_stages)
+    if config.prepass:
+        qt, kt = torch.empty_like(k), torch.empty_like(k)
+        A = torch.empty(B * H, n_chunks, C, C, dtype=k.dtype, device=q.device)
+        decay = torch.empty(B * H, n_chunks, DK, dtype=torch.float32, device=q.device)
+        _chunk_prep_kernel[(n_chunks, B * H)](q, k, g, beta, qt, kt, A, decay, T, H, n_chunks, scale,
+                                              DK=DK, C=C, PREC=prec, CUMSUM_DOT=config.prep_cumsum_dot,
+                                              num_warps=config.prep_warps)
+    else:
+        qt = kt = A = decay = q                                     # unused pointers
+    args = (q, k, v, g, beta, o, s0, seg_state, seg_decay, final, qt, kt, A, decay, T, H, nsum, seg_len, scale)
     if n_seg > 1:
-        _chunk_fwd_kernel[(B * H, NV, n_seg - 1)](
-            q, k, v, g, beta, o, s0, seg_state, seg_decay, final, T, H, nsum, seg_len, scale,
-            SUMMARY=True, **common)
+        _chunk_fwd_kernel[(B * H, NV, n_seg - 1)](*args, SUMMARY=True, **common)
         join_segments(seg_state, seg_decay, initial_state)
-    _chunk_fwd_kernel[(B * H, NV, n_seg)](
-        q, k, v, g, beta, o, s0, seg_state, seg_decay, final, T, H, nsum, seg_len, scale,
-        SUMMARY=False, **common)
+    _chunk_fwd_kernel[(B * H, NV, n_seg)](*args, SUMMARY=False, **common)
     return o, final
 
 
