@@ -52,7 +52,6 @@ class ScanConfig:
     num_stages: int = 1
     prepass: bool = False     # the per-chunk, state-independent work in a parallel launch first (see below)
     prep_warps: int = 4       # warps of that launch
-    prep_cumsum_dot: bool = False   # its cumulative gates as a float32 (ieee) dot with a 0/1 triangle, not tl.cumsum
 
     def __post_init__(self) -> None:
         if self.chunk % SUB or self.chunk <= 0:
@@ -98,17 +97,15 @@ EXCLUDED_CONFIGS: dict[ScanConfig, str] = {
         "correct (run P: every forward test), but slower than 4 warps: 2.29 ms vs 2.15 ms at T=65,536 (H100)",
     ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2, prepass=True, prep_warps=8):
         "correct (run R: every forward test), but its prepass is slower: 3.19 ms vs 1.87 ms (2 warps), run R",
-    ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2, prepass=True, prep_cumsum_dot=True):
-        "correct (run R), but a float32 dot with a 0/1 triangle is slower than tl.cumsum: 2.62 ms vs 2.16 ms",
-    ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2, prepass=True, prep_warps=8, prep_cumsum_dot=True):
-        "correct (run R), slower: 3.79 ms",
 }
+# Also tried in run R and removed from the code: the prepass's cumulative gates as a float32 (ieee) dot with a 0/1
+# triangle instead of tl.cumsum: correct (every forward test), slower (2.62 ms vs 2.16 ms with a 4-warp prepass,
+# 3.79 ms with 8 warps).
 
 
 @triton.jit
 def _intra_scores(b_q, b_g, b_b, k, g, beta, qk_base, be_base, t0, T, H,
-                  DK: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr, COL: tl.constexpr,
-                  CUMSUM_DOT: tl.constexpr = False):
+                  DK: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr, COL: tl.constexpr):
     """The masked intra-chunk scores of 16-token column block COL, ``[C, 16]`` float32: rows are the chunk's
     queries ``b_q`` (scaled, float32; ``b_g`` their log-gates, ``b_b`` the cumulative ones), columns keys
     t0 + 16*COL + [0, 16), exponents referenced to the block's middle (every surviving factor is at most exp(40)
@@ -124,11 +121,7 @@ def _intra_scores(b_q, b_g, b_b, k, g, beta, qk_base, be_base, t0, T, H,
     g_j = tl.load(g + off_kj, mask=m_j[:, None], other=0.0).to(tl.float32)
     beta_j = tl.load(beta + be_base + rows_j.to(tl.int64) * H, mask=m_j, other=0.0).to(tl.float32)
     pre = tl.sum(tl.where(rc[:, None] < COL * _SUB, b_g, 0.0), axis=0)        # [DK]
-    if CUMSUM_DOT:
-        tri16 = (r16[:, None] >= r16[None, :]).to(tl.float32)
-        b_j = pre[None, :] + tl.dot(tri16, g_j, input_precision="ieee")        # [16, DK]
-    else:
-        b_j = pre[None, :] + tl.cumsum(g_j, axis=0)                            # [16, DK]
+    b_j = pre[None, :] + tl.cumsum(g_j, axis=0)                                # [16, DK]
     mid = tl.sum(tl.where(r16[:, None] == _SUB // 2, b_j, 0.0), axis=0)         # [DK]
     # rows before block j are masked below; the clamp only keeps their factor finite
     q_j = (b_q * tl.exp(tl.minimum(b_b - mid[None, :], 40.0))).to(DT)         # [C, DK]
@@ -139,7 +132,7 @@ def _intra_scores(b_q, b_g, b_b, k, g, beta, qk_base, be_base, t0, T, H,
 
 @triton.jit
 def _chunk_prep_kernel(q, k, g, beta, qt, kt, A, decay, T, H, NC, scale,
-                       DK: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr, CUMSUM_DOT: tl.constexpr):
+                       DK: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr):
     """Everything of one chunk that does not depend on the state, for all chunks in parallel (prepass configs).
 
     Writes, in k's dtype (exactly the operands the fused kernel rounds to before its dots): ``qt = q*scale*exp(b)``
@@ -164,17 +157,14 @@ def _chunk_prep_kernel(q, k, g, beta, qt, kt, A, decay, T, H, NC, scale,
     b_k = tl.load(k + off_k, mask=m[:, None], other=0.0).to(tl.float32)
     b_g = tl.load(g + off_k, mask=m[:, None], other=0.0).to(tl.float32)
     b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=m, other=0.0).to(tl.float32)
-    if CUMSUM_DOT:
-        b_b = tl.dot((rc[:, None] >= rc[None, :]).to(tl.float32), b_g, input_precision="ieee")
-    else:
-        b_b = tl.cumsum(b_g, axis=0)
+    b_b = tl.cumsum(b_g, axis=0)
     b_last = tl.sum(b_g, axis=0)
     tl.store(qt + off_k, (b_q * tl.exp(b_b)).to(DT), mask=m[:, None])
     tl.store(kt + off_k, (b_k * b_beta[:, None] * tl.exp(b_last[None, :] - b_b)).to(DT), mask=m[:, None])
     idx = i_bh.to(tl.int64) * NC + i_c
     tl.store(decay + idx * DK + rk, b_last)
     for j in tl.static_range(C // _SUB):
-        a = _intra_scores(b_q, b_g, b_b, k, g, beta, qk_base, be_base, t0, T, H, DK, C, PREC, j, CUMSUM_DOT)
+        a = _intra_scores(b_q, b_g, b_b, k, g, beta, qk_base, be_base, t0, T, H, DK, C, PREC, j)
         tl.store(A + idx * C * C + rc[:, None] * C + j * _SUB + r16[None, :], a.to(DT))
 
 
@@ -355,8 +345,7 @@ def chunk_scan_fwd(
         A = torch.empty(B * H, n_chunks, C, C, dtype=k.dtype, device=q.device)
         decay = torch.empty(B * H, n_chunks, DK, dtype=torch.float32, device=q.device)
         _chunk_prep_kernel[(n_chunks, B * H)](q, k, g, beta, qt, kt, A, decay, T, H, n_chunks, scale,
-                                              DK=DK, C=C, PREC=prec, CUMSUM_DOT=config.prep_cumsum_dot,
-                                              num_warps=config.prep_warps)
+                                              DK=DK, C=C, PREC=prec, num_warps=config.prep_warps)
     else:
         qt = kt = A = decay = q                                     # unused pointers
     args = (q, k, v, g, beta, o, s0, seg_state, seg_decay, final, qt, kt, A, decay, T, H, nsum, seg_len, scale)

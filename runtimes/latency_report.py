@@ -143,7 +143,9 @@ def render_markdown(report: BenchReport) -> str:
         out.append(f"- Artifact: `{report.artifact}`")
     c = report.config
     out += [machine_markdown(report.machine),
-            f"- Settings: batch 1, {c.steps} timed steps per context after {c.warmup} warm-up steps; prefill "
+            f"- Settings: batch 1, {c.steps} timed steps per context after {c.warmup} warm-up steps"
+            + (f" in each of {c.sweeps} sweeps over the contexts (each context reports its sweep with the lowest "
+               "p50)" if c.sweeps > 1 else "") + "; prefill "
             f"{c.prefill_tokens} tokens; token-by-token {c.stepwise_tokens} tokens; TTFT prompt {c.ttft_prompt} "
             "tokens; tokens are Python standard-library source bytes", ""]
     out += [s.rstrip() + "\n" for s in report.sections]
