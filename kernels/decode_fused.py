@@ -298,11 +298,12 @@ class FusedDecoder:
         self.hidden = torch.zeros(B, F, **f32)                                             # SwiGLU output
         self.states = [t.clone() for t in model.init_state(batch_size, device).tensors]   # static buffers
         pow2 = triton.next_power_of_2
-        self._dk_d, self._dv_f = pow2(D), _head_split(F)                 # the GEMVs' tiles: [BN, pow2(D)], [BN, H, DV]
+        # GEMV tiles: inputs of width D as one [pow2(D)] row, the SwiGLU hidden F as [rows, cols] (_head_split)
+        self._d_cols, self._f_split = pow2(D), _head_split(F)
         tile = lambda rows, width: block_n(rows, width, programs, config.max_tile)
         hp_o = pow2(c.num_heads) * c.head_v_dim
-        self._bn = dict(inp=tile(self.n_in, self._dk_d), out=tile(D, hp_o), mlp=tile(F, 2 * self._dk_d),
-                        down=tile(D, pow2(self._dv_f[0]) * self._dv_f[1]), head=tile(c.vocab_size, self._dk_d))
+        self._bn = dict(inp=tile(self.n_in, self._d_cols), out=tile(D, hp_o), mlp=tile(F, 2 * self._d_cols),
+                        down=tile(D, pow2(self._f_split[0]) * self._f_split[1]), head=tile(c.vocab_size, self._d_cols))
         self.pdl = pdl_supported(device) if pdl is None else pdl
         if self.pdl and not pdl_supported(device):
             raise ValueError(f"programmatic dependent launch needs a GPU of sm 9.0 or newer; {device} is not one")
@@ -342,8 +343,8 @@ class FusedDecoder:
             _norm_gemv_kernel[(cdiv(self.n_in, bn["inp"]), B)](
                 self.embed if i == 0 else self.x, self.tokens, self.x, L.attn_norm, L.w_in, self.proj, L.b_in,
                 tail, L.conv_w, self.n_in, D, C, eps, EMBED=i == 0, HAS_BIAS=True, CONV=True, SWIGLU=False,
-                KW=K, KP=pow2(K - 1), BN=bn["inp"], BK=self._dk_d, PDL=pdl,
-                num_warps=warps(bn["inp"], self._dk_d), **opts)
+                KW=K, KP=pow2(K - 1), BN=bn["inp"], BK=self._d_cols, PDL=pdl,
+                num_warps=warps(bn["inp"], self._d_cols), **opts)
             _mixer_kernel[(B * H, DV // self._bv)](
                 self.proj, L.up_w, L.up_b, L.skip, S, self.o, self.n_in, C, R, DK ** -0.5, c.g_min,
                 H=H, DK=DK, DV=DV, BV=self._bv, RP=pow2(R), DELTA=c.update_rule == "delta", PDL=pdl,
@@ -354,9 +355,9 @@ class FusedDecoder:
                 num_warps=warps(bn["out"], pow2(H) * DV), **opts)
             _norm_gemv_kernel[(cdiv(F, bn["mlp"]), B)](
                 self.x, self.tokens, self.x, L.mlp_norm, L.w_mlp, self.hidden, self.x, self.x, self.x, F, D, 0, eps,
-                EMBED=False, HAS_BIAS=False, CONV=False, SWIGLU=True, KW=1, KP=1, BN=bn["mlp"], BK=self._dk_d,
-                PDL=pdl, num_warps=warps(bn["mlp"], 2 * self._dk_d), **opts)
-            hf, dvf = self._dv_f
+                EMBED=False, HAS_BIAS=False, CONV=False, SWIGLU=True, KW=1, KP=1, BN=bn["mlp"], BK=self._d_cols,
+                PDL=pdl, num_warps=warps(bn["mlp"], 2 * self._d_cols), **opts)
+            hf, dvf = self._f_split
             _gemv_residual_kernel[(cdiv(D, bn["down"]), B)](
                 self.hidden, self.hidden, self.hidden, L.w_down, self.x, D, F, 0, 0, eps, HEAD_NORM=False,
                 H=hf, HP=pow2(hf), DV=dvf, BN=bn["down"], PDL=pdl, num_warps=warps(bn["down"], pow2(hf) * dvf),
@@ -364,7 +365,7 @@ class FusedDecoder:
         _norm_gemv_kernel[(cdiv(c.vocab_size, bn["head"]), B)](
             self.x, self.tokens, self.x, self.final_norm, self.head, self.logits, self.x, self.x, self.x, c.vocab_size,
             D, 0, eps, EMBED=False, HAS_BIAS=False, CONV=False, SWIGLU=False, KW=1, KP=1, BN=bn["head"],
-            BK=self._dk_d, PDL=pdl, num_warps=warps(bn["head"], self._dk_d), **opts)
+            BK=self._d_cols, PDL=pdl, num_warps=warps(bn["head"], self._d_cols), **opts)
         return self.logits
 
     def reset(self, state: State | None = None) -> None:

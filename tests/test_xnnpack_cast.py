@@ -4,7 +4,8 @@ A module that casts both ways around float16 work is lowered with the executorch
 may stay on the portable kernels, the program must run (loaded from a file, as on a device) and agree with eager
 PyTorch to float16 rounding (XNNPACK's float16 kernels may accumulate in float16). A dropped cast fails the
 lowering itself (XNNPACK's copy-removal pass once did that: the next op saw float32 where it was built for
-float16). Copies the original ExecuTorch code handles (channels-last conversions around a conv2d) must lower and run as before.
+float16). Copies the original ExecuTorch code handles (channels-last conversions around a conv2d) must lower and
+run as before.
 """
 
 from __future__ import annotations
