@@ -245,7 +245,7 @@ def bench_decode(results: dict, save, bw: float) -> None:
 
 
 def _time_decoder(dec, model, B: int, w_bytes: int, bw: float, n: int = 200) -> dict:
-    """Median-free mean of ``n`` graph replays (us per token), the floor, and the first token's error."""
+    """Mean time of ``n`` graph replays (us per token), the bandwidth floor, and the first token's error."""
     s_bytes = sum(t.numel() * t.element_size() for t in dec.states)
     tok = torch.randint(0, 256, (B,), device="cuda")
     with torch.no_grad():

@@ -20,7 +20,11 @@ import torch
 B, H, D = 1, 16, 128
 
 
-def bench_length(T: int, configs, pending, chunk_scan_fwd, do_bench) -> list[dict]:
+def bench_length(T: int, fwd) -> list[dict]:
+    """Every config of the forward module ``fwd`` (seqedge.kernels.chunk_scan_triton) at length T."""
+    from triton.testing import do_bench
+
+    configs, pending = fwd.FWD_CONFIGS + fwd.PENDING_CONFIGS, fwd.PENDING_CONFIGS
     gen = torch.Generator(device="cuda").manual_seed(T)
     q, k, v = (torch.randn(B, T, H, D, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(3))
     g = (-5 * torch.rand(B, T, H, D, device="cuda", generator=gen)).to(torch.bfloat16)
@@ -29,7 +33,7 @@ def bench_length(T: int, configs, pending, chunk_scan_fwd, do_bench) -> list[dic
     for cfg in configs:
         row = dict(T=T, config=repr(cfg), pending=cfg in pending)
         try:
-            run = lambda: chunk_scan_fwd(q, k, v, g, beta, None, D ** -0.5, cfg)  # noqa: B023 (used at once)
+            run = lambda: fwd.chunk_scan_fwd(q, k, v, g, beta, None, D ** -0.5, cfg)  # noqa: B023 (used at once)
             o, _ = run()
             if ref is None:
                 ref = o.float()
@@ -60,7 +64,6 @@ def main(argv=None) -> int:
         print("benchmarks/kernels_fwd_configs.py needs a CUDA GPU; none is visible", file=sys.stderr)
         return 2
     import triton
-    from triton.testing import do_bench
 
     from seqedge.kernels import chunk_scan_triton as fwd
 
@@ -68,8 +71,7 @@ def main(argv=None) -> int:
     for pps in (int(x) for x in args.programs_per_sm.split(",")):
         fwd.PROGRAMS_PER_SM = pps
         for T in (int(x) for x in args.lens.split(",")):
-            for row in bench_length(T, fwd.FWD_CONFIGS + fwd.PENDING_CONFIGS, fwd.PENDING_CONFIGS,
-                                    fwd.chunk_scan_fwd, do_bench):
+            for row in bench_length(T, fwd):
                 rows.append(dict(row, programs_per_sm=pps))
             torch.cuda.empty_cache()
     meta = dict(card=torch.cuda.get_device_name(), versions=dict(torch=torch.__version__, triton=triton.__version__),

@@ -17,6 +17,7 @@ the replacement is a subclass that behaves exactly as the original for what the 
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any
 
@@ -40,6 +41,7 @@ def _is_float_cast(node: torch.fx.Node) -> bool:
     return contiguous and src.is_contiguous() and dst.is_contiguous()
 
 
+@functools.cache
 def _config_class() -> type:
     from executorch.backends.xnnpack.partition.config.generic_node_configs import ToDimOrderCopyConfig
 
@@ -81,9 +83,6 @@ def _visitor_class() -> type:
     return CastVisitor
 
 
-_INSTALLED: list[type] = []
-
-
 def _keep_casts_in_copy_pass() -> None:
     """XNNPACK's ``RemoveRedundantCopyPass`` drops any copy whose input has the same memory format, which for a
     cast would change the dtype of everything after it; make it leave float casts alone."""
@@ -99,18 +98,15 @@ def _keep_casts_in_copy_pass() -> None:
     RemoveRedundantCopyPass._try_remove_regular_redundant_to_copy = try_remove
 
 
+@functools.cache
 def install() -> None:
     """Register :class:`CastVisitor` for ``aten._to_copy`` in ExecuTorch's XNNPACK visitor registry and keep
     XNNPACK's copy-removal pass off float casts (idempotent). Copies upstream already delegates (memory-format
-    changes) go through ExecuTorch's own code unchanged."""
-    if _INSTALLED:
-        return
+    changes) go through ExecuTorch's own code unchanged. Cached: the second call does nothing."""
     from executorch.backends.xnnpack.operators.node_visitor import register_node_visitor
 
-    visitor = _visitor_class()
-    register_node_visitor(visitor)
+    register_node_visitor(_visitor_class())
     _keep_casts_in_copy_pass()
-    _INSTALLED.append(visitor)
 
 
 def partitioner_configs(configs: list[type]) -> list[type]:
@@ -118,5 +114,4 @@ def partitioner_configs(configs: list[type]) -> list[type]:
     from executorch.backends.xnnpack.partition.config.generic_node_configs import ToDimOrderCopyConfig
 
     install()
-    cast = _config_class()
-    return [cast if c is ToDimOrderCopyConfig else c for c in configs]
+    return [_config_class() if c is ToDimOrderCopyConfig else c for c in configs]

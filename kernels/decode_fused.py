@@ -42,7 +42,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from seqedge.state import State
+from .decode_graph import StaticDecoder
 
 
 class FusedConfig(NamedTuple):
@@ -262,14 +262,14 @@ def _check_model(model, batch_size: int, capture: bool) -> None:
                          f"capture=False), for tests; use model.step on CPU")
 
 
-class FusedDecoder:
+class FusedDecoder(StaticDecoder):
     """Fused-kernel CUDA-graph decoder for a :class:`seqedge.model.SequentialAttentionModel` at a fixed batch size.
 
     Same interface as :class:`~seqedge.kernels.decode_graph.GraphDecoder`: ``reset``, ``step``, ``state`` and the
     static buffers ``states`` (per layer conv tail ``[B, C, K-1]``, scan state ``[B, H, dk, dv]``, float32),
     ``logits`` ``[B, V]`` float32 and ``graph``. The weights are read at construction: build a new decoder after
     changing them. ``capture=False`` skips the graph (``step`` then launches the kernels one by one, as
-    :meth:`step_eager`; for Triton's interpreter). ``programs``: GEMV programs per batch row to aim for (default:
+    the graph would hold; for Triton's interpreter). ``programs``: GEMV programs per batch row to aim for (default:
     the card's SM count); ``config`` one of :data:`FUSED_CONFIGS`; ``pdl``: programmatic dependent launch
     (default: on where the GPU has it, sm 9.0+), which lets each kernel load its weights while the previous one
     finishes.
@@ -311,26 +311,15 @@ class FusedDecoder:
         self._bv = min(config.block_v, c.head_v_dim)
         self.launches_per_step = 5 * c.num_layers + 1       # kernel launches the graph replays per token
         self.logits = torch.zeros(B, c.vocab_size, **f32)                                  # [B, V] static output
-        self.graph = None
-        if not capture:
-            return
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.no_grad(), torch.cuda.stream(side):
-            for _ in range(warmup):                          # compiles the kernels before capture
-                self.step_eager()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(self.graph):
-            self.step_eager()
-        self.reset()
+        if capture:
+            self._capture(warmup)
 
     @property
     def scratch(self) -> tuple[torch.Tensor, ...]:
         """Buffers every step rewrites before reading (tests poison them with NaN)."""
         return self.x, self.proj, self.o, self.hidden, self.logits
 
-    def step_eager(self) -> torch.Tensor:
+    def _body(self) -> torch.Tensor:
         """The launches of one step on the static buffers (what the graph holds): tokens -> logits ``[B, V]``."""
         c, B, bn, eps, pdl, opts = self.cfg, self.batch_size, self._bn, self.eps, self.pdl, self._launch
         C, R, H, D, F = c.conv_channels, c.gate_rank, c.num_heads, c.hidden_size, c.mlp_hidden_size
@@ -367,27 +356,3 @@ class FusedDecoder:
             D, 0, eps, EMBED=False, HAS_BIAS=False, CONV=False, SWIGLU=False, KW=1, KP=1, BN=bn["head"],
             BK=self._d_cols, PDL=pdl, num_warps=warps(bn["head"], self._d_cols), **opts)
         return self.logits
-
-    def reset(self, state: State | None = None) -> None:
-        """Load ``state`` (or zeros) into the static state buffers."""
-        if state is None:
-            for buf in self.states:
-                buf.zero_()
-            return
-        state.check(self.model.state_specs, self.model.fingerprint, self.batch_size)
-        for buf, t in zip(self.states, state.tensors):
-            buf.copy_(torch.as_tensor(t))
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens ``[B]`` -> logits ``[B, V]`` float32 (a static buffer: clone it to keep it past the next step)."""
-        if tuple(tokens.shape) != (self.batch_size,):
-            raise ValueError(f"tokens must have shape ({self.batch_size},), got {tuple(tokens.shape)}")
-        self.tokens.copy_(tokens)
-        if self.graph is None:
-            return self.step_eager()
-        self.graph.replay()
-        return self.logits
-
-    def state(self) -> State:
-        """A copy of the current state as a :class:`seqedge.state.State`."""
-        return State([t.clone() for t in self.states], self.model.state_specs, self.model.fingerprint)

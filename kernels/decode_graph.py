@@ -20,39 +20,29 @@ import torch
 from seqedge.state import State
 
 
-class GraphDecoder:
-    """CUDA-graph decoder for a :class:`seqedge.model.SequentialAttentionModel` at a fixed batch size."""
+class StaticDecoder:
+    """What both CUDA-graph decoders share: token and state buffers at fixed addresses, one step (``_body``,
+    defined by the subclass: tokens -> logits ``[B, V]`` in static buffers) captured in a graph, and
+    ``reset`` / ``step`` / ``state``. Subclasses set ``model``, ``batch_size``, ``tokens`` ``[B]`` and ``states``
+    before calling :meth:`_capture`."""
 
-    def __init__(self, model, batch_size: int, warmup: int = 2, compile: bool = False) -> None:
-        """``compile=True`` runs the step through ``torch.compile`` (Inductor fuses the elementwise work between
-        the matmuls into a few kernels) before capturing it: fewer, larger kernels per token, slower to build."""
-        device = model.embed.weight.device
-        if device.type != "cuda":
-            raise ValueError(f"GraphDecoder needs the model on a CUDA device, it is on {device}; "
-                             f"call model.cuda() first, or use model.step on CPU")
-        self.model = model
-        self.batch_size = batch_size
-        self._forward = model.forward_tensors
-        if compile:
-            self._forward = torch.compile(model.forward_tensors, fullgraph=True, dynamic=False)
-        self.tokens = torch.zeros(batch_size, dtype=torch.int64, device=device)            # [B]
-        self.states = [t.clone() for t in model.init_state(batch_size, device).tensors]    # static buffers
+    graph: torch.cuda.CUDAGraph | None = None
+
+    def _body(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _capture(self, warmup: int) -> None:
+        """Run the step ``warmup`` times on a side stream (compiles, allocates, picks kernels), then capture it."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.no_grad(), torch.cuda.stream(side):
-            for _ in range(warmup + (2 if compile else 0)):  # first calls compile, allocate, pick kernels
+            for _ in range(warmup):
                 self._body()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.no_grad(), torch.cuda.graph(self.graph):
             self.logits = self._body()                       # [B, V] static output
         self.reset()
-
-    def _body(self) -> torch.Tensor:
-        logits, new_states = self._forward(self.tokens[:, None], self.states, step=True)
-        for buf, new in zip(self.states, new_states):
-            buf.copy_(new)
-        return logits[:, 0]
 
     def reset(self, state: State | None = None) -> None:
         """Load ``state`` (or zeros) into the static state buffers."""
@@ -69,9 +59,37 @@ class GraphDecoder:
         if tuple(tokens.shape) != (self.batch_size,):
             raise ValueError(f"tokens must have shape ({self.batch_size},), got {tuple(tokens.shape)}")
         self.tokens.copy_(tokens)
+        if self.graph is None:                               # not captured (FusedDecoder in Triton's interpreter)
+            return self._body()
         self.graph.replay()
         return self.logits
 
     def state(self) -> State:
         """A copy of the current state as a :class:`seqedge.state.State`."""
         return State([t.clone() for t in self.states], self.model.state_specs, self.model.fingerprint)
+
+
+class GraphDecoder(StaticDecoder):
+    """CUDA-graph decoder for a :class:`seqedge.model.SequentialAttentionModel` at a fixed batch size."""
+
+    def __init__(self, model, batch_size: int, warmup: int = 2, compile: bool = False) -> None:
+        """``compile=True`` runs the step through ``torch.compile`` (Inductor fuses the elementwise work between
+        the matmuls into a few kernels) before capturing it: fewer, larger kernels per token, slower to build."""
+        device = model.embed.weight.device
+        if device.type != "cuda":
+            raise ValueError(f"GraphDecoder needs the model on a CUDA device, it is on {device}; "
+                             f"call model.cuda() first, or use model.step on CPU")
+        self.model = model
+        self.batch_size = batch_size
+        self._forward = model.forward_tensors
+        if compile:
+            self._forward = torch.compile(model.forward_tensors, fullgraph=True, dynamic=False)
+        self.tokens = torch.zeros(batch_size, dtype=torch.int64, device=device)            # [B]
+        self.states = [t.clone() for t in model.init_state(batch_size, device).tensors]    # static buffers
+        self._capture(warmup + (2 if compile else 0))        # compiling takes its own first calls
+
+    def _body(self) -> torch.Tensor:
+        logits, new_states = self._forward(self.tokens[:, None], self.states, step=True)
+        for buf, new in zip(self.states, new_states):
+            buf.copy_(new)
+        return logits[:, 0]

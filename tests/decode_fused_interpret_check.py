@@ -10,7 +10,6 @@ error) per check and exits non-zero on the first one over TOL.
 
 from __future__ import annotations
 
-import math
 import sys
 
 # first: importing it sets TRITON_INTERPRET=1 and patches the interpreter, before triton compiles anything
@@ -18,7 +17,7 @@ from kernels_interpret_check import rel
 
 import torch  # noqa: E402
 
-from seqedge.config import SequentialAttentionConfig  # noqa: E402
+from _kernel_cases import odd_decoder_config, randomize  # noqa: E402
 from seqedge.kernels.decode_fused import FUSED_CONFIGS, FusedDecoder, _head_split, block_n  # noqa: E402
 from seqedge.model import SequentialAttentionModel  # noqa: E402
 
@@ -30,18 +29,6 @@ CASES = [       # rule, conv_kernel, tied head: the delta case also covers a non
 ]
 
 
-def randomize(model: SequentialAttentionModel, seed: int) -> None:
-    """Trained-like weights: matrices ~ N(0, 1/fan_in); vectors (norms, skip, biases) shifted by N(0, 0.5)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if p.dim() == 1:
-                p.add_(0.5 * noise)
-            else:
-                p.copy_(noise / math.sqrt(p.shape[-1]))
-
-
 def check(name: str, err: float) -> None:
     print(f"{name} {err:.2e}", flush=True)
     if not err < TOL:
@@ -49,9 +36,7 @@ def check(name: str, err: float) -> None:
 
 
 def run_case(rule: str, kernel: int, tied: bool, B: int, cfg_id: int, programs: int) -> None:
-    cfg = SequentialAttentionConfig(hidden_size=64, num_layers=2, num_heads=2, head_k_dim=32, head_v_dim=64,
-                                    gate_rank=5, conv_kernel=kernel, update_rule=rule, tie_embeddings=tied,
-                                    mlp_multiple_of=16)
+    cfg = odd_decoder_config(rule, conv_kernel=kernel, tied=tied)
     torch.manual_seed(cfg_id)
     model = SequentialAttentionModel(cfg).eval()
     randomize(model, seed=7 + cfg_id)

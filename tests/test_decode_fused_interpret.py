@@ -8,13 +8,11 @@ on any machine with triton installed (see decode_fused_interpret_check.py). floa
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+
+from _kernel_cases import run_in_interpreter
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="needs triton for its CPU interpreter "
@@ -23,12 +21,7 @@ needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="needs triton for its C
 
 @needs_triton
 def test_fused_decoder_in_triton_interpreter():
-    script = Path(__file__).with_name("decode_fused_interpret_check.py")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600,
-                          cwd=Path(__file__).parent)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "ALL OK" in proc.stdout
+    proc = run_in_interpreter("decode_fused_interpret_check.py")
     # 2 configs x 2 rules at B=1, 2 runs at B=3, 1 more: 7 runs, 5 steps each, logits + 4 state tensors per step
     assert proc.stdout.count("\n") == 7 * 5 * 5 + 1, "every case must print its checks: none silently skipped"
 

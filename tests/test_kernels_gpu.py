@@ -13,6 +13,7 @@ import logging
 import pytest
 import torch
 
+from _kernel_cases import odd_decoder_config, randomize
 from seqedge.scan import chunked_scan, recurrent_step, reference_scan
 
 HAS_CUDA = torch.cuda.is_available()
@@ -298,27 +299,12 @@ def test_model_dispatches_to_kernel_on_cuda(caplog):
     assert _rel(got, ref) < 1e-4
 
 
-def _randomize(model, seed: int) -> None:
-    """Trained-like weights: matrices ~ N(0, 1/fan_in); vectors (norms, skip, biases) shifted by N(0, 0.5)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if p.dim() == 1:
-                p.add_(0.5 * noise)
-            else:
-                p.copy_(noise / p.shape[-1] ** 0.5)
-
-
 def _fused_config(name: str, rule: str):
     from seqedge.config import SequentialAttentionConfig
 
     if name == "small":
         return SequentialAttentionConfig.preset("small", update_rule=rule)
-    # odd sizes: dk != dv, gate_rank and conv tail not powers of two, untied head, masked GEMV tails
-    return SequentialAttentionConfig(hidden_size=64, num_layers=2, num_heads=2, head_k_dim=32, head_v_dim=64,
-                                     gate_rank=5, conv_kernel=3, update_rule=rule, tie_embeddings=False,
-                                     mlp_multiple_of=16)
+    return odd_decoder_config(rule)
 
 
 @pytest.fixture
@@ -347,7 +333,7 @@ def _fused_vs_references(name, rule, B, dtype, cfg_id, steps=6, pdl=None):
     cfg = _fused_config(name, rule)
     torch.manual_seed(0)
     model = SequentialAttentionModel(cfg)
-    _randomize(model, seed=1)
+    randomize(model, seed=1)
     model = model.to("cuda", dtype).eval()
     ref_model = SequentialAttentionModel(cfg).cuda().eval()
     ref_model.load_state_dict({k: v.float() for k, v in model.state_dict().items()})

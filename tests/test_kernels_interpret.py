@@ -8,22 +8,15 @@ formula in a kernel fails here before a GPU is ever involved. float32 only (see 
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+
+from _kernel_cases import run_in_interpreter
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton for its CPU interpreter (pip install triton==3.6.0)")
 def test_kernels_in_triton_interpreter():
-    script = Path(__file__).with_name("kernels_interpret_check.py")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600,
-                          cwd=Path(__file__).parent)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "ALL OK" in proc.stdout
+    proc = run_in_interpreter("kernels_interpret_check.py")
     assert proc.stdout.count("\n") > 40        # every case printed a line: nothing was silently skipped
