@@ -1,17 +1,20 @@
 """Triton backward of the gated chunked scan, the CUDA path of ``seqedge::chunk_scan_gated_bwd``.
 
 Imported only on the CUDA path (imports triton at top level). With ``b`` the within-chunk cumulative log-gates,
-``kt = beta * k`` and the scan ``S_t = diag(exp g_t) S_{t-1} + kt_t^T v_t``, ``o_t = scale q_t S_t``, three
+``kt = beta * k`` and the scan ``S_t = diag(exp g_t) S_{t-1} + kt_t^T v_t``, ``o_t = scale q_t S_t``, five
 launches give every gradient:
 
+0. The forward's prepass (``chunk_scan_triton._chunk_prep_kernel``, all chunks in parallel): everything of a
+   chunk that does not depend on the state, ``qt = scale q exp(b)``, ``kt exp(b_C - b)``, the masked intra-chunk
+   scores ``A`` and the chunk's log-decay ``b_C``, in the inputs' dtype. The sequential kernels below then only
+   load operands and do one dot per chunk (recomputing them per state block cost 2x the time).
 1. ``_states_kernel`` (forward in time): the state entering each chunk, ``states[n]``, and the final state at
    ``states[N]``. Rows of S are independent under diagonal gates, so programs split both state dims.
 2. ``_dstates_kernel`` (backward in time): ``dstates[n]``, the gradient of the loss with respect to the state
    leaving chunk n through everything after it: ``dS_{n-1} = diag(exp b_C) dS_n + scale sum_t (q_t exp b_t)^T do_t``,
    starting from the gradient of the final state; what is left at the start is the initial state's gradient.
 3. ``_grads_qk_kernel`` and ``_grads_v_kernel`` (all chunks in parallel, split over key or value columns so the
-   tiles fit in shared memory): inside a chunk, with ``P = do v^T`` and
-   ``A`` the decayed scores of the forward,
+   tiles fit in shared memory): inside a chunk, with ``P = do v^T``,
    ``dq = scale (exp(b) * do S_prev^T + sum_s P[t, s] kt_s exp(b_t - b_s))``,
    ``dkt = exp(b_C - b) * v dS^T + scale sum_t P[t, s] q_t exp(b_t - b_s)``,
    ``dv = A^T do + (kt exp(b_C - b)) dS``, and for the gates, since the loss sees b only through
@@ -20,7 +23,9 @@ launches give every gradient:
    blocks, as in the forward (:mod:`seqedge.kernels.chunk_scan_triton`), so nothing overflows for g >= -5.
 
 Chunk states are stored in the inputs' dtype (bf16 halves that traffic; float32 inputs keep float32 states):
-``(N + 1) * dk * dv`` values per (batch, head) each for ``states`` and ``dstates``.
+``(N + 1) * dk * dv`` values per (batch, head) each for ``states`` and ``dstates``, with the prepass's operands
+about 42 KB per token at B=1, H=16, head dims 128, bf16. :func:`chunk_scan_bwd_segmented` bounds that by taking
+the sequence in pieces (``seqedge.kernels.ops`` does when it would pass a fraction of the card's memory).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class BwdConfig:
     block_v: int = 64
     grad_block_k: int = 64     # gradient kernels: key and value columns per program (bounds shared memory)
     grad_block_v: int = 64
+    prep_warps: int = 2        # the prepass launch (the forward's _chunk_prep_kernel)
 
     def __post_init__(self) -> None:
         if self.chunk % 16 or self.chunk <= 0:
@@ -54,23 +60,26 @@ class BwdConfig:
 
 
 # Short on purpose: every entry is run and checked by tests/test_kernels_gpu.py, not only the one picked.
-# benchmarks/kernels_tune.py (H200, T=65,536, B=1, H=16, D=128, bf16): chunk 32 / 4 warps / 64-column gradient
-# blocks 15.2 ms; 8 warps 22 ms; 32-column blocks 21.5 ms; chunk 64 26.6 ms (and chunk 64 with 64-column blocks
-# needs 233 KB of shared memory at float32, over the H100/H200's 227 KB).
+# benchmarks/kernels_bwd_configs.py (H200, T=65,536, B=1, H=16, D=128, bf16; results/kernels_bwd_configs.md):
+# 6.60 ms with 64x64 state blocks, 7.51 ms with 32x64. Before the prepass (the sequential kernels recomputed the
+# cumulative gates and decays per state block) the same two took 12.3 and 16.0 ms; 8-warp gradient kernels,
+# 32-column gradient blocks and chunk 64 were slower still (kernels_tune.md), and chunk 64 with 64-column blocks
+# needs 233 KB of shared memory at float32, over the H100/H200's 227 KB.
 BWD_CONFIGS: tuple[BwdConfig, ...] = (
+    BwdConfig(chunk=32, num_warps=4, block_k=64, block_v=64),
     BwdConfig(chunk=32, num_warps=4),
-    BwdConfig(chunk=32, num_warps=4, block_k=16, block_v=32),
 )
 
 
 @triton.jit
-def _states_kernel(k, v, g, beta, s0, states, seg_state, seg_decay, T, H, NC, NSEG, PER, SEG_CHUNKS, NSUM,
+def _states_kernel(v, kt, decay, s0, states, seg_state, seg_decay, T, H, NC, NSEG, PER, SEG_CHUNKS, NSUM,
                    DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
                    HAS_INIT: tl.constexpr, SUMMARY: tl.constexpr, PREC: tl.constexpr):
     """One (batch*head, segment) x (key block, value block): forward in time over the segment's chunks.
 
     SUMMARY: from zero, the segment's local final state and total log-decay into slot ``i_s``. Otherwise: from
     the joined state entering the segment, write ``states[n]`` for each of its chunks (and ``states[NC]``).
+    The decayed keys ``kt`` and the chunk decays come from the prepass.
     """
     i_bh = tl.program_id(0) // PER
     i_s = tl.program_id(0) % PER
@@ -78,13 +87,11 @@ def _states_kernel(k, v, g, beta, s0, states, seg_state, seg_decay, T, H, NC, NS
     i_v = tl.program_id(2)
     i_b = i_bh // H
     i_h = i_bh % H
-    DT = k.dtype.element_ty
     rk = i_k * BK + tl.arange(0, BK)
     rv = i_v * BV + tl.arange(0, BV)
     rc = tl.arange(0, C)
     qk_base = i_b.to(tl.int64) * T * H * DK + i_h * DK
     v_base = i_b.to(tl.int64) * T * H * DV + i_h * DV
-    be_base = i_b.to(tl.int64) * T * H + i_h
     st_off = rk[:, None] * DV + rv[None, :]
     st_base = i_bh.to(tl.int64) * (NC + 1) * DK * DV
     S = tl.zeros([BK, BV], dtype=tl.float32)
@@ -101,14 +108,10 @@ def _states_kernel(k, v, g, beta, s0, states, seg_state, seg_decay, T, H, NC, NS
         rows = n * C + rc
         m = rows < T
         off_k = qk_base + rows[:, None].to(tl.int64) * (H * DK) + rk[None, :]
-        b_k = tl.load(k + off_k, mask=m[:, None], other=0.0).to(tl.float32)
-        b_g = tl.load(g + off_k, mask=m[:, None], other=0.0).to(tl.float32)
         b_v = tl.load(v + v_base + rows[:, None].to(tl.int64) * (H * DV) + rv[None, :], mask=m[:, None], other=0.0)
-        b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=m, other=0.0).to(tl.float32)
-        b_b = tl.cumsum(b_g, axis=0)
-        b_last = tl.sum(b_g, axis=0)
+        k_dec = tl.load(kt + off_k, mask=m[:, None], other=0.0)
+        b_last = tl.load(decay + (i_bh.to(tl.int64) * NC + n) * DK + rk)
         D_acc += b_last
-        k_dec = (b_k * b_beta[:, None] * tl.exp(b_last[None, :] - b_b)).to(DT)
         S = tl.exp(b_last)[:, None] * S + tl.dot(tl.trans(k_dec), b_v, input_precision=PREC)
     if SUMMARY:
         idx = i_bh.to(tl.int64) * NSUM + i_s
@@ -120,15 +123,15 @@ def _states_kernel(k, v, g, beta, s0, states, seg_state, seg_decay, T, H, NC, NS
 
 
 @triton.jit
-def _dstates_kernel(q, g, do, dfinal, dstates, ds0, seg_state, seg_decay, T, H, NC, NSEG, PER, OFF, SEG_CHUNKS,
-                    NSUM, scale,
-                    DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
+def _dstates_kernel(qt, decay, do, dfinal, dstates, ds0, seg_state, seg_decay, T, H, NC, NSEG, PER, OFF, SEG_CHUNKS,
+                    NSUM, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
                     SUMMARY: tl.constexpr, PREC: tl.constexpr):
     """One (batch*head, segment) x (key block, value block): backward in time over the segment's chunks.
 
     SUMMARY (segments 1 and later): from zero, the segment's local gradient and total log-decay into slot
     ``i_s - 1``. Otherwise: from the gradient leaving the segment (joined, or the final state's for the last
     segment), write ``dstates[n]`` for each chunk; the first segment also writes the initial state's gradient.
+    The decayed, scaled queries ``qt`` and the chunk decays come from the prepass.
     """
     i_bh = tl.program_id(0) // PER
     i_s = tl.program_id(0) % PER + OFF
@@ -136,7 +139,7 @@ def _dstates_kernel(q, g, do, dfinal, dstates, ds0, seg_state, seg_decay, T, H, 
     i_v = tl.program_id(2)
     i_b = i_bh // H
     i_h = i_bh % H
-    DT = q.dtype.element_ty
+    DT = qt.dtype.element_ty
     rk = i_k * BK + tl.arange(0, BK)
     rv = i_v * BV + tl.arange(0, BV)
     rc = tl.arange(0, C)
@@ -160,13 +163,10 @@ def _dstates_kernel(q, g, do, dfinal, dstates, ds0, seg_state, seg_decay, T, H, 
         rows = n * C + rc
         m = rows < T
         off_k = qk_base + rows[:, None].to(tl.int64) * (H * DK) + rk[None, :]
-        b_q = tl.load(q + off_k, mask=m[:, None], other=0.0).to(tl.float32)
-        b_g = tl.load(g + off_k, mask=m[:, None], other=0.0).to(tl.float32)
         b_do = tl.load(do + v_base + rows[:, None].to(tl.int64) * (H * DV) + rv[None, :], mask=m[:, None], other=0.0)
-        b_b = tl.cumsum(b_g, axis=0)
-        b_last = tl.sum(b_g, axis=0)
+        q_dec = tl.load(qt + off_k, mask=m[:, None], other=0.0)
+        b_last = tl.load(decay + (i_bh.to(tl.int64) * NC + n) * DK + rk)
         D_acc += b_last
-        q_dec = (b_q * scale * tl.exp(b_b)).to(DT)
         dS = tl.exp(b_last)[:, None] * dS + tl.dot(tl.trans(q_dec), b_do.to(DT), input_precision=PREC)
     if SUMMARY:
         idx = i_bh.to(tl.int64) * NSUM + i_s - 1
@@ -181,7 +181,12 @@ def _dstates_kernel(q, g, do, dfinal, dstates, ds0, seg_state, seg_decay, T, H, 
 def _grads_qk_kernel(q, k, v, g, beta, do, states, dstates, dq, dk, dg, dbeta_part, T, H, NC, scale,
                      DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
                      PREC: tl.constexpr):
-    """dq, dk, dg and this key block's share of dbeta, for one (batch*head, chunk, key block)."""
+    """dq, dk, dg and this key block's share of dbeta, for one (batch*head, chunk, key block).
+
+    The value columns are walked once, for the terms through the states and for ``P = do v^T``; the intra-chunk
+    terms then take P whole, one 16-token block of keys (for dq) or queries (for dk) at a time, each with its
+    exponents referenced to that block's middle.
+    """
     i_bh = tl.program_id(0)
     i_n = tl.program_id(1)
     i_k = tl.program_id(2)
@@ -190,7 +195,6 @@ def _grads_qk_kernel(q, k, v, g, beta, do, states, dstates, dq, dk, dg, dbeta_pa
     DT = q.dtype.element_ty
     rk = i_k * BK + tl.arange(0, BK)
     rc = tl.arange(0, C)
-    r16 = tl.arange(0, 16)
     rv0 = tl.arange(0, BV)
     qk_base = i_b.to(tl.int64) * T * H * DK + i_h * DK
     v_base = i_b.to(tl.int64) * T * H * DV + i_h * DV
@@ -201,16 +205,11 @@ def _grads_qk_kernel(q, k, v, g, beta, do, states, dstates, dq, dk, dg, dbeta_pa
     rows = t0 + rc
     m = rows < T
     off_k = qk_base + rows[:, None].to(tl.int64) * (H * DK) + rk[None, :]
-    b_g = tl.load(g + off_k, mask=m[:, None], other=0.0).to(tl.float32)
-    b_b = tl.cumsum(b_g, axis=0)                                               # [C, BK]
-    b_last = tl.sum(b_g, axis=0)                                               # [BK]
-    b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=m, other=0.0).to(tl.float32)
 
-    dq_inter = tl.zeros([C, BK], dtype=tl.float32)    # do S_prev^T, scaled by exp(b) at the end
-    dq_acc = tl.zeros([C, BK], dtype=tl.float32)      # intra-chunk part of dq (without scale)
-    dkt_acc = tl.zeros([C, BK], dtype=tl.float32)     # dkt, diagonal terms added at the end
+    dq_acc = tl.zeros([C, BK], dtype=tl.float32)      # do S_prev^T, then the intra-chunk terms (all without scale)
+    dkt_acc = tl.zeros([C, BK], dtype=tl.float32)     # v dS^T, then the intra-chunk terms
     carry = tl.zeros([BK], dtype=tl.float32)          # rowsum(dS * S_end): the gates' gradient from later tokens
-    p_diag = tl.zeros([C], dtype=tl.float32)          # do_t . v_t: kept apart, its terms in dg cancel exactly
+    p = tl.zeros([C, C], dtype=tl.float32)            # P[t, s] = do_t . v_s
     for i_v in range(0, DV // BV):
         rv = i_v * BV + rv0
         off_v = v_base + rows[:, None].to(tl.int64) * (H * DV) + rv[None, :]
@@ -221,40 +220,34 @@ def _grads_qk_kernel(q, k, v, g, beta, do, states, dstates, dq, dk, dg, dbeta_pa
         dS = tl.load(dstates + st_base + st_off)                                # [BK, BV]
         S_end = tl.load(states + st_base + DK * DV + st_off).to(tl.float32)
         carry += tl.sum(dS.to(tl.float32) * S_end, axis=1)
-        p_diag += tl.sum(b_do.to(tl.float32) * b_v.to(tl.float32), axis=1)
-        dq_inter += tl.dot(b_do, tl.trans(S_prev), input_precision=PREC)
-        dkt_acc += tl.exp(b_last[None, :] - b_b) * tl.dot(b_v, tl.trans(dS.to(DT)), input_precision=PREC)
-        for j in tl.static_range(C // _SUB):
-            rows_j = t0 + j * _SUB + r16
-            m_j = rows_j < T
-            off_kj = qk_base + rows_j[:, None].to(tl.int64) * (H * DK) + rk[None, :]
-            off_vj = v_base + rows_j[:, None].to(tl.int64) * (H * DV) + rv[None, :]
-            g_j = tl.load(g + off_kj, mask=m_j[:, None], other=0.0).to(tl.float32)           # [16, BK]
-            k_j = tl.load(k + off_kj, mask=m_j[:, None], other=0.0).to(tl.float32)
-            q_j = tl.load(q + off_kj, mask=m_j[:, None], other=0.0).to(tl.float32)
-            beta_j = tl.load(beta + be_base + rows_j.to(tl.int64) * H, mask=m_j, other=0.0).to(tl.float32)
-            v_j = tl.load(v + off_vj, mask=m_j[:, None], other=0.0).to(DT)                    # [16, BV]
-            do_j = tl.load(do + off_vj, mask=m_j[:, None], other=0.0).to(DT)                  # [16, BV]
-            pre = tl.sum(tl.where(rc[:, None] < j * _SUB, b_g, 0.0), axis=0)                  # [BK]
-            b_j = pre[None, :] + tl.cumsum(g_j, axis=0)                                       # [16, BK]
-            mid = tl.sum(tl.where(r16[:, None] == _SUB // 2, b_j, 0.0), axis=0)                # [BK]
-            up = tl.exp(tl.minimum(b_b - mid[None, :], 40.0))          # exp(b_t - mid), rows t before j masked
-            down = tl.exp(tl.minimum(mid[None, :] - b_b, 40.0))        # exp(mid - b_s), rows s after j masked
-            kk_j = (k_j * beta_j[:, None] * tl.exp(mid[None, :] - b_j)).to(DT)               # [16, BK]
-            qq_j = (q_j * tl.exp(b_j - mid[None, :])).to(DT)                                 # [16, BK]
-            # columns s in block j: P[t, s] = do_t . v_s for t > s
-            strict_c = rc[:, None] > j * _SUB + r16[None, :]                                  # [C, 16]
-            p_c = tl.where(strict_c, tl.dot(b_do, tl.trans(v_j), input_precision=PREC), 0.0)   # [C, 16]
-            dq_acc += up * tl.dot(p_c.to(DT), kk_j, input_precision=PREC)
-            # rows t in block j: P[t, s] for s < t, as its transpose [C(s), 16(t)]
-            strict_r = j * _SUB + r16[None, :] > rc[:, None]
-            p_r = tl.where(strict_r, tl.dot(b_v, tl.trans(do_j), input_precision=PREC), 0.0)
-            dkt_acc += scale * down * tl.dot(p_r.to(DT), qq_j, input_precision=PREC)
+        p += tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
+        dq_acc += tl.dot(b_do, tl.trans(S_prev), input_precision=PREC)
+        dkt_acc += tl.dot(b_v, tl.trans(dS.to(DT)), input_precision=PREC)
 
+    b_g = tl.load(g + off_k, mask=m[:, None], other=0.0).to(tl.float32)
+    b_b = tl.cumsum(b_g, axis=0)                                               # [C, BK]
+    b_last = tl.sum(b_g, axis=0)                                               # [BK]
+    b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=m, other=0.0).to(tl.float32)
     b_q = tl.load(q + off_k, mask=m[:, None], other=0.0).to(tl.float32)
     b_k = tl.load(k + off_k, mask=m[:, None], other=0.0).to(tl.float32)
     kt = b_k * b_beta[:, None]
-    d_q = scale * (tl.exp(b_b) * dq_inter + dq_acc)                # every term but the diagonal s = t
+    dq_acc = tl.exp(b_b) * dq_acc
+    dkt_acc = tl.exp(b_last[None, :] - b_b) * dkt_acc
+    p_diag = tl.sum(tl.where(rc[:, None] == rc[None, :], p, 0.0), axis=1)     # do_t . v_t: its terms in dg cancel
+    p_low = tl.where(rc[:, None] > rc[None, :], p, 0.0).to(DT)                 # strictly causal: t > s
+    for j in tl.static_range(C // _SUB):
+        in_j = (rc >= j * _SUB) & (rc < j * _SUB + _SUB)
+        mid = tl.sum(tl.where(rc[:, None] == j * _SUB + _SUB // 2, b_b, 0.0), axis=0)   # [BK]
+        # exp(b_t - mid) for t at or after block j and exp(mid - b_s) for s in it are at most exp(40) (g >= -5);
+        # the clamps only keep the factors of rows the causal mask drops finite
+        up = tl.exp(tl.minimum(b_b - mid[None, :], 40.0))
+        down = tl.exp(tl.minimum(mid[None, :] - b_b, 40.0))
+        kk_j = tl.where(in_j[:, None], kt * down, 0.0).to(DT)      # keys of block j
+        qq_j = tl.where(in_j[:, None], b_q * up, 0.0).to(DT)       # queries of block j
+        dq_acc += up * tl.dot(p_low, kk_j, input_precision=PREC)
+        dkt_acc += scale * down * tl.dot(tl.trans(p_low), qq_j, input_precision=PREC)
+
+    d_q = scale * dq_acc                                           # every term but the diagonal s = t
     d_b = b_q * d_q - kt * dkt_acc
     d_q += scale * p_diag[:, None] * kt
     dkt_acc += scale * p_diag[:, None] * b_q
@@ -267,59 +260,37 @@ def _grads_qk_kernel(q, k, v, g, beta, do, states, dstates, dq, dk, dg, dbeta_pa
 
 
 @triton.jit
-def _grads_v_kernel(q, k, g, beta, do, dstates, dv, T, H, NC, scale,
-                    DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
-                    PREC: tl.constexpr):
-    """dv for one (batch*head, chunk, value block): ``A^T do`` inside the chunk plus ``(kt exp(b_C - b)) dS``."""
+def _grads_v_kernel(kt, A, do, dstates, dv, T, H, NC,
+                         DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
+                         PREC: tl.constexpr):
+    """dv for one (batch*head, chunk, value block) from the prepass's scores and decayed keys:
+    ``A^T do + kt dS``."""
     i_bh = tl.program_id(0)
     i_n = tl.program_id(1)
     i_v = tl.program_id(2)
     i_b = i_bh // H
     i_h = i_bh % H
-    DT = q.dtype.element_ty
+    DT = kt.dtype.element_ty
     rc = tl.arange(0, C)
-    r16 = tl.arange(0, 16)
     rk0 = tl.arange(0, BK)
     rv = i_v * BV + tl.arange(0, BV)
     qk_base = i_b.to(tl.int64) * T * H * DK + i_h * DK
     v_base = i_b.to(tl.int64) * T * H * DV + i_h * DV
-    be_base = i_b.to(tl.int64) * T * H + i_h
     st_base = i_bh.to(tl.int64) * (NC + 1) * DK * DV + i_n.to(tl.int64) * DK * DV
-
-    t0 = i_n * C
-    rows = t0 + rc
+    idx = i_bh.to(tl.int64) * NC + i_n
+    rows = i_n * C + rc
     m = rows < T
-    b_do = tl.load(do + v_base + rows[:, None].to(tl.int64) * (H * DV) + rv[None, :], mask=m[:, None],
-                   other=0.0).to(DT)                                                    # [C, BV]
-    for j in tl.static_range(C // _SUB):
-        rows_j = t0 + j * _SUB + r16
-        m_j = rows_j < T
-        beta_j = tl.load(beta + be_base + rows_j.to(tl.int64) * H, mask=m_j, other=0.0).to(tl.float32)
-        a_c = tl.zeros([C, 16], dtype=tl.float32)
-        dv_j = tl.zeros([16, BV], dtype=tl.float32)
-        for i_k in range(0, DK // BK):
-            rk = i_k * BK + rk0
-            off_k = qk_base + rows[:, None].to(tl.int64) * (H * DK) + rk[None, :]
-            off_kj = qk_base + rows_j[:, None].to(tl.int64) * (H * DK) + rk[None, :]
-            b_g = tl.load(g + off_k, mask=m[:, None], other=0.0).to(tl.float32)               # [C, BK]
-            b_q = tl.load(q + off_k, mask=m[:, None], other=0.0).to(tl.float32)
-            g_j = tl.load(g + off_kj, mask=m_j[:, None], other=0.0).to(tl.float32)           # [16, BK]
-            k_j = tl.load(k + off_kj, mask=m_j[:, None], other=0.0).to(tl.float32)
-            b_b = tl.cumsum(b_g, axis=0)
-            b_last = tl.sum(b_g, axis=0)
-            pre = tl.sum(tl.where(rc[:, None] < j * _SUB, b_g, 0.0), axis=0)
-            b_j = pre[None, :] + tl.cumsum(g_j, axis=0)
-            mid = tl.sum(tl.where(r16[:, None] == _SUB // 2, b_j, 0.0), axis=0)
-            up = tl.exp(tl.minimum(b_b - mid[None, :], 40.0))
-            kk_j = (k_j * beta_j[:, None] * tl.exp(mid[None, :] - b_j)).to(DT)
-            a_c += tl.dot((b_q * up).to(DT), tl.trans(kk_j), input_precision=PREC)             # [C, 16]
-            dS = tl.load(dstates + st_base + rk[:, None] * DV + rv[None, :]).to(DT)          # [BK, BV]
-            kt_end_j = (k_j * beta_j[:, None] * tl.exp(b_last[None, :] - b_j)).to(DT)
-            dv_j += tl.dot(kt_end_j, dS, input_precision=PREC)
-        a_c = tl.where(rc[:, None] >= j * _SUB + r16[None, :], a_c, 0.0) * scale
-        dv_j += tl.dot(tl.trans(a_c.to(DT)), b_do, input_precision=PREC)
-        tl.store(dv + v_base + rows_j[:, None].to(tl.int64) * (H * DV) + rv[None, :],
-                 dv_j.to(dv.dtype.element_ty), mask=m_j[:, None])
+    off_v = v_base + rows[:, None].to(tl.int64) * (H * DV) + rv[None, :]
+    b_do = tl.load(do + off_v, mask=m[:, None], other=0.0).to(DT)                     # [C, BV]
+    b_a = tl.load(A + idx * C * C + rc[:, None] * C + rc[None, :])                     # [C(t), C(s)]
+    acc = tl.dot(tl.trans(b_a), b_do, input_precision=PREC)                            # [C(s), BV]
+    for i_k in range(0, DK // BK):
+        rk = i_k * BK + rk0
+        b_kt = tl.load(kt + qk_base + rows[:, None].to(tl.int64) * (H * DK) + rk[None, :], mask=m[:, None],
+                       other=0.0)                                                      # [C, BK]
+        dS = tl.load(dstates + st_base + rk[:, None] * DV + rv[None, :]).to(DT)        # [BK, BV]
+        acc += tl.dot(b_kt, dS, input_precision=PREC)
+    tl.store(dv + off_v, acc.to(dv.dtype.element_ty), mask=m[:, None])
 
 
 def chunk_scan_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
@@ -348,9 +319,15 @@ def chunk_scan_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.T
     nsum = max(n_seg - 1, 1)
     seg_state = torch.empty(B * H, nsum, DK, DV, dtype=torch.float32, device=q.device)
     seg_decay = torch.empty(B * H, nsum, DK, dtype=torch.float32, device=q.device)
+    # the prepass: qt = q*scale*exp(b), kt = beta k exp(b_C - b), the scores A and the chunk decays b_C
+    qt, kt = torch.empty_like(k), torch.empty_like(k)
+    A = torch.empty(B * H, NC, C, C, dtype=k.dtype, device=q.device)
+    decay = torch.empty(B * H, NC, DK, dtype=torch.float32, device=q.device)
+    _fwd._chunk_prep_kernel[(NC, B * H)](q, k, g, beta, qt, kt, A, decay, T, H, NC, scale, DK=DK, C=C, PREC=prec,
+                                         num_warps=config.prep_warps)
     blocks = dict(DK=DK, DV=DV, BK=BK, BV=BV, C=C, PREC=prec, num_warps=4)
-    st_args = (k, v, g, beta, s0, states, seg_state, seg_decay, T, H, NC, n_seg)
-    ds_args = (q, g, do, dfinal, dstates, ds0, seg_state, seg_decay, T, H, NC, n_seg)
+    st_args = (v, kt, decay, s0, states, seg_state, seg_decay, T, H, NC, n_seg)
+    ds_args = (qt, decay, do, dfinal, dstates, ds0, seg_state, seg_decay, T, H, NC, n_seg)
     has_init = initial_state is not None
     if n_seg > 1:
         _states_kernel[(B * H * (n_seg - 1), DK // BK, DV // BV)](
@@ -360,18 +337,18 @@ def chunk_scan_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.T
         *st_args, n_seg, seg_chunks, nsum, HAS_INIT=has_init, SUMMARY=False, **blocks)
     if n_seg > 1:      # seg_state is free again: the gradient's summaries of segments 1.. go to slots 0..
         _dstates_kernel[(B * H * (n_seg - 1), DK // BK, DV // BV)](
-            *ds_args, n_seg - 1, 1, seg_chunks, nsum, scale, SUMMARY=True, **blocks)
+            *ds_args, n_seg - 1, 1, seg_chunks, nsum, SUMMARY=True, **blocks)
         _fwd.join_segments(seg_state, seg_decay, dfinal, reverse=True)
     _dstates_kernel[(B * H * n_seg, DK // BK, DV // BV)](
-        *ds_args, n_seg, 0, seg_chunks, nsum, scale, SUMMARY=False, **blocks)
+        *ds_args, n_seg, 0, seg_chunks, nsum, SUMMARY=False, **blocks)
     dq, dk, dv, dg = (torch.empty_like(x) for x in (q, k, v, g))
     GK, GV = min(config.grad_block_k, DK), min(config.grad_block_v, DV)
     dbeta_part = torch.empty(DK // GK, B, T, H, dtype=torch.float32, device=q.device)
     _grads_qk_kernel[(B * H, NC, DK // GK)](q, k, v, g, beta, do, states, dstates, dq, dk, dg, dbeta_part, T, H, NC,
                                              scale, DK=DK, DV=DV, BK=GK, BV=GV, C=C, PREC=prec,
                                              num_warps=config.num_warps)
-    _grads_v_kernel[(B * H, NC, DV // GV)](q, k, g, beta, do, dstates, dv, T, H, NC, scale, DK=DK, DV=DV, BK=GK,
-                                            BV=GV, C=C, PREC=prec, num_warps=config.num_warps)
+    _grads_v_kernel[(B * H, NC, DV // GV)](kt, A, do, dstates, dv, T, H, NC, DK=DK, DV=DV, BK=GK, BV=GV, C=C,
+                                            PREC=prec, num_warps=config.num_warps)
     return dq, dk, dv, dg, dbeta_part.sum(0).to(beta.dtype), ds0
 
 
@@ -385,3 +362,42 @@ def pick_bwd_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.
     return fastest(BWD_CONFIGS, shape_class(q, v), _PICKED,
                    lambda cfg: chunk_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale, cfg),
                    warmup=3, rep=10)
+
+
+def workspace_bytes_per_token(q: torch.Tensor, v: torch.Tensor, chunk: int = 32) -> float:
+    """Bytes the backward allocates per token of the sequence (all batch rows and heads): the chunk states and
+    their gradients, the prepass's operands and scores, the chunk decays and dbeta's partial sums."""
+    B, _, H, DK = q.shape
+    DV = v.shape[-1]
+    per_elem = 2 * DK * DV / chunk + 2 * DK + chunk
+    return B * H * (q.element_size() * per_elem + 4 * DK / chunk + 4 * max(DK // 64, 1))
+
+
+def chunk_scan_bwd_segmented(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
+                             beta: torch.Tensor, initial_state: torch.Tensor | None, do: torch.Tensor,
+                             dfinal: torch.Tensor, scale: float, seg_tokens: int, config: BwdConfig,
+                             fwd_config: _fwd.ScanConfig) -> tuple[torch.Tensor, ...]:
+    """:func:`chunk_scan_bwd` over the sequence in pieces of ``seg_tokens``, so the workspace is bounded by the
+    piece, not by T (batch 8 at T=131,072 would otherwise need tens of GB of chunk states).
+
+    A forward pass (``fwd_config``) over every piece but the last gives the state entering each piece; the
+    pieces' backwards then run last to first, each handing its initial state's gradient to the one before.
+    Costs that extra forward and a copy of each piece (slices along T are not contiguous when B > 1).
+    """
+    T = q.shape[1]
+    if T <= seg_tokens:
+        return chunk_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale, config)
+    starts = list(range(0, T, seg_tokens))
+    piece = lambda x, t0: x[:, t0:t0 + seg_tokens].contiguous()       # noqa: E731
+    entering = [initial_state]
+    for t0 in starts[:-1]:
+        _, state = _fwd.chunk_scan_fwd(*(piece(x, t0) for x in (q, k, v, g, beta)), entering[-1], scale, fwd_config)
+        entering.append(state)
+    grads = [torch.empty_like(x) for x in (q, k, v, g, beta)]
+    d_state = dfinal
+    for t0, s_in in zip(reversed(starts), reversed(entering)):
+        *got, d_state = chunk_scan_bwd(*(piece(x, t0) for x in (q, k, v, g, beta)), s_in, piece(do, t0), d_state,
+                                       scale, config)
+        for dst, src in zip(grads, got):
+            dst[:, t0:t0 + seg_tokens] = src
+    return (*grads, d_state)

@@ -2,7 +2,8 @@
 
 ``seqedge::chunk_scan_gated``   forward: Triton on CUDA, the chunked PyTorch form on every other device.
 ``seqedge::chunk_scan_gated_bwd`` backward: Triton on CUDA (:mod:`seqedge.kernels.chunk_scan_bwd_triton`: chunk
-    states, reverse state gradients, then every chunk's gradients in parallel). On every other device it
+    states, reverse state gradients, then every chunk's gradients in parallel; long batched sequences in pieces,
+    so the workspace stays within BWD_WORKSPACE_FRACTION of the card's memory). On every other device it
     recomputes the scan with the chunked PyTorch form and differentiates that with autograd, segment by segment
     in reverse, so memory stays bounded by one segment: the reference the Triton backward is tested against.
 ``seqedge::step_scan``          one decode step, in place on the state: Triton on CUDA, PyTorch elsewhere.
@@ -24,6 +25,11 @@ from seqedge.scan import chunked_scan, recurrent_step
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 BWD_SEGMENT = 8192  # tokens recomputed at once by the backward (bounds its memory)
+# CUDA backward: the sequence is taken in pieces when its workspace (chunk states and their gradients, about
+# 42 KB per token at B=1, H=16, head dims 128, bf16) would pass this fraction of the card's memory; pieces are
+# never shorter than BWD_MIN_PIECE tokens.
+BWD_WORKSPACE_FRACTION = 0.125
+BWD_MIN_PIECE = 4096
 
 
 @contextmanager
@@ -115,14 +121,23 @@ def chunk_scan_gated_bwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tenso
 
 @chunk_scan_gated_bwd.register_kernel("cuda")
 def _chunk_scan_gated_bwd_cuda(q, k, v, g, beta, initial_state, do, dfinal, scale):
-    from .chunk_scan_bwd_triton import chunk_scan_bwd, pick_bwd_config
+    from .chunk_scan_bwd_triton import (chunk_scan_bwd, chunk_scan_bwd_segmented, pick_bwd_config,
+                                        workspace_bytes_per_token)
+    from .chunk_scan_triton import pick_config
 
     q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
     do = do.to(q.dtype).contiguous()
     dfinal = dfinal.float().contiguous()
     init = None if initial_state is None else initial_state.float().contiguous()
-    config = pick_bwd_config(q, k, v, g, beta, init, do, dfinal, scale)
-    return chunk_scan_bwd(q, k, v, g, beta, init, do, dfinal, scale, config)
+    budget = BWD_WORKSPACE_FRACTION * torch.cuda.get_device_properties(q.device).total_memory
+    seg = max(BWD_MIN_PIECE, int(budget // workspace_bytes_per_token(q, v)) // 64 * 64)
+    if q.shape[1] <= seg:
+        config = pick_bwd_config(q, k, v, g, beta, init, do, dfinal, scale)
+        return chunk_scan_bwd(q, k, v, g, beta, init, do, dfinal, scale, config)
+    first = [x[:, :seg].contiguous() for x in (q, k, v, g, beta, do)]
+    config = pick_bwd_config(*first[:5], init, first[5], dfinal, scale)
+    fwd_config = pick_config(*first[:5], init, scale)
+    return chunk_scan_bwd_segmented(q, k, v, g, beta, init, do, dfinal, scale, seg, config, fwd_config)
 
 
 @chunk_scan_gated_bwd.register_fake
