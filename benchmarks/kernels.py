@@ -96,8 +96,8 @@ def _allowed(name: str, B: int, T: int, backward: bool) -> str | None:
     return None
 
 
-def bench_scan(results: dict, save, lens, batches, bw: float) -> None:
-    methods = _methods()
+def bench_scan(results: dict, save, lens, batches, bw: float, only: set[str] | None = None) -> None:
+    methods = {name: fn for name, fn in _methods().items() if not only or name in only}
     for name, fn in methods.items():                     # ours first: a run cut short still measured it
         for B in batches:
             for T in lens:
@@ -136,7 +136,7 @@ def _bench_one(results, save, name, fn, B, T, inputs, bw) -> None:
         if why:
             row["fwdbwd_note"] = why
         else:
-            leaves = [x.detach().clone().requires_grad_() for x in (q, k, v, g, gh, beta)]
+            leaves = [x.requires_grad_() for x in (q, k, v, g, gh, beta)]   # no copies: B=8, T=131k is 17 GB
             do = torch.randn_like(v)
 
             def fwd_bwd():
@@ -352,6 +352,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lens", default="2048,8192,32768,65536,131072")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: scan,step,decode,sweep")
+    ap.add_argument("--methods", default="", help="comma list: only these scan methods (e.g. 'seqedge chunk_scan,"
+                    "fla chunk_gla'); default all")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA GPU; none is visible", file=sys.stderr)
@@ -378,6 +380,7 @@ def main(argv=None) -> int:
     results["meta"]["copy_bw_gbs"] = copy_bandwidth_gbs()
     print("copy bandwidth GB/s", results["meta"]["copy_bw_gbs"], flush=True)
     skip = set(args.skip.split(","))
+    only = {m.strip() for m in args.methods.split(",") if m.strip()} or None
     if "step" not in skip:
         bench_step(results, save)
     lens, batches = [int(x) for x in args.lens.split(",")], [int(x) for x in args.batches.split(",")]
@@ -385,13 +388,13 @@ def main(argv=None) -> int:
     # The issue's targets first (every method at the first batch size), then decode, then the other batch sizes:
     # a run cut short by its time box has measured what matters most.
     if "scan" not in skip:
-        bench_scan(results, save, lens, batches[:1], bw)
+        bench_scan(results, save, lens, batches[:1], bw, only)
     if "decode" not in skip:
         bench_decode(results, save, bw)
     if "sweep" not in skip:
         bench_decode_sweep(results, save, bw)
     if "scan" not in skip and batches[1:]:
-        bench_scan(results, save, lens, batches[1:], bw)
+        bench_scan(results, save, lens, batches[1:], bw, only)
     results["meta"]["wall_s"] = time.time() - t0
     save()
     return 0

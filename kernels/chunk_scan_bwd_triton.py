@@ -295,11 +295,11 @@ def _grads_v_kernel(kt, A, do, dstates, dv, T, H, NC,
 
 def chunk_scan_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
                    initial_state: torch.Tensor | None, do: torch.Tensor, dfinal: torch.Tensor, scale: float,
-                   config: BwdConfig) -> tuple[torch.Tensor, ...]:
+                   config: BwdConfig, out: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, ...]:
     """Gradients (dq, dk, dv, dg, dbeta, d_initial_state) of the gated scan, on contiguous CUDA tensors.
 
     q, k, v, do share one dtype (float32 or bfloat16); gradients come back in their inputs' dtypes and the
-    initial state's gradient in float32.
+    initial state's gradient in float32. ``out``: contiguous buffers of those six to write into.
     """
     B, T, H, DK = q.shape
     DV = v.shape[-1]
@@ -307,11 +307,17 @@ def chunk_scan_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.T
     NC = triton.cdiv(T, C)
     BK, BV = min(config.block_k, DK), min(config.block_v, DV)
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    if out is None:
+        out = (*(torch.empty_like(x) for x in (q, k, v, g, beta)),
+               torch.empty(B, H, DK, DV, dtype=torch.float32, device=q.device))
+    dq, dk, dv, dg, dbeta, ds0 = out
     if T == 0:
-        return (*(torch.zeros_like(x) for x in (q, k, v, g, beta)), dfinal.float().clone())
+        for x in out[:5]:
+            x.zero_()
+        ds0.copy_(dfinal)
+        return out
     states = torch.empty(B * H, NC + 1, DK, DV, dtype=q.dtype, device=q.device)
     dstates = torch.empty_like(states)
-    ds0 = torch.empty(B, H, DK, DV, dtype=torch.float32, device=q.device)
     s0 = initial_state if initial_state is not None else ds0     # dummy pointer when absent
     n_seg = _fwd._num_segments(B * H * (DK // BK) * (DV // BV), NC)
     seg_chunks = triton.cdiv(NC, n_seg)
@@ -341,7 +347,6 @@ def chunk_scan_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.T
         _fwd.join_segments(seg_state, seg_decay, dfinal, reverse=True)
     _dstates_kernel[(B * H * n_seg, DK // BK, DV // BV)](
         *ds_args, n_seg, 0, seg_chunks, nsum, SUMMARY=False, **blocks)
-    dq, dk, dv, dg = (torch.empty_like(x) for x in (q, k, v, g))
     GK, GV = min(config.grad_block_k, DK), min(config.grad_block_v, DV)
     dbeta_part = torch.empty(DK // GK, B, T, H, dtype=torch.float32, device=q.device)
     _grads_qk_kernel[(B * H, NC, DK // GK)](q, k, v, g, beta, do, states, dstates, dq, dk, dg, dbeta_part, T, H, NC,
@@ -349,7 +354,8 @@ def chunk_scan_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.T
                                              num_warps=config.num_warps)
     _grads_v_kernel[(B * H, NC, DV // GV)](kt, A, do, dstates, dv, T, H, NC, DK=DK, DV=DV, BK=GK, BV=GV, C=C,
                                             PREC=prec, num_warps=config.num_warps)
-    return dq, dk, dv, dg, dbeta_part.sum(0).to(beta.dtype), ds0
+    dbeta.copy_(dbeta_part.sum(0))
+    return out
 
 
 _PICKED: dict[tuple, BwdConfig] = {}
@@ -364,21 +370,13 @@ def pick_bwd_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.
                    warmup=3, rep=10)
 
 
-def workspace_bytes_per_token(q: torch.Tensor, v: torch.Tensor, chunk: int = 32) -> float:
-    """Bytes the backward allocates per token of the sequence (all batch rows and heads): the chunk states and
-    their gradients, the prepass's operands and scores, the chunk decays and dbeta's partial sums."""
-    B, _, H, DK = q.shape
-    DV = v.shape[-1]
-    per_elem = 2 * DK * DV / chunk + 2 * DK + chunk
-    return B * H * (q.element_size() * per_elem + 4 * DK / chunk + 4 * max(DK // 64, 1))
-
-
 def chunk_scan_bwd_segmented(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
                              beta: torch.Tensor, initial_state: torch.Tensor | None, do: torch.Tensor,
                              dfinal: torch.Tensor, scale: float, seg_tokens: int, config: BwdConfig,
                              fwd_config: _fwd.ScanConfig) -> tuple[torch.Tensor, ...]:
     """:func:`chunk_scan_bwd` over the sequence in pieces of ``seg_tokens``, so the workspace is bounded by the
-    piece, not by T (batch 8 at T=131,072 would otherwise need tens of GB of chunk states).
+    piece, not by T (what one batch row at T=1M or so needs; batch rows are split first, see
+    :func:`chunk_scan_bwd_pieces`).
 
     A forward pass (``fwd_config``) over every piece but the last gives the state entering each piece; the
     pieces' backwards then run last to first, each handing its initial state's gradient to the one before.
@@ -401,3 +399,31 @@ def chunk_scan_bwd_segmented(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         for dst, src in zip(grads, got):
             dst[:, t0:t0 + seg_tokens] = src
     return (*grads, d_state)
+
+
+def chunk_scan_bwd_pieces(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                          initial_state: torch.Tensor | None, do: torch.Tensor, dfinal: torch.Tensor, scale: float,
+                          rows: int, piece_tokens: int, config: BwdConfig,
+                          fwd_config: _fwd.ScanConfig | None) -> tuple[torch.Tensor, ...]:
+    """:func:`chunk_scan_bwd` on ``rows`` batch rows at a time, each group's sequence in pieces of
+    ``piece_tokens`` (:func:`chunk_scan_bwd_segmented`, which needs ``fwd_config``) when shorter than T.
+
+    Batch rows are independent and a group of them is a contiguous view: splitting them costs nothing but
+    launches, so it comes before splitting time (``seqedge.kernels.ops.backward_plan`` picks both).
+    """
+    B, T = q.shape[:2]
+    if rows >= B and piece_tokens >= T:
+        return chunk_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale, config)
+    grads = (*(torch.empty_like(x) for x in (q, k, v, g, beta)),
+             torch.empty(dfinal.shape, dtype=torch.float32, device=q.device))
+    for b0 in range(0, B, rows):
+        r = slice(b0, b0 + rows)
+        ins = [x[r] for x in (q, k, v, g, beta)]
+        init = None if initial_state is None else initial_state[r]
+        if piece_tokens >= T:
+            chunk_scan_bwd(*ins, init, do[r], dfinal[r], scale, config, out=tuple(x[r] for x in grads))
+        else:
+            got = chunk_scan_bwd_segmented(*ins, init, do[r], dfinal[r], scale, piece_tokens, config, fwd_config)
+            for dst, src in zip(grads, got):
+                dst[r] = src
+    return grads

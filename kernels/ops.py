@@ -25,11 +25,31 @@ from seqedge.scan import chunked_scan, recurrent_step
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 BWD_SEGMENT = 8192  # tokens recomputed at once by the backward (bounds its memory)
-# CUDA backward: the sequence is taken in pieces when its workspace (chunk states and their gradients, about
-# 42 KB per token at B=1, H=16, head dims 128, bf16) would pass this fraction of the card's memory; pieces are
-# never shorter than BWD_MIN_PIECE tokens.
-BWD_WORKSPACE_FRACTION = 0.125
+# CUDA backward: batch rows, then (for one row) the sequence, are taken in pieces when the backward's workspace
+# (chunk states and their gradients, about 42 KB per token at H=16, head dims 128, bf16) would pass this fraction
+# of the card's memory (see backward_plan); pieces of a sequence are never shorter than BWD_MIN_PIECE tokens.
+BWD_WORKSPACE_FRACTION = 0.25
 BWD_MIN_PIECE = 4096
+
+
+def workspace_bytes_per_token(heads: int, dk: int, dv: int, itemsize: int, chunk: int = 32) -> float:
+    """Bytes the CUDA backward allocates per token of one batch row: the chunk states and their gradients, the
+    prepass's operands and scores, the chunk decays and dbeta's partial sums."""
+    per_elem = 2 * dk * dv / chunk + 2 * dk + chunk
+    return heads * (itemsize * per_elem + 4 * dk / chunk + 4 * max(dk // 64, 1))
+
+
+def backward_plan(batch: int, length: int, bytes_per_token: float, budget: float, min_piece: int) -> tuple[int, int]:
+    """(batch rows per launch group, tokens per piece of the sequence) keeping the backward's workspace within
+    ``budget``: every row at once when it fits, else as many whole rows as fit (rows are independent and
+    contiguous: free to split), else one row at a time in pieces of the sequence (each piece after the first
+    needs the state entering it: an extra forward pass), multiples of 64 tokens and at least ``min_piece``."""
+    row_bytes = bytes_per_token * max(length, 1)
+    rows = int(budget // row_bytes)
+    if rows >= 1:
+        return min(rows, batch), length
+    piece = int(budget // bytes_per_token) // 64 * 64
+    return 1, min(length, max(min_piece, piece))
 
 
 @contextmanager
@@ -121,8 +141,7 @@ def chunk_scan_gated_bwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tenso
 
 @chunk_scan_gated_bwd.register_kernel("cuda")
 def _chunk_scan_gated_bwd_cuda(q, k, v, g, beta, initial_state, do, dfinal, scale):
-    from .chunk_scan_bwd_triton import (chunk_scan_bwd, chunk_scan_bwd_segmented, pick_bwd_config,
-                                        workspace_bytes_per_token)
+    from .chunk_scan_bwd_triton import chunk_scan_bwd_pieces, pick_bwd_config
     from .chunk_scan_triton import pick_config
 
     q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
@@ -130,14 +149,14 @@ def _chunk_scan_gated_bwd_cuda(q, k, v, g, beta, initial_state, do, dfinal, scal
     dfinal = dfinal.float().contiguous()
     init = None if initial_state is None else initial_state.float().contiguous()
     budget = BWD_WORKSPACE_FRACTION * torch.cuda.get_device_properties(q.device).total_memory
-    seg = max(BWD_MIN_PIECE, int(budget // workspace_bytes_per_token(q, v)) // 64 * 64)
-    if q.shape[1] <= seg:
-        config = pick_bwd_config(q, k, v, g, beta, init, do, dfinal, scale)
-        return chunk_scan_bwd(q, k, v, g, beta, init, do, dfinal, scale, config)
-    first = [x[:, :seg].contiguous() for x in (q, k, v, g, beta, do)]
-    config = pick_bwd_config(*first[:5], init, first[5], dfinal, scale)
-    fwd_config = pick_config(*first[:5], init, scale)
-    return chunk_scan_bwd_segmented(q, k, v, g, beta, init, do, dfinal, scale, seg, config, fwd_config)
+    B, T, H, dk = q.shape
+    rows, piece = backward_plan(B, T, workspace_bytes_per_token(H, dk, v.shape[-1], q.element_size()), budget,
+                                BWD_MIN_PIECE)
+    first = [x[:rows, :piece].contiguous() for x in (q, k, v, g, beta, do)]
+    first_init = None if init is None else init[:rows]
+    config = pick_bwd_config(*first[:5], first_init, first[5], dfinal[:rows], scale)
+    fwd_config = pick_config(*first[:5], first_init, scale) if piece < T else None
+    return chunk_scan_bwd_pieces(q, k, v, g, beta, init, do, dfinal, scale, rows, piece, config, fwd_config)
 
 
 @chunk_scan_gated_bwd.register_fake

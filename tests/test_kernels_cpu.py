@@ -12,6 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from seqedge.scan import chunked_scan, recurrent_step, reference_scan
 from seqedge.scan import dispatch
@@ -166,6 +168,41 @@ def test_backward_segments_match_chunked_autograd(monkeypatch):
     ((ro * do).sum() + (rs * dfin).sum()).backward()
     for x, y in zip(a, b):
         assert torch.allclose(x.grad, y.grad, atol=1e-10)
+
+
+@given(batch=st.integers(1, 16), length=st.integers(1, 300_000), budget_mb=st.floats(0.0, 40_000),
+       per_token_kb=st.floats(1.0, 100.0))
+@settings(max_examples=200, deadline=None)
+def test_backward_plan_stays_within_budget(batch, length, budget_mb, per_token_kb):
+    """The CUDA backward's split: whole rows when they fit (no piece of the sequence then), else one row in
+    pieces within the budget, never below the minimum piece; pieces are multiples of 64 unless the whole row."""
+    from seqedge.kernels.ops import backward_plan
+
+    budget, per_token, min_piece = budget_mb * 1e6, per_token_kb * 1e3, 4096
+    rows, piece = backward_plan(batch, length, per_token, budget, min_piece)
+    assert 1 <= rows <= batch and 1 <= piece <= length
+    if rows * per_token * length <= budget and rows == batch:
+        assert piece == length                                        # all at once: nothing split
+    if piece < length:
+        assert rows == 1 and piece % 64 == 0 and piece >= min_piece
+        assert piece * per_token <= budget or piece == min_piece
+    else:
+        assert rows * per_token * length <= budget or rows == 1     # whole rows only when they fit
+    if per_token * length <= budget:
+        assert piece == length and rows == min(batch, int(budget // (per_token * length)))
+
+
+def test_backward_plan_examples():
+    from seqedge.kernels.ops import backward_plan, workspace_bytes_per_token
+
+    per_token = workspace_bytes_per_token(16, 128, 128, 2)         # H=16, head dims 128, bf16
+    assert 40e3 < per_token < 45e3
+    budget = 0.25 * 80e9                                               # a quarter of an 80 GB card
+    assert backward_plan(1, 65536, per_token, budget, 4096) == (1, 65536)
+    assert backward_plan(8, 32768, per_token, budget, 4096) == (8, 32768)
+    assert backward_plan(8, 131072, per_token, budget, 4096) == (3, 131072)
+    rows, piece = backward_plan(2, 1_000_000, per_token, budget, 4096)
+    assert rows == 1 and 400_000 < piece < 500_000
 
 
 def test_gradcheck_small():
