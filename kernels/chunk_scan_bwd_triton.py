@@ -261,8 +261,8 @@ def _grads_qk_kernel(q, k, v, g, beta, do, states, dstates, dq, dk, dg, dbeta_pa
 
 @triton.jit
 def _grads_v_kernel(kt, A, do, dstates, dv, T, H, NC,
-                         DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
-                         PREC: tl.constexpr):
+                    DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
+                    PREC: tl.constexpr):
     """dv for one (batch*head, chunk, value block) from the prepass's scores and decayed keys:
     ``A^T do + kt dS``."""
     i_bh = tl.program_id(0)

@@ -83,21 +83,23 @@ def main() -> None:
             for name, a, b in zip(["q", "k", "v", "g", "beta", "initial_state"], got, ref):
                 if name != "initial_state" or with_init:
                     check(f"bwd {cfg} {shape} {g_mode} d{name}", rel(a, b.grad), TOL_G if name == "g" else TOL)
-    # the backward in pieces (bounded workspace): one batch row at a time, whole or in pieces of 32 and 48 tokens
-    shape = (2, 70, 2, 32, 64)
-    for piece, with_init in ((70, True), (32, True), (48, False)):
+    # the backward in pieces (bounded workspace): groups of batch rows (1 of 2, 2 of 3), whole or in pieces of 32
+    # and 48 tokens
+    for shape, rows, piece, with_init in (((2, 70, 2, 32, 64), 1, 70, True), ((3, 40, 2, 32, 32), 2, 40, False),
+                                          ((2, 70, 2, 32, 64), 1, 32, True), ((2, 70, 2, 32, 64), 1, 48, False)):
         q, k, v, g, beta, s0 = inputs(*shape, seed=20 + piece)
         gen = torch.Generator().manual_seed(2)
         do, dfin = torch.randn(*shape[:3], shape[4], generator=gen), torch.randn(s0.shape, generator=gen)
         init = s0 if with_init else None
-        got = bwd.chunk_scan_bwd_pieces(q, k, v, g, beta, init, do, dfin, 0.3, 1, piece, bwd.BWD_CONFIGS[0],
+        got = bwd.chunk_scan_bwd_pieces(q, k, v, g, beta, init, do, dfin, 0.3, rows, piece, bwd.BWD_CONFIGS[0],
                                         fwd.FWD_CONFIGS[0])
         ref = [x.double().requires_grad_() for x in (q, k, v, g, beta, s0)]
         ro, rs = chunked_scan(*ref[:5], rule="gated", scale=0.3, initial_state=ref[5] if with_init else None)
         ((ro * do.double()).sum() + (rs * dfin.double()).sum()).backward()
         for name, a, b in zip(["q", "k", "v", "g", "beta", "initial_state"], got, ref):
             if name != "initial_state" or with_init:
-                check(f"bwd by rows, pieces of {piece} d{name}", rel(a, b.grad), TOL_G if name == "g" else TOL)
+                check(f"bwd {rows} row(s) at a time, pieces of {piece} d{name}", rel(a, b.grad),
+                      TOL_G if name == "g" else TOL)
     for rule in ("gated", "delta"):
         q, k, v, g, beta, s0 = inputs(3, 1, 2, 32, 64, seed=5)
         q, k, v, g, beta = (x[:, 0] for x in (q, k, v, g, beta))

@@ -221,7 +221,7 @@ def test_public_op_and_gradients(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_backward_in_pieces(dtype, monkeypatch):
-    """The op's backward with a workspace budget of zero: the sequence is taken in pieces of 96 tokens."""
+    """The op's backward with a workspace budget of zero: one batch row at a time, in pieces of 96 tokens."""
     from seqedge.kernels import chunk_scan, ops
 
     monkeypatch.setattr(ops, "BWD_WORKSPACE_FRACTION", 0.0)
