@@ -287,19 +287,13 @@ def bench_decode_sweep(results: dict, save, bw: float) -> None:
             save()
 
 
-def write_markdown(results: dict, path: str) -> None:
-    m = results["meta"]
-    lines = ["# seqedge.kernels benchmark\n", f"- card: {m['card']}", f"- date (UTC): {m['date']}",
-             f"- versions: {m['versions']}", f"- command: `{m['command']}`",
-             f"- measured copy bandwidth: {m['copy_bw_gbs']:.0f} GB/s (bytes read + written)",
-             f"- shapes: H={H}, head dim {D}, bf16 q/k/v/g, beta float32 (ours only); times are medians (ms)",
-             "- fwd+bwd: forward, then backward of sum(o * do) for random do (all inputs require grad)\n"]
-    if results["scan"]:
-        lines += ["| B | T | method | fwd ms | fwd+bwd ms | fwd peak extra GB | eff. BW GB/s (% copy) | notes |",
-                  "|---|---|---|---|---|---|---|---|"]
+def _scan_lines(scan: list[dict]) -> list[str]:
+    """The chunk-scan table (by batch, method in run order, length) and the issue's targets for ours at B=1."""
+    lines = ["| B | T | method | fwd ms | fwd+bwd ms | fwd peak extra GB | eff. BW GB/s (% copy) | notes |",
+             "|---|---|---|---|---|---|---|---|"]
     f = lambda r, key, fmt: (fmt % r[key]) if key in r else "-"
-    order = list(dict.fromkeys(r.get("method", "") for r in results["scan"]))
-    for r in sorted(results["scan"], key=lambda r: (r["B"], order.index(r.get("method", "")), r["T"])):
+    order = list(dict.fromkeys(r.get("method", "") for r in scan))
+    for r in sorted(scan, key=lambda r: (r["B"], order.index(r.get("method", "")), r["T"])):
         if "method" not in r:
             lines.append(f"| {r['B']} | {r['T']} | - | - | - | - | - | {r.get('note', '')} |")
             continue
@@ -308,12 +302,9 @@ def write_markdown(results: dict, path: str) -> None:
         notes = "; ".join(r[k] for k in ("fwd_note", "fwdbwd_note") if k in r)
         lines.append(f"| {r['B']} | {r['T']} | {r['method']} | {f(r, 'fwd_ms', '%.3f')} | "
                      f"{f(r, 'fwdbwd_ms', '%.2f')} | {f(r, 'fwd_peak_extra_gb', '%.2f')} | {bwp} | {notes} |")
-    if not results["scan"]:
-        lines.append("Chunk scan: not measured in this run (`--skip scan`).")
-    ours = {(r["B"], r["T"]): r for r in results["scan"] if r.get("method") == "seqedge chunk_scan"}
-    if results["scan"]:
-        lines += ["\n## Targets (issue 5), B=1\n", "| target | goal | measured | verdict |", "|---|---|---|---|"]
-    for key, goal, (B, T), field in () if not results["scan"] else (("fwd_ms_T65536", 2.0, (1, 65536), "fwd_ms"),
+    ours = {(r["B"], r["T"]): r for r in scan if r.get("method") == "seqedge chunk_scan"}
+    lines += ["\n## Targets (issue 5), B=1\n", "| target | goal | measured | verdict |", "|---|---|---|---|"]
+    for key, goal, (B, T), field in (("fwd_ms_T65536", 2.0, (1, 65536), "fwd_ms"),
                                      ("fwdbwd_ms_T65536", 10.0, (1, 65536), "fwdbwd_ms"),
                                      ("fwd_peak_gb_T131072", 2.5, (1, 131072), "fwd_peak_extra_gb")):
         val = ours.get((B, T), {}).get(field)
@@ -322,6 +313,18 @@ def write_markdown(results: dict, path: str) -> None:
         else:
             verdict = "met" if val <= goal else f"missed by {val - goal:.2f} ({val / goal:.1f}x the goal)"
             lines.append(f"| {key} | <= {goal} | {val:.3f} | {verdict} |")
+    return lines
+
+
+def write_markdown(results: dict, path: str) -> None:
+    m = results["meta"]
+    lines = ["# seqedge.kernels benchmark\n", f"- card: {m['card']}", f"- date (UTC): {m['date']}",
+             f"- versions: {m['versions']}", f"- command: `{m['command']}`",
+             f"- measured copy bandwidth: {m['copy_bw_gbs']:.0f} GB/s (bytes read + written)",
+             f"- shapes: H={H}, head dim {D}, bf16 q/k/v/g, beta float32 (ours only); times are medians (ms)",
+             "- fwd+bwd: forward, then backward of sum(o * do) for random do (all inputs require grad)\n"]
+    lines += _scan_lines(results["scan"]) if results["scan"] else [
+        "Chunk scan: not measured in this run (`--skip scan`)."]
     if results["step"]:
         lines += ["\n## One layer's decode step (B=1, H=16, D=128)\n",
                   "| method | us per call, 50 calls in a CUDA graph | us per call, eager (launch included) |",

@@ -12,12 +12,13 @@ fastest entry per shape class at run time; this shows the margins.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
 
 import torch
+
+from config_timing import run_meta, time_config
 
 B, H, D = 1, 16, 128
 
@@ -34,8 +35,6 @@ def extra_configs(bwd) -> list:
 
 def bench_length(T: int, configs: list, bwd) -> list[dict]:
     """Each config of ``configs`` at length T: time, peak memory, max relative gradient error vs the first."""
-    from triton.testing import do_bench
-
     gen = torch.Generator(device="cuda").manual_seed(T)
     q, k, v, do = (torch.randn(B, T, H, D, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(4))
     g = (-5 * torch.rand(B, T, H, D, device="cuda", generator=gen)).to(torch.bfloat16)
@@ -46,18 +45,8 @@ def bench_length(T: int, configs: list, bwd) -> list[dict]:
         row = dict(T=T, config=repr(cfg), listed=cfg in bwd.BWD_CONFIGS)
         try:
             run = lambda: bwd.chunk_scan_bwd(q, k, v, g, beta, None, do, dfin, D ** -0.5, cfg)  # noqa: B023
-            got = [x.float() for x in run()]
-            if ref is None:
-                ref = got
-            row["rel_err_vs_first"] = max(float((a - b).norm() / b.norm().clamp_min(1e-30)) for a, b in zip(got, ref))
-            del got
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            run()
-            torch.cuda.synchronize()
-            row["peak_extra_gb"] = (torch.cuda.max_memory_allocated() - base) / 1e9
-            row["ms"] = do_bench(run, warmup=3, rep=30, return_mode="median")
+            timing, ref = time_config(run, ref, warmup=3, rep=30)
+            row.update(timing)
         except Exception as err:                 # one failing config must not hide the others
             row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
         rows.append(row)
@@ -125,8 +114,6 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("benchmarks/kernels_bwd_configs.py needs a CUDA GPU; none is visible", file=sys.stderr)
         return 2
-    import triton
-
     from seqedge.kernels import chunk_scan_bwd_triton as bwd
 
     configs = list(bwd.BWD_CONFIGS) + (extra_configs(bwd) if args.extra else [])
@@ -134,9 +121,7 @@ def main(argv=None) -> int:
     for T in (int(x) for x in args.lens.split(",")):
         rows += bench_length(T, configs, bwd)
         torch.cuda.empty_cache()
-    meta = dict(card=torch.cuda.get_device_name(), versions=dict(torch=torch.__version__, triton=triton.__version__),
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                command="python " + " ".join(sys.argv), shapes=f"B={B}, H={H}, head dim {D}, bf16")
+    meta = run_meta(f"B={B}, H={H}, head dim {D}, bf16")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "kernels_bwd_configs.json"), "w") as fh:
         json.dump(dict(meta=meta, rows=rows), fh, indent=1)

@@ -10,20 +10,19 @@ shape class at run time; this shows the margins, and whether a pending config ea
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
 
 import torch
 
+from config_timing import run_meta, time_config
+
 B, H, D = 1, 16, 128
 
 
 def bench_length(T: int, fwd) -> list[dict]:
     """Every config of the forward module ``fwd`` (seqedge.kernels.chunk_scan_triton) at length T."""
-    from triton.testing import do_bench
-
     configs, pending = fwd.FWD_CONFIGS + fwd.PENDING_CONFIGS, fwd.PENDING_CONFIGS
     gen = torch.Generator(device="cuda").manual_seed(T)
     q, k, v = (torch.randn(B, T, H, D, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(3))
@@ -34,18 +33,8 @@ def bench_length(T: int, fwd) -> list[dict]:
         row = dict(T=T, config=repr(cfg), pending=cfg in pending)
         try:
             run = lambda: fwd.chunk_scan_fwd(q, k, v, g, beta, None, D ** -0.5, cfg)  # noqa: B023 (used at once)
-            o, _ = run()
-            if ref is None:
-                ref = o.float()
-            row["rel_err_vs_first"] = float((o.float() - ref).norm() / ref.norm())
-            del o
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            run()
-            torch.cuda.synchronize()
-            row["peak_extra_gb"] = (torch.cuda.max_memory_allocated() - base) / 1e9
-            row["ms"] = do_bench(run, warmup=5, rep=50, return_mode="median")
+            timing, ref = time_config(run, ref, warmup=5, rep=50, compared=slice(0, 1))     # o, not the state
+            row.update(timing)
         except Exception as err:                 # one failing config must not hide the others
             row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
         rows.append(row)
@@ -63,8 +52,6 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("benchmarks/kernels_fwd_configs.py needs a CUDA GPU; none is visible", file=sys.stderr)
         return 2
-    import triton
-
     from seqedge.kernels import chunk_scan_triton as fwd
 
     rows = []
@@ -74,9 +61,7 @@ def main(argv=None) -> int:
             for row in bench_length(T, fwd):
                 rows.append(dict(row, programs_per_sm=pps))
             torch.cuda.empty_cache()
-    meta = dict(card=torch.cuda.get_device_name(), versions=dict(torch=torch.__version__, triton=triton.__version__),
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                command="python " + " ".join(sys.argv), shapes=f"B={B}, H={H}, head dim {D}, bf16")
+    meta = run_meta(f"B={B}, H={H}, head dim {D}, bf16")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "kernels_fwd_configs.json"), "w") as fh:
         json.dump(dict(meta=meta, rows=rows), fh, indent=1)

@@ -18,8 +18,8 @@ After quantization the copy's RMSNorms, short convs, SwiGLUs, SiLUs, tied head a
 (the scan with constant masks and prefix sums: export/xnnpack_scan.py), and the edge graphs' reshapes made
 static, so that XNNPACK delegates them (export/xnnpack_friendly.py: same function, fewer portable ops between
 delegates). The partitioner also takes float16 <-> float32 casts, which ExecuTorch's own config leaves on the
-portable kernels, and lowers them to XNNPACK converts (export/xnnpack_cast.py). ``Variant.info["xnnpack_rewrites"]`` lists the rewrites and ``Variant.info["delegation"]`` records
-what stays on the portable kernels.
+portable kernels, and lowers them to XNNPACK converts (export/xnnpack_cast.py). ``Variant.info["xnnpack_rewrites"]``
+lists the rewrites and ``Variant.info["delegation"]`` records what stays on the portable kernels.
 
 Both methods take a dynamic batch dimension in ``[1, max_batch]``; ExecuTorch plans memory for the upper bound,
 so the bound actually compiled into the program is read back and recorded in ``Variant.info["batch"]``.

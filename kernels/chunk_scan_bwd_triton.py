@@ -325,12 +325,8 @@ def chunk_scan_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.T
     nsum = max(n_seg - 1, 1)
     seg_state = torch.empty(B * H, nsum, DK, DV, dtype=torch.float32, device=q.device)
     seg_decay = torch.empty(B * H, nsum, DK, dtype=torch.float32, device=q.device)
-    # the prepass: qt = q*scale*exp(b), kt = beta k exp(b_C - b), the scores A and the chunk decays b_C
-    qt, kt = torch.empty_like(k), torch.empty_like(k)
-    A = torch.empty(B * H, NC, C, C, dtype=k.dtype, device=q.device)
-    decay = torch.empty(B * H, NC, DK, dtype=torch.float32, device=q.device)
-    _fwd._chunk_prep_kernel[(NC, B * H)](q, k, g, beta, qt, kt, A, decay, T, H, NC, scale, DK=DK, C=C, PREC=prec,
-                                         num_warps=config.prep_warps)
+    # qt = q*scale*exp(b), kt = beta k exp(b_C - b), the scores A and the chunk decays b_C
+    qt, kt, A, decay = _fwd.prepass(q, k, g, beta, scale, C, config.prep_warps)
     blocks = dict(DK=DK, DV=DV, BK=BK, BV=BV, C=C, PREC=prec, num_warps=4)
     st_args = (v, kt, decay, s0, states, seg_state, seg_decay, T, H, NC, n_seg)
     ds_args = (qt, decay, do, dfinal, dstates, ds0, seg_state, seg_decay, T, H, NC, n_seg)
@@ -382,10 +378,7 @@ def chunk_scan_bwd_segmented(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     pieces' backwards then run last to first, each handing its initial state's gradient to the one before.
     Costs that extra forward and a copy of each piece (slices along T are not contiguous when B > 1).
     """
-    T = q.shape[1]
-    if T <= seg_tokens:
-        return chunk_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale, config)
-    starts = list(range(0, T, seg_tokens))
+    starts = list(range(0, q.shape[1], seg_tokens))
     piece = lambda x, t0: x[:, t0:t0 + seg_tokens].contiguous()       # noqa: E731
     entering = [initial_state]
     for t0 in starts[:-1]:

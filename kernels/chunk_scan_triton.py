@@ -289,6 +289,20 @@ def join_segments(seg_state: torch.Tensor, seg_decay: torch.Tensor, s_in: torch.
 PROGRAMS_PER_SM = 8     # the sequence is split into segments until about this many programs run per multiprocessor
 
 
+def prepass(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, scale: float, chunk: int,
+            num_warps: int) -> tuple[torch.Tensor, ...]:
+    """Launch :func:`_chunk_prep_kernel`: ``(qt, kt, A, decay)`` for every chunk (its docstring says what each
+    holds). The forward's prepass configs and the backward both start with it."""
+    B, T, H, DK = q.shape
+    n_chunks = triton.cdiv(T, chunk)
+    qt, kt = torch.empty_like(k), torch.empty_like(k)
+    A = torch.empty(B * H, n_chunks, chunk, chunk, dtype=k.dtype, device=q.device)
+    decay = torch.empty(B * H, n_chunks, DK, dtype=torch.float32, device=q.device)
+    _chunk_prep_kernel[(n_chunks, B * H)](q, k, g, beta, qt, kt, A, decay, T, H, n_chunks, scale, DK=DK, C=chunk,
+                                          PREC="ieee" if q.dtype == torch.float32 else "tf32", num_warps=num_warps)
+    return qt, kt, A, decay
+
+
 def _num_segments(programs: int, n_chunks: int) -> int:
     """Segments per sequence so that about PROGRAMS_PER_SM programs run per multiprocessor (>= 8 chunks each)."""
     sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
@@ -341,11 +355,7 @@ def chunk_scan_fwd(
     common = dict(DK=DK, DV=DV, BV=BV, C=C, HAS_INIT=initial_state is not None, PREC=prec, PREP=config.prepass,
                   num_warps=config.num_warps, num_stages=config.num_stages)
     if config.prepass:
-        qt, kt = torch.empty_like(k), torch.empty_like(k)
-        A = torch.empty(B * H, n_chunks, C, C, dtype=k.dtype, device=q.device)
-        decay = torch.empty(B * H, n_chunks, DK, dtype=torch.float32, device=q.device)
-        _chunk_prep_kernel[(n_chunks, B * H)](q, k, g, beta, qt, kt, A, decay, T, H, n_chunks, scale,
-                                              DK=DK, C=C, PREC=prec, num_warps=config.prep_warps)
+        qt, kt, A, decay = prepass(q, k, g, beta, scale, C, config.prep_warps)
     else:
         qt = kt = A = decay = q                                     # unused pointers
     args = (q, k, v, g, beta, o, s0, seg_state, seg_decay, final, qt, kt, A, decay, T, H, nsum, seg_len, scale)

@@ -280,7 +280,8 @@ class FusedDecoder(StaticDecoder):
         _check_model(model, batch_size, capture)
         c = self.cfg = model.config
         device = model.embed.weight.device
-        self.model, self.batch_size, self.config = model, batch_size, config
+        self._static_buffers(model, batch_size, device)
+        self.config = config
         if programs is None:
             programs = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
         self.layers = [_pack_layer(block) for block in model.blocks]
@@ -291,12 +292,10 @@ class FusedDecoder(StaticDecoder):
         B, D, F = batch_size, c.hidden_size, c.mlp_hidden_size
         self.n_in = self.layers[0].w_in.shape[0]
         f32 = dict(dtype=torch.float32, device=device)
-        self.tokens = torch.zeros(B, dtype=torch.int64, device=device)                    # [B]
         self.x = torch.zeros(B, D, **f32)                                                  # residual stream
         self.proj = torch.zeros(B, self.n_in, **f32)                                       # step 1's output
         self.o = torch.zeros(B, c.value_size, **f32)                                       # mixer output
         self.hidden = torch.zeros(B, F, **f32)                                             # SwiGLU output
-        self.states = [t.clone() for t in model.init_state(batch_size, device).tensors]   # static buffers
         pow2 = triton.next_power_of_2
         # GEMV tiles: inputs of width D as one [pow2(D)] row, the SwiGLU hidden F as [rows, cols] (_head_split)
         self._d_cols, self._f_split = pow2(D), _head_split(F)

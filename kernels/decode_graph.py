@@ -23,10 +23,15 @@ from seqedge.state import State
 class StaticDecoder:
     """What both CUDA-graph decoders share: token and state buffers at fixed addresses, one step (``_body``,
     defined by the subclass: tokens -> logits ``[B, V]`` in static buffers) captured in a graph, and
-    ``reset`` / ``step`` / ``state``. Subclasses set ``model``, ``batch_size``, ``tokens`` ``[B]`` and ``states``
-    before calling :meth:`_capture`."""
+    ``reset`` / ``step`` / ``state``. Subclasses call :meth:`_static_buffers`, then :meth:`_capture`."""
 
     graph: torch.cuda.CUDAGraph | None = None
+
+    def _static_buffers(self, model, batch_size: int, device: torch.device) -> None:
+        """The model, batch size, token buffer ``[B]`` and state buffers every step reads and updates in place."""
+        self.model, self.batch_size = model, batch_size
+        self.tokens = torch.zeros(batch_size, dtype=torch.int64, device=device)            # [B]
+        self.states = [t.clone() for t in model.init_state(batch_size, device).tensors]    # static buffers
 
     def _body(self) -> torch.Tensor:
         raise NotImplementedError
@@ -79,13 +84,10 @@ class GraphDecoder(StaticDecoder):
         if device.type != "cuda":
             raise ValueError(f"GraphDecoder needs the model on a CUDA device, it is on {device}; "
                              f"call model.cuda() first, or use model.step on CPU")
-        self.model = model
-        self.batch_size = batch_size
+        self._static_buffers(model, batch_size, device)
         self._forward = model.forward_tensors
         if compile:
             self._forward = torch.compile(model.forward_tensors, fullgraph=True, dynamic=False)
-        self.tokens = torch.zeros(batch_size, dtype=torch.int64, device=device)            # [B]
-        self.states = [t.clone() for t in model.init_state(batch_size, device).tensors]    # static buffers
         self._capture(warmup + (2 if compile else 0))        # compiling takes its own first calls
 
     def _body(self) -> torch.Tensor:

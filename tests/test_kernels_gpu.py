@@ -197,48 +197,41 @@ def test_forward_gate_extremes(cfg_id, g_mode):
     assert _rel(o, ro) < TOL[torch.float32] and _rel(fin, rs) < TOL[torch.float32]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_public_op_and_gradients(dtype):
+def _op_errors(shape, dtype, seed, grad_seed) -> tuple[tuple[float, float], dict[str, float]]:
+    """The public op, forward and backward (every input a leaf, random output and final-state gradients), against
+    float64 ``chunked_scan``: ((output error, final-state error), gradient errors as in :func:`_grad_errors`)."""
     from seqedge.kernels import chunk_scan
 
-    B, T, H, dk, dv = 2, 150, 2, 64, 64
-    ins = list(_inputs(B, T, H, dk, dv, dtype, seed=11))
+    ins = list(_inputs(*shape, dtype, seed=seed))
     leaves = [x.detach().clone().requires_grad_() for x in ins]
     o, fin = chunk_scan(*leaves[:5], initial_state=leaves[5], output_final_state=True)
-    gen = torch.Generator(device="cuda").manual_seed(3)
+    gen = torch.Generator(device="cuda").manual_seed(grad_seed)
     do = torch.randn(o.shape, generator=gen, device="cuda")
     dfin = torch.randn(fin.shape, generator=gen, device="cuda")
     ((o.float() * do).sum() + (fin * dfin).sum()).backward()
-
     ref = [x.detach().double().requires_grad_() for x in ins]
     ro, rs = chunked_scan(*ref[:5], rule="gated", initial_state=ref[5])
     ((ro * do.double()).sum() + (rs * dfin.double()).sum()).backward()
-    assert _rel(o, ro) < TOL[dtype] and _rel(fin, rs) < TOL[dtype]
     mag = None if dtype == torch.float32 else _abs_grads(*ins, do, dfin)
-    errs = _grad_errors([x.grad for x in leaves], [r.grad for r in ref], ins[0], ins[1], mag)
+    return (_rel(o, ro), _rel(fin, rs)), _grad_errors([x.grad for x in leaves], [r.grad for r in ref], ins[0], ins[1],
+                                                      mag)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_public_op_and_gradients(dtype):
+    (err_o, err_s), errs = _op_errors((2, 150, 2, 64, 64), dtype, seed=11, grad_seed=3)
+    assert err_o < TOL[dtype] and err_s < TOL[dtype]
     assert _within(errs, dtype), errs
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_backward_in_pieces(dtype, monkeypatch):
     """The op's backward with a workspace budget of zero: one batch row at a time, in pieces of 96 tokens."""
-    from seqedge.kernels import chunk_scan, ops
+    from seqedge.kernels import ops
 
     monkeypatch.setattr(ops, "BWD_WORKSPACE_FRACTION", 0.0)
     monkeypatch.setattr(ops, "BWD_MIN_PIECE", 96)
-    B, T, H, dk, dv = 2, 300, 2, 64, 128
-    ins = list(_inputs(B, T, H, dk, dv, dtype, seed=23))
-    leaves = [x.detach().clone().requires_grad_() for x in ins]
-    o, fin = chunk_scan(*leaves[:5], initial_state=leaves[5], output_final_state=True)
-    gen = torch.Generator(device="cuda").manual_seed(4)
-    do = torch.randn(o.shape, generator=gen, device="cuda")
-    dfin = torch.randn(fin.shape, generator=gen, device="cuda")
-    ((o.float() * do).sum() + (fin * dfin).sum()).backward()
-    ref = [x.detach().double().requires_grad_() for x in ins]
-    ro, rs = chunked_scan(*ref[:5], rule="gated", initial_state=ref[5])
-    ((ro * do.double()).sum() + (rs * dfin.double()).sum()).backward()
-    mag = None if dtype == torch.float32 else _abs_grads(*ins, do, dfin)
-    errs = _grad_errors([x.grad for x in leaves], [r.grad for r in ref], ins[0], ins[1], mag)
+    _, errs = _op_errors((2, 300, 2, 64, 128), dtype, seed=23, grad_seed=4)
     assert _within(errs, dtype), errs
 
 

@@ -1,0 +1,40 @@
+"""Shared by the per-config kernel benchmarks (kernels_fwd_configs.py, kernels_bwd_configs.py): one config's
+outputs against the first config's, its peak memory and its time; and the metadata every recorded run carries."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from typing import Callable, Sequence
+
+import torch
+
+
+def time_config(run: Callable[[], Sequence[torch.Tensor]], ref: list[torch.Tensor] | None, warmup: int, rep: int,
+                compared: slice = slice(None)) -> tuple[dict, list[torch.Tensor]]:
+    """``(row, ref)``: ``rel_err_vs_first`` (the largest relative L2 error of ``run()``'s ``compared`` outputs
+    against ``ref``, which is these outputs when ``ref`` is None), ``peak_extra_gb`` (peak memory of one call above
+    what was allocated before it) and ``ms`` (median of triton's do_bench)."""
+    from triton.testing import do_bench
+
+    got = [x.float() for x in run()[compared]]
+    ref = got if ref is None else ref
+    row = dict(rel_err_vs_first=max(float((a - b).norm() / b.norm().clamp_min(1e-30)) for a, b in zip(got, ref)))
+    del got
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    run()
+    torch.cuda.synchronize()
+    row["peak_extra_gb"] = (torch.cuda.max_memory_allocated() - base) / 1e9
+    row["ms"] = do_bench(run, warmup=warmup, rep=rep, return_mode="median")
+    return row, ref
+
+
+def run_meta(shapes: str) -> dict:
+    """Card, versions, date and command of this run."""
+    import triton
+
+    return dict(card=torch.cuda.get_device_name(), versions=dict(torch=torch.__version__, triton=triton.__version__),
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                command="python " + " ".join(sys.argv), shapes=shapes)
