@@ -30,6 +30,7 @@ Tail chunks are masked: missing tokens load g = 0, beta = 0, which leaves the st
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -303,9 +304,14 @@ def prepass(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, beta: torch.Tenso
     return qt, kt, A, decay
 
 
+@functools.cache
+def _sm_count(device: int) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _num_segments(programs: int, n_chunks: int) -> int:
     """Segments per sequence so that about PROGRAMS_PER_SM programs run per multiprocessor (>= 8 chunks each)."""
-    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    sms = _sm_count(torch.cuda.current_device())
     want = math.ceil(PROGRAMS_PER_SM * sms / max(programs, 1))
     return max(1, min(want, n_chunks // 8))
 
@@ -334,6 +340,10 @@ def chunk_scan_fwd(
     DV = v.shape[-1]
     BV = min(config.block_v, DV)
     C = config.chunk
+    if config.prepass and T > 0:          # first: the GPU starts while the host sets up the rest
+        qt, kt, A, decay = prepass(q, k, g, beta, scale, C, config.prep_warps)
+    else:
+        qt = kt = A = decay = q                                     # unused pointers
     if out is None:
         o = torch.empty(B, T, H, DV, dtype=q.dtype, device=q.device)
         final = torch.empty(B, H, DK, DV, dtype=torch.float32, device=q.device)
@@ -354,10 +364,6 @@ def chunk_scan_fwd(
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
     common = dict(DK=DK, DV=DV, BV=BV, C=C, HAS_INIT=initial_state is not None, PREC=prec, PREP=config.prepass,
                   num_warps=config.num_warps, num_stages=config.num_stages)
-    if config.prepass:
-        qt, kt, A, decay = prepass(q, k, g, beta, scale, C, config.prep_warps)
-    else:
-        qt = kt = A = decay = q                                     # unused pointers
     args = (q, k, v, g, beta, o, s0, seg_state, seg_decay, final, qt, kt, A, decay, T, H, nsum, seg_len, scale)
     if n_seg > 1:
         _chunk_fwd_kernel[(B * H, NV, n_seg - 1)](*args, SUMMARY=True, **common)

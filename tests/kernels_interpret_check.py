@@ -57,7 +57,37 @@ def check(name: str, err: float, tol: float) -> None:
         sys.exit(f"FAILED {name}: relative error {err:.2e} >= {tol:.0e}")
 
 
+def prepass_reference(q, k, g, beta, scale, chunk):
+    """(qt, kt, A, decay) of _chunk_prep_kernel in float64, straight from the definitions: b the cumulative
+    log-gates within each chunk, A[i, j] = sum_d q_i scale k_j beta_j exp(b_i - b_j) for j <= i."""
+    B, T, H, DK = q.shape
+    nc = -(-T // chunk)
+    pad = lambda x: torch.nn.functional.pad(x.double(), (0, 0) * (x.dim() - 2) + (0, nc * chunk - T))
+    per_chunk = lambda x: pad(x).reshape(B, nc, chunk, H, -1).permute(0, 3, 1, 2, 4)    # [B, H, NC, C, *]
+    qc, kc, gc, bc = (per_chunk(x) for x in (q, k, g, beta[..., None]))
+    b = gc.cumsum(3)
+    last = b[:, :, :, -1:]
+    unchunk = lambda x: x.permute(0, 2, 3, 1, 4).reshape(B, nc * chunk, H, DK)[:, :T]
+    qt, kt = unchunk(qc * scale * b.exp()), unchunk(kc * bc * (last - b).exp())
+    expo = b[:, :, :, :, None, :] - b[:, :, :, None, :, :]                      # [B, H, NC, Ci, Cj, DK]
+    causal = torch.ones(chunk, chunk, dtype=torch.bool).tril()[:, :, None]
+    A = (qc[:, :, :, :, None] * scale * (kc * bc)[:, :, :, None] * expo.masked_fill(~causal, -torch.inf).exp())
+    return qt, kt, A.sum(-1).reshape(B * H, nc, chunk, chunk), last[:, :, :, 0].reshape(B * H, nc, DK)
+
+
+def check_prepass() -> None:
+    """The prepass's four outputs against their definitions, for chunks of one, two and four 16-token blocks and
+    lengths that end inside a block (the forward and backward tests check them only through the scan)."""
+    for chunk, shape, g_mode in ((16, (1, 37, 2, 32, 32), "random"), (32, (2, 70, 1, 64, 64), "gmin"),
+                                 (64, (1, 100, 2, 16, 16), "random"), (32, (1, 45, 1, 128, 128), "slow")):
+        q, k, _, g, beta, _ = inputs(*shape, seed=chunk)
+        got = fwd.prepass(q, k, g, beta, 0.3, chunk, num_warps=2)
+        for name, a, b in zip(("qt", "kt", "A", "decay"), got, prepass_reference(q, k, g, beta, 0.3, chunk)):
+            check(f"prepass chunk={chunk} {shape} {g_mode} {name}", rel(a, b), TOL)
+
+
 def main() -> None:
+    check_prepass()
     fwd._num_segments = lambda programs, n_chunks: min(3, max(1, n_chunks))   # exercise the segment join
     shapes = [(1, 1, 1, 16, 16), (2, 70, 2, 32, 64), (1, 100, 1, 64, 32)]
     for i, cfg in enumerate(fwd.FWD_CONFIGS + fwd.PENDING_CONFIGS):

@@ -108,6 +108,13 @@ def test_cpu_dispatch_runs_chunked_and_says_so_once(caplog):
     assert torch.equal(o1, o2) and torch.equal(s1, s2)
 
 
+def test_cpu_tensors_go_through_the_custom_op():
+    from seqedge.kernels import ops
+
+    q, k, v, g, beta, s0 = _inputs(1, 4, 1, 16, 8, seed=0)
+    assert not ops.calls_cuda_directly(q, k, v, g, beta, s0)      # the CUDA shortcut is for CUDA tensors only
+
+
 @pytest.mark.parametrize("T", [1, 37, 64])
 def test_chunk_scan_op_cpu_matches_reference(T):
     from seqedge.kernels import chunk_scan

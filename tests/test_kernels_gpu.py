@@ -235,6 +235,25 @@ def test_backward_in_pieces(dtype, monkeypatch):
     assert _within(errs, dtype), errs
 
 
+def test_public_op_skips_dispatcher_only_with_nothing_to_differentiate():
+    """chunk_scan calls the CUDA implementation directly for plain CUDA tensors without gradients (host time),
+    and gives the same bits as the custom op; with a gradient to record it goes through the op."""
+    from seqedge.kernels import chunk_scan, ops
+
+    q, k, v, g, beta, s0 = _inputs(1, 100, 2, 64, 64, torch.bfloat16, seed=5)
+    assert ops.calls_cuda_directly(q, k, v, g, beta, s0) and ops.calls_cuda_directly(q, k, v, g, beta, None)
+    assert not ops.calls_cuda_directly(q.cpu(), k, v, g, beta, s0)
+    leaf = q.clone().requires_grad_()
+    assert not ops.calls_cuda_directly(leaf, k, v, g, beta, s0)
+    with torch.no_grad():
+        assert ops.calls_cuda_directly(leaf, k, v, g, beta, s0)
+    o, fin = chunk_scan(q, k, v, g, beta, initial_state=s0, output_final_state=True)
+    ro, rfin = ops.chunk_scan_gated(q, k, v, g, beta, s0, 64 ** -0.5)
+    assert torch.equal(o, ro) and torch.equal(fin, rfin)
+    o, _ = chunk_scan(leaf, k, v, g, beta, initial_state=s0)
+    assert o.grad_fn is not None
+
+
 def test_torch_compile_fullgraph():
     from seqedge.kernels import chunk_scan
 
