@@ -197,20 +197,17 @@ def bench_step(results: dict, save) -> None:
 
 
 DECODE_STEPS = {"fused": "fused Triton + graph", "fused-nopdl": "fused Triton + graph, no PDL",
-                "fused-5": "fused Triton + graph, 5-launch layers", "compile": "torch.compile + graph",
-                "eager": "eager ops + graph"}
+                "compile": "torch.compile + graph", "eager": "eager ops + graph"}
 # (batch, step): the target first (a run cut short has measured what matters most); torch.compile only at
 # batch 1 (one multi-second compile per preset and batch size)
-DECODE_ROWS = ((1, "fused"), (1, "fused-5"), (1, "fused-nopdl"), (1, "compile"), (1, "eager"), (8, "fused"),
-               (8, "fused-5"), (8, "eager"), (64, "fused"), (64, "fused-5"), (64, "eager"))
+DECODE_ROWS = ((1, "fused"), (1, "fused-nopdl"), (1, "compile"), (1, "eager"), (8, "fused"), (8, "eager"),
+               (64, "fused"), (64, "eager"))
 
 
 def _decoder(model, B: int, step: str):
-    from seqedge.kernels.decode_fused import FUSED_CONFIGS, FusedDecoder
+    from seqedge.kernels.decode_fused import FusedDecoder
     from seqedge.kernels.decode_graph import GraphDecoder
 
-    if step == "fused-5":                   # the default's predecessor: 5 launches per layer, no atomics
-        return FusedDecoder(model, batch_size=B, config=next(c for c in FUSED_CONFIGS if not c.merged))
     if step.startswith("fused"):
         return FusedDecoder(model, batch_size=B, pdl=False if step == "fused-nopdl" else None)
     return GraphDecoder(model, batch_size=B, compile=step == "compile")

@@ -417,7 +417,7 @@ def _fused_vs_references(name, rule, B, dtype, cfg_id, steps=6, pdl=None):
 
 
 @pytest.mark.parametrize("pdl", [True, False], ids=["pdl", "no-pdl"])
-@pytest.mark.parametrize("cfg_id", [0, 1, 2, 3])
+@pytest.mark.parametrize("cfg_id", [0, 1])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("B", [1, 8])
 @pytest.mark.parametrize("rule", ["gated", "delta"])
@@ -425,30 +425,26 @@ def _fused_vs_references(name, rule, B, dtype, cfg_id, steps=6, pdl=None):
 def test_fused_decoder_matches_model_step(name, rule, B, dtype, cfg_id, pdl, no_tf32):
     from seqedge.kernels.decode_fused import FUSED_CONFIGS, pdl_supported
 
-    assert len(FUSED_CONFIGS) == 4, "every config must be checked: update the cfg_id parametrisation"
+    assert len(FUSED_CONFIGS) == 2, "every config must be checked: update the cfg_id parametrisation"
     if pdl and not pdl_supported(torch.device("cuda")):
         pytest.skip(f"programmatic dependent launch needs sm 9.0+, this GPU is sm "
                     f"{'.'.join(map(str, torch.cuda.get_device_capability()))}")
     _fused_vs_references(name, rule, B, dtype, cfg_id, pdl=pdl)
 
 
-@pytest.mark.parametrize("cfg_id", [0, 2], ids=["merged", "5-launch"])
-def test_fused_decoder_batch_64(cfg_id, no_tf32):
-    _fused_vs_references("small", "delta", 64, torch.bfloat16, cfg_id, steps=3)
+def test_fused_decoder_batch_64(no_tf32):
+    _fused_vs_references("small", "delta", 64, torch.bfloat16, 0, steps=3)
 
 
-@pytest.mark.parametrize("merged", [True, False], ids=["merged", "5-launch"])
-def test_fused_decoder_state_round_trip(merged):
+def test_fused_decoder_state_round_trip():
     from seqedge.config import SequentialAttentionConfig
     from seqedge.kernels import FusedDecoder
-    from seqedge.kernels.decode_fused import FUSED_CONFIGS
     from seqedge.model import SequentialAttentionModel
 
     torch.manual_seed(0)
     model = SequentialAttentionModel(SequentialAttentionConfig.preset("tiny")).cuda().eval()
-    config = next(c for c in FUSED_CONFIGS if c.merged == merged)
-    dec = FusedDecoder(model, batch_size=2, config=config)
-    assert dec.launches_per_step == (3 if merged else 5) * model.config.num_layers + 1
+    dec = FusedDecoder(model, batch_size=2)
+    assert dec.launches_per_step == 5 * model.config.num_layers + 1
     with pytest.raises(ValueError, match="tokens must have shape"):
         dec.step(torch.zeros(3, dtype=torch.int64, device="cuda"))
     tokens = torch.tensor([1, 2], device="cuda")
@@ -456,10 +452,6 @@ def test_fused_decoder_state_round_trip(merged):
     saved = dec.state()
     first = dec.step(tokens).clone()
     dec.reset(saved)
-    again = dec.step(tokens)
-    if merged:      # atomically added partial sums: the order, hence the last bits, may change between replays
-        assert _rel(again, first) < 1e-5, _rel(again, first)
-    else:           # same state, same token: bit-identical replay
-        assert torch.equal(again, first)
+    assert torch.equal(dec.step(tokens), first)     # same state, same token: bit-identical replay
     dec.reset()
     assert all(not t.any() for t in dec.states)
