@@ -53,12 +53,15 @@ class ScanConfig:
     num_stages: int = 1
     prepass: bool = False     # the per-chunk, state-independent work in a parallel launch first (see below)
     prep_warps: int = 4       # warps of that launch
+    prep_block_k: int = 0     # key columns per step of that launch (_chunk_prep_cols_kernel); 0: all at once
 
     def __post_init__(self) -> None:
         if self.chunk % SUB or self.chunk <= 0:
             raise ValueError(f"chunk must be a positive multiple of {SUB}, got {self.chunk}")
         if self.block_v < 16 or self.block_v & (self.block_v - 1):
             raise ValueError(f"block_v must be a power of two >= 16, got {self.block_v}")
+        if self.prep_block_k and (self.prep_block_k < 16 or self.prep_block_k & (self.prep_block_k - 1)):
+            raise ValueError(f"prep_block_k must be 0 or a power of two >= 16, got {self.prep_block_k}")
 
 
 # Short on purpose: every entry is run and checked by tests/test_kernels_gpu.py, not only the one picked.
@@ -78,8 +81,13 @@ FWD_CONFIGS: tuple[ScanConfig, ...] = (
     ScanConfig(chunk=32, block_v=64, num_warps=4, num_stages=1),                                  # 5.13 ms
 )
 # Candidates: checked by the same tests as FWD_CONFIGS, never picked; they join FWD_CONFIGS once the GPU suite
-# has run in full with them.
-PENDING_CONFIGS: tuple[ScanConfig, ...] = ()
+# has run in full with them. The prepass 16 key columns at a time (_chunk_prep_cols_kernel) at 4 warps: no spills
+# and 16 warps per multiprocessor, where the whole-row prepass at 2 warps spills 2.2 KB per thread and runs 8, for
+# the same registers per program (benchmarks/results/kernel_registers.md, compiled offline for sm_90). Not yet
+# run on a GPU.
+PENDING_CONFIGS: tuple[ScanConfig, ...] = (
+    ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2, prepass=True, prep_warps=4, prep_block_k=16),
+)
 # Taken out of the list by evidence from the GPU runs recorded in benchmarks/results/kernels_gpu_tests.md
 # (H100, triton 3.6.0, 2026-11-27); kept here so the finding is not lost:
 EXCLUDED_CONFIGS: dict[ScanConfig, str] = {
@@ -167,6 +175,57 @@ def _chunk_prep_kernel(q, k, g, beta, qt, kt, A, decay, T, H, NC, scale,
     for j in tl.static_range(C // _SUB):
         a = _intra_scores(b_q, b_g, b_b, k, g, beta, qk_base, be_base, t0, T, H, DK, C, PREC, j)
         tl.store(A + idx * C * C + rc[:, None] * C + j * _SUB + r16[None, :], a.to(DT))
+
+
+@triton.jit
+def _chunk_prep_cols_kernel(q, k, g, beta, qt, kt, A, decay, T, H, NC, scale,
+                            DK: tl.constexpr, C: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    """:func:`_chunk_prep_kernel`'s outputs, BD of the DK columns at a time (every output but A is per column; A
+    sums over columns). A program then holds [C, BD] tiles instead of four [C, DK] float32 ones: at DK=128 those
+    take 255 registers per thread and spill at 2 and 4 warps (sm_90, ptxas), which caps how many programs share
+    a multiprocessor.
+
+    The scores of every 16-token key block j come from one dot: each query row is repeated once per key block,
+    referenced to that block's middle (``q_i exp(min(b_i - mid_j, 40))``), against keys referenced to their own
+    block's middle (``k_j beta_j exp(mid_j - b_j)``); each score keeps the repeat of its key's block. Same factors
+    as :func:`_intra_scores`.
+    """
+    i_c = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    DT = k.dtype.element_ty
+    NJ: tl.constexpr = C // _SUB
+    rc = tl.arange(0, C)
+    rd = tl.arange(0, BD)
+    rj = tl.arange(0, NJ)
+    blk = rc // _SUB                                                        # [C] key block of each row
+    qk_base = i_b.to(tl.int64) * T * H * DK + i_h * DK
+    t0 = i_c * C
+    rows = t0 + rc
+    m = rows < T
+    idx = i_bh.to(tl.int64) * NC + i_c
+    b_beta = tl.load(beta + i_b.to(tl.int64) * T * H + i_h + rows.to(tl.int64) * H, mask=m, other=0.0).to(tl.float32)
+    acc = tl.zeros([C, C], dtype=tl.float32)
+    for d0 in tl.range(0, DK, BD, num_stages=1):
+        off = qk_base + rows[:, None].to(tl.int64) * (H * DK) + (d0 + rd)[None, :]
+        b_q = tl.load(q + off, mask=m[:, None], other=0.0).to(tl.float32) * scale
+        b_k = tl.load(k + off, mask=m[:, None], other=0.0).to(tl.float32)
+        b_b = tl.cumsum(tl.load(g + off, mask=m[:, None], other=0.0).to(tl.float32), axis=0)     # [C, BD]
+        b_last = tl.sum(tl.where(rc[:, None] == C - 1, b_b, 0.0), axis=0)                        # [BD]
+        tl.store(qt + off, (b_q * tl.exp(b_b)).to(DT), mask=m[:, None])
+        tl.store(kt + off, (b_k * b_beta[:, None] * tl.exp(b_last[None, :] - b_b)).to(DT), mask=m[:, None])
+        tl.store(decay + idx * DK + d0 + rd, b_last)
+        mid = tl.sum(tl.where(rc[None, :, None] == (rj * _SUB + _SUB // 2)[:, None, None], b_b[None, :, :], 0.0),
+                     axis=1)                                                                      # [NJ, BD]
+        mid_own = tl.sum(tl.where(blk[:, None, None] == rj[None, :, None], mid[None, :, :], 0.0), axis=1)
+        kk = (b_k * b_beta[:, None] * tl.exp(mid_own - b_b)).to(DT)                              # [C, BD]
+        qs = b_q[:, None, :] * tl.exp(tl.minimum(b_b[:, None, :] - mid[None, :, :], 40.0))       # [C, NJ, BD]
+        s = tl.dot(tl.reshape(qs.to(DT), [C * NJ, BD]), tl.trans(kk), input_precision=PREC)    # [C * NJ, C]
+        s = tl.reshape(s, [C, NJ, C])
+        acc += tl.sum(tl.where(rj[None, :, None] == blk[None, None, :], s, 0.0), axis=1)
+    acc = tl.where(rc[:, None] >= rc[None, :], acc, 0.0)
+    tl.store(A + idx * C * C + rc[:, None] * C + rc[None, :], acc.to(DT))
 
 
 @triton.jit
@@ -291,16 +350,22 @@ PROGRAMS_PER_SM = 8     # the sequence is split into segments until about this m
 
 
 def prepass(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, scale: float, chunk: int,
-            num_warps: int) -> tuple[torch.Tensor, ...]:
-    """Launch :func:`_chunk_prep_kernel`: ``(qt, kt, A, decay)`` for every chunk (its docstring says what each
-    holds). The forward's prepass configs and the backward both start with it."""
+            num_warps: int, block_k: int = 0) -> tuple[torch.Tensor, ...]:
+    """Launch :func:`_chunk_prep_kernel` (or, with ``block_k``, :func:`_chunk_prep_cols_kernel` on that many key
+    columns at a time): ``(qt, kt, A, decay)`` for every chunk (the kernel's docstring says what each holds). The
+    forward's prepass configs and the backward both start with it."""
     B, T, H, DK = q.shape
     n_chunks = triton.cdiv(T, chunk)
     qt, kt = torch.empty_like(k), torch.empty_like(k)
     A = torch.empty(B * H, n_chunks, chunk, chunk, dtype=k.dtype, device=q.device)
     decay = torch.empty(B * H, n_chunks, DK, dtype=torch.float32, device=q.device)
-    _chunk_prep_kernel[(n_chunks, B * H)](q, k, g, beta, qt, kt, A, decay, T, H, n_chunks, scale, DK=DK, C=chunk,
-                                          PREC="ieee" if q.dtype == torch.float32 else "tf32", num_warps=num_warps)
+    args = (q, k, g, beta, qt, kt, A, decay, T, H, n_chunks, scale)
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    if block_k:
+        _chunk_prep_cols_kernel[(n_chunks, B * H)](*args, DK=DK, C=chunk, BD=min(block_k, DK), PREC=prec,
+                                                   num_warps=num_warps)
+    else:
+        _chunk_prep_kernel[(n_chunks, B * H)](*args, DK=DK, C=chunk, PREC=prec, num_warps=num_warps)
     return qt, kt, A, decay
 
 
@@ -341,7 +406,7 @@ def chunk_scan_fwd(
     BV = min(config.block_v, DV)
     C = config.chunk
     if config.prepass and T > 0:          # first: the GPU starts while the host sets up the rest
-        qt, kt, A, decay = prepass(q, k, g, beta, scale, C, config.prep_warps)
+        qt, kt, A, decay = prepass(q, k, g, beta, scale, C, config.prep_warps, config.prep_block_k)
     else:
         qt = kt = A = decay = q                                     # unused pointers
     if out is None:

@@ -80,10 +80,12 @@ def check_prepass() -> None:
     lengths that end inside a block (the forward and backward tests check them only through the scan)."""
     for chunk, shape, g_mode in ((16, (1, 37, 2, 32, 32), "random"), (32, (2, 70, 1, 64, 64), "gmin"),
                                  (64, (1, 100, 2, 16, 16), "random"), (32, (1, 45, 1, 128, 128), "slow")):
-        q, k, _, g, beta, _ = inputs(*shape, seed=chunk)
-        got = fwd.prepass(q, k, g, beta, 0.3, chunk, num_warps=2)
-        for name, a, b in zip(("qt", "kt", "A", "decay"), got, prepass_reference(q, k, g, beta, 0.3, chunk)):
-            check(f"prepass chunk={chunk} {shape} {g_mode} {name}", rel(a, b), TOL)
+        q, k, _, g, beta, _ = inputs(*shape, seed=chunk, g_mode=g_mode)
+        ref = prepass_reference(q, k, g, beta, 0.3, chunk)
+        for block_k in (0, 16, 32):                   # the whole row at once; key columns 16 / 32 at a time
+            got = fwd.prepass(q, k, g, beta, 0.3, chunk, num_warps=2, block_k=block_k)
+            for name, a, b in zip(("qt", "kt", "A", "decay"), got, ref):
+                check(f"prepass chunk={chunk} block_k={block_k} {shape} {g_mode} {name}", rel(a, b), TOL)
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ pytestmark = [
 ]
 HAS_FLA = importlib.util.find_spec("fla") is not None
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}   # relative L2 error against float64 on the same (rounded) inputs
-CONFIG_IDS = [0, 1, 2, 3, 4]   # indices into FWD_CONFIGS + PENDING_CONFIGS (tests check the count matches)
+CONFIG_IDS = [0, 1, 2, 3, 4, 5]   # indices into FWD_CONFIGS + PENDING_CONFIGS (tests check the count matches)
 
 
 def _rel(x: torch.Tensor, ref: torch.Tensor, scale: torch.Tensor | None = None) -> float:
