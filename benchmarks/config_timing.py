@@ -1,5 +1,6 @@
-"""Shared by the per-config kernel benchmarks (kernels_fwd_configs.py, kernels_bwd_configs.py): one config's
-outputs against the first config's, its peak memory and its time; and the metadata every recorded run carries."""
+"""Shared by the kernel benchmarks: one config's outputs against the first config's, its peak memory and its time
+(kernels_fwd_configs.py, kernels_bwd_configs.py); one call's CUDA-event time (kernels.py, fwd_call_overhead.py);
+and the metadata every recorded run carries."""
 
 from __future__ import annotations
 
@@ -29,6 +30,17 @@ def time_config(run: Callable[[], Sequence[torch.Tensor]], ref: list[torch.Tenso
     row["peak_extra_gb"] = (torch.cuda.max_memory_allocated() - base) / 1e9
     row["ms"] = do_bench(run, warmup=warmup, rep=rep, return_mode="median")
     return row, ref
+
+
+def event_ms(fn: Callable[[], object]) -> float:
+    """CUDA-event time of one call of ``fn`` (ms), from the moment the host starts it: whatever the host does before
+    the first launch counts when the GPU is idle."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
 
 
 def run_meta(shapes: str) -> dict:

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
 
-from config_timing import run_meta  # noqa: E402
+from config_timing import event_ms, run_meta  # noqa: E402
 
 H, D = 16, 128
 
@@ -50,8 +50,8 @@ def host_us(fn, n: int = 50) -> float:
     return statistics.median(times)
 
 
-def event_ms(fn, n: int = 50, behind_busy: bool = False) -> float:
-    """Median CUDA-event time of one call: GPU idle before it (as kernels.py), or queued behind a 5 ms sleep
+def median_event_ms(fn, n: int = 50, behind_busy: bool = False) -> float:
+    """Median CUDA-event time of one call: GPU idle before it (as kernels.py), or queued behind a ~5 ms sleep
     kernel so the host's work before the first launch is hidden."""
     fn()
     torch.cuda.synchronize()
@@ -59,12 +59,7 @@ def event_ms(fn, n: int = 50, behind_busy: bool = False) -> float:
     for _ in range(n):
         if behind_busy:
             torch.cuda._sleep(10_000_000)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(event_ms(fn))
     return statistics.median(times)
 
 
@@ -113,8 +108,8 @@ def main(argv=None) -> int:
         }
         rows = []
         for name, fn in levels.items():
-            row = dict(level=name, host_us=host_us(fn), event_ms_idle=event_ms(fn),
-                       event_ms_behind_busy=event_ms(fn, behind_busy=True))
+            row = dict(level=name, host_us=host_us(fn), event_ms_idle=median_event_ms(fn),
+                       event_ms_behind_busy=median_event_ms(fn, behind_busy=True))
             rows.append(row)
             print(json.dumps(row), flush=True)
         prof = kernel_profile(levels["seqedge.kernels.chunk_scan (public)"])

@@ -19,6 +19,8 @@ import time
 
 import torch
 
+from config_timing import event_ms
+
 H, D = 16, 128
 TARGETS = {"fwd_ms_T65536": 2.0, "fwdbwd_ms_T65536": 10.0, "fwd_peak_gb_T131072": 2.5}
 
@@ -30,12 +32,7 @@ def _time_ms(fn, budget_ms: float = 250.0, max_reps: int = 30) -> float:
     times = []
     reps = max_reps
     for i in range(max_reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(event_ms(fn))
         if i == 0:
             reps = max(3, min(max_reps, int(budget_ms / max(times[0], 1e-3))))
         if len(times) >= reps:
