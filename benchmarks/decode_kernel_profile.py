@@ -13,13 +13,10 @@ import argparse
 import collections
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
+import torch
 
-import torch  # noqa: E402
-
-from config_timing import run_meta  # noqa: E402
+from config_timing import run_meta
 
 
 def profile_step(dec, tokens: torch.Tensor, steps: int = 5) -> dict[str, dict]:

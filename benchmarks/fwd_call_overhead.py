@@ -16,14 +16,11 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
+import torch
 
-import torch  # noqa: E402
-
-from config_timing import event_ms, run_meta  # noqa: E402
+from config_timing import event_ms, run_meta
 
 H, D = 16, 128
 
@@ -101,8 +98,8 @@ def main(argv=None) -> int:
         levels = {
             "seqedge.kernels.chunk_scan (public)": lambda: chunk_scan(q, k, v, g, beta),
             "ops.chunk_scan_gated (custom op)": lambda: ops.chunk_scan_gated(q, k, v, g, beta, None, scale),
-            "ops._chunk_scan_gated_cuda (implementation)":
-                lambda: ops._chunk_scan_gated_cuda(q, k, v, g, beta, None, scale),
+            "ops.chunk_scan_gated_cuda (implementation)":
+                lambda: ops.chunk_scan_gated_cuda(q, k, v, g, beta, None, scale),
             "chunk_scan_fwd (explicit config)": lambda: cst.chunk_scan_fwd(q, k, v, g, beta, None, scale, cfg),
             "prepass launch only": lambda: cst.prepass(q, k, g, beta, scale, cfg.chunk, cfg.prep_warps),
         }

@@ -58,7 +58,7 @@ def chunk_scan(
     check_scan_inputs(q, k, v, g, beta, "gated", initial_state)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if ops.calls_cuda_directly(q, k, v, g, beta, initial_state):
-        o, final = ops._chunk_scan_gated_cuda(q, k, v, g, beta, initial_state, scale)
+        o, final = ops.chunk_scan_gated_cuda(q, k, v, g, beta, initial_state, scale)
     else:
         o, final = ops.chunk_scan_gated(q, k, v, g, beta, initial_state, scale)
     return o, (final if output_final_state else None)

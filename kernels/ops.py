@@ -78,7 +78,10 @@ def chunk_scan_gated(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, i
 
 
 @chunk_scan_gated.register_kernel("cuda")
-def _chunk_scan_gated_cuda(q, k, v, g, beta, initial_state, scale):
+def chunk_scan_gated_cuda(q, k, v, g, beta, initial_state, scale):
+    """CUDA implementation: the Triton forward with the fastest config for the shape. The public
+    ``seqedge.kernels.chunk_scan`` also calls it directly, past the dispatcher, when :func:`calls_cuda_directly`
+    allows."""
     from .chunk_scan_triton import check_kernel_shapes, chunk_scan_fwd, pick_config
 
     if q.dtype not in KERNEL_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
