@@ -67,9 +67,9 @@ class PersistentConfig(NamedTuple):
 # Every entry is checked by the tests (interpreter and GPU); FUSED_CONFIGS[0] is the default. No autotuning.
 FUSED_CONFIGS: tuple[FusedConfig, ...] = (FusedConfig(block_v=32, max_tile=4096),
                                           FusedConfig(block_v=64, max_tile=8192))
-PERSISTENT_CONFIGS: tuple[PersistentConfig, ...] = (PersistentConfig(num_warps=8, max_tile=16384, barrier="flags"),
-                                                    PersistentConfig(num_warps=8, max_tile=16384, barrier="counter"),
-                                                    PersistentConfig(num_warps=4, max_tile=8192, barrier="flags"))
+PERSISTENT_CONFIGS: tuple[PersistentConfig, ...] = (PersistentConfig(num_warps=8, max_tile=16384, barrier="counter"),
+                                                    PersistentConfig(num_warps=4, max_tile=16384, barrier="counter"),
+                                                    PersistentConfig(num_warps=8, max_tile=16384, barrier="flags"))
 ALL_CONFIGS = FUSED_CONFIGS + PERSISTENT_CONFIGS
 
 
@@ -277,6 +277,10 @@ class FusedDecoder(StaticDecoder):
             self._bn = {k: persistent_block_n(rows, width, B, programs, config.max_tile)
                         for k, (rows, width) in widths.items()}
             self._bv = persistent_block_v(B, c.num_heads, c.head_v_dim, programs)
+            if None in self._bn.values() or self._bv is None:
+                raise ValueError(f"{config} needs every stage in at most one tile of at most {config.max_tile} "
+                                 f"weights per program ({programs} programs); batch_size {B} of this model does "
+                                 f"not fit: use one of FUSED_CONFIGS")
             if pdl:
                 raise ValueError("pdl applies to the 5-launch layers (FUSED_CONFIGS); a persistent config makes "
                                  "one launch per step")

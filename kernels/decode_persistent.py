@@ -65,74 +65,12 @@ def grid_sync(sync, epoch, BARRIER: tl.constexpr, FP: tl.constexpr):
 
 
 @triton.jit
-def _norm_gemv_stage(pid, nprog, sync, epoch, wait, x, tok, xres, norm_w, w, out, bias, tail, conv_w, B, N, K, C, eps,
-                     EMBED: tl.constexpr, HAS_BIAS: tl.constexpr, CONV: tl.constexpr, SWIGLU: tl.constexpr,
-                     KW: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SYNC: tl.constexpr,
-                     BARRIER: tl.constexpr, FP: tl.constexpr):
-    """RMSNorm + GEMV over tiles (batch row, BN output rows); the program's first tile's weights load before the
-    barrier (if ``SYNC`` and ``wait``); further tiles, if the grid is smaller than the tiles, after it."""
-    nt = tl.cdiv(N, BN)
-    rn = (pid % nt) * BN + tl.arange(0, BN)
-    wt, wu, nw, cw, cw_last = norm_gemv_load(w, norm_w, conv_w, rn, N, K, C, CONV, SWIGLU, KW, KP, BN, BK)
-    if SYNC:
-        if wait:
-            grid_sync(sync, epoch, BARRIER, FP)
-    for t in range(pid, B * nt, nprog):
-        b = tl.cast(t // nt, tl.int64)
-        n = t % nt
-        if t != pid:
-            rn = n * BN + tl.arange(0, BN)
-            wt, wu, nw, cw, cw_last = norm_gemv_load(w, norm_w, conv_w, rn, N, K, C, CONV, SWIGLU, KW, KP, BN, BK)
-        if EMBED:
-            xrow = x + tl.load(tok + b).to(tl.int64) * K
-        else:
-            xrow = x + b * K
-        norm_gemv_apply(xrow, xres, n == 0, out, bias, tail, b, rn, wt, wu, nw, cw, cw_last, N, K, C, eps,
-                        EMBED, HAS_BIAS, CONV, SWIGLU, KW, KP, BK)
-
-
-@triton.jit
-def _mixer_stage(pid, nprog, sync, epoch, proj, up_w, up_b, skip, state, o, B, NP, C, R, scale, g_min, H: tl.constexpr,
-                 DK: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr, RP: tl.constexpr, DELTA: tl.constexpr,
-                 SYNC: tl.constexpr, BARRIER: tl.constexpr, FP: tl.constexpr):
-    """The mixer over tiles (batch row * head, BV value columns). The first tile's state block loads before the
-    barrier too: only this tile touches it, and the previous token's launch has completed."""
-    nv = DV // BV
-    rk = tl.arange(0, DK)
-    i_bh = (pid // nv).to(tl.int64)
-    rv = (pid % nv) * BV + tl.arange(0, BV)
-    wu, bu, sk = mixer_load(up_w, up_b, skip, i_bh % H, rv, R, DK, DV, RP)
-    ptr = state + i_bh * DK * DV + rk[:, None] * DV + rv[None, :]
-    S = tl.load(ptr, mask=(i_bh < B * H) & (rv < DV)[None, :], other=0.0)
-    if SYNC:
-        grid_sync(sync, epoch, BARRIER, FP)
-    for t in range(pid, B * H * nv, nprog):
-        if t != pid:
-            i_bh = tl.cast(t // nv, tl.int64)
-            rv = (t % nv) * BV + tl.arange(0, BV)
-            wu, bu, sk = mixer_load(up_w, up_b, skip, i_bh % H, rv, R, DK, DV, RP)
-            ptr = state + i_bh * DK * DV + rk[:, None] * DV + rv[None, :]
-            S = tl.load(ptr)
-        mixer_apply(proj, o, ptr, S, i_bh // H, i_bh % H, rv, wu, bu, sk, NP, C, R, scale, g_min, H, DK, DV, RP,
-                    DELTA)
-
-
-@triton.jit
-def _gemv_residual_stage(pid, nprog, sync, epoch, inp, gate, norm_w, w, x, B, N, K, NP, gate_off, eps,
-                         HEAD_NORM: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, DV: tl.constexpr,
-                         BN: tl.constexpr, SYNC: tl.constexpr, BARRIER: tl.constexpr, FP: tl.constexpr):
-    """GEMV + residual add over tiles (batch row, BN output rows), first tile's weights before the barrier."""
-    nt = tl.cdiv(N, BN)
-    rn = (pid % nt) * BN + tl.arange(0, BN)
-    wt, nw = gemv_residual_load(w, norm_w, rn, N, K, HEAD_NORM, H, HP, DV)
-    if SYNC:
-        grid_sync(sync, epoch, BARRIER, FP)
-    for t in range(pid, B * nt, nprog):
-        if t != pid:
-            rn = (t % nt) * BN + tl.arange(0, BN)
-            wt, nw = gemv_residual_load(w, norm_w, rn, N, K, HEAD_NORM, H, HP, DV)
-        gemv_residual_apply(inp, gate, x, tl.cast(t // nt, tl.int64), rn, wt, nw, N, K, NP, gate_off, eps, HEAD_NORM,
-                            H, HP, DV)
+def _tile(pid, tiles, nt, BN: tl.constexpr):
+    """This program's tile of a stage (at most one: the host sizes tiles so): (active, batch row, first-tile flag,
+    rows). An idle program (pid >= tiles) gets tile pid % tiles, so its prefetch reads valid weights."""
+    t = pid % tiles
+    n = t % nt
+    return pid < tiles, tl.cast(t // nt, tl.int64), n == 0, n * BN + tl.arange(0, BN)
 
 
 @triton.jit
@@ -148,65 +86,133 @@ def decode_step_kernel(tok, embed, x, proj, o, hidden, logits, sync,
     """Layers [layer_lo, layer_hi) of one decode step, then the logits (the stages of FusedDecoder, same buffers).
 
     Per-layer weights are stacked on a leading layer axis ([L, ...]), as are the conv tails [L, B, C, KW-1] and
-    scan states [L, B, H, DK, DV]. STAGE = -1 runs every stage, each after a grid barrier (SYNC; ``sync`` is the
-    barrier's memory, see :func:`grid_sync`); STAGE = 0..4 runs only that stage of each layer, and HEAD_STAGE only
-    the logits (one launch per stage, no barrier)."""
+    scan states [L, B, H, DK, DV]. Each program has at most one tile per stage. Every stage first issues the loads
+    of the next stage's weights (the next layer's for the last stage), then waits at the barrier, then computes
+    with the weights loaded one stage earlier: weight traffic overlaps a whole stage, not only the wait.
+    STAGE = -1 runs every stage, each after a grid barrier (SYNC; ``sync`` is the barrier's memory, see
+    :func:`grid_sync`); STAGE = 0..4 computes only that stage of each layer, and HEAD_STAGE only the logits (one
+    launch per stage, no barrier: for Triton's interpreter)."""
     pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
     NV = H * DV
+    NT_IN = tl.cdiv(N_IN, BN_IN)
+    NT_OUT = tl.cdiv(D, BN_OUT)
+    NT_MLP = tl.cdiv(F, BN_MLP)
+    NT_DOWN = tl.cdiv(D, BN_DOWN)
+    NT_HEAD = tl.cdiv(V, BN_HEAD)
+    NVB = DV // BV
+    rk = tl.arange(0, DK)
     base = 0
     if SYNC:
         if BARRIER == 1:
             base = tl.load(sync + pid, cache_modifier=".cg")     # this program's barrier count so far
+    # this program's tile of each stage (the same in every layer)
+    a_in, b_in_row, first_in, rn_in = _tile(pid, B * NT_IN, NT_IN, BN_IN)
+    a_out, b_out, _f1, rn_out = _tile(pid, B * NT_OUT, NT_OUT, BN_OUT)
+    a_mlp, b_mlp, _f2, rn_mlp = _tile(pid, B * NT_MLP, NT_MLP, BN_MLP)
+    a_dn, b_dn, _f3, rn_dn = _tile(pid, B * NT_DOWN, NT_DOWN, BN_DOWN)
+    t_mx = pid % (B * H * NVB)
+    a_mx = pid < B * H * NVB
+    i_bh = tl.cast(t_mx // NVB, tl.int64)
+    h = i_bh % H
+    rv = (t_mx % NVB) * BV + tl.arange(0, BV)
+    li0 = tl.cast(layer_lo, tl.int64)
+    # weight loads are skipped (constexpr) where STAGE says that stage does not run: the interpreter runs one
+    # stage per launch, and every skipped load there is time saved
+    if STAGE < 0 or STAGE == 0:
+        wi, wi_u, nwi, cwi, cwi_last = norm_gemv_load(w_in + li0 * N_IN * D, attn_norm + li0 * D,
+                                                      conv_w + li0 * C * KW, rn_in, N_IN, D, C, True, False, KW, KP,
+                                                      BN_IN, BK)
     for layer in range(layer_lo, layer_hi):
         li = tl.cast(layer, tl.int64)
         epoch = base + (layer - layer_lo) * 5             # barrier count after stage 0 of this layer
-        if STAGE < 0 or STAGE == 0:       # RMSNorm + [qkv; gate_down; beta; out_gate], conv step: proj
-            wait = layer > layer_lo                       # the launch's first stage waits for nothing
-            if layer == 0:
-                _norm_gemv_stage(pid, nprog, sync, epoch, wait, embed, tok, x, attn_norm, w_in, proj, b_in, tails,
-                                 conv_w, B, N_IN, D, C, eps, True, True, True, False, KW, KP, BN_IN, BK, SYNC,
-                                 BARRIER, FP)
-            else:
-                _norm_gemv_stage(pid, nprog, sync, epoch, wait, x, tok, x, attn_norm + li * D, w_in + li * N_IN * D,
-                                 proj, b_in + li * N_IN, tails + li * B * C * (KW - 1), conv_w + li * C * KW,
-                                 B, N_IN, D, C, eps, False, True, True, False, KW, KP, BN_IN, BK, SYNC, BARRIER, FP)
-        if STAGE < 0 or STAGE == 1:       # gates, state update and read-out: o
-            _mixer_stage(pid, nprog, sync, epoch + 1, proj, up_w + li * H * DK * R, up_b + li * H * DK,
-                         skip + li * NV, scans + li * B * H * DK * DV, o, B, N_IN, C, R, scale, g_min, H, DK, DV, BV,
-                         RP, DELTA, SYNC, BARRIER, FP)
-        if STAGE < 0 or STAGE == 2:       # per-head norm * SiLU(out_gate) @ out_proj^T: x +=
-            _gemv_residual_stage(pid, nprog, sync, epoch + 2, o, proj, out_norm + li * DV, w_out + li * D * NV, x,
-                                 B, D, NV, N_IN, C + R + H, eps, True, H, HP, DV, BN_OUT, SYNC, BARRIER, FP)
-        if STAGE < 0 or STAGE == 3:       # RMSNorm + SwiGLU gate/up: hidden
-            _norm_gemv_stage(pid, nprog, sync, epoch + 3, True, x, tok, x, mlp_norm + li * D,
-                             w_mlp + li * 2 * F * D, hidden, x, x, x, B, F, D, 0, eps, False, False, False, True, 1,
-                             1, BN_MLP, BK, SYNC, BARRIER, FP)
-        if STAGE < 0 or STAGE == 4:       # @ down^T: x +=
-            _gemv_residual_stage(pid, nprog, sync, epoch + 4, hidden, hidden, hidden, w_down + li * D * F, x, B, D,
-                                 F, 0, 0, eps, False, HF, HFP, DVF, BN_DOWN, SYNC, BARRIER, FP)
-    if STAGE < 0 or STAGE == 5:           # final RMSNorm @ head^T: logits
-        _norm_gemv_stage(pid, nprog, sync, base + (layer_hi - layer_lo) * 5, True, x, tok, x, final_norm, head,
-                         logits, x, x, x, B, V, D, 0, eps, False, False, False, False, 1, 1, BN_HEAD, BK, SYNC,
-                         BARRIER, FP)
+        # stage 0: RMSNorm + [qkv; gate_down; beta; out_gate], conv step -> proj. Prefetch: the mixer's tile.
+        sptr = scans + li * B * H * DK * DV + i_bh * DK * DV + rk[:, None] * DV + rv[None, :]
+        if STAGE < 0 or STAGE == 1:
+            wu, bu, sk = mixer_load(up_w + li * H * DK * R, up_b + li * H * DK, skip + li * NV, h, rv, R, DK, DV, RP)
+            S = tl.load(sptr)         # only this tile touches it, and the previous token's launch has completed
+        if SYNC:
+            if layer > layer_lo:                          # the launch's first stage waits for nothing
+                grid_sync(sync, epoch, BARRIER, FP)
+        if STAGE < 0 or STAGE == 0:
+            if a_in:
+                tail = tails + li * B * C * (KW - 1)
+                if layer == 0:
+                    xrow = embed + tl.load(tok + b_in_row).to(tl.int64) * D
+                    norm_gemv_apply(xrow, x, first_in, proj, b_in, tail, b_in_row, rn_in, wi, wi_u, nwi, cwi,
+                                    cwi_last, N_IN, D, C, eps, True, True, True, False, KW, KP, BK)
+                else:
+                    norm_gemv_apply(x + b_in_row * D, x, first_in, proj, b_in + li * N_IN, tail, b_in_row, rn_in,
+                                    wi, wi_u, nwi, cwi, cwi_last, N_IN, D, C, eps, False, True, True, False, KW, KP,
+                                    BK)
+        # stage 1: gates, state update and read-out -> o. Prefetch: out_proj's tile.
+        if STAGE < 0 or STAGE == 2:
+            wo, nwo = gemv_residual_load(w_out + li * D * NV, out_norm + li * DV, rn_out, D, NV, True, H, HP, DV)
+        if SYNC:
+            grid_sync(sync, epoch + 1, BARRIER, FP)
+        if STAGE < 0 or STAGE == 1:
+            if a_mx:
+                mixer_apply(proj, o, sptr, S, i_bh // H, h, rv, wu, bu, sk, N_IN, C, R, scale, g_min, H, DK, DV,
+                            RP, DELTA)
+        # stage 2: per-head norm * SiLU(out_gate) @ out_proj^T -> x +=. Prefetch: the SwiGLU gate/up tile.
+        if STAGE < 0 or STAGE == 3:
+            wm, wm_u, nwm, _c, _cl = norm_gemv_load(w_mlp + li * 2 * F * D, mlp_norm + li * D, conv_w, rn_mlp, F, D,
+                                                    0, False, True, 1, 1, BN_MLP, BK)
+        if SYNC:
+            grid_sync(sync, epoch + 2, BARRIER, FP)
+        if STAGE < 0 or STAGE == 2:
+            if a_out:
+                gemv_residual_apply(o, proj, x, b_out, rn_out, wo, nwo, D, NV, N_IN, C + R + H, eps, True, H, HP, DV)
+        # stage 3: RMSNorm + SwiGLU -> hidden. Prefetch: down's tile.
+        if STAGE < 0 or STAGE == 4:
+            wd, _n = gemv_residual_load(w_down + li * D * F, w_down, rn_dn, D, F, False, HF, HFP, DVF)
+        if SYNC:
+            grid_sync(sync, epoch + 3, BARRIER, FP)
+        if STAGE < 0 or STAGE == 3:
+            if a_mlp:
+                norm_gemv_apply(x + b_mlp * D, x, False, hidden, x, x, b_mlp, rn_mlp, wm, wm_u, nwm, _c, _cl, F, D,
+                                0, eps, False, False, False, True, 1, 1, BK)
+        # stage 4: @ down^T -> x +=. Prefetch: the next layer's input tile (none after the last layer).
+        if STAGE < 0 or STAGE == 0:
+            nxt = tl.minimum(li + 1, layer_hi - 1)
+            rn_nxt = tl.where(layer + 1 < layer_hi, rn_in, rn_in + N_IN)   # past the last layer: all masked
+            wi, wi_u, nwi, cwi, cwi_last = norm_gemv_load(w_in + nxt * N_IN * D, attn_norm + nxt * D,
+                                                          conv_w + nxt * C * KW, rn_nxt, N_IN, D, C, True, False, KW,
+                                                          KP, BN_IN, BK)
+        if SYNC:
+            grid_sync(sync, epoch + 4, BARRIER, FP)
+        if STAGE < 0 or STAGE == 4:
+            if a_dn:
+                gemv_residual_apply(hidden, hidden, x, b_dn, rn_dn, wd, _n, D, F, 0, 0, eps, False, HF, HFP, DVF)
+    # final RMSNorm @ head^T -> logits
+    a_hd, b_hd, _f4, rn_hd = _tile(pid, B * NT_HEAD, NT_HEAD, BN_HEAD)
+    if STAGE < 0 or STAGE == 5:
+        wh, _u, nwh, _c2, _cl2 = norm_gemv_load(head, final_norm, conv_w, rn_hd, V, D, 0, False, False, 1, 1, BN_HEAD,
+                                                BK)
+    if SYNC:
+        grid_sync(sync, base + (layer_hi - layer_lo) * 5, BARRIER, FP)
+    if STAGE < 0 or STAGE == 5:
+        if a_hd:
+            norm_gemv_apply(x + b_hd * D, x, False, logits, x, x, b_hd, rn_hd, wh, _u, nwh, _c2, _cl2, V, D, 0, eps,
+                            False, False, False, False, 1, 1, BK)
 
 
-def persistent_block_n(rows: int, width: int, batch: int, programs: int, max_tile: int) -> int:
+def persistent_block_n(rows: int, width: int, batch: int, programs: int, max_tile: int) -> int | None:
     """Output rows per tile (a power of two >= 2): the fewest that give every program at most one tile
-    (``batch * ceil(rows / bn) <= programs``), capped so a tile holds at most ``max_tile`` weight elements
-    (``width`` per row); past the cap, programs take several tiles and only the first loads before the barrier."""
+    (``batch * ceil(rows / bn) <= programs``); None if that needs more than ``max_tile`` weight elements per tile
+    (``width`` per row): the persistent kernel does not take the shape."""
     bn = 2
-    while batch * triton.cdiv(rows, bn) > programs and bn * 2 * width <= max_tile and bn < rows:
+    while batch * triton.cdiv(rows, bn) > programs:
         bn *= 2
-    return bn
+    return bn if bn * width <= max_tile or bn == 2 else None
 
 
-def persistent_block_v(batch: int, heads: int, dv: int, programs: int) -> int:
-    """Value columns per mixer tile (a power of two in [2, dv]): the fewest that give every program at most one."""
+def persistent_block_v(batch: int, heads: int, dv: int, programs: int) -> int | None:
+    """Value columns per mixer tile (a power of two in [2, dv]): the fewest that give every program at most one;
+    None if even whole rows (dv) give more tiles than programs."""
     bv = 2
     while batch * heads * (dv // bv) > programs and bv < dv:
         bv *= 2
-    return bv
+    return bv if batch * heads * (dv // bv) <= programs else None
 
 
 @triton.jit

@@ -19,7 +19,8 @@ from kernels_interpret_check import rel
 import torch  # noqa: E402
 
 from _kernel_cases import odd_decoder_config, randomize  # noqa: E402
-from seqedge.kernels.decode_fused import (ALL_CONFIGS, FusedDecoder, _head_split, block_n)  # noqa: E402
+from seqedge.kernels.decode_fused import (ALL_CONFIGS, FusedDecoder, PersistentConfig, _head_split,  # noqa: E402
+                                          block_n)
 from seqedge.kernels.decode_persistent import persistent_block_n, persistent_block_v  # noqa: E402
 from seqedge.model import SequentialAttentionModel  # noqa: E402
 
@@ -69,17 +70,18 @@ def main() -> None:
     assert block_n(2068, 512, 132) == 8 and block_n(64, 64, 132) == 2           # small's step 1; tiny rows
     assert block_n(391, 512, 4) == 8 and block_n(391, 64, 16) == 16             # the tile cap; the program target
     assert _head_split(1408) == (11, 128) and _head_split(176) == (11, 16) and _head_split(512) == (4, 128)
-    # persistent tiles: one per program where the cap allows (small's stages at 132 programs), else several
+    # persistent tiles: one per program (small's stages at 132 programs), or the shape is refused (None)
     assert [persistent_block_n(r, w, 1, 132, 16384) for r, w in ((2068, 512), (512, 512), (1408, 1024))] == [16, 4, 16]
-    assert persistent_block_n(2068, 512, 1, 132, 4096) == 8 and persistent_block_n(5, 64, 1, 132, 16384) == 2
-    assert persistent_block_v(1, 4, 128, 132) == 4 and persistent_block_v(8, 4, 128, 4) == 128
-    for cfg_id in range(len(ALL_CONFIGS)):            # few, wide programs (programs=4): fast in the interpreter
+    assert persistent_block_n(2068, 512, 1, 132, 4096) is None and persistent_block_n(5, 64, 1, 132, 16384) == 2
+    assert persistent_block_v(1, 4, 128, 132) == 4 and persistent_block_v(8, 4, 128, 4) is None
+    for cfg_id, cfg in enumerate(ALL_CONFIGS):        # few, wide programs: fast in the interpreter
+        persistent = isinstance(cfg, PersistentConfig)
         for case_id, (rule, kernel, tied) in enumerate(CASES):
             run_case(rule, kernel, tied, 1, cfg_id, programs=4)
-            if case_id == cfg_id % 2:                 # batch 3 (3x the programs): each rule once, each config once
-                run_case(rule, kernel, tied, 3, cfg_id, programs=4)
+            if case_id == cfg_id % 2:                 # batch 3 (3x the tiles): each rule once, each config once
+                run_case(rule, kernel, tied, 3, cfg_id, programs=16 if persistent else 4)
     run_case("delta", 3, False, 1, 0, programs=16)                     # narrower GEMV tiles, more programs
-    run_case("gated", 4, True, 2, 2, programs=64)     # persistent: one tile per program, idle programs
+    run_case("gated", 4, True, 2, len(ALL_CONFIGS) - 1, programs=24)   # persistent: idle programs in every stage
     print("ALL OK")
 
 

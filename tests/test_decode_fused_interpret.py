@@ -59,6 +59,8 @@ def test_fused_decoder_guards(monkeypatch):
         FusedDecoder(_tiny_model(), batch_size=1, capture=False, config=(32, 4096))
     with pytest.raises(ValueError, match="programs must be"):
         FusedDecoder(_tiny_model(), batch_size=1, capture=False, programs=0)
+    with pytest.raises(ValueError, match="does not fit: use one of FUSED_CONFIGS"):   # 8 rows x 2 heads > 4 programs
+        FusedDecoder(_tiny_model(), batch_size=8, capture=False, programs=4, config=PERSISTENT_CONFIGS[0])
 
 
 @needs_triton
