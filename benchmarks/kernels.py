@@ -193,21 +193,18 @@ def bench_step(results: dict, save) -> None:
     save()
 
 
-DECODE_STEPS = {"persistent": "persistent Triton + graph", "persistent-4w": "persistent Triton + graph, 4 warps",
-                "fused": "fused Triton + graph", "fused-nopdl": "fused Triton + graph, no PDL",
+DECODE_STEPS = {"fused": "fused Triton + graph", "fused-nopdl": "fused Triton + graph, no PDL",
                 "compile": "torch.compile + graph", "eager": "eager ops + graph"}
 # (batch, step): the issue's target first (a run cut short has measured what matters most); torch.compile only at
 # batch 1 (one multi-second compile per preset and batch size)
-DECODE_ROWS = ((1, "persistent"), (1, "persistent-4w"), (1, "fused"), (1, "fused-nopdl"), (1, "compile"),
-               (1, "eager"), (8, "fused"), (8, "eager"), (64, "fused"), (64, "eager"))
+DECODE_ROWS = ((1, "fused"), (1, "fused-nopdl"), (1, "compile"), (1, "eager"), (8, "fused"), (8, "eager"),
+               (64, "fused"), (64, "eager"))
 
 
 def _decoder(model, B: int, step: str):
-    from seqedge.kernels.decode_fused import PERSISTENT_CONFIGS, FusedDecoder
+    from seqedge.kernels.decode_fused import FusedDecoder
     from seqedge.kernels.decode_graph import GraphDecoder
 
-    if step.startswith("persistent"):
-        return FusedDecoder(model, batch_size=B, config=PERSISTENT_CONFIGS[step == "persistent-4w"])
     if step.startswith("fused"):
         return FusedDecoder(model, batch_size=B, pdl=False if step == "fused-nopdl" else None)
     return GraphDecoder(model, batch_size=B, compile=step == "compile")
@@ -266,17 +263,17 @@ def _time_decoder(dec, model, B: int, w_bytes: int, bw: float, n: int = 200) -> 
 
 def bench_decode_sweep(results: dict, save, bw: float) -> None:
     """The fused decoder's launch parameters at the target (small, batch 1): every FUSED_CONFIGS entry x GEMV
-    programs per batch row (half, one, two per SM); every PERSISTENT_CONFIGS entry x programs (half, one per SM)."""
+    programs per batch row (half, one, two per SM)."""
     from seqedge.config import SequentialAttentionConfig
-    from seqedge.kernels.decode_fused import ALL_CONFIGS, PersistentConfig, FusedDecoder
+    from seqedge.kernels.decode_fused import FUSED_CONFIGS, FusedDecoder
     from seqedge.model import SequentialAttentionModel
 
     torch.manual_seed(0)
     model = SequentialAttentionModel(SequentialAttentionConfig.preset("small")).to("cuda", torch.bfloat16).eval()
     w_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for cfg in ALL_CONFIGS:
-        for programs in (sms // 2, sms) if isinstance(cfg, PersistentConfig) else (sms // 2, sms, 2 * sms):
+    for cfg in FUSED_CONFIGS:
+        for programs in (sms // 2, sms, 2 * sms):
             row = dict(preset="small", B=1, config=cfg._asdict(), programs=programs)
             try:
                 row.update(_time_decoder(FusedDecoder(model, 1, config=cfg, programs=programs), model, 1, w_bytes, bw))

@@ -81,13 +81,8 @@ FWD_CONFIGS: tuple[ScanConfig, ...] = (
     ScanConfig(chunk=32, block_v=64, num_warps=4, num_stages=1),                                  # 5.13 ms
 )
 # Candidates: checked by the same tests as FWD_CONFIGS, never picked; they join FWD_CONFIGS once the GPU suite
-# has run in full with them. The prepass 16 key columns at a time (_chunk_prep_cols_kernel) at 4 warps: no spills
-# and 16 warps per multiprocessor, where the whole-row prepass at 2 warps spills 2.2 KB per thread and runs 8, for
-# the same registers per program (benchmarks/results/kernel_registers.md, compiled offline for sm_90). Not yet
-# run on a GPU.
-PENDING_CONFIGS: tuple[ScanConfig, ...] = (
-    ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2, prepass=True, prep_warps=4, prep_block_k=16),
-)
+# has run in full with them. None at present (the last one is in EXCLUDED_CONFIGS, with what its run showed).
+PENDING_CONFIGS: tuple[ScanConfig, ...] = ()
 # Taken out of the list by evidence from the GPU runs recorded in benchmarks/results/kernels_gpu_tests.md
 # (H100, triton 3.6.0, 2026-11-27); kept here so the finding is not lost:
 EXCLUDED_CONFIGS: dict[ScanConfig, str] = {
@@ -106,6 +101,10 @@ EXCLUDED_CONFIGS: dict[ScanConfig, str] = {
         "correct (run P: every forward test), but slower than 4 warps: 2.29 ms vs 2.15 ms at T=65,536 (H100)",
     ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2, prepass=True, prep_warps=8):
         "correct (run R: every forward test), but its prepass is slower: 3.19 ms vs 1.87 ms (2 warps), run R",
+    ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2, prepass=True, prep_warps=4, prep_block_k=16):
+        "the prepass 16 key columns at a time (_chunk_prep_cols_kernel): no spills and twice the resident warps "
+        "of the whole-row prepass when compiled offline (kernel_registers.md), correct (run AA: every forward "
+        "test), but slower: 1.84 ms vs 1.69 ms at T=65,536 (H200, run AA, kernels_fwd_configs_run_aa.md)",
 }
 # Also tried in run R and removed from the code: the prepass's cumulative gates as a float32 (ieee) dot with a 0/1
 # triangle instead of tl.cumsum: correct (every forward test), slower (2.62 ms vs 2.16 ms with a 4-warp prepass,

@@ -43,34 +43,18 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from .decode_graph import StaticDecoder
-from .decode_tiles import (gemv_residual_apply, gemv_residual_load, mixer_apply, mixer_load, norm_gemv_apply,
-                           norm_gemv_load)
 
 
 class FusedConfig(NamedTuple):
-    """5 launches per layer: value columns of the state per mixer program; weight elements per GEMV program."""
+    """Launch parameters: value columns of the state per mixer program; weight elements per GEMV program."""
 
     block_v: int
     max_tile: int
 
 
-class PersistentConfig(NamedTuple):
-    """One persistent launch per step (kernels/decode_persistent.py): warps per program (one program per SM); the
-    most weight elements per tile (a program loads its first tile of each stage before the barrier); the grid
-    barrier ("flags" or "counter", see ``decode_persistent.grid_sync``)."""
-
-    num_warps: int
-    max_tile: int
-    barrier: str
-
-
-# Every entry is checked by the tests (interpreter and GPU); FUSED_CONFIGS[0] is the default. No autotuning.
+# Every entry is checked by the tests (interpreter and GPU); the first is the default. No autotuning.
 FUSED_CONFIGS: tuple[FusedConfig, ...] = (FusedConfig(block_v=32, max_tile=4096),
                                           FusedConfig(block_v=64, max_tile=8192))
-PERSISTENT_CONFIGS: tuple[PersistentConfig, ...] = (PersistentConfig(num_warps=8, max_tile=16384, barrier="counter"),
-                                                    PersistentConfig(num_warps=4, max_tile=16384, barrier="counter"),
-                                                    PersistentConfig(num_warps=8, max_tile=16384, barrier="flags"))
-ALL_CONFIGS = FUSED_CONFIGS + PERSISTENT_CONFIGS
 
 
 def block_n(rows: int, width: int, programs: int, max_tile: int = FUSED_CONFIGS[0].max_tile) -> int:
@@ -92,27 +76,59 @@ def pdl_supported(device: torch.device) -> bool:
 def _norm_gemv_kernel(x, tok, xres, norm_w, w, out, bias, tail, conv_w, N, K, C, eps,
                       EMBED: tl.constexpr, HAS_BIAS: tl.constexpr, CONV: tl.constexpr, SWIGLU: tl.constexpr,
                       KW: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr):
-    """out[b, n] = epilogue(sum_k w[n, k] * RMSNorm(x[b])[k]) for rows n of this program, batch row b
-    (:func:`~seqedge.kernels.decode_tiles.norm_gemv_apply`).
+    """out[b, n] = epilogue(sum_k w[n, k] * RMSNorm(x[b])[k]) for rows n of this program, batch row b.
 
-    x [B, K] float32 (or, if EMBED, the embedding table [V, K], row tok[b], copied to xres [B, K]); out [B, N]
-    float32. BK >= K: the whole row in one tile, so every weight load is issued at once, before the wait for the
-    previous kernel (PDL).
+    x [B, K] float32 (or, if EMBED, the embedding table [V, K], row tok[b], copied to xres [B, K]); w [N, K]
+    ([2N, K] if SWIGLU: gate rows, then up rows); out [B, N] float32. BK >= K: the whole row in one tile, so every
+    weight load is issued at once, before the wait for the previous kernel (PDL). Epilogue: rows < C (CONV) are
+    the conv channels: SiLU(conv over tail [B, C, KW-1] and the new value), tail shifted in place; others + bias
+    (HAS_BIAS); SWIGLU: silu(gate) * up.
     """
     if PDL:
         gdc_launch_dependents()
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     rn = pid_n * BN + tl.arange(0, BN)                                      # [BN] output rows
-    wt, wu, nw, cw, cw_last = norm_gemv_load(w, norm_w, conv_w, rn, N, K, C, CONV, SWIGLU, KW, KP, BN, BK)
+    nmask = rn < N
+    rk = tl.arange(0, BK)
+    kmask = rk < K
+    wmask = nmask[:, None] & kmask[None, :]
+    # weights first: they do not depend on the previous kernel
+    wt = tl.load(w + rn[:, None] * K + rk[None, :], mask=wmask, other=0.0)
+    if SWIGLU:
+        wu = tl.load(w + (rn + N)[:, None] * K + rk[None, :], mask=wmask, other=0.0)
+    nw = tl.load(norm_w + rk, mask=kmask, other=0.0).to(tl.float32)
+    if CONV:
+        cmask = rn < C
+        rj = tl.arange(0, KP)
+        tmask = cmask[:, None] & (rj < KW - 1)[None, :]
+        cw = tl.load(conv_w + rn[:, None] * KW + rj[None, :], mask=tmask, other=0.0).to(tl.float32)
+        cw_last = tl.load(conv_w + rn * KW + KW - 1, mask=cmask, other=0.0).to(tl.float32)
     if PDL:
         gdc_wait()                                                          # the previous kernel's writes
     if EMBED:
         xrow = x + tl.load(tok + b).to(tl.int64) * K
     else:
         xrow = x + b * K
-    norm_gemv_apply(xrow, xres, pid_n == 0, out, bias, tail, b, rn, wt, wu, nw, cw, cw_last, N, K, C, eps,
-                    EMBED, HAS_BIAS, CONV, SWIGLU, KW, KP, BK)
+    xv = tl.load(xrow + rk, mask=kmask, other=0.0).to(tl.float32)          # [BK]
+    if EMBED:
+        tl.store(xres + b * K + rk, xv, mask=kmask & (pid_n == 0))
+    rstd = 1.0 / tl.sqrt(tl.sum(xv * xv, 0) / K + eps)
+    xn = (xv * rstd * nw)[None, :]
+    y = tl.sum(wt.to(tl.float32) * xn, 1)                                  # [BN]
+    if SWIGLU:
+        y = y * tl.sigmoid(y) * tl.sum(wu.to(tl.float32) * xn, 1)
+    if HAS_BIAS:
+        y += tl.load(bias + rn, mask=nmask, other=0.0)
+    if CONV:
+        tptr = tail + b * C * (KW - 1) + rn[:, None] * (KW - 1) + rj[None, :]   # [BN, KP] of tail [B, C, KW-1]
+        t_old = tl.load(tptr, mask=tmask, other=0.0)
+        t_next = tl.load(tptr + 1, mask=cmask[:, None] & (rj < KW - 2)[None, :], other=0.0)
+        z = tl.sum(t_old * cw, 1) + cw_last * y
+        tl.debug_barrier()                                                  # all tail reads before any write
+        tl.store(tptr, tl.where(rj[None, :] == KW - 2, y[:, None], t_next), mask=tmask)
+        y = tl.where(cmask, z * tl.sigmoid(z), y)
+    tl.store(out + b * N + rn, y, mask=nmask)
 
 
 @triton.jit
@@ -120,20 +136,40 @@ def _mixer_kernel(proj, up_w, up_b, skip, state, o, NP, C, R, scale, g_min,
                   H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr, RP: tl.constexpr,
                   DELTA: tl.constexpr, PDL: tl.constexpr):
     """One (batch * head, value block): gates from proj [B, NP] (q | k | v | gate_down | beta | out_gate),
-    the step of recurrent_step on state [B, H, DK, DV] in place, o [B, H * DV] = read-out + skip * v
-    (:func:`~seqedge.kernels.decode_tiles.mixer_apply`)."""
+    the step of recurrent_step on state [B, H, DK, DV] in place, o [B, H * DV] = read-out + skip * v."""
     if PDL:
         gdc_launch_dependents()
     i_bh = tl.program_id(0).to(tl.int64)
     b = i_bh // H
     h = i_bh % H
+    rk = tl.arange(0, DK)
     rv = tl.program_id(1) * BV + tl.arange(0, BV)
-    wu, bu, sk = mixer_load(up_w, up_b, skip, h, rv, R, DK, DV, RP)
+    rr = tl.arange(0, RP)
+    wu = tl.load(up_w + (h * DK + rk)[:, None] * R + rr[None, :], mask=(rr < R)[None, :], other=0.0)
+    bu = tl.load(up_b + h * DK + rk).to(tl.float32)
+    sk = tl.load(skip + h * DV + rv).to(tl.float32)
     if PDL:
-        gdc_wait()                  # the state too: the previous token's write may be in a kernel still running
-    ptr = state + i_bh * DK * DV + tl.arange(0, DK)[:, None] * DV + rv[None, :]
-    S = tl.load(ptr, cache_modifier=".cg")
-    mixer_apply(proj, o, ptr, S, b, h, rv, wu, bu, sk, NP, C, R, scale, g_min, H, DK, DV, RP, DELTA)
+        gdc_wait()
+    row = proj + b * NP
+    q = tl.load(row + h * DK + rk)                                          # [DK] after conv + SiLU
+    k = tl.load(row + H * DK + h * DK + rk)
+    v = tl.load(row + 2 * H * DK + h * DV + rv)                             # [BV]
+    if DELTA:
+        q = q / tl.maximum(tl.sqrt(tl.sum(q * q, 0)), 1e-6)
+        k = k / tl.maximum(tl.sqrt(tl.sum(k * k, 0)), 1e-6)
+    d = tl.load(row + C + rr, mask=rr < R, other=0.0)                       # [RP] gate_down output
+    g = g_min * tl.sigmoid(tl.sum(wu.to(tl.float32) * d[None, :], 1) + bu)  # [DK] log forget gate
+    beta = tl.sigmoid(tl.load(row + C + R + h))
+    ptr = state + i_bh * DK * DV + rk[:, None] * DV + rv[None, :]
+    S = tl.load(ptr) * tl.exp(g)[:, None]                                   # [DK, BV] decayed
+    if DELTA:
+        u = v - tl.sum(k[:, None] * S, 0)                                   # overwrite what k held
+    else:
+        u = v
+    S = S + (beta * k)[:, None] * u[None, :]
+    tl.store(ptr, S)
+    out = tl.sum((q * scale)[:, None] * S, 0) + sk * v
+    tl.store(o + b * (H * DV) + h * DV + rv, out)
 
 
 @triton.jit
@@ -142,16 +178,31 @@ def _gemv_residual_kernel(inp, gate, norm_w, w, x, N, K, NP, gate_off, eps,
                           BN: tl.constexpr, PDL: tl.constexpr):
     """x[b, n] += sum_k w[n, k] * a[b, k], w [N, K], x [B, N] float32, K = H * DV, read as [H, DV] (HP >= H,
     DV powers of two): a = inp [B, K] or, if HEAD_NORM, RMSNorm over each head's DV values of inp, times norm_w,
-    times SiLU(gate[b, gate_off + k]) (:func:`~seqedge.kernels.decode_tiles.gemv_residual_apply`)."""
+    times SiLU(gate[b, gate_off + k])."""
     if PDL:
         gdc_launch_dependents()
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     rn = pid_n * BN + tl.arange(0, BN)
-    wt, nw = gemv_residual_load(w, norm_w, rn, N, K, HEAD_NORM, H, HP, DV)       # before the wait
+    nmask = rn < N
+    rh = tl.arange(0, HP)
+    rd = tl.arange(0, DV)
+    col = rh[:, None] * DV + rd[None, :]                                    # [HP, DV] column index
+    cmask = (rh < H)[:, None] & (rd < DV)[None, :]
+    wt = tl.load(w + rn[:, None, None] * K + col[None, :, :], mask=nmask[:, None, None] & cmask[None, :, :],
+                 other=0.0)                                                 # [BN, HP, DV], before the wait
+    if HEAD_NORM:
+        nw = tl.load(norm_w + rd).to(tl.float32)
     if PDL:
         gdc_wait()
-    gemv_residual_apply(inp, gate, x, b, rn, wt, nw, N, K, NP, gate_off, eps, HEAD_NORM, H, HP, DV)
+    a = tl.load(inp + b * K + col, mask=cmask, other=0.0)                  # [HP, DV]
+    if HEAD_NORM:
+        gt = tl.load(gate + b * NP + gate_off + col, mask=cmask, other=0.0)
+        a = a / tl.sqrt(tl.sum(a * a, 1) / DV + eps)[:, None] * nw[None, :]
+        a = a * gt * tl.sigmoid(gt)
+    y = tl.sum(tl.sum(wt.to(tl.float32) * a[None, :, :], 2), 1)            # [BN]
+    xp = x + b * N + rn
+    tl.store(xp, tl.load(xp, mask=nmask, other=0.0) + y, mask=nmask)
 
 
 def _head_split(width: int) -> tuple[int, int]:
@@ -164,10 +215,8 @@ def _head_split(width: int) -> tuple[int, int]:
 
 
 class _Layer(NamedTuple):
-    """One layer's weights, or (``_pack_model``) every layer's, stacked on a leading layer axis [L, ...]."""
-
     attn_norm: torch.Tensor   # [D]
-    w_in: torch.Tensor        # [C + R + H + H*dv, D]: qkv, gate_down, beta, out_gate
+    w_in: torch.Tensor        # [C + R + H + H*dv, D]: qkv, gate_down, beta, out_gate (packed copy)
     b_in: torch.Tensor        # [C + R + H + H*dv] float32: beta's bias, zeros elsewhere
     conv_w: torch.Tensor      # [C, K]
     up_w: torch.Tensor        # [H*dk, R]
@@ -182,20 +231,14 @@ class _Layer(NamedTuple):
 
 def _pack_layer(block) -> _Layer:
     a = block.attn
-    w_in = torch.cat([a.qkv.weight, a.gate_down.weight, a.beta.weight, a.out_gate.weight])
+    c = lambda t: t.detach().contiguous()
+    w_in = torch.cat([a.qkv.weight, a.gate_down.weight, a.beta.weight, a.out_gate.weight]).detach().contiguous()
     b_in = torch.zeros(w_in.shape[0], dtype=torch.float32, device=w_in.device)
     start = a.qkv.weight.shape[0] + a.gate_down.weight.shape[0]
-    b_in[start:start + a.beta.weight.shape[0]] = a.beta.bias.float()
-    return _Layer(block.attn_norm.weight, w_in, b_in, a.conv.weight[:, 0, :], a.gate_up.weight, a.gate_up.bias,
-                  a.skip, a.out_norm.weight, a.out_proj.weight, block.mlp_norm.weight, block.mlp.gate_up.weight,
-                  block.mlp.down.weight)
-
-
-def _pack_model(model) -> _Layer:
-    """Every layer's weights copied once into stacked [L, ...] tensors (the persistent kernel indexes layers)."""
-    with torch.no_grad():
-        layers = [_pack_layer(block) for block in model.blocks]
-        return _Layer(*(torch.stack([t.detach() for t in field]).contiguous() for field in zip(*layers)))
+    b_in[start:start + a.beta.weight.shape[0]] = a.beta.bias.detach().float()
+    return _Layer(c(block.attn_norm.weight), w_in, b_in, c(a.conv.weight[:, 0, :]), c(a.gate_up.weight),
+                  c(a.gate_up.bias), c(a.skip), c(a.out_norm.weight), c(a.out_proj.weight),
+                  c(block.mlp_norm.weight), c(block.mlp.gate_up.weight), c(block.mlp.down.weight))
 
 
 def _check_model(model, batch_size: int, capture: bool) -> None:
@@ -232,28 +275,16 @@ class FusedDecoder(StaticDecoder):
     finishes.
     """
 
-    def __init__(self, model, batch_size: int, warmup: int = 2,
-                 config: FusedConfig | PersistentConfig = FUSED_CONFIGS[0], capture: bool = True,
-                 programs: int | None = None, pdl: bool | None = None) -> None:
+    def __init__(self, model, batch_size: int, warmup: int = 2, config: FusedConfig = FUSED_CONFIGS[0],
+                 capture: bool = True, programs: int | None = None, pdl: bool | None = None) -> None:
         _check_model(model, batch_size, capture)
         c = self.cfg = model.config
         device = model.embed.weight.device
         self._static_buffers(model, batch_size, device)
-        # one arena per kind of state, [L, ...], so the persistent kernel can index layers; states[i] are views
-        self._tails, self._scans = torch.stack(self.states[0::2]), torch.stack(self.states[1::2])
-        self.states = [t for pair in zip(self._tails, self._scans) for t in pair]
         self.config = config
-        self.persistent = isinstance(config, PersistentConfig)
-        if not isinstance(config, (FusedConfig, PersistentConfig)):
-            raise ValueError(f"config must be one of FUSED_CONFIGS or PERSISTENT_CONFIGS, got {config!r}")
-        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
-        programs = sms if programs is None else programs
-        if programs < 1 or (self.persistent and device.type == "cuda" and programs > sms):
-            raise ValueError(f"programs must be in [1, {sms}] (at most one persistent program per SM), got "
-                             f"{programs}")
-        self.programs = programs
-        self.weights = _pack_model(model)                    # stacked copies, [L, ...]; layers[i]: views of layer i
-        self.layers = [_Layer(*(t[i] for t in self.weights)) for i in range(c.num_layers)]
+        if programs is None:
+            programs = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+        self.layers = [_pack_layer(block) for block in model.blocks]
         self.final_norm = model.norm.weight.detach().contiguous()
         self.embed = model.embed.weight.detach().contiguous()
         self.head = self.embed if model.head is None else model.head.weight.detach().contiguous()
@@ -268,37 +299,16 @@ class FusedDecoder(StaticDecoder):
         pow2 = triton.next_power_of_2
         # GEMV tiles: inputs of width D as one [pow2(D)] row, the SwiGLU hidden F as [rows, cols] (_head_split)
         self._d_cols, self._f_split = pow2(D), _head_split(F)
-        widths = dict(inp=(self.n_in, self._d_cols), out=(D, pow2(c.num_heads) * c.head_v_dim),
-                      mlp=(F, 2 * self._d_cols), down=(D, pow2(self._f_split[0]) * self._f_split[1]),
-                      head=(c.vocab_size, self._d_cols))
-        if self.persistent:
-            from .decode_persistent import persistent_block_n, persistent_block_v
-
-            self._bn = {k: persistent_block_n(rows, width, B, programs, config.max_tile)
-                        for k, (rows, width) in widths.items()}
-            self._bv = persistent_block_v(B, c.num_heads, c.head_v_dim, programs)
-            if None in self._bn.values() or self._bv is None:
-                raise ValueError(f"{config} needs every stage in at most one tile of at most {config.max_tile} "
-                                 f"weights per program ({programs} programs); batch_size {B} of this model does "
-                                 f"not fit: use one of FUSED_CONFIGS")
-            if pdl:
-                raise ValueError("pdl applies to the 5-launch layers (FUSED_CONFIGS); a persistent config makes "
-                                 "one launch per step")
-            self.pdl = False
-            if config.barrier not in ("flags", "counter"):
-                raise ValueError(f"barrier must be 'flags' or 'counter', got {config.barrier!r}")
-            self._sync = torch.zeros(programs, dtype=torch.int32, device=device)          # grid barrier memory
-            self._stagewise = device.type != "cuda"          # Triton's interpreter: one launch per stage, no barrier
-            self.launches_per_step = 1 if not self._stagewise else 5 * c.num_layers + 1
-        else:
-            self._bn = {k: block_n(rows, width, programs, config.max_tile) for k, (rows, width) in widths.items()}
-            self._bv = min(config.block_v, c.head_v_dim)
-            self.pdl = pdl_supported(device) if pdl is None else pdl
-            if self.pdl and not pdl_supported(device):
-                raise ValueError(f"programmatic dependent launch needs a GPU of sm 9.0 or newer; {device} is not "
-                                 f"one")
-            self.launches_per_step = 5 * c.num_layers + 1   # kernel launches the graph replays per token
+        tile = lambda rows, width: block_n(rows, width, programs, config.max_tile)
+        hp_o = pow2(c.num_heads) * c.head_v_dim
+        self._bn = dict(inp=tile(self.n_in, self._d_cols), out=tile(D, hp_o), mlp=tile(F, 2 * self._d_cols),
+                        down=tile(D, pow2(self._f_split[0]) * self._f_split[1]), head=tile(c.vocab_size, self._d_cols))
+        self.pdl = pdl_supported(device) if pdl is None else pdl
+        if self.pdl and not pdl_supported(device):
+            raise ValueError(f"programmatic dependent launch needs a GPU of sm 9.0 or newer; {device} is not one")
         self._launch = dict(launch_pdl=True) if self.pdl else {}
+        self._bv = min(config.block_v, c.head_v_dim)
+        self.launches_per_step = 5 * c.num_layers + 1       # kernel launches the graph replays per token
         self.logits = torch.zeros(B, c.vocab_size, **f32)                                  # [B, V] static output
         if capture:
             self._capture(warmup)
@@ -310,8 +320,6 @@ class FusedDecoder(StaticDecoder):
 
     def _body(self) -> torch.Tensor:
         """The launches of one step on the static buffers (what the graph holds): tokens -> logits ``[B, V]``."""
-        if self.persistent:
-            return self._persistent_body()
         c, B, bn, eps, pdl, opts = self.cfg, self.batch_size, self._bn, self.eps, self.pdl, self._launch
         C, R, H, D, F = c.conv_channels, c.gate_rank, c.num_heads, c.hidden_size, c.mlp_hidden_size
         DK, DV, K = c.head_k_dim, c.head_v_dim, c.conv_kernel
@@ -346,35 +354,4 @@ class FusedDecoder(StaticDecoder):
             self.x, self.tokens, self.x, self.final_norm, self.head, self.logits, self.x, self.x, self.x, c.vocab_size,
             D, 0, eps, EMBED=False, HAS_BIAS=False, CONV=False, SWIGLU=False, KW=1, KP=1, BN=bn["head"],
             BK=self._d_cols, PDL=pdl, num_warps=warps(bn["head"], self._d_cols), **opts)
-        return self.logits
-
-    def _persistent_body(self, sync: bool = True) -> torch.Tensor:
-        """One launch of decode_step_kernel for the whole step (in Triton's interpreter: one per stage).
-        ``sync=False`` (benchmarks/decode_barrier.py only) leaves the barriers out: the programs race and the
-        results are wrong; it times the work alone."""
-        from .decode_persistent import COUNTER, FLAGS, HEAD_STAGE, STAGES_PER_LAYER, decode_step_kernel
-
-        c, B, bn, w = self.cfg, self.batch_size, self._bn, self.weights
-        pow2 = triton.next_power_of_2
-        hf, dvf = self._f_split
-        args = (self.tokens, self.embed, self.x, self.proj, self.o, self.hidden, self.logits, self._sync,
-                w.attn_norm, w.w_in, w.b_in, w.conv_w, self._tails, w.up_w, w.up_b, w.skip, self._scans, w.out_norm,
-                w.w_out, w.mlp_norm, w.w_mlp, w.w_down, self.final_norm, self.head, B)
-        sizes = (self.n_in, c.hidden_size, c.conv_channels, c.gate_rank, c.mlp_hidden_size, c.vocab_size,
-                 self.eps, c.head_k_dim ** -0.5, c.g_min)
-        meta = dict(H=c.num_heads, DK=c.head_k_dim, DV=c.head_v_dim, KW=c.conv_kernel, KP=pow2(c.conv_kernel - 1),
-                    RP=pow2(c.gate_rank), HP=pow2(c.num_heads), HF=hf, HFP=pow2(hf), DVF=dvf, BK=self._d_cols,
-                    BN_IN=bn["inp"], BN_OUT=bn["out"], BN_MLP=bn["mlp"], BN_DOWN=bn["down"], BN_HEAD=bn["head"],
-                    BV=self._bv, DELTA=c.update_rule == "delta", num_warps=self.config.num_warps,
-                    BARRIER=FLAGS if self.config.barrier == "flags" else COUNTER, FP=pow2(self.programs))
-        grid = (self.programs,)
-        if self._stagewise:
-            for i in range(c.num_layers):
-                for stage in range(STAGES_PER_LAYER):
-                    decode_step_kernel[grid](*args, i, i + 1, *sizes, STAGE=stage, SYNC=False, **meta)
-            L = c.num_layers
-            decode_step_kernel[grid](*args, L, L, *sizes, STAGE=HEAD_STAGE, SYNC=False, **meta)
-        else:
-            decode_step_kernel[grid](*args, 0, c.num_layers, *sizes, STAGE=-1, SYNC=sync,
-                                     launch_cooperative_grid=True, **meta)
         return self.logits

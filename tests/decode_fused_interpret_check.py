@@ -2,8 +2,7 @@
 
 Started in a subprocess by tests/test_decode_fused_interpret.py (the interpreter must be on before triton compiles
 anything). A tiny float32 model with every parameter randomised (norm weights, skip, biases: a forgotten term
-fails), a random non-zero initial state, both update rules x every entry of ALL_CONFIGS (the 5-launch layers and the persistent kernel, one
-launch per stage here: the interpreter cannot wait at a grid barrier) at batch 1 (and each
+fails), a random non-zero initial state, both update rules x every entry of FUSED_CONFIGS at batch 1 (and each
 rule and each config once at batch 3), several consecutive tokens; each step compares the logits and every state
 tensor. Scratch buffers and logits are poisoned with NaN before each step. Prints ``name rel_err`` (relative L2
 error) per check and exits non-zero on the first one over TOL.
@@ -19,9 +18,7 @@ from kernels_interpret_check import rel
 import torch  # noqa: E402
 
 from _kernel_cases import odd_decoder_config, randomize  # noqa: E402
-from seqedge.kernels.decode_fused import (ALL_CONFIGS, FusedDecoder, PersistentConfig, _head_split,  # noqa: E402
-                                          block_n)
-from seqedge.kernels.decode_persistent import persistent_block_n, persistent_block_v  # noqa: E402
+from seqedge.kernels.decode_fused import FUSED_CONFIGS, FusedDecoder, _head_split, block_n  # noqa: E402
 from seqedge.model import SequentialAttentionModel  # noqa: E402
 
 TOL = 1e-4      # float32 model, float32 kernels: only the summation order differs
@@ -46,12 +43,12 @@ def run_case(rule: str, kernel: int, tied: bool, B: int, cfg_id: int, programs: 
     gen = torch.Generator().manual_seed(B)
     state = model.init_state(B)
     state = state.with_tensors([torch.randn(t.shape, generator=gen) * 0.5 for t in state.tensors])
-    dec = FusedDecoder(model, batch_size=B, config=ALL_CONFIGS[cfg_id], capture=False, programs=programs)
+    dec = FusedDecoder(model, batch_size=B, config=FUSED_CONFIGS[cfg_id], capture=False, programs=programs)
     assert dec.graph is None
     dec.reset(state)
     addrs = [t.data_ptr() for t in dec.states]
     tokens = torch.randint(0, cfg.vocab_size, (STEPS, B), generator=gen)
-    name = f"{rule} K={kernel} tied={tied} B={B} cfg={ALL_CONFIGS[cfg_id]} programs={programs}"
+    name = f"{rule} K={kernel} tied={tied} B={B} cfg={FUSED_CONFIGS[cfg_id]} programs={programs}"
     with torch.no_grad():
         for t in range(STEPS):
             for buf in dec.scratch:
@@ -70,18 +67,12 @@ def main() -> None:
     assert block_n(2068, 512, 132) == 8 and block_n(64, 64, 132) == 2           # small's step 1; tiny rows
     assert block_n(391, 512, 4) == 8 and block_n(391, 64, 16) == 16             # the tile cap; the program target
     assert _head_split(1408) == (11, 128) and _head_split(176) == (11, 16) and _head_split(512) == (4, 128)
-    # persistent tiles: one per program (small's stages at 132 programs), or the shape is refused (None)
-    assert [persistent_block_n(r, w, 1, 132, 16384) for r, w in ((2068, 512), (512, 512), (1408, 1024))] == [16, 4, 16]
-    assert persistent_block_n(2068, 512, 1, 132, 4096) is None and persistent_block_n(5, 64, 1, 132, 16384) == 2
-    assert persistent_block_v(1, 4, 128, 132) == 4 and persistent_block_v(8, 4, 128, 4) is None
-    for cfg_id, cfg in enumerate(ALL_CONFIGS):        # few, wide programs: fast in the interpreter
-        persistent = isinstance(cfg, PersistentConfig)
+    for cfg_id in range(len(FUSED_CONFIGS)):          # few, wide programs (programs=4): fast in the interpreter
         for case_id, (rule, kernel, tied) in enumerate(CASES):
             run_case(rule, kernel, tied, 1, cfg_id, programs=4)
-            if case_id == cfg_id % 2:                 # batch 3 (3x the tiles): each rule once, each config once
-                run_case(rule, kernel, tied, 3, cfg_id, programs=16 if persistent else 4)
+            if case_id == cfg_id:                     # batch 3 (3x the programs): each rule once, each config once
+                run_case(rule, kernel, tied, 3, cfg_id, programs=4)
     run_case("delta", 3, False, 1, 0, programs=16)                     # narrower GEMV tiles, more programs
-    run_case("gated", 4, True, 2, len(ALL_CONFIGS) - 1, programs=24)   # persistent: idle programs in every stage
     print("ALL OK")
 
 
