@@ -1,6 +1,7 @@
 """Shared by the kernel benchmarks: one config's outputs against the first config's, its peak memory and its time
 (kernels_fwd_configs.py, kernels_bwd_configs.py); one call's CUDA-event time (kernels.py, fwd_call_overhead.py);
-and the metadata every recorded run carries."""
+the kernels a call launches, from torch.profiler (fwd_call_overhead.py, decode_kernel_profile.py); and the
+metadata every recorded run carries."""
 
 from __future__ import annotations
 
@@ -41,6 +42,22 @@ def event_ms(fn: Callable[[], object]) -> float:
     end.record()
     end.synchronize()
     return start.elapsed_time(end)
+
+
+def cuda_kernels(fn: Callable[[], object]) -> list[dict]:
+    """The CUDA kernels that ``fn()`` launches, in launch order: ``name``, ``us`` (device time) and ``start_us``
+    (from the first kernel's start), from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows = sorted((dict(name=e.name, us=e.device_time, start_us=e.time_range.start) for e in prof.events()
+                   if e.device_type.name == "CUDA"), key=lambda r: r["start_us"])
+    t0 = rows[0]["start_us"] if rows else 0
+    for r in rows:
+        r["start_us"] -= t0
+    return rows
 
 
 def run_meta(shapes: str) -> dict:

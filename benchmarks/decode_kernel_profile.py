@@ -16,25 +16,18 @@ import os
 
 import torch
 
-from config_timing import run_meta
+from config_timing import cuda_kernels, run_meta
 
 
 def profile_step(dec, tokens: torch.Tensor, steps: int = 5) -> dict[str, dict]:
     """Kernel name -> launches per step and device us per step, averaged over ``steps`` profiled steps."""
-    from torch.profiler import ProfilerActivity, profile
-
     for _ in range(3):
         dec.step(tokens)
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            dec.step(tokens)
-        torch.cuda.synchronize()
     per = collections.defaultdict(lambda: dict(launches=0, us=0.0))
-    for e in prof.events():
-        if e.device_type.name == "CUDA":
-            per[e.name]["launches"] += 1
-            per[e.name]["us"] += e.device_time
+    for r in cuda_kernels(lambda: [dec.step(tokens) for _ in range(steps)]):
+        per[r["name"]]["launches"] += 1
+        per[r["name"]]["us"] += r["us"]
     return {name: dict(launches=r["launches"] / steps, us=r["us"] / steps) for name, r in per.items()}
 
 

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from config_timing import event_ms, run_meta
+from config_timing import cuda_kernels, event_ms, run_meta
 
 H, D = 16, 128
 
@@ -60,26 +60,6 @@ def median_event_ms(fn, n: int = 50, behind_busy: bool = False) -> float:
     return statistics.median(times)
 
 
-def kernel_profile(fn) -> list[dict]:
-    """The CUDA kernels of one call and their device times (torch.profiler)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    rows = []
-    for e in prof.events():
-        if e.device_type.name == "CUDA":
-            rows.append(dict(name=e.name[:60], us=e.device_time, start_us=e.time_range.start))
-    rows.sort(key=lambda r: r["start_us"])
-    t0 = rows[0]["start_us"] if rows else 0
-    for r in rows:
-        r["start_us"] -= t0
-    return rows
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for fwd_call_overhead.json / .md")
@@ -109,7 +89,10 @@ def main(argv=None) -> int:
                        event_ms_behind_busy=median_event_ms(fn, behind_busy=True))
             rows.append(row)
             print(json.dumps(row), flush=True)
-        prof = kernel_profile(levels["seqedge.kernels.chunk_scan (public)"])
+        public = levels["seqedge.kernels.chunk_scan (public)"]
+        public()
+        torch.cuda.synchronize()
+        prof = [dict(r, name=r["name"][:60]) for r in cuda_kernels(public)]
     result = dict(meta=run_meta(f"B={args.B}, T={args.T}, H={H}, head dim {D}, bf16"), config=repr(cfg),
                   levels=rows, kernels=prof)
     os.makedirs(args.out, exist_ok=True)

@@ -306,7 +306,7 @@ def chunk_scan_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.T
     C = config.chunk
     NC = triton.cdiv(T, C)
     BK, BV = min(config.block_k, DK), min(config.block_v, DV)
-    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    prec = _fwd.dot_precision(q.dtype)
     if out is None:
         out = (*(torch.empty_like(x) for x in (q, k, v, g, beta)),
                torch.empty(B, H, DK, DV, dtype=torch.float32, device=q.device))

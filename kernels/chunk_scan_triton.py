@@ -348,6 +348,12 @@ def join_segments(seg_state: torch.Tensor, seg_decay: torch.Tensor, s_in: torch.
 PROGRAMS_PER_SM = 8     # the sequence is split into segments until about this many programs run per multiprocessor
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """``input_precision`` of the kernels' dots: exact float32 products for float32 inputs (the fp32 tolerance
+    ~1e-5 allows no TF32 rounding), TF32 for bf16 inputs, whose own rounding is far larger."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 def prepass(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, scale: float, chunk: int,
             num_warps: int, block_k: int = 0) -> tuple[torch.Tensor, ...]:
     """Launch :func:`_chunk_prep_kernel` (or, with ``block_k``, :func:`_chunk_prep_cols_kernel` on that many key
@@ -359,7 +365,7 @@ def prepass(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, beta: torch.Tenso
     A = torch.empty(B * H, n_chunks, chunk, chunk, dtype=k.dtype, device=q.device)
     decay = torch.empty(B * H, n_chunks, DK, dtype=torch.float32, device=q.device)
     args = (q, k, g, beta, qt, kt, A, decay, T, H, n_chunks, scale)
-    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    prec = dot_precision(q.dtype)
     if block_k:
         _chunk_prep_cols_kernel[(n_chunks, B * H)](*args, DK=DK, C=chunk, BD=min(block_k, DK), PREC=prec,
                                                    num_warps=num_warps)
@@ -425,7 +431,7 @@ def chunk_scan_fwd(
     seg_state = torch.empty(B * H, nsum, DK, DV, dtype=torch.float32, device=q.device)
     seg_decay = torch.empty(B * H, nsum, DK, dtype=torch.float32, device=q.device)
     s0 = initial_state if initial_state is not None else final      # dummy pointer when absent
-    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    prec = dot_precision(q.dtype)
     common = dict(DK=DK, DV=DV, BV=BV, C=C, HAS_INIT=initial_state is not None, PREC=prec, PREP=config.prepass,
                   num_warps=config.num_warps, num_stages=config.num_stages)
     args = (q, k, v, g, beta, o, s0, seg_state, seg_decay, final, qt, kt, A, decay, T, H, nsum, seg_len, scale)
