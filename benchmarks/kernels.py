@@ -247,7 +247,7 @@ def _time_decoder(dec, model, B: int, w_bytes: int, bw: float, n: int = 200) -> 
     got = dec.step(tok)
     row = dict(rel_err_vs_model_step=float((got.double() - ref.double()).norm() / ref.double().norm()))
     if hasattr(dec, "launches_per_step"):
-        row.update(launches_per_token=dec.launches_per_step, pdl=getattr(dec, "pdl", None))
+        row.update(launches_per_token=dec.launches_per_step, pdl=dec.pdl)
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()

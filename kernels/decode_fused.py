@@ -43,7 +43,6 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from .decode_graph import StaticDecoder
-from .decode_pack import pack_layer
 
 
 class FusedConfig(NamedTuple):
@@ -215,6 +214,33 @@ def _head_split(width: int) -> tuple[int, int]:
     return width // cols, cols
 
 
+class _Layer(NamedTuple):
+    attn_norm: torch.Tensor   # [D]
+    w_in: torch.Tensor        # [C + R + H + H*dv, D]: qkv, gate_down, beta, out_gate (packed copy)
+    b_in: torch.Tensor        # [C + R + H + H*dv] float32: beta's bias, zeros elsewhere
+    conv_w: torch.Tensor      # [C, K]
+    up_w: torch.Tensor        # [H*dk, R]
+    up_b: torch.Tensor        # [H*dk]
+    skip: torch.Tensor        # [H*dv]
+    out_norm: torch.Tensor    # [dv]
+    w_out: torch.Tensor       # [D, H*dv]
+    mlp_norm: torch.Tensor    # [D]
+    w_mlp: torch.Tensor       # [2*F, D]: gate rows, then up rows
+    w_down: torch.Tensor      # [D, F]
+
+
+def _pack_layer(block) -> _Layer:
+    a = block.attn
+    c = lambda t: t.detach().contiguous()
+    w_in = torch.cat([a.qkv.weight, a.gate_down.weight, a.beta.weight, a.out_gate.weight]).detach().contiguous()
+    b_in = torch.zeros(w_in.shape[0], dtype=torch.float32, device=w_in.device)
+    start = a.qkv.weight.shape[0] + a.gate_down.weight.shape[0]
+    b_in[start:start + a.beta.weight.shape[0]] = a.beta.bias.detach().float()
+    return _Layer(c(block.attn_norm.weight), w_in, b_in, c(a.conv.weight[:, 0, :]), c(a.gate_up.weight),
+                  c(a.gate_up.bias), c(a.skip), c(a.out_norm.weight), c(a.out_proj.weight),
+                  c(block.mlp_norm.weight), c(block.mlp.gate_up.weight), c(block.mlp.down.weight))
+
+
 def _check_model(model, batch_size: int, capture: bool) -> None:
     c = model.config
     device, dtype = model.embed.weight.device, model.embed.weight.dtype
@@ -258,7 +284,7 @@ class FusedDecoder(StaticDecoder):
         self.config = config
         if programs is None:
             programs = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
-        self.layers = [pack_layer(block) for block in model.blocks]
+        self.layers = [_pack_layer(block) for block in model.blocks]
         self.final_norm = model.norm.weight.detach().contiguous()
         self.embed = model.embed.weight.detach().contiguous()
         self.head = self.embed if model.head is None else model.head.weight.detach().contiguous()
