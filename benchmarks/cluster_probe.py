@@ -1,7 +1,12 @@
 """Probe: can one thread-block cluster carry batch-1 decode? Measures (1) the latency of a cluster barrier with a
 distributed-shared-memory store before it, for clusters of 2-16 CTAs, and (2) the weight intake of n CTAs that each
 stream their own bytes through a shared-memory ring with bulk copies (cp.async.bulk + mbarrier), cold (buffer >>
-L2) and warm (48 MB, the `small` preset's weights, re-read). Builds with torch's cpp_extension (nvcc + ninja)."""
+L2) and warm (48 MB, the `small` preset's weights, re-read), launched spread over the GPU or as clusters (one GPC
+each). Needs an sm 9.0 GPU, nvcc and ninja (torch's cpp_extension builds it). kernels_decode_cluster.md says what
+the numbers meant for decode.
+
+    python benchmarks/cluster_probe.py --out benchmarks/results
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import os
 
 import torch
 from torch.utils.cpp_extension import load_inline
+
+from config_timing import run_meta
 
 CUDA = r"""
 #include <cooperative_groups.h>
@@ -48,7 +55,10 @@ __global__ void __launch_bounds__(256) intake_kernel(const unsigned char* __rest
   }
   __syncthreads();
   if (tid == 0)
-    for (int s = 0; s < slots && s < n; ++s) { mbar_expect(&bars[s], slot); bulk_load(ring + s * slot, src + (long long)s * slot, slot, &bars[s]); }
+    for (int s = 0; s < slots && s < n; ++s) {
+      mbar_expect(&bars[s], slot);
+      bulk_load(ring + s * slot, src + (long long)s * slot, slot, &bars[s]);
+    }
   float acc = 0.f;
   for (int c = 0; c < n; ++c) {
     int s = c % slots;
@@ -56,10 +66,14 @@ __global__ void __launch_bounds__(256) intake_kernel(const unsigned char* __rest
     const uint4* p = (const uint4*)(ring + s * slot);
     for (int i = tid; i < slot / 16; i += 256) {
       uint4 v = p[i];
-      acc += __uint_as_float(v.x << 16) + __uint_as_float(v.y & 0xffff0000u) + __uint_as_float(v.z << 16) + __uint_as_float(v.w & 0xffff0000u);
+      acc += __uint_as_float(v.x << 16) + __uint_as_float(v.y & 0xffff0000u) + __uint_as_float(v.z << 16) +
+             __uint_as_float(v.w & 0xffff0000u);   // read the slot as a GEMV would
     }
     __syncthreads();
-    if (tid == 0 && c + slots < n) { mbar_expect(&bars[s], slot); bulk_load(ring + s * slot, src + (long long)(c + slots) * slot, slot, &bars[s]); }
+    if (tid == 0 && c + slots < n) {
+      mbar_expect(&bars[s], slot);
+      bulk_load(ring + s * slot, src + (long long)(c + slots) * slot, slot, &bars[s]);
+    }
   }
   out[blockIdx.x * 256 + tid] = acc;
 }
@@ -101,7 +115,8 @@ double intake(torch::Tensor w, int64_t ctas, int64_t per_cta, int64_t slot, int6
   cudaEvent_t a, b; cudaEventCreate(&a); cudaEventCreate(&b);
   cudaEventRecord(a, st);
   for (int i = 0; i < reps; ++i)
-    cudaLaunchKernelEx(&cfg, intake_kernel, p + (cold ? (i + 1) * ctas * per_cta : 0), (long long)per_cta, sl, ns, o);
+    cudaLaunchKernelEx(&cfg, intake_kernel, p + (cold ? (i + 1) * ctas * per_cta : 0), (long long)per_cta, sl, ns,
+                       o);
   cudaEventRecord(b, st); cudaEventSynchronize(b);
   float ms; cudaEventElapsedTime(&ms, a, b);
   TORCH_CHECK(cudaGetLastError() == cudaSuccess, "launch failed");
@@ -128,17 +143,19 @@ double csync(int64_t cluster, int64_t iters) {
 }
 """
 
-CPP = "double intake(torch::Tensor w, int64_t ctas, int64_t per_cta, int64_t slot, int64_t slots, int64_t reps, bool cold, int64_t cluster);\n" \
-      "double csync(int64_t cluster, int64_t iters);"
+CPP = ("double intake(torch::Tensor w, int64_t ctas, int64_t per_cta, int64_t slot, int64_t slots, int64_t reps, "
+       "bool cold, int64_t cluster);\n"
+       "double csync(int64_t cluster, int64_t iters);")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="benchmarks/results")
-    args = ap.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    """Build the probe, run every case, print a line per case and write cluster_probe.json."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results", help="folder for cluster_probe.json")
+    args = ap.parse_args(argv)
     mod = load_inline("cluster_probe", CPP, cuda_sources=CUDA, functions=["intake", "csync"],
                       extra_cuda_cflags=["-gencode=arch=compute_90a,code=sm_90a", "-O3"], verbose=False)
-    rows = {"card": torch.cuda.get_device_name(), "sync": [], "intake": []}
+    rows = {"meta": run_meta("clusters of 2-16 CTAs; 48 MB streamed by 1-132 CTAs"), "sync": [], "intake": []}
     for n in (2, 4, 8, 16):
         us = min(mod.csync(n, 20000) for _ in range(3))
         rows["sync"].append({"cluster": n, "us_per_sync": us})
@@ -161,7 +178,6 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "cluster_probe.json"), "w") as f:
         json.dump(rows, f, indent=1)
-
 
 
 if __name__ == "__main__":
