@@ -1,9 +1,9 @@
 """Probe: can one thread-block cluster carry batch-1 decode? Measures (1) the latency of a cluster barrier with a
 distributed-shared-memory store before it, for clusters of 2-16 CTAs, and (2) the weight intake of n CTAs that each
-stream their own bytes through a shared-memory ring with bulk copies (cp.async.bulk + mbarrier), cold (buffer >>
-L2) and warm (48 MB, the `small` preset's weights, re-read), launched spread over the GPU or as clusters (one GPC
-each). Needs an sm 9.0 GPU, nvcc and ninja (torch's cpp_extension builds it). kernels_decode_cluster.md says what
-the numbers meant for decode.
+stream their own bytes through a shared-memory ring, with bulk copies (cp.async.bulk + mbarrier) or with cp.async
+from every thread; cold (buffer >> L2) and warm (48 MB, the `small` preset's weights, re-read), launched spread
+over the GPU or as clusters (one GPC each). Needs an sm 9.0 GPU, nvcc and ninja (torch's cpp_extension builds
+it). kernels_decode_cluster.md says what the numbers meant for decode.
 
     python benchmarks/cluster_probe.py --out benchmarks/results
 """
@@ -24,6 +24,7 @@ CUDA = r"""
 #include <cuda_runtime.h>
 #include <torch/extension.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <cuda_pipeline.h>
 namespace cg = cooperative_groups;
 
 __device__ __forceinline__ uint32_t sa(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
@@ -78,6 +79,40 @@ __global__ void __launch_bounds__(256) intake_kernel(const unsigned char* __rest
   out[blockIdx.x * 256 + tid] = acc;
 }
 
+// The same stream, loaded with cp.async (16 bytes per thread and copy, every thread of the CTA issuing) instead of
+// bulk copies: one commit group per slot, waited with cp.async.wait_group.
+__global__ void __launch_bounds__(256) intake_cpasync_kernel(const unsigned char* __restrict__ w, long long per_cta,
+                                                             int slot, int slots, float* out) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  unsigned char* ring = smem + 128;
+  const unsigned char* src = w + blockIdx.x * per_cta;
+  int n = (int)(per_cta / slot), tid = threadIdx.x;
+  for (int s = 0; s < slots; ++s) {
+    if (s < n)
+      for (int i = tid; i < slot / 16; i += 256)
+        __pipeline_memcpy_async(ring + s * slot + 16 * i, src + (long long)s * slot + 16 * i, 16);
+    __pipeline_commit();
+  }
+  float acc = 0.f;
+  for (int c = 0; c < n; ++c) {
+    int s = c % slots;
+    __pipeline_wait_prior(slots - 1);                   // this thread's copies of chunk c have landed
+    __syncthreads();                                    // and every other thread's
+    const uint4* p = (const uint4*)(ring + s * slot);
+    for (int i = tid; i < slot / 16; i += 256) {
+      uint4 v = p[i];
+      acc += __uint_as_float(v.x << 16) + __uint_as_float(v.y & 0xffff0000u) + __uint_as_float(v.z << 16) +
+             __uint_as_float(v.w & 0xffff0000u);
+    }
+    __syncthreads();
+    if (c + slots < n)
+      for (int i = tid; i < slot / 16; i += 256)
+        __pipeline_memcpy_async(ring + s * slot + 16 * i, src + (long long)(c + slots) * slot + 16 * i, 16);
+    __pipeline_commit();
+  }
+  out[blockIdx.x * 256 + tid] = acc;
+}
+
 __global__ void __launch_bounds__(256) csync_kernel(int iters, float* out) {
   __shared__ float buf[64];
   cg::cluster_group cl = cg::this_cluster();
@@ -94,16 +129,17 @@ __global__ void __launch_bounds__(256) csync_kernel(int iters, float* out) {
 }
 
 double intake(torch::Tensor w, int64_t ctas, int64_t per_cta, int64_t slot, int64_t slots, int64_t reps,
-              bool cold, int64_t cluster) {
+              bool cold, int64_t cluster, bool cpasync) {
+  auto kernel = cpasync ? intake_cpasync_kernel : intake_kernel;
   // cold: launch i reads the i-th window of ctas * per_cta bytes (each window read once); warm: the first window
   TORCH_CHECK(ctas * per_cta * (cold ? reps + 1 : 1) <= w.numel(), "buffer too small");
   int smem = 128 + slot * slots;
-  cudaFuncSetAttribute(intake_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   auto out = torch::empty({ctas * 256}, w.options().dtype(torch::kFloat32));
   auto st = at::cuda::getCurrentCUDAStream();
   const unsigned char* p = (const unsigned char*)w.data_ptr();
   // cluster > 1: the CTAs launch as clusters of that size (a cluster's CTAs share one GPC)
-  cudaFuncSetAttribute(intake_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(ctas); cfg.blockDim = dim3(256); cfg.dynamicSmemBytes = smem; cfg.stream = st;
   cudaLaunchAttribute at[1]; at[0].id = cudaLaunchAttributeClusterDimension;
@@ -111,12 +147,11 @@ double intake(torch::Tensor w, int64_t ctas, int64_t per_cta, int64_t slot, int6
   cfg.attrs = at; cfg.numAttrs = 1;
   float* o = out.data_ptr<float>();
   int sl = (int)slot, ns = (int)slots;
-  TORCH_CHECK(cudaLaunchKernelEx(&cfg, intake_kernel, p, (long long)per_cta, sl, ns, o) == cudaSuccess, "launch");
+  TORCH_CHECK(cudaLaunchKernelEx(&cfg, kernel, p, (long long)per_cta, sl, ns, o) == cudaSuccess, "launch");
   cudaEvent_t a, b; cudaEventCreate(&a); cudaEventCreate(&b);
   cudaEventRecord(a, st);
   for (int i = 0; i < reps; ++i)
-    cudaLaunchKernelEx(&cfg, intake_kernel, p + (cold ? (i + 1) * ctas * per_cta : 0), (long long)per_cta, sl, ns,
-                       o);
+    cudaLaunchKernelEx(&cfg, kernel, p + (cold ? (i + 1) * ctas * per_cta : 0), (long long)per_cta, sl, ns, o);
   cudaEventRecord(b, st); cudaEventSynchronize(b);
   float ms; cudaEventElapsedTime(&ms, a, b);
   TORCH_CHECK(cudaGetLastError() == cudaSuccess, "launch failed");
@@ -144,7 +179,7 @@ double csync(int64_t cluster, int64_t iters) {
 """
 
 CPP = ("double intake(torch::Tensor w, int64_t ctas, int64_t per_cta, int64_t slot, int64_t slots, int64_t reps, "
-       "bool cold, int64_t cluster);\n"
+       "bool cold, int64_t cluster, bool cpasync);\n"
        "double csync(int64_t cluster, int64_t iters);")
 
 
@@ -162,19 +197,23 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cluster {n:2d}: {us * 1000:.0f} ns per DSMEM store + cluster.sync()", flush=True)
     buf = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
     total = 48 << 20                                   # the small preset's bf16 weights, about
-    runs = [(cold, ctas, 1, slot, slots) for cold in (True, False) for ctas in (1, 8, 16, 132)
+    runs = [(cold, ctas, 1, slot, slots, False) for cold in (True, False) for ctas in (1, 8, 16, 132)
             for slot, slots in ((16384, 8), (32768, 6), (65536, 3))]
-    runs += [(True, ctas, cluster, 65536, 3) for ctas, cluster in ((16, 16), (8, 8), (128, 16), (128, 8))]
-    for cold, ctas, cluster, slot, slots in runs:
+    runs += [(True, ctas, cluster, 65536, 3, False) for ctas, cluster in ((16, 16), (8, 8), (128, 16), (128, 8))]
+    runs += [(True, ctas, cluster, slot, slots, True) for ctas, cluster in ((1, 1), (16, 1), (16, 16))
+             for slot, slots in ((16384, 8), (32768, 6), (65536, 3))]
+    for cold, ctas, cluster, slot, slots, cpasync in runs:
         name = "cold" if cold else "warm"
         per = (total // ctas) // slot * slot
         reps = min(5, buf.numel() // (ctas * per) - 1)
-        us = mod.intake(buf, ctas, per, slot, slots, reps, cold, cluster)
+        us = mod.intake(buf, ctas, per, slot, slots, reps, cold, cluster, cpasync)
         gbs = ctas * per / us / 1e3
-        rows["intake"].append(dict(mode=name, ctas=ctas, cluster=cluster, slot=slot, slots=slots,
+        copy = "cp.async" if cpasync else "bulk"
+        rows["intake"].append(dict(mode=name, copy=copy, ctas=ctas, cluster=cluster, slot=slot, slots=slots,
                                    bytes_per_cta=per, us=us, GBps=gbs, GBps_per_cta=gbs / ctas))
-        print(f"{name} ctas {ctas:3d} cluster {cluster:2d} slot {slot:6d}x{slots}: {ctas * per / 2**20:6.1f} MiB in "
-              f"{us:8.1f} us = {gbs:7.1f} GB/s ({gbs / ctas:6.1f} per CTA)", flush=True)
+        print(f"{name} {copy:8s} ctas {ctas:3d} cluster {cluster:2d} slot {slot:6d}x{slots}: "
+              f"{ctas * per / 2**20:6.1f} MiB in {us:8.1f} us = {gbs:7.1f} GB/s ({gbs / ctas:6.1f} per CTA)",
+              flush=True)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "cluster_probe.json"), "w") as f:
         json.dump(rows, f, indent=1)
