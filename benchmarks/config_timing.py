@@ -1,7 +1,7 @@
-"""Shared by the kernel benchmarks: one config's outputs against the first config's, its peak memory and its time
-(kernels_fwd_configs.py, kernels_bwd_configs.py); one call's CUDA-event time (kernels.py, fwd_call_overhead.py);
-the kernels a call launches, from torch.profiler (fwd_call_overhead.py, decode_kernel_profile.py); and the
-metadata every recorded run carries."""
+"""Shared by the kernel benchmarks: the random scan inputs they time; one config's outputs against the first
+config's, its peak memory and its time (kernels_fwd_configs.py, kernels_bwd_configs.py); one call's CUDA-event time
+(kernels.py, fwd_call_overhead.py); the kernels a call launches, from torch.profiler (fwd_call_overhead.py,
+decode_kernel_profile.py); and the metadata every recorded run carries."""
 
 from __future__ import annotations
 
@@ -10,6 +10,18 @@ import sys
 from typing import Callable, Sequence
 
 import torch
+
+
+def scan_inputs(B: int, T: int, H: int, D: int, seed: int,
+                device: str = "cuda") -> tuple[torch.Generator, tuple[torch.Tensor, ...]]:
+    """``(gen, (q, k, v, g, beta))``: q, k, v ~ N(0, 1) and log forget gates g ~ U(-5, 0), bf16 ``[B, T, H, D]``;
+    beta ~ U(0, 1) float32 ``[B, T, H]``. ``gen`` (seeded with ``seed``, drawn in that order) is returned for
+    callers that draw more inputs from it."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    q, k, v = (torch.randn(B, T, H, D, generator=gen, device=device, dtype=torch.bfloat16) for _ in range(3))
+    g = (-5.0 * torch.rand(B, T, H, D, generator=gen, device=device)).to(torch.bfloat16)
+    beta = torch.rand(B, T, H, generator=gen, device=device)
+    return gen, (q, k, v, g, beta)
 
 
 def time_config(run: Callable[[], Sequence[torch.Tensor]], ref: list[torch.Tensor] | None, warmup: int, rep: int,

@@ -20,18 +20,9 @@ import time
 
 import torch
 
-from config_timing import cuda_kernels, event_ms, run_meta
+from config_timing import cuda_kernels, event_ms, run_meta, scan_inputs
 
 H, D = 16, 128
-
-
-def _inputs(B: int, T: int):
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    mk = lambda *s: torch.randn(*s, generator=gen, device="cuda", dtype=torch.bfloat16)
-    q, k, v = mk(B, T, H, D), mk(B, T, H, D), mk(B, T, H, D)
-    g = (-5.0 * torch.rand(B, T, H, D, generator=gen, device="cuda")).to(torch.bfloat16)
-    beta = torch.rand(B, T, H, generator=gen, device="cuda")
-    return q, k, v, g, beta
 
 
 def host_us(fn, n: int = 50) -> float:
@@ -70,7 +61,7 @@ def main(argv=None) -> int:
     from seqedge.kernels import chunk_scan, ops
     from seqedge.kernels import chunk_scan_triton as cst
 
-    q, k, v, g, beta = _inputs(args.B, args.T)
+    q, k, v, g, beta = scan_inputs(args.B, args.T, H, D, seed=0)[1]
     scale = D ** -0.5
     with torch.no_grad():
         chunk_scan(q, k, v, g, beta)                              # compiles, picks the config

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from config_timing import event_ms
+from config_timing import event_ms, scan_inputs
 
 H, D = 16, 128
 TARGETS = {"fwd_ms_T65536": 2.0, "fwdbwd_ms_T65536": 10.0, "fwd_peak_gb_T131072": 2.5}
@@ -98,12 +98,8 @@ def bench_scan(results: dict, save, lens, batches, bw: float, only: set[str] | N
     for name, fn in methods.items():                     # ours first: a run cut short still measured it
         for B in batches:
             for T in lens:
-                gen = torch.Generator(device="cuda").manual_seed(T + B)
-                mk = lambda *s: torch.randn(*s, generator=gen, device="cuda", dtype=torch.bfloat16)
-                q, k, v = mk(B, T, H, D), mk(B, T, H, D), mk(B, T, H, D)
-                g = (-5.0 * torch.rand(B, T, H, D, generator=gen, device="cuda")).to(torch.bfloat16)
+                q, k, v, g, beta = scan_inputs(B, T, H, D, seed=T + B)[1]
                 gh = g[..., 0].float().contiguous()
-                beta = torch.rand(B, T, H, generator=gen, device="cuda")
                 _bench_one(results, save, name, fn, B, T, (q, k, v, g, gh, beta), bw)
                 del q, k, v, g, gh, beta
                 torch.cuda.empty_cache()

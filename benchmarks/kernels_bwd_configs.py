@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from config_timing import run_meta, time_config
+from config_timing import run_meta, scan_inputs, time_config
 
 B, H, D = 1, 16, 128
 
@@ -35,10 +35,8 @@ def extra_configs(bwd) -> list:
 
 def bench_length(T: int, configs: list, bwd) -> list[dict]:
     """Each config of ``configs`` at length T: time, peak memory, max relative gradient error vs the first."""
-    gen = torch.Generator(device="cuda").manual_seed(T)
-    q, k, v, do = (torch.randn(B, T, H, D, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(4))
-    g = (-5 * torch.rand(B, T, H, D, device="cuda", generator=gen)).to(torch.bfloat16)
-    beta = torch.rand(B, T, H, device="cuda", generator=gen)
+    gen, (q, k, v, g, beta) = scan_inputs(B, T, H, D, seed=T)
+    do = torch.randn(B, T, H, D, device="cuda", generator=gen, dtype=torch.bfloat16)
     dfin = torch.randn(B, H, D, D, device="cuda", generator=gen)
     ref, rows = None, []
     for cfg in configs:

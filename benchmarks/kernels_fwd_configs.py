@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from config_timing import run_meta, time_config
+from config_timing import run_meta, scan_inputs, time_config
 
 B, H, D = 1, 16, 128
 
@@ -24,10 +24,7 @@ B, H, D = 1, 16, 128
 def bench_length(T: int, fwd) -> list[dict]:
     """Every config of the forward module ``fwd`` (seqedge.kernels.chunk_scan_triton) at length T."""
     configs, pending = fwd.FWD_CONFIGS + fwd.PENDING_CONFIGS, fwd.PENDING_CONFIGS
-    gen = torch.Generator(device="cuda").manual_seed(T)
-    q, k, v = (torch.randn(B, T, H, D, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(3))
-    g = (-5 * torch.rand(B, T, H, D, device="cuda", generator=gen)).to(torch.bfloat16)
-    beta = torch.rand(B, T, H, device="cuda", generator=gen)
+    q, k, v, g, beta = scan_inputs(B, T, H, D, seed=T)[1]
     ref, rows = None, []
     for cfg in configs:
         row = dict(T=T, config=repr(cfg), pending=cfg in pending)

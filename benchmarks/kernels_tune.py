@@ -16,6 +16,8 @@ import sys
 
 import torch
 
+from config_timing import scan_inputs
+
 
 def write_markdown(json_path: str) -> None:
     """kernels_tune.md beside ``json_path``: every variant, fastest first per kind."""
@@ -60,12 +62,8 @@ def main(argv=None) -> int:
     from seqedge.kernels import chunk_scan_triton as fwd
 
     B, T, H, D = 1, args.T, 16, 128
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    mk = lambda *s: torch.randn(*s, generator=gen, device="cuda", dtype=torch.bfloat16)
-    q, k, v = mk(B, T, H, D), mk(B, T, H, D), mk(B, T, H, D)
-    g = (-5.0 * torch.rand(B, T, H, D, generator=gen, device="cuda")).to(torch.bfloat16)
-    beta = torch.rand(B, T, H, generator=gen, device="cuda")
-    do = mk(B, T, H, D)
+    gen, (q, k, v, g, beta) = scan_inputs(B, T, H, D, seed=0)
+    do = torch.randn(B, T, H, D, generator=gen, device="cuda", dtype=torch.bfloat16)
     dfin = torch.randn(B, H, D, D, generator=gen, device="cuda")
     rows = []
     os.makedirs(args.out, exist_ok=True)
