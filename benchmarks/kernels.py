@@ -258,21 +258,28 @@ def _time_decoder(dec, model, B: int, w_bytes: int, bw: float, n: int = 200) -> 
 
 
 def bench_decode_sweep(results: dict, save, bw: float) -> None:
-    """The fused decoder's launch parameters at the target (small, batch 1): every FUSED_CONFIGS entry x GEMV
-    programs per batch row (half, one, two per SM)."""
+    """The fused decoder's launch parameters: at the target (small, batch 1), every FUSED_CONFIGS entry x GEMV
+    programs per batch row (half, one, two per SM); at batch 16 and 64 (small and base), the first entry with its
+    batched tensor-core kernels off (batch_tile 0: one GEMV program per batch row and weight tile) and with 16 and
+    32 batch rows per program."""
     from seqedge.config import SequentialAttentionConfig
     from seqedge.kernels.decode_fused import FUSED_CONFIGS, FusedDecoder
     from seqedge.model import SequentialAttentionModel
 
-    torch.manual_seed(0)
-    model = SequentialAttentionModel(SequentialAttentionConfig.preset("small")).to("cuda", torch.bfloat16).eval()
-    w_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for cfg in FUSED_CONFIGS:
-        for programs in (sms // 2, sms, 2 * sms):
-            row = dict(preset="small", B=1, config=cfg._asdict(), programs=programs)
+    cases = {"small": [(1, cfg, programs) for cfg in FUSED_CONFIGS for programs in (sms // 2, sms, 2 * sms)]}
+    for preset in ("small", "base"):
+        cases.setdefault(preset, []).extend((B, FUSED_CONFIGS[0]._replace(batch_tile=bt), sms)
+                                            for B in (16, 64) for bt in (0, 16, 32) if bt <= B)
+    for preset, runs in cases.items():
+        torch.manual_seed(0)
+        model = SequentialAttentionModel(SequentialAttentionConfig.preset(preset)).to("cuda", torch.bfloat16).eval()
+        w_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        for B, cfg, programs in runs:
+            row = dict(preset=preset, B=B, config=cfg._asdict(), programs=programs)
             try:
-                row.update(_time_decoder(FusedDecoder(model, 1, config=cfg, programs=programs), model, 1, w_bytes, bw))
+                dec = FusedDecoder(model, B, config=cfg, programs=programs)
+                row.update(_time_decoder(dec, model, B, w_bytes, bw))
             except Exception as err:
                 row["note"] = f"error: {type(err).__name__}: {str(err)[:150]}"
             results["decode_sweep"].append(row)
@@ -333,10 +340,11 @@ def write_markdown(results: dict, path: str) -> None:
               f"{r['x_floor']:.1f} | {err(r)} |" if "us_per_token" in r else f"| {r['preset']} | {r['B']} | "
               f"{how(r)} | {r['note']} | - | - | - |" for r in results["decode"]]
     if results.get("decode_sweep"):
-        lines += ["\n## Fused decoder launch parameters (small, batch 1)\n",
-                  "| config | GEMV programs per batch row | us / token | x floor |", "|---|---|---|---|"]
-        lines += [f"| {r['config']} | {r['programs']} | {r['us_per_token']:.1f} | {r['x_floor']:.2f} |"
-                  if "us_per_token" in r else f"| {r['config']} | {r['programs']} | {r['note']} | - |"
+        lines += ["\n## Fused decoder launch parameters\n",
+                  "| preset | batch | config | GEMV programs per batch row | us / token | x floor |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r.get('preset', 'small')} | {r.get('B', 1)} | {r['config']} | {r['programs']} | "
+                  + (f"{r['us_per_token']:.1f} | {r['x_floor']:.2f} |" if "us_per_token" in r else f"{r['note']} | - |")
                   for r in results["decode_sweep"]]
     with open(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")

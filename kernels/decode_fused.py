@@ -24,6 +24,12 @@ previous kernel, which lets the next kernel stream its weights while the current
 read and every write comes after ``gdc_wait``, which returns once the previous kernel has completed (and, by
 induction, every earlier one).
 
+The GEMVs run one program per batch row and weight tile, so each batch row reads the weights again (from L2).
+From ``FusedConfig.batch_tile`` rows on (16 by default), steps 1, 3, 4, 5 and the logits use _norm_gemm_kernel
+and _gemm_residual_kernel instead: the same math for ``batch_tile`` batch rows per program, as matrix products.
+With bf16 weights they run on tensor cores, the float32 activations entering as two bf16 parts, high and low
+(a relative error of about 2^-16); other weight dtypes multiply in exact float32.
+
     >>> dec = FusedDecoder(model, batch_size=1)             # model on CUDA; weights are read here, once
     >>> dec.reset()                                          # zero state (or dec.reset(state))
     >>> logits = dec.step(torch.tensor([72], device="cuda"))   # [B, V] float32; a view of a static buffer
@@ -46,15 +52,20 @@ from .decode_graph import StaticDecoder
 
 
 class FusedConfig(NamedTuple):
-    """Launch parameters: value columns of the state per mixer program; weight elements per GEMV program."""
+    """Launch parameters: value columns of the state per mixer program; weight elements per GEMV program; batch
+    rows per program of the tensor-core kernels that batches of at least that many rows use instead of the
+    GEMVs (0: never)."""
 
     block_v: int
     max_tile: int
+    batch_tile: int = 16
 
 
 # Every entry is checked by the tests (interpreter and GPU); the first is the default. No autotuning.
-FUSED_CONFIGS: tuple[FusedConfig, ...] = (FusedConfig(block_v=32, max_tile=4096),
-                                          FusedConfig(block_v=64, max_tile=8192))
+FUSED_CONFIGS: tuple[FusedConfig, ...] = (FusedConfig(block_v=32, max_tile=4096, batch_tile=16),
+                                          FusedConfig(block_v=64, max_tile=8192, batch_tile=32))
+GEMM_BLOCK_N = 64     # output rows per program of the batched (tensor-core) kernels (16 and 32: slower, run AZ)
+GEMM_BLOCK_K = 64     # input columns per step of their loop over the input
 
 
 def block_n(rows: int, width: int, programs: int, max_tile: int = FUSED_CONFIGS[0].max_tile) -> int:
@@ -205,6 +216,119 @@ def _gemv_residual_kernel(inp, gate, norm_w, w, x, N, K, NP, gate_off, eps,
     tl.store(xp, tl.load(xp, mask=nmask, other=0.0) + y, mask=nmask)
 
 
+@triton.jit
+def _dot_rows(a, wk, SPLIT: tl.constexpr):
+    """a [BB, BK] float32 @ wk [BN, BK]^T -> [BB, BN] float32. SPLIT (bf16 weights): on tensor cores, a as the sum
+    of its bf16 rounding and the bf16 rounding of the rest (relative error ~2^-16, float32-grade); else exact
+    float32 products."""
+    if SPLIT:
+        hi = a.to(tl.bfloat16)
+        lo = (a - hi.to(tl.float32)).to(tl.bfloat16)
+        wt = tl.trans(wk)
+        return tl.dot(hi, wt) + tl.dot(lo, wt)
+    else:
+        return tl.dot(a, tl.trans(wk.to(tl.float32)), input_precision="ieee")
+
+
+@triton.jit
+def _norm_gemm_kernel(x, tok, xres, norm_w, w, out, bias, tail, conv_w, N, K, C, B, eps,
+                      EMBED: tl.constexpr, HAS_BIAS: tl.constexpr, CONV: tl.constexpr, SWIGLU: tl.constexpr,
+                      KW: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BB: tl.constexpr,
+                      SPLIT: tl.constexpr, PDL: tl.constexpr):
+    """_norm_gemv_kernel's math for BB batch rows at once (batches of 16 rows and more): each weight tile is read
+    once for all of them and multiplied as a matrix product (on tensor cores for bf16 weights), walking the input
+    BK columns at a time."""
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
+    pid_n = tl.program_id(0)
+    rb = tl.program_id(1).to(tl.int64) * BB + tl.arange(0, BB)             # [BB] batch rows
+    bmask = rb < B
+    rn = pid_n * BN + tl.arange(0, BN)                                      # [BN] output rows
+    nmask = rn < N
+    if EMBED:
+        xrow = x + tl.load(tok + rb, mask=bmask, other=0).to(tl.int64) * K
+    else:
+        xrow = x + rb * K
+    ss = tl.zeros([BB], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        rk = k0 + tl.arange(0, BK)
+        xmask = bmask[:, None] & (rk < K)[None, :]
+        xv = tl.load(xrow[:, None] + rk[None, :], mask=xmask, other=0.0).to(tl.float32)
+        if EMBED:
+            tl.store(xres + rb[:, None] * K + rk[None, :], xv, mask=xmask & (pid_n == 0))
+        ss += tl.sum(xv * xv, 1)
+    rstd = 1.0 / tl.sqrt(ss / K + eps)
+    y = tl.zeros([BB, BN], dtype=tl.float32)
+    if SWIGLU:
+        yu = tl.zeros([BB, BN], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        rk = k0 + tl.arange(0, BK)
+        kmask = rk < K
+        xv = tl.load(xrow[:, None] + rk[None, :], mask=bmask[:, None] & kmask[None, :], other=0.0).to(tl.float32)
+        xn = xv * rstd[:, None] * tl.load(norm_w + rk, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        wmask = nmask[:, None] & kmask[None, :]
+        y += _dot_rows(xn, tl.load(w + rn[:, None] * K + rk[None, :], mask=wmask, other=0.0), SPLIT)
+        if SWIGLU:
+            yu += _dot_rows(xn, tl.load(w + (rn + N)[:, None] * K + rk[None, :], mask=wmask, other=0.0), SPLIT)
+    if SWIGLU:
+        y = y * tl.sigmoid(y) * yu
+    if HAS_BIAS:
+        y += tl.load(bias + rn, mask=nmask, other=0.0)[None, :]
+    if CONV:
+        cmask = rn < C
+        rj = tl.arange(0, KP)
+        cw = tl.load(conv_w + rn[:, None] * KW + rj[None, :], mask=cmask[:, None] & (rj < KW - 1)[None, :],
+                     other=0.0).to(tl.float32)
+        cw_last = tl.load(conv_w + rn * KW + KW - 1, mask=cmask, other=0.0).to(tl.float32)
+        # tail [B, C, KW-1] as [BB, BN, KP]
+        tptr = tail + rb[:, None, None] * (C * (KW - 1)) + rn[None, :, None] * (KW - 1) + rj[None, None, :]
+        tmask = bmask[:, None, None] & cmask[None, :, None] & (rj < KW - 1)[None, None, :]
+        t_old = tl.load(tptr, mask=tmask, other=0.0)
+        t_next = tl.load(tptr + 1, mask=tmask & (rj < KW - 2)[None, None, :], other=0.0)
+        z = tl.sum(t_old * cw[None, :, :], 2) + cw_last[None, :] * y
+        tl.debug_barrier()                                                  # all tail reads before any write
+        tl.store(tptr, tl.where((rj == KW - 2)[None, None, :], y[:, :, None], t_next), mask=tmask)
+        y = tl.where(cmask[None, :], z * tl.sigmoid(z), y)
+    tl.store(out + rb[:, None] * N + rn[None, :], y, mask=bmask[:, None] & nmask[None, :])
+
+
+@triton.jit
+def _gemm_residual_kernel(inp, gate, norm_w, w, x, N, K, NP, gate_off, B, eps,
+                          HEAD_NORM: tl.constexpr, H: tl.constexpr, DV: tl.constexpr, BN: tl.constexpr,
+                          BB: tl.constexpr, SPLIT: tl.constexpr, PDL: tl.constexpr):
+    """_gemv_residual_kernel's math for BB batch rows at once, as _norm_gemm_kernel, one head (DV columns) at a
+    time."""
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
+    pid_n = tl.program_id(0)
+    rb = tl.program_id(1).to(tl.int64) * BB + tl.arange(0, BB)             # [BB] batch rows
+    bmask = rb < B
+    rn = pid_n * BN + tl.arange(0, BN)
+    nmask = rn < N
+    rd = tl.arange(0, DV)
+    if HEAD_NORM:
+        nw = tl.load(norm_w + rd).to(tl.float32)
+    y = tl.zeros([BB, BN], dtype=tl.float32)
+    for h in range(H):
+        col = h * DV + rd
+        a = tl.load(inp + rb[:, None] * K + col[None, :], mask=bmask[:, None], other=0.0)   # [BB, DV]
+        if HEAD_NORM:
+            gt = tl.load(gate + rb[:, None] * NP + gate_off + col[None, :], mask=bmask[:, None], other=0.0)
+            a = a / tl.sqrt(tl.sum(a * a, 1) / DV + eps)[:, None] * nw[None, :]
+            a = a * gt * tl.sigmoid(gt)
+        y += _dot_rows(a, tl.load(w + rn[:, None] * K + col[None, :], mask=nmask[:, None], other=0.0), SPLIT)
+    xmask = bmask[:, None] & nmask[None, :]
+    xp = x + rb[:, None] * N + rn[None, :]
+    tl.store(xp, tl.load(xp, mask=xmask, other=0.0) + y, mask=xmask)
+
+
+def _warps(rows: int, width: int) -> int:
+    """Warps of a GEMV program holding a [rows, width] weight tile."""
+    return 8 if rows * width >= 8192 else 4
+
+
 def _head_split(width: int) -> tuple[int, int]:
     """``width`` as (rows, cols) with cols the largest power of two <= 128 dividing it: a GEMV input of that width
     is loaded as one [rows, cols] tile (power-of-two tile shapes, masked rows)."""
@@ -278,6 +402,10 @@ class FusedDecoder(StaticDecoder):
     def __init__(self, model, batch_size: int, warmup: int = 2, config: FusedConfig = FUSED_CONFIGS[0],
                  capture: bool = True, programs: int | None = None, pdl: bool | None = None) -> None:
         _check_model(model, batch_size, capture)
+        bt = config.batch_tile
+        if bt != 0 and (bt < 16 or bt & (bt - 1)):
+            raise ValueError(f"FusedConfig.batch_tile must be 0 (off) or a power of two >= 16 (tensor-core tiles), "
+                             f"got {bt}")
         c = self.cfg = model.config
         device = model.embed.weight.device
         self._static_buffers(model, batch_size, device)
@@ -308,6 +436,9 @@ class FusedDecoder(StaticDecoder):
             raise ValueError(f"programmatic dependent launch needs a GPU of sm 9.0 or newer; {device} is not one")
         self._launch = dict(launch_pdl=True) if self.pdl else {}
         self._bv = min(config.block_v, c.head_v_dim)
+        # batches of batch_tile rows or more: the tensor-core kernels (their dots need 16 columns a step at least)
+        self._gemm = 0 < config.batch_tile <= B and min(c.head_v_dim, self._f_split[1]) >= 16
+        self._split = model.embed.weight.dtype == torch.bfloat16
         self.launches_per_step = 5 * c.num_layers + 1       # kernel launches the graph replays per token
         self.logits = torch.zeros(B, c.vocab_size, **f32)                                  # [B, V] static output
         if capture:
@@ -318,40 +449,59 @@ class FusedDecoder(StaticDecoder):
         """Buffers every step rewrites before reading (tests poison them with NaN)."""
         return self.x, self.proj, self.o, self.hidden, self.logits
 
+    def _norm_gemv(self, key: str, n: int, x, norm_w, w, out, bias=None, tail=None, conv_w=None,
+                   embed: bool = False) -> None:
+        """One launch of out = epilogue(RMSNorm(x) @ w^T) (n output rows): the conv step when ``tail`` is given,
+        SwiGLU for ``key`` "mlp"; per batch row (GEMV) or, for batches of ``batch_tile`` rows or more, BB rows at
+        a time on tensor cores."""
+        c, B, D, K = self.cfg, self.batch_size, self.cfg.hidden_size, self.cfg.conv_kernel
+        conv, swiglu = tail is not None, key == "mlp"
+        args = (x, self.tokens, self.x, norm_w, w, out, self.x if bias is None else bias,
+                self.x if tail is None else tail, self.x if conv_w is None else conv_w, n, D,
+                c.conv_channels if conv else 0)
+        flags = dict(EMBED=embed, HAS_BIAS=bias is not None, CONV=conv, SWIGLU=swiglu, KW=K if conv else 1,
+                     KP=triton.next_power_of_2(K - 1) if conv else 1, PDL=self.pdl, **self._launch)
+        if self._gemm:
+            bt = self.config.batch_tile
+            _norm_gemm_kernel[(triton.cdiv(n, GEMM_BLOCK_N), triton.cdiv(B, bt))](
+                *args, B, self.eps, BN=GEMM_BLOCK_N, BK=GEMM_BLOCK_K, BB=bt, SPLIT=self._split, num_warps=4,
+                **flags)
+        else:
+            bn = self._bn[key]
+            _norm_gemv_kernel[(triton.cdiv(n, bn), B)](
+                *args, self.eps, BN=bn, BK=self._d_cols, num_warps=_warps(bn, (1 + swiglu) * self._d_cols), **flags)
+
+    def _gemv_residual(self, key: str, inp, w, heads: int, dv: int, out_norm=None) -> None:
+        """One launch of x += a @ w^T, a = inp read as [heads, dv] per batch row or, with ``out_norm``, the
+        mixer's per-head RMSNorm times SiLU(out_gate) of it; per batch row or BB rows at a time, as _norm_gemv."""
+        c, B, D = self.cfg, self.batch_size, self.cfg.hidden_size
+        args = (inp, self.proj if out_norm is not None else inp, inp if out_norm is None else out_norm, w, self.x,
+                D, heads * dv, self.n_in, c.conv_channels + c.gate_rank + c.num_heads)
+        flags = dict(HEAD_NORM=out_norm is not None, H=heads, DV=dv, PDL=self.pdl, **self._launch)
+        if self._gemm:
+            bt = self.config.batch_tile
+            _gemm_residual_kernel[(triton.cdiv(D, GEMM_BLOCK_N), triton.cdiv(B, bt))](
+                *args, B, self.eps, BN=GEMM_BLOCK_N, BB=bt, SPLIT=self._split, num_warps=4, **flags)
+        else:
+            bn, hp = self._bn[key], triton.next_power_of_2(heads)
+            _gemv_residual_kernel[(triton.cdiv(D, bn), B)](
+                *args, self.eps, HP=hp, BN=bn, num_warps=_warps(bn, hp * dv), **flags)
+
     def _body(self) -> torch.Tensor:
         """The launches of one step on the static buffers (what the graph holds): tokens -> logits ``[B, V]``."""
-        c, B, bn, eps, pdl, opts = self.cfg, self.batch_size, self._bn, self.eps, self.pdl, self._launch
-        C, R, H, D, F = c.conv_channels, c.gate_rank, c.num_heads, c.hidden_size, c.mlp_hidden_size
-        DK, DV, K = c.head_k_dim, c.head_v_dim, c.conv_kernel
-        cdiv, pow2 = triton.cdiv, triton.next_power_of_2
-        gate_off = C + R + H
-        warps = lambda bn_, width: 8 if bn_ * width >= 8192 else 4
+        c, B = self.cfg, self.batch_size
+        H, DK, DV = c.num_heads, c.head_k_dim, c.head_v_dim
         for i, L in enumerate(self.layers):
             tail, S = self.states[2 * i], self.states[2 * i + 1]
-            _norm_gemv_kernel[(cdiv(self.n_in, bn["inp"]), B)](
-                self.embed if i == 0 else self.x, self.tokens, self.x, L.attn_norm, L.w_in, self.proj, L.b_in,
-                tail, L.conv_w, self.n_in, D, C, eps, EMBED=i == 0, HAS_BIAS=True, CONV=True, SWIGLU=False,
-                KW=K, KP=pow2(K - 1), BN=bn["inp"], BK=self._d_cols, PDL=pdl,
-                num_warps=warps(bn["inp"], self._d_cols), **opts)
+            self._norm_gemv("inp", self.n_in, self.embed if i == 0 else self.x, L.attn_norm, L.w_in, self.proj,
+                            bias=L.b_in, tail=tail, conv_w=L.conv_w, embed=i == 0)
             _mixer_kernel[(B * H, DV // self._bv)](
-                self.proj, L.up_w, L.up_b, L.skip, S, self.o, self.n_in, C, R, DK ** -0.5, c.g_min,
-                H=H, DK=DK, DV=DV, BV=self._bv, RP=pow2(R), DELTA=c.update_rule == "delta", PDL=pdl,
-                num_warps=4 if DK * self._bv >= 4096 else 2, **opts)
-            _gemv_residual_kernel[(cdiv(D, bn["out"]), B)](
-                self.o, self.proj, L.out_norm, L.w_out, self.x, D, c.value_size, self.n_in, gate_off, eps,
-                HEAD_NORM=True, H=H, HP=pow2(H), DV=DV, BN=bn["out"], PDL=pdl,
-                num_warps=warps(bn["out"], pow2(H) * DV), **opts)
-            _norm_gemv_kernel[(cdiv(F, bn["mlp"]), B)](
-                self.x, self.tokens, self.x, L.mlp_norm, L.w_mlp, self.hidden, self.x, self.x, self.x, F, D, 0, eps,
-                EMBED=False, HAS_BIAS=False, CONV=False, SWIGLU=True, KW=1, KP=1, BN=bn["mlp"], BK=self._d_cols,
-                PDL=pdl, num_warps=warps(bn["mlp"], 2 * self._d_cols), **opts)
-            hf, dvf = self._f_split
-            _gemv_residual_kernel[(cdiv(D, bn["down"]), B)](
-                self.hidden, self.hidden, self.hidden, L.w_down, self.x, D, F, 0, 0, eps, HEAD_NORM=False,
-                H=hf, HP=pow2(hf), DV=dvf, BN=bn["down"], PDL=pdl, num_warps=warps(bn["down"], pow2(hf) * dvf),
-                **opts)
-        _norm_gemv_kernel[(cdiv(c.vocab_size, bn["head"]), B)](
-            self.x, self.tokens, self.x, self.final_norm, self.head, self.logits, self.x, self.x, self.x, c.vocab_size,
-            D, 0, eps, EMBED=False, HAS_BIAS=False, CONV=False, SWIGLU=False, KW=1, KP=1, BN=bn["head"],
-            BK=self._d_cols, PDL=pdl, num_warps=warps(bn["head"], self._d_cols), **opts)
+                self.proj, L.up_w, L.up_b, L.skip, S, self.o, self.n_in, c.conv_channels, c.gate_rank, DK ** -0.5,
+                c.g_min, H=H, DK=DK, DV=DV, BV=self._bv, RP=triton.next_power_of_2(c.gate_rank),
+                DELTA=c.update_rule == "delta", PDL=self.pdl, num_warps=4 if DK * self._bv >= 4096 else 2,
+                **self._launch)
+            self._gemv_residual("out", self.o, L.w_out, H, DV, out_norm=L.out_norm)
+            self._norm_gemv("mlp", c.mlp_hidden_size, self.x, L.mlp_norm, L.w_mlp, self.hidden)
+            self._gemv_residual("down", self.hidden, L.w_down, *self._f_split)
+        self._norm_gemv("head", c.vocab_size, self.x, self.final_norm, self.head, self.logits)
         return self.logits

@@ -3,7 +3,8 @@
 Started in a subprocess by tests/test_decode_fused_interpret.py (the interpreter must be on before triton compiles
 anything). A tiny float32 model with every parameter randomised (norm weights, skip, biases: a forgotten term
 fails), a random non-zero initial state, both update rules x every entry of FUSED_CONFIGS at batch 1 (and each
-rule and each config once at batch 3), several consecutive tokens; each step compares the logits and every state
+rule and each config once at batch 3; each rule at batch 17, in the batched tensor-core kernels), several
+consecutive tokens; each step compares the logits and every state
 tensor. Scratch buffers and logits are poisoned with NaN before each step. Prints ``name rel_err`` (relative L2
 error) per check and exits non-zero on the first one over TOL.
 """
@@ -45,6 +46,7 @@ def run_case(rule: str, kernel: int, tied: bool, B: int, cfg_id: int, programs: 
     state = state.with_tensors([torch.randn(t.shape, generator=gen) * 0.5 for t in state.tensors])
     dec = FusedDecoder(model, batch_size=B, config=FUSED_CONFIGS[cfg_id], capture=False, programs=programs)
     assert dec.graph is None
+    assert dec._gemm == (B >= FUSED_CONFIGS[cfg_id].batch_tile), "the batched kernels run from batch_tile rows on"
     dec.reset(state)
     addrs = [t.data_ptr() for t in dec.states]
     tokens = torch.randint(0, cfg.vocab_size, (STEPS, B), generator=gen)
@@ -73,6 +75,9 @@ def main() -> None:
             if case_id == cfg_id:                     # batch 3 (3x the programs): each rule once, each config once
                 run_case(rule, kernel, tied, 3, cfg_id, programs=4)
     run_case("delta", 3, False, 1, 0, programs=16)                     # narrower GEMV tiles, more programs
+    assert FUSED_CONFIGS[0].batch_tile == 16 < FUSED_CONFIGS[1].batch_tile
+    for rule, kernel, tied in CASES:                  # batched kernels: 2 tiles of 16 rows, the second 1 row full
+        run_case(rule, kernel, tied, 17, 0, programs=4)
     print("ALL OK")
 
 

@@ -1,7 +1,7 @@
 """The fused decoder's Triton kernels on CPU, in Triton's interpreter, against ``model.step``; and its guards.
 
 The GPU tests (test_kernels_gpu.py) check the compiled kernels, bf16 and the CUDA graph on a card; this runs the
-same kernel source eagerly (``capture=False``) for every entry of FUSED_CONFIGS, both update rules, batch 1 and 3,
+same kernel source eagerly (``capture=False``) for every entry of FUSED_CONFIGS, both update rules, batch 1, 3, 17,
 on any machine with triton installed (see decode_fused_interpret_check.py). float32 only.
 """
 
@@ -22,8 +22,8 @@ needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="needs triton for its C
 @needs_triton
 def test_fused_decoder_in_triton_interpreter():
     proc = run_in_interpreter("decode_fused_interpret_check.py")
-    # 2 configs x 2 rules at B=1, 2 runs at B=3, 1 more: 7 runs, 5 steps each, logits + 4 state tensors per step
-    assert proc.stdout.count("\n") == 7 * 5 * 5 + 1, "every case must print its checks: none silently skipped"
+    # 2 configs x 2 rules at B=1, 2 runs at B=3, 1 more, 2 at B=17: 9 runs, 5 steps each, logits + 4 state tensors
+    assert proc.stdout.count("\n") == 9 * 5 * 5 + 1, "every case must print its checks: none silently skipped"
 
 
 def _tiny_model(**overrides):
@@ -36,7 +36,7 @@ def _tiny_model(**overrides):
 
 @needs_triton
 def test_fused_decoder_guards(monkeypatch):
-    from seqedge.kernels.decode_fused import FusedDecoder
+    from seqedge.kernels.decode_fused import FusedConfig, FusedDecoder
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="CUDA device"):
@@ -50,6 +50,9 @@ def test_fused_decoder_guards(monkeypatch):
     with pytest.raises(ValueError, match="batch_size"):
         FusedDecoder(_tiny_model(), batch_size=0, capture=False)
     monkeypatch.setenv("TRITON_INTERPRET", "1")          # past the device check: PDL asked for where there is none
+    for bad in (8, 24):
+        with pytest.raises(ValueError, match="batch_tile must be 0"):
+            FusedDecoder(_tiny_model(), batch_size=1, capture=False, config=FusedConfig(32, 4096, bad))
     with pytest.raises(ValueError, match="programmatic dependent launch needs"):
         FusedDecoder(_tiny_model(), batch_size=1, capture=False, pdl=True)
 

@@ -395,6 +395,7 @@ def _fused_vs_references(name, rule, B, dtype, cfg_id, steps=6, pdl=None):
     fused = FusedDecoder(model, batch_size=B, config=FUSED_CONFIGS[cfg_id], pdl=pdl)
     graph = GraphDecoder(model, batch_size=B)
     assert fused.graph is not None and (pdl is None or fused.pdl == pdl)
+    assert fused._gemm == (B >= FUSED_CONFIGS[cfg_id].batch_tile), "batched tensor-core kernels from batch_tile rows"
     fused.reset(state)
     graph.reset(state)
     addrs = [t.data_ptr() for t in fused.states]
@@ -419,7 +420,7 @@ def _fused_vs_references(name, rule, B, dtype, cfg_id, steps=6, pdl=None):
 @pytest.mark.parametrize("pdl", [True, False], ids=["pdl", "no-pdl"])
 @pytest.mark.parametrize("cfg_id", [0, 1])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("B", [1, 8])
+@pytest.mark.parametrize("B", [1, 8, 20])
 @pytest.mark.parametrize("rule", ["gated", "delta"])
 @pytest.mark.parametrize("name", ["tiny-odd", "small"])
 def test_fused_decoder_matches_model_step(name, rule, B, dtype, cfg_id, pdl, no_tf32):
@@ -432,8 +433,9 @@ def test_fused_decoder_matches_model_step(name, rule, B, dtype, cfg_id, pdl, no_
     _fused_vs_references(name, rule, B, dtype, cfg_id, pdl=pdl)
 
 
-def test_fused_decoder_batch_64(no_tf32):
-    _fused_vs_references("small", "delta", 64, torch.bfloat16, 0, steps=3)
+@pytest.mark.parametrize("cfg_id", [0, 1])
+def test_fused_decoder_batch_64(cfg_id, no_tf32):
+    _fused_vs_references("small", "delta", 64, torch.bfloat16, cfg_id, steps=3)
 
 
 def test_fused_decoder_state_round_trip():
