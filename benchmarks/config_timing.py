@@ -56,6 +56,13 @@ def event_ms(fn: Callable[[], object]) -> float:
     return start.elapsed_time(end)
 
 
+def replay_us(fn: Callable[[], object], reps: int, warmup: int = 20) -> float:
+    """Mean time of ``fn`` (a CUDA graph's replay, say) in us, over ``reps`` calls back to back after ``warmup``."""
+    for _ in range(warmup):
+        fn()
+    return event_ms(lambda: [fn() for _ in range(reps)]) / reps * 1e3
+
+
 def cuda_kernels(fn: Callable[[], object]) -> list[dict]:
     """The CUDA kernels that ``fn()`` launches, in launch order: ``name``, ``us`` (device time) and ``start_us``
     (from the first kernel's start), from torch.profiler."""

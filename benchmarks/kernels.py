@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from config_timing import event_ms, scan_inputs
+from config_timing import event_ms, replay_us, scan_inputs
 
 H, D = 16, 128
 TARGETS = {"fwd_ms_T65536": 2.0, "fwdbwd_ms_T65536": 10.0, "fwd_peak_gb_T131072": 2.5}
@@ -244,14 +244,7 @@ def _time_decoder(dec, model, B: int, w_bytes: int, bw: float, n: int = 200) -> 
     row = dict(rel_err_vs_model_step=float((got.double() - ref.double()).norm() / ref.double().norm()))
     if hasattr(dec, "launches_per_step"):
         row.update(launches_per_token=dec.launches_per_step, pdl=dec.pdl)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(n):
-        dec.graph.replay()
-    end.record()
-    end.synchronize()
-    us = start.elapsed_time(end) / n * 1e3
+    us = replay_us(dec.graph.replay, n, warmup=0)
     floor_us = (w_bytes + 2 * s_bytes) / (bw * 1e9) * 1e6
     row.update(us_per_token=us, floor_us=floor_us, x_floor=us / floor_us, weight_bytes=w_bytes, state_bytes=s_bytes)
     return row

@@ -28,7 +28,7 @@ import triton.language as tl
 from torch.utils.cpp_extension import load_inline
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from config_timing import run_meta
+from config_timing import replay_us, run_meta
 
 N_ROWS, K = 2048, 512
 # (name, kernel mode, each stage its own weight (cold: 36 x 2 MB > L2) or all one (hot in L2), L2 prefetch distance)
@@ -220,15 +220,7 @@ def triton_chain(w: torch.Tensor, buf: torch.Tensor, stages: int, programs: int,
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         run()
-    for _ in range(20):
-        graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / reps * 1e3
+    return replay_us(graph.replay, reps)
 
 
 def fused_decoder_us(reps: int) -> float:
@@ -241,15 +233,7 @@ def fused_decoder_us(reps: int) -> float:
     model = SequentialAttentionModel(SequentialAttentionConfig.preset("small")).to("cuda", torch.bfloat16).eval()
     dec = FusedDecoder(model, batch_size=1)
     dec.step(torch.zeros(1, dtype=torch.long, device="cuda"))
-    for _ in range(20):
-        dec.graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        dec.graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / reps * 1e3
+    return replay_us(dec.graph.replay, reps)
 
 
 def write_markdown(results: dict, path: str) -> None:
