@@ -3,10 +3,9 @@
 Started in a subprocess by tests/test_decode_fused_interpret.py (the interpreter must be on before triton compiles
 anything). A tiny float32 model with every parameter randomised (norm weights, skip, biases: a forgotten term
 fails), a random non-zero initial state, both update rules x every entry of FUSED_CONFIGS at batch 1 (and each
-rule and each config once at batch 3; each rule at batch 17, in the batched tensor-core kernels), several
-consecutive tokens; each step compares the logits and every state
-tensor. Scratch buffers and logits are poisoned with NaN before each step. Prints ``name rel_err`` (relative L2
-error) per check and exits non-zero on the first one over TOL.
+rule and each config once at batch 3; each rule at batch 17, in the batched kernels), several consecutive tokens;
+each step compares the logits and every state tensor. Scratch buffers and logits are poisoned with NaN before
+each step. Prints ``name rel_err`` (relative L2 error) per check and exits non-zero on the first one over TOL.
 """
 
 from __future__ import annotations
@@ -76,7 +75,7 @@ def main() -> None:
                 run_case(rule, kernel, tied, 3, cfg_id, programs=4)
     run_case("delta", 3, False, 1, 0, programs=16)                     # narrower GEMV tiles, more programs
     assert FUSED_CONFIGS[0].batch_tile == 16 < FUSED_CONFIGS[1].batch_tile
-    for rule, kernel, tied in CASES:                  # batched kernels: 2 tiles of 16 rows, the second 1 row full
+    for rule, kernel, tied in CASES:                  # batched kernels: 2 tiles of 16 rows, the second 1 row used
         run_case(rule, kernel, tied, 17, 0, programs=4)
     print("ALL OK")
 
