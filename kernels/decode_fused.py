@@ -231,6 +231,15 @@ def _dot_rows(a, wk, SPLIT: tl.constexpr):
 
 
 @triton.jit
+def _gemm_tile(B, N, BB: tl.constexpr, BN: tl.constexpr):
+    """This program's tile of a batched kernel (grid: output row blocks x batch row blocks): the batch rows
+    ``rb`` [BB] (int64) and output rows ``rn`` [BN], each with its in-bounds mask."""
+    rb = tl.program_id(1).to(tl.int64) * BB + tl.arange(0, BB)
+    rn = tl.program_id(0) * BN + tl.arange(0, BN)
+    return rb, rb < B, rn, rn < N
+
+
+@triton.jit
 def _norm_gemm_kernel(x, tok, xres, norm_w, w, out, bias, tail, conv_w, N, K, C, B, eps,
                       EMBED: tl.constexpr, HAS_BIAS: tl.constexpr, CONV: tl.constexpr, SWIGLU: tl.constexpr,
                       KW: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BB: tl.constexpr,
@@ -241,11 +250,7 @@ def _norm_gemm_kernel(x, tok, xres, norm_w, w, out, bias, tail, conv_w, N, K, C,
     if PDL:
         gdc_launch_dependents()
         gdc_wait()
-    pid_n = tl.program_id(0)
-    rb = tl.program_id(1).to(tl.int64) * BB + tl.arange(0, BB)             # [BB] batch rows
-    bmask = rb < B
-    rn = pid_n * BN + tl.arange(0, BN)                                      # [BN] output rows
-    nmask = rn < N
+    rb, bmask, rn, nmask = _gemm_tile(B, N, BB, BN)
     if EMBED:
         xrow = x + tl.load(tok + rb, mask=bmask, other=0).to(tl.int64) * K
     else:
@@ -256,7 +261,7 @@ def _norm_gemm_kernel(x, tok, xres, norm_w, w, out, bias, tail, conv_w, N, K, C,
         xmask = bmask[:, None] & (rk < K)[None, :]
         xv = tl.load(xrow[:, None] + rk[None, :], mask=xmask, other=0.0).to(tl.float32)
         if EMBED:
-            tl.store(xres + rb[:, None] * K + rk[None, :], xv, mask=xmask & (pid_n == 0))
+            tl.store(xres + rb[:, None] * K + rk[None, :], xv, mask=xmask & (tl.program_id(0) == 0))
         ss += tl.sum(xv * xv, 1)
     rstd = 1.0 / tl.sqrt(ss / K + eps)
     y = tl.zeros([BB, BN], dtype=tl.float32)
@@ -302,11 +307,7 @@ def _gemm_residual_kernel(inp, gate, norm_w, w, x, N, K, NP, gate_off, B, eps,
     if PDL:
         gdc_launch_dependents()
         gdc_wait()
-    pid_n = tl.program_id(0)
-    rb = tl.program_id(1).to(tl.int64) * BB + tl.arange(0, BB)             # [BB] batch rows
-    bmask = rb < B
-    rn = pid_n * BN + tl.arange(0, BN)
-    nmask = rn < N
+    rb, bmask, rn, nmask = _gemm_tile(B, N, BB, BN)
     rd = tl.arange(0, DV)
     if HEAD_NORM:
         nw = tl.load(norm_w + rd).to(tl.float32)
