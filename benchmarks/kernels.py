@@ -260,10 +260,9 @@ def bench_decode_sweep(results: dict, save, bw: float) -> None:
     from seqedge.model import SequentialAttentionModel
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    cases = {"small": [(1, cfg, programs) for cfg in FUSED_CONFIGS for programs in (sms // 2, sms, 2 * sms)]}
-    for preset in ("small", "base"):
-        cases.setdefault(preset, []).extend((B, FUSED_CONFIGS[0]._replace(batch_tile=bt), sms)
-                                            for B in (16, 64) for bt in (0, 16, 32) if bt <= B)
+    batched = [(B, FUSED_CONFIGS[0]._replace(batch_tile=bt), sms) for B in (16, 64) for bt in (0, 16, 32) if bt <= B]
+    cases = {"small": [(1, cfg, programs) for cfg in FUSED_CONFIGS for programs in (sms // 2, sms, 2 * sms)] + batched,
+             "base": batched}
     for preset, runs in cases.items():
         torch.manual_seed(0)
         model = SequentialAttentionModel(SequentialAttentionConfig.preset(preset)).to("cuda", torch.bfloat16).eval()
@@ -336,7 +335,7 @@ def write_markdown(results: dict, path: str) -> None:
         lines += ["\n## Fused decoder launch parameters\n",
                   "| preset | batch | config | GEMV programs per batch row | us / token | x floor |",
                   "|---|---|---|---|---|---|"]
-        lines += [f"| {r.get('preset', 'small')} | {r.get('B', 1)} | {r['config']} | {r['programs']} | "
+        lines += [f"| {r['preset']} | {r['B']} | {r['config']} | {r['programs']} | "
                   + (f"{r['us_per_token']:.1f} | {r['x_floor']:.2f} |" if "us_per_token" in r else f"{r['note']} | - |")
                   for r in results["decode_sweep"]]
     with open(path, "w") as fh:
