@@ -124,6 +124,16 @@ def chunk_scan_gated_bwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tenso
                                                                             Tensor]:
     """Gradients (dq, dk, dv, dg, dbeta, dinitial_state); default (non-CUDA) implementation: reverse-order recompute
     of the chunked PyTorch form, differentiated by autograd."""
+    return recompute_backward("gated", chunk_scan_gated, q, k, v, g, beta, initial_state, do, dfinal, scale)
+
+
+def recompute_backward(rule: str, forward, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
+                       initial_state: Optional[Tensor], do: Tensor, dfinal: Tensor,
+                       scale: float) -> tuple[Tensor, ...]:
+    """The backward of either rule's scan on any device: the state entering each segment of BWD_SEGMENT tokens
+    from ``forward(q, k, v, g, beta, state, scale) -> (o, state)``, then the segments in reverse, each recomputed
+    with the chunked PyTorch form and differentiated by autograd, so memory stays bounded by one segment.
+    g may be ``[B, T, H, 1]`` (one gate per head): it is broadcast over the keys and its gradient summed."""
     B, T, H, dk = q.shape
     dv = v.shape[-1]
     sdt = _state_dtype(q)
@@ -137,7 +147,7 @@ def chunk_scan_gated_bwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tenso
         for t0 in starts[:-1]:
             seg_states.append(state)
             sl = slice(t0, t0 + seg)
-            _, state = chunk_scan_gated(q[:, sl], k[:, sl], v[:, sl], g[:, sl], beta[:, sl], state, scale)
+            _, state = forward(q[:, sl], k[:, sl], v[:, sl], g[:, sl], beta[:, sl], state, scale)
             state = state.to(sdt)
         seg_states.append(state)
     grads = [torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v, g, beta)]
@@ -147,7 +157,8 @@ def chunk_scan_gated_bwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tenso
         with _autograd_inside_op():
             ins = [x[:, sl].detach().to(cdt).requires_grad_() for x in (q, k, v, g, beta)]
             s_leaf = s_in.detach().to(cdt).requires_grad_()
-            o, s_out = chunked_scan(*ins, rule="gated", scale=scale, initial_state=s_leaf)
+            gx = ins[3] if ins[3].shape[-1] == dk else ins[3].expand(*ins[3].shape[:-1], dk)
+            o, s_out = chunked_scan(ins[0], ins[1], ins[2], gx, ins[4], rule=rule, scale=scale, initial_state=s_leaf)
             got = torch.autograd.grad((o, s_out), [*ins, s_leaf], (do[:, sl].to(cdt), d_state))
         for dst, src in zip(grads, got[:5]):
             dst[:, sl] = src.to(dst.dtype)
@@ -189,19 +200,25 @@ def _setup_context(ctx, inputs, output):
     ctx.has_init = initial_state is not None
 
 
-def _backward(ctx, do, dfinal):
-    q, k, v, g, beta, initial_state = ctx.saved_tensors
-    B, T, H, dk = q.shape
-    dv = v.shape[-1]
-    if do is None:
-        do = torch.zeros(B, T, H, dv, dtype=q.dtype, device=q.device)
-    if dfinal is None:
-        dfinal = torch.zeros(B, H, dk, dv, dtype=_state_dtype(q), device=q.device)
-    dq, dk_, dv_, dg, dbeta, ds0 = chunk_scan_gated_bwd(q, k, v, g, beta, initial_state, do, dfinal, ctx.scale)
-    return dq, dk_, dv_, dg, dbeta, (ds0.to(initial_state.dtype) if ctx.has_init else None), None
+def register_scan_autograd(op, bwd_op) -> None:
+    """Autograd for a chunk-scan op ``(q, k, v, g, beta, initial_state, scale) -> (o, final)`` through its backward
+    op ``(q, k, v, g, beta, initial_state, do, dfinal, scale) -> (dq, dk, dv, dg, dbeta, dinitial_state)``."""
+
+    def backward(ctx, do, dfinal):
+        q, k, v, g, beta, initial_state = ctx.saved_tensors
+        B, T, H, dk = q.shape
+        dv = v.shape[-1]
+        if do is None:
+            do = torch.zeros(B, T, H, dv, dtype=q.dtype, device=q.device)
+        if dfinal is None:
+            dfinal = torch.zeros(B, H, dk, dv, dtype=_state_dtype(q), device=q.device)
+        dq, dk_, dv_, dg, dbeta, ds0 = bwd_op(q, k, v, g, beta, initial_state, do, dfinal, ctx.scale)
+        return dq, dk_, dv_, dg, dbeta, (ds0.to(initial_state.dtype) if ctx.has_init else None), None
+
+    op.register_autograd(backward, setup_context=_setup_context)
 
 
-chunk_scan_gated.register_autograd(_backward, setup_context=_setup_context)
+register_scan_autograd(chunk_scan_gated, chunk_scan_gated_bwd)
 
 
 # decode step --------------------------------------------------------------------------------------------------
