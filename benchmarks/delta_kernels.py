@@ -68,6 +68,26 @@ def fwdbwd_ms(fn, xs) -> float:
     return do_bench(step, warmup=100, rep=500, grad_to_none=leaves, return_mode="median")
 
 
+def parts_ms(T: int, per_head: bool) -> dict:
+    """Ours by launch, every config, the whole length as one piece: the prep (parallel over chunks) and the scan
+    (sequential in the chunks), in ms."""
+    from triton.testing import do_bench
+
+    from seqedge.kernels.delta_scan_triton import DELTA_CONFIGS, prep, scan_piece
+
+    q, k, v, g, beta = inputs(T, per_head)
+    g = g.unsqueeze(-1) if per_head else g
+    out = {}
+    for cfg in DELTA_CONFIGS:
+        ops = prep(q, k, v, g, beta, D ** -0.5, cfg)
+        o, final = torch.empty_like(v), torch.empty(B, H, D, D, device="cuda")
+        name = f"C={cfg.chunk} BV={cfg.block_v} warps={cfg.num_warps}"
+        out[name] = {"prep_ms": do_bench(lambda: prep(q, k, v, g, beta, D ** -0.5, cfg), return_mode="median"),
+                     "scan_ms": do_bench(lambda: scan_piece(ops, o, None, final, cfg), return_mode="median")}
+        del ops
+    return out
+
+
 def peak_gb(fn, xs, backward: bool) -> float:
     leaves = [x.detach().clone().requires_grad_(backward) for x in xs]
     do = torch.randn_like(xs[2]) if backward else None
@@ -110,6 +130,10 @@ def markdown(res: dict) -> str:
             fmt = lambda x: "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
             lines.append(f"| {gates} | {what} | {fmt(ours)} | {fmt(fla)} | {ratio} | "
                          f"{'' if target is None else f'{TARGETS[target]:.2f}'} |")
+    if "parts_per_key" in res:
+        lines += ["", "Ours by launch (per-key gates, the whole length as one piece), ms:", "",
+                  "| config | prep | scan |", "|---|---|---|"]
+        lines += [f"| {name} | {p['prep_ms']:.3f} | {p['scan_ms']:.3f} |" for name, p in res["parts_per_key"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -128,6 +152,9 @@ def main() -> None:
         with open(os.path.join(args.out, "delta_kernels.md"), "w") as f:
             f.write(markdown(res))
 
+    res["parts_per_key"] = parts_ms(args.T, False)
+    print("parts", res["parts_per_key"], flush=True)
+    save()
     for per_head in (False, True):
         gates = "per-head (fla: chunk_gated_delta_rule)" if per_head else "per-key (fla: chunk_kda)"
         rows = res["rows"].setdefault(gates, {})

@@ -14,6 +14,7 @@ import torch
 
 from .delta_operands import chunk_layout, chunk_operands
 from .delta_scan_triton import DeltaConfig, _delta_dstate_kernel, dot_precision, prep, scan_piece
+from .ops import _autograd_inside_op
 
 BWD_PIECE = 8192    # tokens per piece of the backward (its float32 autograd workspace is a few times the piece)
 
@@ -43,7 +44,7 @@ def _piece_grads(q, k, v, g, beta, s_in, do, d_out, scale: float, config: DeltaC
     d_last = torch.exp(decay.view(B, H, nc, DK)) * (S * dS).sum(-1)
     cots = (do_c @ St, u_c @ dS.transpose(-1, -2), (do_c @ u_c.transpose(-1, -2)).tril(), -(du_c @ St), du_c,
             d_last)
-    with torch.enable_grad():
+    with _autograd_inside_op():         # the custom op's dispatcher turned autograd off around this call
         ins = [x.detach().float().requires_grad_() for x in (q, k, v, g, beta)]
         outs = chunk_operands(*ins, scale=scale, chunk=C)
         grads = torch.autograd.grad(outs, ins, cots)

@@ -60,13 +60,21 @@ class DeltaConfig:
             raise ValueError(f"prep_block_k must be a power of two >= 16, got {self.prep_block_k}")
 
 
-# The first entry is used while a CUDA graph is captured (nothing can be timed then) and in the interpreter.
+# Every entry is run and checked by tests/test_kernels_delta_gpu.py, not only the one picked. The first is used
+# while a CUDA graph is captured (nothing can be timed then) and by the backward.
 DELTA_CONFIGS: tuple[DeltaConfig, ...] = (
-    DeltaConfig(chunk=64, block_v=32),
-    DeltaConfig(chunk=64, block_v=16),
     DeltaConfig(chunk=32, block_v=32),
+    DeltaConfig(chunk=64, block_v=16),
+    DeltaConfig(chunk=32, block_v=16),
     DeltaConfig(chunk=64, block_v=64, num_warps=8),
 )
+# Taken out by evidence from the GPU runs (H200, triton 3.6.0); kept so the finding is not lost:
+EXCLUDED_CONFIGS: dict[DeltaConfig, str] = {
+    DeltaConfig(chunk=64, block_v=32):
+        "bf16 only: relative error 0.67 (B=2, T=64, dk=128, dv=64), NaN in the output (T=2051, dk=dv=128) and an "
+        "illegal memory access (T=1, dk=dv=64, a gate per head); float32 passed every forward test. The same "
+        "chunk-64 bf16 failure the gated kernel records (chunk_scan_triton.EXCLUDED_CONFIGS)",
+}
 PIECE = 16384   # tokens per piece of the sequence (a multiple of every chunk)
 
 
