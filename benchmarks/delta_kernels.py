@@ -54,7 +54,7 @@ def fwd_ms(fn, xs) -> float:
     from triton.testing import do_bench
 
     with torch.no_grad():
-        return do_bench(lambda: fn(*xs), warmup=100, rep=500, return_mode="median")
+        return do_bench(lambda: fn(*xs), warmup=25, rep=200, return_mode="median")
 
 
 def fwdbwd_ms(fn, xs) -> float:
@@ -65,7 +65,7 @@ def fwdbwd_ms(fn, xs) -> float:
 
     def step():
         fn(*leaves).backward(do)
-    return do_bench(step, warmup=100, rep=500, grad_to_none=leaves, return_mode="median")
+    return do_bench(step, warmup=25, rep=200, grad_to_none=leaves, return_mode="median")
 
 
 def parts_ms(T: int, per_head: bool) -> dict:
@@ -124,7 +124,8 @@ def markdown(res: dict) -> str:
     for gates, rows in res["rows"].items():
         for what, vals in rows.items():
             ours, fla = vals.get("ours"), vals.get("fla")
-            ratio = f"{ours / fla:.2f}" if ours and fla else "-"
+            numbers = isinstance(ours, float) and isinstance(fla, float)
+            ratio = f"{ours / fla:.2f}" if numbers else "-"
             target = {"fwd_ms": "fwd_ratio", "fwdbwd_ms": "fwdbwd_ratio", "peak_fwd_gb": "peak_ratio",
                       "peak_fwdbwd_gb": "peak_ratio"}.get(what.split("_T")[0])
             fmt = lambda x: "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
@@ -167,6 +168,8 @@ def main() -> None:
                     rows.setdefault(what, {})[name] = measure(fn, inputs(T, per_head))
                 except torch.OutOfMemoryError as err:
                     rows.setdefault(what, {})[name] = f"out of memory: {str(err)[:80]}"
+                except RuntimeError as err:       # e.g. a peer that refuses this Triton version on this card
+                    rows.setdefault(what, {})[name] = f"error: {str(err).splitlines()[0][:160]}"
                 torch.cuda.empty_cache()
                 print(gates, what, name, rows[what][name], flush=True)
                 save()

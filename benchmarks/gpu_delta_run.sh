@@ -26,11 +26,15 @@ PY
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 if [ "${TESTS:-1}" = "1" ]; then
+    # fla's tests apart and in one process: a crash there must not take other tests' workers with it
     timeout "${TEST_TIMEOUT:-300}" python -m pytest -q -rfEs -p no:cacheprovider -n "${WORKERS:-8}" \
-        ${TESTS_K:+-k "$TESTS_K"} $(ls tests/test_kernels_delta_gpu.py tests/test_cuda_runtime.py 2>/dev/null) \
+        -k "not fla${TESTS_K:+ and ($TESTS_K)}" tests/test_kernels_delta_gpu.py tests/test_cuda_runtime.py \
         > "$OUT/tests.log" 2>&1
     echo "pytest exit code: $?" >> "$OUT/tests.log"
-    tail -n 40 "$OUT/tests.log"
+    timeout "${TEST_TIMEOUT:-300}" python -X faulthandler -m pytest -q -rfEs -p no:cacheprovider -p no:xdist \
+        -k fla tests/test_kernels_delta_gpu.py > "$OUT/tests_fla.log" 2>&1
+    echo "pytest exit code: $?" >> "$OUT/tests_fla.log"
+    tail -n 25 "$OUT/tests.log" "$OUT/tests_fla.log"
 fi
 if [ "${BENCH:-1}" = "1" ]; then
     timeout "${BENCH_TIMEOUT:-300}" python benchmarks/delta_kernels.py --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -n 30

@@ -26,7 +26,8 @@ Launches:
    (:func:`seqedge.kernels.delta_operands.chunk_operands`), all chunks of a piece at once.
 
 Long sequences run in pieces of whole chunks (``PIECE`` tokens): the prep's operands then take memory for one
-piece, not the sequence, and the state passes from piece to piece.
+piece, not the sequence, the state passes from piece to piece, and the next piece's prep runs on a side stream
+beside the current piece's scan.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ EXCLUDED_CONFIGS: dict[DeltaConfig, str] = {
         "illegal memory access (T=1, dk=dv=64, a gate per head); float32 passed every forward test. The same "
         "chunk-64 bf16 failure the gated kernel records (chunk_scan_triton.EXCLUDED_CONFIGS)",
 }
-PIECE = 16384   # tokens per piece of the sequence (a multiple of every chunk)
+PIECE = 8192    # tokens per piece of the sequence (a multiple of every chunk)
 
 
 @triton.jit
@@ -283,10 +284,25 @@ def scan_piece(ops: tuple, o, init, final, config: DeltaConfig, store: tuple | N
         num_stages=config.num_stages)
 
 
+_SIDE: dict[int, torch.cuda.Stream] = {}
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SIDE:
+        _SIDE[index] = torch.cuda.Stream(device)
+    return _SIDE[index]
+
+
 def delta_scan_fwd(q, k, v, g, beta, initial_state, scale: float, config: DeltaConfig,
                    out: tuple[torch.Tensor, torch.Tensor] | None = None, piece: int = PIECE):
     """The forward with one explicit ``config``: o ``[B, T, H, dv]`` in q's dtype and the final state
-    ``[B, H, dk, dv]`` float32 (``out``: optional buffers to write into). Contiguous inputs."""
+    ``[B, H, dk, dv]`` float32 (``out``: optional buffers to write into). Contiguous inputs.
+
+    Pieces after the first are prepped on a side stream while the scan walks the piece before: the scan keeps only
+    B*H*dv/block_v programs busy, so the prep (parallel over chunks) fills the rest of the card. Not while a CUDA
+    graph is captured (one stream then), nor in Triton's interpreter.
+    """
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     if out is None:
@@ -297,18 +313,34 @@ def delta_scan_fwd(q, k, v, g, beta, initial_state, scale: float, config: DeltaC
     if T == 0:
         final.copy_(initial_state if initial_state is not None else torch.zeros_like(final))
         return o, final
-    state = initial_state
     starts = list(range(0, T, piece))
+    make = lambda t0: prep(*(x[:, t0:t0 + piece].contiguous() for x in (q, k, v, g, beta)), scale, config)
+    main = torch.cuda.current_stream(q.device) if q.is_cuda else None      # CPU tensors: Triton's interpreter
+    side = None
+    if main is not None and len(starts) > 1 and not torch.cuda.is_current_stream_capturing():
+        side = _side_stream(q.device)
+        side.wait_stream(main)                       # the inputs are ready
+    state, ops = initial_state, make(0)
     for i, t0 in enumerate(starts):
-        sl = slice(t0, t0 + piece)
-        ops = prep(*(x[:, sl].contiguous() for x in (q, k, v, g, beta)), scale, config)
+        nxt = None
+        if i + 1 < len(starts) and side is not None:
+            with torch.cuda.stream(side):
+                nxt = make(starts[i + 1])
         dst = final if i == len(starts) - 1 else torch.empty_like(final)
-        o_piece = o[:, sl] if len(starts) > 1 else o
+        o_piece = o[:, t0:t0 + piece]
         o_buf = o_piece if o_piece.is_contiguous() else torch.empty_like(o_piece)
         scan_piece(ops, o_buf, state, dst, config)
         if o_buf is not o_piece:
             o_piece.copy_(o_buf)
         state = dst
+        if i + 1 < len(starts):
+            if side is not None:
+                main.wait_stream(side)
+                for t in nxt:
+                    t.record_stream(main)            # made on the side stream, read on this one
+                ops = nxt
+            else:
+                ops = make(starts[i + 1])
     return o, final
 
 
