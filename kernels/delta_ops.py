@@ -19,7 +19,7 @@ from torch import Tensor
 from seqedge.scan import chunked_scan
 
 from .delta_operands import expand_gate
-from .ops import KERNEL_DTYPES, _state_dtype, recompute_backward, register_scan_autograd
+from .ops import _state_dtype, check_cuda_inputs, recompute_backward, register_scan_autograd
 
 
 @torch.library.custom_op("seqedge::chunk_scan_delta", mutates_args=())
@@ -31,24 +31,12 @@ def chunk_scan_delta(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, i
     return o.to(q.dtype).contiguous(), state.to(_state_dtype(q)).contiguous()
 
 
-def _check_cuda_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
-    from .chunk_scan_triton import check_kernel_shapes
-
-    if q.dtype not in KERNEL_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"the Triton delta scan takes q, k, v all float32 or all bfloat16 (float16 would overflow "
-                         f"exp(40) inside a sub-chunk), got {q.dtype}, {k.dtype}, {v.dtype}; cast them first or "
-                         f"call seqedge.scan.chunked_scan")
-    why = check_kernel_shapes(q.shape[-1], v.shape[-1])
-    if why:
-        raise ValueError(why)
-
-
 @chunk_scan_delta.register_kernel("cuda")
 def chunk_scan_delta_cuda(q, k, v, g, beta, initial_state, scale):
     """CUDA implementation: the Triton forward with the fastest config for the shape."""
     from .delta_scan_triton import delta_scan_fwd, pick_config
 
-    _check_cuda_inputs(q, k, v)
+    check_cuda_inputs("delta scan", q, k, v)
     q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
     init = None if initial_state is None else initial_state.float().contiguous()
     config = pick_config(q, k, v, g, beta, init, scale)
@@ -74,7 +62,7 @@ def _chunk_scan_delta_bwd_cuda(q, k, v, g, beta, initial_state, do, dfinal, scal
     from .delta_scan_bwd import delta_scan_bwd
     from .delta_scan_triton import DELTA_CONFIGS
 
-    _check_cuda_inputs(q, k, v)
+    check_cuda_inputs("delta scan", q, k, v)
     q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
     init = None if initial_state is None else initial_state.float().contiguous()
     if q.shape[1] == 0:

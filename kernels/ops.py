@@ -82,19 +82,26 @@ def chunk_scan_gated_cuda(q, k, v, g, beta, initial_state, scale):
     """CUDA implementation: the Triton forward with the fastest config for the shape. The public
     ``seqedge.kernels.chunk_scan`` also calls it directly, past the dispatcher, when :func:`calls_cuda_directly`
     allows."""
-    from .chunk_scan_triton import check_kernel_shapes, chunk_scan_fwd, pick_config
+    from .chunk_scan_triton import chunk_scan_fwd, pick_config
+
+    check_cuda_inputs("chunk scan", q, k, v)
+    q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
+    init = None if initial_state is None else initial_state.float().contiguous()
+    config = pick_config(q, k, v, g, beta, init, scale)
+    return chunk_scan_fwd(q, k, v, g, beta, init, scale, config)
+
+
+def check_cuda_inputs(what: str, q: Tensor, k: Tensor, v: Tensor) -> None:
+    """ValueError unless the Triton kernels take these inputs: dtypes and head dims."""
+    from .chunk_scan_triton import check_kernel_shapes
 
     if q.dtype not in KERNEL_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"the Triton chunk scan takes q, k, v all float32 or all bfloat16 (float16 would overflow "
+        raise ValueError(f"the Triton {what} takes q, k, v all float32 or all bfloat16 (float16 would overflow "
                          f"exp(40) inside a sub-chunk), got {q.dtype}, {k.dtype}, {v.dtype}; cast them first or "
                          f"call seqedge.scan.chunked_scan")
     why = check_kernel_shapes(q.shape[-1], v.shape[-1])
     if why:
         raise ValueError(why)
-    q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
-    init = None if initial_state is None else initial_state.float().contiguous()
-    config = pick_config(q, k, v, g, beta, init, scale)
-    return chunk_scan_fwd(q, k, v, g, beta, init, scale, config)
 
 
 def calls_cuda_directly(*tensors: Optional[Tensor]) -> bool:
