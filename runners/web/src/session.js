@@ -113,7 +113,7 @@ export class Session {
     for (let i = 0; i < maxNewTokens; i++) {
       const token = sampler.sample(last);
       yield token;
-      if (stopTokens.includes(token)) return;
+      if (stopTokens.includes(token) || i === maxNewTokens - 1) return;     // no step whose logits go unused
       ({ logits: last, state: current } = await this.step(token, current));
     }
   }
