@@ -5,7 +5,9 @@ const MAX_HEADER = 100 * 1024 * 1024;
 
 /** bytes -> { metadata: {string: string}, tensors: {name: {shape, data: Float32Array}} }; throws on a bad file. */
 export function readSafetensors(bytes) {
-  const u8 = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
+  // a plain view: a Node Buffer's slice() would share memory instead of copying
+  const u8 = ArrayBuffer.isView(bytes) ? new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+    : new Uint8Array(bytes);
   if (u8.byteLength < 8) throw new Error(`not a safetensors file: ${u8.byteLength} bytes, less than its header`);
   const view = new DataView(u8.buffer, u8.byteOffset, u8.byteLength);
   const headerLen = Number(view.getBigUint64(0, true));

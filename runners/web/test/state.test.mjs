@@ -23,6 +23,12 @@ test('safetensors round trip keeps names, shapes, values and metadata; the heade
   assert.deepEqual(back.tensors.a, tensors.a);
 });
 
+test('a Node Buffer from a shared pool reads as its own bytes', () => {
+  const state = randomState(3);
+  const pooled = Buffer.concat([Buffer.from('padding!'), Buffer.from(state.save())]).subarray(8);
+  assert.deepEqual(State.load(pooled, SPECS, 'f00d').tensors, state.tensors);
+});
+
 test('corrupt safetensors are refused with the reason', () => {
   const bytes = writeSafetensors({ a: { shape: [4], data: new Float32Array(4) } });
   assert.throws(() => readSafetensors(bytes.subarray(0, 5)), /less than its header/);
