@@ -1,8 +1,9 @@
 """The JavaScript runner (runners/web) against the Python session on the bundled model's onnx-ort graphs.
 
-Node.js on onnxruntime-node: logits of a prefill + steps stream, the final state, and states handed between
-Python and JavaScript both ways. The browser page on onnxruntime-web (WASM) in headless Chromium, driven by
-playwright-core: its greedy completion equals the Python session's.
+Node.js on onnxruntime-node and on onnxruntime-web's WASM build (the browser's kernels): logits of a prefill +
+steps stream, the final state, and states handed between Python and JavaScript both ways. The browser page on
+onnxruntime-web (WASM) in headless Chromium, driven by playwright-core: its greedy completion equals the Python
+session's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 
 import seqedge
 from seqedge.defaults import default_checkpoint_dir
-from seqedge.runtimes.parity import BUDGETS, StreamResult, compare, run_stream, text_tokens
+from seqedge.runtimes.parity import BUDGETS, StreamResult, compare, reference_stream, run_stream, text_tokens
 from seqedge.state import State
 
 WEB = Path(__file__).resolve().parents[1] / "runners" / "web"
@@ -55,10 +56,11 @@ def _node(*args: str) -> dict:
 
 
 def _node_stream(artifact: Path, tmp_path: Path, tokens, prefill: int, quantization: str = "fp32",
-                 state_in: Path | None = None) -> StreamResult:
+                 state_in: Path | None = None, backend: str = "node") -> StreamResult:
     """Logits [T, V] and final state of ``tokens`` run by the Node CLI (prefill, then one step each)."""
     (tmp_path / "tokens.json").write_text(json.dumps([int(t) for t in tokens]))
     extra = ["--state-in", str(state_in)] if state_in else []
+    extra += ["--backend", backend]
     _node(str(artifact), "--tokens", str(tmp_path / "tokens.json"), "--prefill", str(prefill), "--quantization",
           quantization, "--dump-logits", str(tmp_path / "logits.f32"), "--state-out", str(tmp_path / "state.st"),
           *extra)
@@ -71,10 +73,11 @@ def _max_state_rel(a: StreamResult, b: StreamResult) -> float:
     return max(float(np.linalg.norm(x - y) / np.linalg.norm(y)) for x, y in zip(a.state, b.state))
 
 
-def test_node_fp32_logits_and_state_match_python(artifact, tmp_path):
+@pytest.mark.parametrize("backend", ["node", "web"])
+def test_fp32_logits_and_state_match_python(artifact, tmp_path, backend):
     tokens = text_tokens(TOKENS)
     python = run_stream(seqedge.load(artifact, "onnxruntime-fused"), tokens, PREFILL)
-    node = _node_stream(artifact, tmp_path, tokens, PREFILL)
+    node = _node_stream(artifact, tmp_path, tokens, PREFILL, backend=backend)
     report = compare(node, python, tokens, prefill=PREFILL, tag="fp32")
     assert report.max_abs <= BUDGETS["fp32"].max_abs, report.max_abs
     assert report.top1 == 1.0
@@ -89,6 +92,16 @@ def test_node_int8_within_the_int8_budget(artifact, tmp_path):
     report = compare(node, python, tokens, prefill=PREFILL, tag="int8")
     assert report.passed, report.failures
     assert report.top1 >= 0.99 and report.max_abs <= 1e-2, (report.top1, report.max_abs)
+
+
+def test_wasm_int8_within_the_int8_budget(artifact, tmp_path):
+    """The browser's int8 kernels (onnxruntime-web WASM) against the float64 reference over 1,024 tokens: the
+    length the int8 budget is defined on (seqedge validate)."""
+    tokens = text_tokens(1024)
+    prefill = 982                                            # 15 chunks of 64, 22 steps, then 42 steps
+    wasm = _node_stream(artifact, tmp_path, tokens, prefill, quantization="int8", backend="web")
+    report = compare(wasm, reference_stream(artifact, tokens, prefill), tokens, prefill=prefill, tag="int8")
+    assert report.passed, report.failures
 
 
 def test_state_moves_between_python_and_node_both_ways(artifact, tmp_path):

@@ -17,6 +17,7 @@ Parity: --tokens FILE (JSON list of ids) runs them as prefill of --prefill P tok
   writes the logits [T, V] as raw little-endian float32 to --dump-logits FILE.
 Both: --state-in FILE starts from a saved state, --state-out FILE saves the final state (safetensors);
   --target onnx-ort|onnx (default onnx-ort), --quantization fp32|int8|... (default fp32), --threads N,
+  --backend node|web (onnxruntime-node, default; or onnxruntime-web's WASM build, the browser's kernels),
   --json prints a JSON summary instead of streaming text.`;
 
 const OPTIONS = {
@@ -32,6 +33,7 @@ const OPTIONS = {
   'state-in': { type: 'string' },
   'state-out': { type: 'string' },
   target: { type: 'string', default: 'onnx-ort' },
+  backend: { type: 'string', default: 'node' },
   quantization: { type: 'string' },
   threads: { type: 'string', default: '0' },
   json: { type: 'boolean', default: false },
@@ -101,7 +103,7 @@ async function main() {
     return args.help ? 0 : 2;
   }
   const session = await openArtifact(positionals[0], { target: args.target, quantization: args.quantization ?? null,
-    threads: number(args, 'threads', (v) => Number.parseInt(v, 10)) });
+    threads: number(args, 'threads', (v) => Number.parseInt(v, 10)), backend: args.backend });
   let state = session.initState();
   if (args['state-in']) state = State.load(await readFile(args['state-in']), session.specs, session.fingerprint);
   const { state: final, summary } = args.tokens ? await runStream(session, args, state) : await runGenerate(session, args, state);

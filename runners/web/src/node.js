@@ -31,11 +31,28 @@ export async function readManifest(root) {
   return parseManifest(text, path);
 }
 
-/** Session on onnxruntime-node (CPU) for `target`/`quantization` of the artifact at `root`. */
-export async function openArtifact(root, { target = 'onnx-ort', quantization = null, threads = 0 } = {}) {
-  const ort = await import('onnxruntime-node');
+/** The onnxruntime binding and execution providers of a backend: `node` (native CPU) or `web` (the WASM build). */
+async function backend(name, threads) {
+  if (name === 'node') {
+    return { ort: await import('onnxruntime-node'), executionProviders: ['cpu'],
+      sessionOptions: threads ? { intraOpNumThreads: threads } : {} };
+  }
+  if (name === 'web') {
+    const ort = await import('onnxruntime-web');
+    ort.env.wasm.numThreads = threads || 1;
+    return { ort, executionProviders: ['wasm'], sessionOptions: {} };
+  }
+  throw new RangeError(`backend must be node or web, got ${JSON.stringify(name)}`);
+}
+
+/**
+ * Session for `target`/`quantization` of the artifact at `root`, on onnxruntime-node (`backend: 'node'`) or on
+ * onnxruntime-web's WASM build (`backend: 'web'`: the browser's kernels, run in Node).
+ */
+export async function openArtifact(root, { target = 'onnx-ort', quantization = null, threads = 0,
+  backend: name = 'node' } = {}) {
+  const { ort, executionProviders, sessionOptions } = await backend(name, threads);
   const manifest = await readManifest(root);
-  const sessionOptions = threads ? { intraOpNumThreads: threads } : {};
   return Session.open({ ort, manifest, readFile: await artifactReader(root), target, quantization,
-    executionProviders: ['cpu'], sessionOptions });
+    executionProviders, sessionOptions });
 }
