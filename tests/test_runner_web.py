@@ -148,3 +148,31 @@ def test_browser_greedy_text_equals_python(artifact):
     assert page["status"].startswith("onnx-ort/fp32 on onnxruntime-web"), page["status"]
     assert page["text"] == expected
     assert page["tokens_per_s"] > 0
+
+
+def test_serve_web_serves_the_page_and_artifact(artifact):
+    import re
+    import sys
+    import urllib.request
+
+    _require_node()
+    proc = subprocess.Popen([sys.executable, "-m", "seqedge.cli.main", "serve-web", str(artifact), "--port", "0"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"http://\S+/", line).group(0)
+        with urllib.request.urlopen(url, timeout=30) as page:
+            assert b"seqedge in the browser" in page.read()
+        with urllib.request.urlopen(url + "artifact/manifest.json", timeout=30) as manifest:
+            assert json.loads(manifest.read())["fingerprint"] == seqedge.load(artifact, "onnxruntime-fused").fingerprint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_serve_web_refuses_a_folder_that_is_no_artifact(tmp_path, capsys):
+    from seqedge.cli.main import main
+
+    assert main(["serve-web", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("seqedge serve-web: error: ") and "manifest.json" in err[0]
