@@ -38,7 +38,7 @@ async function chooseBackend() {
 }
 
 async function open() {
-  const manifest = parseManifest(await (await fetch('/artifact/manifest.json')).text());
+  const manifest = parseManifest(new TextDecoder().decode(await fetchBytes('manifest.json')));
   const { ort, executionProviders } = await chooseBackend();
   const options = { ort, manifest, readFile: fetchBytes, target: params.get('target') ?? 'onnx-ort',
     quantization: params.get('quantization'), executionProviders };
