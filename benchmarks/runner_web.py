@@ -100,7 +100,7 @@ def versions() -> dict[str, str]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    from seqedge.runtimes.latency_report import machine_markdown
+    from seqedge.evaluate.latency_report import machine_markdown
 
     lines = ["# JavaScript runner: tokens/s (runners/web)", "",
              f"- Date: {report['date']}", f"- Command: `{report['command']}`", machine_markdown(report["machine"]),
@@ -117,7 +117,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    from seqedge.runtimes.latency_report import command_line, machine_info
+    from seqedge.evaluate.latency_report import command_line, machine_info
     from seqedge.tokenizer import ByteTokenizer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

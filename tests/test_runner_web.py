@@ -18,7 +18,7 @@ import pytest
 
 import seqedge
 from seqedge.defaults import default_checkpoint_dir
-from seqedge.runtimes.parity import BUDGETS, StreamResult, compare, reference_stream, run_stream, text_tokens
+from seqedge.evaluate.parity import BUDGETS, StreamResult, compare, reference_stream, run_stream, text_tokens
 from seqedge.state import State
 
 WEB = Path(__file__).resolve().parents[1] / "runners" / "web"

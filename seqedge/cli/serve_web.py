@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from seqedge.export.manifest import read_manifest
+    from seqedge.artifact import read_manifest
 
     read_manifest(args.artifact)                     # a clear error before a server starts on a wrong folder
     if not (WEB_DIR / "serve.mjs").is_file():
