@@ -102,15 +102,15 @@ async function main() {
     console.log(USAGE);
     return args.help ? 0 : 2;
   }
+  if (args['state-out'] && !args.tokens) {
+    throw new Error('--state-out needs --tokens (it saves the state after a fixed token stream)');
+  }
   const session = await openArtifact(positionals[0], { target: args.target, quantization: args.quantization ?? null,
     threads: number(args, 'threads', (v) => Number.parseInt(v, 10)), backend: args.backend });
   let state = session.initState();
   if (args['state-in']) state = State.load(await readFile(args['state-in']), session.specs, session.fingerprint);
   const { state: final, summary } = args.tokens ? await runStream(session, args, state) : await runGenerate(session, args, state);
-  if (args['state-out']) {
-    if (!final) throw new Error('--state-out needs --tokens (the state after a fixed token stream)');
-    await writeFile(args['state-out'], final.save());
-  }
+  if (args['state-out']) await writeFile(args['state-out'], final.save());
   if (args.json) console.log(JSON.stringify({ variant: session.variant.name, ...summary }));
   await session.release();
   return 0;
