@@ -117,7 +117,7 @@ def test_state_moves_between_python_and_node_both_ways(artifact, tmp_path):
     # and back: the state the Node run saved continues in Python as Node's own next step would
     back = State.load(tmp_path / "state.st")
     logits, _ = session.step(np.asarray([65]), back)
-    expected, _ = session.step(np.asarray([65]), continued_state(session, continued))
+    expected, _ = session.step(np.asarray([65]), _continued_state(session, continued))
     np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4)
 
 
@@ -130,7 +130,7 @@ def _python_continue(session, tokens, state) -> StreamResult:
     return StreamResult(np.concatenate(pieces).astype(np.float64), [np.asarray(s, np.float64) for s in state.numpy()])
 
 
-def continued_state(session, result: StreamResult) -> State:
+def _continued_state(session, result: StreamResult) -> State:
     return State([s.astype(np.float32) for s in result.state], session.specs, session.fingerprint)
 
 
