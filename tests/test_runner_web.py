@@ -31,7 +31,7 @@ PROMPT = "def parse_args(self, args=None):\n"
 def _require_node() -> str:
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed (apt-get install -y nodejs npm); the JS runner cannot run")
+        pytest.skip("Node.js >= 20 is not installed (apt-get install -y nodejs); the JS runner cannot run")
     if not (WEB / "node_modules" / "onnxruntime-node").is_dir():
         pytest.skip(f"the JS runner's dependencies are not installed: run `npm ci` in {WEB}")
     return node
