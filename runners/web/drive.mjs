@@ -7,10 +7,11 @@ import { chromium } from 'playwright-core';
 
 import { startDemo } from './serve.mjs';
 
-// The network is closed and the run must not depend on it: no background fetches, updates or sync.
+// The network is closed and the run must not depend on it: no background fetches, updates or sync; containers
+// often have a small /dev/shm.
 const CHROMIUM_FLAGS = ['--no-sandbox', '--disable-background-networking', '--disable-component-update',
   '--disable-default-apps', '--disable-sync', '--no-first-run', '--disable-domain-reliability',
-  '--metrics-recording-only', '--no-pings'];
+  '--metrics-recording-only', '--no-pings', '--disable-dev-shm-usage'];
 
 const OPTIONS = {
   prompt: { type: 'string', short: 'p', default: 'def main():' },
