@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, str] = {
     "validate": "seqedge.cli.validate",
     "train": "seqedge.cli.train",
     "bench": "seqedge.cli.bench",
+    "serve": "seqedge.cli.serve",
 }
 
 EXIT_USER_ERROR = 2
