@@ -139,7 +139,7 @@ class Scheduler:
         self._running = False
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
-        self.counts = {"completed": 0, "cancelled": 0, "rejected": 0, "failed": 0, "steps": 0, "tokens": 0}
+        self.counts = {"completed": 0, "cancelled": 0, "rejected": 0, "failed": 0, "tokens": 0}
 
     # requests ---------------------------------------------------------------------------------------------
     def submit(self, request: GenerationRequest, emit: Callable[[Delta], None]) -> Stream:
@@ -216,7 +216,6 @@ class Scheduler:
 
     def _decode(self, streams: list[Stream]) -> None:
         logits = self.states.step([s.slot for s in streams], [s.next_token for s in streams])
-        self.counts["steps"] += 1
         for stream, row in zip(streams, logits):
             self._accept(stream, int(stream.sampler(row[None])[0]))
 
@@ -244,12 +243,16 @@ class Scheduler:
         return text + stream.matcher.flush()
 
     # thread -----------------------------------------------------------------------------------------------
+    def accept(self) -> None:
+        """Accept requests without running ticks (the caller calls :meth:`tick`); :meth:`start` runs them."""
+        with self._cond:
+            self._running = True
+
     def start(self) -> None:
         """Accept requests and run ticks on a background thread until :meth:`stop`."""
-        with self._cond:
-            if self._running:
-                return
-            self._running = True
+        if self._thread is not None:
+            return
+        self.accept()
         self._thread = threading.Thread(target=self._run, name="seqedge-scheduler", daemon=True)
         self._thread.start()
 
@@ -287,5 +290,5 @@ class Scheduler:
             return {"slots": self.config.slots, "active": len(self._active), "waiting": len(self._waiting),
                     "max_queue": self.config.max_queue, **self.states.plan.describe(),
                     "state_bytes_per_stream": self.states.bytes_per_stream, "last_error": self.last_error,
-                    **self.counts}
+                    "step_calls": self.states.step_calls, "rows_stepped": self.states.rows_stepped, **self.counts}
 

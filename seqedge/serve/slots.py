@@ -93,6 +93,8 @@ class SlotStates:
         self.plan = plan
         self.state = session.init_state(slots)
         self.bytes_per_stream = state_nbytes(session.specs)
+        self.step_calls = 0          # Session.step calls, and the rows they stepped in all
+        self.rows_stepped = 0
 
     def reset(self, slot: int) -> None:
         """A fresh zero state for the stream that takes ``slot``."""
@@ -123,5 +125,7 @@ class SlotStates:
             logits, new = self.session.step(np.asarray(tokens[start:start + group], dtype=np.int64),
                                             self._gather(part))
             self._scatter(part, new)
+            self.step_calls += 1
+            self.rows_stepped += len(part)
             out.append(np.asarray(logits))
         return np.concatenate(out)
