@@ -168,6 +168,18 @@ def test_full_server_answers_429_and_disconnects_free_the_slots(served, client):
     assert client.completions.create(model=MODEL, prompt="x", max_tokens=2).choices[0].finish_reason
 
 
+def test_a_client_that_stops_waiting_for_a_whole_answer_frees_its_slot(served):
+    """A non-streaming request whose client times out and closes the connection is cancelled."""
+    before = wait_until_idle(served)
+    body = json.dumps({"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 100_000, "temperature": 0}).encode()
+    request = urllib.request.Request(served.url + "/v1/completions", data=body,
+                                     headers={"content-type": "application/json"})
+    with pytest.raises((urllib.error.URLError, TimeoutError)):    # urllib closes the connection on its timeout
+        urllib.request.urlopen(request, timeout=1.0)
+    after = wait_until_idle(served)
+    assert after["cancelled"] - before["cancelled"] == 1 and after["completed"] == before["completed"]
+
+
 @pytest.mark.parametrize("kwargs, error, param", [
     ({"max_tokens": 0}, "BadRequestError", "max_tokens"),
     ({"max_tokens": 100_001}, "BadRequestError", "max_tokens"),

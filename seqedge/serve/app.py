@@ -85,19 +85,20 @@ class _Run:
                 return
 
     async def collect(self, request: Any) -> tuple[str, Delta]:
-        """The whole text and the final delta; cancels the stream if the client disconnects meanwhile."""
+        """The whole text and the final delta; a client that disconnects meanwhile cancels the stream."""
+        watcher = asyncio.create_task(self._cancel_on_disconnect(request))
         parts = []
-        while True:
-            try:
-                delta = await asyncio.wait_for(self.queue.get(), DISCONNECT_POLL_S)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    self.stream.cancel()
-                    raise APIError(499, "client disconnected", "client_closed") from None
-                continue
-            parts.append(delta.text)
-            if delta.finish_reason is not None:
-                return "".join(parts), delta
+        try:
+            async for delta in self.deltas():
+                parts.append(delta.text)
+            return "".join(parts), delta
+        finally:
+            watcher.cancel()
+
+    async def _cancel_on_disconnect(self, request: Any) -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL_S)
+        self.stream.cancel()
 
     def usage(self) -> dict[str, int]:
         return usage(self.stream.prompt_tokens, self.stream.completion_tokens)

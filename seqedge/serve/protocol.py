@@ -82,7 +82,6 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "user", "assistant"]
     content: str | list[TextPart]
-    name: str | None = None
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
