@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from seqedge.export.manifest import ArtifactError, Manifest, Variant
+from seqedge.artifact import ArtifactError, Manifest, Variant
 
 from .base import RuntimeUnavailable
 
@@ -69,7 +69,7 @@ class TorchRuntime:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
         if variant.target != "torch":
             raise RuntimeUnavailable(f"the torch runtime runs torch variants, not {variant.name}")
-        from seqedge.checkpoint import load_pretrained
+        from seqedge.model import load_pretrained
         from seqedge.state import model_fingerprint
 
         config_path = manifest.path(variant, "config")

@@ -27,8 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from seqedge.checkpoint import load_pretrained
     from seqedge.defaults import default_checkpoint_dir
+    from seqedge.model import load_pretrained
     from seqedge.sampling import SamplingConfig
     from seqedge.tokenizer import ByteTokenizer
 
