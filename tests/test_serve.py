@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import openai
 import pytest
@@ -44,8 +45,8 @@ def served(tmp_path_factory):
     while not uv.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.02)
-    server.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    yield server
+    yield SimpleNamespace(url=f"http://127.0.0.1:{sock.getsockname()[1]}", scheduler=server.scheduler,
+                          config=server.config)
     uv.should_exit = True
     thread.join(TIMEOUT_S)
     assert not thread.is_alive(), "the server did not stop"

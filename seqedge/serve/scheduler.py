@@ -271,7 +271,9 @@ class Scheduler:
             self._running = False
             self._cond.notify_all()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(timeout)      # a tick is one prefill piece per stream and one step: short
+            if self._thread.is_alive():
+                raise RuntimeError(f"the scheduler thread did not finish its tick within {timeout} s")
             self._thread = None
         with self._cond:
             for stream in [*self._waiting, *self._active.values()]:
