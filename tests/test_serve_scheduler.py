@@ -8,7 +8,7 @@ import pytest
 import seqedge
 from seqedge.sampling import SamplingConfig
 from seqedge.serve import Delta, GenerationRequest, QueueFull, Scheduler, SchedulerConfig, Unavailable
-from seqedge.serve.slots import BatchPlan, SlotStates, metadata_batch_limit, probe_batching
+from seqedge.serve.slots import BatchPlan, SlotStates, host_logits, metadata_batch_limit, probe_batching
 from seqedge.serve.text import StopMatcher, render_chat, tokenizer_from_manifest
 from seqedge.tokenizer import ByteTokenizer
 
@@ -117,6 +117,15 @@ def test_metadata_batch_limit():
     assert metadata_batch_limit({"batch": {"min": 1, "max": 8}}) == 8
     assert metadata_batch_limit({"batch_sizes": [1]}) == 1
     assert metadata_batch_limit({"batch_sizes": [1, 2, 4]}) == 2
+
+
+def test_host_logits_from_numpy_and_torch():
+    import torch
+
+    half = host_logits(torch.arange(6, dtype=torch.bfloat16).reshape(2, 3))
+    assert half.dtype == np.float32 and half.tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert host_logits(torch.zeros(1, 3, dtype=torch.float64)).dtype == np.float64
+    assert host_logits(np.ones((1, 3), np.float32)).dtype == np.float32
 
 
 # batched step -------------------------------------------------------------------------------------------------

@@ -44,6 +44,15 @@ class BatchPlan:
                 "probe_max_rel_deviation": self.max_deviation}
 
 
+def host_logits(logits: Any) -> np.ndarray:
+    """Logits as a numpy array, whether a runtime returns numpy or torch tensors on a device (sampling runs on the
+    host); float32 and float64 stay as they are, as in ``Session.generate``, half types become float32."""
+    if hasattr(logits, "detach"):
+        logits = logits.detach().cpu()
+        logits = (logits if logits.element_size() >= 4 else logits.float()).numpy()
+    return np.asarray(logits)
+
+
 def metadata_batch_limit(info: dict[str, Any]) -> int | None:
     """The largest step batch an artifact variant declares (``batch.max`` or ``batch_sizes``); None: no bound."""
     if "batch" in info:
@@ -67,13 +76,13 @@ def probe_batching(session: Any, slots: int, seed: int = 0) -> BatchPlan:
     for r in range(rows):
         _, state = session.prefill(rng.integers(0, session.vocab_size, size=(1, 3 + 5 * r)), session.init_state(1))
         singles.append(state)
-    alone = np.concatenate([np.asarray(session.step(tokens[r:r + 1], singles[r])[0]) for r in range(rows)])
+    alone = np.concatenate([host_logits(session.step(tokens[r:r + 1], singles[r])[0]) for r in range(rows)])
     batched_state = session.init_state(rows)
     for r, state in enumerate(singles):
         for whole, row in zip(batched_state.tensors, state.tensors):
             whole[r] = row[0]
     try:
-        together = np.asarray(session.step(tokens, batched_state)[0])
+        together = host_logits(session.step(tokens, batched_state)[0])
     except (ValueError, RuntimeError) as err:
         return BatchPlan(1, f"the step graph rejected batch {rows}: {str(err).splitlines()[0]}")
     deviation = float(np.abs(together - alone).max() / max(float(np.abs(alone).max()), 1e-30))
@@ -114,7 +123,7 @@ class SlotStates:
         """Feed ``tokens`` to the stream in ``slot``; the logits of its last token ``[V]``."""
         logits, new = self.session.prefill(np.asarray([list(tokens)], dtype=np.int64), self._gather([slot]))
         self._scatter([slot], new)
-        return np.asarray(logits)[0, -1]
+        return host_logits(logits)[0, -1]
 
     def step(self, slots: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
         """One token for each of ``slots``: logits ``[len(slots), V]``, in groups of ``plan.group`` rows."""
@@ -127,5 +136,5 @@ class SlotStates:
             self._scatter(part, new)
             self.step_calls += 1
             self.rows_stepped += len(part)
-            out.append(np.asarray(logits))
+            out.append(host_logits(logits))
         return np.concatenate(out)
