@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, str] = {
     "train": "seqedge.cli.train",
     "bench": "seqedge.cli.bench",
     "serve-web": "seqedge.cli.serve_web",
+    "serve": "seqedge.cli.serve",
 }
 
 EXIT_USER_ERROR = 2
