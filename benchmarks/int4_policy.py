@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seqedge.runtimes.latency_report import cpu_model
+from seqedge.evaluate.latency_report import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = 1024
@@ -149,10 +149,10 @@ def onnx_algorithms(model, root: Path, variants, tokens, reference) -> list[dict
     import onnx
     from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
+    from seqedge.evaluate.parity import StreamResult, compare, text_tokens
     from seqedge.export.base import ExportContext
     from seqedge.export.onnx_target import OnnxTarget
     from seqedge.export.quantization import QuantizationRecipe
-    from seqedge.runtimes.parity import StreamResult, compare, text_tokens
 
     entries = ("step", "chunk")
     fp32 = {e: root / "onnx" / "fp32" / f"{e}.onnx" for e in entries}
@@ -228,12 +228,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for int4_policy.{md,json} (default: benchmarks/results)")
     args = parser.parse_args(argv)
     from seqedge.defaults import load_default
+    from seqedge.evaluate.parity import StreamResult, compare, reference_stream, text_tokens
     from seqedge.export.api import export_model
     from seqedge.export.base import ExportContext
     from seqedge.export.executorch_target import prepare_model
     from seqedge.export.onnx_target import OnnxTarget
     from seqedge.export.quantization import QuantizationRecipe, int4_selection
-    from seqedge.runtimes.parity import StreamResult, compare, reference_stream, text_tokens
 
     torch.set_num_threads(2)
     model = load_default().float().eval()

@@ -1,7 +1,7 @@
 """The recorded runtime benchmark of the export issue: the bundled model's per-token latency on this machine.
 
 One command measures, with one token stream (Python standard-library source bytes) and one harness
-(seqedge.runtimes.latency):
+(seqedge.evaluate.latency):
 
 - the torch eager step (``SequentialAttentionModel.step``; the reference of the speed-up targets);
 - every runtime/quantization of the exported artifact that runs here (torch, onnxruntime, executorch, ...);
@@ -33,9 +33,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from transformer_kv_onnx import KVCacheStepper, build_baseline  # noqa: E402
 
-from seqedge.runtimes.latency import (BenchConfig, RunResult, bench_artifact, bench_stepper,  # noqa: E402
-                                      format_context, parse_contexts, progress_bar, token_stream, total_tokens)
-from seqedge.runtimes.latency_report import BenchReport, write_report  # noqa: E402
+from seqedge.evaluate.latency import (  # noqa: E402
+    BenchConfig,
+    RunResult,
+    bench_artifact,
+    bench_stepper,
+    format_context,
+    parse_contexts,
+    progress_bar,
+    token_stream,
+    total_tokens,
+)
+from seqedge.evaluate.latency_report import BenchReport, write_report  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FLAT_MAX = 1.10          # p50 at the longest context / p50 at context 0
@@ -127,8 +136,8 @@ def targets_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def artifact_sizes(artifact: Path) -> list[dict[str, Any]]:
-    from seqedge.export.manifest import read_manifest
-    from seqedge.runtimes.latency import variant_bytes
+    from seqedge.artifact import read_manifest
+    from seqedge.evaluate.latency import variant_bytes
 
     return [{"target": v.target, "quantization": v.tag, "bytes": variant_bytes(v),
              "files": sorted(rec["path"] for rec in v.files.values())} for v in read_manifest(artifact).variants]
@@ -165,8 +174,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from seqedge.checkpoint import load_pretrained
     from seqedge.defaults import default_checkpoint_dir
+    from seqedge.model import load_pretrained
 
     args = parse_args(argv)
     settings = dict(QUICK if args.quick else FULL)

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from seqedge.config import SequentialAttentionConfig
+from seqedge.evaluate.latency_report import cpu_model
 from seqedge.model import SequentialAttentionModel
-from seqedge.runtimes.latency_report import cpu_model
 from seqedge.scan import chunked_scan, recurrent_scan
 
 RESULTS = Path(__file__).resolve().parent / "results"

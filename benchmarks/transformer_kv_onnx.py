@@ -169,8 +169,8 @@ def build_baseline(config: SequentialAttentionConfig, out_dir: str | Path, check
 
 
 def main(argv: list[str] | None = None) -> int:
-    from seqedge.runtimes.latency import BenchConfig, bench_stepper, parse_contexts
-    from seqedge.runtimes.latency_report import BenchReport, render_markdown, write_report
+    from seqedge.evaluate.latency import BenchConfig, bench_stepper, parse_contexts
+    from seqedge.evaluate.latency_report import BenchReport, render_markdown, write_report
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="tiny", help="Sequential Attention preset the transformer matches")

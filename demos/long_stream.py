@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _artifact import open_session
 
 
@@ -43,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def stream(session, tokens: np.ndarray, every: int, show_progress: bool = True) -> list[dict]:
     """Step through ``tokens`` ``[N]``; one sample per window of ``every`` tokens (p50/p99 ms, RSS bytes)."""
-    from seqedge.runtimes.latency import current_rss_bytes, latency_stats, progress_bar
+    from seqedge.evaluate.latency import current_rss_bytes, latency_stats, progress_bar
 
     bar, progress = progress_bar(f"{session.runtime}/{session.variant.tag}", len(tokens), show_progress)
     state = session.init_state(1)
@@ -94,8 +93,8 @@ def plot(samples: list[dict], title: str, path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from seqedge.runtimes.latency import token_stream
-    from seqedge.runtimes.latency_report import machine_info
+    from seqedge.evaluate.latency import token_stream
+    from seqedge.evaluate.latency_report import machine_info
 
     args = parse_args(argv)
     n = int(args.tokens)

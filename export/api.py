@@ -17,33 +17,44 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import seqedge
+from seqedge.artifact import (
+    ARTIFACT_FORMAT,
+    ARTIFACT_FORMAT_VERSION,
+    MANIFEST_FILE,
+    ArtifactError,
+    Manifest,
+    Variant,
+    file_record,
+    read_manifest,
+    write_manifest,
+)
 from seqedge.fsutil import replace_dir
+from seqedge.quiet import quiet_libraries
 from seqedge.state import state_nbytes
 
 from .base import TARGETS, ExportContext, get_target
 from .entry_points import ENTRY_POINTS, input_names, output_names
-from .manifest import (ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST_FILE, ArtifactError, Manifest, Variant,
-                       file_record, read_manifest, write_manifest)
 from .quantization import QuantizationRecipe
-from .quiet import quiet_libraries
 
 TARGET_ORDER = tuple(TARGETS)        # the registry's order: tensorrt comes after onnx, whose variant it builds from
-RUNTIME_OF_TARGET = {"torch": "torch", "onnx": "onnxruntime", "onnx-ort": "onnxruntime-fused",
-                     "executorch": "executorch", "coreml": "coreml", "tensorrt": "tensorrt"}
-PARITY_CHUNKS, PARITY_STEPS = 2, 16
+
+# verify(artifact_root, say) -> {variant name: report with "failures"}: runs on the finished temporary artifact,
+# before it is renamed into place, so a failed check leaves nothing at the destination
+Verifier = Callable[[Path, Callable[[str], None]], dict]
 
 
 def export_model(model, out_dir: str | os.PathLike, targets: Sequence[str] | str,
                  quantize: Sequence[str] = ("none",), *, progress: bool | Callable[[str], None] = True,
-                 overwrite: bool = False, group_size: int = 32) -> Manifest:
+                 overwrite: bool = False, group_size: int = 32, verify: Verifier | None = None) -> Manifest:
     """Export ``model`` (a SequentialAttentionModel or a checkpoint directory) to ``out_dir``.
 
     ``targets``: names from ``TARGETS`` (an empty list writes only the torch variant) or ``"all"`` (every target whose library works here; the others are
     skipped and listed in the manifest's ``skipped`` with the reason). An explicitly requested target whose
     library is missing raises ImportError with the exact ``pip install``. ``tensorrt`` pulls in ``onnx``.
     A ``torch`` variant (``config.json`` + ``model.safetensors``) is always written: it is the float64
-    reference for parity and what the torch runtime runs. The manifest's ``parity`` holds a short check
-    (2 chunks + 16 steps) of every variant whose runtime can run here against that reference.
+    reference for parity and what the torch runtime runs. ``verify`` (see
+    :func:`seqedge.evaluate.export_check.export_verified`) checks the finished artifact before it is moved into
+    place; its report is stored as the manifest's ``parity`` and any failure aborts the export.
     """
     say = _progress_fn(progress)
     out = Path(out_dir)
@@ -66,11 +77,12 @@ def export_model(model, out_dir: str | os.PathLike, targets: Sequence[str] | str
                 f"({sum(f['bytes'] for f in variant.files.values()) / 2**20:.2f} MiB)")
         data = _manifest_data(model, variants, recipes, skipped)
         write_manifest(tmp, data)
-        data["parity"] = _export_parity(tmp, say)
-        write_manifest(tmp, data)
-        failed = {k: v["failures"] for k, v in data["parity"].items() if v.get("failures")}
-        if failed:
-            raise RuntimeError(f"export parity check failed: {failed}; nothing was written to {out}")
+        if verify is not None:
+            data["parity"] = verify(tmp, say)
+            write_manifest(tmp, data)
+            failed = {k: v["failures"] for k, v in data["parity"].items() if v.get("failures")}
+            if failed:
+                raise RuntimeError(f"export parity check failed: {failed}; nothing was written to {out}")
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -141,8 +153,7 @@ def _plan(targets: Sequence[str] | str, recipes: list[QuantizationRecipe], say):
 
 
 def _as_model(model):
-    from seqedge.checkpoint import load_pretrained
-    from seqedge.model import SequentialAttentionModel
+    from seqedge.model import SequentialAttentionModel, load_pretrained
 
     if isinstance(model, (str, os.PathLike)):
         model = load_pretrained(model)
@@ -216,47 +227,3 @@ def _manifest_data(model, variants: list[Variant], recipes, skipped) -> dict[str
         "variants": [v.to_dict() for v in variants],
         "skipped": skipped,
     }
-
-
-def _export_parity(root: Path, say) -> dict[str, Any]:
-    """Short parity check of every variant whose runtime runs here, against the float64 reference."""
-    from seqedge.runtimes.base import get_runtime
-    from seqedge.runtimes.parity import reference_stream, text_tokens
-    from seqedge.runtimes.session import Session
-
-    manifest = read_manifest(root)
-    C = manifest.chunk_size
-    prefill = PARITY_CHUNKS * C
-    tokens = text_tokens(prefill + PARITY_STEPS)
-    reference = reference_stream(manifest, tokens, prefill)
-    results: dict[str, Any] = {}
-    for variant in manifest.variants:
-        runtime = RUNTIME_OF_TARGET[variant.target]
-        try:
-            factory = get_runtime(runtime)
-            factory.check_available()
-            session = Session(manifest, variant, factory.open(manifest, variant), runtime)
-        except (ImportError, RuntimeError) as err:
-            results[variant.name] = {"runtime": runtime, "skipped": str(err).strip().splitlines()[0]}
-            say(f"parity {variant.name} on {runtime}: skipped ({results[variant.name]['skipped']})")
-            continue
-        report = _short_report(session, tokens, prefill, reference)
-        results[variant.name] = {"runtime": runtime, **report}
-        say(f"parity {variant.name} on {runtime}: max|dlogit| {report['max_abs']:.2e}, top-1 "
-            f"{report['top1']:.1%}, state rel err {report['state_rel_err']:.1e}")
-    return results
-
-
-def _short_report(session, tokens, prefill, reference) -> dict[str, Any]:
-    """Statistics of the short stream; only fp32 (and non-finite output) is held to its budget here, the
-    statistical budgets of quantized formats need the long stream of ``seqedge validate``."""
-    from seqedge.runtimes.parity import compare, run_stream
-
-    report = compare(run_stream(session, tokens, prefill), reference, tokens, prefill=prefill,
-                     tag=session.variant.tag, window=PARITY_STEPS)
-    data = report.to_dict(per_step=False)
-    if session.variant.tag != "fp32":
-        data["failures"] = [f for f in report.failures if f == "non-finite logits"]
-        data["budget_checked_by"] = "seqedge validate (1,024 tokens)"
-    data["passed"] = not data["failures"]
-    return data

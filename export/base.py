@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+from seqedge.artifact import Variant
 from seqedge.model import SequentialAttentionModel
 from seqedge.registry import instantiate
 
-from .manifest import Variant
 from .quantization import QuantizationRecipe
 
 

@@ -28,11 +28,11 @@ from typing import Any, Iterator
 
 import torch
 
+from seqedge.artifact import Variant, file_record
 from seqedge.state import StateSpec
 
 from .base import ExportContext
 from .entry_points import entry_module, example_inputs
-from .manifest import Variant, file_record
 from .quantization import QuantizationRecipe, WeightIndex, int4_selection, int4_split
 
 PACKAGE = "model.mlpackage"

@@ -35,11 +35,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from seqedge.artifact import Variant, file_record
+from seqedge.quiet import quiet_libraries
+
 from .base import ExportContext
 from .entry_points import ENTRY_POINTS, entry_module, example_inputs
-from .manifest import Variant, file_record
 from .quantization import SCHEMES, QuantizationRecipe
-from .quiet import quiet_libraries
 from .xnnpack_cast import partitioner_configs
 from .xnnpack_friendly import XNNPACK_REWRITES, static_reshapes, xnnpack_friendly
 

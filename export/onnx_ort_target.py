@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .onnx_target import INSTALL_HINT, OnnxTarget, _require
+from .onnx_target import INSTALL_HINT, OnnxTarget, require_onnx_library
 from .ort_fused import MIN_ONNXRUNTIME, fused_scan
 
 
@@ -23,7 +23,7 @@ class OnnxOrtTarget(OnnxTarget):
 
     def check_available(self) -> None:
         super().check_available()
-        ort = _require("onnxruntime")
+        ort = require_onnx_library("onnxruntime")
         version = tuple(int(p) for p in ort.__version__.split(".")[:2])
         if version < MIN_ONNXRUNTIME:
             raise ImportError(f"the onnx-ort target needs onnxruntime >= {'.'.join(map(str, MIN_ONNXRUNTIME))} "

@@ -29,9 +29,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
+from seqedge.artifact import Variant, file_record
+
 from . import int4_blockwise
 from .entry_points import ENTRY_POINTS, entry_module, example_inputs, input_names, output_names
-from .manifest import Variant, file_record
 from .quantization import QuantizationRecipe, WeightIndex, int4_split
 
 OPSET = 18
@@ -40,7 +41,8 @@ INSTALL_HINT = "pip install 'seqedge[onnx]'  (onnx, onnxruntime, onnxscript)"
 EXTERNAL_DATA_BYTES = 1 << 30      # graphs with more weight bytes than this keep them in ``<entry>.onnx.data``
 
 
-def _require(module: str) -> Any:
+def require_onnx_library(module: str) -> Any:
+    """Import ``module`` (onnx, onnxruntime, onnxscript or a submodule), or raise ImportError with the install."""
     try:
         return __import__(module, fromlist=["_"])
     except ImportError as err:
@@ -82,10 +84,10 @@ class OnnxTarget:
         self.opset = opset
 
     def check_available(self) -> None:
-        _require("onnx")
-        _require("onnxruntime")
+        require_onnx_library("onnx")
+        require_onnx_library("onnxruntime")
         if self.exporter == "dynamo":
-            _require("onnxscript")
+            require_onnx_library("onnxscript")
 
     # export ---------------------------------------------------------------------------------------------
     def export(self, ctx) -> Variant:
@@ -116,7 +118,7 @@ class OnnxTarget:
             data = path.with_name(path.name + ".data")
             if data.exists():
                 records[f"{entry}.data"] = file_record(ctx.root, data)
-        onnx = _require("onnx")
+        onnx = require_onnx_library("onnx")
         info = {"exporter": self.exporter, "opset": self.opset,
                 "op_types": {e: sorted({n.op_type for n in onnx.load(str(p), load_external_data=False).graph.node})
                              for e, p in files.items()}}
@@ -165,7 +167,7 @@ class OnnxTarget:
 def _set_static_dims(path: Path, model, entry: str) -> None:
     """Write the static dims (all but ``batch``) into the graph's I/O types: tracers leave some symbolic (the
     conv tail is a slice whose length they do not fold); ``onnx.checker``'s shape inference then verifies them."""
-    onnx = _require("onnx")
+    onnx = require_onnx_library("onnx")
     proto = onnx.load(str(path))
     c = model.config
     tokens = ["batch"] if entry == "step" else ["batch", c.chunk_size]
@@ -186,7 +188,7 @@ def _set_static_dims(path: Path, model, entry: str) -> None:
 
 def _finalize(path: Path) -> None:
     """Move weights to ``<file>.data`` when the graph is large, then run the full ``onnx.checker``."""
-    onnx = _require("onnx")
+    onnx = require_onnx_library("onnx")
     model = onnx.load(str(path))
     weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
     if weight_bytes > EXTERNAL_DATA_BYTES:
@@ -198,7 +200,7 @@ def _finalize(path: Path) -> None:
 
 
 def _quantize_int8(source: Path, dest: Path) -> None:
-    quantization = _require("onnxruntime.quantization")
+    quantization = require_onnx_library("onnxruntime.quantization")
     quantization.quantize_dynamic(str(source), str(dest), op_types_to_quantize=["MatMul"], per_channel=True,
                                   weight_type=quantization.QuantType.QInt8,
                                   extra_options={"MatMulConstBOnly": True})
@@ -210,7 +212,7 @@ def matmul_modules(graph, model) -> dict[str, list[str]]:
     ``onnx::MatMul_<n>`` and drops the ``attn`` scope from the step graph's node names, so names cannot be used.
     Raises if a constant weight matches no module, or if node names are not unique (the quantizer selects by name).
     """
-    numpy_helper = _require("onnx.numpy_helper")
+    numpy_helper = require_onnx_library("onnx.numpy_helper")
     initializers = {t.name: t for t in graph.initializer}
     index = WeightIndex(model)
     found: dict[str, list[str]] = {}
@@ -232,8 +234,8 @@ def matmul_modules(graph, model) -> dict[str, list[str]]:
 def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe) -> dict[str, list[str]]:
     """MatMulNBits for the MatMuls whose module the recipe's int4 policy selects; every other MatMul is kept
     float32 (the quantizer's ``nodes_to_exclude``). Returns ``{"int4": [...], "float32": [...]}`` module names."""
-    onnx = _require("onnx")
-    nbits = _require("onnxruntime.quantization.matmul_nbits_quantizer")
+    onnx = require_onnx_library("onnx")
+    nbits = require_onnx_library("onnxruntime.quantization.matmul_nbits_quantizer")
     model_proto = onnx.load(str(source))
     modules = matmul_modules(model_proto.graph, model)
     selected = set(int4_split(recipe, modules, "MatMul")[0])
@@ -241,7 +243,7 @@ def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe) 
         raise ValueError(f"the int4 policy {list(recipe.int4_modules)} selects no MatMul of {source.name} "
                          f"(its weight matrices: {sorted({n for ns in modules.values() for n in ns})})")
     initializers = {t.name: t for t in model_proto.graph.initializer}
-    to_array = _require("onnx.numpy_helper").to_array
+    to_array = require_onnx_library("onnx.numpy_helper").to_array
     weights = {f"{n.name}_Q4": to_array(initializers[n.input[1]])
                for n in model_proto.graph.node if n.name in selected}
     # onnxruntime's asymmetric round-to-nearest lays out the MatMulNBits nodes with uint8 zero points, which ORT's
@@ -269,7 +271,7 @@ def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe) 
 def _refit_int4(graph, weights: dict[str, Any], group: int) -> None:
     """Replace the B, scales and zero_points of each MatMulNBits node ``weights`` names (its float weight
     ``[K, N]``) with :func:`int4_blockwise.search`'s blocks, in the layout and shapes onnxruntime wrote."""
-    numpy_helper = _require("onnx.numpy_helper")
+    numpy_helper = require_onnx_library("onnx.numpy_helper")
     initializers = {t.name: t for t in graph.initializer}
     for node in graph.node:
         if node.op_type != "MatMulNBits":

@@ -2,15 +2,16 @@
 
 fp32 engines build from ``onnx/fp32``, fp16 engines from ``onnx/fp16`` (strongly typed: the engine keeps the ONNX
 graph's precision, state I/O float32). Each engine has one optimization profile over the batch: 1..8, opt 1.
-Full TensorRT is used when importable, else TensorRT for RTX (see :mod:`seqedge.export.tensorrt_api`); which one
+Full TensorRT is used when importable, else TensorRT for RTX (see :mod:`seqedge.tensorrt_api`); which one
 built the engines is recorded in ``Variant.info["api"]``, since only that library can load them.
 """
 
 from __future__ import annotations
 
+from seqedge.artifact import Variant, file_record
+from seqedge.tensorrt_api import INSTALL_HINT, build_engine, load_api
+
 from .base import ExportContext
-from .manifest import Variant, file_record
-from .tensorrt_api import INSTALL_HINT, build_engine, load_api
 
 ENTRIES = ("step", "chunk")
 MIN_BATCH, OPT_BATCH, MAX_BATCH = 1, 1, 8

@@ -50,7 +50,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seqedge.layers import RMSNorm, SequentialAttention, ShortConv, SwiGLU, _at_least_f32
+from seqedge.layers import RMSNorm, SequentialAttention, ShortConv, SwiGLU, at_least_f32
 from seqedge.model import SequentialAttentionModel
 
 from .xnnpack_scan import StaticMaskAttention
@@ -84,7 +84,7 @@ class PooledRMSNorm(nn.Module):
         self.weight = norm.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.to(_at_least_f32(x.dtype))
+        xf = x.to(at_least_f32(x.dtype))
         n = int(x.shape[-1])
         rows = 1
         for d in x.shape[1:-1]:                   # static in exported graphs: only the batch stays symbolic
@@ -122,7 +122,7 @@ class PickedTailConv(nn.Module):
         key = str(int(xc.shape[-1]))
         new_tail = (F.linear(xc, self.picks[key].to(xc.dtype)) if key in self.picks
                     else xc[..., -(self.kernel - 1):])                              # [B, ch, K-1]
-        return _silu(y).transpose(1, 2), new_tail.to(_at_least_f32(x.dtype))
+        return _silu(y).transpose(1, 2), new_tail.to(at_least_f32(x.dtype))
 
 
 class SplitSwiGLU(nn.Module):

@@ -41,9 +41,7 @@ import torch.nn.functional as F
 
 from seqedge.config import SUB_CHUNK
 from seqedge.layers import SequentialAttention
-from seqedge.scan import unit_lower_inverse
-from seqedge.scan.chunked import check_chunk_size, padded_inputs
-from seqedge.scan._checks import check_scan_inputs
+from seqedge.scan import check_chunk_size, check_scan_inputs, padded_inputs, unit_lower_inverse
 
 # b_t - b_mid for t in the mid's own 16-token block is at most 8 decays of at most 5 (g_min >= -5): 40, plus
 # one for the rounding of the prefix sums. Clamping the exponent here leaves every kept score as it is.

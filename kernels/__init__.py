@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from seqedge.scan._checks import check_scan_inputs, check_step_inputs
+from seqedge.scan import check_scan_inputs, check_step_inputs
 
 from . import delta_ops, ops
 

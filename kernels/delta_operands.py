@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from seqedge.scan.chunked import _to_chunks, decayed_scores, padded_inputs, unit_lower_inverse
+from seqedge.scan.chunked import decayed_scores, padded_inputs, unit_lower_inverse
+
+
+def _chunks(x: torch.Tensor, n: int, chunk: int) -> torch.Tensor:
+    """``[B, n * C, H, d]`` -> ``[B, H, n, C, d]``."""
+    return x.reshape(x.shape[0], n, chunk, x.shape[2], x.shape[3]).permute(0, 3, 1, 2, 4)
 
 
 def expand_gate(g: torch.Tensor, dk: int) -> torch.Tensor:
@@ -33,8 +38,8 @@ def chunk_operands(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.T
     q, k, v, g, beta, _, pad = padded_inputs(q, k, v, g, beta, None, chunk)
     n = (T + pad) // chunk
     g = expand_gate(g, dk)
-    q, k, v, g = (_to_chunks(x, n, chunk) for x in (q, k, v, g))            # [B, H, N, C, d]
-    beta = _to_chunks(beta.unsqueeze(-1), n, chunk)                           # [B, H, N, C, 1]
+    q, k, v, g = (_chunks(x, n, chunk) for x in (q, k, v, g))            # [B, H, N, C, d]
+    beta = _chunks(beta.unsqueeze(-1), n, chunk)                           # [B, H, N, C, 1]
     flat = lambda x: x.reshape(-1, chunk, int(x.shape[-1]))
     b = torch.cumsum(g, dim=-2)
     kb = k * beta
@@ -63,4 +68,4 @@ def chunk_layout(x: torch.Tensor, chunk: int) -> torch.Tensor:
     pad = (-T) % chunk
     if pad:
         x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad))
-    return _to_chunks(x, (T + pad) // chunk, chunk)
+    return _chunks(x, (T + pad) // chunk, chunk)

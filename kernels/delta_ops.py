@@ -19,7 +19,7 @@ from torch import Tensor
 from seqedge.scan import chunked_scan
 
 from .delta_operands import expand_gate
-from .ops import _state_dtype, check_cuda_inputs, recompute_backward, register_scan_autograd
+from .ops import state_dtype, check_cuda_inputs, recompute_backward, register_scan_autograd
 
 
 @torch.library.custom_op("seqedge::chunk_scan_delta", mutates_args=())
@@ -28,7 +28,7 @@ def chunk_scan_delta(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, i
     """Default (non-CUDA) implementation: the chunked PyTorch form. o in q's dtype, state float32/float64."""
     o, state = chunked_scan(q, k, v, expand_gate(g, q.shape[-1]), beta, rule="delta", scale=scale,
                             initial_state=initial_state)
-    return o.to(q.dtype).contiguous(), state.to(_state_dtype(q)).contiguous()
+    return o.to(q.dtype).contiguous(), state.to(state_dtype(q)).contiguous()
 
 
 @chunk_scan_delta.register_kernel("cuda")
@@ -46,7 +46,7 @@ def chunk_scan_delta_cuda(q, k, v, g, beta, initial_state, scale):
 @chunk_scan_delta.register_fake
 def _chunk_scan_delta_fake(q, k, v, g, beta, initial_state, scale):
     B, T, H, dk = q.shape
-    return q.new_empty(B, T, H, v.shape[-1]), q.new_empty(B, H, dk, v.shape[-1], dtype=_state_dtype(q))
+    return q.new_empty(B, T, H, v.shape[-1]), q.new_empty(B, H, dk, v.shape[-1], dtype=state_dtype(q))
 
 
 @torch.library.custom_op("seqedge::chunk_scan_delta_bwd", mutates_args=())
@@ -73,7 +73,7 @@ def _chunk_scan_delta_bwd_cuda(q, k, v, g, beta, initial_state, do, dfinal, scal
 @chunk_scan_delta_bwd.register_fake
 def _chunk_scan_delta_bwd_fake(q, k, v, g, beta, initial_state, do, dfinal, scale):
     B, H, dk, dv = dfinal.shape
-    return (*(torch.empty_like(x) for x in (q, k, v, g, beta)), q.new_empty(B, H, dk, dv, dtype=_state_dtype(q)))
+    return (*(torch.empty_like(x) for x in (q, k, v, g, beta)), q.new_empty(B, H, dk, dv, dtype=state_dtype(q)))
 
 
 register_scan_autograd(chunk_scan_delta, chunk_scan_delta_bwd)

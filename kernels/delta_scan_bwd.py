@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from .delta_operands import chunk_layout, chunk_operands
-from .delta_scan_triton import DeltaConfig, _delta_dstate_kernel, dot_precision, prep, scan_piece
-from .ops import _autograd_inside_op
+from .delta_scan_triton import DeltaConfig, dstate_piece, prep, scan_piece
+from .ops import autograd_inside_op
 
 BWD_PIECE = 8192    # tokens per piece of the backward (its float32 autograd workspace is a few times the piece)
 
@@ -31,12 +31,9 @@ def _piece_grads(q, k, v, g, beta, s_in, do, d_out, scale: float, config: DeltaC
     u = torch.empty(B, T, H, DV, **f32)
     scan_piece(ops, None, s_in, torch.empty(B, H, DK, DV, **f32), config, store=(states, u))
     dstates, du, d_in = torch.empty_like(states), torch.empty_like(u), torch.empty(B, H, DK, DV, **f32)
-    qt, kt, A, w, _, decay = ops
-    BV = min(config.block_v, DV)
-    _delta_dstate_kernel[(B * H, DV // BV)](qt, kt, A, w, decay, do, d_out, dstates, du, d_in, T, H, nc,
-                                            DK=DK, DV=DV, BV=BV, C=C, PREC=dot_precision(q.dtype),
-                                            num_warps=config.num_warps, num_stages=config.num_stages)
-    del ops, qt, kt, A, w
+    dstate_piece(ops, do, d_out, dstates, du, d_in, config)
+    decay = ops[5]
+    del ops
     S = states.view(B, H, nc, DK, DV)
     dS = dstates.view(B, H, nc, DK, DV)
     do_c, u_c, du_c = (chunk_layout(x.float(), C) for x in (do, u, du))
@@ -44,7 +41,7 @@ def _piece_grads(q, k, v, g, beta, s_in, do, d_out, scale: float, config: DeltaC
     d_last = torch.exp(decay.view(B, H, nc, DK)) * (S * dS).sum(-1)
     cots = (do_c @ St, u_c @ dS.transpose(-1, -2), (do_c @ u_c.transpose(-1, -2)).tril(), -(du_c @ St), du_c,
             d_last)
-    with _autograd_inside_op():         # the custom op's dispatcher turned autograd off around this call
+    with autograd_inside_op():         # the custom op's dispatcher turned autograd off around this call
         ins = [x.detach().float().requires_grad_() for x in (q, k, v, g, beta)]
         outs = chunk_operands(*ins, scale=scale, chunk=C)
         grads = torch.autograd.grad(outs, ins, cots)

@@ -294,6 +294,19 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream:
     return _SIDE[index]
 
 
+def dstate_piece(ops: tuple, do, d_out, dstates, du, d_in, config: DeltaConfig) -> None:
+    """Launch :func:`_delta_dstate_kernel` over one piece's prep ``ops`` and output gradient ``do``, from the
+    gradient ``d_out`` of the state leaving the piece: writes ``dstates``, ``du`` and ``d_in`` (the gradient of the
+    state entering it)."""
+    qt, kt, A, w, _, decay = ops
+    B, T, H, DK = qt.shape
+    DV = do.shape[-1]
+    BV = min(config.block_v, DV)
+    _delta_dstate_kernel[(B * H, DV // BV)](qt, kt, A, w, decay, do, d_out, dstates, du, d_in, T, H, A.shape[1],
+                                            DK=DK, DV=DV, BV=BV, C=config.chunk, PREC=dot_precision(qt.dtype),
+                                            num_warps=config.num_warps, num_stages=config.num_stages)
+
+
 def delta_scan_fwd(q, k, v, g, beta, initial_state, scale: float, config: DeltaConfig,
                    out: tuple[torch.Tensor, torch.Tensor] | None = None, piece: int = PIECE):
     """The forward with one explicit ``config``: o ``[B, T, H, dv]`` in q's dtype and the final state

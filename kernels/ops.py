@@ -53,7 +53,7 @@ def backward_plan(batch: int, length: int, bytes_per_token: float, budget: float
 
 
 @contextmanager
-def _autograd_inside_op():
+def autograd_inside_op():
     """Re-enable autograd inside a custom op's implementation (the dispatcher excludes it there), so the
     backward op can differentiate the chunked PyTorch form while staying opaque to torch.compile."""
     include = torch._C._dispatch_tls_local_include_set()
@@ -64,7 +64,7 @@ def _autograd_inside_op():
         yield
 
 
-def _state_dtype(q: Tensor) -> torch.dtype:
+def state_dtype(q: Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
@@ -74,7 +74,7 @@ def chunk_scan_gated(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, i
                      scale: float) -> tuple[Tensor, Tensor]:
     """Default (non-CUDA) implementation: the chunked PyTorch form. o in q's dtype, state float32/float64."""
     o, state = chunked_scan(q, k, v, g, beta, rule="gated", scale=scale, initial_state=initial_state)
-    return o.to(q.dtype).contiguous(), state.to(_state_dtype(q)).contiguous()
+    return o.to(q.dtype).contiguous(), state.to(state_dtype(q)).contiguous()
 
 
 @chunk_scan_gated.register_kernel("cuda")
@@ -121,7 +121,7 @@ def calls_cuda_directly(*tensors: Optional[Tensor]) -> bool:
 def _chunk_scan_gated_fake(q, k, v, g, beta, initial_state, scale):
     B, T, H, dk = q.shape
     dv = v.shape[-1]
-    return q.new_empty(B, T, H, dv), q.new_empty(B, H, dk, dv, dtype=_state_dtype(q))
+    return q.new_empty(B, T, H, dv), q.new_empty(B, H, dk, dv, dtype=state_dtype(q))
 
 
 # chunk scan, backward -----------------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ def recompute_backward(rule: str, forward, q: Tensor, k: Tensor, v: Tensor, g: T
     g may be ``[B, T, H, 1]`` (one gate per head): it is broadcast over the keys and its gradient summed."""
     B, T, H, dk = q.shape
     dv = v.shape[-1]
-    sdt = _state_dtype(q)
+    sdt = state_dtype(q)
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
     seg = BWD_SEGMENT
     starts = list(range(0, T, seg)) or [0]
@@ -161,7 +161,7 @@ def recompute_backward(rule: str, forward, q: Tensor, k: Tensor, v: Tensor, g: T
     d_state = dfinal.to(cdt)
     for t0, s_in in zip(reversed(starts), reversed(seg_states)):
         sl = slice(t0, t0 + seg)
-        with _autograd_inside_op():
+        with autograd_inside_op():
             ins = [x[:, sl].detach().to(cdt).requires_grad_() for x in (q, k, v, g, beta)]
             s_leaf = s_in.detach().to(cdt).requires_grad_()
             gx = ins[3] if ins[3].shape[-1] == dk else ins[3].expand(*ins[3].shape[:-1], dk)
@@ -197,7 +197,7 @@ def _chunk_scan_gated_bwd_cuda(q, k, v, g, beta, initial_state, do, dfinal, scal
 def _chunk_scan_gated_bwd_fake(q, k, v, g, beta, initial_state, do, dfinal, scale):
     B, H, dk, dv = dfinal.shape
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(g),
-            torch.empty_like(beta), q.new_empty(B, H, dk, dv, dtype=_state_dtype(q)))
+            torch.empty_like(beta), q.new_empty(B, H, dk, dv, dtype=state_dtype(q)))
 
 
 def _setup_context(ctx, inputs, output):
@@ -218,7 +218,7 @@ def register_scan_autograd(op, bwd_op) -> None:
         if do is None:
             do = torch.zeros(B, T, H, dv, dtype=q.dtype, device=q.device)
         if dfinal is None:
-            dfinal = torch.zeros(B, H, dk, dv, dtype=_state_dtype(q), device=q.device)
+            dfinal = torch.zeros(B, H, dk, dv, dtype=state_dtype(q), device=q.device)
         dq, dk_, dv_, dg, dbeta, ds0 = bwd_op(q, k, v, g, beta, initial_state, do, dfinal, ctx.scale)
         return dq, dk_, dv_, dg, dbeta, (ds0.to(initial_state.dtype) if ctx.has_init else None), None
 

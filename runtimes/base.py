@@ -6,7 +6,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from seqedge.export.manifest import Manifest, Variant
+from seqedge.artifact import Manifest, Variant
 from seqedge.registry import instantiate
 
 

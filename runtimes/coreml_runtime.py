@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from seqedge.export.manifest import Manifest, Variant
+from seqedge.artifact import Manifest, Variant
 
 from .base import RuntimeUnavailable
 

@@ -11,12 +11,11 @@ to the GPU). Logits come back as float32 numpy arrays, as from every runtime.
 from __future__ import annotations
 
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from seqedge.export.manifest import Manifest, Variant
+from seqedge.artifact import Manifest, Variant
 from seqedge.state import State
 
 from .base import RuntimeUnavailable
@@ -33,20 +32,6 @@ def cuda_available() -> bool:
     except (ImportError, RuntimeUnavailable):
         return False
     return True
-
-
-def checkpoint_session(checkpoint_dir, **options: Any) -> Session:
-    """A cuda Session over a checkpoint: its torch variant is written to a temporary artifact first (checked
-    against the float64 reference like every export), then opened on this runtime."""
-    import tempfile
-
-    from seqedge.export.api import export_model
-
-    from .session import load
-
-    out = Path(tempfile.mkdtemp(prefix="seqedge-cuda-")) / "artifact"
-    export_model(checkpoint_dir, out, [], progress=False)
-    return load(out, "cuda", **options)
 
 
 class CudaBackend:

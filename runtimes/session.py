@@ -11,8 +11,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from seqedge.export.manifest import Manifest, Variant, read_manifest
-from seqedge.export.quiet import quiet_libraries
+from seqedge.artifact import Manifest, Variant, read_manifest
+from seqedge.quiet import quiet_libraries
 from seqedge.sampling import Sampler, SamplingConfig
 from seqedge.state import State
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from seqedge.export.manifest import Manifest, Variant
-from seqedge.export.tensorrt_api import RTX, RTX_COMPUTE_CAPABILITIES, TensorRTAPI, load_api
+from seqedge.artifact import Manifest, Variant
+from seqedge.tensorrt_api import RTX, RTX_COMPUTE_CAPABILITIES, TensorRTAPI, load_api
 
 from . import cuda_driver
 from .base import RuntimeUnavailable

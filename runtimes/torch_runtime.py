@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from seqedge.export.manifest import ArtifactError, Manifest, Variant
+from seqedge.artifact import ArtifactError, Manifest, Variant
 
 from .base import RuntimeUnavailable
 
@@ -51,7 +51,7 @@ class TorchBackend:
 
 def load_checked_model(manifest: Manifest, variant: Variant):
     """The torch variant's model (float32, CPU, eval mode), checked against the manifest's fingerprint."""
-    from seqedge.checkpoint import load_pretrained
+    from seqedge.model import load_pretrained
     from seqedge.state import model_fingerprint
 
     config_path = manifest.path(variant, "config")

@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "SequentialAttentionModel": ("seqedge.model", "SequentialAttentionModel"),
     "save_pretrained": ("seqedge.checkpoint", "save_pretrained"),
-    "load_pretrained": ("seqedge.checkpoint", "load_pretrained"),
+    "load_pretrained": ("seqedge.model", "load_pretrained"),
     "load": ("seqedge.runtimes", "load"),
     "load_default": ("seqedge.defaults", "load_default"),
 }

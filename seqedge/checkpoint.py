@@ -1,4 +1,8 @@
-"""Checkpoints: ``config.json`` + ``model.safetensors``, written atomically, verified on load, never unpickled."""
+"""Checkpoints: ``config.json`` + ``model.safetensors``, written atomically, verified on load, never unpickled.
+
+The file format only: building a model from the tensors is :func:`seqedge.model.load_pretrained`'s job, so this
+module never imports the model.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from .config import SequentialAttentionConfig
 from .fsutil import replace_dir
-
-if TYPE_CHECKING:
-    from .model import SequentialAttentionModel
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -25,8 +26,9 @@ class CheckpointError(ValueError):
     """A checkpoint directory is missing, incomplete or does not match its config."""
 
 
-def save_pretrained(model: "SequentialAttentionModel", directory: str | os.PathLike) -> Path:
-    """Write the model to ``directory``: built in a sibling temp dir, then renamed into place."""
+def save_pretrained(model: Any, directory: str | os.PathLike) -> Path:
+    """Write ``model`` (anything with ``config`` and ``state_dict()``) to ``directory``: built in a sibling temp
+    dir, then renamed into place."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -68,23 +70,24 @@ def read_config(directory: str | os.PathLike) -> SequentialAttentionConfig:
         raise CheckpointError(f"{path}: invalid model config: {err}") from None
 
 
-def load_pretrained(directory: str | os.PathLike, map_location: str = "cpu") -> "SequentialAttentionModel":
-    """Build the model from ``directory``; every tensor must be present with the shape the config implies."""
+def read_checkpoint(directory: str | os.PathLike, map_location: str = "cpu") -> tuple[SequentialAttentionConfig, dict]:
+    """``(config, tensors)`` of a checkpoint directory; the tensors are checked against a model by the caller."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from .model import SequentialAttentionModel
 
     config = read_config(directory)
     weights = Path(directory) / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing")
     try:
-        tensors = load_file(str(weights), device=map_location)
+        return config, load_file(str(weights), device=map_location)
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{weights} is unreadable or truncated: {err}") from None
-    model = SequentialAttentionModel(config)
-    expected = model.state_dict()
+
+
+def check_tensors(directory: str | os.PathLike, tensors: dict, expected: dict) -> None:
+    """Raise CheckpointError unless ``tensors`` has exactly the names and shapes of ``expected``."""
+    weights = Path(directory) / WEIGHTS_FILE
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -94,5 +97,3 @@ def load_pretrained(directory: str | os.PathLike, map_location: str = "cpu") -> 
         if tensor.shape != expected[name].shape:
             raise CheckpointError(f"{weights}: {name} has shape {tuple(tensor.shape)}, the config implies "
                                   f"{tuple(expected[name].shape)} (was {CONFIG_FILE} edited?)")
-    model.load_state_dict(tensors)
-    return model.to(map_location)

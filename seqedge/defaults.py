@@ -17,6 +17,6 @@ def default_checkpoint_dir() -> Path:
 
 def load_default(map_location: str = "cpu"):
     """The bundled tiny model, trained on the Python standard library (see default_model/TRAINING.md)."""
-    from .checkpoint import load_pretrained
+    from .model import load_pretrained
 
     return load_pretrained(default_checkpoint_dir(), map_location=map_location)

@@ -17,7 +17,7 @@ from .scan import recurrent_step
 from .scan.dispatch import sequence_scan
 
 
-def _at_least_f32(dtype: torch.dtype) -> torch.dtype:
+def at_least_f32(dtype: torch.dtype) -> torch.dtype:
     """float32 for float16/bfloat16/float32, float64 for float64 (so a float64 model is a float64 reference)."""
     return torch.promote_types(dtype, torch.float32)
 
@@ -31,7 +31,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.to(_at_least_f32(x.dtype))
+        xf = x.to(at_least_f32(x.dtype))
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 
@@ -54,7 +54,7 @@ class ShortConv(nn.Module):
             y = sum(xc[..., i:i + T] * w[:, i:i + 1] for i in range(self.kernel))   # [B, ch, T]
         else:
             y = F.conv1d(xc, self.weight.to(x.dtype), groups=self.weight.shape[0])  # [B, ch, T]
-        return F.silu(y).transpose(1, 2), xc[..., -(self.kernel - 1):].to(_at_least_f32(x.dtype))
+        return F.silu(y).transpose(1, 2), xc[..., -(self.kernel - 1):].to(at_least_f32(x.dtype))
 
 
 def _gate_bias_init(config: SequentialAttentionConfig) -> torch.Tensor:
@@ -98,11 +98,11 @@ class SequentialAttention(nn.Module):
         k = k.reshape(B, T, c.num_heads, c.head_k_dim)
         v = v.reshape(B, T, c.num_heads, c.head_v_dim)
         if c.update_rule == "delta":
-            q = F.normalize(q.to(_at_least_f32(q.dtype)), dim=-1, eps=1e-6).to(x.dtype)
-            k = F.normalize(k.to(_at_least_f32(k.dtype)), dim=-1, eps=1e-6).to(x.dtype)
-        g = c.g_min * torch.sigmoid(self.gate_up(self.gate_down(x)).to(_at_least_f32(x.dtype)))
+            q = F.normalize(q.to(at_least_f32(q.dtype)), dim=-1, eps=1e-6).to(x.dtype)
+            k = F.normalize(k.to(at_least_f32(k.dtype)), dim=-1, eps=1e-6).to(x.dtype)
+        g = c.g_min * torch.sigmoid(self.gate_up(self.gate_down(x)).to(at_least_f32(x.dtype)))
         g = g.reshape(B, T, c.num_heads, c.head_k_dim)
-        beta = torch.sigmoid(self.beta(x).to(_at_least_f32(x.dtype)))
+        beta = torch.sigmoid(self.beta(x).to(at_least_f32(x.dtype)))
         return q, k, v, g, beta, conv_state
 
     def _output(self, x: torch.Tensor, o: torch.Tensor, v: torch.Tensor, B: int, T: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn as nn
 
+from .checkpoint import check_tensors, read_checkpoint, save_pretrained
 from .config import SequentialAttentionConfig
 from .layers import RMSNorm, SequentialAttention, SwiGLU
 from .sampling import Sampler, SamplingConfig
@@ -150,13 +151,18 @@ class SequentialAttentionModel(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json`` and ``model.safetensors`` atomically to ``directory``."""
-        from .checkpoint import save_pretrained
-
         save_pretrained(self, directory)
 
     @classmethod
     def load_pretrained(cls, directory: str | os.PathLike, map_location: str = "cpu") -> "SequentialAttentionModel":
         """Read a checkpoint written by :meth:`save_pretrained`; never unpickles anything."""
-        from .checkpoint import load_pretrained
-
         return load_pretrained(directory, map_location=map_location)
+
+
+def load_pretrained(directory: str | os.PathLike, map_location: str = "cpu") -> SequentialAttentionModel:
+    """Build the model from ``directory``; every tensor must be present with the shape the config implies."""
+    config, tensors = read_checkpoint(directory, map_location)
+    model = SequentialAttentionModel(config)
+    check_tensors(directory, tensors, model.state_dict())
+    model.load_state_dict(tensors)
+    return model.to(map_location)

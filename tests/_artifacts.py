@@ -34,7 +34,7 @@ def tiny_model(rule: str, seed: int = 0):
 def onnx_artifact(tmp_path_factory: pytest.TempPathFactory, rule: str) -> Path:
     """An artifact of the seed-0 tiny model (``rule``) with onnx none/fp16/int8/int4 and the torch variant."""
     if rule not in _CACHE:
-        from seqedge.export.api import export_model
+        from seqedge.evaluate.export_check import export_verified as export_model
 
         out = tmp_path_factory.mktemp(f"artifact-{rule}") / "art"
         export_model(tiny_model(rule), out, ["onnx"], list(SCHEMES), progress=False)
@@ -44,7 +44,7 @@ def onnx_artifact(tmp_path_factory: pytest.TempPathFactory, rule: str) -> Path:
 
 def reference(artifact: Path, tokens, prefill: int):
     """The float64 reference stream of ``artifact`` (cached per artifact, stream and split)."""
-    from seqedge.runtimes.parity import reference_stream
+    from seqedge.evaluate.parity import reference_stream
 
     key = (str(artifact), tuple(int(t) for t in tokens), prefill)
     if key not in _REFERENCE:

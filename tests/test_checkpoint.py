@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from seqedge.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_pretrained, read_config
-from seqedge.model import SequentialAttentionModel
+from seqedge.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config
+from seqedge.model import SequentialAttentionModel, load_pretrained
 from seqedge.state import State
 
 

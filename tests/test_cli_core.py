@@ -13,8 +13,8 @@ import subprocess
 import pytest
 import torch
 
-from seqedge.checkpoint import load_pretrained
 from seqedge.cli.main import main
+from seqedge.model import load_pretrained
 from seqedge.tokenizer import ByteTokenizer
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from seqedge.cli.main import main
-from seqedge.runtimes import parity
+from seqedge.evaluate import parity
 
 
 @pytest.fixture(scope="module")

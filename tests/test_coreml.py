@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from seqedge.artifact import Manifest
 from seqedge.export.base import ExportContext
-from seqedge.export.manifest import Manifest
 from seqedge.export.quantization import QuantizationRecipe
 from seqedge.runtimes.base import RuntimeUnavailable
 
@@ -27,10 +27,10 @@ FUNCTIONS = ("step", "chunk")
 
 @pytest.fixture(scope="module")
 def model():
+    from conftest import TINY_DIMS
+
     from seqedge.config import SequentialAttentionConfig
     from seqedge.model import SequentialAttentionModel
-
-    from conftest import TINY_DIMS
 
     torch.manual_seed(0)
     return SequentialAttentionModel(SequentialAttentionConfig(**{**TINY_DIMS, "num_layers": 1})).eval()

@@ -25,8 +25,8 @@ import copy
 import json
 import math
 import subprocess
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +37,9 @@ pytest.importorskip("executorch.runtime", reason="ExecuTorch is not installed (p
                                                   "torchao==0.18.0)")
 pytest.importorskip("torchao", reason="torchao is not installed (pip install executorch==1.5.1 torchao==0.18.0)")
 
+from seqedge.artifact import ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, write_manifest  # noqa: E402
 from seqedge.config import SequentialAttentionConfig  # noqa: E402
 from seqedge.export.base import ExportContext, get_target  # noqa: E402
-from seqedge.export.manifest import ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, write_manifest  # noqa: E402
 from seqedge.export.quantization import QuantizationRecipe  # noqa: E402
 from seqedge.model import SequentialAttentionModel  # noqa: E402
 from seqedge.runtimes import load  # noqa: E402
@@ -167,7 +167,7 @@ def test_batch_range_and_bad_input_leave_session_usable(exported):
 def test_tampered_program_is_refused(exported, tmp_path):
     import shutil
 
-    from seqedge.export.manifest import ArtifactError
+    from seqedge.artifact import ArtifactError
 
     artifact, variant, _ = exported("delta", "none")
     copy_dir = tmp_path / "copy"

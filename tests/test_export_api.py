@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 
 import pytest
-
-from seqedge.export import api
-from seqedge.export.manifest import ArtifactError, Variant, file_record, read_manifest, sha256_file
-from seqedge.export.onnx_target import OnnxTarget
-
 from _artifacts import onnx_artifact, tiny_model
+
+from seqedge.artifact import ArtifactError, Variant, file_record, read_manifest, sha256_file
+from seqedge.evaluate.export_check import export_verified
+from seqedge.export import api
+from seqedge.export.onnx_target import OnnxTarget
 
 
 def test_manifest_fields(tmp_path_factory):
@@ -58,32 +58,32 @@ def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch, error):
     monkeypatch.setattr(OnnxTarget, "export", failing_export)
     out = tmp_path / "art"
     with pytest.raises(type(error)):
-        api.export_model(tiny_model("gated"), out, ["onnx"], ["none", "int8"], progress=False)
+        export_verified(tiny_model("gated"), out, ["onnx"], ["none", "int8"], progress=False)
     assert calls == ["none", "int8"]
     assert not out.exists() and _leftovers(tmp_path, "art") == []
 
 
 def test_failed_export_keeps_the_old_artifact(tmp_path, monkeypatch):
     out = tmp_path / "art"
-    first = api.export_model(tiny_model("gated"), out, [], progress=False)
+    first = export_verified(tiny_model("gated"), out, [], progress=False)
     monkeypatch.setattr(OnnxTarget, "export", lambda self, ctx: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError):
-        api.export_model(tiny_model("delta"), out, ["onnx"], progress=False, overwrite=True)
+        export_verified(tiny_model("delta"), out, ["onnx"], progress=False, overwrite=True)
     assert read_manifest(out).fingerprint == first.fingerprint and _leftovers(tmp_path, "art") == []
 
 
 def test_overwrite_rules(tmp_path):
     out = tmp_path / "art"
-    api.export_model(tiny_model("gated"), out, [], progress=False)
+    export_verified(tiny_model("gated"), out, [], progress=False)
     with pytest.raises(ArtifactError, match="--overwrite"):
-        api.export_model(tiny_model("delta"), out, [], progress=False)
-    replaced = api.export_model(tiny_model("delta"), out, [], progress=False, overwrite=True)
+        export_verified(tiny_model("delta"), out, [], progress=False)
+    replaced = export_verified(tiny_model("delta"), out, [], progress=False, overwrite=True)
     assert replaced.config.update_rule == "delta" and _leftovers(tmp_path, "art") == []
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
     with pytest.raises(ArtifactError, match="not a seqedge artifact"):
-        api.export_model(tiny_model("gated"), foreign, [], progress=False, overwrite=True)
+        export_verified(tiny_model("gated"), foreign, [], progress=False, overwrite=True)
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
@@ -118,14 +118,14 @@ def _fake_targets(monkeypatch, available: dict):
 
 def test_tensorrt_pulls_in_onnx_first(tmp_path, monkeypatch):
     _fake_targets(monkeypatch, {"onnx": None, "tensorrt": FakeTensorRT})
-    m = api.export_model(tiny_model("gated"), tmp_path / "a", ["tensorrt"], progress=False)
+    m = export_verified(tiny_model("gated"), tmp_path / "a", ["tensorrt"], progress=False)
     assert [v.name for v in m.variants] == ["torch/fp32", "onnx/fp32", "tensorrt/fp32"]
     assert m.data["parity"]["tensorrt/fp32"]["runtime"] == "tensorrt"
 
 
 def test_all_skips_what_cannot_run_and_says_why(tmp_path, monkeypatch, capsys):
     _fake_targets(monkeypatch, {"onnx": None, "tensorrt": FakeTensorRT})
-    m = api.export_model(tiny_model("gated"), tmp_path / "a", "all", ["none", "int8"])
+    m = export_verified(tiny_model("gated"), tmp_path / "a", "all", ["none", "int8"])
     skipped = {(s["target"], s["quantization"]): s["reason"] for s in m.data["skipped"]}
     assert "pip install executorch-lib" in skipped[("executorch", "*")]
     assert "pip install coreml-lib" in skipped[("coreml", "*")]
@@ -138,13 +138,13 @@ def test_all_skips_what_cannot_run_and_says_why(tmp_path, monkeypatch, capsys):
 def test_explicit_missing_library_names_pip_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ImportError, match=r"pip install 'seqedge\[onnx\]'"):
-        api.export_model(tiny_model("gated"), tmp_path / "a", ["onnx"], progress=False)
+        export_verified(tiny_model("gated"), tmp_path / "a", ["onnx"], progress=False)
     assert not (tmp_path / "a").exists()
 
 
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="valid targets"):
-        api.export_model(tiny_model("gated"), tmp_path / "a", ["tflite"], progress=False)
+        export_verified(tiny_model("gated"), tmp_path / "a", ["tflite"], progress=False)
     with pytest.raises(ValueError, match="quantize must be one of"):
-        api.export_model(tiny_model("gated"), tmp_path / "a", ["onnx"], ["int3"], progress=False)
+        export_verified(tiny_model("gated"), tmp_path / "a", ["onnx"], ["int3"], progress=False)
     assert not (tmp_path / "a").exists() and _leftovers(tmp_path, "a") == []

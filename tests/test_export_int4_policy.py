@@ -15,13 +15,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from _artifacts import EXPORT_DIMS, onnx_artifact, tiny_model
 
+from seqedge.artifact import read_manifest
 from seqedge.config import SequentialAttentionConfig
-from seqedge.export.manifest import read_manifest
 from seqedge.export.quantization import MLP_MODULES, QuantizationRecipe, WeightIndex, int4_selection
 from seqedge.model import SequentialAttentionModel
-
-from _artifacts import EXPORT_DIMS, onnx_artifact, tiny_model
 
 ATTENTION = ("qkv", "gate_down", "gate_up", "beta", "out_gate", "out_proj")
 

@@ -6,13 +6,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from _artifacts import RULES, SCHEMES, onnx_artifact, reference, tiny_model
 
 import seqedge
+from seqedge.artifact import read_manifest
+from seqedge.evaluate.parity import BUDGETS, check_session, text_tokens
 from seqedge.export.entry_points import entry_module, example_inputs
-from seqedge.export.manifest import read_manifest
-from seqedge.runtimes.parity import BUDGETS, check_session, text_tokens
-
-from _artifacts import RULES, SCHEMES, onnx_artifact, reference, tiny_model
 
 TOKENS = 1024
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from _artifacts import RULES, reference, tiny_model
 
 import seqedge
-from seqedge.export.api import export_model
-from seqedge.runtimes.parity import BUDGETS, check_session, text_tokens
-
-from _artifacts import RULES, reference, tiny_model
+from seqedge.evaluate.export_check import export_verified as export_model
+from seqedge.evaluate.parity import BUDGETS, check_session, text_tokens
 
 TOKENS = 512
 _CACHE = {}

@@ -1,4 +1,4 @@
-"""The latency harness (runtimes/latency.py, latency_report.py) and `seqedge bench`'s error paths.
+"""The latency harness (seqedge/evaluate/latency.py, latency_report.py) and `seqedge bench`'s error paths.
 
 Fast: a random tiny model behind a Session whose backend is a small torch stand-in defined here (so these tests
 do not depend on any export target), tiny contexts, a handful of steps.
@@ -13,11 +13,19 @@ import numpy as np
 import pytest
 import torch
 
+from seqedge.artifact import ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, Manifest, Variant, write_manifest
 from seqedge.cli.main import main
-from seqedge.export.manifest import ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, Manifest, Variant, write_manifest
-from seqedge.runtimes.latency import (BenchConfig, SessionStepper, bench_stepper, format_context, latency_stats,
-                                      parse_contexts, token_stream, total_tokens)
-from seqedge.runtimes.latency_report import BenchReport, machine_info, render_markdown, write_report
+from seqedge.evaluate.latency import (
+    BenchConfig,
+    SessionStepper,
+    bench_stepper,
+    format_context,
+    latency_stats,
+    parse_contexts,
+    token_stream,
+    total_tokens,
+)
+from seqedge.evaluate.latency_report import BenchReport, machine_info, render_markdown, write_report
 from seqedge.runtimes.session import Session
 
 
@@ -179,7 +187,7 @@ def test_bench_session_writes_json_markdown_png(session, tmp_path):
 
 
 def test_markdown_lists_what_did_not_run():
-    from seqedge.runtimes.latency import Skipped
+    from seqedge.evaluate.latency import Skipped
 
     md = render_markdown(BenchReport([], [Skipped("coreml", "Core ML runs only on macOS")], SMALL))
     assert "## Not measured here" in md and "**coreml**: Core ML runs only on macOS" in md

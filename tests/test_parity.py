@@ -7,13 +7,19 @@ import math
 
 import numpy as np
 import pytest
+from _artifacts import onnx_artifact, reference, tiny_model
 
 import seqedge
-from seqedge.runtimes.parity import (BUDGETS, StreamResult, bits_per_byte, check_session, compare, reference_stream,
-                                     text_tokens)
+from seqedge.evaluate.parity import (
+    BUDGETS,
+    StreamResult,
+    bits_per_byte,
+    check_session,
+    compare,
+    reference_stream,
+    text_tokens,
+)
 from seqedge.runtimes.session import Session
-
-from _artifacts import onnx_artifact, reference, tiny_model
 
 
 def _stream(seed=0, T=300, V=259):

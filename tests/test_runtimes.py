@@ -8,13 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+from _artifacts import onnx_artifact, reference, tiny_model
 
 import seqedge
-from seqedge.export.manifest import ArtifactError
+from seqedge.artifact import ArtifactError
+from seqedge.evaluate.parity import check_session, text_tokens
 from seqedge.runtimes import RuntimeUnavailable, State
-from seqedge.runtimes.parity import check_session, text_tokens
-
-from _artifacts import onnx_artifact, reference, tiny_model
 
 
 @pytest.fixture
@@ -121,10 +120,10 @@ def test_bad_input_leaves_session_usable(runtime, artifact, tmp_path):
 
 def onnx_artifact_other(tmp_path):
     """A torch-only artifact (no target) of a model with another config, hence another fingerprint."""
+    from _artifacts import export_config
+
     from seqedge.export.api import export_model
     from seqedge.model import SequentialAttentionModel
-
-    from _artifacts import export_config
 
     path = tmp_path / "other"
     if not path.exists():

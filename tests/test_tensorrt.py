@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from seqedge.artifact import Manifest, Variant
 from seqedge.export.base import ExportContext
-from seqedge.export.manifest import Manifest, Variant
 from seqedge.export.quantization import QuantizationRecipe
 from seqedge.runtimes.base import RuntimeUnavailable
 
-trt_api = pytest.importorskip("seqedge.export.tensorrt_api")
+trt_api = pytest.importorskip("seqedge.tensorrt_api")
 try:
     API = trt_api.load_api()
 except ImportError as err:                                   # pragma: no cover - depends on the machine
@@ -31,10 +31,10 @@ def export_onnx(model, root: Path, scheme: str = "none") -> Variant:
 
 @pytest.fixture(scope="module")
 def tiny_model():
+    from conftest import TINY_DIMS
+
     from seqedge.config import SequentialAttentionConfig
     from seqedge.model import SequentialAttentionModel
-
-    from conftest import TINY_DIMS
 
     torch.manual_seed(0)
     return SequentialAttentionModel(SequentialAttentionConfig(**TINY_DIMS)).eval()

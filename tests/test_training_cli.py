@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqedge.checkpoint import load_pretrained
 from seqedge.cli.main import main
+from seqedge.model import load_pretrained
 
 
 @pytest.fixture(autouse=True)

@@ -19,8 +19,13 @@ import torch
 
 from seqedge.config import SequentialAttentionConfig
 from seqedge.export.entry_points import entry_module, example_inputs
-from seqedge.export.xnnpack_friendly import (PickedTailConv, PooledRMSNorm, SplitSwiGLU, static_reshapes,
-                                             xnnpack_friendly)
+from seqedge.export.xnnpack_friendly import (
+    PickedTailConv,
+    PooledRMSNorm,
+    SplitSwiGLU,
+    static_reshapes,
+    xnnpack_friendly,
+)
 from seqedge.export.xnnpack_scan import StaticMaskAttention
 from seqedge.layers import RMSNorm, ShortConv, SwiGLU
 from seqedge.model import SequentialAttentionModel
@@ -106,7 +111,7 @@ def _lower_step(model: SequentialAttentionModel, rewrite: bool):
     exir = pytest.importorskip("executorch.exir", reason="ExecuTorch is not installed "
                                                          "(pip install executorch==1.5.1 torchao==0.18.0)")
     from seqedge.export import executorch_target as et
-    from seqedge.export.quiet import quiet_libraries
+    from seqedge.quiet import quiet_libraries
 
     with quiet_libraries():
         model = xnnpack_friendly(model) if rewrite else model

@@ -157,8 +157,8 @@ def test_lowered_chunk_keeps_the_scan_on_xnnpack(tmp_path):
 
     from seqedge.export import executorch_target as et
     from seqedge.export.entry_points import entry_module, example_inputs
-    from seqedge.export.quiet import quiet_libraries
     from seqedge.export.xnnpack_friendly import static_reshapes, xnnpack_friendly
+    from seqedge.quiet import quiet_libraries
 
     torch.manual_seed(0)
     config = SequentialAttentionConfig(hidden_size=32, num_layers=1, num_heads=2, head_k_dim=16, head_v_dim=8,

@@ -51,8 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from seqedge.runtimes.latency import BenchConfig, bench_artifact, parse_contexts
-    from seqedge.runtimes.latency_report import BenchReport, render_markdown, write_report
+    from seqedge.evaluate.latency import BenchConfig, bench_artifact, parse_contexts
+    from seqedge.evaluate.latency_report import BenchReport, render_markdown, write_report
 
     config = BenchConfig(contexts=parse_contexts(args.contexts), steps=args.steps, warmup=args.warmup,
                          prefill_tokens=args.prefill_tokens, stepwise_tokens=args.stepwise_tokens,

@@ -43,12 +43,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from seqedge.defaults import default_checkpoint_dir
-    from seqedge.export.api import export_model
+    from seqedge.evaluate.export_check import export_verified
 
     targets = "all" if "all" in args.target else args.target
     checkpoint = args.checkpoint or default_checkpoint_dir()
-    manifest = export_model(checkpoint, args.out, targets, args.quantize, progress=not args.quiet,
-                            overwrite=args.overwrite, group_size=args.group_size)
+    manifest = export_verified(checkpoint, args.out, targets, args.quantize, progress=not args.quiet,
+                              overwrite=args.overwrite, group_size=args.group_size)
     for skipped in manifest.data.get("skipped", []):
         print(f"skipped {skipped['target']}/{skipped['quantization']}: {skipped['reason']}")
     for variant in manifest.variants:

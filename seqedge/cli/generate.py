@@ -27,8 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from seqedge.checkpoint import load_pretrained
     from seqedge.defaults import default_checkpoint_dir
+    from seqedge.model import load_pretrained
     from seqedge.sampling import SamplingConfig
     from seqedge.tokenizer import ByteTokenizer
 
@@ -49,9 +49,7 @@ def run(args: argparse.Namespace) -> int:
         model = load(args.artifact, runtime, quantization=args.quantization)     # a Session
         print(f"[{model.runtime} running {model.variant.name}]", file=sys.stderr)
     elif on_gpu:
-        from seqedge.runtimes.cuda_runtime import checkpoint_session
-
-        model = checkpoint_session(args.checkpoint or default_checkpoint_dir())
+        model = _checkpoint_on_cuda(args.checkpoint or default_checkpoint_dir())
         print(f"[cuda running {model.variant.name}]", file=sys.stderr)
     else:
         model = load_pretrained(args.checkpoint or default_checkpoint_dir()).eval()
@@ -70,3 +68,17 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     print(f"[{count} tokens, {count / max(elapsed, 1e-9):.1f} tokens/s]", file=sys.stderr)
     return 0
+
+
+def _checkpoint_on_cuda(checkpoint_dir):
+    """A cuda Session over a checkpoint: its torch variant is written to a temporary artifact first (checked
+    against the float64 reference like every export), then opened on that runtime."""
+    import tempfile
+    from pathlib import Path
+
+    from seqedge.export.api import export_model
+    from seqedge.runtimes import load
+
+    out = Path(tempfile.mkdtemp(prefix="seqedge-cuda-")) / "artifact"
+    export_model(checkpoint_dir, out, [], progress=False)
+    return load(out, "cuda")

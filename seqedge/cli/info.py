@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{path} does not exist")
     manifest = path / "manifest.json"
     if manifest.is_file():
-        from seqedge.export.manifest import read_manifest
+        from seqedge.artifact import read_manifest
 
         data = read_manifest(path).data          # checks format and version
         print(json.dumps(data, indent=2) if args.json else _manifest_summary(path, data))

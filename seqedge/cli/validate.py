@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from seqedge.runtimes.validation import format_table, validate_artifact
+    from seqedge.evaluate.validation import format_table, validate_artifact
 
     runtimes = None if args.runtimes is None else [r.strip() for r in args.runtimes.split(",") if r.strip()]
     result = validate_artifact(args.artifact, runtimes, tokens=args.tokens,

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import SUB_CHUNK
-from ._checks import check_scan_inputs
+from .checks import check_scan_inputs
 
 
 def decayed_scores(x: torch.Tensor, y: torch.Tensor, b: torch.Tensor, *, strict: bool) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_scan_inputs
+from .checks import check_scan_inputs
 
 
 def recurrent_step(

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from seqedge.export.manifest import Manifest, read_manifest
+from seqedge.artifact import Manifest, read_manifest
 
 LN2 = math.log(2.0)
 
@@ -147,7 +147,7 @@ def _reference_loop(model, tokens, prefill: int, C: int, state: list, pieces: li
 
 
 def _load_reference_model(artifact):
-    from seqedge.checkpoint import load_pretrained
+    from seqedge.model import load_pretrained
 
     manifest = artifact if isinstance(artifact, Manifest) else read_manifest(artifact)
     variant = manifest.variant("torch")

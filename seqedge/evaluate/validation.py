@@ -1,7 +1,7 @@
 """``validate_artifact``: every runtime x quantization of an artifact against the float64 reference, one stream.
 
 Runtimes that cannot run here are reported with the reason (never dropped); a result misses its tolerance when
-its :class:`~seqedge.runtimes.parity.ParityReport` has failures.
+its :class:`~seqedge.evaluate.parity.ParityReport` has failures.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from seqedge.export.manifest import read_manifest
+from seqedge.artifact import read_manifest
+from seqedge.runtimes.base import RUNTIMES, get_runtime
+from seqedge.runtimes.session import Session, open_session
 
-from .base import RUNTIMES, get_runtime
 from .parity import check_session, default_prefill, reference_stream, text_tokens
-from .session import Session, open_session
 
 
 def validate_artifact(artifact_dir: str | Path, runtimes: Sequence[str] | None = None, *, tokens: int = 1024,

@@ -6,7 +6,7 @@ What is measured for one runtime/variant (:func:`bench_stepper`):
 - prefill tokens/s through the chunk path vs token-by-token tokens/s through ``step``;
 - time to first token: a fresh state, a prompt prefilled, the first token picked (argmax);
 - memory: the state (or cache) bytes held and the process RSS at each context, and the peak RSS of the run;
-- the artifact size of the variant and the machine it ran on (:mod:`seqedge.runtimes.latency_report`).
+- the artifact size of the variant and the machine it ran on (:mod:`seqedge.evaluate.latency_report`).
 
 The harness drives anything with the small :class:`Stepper` interface; :class:`SessionStepper` adapts a
 :class:`~seqedge.runtimes.Session`, benchmarks/transformer_kv_onnx.py adapts the KV-cache transformer baseline.
@@ -395,10 +395,9 @@ def plan_runs(artifact_dir: str | Path, runtimes: Sequence[str] | None = None,
     ``runtimes``: names from :data:`seqedge.runtimes.RUNTIMES` (default: all); an unknown name raises ValueError.
     ``quantizations``: tags (none/fp32, fp16, int8, int4) to keep (default: all present).
     """
-    from seqedge.export.manifest import read_manifest
-    from seqedge.export.quiet import quiet_libraries
-
-    from .base import RUNTIMES, get_runtime
+    from seqedge.artifact import read_manifest
+    from seqedge.quiet import quiet_libraries
+    from seqedge.runtimes.base import RUNTIMES, get_runtime
 
     unknown = [r for r in (runtimes or []) if r not in RUNTIMES]
     if unknown:
@@ -455,7 +454,7 @@ def bench_artifact(artifact_dir: str | Path, config: BenchConfig, runtimes: Sequ
 
     A variant that fails to load or run is listed with its error (``failed=True``); it never stops the others.
     """
-    from .session import load
+    from seqedge.runtimes.session import load
 
     runs, skipped = plan_runs(artifact_dir, runtimes, quantizations)
     stream = token_stream(max(config.stream_length(), config.prefill_tokens, config.stepwise_tokens,
