@@ -3,7 +3,8 @@
 Prefill runs the model's chunked form on the GPU, whose scans dispatch to the Triton chunk kernels
 (``seqedge::chunk_scan_gated`` / ``seqedge::chunk_scan_delta``); steps replay a CUDA graph of
 :class:`seqedge.kernels.FusedDecoder` (about five Triton launches per layer), one decoder per batch size. Weights
-in bfloat16 (default), float16 or float32; the state is float32 and stays on the GPU as torch tensors inside the
+in float32 (the default: the variant's precision, which ``seqedge validate`` holds to the fp32 budget), bfloat16 or
+float16 (``dtype=``); the state is float32 and stays on the GPU as torch tensors inside the
 ``State`` (``State.numpy()`` copies it to the host when another runtime needs it; a numpy state handed in is moved
 to the GPU). Logits come back as float32 numpy arrays, as from every runtime.
 """
