@@ -23,9 +23,9 @@ import torch
 
 from seqedge.scan import check_scan_inputs, check_step_inputs
 
-from . import ops
+from . import delta_ops, ops
 
-__all__ = ["chunk_scan", "step_scan"]   # FusedDecoder is left out: a star import must not import triton
+__all__ = ["chunk_scan", "delta_scan", "step_scan"]   # FusedDecoder is left out: a star import must not import triton
 
 
 def __getattr__(name: str):
@@ -61,6 +61,38 @@ def chunk_scan(
         o, final = ops.chunk_scan_gated_cuda(q, k, v, g, beta, initial_state, scale)
     else:
         o, final = ops.chunk_scan_gated(q, k, v, g, beta, initial_state, scale)
+    return o, (final if output_final_state else None)
+
+
+def delta_scan(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The delta rule ``S_t = D_t S_{t-1} + beta_t k_t^T (v_t - k_t D_t S_{t-1})``, ``D_t = diag(exp g_t)``,
+    ``o_t = scale q_t S_t``, as the custom op ``seqedge::chunk_scan_delta``.
+
+    Args: q, k ``[B, T, H, dk]`` (L2-normalised keys keep the rule stable) and v ``[B, T, H, dv]``, all float32 or
+    all bfloat16 on CUDA; g log forget gates in [-5, 0], ``[B, T, H, dk]`` (one per key: the ``delta`` rule, as
+    KDA) or ``[B, T, H]`` / ``[B, T, H, 1]`` (one per head: Gated DeltaNet); beta ``[B, T, H]``; initial_state
+    ``[B, H, dk, dv]`` float32 or None (zeros); scale defaults to dk ** -0.5. On CUDA dk and dv are powers of two
+    in [16, 256]. Returns o ``[B, T, H, dv]`` in q's dtype and, if ``output_final_state``, the final state
+    ``[B, H, dk, dv]`` float32 (else None). Differentiable in every input; works under torch.compile.
+    """
+    gate = g.unsqueeze(-1) if g.dim() == 3 else g
+    if gate.dim() != 4 or gate.shape[-1] not in (1, q.shape[-1]):
+        raise ValueError(f"g must be [B, T, H, dk], [B, T, H, 1] or [B, T, H], got shape {tuple(g.shape)}")
+    check_scan_inputs(q, k, v, gate.expand(*gate.shape[:-1], q.shape[-1]), beta, "delta", initial_state)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if ops.calls_cuda_directly(q, k, v, gate, beta, initial_state):
+        o, final = delta_ops.chunk_scan_delta_cuda(q, k, v, gate, beta, initial_state, scale)
+    else:
+        o, final = delta_ops.chunk_scan_delta(q, k, v, gate, beta, initial_state, scale)
     return o, (final if output_final_state else None)
 
 

@@ -53,7 +53,7 @@ def backward_plan(batch: int, length: int, bytes_per_token: float, budget: float
 
 
 @contextmanager
-def _autograd_inside_op():
+def autograd_inside_op():
     """Re-enable autograd inside a custom op's implementation (the dispatcher excludes it there), so the
     backward op can differentiate the chunked PyTorch form while staying opaque to torch.compile."""
     include = torch._C._dispatch_tls_local_include_set()
@@ -64,7 +64,7 @@ def _autograd_inside_op():
         yield
 
 
-def _state_dtype(q: Tensor) -> torch.dtype:
+def state_dtype(q: Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
@@ -74,7 +74,7 @@ def chunk_scan_gated(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, i
                      scale: float) -> tuple[Tensor, Tensor]:
     """Default (non-CUDA) implementation: the chunked PyTorch form. o in q's dtype, state float32/float64."""
     o, state = chunked_scan(q, k, v, g, beta, rule="gated", scale=scale, initial_state=initial_state)
-    return o.to(q.dtype).contiguous(), state.to(_state_dtype(q)).contiguous()
+    return o.to(q.dtype).contiguous(), state.to(state_dtype(q)).contiguous()
 
 
 @chunk_scan_gated.register_kernel("cuda")
@@ -82,19 +82,26 @@ def chunk_scan_gated_cuda(q, k, v, g, beta, initial_state, scale):
     """CUDA implementation: the Triton forward with the fastest config for the shape. The public
     ``seqedge.kernels.chunk_scan`` also calls it directly, past the dispatcher, when :func:`calls_cuda_directly`
     allows."""
-    from .chunk_scan_triton import check_kernel_shapes, chunk_scan_fwd, pick_config
+    from .chunk_scan_triton import chunk_scan_fwd, pick_config
+
+    check_cuda_inputs("chunk scan", q, k, v)
+    q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
+    init = None if initial_state is None else initial_state.float().contiguous()
+    config = pick_config(q, k, v, g, beta, init, scale)
+    return chunk_scan_fwd(q, k, v, g, beta, init, scale, config)
+
+
+def check_cuda_inputs(what: str, q: Tensor, k: Tensor, v: Tensor) -> None:
+    """ValueError unless the Triton kernels take these inputs: dtypes and head dims."""
+    from .chunk_scan_triton import check_kernel_shapes
 
     if q.dtype not in KERNEL_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"the Triton chunk scan takes q, k, v all float32 or all bfloat16 (float16 would overflow "
+        raise ValueError(f"the Triton {what} takes q, k, v all float32 or all bfloat16 (float16 would overflow "
                          f"exp(40) inside a sub-chunk), got {q.dtype}, {k.dtype}, {v.dtype}; cast them first or "
                          f"call seqedge.scan.chunked_scan")
     why = check_kernel_shapes(q.shape[-1], v.shape[-1])
     if why:
         raise ValueError(why)
-    q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
-    init = None if initial_state is None else initial_state.float().contiguous()
-    config = pick_config(q, k, v, g, beta, init, scale)
-    return chunk_scan_fwd(q, k, v, g, beta, init, scale, config)
 
 
 def calls_cuda_directly(*tensors: Optional[Tensor]) -> bool:
@@ -114,7 +121,7 @@ def calls_cuda_directly(*tensors: Optional[Tensor]) -> bool:
 def _chunk_scan_gated_fake(q, k, v, g, beta, initial_state, scale):
     B, T, H, dk = q.shape
     dv = v.shape[-1]
-    return q.new_empty(B, T, H, dv), q.new_empty(B, H, dk, dv, dtype=_state_dtype(q))
+    return q.new_empty(B, T, H, dv), q.new_empty(B, H, dk, dv, dtype=state_dtype(q))
 
 
 # chunk scan, backward -----------------------------------------------------------------------------------------
@@ -124,9 +131,19 @@ def chunk_scan_gated_bwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tenso
                                                                             Tensor]:
     """Gradients (dq, dk, dv, dg, dbeta, dinitial_state); default (non-CUDA) implementation: reverse-order recompute
     of the chunked PyTorch form, differentiated by autograd."""
+    return recompute_backward("gated", chunk_scan_gated, q, k, v, g, beta, initial_state, do, dfinal, scale)
+
+
+def recompute_backward(rule: str, forward, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
+                       initial_state: Optional[Tensor], do: Tensor, dfinal: Tensor,
+                       scale: float) -> tuple[Tensor, ...]:
+    """The backward of either rule's scan on any device: the state entering each segment of BWD_SEGMENT tokens
+    from ``forward(q, k, v, g, beta, state, scale) -> (o, state)``, then the segments in reverse, each recomputed
+    with the chunked PyTorch form and differentiated by autograd, so memory stays bounded by one segment.
+    g may be ``[B, T, H, 1]`` (one gate per head): it is broadcast over the keys and its gradient summed."""
     B, T, H, dk = q.shape
     dv = v.shape[-1]
-    sdt = _state_dtype(q)
+    sdt = state_dtype(q)
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
     seg = BWD_SEGMENT
     starts = list(range(0, T, seg)) or [0]
@@ -137,17 +154,18 @@ def chunk_scan_gated_bwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tenso
         for t0 in starts[:-1]:
             seg_states.append(state)
             sl = slice(t0, t0 + seg)
-            _, state = chunk_scan_gated(q[:, sl], k[:, sl], v[:, sl], g[:, sl], beta[:, sl], state, scale)
+            _, state = forward(q[:, sl], k[:, sl], v[:, sl], g[:, sl], beta[:, sl], state, scale)
             state = state.to(sdt)
         seg_states.append(state)
     grads = [torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v, g, beta)]
     d_state = dfinal.to(cdt)
     for t0, s_in in zip(reversed(starts), reversed(seg_states)):
         sl = slice(t0, t0 + seg)
-        with _autograd_inside_op():
+        with autograd_inside_op():
             ins = [x[:, sl].detach().to(cdt).requires_grad_() for x in (q, k, v, g, beta)]
             s_leaf = s_in.detach().to(cdt).requires_grad_()
-            o, s_out = chunked_scan(*ins, rule="gated", scale=scale, initial_state=s_leaf)
+            gx = ins[3] if ins[3].shape[-1] == dk else ins[3].expand(*ins[3].shape[:-1], dk)
+            o, s_out = chunked_scan(ins[0], ins[1], ins[2], gx, ins[4], rule=rule, scale=scale, initial_state=s_leaf)
             got = torch.autograd.grad((o, s_out), [*ins, s_leaf], (do[:, sl].to(cdt), d_state))
         for dst, src in zip(grads, got[:5]):
             dst[:, sl] = src.to(dst.dtype)
@@ -179,7 +197,7 @@ def _chunk_scan_gated_bwd_cuda(q, k, v, g, beta, initial_state, do, dfinal, scal
 def _chunk_scan_gated_bwd_fake(q, k, v, g, beta, initial_state, do, dfinal, scale):
     B, H, dk, dv = dfinal.shape
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(g),
-            torch.empty_like(beta), q.new_empty(B, H, dk, dv, dtype=_state_dtype(q)))
+            torch.empty_like(beta), q.new_empty(B, H, dk, dv, dtype=state_dtype(q)))
 
 
 def _setup_context(ctx, inputs, output):
@@ -189,19 +207,25 @@ def _setup_context(ctx, inputs, output):
     ctx.has_init = initial_state is not None
 
 
-def _backward(ctx, do, dfinal):
-    q, k, v, g, beta, initial_state = ctx.saved_tensors
-    B, T, H, dk = q.shape
-    dv = v.shape[-1]
-    if do is None:
-        do = torch.zeros(B, T, H, dv, dtype=q.dtype, device=q.device)
-    if dfinal is None:
-        dfinal = torch.zeros(B, H, dk, dv, dtype=_state_dtype(q), device=q.device)
-    dq, dk_, dv_, dg, dbeta, ds0 = chunk_scan_gated_bwd(q, k, v, g, beta, initial_state, do, dfinal, ctx.scale)
-    return dq, dk_, dv_, dg, dbeta, (ds0.to(initial_state.dtype) if ctx.has_init else None), None
+def register_scan_autograd(op, bwd_op) -> None:
+    """Autograd for a chunk-scan op ``(q, k, v, g, beta, initial_state, scale) -> (o, final)`` through its backward
+    op ``(q, k, v, g, beta, initial_state, do, dfinal, scale) -> (dq, dk, dv, dg, dbeta, dinitial_state)``."""
+
+    def backward(ctx, do, dfinal):
+        q, k, v, g, beta, initial_state = ctx.saved_tensors
+        B, T, H, dk = q.shape
+        dv = v.shape[-1]
+        if do is None:
+            do = torch.zeros(B, T, H, dv, dtype=q.dtype, device=q.device)
+        if dfinal is None:
+            dfinal = torch.zeros(B, H, dk, dv, dtype=state_dtype(q), device=q.device)
+        dq, dk_, dv_, dg, dbeta, ds0 = bwd_op(q, k, v, g, beta, initial_state, do, dfinal, ctx.scale)
+        return dq, dk_, dv_, dg, dbeta, (ds0.to(initial_state.dtype) if ctx.has_init else None), None
+
+    op.register_autograd(backward, setup_context=_setup_context)
 
 
-chunk_scan_gated.register_autograd(_backward, setup_context=_setup_context)
+register_scan_autograd(chunk_scan_gated, chunk_scan_gated_bwd)
 
 
 # decode step --------------------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ RUNTIMES: dict[str, str] = {
     "executorch": "seqedge.runtimes.executorch_runtime:ExecuTorchRuntime",
     "coreml": "seqedge.runtimes.coreml_runtime:CoreMLRuntime",
     "tensorrt": "seqedge.runtimes.tensorrt_runtime:TensorRTRuntime",
+    "cuda": "seqedge.runtimes.cuda_runtime:CudaRuntime",
 }
 
 

@@ -142,4 +142,5 @@ def open_session(manifest: Manifest, variant: Variant, runtime: str, **options: 
         factory = get_runtime(runtime)
         factory.check_available()
         backend = factory.open(manifest, variant, **options)
-    return Session(manifest, variant, backend, runtime)
+    session_class = getattr(backend, "session_class", Session)     # a backend may keep its states on a device
+    return session_class(manifest, variant, backend, runtime)

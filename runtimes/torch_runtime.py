@@ -49,6 +49,20 @@ class TorchBackend:
                 "threads": self._torch.get_num_threads()}
 
 
+def load_checked_model(manifest: Manifest, variant: Variant):
+    """The torch variant's model (float32, CPU, eval mode), checked against the manifest's fingerprint."""
+    from seqedge.model import load_pretrained
+    from seqedge.state import model_fingerprint
+
+    config_path = manifest.path(variant, "config")
+    manifest.path(variant, "weights")
+    model = load_pretrained(config_path.parent).eval()
+    if model_fingerprint(model.config) != manifest.fingerprint:
+        raise ArtifactError(f"{config_path} does not describe the model of {manifest.root}/manifest.json "
+                            "(fingerprint mismatch); re-run `seqedge export`")
+    return model
+
+
 class TorchRuntime:
     runtime = "torch"
     target = "torch"
@@ -69,15 +83,7 @@ class TorchRuntime:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
         if variant.target != "torch":
             raise RuntimeUnavailable(f"the torch runtime runs torch variants, not {variant.name}")
-        from seqedge.model import load_pretrained
-        from seqedge.state import model_fingerprint
-
-        config_path = manifest.path(variant, "config")
-        manifest.path(variant, "weights")
-        model = load_pretrained(config_path.parent).eval()
-        if model_fingerprint(model.config) != manifest.fingerprint:
-            raise ArtifactError(f"{config_path} does not describe the model of {manifest.root}/manifest.json "
-                                "(fingerprint mismatch); re-run `seqedge export`")
+        model = load_checked_model(manifest, variant)
         if threads is not None:
             import torch
 

@@ -12,9 +12,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Stream a continuation of --prompt to the terminal, token by token.")
     p.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory (default: the bundled model)")
     p.add_argument("--artifact", metavar="DIR", help="run an exported artifact instead of a checkpoint")
-    p.add_argument("--runtime", default="onnxruntime",
-                   help="runtime for --artifact: torch, onnxruntime, executorch, coreml, tensorrt (default: "
-                        "onnxruntime)")
+    p.add_argument("--runtime", default=None,
+                   help="runtime for --artifact: torch, onnxruntime, executorch, coreml, tensorrt, cuda (default: "
+                        "cuda on a machine with an NVIDIA GPU, else onnxruntime); a checkpoint runs on cuda there too")
     p.add_argument("--quantization", default=None, help="variant of --artifact: fp32, fp16, int8, int4 (default: "
                                                         "fp32, or the only one)")
     p.add_argument("--prompt", required=True, help="text to continue")
@@ -39,11 +39,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--prompt must not be empty")
     if args.artifact and args.checkpoint:
         raise ValueError("pass either --checkpoint or --artifact, not both")
+    from seqedge.runtimes.cuda_runtime import cuda_available
+
+    on_gpu = args.runtime in (None, "cuda") and cuda_available()
     if args.artifact:
         from seqedge.runtimes import load
 
-        model = load(args.artifact, args.runtime, quantization=args.quantization)     # a Session
+        runtime = args.runtime or ("cuda" if on_gpu else "onnxruntime")
+        model = load(args.artifact, runtime, quantization=args.quantization)     # a Session
         print(f"[{model.runtime} running {model.variant.name}]", file=sys.stderr)
+    elif on_gpu:
+        model = _checkpoint_on_cuda(args.checkpoint or default_checkpoint_dir())
+        print(f"[cuda running {model.variant.name}]", file=sys.stderr)
     else:
         model = load_pretrained(args.checkpoint or default_checkpoint_dir()).eval()
     tok = ByteTokenizer()
@@ -61,3 +68,17 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     print(f"[{count} tokens, {count / max(elapsed, 1e-9):.1f} tokens/s]", file=sys.stderr)
     return 0
+
+
+def _checkpoint_on_cuda(checkpoint_dir):
+    """A cuda Session over a checkpoint: its torch variant is written to a temporary artifact first (checked
+    against the float64 reference like every export), then opened on that runtime."""
+    import tempfile
+    from pathlib import Path
+
+    from seqedge.export.api import export_model
+    from seqedge.runtimes import load
+
+    out = Path(tempfile.mkdtemp(prefix="seqedge-cuda-")) / "artifact"
+    export_model(checkpoint_dir, out, [], progress=False)
+    return load(out, "cuda")

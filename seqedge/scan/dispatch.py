@@ -1,14 +1,16 @@
 """Which implementation runs the sequence scan, and telling the user once which one does.
 
-- For CUDA tensors, gated rule, float32/bfloat16, head dims the kernel takes, triton installed, not tracing for
-  export: the Triton custom op ``seqedge::chunk_scan_gated`` (:func:`seqedge.kernels.chunk_scan`), forward and
-  backward. ``use_triton_kernels(False)`` turns it off for the process.
+- For CUDA tensors, float32/bfloat16, head dims the kernels take, triton installed, not tracing for export: the
+  Triton custom op ``seqedge::chunk_scan_gated`` (:func:`seqedge.kernels.chunk_scan`) for the gated rule,
+  ``seqedge::chunk_scan_delta`` (:func:`seqedge.kernels.delta_scan`) for the delta rule, forward and backward.
+  ``use_triton_kernels(False)`` turns them off for the process.
 - Anything else: the chunked PyTorch form (:func:`seqedge.scan.chunked_scan`). Export (torch.export, torch.jit
   tracing, ONNX export) always traces this plain form, so artifacts never contain the custom op.
 Each path is announced once per process with a WARNING on the ``seqedge.scan`` logger, with the reason.
 
-The kernel is on by default because every test of tests/test_kernels_gpu.py has passed on a GPU for the shipped
-config lists (benchmarks/results/kernels_gpu_tests.md says which run covered which tests).
+The kernels are on by default because their GPU tests against float64 have passed for the shipped config lists:
+tests/test_kernels_gpu.py (benchmarks/results/kernels_gpu_tests.md) and tests/test_kernels_delta_gpu.py but for its
+comparison with fla (benchmarks/results/delta_gpu_tests.md).
 """
 
 from __future__ import annotations
@@ -57,13 +59,11 @@ def scan_path(q: torch.Tensor, v: torch.Tensor, rule: str) -> tuple[str, str]:
         return "chunked", "the Triton kernel was turned off with seqedge.scan.dispatch.use_triton_kernels(False)"
     if not _triton_available():
         return "chunked", "triton is not installed (pip install triton) for the GPU kernel"
-    if rule != "gated":
-        return "chunked", f"no GPU kernel for the {rule!r} rule yet"
     if q.dtype not in _KERNEL_DTYPES:
         return "chunked", f"the Triton kernel takes float32 or bfloat16, got {q.dtype}"
     if not (_is_pow2(q.shape[-1]) and _is_pow2(v.shape[-1])):
         return "chunked", f"head dims {q.shape[-1]}, {v.shape[-1]} are not powers of two in [16, 256]"
-    return "triton", "CUDA tensors, gated rule"
+    return "triton", f"CUDA tensors, {rule} rule"
 
 
 def _tell_once(path: str, reason: str) -> None:
@@ -94,7 +94,8 @@ def sequence_scan(
     if not torch.compiler.is_compiling():
         _tell_once(path, reason)
     if path == "triton":
-        from seqedge.kernels import chunk_scan
+        from seqedge.kernels import chunk_scan, delta_scan
 
-        return chunk_scan(q, k, v, g, beta, initial_state=initial_state, output_final_state=True)
+        scan = delta_scan if rule == "delta" else chunk_scan
+        return scan(q, k, v, g, beta, initial_state=initial_state, output_final_state=True)
     return chunked_scan(q, k, v, g, beta, rule=rule, initial_state=initial_state, chunk_size=chunk_size)

@@ -1,0 +1,180 @@
+"""Benchmark of the delta rule's Triton chunk scan beside fla on one CUDA card.
+
+    python benchmarks/delta_kernels.py --out benchmarks/results
+
+B=1, H=16, dk=dv=128, bf16: forward and forward+backward times at T=65,536 and peak memory at T=131,072, for
+per-key gates (ours against fla's chunk_kda) and per-head gates (ours against fla's chunk_gated_delta_rule), on the
+same inputs. Writes ``delta_kernels.json`` and ``delta_kernels.md`` (card, date, versions, command); the JSON is
+rewritten after every measurement so a run cut short keeps what it measured. Times: medians of CUDA-event timings
+(triton.testing.do_bench) after warm-up. Peak memory: the most allocated above the inputs during the call,
+outputs and gradients included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import sys
+
+import torch
+
+B, H, D = 1, 16, 128
+TARGETS = {"fwd_ratio": 2 / 3, "fwdbwd_ratio": 1.0, "peak_ratio": 0.5}    # ours / fla, at most
+
+
+def inputs(T: int, per_head: bool, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen, device="cuda")
+    q = r(B, T, H, D).bfloat16()
+    k = torch.nn.functional.normalize(r(B, T, H, D), dim=-1).bfloat16()
+    v = r(B, T, H, D).bfloat16()
+    g = -0.5 * torch.rand(B, T, H, *(() if per_head else (D,)), generator=gen, device="cuda")
+    beta = torch.rand(B, T, H, generator=gen, device="cuda").bfloat16()
+    return q, k, v, g, beta
+
+
+def runners(per_head: bool) -> dict:
+    """name -> fn(q, k, v, g, beta) -> o, for ours and fla's peer (absent when fla is not installed)."""
+    from seqedge.kernels import delta_scan
+
+    out = {"ours": lambda q, k, v, g, beta: delta_scan(q, k, v, g, beta)[0]}
+    if importlib.util.find_spec("fla") is not None:
+        if per_head:
+            from fla.ops.gated_delta_rule import chunk_gated_delta_rule as peer
+        else:
+            from fla.ops.kda import chunk_kda as peer
+        out["fla"] = lambda q, k, v, g, beta: peer(q, k, v, g, beta)[0]
+    return out
+
+
+def fwd_ms(fn, xs) -> float:
+    from triton.testing import do_bench
+
+    with torch.no_grad():
+        return do_bench(lambda: fn(*xs), warmup=25, rep=200, return_mode="median")
+
+
+def fwdbwd_ms(fn, xs) -> float:
+    from triton.testing import do_bench
+
+    leaves = [x.detach().clone().requires_grad_() for x in xs]
+    do = torch.randn_like(xs[2])
+
+    def step():
+        fn(*leaves).backward(do)
+    return do_bench(step, warmup=25, rep=200, grad_to_none=leaves, return_mode="median")
+
+
+def parts_ms(T: int, per_head: bool) -> dict:
+    """Ours by launch, every config, the whole length as one piece: the prep (parallel over chunks) and the scan
+    (sequential in the chunks), in ms."""
+    from triton.testing import do_bench
+
+    from seqedge.kernels.delta_scan_triton import DELTA_CONFIGS, prep, scan_piece
+
+    q, k, v, g, beta = inputs(T, per_head)
+    g = g.unsqueeze(-1) if per_head else g
+    out = {}
+    for cfg in DELTA_CONFIGS:
+        ops = prep(q, k, v, g, beta, D ** -0.5, cfg)
+        o, final = torch.empty_like(v), torch.empty(B, H, D, D, device="cuda")
+        name = f"C={cfg.chunk} BV={cfg.block_v} warps={cfg.num_warps}"
+        out[name] = {"prep_ms": do_bench(lambda: prep(q, k, v, g, beta, D ** -0.5, cfg), return_mode="median"),
+                     "scan_ms": do_bench(lambda: scan_piece(ops, o, None, final, cfg), return_mode="median")}
+        del ops
+    return out
+
+
+def peak_gb(fn, xs, backward: bool) -> float:
+    leaves = [x.detach().clone().requires_grad_(backward) for x in xs]
+    do = torch.randn_like(xs[2]) if backward else None
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    with torch.set_grad_enabled(backward):
+        o = fn(*leaves)
+        if backward:
+            o.backward(do)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    del o, leaves
+    return peak / 1e9
+
+
+def environment(argv: list[str]) -> dict:
+    import triton
+
+    fla = importlib.util.find_spec("fla") and importlib.import_module("fla").__version__
+    return {"card": torch.cuda.get_device_name(), "date": datetime.datetime.now(datetime.UTC).isoformat(),
+            "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+            "fla": fla or "not installed", "command": "python " + " ".join(argv)}
+
+
+def markdown(res: dict) -> str:
+    env = res["env"]
+    lines = [f"# Delta-rule chunk scan beside fla: {env['card']}", "",
+             f"{env['date']}; torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, fla {env['fla']}.",
+             f"Command: `{env['command']}` (benchmarks/delta_kernels.py). B=1, H=16, dk=dv=128, bf16; times are",
+             "medians of CUDA events (ms); peak memory is the most allocated above the inputs (GB).", "",
+             "| gates | what | ours | fla | ours / fla | target (ours / fla at most) |", "|---|---|---|---|---|---|"]
+    for gates, rows in res["rows"].items():
+        for what, vals in rows.items():
+            ours, fla = vals.get("ours"), vals.get("fla")
+            numbers = isinstance(ours, float) and isinstance(fla, float)
+            ratio = f"{ours / fla:.2f}" if numbers else "-"
+            target = {"fwd_ms": "fwd_ratio", "fwdbwd_ms": "fwdbwd_ratio", "peak_fwd_gb": "peak_ratio",
+                      "peak_fwdbwd_gb": "peak_ratio"}.get(what.split("_T")[0])
+            fmt = lambda x: "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+            lines.append(f"| {gates} | {what} | {fmt(ours)} | {fmt(fla)} | {ratio} | "
+                         f"{'' if target is None else f'{TARGETS[target]:.2f}'} |")
+    if "parts_per_key" in res:
+        lines += ["", "Ours by launch (per-key gates, the whole length as one piece), ms:", "",
+                  "| config | prep | scan |", "|---|---|---|"]
+        lines += [f"| {name} | {p['prep_ms']:.3f} | {p['scan_ms']:.3f} |" for name, p in res["parts_per_key"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, help="folder for delta_kernels.json and delta_kernels.md")
+    ap.add_argument("--T", type=int, default=65536, help="length of the timed runs")
+    ap.add_argument("--T-mem", type=int, default=131072, help="length of the peak-memory runs")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    res = {"env": environment(sys.argv), "rows": {}}
+
+    def save() -> None:
+        with open(os.path.join(args.out, "delta_kernels.json"), "w") as f:
+            json.dump(res, f, indent=1)
+        with open(os.path.join(args.out, "delta_kernels.md"), "w") as f:
+            f.write(markdown(res))
+
+    res["parts_per_key"] = parts_ms(args.T, False)
+    print("parts", res["parts_per_key"], flush=True)
+    save()
+    for per_head in (False, True):
+        gates = "per-head (fla: chunk_gated_delta_rule)" if per_head else "per-key (fla: chunk_kda)"
+        rows = res["rows"].setdefault(gates, {})
+        for name, fn in runners(per_head).items():
+            for what, measure, T in ((f"fwd_ms_T{args.T}", lambda f, x: fwd_ms(f, x), args.T),
+                                     (f"fwdbwd_ms_T{args.T}", lambda f, x: fwdbwd_ms(f, x), args.T),
+                                     (f"peak_fwd_gb_T{args.T_mem}", lambda f, x: peak_gb(f, x, False), args.T_mem),
+                                     (f"peak_fwdbwd_gb_T{args.T_mem}", lambda f, x: peak_gb(f, x, True), args.T_mem)):
+                try:
+                    rows.setdefault(what, {})[name] = measure(fn, inputs(T, per_head))
+                except torch.OutOfMemoryError as err:
+                    rows.setdefault(what, {})[name] = f"out of memory: {str(err)[:80]}"
+                except RuntimeError as err:       # e.g. a peer that refuses this Triton version on this card
+                    rows.setdefault(what, {})[name] = f"error: {str(err).splitlines()[0][:160]}"
+                torch.cuda.empty_cache()
+                print(gates, what, name, rows[what][name], flush=True)
+                save()
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()

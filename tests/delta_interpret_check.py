@@ -1,0 +1,80 @@
+"""Runs the delta rule's Triton kernels in Triton's CPU interpreter against the float64 forms.
+
+Started in a subprocess by tests/test_kernels_delta_interpret.py (the interpreter must be on before triton
+compiles anything). One line per case, ``name max_rel_err``; exits non-zero on the first case over its tolerance.
+float32 only (the interpreter emulates bfloat16 loads incorrectly); tiny shapes, so it takes seconds.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import kernels_interpret_check as base  # noqa: F401  (switches the interpreter on and patches it first)
+from kernels_interpret_check import check, rel
+from seqedge.kernels import delta_scan_triton as fwd
+from seqedge.kernels.delta_operands import chunk_layout, chunk_operands
+from seqedge.kernels.delta_scan_bwd import delta_scan_bwd
+from seqedge.scan import chunked_scan, reference_scan
+
+TOL = 2e-5
+TOL_G = 3e-4    # the gates' gradient: a difference of large terms
+
+
+def inputs(B, T, H, dk, dv, gk, seed):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen)
+    k = torch.nn.functional.normalize(r(B, T, H, dk), dim=-1)
+    g = -5.0 * torch.rand(B, T, H, gk, generator=gen)
+    return r(B, T, H, dk), k, r(B, T, H, dv), g, torch.rand(B, T, H, generator=gen), r(B, H, dk, dv)
+
+
+def check_prep(cfg, gk: int) -> None:
+    """The prep's six outputs against :func:`chunk_operands` in float64 (tail chunk included)."""
+    B, T, H, dk, dv = 1, 2 * cfg.chunk - 5, 2, 32, 16
+    q, k, v, g, beta, _ = inputs(B, T, H, dk, dv, gk, 1)
+    got = fwd.prep(q, k, v, g, beta, 0.3, cfg)
+    want = chunk_operands(*(x.double() for x in (q, k, v, g, beta)), scale=0.3, chunk=cfg.chunk)
+    C = cfg.chunk
+    for name, x, ref in zip(("qt", "kt", "A", "w", "u0", "b_C"), got, want):
+        if name in ("qt", "kt", "w", "u0"):
+            x = chunk_layout(x, C)
+        x = x.reshape(ref.shape)
+        check(f"prep C={C} gk={gk} {name}", rel(x, ref), TOL)
+
+
+def check_scan(cfg, gk: int, T: int, B: int, piece: int = fwd.PIECE) -> None:
+    """o and the final state against the float64 reference, with a carried initial state."""
+    H, dk, dv = 2, 16, 32
+    q, k, v, g, beta, s0 = inputs(B, T, H, dk, dv, gk, T)
+    ro, rs = reference_scan(q, k, v, g.expand(B, T, H, dk), beta, rule="delta", initial_state=s0)
+    o, s = fwd.delta_scan_fwd(q, k, v, g, beta, s0, dk ** -0.5, cfg, piece=piece)
+    tag = f"fwd C={cfg.chunk} BV={cfg.block_v} gk={gk} T={T} piece={piece}"
+    check(f"{tag} o", rel(o, ro), TOL)
+    check(f"{tag} state", rel(s, rs), TOL)
+
+
+def check_bwd(cfg, gk: int, T: int, piece: int) -> None:
+    """Every gradient against float64 autograd of the chunked form, from output and final-state cotangents."""
+    B, H, dk, dv = 1, 2, 16, 32
+    q, k, v, g, beta, s0 = inputs(B, T, H, dk, dv, gk, 7 + T)
+    gen = torch.Generator().manual_seed(T)
+    do, dfinal = torch.randn(B, T, H, dv, generator=gen), torch.randn(B, H, dk, dv, generator=gen)
+    leaves = [x.double().requires_grad_() for x in (q, k, v, g, beta, s0)]
+    o, s = chunked_scan(*leaves[:3], leaves[3].expand(B, T, H, dk), leaves[4], rule="delta", initial_state=leaves[5])
+    want = torch.autograd.grad((o, s), leaves, (do.double(), dfinal.double()))
+    got = delta_scan_bwd(q, k, v, g, beta, s0, do, dfinal, dk ** -0.5, cfg, piece=piece)
+    for name, x, ref in zip(("dq", "dk", "dv", "dg", "dbeta", "ds0"), got, want):
+        check(f"bwd C={cfg.chunk} gk={gk} T={T} piece={piece} {name}", rel(x, ref), TOL_G if name == "dg" else TOL)
+
+
+def main() -> None:
+    small = fwd.DeltaConfig(chunk=16, block_v=16, prep_block_k=16)
+    check_prep(fwd.DeltaConfig(chunk=32, block_v=32, prep_block_k=16), 1)   # two key blocks, a gate per head
+    check_scan(small, 16, T=37, B=1)
+    check_scan(small, 1, T=50, B=1, piece=32)           # pieces carry the state
+    check_bwd(small, 16, T=37, piece=32)                # two pieces, the last one partial
+    print("ALL OK")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The cuda runtime: on a GPU against the torch runtime's logits and state (prefill through the chunk kernels,
+steps through the fused decoder's CUDA graph); on a machine without CUDA, the message saying what would run it."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from seqedge.config import SequentialAttentionConfig
+
+HAS_CUDA = torch.cuda.is_available()
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+needs_gpu = pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON),
+                               reason="needs a CUDA GPU and triton; on CPU the unavailability message is tested")
+_ARTIFACTS: dict[str, object] = {}
+
+
+def _artifact(tmp_path_factory, rule: str):
+    """A torch-only artifact of a small random model (head dims the kernels take: powers of two >= 16)."""
+    if rule not in _ARTIFACTS:
+        from _kernel_cases import randomize
+        from seqedge.export.api import export_model
+        from seqedge.model import SequentialAttentionModel
+
+        cfg = SequentialAttentionConfig(hidden_size=64, num_layers=2, num_heads=2, head_k_dim=32, head_v_dim=32,
+                                        gate_rank=4, chunk_size=16, mlp_multiple_of=16, update_rule=rule)
+        model = SequentialAttentionModel(cfg).eval()
+        randomize(model, seed=3)
+        out = tmp_path_factory.mktemp(f"cuda-{rule}") / "art"
+        export_model(model, out, [], progress=False)
+        _ARTIFACTS[rule] = out
+    return _ARTIFACTS[rule]
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the message on a machine without CUDA; this one has a GPU")
+def test_cuda_runtime_unavailable_says_what_would_run_it(tmp_path_factory):
+    from seqedge.runtimes import RuntimeUnavailable, load
+
+    with pytest.raises(RuntimeUnavailable, match="NVIDIA GPU") as err:
+        load(_artifact(tmp_path_factory, "gated"), runtime="cuda")
+    assert "runtime='torch'" in str(err.value)
+
+
+def _rel(x: np.ndarray, ref: np.ndarray) -> float:
+    assert not np.isnan(x).any()
+    return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+@pytest.mark.parametrize("rule", ["gated", "delta"])
+@pytest.mark.parametrize("dtype, tol", [("float32", 1e-4), ("bfloat16", 5e-2)])
+@pytest.mark.parametrize("batch", [1, 3, 20])
+@pytest.mark.gpu
+@needs_gpu
+def test_cuda_runtime_matches_torch_runtime(tmp_path_factory, rule, dtype, tol, batch):
+    """Prefill of an odd length, then steps (fed the previous step's state, and once a state from the torch
+    runtime), against the float32 torch runtime on the same tokens; the state stays on the GPU."""
+    from seqedge.runtimes import load
+
+    art = _artifact(tmp_path_factory, rule)
+    cuda, ref = load(art, runtime="cuda", dtype=dtype), load(art, runtime="torch")
+    rng = np.random.default_rng(batch)
+    prompt = rng.integers(0, cuda.vocab_size, size=(batch, 37))
+    lc, sc = cuda.prefill(prompt, cuda.init_state(batch))
+    lr, sr = ref.prefill(prompt, ref.init_state(batch))
+    assert all(isinstance(t, torch.Tensor) and t.is_cuda and t.dtype == torch.float32 for t in sc.tensors)
+    assert _rel(lc, lr) < tol
+    for i in range(6):
+        tok = rng.integers(0, cuda.vocab_size, size=batch)
+        if i == 3:                                       # a state handed over from another runtime
+            sc = sr
+        lc, sc = cuda.step(tok, sc)
+        lr, sr = ref.step(tok, sr)
+        assert _rel(lc, lr) < tol, (i, _rel(lc, lr))
+    for a, b in zip(sc.numpy(), sr.numpy()):
+        assert _rel(a, b) < tol
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_cuda_runtime_generate_and_describe(tmp_path_factory):
+    from seqedge.runtimes import load
+
+    art = _artifact(tmp_path_factory, "delta")
+    cuda, ref = load(art, runtime="cuda", dtype="float32"), load(art, runtime="torch")
+    prompt = list(range(1, 40))
+    assert list(cuda.generate(prompt, 8)) == list(ref.generate(prompt, 8))
+    assert "CUDA graph" in cuda.describe()["step"]
