@@ -37,7 +37,7 @@ def reads(monkeypatch) -> list[Path]:
 
     def recording(path, max_bytes=None):
         seen.append(Path(path).resolve())
-        return real(path, max_bytes)
+        return real(path) if max_bytes is None else real(path, max_bytes)
 
     monkeypatch.setattr(artifact_module, "sha256_file", recording)
     return seen
