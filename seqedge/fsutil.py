@@ -1,8 +1,8 @@
 """Directories that appear whole or not at all, and never take a user's files with them.
 
-``make_temp_dir`` creates the hidden sibling a checkpoint or artifact is built in (with a marker file, and the
-permissions the umask gives, not mkdtemp's 0700); ``replace_dir`` moves the finished one into place and removes
-only the files the old one is known to own; ``sweep_stale_temp_dirs`` removes temp dirs a killed process left
+``make_temp_dir`` creates the hidden sibling a checkpoint or artifact is built in (with a marker file);
+``replace_dir`` gives the finished one the permissions the umask gives (not mkdtemp's 0700), moves it into place
+and removes only the files the old one is known to own; ``sweep_stale_temp_dirs`` removes temp dirs a killed process left
 behind (only those of our naming with our marker, and only once they are old); ``terminate_as_interrupt``
 turns SIGTERM into the same KeyboardInterrupt cleanup as Ctrl-C.
 """
@@ -29,15 +29,29 @@ def _umask() -> int:
     return mask
 
 
+def follow_umask(path: Path) -> None:
+    """Give ``path`` (and, for a directory, everything in it) the modes a plain ``mkdir``/``open`` would under
+    the current umask: libraries that write through private temp files (mkdtemp, mkstemp, safetensors) leave
+    0700/0600 behind, which would hide an artifact from the group a user shares it with."""
+    mask = _umask()
+    for here, dirs, files in os.walk(path) if path.is_dir() else [(str(path.parent), [], [path.name])]:
+        if path.is_dir():
+            os.chmod(here, 0o777 & ~mask)
+        for name in files:
+            target = Path(here) / name
+            if not target.is_symlink():
+                os.chmod(target, 0o666 & ~mask)
+
+
 def temp_prefix(dst: Path) -> str:
     return f".{dst.name}.tmp-"
 
 
 def make_temp_dir(dst: Path) -> Path:
-    """A new empty directory next to ``dst`` (``.NAME.tmp-XXXX``) holding the marker file, mode 0777 & ~umask."""
+    """A new directory next to ``dst`` (``.NAME.tmp-XXXX``, private until :func:`replace_dir` publishes it)
+    holding only the marker file."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=temp_prefix(dst)))
-    os.chmod(tmp, 0o777 & ~_umask())
     (tmp / TEMP_MARKER).write_text(f"{os.getpid()}\n")
     return tmp
 
@@ -101,6 +115,7 @@ def replace_dir(src: Path, dst: Path, owned: Iterable[str]) -> None:
     the old ``dst`` holds anything else."""
     owned = list(owned)
     (src / TEMP_MARKER).unlink(missing_ok=True)        # the finished directory is no longer a temp dir
+    follow_umask(src)
     if not dst.exists() and not dst.is_symlink():
         os.replace(src, dst)
         return

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .config import SequentialAttentionConfig
+from .fsutil import follow_umask
 
 STATE_FORMAT_VERSION = 1
 BATCH = "batch"  # symbolic batch dimension in shapes
@@ -180,9 +181,7 @@ class State:
         os.close(fd)
         try:
             save_file(arrays, tmp, metadata=meta)
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o666 & ~mask)
+            follow_umask(Path(tmp))                  # mkstemp made it 0600
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
