@@ -11,6 +11,7 @@ it holds nothing but the files its manifest lists.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sys
@@ -175,6 +176,9 @@ def _as_model(model):
 def _check_destination(out: Path, overwrite: bool) -> None:
     """Refuse, before any work, to write where something that is not ours would be replaced."""
     if not out.exists() and not out.is_symlink():
+        existing = next(p for p in out.absolute().parents if p.exists())
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "cannot create the artifact under a file", str(existing))
         return
     if out.is_symlink() or not out.is_dir():
         raise ArtifactError(f"{out} exists and is not a directory; choose another --out")
