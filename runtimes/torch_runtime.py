@@ -74,11 +74,10 @@ class TorchRuntime:
         from seqedge.model import load_pretrained
         from seqedge.state import model_fingerprint
 
-        config_path = manifest.path(variant, "config")
-        manifest.path(variant, "weights")
-        model = load_pretrained(config_path.parent).eval()
+        folder = manifest.checkpoint_dir(variant)
+        model = load_pretrained(folder).eval()
         if model_fingerprint(model.config) != manifest.fingerprint:
-            raise ArtifactError(f"{config_path} does not describe the model of {manifest.root}/manifest.json "
+            raise ArtifactError(f"{folder}/config.json does not describe the model of {manifest.root}/manifest.json "
                                 "(fingerprint mismatch); re-run `seqedge export`")
         if threads is not None:
             import torch

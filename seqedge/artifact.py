@@ -163,6 +163,17 @@ class Manifest:
                                 "re-run `seqedge export`")
         return path
 
+    def checkpoint_dir(self, variant: Variant) -> Path:
+        """The folder of a torch variant, with its ``config`` and ``weights`` files checked (confined, size,
+        sha256) and sitting together under the names ``load_pretrained`` reads, so nothing unchecked is loaded."""
+        from seqedge.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+
+        config, weights = self.path(variant, "config"), self.path(variant, "weights")
+        if (config.name, weights.name) != (CONFIG_FILE, WEIGHTS_FILE) or config.parent != weights.parent:
+            raise ArtifactError(f"{variant.name} of {self.root} must list {CONFIG_FILE} and {WEIGHTS_FILE} in one "
+                                f"folder, got {config} and {weights}; re-run `seqedge export`")
+        return config.parent
+
 
 def read_manifest(directory: str | Path) -> Manifest:
     """Parse and check ``<directory>/manifest.json``: existence, format and version, the schema of

@@ -219,10 +219,10 @@ def _read_state_file(path: Path) -> tuple[dict[str, str], list[StateSpec], list[
     try:
         with safe_open(str(path), framework="np") as f:
             meta = f.metadata() or {}
-            if meta.get("format") != "seqedge-state" or meta.get("format_version") != str(STATE_FORMAT_VERSION):
-                return meta, [], []
-            specs = [StateSpec.from_dict(d) for d in json.loads(meta["specs"])]
-            tensors = [f.get_tensor(s.name) for s in specs]
+            specs, tensors = [], []
+            if meta.get("format") == "seqedge-state" and meta.get("format_version") == str(STATE_FORMAT_VERSION):
+                specs = [StateSpec.from_dict(d) for d in json.loads(meta["specs"])]
+                tensors = [f.get_tensor(s.name) for s in specs]
     except Exception as err:  # OSError, KeyError, bad JSON, and safetensors' own error type on a corrupt header
         raise ValueError(f"{path} is not a readable seqedge state file: {err}") from None
     if meta.get("format") != "seqedge-state":

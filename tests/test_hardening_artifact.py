@@ -237,3 +237,14 @@ def test_the_unchanged_artifact_still_loads_and_runs(onnx_art):
 def test_info_on_a_file_says_it_is_a_file(torch_art):
     with pytest.raises(ArtifactError, match="is a file, not an artifact directory"):
         read_manifest(torch_art / "manifest.json")
+
+
+def test_torch_variant_never_loads_unlisted_weights(torch_art):
+    """The listed weights elsewhere, an unchecked model.safetensors next to config.json: refused, not loaded."""
+    folder = torch_art / "torch" / "fp32"
+    (torch_art / "blobs").mkdir()
+    os.replace(folder / "model.safetensors", torch_art / "blobs" / "model.safetensors")
+    (folder / "model.safetensors").write_bytes(b"not checked by anyone")
+    edit_manifest(torch_art, _set("variants.0.files.weights.path", "blobs/model.safetensors"))
+    with pytest.raises(ArtifactError, match="in one folder"):
+        seqedge.load(torch_art, "torch")
