@@ -31,7 +31,13 @@ from seqedge.artifact import (
     read_manifest,
     write_manifest,
 )
-from seqedge.fsutil import foreign_entries, make_temp_dir, replace_dir, sweep_stale_temp_dirs, terminate_as_interrupt
+from seqedge.fsutil import (
+    foreign_entries,
+    make_temp_dir,
+    replace_dir,
+    sweep_stale_temp_dirs,
+    terminate_as_interrupt,
+)
 from seqedge.quiet import quiet_libraries
 from seqedge.state import state_nbytes
 

@@ -12,7 +12,15 @@ import re
 from pathlib import PurePosixPath
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
 from seqedge.config import SequentialAttentionConfig
 from seqedge.state import BATCH, model_fingerprint, state_specs

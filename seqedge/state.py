@@ -40,7 +40,7 @@ class StateSpec:
                 "dtype": self.dtype}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "StateSpec":
+    def from_dict(cls, data: dict[str, Any]) -> StateSpec:
         return cls(name=data["name"], layer=int(data["layer"]), kind=data["kind"], shape=tuple(data["shape"]),
                    dtype=data.get("dtype", "float32"))
 
@@ -130,7 +130,7 @@ class State:
         """The tensors as numpy arrays of their own dtype (no cast; numpy arrays are returned as they are)."""
         return [_as_numpy(t) for t in self.tensors]
 
-    def with_tensors(self, tensors: Sequence[Any]) -> "State":
+    def with_tensors(self, tensors: Sequence[Any]) -> State:
         return State(tensors, self.specs, self.fingerprint)
 
     def check(self, specs: Sequence[StateSpec], fingerprint: str, batch_size: int | None = None,
@@ -188,7 +188,7 @@ class State:
                 os.unlink(tmp)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, check_finite: bool = True) -> "State":
+    def load(cls, path: str | os.PathLike, *, check_finite: bool = True) -> State:
         """Read a state written by :meth:`save`; tensors come back as float32 numpy arrays.
 
         Checked: format and version, specs, every tensor float32 of its spec's shape, the ``sha256`` of the

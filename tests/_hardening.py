@@ -49,3 +49,19 @@ def consistent_config_change(data: dict, **changes) -> None:
     data["fingerprint"] = model_fingerprint(config)
     data["state"] = [s.to_dict() for s in state_specs(config)]
     data["chunk_size"] = config.chunk_size
+
+
+def record_hashes(monkeypatch) -> list[Path]:
+    """Make every file the artifact layer hashes (how it reads a variant's bytes) land, resolved, in the list
+    returned."""
+    import seqedge.artifact as artifact_module
+
+    seen: list[Path] = []
+    real = artifact_module.sha256_file
+
+    def recording(path, max_bytes=None):
+        seen.append(Path(path).resolve())
+        return real(path) if max_bytes is None else real(path, max_bytes)
+
+    monkeypatch.setattr(artifact_module, "sha256_file", recording)
+    return seen

@@ -10,12 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _artifacts import tiny_model
-from _hardening import built, consistent_config_change, copy_artifact, edit_manifest
+from _hardening import (
+    built,
+    consistent_config_change,
+    copy_artifact,
+    edit_manifest,
+    record_hashes,
+)
+from seqedge.export.api import export_model
 
 import seqedge
-import seqedge.artifact as artifact_module
 from seqedge.artifact import ArtifactError, read_manifest, sha256_file
-from seqedge.export.api import export_model
 from seqedge.fsutil import foreign_entries, replace_dir
 
 
@@ -32,15 +37,7 @@ def onnx_art(tmp_path_factory, tmp_path) -> Path:
 @pytest.fixture
 def reads(monkeypatch) -> list[Path]:
     """Every file the artifact layer hashes (the only way it reads a variant's bytes before a runtime)."""
-    seen: list[Path] = []
-    real = artifact_module.sha256_file
-
-    def recording(path, max_bytes=None):
-        seen.append(Path(path).resolve())
-        return real(path) if max_bytes is None else real(path, max_bytes)
-
-    monkeypatch.setattr(artifact_module, "sha256_file", recording)
-    return seen
+    return record_hashes(monkeypatch)
 
 
 # overwrite ------------------------------------------------------------------------------------------------
@@ -230,7 +227,7 @@ def test_graph_with_another_vocab_is_refused_at_load_by_onnxruntime(onnx_art):
 
 def test_the_unchanged_artifact_still_loads_and_runs(onnx_art):
     session = seqedge.load(onnx_art, "onnxruntime")
-    logits, state = session.prefill(np.arange(40)[None] % 200, session.init_state())
+    logits, _ = session.prefill(np.arange(40)[None] % 200, session.init_state())
     assert logits.shape == (1, 40, session.vocab_size) and np.isfinite(logits).all()
 
 

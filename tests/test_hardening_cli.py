@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from _artifacts import tiny_model
 from _hardening import built, copy_artifact, edit_manifest
+from seqedge.export.api import export_model
 
 from seqedge.cli.main import main
-from seqedge.export.api import export_model
 from seqedge.fsutil import TEMP_MARKER
 
 

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
-from _hardening import built
+from _hardening import built, record_hashes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import seqedge.artifact as artifact_module
 from seqedge.artifact import ArtifactError, read_manifest
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True)
@@ -75,14 +73,7 @@ def playground(tmp_path_factory):
 def test_fuzzed_manifests_fail_cleanly_and_stay_inside(playground, monkeypatch):
     root, valid = playground
     real_root = root.resolve()
-    reads: list[Path] = []
-    real_hash = artifact_module.sha256_file
-
-    def recording(path, max_bytes=None):
-        reads.append(Path(path).resolve())
-        return real_hash(path) if max_bytes is None else real_hash(path, max_bytes)
-
-    monkeypatch.setattr(artifact_module, "sha256_file", recording)
+    reads = record_hashes(monkeypatch)
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(edits(valid))

@@ -184,7 +184,6 @@ def test_onnxruntime_state_goes_to_torch_without_warnings(tmp_path_factory, sess
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_artifacts_and_state_files_follow_the_umask(tmp_path, session, umask):
     from _artifacts import tiny_model
-
     from seqedge.export.api import export_model
 
     previous = os.umask(umask)
