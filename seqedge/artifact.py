@@ -215,11 +215,3 @@ def write_manifest(directory: Path, data: dict[str, Any]) -> Path:
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     return path
 
-
-def is_artifact(directory: str | Path) -> bool:
-    """Whether ``directory`` holds a manifest that parses as a seqedge artifact (not merely a manifest.json)."""
-    try:
-        read_manifest(directory)
-    except (ArtifactError, OSError):
-        return False
-    return True

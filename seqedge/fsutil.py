@@ -9,6 +9,8 @@ turns SIGTERM into the same KeyboardInterrupt cleanup as Ctrl-C.
 
 from __future__ import annotations
 
+import errno
+import glob
 import os
 import shutil
 import signal
@@ -43,6 +45,19 @@ def follow_umask(path: Path) -> None:
                 os.chmod(target, 0o666 & ~mask)
 
 
+def prepare_output(path: Path, *, directory: bool = False) -> Path:
+    """Create the folder an output will be written to and check it can be written, before any long work:
+    ``path`` is that folder (``directory=True``) or a file in it. OSError (the CLI's exit 3) if not."""
+    folder = path if directory else path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    if not directory and path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "the output file is a directory", str(path))
+    target = folder if directory or not path.exists() else path
+    if not os.access(target, os.W_OK):
+        raise PermissionError(errno.EACCES, "cannot write here", str(target))
+    return path
+
+
 def temp_prefix(dst: Path) -> str:
     return f".{dst.name}.tmp-"
 
@@ -63,7 +78,7 @@ def sweep_stale_temp_dirs(dst: Path, max_age_s: float = STALE_AFTER_S) -> list[P
     if not dst.parent.is_dir():
         return removed
     now = time.time()
-    for candidate in dst.parent.glob(temp_prefix(dst) + "*"):
+    for candidate in dst.parent.glob(glob.escape(temp_prefix(dst)) + "*"):
         marker = candidate / TEMP_MARKER
         if candidate.is_symlink() or not candidate.is_dir() or not marker.is_file():
             continue

@@ -57,6 +57,7 @@ TABLE = [
     (["generate", "--checkpoint", "{ckpt}", "--prompt", "x", "--temperature", "inf"], 2, "temperature"),
     (["generate", "--checkpoint", "{ckpt}", "--prompt", "x", "--top-p", "0"], 2, "top_p"),
     (["bench", "{missing}", "--no-progress"], 2, "does not exist"),
+    (["bench", "{art}", "--no-progress", "--out", "{file}/sub"], 3, "Not a directory"),
 ]
 
 

@@ -44,16 +44,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report_path(args: argparse.Namespace) -> Path:
-    """Where the JSON report goes (``DIR.validate.json`` next to DIR by default, also for ``.``); its folder is
-    created and checked for writing now, so an unwritable report fails before the run (OSError: exit 3)."""
-    import errno
-    import os
+    """Where the JSON report goes (``DIR.validate.json`` next to DIR by default, also for ``.``), checked for
+    writing now, so an unwritable report fails before the run (OSError: exit 3)."""
+    from seqedge.fsutil import prepare_output
 
     artifact = Path(args.artifact).resolve()
-    path = Path(args.json) if args.json else artifact.with_name(artifact.name + ".validate.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "the report path is a directory", str(path))
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise PermissionError(errno.EACCES, "cannot write the report", str(path))
-    return path
+    return prepare_output(Path(args.json) if args.json else artifact.with_name(artifact.name + ".validate.json"))
