@@ -1,10 +1,10 @@
 """Directories that appear whole or not at all, and never take a user's files with them.
 
 ``make_temp_dir`` creates the hidden sibling a checkpoint or artifact is built in (with a marker file);
-``replace_dir`` gives the finished one the permissions the umask gives (not mkdtemp's 0700), moves it into place
-and removes only the files the old one is known to own; ``sweep_stale_temp_dirs`` removes temp dirs a killed process left
-behind (only those of our naming with our marker, and only once they are old); ``terminate_as_interrupt``
-turns SIGTERM into the same KeyboardInterrupt cleanup as Ctrl-C.
+``replace_dir`` gives the finished one the permissions the umask gives (not mkdtemp's 0700), moves it into
+place and removes only the files the old one is known to own; ``sweep_stale_temp_dirs`` removes temp dirs a
+killed process left behind (only those of our naming with our marker, and only once they are old);
+``terminate_as_interrupt`` turns SIGTERM into the same KeyboardInterrupt cleanup as Ctrl-C.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Exit codes (the same for every subcommand; ``--traceback``, before or after the subcommand, shows the traceback):
 0 done; 1 the work ran and its verdict failed (validate out of budget, bench with a failed runtime); 2 usage
 error (bad arguments, a path named that does not exist, a bad artifact or checkpoint, a missing library);
-3 environment error (any other OSError: permissions, a file where a folder must be, I/O, a full disk); 70 internal error (a bug: please report it with ``--traceback``); 130 interrupted (Ctrl-C, or
-SIGTERM during export); 141 the reader of stdout went away (``| head``), which ends quietly.
+3 environment error (any other OSError: permissions, a file where a folder must be, I/O, a full disk);
+70 internal error (a bug: please report it with ``--traceback``); 130 interrupted (Ctrl-C, or SIGTERM during
+export); 141 the reader of stdout went away (``| head``), which ends quietly.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="seqedge",
         description="Sequential Attention language models from training to devices: train, export to ONNX "
                     "Runtime / ExecuTorch / Core ML / TensorRT, validate parity, measure per-token latency.",
+        epilog="exit codes: 0 done, 1 the verdict failed (validate, bench), 2 usage error, 3 environment error "
+               "(I/O, permissions), 70 internal error, 130 interrupted, 141 stdout closed. See docs/security.md.",
     )
     parser.add_argument("--version", action="version", version=f"seqedge {seqedge.__version__}")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors (debugging)")
