@@ -43,7 +43,7 @@ class Session:
     # state ------------------------------------------------------------------------------------------------
     def init_state(self, batch_size: int = 1) -> State:
         """Zero state for ``batch_size`` sequences (float32 numpy arrays in manifest order)."""
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         return State([np.zeros(s.concrete_shape(int(batch_size)), np.float32) for s in self.specs], self.specs,
                      self.fingerprint)

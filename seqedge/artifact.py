@@ -21,6 +21,7 @@ from seqedge.state import StateSpec
 MANIFEST_FILE = "manifest.json"
 ARTIFACT_FORMAT = "seqedge-artifact"
 ARTIFACT_FORMAT_VERSION = 1
+MAX_MANIFEST_BYTES = 16 << 20       # a manifest is a few KiB; the bound keeps a hostile one from filling memory
 
 
 class ArtifactError(ValueError):
@@ -188,8 +189,15 @@ def read_manifest(directory: str | Path) -> Manifest:
     if not path.is_file():
         raise ArtifactError(f"{path} is missing: {root} is not a seqedge artifact (create one with "
                             "`seqedge export`)")
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ArtifactError(f"{path} links outside the artifact ({path.resolve()}); refusing to read it")
+    with open(path, "rb") as f:
+        text = f.read(MAX_MANIFEST_BYTES + 1)
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes; no seqedge manifest is, so it "
+                            "is not one")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ArtifactError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(data, dict) or data.get("format") != ARTIFACT_FORMAT:

@@ -20,6 +20,7 @@ from _hardening import (
 from seqedge.export.api import export_model
 
 import seqedge
+import seqedge.artifact as artifact_module
 from seqedge.artifact import ArtifactError, read_manifest, sha256_file
 from seqedge.fsutil import foreign_entries, replace_dir
 
@@ -245,3 +246,17 @@ def test_torch_variant_never_loads_unlisted_weights(torch_art):
     edit_manifest(torch_art, _set("variants.0.files.weights.path", "blobs/model.safetensors"))
     with pytest.raises(ArtifactError, match="in one folder"):
         seqedge.load(torch_art, "torch")
+
+
+def test_manifest_json_symlinked_outside_is_refused(torch_art):
+    outside = torch_art.parent / "elsewhere.json"
+    os.replace(torch_art / "manifest.json", outside)
+    (torch_art / "manifest.json").symlink_to(outside)
+    with pytest.raises(ArtifactError, match="links outside the artifact"):
+        read_manifest(torch_art)
+
+
+def test_an_oversized_manifest_is_refused_without_reading_it_all(torch_art, monkeypatch):
+    monkeypatch.setattr(artifact_module, "MAX_MANIFEST_BYTES", 1024)
+    with pytest.raises(ArtifactError, match="larger than"):
+        read_manifest(torch_art)
