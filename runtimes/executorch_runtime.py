@@ -93,7 +93,8 @@ def _sigs(tensor_meta, count: int) -> list[TensorSig]:
     for i in range(count):
         info = tensor_meta(i)
         code = int(info.dtype())
-        out.append(TensorSig(None, tuple(int(d) for d in info.sizes()), SCALAR_TYPES.get(code, f"scalar type {code}")))
+        dtype = SCALAR_TYPES.get(code, f"scalar type {code}")
+        out.append(TensorSig(None, tuple(int(d) for d in info.sizes()), dtype))
     return out
 
 

@@ -28,7 +28,6 @@ SUBCOMMANDS: dict[str, str] = {
     "bench": "seqedge.cli.bench",
 }
 
-EXIT_VERDICT_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_ENVIRONMENT = 3
 EXIT_INTERNAL = 70
