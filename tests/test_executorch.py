@@ -198,6 +198,21 @@ def test_program_of_another_model_is_refused_at_load(exported, tmp_path, change,
         load(copy_dir, runtime="executorch")
 
 
+def test_read_only_state_runs_without_warnings(exported):
+    """States from ONNX Runtime are read-only views; ExecuTorch takes them without torch's not-writable warning."""
+    import warnings
+
+    artifact, _, _ = exported("delta", "none")
+    session = load(artifact, runtime="executorch")
+    arrays = [a.copy() for a in session.init_state(1)]
+    for a in arrays:
+        a.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        logits, _ = session.step(np.array([1]), session.init_state(1).with_tensors(arrays))
+    assert np.isfinite(logits).all()
+
+
 # quantized --------------------------------------------------------------------------------------------------
 def _torchao_eager_logits(model, scheme: str, tokens: torch.Tensor) -> np.ndarray:
     """The same recipe applied by torchao to the eager model, run through the same stream in float32."""
