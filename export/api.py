@@ -3,15 +3,18 @@
     manifest = export_model(model, "out/", ["onnx"], ["none", "int8"])
 
 The artifact is built in a temporary directory next to ``out_dir`` and renamed into place only when every
-requested target succeeded: an interrupted or failed export leaves nothing at ``out_dir`` (and no temp dir).
+requested target succeeded: an interrupted (Ctrl-C or SIGTERM) or failed export leaves nothing at ``out_dir``
+and no temp dir; temp dirs of a killed export (SIGKILL) are swept by the next export to the same place once
+they are stale. ``overwrite`` replaces only a directory whose manifest parses as a seqedge artifact, and only when
+it holds nothing but the files its manifest lists.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -28,7 +31,13 @@ from seqedge.artifact import (
     read_manifest,
     write_manifest,
 )
-from seqedge.fsutil import replace_dir
+from seqedge.fsutil import (
+    foreign_entries,
+    make_temp_dir,
+    replace_dir,
+    sweep_stale_temp_dirs,
+    terminate_as_interrupt,
+)
 from seqedge.quiet import quiet_libraries
 from seqedge.state import state_nbytes
 
@@ -62,8 +71,14 @@ def export_model(model, out_dir: str | os.PathLike, targets: Sequence[str] | str
     recipes = _recipes(quantize, group_size)
     plan, skipped = _plan(targets, recipes, say)
     model = _as_model(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    for stale in sweep_stale_temp_dirs(out):
+        say(f"removed {stale}, left by an export that was killed")
+    with terminate_as_interrupt():
+        return _build(model, out, plan, recipes, skipped, say, verify)
+
+
+def _build(model, out: Path, plan, recipes, skipped, say, verify: Verifier | None) -> Manifest:
+    tmp = make_temp_dir(out)
     try:
         variants = [_export_torch(model, tmp, say)]
         for name, target, recipe in plan:
@@ -83,7 +98,8 @@ def export_model(model, out_dir: str | os.PathLike, targets: Sequence[str] | str
             failed = {k: v["failures"] for k, v in data["parity"].items() if v.get("failures")}
             if failed:
                 raise RuntimeError(f"export parity check failed: {failed}; nothing was written to {out}")
-        replace_dir(tmp, out)
+        owned = read_manifest(out).files() if (out / MANIFEST_FILE).exists() else []
+        replace_dir(tmp, out, owned)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     say(f"artifact written to {out}")
@@ -164,16 +180,30 @@ def _as_model(model):
 
 
 def _check_destination(out: Path, overwrite: bool) -> None:
-    if not out.exists():
+    """Refuse, before any work, to write where something that is not ours would be replaced."""
+    if not out.exists() and not out.is_symlink():
+        existing = next(p for p in out.absolute().parents if p.exists())
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "cannot create the artifact under a file", str(existing))
         return
-    if not out.is_dir():
+    if out.is_symlink() or not out.is_dir():
         raise ArtifactError(f"{out} exists and is not a directory; choose another --out")
-    is_artifact = (out / MANIFEST_FILE).is_file()
-    if not is_artifact and any(out.iterdir()):
-        raise ArtifactError(f"{out} exists and is not a seqedge artifact; refusing to replace it (choose another "
-                            "--out or remove it)")
-    if is_artifact and not overwrite:
+    if not (out / MANIFEST_FILE).exists():
+        if any(out.iterdir()):
+            raise ArtifactError(f"{out} exists and is not a seqedge artifact; refusing to replace it (choose "
+                                "another --out or remove it)")
+        return
+    try:
+        existing = read_manifest(out)
+    except ArtifactError as err:
+        raise ArtifactError(f"{out} has a {MANIFEST_FILE} that is not a valid seqedge artifact manifest; refusing "
+                            f"to replace it (choose another --out): {err}") from None
+    if not overwrite:
         raise ArtifactError(f"{out} already holds an artifact; pass overwrite=True (--overwrite) to replace it")
+    foreign = foreign_entries(out, existing.files())
+    if foreign:
+        raise ArtifactError(f"{out} holds files its manifest does not list ({', '.join(foreign[:3])}"
+                            f"{', ...' if len(foreign) > 3 else ''}); refusing to replace it (move them away)")
 
 
 # writing ------------------------------------------------------------------------------------------------

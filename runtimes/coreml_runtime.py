@@ -61,7 +61,7 @@ class CoreMLBackend:
 
         for role in variant.files:                      # every file of the package, checked against its sha256
             manifest.path(variant, role)
-        package = manifest.root / variant.info["package"]
+        package = manifest.inside(variant.info["package"])      # confined like every file path
         units = getattr(ct.ComputeUnit, compute_units, None)
         if units is None:
             raise ValueError(f"compute_units must be one of {[u.name for u in ct.ComputeUnit]}, got {compute_units!r}")

@@ -14,10 +14,13 @@ import numpy as np
 from seqedge.artifact import Manifest, Variant
 
 from .base import RuntimeUnavailable
+from .signature import TensorSig, check_signature
 
 INSTALL_HINT = "pip install executorch==1.5.1 torchao==0.18.0"
 BACKEND = "XnnpackBackend"
 METHODS = ("step", "chunk")
+# ExecuTorch ScalarType codes (c10 numbering) of the dtypes a program's inputs/outputs may have
+SCALAR_TYPES = {3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64"}
 
 
 def _import_runtime():
@@ -51,6 +54,10 @@ class ExecuTorchBackend:
             raise RuntimeUnavailable(f"{self.path} lacks method(s) {missing} (it has "
                                      f"{sorted(self.program.method_names)}); re-run `seqedge export --target "
                                      "executorch`")
+        for m in METHODS:
+            meta = self.program.metadata(m)
+            check_signature(manifest, m, self.path, _sigs(meta.input_tensor_meta, meta.num_inputs()),
+                            _sigs(meta.output_tensor_meta, meta.num_outputs()))
         self.methods = {m: self.program.load_method(m) for m in METHODS}
         batch = variant.info.get("batch", {})
         self.min_batch, self.max_batch = int(batch.get("min", 1)), int(batch.get("max", 1))
@@ -64,7 +71,9 @@ class ExecuTorchBackend:
                              f"ExecuTorch program was planned for ({self.path}); split the batch or re-export")
         torch = self._torch
         inputs = [torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))]
-        inputs += [torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32)) for s in state]
+        # read-only arrays (another runtime's state) are copied: torch.from_numpy warns on them
+        inputs += [torch.from_numpy(np.array(s, dtype=np.float32, order="C", copy=not s.flags.writeable or None))
+                   for s in state]
         outputs = self.methods[entry].execute(inputs)
         # Copies: never hand out views of buffers the runtime may reuse on the next call.
         logits, *new_state = (np.array(o.numpy(), dtype=np.float32, copy=True) for o in outputs)
@@ -75,6 +84,18 @@ class ExecuTorchBackend:
 
         return {"library": f"executorch {version('executorch')}", "backend": BACKEND, "device": "cpu",
                 "program": str(self.path), "batch_range": [self.min_batch, self.max_batch]}
+
+
+def _sigs(tensor_meta, count: int) -> list[TensorSig]:
+    """A method's tensor metadata as TensorSigs (ExecuTorch keeps no names; sizes are the planned upper bounds,
+    so the batch axis is left unchecked by the manifest's symbolic batch)."""
+    out = []
+    for i in range(count):
+        info = tensor_meta(i)
+        code = int(info.dtype())
+        dtype = SCALAR_TYPES.get(code, f"scalar type {code}")
+        out.append(TensorSig(None, tuple(int(d) for d in info.sizes()), dtype))
+    return out
 
 
 class ExecuTorchRuntime:

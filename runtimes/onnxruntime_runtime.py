@@ -16,6 +16,7 @@ import numpy as np
 from seqedge.artifact import Manifest, Variant
 
 from .base import RuntimeUnavailable
+from .signature import TensorSig, check_signature
 
 INSTALL_HINT = "pip install onnxruntime  (or pip install 'seqedge[onnx]'; onnxruntime-gpu for CUDA)"
 
@@ -111,7 +112,19 @@ class OnnxRuntimeRuntime:
             if f"{entry}.data" in variant.files:
                 manifest.path(variant, f"{entry}.data")
             sessions[entry] = ort.InferenceSession(str(path), options_, providers=providers)
+            check_signature(manifest, entry, path, _sigs(sessions[entry].get_inputs()),
+                            _sigs(sessions[entry].get_outputs()))
         return self.backend(sessions, sessions["step"].get_providers(), [s.name for s in manifest.state_specs])
+
+
+ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32",
+             "tensor(float16)": "float16", "tensor(double)": "float64"}
+
+
+def _sigs(args) -> list[TensorSig]:
+    """ORT's NodeArgs as TensorSigs (symbolic dims -> None, unknown element types kept as ORT spells them)."""
+    return [TensorSig(a.name, tuple(d if isinstance(d, int) else None for d in a.shape),
+                      ORT_TYPES.get(a.type, a.type)) for a in args]
 
 
 class OnnxRuntimeFusedBackend(OnnxRuntimeBackend):

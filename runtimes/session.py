@@ -1,7 +1,10 @@
 """``Session``: the same ``init_state / step / prefill / generate`` behaviour over every runtime backend.
 
 Validation happens here, before a backend sees anything, so a bad call raises a clear error and leaves the
-session usable. States are never modified in place: each call returns a new ``State``.
+session usable. States are never modified in place: each call returns a new ``State``. A state handed in must be
+this model's (fingerprint, shapes), of the dtype the backend computes in (never cast silently) and, unless the
+call passes ``check_finite=False``, finite: one pass of ``np.isfinite`` over the state, the only per-call check
+that is not O(1).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ class Session:
         self.fingerprint = manifest.fingerprint
         self.vocab_size = manifest.vocab_size
         self.chunk_size = manifest.chunk_size
+        # float32 (the manifest's) or the backend's own state dtype (the torch runtime's float64 reference)
+        self.state_dtypes = sorted({s.dtype for s in self.specs} | {getattr(backend, "state_dtype", "float32")})
 
     def __repr__(self) -> str:
         return f"Session(runtime={self.runtime!r}, variant={self.variant.name!r}, artifact={str(self.manifest.root)!r})"
@@ -38,16 +43,18 @@ class Session:
     # state ------------------------------------------------------------------------------------------------
     def init_state(self, batch_size: int = 1) -> State:
         """Zero state for ``batch_size`` sequences (float32 numpy arrays in manifest order)."""
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         return State([np.zeros(s.concrete_shape(int(batch_size)), np.float32) for s in self.specs], self.specs,
                      self.fingerprint)
 
-    def _check_state(self, state: State, batch_size: int) -> list[np.ndarray]:
+    def _check_state(self, state: State, batch_size: int, check_finite: bool) -> list[np.ndarray]:
         if not isinstance(state, State):
             raise TypeError(f"state must be a seqedge State (from init_state), got {type(state).__name__}")
-        state.check(self.specs, self.fingerprint, batch_size)
-        return state.numpy()
+        state.check(self.specs, self.fingerprint, batch_size, self.state_dtypes)
+        if check_finite:
+            state.check_finite()
+        return state.arrays()
 
     def _check_tokens(self, tokens: Any, ndim: int) -> np.ndarray:
         arr = np.asarray(tokens)
@@ -62,20 +69,24 @@ class Session:
         return np.ascontiguousarray(arr)
 
     # entry points -----------------------------------------------------------------------------------------
-    def step(self, tokens: Any, state: State) -> tuple[np.ndarray, State]:
-        """One token per sequence: tokens ``[B]`` -> (logits ``[B, V]`` float32, new state)."""
+    def step(self, tokens: Any, state: State, *, check_finite: bool = True) -> tuple[np.ndarray, State]:
+        """One token per sequence: tokens ``[B]`` -> (logits ``[B, V]`` float32, new state).
+
+        ``check_finite=False`` skips the NaN/inf scan of ``state`` (for tight loops over states this session
+        produced itself)."""
         tokens = self._check_tokens(tokens, 1)
-        arrays = self._check_state(state, tokens.shape[0])
+        arrays = self._check_state(state, tokens.shape[0], check_finite)
         logits, new = self.backend.run("step", tokens, arrays)
         return logits, state.with_tensors(new)
 
-    def prefill(self, tokens: Any, state: State) -> tuple[np.ndarray, State]:
+    def prefill(self, tokens: Any, state: State, *, check_finite: bool = True) -> tuple[np.ndarray, State]:
         """Any number of tokens: tokens ``[B, T]`` -> (logits ``[B, T, V]``, new state).
 
         ``T // C`` chunk calls, then the rest as steps: exact, no padding ever touches the state.
+        ``check_finite`` as in :meth:`step`.
         """
         tokens = self._check_tokens(tokens, 2)
-        arrays = self._check_state(state, tokens.shape[0])
+        arrays = self._check_state(state, tokens.shape[0], check_finite)
         B, T = tokens.shape
         C = self.chunk_size
         pieces = []
@@ -100,24 +111,34 @@ class Session:
         stop_tokens: Sequence[int] = (),
         state: State | None = None,
     ) -> Iterator[int]:
-        """Yield up to ``max_new_tokens`` tokens continuing ``prompt`` (ids, or text encoded as bytes after BOS)."""
+        """Yield up to ``max_new_tokens`` tokens continuing ``prompt`` (ids, or text encoded as bytes after BOS).
+
+        Every argument (and a given ``state``) is checked here, before the first token is asked for."""
         if isinstance(prompt, str):
             from seqedge.tokenizer import ByteTokenizer
 
             prompt = ByteTokenizer().encode(prompt, add_bos=True)
         if len(prompt) == 0:
             raise ValueError("prompt must contain at least one token")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
+                or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
         sampler = Sampler(SamplingConfig(temperature, top_k, top_p, seed))
-        logits, state = self.prefill(np.asarray([list(prompt)]), state or self.init_state(1))
+        prompt = self._check_tokens(np.asarray([list(prompt)]), 2)
+        state = self.init_state(1) if state is None else state
+        self._check_state(state, 1, check_finite=True)
+        return self._generate(prompt, int(max_new_tokens), sampler, tuple(stop_tokens), state)
+
+    def _generate(self, prompt: np.ndarray, max_new_tokens: int, sampler: Sampler, stop_tokens: tuple,
+                  state: State) -> Iterator[int]:
+        logits, state = self.prefill(prompt, state, check_finite=False)       # checked by generate()
         last = logits[:, -1]
         for _ in range(max_new_tokens):
             token = int(sampler(last)[0])
             yield token
             if token in stop_tokens:
                 return
-            last, state = self.step(np.asarray([token]), state)
+            last, state = self.step(np.asarray([token]), state, check_finite=False)   # this session's own state
 
     def describe(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "variant": self.variant.name, **self.backend.describe()}

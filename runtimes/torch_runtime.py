@@ -27,6 +27,7 @@ class TorchBackend:
         self._torch = torch
         self.model = model
         self.dtype = getattr(torch, dtype)
+        self.state_dtype = dtype             # the dtype the states it returns (and accepts) have
         self.threads = threads
 
     def run(self, entry: str, tokens: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -34,7 +35,8 @@ class TorchBackend:
         if entry not in ("step", "chunk"):
             raise ValueError(f"unknown entry point {entry!r}; valid ones are ['step', 'chunk']")
         tok = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))
-        tensors = [torch.as_tensor(np.asarray(s)).to(self.dtype) for s in state]
+        # a copy: states from another runtime may be read-only views (torch warns on those and never needs them)
+        tensors = [torch.tensor(np.asarray(s), dtype=self.dtype) for s in state]
         with torch.inference_mode():
             if entry == "step":
                 logits, new = self.model.forward_tensors(tok[:, None], tensors, step=True)
@@ -54,11 +56,10 @@ def load_checked_model(manifest: Manifest, variant: Variant):
     from seqedge.model import load_pretrained
     from seqedge.state import model_fingerprint
 
-    config_path = manifest.path(variant, "config")
-    manifest.path(variant, "weights")
-    model = load_pretrained(config_path.parent).eval()
+    folder = manifest.checkpoint_dir(variant)
+    model = load_pretrained(folder).eval()
     if model_fingerprint(model.config) != manifest.fingerprint:
-        raise ArtifactError(f"{config_path} does not describe the model of {manifest.root}/manifest.json "
+        raise ArtifactError(f"{folder}/config.json does not describe the model of {manifest.root}/manifest.json "
                             "(fingerprint mismatch); re-run `seqedge export`")
     return model
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from .config import SequentialAttentionConfig
-from .fsutil import replace_dir
+from .fsutil import make_temp_dir, replace_dir
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -33,7 +32,7 @@ def save_pretrained(model: Any, directory: str | os.PathLike) -> Path:
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    tmp = make_temp_dir(directory)
     try:
         tensors = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
         meta = {"format": CHECKPOINT_FORMAT, "format_version": str(CHECKPOINT_VERSION)}
@@ -41,7 +40,7 @@ def save_pretrained(model: Any, directory: str | os.PathLike) -> Path:
         payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
                    "model": model.config.to_dict()}
         (tmp / CONFIG_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-        replace_dir(tmp, directory)
+        replace_dir(tmp, directory, (CONFIG_FILE, WEIGHTS_FILE))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory

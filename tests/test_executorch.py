@@ -178,6 +178,41 @@ def test_tampered_program_is_refused(exported, tmp_path):
         load(copy_dir, runtime="executorch")
 
 
+@pytest.mark.parametrize("change,message", [
+    (dict(conv_kernel=3), r"input 1 \(state.0\) has size 3 on axis 2, expected 2"),
+    (dict(vocab_size=300), r"output 0 \(logits\) has size 259 on axis 1, expected 300"),
+])
+def test_program_of_another_model_is_refused_at_load(exported, tmp_path, change, message):
+    """A manifest consistent with itself but not with the program: refused at load, naming the tensor."""
+    import shutil
+
+    from _hardening import consistent_config_change, edit_manifest
+
+    from seqedge.artifact import ArtifactError
+
+    artifact, _, _ = exported("delta", "none")
+    copy_dir = tmp_path / "copy"
+    shutil.copytree(artifact, copy_dir)
+    edit_manifest(copy_dir, lambda data: consistent_config_change(data, **change))
+    with pytest.raises(ArtifactError, match=message):
+        load(copy_dir, runtime="executorch")
+
+
+def test_read_only_state_runs_without_warnings(exported):
+    """States from ONNX Runtime are read-only views; ExecuTorch takes them without torch's not-writable warning."""
+    import warnings
+
+    artifact, _, _ = exported("delta", "none")
+    session = load(artifact, runtime="executorch")
+    arrays = [a.copy() for a in session.init_state(1)]
+    for a in arrays:
+        a.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        logits, _ = session.step(np.array([1]), session.init_state(1).with_tensors(arrays))
+    assert np.isfinite(logits).all()
+
+
 # quantized --------------------------------------------------------------------------------------------------
 def _torchao_eager_logits(model, scheme: str, tokens: torch.Tensor) -> np.ndarray:
     """The same recipe applied by torchao to the eager model, run through the same stream in float32."""

@@ -65,7 +65,7 @@ def _manifest_data(config, model, variants=()):
 def session(tmp_path, tiny_config, make_tiny_model):
     model = make_tiny_model(tiny_config)
     manifest = Manifest(tmp_path, _manifest_data(tiny_config, model))
-    variant = Variant("standin", {"scheme": "none"}, {"model": {"path": "x", "sha256": "0", "bytes": 1234}})
+    variant = Variant("standin", {"scheme": "none"}, {"model": {"path": "x", "sha256": "0" * 64, "bytes": 1234}})
     return Session(manifest, variant, _TorchStandIn(model), "standin")
 
 
@@ -325,7 +325,7 @@ def test_bench_cli_end_to_end_with_a_registered_runtime(tmp_path, tiny_config, m
     root = tmp_path / "art"
     root.mkdir()
     variant = {"target": "standin", "quantization": {"scheme": "none"},
-               "files": {"weights": {"path": "w", "sha256": "0", "bytes": 4096}}, "info": {}}
+               "files": {"weights": {"path": "w", "sha256": "0" * 64, "bytes": 4096}}, "info": {}}
     write_manifest(root, _manifest_data(tiny_config, make_tiny_model(tiny_config), [variant]))
     out = tmp_path / "out"
     code = main(["bench", str(root), "--runtimes", "standin", "coreml", "--contexts", "0,32", "--steps", "3",

@@ -53,12 +53,14 @@ def run(args: argparse.Namespace) -> int:
 
     from seqedge.evaluate.latency import BenchConfig, bench_artifact, parse_contexts
     from seqedge.evaluate.latency_report import BenchReport, render_markdown, write_report
+    from seqedge.fsutil import prepare_output
 
     config = BenchConfig(contexts=parse_contexts(args.contexts), steps=args.steps, warmup=args.warmup,
                          prefill_tokens=args.prefill_tokens, stepwise_tokens=args.stepwise_tokens,
                          ttft_prompt=args.ttft_prompt, sweeps=args.sweeps)
     if not Path(args.artifact).is_dir():
         raise FileNotFoundError(f"artifact directory {args.artifact} does not exist (create one with `seqedge export`)")
+    prepare_output(Path(args.out), directory=True)          # before the run, not after it
     results, skipped = bench_artifact(args.artifact, config, _names(args.runtimes), _names(args.quantize),
                                       show_progress=not args.no_progress)
     for s in skipped:

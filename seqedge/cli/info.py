@@ -24,12 +24,15 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.path) if args.path else default_checkpoint_dir()
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
+    if not path.is_dir():
+        raise ValueError(f"{path} is a file; `seqedge info` takes a checkpoint or artifact directory")
     manifest = path / "manifest.json"
     if manifest.is_file():
         from seqedge.artifact import read_manifest
 
-        data = read_manifest(path).data          # checks format and version
-        print(json.dumps(data, indent=2) if args.json else _manifest_summary(path, data))
+        artifact = read_manifest(path)            # checks the schema: the summary below may index freely
+        print(json.dumps(artifact.data, indent=2) if args.json
+              else _manifest_summary(path, artifact.data, artifact.config.to_dict()))
         return 0
     config = read_config(path)
     specs = state_specs(config)
@@ -51,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _manifest_summary(path: Path, data: dict) -> str:
-    """A readable summary of an artifact's manifest.json (``--json`` prints all of it)."""
-    model = data["model"]
+def _manifest_summary(path: Path, data: dict, model: dict) -> str:
+    """A readable summary of an artifact's manifest.json (``--json`` prints all of it); ``model`` is its config
+    with defaults filled in."""
     lines = [f"artifact: {path}  (format {data['format_version']}, seqedge {data.get('seqedge_version', '?')})",
              f"  model       {model['update_rule']} rule, hidden {model['hidden_size']}, {model['num_layers']} "
              f"layers, {model['num_heads']} heads x dk {model['head_k_dim']} / dv {model['head_v_dim']}, vocab "

@@ -32,14 +32,21 @@ def run(args: argparse.Namespace) -> int:
     from seqedge.evaluate.validation import format_table, validate_artifact
 
     runtimes = None if args.runtimes is None else [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    path = _report_path(args)                # checked before the run, not after it
     result = validate_artifact(args.artifact, runtimes, tokens=args.tokens,
                                progress=lambda m: print(f"[seqedge validate] {m}", file=sys.stderr, flush=True))
     print(format_table(result))
-    artifact = Path(args.artifact)
-    path = Path(args.json) if args.json else artifact.with_name(artifact.resolve().name + ".validate.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"saved {path}")
     if not any(r["status"] != "unavailable" for r in result["results"]):
         raise ValueError(f"none of the requested runtimes can run {args.artifact} here (see the table)")
     return 0 if result["passed"] else EXIT_TOLERANCE_MISSED
+
+
+def _report_path(args: argparse.Namespace) -> Path:
+    """Where the JSON report goes (``DIR.validate.json`` next to DIR by default, also for ``.``), checked for
+    writing now, so an unwritable report fails before the run (OSError: exit 3)."""
+    from seqedge.fsutil import prepare_output
+
+    artifact = Path(args.artifact).resolve()
+    return prepare_output(Path(args.json) if args.json else artifact.with_name(artifact.name + ".validate.json"))

@@ -150,10 +150,7 @@ def _load_reference_model(artifact):
     from seqedge.model import load_pretrained
 
     manifest = artifact if isinstance(artifact, Manifest) else read_manifest(artifact)
-    variant = manifest.variant("torch")
-    config = manifest.path(variant, "config")
-    manifest.path(variant, "weights")
-    return load_pretrained(config.parent)
+    return load_pretrained(manifest.checkpoint_dir(manifest.variant("torch")))
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
