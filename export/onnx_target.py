@@ -5,8 +5,8 @@ How each scheme is packed (the recipe says *what*, this module says *how*):
 - ``none``: float32 graph.
 - ``fp16``: the model is cast to float16 before tracing, so weights and matmuls are float16, while the model's own
   casts keep norms, gates, the scan and the state in float32; ``tokens``, ``state.*`` and ``logits`` stay float32.
-- ``int8``: ``onnxruntime.quantization.quantize_dynamic`` on the float32 graph: int8 per-channel MatMul weights,
-  activations quantized dynamically (``DynamicQuantizeLinear`` + ``MatMulInteger``).
+- ``int8``: ``onnxruntime.quantization.quantize_dynamic`` on the float32 graph: int8 per-channel MatMul weights
+  (7-bit range, see ``_quantize_int8``), activations quantized dynamically (``DynamicQuantizeLinear`` + ``MatMulInteger``).
 - ``int4``: weight-only ``com.microsoft::MatMulNBits`` (asymmetric, ``group_size`` weights per block with a float32
   scale and a uint8 zero point, chosen by ``int4_blockwise.search`` to lower each block's squared error; no
   calibration data), laid out by ``onnxruntime.quantization.matmul_nbits_quantizer``, for the MatMuls of the
@@ -201,8 +201,11 @@ def _finalize(path: Path) -> None:
 
 def _quantize_int8(source: Path, dest: Path) -> None:
     quantization = require_onnx_library("onnxruntime.quantization")
+    # reduce_range: 7-bit weights. x86 CPUs without VNNI multiply u8 x s8 pairs with a saturating 16-bit add
+    # (pmaddubsw), which overflows on full-range int8 weights and costs ~6 dB SQNR on this model; an artifact is
+    # exported once and runs on CPUs of either kind, so it is quantized for the one that saturates.
     quantization.quantize_dynamic(str(source), str(dest), op_types_to_quantize=["MatMul"], per_channel=True,
-                                  weight_type=quantization.QuantType.QInt8,
+                                  reduce_range=True, weight_type=quantization.QuantType.QInt8,
                                   extra_options={"MatMulConstBOnly": True})
 
 
