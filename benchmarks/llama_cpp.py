@@ -1,0 +1,261 @@
+"""seqedge beside llama.cpp on one Mamba2 model: per-token decode p50/p99 at several contexts and prefill tok/s.
+
+    python benchmarks/llama_cpp.py [--threads 2] [--contexts 0,1k,16k] [--steps 64] [--workdir DIR]
+
+One run, one machine, the same thread count on both sides:
+1. llama.cpp is built from the source distribution of ``llama-cpp-python`` on the package index (pip downloads the
+   sdist; nothing else is fetched) in the benchmark's own work folder, with the CPU features this machine grants
+   (a native build can pick instructions the VM does not allow, so the flags are set from /proc/cpuinfo);
+2. the model: transformers' ``Mamba2ForCausalLM`` with mamba2-130m's config and seeded random weights, saved as a
+   Hugging Face folder; llama.cpp's converter turns it into GGUF (f32, then q8_0 and q4_0 by llama-quantize) and
+   ``seqedge import`` / ``seqedge export`` turn the same folder into seqedge artifacts;
+3. both sides are timed from Python with the same loop: prefill ``context`` tokens, then ``steps`` single-token
+   calls, each timed alone (llama.cpp through the sdist's own ctypes binding over the libraries built in 1).
+
+Writes benchmarks/results/llama_cpp.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+LLAMA_CPP_PYTHON = "0.3.36"
+# mamba2-130m (state-spaces/mamba2-130m) in transformers' Mamba2Config terms; vocab padded to a multiple of 16
+MAMBA2_130M = dict(vocab_size=50288, hidden_size=768, num_hidden_layers=24, state_size=128, head_dim=64,
+                   num_heads=24, expand=2, n_groups=1, conv_kernel=4, use_bias=False, use_conv_bias=True,
+                   layer_norm_epsilon=1e-5, tie_word_embeddings=True, rms_norm=True, chunk_size=256)
+GGUF_TYPES = ("f32", "q8_0", "q4_0")
+
+
+@dataclass
+class Row:
+    engine: str            # llama.cpp or a seqedge runtime
+    variant: str           # f32 / q8_0 / q4_0, or a seqedge variant tag
+    precision: str         # fp32, int8, int4: what is compared with what
+    context: int
+    p50_ms: float
+    p99_ms: float
+    prefill_tok_s: float   # of the ``context`` prompt (0 when context is 0)
+    file_mib: float
+
+
+def parse_contexts(text: str) -> list[int]:
+    out = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        out.append(int(float(item[:-1]) * 1024) if item.endswith("k") else int(item))
+    return out
+
+
+def run(cmd: list[str], **kw) -> None:
+    print("+", " ".join(map(str, cmd)), flush=True)
+    subprocess.run(cmd, check=True, **kw)
+
+
+# llama.cpp: build, convert, quantize ----------------------------------------------------------------------
+def cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def build_llama_cpp(work: Path) -> Path:
+    """The sdist's llama.cpp built once into ``work/build``; returns the unpacked sdist folder."""
+    src = work / f"llama_cpp_python-{LLAMA_CPP_PYTHON}"
+    if not src.is_dir():
+        run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+             f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", str(work)])
+        with tarfile.open(work / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz") as tar:
+            tar.extractall(work, filter="data")
+    build = work / "build"
+    if not (build / "bin" / "llama-quantize").is_file():
+        flags = cpu_flags()
+        on = lambda flag: "ON" if flag in flags else "OFF"      # noqa: E731
+        run(["cmake", "-S", str(src / "vendor" / "llama.cpp"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+             "-DGGML_NATIVE=OFF", f"-DGGML_AVX={on('avx')}", f"-DGGML_AVX2={on('avx2')}", f"-DGGML_FMA={on('fma')}",
+             f"-DGGML_F16C={on('f16c')}", f"-DGGML_AVX512={on('avx512f')}", "-DGGML_AMX_TILE=OFF",
+             "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+             "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF"])
+        run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", "llama-bench",
+             "llama-quantize"])
+    # the sdist's own ctypes binding, over the libraries just built (what `pip install` would have assembled)
+    site = work / "site"
+    if not (site / "llama_cpp").is_dir():
+        shutil.copytree(src / "llama_cpp", site / "llama_cpp")
+        lib = site / "llama_cpp" / "lib"
+        lib.mkdir(exist_ok=True)
+        for so in build.rglob("*.so*"):
+            shutil.copy2(so, lib / so.name)
+        # the binding's pure-Python needs, beside it rather than in the caller's environment
+        run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(site), "diskcache>=5.6.1"])
+    return src
+
+
+def make_hf_model(folder: Path, seed: int) -> None:
+    import torch
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    if (folder / "config.json").is_file():
+        return
+    torch.manual_seed(seed)
+    model = Mamba2ForCausalLM(Mamba2Config(**MAMBA2_130M)).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def make_gguf(src: Path, work: Path, hf: Path) -> dict[str, Path]:
+    out = {"f32": work / "mamba2-f32.gguf"}
+    if not out["f32"].is_file():
+        env = {**os.environ, "PYTHONPATH": str(src / "vendor" / "llama.cpp" / "gguf-py")}
+        run([sys.executable, str(src / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py"), str(hf), "--outfile",
+             str(out["f32"]), "--outtype", "f32"], env=env)
+    for q in GGUF_TYPES[1:]:
+        out[q] = work / f"mamba2-{q}.gguf"
+        if not out[q].is_file():
+            run([str(work / "build" / "bin" / "llama-quantize"), str(out["f32"]), str(out[q]), q.upper()])
+    return out
+
+
+# timing ---------------------------------------------------------------------------------------------------
+WARMUP = 4
+
+
+def time_steps(step, tokens: np.ndarray, steps: int) -> tuple[float, float]:
+    """p50, p99 in ms of ``steps`` single-token calls, after a few untimed ones (first-call allocations)."""
+    for i in range(WARMUP):
+        step(int(tokens[i % len(tokens)]))
+    times = []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        step(int(tokens[i % len(tokens)]))
+        times.append(time.perf_counter() - t0)
+    return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
+
+
+def bench_llama(path: Path, quant: str, contexts: list[int], steps: int, threads: int, vocab: int,
+                work: Path) -> list[Row]:
+    sys.path.insert(0, str(work / "site"))
+    from llama_cpp import Llama
+
+    precision = {"f32": "fp32", "q8_0": "int8", "q4_0": "int4"}[quant]
+    llm = Llama(model_path=str(path), n_ctx=max(contexts) + steps + 16, n_batch=512, n_threads=threads,
+                n_threads_batch=threads, verbose=False)
+    rng = np.random.default_rng(0)
+    rows = []
+    for ctx in contexts:
+        llm.reset()
+        prompt = rng.integers(1, vocab - 1, size=max(ctx, 1)).tolist()
+        t0 = time.perf_counter()
+        llm.eval(prompt)
+        prefill = ctx / (time.perf_counter() - t0) if ctx else 0.0
+        p50, p99 = time_steps(lambda t: llm.eval([t]), rng.integers(1, vocab - 1, size=steps), steps)
+        rows.append(Row("llama.cpp", quant, precision, ctx, p50, p99, prefill, path.stat().st_size / 2**20))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def bench_seqedge(artifact: Path, runtime: str, tag: str, contexts: list[int], steps: int, threads: int,
+                  vocab: int) -> list[Row]:
+    import seqedge
+
+    sess = seqedge.load(artifact, runtime=runtime, quantization=tag)
+    size = sum(f["bytes"] for f in sess.variant.files.values()) / 2**20
+    rng = np.random.default_rng(0)
+    rows = []
+    for ctx in contexts:
+        state = sess.init_state(1)
+        prompt = rng.integers(1, vocab - 1, size=(1, max(ctx, 1)))
+        t0 = time.perf_counter()
+        _, state = sess.prefill(prompt, state)
+        prefill = ctx / (time.perf_counter() - t0) if ctx else 0.0
+        box = [state]
+
+        def step(token: int) -> None:
+            _, box[0] = sess.step(np.asarray([token]), box[0])
+
+        p50, p99 = time_steps(step, rng.integers(1, vocab - 1, size=steps), steps)
+        precision = {"fp32": "fp32", "fp16": "fp16"}.get(tag, "int8" if "int8" in tag or "8" == tag[-1:] else "int4")
+        rows.append(Row(f"seqedge {runtime}", tag, precision, ctx, p50, p99, prefill, size))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def export_seqedge(hf: Path, work: Path, targets: str, recipes: str) -> Path:
+    art = work / "artifact"
+    if not (art / "manifest.json").is_file():
+        cli = [sys.executable, "-m", "seqedge.cli.main"]
+        run([*cli, "import", str(hf), "-o", str(work / "checkpoint")])
+        run([*cli, "export", "-m", str(work / "checkpoint"), "--target", targets, "--quantize", recipes,
+             "-o", str(art)])
+    return art
+
+
+# report ---------------------------------------------------------------------------------------------------
+def render(rows: list[Row], meta: dict) -> str:
+    lines = ["# seqedge beside llama.cpp: Mamba2 (mamba2-130m's config, random weights)", "",
+             f"Machine: {meta['machine']}; threads: {meta['threads']}; date: {meta['date']}; "
+             f"llama-cpp-python sdist {LLAMA_CPP_PYTHON}; command: `{meta['command']}`", "",
+             "| engine | variant | precision | context | p50 ms/token | p99 ms/token | tok/s (p50) | prefill tok/s | file MiB |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r.precision, r.context, r.engine)):
+        lines.append(f"| {r.engine} | {r.variant} | {r.precision} | {r.context} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+                     f"{1e3 / r.p50_ms:.1f} | {r.prefill_tok_s:.0f} | {r.file_mib:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--contexts", default="0,1k,16k")
+    p.add_argument("--steps", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "seqedge" / "llama-cpp-bench")
+    p.add_argument("--targets", default="onnx,onnx-ort,executorch", help="seqedge targets to export and time")
+    p.add_argument("--recipes", default="fp32,int8-dynamic,int4-weight", help="seqedge quantization recipes")
+    p.add_argument("--skip-seqedge", action="store_true", help="time llama.cpp only")
+    args = p.parse_args(argv)
+    contexts = parse_contexts(args.contexts)
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    src = build_llama_cpp(work)
+    hf = work / "mamba2-130m-random"
+    make_hf_model(hf, args.seed)
+    vocab = MAMBA2_130M["vocab_size"]
+    rows: list[Row] = []
+    for quant, path in make_gguf(src, work, hf).items():
+        rows += bench_llama(path, quant, contexts, args.steps, args.threads, vocab, work)
+    if not args.skip_seqedge:
+        from seqedge.artifact import read_manifest
+        from seqedge.evaluate.export_check import RUNTIME_OF_TARGET
+
+        art = export_seqedge(hf, work, args.targets, args.recipes)
+        for variant in read_manifest(art).variants:
+            if variant.target != "torch":
+                rows += bench_seqedge(art, RUNTIME_OF_TARGET[variant.target], variant.tag, contexts, args.steps,
+                                      args.threads, vocab)
+    meta = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "threads": args.threads, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "command": " ".join(["python", "benchmarks/llama_cpp.py", *(argv or sys.argv[1:])])}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "llama_cpp.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
+    (RESULTS / "llama_cpp.md").write_text(render(rows, meta))
+    print(render(rows, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
