@@ -11,6 +11,11 @@
 namespace executorch::extension::module {
 class Module;
 }
+namespace executorch::runtime {
+template <std::size_t N>
+class BackendOptions;
+class LoadBackendOptionsMap;
+}  // namespace executorch::runtime
 
 namespace seqedge {
 
@@ -36,6 +41,9 @@ class Engine {
   void check_method(const std::string& name, std::int64_t tokens_per_call);
 
   const Manifest& manifest_;
+  // the options outlive the module, which keeps pointers to them
+  std::unique_ptr<executorch::runtime::BackendOptions<2>> xnnpack_options_;
+  std::unique_ptr<executorch::runtime::LoadBackendOptionsMap> backend_options_;
   std::unique_ptr<executorch::extension::module::Module> module_;
 };
 
