@@ -140,6 +140,35 @@ void test_open_errors(const fs::path& artifact, const fs::path& scratch) {
   fs::remove_all(copy);
 }
 
+// State files that are not this model's, or not state files at all.
+void test_state_files(seqedge_model* model, const seqedge_info& info, seqedge_state* state, const std::string& path,
+                      const fs::path& scratch) {
+  const std::string original = read_file(path);
+  seqedge_state* out = nullptr;
+  auto load_text = [&](const std::string& text) {
+    write_file(path, text);
+    return seqedge_state_load(model, path.c_str(), &out);
+  };
+  EXPECT_STATUS(seqedge_state_load(model, (scratch / "none.safetensors").c_str(), &out), SEQEDGE_ERR_IO);
+  EXPECT_STATUS(load_text(""), SEQEDGE_ERR_STATE);
+  EXPECT_STATUS(load_text(original.substr(0, original.size() - 9)), SEQEDGE_ERR_STATE);
+  EXPECT_STATUS(load_text(std::string("\xff\xff\xff\xff\xff\xff\xff\x7f", 8) + original.substr(8)), SEQEDGE_ERR_STATE);
+  std::string text = original;
+  replace_once(text, info.fingerprint, std::string(std::string(info.fingerprint).size(), '0'));
+  EXPECT_STATUS(load_text(text), SEQEDGE_ERR_STATE);
+  EXPECT(std::string(seqedge_last_error()).find("another model") != std::string::npos);
+  text = original;
+  replace_once(text, "\"seqedge-state\"", "\"seqedge-other\"");
+  EXPECT_STATUS(load_text(text), SEQEDGE_ERR_STATE);
+  text = original;
+  replace_once(text, "\"F32\"", "\"F64\"");
+  EXPECT_STATUS(load_text(text), SEQEDGE_ERR_STATE);
+  EXPECT(out == nullptr);
+  EXPECT_STATUS(seqedge_state_save(model, state, ""), SEQEDGE_ERR_ARGUMENT);
+  EXPECT_STATUS(seqedge_state_save(model, state, "/proc/definitely/not/writable"), SEQEDGE_ERR_IO);
+
+}
+
 void test_calls(seqedge_model* model, const seqedge_info& info, const fs::path& scratch) {
   const std::size_t vocab = static_cast<std::size_t>(info.vocab_size);
   const std::size_t n = static_cast<std::size_t>(2 * info.chunk_size + 5);  // two chunks and a tail of steps
@@ -196,30 +225,7 @@ void test_calls(seqedge_model* model, const seqedge_info& info, const fs::path& 
   EXPECT_OK(seqedge_step(model, loaded, 7, b.data(), vocab));
   EXPECT(max_diff(a, b) == 0);
 
-  // state files that are not this model's, or not state files
-  const std::string original = read_file(path);
-  seqedge_state* out = nullptr;
-  auto load_text = [&](const std::string& text) {
-    write_file(path, text);
-    return seqedge_state_load(model, path.c_str(), &out);
-  };
-  EXPECT_STATUS(seqedge_state_load(model, (scratch / "none.safetensors").c_str(), &out), SEQEDGE_ERR_IO);
-  EXPECT_STATUS(load_text(""), SEQEDGE_ERR_STATE);
-  EXPECT_STATUS(load_text(original.substr(0, original.size() - 9)), SEQEDGE_ERR_STATE);
-  EXPECT_STATUS(load_text(std::string("\xff\xff\xff\xff\xff\xff\xff\x7f", 8) + original.substr(8)), SEQEDGE_ERR_STATE);
-  std::string text = original;
-  replace_once(text, info.fingerprint, std::string(std::string(info.fingerprint).size(), '0'));
-  EXPECT_STATUS(load_text(text), SEQEDGE_ERR_STATE);
-  EXPECT(std::string(seqedge_last_error()).find("another model") != std::string::npos);
-  text = original;
-  replace_once(text, "\"seqedge-state\"", "\"seqedge-other\"");
-  EXPECT_STATUS(load_text(text), SEQEDGE_ERR_STATE);
-  text = original;
-  replace_once(text, "\"F32\"", "\"F64\"");
-  EXPECT_STATUS(load_text(text), SEQEDGE_ERR_STATE);
-  EXPECT(out == nullptr);
-  EXPECT_STATUS(seqedge_state_save(model, state, ""), SEQEDGE_ERR_ARGUMENT);
-  EXPECT_STATUS(seqedge_state_save(model, state, "/proc/definitely/not/writable"), SEQEDGE_ERR_IO);
+  test_state_files(model, info, state, path, scratch);
 
   for (seqedge_state* s : {state, fresh, stepped, loaded, copy}) seqedge_state_free(s);
   seqedge_state_free(nullptr);
