@@ -114,6 +114,7 @@ def render(report: dict[str, Any]) -> str:
                        f"{b['p50_ms']:.3f} | {b['p99_ms']:.3f} |")
         out += ["", f"| | C++ runner | Python session |", "|---|---|---|",
                 f"| prefill tokens/s | {cpp['prefill_tokens_per_s']:.0f} | {py['prefill_tokens_per_s']:.0f} |",
+                f"| time to first token ms (128-token prompt) | {cpp['ttft_ms']:.1f} | {py['ttft_ms']:.1f} |",
                 f"| token-by-token tokens/s | {cpp['stepwise_tokens_per_s']:.0f} | {py['stepwise_tokens_per_s']:.0f} |",
                 f"| peak RSS MiB | {cpp['peak_rss_bytes'] / 2 ** 20:.1f} | {py['peak_rss_bytes'] / 2 ** 20:.1f} |",
                 f"| load s | {cpp['load_s']:.3f} | |", "", "Targets:", ""]
