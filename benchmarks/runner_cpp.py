@@ -1,0 +1,161 @@
+"""The C++ runner (runners/cpp, ``seqedge-run --bench``) against the Python ExecuTorch session on one artifact.
+
+Both run the same ``.pte`` with the same XNNPACK build on the same token stream (Python standard-library source
+bytes, runtimes/latency.token_stream): per-token step p50/p99 after prefilling to each context, prefill tokens/s
+and peak RSS. The C++ numbers come from the runner's own process (nothing but the runner and ExecuTorch's
+libraries); the Python ones from seqedge.runtimes.latency in this process (torch is imported by the executorch
+runtime). Before timing, the runner's logits on a 256-token stream are compared with the Python session's.
+
+Targets: the runner's peak RSS < 30 MiB; its step p50 no slower than the Python session's at every context.
+A missed target is reported with by how much. Results: benchmarks/results/runner_cpp.{json,md}.
+
+    python benchmarks/runner_cpp.py ARTIFACT            # an artifact of the bundled model with an executorch variant
+    python benchmarks/runner_cpp.py ARTIFACT --quick    # smoke test: small contexts, results to a temp dir
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seqedge.runtimes import load
+from seqedge.runtimes.latency import BenchConfig, SessionStepper, bench_stepper, format_context, parse_contexts, \
+    token_stream
+from seqedge.runtimes.latency_report import command_line, machine_info
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+RSS_MAX_MIB = 30.0
+FULL = dict(contexts="0,1k,16k", steps=100, warmup=5, prefill_tokens=2048)
+QUICK = dict(contexts="0,1k", steps=20, warmup=2, prefill_tokens=512)
+
+
+def build_runner(build_dir: Path) -> Path:
+    """``seqedge-run`` built in Release against the executorch wheel (incremental when ``build_dir`` exists)."""
+    import executorch
+
+    prefix = Path(list(executorch.__path__)[0]) / "share" / "cmake"
+    subprocess.run(["cmake", "-S", str(REPO / "runners" / "cpp"), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+                    f"-DCMAKE_PREFIX_PATH={prefix}", "-DSEQEDGE_BUILD_TESTS=OFF"], check=True, capture_output=True)
+    subprocess.run(["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2)], check=True,
+                   capture_output=True)
+    return build_dir / "seqedge-run"
+
+
+def check_parity(runner: Path, artifact: Path, tag: str, work: Path) -> dict[str, float]:
+    """The runner's logits on 256 tokens (prefill 200, then steps) against the Python session's."""
+    tokens = token_stream(256)
+    (work / "parity.txt").write_text(" ".join(map(str, tokens)))
+    subprocess.run([str(runner), str(artifact), "-q", tag, "--dump-logits", str(work / "parity.bin"), "--tokens",
+                    str(work / "parity.txt"), "--prefill", "200"], check=True, capture_output=True)
+    ours = np.fromfile(work / "parity.bin", np.float32).reshape(256, -1)
+    session = load(artifact, "executorch", quantization=tag)
+    logits, state = session.prefill(tokens[None, :200], session.init_state(1))
+    pieces = [logits[0]]
+    for t in tokens[200:]:
+        step, state = session.step(np.asarray([t]), state)
+        pieces.append(step)
+    python = np.concatenate(pieces)
+    return {"max_abs": float(np.abs(ours - python).max()), "top1": float((ours.argmax(-1) == python.argmax(-1)).mean())}
+
+
+def bench_cpp(runner: Path, artifact: Path, tag: str, params: dict[str, Any], stream_file: Path) -> dict[str, Any]:
+    cmd = [str(runner), str(artifact), "-q", tag, "--bench", "--json", "--tokens", str(stream_file),
+           "--contexts", params["contexts"], "--steps", str(params["steps"]), "--warmup", str(params["warmup"]),
+           "--prefill-tokens", str(params["prefill_tokens"])]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout)
+
+
+def bench_python(artifact: Path, tag: str, params: dict[str, Any], stream: np.ndarray) -> dict[str, Any]:
+    config = BenchConfig(contexts=parse_contexts(params["contexts"]), steps=params["steps"], warmup=params["warmup"],
+                         prefill_tokens=params["prefill_tokens"], stepwise_tokens=256, ttft_prompt=128)
+    result = bench_stepper(SessionStepper(load(artifact, "executorch", quantization=tag)), config, stream)
+    return result.to_dict()
+
+
+def verdict(cpp: dict[str, Any], python: dict[str, Any]) -> list[str]:
+    lines = []
+    peak = cpp["peak_rss_bytes"] / 2 ** 20
+    lines.append(f"peak RSS {peak:.1f} MiB: " + ("meets" if peak < RSS_MAX_MIB else
+                 f"MISSES the {RSS_MAX_MIB:.0f} MiB target by {peak - RSS_MAX_MIB:.1f} MiB ({peak / RSS_MAX_MIB:.2f}x)"))
+    for ours, theirs in zip(cpp["contexts"], python["contexts"]):
+        ratio = ours["p50_ms"] / theirs["p50_ms"]
+        lines.append(f"step p50 @{format_context(ours['context'])}: {ours['p50_ms']:.3f} ms vs Python "
+                     f"{theirs['p50_ms']:.3f} ms ({ratio:.2f}x): " +
+                     ("meets" if ratio <= 1 else f"MISSES (slower by {100 * (ratio - 1):.0f}%)"))
+    return lines
+
+
+def render(report: dict[str, Any]) -> str:
+    out = ["# C++ runner vs the Python ExecuTorch session", "",
+           f"Command: `{report['command']}`  ", f"Date: {report['date']}  ",
+           f"Machine: {report['machine'].get('cpu')}, {report['machine'].get('cores')} cores; "
+           f"load average before: {report['load_before']}  ",
+           f"Artifact: {report['artifact']} (fingerprint {report['fingerprint']})  ",
+           f"Versions: {json.dumps(report['machine'].get('libraries', {}))}", ""]
+    for run in report["runs"]:
+        cpp, py = run["cpp"], run["python"]
+        out += [f"## executorch/{run['tag']}", "",
+                f"Parity first (256 tokens, prefill 200 then steps): max |dlogit| {run['parity']['max_abs']:.2e}, "
+                f"top-1 {run['parity']['top1']:.0%}.", "",
+                "| context | C++ p50 ms | C++ p99 ms | Python p50 ms | Python p99 ms |", "|---|---|---|---|---|"]
+        for a, b in zip(cpp["contexts"], py["contexts"]):
+            out.append(f"| {format_context(a['context'])} | {a['p50_ms']:.3f} | {a['p99_ms']:.3f} | "
+                       f"{b['p50_ms']:.3f} | {b['p99_ms']:.3f} |")
+        out += ["", f"| | C++ runner | Python session |", "|---|---|---|",
+                f"| prefill tokens/s | {cpp['prefill_tokens_per_s']:.0f} | {py['prefill_tokens_per_s']:.0f} |",
+                f"| time to first token ms (128-token prompt) | {cpp['ttft_ms']:.1f} | {py['ttft_ms']:.1f} |",
+                f"| token-by-token tokens/s | {cpp['stepwise_tokens_per_s']:.0f} | {py['stepwise_tokens_per_s']:.0f} |",
+                f"| peak RSS MiB | {cpp['peak_rss_bytes'] / 2 ** 20:.1f} | {py['peak_rss_bytes'] / 2 ** 20:.1f} |",
+                f"| load s | {cpp['load_s']:.3f} | |", "", "Targets:", ""]
+        out += [f"- {line}" for line in run["verdict"]] + [""]
+    return "\n".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("artifact", type=Path, help="artifact directory with an executorch variant")
+    parser.add_argument("--quantize", default="fp32", help="executorch variants to measure, comma-separated")
+    parser.add_argument("--build", type=Path, default=REPO / "build" / "runner-cpp", help="CMake build directory")
+    parser.add_argument("--quick", action="store_true", help="smoke test; results to a temp dir")
+    args = parser.parse_args()
+    params = QUICK if args.quick else FULL
+    out_dir = Path(tempfile.mkdtemp()) if args.quick else RESULTS
+    load_before = os.getloadavg()
+    runner = build_runner(args.build)
+    config = BenchConfig(contexts=parse_contexts(params["contexts"]), steps=params["steps"], warmup=params["warmup"],
+                         prefill_tokens=params["prefill_tokens"])
+    stream = token_stream(max(config.stream_length(), params["prefill_tokens"], 256))
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "stream.txt").write_text(" ".join(map(str, stream)))
+        for tag in args.quantize.split(","):
+            parity = check_parity(runner, args.artifact, tag, work)
+            cpp = bench_cpp(runner, args.artifact, tag, params, work / "stream.txt")
+            python = bench_python(args.artifact, tag, params, stream)
+            runs.append({"tag": tag, "parity": parity, "cpp": cpp, "python": python, "verdict": verdict(cpp, python)})
+            print("\n".join(runs[-1]["verdict"]))
+    manifest = json.loads((args.artifact / "manifest.json").read_text())
+    report = {"command": command_line(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "machine": machine_info(), "load_before": [round(x, 2) for x in load_before],
+              "artifact": str(args.artifact), "fingerprint": manifest.get("fingerprint"), "params": params,
+              "rss_target_mib": RSS_MAX_MIB, "runs": runs}
+    (out_dir / "runner_cpp.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "runner_cpp.md").write_text(render(report))
+    print(f"wrote {out_dir / 'runner_cpp.json'} and {out_dir / 'runner_cpp.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

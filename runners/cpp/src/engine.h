@@ -1,0 +1,50 @@
+// The artifact's ExecuTorch program: its step and chunk methods, checked against the manifest when loaded.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "manifest.h"
+#include "state_file.h"
+
+namespace executorch::extension::module {
+class Module;
+}
+namespace executorch::runtime {
+template <std::size_t N>
+class BackendOptions;
+class LoadBackendOptionsMap;
+}  // namespace executorch::runtime
+
+namespace seqedge {
+
+// Routes ExecuTorch's log lines through a filter that drops debug/info unless `verbose`.
+void set_runtime_logging(bool verbose);
+
+enum class Entry { Step, Chunk };
+
+class Engine {
+ public:
+  // Loads the (already sha256-checked) program and both methods; throws Error(RUNTIME) or Error(ARTIFACT) when
+  // the program's inputs/outputs disagree with the manifest.
+  explicit Engine(const Manifest& manifest);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // One call of `entry` for one sequence: tokens [1] (step) or [1, chunk_size] (chunk), already range-checked.
+  // Writes logits [T, vocab] when `logits` is not null and the new state into `next` (sized like `state`).
+  void run(Entry entry, const std::int64_t* tokens, const StateTensors& state, float* logits, StateTensors& next);
+
+ private:
+  void check_method(const std::string& name, std::int64_t tokens_per_call);
+
+  const Manifest& manifest_;
+  // the options outlive the module, which keeps pointers to them
+  std::unique_ptr<executorch::runtime::BackendOptions<2>> xnnpack_options_;
+  std::unique_ptr<executorch::runtime::LoadBackendOptionsMap> backend_options_;
+  std::unique_ptr<executorch::extension::module::Module> module_;
+};
+
+}  // namespace seqedge

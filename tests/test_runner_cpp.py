@@ -1,0 +1,223 @@
+"""The C++ runner (runners/cpp) against the Python ExecuTorch session on the same exported programs.
+
+The runner is built once per session with CMake against the executorch wheel's C++ runtime, with
+AddressSanitizer/UBSan on, so every run below (the CLI and the C API unit tests) is also a memory check. The
+artifacts are the ones tests/test_executorch.py exports (shared through its cache: lowering is the slow part).
+
+What is asserted, on a 256-token stream (prefill through chunk calls and steps, then steps; state carried):
+- fp32: max |logit diff| <= 1e-4 and top-1 100% against the Python session, and the float64 reference's fp32
+  budget; int8: the same program in Python within 1e-4, and the float64 reference within the int8 budget of
+  runtimes/parity.py.
+- a state saved in Python continues in C++, and the state C++ saves continues in Python, matching an
+  uninterrupted Python stream;
+- greedy text equals the Python session's greedy text; seeded sampling repeats;
+- bad input (a tampered program, a state of another model, token ids out of range) fails with a message and
+  the documented exit code, never a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("executorch.runtime", reason="ExecuTorch is not installed (pip install executorch==1.5.1 "
+                                                  "torchao==0.18.0)")
+pytest.importorskip("torchao", reason="torchao is not installed (pip install executorch==1.5.1 torchao==0.18.0)")
+
+import test_executorch  # noqa: E402  (its export cache: each program is lowered once per session)
+
+from seqedge.runtimes import load  # noqa: E402
+from seqedge.runtimes.parity import StreamResult, compare, reference_stream, run_stream  # noqa: E402
+from seqedge.state import State  # noqa: E402
+from seqedge.tokenizer import ByteTokenizer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCE = REPO / "runners" / "cpp"
+BUILD = REPO / "build" / "runner-cpp-asan"     # reused between sessions: CMake rebuilds only what changed
+N_TOKENS, PREFILL = 256, 200                    # 200 = 12 chunk calls of 16 + 8 steps, then 56 steps
+# LeakSanitizer stays on; ExecuTorch's uninstrumented libraries are fine under ASan
+ENV = {**os.environ, "ASAN_OPTIONS": "abort_on_error=0:detect_leaks=1", "UBSAN_OPTIONS": "print_stacktrace=1"}
+
+
+def _missing_toolchain() -> str | None:
+    for tool in ("cmake", "c++"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (apt-get install -y cmake g++ nlohmann-json3-dev libssl-dev libcli11-dev)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def runner() -> dict[str, Path]:
+    """The built ``seqedge-run`` and ``seqedge-c-api-test`` (ASan/UBSan), configured against the executorch wheel."""
+    reason = _missing_toolchain()
+    if reason:
+        print(f"skipping the C++ runner tests: {reason}")
+        pytest.skip(reason)
+    import executorch
+
+    prefix = Path(list(executorch.__path__)[0]) / "share" / "cmake"
+    configure = ["cmake", "-S", str(SOURCE), "-B", str(BUILD), f"-DCMAKE_PREFIX_PATH={prefix}",
+                 "-DSEQEDGE_ASAN=ON", "-DCMAKE_BUILD_TYPE=RelWithDebInfo"]
+    for cmd in (configure, ["cmake", "--build", str(BUILD), "-j", str(os.cpu_count() or 2)]):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+    return {"run": BUILD / "seqedge-run", "c_api_test": BUILD / "seqedge-c-api-test"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """``exported(scheme)`` -> (artifact dir, model): the delta-rule one-layer program test_executorch exports."""
+    cache = test_executorch._ARTIFACTS
+
+    def get(scheme: str):
+        key = ("delta", scheme, 1)
+        if key not in cache:
+            from seqedge.export.base import ExportContext, get_target
+            from seqedge.export.quantization import QuantizationRecipe
+
+            model = test_executorch.tiny_model("delta")
+            root = tmp_path_factory.mktemp(f"et-delta-{scheme}-1")
+            variant = get_target("executorch").export(ExportContext(model, root, QuantizationRecipe(scheme)))
+            cache[key] = (test_executorch.write_artifact(root, model, [variant]), variant, model)
+        artifact, _, model = cache[key]
+        return artifact, model
+
+    return get
+
+
+def run_cli(runner, *args, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(runner["run"]), *map(str, args)], capture_output=True, env=ENV, timeout=300)
+    if check and done.returncode != 0:
+        raise AssertionError(f"seqedge-run {' '.join(map(str, args))} exited {done.returncode}:\n"
+                             f"{done.stderr.decode(errors='replace')[-4000:]}")
+    return done
+
+
+def stream_tokens(seed: int = 11) -> np.ndarray:
+    """Byte tokens with the specials mixed in (ids 0..258)."""
+    return np.random.default_rng(seed).integers(0, 259, N_TOKENS)
+
+
+def cpp_stream(runner, artifact: Path, tmp_path: Path, tokens: np.ndarray, prefill: int, scheme: str = "fp32",
+               state_in: Path | None = None, state_out: Path | None = None) -> np.ndarray:
+    """Logits ``[T, V]`` of ``tokens`` through seqedge-run (``prefill`` of them through seqedge_prefill)."""
+    token_file, logits_file = tmp_path / "tokens.txt", tmp_path / "logits.bin"
+    token_file.write_text(" ".join(str(int(t)) for t in tokens))
+    args = [artifact, "-q", scheme, "--dump-logits", logits_file, "--tokens", token_file, "--prefill", prefill]
+    args += ["--state-in", state_in] if state_in else []
+    args += ["--state-out", state_out] if state_out else []
+    run_cli(runner, *args)
+    return np.fromfile(logits_file, dtype=np.float32).reshape(len(tokens), -1)
+
+
+def test_c_api_unit_tests_under_asan(runner, exported):
+    artifact, _ = exported("none")
+    done = subprocess.run([str(runner["c_api_test"]), str(artifact)], capture_output=True, text=True, env=ENV,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-6000:]
+    assert "0 failure(s)" in done.stdout
+
+
+@pytest.mark.parametrize("scheme", ["none", pytest.param("int8", marks=pytest.mark.slow)])
+def test_logits_match_python_session(runner, exported, tmp_path, scheme):
+    artifact, model = exported(scheme)
+    tag = "fp32" if scheme == "none" else scheme
+    tokens = stream_tokens()
+    ours = cpp_stream(runner, artifact, tmp_path, tokens, PREFILL, tag)
+    python = run_stream(load(artifact, "executorch", quantization=tag), tokens, PREFILL)
+    assert np.isfinite(ours).all()
+    assert np.abs(ours - python.logits).max() <= 1e-4
+    assert (ours.argmax(-1) == python.logits.argmax(-1)).all()
+    # and the float64 reference, within the format's budget (runtimes/parity.py)
+    report = compare(StreamResult(ours.astype(np.float64), python.state), reference_stream(model, tokens, PREFILL),
+                     tokens, prefill=PREFILL, tag=tag)
+    assert report.passed, report.failures
+
+
+def test_state_moves_between_python_and_cpp(runner, exported, tmp_path):
+    """Python prefills and saves; C++ continues and saves; Python continues: one uninterrupted stream."""
+    artifact, _ = exported("none")
+    session = load(artifact, "executorch")
+    tokens = stream_tokens(seed=5)
+    a, b, cpp_prefill = 100, 180, 37
+    logits, state = session.prefill(tokens[None, :a], session.init_state(1))
+    state.save(tmp_path / "python.safetensors")
+    ours = cpp_stream(runner, artifact, tmp_path, tokens[a:b], cpp_prefill, state_in=tmp_path / "python.safetensors",
+                      state_out=tmp_path / "cpp.safetensors")
+    resumed = State.load(tmp_path / "cpp.safetensors")
+    assert resumed.fingerprint == session.fingerprint
+    tail, resumed = session.prefill(tokens[None, b:], resumed)
+
+    # the same calls (prefill, prefill, steps, prefill) without leaving Python
+    pieces = [logits[0]]
+    python_logits, python_state = session.prefill(tokens[None, a:a + cpp_prefill], state)
+    pieces.append(python_logits[0])
+    for t in range(a + cpp_prefill, b):
+        step_logits, python_state = session.step(tokens[t:t + 1], python_state)
+        pieces.append(step_logits)
+    python_logits, python_state = session.prefill(tokens[None, b:], python_state)
+    pieces.append(python_logits[0])
+    assert np.abs(np.concatenate([logits[0], ours, tail[0]]) - np.concatenate(pieces)).max() <= 1e-5
+    for x, y in zip(resumed.numpy(), python_state.numpy()):
+        assert np.abs(x - y).max() <= 1e-6
+
+
+def test_greedy_text_matches_python(runner, exported):
+    artifact, _ = exported("none")
+    prompt, n = "The state is fixed in size; ", 48
+    tok = ByteTokenizer()
+    ids = []
+    for token in load(artifact, "executorch").generate(tok.encode(prompt, add_bos=True), n):
+        ids.append(token)
+        if token == tok.eos_id:
+            break
+    done = run_cli(runner, artifact, "-p", prompt, "-n", n, "--temperature", 0)
+    assert done.stdout == prompt.encode() + tok.decode_bytes(ids) + b"\n"
+
+
+def test_sampling_is_seeded(runner, exported):
+    artifact, _ = exported("none")
+    runs = [run_cli(runner, artifact, "-p", "abc", "-n", 40, "--temperature", 1.5, "--top-k", 50, "--top-p", 0.9,
+                    "--seed", seed).stdout for seed in (3, 3, 4)]
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+    greedy = run_cli(runner, artifact, "-p", "abc", "-n", 40, "--temperature", 0).stdout
+    assert run_cli(runner, artifact, "-p", "abc", "-n", 40, "--temperature", 2, "--top-k", 1,
+                   "--seed", 9).stdout == greedy
+
+
+def test_bad_input_fails_cleanly(runner, exported, tmp_path):
+    artifact, model = exported("none")
+    session = load(artifact, "executorch")
+    # a state of another model: same layout, another fingerprint
+    foreign = State(session.init_state(1).numpy(), session.specs, "0" * 16)
+    foreign.save(tmp_path / "foreign.safetensors")
+    done = run_cli(runner, artifact, "-p", "x", "-n", 2, "--state-in", tmp_path / "foreign.safetensors", check=False)
+    assert done.returncode == 1 and b"another model" in done.stderr
+    # a state of two sequences: this runner holds one
+    session.init_state(2).save(tmp_path / "batch2.safetensors")
+    done = run_cli(runner, artifact, "-p", "x", "-n", 2, "--state-in", tmp_path / "batch2.safetensors", check=False)
+    assert done.returncode == 1 and b"batch 2" in done.stderr
+    # token ids out of range
+    (tmp_path / "bad.txt").write_text("1 2 259")
+    done = run_cli(runner, artifact, "--dump-logits", tmp_path / "l.bin", "--tokens", tmp_path / "bad.txt",
+                   check=False)
+    assert done.returncode == 2 and b"outside the vocabulary" in done.stderr
+    # a tampered program
+    copy = tmp_path / "tampered"
+    shutil.copytree(artifact, copy)
+    program = next(copy.rglob("*.pte"))
+    data = bytearray(program.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    program.write_bytes(bytes(data))
+    done = run_cli(runner, copy, "-p", "x", "-n", 2, check=False)
+    assert done.returncode == 1 and b"sha256" in done.stderr
+    # usage errors
+    assert run_cli(runner, artifact, "-p", "x", "--top-p", 0, check=False).returncode == 2
+    assert run_cli(runner, artifact, check=False).returncode == 2
