@@ -11,8 +11,7 @@ status=0
   echo "# Parity of the bundled model"
   echo
   echo "- command: \`bash benchmarks/parity_bundled.sh\` (seqedge export, then seqedge validate --tokens 1024)"
-  echo "- date (UTC): $(date -u '+%Y-%m-%d %H:%M:%S'); machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
-  echo "- versions: $(python3 -c 'from importlib.metadata import version as v; print(", ".join(f"{p} {v(p)}" for p in ("seqedge", "torch", "onnxruntime", "executorch", "torchao")))')"
+  python3 -c 'from seqedge.evaluate.run_info import metadata_markdown, run_metadata; print("\n".join(metadata_markdown(run_metadata())[:-1]))'
   echo
   echo '```'
   seqedge validate "$work/artifact" --runtimes torch,onnxruntime,onnxruntime-fused,executorch --tokens 1024 \

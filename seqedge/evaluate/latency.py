@@ -16,7 +16,6 @@ so the state holds realistic values all along the stream.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import sysconfig
@@ -110,13 +109,11 @@ def token_stream(n: int, source: str | Path | None = None) -> np.ndarray:
 
 
 # --- memory ---------------------------------------------------------------------------------------------------
-def current_rss_bytes() -> int | None:
-    """Resident set size of this process now (Linux /proc; None where unavailable)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
+def current_rss_bytes() -> int:
+    """Resident set size of this process now (psutil)."""
+    import psutil
+
+    return psutil.Process().memory_info().rss
 
 
 def reset_peak_rss() -> bool:
@@ -133,7 +130,9 @@ def reset_peak_rss() -> bool:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size since the last :func:`reset_peak_rss` (else since the process started)."""
+    """Peak resident set size since the last :func:`reset_peak_rss` (else since the process started).
+
+    Read from /proc where it can be reset (psutil reports no resettable peak), else from getrusage."""
     try:
         with open("/proc/self/status") as f:
             match = re.search(r"VmHWM:\s+(\d+)\s+kB", f.read())

@@ -7,87 +7,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import platform
-import shlex
-import sys
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .latency import BenchConfig, RunResult, Skipped, format_context
-
-LIBRARIES = ("seqedge", "numpy", "onnxruntime", "onnx", "executorch", "torch", "torchao", "coremltools",
-             "tensorrt", "tensorrt_rtx", "matplotlib")
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo, macOS sysctl), else what platform knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    if sys.platform == "darwin":
-        import subprocess
-
-        try:
-            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
-                                  timeout=5).stdout.strip() or platform.processor()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return platform.processor() or platform.machine()
-
-
-def _memory_total() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str]:
-    """Installed versions of the libraries that matter to latency (read from metadata: nothing is imported)."""
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores (and those this process may use), memory, OS, Python, library versions, load average."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    info: dict[str, Any] = {
-        "cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable, "memory_bytes": _memory_total(),
-        "os": platform.platform(), "python": platform.python_version(), "libraries": library_versions(),
-        "thread_env": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
-    }
-    if hasattr(os, "getloadavg"):
-        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    return info
-
-
-def command_line() -> str:
-    """The command that is running, shell-quoted, as the user could retype it."""
-    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
-    if prog == "__main__.py" or prog.endswith(".py"):
-        prog = f"python {os.path.relpath(sys.argv[0])}"
-    return " ".join([prog, *map(shlex.quote, sys.argv[1:])])
-
+from .run_info import command_line, git_commit, machine_info
 
 @dataclass
 class BenchReport:
@@ -101,11 +26,13 @@ class BenchReport:
     machine: dict[str, Any] = field(default_factory=machine_info)
     date: str = field(default_factory=lambda: _dt.datetime.now().astimezone().isoformat(timespec="seconds"))
     command: str = field(default_factory=command_line)
+    commit: str | None = field(default_factory=git_commit)
     sections: list[str] = field(default_factory=list)     # extra Markdown (e.g. target checks), after the header
     extra: dict[str, Any] = field(default_factory=dict)   # extra JSON fields
 
     def to_dict(self) -> dict[str, Any]:
-        return {"title": self.title, "date": self.date, "command": self.command, "artifact": self.artifact,
+        return {"title": self.title, "date": self.date, "command": self.command, "commit": self.commit,
+                "artifact": self.artifact,
                 "machine": self.machine, "config": asdict(self.config),
                 "results": [r.to_dict() for r in self.results], "skipped": [asdict(s) for s in self.skipped],
                 **self.extra}
@@ -138,7 +65,8 @@ def machine_markdown(machine: dict[str, Any]) -> str:
 def render_markdown(report: BenchReport) -> str:
     """The report as Markdown: header, machine, summary table, per-context table, what was not measured."""
     contexts = report.config.contexts
-    out = [f"# {report.title}", "", f"- Date: {report.date}", f"- Command: `{report.command}`"]
+    out = [f"# {report.title}", "", f"- Date: {report.date}", f"- Command: `{report.command}`",
+           f"- Commit: {report.commit or 'unknown'}"]
     if report.artifact:
         out.append(f"- Artifact: `{report.artifact}`")
     c = report.config

@@ -5,7 +5,7 @@ token) by a Session and by the float64 reference (the artifact's torch variant i
 split). The statistics cover every position of the stream, so a dropped or wrong state write-back shows up as
 error growing along the stream (``first`` vs ``last`` window), and the final states are compared directly.
 
-Error budgets (DESIGN §4, issue 4): fp32 max |logit diff| <= 1e-4; fp16 top-1 >= 99 %; int8/int4 top-1 >= 95 %
+Error budgets (DESIGN §4): fp32 max |logit diff| <= 1e-4; fp16 top-1 >= 99 %; int8/int4 top-1 >= 95 %
 and bits per byte within 3 % of the reference's.
 """
 
