@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-seqedge export --target onnx,onnx-ort,executorch --quantize none,fp16,int8,int4 --out "$work/artifact" --quiet
+seqedge export --target onnx,onnx-ort,executorch --quantize fp32,fp16,int8-dynamic,int4-mlp -o "$work/artifact" -q
 status=0
 {
   echo "# Parity of the bundled model"
@@ -14,8 +14,8 @@ status=0
   python3 -c 'from seqedge.evaluate.run_info import metadata_markdown, run_metadata; print("\n".join(metadata_markdown(run_metadata())[:-1]))'
   echo
   echo '```'
-  seqedge validate "$work/artifact" --runtimes torch,onnxruntime,onnxruntime-fused,executorch --tokens 1024 \
-      --json benchmarks/results/parity_bundled.json 2>/dev/null || status=$?
+  seqedge validate -m "$work/artifact" --runtimes torch,onnxruntime,onnxruntime-fused,executorch --tokens 1024 \
+      --report benchmarks/results/parity_bundled.json 2>/dev/null || status=$?
   echo '```'
   echo
   echo "seqedge validate exit code: $status (1 = a variant missed its budget; the table says which and why)"

@@ -22,18 +22,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _artifact import open_session
+from _artifact import add_model_args, open_session
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tokens", type=float, default=1e6, help="tokens to stream (default: 1e6)")
     p.add_argument("--every", type=int, default=10_000, help="tokens per sample window (default: %(default)s)")
-    p.add_argument("--runtime", default="onnxruntime", help="runtime (default: %(default)s)")
-    p.add_argument("--artifact", help="artifact directory (default: export the model to a temporary directory)")
-    p.add_argument("--quantize", default="none", help="variant: none, fp16, int8, int4 (default: none)")
-    p.add_argument("--checkpoint", help="model to export when --artifact is not given (default: the bundled one)")
-    p.add_argument("--out", default=".", help="directory for long_stream.{png,json} (default: current directory)")
+    add_model_args(p)
+    p.add_argument("-o", "--out", default=".", help="directory for long_stream.{png,json} (default: current directory)")
     return p.parse_args(argv)
 
 
@@ -100,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="seqedge-demo-") as tmp:
-        session = open_session(args.artifact, args.runtime, args.quantize, args.checkpoint, tmp)
+        session = open_session(args, tmp)
         tokens = token_stream(n)
         t0 = time.perf_counter()
         samples = stream(session, tokens, min(args.every, n))

@@ -21,3 +21,28 @@ def replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(src, dst)
+
+
+def write_json_atomic(path: "str | os.PathLike", data, *, indent: "int | None" = 2) -> Path:
+    """Write ``data`` as JSON to ``path`` through a temporary file in the same folder and ``os.replace``, so a
+    reader (or a crash) never sees half a file; the parent folder is created. Returns the path."""
+    import contextlib
+    import json
+    import threading
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a plain open (not mkstemp) so the file gets the umask's usual permissions
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=indent)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path

@@ -6,12 +6,13 @@ matplotlib is imported lazily (Agg backend) so the harness itself needs only num
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .latency import BenchConfig, RunResult, Skipped, format_context
+from seqedge.fsutil import write_json_atomic
+
 from .run_info import command_line, git_commit, machine_info
 
 @dataclass
@@ -79,7 +80,8 @@ def render_markdown(report: BenchReport) -> str:
     out += [s.rstrip() + "\n" for s in report.sections]
     if report.results:
         ctx_cols = " | ".join(f"p50 @{format_context(x)}" for x in contexts)
-        out += ["## Summary (latencies in ms)", "",
+        out += ["## Summary (latencies in ms" + (f"; p50 is the lowest of {c.sweeps} sweeps" if c.sweeps > 1 else
+                                                  "; p50 is the median of the timed steps") + ")", "",
                 f"| runtime | artifact | load s | TTFT ms | prefill tok/s | token-by-token tok/s | prefill / step "
                 f"| {ctx_cols} | p99 @{format_context(contexts[-1])} | p50 ratio {format_context(contexts[-1])}/"
                 f"{format_context(contexts[0])} | peak RSS MiB |",
@@ -93,13 +95,23 @@ def render_markdown(report: BenchReport) -> str:
             out.append(f"| {r.name} | {_size(r.artifact_bytes)} | {load} | {ttft} | "
                        f"{prefill} | {r.stepwise_tokens_per_s:,.0f} | {speedup} | "
                        f"{p50s} | {r.contexts[-1].p99_ms:.3f} | {r.flatness:.2f} | {_mib(r.peak_rss_bytes)} |")
+        many = c.sweeps > 1
+        p50_head = f"p50 ms (lowest of {c.sweeps} sweeps)" if many else "p50 ms (median)"
+        sweep_head = " median of sweeps' p50 ms | sweeps' p50 spread ms |" if many else ""
         out += ["", "## Latency and memory at each context", "",
-                "| runtime | context | p50 ms | p90 ms | p99 ms | state / KV cache | RSS MiB | prefill to here s |",
-                "|---|---|---|---|---|---|---|---|"]
+                f"p50 is the median of the {c.steps} timed steps and IQR their spread (p75 - p25)"
+                + (f"; with {c.sweeps} sweeps the row is the sweep with the lowest p50 (a min-of-sweeps figure), "
+                   "beside the median and the spread (max - min) of every sweep's p50" if many else "") + ".", "",
+                f"| runtime | context | {p50_head} | IQR ms | p90 ms | p99 ms |{sweep_head} state / KV cache | "
+                "RSS MiB | prefill to here s |",
+                "|" + "---|" * (9 + 2 * many)]
         for r in report.results:
             for x in r.contexts:
-                out.append(f"| {r.name} | {format_context(x.context)} | {x.p50_ms:.3f} | {x.p90_ms:.3f} | "
-                           f"{x.p99_ms:.3f} | {_size(x.memory_bytes)} | {_mib(x.rss_bytes)} | {x.reach_s:.1f} |")
+                sweeps = (f" {x.sweep_median_ms:.3f} | {max(x.sweep_p50_ms) - min(x.sweep_p50_ms):.3f} |"
+                          if many and x.sweep_p50_ms else (" - | - |" if many else ""))
+                out.append(f"| {r.name} | {format_context(x.context)} | {x.p50_ms:.3f} | {x.iqr_ms:.3f} | "
+                           f"{x.p90_ms:.3f} | {x.p99_ms:.3f} |{sweeps} {_size(x.memory_bytes)} | "
+                           f"{_mib(x.rss_bytes)} | {x.reach_s:.1f} |")
         out.append("")
         out.append("RSS is the whole process (earlier runs' memory included); peak RSS is reset before each run "
                    "where the OS allows (Linux).")
@@ -156,7 +168,7 @@ def write_report(report: BenchReport, out_dir: str | Path, stem: str = "bench") 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md"}
-    paths["json"].write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    write_json_atomic(paths["json"], report.to_dict())
     paths["md"].write_text(render_markdown(report))
     if report.results:
         paths["png"] = plot_report(report, out / f"{stem}.png")
