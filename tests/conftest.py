@@ -11,7 +11,7 @@ from _artifacts import TINY_DIMS, build_model
 from seqedge.config import SequentialAttentionConfig
 
 # Tests use tiny tensors, where intra-op threads only add overhead, and on a shared 2-core machine an
-# oversubscribed OpenMP pool made a gradcheck 15x slower (measured 66 s vs 4.5 s). One thread: stable timings.
+# oversubscribed OpenMP pool makes a gradcheck an order of magnitude slower. One thread: stable timings.
 torch.set_num_threads(1)
 
 
