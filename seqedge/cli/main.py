@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, str] = {
     "validate": "seqedge.cli.validate",
     "train": "seqedge.cli.train",
     "bench": "seqedge.cli.bench",
+    "serve-web": "seqedge.cli.serve_web",
+    "serve": "seqedge.cli.serve",
 }
 
 EXIT_USER_ERROR = 2
