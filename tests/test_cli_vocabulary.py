@@ -142,3 +142,19 @@ def test_latency_stats_report_median_and_spread():
     samples = np.arange(1, 101) * 1_000_000          # 1..100 ms
     stats = latency_stats(samples)
     assert stats["p50_ms"] == pytest.approx(50.5) and stats["iqr_ms"] == pytest.approx(49.5)
+
+
+def test_quiet_hides_listed_library_warnings_by_message_only():
+    import warnings
+
+    from seqedge.quiet import quiet_libraries
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_libraries():
+            warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
+            warnings.warn("'has_cuda' is deprecated, please use 'torch.backends.cuda.is_built()'", UserWarning)
+            warnings.warn("Core ML: state shapes are not Neural-Engine friendly", UserWarning)      # seqedge's own
+            warnings.warn("some other library deprecation", DeprecationWarning)
+    assert [str(w.message) for w in caught] == ["Core ML: state shapes are not Neural-Engine friendly",
+                                                "some other library deprecation"]
