@@ -52,7 +52,8 @@ def export_model(model, out_dir: str | os.PathLike, targets: Sequence[str] | str
     skipped and listed in the manifest's ``skipped`` with the reason). An explicitly requested target whose
     library is missing raises ImportError with the exact ``pip install``. ``tensorrt`` pulls in ``onnx``.
     ``quantize``: recipe names from :data:`~seqedge.export.quantization.RECIPES` (fp32, fp16, int8-dynamic,
-    int4-mlp; the 0.1 names none, int8, int4 still work); the manifest records each recipe's name. A ``torch`` variant (``config.json`` + ``model.safetensors``) is always written: it is the float64
+    int4-mlp; the 0.1 names none, int8, int4 still work); the manifest records each recipe's name.
+    A ``torch`` variant (``config.json`` + ``model.safetensors``) is always written: it is the float64
     reference for parity and what the torch runtime runs. ``verify`` (see
     :func:`seqedge.evaluate.export_check.export_verified`) checks the finished artifact before it is moved into
     place; its report is stored as the manifest's ``parity`` and any failure aborts the export.

@@ -37,6 +37,6 @@ def resolve_runtimes(names: Sequence[str] | None, known: Sequence[str] = RUNTIME
     names = [n.strip() for n in names]
     unknown = [n for n in names if n not in known and n not in RUNTIME_ALIASES]
     if unknown:
-        raise ValueError(f"unknown runtime(s) {unknown}; valid runtimes are {', '.join(known)} (a target name such as onnx or "
-                         "onnx-ort also names its runtime)")
+        raise ValueError(f"unknown runtime(s) {unknown}; valid runtimes are {', '.join(known)} (a target name "
+                         "such as onnx or onnx-ort also names its runtime)")
     return list(dict.fromkeys(n if n in known else RUNTIME_ALIASES[n] for n in names))

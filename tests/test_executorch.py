@@ -11,8 +11,8 @@ row by the one parity harness, ``seqedge.evaluate.parity.compare``, against the 
 - float32: the harness's fp32 budget (max |logit diff| <= 1e-4) and the final state's relative error <= 1e-5.
 - int8 / int4: (a) the program matches torchao's eager quantized model of the same recipe (the lowering is
   faithful): relative RMS logit error <= 1e-2; (b) against the float64 model: relative RMS logit error within
-  the scheme's budget, top-1 agreement >= 95% (the budget of seqedge.evaluate.parity; weak for a random tiny model whose logits
-  are nearly flat, so (b)'s error bound is the real check) and the state finite float32.
+  the scheme's budget, top-1 agreement >= 95% (the harness's budget; weak for a random tiny model whose
+  logits are nearly flat, so (b)'s error bound is the real check) and the state finite float32.
   Budget: the relative RMS noise of b-bit symmetric rounding of a Gaussian group whose max is ~3 sigma,
   2^-(b-1) * 3 / sqrt(12): int8 0.68%, int4 10.8%. The logits see less than one layer's noise because the
   float32 embedding dominates the residual stream (measured, seed 0: int8 0.28%, int4 3.3%).
