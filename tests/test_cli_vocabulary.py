@@ -158,3 +158,10 @@ def test_quiet_hides_listed_library_warnings_by_message_only():
             warnings.warn("some other library deprecation", DeprecationWarning)
     assert [str(w.message) for w in caught] == ["Core ML: state shapes are not Neural-Engine friendly",
                                                 "some other library deprecation"]
+
+
+def test_generate_says_when_sampling_flags_have_no_effect(tiny_checkpoint, capsys):
+    assert main(["generate", "-m", tiny_checkpoint, "-p", "x", "-n", "1", "--seed", "3", "-q"]) == 0
+    assert "--seed has no effect at temperature 0" in capsys.readouterr().err
+    assert main(["generate", "-m", tiny_checkpoint, "-p", "x", "-n", "1", "--seed", "3", "-t", "0.5", "-q"]) == 0
+    assert "no effect" not in capsys.readouterr().err

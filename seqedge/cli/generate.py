@@ -81,8 +81,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if not args.prompt:
         raise ValueError("--prompt must not be empty")
-    model, what = _open(args)
     status = (lambda line: None) if args.quiet or args.json else (lambda line: print(line, file=sys.stderr))
+    unused = [flag for flag, value, off in (("--top-k", args.top_k, DEFAULTS.top_k), ("--top-p", args.top_p,
+                                            DEFAULTS.top_p), ("--seed", args.seed, DEFAULTS.seed)) if value != off]
+    if args.temperature == 0 and unused:
+        print(f"seqedge generate: note: {', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect at "
+              "temperature 0 (greedy); pass -t/--temperature to sample", file=sys.stderr)
+    model, what = _open(args)
     status(f"[{what}]")
     tok = ByteTokenizer()
     decoder = tok.stream_decoder()
