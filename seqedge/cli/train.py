@@ -88,8 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from seqedge.training.trainer import SequentialTrainer, TrainingArguments
 
     if args.legacy_no_progress:
-        note_deprecated("--no-progress", "-q/--quiet")
-        args.quiet = True
+        note_deprecated("--no-progress", "-q/--quiet (which also drops the status lines)")
     overrides = {} if args.update_rule is None else {"update_rule": args.update_rule}
     config = SequentialAttentionConfig.preset(args.preset, **overrides)
     targs = TrainingArguments(
@@ -97,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         seq_len_schedule=args.seq_len_schedule, grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup,
         weight_decay=args.weight_decay, eval_every=args.eval_every, eval_tokens=args.eval_tokens,
         save_every=args.save_every, seed=args.seed, device=args.device, bf16=not args.no_bf16,
-        progress=not (args.quiet or args.json))
+        progress=not (args.quiet or args.json or args.legacy_no_progress))
     has_checkpoint = latest_checkpoint(Path(args.out) / "checkpoints") is not None
     if args.resume and not has_checkpoint:
         raise FileNotFoundError(f"--resume: no checkpoint under {args.out}/checkpoints; drop --resume to start")
