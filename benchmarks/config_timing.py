@@ -5,11 +5,11 @@ decode_kernel_profile.py); and the metadata every recorded run carries."""
 
 from __future__ import annotations
 
-import datetime
-import sys
 from typing import Callable, Sequence
 
 import torch
+
+from seqedge.evaluate.run_info import run_metadata
 
 
 def scan_inputs(B: int, T: int, H: int, D: int, seed: int,
@@ -80,9 +80,9 @@ def cuda_kernels(fn: Callable[[], object]) -> list[dict]:
 
 
 def run_meta(shapes: str) -> dict:
-    """Card, versions, date and command of this run."""
-    import triton
-
-    return dict(card=torch.cuda.get_device_name(), versions=dict(torch=torch.__version__, triton=triton.__version__),
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                command="python " + " ".join(sys.argv), shapes=shapes)
+    """Card, versions, commit, date, command and machine of this run (``seqedge.evaluate.run_info``), with
+    ``versions`` (torch, triton) at the top level where the Markdown writers read them."""
+    meta = run_metadata(card=True, shapes=shapes)
+    libraries = meta["machine"]["libraries"]
+    meta["versions"] = {name: libraries.get(name, "not installed") for name in ("torch", "triton")}
+    return meta

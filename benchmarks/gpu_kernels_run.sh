@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU run for issue 5: kernel tests (parallel pytest shards: compiling dominates), the launch-parameter
+# One GPU run of the kernels: tests (parallel pytest shards: compiling dominates), the launch-parameter
 # sweep, and the kernel benchmark; logs and results under OUT.
 #   OUT=/tmp/out [TESTS=1] [SHARDS=8] [TESTS_K=expr] [TUNE=0] [BENCH=1] [DEADLINE=s] bash benchmarks/gpu_kernels_run.sh [args for benchmarks/kernels.py]
 # DEADLINE (seconds since the script started): the benchmark's time box is whatever the tests left of it.
@@ -45,7 +45,7 @@ if [ "${TESTS:-1}" = "1" ]; then
     grep -E "passed|failed|exit code" "$OUT/tests.log"
 fi
 if [ "${TUNE:-0}" = "1" ]; then
-    timeout "${TUNE_TIMEOUT:-240}" python benchmarks/kernels_tune.py --out "$OUT" > "$OUT/tune.log" 2>&1
+    timeout "${TUNE_TIMEOUT:-240}" python benchmarks/probes/kernels_tune.py --out "$OUT" > "$OUT/tune.log" 2>&1
     echo "tune exit code: $?" >> "$OUT/tune.log"
     cat "$OUT/tune.log" | cut -c1-260
 fi

@@ -22,7 +22,6 @@ slows them alike).
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import os
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seqedge.evaluate.latency_report import cpu_model
+from seqedge.evaluate.run_info import run_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = 1024
@@ -275,15 +274,17 @@ def main(argv: list[str] | None = None) -> int:
 def write(rows: list[dict], algorithms: list[dict], model, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     default = out.resolve() == (ROOT / "benchmarks" / "results").resolve()
+    run = run_metadata()
     meta = {"command": "python benchmarks/int4_policy.py" + ("" if default else f" --out {out}"),
-            "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-            "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+            "date_utc": run["date"], "commit": run["commit"],
+            "machine": f"{run['machine']['cpu']}, {run['machine']['cores']} cores",
             "versions": {p: version(p) for p in ("seqedge", "torch", "onnxruntime", "executorch", "torchao")},
             "tokens": TOKENS, "stream": "chunk calls only, state carried", "parameters": model.num_parameters()}
     (out / "int4_policy.json").write_text(json.dumps({**meta, "rows": rows, "onnx_algorithms": algorithms},
                                                      indent=2) + "\n")
     lines = ["# int4 module policy on the bundled model", "",
-             f"- command: `{meta['command']}`; date (UTC): {meta['date_utc']}; machine: {meta['machine']}",
+             f"- command: `{meta['command']}`; date (UTC): {meta['date_utc']}; commit: {meta['commit']}; "
+             f"machine: {meta['machine']}",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
              f"- {TOKENS} tokens of the parity stream as chunk calls against float64; budget top-1 >= 95%, bpb "
              "within 3%. ExecuTorch rows: torchao's eager 8da4w model (what the program lowers), not the "

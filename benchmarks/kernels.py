@@ -10,7 +10,6 @@ of memory are recorded as such, never estimated. Times are medians of CUDA-event
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -19,7 +18,7 @@ import time
 
 import torch
 
-from config_timing import event_ms, replay_us, scan_inputs
+from config_timing import event_ms, replay_us, run_meta, scan_inputs
 
 H, D = 16, 128
 TARGETS = {"fwd_ms_T65536": 2.0, "fwdbwd_ms_T65536": 10.0, "fwd_peak_gb_T131072": 2.5}
@@ -191,7 +190,7 @@ def bench_step(results: dict, save) -> None:
 
 DECODE_STEPS = {"fused": "fused Triton + graph", "fused-nopdl": "fused Triton + graph, no PDL",
                 "compile": "torch.compile + graph", "eager": "eager ops + graph"}
-# (batch, step): the issue's target first (a run cut short has measured what matters most); torch.compile only at
+# (batch, step): the batch-1 target first (a run cut short has measured what matters most); torch.compile only at
 # batch 1 (one multi-second compile per preset and batch size)
 DECODE_ROWS = ((1, "fused"), (1, "fused-nopdl"), (1, "compile"), (1, "eager"), (8, "fused"), (8, "eager"),
                (64, "fused"), (64, "eager"))
@@ -280,7 +279,7 @@ def bench_decode_sweep(results: dict, save, bw: float) -> None:
 
 
 def _scan_lines(scan: list[dict]) -> list[str]:
-    """The chunk-scan table (by batch, method in run order, length) and the issue's targets for ours at B=1."""
+    """The chunk-scan table (by batch, method in run order, length) and the targets for ours at B=1."""
     lines = ["| B | T | method | fwd ms | fwd+bwd ms | fwd peak extra GB | eff. BW GB/s (% copy) | notes |",
              "|---|---|---|---|---|---|---|---|"]
     f = lambda r, key, fmt: (fmt % r[key]) if key in r else "-"
@@ -295,7 +294,7 @@ def _scan_lines(scan: list[dict]) -> list[str]:
         lines.append(f"| {r['B']} | {r['T']} | {r['method']} | {f(r, 'fwd_ms', '%.3f')} | "
                      f"{f(r, 'fwdbwd_ms', '%.2f')} | {f(r, 'fwd_peak_extra_gb', '%.2f')} | {bwp} | {notes} |")
     ours = {(r["B"], r["T"]): r for r in scan if r.get("method") == "seqedge chunk_scan"}
-    lines += ["\n## Targets (issue 5), B=1\n", "| target | goal | measured | verdict |", "|---|---|---|---|"]
+    lines += ["\n## Targets, B=1\n", "| target | goal | measured | verdict |", "|---|---|---|---|"]
     for key, goal, (B, T), field in (("fwd_ms_T65536", 2.0, (1, 65536), "fwd_ms"),
                                      ("fwdbwd_ms_T65536", 10.0, (1, 65536), "fwdbwd_ms"),
                                      ("fwd_peak_gb_T131072", 2.5, (1, 131072), "fwd_peak_extra_gb")):
@@ -363,9 +362,8 @@ def main(argv=None) -> int:
     except ImportError:
         versions["fla"] = "not installed"
     os.makedirs(args.out, exist_ok=True)
-    results = {"meta": dict(card=torch.cuda.get_device_name(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec="seconds"), versions=versions, command="python " + " ".join(sys.argv)), "scan": [], "step": [],
-        "decode": [], "decode_sweep": []}
+    results = {"meta": {**run_meta("H=16, head dim 128, bf16"), "versions": versions}, "scan": [], "step": [],
+               "decode": [], "decode_sweep": []}
 
     def save():
         with open(os.path.join(args.out, "kernels.json"), "w") as fh:
@@ -381,7 +379,7 @@ def main(argv=None) -> int:
         bench_step(results, save)
     lens, batches = [int(x) for x in args.lens.split(",")], [int(x) for x in args.batches.split(",")]
     bw = results["meta"]["copy_bw_gbs"]
-    # The issue's targets first (every method at the first batch size), then decode, then the other batch sizes:
+    # The targets first (every method at the first batch size), then decode, then the other batch sizes:
     # a run cut short by its time box has measured what matters most.
     if "scan" not in skip:
         bench_scan(results, save, lens, batches[:1], bw, only)

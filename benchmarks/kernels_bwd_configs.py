@@ -1,6 +1,6 @@
 """Every backward chunk-scan config (BWD_CONFIGS) timed on one CUDA card, with where the fastest one's time goes.
 
-B=1, H=16, head dim 128, bf16 (the issue's shapes), T=65,536 by default; median ms of triton's do_bench for the
+B=1, H=16, head dim 128, bf16 (the target shapes), T=65,536 by default; median ms of triton's do_bench for the
 backward alone, its peak memory above the inputs, each config's gradients against the first config's, a
 kernel-by-kernel profile of the fastest, and forward+backward through the autograd op (``seqedge.kernels
 .chunk_scan``, configs picked as in training) timed the same way. The picker (``pick_bwd_config``) takes the

@@ -1,6 +1,6 @@
 """Every forward chunk-scan config (FWD_CONFIGS + PENDING_CONFIGS) timed on one CUDA card, side by side.
 
-B=1, H=16, head dim 128, bf16 (the issue's shapes); median ms of triton's do_bench and the forward's peak memory
+B=1, H=16, head dim 128, bf16 (the target shapes); median ms of triton's do_bench and the forward's peak memory
 above the inputs, per config and length. The picker (``pick_config``) takes the fastest FWD_CONFIGS entry per
 shape class at run time; this shows the margins, and whether a pending config earns its place.
 

@@ -1,4 +1,4 @@
-"""A dedicated MQAR run of one 2-layer model (the issue's target cell: d_model 256, length 256, 64 pairs).
+"""A dedicated MQAR run of one 2-layer model (the target cell: d_model 256, length 256, 64 pairs).
 
     python benchmarks/mqar_run.py --out DIR [--d 256] [--rule gated] [--budget-s 480] [--lr 2e-3]
 

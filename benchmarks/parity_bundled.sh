@@ -5,18 +5,17 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-seqedge export --target onnx,onnx-ort,executorch --quantize none,fp16,int8,int4 --out "$work/artifact" --quiet
+seqedge export --target onnx,onnx-ort,executorch --quantize fp32,fp16,int8-dynamic,int4-mlp -o "$work/artifact" -q
 status=0
 {
   echo "# Parity of the bundled model"
   echo
   echo "- command: \`bash benchmarks/parity_bundled.sh\` (seqedge export, then seqedge validate --tokens 1024)"
-  echo "- date (UTC): $(date -u '+%Y-%m-%d %H:%M:%S'); machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
-  echo "- versions: $(python3 -c 'from importlib.metadata import version as v; print(", ".join(f"{p} {v(p)}" for p in ("seqedge", "torch", "onnxruntime", "executorch", "torchao")))')"
+  python3 -c 'from seqedge.evaluate.run_info import metadata_markdown, run_metadata; print("\n".join(metadata_markdown(run_metadata())[:-1]))'
   echo
   echo '```'
-  seqedge validate "$work/artifact" --runtimes torch,onnxruntime,onnxruntime-fused,executorch --tokens 1024 \
-      --json benchmarks/results/parity_bundled.json 2>/dev/null || status=$?
+  seqedge validate -m "$work/artifact" --runtimes torch,onnxruntime,onnxruntime-fused,executorch --tokens 1024 \
+      --report benchmarks/results/parity_bundled.json 2>/dev/null || status=$?
   echo '```'
   echo
   echo "seqedge validate exit code: $status (1 = a variant missed its budget; the table says which and why)"

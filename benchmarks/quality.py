@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
-import platform
+
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from seqedge.evaluate.run_info import run_metadata  # noqa: E402  (after the repo is on the path)
 
 DEFAULT_EXTRA_S = 60      # the default model may train this much past the other phases' deadline
 DEFAULT_MAX_STEPS = 6000
@@ -46,17 +47,11 @@ PASSKEY = dict(steps=3000, batch_size=32, seq_len=256, lr=3e-3, warmup=100, leng
 def environment() -> dict:
     import torch
 
-    env = {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-           "cuda": torch.version.cuda, "device": "cpu"}
-    if torch.cuda.is_available():
-        env["device"] = torch.cuda.get_device_name(0)
-    try:
-        env["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                           text=True).stdout.strip() or None
-    except OSError:
-        env["git_commit"] = None
-    return env
+    meta = run_metadata(card=torch.cuda.is_available())
+    machine = meta["machine"]
+    return {"date_utc": meta["date"], "python": machine["python"], "torch": torch.__version__,
+            "platform": machine["os"], "cuda": torch.version.cuda, "device": meta.get("card", "cpu"),
+            "git_commit": meta["commit"], "machine": machine}
 
 
 def _args(out_dir, steps, batch_size, seq_len, lr, warmup, eval_tokens=1 << 20, schedule=(), eval_bs=16):
@@ -385,15 +380,8 @@ def write_report(out: Path, dest: Path | None = None) -> str:
               "- MQAR: the grid is reduced to the cells above (both widths, both rules, lengths 64-512, 4-64 pairs) and "
               "trained on a mixture of pair counts for a few hundred steps only; at that budget no model left chance "
               "level, so the MQAR numbers say the budget was far too small, not what the architecture can do.",
-              "- MQAR, dedicated run: one model alone on the GPU with a length curriculum from 64 tokens learns the task: "
-              "0.963 at 256x64 after 3,078 steps (137 s of training), so the target is met by the d_model 256 gated "
-              "model; 0.941 at 512x64, twice the training length. Commit 42570a4 plus the then-uncommitted kernel "
-              "changes of the next commit (segmented backward state kernels, one segment-join launch in the forward: "
-              "the GPU tests passed with them in the same session); the Triton chunk-scan kernel ran (the run's log, "
-              "results/mqar_run.log). The step count was fitted from a 0.124 s/step calibration that included "
-              "compiling, so the run used 137 s of its 430 s box. An earlier run (chunked PyTorch scan, cost factor "
-              "2.5, 1,344 steps) reached 0.736. The delta rule and d_model 128 have not had a dedicated run (the "
-              "session's device time ran out): their only MQAR numbers are the short grid above.",
+              "- MQAR, dedicated run: `benchmarks/mqar_run.py` trains one model alone with a length curriculum "
+              "(results/mqar_run.json); its accuracy grid is the number to compare against the target.",
               "- The transformer is the matched baseline of seqedge/training/transformer.py (same width, depth, heads, "
               "SwiGLU and output gate; rotary positions; parameters within 2%).", ""]
     text = "\n".join(lines)

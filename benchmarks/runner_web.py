@@ -124,7 +124,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    from seqedge.evaluate.latency_report import command_line, machine_info
+    from seqedge.evaluate.run_info import command_line, git_commit, machine_info
     from seqedge.tokenizer import ByteTokenizer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -142,9 +142,10 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(dir=ROOT / "benchmarks", prefix=".runner_web-") as tmp:
         artifact = Path(tmp) / "art"
-        export_model(default_checkpoint_dir(), artifact, ["onnx-ort"], ["none", "int8"], progress=False)
+        export_model(default_checkpoint_dir(), artifact, ["onnx-ort"], ["fp32", "int8-dynamic"], progress=False)
         report = {"title": "JavaScript runner tokens/s", "machine": machine_info(),
                   "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "command": command_line(),
+                  "commit": git_commit(),
                   "versions": versions(), "prompt_tokens": len(ByteTokenizer().encode(PROMPT, add_bos=True)),
                   "tokens": args.tokens, "repeats": args.repeats,
                   "results": measure(artifact, args.tokens, args.repeats)}

@@ -7,7 +7,7 @@ at T = 512 and 4096. Each timing is the median of several repeats after a warm-u
 process CPU time is recorded beside it, since the machine may be shared. The outputs of the two forms are compared
 on every run (max error relative to the largest entry), so a fast but wrong path cannot pass for a speed-up.
 
-Target of the foundation issue: the chunked scan at least 5x faster than the recurrent form at T = 4096, judged at
+Target: the chunked scan at least 5x faster than the recurrent form at T = 4096, judged at
 the preset's chunk size (64).
 
     python benchmarks/scan_cpu.py                      # the recorded run -> benchmarks/results/scan_cpu.{json,md}
@@ -17,11 +17,7 @@ the preset's chunk size (64).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -32,17 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from seqedge.config import SequentialAttentionConfig
-from seqedge.evaluate.latency_report import cpu_model
+from seqedge.evaluate.run_info import load_average, run_metadata
 from seqedge.model import SequentialAttentionModel
 from seqedge.scan import chunked_scan, recurrent_scan
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_T, TARGET_RATIO = 4096, 5.0
 RULES = ("gated", "delta")
-
-
-def load_average() -> list[float] | None:
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[list[float], list[float], Any]:
@@ -118,7 +110,7 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         "# Scan on CPU: chunked vs recurrent form",
         "",
         f"- command: `{report['command']}`",
-        f"- date (UTC): {report['date']}",
+        f"- date (UTC): {report['date']}; commit: {report.get('commit') or 'unknown'}",
         f"- machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} (threads: {m['threads']}; torch's "
         f"default here: {m['default_threads']}), Python {m['python']}",
         f"- load average before / after: {m['load_before']} / {m['load_after']} "
@@ -170,10 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     small_chunks = () if args.quick else (16, 32)
-    command = " ".join(["python", shlex.quote(os.path.relpath(__file__)), *map(shlex.quote, sys.argv[1:])])
-    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-               "default_threads": default_threads,
-               "torch": torch.__version__, "python": platform.python_version(), "load_before": load_average()}
+    meta = run_metadata()
+    machine = {**meta["machine"], "threads": torch.get_num_threads(), "default_threads": default_threads,
+               "torch": torch.__version__, "load_before": load_average()}
     rows = []
     with torch.inference_mode():
         for rule in RULES:
@@ -187,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     machine["load_after"] = load_average()
     target = [{"rule": r["rule"], "ratio": r["ratio"], "met": r["ratio"] >= TARGET_RATIO}
               for r in rows if r["what"] == "scan" and r["T"] == TARGET_T and r["chunk"] == config.chunk_size]
-    report = {"command": command, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+    report = {"command": meta["command"], "date": meta["date"], "commit": meta["commit"],
               "machine": machine, "repeats": repeats, "note": args.note,
               "shape": {"B": 1, "H": config.num_heads, "dk": config.head_k_dim, "dv": config.head_v_dim,
                         "chunk": config.chunk_size},

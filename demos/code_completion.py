@@ -1,7 +1,7 @@
 """Streaming code completion with the bundled model in any runtime, with the decode speed shown live.
 
     python demos/code_completion.py                                   # onnxruntime, exports to a temp dir
-    python demos/code_completion.py --runtime executorch --quantize int8
+    python demos/code_completion.py --runtime executorch --quantize int8-dynamic
     python demos/code_completion.py --artifact out/ --prompt "def parse_args(argv):" --max-new-tokens 300
 
 The completion goes to stdout. On a terminal, the running tokens/s is shown dimmed at the end of every completed
@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from _artifact import open_session
+from _artifact import add_model_args, open_session
 
 PROMPTS = ("import os\n\n\ndef list_python_files(root):\n    \"\"\"Return the .py files under root.\"\"\"\n",
            "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n")
@@ -25,14 +25,11 @@ PROMPTS = ("import os\n\n\ndef list_python_files(root):\n    \"\"\"Return the .p
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runtime", default="onnxruntime",
-                   help="torch, onnxruntime, executorch, coreml or tensorrt (default: %(default)s)")
-    p.add_argument("--artifact", help="artifact directory (default: export the model to a temporary directory)")
-    p.add_argument("--quantize", default="none", help="variant to run: none, fp16, int8, int4 (default: none)")
-    p.add_argument("--checkpoint", help="model to export when --artifact is not given (default: the bundled one)")
-    p.add_argument("--prompt", action="append", help="code to complete (repeatable; default: two built-in prompts)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.6)
+    add_model_args(p)
+    p.add_argument("-p", "--prompt", action="append",
+                   help="code to complete (repeatable; default: two built-in prompts)")
+    p.add_argument("-n", "--max-new-tokens", type=int, default=200)
+    p.add_argument("-t", "--temperature", type=float, default=0.6)
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report-every", type=int, default=50, help="tokens between rate lines when not on a terminal")
@@ -87,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_new_tokens < 1:
         raise SystemExit("--max-new-tokens must be >= 1")
     with tempfile.TemporaryDirectory(prefix="seqedge-demo-") as tmp:
-        session = open_session(args.artifact, args.runtime, args.quantize, args.checkpoint, tmp)
+        session = open_session(args, tmp)
         print(f"[{session.runtime} / {session.variant.name}: {session.describe()}]", file=sys.stderr)
         for i, prompt in enumerate(args.prompt or PROMPTS):
             if i:

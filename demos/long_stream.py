@@ -8,11 +8,8 @@ state carried throughout; every ``--every`` tokens it records that window's p50/
 process RSS, then plots both against tokens seen (PNG) and writes the samples as JSON. The summary compares the
 first and the last window: a model whose memory grew with context would show it here.
 
-How long it takes is set by the step latency (the progress bar shows the ETA). Measured for the tiny preset on
-the 2-core development machine while other jobs shared it (20,000-token runs, 2026-11-27): onnxruntime/fp32
-p50 1.0 ms per step (268 tok/s overall under that load), executorch/int8 p50 0.52 ms (780 tok/s). At those
-p50s a quiet machine needs about 15-20 minutes for 1,000,000 tokens on onnxruntime/fp32 and 8-10 minutes on
-executorch/int8; ``--tokens 100000`` takes 1-2 minutes.
+How long it takes is set by the step latency: tokens x p50 step time, plus Python overhead per step (the progress
+bar shows the ETA; benchmarks/results/runtime_latency.md has the step latency per runtime on a 2-core CPU).
 """
 
 from __future__ import annotations
@@ -25,18 +22,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _artifact import open_session
+from _artifact import add_model_args, open_session
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tokens", type=float, default=1e6, help="tokens to stream (default: 1e6)")
     p.add_argument("--every", type=int, default=10_000, help="tokens per sample window (default: %(default)s)")
-    p.add_argument("--runtime", default="onnxruntime", help="runtime (default: %(default)s)")
-    p.add_argument("--artifact", help="artifact directory (default: export the model to a temporary directory)")
-    p.add_argument("--quantize", default="none", help="variant: none, fp16, int8, int4 (default: none)")
-    p.add_argument("--checkpoint", help="model to export when --artifact is not given (default: the bundled one)")
-    p.add_argument("--out", default=".", help="directory for long_stream.{png,json} (default: current directory)")
+    add_model_args(p)
+    p.add_argument("-o", "--out", default=".", help="directory for long_stream.{png,json} (default: current directory)")
     return p.parse_args(argv)
 
 
@@ -94,7 +88,7 @@ def plot(samples: list[dict], title: str, path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     from seqedge.evaluate.latency import token_stream
-    from seqedge.evaluate.latency_report import machine_info
+    from seqedge.evaluate.run_info import machine_info
 
     args = parse_args(argv)
     n = int(args.tokens)
@@ -103,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="seqedge-demo-") as tmp:
-        session = open_session(args.artifact, args.runtime, args.quantize, args.checkpoint, tmp)
+        session = open_session(args, tmp)
         tokens = token_stream(n)
         t0 = time.perf_counter()
         samples = stream(session, tokens, min(args.every, n))

@@ -43,7 +43,7 @@ from seqedge.state import state_nbytes
 
 from .base import TARGETS, ExportContext, get_target
 from .entry_points import ENTRY_POINTS, input_names, output_names
-from .quantization import QuantizationRecipe
+from .quantization import RECIPES, QuantizationRecipe, make_recipe
 
 TARGET_ORDER = tuple(TARGETS)        # the registry's order: tensorrt comes after onnx, whose variant it builds from
 
@@ -60,6 +60,8 @@ def export_model(model, out_dir: str | os.PathLike, targets: Sequence[str] | str
     ``targets``: names from ``TARGETS`` (an empty list writes only the torch variant) or ``"all"`` (every target whose library works here; the others are
     skipped and listed in the manifest's ``skipped`` with the reason). An explicitly requested target whose
     library is missing raises ImportError with the exact ``pip install``. ``tensorrt`` pulls in ``onnx``.
+    ``quantize``: recipe names from :data:`~seqedge.export.quantization.RECIPES` (fp32, fp16, int8-dynamic,
+    int4-mlp; the 0.1 names none, int8, int4 still work); the manifest records each recipe's name.
     A ``torch`` variant (``config.json`` + ``model.safetensors``) is always written: it is the float64
     reference for parity and what the torch runtime runs. ``verify`` (see
     :func:`seqedge.evaluate.export_check.export_verified`) checks the finished artifact before it is moved into
@@ -116,14 +118,15 @@ def _progress_fn(progress: bool | Callable[[str], None]) -> Callable[[str], None
 
 
 def _recipes(quantize: Sequence[str] | str, group_size: int) -> list[QuantizationRecipe]:
-    schemes = [quantize] if isinstance(quantize, str) else list(quantize)
-    if not schemes:
-        raise ValueError("quantize must name at least one scheme (none, fp16, int8, int4)")
-    seen: list[str] = []
-    for s in schemes:
-        if s not in seen:
-            seen.append(s)
-    return [QuantizationRecipe(s, group_size) for s in seen]
+    names = [quantize] if isinstance(quantize, str) else list(quantize)
+    if not names:
+        raise ValueError(f"quantize must name at least one recipe ({', '.join(RECIPES)})")
+    recipes: list[QuantizationRecipe] = []
+    for name in names:
+        recipe = make_recipe(name, group_size)     # recipe names and the 0.1 scheme names
+        if recipe not in recipes:
+            recipes.append(recipe)
+    return recipes
 
 
 def _plan(targets: Sequence[str] | str, recipes: list[QuantizationRecipe], say):

@@ -24,6 +24,75 @@ TIED_HEAD = "embed"        # the weight-matrix name of the output head when it i
 
 
 @dataclass(frozen=True)
+class RecipeInfo:
+    """A named recipe users pick (``seqedge export --quantize NAME``): the scheme it sets, what it does in one
+    line, and how each target packs it."""
+
+    name: str
+    scheme: str
+    summary: str
+    per_target: dict[str, str]
+
+
+# Recipe names say what they do; the variant tag in an artifact (fp32, fp16, int8, int4) stays the scheme's.
+RECIPES: dict[str, RecipeInfo] = {r.name: r for r in (
+    RecipeInfo("fp32", "none", "float32 weights and compute (the reference format)",
+               {"onnx": "float32", "onnx-ort": "float32", "executorch": "float32 (XNNPACK)", "coreml": "float32",
+                "tensorrt": "float32"}),
+    RecipeInfo("fp16", "fp16", "float16 weights and compute; state I/O stays float32",
+               {"onnx": "float16 graph, float32 state I/O", "onnx-ort": "float16 graph",
+                "executorch": "float16 program (XNNPACK)", "coreml": "float16 compute",
+                "tensorrt": "float16 engine"}),
+    RecipeInfo("int8-dynamic", "int8", "int8 weights of every linear layer; activations quantized to int8 per "
+               "token at run time where the target can (Core ML: weights only)",
+               {"onnx": "int8 per-channel MatMul weights, activations quantized at run time (MatMulInteger)",
+                "onnx-ort": "as onnx, with the fused LinearAttention scan",
+                "executorch": "torchao int8 weights per output channel, int8 dynamic activations per token",
+                "coreml": "int8 weights per output channel, float16 compute (no activation quantization)"}),
+    RecipeInfo("int4-mlp", "int4", "int4 weights in groups (--group-size) for the MLP linears only; attention "
+               "projections and the tied head keep the float format",
+               {"onnx": "MatMulNBits (4 bits, uint8 zero points), float activations",
+                "onnx-ort": "as onnx, with the fused LinearAttention scan",
+                "executorch": "torchao 8da4w: int4 grouped weights, int8 dynamic activations per token",
+                "coreml": "int4 weights per block, float16 compute"}),
+)}
+# The names of seqedge 0.1, still accepted (the CLI prints a deprecation line).
+RECIPE_ALIASES: dict[str, str] = {"none": "fp32", "int8": "int8-dynamic", "int4": "int4-mlp"}
+_TAG_OF_SCHEME = {"none": "fp32", "fp16": "fp16", "int8": "int8", "int4": "int4"}
+
+
+def canonical_recipe(name: str) -> str:
+    """The recipe name ``name`` stands for (a recipe name as is, a 0.1 name through :data:`RECIPE_ALIASES`, a
+    variant tag such as ``int8``); ValueError listing the recipes otherwise."""
+    name = name.strip()
+    if name in RECIPES:
+        return name
+    if name in RECIPE_ALIASES:
+        return RECIPE_ALIASES[name]
+    raise ValueError(f"quantize must be one of the recipes {', '.join(RECIPES)} (0.1 names "
+                     f"{', '.join(RECIPE_ALIASES)} still work), got {name!r}; `seqedge export --list-recipes` "
+                     "describes them")
+
+
+def recipe_tag(name: str) -> str:
+    """The variant tag (fp32, fp16, int8, int4) of recipe ``name`` (or of an alias, or of a tag)."""
+    return _TAG_OF_SCHEME[RECIPES[canonical_recipe(name)].scheme]
+
+
+def make_recipe(name: str, group_size: int = 32) -> "QuantizationRecipe":
+    """The :class:`QuantizationRecipe` that recipe ``name`` (or a 0.1 name) means, with its name recorded."""
+    info = RECIPES[canonical_recipe(name)]
+    return QuantizationRecipe(info.scheme, group_size, name=info.name)
+
+
+def _default_name(scheme: str, int4_modules: tuple[str, ...]) -> str:
+    """The recipe name a bare scheme stands for; an int4 policy other than the MLP one is ``int4-custom``."""
+    if scheme == "int4" and tuple(int4_modules) != MLP_MODULES:
+        return "int4-custom"
+    return next((r.name for r in RECIPES.values() if r.scheme == scheme), scheme)
+
+
+@dataclass(frozen=True)
 class QuantizationRecipe:
     """``scheme`` for the weight matrices; state I/O stays float32.
 
@@ -47,6 +116,7 @@ class QuantizationRecipe:
     scheme: str = "none"
     group_size: int = 32
     int4_modules: tuple[str, ...] = MLP_MODULES
+    name: str = ""          # the recipe name recorded in the manifest (default: the one the scheme stands for)
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -58,6 +128,12 @@ class QuantizationRecipe:
             raise ValueError(f"int4_modules must be a non-empty sequence of module-name patterns (e.g. "
                              f"{list(MLP_MODULES)}), got {self.int4_modules!r}")
         object.__setattr__(self, "int4_modules", patterns)
+        expected = _default_name(self.scheme, patterns)
+        if not self.name:
+            object.__setattr__(self, "name", expected)
+        elif self.name != expected:
+            raise ValueError(f"name {self.name!r} does not describe scheme {self.scheme!r} with int4_modules "
+                             f"{list(patterns)} (expected {expected!r})")
 
     @property
     def tag(self) -> str:
@@ -70,7 +146,8 @@ class QuantizationRecipe:
         return self.scheme == "int4" and any(fnmatch.fnmatchcase(module_name, p) for p in self.int4_modules)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {"recipe": self.name, **asdict(self)}
+        del data["name"]
         if self.scheme == "int4":
             data["int4_modules"] = list(self.int4_modules)
         else:
@@ -80,6 +157,7 @@ class QuantizationRecipe:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "QuantizationRecipe":
         data = dict(data)
+        data["name"] = data.pop("recipe", "")      # checked against scheme and policy in __post_init__
         if data.get("scheme") == "int4" and "int4_modules" not in data:
             data["int4_modules"] = ("*",)    # written before the policy existed: every matrix was packed
         return cls(**data)

@@ -60,11 +60,8 @@ class BwdConfig:
 
 
 # Short on purpose: every entry is run and checked by tests/test_kernels_gpu.py, not only the one picked.
-# benchmarks/kernels_bwd_configs.py (H200, T=65,536, B=1, H=16, D=128, bf16; results/kernels_bwd_configs.md):
-# 6.60 ms with 64x64 state blocks, 7.51 ms with 32x64. Before the prepass (the sequential kernels recomputed the
-# cumulative gates and decays per state block) the same two took 12.3 and 16.0 ms; 8-warp gradient kernels,
-# 32-column gradient blocks and chunk 64 were slower still (kernels_tune.md), and chunk 64 with 64-column blocks
-# needs 233 KB of shared memory at float32, over the H100/H200's 227 KB.
+# Fastest first (benchmarks/kernels_bwd_configs.py times them). Chunk 64 with 64-column blocks needs 233 KB of
+# shared memory at float32, over Hopper's 227 KB; the other excluded shapes are in docs/excluded-kernel-configs.md.
 BWD_CONFIGS: tuple[BwdConfig, ...] = (
     BwdConfig(chunk=32, num_warps=4, block_k=64, block_v=64),
     BwdConfig(chunk=32, num_warps=4),

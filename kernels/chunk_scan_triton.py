@@ -23,8 +23,8 @@ Design (one program per (batch*head, value block, segment)):
   the state (the cumulative gates, ``q*exp(b)``, ``beta k exp(b_C - b)``, the intra-chunk scores and ``b_C``) is
   computed for all chunks in one parallel launch (``_chunk_prep_kernel``) and written in k's dtype, exactly the
   operands the fused loop rounds to before its dots; the sequential loops then only load them and do three dots
-  per chunk. At T=65,536, B=1, H=16, D=128 (H100) the forward goes from 3.17 to 1.87 ms, for 2x q's size of
-  extra memory (plus the scores, 1/4 of q's size at chunk 32).
+  per chunk. That removes the largest part of the sequential loop's work (benchmarks/kernels_fwd_configs.py
+  compares the configs), for 2x q's size of extra memory (plus the scores, 1/4 of q's size at chunk 32).
 Tail chunks are masked: missing tokens load g = 0, beta = 0, which leaves the state untouched, so any T is exact.
 """
 
@@ -65,50 +65,42 @@ class ScanConfig:
 
 
 # Short on purpose: every entry is run and checked by tests/test_kernels_gpu.py, not only the one picked.
-# Times: H100, T=65,536, B=1, H=16, D=128, bf16, kernel time (benchmarks/results/kernels_fwd_configs.md, run R).
-# The prepass entries run the state-independent work of every chunk in one parallel launch first
-# (_chunk_prep_kernel), so the sequential loops only load its operands and do three dots per chunk: the same
-# operands, rounded the same way (bitwise the same output on that benchmark), for 2x q's size of extra memory
-# (qt, kt) plus the scores. Both passed the whole forward suite on an H100 (kernels_gpu_tests.md, runs P and R).
-# The first entry is the one used while a CUDA graph is captured (nothing can be timed then). The others: chunk 32,
-# 4 warps, PROGRAMS_PER_SM = 8 from benchmarks/kernels_tune.py (results/kernels_tune.json); block_v=64 passed
-# every forward test (run 3), block_v=128 once the whole suite had run with it (run L).
+# Fastest first (benchmarks/kernels_fwd_configs.py times them; benchmarks/results/kernels_fwd_configs.md). The
+# prepass entries run the state-independent work of every chunk in one parallel launch first (_chunk_prep_kernel),
+# so the sequential loops only load its operands and do three dots per chunk: the same operands, rounded the same
+# way, for 2x q's size of extra memory (qt, kt) plus the scores. The first entry is the one used while a CUDA graph
+# is captured (nothing can be timed then). Chunk 32 and 4 warps won the launch-parameter sweep
+# (benchmarks/probes/kernels_tune.py); chunk 64 is excluded below.
 FWD_CONFIGS: tuple[ScanConfig, ...] = (
-    ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2, prepass=True, prep_warps=2),     # 1.87 ms
-    ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2, prepass=True),                   # 2.16 ms
-    ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2),                                 # 3.17 ms
-    ScanConfig(chunk=32, block_v=64, num_warps=4, num_stages=2),                                  # 4.67 ms
-    ScanConfig(chunk=32, block_v=64, num_warps=4, num_stages=1),                                  # 5.13 ms
+    ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2, prepass=True, prep_warps=2),
+    ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2, prepass=True),
+    ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2),
+    ScanConfig(chunk=32, block_v=64, num_warps=4, num_stages=2),
+    ScanConfig(chunk=32, block_v=64, num_warps=4, num_stages=1),
 )
 # Candidates: checked by the same tests as FWD_CONFIGS, never picked; they join FWD_CONFIGS once the GPU suite
-# has run in full with them. None at present (the last one is in EXCLUDED_CONFIGS, with what its run showed).
+# has run in full with them.
 PENDING_CONFIGS: tuple[ScanConfig, ...] = ()
-# Taken out of the list by evidence from the GPU runs recorded in benchmarks/results/kernels_gpu_tests.md
-# (H100, triton 3.6.0, 2026-11-27); kept here so the finding is not lost:
+# Configs taken out, with why (docs/excluded-kernel-configs.md has the measurements). Kept so that sweeps can still
+# time them and none is re-added without its reason.
 EXCLUDED_CONFIGS: dict[ScanConfig, str] = {
     ScanConfig(chunk=64, block_v=64, num_warps=8):
-        "bf16, dk=128: relative error 4.4e-2 with Hopper wgmma (3.4e-3 with DISABLE_MMA_V3=1) and an illegal "
-        "memory access in the test run: a compiler problem, the issue's Triton-on-Hopper warning",
+        "bf16, dk=128: wrong results with Hopper wgmma (correct without it) and an illegal memory access: a "
+        "Triton-on-Hopper compiler problem",
     ScanConfig(chunk=64, block_v=32, num_warps=4):
-        "one unexplained failure: float32, B=2 T=64 H=2 dk=128 dv=64 (log lost when the run hit the device "
-        "budget); not yet diagnosed",
+        "one undiagnosed float32 failure (B=2 T=64 H=2 dk=128 dv=64)",
     ScanConfig(chunk=64, block_v=32, num_warps=8):
-        "illegal memory access at bf16, dk=128 (kernels_tune run, H200, 2026-11-27); every chunk-64 variant "
-        "after it in that process failed the same way, so chunk 64 is out until it is understood",
+        "illegal memory access at bf16, dk=128 on Hopper; chunk 64 is out until that is understood",
     ScanConfig(chunk=32, block_v=128, num_warps=8):
-        "correct, but slower than 4 warps with 2 stages (4.4-5.5 ms vs 3.45 ms, kernels_tune run)",
+        "correct, but slower than 4 warps with 2 stages",
     ScanConfig(chunk=32, block_v=128, num_warps=8, num_stages=2, prepass=True):
-        "correct (run P: every forward test), but slower than 4 warps: 2.29 ms vs 2.15 ms at T=65,536 (H100)",
+        "correct, but slower than 4 warps",
     ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2, prepass=True, prep_warps=8):
-        "correct (run R: every forward test), but its prepass is slower: 3.19 ms vs 1.87 ms (2 warps), run R",
+        "correct, but its 8-warp prepass is slower than the 2-warp one",
     ScanConfig(chunk=32, block_v=128, num_warps=4, num_stages=2, prepass=True, prep_warps=4, prep_block_k=16):
-        "the prepass 16 key columns at a time (_chunk_prep_cols_kernel): no spills and twice the resident warps "
-        "of the whole-row prepass when compiled offline (kernel_registers.md), correct (run AA: every forward "
-        "test), but slower: 1.84 ms vs 1.69 ms at T=65,536 (H200, run AA, kernels_fwd_configs_run_aa.md)",
+        "the prepass 16 key columns at a time (_chunk_prep_cols_kernel): no spills and more resident warps, "
+        "correct, but slower than the whole-row prepass",
 }
-# Also tried in run R and removed from the code: the prepass's cumulative gates as a float32 (ieee) dot with a 0/1
-# triangle instead of tl.cumsum: correct (every forward test), slower (2.62 ms vs 2.16 ms with a 4-warp prepass,
-# 3.79 ms with 8 warps).
 
 
 @triton.jit

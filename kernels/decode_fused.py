@@ -64,7 +64,7 @@ class FusedConfig(NamedTuple):
 # Every entry is checked by the tests (interpreter and GPU); the first is the default. No autotuning.
 FUSED_CONFIGS: tuple[FusedConfig, ...] = (FusedConfig(block_v=32, max_tile=4096, batch_tile=16),
                                           FusedConfig(block_v=64, max_tile=8192, batch_tile=32))
-GEMM_BLOCK_N = 64     # output rows per program of the batched (tensor-core) kernels (16 and 32: slower, run AZ)
+GEMM_BLOCK_N = 64     # output rows per program of the batched (tensor-core) kernels (16 and 32 were slower: docs/excluded-kernel-configs.md)
 GEMM_BLOCK_K = 64     # input columns per step of their loop over the input
 
 

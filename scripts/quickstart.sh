@@ -33,15 +33,15 @@ fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
 touch "$OUT/.seqedge-quickstart"
-# int4 packs the MLP linears only (the recipe's int4 policy, export/quantization.py): every matrix in int4 misses
-# the parity budget on this 2M-parameter model, the MLP alone meets it (benchmarks/results/parity_bundled.md).
+# int4-mlp packs the MLP linears only (export/quantization.py): every matrix in int4 misses the parity budget on
+# this 2M-parameter model, the MLP alone meets it (benchmarks/results/int4_policy.md).
 # TensorRT builds fp32/fp16 engines only: `--target all` lists its int8/int4 as skipped.
-seqedge export --target all --quantize none,fp16,int8,int4 --out "$OUT/artifact"
+seqedge export --target all --quantize fp32,fp16,int8-dynamic,int4-mlp -o "$OUT/artifact"
 
 echo "== quickstart: validating parity of every runtime and quantization against the float64 reference"
-seqedge validate "$OUT/artifact" --json "$OUT/validate.json"
+seqedge validate -m "$OUT/artifact" --report "$OUT/validate.json"
 
 echo "== quickstart: per-token latency (contexts 0, 1k, 8k; the recorded 64k run is benchmarks/runtime_latency.py)"
-seqedge bench "$OUT/artifact" --contexts 0,1k,8k --steps 50 --prefill-tokens 1024 --out "$OUT/bench"
+seqedge bench -m "$OUT/artifact" --contexts 0,1k,8k --steps 50 --prefill-tokens 1024 -o "$OUT/bench"
 
 echo "== quickstart: done. Artifact: $OUT/artifact, parity: $OUT/validate.json, latency: $OUT/bench/bench.{md,json,png}"

@@ -13,7 +13,7 @@ from .config import SequentialAttentionConfig
 from .state import State, StateSpec
 from .tokenizer import ByteTokenizer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "SequentialAttentionModel": ("seqedge.model", "SequentialAttentionModel"),

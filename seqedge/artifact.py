@@ -219,7 +219,6 @@ def read_manifest(directory: str | Path) -> Manifest:
 
 
 def write_manifest(directory: Path, data: dict[str, Any]) -> Path:
-    path = Path(directory) / MANIFEST_FILE
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    return path
+    from seqedge.fsutil import write_json_atomic
 
+    return write_json_atomic(Path(directory) / MANIFEST_FILE, data)

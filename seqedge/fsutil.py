@@ -9,8 +9,10 @@ killed process left behind (only those of our naming with our marker, and only o
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
+import json
 import os
 import shutil
 import signal
@@ -166,3 +168,24 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def write_json_atomic(path: "str | os.PathLike", data, *, indent: "int | None" = 2) -> Path:
+    """Write ``data`` as JSON to ``path`` through a temporary file in the same folder and ``os.replace``, so a
+    reader (or a crash) never sees half a file; the parent folder is created. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a plain open (not mkstemp) so the file gets the umask's usual permissions
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=indent)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path

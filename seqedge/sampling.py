@@ -8,9 +8,15 @@ from dataclasses import dataclass
 import numpy as np
 
 
+DEFAULT_MAX_NEW_TOKENS = 100     # Session.generate's default, and the CLI's
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
-    """temperature 0 means greedy; top_k 0 and top_p 1.0 disable those filters."""
+    """temperature 0 means greedy; top_k 0 and top_p 1.0 disable those filters.
+
+    These defaults are the library's and the CLI's (``model.generate``, ``Session.generate`` and
+    ``seqedge generate`` take the same ones; a test keeps them equal)."""
 
     temperature: float = 0.0
     top_k: int = 0

@@ -1,16 +1,21 @@
-"""Tiny exported artifacts shared by the export/runtime/parity tests: built once per session, read-only."""
+"""The tiny models of the test suite, in one place: their dimensions, a seeded builder, and exported artifacts
+built once per session (read-only). conftest.py turns these into fixtures; test modules import the rest."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from seqedge.config import SequentialAttentionConfig
 
-# the TINY_DIMS of conftest, with dk = dv = 16 as the export tests' brief asks
-EXPORT_DIMS = dict(hidden_size=32, num_layers=2, num_heads=2, head_k_dim=16, head_v_dim=16, gate_rank=4,
-                   chunk_size=16, mlp_multiple_of=16)
+# Small enough for the float64 reference and per-token loops, large enough to have several heads, layers and a
+# sequence that spans more than one chunk.
+TINY_DIMS: dict[str, Any] = dict(hidden_size=32, num_layers=2, num_heads=2, head_k_dim=16, head_v_dim=8,
+                                 gate_rank=4, chunk_size=16, mlp_multiple_of=16)
+# exported models use dk = dv, the shape every target's fused or packed paths are checked at
+EXPORT_DIMS: dict[str, Any] = {**TINY_DIMS, "head_v_dim": 16}
 SCHEMES = ("none", "fp16", "int8", "int4")
 RULES = ("gated", "delta")
 
@@ -18,17 +23,23 @@ _CACHE: dict[str, Path] = {}
 _REFERENCE: dict[tuple, object] = {}
 
 
-def export_config(rule: str) -> SequentialAttentionConfig:
-    return SequentialAttentionConfig(**EXPORT_DIMS, update_rule=rule)
-
-
-def tiny_model(rule: str, seed: int = 0):
+def build_model(config: SequentialAttentionConfig, seed: int = 0):
+    """A randomly initialised model of ``config`` in eval mode; ``seed`` fixes its weights."""
     import torch
 
     from seqedge.model import SequentialAttentionModel
 
     torch.manual_seed(seed)
-    return SequentialAttentionModel(export_config(rule)).eval()
+    return SequentialAttentionModel(config).eval()
+
+
+def export_config(rule: str, **overrides: Any) -> SequentialAttentionConfig:
+    return SequentialAttentionConfig(**{**EXPORT_DIMS, **overrides}, update_rule=rule)
+
+
+def tiny_model(rule: str, seed: int = 0, **overrides: Any):
+    """The export tests' tiny model (``EXPORT_DIMS`` with ``overrides``, e.g. ``num_layers=1``)."""
+    return build_model(export_config(rule, **overrides), seed)
 
 
 def onnx_artifact(tmp_path_factory: pytest.TempPathFactory, rule: str) -> Path:

@@ -1,4 +1,4 @@
-"""Shared fixtures: a seeded generator and a tiny model config (small dims, so every test stays fast on 2 cores)."""
+"""Shared fixtures: a seeded generator and the tiny model of tests/_artifacts.py as config, model and checkpoint."""
 
 from __future__ import annotations
 
@@ -7,16 +7,12 @@ from typing import Any, Callable
 import pytest
 import torch
 
+from _artifacts import TINY_DIMS, build_model
 from seqedge.config import SequentialAttentionConfig
 
 # Tests use tiny tensors, where intra-op threads only add overhead, and on a shared 2-core machine an
-# oversubscribed OpenMP pool made a gradcheck 15x slower (measured 66 s vs 4.5 s). One thread: stable timings.
+# oversubscribed OpenMP pool makes a gradcheck an order of magnitude slower. One thread: stable timings.
 torch.set_num_threads(1)
-
-# Small enough for the float64 reference and per-token loops, large enough to have several heads, layers and a
-# sequence that spans more than one chunk.
-TINY_DIMS: dict[str, Any] = dict(hidden_size=32, num_layers=2, num_heads=2, head_k_dim=16, head_v_dim=8,
-                                 gate_rank=4, chunk_size=16, mlp_multiple_of=16)
 
 
 @pytest.fixture
@@ -40,19 +36,12 @@ def tiny_config(make_tiny_config) -> SequentialAttentionConfig:
     return make_tiny_config()
 
 
-def _build_model(config: SequentialAttentionConfig, seed: int):
-    from seqedge.model import SequentialAttentionModel
-
-    torch.manual_seed(seed)
-    return SequentialAttentionModel(config).eval()
-
-
 @pytest.fixture
 def make_tiny_model() -> Callable[..., Any]:
     """``make_tiny_model(config, seed=0)``: a randomly initialised model in eval mode; the seed fixes its weights."""
 
     def make(config: SequentialAttentionConfig, seed: int = 0):
-        return _build_model(config, seed)
+        return build_model(config, seed)
 
     return make
 
@@ -62,5 +51,5 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     """A checkpoint directory of a random tiny model, written once per session (read-only for tests)."""
     config = SequentialAttentionConfig(**TINY_DIMS)
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    _build_model(config, seed=0).save_pretrained(path)
+    build_model(config, seed=0).save_pretrained(path)
     return str(path)

@@ -40,7 +40,7 @@ def test_console_script_help():
 
 
 def test_console_script_generate(tiny_checkpoint, capsys):
-    args = ["generate", "--checkpoint", tiny_checkpoint, "--prompt", "Hello", "--max-new-tokens", "5", "--seed", "0"]
+    args = ["generate", "-m", tiny_checkpoint, "--prompt", "Hello", "--max-new-tokens", "5", "--seed", "0"]
     out = run_console_script(*args)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("Hello")
@@ -50,7 +50,7 @@ def test_console_script_generate(tiny_checkpoint, capsys):
 
 
 def test_console_script_error_is_one_line(tmp_path):
-    out = run_console_script("generate", "--checkpoint", str(tmp_path / "missing"), "--prompt", "x")
+    out = run_console_script("generate", "-m", str(tmp_path / "missing"), "--prompt", "x")
     assert out.returncode == 2
     assert_one_line_error(out.stderr, "generate", "does not exist")
 
@@ -63,14 +63,14 @@ def test_no_command_prints_help(capsys):
 
 
 def test_info(tiny_checkpoint, capsys):
-    assert main(["info", tiny_checkpoint]) == 0
+    assert main(["info", "-m", tiny_checkpoint]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"checkpoint: {tiny_checkpoint}")
     assert "hidden_size" in out and "state per sequence" in out and "weights file" in out
 
 
 def test_info_json(tiny_checkpoint, capsys):
-    assert main(["info", tiny_checkpoint, "--json"]) == 0
+    assert main(["info", "-m", tiny_checkpoint, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     config = load_pretrained(tiny_checkpoint).config
     assert info["config"] == config.to_dict()
@@ -80,7 +80,7 @@ def test_info_json(tiny_checkpoint, capsys):
 
 
 def test_generate_greedy_matches_the_library(tiny_checkpoint, capsys):
-    assert main(["generate", "--checkpoint", tiny_checkpoint, "--prompt", "Hi", "--max-new-tokens", "6",
+    assert main(["generate", "-m", tiny_checkpoint, "--prompt", "Hi", "--max-new-tokens", "6",
                  "--temperature", "0"]) == 0
     captured = capsys.readouterr()
     tok = ByteTokenizer()
@@ -98,23 +98,23 @@ def test_generate_greedy_matches_the_library(tiny_checkpoint, capsys):
     (["--top-k", "-3"], "top_k"),
 ])
 def test_generate_bad_arguments(tiny_checkpoint, capsys, extra, match):
-    assert main(["generate", "--checkpoint", tiny_checkpoint, "--prompt", "x", *extra]) == 2
+    assert main(["generate", "-m", tiny_checkpoint, "--prompt", "x", *extra]) == 2
     assert_one_line_error(capsys.readouterr().err, "generate", match)
 
 
 def test_generate_empty_prompt(tiny_checkpoint, capsys):
-    assert main(["generate", "--checkpoint", tiny_checkpoint, "--prompt", ""]) == 2
+    assert main(["generate", "-m", tiny_checkpoint, "--prompt", ""]) == 2
     assert_one_line_error(capsys.readouterr().err, "generate", "--prompt must not be empty")
 
 
 def test_generate_missing_checkpoint(tmp_path, capsys):
-    assert main(["generate", "--checkpoint", str(tmp_path / "nope"), "--prompt", "x"]) == 2
+    assert main(["generate", "-m", str(tmp_path / "nope"), "--prompt", "x"]) == 2
     assert_one_line_error(capsys.readouterr().err, "generate", "does not exist")
 
 
 def test_generate_directory_that_is_not_a_checkpoint(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("hello")
-    assert main(["generate", "--checkpoint", str(tmp_path), "--prompt", "x"]) == 2
+    assert main(["generate", "-m", str(tmp_path), "--prompt", "x"]) == 2
     assert_one_line_error(capsys.readouterr().err, "generate", "not a seqedge checkpoint")
 
 
@@ -123,15 +123,15 @@ def test_generate_truncated_checkpoint(tiny_checkpoint, tmp_path, capsys):
     shutil.copytree(tiny_checkpoint, ckpt)
     data = (ckpt / "model.safetensors").read_bytes()
     (ckpt / "model.safetensors").write_bytes(data[:len(data) // 3])
-    assert main(["generate", "--checkpoint", str(ckpt), "--prompt", "x"]) == 2
+    assert main(["generate", "-m", str(ckpt), "--prompt", "x"]) == 2
     assert_one_line_error(capsys.readouterr().err, "generate", "truncated")
 
 
 def test_info_missing_path(tmp_path, capsys):
-    assert main(["info", str(tmp_path / "nope")]) == 2
+    assert main(["info", "-m", str(tmp_path / "nope")]) == 2
     assert_one_line_error(capsys.readouterr().err, "info", "does not exist")
 
 
 def test_info_directory_that_is_not_a_checkpoint(tmp_path, capsys):
-    assert main(["info", str(tmp_path)]) == 2
+    assert main(["info", "-m", str(tmp_path)]) == 2
     assert_one_line_error(capsys.readouterr().err, "info", "not a seqedge checkpoint")

@@ -70,7 +70,7 @@ def test_policy_applies_only_to_int4_and_is_configurable():
 def test_recipe_metadata_round_trip():
     recipe = QuantizationRecipe("int4", 64)
     data = recipe.to_dict()
-    assert data == {"scheme": "int4", "group_size": 64, "int4_modules": list(MLP_MODULES)}
+    assert data == {"recipe": "int4-mlp", "scheme": "int4", "group_size": 64, "int4_modules": list(MLP_MODULES)}
     assert QuantizationRecipe.from_dict(data) == recipe
     assert "int4_modules" not in QuantizationRecipe("int8").to_dict()
     # an int4 artifact written before the policy existed packed every matrix: read it as such

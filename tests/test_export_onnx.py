@@ -113,7 +113,7 @@ def test_dynamic_batch_matches_torch(artifact, rule, entry):
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_onnxruntime_parity_budget(artifact, scheme):
-    """1,024 tokens of real text (512 prefill + 512 steps) vs the float64 reference, at the issue's budgets.
+    """1,024 tokens of real text (512 prefill + 512 steps) vs the float64 reference, at the parity budgets.
 
     What is tested, honestly: the tiny model is random, and its tied embeddings make the top-1 prediction mostly
     "the current byte", a peaked margin that quantization rarely flips; so for int8/int4 the top-1 and bpb

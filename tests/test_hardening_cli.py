@@ -40,24 +40,24 @@ def paths(tmp_path_factory, tmp_path, tiny_checkpoint) -> dict[str, str]:
 
 TABLE = [
     # (argv, exit code, text in the one stderr line; None: no stderr line expected)
-    (["info", "{art}"], 0, None),
-    (["info", "{file}"], 2, "is a file"),
-    (["info", "{missing}"], 2, "does not exist"),
-    (["info", "{bad_chunk}"], 2, "chunk_size"),
-    (["info", "{no_name}"], 2, "state.0.name"),
-    (["export", "{ckpt}", "--target", "onnx", "--out", "{file}/sub"], 3, "under a file"),
-    (["export", "{ckpt}", "--target", "onnx", "--out", "{webapp}", "--overwrite"], 2, "not a valid seqedge"),
-    (["export", "{ckpt}", "--target", "onnx", "--out", "{art}"], 2, "--overwrite"),
-    (["validate", "{art}", "--runtimes", "torch", "--tokens", "8", "--json", "{file}/sub/report.json"], 3,
+    (["info", "-m", "{art}"], 0, None),
+    (["info", "-m", "{file}"], 2, "is a file"),
+    (["info", "-m", "{missing}"], 2, "does not exist"),
+    (["info", "-m", "{bad_chunk}"], 2, "chunk_size"),
+    (["info", "-m", "{no_name}"], 2, "state.0.name"),
+    (["export", "-m", "{ckpt}", "--target", "onnx", "-o", "{file}/sub"], 3, "under a file"),
+    (["export", "-m", "{ckpt}", "--target", "onnx", "-o", "{webapp}", "--overwrite"], 2, "not a valid seqedge"),
+    (["export", "-m", "{ckpt}", "--target", "onnx", "-o", "{art}"], 2, "--overwrite"),
+    (["validate", "-m", "{art}", "--runtimes", "torch", "--tokens", "8", "--report", "{file}/sub/report.json"], 3,
      "Not a directory"),
-    (["validate", "{art}", "--runtimes", "torch", "--tokens", "8", "--json", "{tmp}"], 3, "is a directory"),
-    (["validate", "{art}", "--runtimes", "torch", "--tokens", "1"], 2, "tokens must be >= 2"),
-    (["validate", "{file}", "--runtimes", "torch"], 2, "is a file"),
-    (["generate", "--checkpoint", "{ckpt}", "--prompt", "x", "--temperature", "nan"], 2, "temperature"),
-    (["generate", "--checkpoint", "{ckpt}", "--prompt", "x", "--temperature", "inf"], 2, "temperature"),
-    (["generate", "--checkpoint", "{ckpt}", "--prompt", "x", "--top-p", "0"], 2, "top_p"),
-    (["bench", "{missing}", "--no-progress"], 2, "does not exist"),
-    (["bench", "{art}", "--no-progress", "--out", "{file}/sub"], 3, "Not a directory"),
+    (["validate", "-m", "{art}", "--runtimes", "torch", "--tokens", "8", "--report", "{tmp}"], 3, "is a directory"),
+    (["validate", "-m", "{art}", "--runtimes", "torch", "--tokens", "1"], 2, "tokens must be >= 2"),
+    (["validate", "-m", "{file}", "--runtimes", "torch"], 2, "is a file"),
+    (["generate", "-m", "{ckpt}", "-p", "x", "-t", "nan"], 2, "temperature"),
+    (["generate", "-m", "{ckpt}", "-p", "x", "-t", "inf"], 2, "temperature"),
+    (["generate", "-m", "{ckpt}", "-p", "x", "--top-p", "0"], 2, "top_p"),
+    (["bench", "-m", "{missing}", "-q"], 2, "does not exist"),
+    (["bench", "-m", "{art}", "-q", "-o", "{file}/sub"], 3, "Not a directory"),
 ]
 
 
@@ -82,14 +82,14 @@ def test_usage_errors_exit_2(argv, capsys):
 
 
 def test_validate_report_path_is_checked_before_the_run(paths, capsys):
-    assert main(["validate", paths["art"], "--runtimes", "torch", "--tokens", "8", "--json",
+    assert main(["validate", "-m", paths["art"], "--runtimes", "torch", "--tokens", "8", "--report",
                  paths["file"] + "/r.json"]) == 3
     assert "reference" not in capsys.readouterr().err         # the float64 reference never started
 
 
 def test_validate_dot_writes_its_report_next_to_the_artifact(paths, monkeypatch, capsys):
     monkeypatch.chdir(paths["art"])
-    assert main(["validate", ".", "--runtimes", "torch", "--tokens", "8"]) == 0
+    assert main(["validate", "-m", ".", "--runtimes", "torch", "--tokens", "8"]) == 0
     report = Path(paths["art"]).with_name("art.validate.json")
     assert json.loads(report.read_text())["passed"] is True
 
@@ -101,7 +101,7 @@ def test_interrupt_exits_130(paths, capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(export_check, "export_verified", interrupted)
-    assert main(["export", paths["ckpt"], "--out", paths["tmp"] + "/x"]) == 130
+    assert main(["export", "-m", paths["ckpt"], "-o", paths["tmp"] + "/x"]) == 130
     assert capsys.readouterr().err.strip() == "seqedge export: interrupted"
 
 
@@ -112,10 +112,10 @@ def test_a_bug_is_one_line_with_exit_70_and_the_traceback_on_request(paths, caps
         raise TypeError("unsupported operand")
 
     monkeypatch.setattr(checkpoint, "read_config", broken)
-    assert main(["info", paths["ckpt"]]) == 70
+    assert main(["info", "-m", paths["ckpt"]]) == 70
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "internal error (TypeError" in err[0] and "--traceback" in err[0]
-    for argv in (["--traceback", "info", paths["ckpt"]], ["info", paths["ckpt"], "--traceback"]):
+    for argv in (["--traceback", "info", "-m", paths["ckpt"]], ["info", "-m", paths["ckpt"], "--traceback"]):
         with pytest.raises(TypeError, match="unsupported operand"):
             main(argv)
 
@@ -126,7 +126,7 @@ def _seqedge() -> list[str]:
 
 
 def test_closed_pipe_ends_quietly_with_141(paths):
-    proc = subprocess.Popen([*_seqedge(), "info", paths["art"], "--json"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*_seqedge(), "info", "-m", paths["art"], "--json"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     proc.stdout.close()                                        # like `| head -c 0`: the reader is gone at once
     err = proc.stderr.read().decode()
@@ -134,15 +134,15 @@ def test_closed_pipe_ends_quietly_with_141(paths):
 
 
 def test_traceback_flag_after_the_subcommand(paths):
-    out = subprocess.run([*_seqedge(), "info", paths["file"], "--traceback"], capture_output=True, text=True,
+    out = subprocess.run([*_seqedge(), "info", "-m", paths["file"], "--traceback"], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode != 0 and "Traceback" in out.stderr and "is a file" in out.stderr
 
 
 def test_sigterm_during_export_cleans_up_like_ctrl_c(paths, tmp_path):
     out = tmp_path / "sig" / "art"
-    proc = subprocess.Popen([*_seqedge(), "export", paths["ckpt"], "--target", "onnx", "--quantize", "none,int8",
-                             "--out", str(out), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen([*_seqedge(), "export", "-m", paths["ckpt"], "--target", "onnx", "--quantize", "none,int8",
+                             "-o", str(out), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.monotonic() + 120
     while not list(out.parent.glob(".art.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:

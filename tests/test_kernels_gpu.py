@@ -375,7 +375,7 @@ def _fused_vs_references(name, rule, B, dtype, cfg_id, steps=6, pdl=None):
     Checks: fused vs the float32 step to 1e-4 (logits and every state tensor, each step); fused vs GraphDecoder to
     1e-4 in float32 and 5e-2 in bf16 (GraphDecoder rounds activations to bf16 like the model: measured on CPU,
     small preset, B=8, randomised weights, the bf16 model.step is 1.4-3.0e-2 (logits) and up to 2.8e-2 (states) from
-    float32 on the same weights, so the issue's 2e-2 would test the model's rounding, not the kernels).
+    float32 on the same weights, so a 2e-2 bound would test the model's rounding, not the kernels).
     """
     from seqedge.kernels.decode_fused import FUSED_CONFIGS, FusedDecoder
     from seqedge.kernels.decode_graph import GraphDecoder

@@ -213,24 +213,24 @@ def _artifact_without_variants(tmp_path, tiny_config, make_tiny_model):
 ])
 def test_bench_cli_rejects_bad_arguments(tmp_path, tiny_config, make_tiny_model, capsys, extra, message):
     art = _artifact_without_variants(tmp_path, tiny_config, make_tiny_model)
-    assert main(["bench", str(art), "--no-progress", "--out", str(tmp_path / "o"), *extra]) == 2
+    assert main(["bench", "-m", str(art), "-q", "--out", str(tmp_path / "o"), *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
 
 
 def test_bench_cli_missing_artifact(tmp_path, capsys):
-    assert main(["bench", str(tmp_path / "missing"), "--no-progress"]) == 2
+    assert main(["bench", "-m", str(tmp_path / "missing"), "-q"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_bench_cli_not_an_artifact(tmp_path, capsys):
-    assert main(["bench", str(tmp_path), "--no-progress"]) == 2
+    assert main(["bench", "-m", str(tmp_path), "-q"]) == 2
     assert "manifest.json is missing" in capsys.readouterr().err
 
 
 def test_bench_cli_lists_runtimes_that_cannot_run(tmp_path, tiny_config, make_tiny_model, capsys):
     art = _artifact_without_variants(tmp_path, tiny_config, make_tiny_model)
-    code = main(["bench", str(art), "--no-progress", "--contexts", "0", "--out", str(tmp_path / "o")])
+    code = main(["bench", "-m", str(art), "-q", "--contexts", "0", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2
     # every runtime is named with its reason, and the final error says nothing could be measured

@@ -1,54 +1,71 @@
-"""``seqedge export``: a checkpoint -> one artifact directory (manifest + one folder per target/quantization)."""
+"""``seqedge export``: a checkpoint -> one artifact directory (manifest + one folder per target/recipe)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 
-TARGET_CHOICES = ("onnx", "onnx-ort", "executorch", "coreml", "tensorrt", "all")
-SCHEME_CHOICES = ("none", "fp16", "int8", "int4")
+from seqedge.targets import TARGETS
 
+from .options import (add_json, add_model, add_out, add_quiet, canonical_recipes, csv_list, model_path,
+                      recipes_type)
 
-def _csv(choices: tuple[str, ...], what: str):
-    def parse(text: str) -> list[str]:
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        bad = [t for t in items if t not in choices]
-        if not items or bad:
-            raise argparse.ArgumentTypeError(f"invalid {what} {','.join(bad) or text!r}; choose from "
-                                             f"{', '.join(choices)} (comma-separated)")
-        return items
-    return parse
+TARGET_CHOICES = (*TARGETS, "all")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export", help="export a checkpoint to ONNX / ExecuTorch / Core ML / TensorRT",
         description="Export the step and chunk functions of a checkpoint (default: the bundled model) to one "
-                    "artifact directory: manifest.json plus one folder per target and quantization, and a torch "
-                    "variant used as the float64 parity reference. The directory appears only when every "
+                    "artifact directory: manifest.json plus one folder per target and quantization recipe, and a "
+                    "torch variant used as the float64 parity reference. The directory appears only when every "
                     "requested target succeeded. --target all exports what this machine supports and lists what "
                     "it skipped and why.")
-    p.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
-                   help="checkpoint directory (config.json + model.safetensors; default: the bundled model)")
-    p.add_argument("--target", type=_csv(TARGET_CHOICES, "target"), default=["onnx"],
-                   help="onnx, onnx-ort (ONNX Runtime's fused LinearAttention op), executorch, coreml, tensorrt or "
-                        "all; comma-separated for several (default: onnx)")
-    p.add_argument("--quantize", type=_csv(SCHEME_CHOICES, "quantization"), default=["none"],
-                   help="none, fp16, int8, int4; comma-separated for several variants (default: none)")
+    add_model(p, "checkpoint directory (config.json + model.safetensors; default: the bundled model)")
+    p.add_argument("--target", type=csv_list(TARGET_CHOICES, "target"), default=["onnx"],
+                   help=f"{', '.join(TARGETS)} or all; comma-separated for several (default: onnx)")
+    p.add_argument("--quantize", type=recipes_type(), default=["fp32"], metavar="RECIPES",
+                   help="quantization recipes, comma-separated: fp32, fp16, int8-dynamic, int4-mlp (default: fp32; "
+                        "--list-recipes says what each does)")
+    p.add_argument("--list-recipes", action="store_true", help="describe every quantization recipe and exit")
     p.add_argument("--group-size", type=int, default=32, help="int4 weights per scale group (default: 32)")
-    p.add_argument("--out", required=True, metavar="DIR", help="artifact directory to create")
+    add_out(p, "artifact directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing artifact at --out (atomically)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_quiet(p)
+    add_json(p, "the written manifest")
     p.set_defaults(run=run)
 
 
+def list_recipes() -> str:
+    """Every recipe with its one-line summary and how each target packs it."""
+    from seqedge.export.quantization import RECIPE_ALIASES, RECIPES
+
+    old = {new: old for old, new in RECIPE_ALIASES.items()}
+    lines = []
+    for r in RECIPES.values():
+        alias = f"  (0.1 name: {old[r.name]})" if r.name in old else ""
+        lines.append(f"{r.name:13s} {r.summary}{alias}")
+        lines += [f"{'':13s}   {target}: {how}" for target, how in r.per_target.items()]
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.list_recipes:
+        print(list_recipes())
+        return 0
+    if not args.out:
+        raise ValueError("-o/--out DIR is required: the artifact directory to create")
     from seqedge.defaults import default_checkpoint_dir
     from seqedge.evaluate.export_check import export_verified
 
     targets = "all" if "all" in args.target else args.target
-    checkpoint = args.checkpoint or default_checkpoint_dir()
-    manifest = export_verified(checkpoint, args.out, targets, args.quantize, progress=not args.quiet,
-                              overwrite=args.overwrite, group_size=args.group_size)
+    checkpoint = model_path(args) or default_checkpoint_dir()
+    recipes = canonical_recipes(args.quantize)
+    manifest = export_verified(checkpoint, args.out, targets, recipes, progress=not (args.quiet or args.json),
+                               overwrite=args.overwrite, group_size=args.group_size)
+    if args.json:
+        print(json.dumps(manifest.data, indent=2))
+        return 0
     for skipped in manifest.data.get("skipped", []):
         print(f"skipped {skipped['target']}/{skipped['quantization']}: {skipped['reason']}")
     for variant in manifest.variants:
@@ -56,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         parity = manifest.data.get("parity", {}).get(variant.name, {})
         check = (f"max|dlogit| {parity['max_abs']:.2e}, top-1 {parity['top1']:.1%}" if "max_abs" in parity
                  else f"not run here: {parity.get('skipped', '-')}")
-        print(f"{variant.name:14s} {size / 2**20:8.2f} MiB   parity: {check}")
+        recipe = variant.quantization.get("recipe", variant.tag)
+        print(f"{variant.name:14s} {recipe:13s} {size / 2**20:8.2f} MiB   parity: {check}")
     print(f"wrote {args.out}")
     return 0

@@ -1,35 +1,102 @@
-"""``seqedge generate``: stream a continuation of a prompt from a checkpoint."""
+"""``seqedge generate``: stream a continuation of a prompt from a checkpoint or an exported artifact."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
+from seqedge.sampling import DEFAULT_MAX_NEW_TOKENS, SamplingConfig
+
+from .options import add_json, add_model, add_quiet, canonical_recipes, is_artifact, model_path, note_deprecated
+
+DEFAULTS = SamplingConfig()       # the Python API's defaults (model.generate, Session.generate)
+DEFAULT_RUNTIME = "onnxruntime"
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="stream generated text from a checkpoint",
-                       description="Stream a continuation of --prompt to the terminal, token by token.")
-    p.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory (default: the bundled model)")
-    p.add_argument("--artifact", metavar="DIR", help="run an exported artifact instead of a checkpoint")
+    p = sub.add_parser("generate", help="stream generated text from a checkpoint or an artifact",
+                       description="Stream a continuation of --prompt to the terminal, token by token. -m names a "
+                                   "checkpoint (run by torch) or an artifact directory (run by --runtime). "
+                                   "Sampling defaults are the Python API's: greedy unless -t is given.")
+    add_model(p, "checkpoint or artifact directory (default: the bundled checkpoint)", positional=False,
+              legacy_flags=("--checkpoint", "--artifact"))
     p.add_argument("--runtime", default=None,
-                   help="runtime for --artifact: torch, onnxruntime, executorch, coreml, tensorrt, cuda (default: "
-                        "cuda on a machine with an NVIDIA GPU, else onnxruntime); a checkpoint runs on cuda there too")
-    p.add_argument("--quantization", default=None, help="variant of --artifact: fp32, fp16, int8, int4 (default: "
-                                                        "fp32, or the only one)")
-    p.add_argument("--prompt", required=True, help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: 200)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy (default: 0.8)")
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0: off)")
-    p.add_argument("--seed", type=int, default=None, help="random seed, for repeatable output")
+                   help=f"runtime for an artifact: onnxruntime, onnxruntime-fused, executorch, coreml, tensorrt, "
+                        f"torch; a target name such as onnx names its runtime (default: {DEFAULT_RUNTIME})")
+    p.add_argument("--quantize", default=None, metavar="RECIPE",
+                   help="the artifact's variant: fp32, fp16, int8-dynamic, int4-mlp (default: fp32, or the only one)")
+    p.add_argument("--quantization", dest="legacy_quantization", default=None, help=argparse.SUPPRESS)
+    p.add_argument("-p", "--prompt", required=True, help="text to continue")
+    p.add_argument("-n", "--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                   help="tokens to generate (default: %(default)s)")
+    p.add_argument("-t", "--temperature", type=float, default=DEFAULTS.temperature,
+                   help="sampling temperature; 0 is greedy (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=DEFAULTS.top_k,
+                   help="sample from the k most likely tokens; 0 is off (default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=DEFAULTS.top_p,
+                   help="nucleus sampling mass; 1.0 is off (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="random seed, for repeatable output")
+    add_quiet(p, "no status lines on stderr (the text only)")
+    add_json(p, "the prompt, the continuation and its token count and speed (no streaming)")
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def _open(args: argparse.Namespace):
+    """The model to generate with (a torch module or a Session) and a description of it."""
     from seqedge.defaults import default_checkpoint_dir
+    from seqedge.runtimes.cuda_runtime import cuda_available
+    from seqedge.targets import resolve_runtime
+
+    path = model_path(args)
+    on_gpu = args.runtime in (None, "cuda") and cuda_available()
+    if args.legacy_quantization:
+        note_deprecated("--quantization", "--quantize")
+        if args.quantize:
+            raise ValueError("pass either --quantize or --quantization, not both")
+    quantize = args.quantize or args.legacy_quantization
+    if path is not None and is_artifact(path):
+        from seqedge.export.quantization import recipe_tag
+        from seqedge.runtimes import load
+
+        runtime = resolve_runtime(args.runtime or ("cuda" if on_gpu else DEFAULT_RUNTIME))
+        tag = recipe_tag(canonical_recipes([quantize])[0]) if quantize else None
+        session = load(path, runtime, quantization=tag)
+        return session, f"{session.runtime} running {session.variant.name}"
+    checkpoint = path or default_checkpoint_dir()
+    if on_gpu and not quantize:
+        session = _checkpoint_on_cuda(checkpoint)
+        return session, f"cuda running checkpoint {checkpoint}"
+    given = [flag for flag, value in (("--runtime", args.runtime), ("--quantize", quantize)) if value]
+    if given:
+        verb = "apply" if len(given) > 1 else "applies"
+        raise ValueError(f"{' and '.join(given)} {verb} to an exported artifact, and {path or 'the bundled model'} "
+                         "is a checkpoint (export it with `seqedge export`)")
     from seqedge.model import load_pretrained
-    from seqedge.sampling import SamplingConfig
+
+    return load_pretrained(checkpoint).eval(), f"torch running checkpoint {checkpoint}"
+
+
+def _checkpoint_on_cuda(checkpoint_dir):
+    """A cuda Session over a checkpoint: its torch variant is written to a temporary artifact (removed at exit)
+    and opened on that runtime."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from seqedge.export.api import export_model
+    from seqedge.runtimes import load
+
+    folder = tempfile.mkdtemp(prefix="seqedge-cuda-")
+    atexit.register(shutil.rmtree, folder, True)
+    out = Path(folder) / "artifact"
+    export_model(checkpoint_dir, out, [], progress=False)
+    return load(out, "cuda")
+
+
+def run(args: argparse.Namespace) -> int:
     from seqedge.tokenizer import ByteTokenizer
 
     SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)  # validate before loading anything
@@ -37,48 +104,35 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if not args.prompt:
         raise ValueError("--prompt must not be empty")
-    if args.artifact and args.checkpoint:
-        raise ValueError("pass either --checkpoint or --artifact, not both")
-    from seqedge.runtimes.cuda_runtime import cuda_available
-
-    on_gpu = args.runtime in (None, "cuda") and cuda_available()
-    if args.artifact:
-        from seqedge.runtimes import load
-
-        runtime = args.runtime or ("cuda" if on_gpu else "onnxruntime")
-        model = load(args.artifact, runtime, quantization=args.quantization)     # a Session
-        print(f"[{model.runtime} running {model.variant.name}]", file=sys.stderr)
-    elif on_gpu:
-        model = _checkpoint_on_cuda(args.checkpoint or default_checkpoint_dir())
-        print(f"[cuda running {model.variant.name}]", file=sys.stderr)
-    else:
-        model = load_pretrained(args.checkpoint or default_checkpoint_dir()).eval()
+    status = (lambda line: None) if args.quiet or args.json else (lambda line: print(line, file=sys.stderr))
+    unused = [flag for flag, value, off in (("--top-k", args.top_k, DEFAULTS.top_k), ("--top-p", args.top_p,
+                                            DEFAULTS.top_p), ("--seed", args.seed, DEFAULTS.seed)) if value != off]
+    if args.temperature == 0 and unused:
+        print(f"seqedge generate: note: {', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect at "
+              "temperature 0 (greedy); pass -t/--temperature to sample", file=sys.stderr)
+    model, what = _open(args)
+    status(f"[{what}]")
     tok = ByteTokenizer()
     decoder = tok.stream_decoder()
-    sys.stdout.write(args.prompt)
-    sys.stdout.flush()
-    start, count = time.perf_counter(), 0
+    stream = not args.json
+    if stream:
+        sys.stdout.write(args.prompt)
+        sys.stdout.flush()
+    start, pieces = time.perf_counter(), []
     for token in model.generate(tok.encode(args.prompt, add_bos=True), args.max_new_tokens,
                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                                 stop_tokens=(tok.eos_id,)):
-        count += 1
-        sys.stdout.write(decoder.push(token))
-        sys.stdout.flush()
-    sys.stdout.write(decoder.flush() + "\n")
+        pieces.append(decoder.push(token))
+        if stream:
+            sys.stdout.write(pieces[-1])
+            sys.stdout.flush()
+    pieces.append(decoder.flush())
     elapsed = time.perf_counter() - start
-    print(f"[{count} tokens, {count / max(elapsed, 1e-9):.1f} tokens/s]", file=sys.stderr)
+    count = len(pieces) - 1
+    if args.json:
+        print(json.dumps({"model": what, "prompt": args.prompt, "text": "".join(pieces), "tokens": count,
+                          "seconds": round(elapsed, 4), "tokens_per_s": round(count / max(elapsed, 1e-9), 2)}))
+    else:
+        sys.stdout.write(pieces[-1] + "\n")
+    status(f"[{count} tokens, {count / max(elapsed, 1e-9):.1f} tokens/s]")
     return 0
-
-
-def _checkpoint_on_cuda(checkpoint_dir):
-    """A cuda Session over a checkpoint: its torch variant is written to a temporary artifact first (checked
-    against the float64 reference like every export), then opened on that runtime."""
-    import tempfile
-    from pathlib import Path
-
-    from seqedge.export.api import export_model
-    from seqedge.runtimes import load
-
-    out = Path(tempfile.mkdtemp(prefix="seqedge-cuda-")) / "artifact"
-    export_model(checkpoint_dir, out, [], progress=False)
-    return load(out, "cuda")

@@ -6,13 +6,16 @@ import argparse
 import json
 from pathlib import Path
 
+from .options import add_json, add_model, add_quiet, model_path
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="describe a checkpoint or an artifact directory",
                        description="Print the config, parameter count and state size of a checkpoint, or the "
                                    "manifest of an exported artifact directory.")
-    p.add_argument("path", nargs="?", metavar="DIR", help="checkpoint or artifact directory (default: bundled model)")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_model(p, "checkpoint or artifact directory (default: the bundled model)")
+    add_json(p, "the description (the whole manifest for an artifact)")
+    add_quiet(p, "print nothing: only check that the directory reads (exit code 0 when it does)")
     p.set_defaults(run=run)
 
 
@@ -21,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
     from seqedge.defaults import default_checkpoint_dir
     from seqedge.state import state_nbytes, state_specs
 
-    path = Path(args.path) if args.path else default_checkpoint_dir()
+    given = model_path(args)
+    path = Path(given) if given else default_checkpoint_dir()
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     if not path.is_dir():
@@ -31,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
         from seqedge.artifact import read_manifest
 
         artifact = read_manifest(path)            # checks the schema: the summary below may index freely
-        print(json.dumps(artifact.data, indent=2) if args.json
-              else _manifest_summary(path, artifact.data, artifact.config.to_dict()))
+        if not args.quiet:
+            print(json.dumps(artifact.data, indent=2) if args.json
+                  else _manifest_summary(path, artifact.data, artifact.config.to_dict()))
         return 0
     config = read_config(path)
     specs = state_specs(config)
@@ -42,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     weights = path / "model.safetensors"
     if weights.is_file():
         info["weights_bytes"] = weights.stat().st_size
+    if args.quiet:
+        return 0
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -71,9 +78,11 @@ def _manifest_summary(path: Path, data: dict, model: dict) -> str:
         name = f"{v['target']}/{'fp32' if v['quantization']['scheme'] == 'none' else v['quantization']['scheme']}"
         size = sum(f["bytes"] for f in v["files"].values())
         p = parity.get(name, {})
+        recipe = v["quantization"].get("recipe")
+        name_shown = f"{name} ({recipe})" if recipe else name
         check = (f"max|dlogit| {p['max_abs']:.2e}, top-1 {p['top1']:.0%} on {p.get('runtime')}" if "max_abs" in p
                  else f"not checked: {p.get('skipped', '-')}")
-        lines.append(f"    {name:14s} {size / 2**20:8.2f} MiB  {', '.join(sorted(v['files']))}  [{check}]")
+        lines.append(f"    {name_shown:30s} {size / 2**20:8.2f} MiB  {', '.join(sorted(v['files']))}  [{check}]")
     for s in data.get("skipped", []):
         lines.append(f"  skipped {s['target']}/{s['quantization']}: {s['reason']}")
     return "\n".join(lines)

@@ -7,8 +7,11 @@ torchrun describes (NCCL on CUDA, gloo on CPU) and the trainer wraps the model i
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+
+from .options import add_json, add_out, add_quiet, note_deprecated
 
 
 def _schedule(text: str) -> tuple[tuple[int, int], ...]:
@@ -30,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="stdlib", help="'stdlib' (the running Python's standard library), a text file "
                                                     "or a folder of text files (default: stdlib)")
     p.add_argument("--steps", type=int, required=True, help="optimizer steps")
-    p.add_argument("--out", required=True, metavar="DIR", help="run directory")
+    add_out(p, "run directory", required=True)
     p.add_argument("--arch", choices=("seqattn", "transformer"), default="seqattn",
                    help="seqattn (default) or the matched transformer baseline")
     p.add_argument("--update-rule", choices=("gated", "delta"), default=None,
@@ -51,7 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batches (default 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
     p.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA (default: bf16 autocast)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet(p, "no progress bar and no status lines")
+    p.add_argument("--no-progress", dest="legacy_no_progress", action="store_true", help=argparse.SUPPRESS)
+    add_json(p, "the final validation metrics")
     p.set_defaults(run=run)
 
 
@@ -82,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     from seqedge.training.data import TextDataset
     from seqedge.training.trainer import SequentialTrainer, TrainingArguments
 
+    if args.legacy_no_progress:
+        note_deprecated("--no-progress", "-q/--quiet (which also drops the status lines)")
     overrides = {} if args.update_rule is None else {"update_rule": args.update_rule}
     config = SequentialAttentionConfig.preset(args.preset, **overrides)
     targs = TrainingArguments(
@@ -89,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         seq_len_schedule=args.seq_len_schedule, grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup,
         weight_decay=args.weight_decay, eval_every=args.eval_every, eval_tokens=args.eval_tokens,
         save_every=args.save_every, seed=args.seed, device=args.device, bf16=not args.no_bf16,
-        progress=not args.no_progress)
+        progress=not (args.quiet or args.json or args.legacy_no_progress))
     has_checkpoint = latest_checkpoint(Path(args.out) / "checkpoints") is not None
     if args.resume and not has_checkpoint:
         raise FileNotFoundError(f"--resume: no checkpoint under {args.out}/checkpoints; drop --resume to start")
@@ -106,14 +113,17 @@ def run(args: argparse.Namespace) -> int:
     trainer = SequentialTrainer(model, targs, data)
     if args.resume:
         trainer.resume()
-    if trainer.is_main:
+    if trainer.is_main and not (args.quiet or args.json):
         info = data.describe()
         print(f"seqedge train: {args.arch} ({config.update_rule if args.arch == 'seqattn' else 'softmax'}), "
               f"{sum(p.numel() for p in model.parameters()):,} parameters, {info['train_tokens']:,} train / "
               f"{info['val_tokens']:,} validation tokens, device {trainer.device}, world size {trainer.world_size}",
               file=sys.stderr)
     result = trainer.train()
-    if trainer.is_main:
+    if trainer.is_main and args.json:
+        print(json.dumps({"step": trainer.step, "tokens": trainer.tokens_seen, "seconds": round(trainer.elapsed, 2),
+                          "model": str(Path(args.out) / "model"), "metrics": result}))
+    elif trainer.is_main and not args.quiet:
         metric = "bpb" if "bpb" in result else next(k for k in result if k not in ("step", "tokens", "loss"))
         print(f"seqedge train: step {trainer.step}, validation {metric} {result[metric]:.4f}, "
               f"{trainer.tokens_seen:,} tokens in {trainer.elapsed:.1f} s; model in {Path(args.out) / 'model'}")

@@ -13,11 +13,10 @@ from typing import Any, Callable, Sequence
 from seqedge.artifact import Manifest, read_manifest
 from seqedge.runtimes.base import get_runtime
 from seqedge.runtimes.session import Session
+from seqedge.targets import RUNTIME_OF_TARGET
 
 from .parity import compare, reference_stream, run_stream, text_tokens
 
-RUNTIME_OF_TARGET = {"torch": "torch", "onnx": "onnxruntime", "onnx-ort": "onnxruntime-fused",
-                     "executorch": "executorch", "coreml": "coreml", "tensorrt": "tensorrt"}
 PARITY_CHUNKS, PARITY_STEPS = 2, 16
 
 

@@ -16,7 +16,6 @@ so the state holds realistic values all along the stream.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import sysconfig
@@ -110,13 +109,11 @@ def token_stream(n: int, source: str | Path | None = None) -> np.ndarray:
 
 
 # --- memory ---------------------------------------------------------------------------------------------------
-def current_rss_bytes() -> int | None:
-    """Resident set size of this process now (Linux /proc; None where unavailable)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
+def current_rss_bytes() -> int:
+    """Resident set size of this process now (psutil)."""
+    import psutil
+
+    return psutil.Process().memory_info().rss
 
 
 def reset_peak_rss() -> bool:
@@ -133,7 +130,9 @@ def reset_peak_rss() -> bool:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size since the last :func:`reset_peak_rss` (else since the process started)."""
+    """Peak resident set size since the last :func:`reset_peak_rss` (else since the process started).
+
+    Read from /proc where it can be reset (psutil reports no resettable peak), else from getrusage."""
     try:
         with open("/proc/self/status") as f:
             match = re.search(r"VmHWM:\s+(\d+)\s+kB", f.read())
@@ -211,6 +210,13 @@ class ContextResult:
     reach_tokens: int            # tokens that prefill consumed
     memory_bytes: int            # state / KV cache held while measuring
     rss_bytes: int | None        # process RSS after the timed steps
+    iqr_ms: float = 0.0          # spread of the timed steps: p75 - p25
+    sweep_p50_ms: list[float] = field(default_factory=list)   # p50 of every sweep (this row is the lowest)
+
+    @property
+    def sweep_median_ms(self) -> float:
+        """Median over sweeps of each sweep's p50 (the row's own p50 with one sweep)."""
+        return float(np.median(self.sweep_p50_ms)) if self.sweep_p50_ms else self.p50_ms
 
 
 @dataclass
@@ -252,13 +258,14 @@ class RunResult:
 
 
 def latency_stats(samples_ns: Sequence[int]) -> dict[str, float]:
-    """p50/p90/p99/mean/min in milliseconds of per-call times in nanoseconds (numpy linear percentiles)."""
+    """p50/p90/p99/mean/min and the interquartile range (``iqr_ms``, p75 - p25) in milliseconds of per-call
+    times in nanoseconds (numpy linear percentiles)."""
     ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
     if ms.size == 0:
         raise ValueError("no latency samples")
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    p25, p50, p75, p90, p99 = np.percentile(ms, [25, 50, 75, 90, 99])
     return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(ms.mean()),
-            "min_ms": float(ms.min())}
+            "min_ms": float(ms.min()), "iqr_ms": float(p75 - p25)}
 
 
 Progress = Callable[[int, str], None]     # (tokens just consumed, phase) -> None
@@ -362,11 +369,13 @@ def bench_stepper(stepper: Stepper, config: BenchConfig, stream: np.ndarray | No
     # the context sweep: one stream, prefilled up to each context, then timed steps; with several sweeps, each
     # context keeps the pass with the lowest p50 (another process on the machine can only slow a pass down, so
     # the ratio between contexts then compares undisturbed passes)
-    results: list[ContextResult] = []
+    sweeps: list[list[ContextResult]] = []
     for sweep in range(config.sweeps):
         label = f" (sweep {sweep + 1}/{config.sweeps})" if config.sweeps > 1 else ""
-        passes = _context_sweep(stepper, config, stream, progress, label)
-        results = passes if not results else [min(a, b, key=lambda c: c.p50_ms) for a, b in zip(results, passes)]
+        sweeps.append(_context_sweep(stepper, config, stream, progress, label))
+    results = [min(rows, key=lambda c: c.p50_ms) for rows in zip(*sweeps)]
+    for i, row in enumerate(results):
+        row.sweep_p50_ms = [s[i].p50_ms for s in sweeps]
     return RunResult(
         name=stepper.name, kind=kind, contexts=results, ttft_ms=ttft, prefill_tokens_per_s=prefill_rate,
         stepwise_tokens_per_s=config.stepwise_tokens / (sum(stepwise_ns) / 1e9),
@@ -392,17 +401,19 @@ def plan_runs(artifact_dir: str | Path, runtimes: Sequence[str] | None = None,
               quantizations: Sequence[str] | None = None) -> tuple[list[tuple[str, Any]], list[Skipped]]:
     """Which (runtime, variant) pairs of the artifact can run here, and which cannot with the reason.
 
-    ``runtimes``: names from :data:`seqedge.runtimes.RUNTIMES` (default: all); an unknown name raises ValueError.
-    ``quantizations``: tags (none/fp32, fp16, int8, int4) to keep (default: all present).
+    ``runtimes``: names from :data:`seqedge.runtimes.RUNTIMES` or a target name that names its runtime
+    (:func:`seqedge.targets.resolve_runtime`; default: all); an unknown name raises ValueError.
+    ``quantizations``: recipe names or variant tags to keep (``fp32``, ``int8-dynamic`` or ``int8``, ...; default:
+    all present).
     """
     from seqedge.artifact import read_manifest
     from seqedge.quiet import quiet_libraries
+    from seqedge.export.quantization import recipe_tag
     from seqedge.runtimes.base import RUNTIMES, get_runtime
+    from seqedge.targets import resolve_runtimes
 
-    unknown = [r for r in (runtimes or []) if r not in RUNTIMES]
-    if unknown:
-        raise ValueError(f"unknown runtime(s) {unknown}; valid runtimes are {sorted(RUNTIMES)}")
-    tags = None if quantizations is None else {"fp32" if q == "none" else q for q in quantizations}
+    runtimes = resolve_runtimes(runtimes, known=tuple(RUNTIMES))
+    tags = None if quantizations is None else {recipe_tag(q) for q in quantizations}
     manifest = read_manifest(artifact_dir)
     runs, skipped = [], []
     for runtime in runtimes or list(RUNTIMES):

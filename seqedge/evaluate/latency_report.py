@@ -6,88 +6,14 @@ matplotlib is imported lazily (Agg backend) so the harness itself needs only num
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import os
-import platform
-import shlex
-import sys
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .latency import BenchConfig, RunResult, Skipped, format_context
+from seqedge.fsutil import write_json_atomic
 
-LIBRARIES = ("seqedge", "numpy", "onnxruntime", "onnx", "executorch", "torch", "torchao", "coremltools",
-             "tensorrt", "tensorrt_rtx", "matplotlib")
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo, macOS sysctl), else what platform knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    if sys.platform == "darwin":
-        import subprocess
-
-        try:
-            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
-                                  timeout=5).stdout.strip() or platform.processor()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return platform.processor() or platform.machine()
-
-
-def _memory_total() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str]:
-    """Installed versions of the libraries that matter to latency (read from metadata: nothing is imported)."""
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores (and those this process may use), memory, OS, Python, library versions, load average."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    info: dict[str, Any] = {
-        "cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable, "memory_bytes": _memory_total(),
-        "os": platform.platform(), "python": platform.python_version(), "libraries": library_versions(),
-        "thread_env": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
-    }
-    if hasattr(os, "getloadavg"):
-        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    return info
-
-
-def command_line() -> str:
-    """The command that is running, shell-quoted, as the user could retype it."""
-    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
-    if prog == "__main__.py" or prog.endswith(".py"):
-        prog = f"python {os.path.relpath(sys.argv[0])}"
-    return " ".join([prog, *map(shlex.quote, sys.argv[1:])])
-
+from .run_info import command_line, git_commit, machine_info
 
 @dataclass
 class BenchReport:
@@ -101,11 +27,13 @@ class BenchReport:
     machine: dict[str, Any] = field(default_factory=machine_info)
     date: str = field(default_factory=lambda: _dt.datetime.now().astimezone().isoformat(timespec="seconds"))
     command: str = field(default_factory=command_line)
+    commit: str | None = field(default_factory=git_commit)
     sections: list[str] = field(default_factory=list)     # extra Markdown (e.g. target checks), after the header
     extra: dict[str, Any] = field(default_factory=dict)   # extra JSON fields
 
     def to_dict(self) -> dict[str, Any]:
-        return {"title": self.title, "date": self.date, "command": self.command, "artifact": self.artifact,
+        return {"title": self.title, "date": self.date, "command": self.command, "commit": self.commit,
+                "artifact": self.artifact,
                 "machine": self.machine, "config": asdict(self.config),
                 "results": [r.to_dict() for r in self.results], "skipped": [asdict(s) for s in self.skipped],
                 **self.extra}
@@ -138,7 +66,8 @@ def machine_markdown(machine: dict[str, Any]) -> str:
 def render_markdown(report: BenchReport) -> str:
     """The report as Markdown: header, machine, summary table, per-context table, what was not measured."""
     contexts = report.config.contexts
-    out = [f"# {report.title}", "", f"- Date: {report.date}", f"- Command: `{report.command}`"]
+    out = [f"# {report.title}", "", f"- Date: {report.date}", f"- Command: `{report.command}`",
+           f"- Commit: {report.commit or 'unknown'}"]
     if report.artifact:
         out.append(f"- Artifact: `{report.artifact}`")
     c = report.config
@@ -151,7 +80,8 @@ def render_markdown(report: BenchReport) -> str:
     out += [s.rstrip() + "\n" for s in report.sections]
     if report.results:
         ctx_cols = " | ".join(f"p50 @{format_context(x)}" for x in contexts)
-        out += ["## Summary (latencies in ms)", "",
+        out += ["## Summary (latencies in ms" + (f"; p50 is the lowest of {c.sweeps} sweeps" if c.sweeps > 1 else
+                                                  "; p50 is the median of the timed steps") + ")", "",
                 f"| runtime | artifact | load s | TTFT ms | prefill tok/s | token-by-token tok/s | prefill / step "
                 f"| {ctx_cols} | p99 @{format_context(contexts[-1])} | p50 ratio {format_context(contexts[-1])}/"
                 f"{format_context(contexts[0])} | peak RSS MiB |",
@@ -165,13 +95,23 @@ def render_markdown(report: BenchReport) -> str:
             out.append(f"| {r.name} | {_size(r.artifact_bytes)} | {load} | {ttft} | "
                        f"{prefill} | {r.stepwise_tokens_per_s:,.0f} | {speedup} | "
                        f"{p50s} | {r.contexts[-1].p99_ms:.3f} | {r.flatness:.2f} | {_mib(r.peak_rss_bytes)} |")
+        many = c.sweeps > 1
+        p50_head = f"p50 ms (lowest of {c.sweeps} sweeps)" if many else "p50 ms (median)"
+        sweep_head = " median of sweeps' p50 ms | sweeps' p50 spread ms |" if many else ""
         out += ["", "## Latency and memory at each context", "",
-                "| runtime | context | p50 ms | p90 ms | p99 ms | state / KV cache | RSS MiB | prefill to here s |",
-                "|---|---|---|---|---|---|---|---|"]
+                f"p50 is the median of the {c.steps} timed steps and IQR their spread (p75 - p25)"
+                + (f"; with {c.sweeps} sweeps the row is the sweep with the lowest p50 (a min-of-sweeps figure), "
+                   "beside the median and the spread (max - min) of every sweep's p50" if many else "") + ".", "",
+                f"| runtime | context | {p50_head} | IQR ms | p90 ms | p99 ms |{sweep_head} state / KV cache | "
+                "RSS MiB | prefill to here s |",
+                "|" + "---|" * (9 + 2 * many)]
         for r in report.results:
             for x in r.contexts:
-                out.append(f"| {r.name} | {format_context(x.context)} | {x.p50_ms:.3f} | {x.p90_ms:.3f} | "
-                           f"{x.p99_ms:.3f} | {_size(x.memory_bytes)} | {_mib(x.rss_bytes)} | {x.reach_s:.1f} |")
+                sweeps = (f" {x.sweep_median_ms:.3f} | {max(x.sweep_p50_ms) - min(x.sweep_p50_ms):.3f} |"
+                          if many and x.sweep_p50_ms else (" - | - |" if many else ""))
+                out.append(f"| {r.name} | {format_context(x.context)} | {x.p50_ms:.3f} | {x.iqr_ms:.3f} | "
+                           f"{x.p90_ms:.3f} | {x.p99_ms:.3f} |{sweeps} {_size(x.memory_bytes)} | "
+                           f"{_mib(x.rss_bytes)} | {x.reach_s:.1f} |")
         out.append("")
         out.append("RSS is the whole process (earlier runs' memory included); peak RSS is reset before each run "
                    "where the OS allows (Linux).")
@@ -228,7 +168,7 @@ def write_report(report: BenchReport, out_dir: str | Path, stem: str = "bench") 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md"}
-    paths["json"].write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    write_json_atomic(paths["json"], report.to_dict())
     paths["md"].write_text(render_markdown(report))
     if report.results:
         paths["png"] = plot_report(report, out / f"{stem}.png")

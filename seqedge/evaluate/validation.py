@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 from seqedge.artifact import read_manifest
 from seqedge.runtimes.base import RUNTIMES, get_runtime
+from seqedge.targets import resolve_runtimes
 from seqedge.runtimes.session import Session, open_session
 
 from .parity import check_session, default_prefill, reference_stream, text_tokens
@@ -26,10 +27,7 @@ def validate_artifact(artifact_dir: str | Path, runtimes: Sequence[str] | None =
     """
     if tokens < 2:
         raise ValueError(f"tokens must be >= 2, got {tokens}")
-    names = list(RUNTIMES) if runtimes is None else list(runtimes)
-    for name in names:
-        if name not in RUNTIMES:
-            raise ValueError(f"unknown runtime {name!r}; valid runtimes are {sorted(RUNTIMES)}")
+    names = list(RUNTIMES) if runtimes is None else resolve_runtimes(list(runtimes), known=tuple(RUNTIMES))
     manifest = read_manifest(artifact_dir)
     stream = text_tokens(tokens)
     prefill = default_prefill(tokens, manifest.chunk_size)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import time
@@ -29,6 +28,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+
+from seqedge.fsutil import write_json_atomic
 
 from . import checkpointing
 from .data import IGNORE_INDEX
@@ -242,7 +243,7 @@ class SequentialTrainer:
         self.save()
         if self.is_main:
             self.model.save_pretrained(Path(a.out_dir) / "model")
-            (Path(a.out_dir) / "metrics.json").write_text(json.dumps(self.summary(), indent=1) + "\n")
+            write_json_atomic(Path(a.out_dir) / "metrics.json", self.summary(), indent=1)
         return result
 
     def _progress_bar(self):

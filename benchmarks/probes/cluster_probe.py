@@ -5,7 +5,7 @@ from every thread; cold (buffer >> L2) and warm (48 MB, the `small` preset's wei
 over the GPU or as clusters (one GPC each). Needs an sm 9.0 GPU, nvcc and ninja (torch's cpp_extension builds
 it). kernels_decode_cluster.md says what the numbers meant for decode.
 
-    python benchmarks/cluster_probe.py --out benchmarks/results
+    python benchmarks/probes/cluster_probe.py --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -17,7 +17,11 @@ import os
 import torch
 from torch.utils.cpp_extension import load_inline
 
-from config_timing import run_meta
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))   # config_timing.py lives in benchmarks/
+from config_timing import run_meta  # noqa: E402
 
 CUDA = r"""
 #include <cooperative_groups.h>
@@ -186,7 +190,7 @@ CPP = ("double intake(torch::Tensor w, int64_t ctas, int64_t per_cta, int64_t sl
 def main(argv: list[str] | None = None) -> None:
     """Build the probe, run every case, print a line per case and write cluster_probe.json."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/results", help="folder for cluster_probe.json")
+    ap.add_argument("--out", default="benchmarks/probes/results", help="folder for cluster_probe.json")
     args = ap.parse_args(argv)
     mod = load_inline("cluster_probe", CPP, cuda_sources=CUDA, functions=["intake", "csync"],
                       extra_cuda_cflags=["-gencode=arch=compute_90a,code=sm_90a", "-O3"], verbose=False)

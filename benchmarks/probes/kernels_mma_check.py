@@ -1,6 +1,6 @@
 """Run the Triton chunk scan on a few bf16 cases in fresh processes, with Hopper wgmma (MMAv3) on and off.
 
-    python benchmarks/kernels_mma_check.py
+    python benchmarks/probes/kernels_mma_check.py
 
 Triton 3.4-3.7 has been reported to miscompile kernels of this kind on Hopper; this separates a compiler
 problem (fails only with MMAv3) from a kernel bug (fails both ways). Prints one line per case and mode.

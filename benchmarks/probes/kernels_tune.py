@@ -1,8 +1,8 @@
 """Sweep of the chunk-scan kernels' launch parameters on one card (what FWD_CONFIGS / BWD_CONFIGS should hold).
 
-    python benchmarks/kernels_tune.py --out DIR     -> DIR/kernels_tune.json, printed table
+    python benchmarks/probes/kernels_tune.py --out DIR     -> DIR/kernels_tune.json, printed table
 
-B=1, H=16, head dim 128, bf16, T=65,536 (the issue's target shape). Each variant's output is compared with the
+B=1, H=16, head dim 128, bf16, T=65,536 (the target shape). Each variant's output is compared with the
 first variant's (relative L2), so a miscompiled variant shows up as an error, not as a fast time.
 """
 
@@ -16,7 +16,11 @@ import sys
 
 import torch
 
-from config_timing import scan_inputs
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))   # config_timing.py lives in benchmarks/
+from config_timing import scan_inputs  # noqa: E402
 
 
 def write_markdown(json_path: str) -> None:
@@ -25,7 +29,7 @@ def write_markdown(json_path: str) -> None:
     lines = [f"# Launch-parameter sweep of the chunk-scan kernels ({data['card']})", "",
              f"B={data['B']}, T={data['T']}, H={data['H']}, head dim {data['D']}, bf16. Median ms (triton do_bench); "
              "`rel_err_vs_first` compares each variant's outputs with the first variant's (bf16 rounding differs "
-             "with the chunking). Written by `python benchmarks/kernels_tune.py --report` from kernels_tune.json.", ""]
+             "with the chunking). Written by `python benchmarks/probes/kernels_tune.py --report` from kernels_tune.json.", ""]
     for kind in ("fwd", "bwd"):
         rows = sorted((r for r in data["rows"] if r["kind"] == kind), key=lambda r: r.get("ms", float("inf")))
         lines += [f"## {kind}", "", "| config | programs/SM | ms | rel err vs first | error |", "|---|---|---|---|---|"]

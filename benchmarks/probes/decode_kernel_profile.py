@@ -4,7 +4,7 @@ The graph's per-token time (kernels.py) does not say which launch is slow: with 
 kernels overlap. Here each step runs without the graph and without PDL (``capture=False, pdl=False``), so every
 kernel's own time shows in torch.profiler; the sum is an upper bound of the work on the chain, not a graph time.
 
-    python benchmarks/decode_kernel_profile.py --out benchmarks/results [--batch 1]
+    python benchmarks/probes/decode_kernel_profile.py --out benchmarks/results [--batch 1]
 """
 
 from __future__ import annotations
@@ -16,7 +16,11 @@ import os
 
 import torch
 
-from config_timing import cuda_kernels, run_meta
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))   # config_timing.py lives in benchmarks/
+from config_timing import cuda_kernels, run_meta  # noqa: E402
 
 
 def profile_step(dec, tokens: torch.Tensor, steps: int = 5) -> dict[str, dict]:

@@ -6,7 +6,7 @@ threads) bounds how many programs share a multiprocessor, which is what a latenc
 prepass (2.2x its memory floor, benchmarks/results/fwd_call_overhead.md) lives on. Shapes: head dim 128,
 chunk 32, bf16.
 
-    python benchmarks/kernel_registers.py --out benchmarks/results [--arch 90]
+    python benchmarks/probes/kernel_registers.py --out benchmarks/results [--arch 90]
 """
 
 from __future__ import annotations
