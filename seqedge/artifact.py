@@ -95,7 +95,7 @@ class Manifest:
 
     @property
     def vocab_size(self) -> int:
-        return int(self.data["model"]["vocab_size"])
+        return self.config.vocab_size          # the validated config: a field left at its default is absent
 
     @property
     def variants(self) -> list[Variant]:
