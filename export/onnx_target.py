@@ -31,7 +31,7 @@ from typing import Any, Iterator
 
 from seqedge.artifact import Variant, file_record
 
-from . import int4_blockwise
+from . import graph_passes, int4_blockwise
 from .entry_points import ENTRY_POINTS, entry_module, example_inputs, input_names, output_names
 from .quantization import QuantizationRecipe, WeightIndex, int4_split
 
@@ -73,6 +73,7 @@ class OnnxTarget:
 
     name = "onnx"
     install_hint = INSTALL_HINT
+    flavour = "portable"          # graph_passes.FLAVOURS: which fused ops the cleaned graph may use
     schemes = ("none", "fp16", "int8", "int4")
 
     def __init__(self, exporter: str = "torchscript", opset: int = OPSET) -> None:
@@ -105,13 +106,18 @@ class OnnxTarget:
                 with _quiet():
                     if scheme in ("none", "fp16"):
                         self._trace(ctx.model, entry, out / f"{entry}.onnx", half=scheme == "fp16")
-                    elif scheme == "int8":
-                        _quantize_int8(self._float_source(ctx, entry, work), out / f"{entry}.onnx")
                     else:
-                        int4[entry] = _quantize_int4(self._float_source(ctx, entry, work), out / f"{entry}.onnx",
-                                                     ctx.model, ctx.quantization)
+                        # quantize the graph as traced, then clean it: folded constants (the chunk's masks) would
+                        # otherwise pass for weights, and the int4 policy finds each MatMul's module by its weight
+                        source = work / f"{entry}.onnx"
+                        self._trace(ctx.model, entry, source, half=False, clean=False)
+                        if scheme == "int8":
+                            _quantize_int8(source, out / f"{entry}.onnx")
+                        else:
+                            int4[entry] = _quantize_int4(source, out / f"{entry}.onnx", ctx.model, ctx.quantization)
+                        _rewrite(out / f"{entry}.onnx", lambda proto: graph_passes.clean(proto, self.flavour))
                 files[entry] = out / f"{entry}.onnx"
-                _finalize(files[entry])
+                self._finalize(files[entry])
         records: dict[str, dict[str, Any]] = {}
         for entry, path in files.items():
             records[entry] = file_record(ctx.root, path)
@@ -119,26 +125,19 @@ class OnnxTarget:
             if data.exists():
                 records[f"{entry}.data"] = file_record(ctx.root, data)
         onnx = require_onnx_library("onnx")
-        info = {"exporter": self.exporter, "opset": self.opset,
-                "op_types": {e: sorted({n.op_type for n in onnx.load(str(p), load_external_data=False).graph.node})
-                             for e, p in files.items()}}
+        graphs = {e: onnx.load(str(p), load_external_data=False) for e, p in files.items()}
+        layers = ctx.model.config.num_layers
+        info = {"exporter": self.exporter, "graph_flavour": self.flavour,
+                "opset": max(o.version for o in graphs["step"].opset_import if o.domain in ("", "ai.onnx")),
+                "op_types": {e: sorted({n.op_type for n in g.graph.node}) for e, g in graphs.items()},
+                "nodes": {e: graph_passes.node_counts(g, layers) for e, g in graphs.items()}}
         if scheme == "int4":
             info["group_size"] = ctx.quantization.group_size
             info["int4"] = _int4_summary(ctx.quantization, int4)
         return Variant(self.name, ctx.quantization.to_dict(), records, info)
 
-    def _float_source(self, ctx, entry: str, work: Path) -> Path:
-        """The float32 graph to quantize: the onnx/fp32 variant of this export if written, else a fresh trace."""
-        for variant in ctx.variants:
-            if variant.target == self.name and variant.tag == "fp32" and entry in variant.files:
-                path = ctx.root / variant.files[entry]["path"]
-                if not path.with_name(path.name + ".data").exists():
-                    return path
-        path = work / f"{entry}.onnx"
-        self._trace(ctx.model, entry, path, half=False)
-        return path
-
-    def _trace(self, model, entry: str, path: Path, *, half: bool) -> None:
+    def _trace(self, model, entry: str, path: Path, *, half: bool, clean: bool = True) -> None:
+        """Trace ``entry`` of ``model`` to ``path``, then (``clean``) clean the graph (:func:`graph_passes.clean`)."""
         import torch
 
         model = copy.deepcopy(model).float().cpu().eval()
@@ -162,6 +161,12 @@ class OnnxTarget:
                                             optimize=True, verbose=False)
                 program.save(str(path))
         _set_static_dims(path, model, entry)
+        if clean:
+            _rewrite(path, lambda proto: graph_passes.clean(proto, self.flavour))
+
+    def _finalize(self, path: Path) -> None:
+        """Move weights to ``<file>.data`` when the graph is large, then run the full ``onnx.checker``."""
+        finalize_graph(path)
 
 
 def _set_static_dims(path: Path, model, entry: str) -> None:
@@ -186,16 +191,25 @@ def _set_static_dims(path: Path, model, entry: str) -> None:
     onnx.save(proto, str(path))
 
 
-def _finalize(path: Path) -> None:
-    """Move weights to ``<file>.data`` when the graph is large, then run the full ``onnx.checker``."""
+def _rewrite(path: Path, rewrite) -> None:
+    """Load the graph at ``path``, apply ``rewrite`` (ModelProto -> ModelProto) and save it back."""
+    onnx = require_onnx_library("onnx")
+    onnx.save(rewrite(onnx.load(str(path))), str(path))
+
+
+def finalize_graph(path: Path, check: bool = True) -> None:
+    """Move weights to ``<file>.data`` when the graph is large, then run the full ``onnx.checker`` (``check``;
+    graphs with ONNX Runtime's own ops in the default domain, which the checker rejects, are checked by their
+    target instead)."""
     onnx = require_onnx_library("onnx")
     model = onnx.load(str(path))
     weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
     if weight_bytes > EXTERNAL_DATA_BYTES:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + ".data", size_threshold=1024)
-        onnx.checker.check_model(str(path), full_check=True)
-    else:
+        if check:
+            onnx.checker.check_model(str(path), full_check=True)
+    elif check:
         onnx.checker.check_model(model, full_check=True)
 
 

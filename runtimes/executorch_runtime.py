@@ -14,6 +14,7 @@ import numpy as np
 from seqedge.artifact import Manifest, Variant
 
 from .base import RuntimeUnavailable
+from .threads import check_threads, default_threads
 
 INSTALL_HINT = "pip install executorch==1.5.1 torchao==0.18.0"
 BACKEND = "XnnpackBackend"
@@ -36,7 +37,7 @@ class ExecuTorchBackend:
     runtime = "executorch"
     target = "executorch"
 
-    def __init__(self, manifest: Manifest, variant: Variant) -> None:
+    def __init__(self, manifest: Manifest, variant: Variant, threads: int | None = None) -> None:
         torch, Runtime = _import_runtime()
         self._torch = torch
         self.path = manifest.path(variant, "program")
@@ -52,6 +53,7 @@ class ExecuTorchBackend:
                                      f"{sorted(self.program.method_names)}); re-run `seqedge export --target "
                                      "executorch`")
         self.methods = {m: self.program.load_method(m) for m in METHODS}
+        self.threads = _set_threads(default_threads(manifest.config) if threads is None else threads)
         batch = variant.info.get("batch", {})
         self.min_batch, self.max_batch = int(batch.get("min", 1)), int(batch.get("max", 1))
 
@@ -62,18 +64,21 @@ class ExecuTorchBackend:
         if not self.min_batch <= batch <= self.max_batch:
             raise ValueError(f"batch size {batch} is outside the range [{self.min_batch}, {self.max_batch}] this "
                              f"ExecuTorch program was planned for ({self.path}); split the batch or re-export")
-        torch = self._torch
-        inputs = [torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))]
-        inputs += [torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32)) for s in state]
+        from_numpy = self._torch.from_numpy      # zero-copy: the Session hands int64 tokens, float32 states
+        inputs = [from_numpy(tokens if tokens.dtype == np.int64 else tokens.astype(np.int64))]
+        inputs += [from_numpy(s if s.dtype == np.float32 and s.flags.c_contiguous else
+                              np.ascontiguousarray(s, dtype=np.float32)) for s in state]
         outputs = self.methods[entry].execute(inputs)
-        # Copies: never hand out views of buffers the runtime may reuse on the next call.
-        logits, *new_state = (np.array(o.numpy(), dtype=np.float32, copy=True) for o in outputs)
+        # Copies: the outputs live in the program's planned memory, which the next call overwrites; a State is
+        # never modified in place.
+        logits, *new_state = (o.numpy().copy() for o in outputs)
         return logits, new_state
 
     def describe(self) -> dict[str, Any]:
         from importlib.metadata import version
 
         return {"library": f"executorch {version('executorch')}", "backend": BACKEND, "device": "cpu",
+                "threads": self.threads,
                 "program": str(self.path), "batch_range": [self.min_batch, self.max_batch]}
 
 
@@ -86,7 +91,19 @@ class ExecuTorchRuntime:
     def check_available(self) -> None:
         _import_runtime()
 
-    def open(self, manifest: Manifest, variant: Variant, **options: Any) -> ExecuTorchBackend:
+    def open(self, manifest: Manifest, variant: Variant, *, threads: int | None = None,
+             **options: Any) -> ExecuTorchBackend:
         if options:
-            raise ValueError(f"the executorch runtime takes no options, got {sorted(options)}")
-        return ExecuTorchBackend(manifest, variant)
+            raise ValueError(f"unknown option(s) {sorted(options)} for executorch; valid: threads (XNNPACK's "
+                             "thread pool, shared by the process; default: 1 for small models, else one per core)")
+        return ExecuTorchBackend(manifest, variant, check_threads(threads))
+
+
+def _set_threads(threads: int | None) -> int:
+    """Size ExecuTorch's thread pool (one per process: the last session opened sets it); None keeps one thread
+    per core. Returns the size in use."""
+    from executorch.extension.pybindings import portable_lib
+
+    if threads is not None and threads != portable_lib._threadpool_get_thread_count():
+        portable_lib._unsafe_reset_threadpool(threads)
+    return int(portable_lib._threadpool_get_thread_count())

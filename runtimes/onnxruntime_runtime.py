@@ -9,6 +9,7 @@ there; the arrays handed back are host copies.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from seqedge.artifact import Manifest, Variant
 
 from .base import RuntimeUnavailable
+from .threads import check_threads, default_threads
 
 INSTALL_HINT = "pip install onnxruntime  (or pip install 'seqedge[onnx]'; onnxruntime-gpu for CUDA)"
 
@@ -42,6 +44,7 @@ class OnnxRuntimeBackend:
         self.out_names = [f"new_{n}" for n in state_names]
         self._last: list[tuple[np.ndarray, Any]] = []   # (array handed out, its OrtValue) of the last call
         self.reused_state_binds = 0                    # how many calls re-bound the previous call's OrtValues
+        self.threads: int | str = "onnxruntime default"
 
     def _bind_state(self, io, state: list[np.ndarray]) -> None:
         reuse = len(self._last) == len(state) and all(a is b for a, (b, _) in zip(state, self._last))
@@ -76,7 +79,8 @@ class OnnxRuntimeBackend:
         return logits, arrays
 
     def describe(self) -> dict[str, Any]:
-        return {"providers": self.providers, "device": self.device, "onnxruntime": self._ort.__version__}
+        return {"providers": self.providers, "device": self.device, "onnxruntime": self._ort.__version__,
+                "threads": self.threads}
 
 
 class OnnxRuntimeRuntime:
@@ -90,7 +94,8 @@ class OnnxRuntimeRuntime:
     def open(self, manifest: Manifest, variant: Variant, *, providers: list[str] | None = None,
              threads: int | None = None, **options: Any) -> OnnxRuntimeBackend:
         if options:
-            raise ValueError(f"unknown option(s) {sorted(options)} for onnxruntime; valid: providers, threads")
+            raise ValueError(f"unknown option(s) {sorted(options)} for onnxruntime; valid: providers, threads "
+                             "(intra-op threads; default: 1 for small models, else one per core)")
         ort = _ort()
         available = ort.get_available_providers()
         if providers is None:
@@ -100,18 +105,22 @@ class OnnxRuntimeRuntime:
         if missing:
             raise RuntimeUnavailable(f"onnxruntime provider(s) {missing} are not available here (available: "
                                      f"{available}); install onnxruntime-gpu for CUDAExecutionProvider")
+        threads = check_threads(threads)
+        threads = default_threads(manifest.config) if threads is None else threads
         options_ = ort.SessionOptions()
         options_.log_severity_level = 3
         options_.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
-            options_.intra_op_num_threads = int(threads)
+            options_.intra_op_num_threads = threads
         sessions = {}
         for entry in ("step", "chunk"):
             path = manifest.path(variant, entry)
             if f"{entry}.data" in variant.files:
                 manifest.path(variant, f"{entry}.data")
             sessions[entry] = ort.InferenceSession(str(path), options_, providers=providers)
-        return self.backend(sessions, sessions["step"].get_providers(), [s.name for s in manifest.state_specs])
+        backend = self.backend(sessions, sessions["step"].get_providers(), [s.name for s in manifest.state_specs])
+        backend.threads = threads or f"onnxruntime default ({os.cpu_count()} cores)"
+        return backend
 
 
 class OnnxRuntimeFusedBackend(OnnxRuntimeBackend):

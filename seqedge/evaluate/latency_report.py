@@ -135,6 +135,25 @@ def machine_markdown(machine: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def floor_markdown(results: Sequence[RunResult]) -> list[str]:
+    """The step floor table (:mod:`seqedge.evaluate.floor`) of the results that carry one, with the threads."""
+    rows = [r for r in results if "floor" in r.info]
+    if not rows:
+        return []
+    limits = rows[0].info["floor"]["limits"]
+    out = ["", "## The floor of a step", "",
+           f"This machine: memory bandwidth {limits['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, peak "
+           f"{limits['peak_flops'] / 1e9:.1f} GFLOP/s float32 ({limits['method']}). Floor = max((weights + 2 x "
+           "state bytes) / bandwidth, FLOPs / peak).", "",
+           "| runtime | threads | weights | state | MFLOP | floor ms | bound | p50 @0 / floor |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        f = r.info["floor"]
+        out.append(f"| {r.name} | {r.info.get('threads', '-')} | {_size(f['weight_bytes'])} | "
+                   f"{_size(f['state_bytes'])} | {f['flops'] / 1e6:.2f} | {f['floor_ms']:.4f} | {f['bound']} | "
+                   f"{f['p50_over_floor']:.1f}x |")
+    return out
+
+
 def render_markdown(report: BenchReport) -> str:
     """The report as Markdown: header, machine, summary table, per-context table, what was not measured."""
     contexts = report.config.contexts
@@ -165,6 +184,7 @@ def render_markdown(report: BenchReport) -> str:
             out.append(f"| {r.name} | {_size(r.artifact_bytes)} | {load} | {ttft} | "
                        f"{prefill} | {r.stepwise_tokens_per_s:,.0f} | {speedup} | "
                        f"{p50s} | {r.contexts[-1].p99_ms:.3f} | {r.flatness:.2f} | {_mib(r.peak_rss_bytes)} |")
+        out += floor_markdown(report.results)
         out += ["", "## Latency and memory at each context", "",
                 "| runtime | context | p50 ms | p90 ms | p99 ms | state / KV cache | RSS MiB | prefill to here s |",
                 "|---|---|---|---|---|---|---|---|"]
