@@ -34,11 +34,12 @@ from seqedge.artifact import Variant, file_record
 from . import graph_passes, int4_blockwise
 from .entry_points import ENTRY_POINTS, entry_module, example_inputs, input_names, output_names
 from .quantization import QuantizationRecipe, WeightIndex, int4_split
+from .shared_weights import share_weights
 
 OPSET = 18
 EXPORTERS = ("torchscript", "dynamo")
 INSTALL_HINT = "pip install 'seqedge[onnx]'  (onnx, onnxruntime, onnxscript)"
-EXTERNAL_DATA_BYTES = 1 << 30      # graphs with more weight bytes than this keep them in ``<entry>.onnx.data``
+WEIGHTS_FILE = "weights.data"      # the external data both graphs of a variant read (export.shared_weights)
 
 
 def require_onnx_library(module: str) -> Any:
@@ -68,8 +69,9 @@ def _quiet() -> Iterator[None]:
 
 
 class OnnxTarget:
-    """``<root>/onnx/<tag>/{step,chunk}.onnx``; inputs ``tokens``, ``state.<i>``; outputs ``logits``,
-    ``new_state.<i>``; dim 0 of every input and output is the symbolic ``batch``."""
+    """``<root>/onnx/<tag>/{step,chunk}.onnx`` and the weights both read, ``weights.data``; inputs ``tokens``,
+    ``state.<i>``; outputs ``logits``, ``new_state.<i>``; dim 0 of every input and output is the symbolic
+    ``batch``."""
 
     name = "onnx"
     install_hint = INSTALL_HINT
@@ -116,14 +118,13 @@ class OnnxTarget:
                         else:
                             int4[entry] = _quantize_int4(source, out / f"{entry}.onnx", ctx.model, ctx.quantization)
                         _rewrite(out / f"{entry}.onnx", lambda proto: graph_passes.clean(proto, self.flavour))
+                        _set_static_dims(out / f"{entry}.onnx", ctx.model, entry)    # the quantizers rename dims
                 files[entry] = out / f"{entry}.onnx"
-                self._finalize(files[entry])
-        records: dict[str, dict[str, Any]] = {}
-        for entry, path in files.items():
-            records[entry] = file_record(ctx.root, path)
-            data = path.with_name(path.name + ".data")
-            if data.exists():
-                records[f"{entry}.data"] = file_record(ctx.root, data)
+        weights = share_weights(list(files.values()), WEIGHTS_FILE)
+        for path in files.values():
+            self._finalize(path)
+        records = {entry: file_record(ctx.root, path) for entry, path in files.items()}
+        records["weights"] = file_record(ctx.root, weights)
         onnx = require_onnx_library("onnx")
         graphs = {e: onnx.load(str(p), load_external_data=False) for e, p in files.items()}
         layers = ctx.model.config.num_layers
@@ -198,19 +199,11 @@ def _rewrite(path: Path, rewrite) -> None:
 
 
 def finalize_graph(path: Path, check: bool = True) -> None:
-    """Move weights to ``<file>.data`` when the graph is large, then run the full ``onnx.checker`` (``check``;
+    """Run the full ``onnx.checker`` on the graph at ``path`` (its external data beside it), where ``check``:
     graphs with ONNX Runtime's own ops in the default domain, which the checker rejects, are checked by their
-    target instead)."""
-    onnx = require_onnx_library("onnx")
-    model = onnx.load(str(path))
-    weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
-    if weight_bytes > EXTERNAL_DATA_BYTES:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-        if check:
-            onnx.checker.check_model(str(path), full_check=True)
-    elif check:
-        onnx.checker.check_model(model, full_check=True)
+    target instead."""
+    if check:
+        require_onnx_library("onnx").checker.check_model(str(path), full_check=True)
 
 
 def _quantize_int8(source: Path, dest: Path) -> None:
