@@ -167,8 +167,9 @@ def measure(artifact: Path, runtime: str, steps: int, limits) -> dict[str, Any]:
 def render(rows: list[dict[str, Any]], limits, machine: dict[str, Any], command: str, date: str) -> str:
     out = ["# Session.step over the raw runtime call, node counts and the floor (bundled model, batch 1)", "",
            f"- Date: {date}", f"- Command: `{command}`", machine_markdown(machine),
-           f"- Limits measured here: memory bandwidth {limits.bandwidth_bytes_per_s / 1e9:.1f} GB/s, peak "
-           f"{limits.peak_flops / 1e9:.1f} GFLOP/s ({limits.method})",
+           "- Limits measured here: copy bandwidth (GB/s) by working set " + ", ".join(
+               f"{k >> 20} MiB {v / 1e9:.1f}" for k, v in sorted(limits.bandwidth_by_bytes.items()))
+           + f"; peak {limits.peak_flops / 1e9:.1f} GFLOP/s ({limits.method})",
            "- Raw call and Session.step are timed in turn call by call (p50 of each), so load from other "
            "processes on the machine hits both alike; absolute times on a loaded machine are higher than on a "
            "quiet one.", "",
@@ -196,13 +197,14 @@ def render(rows: list[dict[str, Any]], limits, machine: dict[str, Any], command:
         out.append(f"| {Path(r['artifact']).name} | {r['runtime']} | {r['threads']} | {p['raw']:.3f} | "
                    f"{p['session']:.3f} | {r['overhead']:+.1%} | {other} | {r['floor']['floor_ms']:.4f} | "
                    f"{r['floor']['session_over_floor']:.0f}x | {'; '.join(target)} |")
-    out += ["", "## Where an onnxruntime step goes (profiler, microseconds per step by op type, top 8)", ""]
+    out += ["", "## Where an onnxruntime step goes (profiler: share of kernel time by op type, top 8; the "
+            "profiler's own cost inflates absolute times)", ""]
     for r in rows:
         if "profile_us_per_step" in r:
             prof = r["profile_us_per_step"]
-            top = ", ".join(f"{op} {us:.0f}" for op, us in list(prof.items())[:8])
-            out.append(f"- {Path(r['artifact']).name} {r['runtime']}: kernels {sum(prof.values()):.0f} us of "
-                       f"{1e3 * r['p50_ms']['raw']:.0f} us raw p50; {top}")
+            total = sum(prof.values())
+            top = ", ".join(f"{op} {us / total:.0%}" for op, us in list(prof.items())[:8])
+            out.append(f"- {Path(r['artifact']).name} {r['runtime']}: {top}")
     return "\n".join(out) + "\n"
 
 

@@ -5,11 +5,13 @@ rounding); :func:`clean` runs them in order:
 
 1. :func:`library_optimize`: onnxscript's optimizer (constant folding, dead-code removal, its default rewrite rules:
    same-type casts and no-op reshapes/expands removed, reshape chains collapsed).
-2. :func:`fuse_rms_norm`: RMSNorm as one op through onnxscript's fusion rules, after :func:`canonical_rms_form`
+2. (after 3) :func:`fuse_rms_norm`: RMSNorm as one op through onnxscript's fusion rules, after :func:`canonical_rms_form`
    spells the traced form the way those rules expect (``1 / x`` as ``Reciprocal``, ReduceMean's default
    ``noop_with_empty_axes`` written out). ``portable`` graphs move to opset 23 and get ``RMSNormalization`` (ONNX
    Runtime and TensorRT-RTX's parser run it); ``ort`` graphs get ONNX Runtime's ``SimplifiedLayerNormalization``.
-3. :func:`merge_shared_matmuls`: the MatMuls that read the same input with constant weights become one MatMul on
+3. :func:`drop_unsqueeze_before_reshape`: an Unsqueeze whose only reader is a Reshape to a constant shape goes
+   (the exporter writes ``reshape(unsqueeze(reshape(x)))`` around the fused scan), then the optimizer again.
+4. :func:`merge_shared_matmuls`: the MatMuls that read the same input with constant weights become one MatMul on
    the concatenated weights and a ``Split`` (one kernel call per layer instead of four).
 """
 
@@ -23,14 +25,14 @@ RMS_OPSET = 23          # the first opset with RMSNormalization
 
 
 def _onnx():
-    from .onnx_target import require_onnx_library
+    from .onnx_library import require_onnx_library
 
     return require_onnx_library("onnx")
 
 
 def library_optimize(model: Any) -> Any:
     """onnxscript's optimizer on ``model`` (constant folding, unused nodes, its default rewrite rules)."""
-    from .onnx_target import require_onnx_library
+    from .onnx_library import require_onnx_library
 
     ir = require_onnx_library("onnx_ir")
     optimizer = require_onnx_library("onnxscript.optimizer")
@@ -64,7 +66,7 @@ def fuse_rms_norm(model: Any, flavour: str) -> Any:
     ``SimplifiedLayerNormalization`` for ``ort`` (:data:`FLAVOURS`)."""
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {list(FLAVOURS)}, got {flavour!r}")
-    from .onnx_target import require_onnx_library
+    from .onnx_library import require_onnx_library
 
     ir = require_onnx_library("onnx_ir")
     model = canonical_rms_form(model)
@@ -79,6 +81,51 @@ def fuse_rms_norm(model: Any, flavour: str) -> Any:
         fusions.fuse_rms_normalization(graph)
     require_onnx_library("onnxscript.optimizer").remove_unused_nodes(graph)
     return ir.to_proto(graph)
+
+
+def _shape_without_unsqueeze(shape: Any, axes: Any) -> Any:
+    """The Reshape target that gives the same result when the Unsqueeze (non-negative ``axes``) before it goes,
+    or None: a 0 entry copies the input's dimension at its position, which is 1 on an unsqueezed axis and the
+    same dimension only before the first of them."""
+    out = shape.copy()
+    first = min(axes)
+    for i, value in enumerate(shape):
+        if value == 0 and i in axes:
+            out[i] = 1
+        elif value == 0 and i > first:
+            return None
+    return out
+
+
+def drop_unsqueeze_before_reshape(model: Any) -> Any:
+    """``Reshape(Unsqueeze(x), shape)`` -> ``Reshape(x, shape')`` for constant axes and shape, the Unsqueeze read
+    by that Reshape only (:func:`_shape_without_unsqueeze` gives ``shape'``); the Reshape chains this leaves are
+    collapsed by :func:`library_optimize`."""
+    from onnx import numpy_helper
+
+    consts = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    uses = Counter(name for node in model.graph.node for name in node.input)
+    uses.update(o.name for o in model.graph.output)
+    for node in list(model.graph.node):
+        source = producers.get(node.input[0]) if node.op_type == "Reshape" else None
+        if source is None or source.op_type != "Unsqueeze" or uses[source.output[0]] != 1 \
+                or node.input[1] not in consts or len(source.input) < 2 or source.input[1] not in consts \
+                or any(a.name == "allowzero" and a.i for a in node.attribute):
+            continue
+        axes = [int(a) for a in numpy_helper.to_array(consts[source.input[1]]).ravel()]
+        if min(axes) < 0:
+            continue
+        shape = _shape_without_unsqueeze(numpy_helper.to_array(consts[node.input[1]]), axes)
+        if shape is None:
+            continue
+        name = f"{node.input[1]}_without_unsqueeze"
+        if name not in consts:
+            consts[name] = numpy_helper.from_array(shape, name)
+            model.graph.initializer.append(consts[name])
+        node.input[0], node.input[1] = source.input[0], name
+        model.graph.node.remove(source)
+    return model
 
 
 def merge_shared_matmuls(model: Any) -> Any:
@@ -129,7 +176,8 @@ def merge_shared_matmuls(model: Any) -> Any:
 
 def clean(model: Any, flavour: str) -> Any:
     """The passes of this module in order (see the module docstring)."""
-    return merge_shared_matmuls(fuse_rms_norm(library_optimize(model), flavour))
+    model = library_optimize(drop_unsqueeze_before_reshape(library_optimize(model)))
+    return merge_shared_matmuls(fuse_rms_norm(model, flavour))
 
 
 def node_counts(model: Any, layers: int) -> dict[str, Any]:

@@ -26,29 +26,29 @@ import copy
 import logging
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+import numpy as np
 
 from seqedge.artifact import Variant, file_record
 
 from . import graph_passes, int4_blockwise
-from .entry_points import ENTRY_POINTS, entry_module, example_inputs, input_names, output_names
+from .entry_points import (
+    ENTRY_POINTS,
+    entry_module,
+    example_inputs,
+    input_names,
+    output_names,
+)
+from .onnx_library import INSTALL_HINT, require_onnx_library
 from .quantization import QuantizationRecipe, WeightIndex, int4_split
 from .shared_weights import share_weights
 
 OPSET = 18
 EXPORTERS = ("torchscript", "dynamo")
-INSTALL_HINT = "pip install 'seqedge[onnx]'  (onnx, onnxruntime, onnxscript)"
 WEIGHTS_FILE = "weights.data"      # the external data both graphs of a variant read (export.shared_weights)
-
-
-def require_onnx_library(module: str) -> Any:
-    """Import ``module`` (onnx, onnxruntime, onnxscript or a submodule), or raise ImportError with the install."""
-    try:
-        return __import__(module, fromlist=["_"])
-    except ImportError as err:
-        raise ImportError(f"the onnx target needs {module.split('.')[0]}, which is not installed ({err}); "
-                          f"run: {INSTALL_HINT}") from None
 
 
 @contextlib.contextmanager
@@ -215,7 +215,8 @@ def _quantize_int8(source: Path, dest: Path) -> None:
 
 def matmul_modules(graph, model) -> dict[str, list[str]]:
     """``{MatMul node name: module names}`` for every MatMul of ``graph`` whose weight (input B) is an
-    initializer, found by value (:class:`WeightIndex`): the TorchScript exporter names these initializers
+    initializer of a weight matrix's shape (or projections merged by :mod:`graph_passes`), found by value
+    (:class:`WeightIndex`): the TorchScript exporter names these initializers
     ``onnx::MatMul_<n>`` and drops the ``attn`` scope from the step graph's node names, so names cannot be used.
     Raises if a constant weight matches no module, or if node names are not unique (the quantizer selects by name).
     """
@@ -223,11 +224,19 @@ def matmul_modules(graph, model) -> dict[str, list[str]]:
     initializers = {t.name: t for t in graph.initializer}
     index = WeightIndex(model)
     found: dict[str, list[str]] = {}
+    splits = {n.input[0]: n for n in graph.node if n.op_type == "Split" and len(n.input) == 2
+              and n.input[1] in initializers}
     for node in graph.node:
         if node.op_type != "MatMul" or len(node.input) < 2 or node.input[1] not in initializers:
             continue
         weight = numpy_helper.to_array(initializers[node.input[1]])
         names = index.lookup(weight)
+        if not names and node.output[0] in splits:         # projections merged by graph_passes: one per column block
+            sizes = numpy_helper.to_array(initializers[splits[node.output[0]].input[1]])
+            parts = [index.lookup(p) for p in np.split(weight, np.cumsum(sizes)[:-1], axis=-1)]
+            names = [n for part in parts for n in part] if all(parts) else []
+        if not names and not index.has_shape(weight.shape):
+            continue                                         # a folded constant of the graph (a causal mask)
         if not names:
             raise RuntimeError(f"MatMul {node.name!r} has a constant weight {node.input[1]!r} {list(weight.shape)} "
                                f"that is no weight matrix of the model; the int4 module policy cannot place it")

@@ -10,8 +10,8 @@ data relative to the graph's own directory, so the graphs and the data file stay
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 MIN_BYTES = 1024        # smaller tensors (shapes, scalars, biases) stay inside the graph
 ALIGN = 64              # offsets aligned for memory mapping and vector loads
@@ -20,7 +20,7 @@ ALIGN = 64              # offsets aligned for memory mapping and vector loads
 def share_weights(paths: Sequence[Path], data_name: str) -> Path:
     """Move the large initializers of the ONNX graphs at ``paths`` (one directory) into ``<dir>/<data_name>``,
     each distinct tensor once, and rewrite the graphs to read them from there. Returns the data file's path."""
-    from .onnx_target import require_onnx_library
+    from .onnx_library import require_onnx_library
 
     onnx = require_onnx_library("onnx")
     paths = [Path(p) for p in paths]

@@ -256,3 +256,25 @@ def test_missing_library_names_the_exact_install(monkeypatch):
         target.check_available()
     with pytest.raises(ImportError, match=hint):
         ExecuTorchRuntime().check_available()
+
+
+def test_thread_pool_follows_the_option_and_outputs_are_owned(exported):
+    """``threads`` sizes XNNPACK's pool (reported by describe); steps at 1 and 2 threads agree; the arrays a step
+    returns stay as they were after the next step (they are copies, not the program's reused buffers)."""
+    artifact, _, _ = exported("delta", "none")
+    with pytest.raises(ValueError, match="threads"):
+        load(artifact, runtime="executorch", threads=0)
+    with pytest.raises(ValueError, match="unknown option"):
+        load(artifact, runtime="executorch", providers=["x"])
+    results = []
+    for threads in (2, 1):
+        session = load(artifact, runtime="executorch", threads=threads)
+        assert session.describe()["threads"] == threads
+        state = session.init_state(1)
+        logits, state = session.step(np.array([3]), state)
+        kept = [logits.copy(), *(a.copy() for a in state.tensors)]
+        later, _ = session.step(np.array([5]), state)
+        for now, before in zip([logits, *state.tensors], kept):
+            np.testing.assert_array_equal(now, before)
+        results.append(later)
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5)

@@ -73,7 +73,7 @@ def measure_limits(copy_sizes: tuple[int, ...] = COPY_SIZES, matmul_n: int = MAT
         src = np.ones(size // 8, np.float32)       # source + destination = the working set
         dst = np.empty_like(src)
         repeats = max(1, (64 << 20) // size)       # time at least ~64 MiB of traffic per pass
-        seconds = _best_seconds(lambda: [np.copyto(dst, src) for _ in range(repeats)], passes)
+        seconds = _best_seconds(lambda dst=dst, src=src, n=repeats: [np.copyto(dst, src) for _ in range(n)], passes)
         bandwidth[int(size)] = 2 * src.nbytes * repeats / seconds
     a = np.random.default_rng(0).standard_normal((matmul_n, matmul_n)).astype(np.float32)
     out = np.empty_like(a)

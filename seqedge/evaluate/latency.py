@@ -21,9 +21,10 @@ import re
 import sys
 import sysconfig
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -245,7 +246,7 @@ class RunResult:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunResult":
+    def from_dict(cls, data: dict[str, Any]) -> RunResult:
         data = {k: v for k, v in data.items() if k not in ("prefill_speedup", "flatness")}
         data["contexts"] = [ContextResult(**c) for c in data["contexts"]]
         return cls(**data)
@@ -460,7 +461,7 @@ def step_weight_bytes(variant: Any) -> int:
 def attach_floor(result: RunResult, variant: Any, manifest: Any, limits: Any) -> None:
     """Add ``info["floor"]``: the step floor of ``variant`` on ``limits`` and the measured p50 (shortest context)
     as a multiple of it (:mod:`seqedge.evaluate.floor`)."""
-    from seqedge.evaluate.floor import step_flops, step_floor
+    from seqedge.evaluate.floor import step_floor, step_flops
     from seqedge.state import state_nbytes
 
     floor = step_floor(step_weight_bytes(variant), state_nbytes(manifest.state_specs, 1),

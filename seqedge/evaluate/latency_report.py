@@ -11,10 +11,11 @@ import os
 import platform
 import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .latency import BenchConfig, RunResult, Skipped, format_context
 
@@ -141,11 +142,14 @@ def floor_markdown(results: Sequence[RunResult]) -> list[str]:
     if not rows:
         return []
     limits = rows[0].info["floor"]["limits"]
+    bandwidth = ", ".join(f"{size >> 20} MiB {bw / 1e9:.1f}" for size, bw in
+                          sorted((int(k), v) for k, v in limits["bandwidth_by_bytes"].items()))
     out = ["", "## The floor of a step", "",
-           f"This machine: memory bandwidth {limits['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, peak "
-           f"{limits['peak_flops'] / 1e9:.1f} GFLOP/s float32 ({limits['method']}). Floor = max((weights + 2 x "
-           "state bytes) / bandwidth, FLOPs / peak).", "",
-           "| runtime | threads | weights | state | MFLOP | floor ms | bound | p50 @0 / floor |", "|---|---|---|---|---|---|---|---|"]
+           f"This machine: copy bandwidth (GB/s) by working set {bandwidth}; peak {limits['peak_flops'] / 1e9:.1f} "
+           f"GFLOP/s float32 ({limits['method']}). Floor = max((weights + 2 x state bytes) / the bandwidth at "
+           "that working set, FLOPs / peak).", "",
+           "| runtime | threads | weights | state | MFLOP | floor ms | bound | p50 @0 / floor |",
+           "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f = r.info["floor"]
         out.append(f"| {r.name} | {r.info.get('threads', '-')} | {_size(f['weight_bytes'])} | "
