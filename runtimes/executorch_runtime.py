@@ -14,7 +14,7 @@ import numpy as np
 from seqedge.artifact import Manifest, Variant
 
 from .base import RuntimeUnavailable
-from .threads import check_threads, default_threads
+from .threads import check_threads
 
 INSTALL_HINT = "pip install executorch==1.5.1 torchao==0.18.0"
 BACKEND = "XnnpackBackend"
@@ -53,7 +53,9 @@ class ExecuTorchBackend:
                                      f"{sorted(self.program.method_names)}); re-run `seqedge export --target "
                                      "executorch`")
         self.methods = {m: self.program.load_method(m) for m in METHODS}
-        self.threads = _set_threads(default_threads(manifest.config) if threads is None else threads)
+        # only on request: resizing the pool (ExecuTorch's _unsafe_reset_threadpool) once aborted a later step in
+        # glibc's mutex code here, so the default keeps the pool ExecuTorch started with
+        self.threads = _set_threads(threads)
         batch = variant.info.get("batch", {})
         self.min_batch, self.max_batch = int(batch.get("min", 1)), int(batch.get("max", 1))
 
@@ -95,7 +97,7 @@ class ExecuTorchRuntime:
              **options: Any) -> ExecuTorchBackend:
         if options:
             raise ValueError(f"unknown option(s) {sorted(options)} for executorch; valid: threads (XNNPACK's "
-                             "thread pool, shared by the process; default: 1 for small models, else one per core)")
+                             "thread pool, shared by the process; default: as ExecuTorch starts it)")
         return ExecuTorchBackend(manifest, variant, check_threads(threads))
 
 
