@@ -5,12 +5,12 @@ rounding); :func:`clean` runs them in order:
 
 1. :func:`library_optimize`: onnxscript's optimizer (constant folding, dead-code removal, its default rewrite rules:
    same-type casts and no-op reshapes/expands removed, reshape chains collapsed).
-2. (after 3) :func:`fuse_rms_norm`: RMSNorm as one op through onnxscript's fusion rules, after :func:`canonical_rms_form`
+2. :func:`drop_unsqueeze_before_reshape`: an Unsqueeze whose only reader is a Reshape to a constant shape goes
+   (the exporter writes ``reshape(unsqueeze(reshape(x)))`` around the fused scan), then the optimizer again.
+3. :func:`fuse_rms_norm`: RMSNorm as one op through onnxscript's fusion rules, after :func:`canonical_rms_form`
    spells the traced form the way those rules expect (``1 / x`` as ``Reciprocal``, ReduceMean's default
    ``noop_with_empty_axes`` written out). ``portable`` graphs move to opset 23 and get ``RMSNormalization`` (ONNX
    Runtime and TensorRT-RTX's parser run it); ``ort`` graphs get ONNX Runtime's ``SimplifiedLayerNormalization``.
-3. :func:`drop_unsqueeze_before_reshape`: an Unsqueeze whose only reader is a Reshape to a constant shape goes
-   (the exporter writes ``reshape(unsqueeze(reshape(x)))`` around the fused scan), then the optimizer again.
 4. :func:`merge_shared_matmuls`: the MatMuls that read the same input with constant weights become one MatMul on
    the concatenated weights and a ``Split`` (one kernel call per layer instead of four).
 """

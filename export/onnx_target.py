@@ -26,22 +26,15 @@ import copy
 import logging
 import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from seqedge.artifact import Variant, file_record
 
 from . import graph_passes, int4_blockwise
-from .entry_points import (
-    ENTRY_POINTS,
-    entry_module,
-    example_inputs,
-    input_names,
-    output_names,
-)
+from .entry_points import ENTRY_POINTS, entry_module, example_inputs, input_names, output_names
 from .onnx_library import INSTALL_HINT, require_onnx_library
 from .quantization import QuantizationRecipe, WeightIndex, int4_split
 from .shared_weights import share_weights
@@ -166,7 +159,7 @@ class OnnxTarget:
             _rewrite(path, lambda proto: graph_passes.clean(proto, self.flavour))
 
     def _finalize(self, path: Path) -> None:
-        """Move weights to ``<file>.data`` when the graph is large, then run the full ``onnx.checker``."""
+        """The full ``onnx.checker`` on the written graph (its weights beside it)."""
         finalize_graph(path)
 
 
