@@ -59,3 +59,25 @@ def test_threads_follow_the_model_size_and_can_be_overridden():
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="threads"):
             check_threads(bad)
+
+
+def test_bench_results_carry_the_floor_and_the_report_prints_it():
+    from types import SimpleNamespace
+
+    from seqedge.evaluate.latency import ContextResult, RunResult, attach_floor, step_weight_bytes
+    from seqedge.evaluate.latency_report import floor_markdown
+    from seqedge.state import state_nbytes, state_specs
+
+    config = SequentialAttentionConfig(hidden_size=32, num_layers=2, num_heads=2, head_k_dim=16, head_v_dim=16,
+                                       gate_rank=4, chunk_size=16, mlp_multiple_of=16)
+    variant = SimpleNamespace(files={"step": {"bytes": 1000}, "chunk": {"bytes": 2000}, "weights": {"bytes": 5 << 20}})
+    assert step_weight_bytes(variant) == 1000 + (5 << 20)
+    manifest = SimpleNamespace(config=config, state_specs=state_specs(config))
+    context = ContextResult(0, 2.0, 2.0, 2.0, 2.0, 2.0, 0.0, 0, 0, None)
+    result = RunResult("onnxruntime/fp32", "seqedge", [context], None, None, 1.0, 0, None, info={"threads": 1})
+    attach_floor(result, variant, manifest, LIMITS)
+    floor = result.info["floor"]
+    want = 1e3 * (1000 + (5 << 20) + 2 * state_nbytes(manifest.state_specs)) / 10e9
+    assert floor["floor_ms"] == pytest.approx(want) and floor["p50_over_floor"] == pytest.approx(2.0 / want)
+    text = "\n".join(floor_markdown([result]))
+    assert "| onnxruntime/fp32 | 1 |" in text and f"{2.0 / want:.1f}x" in text
