@@ -130,7 +130,8 @@ def test_drop_unsqueeze_before_reshape_keeps_values_and_copied_dims():
     def graph(shape):
         inits = [numpy_helper.from_array(np.array([1], np.int64), "axes"),
                  numpy_helper.from_array(np.array(shape, np.int64), "shape")]
-        nodes = [helper.make_node("Unsqueeze", ["x", "axes"], ["u"]), helper.make_node("Reshape", ["u", "shape"], ["y"])]
+        nodes = [helper.make_node("Unsqueeze", ["x", "axes"], ["u"]),
+                 helper.make_node("Reshape", ["u", "shape"], ["y"])]
         g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
         return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
