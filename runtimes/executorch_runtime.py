@@ -14,7 +14,6 @@ import numpy as np
 from seqedge.artifact import Manifest, Variant
 
 from .base import RuntimeUnavailable
-from .threads import check_threads
 
 INSTALL_HINT = "pip install executorch==1.5.1 torchao==0.18.0"
 BACKEND = "XnnpackBackend"
@@ -37,7 +36,7 @@ class ExecuTorchBackend:
     runtime = "executorch"
     target = "executorch"
 
-    def __init__(self, manifest: Manifest, variant: Variant, threads: int | None = None) -> None:
+    def __init__(self, manifest: Manifest, variant: Variant) -> None:
         torch, Runtime = _import_runtime()
         self._torch = torch
         self.path = manifest.path(variant, "program")
@@ -53,9 +52,7 @@ class ExecuTorchBackend:
                                      f"{sorted(self.program.method_names)}); re-run `seqedge export --target "
                                      "executorch`")
         self.methods = {m: self.program.load_method(m) for m in METHODS}
-        # only on request: resizing the pool (ExecuTorch's _unsafe_reset_threadpool) once aborted a later step in
-        # glibc's mutex code here, so the default keeps the pool ExecuTorch started with
-        self.threads = _set_threads(threads)
+        self.threads = _pool_size()
         batch = variant.info.get("batch", {})
         self.min_batch, self.max_batch = int(batch.get("min", 1)), int(batch.get("max", 1))
 
@@ -93,19 +90,16 @@ class ExecuTorchRuntime:
     def check_available(self) -> None:
         _import_runtime()
 
-    def open(self, manifest: Manifest, variant: Variant, *, threads: int | None = None,
-             **options: Any) -> ExecuTorchBackend:
+    def open(self, manifest: Manifest, variant: Variant, **options: Any) -> ExecuTorchBackend:
         if options:
-            raise ValueError(f"unknown option(s) {sorted(options)} for executorch; valid: threads (XNNPACK's "
-                             "thread pool, shared by the process; default: as ExecuTorch starts it)")
-        return ExecuTorchBackend(manifest, variant, check_threads(threads))
+            raise ValueError(f"the executorch runtime takes no options, got {sorted(options)} (its XNNPACK thread "
+                             "pool is ExecuTorch's own, one per process: resizing it from Python aborted a later "
+                             "step here)")
+        return ExecuTorchBackend(manifest, variant)
 
 
-def _set_threads(threads: int | None) -> int:
-    """Size ExecuTorch's thread pool (one per process: the last session opened sets it); None keeps one thread
-    per core. Returns the size in use."""
+def _pool_size() -> int:
+    """Threads of ExecuTorch's (process-wide) XNNPACK thread pool."""
     from executorch.extension.pybindings import portable_lib
 
-    if threads is not None and threads != portable_lib._threadpool_get_thread_count():
-        portable_lib._unsafe_reset_threadpool(threads)
     return int(portable_lib._threadpool_get_thread_count())

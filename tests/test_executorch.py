@@ -258,23 +258,17 @@ def test_missing_library_names_the_exact_install(monkeypatch):
         ExecuTorchRuntime().check_available()
 
 
-def test_thread_pool_follows_the_option_and_outputs_are_owned(exported):
-    """``threads`` sizes XNNPACK's pool (reported by describe); steps at 1 and 2 threads agree; the arrays a step
-    returns stay as they were after the next step (they are copies, not the program's reused buffers)."""
+def test_outputs_are_owned_and_the_pool_is_reported(exported):
+    """The arrays a step returns stay as they were after the next step (copies, not the program's reused
+    buffers); describe() reports the thread pool; options are refused with the reason."""
     artifact, _, _ = exported("delta", "none")
-    with pytest.raises(ValueError, match="threads"):
-        load(artifact, runtime="executorch", threads=0)
-    with pytest.raises(ValueError, match="unknown option"):
-        load(artifact, runtime="executorch", providers=["x"])
-    results = []
-    for threads in (2, 1):
-        session = load(artifact, runtime="executorch", threads=threads)
-        assert session.describe()["threads"] == threads
-        state = session.init_state(1)
-        logits, state = session.step(np.array([3]), state)
-        kept = [logits.copy(), *(a.copy() for a in state.tensors)]
-        later, _ = session.step(np.array([5]), state)
-        for now, before in zip([logits, *state.tensors], kept):
-            np.testing.assert_array_equal(now, before)
-        results.append(later)
-    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="takes no options"):
+        load(artifact, runtime="executorch", threads=1)
+    session = load(artifact, runtime="executorch")
+    assert session.describe()["threads"] >= 1
+    state = session.init_state(1)
+    logits, state = session.step(np.array([3]), state)
+    kept = [logits.copy(), *(a.copy() for a in state.tensors)]
+    session.step(np.array([5]), state)
+    for now, before in zip([logits, *state.tensors], kept):
+        np.testing.assert_array_equal(now, before)
