@@ -1,9 +1,10 @@
 """How many threads a CPU runtime uses for one step: chosen from the model's size, overridable per session.
 
-A step of a small model is a few hundred tiny kernels: splitting each over threads costs more in wake-ups and
-hand-offs than it saves (the bundled 4 MFLOP model, measured in benchmarks/results/step_overhead.md), and a second
-busy thread on a loaded machine slows the first. Past :data:`SINGLE_THREAD_FLOPS` per token the matrix products
-are large enough to share, and the runtime's own default (one thread per core) is kept.
+A step of a small model is a few hundred tiny kernels: splitting each over threads buys little against the
+wake-ups and hand-offs (for the bundled 4 MFLOP model one ONNX Runtime thread was as fast as two, within noise,
+in benchmarks/results/step_overhead.md), and on a machine shared with other work a second busy thread slows the
+first. Past :data:`SINGLE_THREAD_FLOPS` per token the matrix products are large enough to share, and the runtime's
+own default (one thread per core) is kept.
 """
 
 from __future__ import annotations
