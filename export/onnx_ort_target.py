@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .onnx_target import INSTALL_HINT, OnnxTarget, require_onnx_library
+from .onnx_target import INSTALL_HINT, OnnxTarget, finalize_graph, require_onnx_library
 from .ort_fused import MIN_ONNXRUNTIME, fused_scan
 
 
@@ -17,6 +17,7 @@ class OnnxOrtTarget(OnnxTarget):
 
     name = "onnx-ort"
     install_hint = INSTALL_HINT
+    flavour = "ort"
 
     def __init__(self) -> None:
         super().__init__(exporter="torchscript")     # the fused op comes from a symbolic: TorchScript exporter
@@ -30,6 +31,15 @@ class OnnxOrtTarget(OnnxTarget):
                               f"(com.microsoft::LinearAttention), found {ort.__version__}; run: "
                               f"pip install -U 'onnxruntime>=1.32'")
 
-    def _trace(self, model, entry: str, path: Path, *, half: bool) -> None:
+    def _trace(self, model, entry: str, path: Path, *, half: bool, clean: bool = True) -> None:
         with fused_scan():
-            super()._trace(model, entry, path, half=half)
+            super()._trace(model, entry, path, half=half, clean=clean)
+
+    def _finalize(self, path: Path) -> None:
+        """The graph holds ONNX Runtime's own ops (``SimplifiedLayerNormalization`` in the default domain, which
+        ``onnx.checker`` rejects): the check is that ONNX Runtime's CPU provider loads it."""
+        finalize_graph(path, check=False)
+        ort = require_onnx_library("onnxruntime")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

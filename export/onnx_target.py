@@ -29,25 +29,19 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from seqedge.artifact import Variant, file_record
 
-from . import int4_blockwise
+from . import graph_passes, int4_blockwise
 from .entry_points import ENTRY_POINTS, entry_module, example_inputs, input_names, output_names
+from .onnx_library import INSTALL_HINT, require_onnx_library
 from .quantization import QuantizationRecipe, WeightIndex, int4_split
+from .shared_weights import share_weights
 
 OPSET = 18
 EXPORTERS = ("torchscript", "dynamo")
-INSTALL_HINT = "pip install 'seqedge[onnx]'  (onnx, onnxruntime, onnxscript)"
-EXTERNAL_DATA_BYTES = 1 << 30      # graphs with more weight bytes than this keep them in ``<entry>.onnx.data``
-
-
-def require_onnx_library(module: str) -> Any:
-    """Import ``module`` (onnx, onnxruntime, onnxscript or a submodule), or raise ImportError with the install."""
-    try:
-        return __import__(module, fromlist=["_"])
-    except ImportError as err:
-        raise ImportError(f"the onnx target needs {module.split('.')[0]}, which is not installed ({err}); "
-                          f"run: {INSTALL_HINT}") from None
+WEIGHTS_FILE = "weights.data"      # the external data both graphs of a variant read (export.shared_weights)
 
 
 @contextlib.contextmanager
@@ -68,11 +62,13 @@ def _quiet() -> Iterator[None]:
 
 
 class OnnxTarget:
-    """``<root>/onnx/<tag>/{step,chunk}.onnx``; inputs ``tokens``, ``state.<i>``; outputs ``logits``,
-    ``new_state.<i>``; dim 0 of every input and output is the symbolic ``batch``."""
+    """``<root>/onnx/<tag>/{step,chunk}.onnx`` and the weights both read, ``weights.data``; inputs ``tokens``,
+    ``state.<i>``; outputs ``logits``, ``new_state.<i>``; dim 0 of every input and output is the symbolic
+    ``batch``."""
 
     name = "onnx"
     install_hint = INSTALL_HINT
+    flavour = "portable"          # graph_passes.FLAVOURS: which fused ops the cleaned graph may use
     schemes = ("none", "fp16", "int8", "int4")
 
     def __init__(self, exporter: str = "torchscript", opset: int = OPSET) -> None:
@@ -105,40 +101,37 @@ class OnnxTarget:
                 with _quiet():
                     if scheme in ("none", "fp16"):
                         self._trace(ctx.model, entry, out / f"{entry}.onnx", half=scheme == "fp16")
-                    elif scheme == "int8":
-                        _quantize_int8(self._float_source(ctx, entry, work), out / f"{entry}.onnx")
                     else:
-                        int4[entry] = _quantize_int4(self._float_source(ctx, entry, work), out / f"{entry}.onnx",
-                                                     ctx.model, ctx.quantization)
+                        # quantize the graph as traced, then clean it: folded constants (the chunk's masks) would
+                        # otherwise pass for weights, and the int4 policy finds each MatMul's module by its weight
+                        source = work / f"{entry}.onnx"
+                        self._trace(ctx.model, entry, source, half=False, clean=False)
+                        if scheme == "int8":
+                            _quantize_int8(source, out / f"{entry}.onnx")
+                        else:
+                            int4[entry] = _quantize_int4(source, out / f"{entry}.onnx", ctx.model, ctx.quantization)
+                        _rewrite(out / f"{entry}.onnx", lambda proto: graph_passes.clean(proto, self.flavour))
+                        _set_static_dims(out / f"{entry}.onnx", ctx.model, entry)    # the quantizers rename dims
                 files[entry] = out / f"{entry}.onnx"
-                _finalize(files[entry])
-        records: dict[str, dict[str, Any]] = {}
-        for entry, path in files.items():
-            records[entry] = file_record(ctx.root, path)
-            data = path.with_name(path.name + ".data")
-            if data.exists():
-                records[f"{entry}.data"] = file_record(ctx.root, data)
+        weights = share_weights(list(files.values()), WEIGHTS_FILE)
+        for path in files.values():
+            self._finalize(path)
+        records = {entry: file_record(ctx.root, path) for entry, path in files.items()}
+        records["weights"] = file_record(ctx.root, weights)
         onnx = require_onnx_library("onnx")
-        info = {"exporter": self.exporter, "opset": self.opset,
-                "op_types": {e: sorted({n.op_type for n in onnx.load(str(p), load_external_data=False).graph.node})
-                             for e, p in files.items()}}
+        graphs = {e: onnx.load(str(p), load_external_data=False) for e, p in files.items()}
+        layers = ctx.model.config.num_layers
+        info = {"exporter": self.exporter, "graph_flavour": self.flavour,
+                "opset": max(o.version for o in graphs["step"].opset_import if o.domain in ("", "ai.onnx")),
+                "op_types": {e: sorted({n.op_type for n in g.graph.node}) for e, g in graphs.items()},
+                "nodes": {e: graph_passes.node_counts(g, layers) for e, g in graphs.items()}}
         if scheme == "int4":
             info["group_size"] = ctx.quantization.group_size
             info["int4"] = _int4_summary(ctx.quantization, int4)
         return Variant(self.name, ctx.quantization.to_dict(), records, info)
 
-    def _float_source(self, ctx, entry: str, work: Path) -> Path:
-        """The float32 graph to quantize: the onnx/fp32 variant of this export if written, else a fresh trace."""
-        for variant in ctx.variants:
-            if variant.target == self.name and variant.tag == "fp32" and entry in variant.files:
-                path = ctx.root / variant.files[entry]["path"]
-                if not path.with_name(path.name + ".data").exists():
-                    return path
-        path = work / f"{entry}.onnx"
-        self._trace(ctx.model, entry, path, half=False)
-        return path
-
-    def _trace(self, model, entry: str, path: Path, *, half: bool) -> None:
+    def _trace(self, model, entry: str, path: Path, *, half: bool, clean: bool = True) -> None:
+        """Trace ``entry`` of ``model`` to ``path``, then (``clean``) clean the graph (:func:`graph_passes.clean`)."""
         import torch
 
         model = copy.deepcopy(model).float().cpu().eval()
@@ -162,6 +155,12 @@ class OnnxTarget:
                                             optimize=True, verbose=False)
                 program.save(str(path))
         _set_static_dims(path, model, entry)
+        if clean:
+            _rewrite(path, lambda proto: graph_passes.clean(proto, self.flavour))
+
+    def _finalize(self, path: Path) -> None:
+        """The full ``onnx.checker`` on the written graph (its weights beside it)."""
+        finalize_graph(path)
 
 
 def _set_static_dims(path: Path, model, entry: str) -> None:
@@ -186,17 +185,18 @@ def _set_static_dims(path: Path, model, entry: str) -> None:
     onnx.save(proto, str(path))
 
 
-def _finalize(path: Path) -> None:
-    """Move weights to ``<file>.data`` when the graph is large, then run the full ``onnx.checker``."""
+def _rewrite(path: Path, rewrite) -> None:
+    """Load the graph at ``path``, apply ``rewrite`` (ModelProto -> ModelProto) and save it back."""
     onnx = require_onnx_library("onnx")
-    model = onnx.load(str(path))
-    weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
-    if weight_bytes > EXTERNAL_DATA_BYTES:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-        onnx.checker.check_model(str(path), full_check=True)
-    else:
-        onnx.checker.check_model(model, full_check=True)
+    onnx.save(rewrite(onnx.load(str(path))), str(path))
+
+
+def finalize_graph(path: Path, check: bool = True) -> None:
+    """Run the full ``onnx.checker`` on the graph at ``path`` (its external data beside it), where ``check``:
+    graphs with ONNX Runtime's own ops in the default domain, which the checker rejects, are checked by their
+    target instead."""
+    if check:
+        require_onnx_library("onnx").checker.check_model(str(path), full_check=True)
 
 
 def _quantize_int8(source: Path, dest: Path) -> None:
@@ -211,7 +211,8 @@ def _quantize_int8(source: Path, dest: Path) -> None:
 
 def matmul_modules(graph, model) -> dict[str, list[str]]:
     """``{MatMul node name: module names}`` for every MatMul of ``graph`` whose weight (input B) is an
-    initializer, found by value (:class:`WeightIndex`): the TorchScript exporter names these initializers
+    initializer of a weight matrix's shape (or projections merged by :mod:`graph_passes`), found by value
+    (:class:`WeightIndex`): the TorchScript exporter names these initializers
     ``onnx::MatMul_<n>`` and drops the ``attn`` scope from the step graph's node names, so names cannot be used.
     Raises if a constant weight matches no module, or if node names are not unique (the quantizer selects by name).
     """
@@ -219,11 +220,19 @@ def matmul_modules(graph, model) -> dict[str, list[str]]:
     initializers = {t.name: t for t in graph.initializer}
     index = WeightIndex(model)
     found: dict[str, list[str]] = {}
+    splits = {n.input[0]: n for n in graph.node if n.op_type == "Split" and len(n.input) == 2
+              and n.input[1] in initializers}
     for node in graph.node:
         if node.op_type != "MatMul" or len(node.input) < 2 or node.input[1] not in initializers:
             continue
         weight = numpy_helper.to_array(initializers[node.input[1]])
         names = index.lookup(weight)
+        if not names and node.output[0] in splits:         # projections merged by graph_passes: one per column block
+            sizes = numpy_helper.to_array(initializers[splits[node.output[0]].input[1]])
+            parts = [index.lookup(p) for p in np.split(weight, np.cumsum(sizes)[:-1], axis=-1)]
+            names = [n for part in parts for n in part] if all(parts) else []
+        if not names and not index.has_shape(weight.shape):
+            continue                                         # a folded constant of the graph (a causal mask)
         if not names:
             raise RuntimeError(f"MatMul {node.name!r} has a constant weight {node.input[1]!r} {list(weight.shape)} "
                                f"that is no weight matrix of the model; the int4 module policy cannot place it")

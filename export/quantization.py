@@ -214,6 +214,10 @@ class WeightIndex:
         arr = np.ascontiguousarray(arr)
         return arr.dtype.str, arr.shape, hashlib.sha256(arr.tobytes()).hexdigest()
 
+    def has_shape(self, shape: tuple[int, ...]) -> bool:
+        """Whether some weight matrix (or its transpose) has this shape."""
+        return any(tuple(shape) in (w.shape, w.T.shape) for w in self._weights.values())
+
     def lookup(self, arr: np.ndarray) -> list[str]:
         """The module names whose weight equals ``arr`` (usually one; several if weights are identical)."""
         if arr.dtype not in (np.float32, np.float16) or arr.ndim != 2:

@@ -59,6 +59,7 @@ class ExecuTorchBackend:
             check_signature(manifest, m, self.path, _sigs(meta.input_tensor_meta, meta.num_inputs()),
                             _sigs(meta.output_tensor_meta, meta.num_outputs()))
         self.methods = {m: self.program.load_method(m) for m in METHODS}
+        self.threads = _pool_size()
         batch = variant.info.get("batch", {})
         self.min_batch, self.max_batch = int(batch.get("min", 1)), int(batch.get("max", 1))
 
@@ -69,20 +70,23 @@ class ExecuTorchBackend:
         if not self.min_batch <= batch <= self.max_batch:
             raise ValueError(f"batch size {batch} is outside the range [{self.min_batch}, {self.max_batch}] this "
                              f"ExecuTorch program was planned for ({self.path}); split the batch or re-export")
-        torch = self._torch
-        inputs = [torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))]
-        # read-only arrays (another runtime's state) are copied: torch.from_numpy warns on them
-        inputs += [torch.from_numpy(np.array(s, dtype=np.float32, order="C", copy=not s.flags.writeable or None))
-                   for s in state]
+        from_numpy = self._torch.from_numpy      # zero-copy where it can: the Session hands int64 tokens, float32
+        # states; read-only arrays (another runtime's state) are copied, torch.from_numpy warns on them
+        inputs = [from_numpy(tokens if tokens.dtype == np.int64 and tokens.flags.writeable
+                             else np.array(tokens, dtype=np.int64))]
+        inputs += [from_numpy(s if s.dtype == np.float32 and s.flags.c_contiguous and s.flags.writeable else
+                              np.array(s, dtype=np.float32, order="C")) for s in state]
         outputs = self.methods[entry].execute(inputs)
-        # Copies: never hand out views of buffers the runtime may reuse on the next call.
-        logits, *new_state = (np.array(o.numpy(), dtype=np.float32, copy=True) for o in outputs)
+        # Copies: the outputs live in the program's planned memory, which the next call overwrites; a State is
+        # never modified in place.
+        logits, *new_state = (o.numpy().copy() for o in outputs)
         return logits, new_state
 
     def describe(self) -> dict[str, Any]:
         from importlib.metadata import version
 
         return {"library": f"executorch {version('executorch')}", "backend": BACKEND, "device": "cpu",
+                "threads": self.threads,
                 "program": str(self.path), "batch_range": [self.min_batch, self.max_batch]}
 
 
@@ -109,5 +113,14 @@ class ExecuTorchRuntime:
 
     def open(self, manifest: Manifest, variant: Variant, **options: Any) -> ExecuTorchBackend:
         if options:
-            raise ValueError(f"the executorch runtime takes no options, got {sorted(options)}")
+            raise ValueError(f"the executorch runtime takes no options, got {sorted(options)} (its XNNPACK thread "
+                             "pool is ExecuTorch's own, one per process: resizing it from Python aborted a later "
+                             "step here)")
         return ExecuTorchBackend(manifest, variant)
+
+
+def _pool_size() -> int:
+    """Threads of ExecuTorch's (process-wide) XNNPACK thread pool."""
+    from executorch.extension.pybindings import portable_lib
+
+    return int(portable_lib._threadpool_get_thread_count())

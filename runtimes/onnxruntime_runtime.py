@@ -1,14 +1,15 @@
-"""ONNX Runtime: one ``InferenceSession`` per entry point of an ``onnx`` variant, run through IOBinding.
+"""ONNX Runtime: one ``InferenceSession`` per entry point of an ``onnx`` variant.
 
-The state stays where ORT put it: the arrays a call returns are views of ORT's output buffers (CPU), and when the
-next call passes exactly those arrays back (the usual step loop), their ``OrtValue``s are bound as inputs again,
-so no state tensor is copied between steps. Any other valid state (a fresh one, one loaded from disk, one from
-another runtime) is bound from numpy. With the CUDA provider the state OrtValues live on the GPU and are re-bound
-there; the arrays handed back are host copies.
+On the CPU a call is the plain ``InferenceSession.run``: the numpy state is read in place and the new state comes
+back in arrays ONNX Runtime allocated for it, so no state tensor is copied between steps. With the CUDA provider
+the state stays on the GPU through IOBinding: when the next call passes exactly the arrays the last one returned
+(the usual step loop), their ``OrtValue``s are bound as inputs again; any other valid state (a fresh one, one
+loaded from disk, one from another runtime) is bound from numpy; the arrays handed back are host copies.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from seqedge.artifact import Manifest, Variant
 
 from .base import RuntimeUnavailable
 from .signature import TensorSig, check_signature
+from .threads import check_threads, default_threads
 
 INSTALL_HINT = "pip install onnxruntime  (or pip install 'seqedge[onnx]'; onnxruntime-gpu for CUDA)"
 
@@ -34,15 +36,19 @@ class OnnxRuntimeBackend:
     runtime = "onnxruntime"
     target = "onnx"
 
-    def __init__(self, sessions: dict[str, Any], providers: list[str], state_names: list[str]) -> None:
+    def __init__(self, sessions: dict[str, Any], providers: list[str], state_names: list[str],
+                 io_binding: bool | None = None) -> None:
         self._ort = _ort()
         self.sessions = sessions
         self.providers = providers
         self.device = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
+        self.io_binding = self.device == "cuda" if io_binding is None else bool(io_binding)
         self.state_names = state_names
         self.out_names = [f"new_{n}" for n in state_names]
+        self._outputs = ["logits", *self.out_names]
         self._last: list[tuple[np.ndarray, Any]] = []   # (array handed out, its OrtValue) of the last call
         self.reused_state_binds = 0                    # how many calls re-bound the previous call's OrtValues
+        self.threads: int | str = "onnxruntime default"
 
     def _bind_state(self, io, state: list[np.ndarray]) -> None:
         reuse = len(self._last) == len(state) and all(a is b for a, (b, _) in zip(state, self._last))
@@ -61,6 +67,15 @@ class OnnxRuntimeBackend:
         if entry not in self.sessions:
             raise ValueError(f"unknown entry point {entry!r}; valid ones are {sorted(self.sessions)}")
         sess = self.sessions[entry]
+        if not self.io_binding:
+            # the plain run: numpy inputs are wrapped without a copy and the outputs come back as new arrays, so
+            # IOBinding saves nothing on the CPU, and its per-call binding calls cost more than the run's wrapping
+            feeds = dict(zip(self.state_names, state))
+            feeds["tokens"] = tokens
+            logits, *arrays = sess.run(self._outputs, feeds)
+            for a in arrays:
+                a.flags.writeable = False            # a state is never modified in place (see Session)
+            return logits, arrays
         io = sess.io_binding()
         io.bind_cpu_input("tokens", np.ascontiguousarray(tokens, dtype=np.int64))
         self._bind_state(io, state)
@@ -77,7 +92,8 @@ class OnnxRuntimeBackend:
         return logits, arrays
 
     def describe(self) -> dict[str, Any]:
-        return {"providers": self.providers, "device": self.device, "onnxruntime": self._ort.__version__}
+        return {"providers": self.providers, "device": self.device, "onnxruntime": self._ort.__version__,
+                "threads": self.threads, "io_binding": self.io_binding}
 
 
 class OnnxRuntimeRuntime:
@@ -89,9 +105,11 @@ class OnnxRuntimeRuntime:
         _ort()
 
     def open(self, manifest: Manifest, variant: Variant, *, providers: list[str] | None = None,
-             threads: int | None = None, **options: Any) -> OnnxRuntimeBackend:
+             threads: int | None = None, io_binding: bool | None = None, **options: Any) -> OnnxRuntimeBackend:
         if options:
-            raise ValueError(f"unknown option(s) {sorted(options)} for onnxruntime; valid: providers, threads")
+            raise ValueError(f"unknown option(s) {sorted(options)} for onnxruntime; valid: providers, threads "
+                             "(intra-op threads; default: 1 for small models, else one per core), io_binding "
+                             "(default: on with CUDA only)")
         ort = _ort()
         available = ort.get_available_providers()
         if providers is None:
@@ -101,20 +119,25 @@ class OnnxRuntimeRuntime:
         if missing:
             raise RuntimeUnavailable(f"onnxruntime provider(s) {missing} are not available here (available: "
                                      f"{available}); install onnxruntime-gpu for CUDAExecutionProvider")
+        threads = check_threads(threads)
+        threads = default_threads(manifest.config) if threads is None else threads
         options_ = ort.SessionOptions()
         options_.log_severity_level = 3
         options_.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
-            options_.intra_op_num_threads = int(threads)
-        sessions = {}
-        for entry in ("step", "chunk"):
-            path = manifest.path(variant, entry)
-            if f"{entry}.data" in variant.files:
-                manifest.path(variant, f"{entry}.data")
-            sessions[entry] = ort.InferenceSession(str(path), options_, providers=providers)
-            check_signature(manifest, entry, path, _sigs(sessions[entry].get_inputs()),
-                            _sigs(sessions[entry].get_outputs()))
-        return self.backend(sessions, sessions["step"].get_providers(), [s.name for s in manifest.state_specs])
+            options_.intra_op_num_threads = threads
+        for data in ("weights", "step.data", "chunk.data"):      # external data: hash-checked before the graphs
+            if data in variant.files:
+                manifest.path(variant, data)
+        sessions = {entry: ort.InferenceSession(str(manifest.path(variant, entry)), options_, providers=providers)
+                    for entry in ("step", "chunk")}
+        for entry, session in sessions.items():
+            check_signature(manifest, entry, manifest.path(variant, entry, verify=False), _sigs(session.get_inputs()),
+                            _sigs(session.get_outputs()))
+        backend = self.backend(sessions, sessions["step"].get_providers(), [s.name for s in manifest.state_specs],
+                               io_binding)
+        backend.threads = threads or f"onnxruntime default ({os.cpu_count()} cores)"
+        return backend
 
 
 ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32",

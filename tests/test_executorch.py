@@ -277,3 +277,19 @@ def test_missing_library_names_the_exact_install(monkeypatch):
         target.check_available()
     with pytest.raises(ImportError, match=hint):
         ExecuTorchRuntime().check_available()
+
+
+def test_outputs_are_owned_and_the_pool_is_reported(exported):
+    """The arrays a step returns stay as they were after the next step (copies, not the program's reused
+    buffers); describe() reports the thread pool; options are refused with the reason."""
+    artifact, _, _ = exported("delta", "none")
+    with pytest.raises(ValueError, match="takes no options"):
+        load(artifact, runtime="executorch", threads=1)
+    session = load(artifact, runtime="executorch")
+    assert session.describe()["threads"] >= 1
+    state = session.init_state(1)
+    logits, state = session.step(np.array([3]), state)
+    kept = [logits.copy(), *(a.copy() for a in state.tensors)]
+    session.step(np.array([5]), state)
+    for now, before in zip([logits, *state.tensors], kept):
+        np.testing.assert_array_equal(now, before)

@@ -20,9 +20,10 @@ import re
 import sys
 import sysconfig
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -251,7 +252,7 @@ class RunResult:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunResult":
+    def from_dict(cls, data: dict[str, Any]) -> RunResult:
         data = {k: v for k, v in data.items() if k not in ("prefill_speedup", "flatness")}
         data["contexts"] = [ContextResult(**c) for c in data["contexts"]]
         return cls(**data)
@@ -458,16 +459,46 @@ def progress_bar(name: str, total: int, enabled: bool = True) -> tuple[Any, Prog
     return bar, progress
 
 
+def step_weight_bytes(variant: Any) -> int:
+    """Bytes of the weights one step reads: the step entry point's files (with its external data), the shared
+    weights file where the variant has one, else the whole variant over its entry points."""
+    files = variant.files
+    keys = [k for k in ("weights", "step", "step.data", "program") if k in files]
+    if keys:
+        return int(sum(int(files[k].get("bytes", 0)) for k in keys))
+    return variant_bytes(variant) // max(1, sum(k in files for k in ("step", "chunk")))
+
+
+def attach_floor(result: RunResult, variant: Any, manifest: Any, limits: Any) -> None:
+    """Add ``info["floor"]``: the step floor of ``variant`` on ``limits`` and the measured p50 (shortest context)
+    as a multiple of it (:mod:`seqedge.evaluate.floor`)."""
+    from seqedge.evaluate.floor import step_floor, step_flops
+    from seqedge.state import state_nbytes
+
+    floor = step_floor(step_weight_bytes(variant), state_nbytes(manifest.state_specs, 1),
+                       step_flops(manifest.config), limits)
+    floor["p50_over_floor"] = result.contexts[0].p50_ms / floor["floor_ms"]
+    floor["limits"] = limits.to_dict()
+    result.info["floor"] = floor
+
+
 def bench_artifact(artifact_dir: str | Path, config: BenchConfig, runtimes: Sequence[str] | None = None,
                    quantizations: Sequence[str] | None = None, *, show_progress: bool = True,
-                   session_options: dict[str, Any] | None = None) -> tuple[list[RunResult], list[Skipped]]:
+                   session_options: dict[str, Any] | None = None, limits: Any = None
+                   ) -> tuple[list[RunResult], list[Skipped]]:
     """Benchmark every runnable (runtime, variant) of an artifact with one token stream; list the rest with why.
 
     A variant that fails to load or run is listed with its error (``failed=True``); it never stops the others.
+    Each result's ``info["floor"]`` reads its p50 against the machine's ``limits`` (measured once here when not
+    given: :func:`seqedge.evaluate.floor.measure_limits`).
     """
+    from seqedge.artifact import read_manifest
+    from seqedge.evaluate.floor import measure_limits
     from seqedge.runtimes.session import load
 
     runs, skipped = plan_runs(artifact_dir, runtimes, quantizations)
+    manifest = read_manifest(artifact_dir)
+    limits = limits if limits is not None or not runs else measure_limits()
     stream = token_stream(max(config.stream_length(), config.prefill_tokens, config.stepwise_tokens,
                               config.ttft_prompt))
     results = []
@@ -486,6 +517,7 @@ def bench_artifact(artifact_dir: str | Path, config: BenchConfig, runtimes: Sequ
             bar.close()
         result.load_s = load_s
         result.artifact_bytes = variant_bytes(variant)
+        attach_floor(result, variant, manifest, limits)
         result.info.setdefault("variant", variant.name)
         results.append(result)
     return results, skipped

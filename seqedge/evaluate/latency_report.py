@@ -6,6 +6,7 @@ matplotlib is imported lazily (Agg backend) so the harness itself needs only num
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,28 @@ def machine_markdown(machine: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def floor_markdown(results: Sequence[RunResult]) -> list[str]:
+    """The step floor table (:mod:`seqedge.evaluate.floor`) of the results that carry one, with the threads."""
+    rows = [r for r in results if "floor" in r.info]
+    if not rows:
+        return []
+    limits = rows[0].info["floor"]["limits"]
+    bandwidth = ", ".join(f"{size >> 20} MiB {bw / 1e9:.1f}" for size, bw in
+                          sorted((int(k), v) for k, v in limits["bandwidth_by_bytes"].items()))
+    out = ["", "## The floor of a step", "",
+           f"This machine: copy bandwidth (GB/s) by working set {bandwidth}; peak {limits['peak_flops'] / 1e9:.1f} "
+           f"GFLOP/s float32 ({limits['method']}). Floor = max((weights + 2 x state bytes) / the bandwidth at "
+           "that working set, FLOPs / peak).", "",
+           "| runtime | threads | weights | state | MFLOP | floor ms | bound | p50 @0 / floor |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        f = r.info["floor"]
+        out.append(f"| {r.name} | {r.info.get('threads', '-')} | {_size(f['weight_bytes'])} | "
+                   f"{_size(f['state_bytes'])} | {f['flops'] / 1e6:.2f} | {f['floor_ms']:.4f} | {f['bound']} | "
+                   f"{f['p50_over_floor']:.1f}x |")
+    return out
+
+
 def render_markdown(report: BenchReport) -> str:
     """The report as Markdown: header, machine, summary table, per-context table, what was not measured."""
     contexts = report.config.contexts
@@ -95,6 +118,7 @@ def render_markdown(report: BenchReport) -> str:
             out.append(f"| {r.name} | {_size(r.artifact_bytes)} | {load} | {ttft} | "
                        f"{prefill} | {r.stepwise_tokens_per_s:,.0f} | {speedup} | "
                        f"{p50s} | {r.contexts[-1].p99_ms:.3f} | {r.flatness:.2f} | {_mib(r.peak_rss_bytes)} |")
+        out += floor_markdown(report.results)
         many = c.sweeps > 1
         p50_head = f"p50 ms (lowest of {c.sweeps} sweeps)" if many else "p50 ms (median)"
         sweep_head = " median of sweeps' p50 ms | sweeps' p50 spread ms |" if many else ""

@@ -1,0 +1,238 @@
+"""Per-step cost of ``Session.step`` over the raw runtime call, graph node counts, and the floor, per variant.
+
+For each artifact given and each of onnxruntime, onnxruntime-fused and executorch whose variant it holds (fp32):
+
+- node counts of the step graph, per layer: as exported (ONNX) and after ONNX Runtime's own optimiser, or the
+  ExecuTorch program's instructions (XNNPACK delegate calls and portable kernel calls);
+- the raw runtime call (``InferenceSession.run`` / the ExecuTorch method's ``execute``, state carried) and
+  ``Session.step`` interleaved call by call, so a busy machine slows both alike; p50 of each and the overhead;
+- onnxruntime: the raw call at 1 and 2 intra-op threads (the default Session thread choice is printed);
+- the step floor on this machine (seqedge.evaluate.floor) and the Session p50 as a multiple of it;
+- onnxruntime: where a step's time goes, by op type (ONNX Runtime's profiler).
+
+    python benchmarks/step_overhead.py --artifact ART [--artifact OTHER] [--out benchmarks/results/step_overhead]
+
+An artifact comes from ``seqedge export --target onnx,onnx-ort,executorch --out ART`` (the bundled model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import seqedge
+from seqedge.artifact import read_manifest
+from seqedge.evaluate.floor import measure_limits, step_floor, step_flops
+from seqedge.evaluate.latency import step_weight_bytes
+from seqedge.evaluate.latency_report import command_line, machine_info, machine_markdown
+from seqedge.state import state_nbytes
+
+RUNTIMES = {"onnxruntime": "onnx", "onnxruntime-fused": "onnx-ort", "executorch": "executorch"}
+TARGET_MS = 0.15          # step p50 target for onnxruntime-fused and executorch on the bundled model
+TARGET_OVERHEAD = 0.10    # Session.step over the raw call
+
+
+def ort_counts(path: Path, layers: int) -> dict[str, Any]:
+    """Nodes of an ONNX graph as written and after ONNX Runtime's optimiser (ORT_ENABLE_ALL, CPU)."""
+    import onnx
+    import onnxruntime as ort
+
+    written = Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        optimized = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath,
+                                                          load_external_data=False).graph.node)
+    total, after = sum(written.values()), sum(optimized.values())
+    return {"written": total, "written_per_layer": total / layers, "after_ort": after,
+            "after_ort_per_layer": after / layers, "written_ops": dict(written.most_common()),
+            "after_ort_ops": dict(optimized.most_common())}
+
+
+def pte_counts(path: Path, layers: int) -> dict[str, Any]:
+    """Instructions of the ExecuTorch program's step method: delegate calls and portable kernel calls."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    program = deserialize_pte_binary(path.read_bytes())
+    program = getattr(program, "program", program)
+    plan = next(p for p in program.execution_plan if p.name == "step")
+    instructions = plan.chains[0].instructions
+    kinds = Counter(type(i.instr_args).__name__ for i in instructions)
+    kernels = Counter(plan.operators[i.instr_args.op_index].name for i in instructions
+                      if type(i.instr_args).__name__ == "KernelCall")
+    return {"written": len(instructions), "written_per_layer": len(instructions) / layers,
+            "delegate_calls": kinds.get("DelegateCall", 0), "kernel_calls": dict(kernels.most_common())}
+
+
+def raw_stepper(session) -> Any:
+    """The runtime's own call on the backend's loaded step graph, the state carried from call to call."""
+    tokens = np.array([5], np.int64)
+    state = session.init_state(1).tensors
+    backend = session.backend
+    if session.runtime.startswith("onnxruntime"):
+        sess = backend.sessions["step"]
+        feeds = {"tokens": tokens, **{s.name: a for s, a in zip(session.specs, state)}}
+        names = [s.name for s in session.specs]
+
+        def call() -> None:
+            out = sess.run(None, feeds)
+            feeds.update(zip(names, out[1:]))
+        return call
+    import torch
+
+    method = backend.methods["step"]
+    inputs = [torch.from_numpy(tokens), *(torch.from_numpy(a) for a in state)]
+
+    def call() -> None:
+        out = method.execute(inputs)
+        inputs[1:] = [o.clone() for o in out[1:]]      # the next call overwrites the program's output buffers
+    return call
+
+
+def interleaved(calls: dict[str, Any], n: int, warmup: int = 50) -> dict[str, float]:
+    """p50 (ms) of each call, timed in turn call by call ``n`` times (after ``warmup`` rounds)."""
+    times = {k: [] for k in calls}
+    for i in range(warmup + n):
+        for k, call in calls.items():
+            t0 = time.perf_counter_ns()
+            call()
+            if i >= warmup:
+                times[k].append(time.perf_counter_ns() - t0)
+    return {k: float(np.median(v)) / 1e6 for k, v in times.items()}
+
+
+def ort_profile(path: Path, threads: int, steps: int = 300) -> dict[str, float]:
+    """Microseconds per step by op type, from ONNX Runtime's profiler (ORT_ENABLE_ALL graph, CPU)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "prof")
+        sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feeds = {}
+        for i in sess.get_inputs():
+            shape = [1 if isinstance(d, str) else d for d in i.shape]
+            feeds[i.name] = np.array([5], np.int64) if i.name == "tokens" else np.zeros(shape, np.float32)
+        for _ in range(steps):
+            sess.run(None, feeds)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    by_op: Counter = Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            by_op[e["args"]["op_name"]] += e["dur"]
+    return {op: us / steps for op, us in by_op.most_common()}
+
+
+def measure(artifact: Path, runtime: str, steps: int, limits) -> dict[str, Any]:
+    manifest = read_manifest(artifact)
+    variant = manifest.variant(RUNTIMES[runtime], "fp32")
+    layers = manifest.config.num_layers
+    session = seqedge.load(artifact, runtime)
+    state = [session.init_state(1)]
+    tokens = np.array([5])
+
+    def session_call() -> None:
+        state[0] = session.step(tokens, state[0])[1]
+    calls = {"raw": raw_stepper(session), "session": session_call}
+    if runtime != "executorch":
+        other = 2 if session.backend.threads == 1 else 1
+        calls[f"raw_{other}_threads"] = raw_stepper(seqedge.load(artifact, runtime, threads=other))
+    p50 = interleaved(calls, steps)
+    step_path = manifest.path(variant, "program" if runtime == "executorch" else "step")
+    row = {"artifact": str(artifact), "runtime": runtime, "variant": variant.name,
+           "threads": session.describe().get("threads"), "p50_ms": p50,
+           "overhead": p50["session"] / p50["raw"] - 1,
+           "nodes": pte_counts(step_path, layers) if runtime == "executorch" else ort_counts(step_path, layers)}
+    floor = step_floor(step_weight_bytes(variant), state_nbytes(manifest.state_specs, 1),
+                       step_flops(manifest.config), limits)
+    row["floor"] = {**floor, "session_over_floor": p50["session"] / floor["floor_ms"]}
+    if runtime != "executorch":
+        row["profile_us_per_step"] = ort_profile(step_path, session.backend.threads
+                                                 if isinstance(session.backend.threads, int) else 0)
+    return row
+
+
+def render(rows: list[dict[str, Any]], limits, machine: dict[str, Any], command: str, date: str) -> str:
+    out = ["# Session.step over the raw runtime call, node counts and the floor (bundled model, batch 1)", "",
+           f"- Date: {date}", f"- Command: `{command}`", machine_markdown(machine),
+           "- Limits measured here: copy bandwidth (GB/s) by working set " + ", ".join(
+               f"{k >> 20} MiB {v / 1e9:.1f}" for k, v in sorted(limits.bandwidth_by_bytes.items()))
+           + f"; peak {limits.peak_flops / 1e9:.1f} GFLOP/s ({limits.method})",
+           "- Raw call and Session.step are timed in turn call by call (p50 of each), so load from other "
+           "processes on the machine hits both alike; absolute times on a loaded machine are higher than on a "
+           "quiet one.", "",
+           "## Node counts of the step graph (per layer = total / layers)", "",
+           "| artifact | runtime | nodes written | per layer | after ORT's optimiser | per layer |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        n = r["nodes"]
+        after = f"{n['after_ort']} | {n['after_ort_per_layer']:.1f}" if "after_ort" in n else \
+            f"{n['delegate_calls']} delegate calls | -"
+        out.append(f"| {Path(r['artifact']).name} | {r['runtime']} | {n['written']} | "
+                   f"{n['written_per_layer']:.1f} | {after} |")
+    out += ["", "## Step latency", "",
+            "| artifact | runtime | threads | raw p50 ms | Session.step p50 ms | overhead | raw p50, other "
+            "thread count | floor ms | Session / floor | target |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p = r["p50_ms"]
+        other = next((f"{v:.3f} ({k.split('_')[1]} threads)" for k, v in p.items() if k.startswith("raw_")), "-")
+        target = []
+        if r["runtime"] in ("onnxruntime-fused", "executorch"):
+            miss = p["session"] / TARGET_MS
+            target.append(f"p50 <= {TARGET_MS} ms: " + ("met" if miss <= 1 else f"missed, {miss:.1f}x"))
+        target.append(f"overhead <= {TARGET_OVERHEAD:.0%}: " + ("met" if r["overhead"] <= TARGET_OVERHEAD
+                                                                else "missed"))
+        out.append(f"| {Path(r['artifact']).name} | {r['runtime']} | {r['threads']} | {p['raw']:.3f} | "
+                   f"{p['session']:.3f} | {r['overhead']:+.1%} | {other} | {r['floor']['floor_ms']:.4f} | "
+                   f"{r['floor']['session_over_floor']:.0f}x | {'; '.join(target)} |")
+    out += ["", "## Where an onnxruntime step goes (profiler: share of kernel time by op type, top 8; the "
+            "profiler's own cost inflates absolute times)", ""]
+    for r in rows:
+        if "profile_us_per_step" in r:
+            prof = r["profile_us_per_step"]
+            total = sum(prof.values())
+            top = ", ".join(f"{op} {us / total:.0%}" for op, us in list(prof.items())[:8])
+            out.append(f"- {Path(r['artifact']).name} {r['runtime']}: {top}")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifact", action="append", required=True, type=Path,
+                        help="artifact directory (repeatable: each is measured on every runtime it holds)")
+    parser.add_argument("--steps", type=int, default=2000, help="timed calls of each kind (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/step_overhead"),
+                        help="output stem: <stem>.json and <stem>.md (default: %(default)s)")
+    args = parser.parse_args()
+    date = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    machine, command, limits = machine_info(), command_line(), measure_limits()
+    rows = []
+    for artifact in args.artifact:
+        targets = {v.target for v in read_manifest(artifact).variants}
+        for runtime, target in RUNTIMES.items():
+            if target in targets:
+                print(f"measuring {runtime} on {artifact}", flush=True)
+                rows.append(measure(artifact, runtime, args.steps, limits))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(
+        {"date": date, "command": command, "machine": machine, "limits": limits.to_dict(), "rows": rows},
+        indent=2) + "\n")
+    text = render(rows, limits, machine, command, date)
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
