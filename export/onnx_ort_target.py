@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .onnx_target import INSTALL_HINT, OnnxTarget, _require
-from .ort_fused import MIN_ONNXRUNTIME, fused_scan
+from .ort_fused import MIN_ONNXRUNTIME, ORT_FUSED_OPS
 
 
 class OnnxOrtTarget(OnnxTarget):
@@ -31,5 +31,4 @@ class OnnxOrtTarget(OnnxTarget):
                               f"pip install -U 'onnxruntime>=1.32'")
 
     def _trace(self, model, entry: str, path: Path, *, half: bool) -> None:
-        with fused_scan():
-            super()._trace(model, entry, path, half=half)
+        super()._trace(model.with_ops(ORT_FUSED_OPS), entry, path, half=half)
