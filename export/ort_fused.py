@@ -40,13 +40,13 @@ class LinearAttentionOp(torch.autograd.Function):
     float32) -> o ``[B, T, H, dv]``, new state. For the gated rule k already carries beta (and beta is unused)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, decay, beta, state, rule: str, scale: float, heads: int):  # noqa: D102
+    def forward(ctx, q, k, v, decay, beta, state, rule: str, scale: float, heads: int, bounded: bool):  # noqa: D102
         with _untraced():
             beta = torch.ones_like(beta) if rule == "gated" else beta
-            return chunked_scan(q, k, v, decay, beta, rule=rule, scale=scale, initial_state=state)
+            return chunked_scan(q, k, v, decay, beta, rule=rule, scale=scale, initial_state=state, bounded=bounded)
 
     @staticmethod
-    def symbolic(g, q, k, v, decay, beta, state, rule: str, scale: float, heads: int):  # noqa: D102
+    def symbolic(g, q, k, v, decay, beta, state, rule: str, scale: float, heads: int, bounded: bool):  # noqa: D102
         packed = g.op("Constant", value_t=torch.tensor([0, 0, -1], dtype=torch.int64))
         pack = lambda x: g.op("Reshape", x, packed)                      # [B, T, H, d] -> [B, T, H*d]
         inputs = [pack(q), pack(k), pack(v), state, pack(decay)]
@@ -60,12 +60,12 @@ class LinearAttentionOp(torch.autograd.Function):
         return g.op("Reshape", o, unpacked), new_state
 
 
-def _fused_sequence_scan(q, k, v, g, beta, *, rule, initial_state, chunk_size=None, scale=None):
+def _fused_sequence_scan(q, k, v, g, beta, *, rule, initial_state, chunk_size=None, scale=None, bounded=True):
     q, k, v, g, beta = (x.float() for x in (q, k, v, g, beta))
     if rule == "gated":
         k = k * beta.unsqueeze(-1)
     scale = int(q.shape[-1]) ** -0.5 if scale is None else float(scale)      # python numbers: node attributes
-    return LinearAttentionOp.apply(q, k, v, g, beta, initial_state.float(), rule, scale, int(q.shape[2]))
+    return LinearAttentionOp.apply(q, k, v, g, beta, initial_state.float(), rule, scale, int(q.shape[2]), bounded)
 
 
 def _fused_recurrent_step(q, k, v, g, beta, state, *, rule, scale=None):

@@ -81,10 +81,14 @@ class PooledRMSNorm(nn.Module):
     def __init__(self, norm: RMSNorm) -> None:
         super().__init__()
         self.eps = norm.eps
+        self.groups = norm.groups
         self.weight = norm.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pooled_rms_norm(x, self.weight, self.eps)
+        if self.groups == 1:
+            return pooled_rms_norm(x, self.weight, self.eps)
+        grouped = x.unflatten(-1, (self.groups, -1))                          # [..., groups, dim / groups]
+        return pooled_rms_norm(grouped, self.weight.view(self.groups, -1), self.eps).flatten(-2)
 
 
 def pooled_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -111,6 +115,7 @@ class PickedTailConv(nn.Module):
         super().__init__()
         self.kernel = conv.kernel
         self.weight = conv.weight
+        self.bias = conv.bias
         dtype = conv.weight.dtype                  # the model's float dtype: no cast between pick and linear
         self.picks = nn.ParameterDict({str(n): nn.Parameter(self._pick(n, conv.kernel).to(dtype), requires_grad=False)
                                        for n in lengths})
@@ -124,7 +129,8 @@ class PickedTailConv(nn.Module):
     def forward(self, x: torch.Tensor, tail: torch.Tensor, *, step: bool = False):
         """As :meth:`seqedge.layers.ShortConv.forward` (one form for both paths: the picks know each length)."""
         xc = torch.cat([tail.to(x.dtype), x.transpose(1, 2)], dim=-1)              # [B, ch, K-1+T]
-        y = F.conv1d(xc, self.weight.to(x.dtype), groups=self.weight.shape[0])      # [B, ch, T]
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        y = F.conv1d(xc, self.weight.to(x.dtype), bias, groups=self.weight.shape[0])  # [B, ch, T]
         key = str(int(xc.shape[-1]))
         new_tail = (F.linear(xc, self.picks[key].to(xc.dtype)) if key in self.picks
                     else xc[..., -(self.kernel - 1):])                              # [B, ch, K-1]
@@ -182,7 +188,7 @@ def xnnpack_friendly(model: SequentialAttentionModel, *, inplace: bool = False) 
                 setattr(parent, name, PickedTailConv(child, lengths))
             elif isinstance(child, SwiGLU) and _plain_weight(child.gate_up):
                 setattr(parent, name, SplitSwiGLU(child))
-            elif isinstance(child, SequentialAttention):
+            elif isinstance(child, SequentialAttention) and c.bounded_gates:   # its constants assume g >= -5
                 setattr(parent, name, StaticMaskAttention(child))
     return model.with_ops(XNNPACK_OPS)
 

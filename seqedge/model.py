@@ -18,20 +18,23 @@ from .state import State, model_fingerprint, state_specs
 
 
 class Block(nn.Module):
-    """x + SeqAttn(norm(x)), then x + SwiGLU(norm(x))."""
+    """x + SeqAttn(norm(x)), then x + SwiGLU(norm(x)) (without the MLP when ``config.mixer.mlp`` is False)."""
 
     def __init__(self, config: SequentialAttentionConfig, ops: MixerOps = REFERENCE_OPS) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(config.hidden_size, config.norm_eps, ops)
         self.attn = SequentialAttention(config, ops)
-        self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps, ops)
-        self.mlp = SwiGLU(config, ops)
+        if config.mixer.mlp:
+            self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps, ops)
+            self.mlp = SwiGLU(config, ops)
 
     def forward(self, x, conv_state, scan_state, *, step: bool = False):
         mixer = self.attn.step if step else self.attn
         y, conv_state, scan_state = mixer(self.attn_norm(x), conv_state, scan_state)
         x = x + y
-        return x + self.mlp(self.mlp_norm(x)), conv_state, scan_state
+        if hasattr(self, "mlp"):
+            x = x + self.mlp(self.mlp_norm(x))
+        return x, conv_state, scan_state
 
 
 class SequentialAttentionModel(nn.Module):
