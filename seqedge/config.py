@@ -66,13 +66,18 @@ class MixerParts:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MixerParts":
-        if not isinstance(data, dict):
-            raise ValueError(f"mixer must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown mixer field(s) {unknown}; valid fields are {sorted(known)}")
-        return cls(**data)
+        return cls(**_known_fields(cls, data, "mixer"))
+
+
+def _known_fields(cls: type, data: Any, what: str) -> dict[str, Any]:
+    """``data`` if it is a dict of ``cls``'s fields only (a tampered or foreign config must not pass silently)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} field(s) {unknown}; valid fields are {sorted(known)}")
+    return data
 
 
 NATIVE_MIXER = MixerParts()
@@ -194,13 +199,7 @@ class SequentialAttentionConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SequentialAttentionConfig":
         """Build from a dict, rejecting unknown keys (a tampered or foreign config must not pass silently)."""
-        if not isinstance(data, dict):
-            raise ValueError(f"config must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown config field(s) {unknown}; valid fields are {sorted(known)}")
-        return cls(**data)
+        return cls(**_known_fields(cls, data, "config"))
 
     @classmethod
     def from_json(cls, text: str) -> "SequentialAttentionConfig":
