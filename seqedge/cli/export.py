@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "it skipped and why.")
     p.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
                    help="checkpoint directory (config.json + model.safetensors; default: the bundled model)")
+    p.add_argument("-m", "--model", metavar="DIR",
+                   help="checkpoint or Hugging Face model directory (imported as `seqedge import` does); "
+                        "the same as the positional CHECKPOINT")
     p.add_argument("--target", type=_csv(TARGET_CHOICES, "target"), default=["onnx"],
                    help="onnx, onnx-ort (ONNX Runtime's fused LinearAttention op), executorch, coreml, tensorrt or "
                         "all; comma-separated for several (default: onnx)")
@@ -45,8 +48,13 @@ def run(args: argparse.Namespace) -> int:
     from seqedge.defaults import default_checkpoint_dir
     from seqedge.export.api import export_model
 
+    from seqedge.families import import_hf, is_hf_dir
+
     targets = "all" if "all" in args.target else args.target
-    checkpoint = args.checkpoint or default_checkpoint_dir()
+    if args.model and args.checkpoint and args.model != args.checkpoint:
+        raise ValueError(f"two models given ({args.checkpoint} and -m {args.model}); pass one")
+    source = args.model or args.checkpoint or default_checkpoint_dir()
+    checkpoint = import_hf(source) if is_hf_dir(source) else source
     manifest = export_model(checkpoint, args.out, targets, args.quantize, progress=not args.quiet,
                             overwrite=args.overwrite, group_size=args.group_size)
     for skipped in manifest.data.get("skipped", []):

@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, str] = {
     "validate": "seqedge.cli.validate",
     "train": "seqedge.cli.train",
     "bench": "seqedge.cli.bench",
+    "import": "seqedge.cli.import_",
 }
 
 EXIT_USER_ERROR = 2
@@ -52,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("seqedge: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (CLIError, ValueError, FileNotFoundError, ImportError, NotADirectoryError, RuntimeError) as err:
+    except (CLIError, ValueError, FileNotFoundError, FileExistsError, ImportError, NotADirectoryError,
+            RuntimeError) as err:
         if args.traceback:
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
