@@ -109,7 +109,9 @@ def test_exported_step_matches_transformers_over_256_tokens(hf, artifact, runtim
 
 
 @pytest.mark.xfail(strict=True, reason="onnx int8 (dynamic) of this random tiny Mamba2 measured top-1 58%, "
-                                      "relative RMS 0.36 against transformers: not explained yet")
+                                      "relative RMS 0.36 against transformers, while int8 per-channel weights "
+                                      "alone in torch give 0.5%: the dynamic activation quantization is suspect "
+                                      "(the native model's onnx int8 misses its SQNR budget too)")
 def test_int8_step_keeps_top1(hf, tmp_path):
     import seqedge
 
