@@ -56,7 +56,7 @@ def example_inputs(model: SequentialAttentionModel, entry: str, batch_size: int 
     gen = torch.Generator().manual_seed(seed)
     C = chunk_size or model.config.chunk_size
     shape = (batch_size,) if entry == "step" else (batch_size, C)
-    tokens = torch.randint(0, 256, shape, generator=gen, dtype=torch.int64)
+    tokens = torch.randint(0, min(256, model.config.vocab_size), shape, generator=gen, dtype=torch.int64)
     state = [0.1 * torch.randn(s.concrete_shape(batch_size), generator=gen) for s in model.state_specs]
     return (tokens, *state)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .onnx_target import INSTALL_HINT, OnnxTarget, finalize_graph, require_onnx_library
-from .ort_fused import MIN_ONNXRUNTIME, fused_scan
+from .ort_fused import MIN_ONNXRUNTIME, ORT_FUSED_OPS
 
 
 class OnnxOrtTarget(OnnxTarget):
@@ -32,8 +32,7 @@ class OnnxOrtTarget(OnnxTarget):
                               f"pip install -U 'onnxruntime>=1.32'")
 
     def _trace(self, model, entry: str, path: Path, *, half: bool, clean: bool = True) -> None:
-        with fused_scan():
-            super()._trace(model, entry, path, half=half, clean=clean)
+        super()._trace(model.with_ops(ORT_FUSED_OPS), entry, path, half=half, clean=clean)
 
     def _finalize(self, path: Path) -> None:
         """The graph holds ONNX Runtime's own ops (``SimplifiedLayerNormalization`` in the default domain, which

@@ -2,23 +2,22 @@
 
 ONNX Runtime >= 1.32 ships ``LinearAttention`` (CPU, CUDA, WebGPU providers): per-key decay ``[B, T, H*dk]``,
 state ``[B, H, dk, dv]``, q/k/v packed ``[B, T, H*d]``. Its ``gated`` rule is our gated rule with beta folded
-into k, and its ``gated_delta`` rule with per-key decay is exactly our delta rule (DESIGN §3). Inside
-:func:`fused_scan` the model's scan calls (``seqedge.layers.sequence_scan`` and ``recurrent_step``) go through
-:class:`LinearAttentionOp`, which computes with the plain PyTorch forms (so traced shapes and values are right) and
-exports as one ``LinearAttention`` node per layer; the short causal convolution with its carried tail (concat,
-depthwise conv, SiLU, slice) likewise becomes one ``CausalConvWithState`` node. The graph then runs only in ONNX
-Runtime: TensorRT and other ONNX consumers take the portable ``onnx`` target, which this leaves untouched.
+into k, and its ``gated_delta`` rule with per-key decay is exactly our delta rule (DESIGN §3).
+:data:`ORT_FUSED_OPS` is the model's ops object for this flavour (:meth:`SequentialAttentionModel.with_ops`): its
+scans go through :class:`LinearAttentionOp`, which computes with the plain PyTorch forms (so traced shapes and
+values are right) and exports as one ``LinearAttention`` node per layer; its short causal convolution with the
+carried tail (concat, depthwise conv, SiLU, slice) likewise becomes one ``CausalConvWithState`` node. The graph
+then runs only in ONNX Runtime: TensorRT and other ONNX consumers take the portable ``onnx`` target.
 """
 
 from __future__ import annotations
 
 import contextlib
 from typing import Iterator
-from unittest import mock
 
 import torch
 
-from seqedge import layers
+from seqedge.ops import MixerOps, at_least_f32
 from seqedge.scan import chunked_scan
 
 ORT_RULE = {"gated": "gated", "delta": "gated_delta"}
@@ -41,13 +40,13 @@ class LinearAttentionOp(torch.autograd.Function):
     float32) -> o ``[B, T, H, dv]``, new state. For the gated rule k already carries beta (and beta is unused)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, decay, beta, state, rule: str, scale: float, heads: int):  # noqa: D102
+    def forward(ctx, q, k, v, decay, beta, state, rule: str, scale: float, heads: int, bounded: bool):  # noqa: D102
         with _untraced():
             beta = torch.ones_like(beta) if rule == "gated" else beta
-            return chunked_scan(q, k, v, decay, beta, rule=rule, scale=scale, initial_state=state)
+            return chunked_scan(q, k, v, decay, beta, rule=rule, scale=scale, initial_state=state, bounded=bounded)
 
     @staticmethod
-    def symbolic(g, q, k, v, decay, beta, state, rule: str, scale: float, heads: int):  # noqa: D102
+    def symbolic(g, q, k, v, decay, beta, state, rule: str, scale: float, heads: int, bounded: bool):  # noqa: D102
         packed = g.op("Constant", value_t=torch.tensor([0, 0, -1], dtype=torch.int64))
         pack = lambda x: g.op("Reshape", x, packed)                      # [B, T, H, d] -> [B, T, H*d]
         inputs = [pack(q), pack(k), pack(v), state, pack(decay)]
@@ -61,12 +60,12 @@ class LinearAttentionOp(torch.autograd.Function):
         return g.op("Reshape", o, unpacked), new_state
 
 
-def _fused_sequence_scan(q, k, v, g, beta, *, rule, initial_state, chunk_size=None, scale=None):
+def _fused_sequence_scan(q, k, v, g, beta, *, rule, initial_state, chunk_size=None, scale=None, bounded=True):
     q, k, v, g, beta = (x.float() for x in (q, k, v, g, beta))
     if rule == "gated":
         k = k * beta.unsqueeze(-1)
     scale = int(q.shape[-1]) ** -0.5 if scale is None else float(scale)      # python numbers: node attributes
-    return LinearAttentionOp.apply(q, k, v, g, beta, initial_state.float(), rule, scale, int(q.shape[2]))
+    return LinearAttentionOp.apply(q, k, v, g, beta, initial_state.float(), rule, scale, int(q.shape[2]), bounded)
 
 
 def _fused_recurrent_step(q, k, v, g, beta, state, *, rule, scale=None):
@@ -95,18 +94,14 @@ class CausalConvOp(torch.autograd.Function):
         return y, new_tail
 
 
-def _fused_short_conv(self: layers.ShortConv, x: torch.Tensor, tail: torch.Tensor):
-    """:meth:`seqedge.layers.ShortConv.forward` through :class:`CausalConvOp` (same inputs and outputs)."""
-    bias = torch.zeros(self.weight.shape[0], dtype=x.dtype)
-    y, new_tail = CausalConvOp.apply(x.transpose(1, 2), self.weight.to(x.dtype), bias, tail.to(x.dtype))
-    return y.transpose(1, 2), new_tail.to(torch.promote_types(x.dtype, torch.float32))
+def _fused_short_conv(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """:func:`seqedge.ops.short_conv` through :class:`CausalConvOp` (same inputs and outputs)."""
+    bias = torch.zeros(weight.shape[0], dtype=x.dtype) if bias is None else bias.to(x.dtype)
+    y, new_tail = CausalConvOp.apply(x.transpose(1, 2), weight.to(x.dtype), bias, tail.to(x.dtype))
+    return y.transpose(1, 2), new_tail.to(at_least_f32(x.dtype))
 
 
-@contextlib.contextmanager
-def fused_scan() -> Iterator[None]:
-    """While active, the model's scans trace as ``com.microsoft::LinearAttention`` and its short convolutions as
-    ``com.microsoft::CausalConvWithState`` (TorchScript ONNX exporter)."""
-    with mock.patch.object(layers, "sequence_scan", _fused_sequence_scan), \
-            mock.patch.object(layers, "recurrent_step", _fused_recurrent_step), \
-            mock.patch.object(layers.ShortConv, "forward", _fused_short_conv):
-        yield
+# The model's scans trace as ``com.microsoft::LinearAttention`` and its short convolutions as
+# ``com.microsoft::CausalConvWithState`` (TorchScript ONNX exporter); norms, SiLU and the head stay plain.
+ORT_FUSED_OPS = MixerOps(name="ort-fused", sequence_scan=_fused_sequence_scan, step_scan=_fused_recurrent_step,
+                         short_conv=_fused_short_conv, short_conv_step=_fused_short_conv)

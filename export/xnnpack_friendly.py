@@ -44,14 +44,14 @@ it and tests/test_xnnpack_scan.py the scan against the chunked and reference sca
 from __future__ import annotations
 
 import copy
-import types
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seqedge.layers import RMSNorm, SequentialAttention, ShortConv, SwiGLU, at_least_f32
+from seqedge.layers import RMSNorm, SequentialAttention, ShortConv, SwiGLU
 from seqedge.model import SequentialAttentionModel
+from seqedge.ops import MixerOps, at_least_f32
 
 from .xnnpack_scan import StaticMaskAttention
 
@@ -81,17 +81,26 @@ class PooledRMSNorm(nn.Module):
     def __init__(self, norm: RMSNorm) -> None:
         super().__init__()
         self.eps = norm.eps
+        self.groups = norm.groups
         self.weight = norm.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.to(at_least_f32(x.dtype))
-        n = int(x.shape[-1])
-        rows = 1
-        for d in x.shape[1:-1]:                   # static in exported graphs: only the batch stays symbolic
-            rows *= int(d)
-        sq = (xf * xf).reshape(-1, rows, 1, n)                              # [B, L, 1, n]
-        ms = sq.mean(dim=(2, 3), keepdim=True).reshape(*(-1, *x.shape[1:-1]), 1)   # [B, ..., 1]
-        return (xf * torch.rsqrt(ms + self.eps)).to(x.dtype) * self.weight
+        if self.groups == 1:
+            return pooled_rms_norm(x, self.weight, self.eps)
+        grouped = x.unflatten(-1, (self.groups, -1))                          # [..., groups, dim / groups]
+        return pooled_rms_norm(grouped, self.weight.view(self.groups, -1), self.eps).flatten(-2)
+
+
+def pooled_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """:func:`seqedge.ops.rms_norm` with the mean over a ``[-1, L, 1, n]`` view (XNNPACK's 4-D mean)."""
+    xf = x.to(at_least_f32(x.dtype))
+    n = int(x.shape[-1])
+    rows = 1
+    for d in x.shape[1:-1]:                   # static in exported graphs: only the batch stays symbolic
+        rows *= int(d)
+    sq = (xf * xf).reshape(-1, rows, 1, n)                              # [B, L, 1, n]
+    ms = sq.mean(dim=(2, 3), keepdim=True).reshape(*(-1, *x.shape[1:-1]), 1)   # [B, ..., 1]
+    return (xf * torch.rsqrt(ms + eps)).to(x.dtype) * weight
 
 
 class PickedTailConv(nn.Module):
@@ -106,6 +115,7 @@ class PickedTailConv(nn.Module):
         super().__init__()
         self.kernel = conv.kernel
         self.weight = conv.weight
+        self.bias = conv.bias
         dtype = conv.weight.dtype                  # the model's float dtype: no cast between pick and linear
         self.picks = nn.ParameterDict({str(n): nn.Parameter(self._pick(n, conv.kernel).to(dtype), requires_grad=False)
                                        for n in lengths})
@@ -116,9 +126,11 @@ class PickedTailConv(nn.Module):
         pick[:, length - kernel + 1:] = torch.eye(kernel - 1)                # row i selects column L-K+1+i
         return pick
 
-    def forward(self, x: torch.Tensor, tail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, tail: torch.Tensor, *, step: bool = False):
+        """As :meth:`seqedge.layers.ShortConv.forward` (one form for both paths: the picks know each length)."""
         xc = torch.cat([tail.to(x.dtype), x.transpose(1, 2)], dim=-1)              # [B, ch, K-1+T]
-        y = F.conv1d(xc, self.weight.to(x.dtype), groups=self.weight.shape[0])      # [B, ch, T]
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        y = F.conv1d(xc, self.weight.to(x.dtype), bias, groups=self.weight.shape[0])  # [B, ch, T]
         key = str(int(xc.shape[-1]))
         new_tail = (F.linear(xc, self.picks[key].to(xc.dtype)) if key in self.picks
                     else xc[..., -(self.kernel - 1):])                              # [B, ch, K-1]
@@ -146,15 +158,20 @@ def _plain_weight(linear: nn.Linear) -> bool:
     return type(linear.weight.data) is torch.Tensor
 
 
-def _linear_logits(self: SequentialAttentionModel, x: torch.Tensor) -> torch.Tensor:
-    """``SequentialAttentionModel._logits`` with the head as a linear over the weight parameter itself."""
-    x = self.norm(x)
-    weight = self.embed.weight if self.head is None else self.head.weight
-    return F.linear(x, weight.to(x.dtype)).to(torch.promote_types(x.dtype, torch.float32))
+def linear_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """:func:`seqedge.ops.tied_logits` as a linear over the weight parameter itself (XNNPACK's static weight)."""
+    return F.linear(x, weight.to(x.dtype)).to(at_least_f32(x.dtype))
+
+
+# The ops of this flavour: SiLU without a float32 round trip, the 4-D mean RMSNorm, the head as a linear. The
+# pieces that need their own constants or weights (conv tail picks, split gate/up, static-mask scan) are modules
+# that :func:`xnnpack_friendly` puts in place of the model's.
+XNNPACK_OPS = MixerOps(name="xnnpack", silu=_silu, rms_norm=pooled_rms_norm, logits=linear_logits)
 
 
 def xnnpack_friendly(model: SequentialAttentionModel, *, inplace: bool = False) -> SequentialAttentionModel:
-    """A copy of ``model`` (the model itself if ``inplace``) with XNNPACK-friendly norms, convs, MLPs and head.
+    """``model`` built with :data:`XNNPACK_OPS`, with XNNPACK-friendly norms, convs, MLPs and scans in place of its
+    own modules (in ``model`` itself if ``inplace``, else in a copy; the returned model shares their weights).
 
     Norm, conv and embedding weights are shared with the modules they replace (a float gate/up weight is split
     into two row blocks); outputs equal the original's up to float rounding (the mean's summation order; the
@@ -171,11 +188,9 @@ def xnnpack_friendly(model: SequentialAttentionModel, *, inplace: bool = False) 
                 setattr(parent, name, PickedTailConv(child, lengths))
             elif isinstance(child, SwiGLU) and _plain_weight(child.gate_up):
                 setattr(parent, name, SplitSwiGLU(child))
-            elif isinstance(child, SequentialAttention):
-                child.gate_activation = _silu
+            elif isinstance(child, SequentialAttention) and c.bounded_gates:   # its constants assume g >= -5
                 setattr(parent, name, StaticMaskAttention(child))
-    model._logits = types.MethodType(_linear_logits, model)
-    return model
+    return model.with_ops(XNNPACK_OPS)
 
 
 # edge-dialect graph pass ----------------------------------------------------------------------------------

@@ -168,7 +168,8 @@ class StaticMaskAttention(nn.Module):
         T = int(x.shape[1])                      # static in exported graphs: only the batch stays symbolic
         B = -1 if T else x.shape[0]
         q, k, v, g, beta, conv_state = a._project(x, conv_state, B, T)
-        o, scan_state = self.scan(q, k, v, g, beta, rule=a.config.update_rule, initial_state=scan_state)
+        o, scan_state = self.scan(q, k, v, g, beta, rule=a.config.update_rule, scale=a.scale,
+                                  initial_state=scan_state)
         return a._output(x, o, v, B, T), conv_state, scan_state
 
     def step(self, x: torch.Tensor, conv_state: torch.Tensor, scan_state: torch.Tensor):

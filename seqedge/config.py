@@ -15,6 +15,73 @@ UpdateRule = Literal["gated", "delta"]
 UPDATE_RULES: tuple[str, ...] = ("gated", "delta")
 SUB_CHUNK = 16  # sub-chunk of the chunked scan: bounded gates keep exp(b_t - b_s) in range inside it
 
+GATES = ("sigmoid", "softplus")
+BETAS = ("sigmoid", "dt", "none")
+OUTPUT_ORDERS = ("norm_gate", "gate_norm")
+
+
+@dataclass(frozen=True)
+class MixerParts:
+    """How the mixer's named parts are parametrised; the defaults are the native Sequential Attention mixer.
+
+    - ``gate``: the log forget gate g. ``sigmoid``: ``g_min * sigmoid(W_up W_down x + b)`` per key dim (native;
+      bounded, g >= g_min). ``softplus``: ``-exp(A_log) * softplus(W_dt x + dt_bias)`` per head (Mamba2, Gated
+      DeltaNet; unbounded below, so the chunked scan takes its pairwise-difference form).
+    - ``beta``: the input scale. ``sigmoid``: ``sigmoid(W_b x + b)`` per head; ``dt``: the softplus gate's step
+      ``softplus(W_dt x + dt_bias)`` (Mamba2); ``none``: 1 (GLA).
+    - ``num_key_heads``: heads of q and k (0: ``num_heads``); each is shared by ``num_heads / num_key_heads``
+      consecutive value heads (Mamba2's B/C groups, grouped value heads of Gated DeltaNet).
+    - ``conv_bias``: the short conv over q, k, v has a bias. q and k are L2-normalised iff the rule is ``delta``.
+    - ``skip``: the read-out adds ``d * v`` per value channel (native; Mamba2's D per head, repeated per channel).
+    - ``output``: ``norm_gate``: ``RMSNorm(o) * SiLU(W_r x)`` (native, Gated DeltaNet); ``gate_norm``:
+      ``RMSNorm(o * SiLU(W_r x))`` (Mamba2's gated RMSNorm); the norm runs over groups of ``out_norm_size``
+      channels (0: one head, ``head_v_dim``).
+    - ``scale``: the read-out's q scale (0: ``1/sqrt(head_k_dim)``; Mamba2 reads with 1).
+    - ``mlp``: blocks have a SwiGLU after the mixer (Mamba2's blocks have none).
+    """
+
+    gate: str = "sigmoid"
+    beta: str = "sigmoid"
+    num_key_heads: int = 0
+    conv_bias: bool = False
+    skip: bool = True
+    output: str = "norm_gate"
+    out_norm_size: int = 0
+    scale: float = 0.0
+    mlp: bool = True
+
+    def __post_init__(self) -> None:
+        for name, valid in (("gate", GATES), ("beta", BETAS), ("output", OUTPUT_ORDERS)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"mixer.{name} must be one of {list(valid)}, got {getattr(self, name)!r}")
+        if self.beta == "dt" and self.gate != "softplus":
+            raise ValueError(f"mixer.beta='dt' takes the step of mixer.gate='softplus', but mixer.gate is "
+                             f"{self.gate!r}")
+        for name in ("num_key_heads", "out_norm_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"mixer.{name} must be an integer >= 0 (0: the default), got {value!r}")
+        if not self.scale >= 0:
+            raise ValueError(f"mixer.scale must be >= 0 (0: 1/sqrt(head_k_dim)), got {self.scale}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MixerParts":
+        return cls(**_known_fields(cls, data, "mixer"))
+
+
+def _known_fields(cls: type, data: Any, what: str) -> dict[str, Any]:
+    """``data`` if it is a dict of ``cls``'s fields only (a tampered or foreign config must not pass silently)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} field(s) {unknown}; valid fields are {sorted(known)}")
+    return data
+
+
+NATIVE_MIXER = MixerParts()
+
 
 @dataclass(frozen=True)
 class SequentialAttentionConfig:
@@ -42,6 +109,7 @@ class SequentialAttentionConfig:
     init_std: float = 0.02
     gate_half_life_min: float = 1.0
     gate_half_life_max: float = 1.0e4
+    mixer: MixerParts = NATIVE_MIXER
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "hidden_size", "num_layers", "num_heads", "head_k_dim", "head_v_dim",
@@ -52,7 +120,12 @@ class SequentialAttentionConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.update_rule not in UPDATE_RULES:
             raise ValueError(f"update_rule must be one of {list(UPDATE_RULES)}, got {self.update_rule!r}")
-        if self.hidden_size % self.num_heads:
+        if isinstance(self.mixer, dict):               # from JSON: the nested part descriptions
+            object.__setattr__(self, "mixer", MixerParts.from_dict(self.mixer))
+        if not isinstance(self.mixer, MixerParts):
+            raise ValueError(f"mixer must be a MixerParts, got {type(self.mixer).__name__}")
+        self._check_mixer()
+        if self.mixer == NATIVE_MIXER and self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         if self.chunk_size % SUB_CHUNK:
             raise ValueError(f"chunk_size must be a multiple of {SUB_CHUNK} (the scan's sub-chunk), "
@@ -70,11 +143,30 @@ class SequentialAttentionConfig:
             raise ValueError("gate_half_life_min and gate_half_life_max must satisfy 0 < min <= max, got "
                              f"{self.gate_half_life_min}, {self.gate_half_life_max}")
 
+    def _check_mixer(self) -> None:
+        m = self.mixer
+        if m.num_key_heads and self.num_heads % m.num_key_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of mixer.num_key_heads "
+                             f"({m.num_key_heads}): each key head serves a whole group of value heads")
+        if m.out_norm_size and self.value_size % m.out_norm_size:
+            raise ValueError(f"mixer.out_norm_size ({m.out_norm_size}) must divide num_heads * head_v_dim "
+                             f"({self.value_size})")
+
     # derived sizes -------------------------------------------------------------------------------------
     @property
+    def key_heads(self) -> int:
+        """Heads of q and k (``mixer.num_key_heads``, else ``num_heads``)."""
+        return self.mixer.num_key_heads or self.num_heads
+
+    @property
     def key_size(self) -> int:
-        """H * dk: width of q and k."""
-        return self.num_heads * self.head_k_dim
+        """key heads * dk: width of q and k."""
+        return self.key_heads * self.head_k_dim
+
+    @property
+    def bounded_gates(self) -> bool:
+        """True when every log gate is >= g_min >= -5 (the native sigmoid gate): the scan's fast chunk form."""
+        return self.mixer.gate == "sigmoid"
 
     @property
     def value_size(self) -> int:
@@ -94,7 +186,12 @@ class SequentialAttentionConfig:
 
     # serialisation --------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON types; the native mixer is left out, so native configs (and their fingerprints) read as
+        before the mixer had parts."""
+        data = dataclasses.asdict(self)
+        if self.mixer == NATIVE_MIXER:
+            del data["mixer"]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -102,13 +199,7 @@ class SequentialAttentionConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SequentialAttentionConfig":
         """Build from a dict, rejecting unknown keys (a tampered or foreign config must not pass silently)."""
-        if not isinstance(data, dict):
-            raise ValueError(f"config must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown config field(s) {unknown}; valid fields are {sorted(known)}")
-        return cls(**data)
+        return cls(**_known_fields(cls, data, "config"))
 
     @classmethod
     def from_json(cls, text: str) -> "SequentialAttentionConfig":

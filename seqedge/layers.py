@@ -1,7 +1,9 @@
 """Building blocks of the model: RMSNorm, the short causal conv, the Sequential Attention mixer, SwiGLU.
 
 Every mixer has a sequence path (chunked scan) and a one-token path (recurrent step) over the same weights,
-with the state passed explicitly, so the step function exports as a plain feed-forward graph.
+with the state passed explicitly, so the step function exports as a plain feed-forward graph. Every module is
+built with a :class:`seqedge.ops.MixerOps` and computes its scans, short convs, SiLUs, norms (and the model its
+logits) only through it: those calls are every place where an export flavour's graph may differ.
 """
 
 from __future__ import annotations
@@ -13,48 +15,46 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import SequentialAttentionConfig
-from .scan import recurrent_step
-from .scan.dispatch import sequence_scan
-
-
-def at_least_f32(dtype: torch.dtype) -> torch.dtype:
-    """float32 for float16/bfloat16/float32, float64 for float64 (so a float64 model is a float64 reference)."""
-    return torch.promote_types(dtype, torch.float32)
+from .ops import REFERENCE_OPS, MixerOps
+from .ops import at_least_f32
 
 
 class RMSNorm(nn.Module):
-    """RMS normalisation over the last dimension, in plain ops (exports everywhere)."""
+    """RMS normalisation over the last dimension (``ops.rms_norm``), or over ``groups`` equal slices of it with
+    one weight per channel (Mamba2's gated norm)."""
 
-    def __init__(self, dim: int, eps: float) -> None:
+    def __init__(self, dim: int, eps: float, ops: MixerOps = REFERENCE_OPS, *, groups: int = 1) -> None:
         super().__init__()
         self.eps = eps
+        self.ops = ops
+        self.groups = groups
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.to(at_least_f32(x.dtype))
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        if self.groups == 1:
+            return self.ops.rms_norm(x, self.weight, self.eps)
+        grouped = x.unflatten(-1, (self.groups, -1))                          # [..., groups, dim / groups]
+        return self.ops.rms_norm(grouped, self.weight.view(self.groups, -1), self.eps).flatten(-2)
 
 
 class ShortConv(nn.Module):
     """Causal depthwise conv of kernel K whose last K-1 inputs are the carried state ``[B, channels, K-1]``."""
 
-    def __init__(self, channels: int, kernel: int) -> None:
+    def __init__(self, channels: int, kernel: int, ops: MixerOps = REFERENCE_OPS, *, bias: bool = False) -> None:
         super().__init__()
         self.kernel = kernel
+        self.ops = ops
         self.weight = nn.Parameter(torch.empty(channels, 1, kernel))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
 
-    def forward(self, x: torch.Tensor, tail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x ``[B, T, channels]``, tail ``[B, channels, K-1]`` -> (SiLU(conv) ``[B, T, channels]``, new tail)."""
-        xc = torch.cat([tail.to(x.dtype), x.transpose(1, 2)], dim=-1)              # [B, ch, K-1+T]
-        if x.dtype == torch.float64:
-            # the float64 reference: torch's depthwise conv1d has no fast float64 CPU kernel (~100x slower)
-            T = x.shape[1]
-            w = self.weight.to(x.dtype)[:, 0]                                       # [ch, K]
-            y = sum(xc[..., i:i + T] * w[:, i:i + 1] for i in range(self.kernel))   # [B, ch, T]
-        else:
-            y = F.conv1d(xc, self.weight.to(x.dtype), groups=self.weight.shape[0])  # [B, ch, T]
-        return F.silu(y).transpose(1, 2), xc[..., -(self.kernel - 1):].to(at_least_f32(x.dtype))
+    def forward(self, x: torch.Tensor, tail: torch.Tensor, *, step: bool = False):
+        """x ``[B, T, channels]``, tail ``[B, channels, K-1]`` -> (SiLU(conv) ``[B, T, channels]``, new tail).
+
+        ``ops.short_conv`` over a sequence, ``ops.short_conv_step`` for the one-token path.
+        """
+        conv = self.ops.short_conv_step if step else self.ops.short_conv
+        return conv(x, tail, self.weight, self.bias)
 
 
 def _gate_bias_init(config: SequentialAttentionConfig) -> torch.Tensor:
@@ -66,78 +66,134 @@ def _gate_bias_init(config: SequentialAttentionConfig) -> torch.Tensor:
 
 
 class SequentialAttention(nn.Module):
-    """The gated linear-attention mixer of DESIGN §1, with ``gated`` or ``delta`` update rule."""
+    """The gated linear-attention mixer of DESIGN §1, with ``gated`` or ``delta`` update rule.
 
-    gate_activation = staticmethod(F.silu)   # of the output gate; export may swap in an equal form (xnnpack_friendly)
+    One composition of named parts (``config.mixer``, :class:`seqedge.config.MixerParts`): the native mixer and
+    imported families (docs/families.md) differ only in which parts they set and how.
+    """
 
-    def __init__(self, config: SequentialAttentionConfig) -> None:
+    def __init__(self, config: SequentialAttentionConfig, ops: MixerOps = REFERENCE_OPS) -> None:
         super().__init__()
         c = self.config = config
+        parts = c.mixer
+        self.ops = ops
+        self.scale = parts.scale or c.head_k_dim ** -0.5
         self.qkv = nn.Linear(c.hidden_size, c.conv_channels, bias=False)
-        self.conv = ShortConv(c.conv_channels, c.conv_kernel)
-        self.gate_down = nn.Linear(c.hidden_size, c.gate_rank, bias=False)
-        self.gate_up = nn.Linear(c.gate_rank, c.key_size, bias=True)
-        self.beta = nn.Linear(c.hidden_size, c.num_heads, bias=True)
-        self.skip = nn.Parameter(torch.ones(c.value_size))
-        self.out_norm = RMSNorm(c.head_v_dim, c.norm_eps)
+        self.conv = ShortConv(c.conv_channels, c.conv_kernel, ops, bias=parts.conv_bias)
+        if parts.gate == "sigmoid":
+            self.gate_down = nn.Linear(c.hidden_size, c.gate_rank, bias=False)
+            self.gate_up = nn.Linear(c.gate_rank, c.num_heads * c.head_k_dim, bias=True)
+        else:                                       # softplus: one step size per head
+            self.dt_proj = nn.Linear(c.hidden_size, c.num_heads, bias=False)
+            self.dt_bias = nn.Parameter(torch.zeros(c.num_heads))
+            self.A_log = nn.Parameter(torch.log(torch.arange(1, c.num_heads + 1, dtype=torch.float32)))
+        if parts.beta == "sigmoid":
+            self.beta = nn.Linear(c.hidden_size, c.num_heads, bias=True)
+        if parts.skip:
+            self.skip = nn.Parameter(torch.ones(c.value_size))
+        norm_size = parts.out_norm_size or c.head_v_dim
+        if parts.output == "norm_gate":             # one weight shared by every group
+            self.out_norm = RMSNorm(norm_size, c.norm_eps, ops)
+        else:                                       # Mamba2's gated RMSNorm: one weight per channel
+            self.out_norm = RMSNorm(c.value_size, c.norm_eps, ops, groups=c.value_size // norm_size)
         self.out_gate = nn.Linear(c.hidden_size, c.value_size, bias=False)
         self.out_proj = nn.Linear(c.value_size, c.hidden_size, bias=False)
         with torch.no_grad():
-            self.gate_up.bias.copy_(_gate_bias_init(c))
-            nn.init.zeros_(self.beta.bias)
+            if parts.gate == "sigmoid":
+                self.gate_up.bias.copy_(_gate_bias_init(c))
+            if parts.beta == "sigmoid":
+                nn.init.zeros_(self.beta.bias)
 
-    def _project(self, x: torch.Tensor, conv_state: torch.Tensor, B: int, T: int):
+    def _heads(self, x: torch.Tensor, B: int, T: int, heads: int, dim: int) -> torch.Tensor:
+        """``[B, T, heads * dim]`` -> ``[B, T, H, dim]``, each of ``heads`` repeated for its group of value heads."""
+        H = self.config.num_heads
+        x = x.reshape(B, T, heads, dim)
+        if heads == H:
+            return x
+        return x.reshape(B, T, heads, 1, dim).expand(-1, -1, -1, H // heads, -1).reshape(B, T, H, dim)
+
+    def _gate(self, x: torch.Tensor, B: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """x ``[B, T, D]`` -> log gate g ``[B, T, H, dk]`` and input scale beta ``[B, T, H]`` (at least float32)."""
+        c, parts, f32 = self.config, self.config.mixer, at_least_f32(x.dtype)
+        if parts.gate == "sigmoid":
+            g = c.g_min * torch.sigmoid(self.gate_up(self.gate_down(x)).to(f32))
+            g = g.reshape(B, T, c.num_heads, c.head_k_dim)
+            dt = None
+        else:
+            dt = F.softplus(self.dt_proj(x).to(f32) + self.dt_bias.to(f32))               # [B, T, H]
+            g = (-torch.exp(self.A_log.to(f32)) * dt).unsqueeze(-1).expand(-1, -1, -1, c.head_k_dim)
+        if parts.beta == "sigmoid":
+            beta = torch.sigmoid(self.beta(x).to(f32))
+        elif parts.beta == "dt":
+            beta = dt
+        else:
+            beta = torch.ones_like(g[..., 0])
+        return g, beta
+
+    def _project(self, x: torch.Tensor, conv_state: torch.Tensor, B: int, T: int, *, step: bool = False):
         """x ``[B, T, D]`` -> q, k, g ``[B, T, H, dk]``, v ``[B, T, H, dv]``, beta ``[B, T, H]``, new conv tail.
 
         The step path passes B = -1 and T = 1, so its exported graph needs no shape arithmetic.
         """
         c = self.config
-        qkv, conv_state = self.conv(self.qkv(x), conv_state)
+        qkv, conv_state = self.conv(self.qkv(x), conv_state, step=step)
         q, k, v = qkv.split([c.key_size, c.key_size, c.value_size], dim=-1)
-        q = q.reshape(B, T, c.num_heads, c.head_k_dim)
-        k = k.reshape(B, T, c.num_heads, c.head_k_dim)
+        q = q.reshape(B, T, c.key_heads, c.head_k_dim)
+        k = k.reshape(B, T, c.key_heads, c.head_k_dim)
         v = v.reshape(B, T, c.num_heads, c.head_v_dim)
         if c.update_rule == "delta":
             q = F.normalize(q.to(at_least_f32(q.dtype)), dim=-1, eps=1e-6).to(x.dtype)
             k = F.normalize(k.to(at_least_f32(k.dtype)), dim=-1, eps=1e-6).to(x.dtype)
-        g = c.g_min * torch.sigmoid(self.gate_up(self.gate_down(x)).to(at_least_f32(x.dtype)))
-        g = g.reshape(B, T, c.num_heads, c.head_k_dim)
-        beta = torch.sigmoid(self.beta(x).to(at_least_f32(x.dtype)))
+        if c.key_heads != c.num_heads:
+            q, k = (self._heads(t, B, T, c.key_heads, c.head_k_dim) for t in (q, k))
+        g, beta = self._gate(x, B, T)
         return q, k, v, g, beta, conv_state
 
     def _output(self, x: torch.Tensor, o: torch.Tensor, v: torch.Tensor, B: int, T: int) -> torch.Tensor:
-        """o, v ``[B, T, H, dv]`` -> y ``[B, T, D]``: local skip, per-head norm, output gate, projection."""
-        o = o.to(x.dtype) + self.skip.view(self.config.num_heads, -1).to(x.dtype) * v
-        o = self.out_norm(o).reshape(B, T, self.config.value_size)
-        return self.out_proj(o * self.gate_activation(self.out_gate(x)))
+        """o, v ``[B, T, H, dv]`` -> y ``[B, T, D]``: local skip, grouped norm and output gate, projection."""
+        c, parts = self.config, self.config.mixer
+        o = o.to(x.dtype)
+        if parts.skip:
+            o = o + self.skip.view(c.num_heads, -1).to(x.dtype) * v
+        gate = self.ops.silu(self.out_gate(x))
+        if parts.output == "norm_gate":
+            if parts.out_norm_size:
+                o = o.reshape(B, T, c.value_size // parts.out_norm_size, parts.out_norm_size)
+            o = self.out_norm(o).reshape(B, T, c.value_size) * gate
+        else:                                       # gated RMSNorm: the gate goes in before the norm
+            o = self.out_norm(o.reshape(B, T, c.value_size) * gate)
+        return self.out_proj(o)
 
     def forward(self, x: torch.Tensor, conv_state: torch.Tensor, scan_state: torch.Tensor):
         """Sequence path: x ``[B, T, D]`` -> (y ``[B, T, D]``, conv tail, scan state ``[B, H, dk, dv]``)."""
         T = int(x.shape[1])                      # static in exported graphs: only the batch stays symbolic
         B = -1 if T else x.shape[0]
+        c = self.config
         q, k, v, g, beta, conv_state = self._project(x, conv_state, B, T)
-        o, scan_state = sequence_scan(q, k, v, g, beta, rule=self.config.update_rule, initial_state=scan_state,
-                                      chunk_size=self.config.chunk_size)
+        o, scan_state = self.ops.sequence_scan(q, k, v, g, beta, rule=c.update_rule, initial_state=scan_state,
+                                               chunk_size=c.chunk_size, scale=self.scale,
+                                               bounded=c.bounded_gates)
         return self._output(x, o, v, B, T), conv_state, scan_state
 
     def step(self, x: torch.Tensor, conv_state: torch.Tensor, scan_state: torch.Tensor):
         """One-token path: x ``[B, 1, D]`` -> (y ``[B, 1, D]``, conv tail, scan state), recurrent form."""
-        q, k, v, g, beta, conv_state = self._project(x, conv_state, -1, 1)
+        q, k, v, g, beta, conv_state = self._project(x, conv_state, -1, 1, step=True)
         c = self.config
         H, dk, dv = c.num_heads, c.head_k_dim, c.head_v_dim
         q, k, g = (t.reshape(-1, H, dk) for t in (q, k, g))             # drop T = 1, with constant shapes only
         v, beta = v.reshape(-1, H, dv), beta.reshape(-1, H)
-        o, scan_state = recurrent_step(q, k, v, g, beta, scan_state, rule=c.update_rule, scale=dk ** -0.5)
+        o, scan_state = self.ops.step_scan(q, k, v, g, beta, scan_state, rule=c.update_rule, scale=self.scale)
         return self._output(x, o.unsqueeze(1), v.unsqueeze(1), -1, 1), conv_state, scan_state
 
 
 class SwiGLU(nn.Module):
-    def __init__(self, config: SequentialAttentionConfig) -> None:
+    def __init__(self, config: SequentialAttentionConfig, ops: MixerOps = REFERENCE_OPS) -> None:
         super().__init__()
+        self.ops = ops
         self.gate_up = nn.Linear(config.hidden_size, 2 * config.mlp_hidden_size, bias=False)
         self.down = nn.Linear(config.mlp_hidden_size, config.hidden_size, bias=False)
         self.hidden = config.mlp_hidden_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).split([self.hidden, self.hidden], dim=-1)
-        return self.down(F.silu(gate) * up)
+        return self.down(self.ops.silu(gate) * up)

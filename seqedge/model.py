@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from typing import Iterator, Sequence
@@ -12,25 +13,29 @@ import torch.nn as nn
 from .checkpoint import check_tensors, read_checkpoint, save_pretrained
 from .config import SequentialAttentionConfig
 from .layers import RMSNorm, SequentialAttention, SwiGLU
+from .ops import REFERENCE_OPS, MixerOps
 from .sampling import Sampler, SamplingConfig
 from .state import State, model_fingerprint, state_specs
 
 
 class Block(nn.Module):
-    """x + SeqAttn(norm(x)), then x + SwiGLU(norm(x))."""
+    """x + SeqAttn(norm(x)), then x + SwiGLU(norm(x)) (without the MLP when ``config.mixer.mlp`` is False)."""
 
-    def __init__(self, config: SequentialAttentionConfig) -> None:
+    def __init__(self, config: SequentialAttentionConfig, ops: MixerOps = REFERENCE_OPS) -> None:
         super().__init__()
-        self.attn_norm = RMSNorm(config.hidden_size, config.norm_eps)
-        self.attn = SequentialAttention(config)
-        self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps)
-        self.mlp = SwiGLU(config)
+        self.attn_norm = RMSNorm(config.hidden_size, config.norm_eps, ops)
+        self.attn = SequentialAttention(config, ops)
+        if config.mixer.mlp:
+            self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps, ops)
+            self.mlp = SwiGLU(config, ops)
 
     def forward(self, x, conv_state, scan_state, *, step: bool = False):
         mixer = self.attn.step if step else self.attn
         y, conv_state, scan_state = mixer(self.attn_norm(x), conv_state, scan_state)
         x = x + y
-        return x + self.mlp(self.mlp_norm(x)), conv_state, scan_state
+        if hasattr(self, "mlp"):
+            x = x + self.mlp(self.mlp_norm(x))
+        return x, conv_state, scan_state
 
 
 class SequentialAttentionModel(nn.Module):
@@ -39,14 +44,18 @@ class SequentialAttentionModel(nn.Module):
     >>> model = SequentialAttentionModel(SequentialAttentionConfig.preset("tiny"))
     >>> logits, state = model(torch.tensor([[72, 105]]))          # [1, 2, V]
     >>> logits, state = model.step(torch.tensor([33]), state)     # [1, V]
+
+    ``ops`` are the primitives every module computes with (:class:`seqedge.ops.MixerOps`; the plain PyTorch
+    forms by default); export flavours build a copy with theirs through :meth:`with_ops`.
     """
 
-    def __init__(self, config: SequentialAttentionConfig) -> None:
+    def __init__(self, config: SequentialAttentionConfig, ops: MixerOps = REFERENCE_OPS) -> None:
         super().__init__()
         self.config = config
+        self.ops = ops
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.blocks = nn.ModuleList(Block(config, ops) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.norm_eps, ops)
         self.head = None if config.tie_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.state_specs = state_specs(config)
         self.fingerprint = model_fingerprint(config)
@@ -90,9 +99,18 @@ class SequentialAttentionModel(nn.Module):
                 raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got range [{lo}, {hi}]")
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x)
         weight = self.embed.weight if self.head is None else self.head.weight
-        return (x @ weight.to(x.dtype).t()).to(torch.promote_types(x.dtype, torch.float32))
+        return self.ops.logits(self.norm(x), weight)
+
+    def with_ops(self, ops: MixerOps) -> "SequentialAttentionModel":
+        """This model built with ``ops`` (an export flavour): a copy whose parameters and buffers are this
+        model's own tensors (shared, not copied), so weights and quantization carry over."""
+        shared = {id(t): t for t in (*self.parameters(), *self.buffers())}
+        model = copy.deepcopy(self, memo=shared)
+        for module in model.modules():
+            if isinstance(getattr(module, "ops", None), MixerOps):
+                module.ops = ops
+        return model
 
     def forward_tensors(self, tokens: torch.Tensor, states: Sequence[torch.Tensor], *, step: bool = False):
         """Flat form for export: tokens ``[B, T]``, ordered state tensors -> (logits ``[B, T, V]``, new states)."""

@@ -58,8 +58,11 @@ def run(args: argparse.Namespace) -> int:
     from seqedge.defaults import default_checkpoint_dir
     from seqedge.evaluate.export_check import export_verified
 
+    from seqedge.families import import_hf, is_hf_dir
+
     targets = "all" if "all" in args.target else args.target
-    checkpoint = model_path(args) or default_checkpoint_dir()
+    source = model_path(args) or default_checkpoint_dir()
+    checkpoint = import_hf(source) if is_hf_dir(source) else source
     recipes = canonical_recipes(args.quantize)
     manifest = export_verified(checkpoint, args.out, targets, recipes, progress=not (args.quiet or args.json),
                                overwrite=args.overwrite, group_size=args.group_size)

@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, str] = {
     "bench": "seqedge.cli.bench",
     "serve-web": "seqedge.cli.serve_web",
     "serve": "seqedge.cli.serve",
+    "import": "seqedge.cli.import_",
 }
 
 EXIT_USER_ERROR = 2
@@ -36,7 +37,7 @@ EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 # ArtifactError and CheckpointError are ValueErrors; a missing input path is the caller's mistake, not the system's
-USER_ERRORS = (ValueError, ImportError, RuntimeError, FileNotFoundError)
+USER_ERRORS = (ValueError, ImportError, RuntimeError, FileNotFoundError, FileExistsError)
 
 
 class CLIError(Exception):

@@ -20,13 +20,15 @@ from ..config import SUB_CHUNK
 from .checks import check_scan_inputs
 
 
-def decayed_scores(x: torch.Tensor, y: torch.Tensor, b: torch.Tensor, *, strict: bool) -> torch.Tensor:
+def decayed_scores(x: torch.Tensor, y: torch.Tensor, b: torch.Tensor, *, strict: bool,
+                   bounded: bool = True) -> torch.Tensor:
     """``A[t, s] = sum_i x[t, i] y[s, i] exp(b[t, i] - b[s, i])`` for s <= t (s < t if strict), else 0.
 
-    x, y, b: ``[..., C, d]`` with C a multiple of 16 and b non-increasing along C by at most 5 per token.
-    Returns ``[..., C, C]``. No exponent ever exceeds 40 inside a 16-token sub-chunk (referenced to its
-    middle), and across sub-chunks both factors are at most 1, so float32 neither overflows nor loses the
-    small terms; every product is a matmul.
+    x, y, b: ``[..., C, d]`` with C a multiple of 16 and b non-increasing along C, by at most 5 per token if
+    ``bounded``. Returns ``[..., C, C]``. Bounded: no exponent ever exceeds 40 inside a 16-token sub-chunk
+    (referenced to its middle) and every product is a matmul. Unbounded (any decay, e.g. Mamba2's): inside a
+    sub-chunk the factors ``exp(b_t - b_s)`` (all <= 1) are formed pairwise. Across sub-chunks both factors are
+    at most 1 either way, so float32 neither overflows nor loses the small terms.
     """
     lead = x.shape[:-2]
     C, d = int(x.shape[-2]), int(x.shape[-1])      # static when exported: only leading dims stay symbolic
@@ -36,8 +38,12 @@ def decayed_scores(x: torch.Tensor, y: torch.Tensor, b: torch.Tensor, *, strict:
     idx = torch.arange(SUB_CHUNK, device=x.device)
     tri = idx[:, None] > idx[None, :] if strict else idx[:, None] >= idx[None, :]       # [16, 16]
 
-    mid = bb[:, :, SUB_CHUNK // 2: SUB_CHUNK // 2 + 1, :]                                # [L, nb, 1, d]
-    diag = (xb * torch.exp(bb - mid)) @ (yb * torch.exp(mid - bb)).transpose(-1, -2)   # [L, nb, 16, 16]
+    if bounded:
+        mid = bb[:, :, SUB_CHUNK // 2: SUB_CHUNK // 2 + 1, :]                            # [L, nb, 1, d]
+        diag = (xb * torch.exp(bb - mid)) @ (yb * torch.exp(mid - bb)).transpose(-1, -2)   # [L, nb, 16, 16]
+    else:
+        pair = torch.exp(torch.clamp(bb.unsqueeze(-2) - bb.unsqueeze(-3), max=0.0))     # [L, nb, 16, 16, d]
+        diag = ((xb.unsqueeze(-2) * pair) * yb.unsqueeze(-3)).sum(-1)                    # [L, nb, 16, 16]
     diag = torch.where(tri, diag, torch.zeros_like(diag))
     eye_nb = torch.eye(nb, dtype=x.dtype, device=x.device).reshape(nb, 1, nb, 1)
     diag_full = (diag.unsqueeze(-2) * eye_nb).reshape(-1, C, C)                         # block-diagonal
@@ -128,9 +134,11 @@ def chunked_scan(
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     chunk_size: int = 64,
+    bounded: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The scan in chunks of ``chunk_size`` tokens (same signature as the reference and recurrent forms).
 
+    ``bounded``: every g >= -5 (the native gate); pass False for any other decay (see :func:`decayed_scores`).
     Args: q, k, g ``[B, T, H, dk]``; v ``[B, T, H, dv]``; beta ``[B, T, H]``; initial_state ``[B, H, dk, dv]``.
     Any T: the tail is padded with tokens that leave the state untouched (g = 0, beta = 0), so it is exact.
     Returns o ``[B, T, H, dv]`` and the final state ``[B, H, dk, dv]``, float32 (float64 for float64 input).
@@ -153,13 +161,14 @@ def chunked_scan(
     b = torch.cumsum(g, dim=-2)                                            # inclusive log-decay from chunk start
     kb = k * beta
     q = q * scale
-    scores = unflat(decayed_scores(flat(q), flat(kb), flat(b), strict=False))     # [B, H, N, C, C]
+    scores = unflat(decayed_scores(flat(q), flat(kb), flat(b), strict=False, bounded=bounded))  # [B, H, N, C, C]
     b_last = b[..., -1:, :]                                                # [B, H, N, 1, dk]
     q_dec = q * torch.exp(b)
     k_dec = kb * torch.exp(b_last - b)
     chunk_decay = torch.exp(b_last).transpose(-1, -2)                      # [B, H, N, dk, 1]
     if rule == "delta":
-        inv = unflat(unit_lower_inverse(decayed_scores(flat(k), flat(kb), flat(b), strict=True)))  # (I + M)^-1
+        lower = decayed_scores(flat(k), flat(kb), flat(b), strict=True, bounded=bounded)
+        inv = unflat(unit_lower_inverse(lower))                                                 # (I + M)^-1
         u0 = inv @ v
         w = inv @ (k * torch.exp(b))
     else:

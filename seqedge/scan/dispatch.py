@@ -49,7 +49,7 @@ def _is_pow2(n: int) -> bool:
     return 16 <= n <= 256 and not n & (n - 1)
 
 
-def scan_path(q: torch.Tensor, v: torch.Tensor, rule: str) -> tuple[str, str]:
+def scan_path(q: torch.Tensor, v: torch.Tensor, rule: str, bounded: bool = True) -> tuple[str, str]:
     """``("triton" | "chunked", reason)`` for a scan over these inputs."""
     if _tracing_for_export():
         return "chunked", "tracing for export: the plain PyTorch form is traced"
@@ -59,6 +59,8 @@ def scan_path(q: torch.Tensor, v: torch.Tensor, rule: str) -> tuple[str, str]:
         return "chunked", "the Triton kernel was turned off with seqedge.scan.dispatch.use_triton_kernels(False)"
     if not _triton_available():
         return "chunked", "triton is not installed (pip install triton) for the GPU kernel"
+    if not bounded:
+        return "chunked", "the Triton kernel takes gates bounded by g_min (the sigmoid gate) only"
     if q.dtype not in _KERNEL_DTYPES:
         return "chunked", f"the Triton kernel takes float32 or bfloat16, got {q.dtype}"
     if not (_is_pow2(q.shape[-1]) and _is_pow2(v.shape[-1])):
@@ -85,17 +87,20 @@ def sequence_scan(
     rule: str,
     initial_state: torch.Tensor | None,
     chunk_size: int,
+    scale: float | None = None,
+    bounded: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The scan over a sequence, shapes as in :func:`seqedge.scan.chunked_scan`.
+    """The scan over a sequence, arguments as in :func:`seqedge.scan.chunked_scan`.
 
     o is float32 on the chunked path and in q's dtype on the Triton path; the final state is float32.
     """
-    path, reason = scan_path(q, v, rule)
+    path, reason = scan_path(q, v, rule, bounded)
     if not torch.compiler.is_compiling():
         _tell_once(path, reason)
     if path == "triton":
         from seqedge.kernels import chunk_scan, delta_scan
 
         scan = delta_scan if rule == "delta" else chunk_scan
-        return scan(q, k, v, g, beta, initial_state=initial_state, output_final_state=True)
-    return chunked_scan(q, k, v, g, beta, rule=rule, initial_state=initial_state, chunk_size=chunk_size)
+        return scan(q, k, v, g, beta, initial_state=initial_state, output_final_state=True, scale=scale)
+    return chunked_scan(q, k, v, g, beta, rule=rule, scale=scale, initial_state=initial_state,
+                        chunk_size=chunk_size, bounded=bounded)

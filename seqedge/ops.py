@@ -1,0 +1,81 @@
+"""The primitives a model is built with: one frozen ops object, the seam of every export flavour.
+
+:class:`MixerOps` names each piece whose exported graph may differ between targets: the sequence scan, the
+one-token scan, the short causal convolution (sequence and step), the SiLU, RMSNorm and the logits head.
+:data:`REFERENCE_OPS` holds the plain PyTorch forms (the eager model, the portable ONNX graphs, Core ML,
+TensorRT); export flavours define their own in ``seqedge.export`` (``ort_fused.ORT_FUSED_OPS``: ONNX Runtime's
+fused contrib ops; ``xnnpack_friendly.XNNPACK_OPS``: forms XNNPACK delegates) and build the model with them
+(:meth:`seqedge.model.SequentialAttentionModel.with_ops`). Every form computes the same function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .scan import recurrent_step
+from .scan.dispatch import sequence_scan
+
+
+def at_least_f32(dtype: torch.dtype) -> torch.dtype:
+    """float32 for float16/bfloat16/float32, float64 for float64 (so a float64 model is a float64 reference)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x * rsqrt(mean(x^2) + eps) * weight`` over the last dim, computed in at least float32."""
+    xf = x.to(at_least_f32(x.dtype))
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
+
+
+def short_conv(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor,
+               bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """SiLU of a causal depthwise conv whose last K-1 inputs are carried.
+
+    x ``[B, T, ch]``, tail ``[B, ch, K-1]``, weight ``[ch, 1, K]``, bias ``[ch]`` or None ->
+    (y ``[B, T, ch]``, new tail ``[B, ch, K-1]`` in at least float32).
+    """
+    kernel = int(weight.shape[-1])
+    xc = torch.cat([tail.to(x.dtype), x.transpose(1, 2)], dim=-1)              # [B, ch, K-1+T]
+    w = weight.to(x.dtype)
+    b = None if bias is None else bias.to(x.dtype)
+    if x.dtype == torch.float64:
+        # the float64 reference: torch's depthwise conv1d has no fast float64 CPU kernel (~100x slower)
+        T = x.shape[1]
+        y = sum(xc[..., i:i + T] * w[:, 0, i:i + 1] for i in range(kernel))  # [B, ch, T]
+        y = y if b is None else y + b[:, None]
+    else:
+        y = F.conv1d(xc, w, b, groups=weight.shape[0])                          # [B, ch, T]
+    return F.silu(y).transpose(1, 2), xc[..., -(kernel - 1):].to(at_least_f32(x.dtype))
+
+
+def tied_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x ``[..., D]`` times the head (or embedding) weight ``[V, D]`` -> logits ``[..., V]`` in at least float32."""
+    return (x @ weight.to(x.dtype).t()).to(at_least_f32(x.dtype))
+
+
+@dataclass(frozen=True)
+class MixerOps:
+    """The primitives of one graph flavour (signatures as the reference forms).
+
+    - ``sequence_scan(q, k, v, g, beta, *, rule, initial_state, chunk_size, scale)``: as
+      :func:`seqedge.scan.chunked_scan`;
+    - ``step_scan(q, k, v, g, beta, state, *, rule, scale)``: as :func:`seqedge.scan.recurrent_step`;
+    - ``short_conv`` / ``short_conv_step(x, tail, weight, bias)``: as :func:`short_conv`, over a sequence / one token;
+    - ``silu(x)``; ``rms_norm(x, weight, eps)``; ``logits(x, weight)``: as :func:`tied_logits`.
+    """
+
+    name: str = "reference"
+    sequence_scan: Callable = sequence_scan
+    step_scan: Callable = recurrent_step
+    short_conv: Callable = short_conv
+    short_conv_step: Callable = short_conv
+    silu: Callable = F.silu
+    rms_norm: Callable = rms_norm
+    logits: Callable = tied_logits
+
+
+REFERENCE_OPS = MixerOps()

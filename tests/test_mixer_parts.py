@@ -1,0 +1,128 @@
+"""The generalised mixer's parts in the three scan forms and in the model's two paths.
+
+Oracles: the float64 reference scan (seqedge.scan.reference_scan, plain loops from DESIGN §1) for the chunked
+form's unbounded-decay path (decay per head, far below g_min, as Mamba2's and Gated DeltaNet's softplus gate
+give); a float64 copy of the model for its float32 sequence path; the sequence path for the one-token path
+(step by step with the state carried). Tolerances as tests/test_scan.py (float32 ~1e-5 relative).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seqedge.config import MixerParts, SequentialAttentionConfig
+from seqedge.model import SequentialAttentionModel
+from seqedge.scan import chunked_scan, recurrent_scan, reference_scan
+from seqedge.state import state_specs
+
+TOL32 = 2e-5
+RULES = ("gated", "delta")
+
+
+def scaled_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert torch.isfinite(actual).all(), "non-finite values"
+    return float((actual.double() - expected.double()).abs().max() / expected.double().abs().max().clamp_min(1e-30))
+
+
+def _per_head_inputs(gen, B, T, H, dk, dv, rule):
+    """Scan inputs with one decay per head (broadcast over dk) reaching -30 per token: no g_min bound."""
+    q, k = torch.randn(B, T, H, dk, generator=gen), torch.randn(B, T, H, dk, generator=gen)
+    if rule == "delta":
+        q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
+    v = torch.randn(B, T, H, dv, generator=gen)
+    g = -30.0 * torch.rand(B, T, H, 1, generator=gen) ** 3                    # mostly mild, some steep
+    beta = torch.rand(B, T, H, generator=gen)
+    s0 = torch.randn(B, H, dk, dv, generator=gen)
+    return q, k, v, g.expand(-1, -1, -1, dk), beta, s0
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("T", [1, 37, 64])
+def test_unbounded_per_head_decay_in_three_forms(gen, rule, T):
+    q, k, v, g, beta, s0 = _per_head_inputs(gen, 2, T, 3, 16, 8, rule)
+    want_o, want_s = reference_scan(q, k, v, g, beta, rule=rule, scale=1.0, initial_state=s0)
+    rec_o, rec_s = recurrent_scan(q, k, v, g, beta, rule=rule, scale=1.0, initial_state=s0)
+    chk_o, chk_s = chunked_scan(q, k, v, g, beta, rule=rule, scale=1.0, initial_state=s0, chunk_size=32,
+                                bounded=False)
+    for got, want in ((rec_o, want_o), (rec_s, want_s), (chk_o, want_o), (chk_s, want_s)):
+        assert scaled_error(got, want) <= TOL32
+
+
+def test_bounded_form_is_wrong_for_unbounded_decay(gen):
+    """Why the flag exists: the sub-chunk midpoint reference overflows when decays exceed g_min."""
+    q, k, v, g, beta, s0 = _per_head_inputs(gen, 1, 32, 2, 16, 8, "gated")
+    g = torch.full_like(g, -20.0)
+    o, _ = chunked_scan(q, k, v, g, beta, rule="gated", initial_state=s0, chunk_size=32)
+    want, _ = reference_scan(q, k, v, g, beta, rule="gated", initial_state=s0)
+    assert not torch.isfinite(o).all() or scaled_error(o, want) > 1e-3
+
+
+DIMS = dict(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, head_k_dim=16, head_v_dim=8, gate_rank=4,
+            chunk_size=16, mlp_multiple_of=16)
+PARTS = {
+    "mamba2": ("gated", MixerParts(gate="softplus", beta="dt", num_key_heads=2, conv_bias=True, output="gate_norm",
+                                   out_norm_size=16, scale=1.0, mlp=False)),
+    "gated-deltanet": ("delta", MixerParts(gate="softplus", beta="sigmoid", num_key_heads=2, skip=False)),
+    "grouped-native": ("gated", MixerParts(num_key_heads=1)),
+}
+
+
+def _model(name: str, dtype=torch.float32) -> SequentialAttentionModel:
+    rule, parts = PARTS[name]
+    torch.manual_seed(0)
+    model = SequentialAttentionModel(SequentialAttentionConfig(**DIMS, update_rule=rule, mixer=parts))
+    with torch.no_grad():                          # non-trivial values in every part the init leaves at 0 or 1
+        for n, p in model.named_parameters():
+            if n.endswith(("norm.weight", "skip", "conv.bias", "dt_bias")):
+                p.uniform_(0.5, 1.5) if "norm" in n else p.uniform_(-0.5, 0.5)
+    return model.eval().to(dtype)
+
+
+@pytest.mark.parametrize("name", sorted(PARTS))
+def test_sequence_path_matches_float64_and_step_path(gen, name):
+    model = _model(name)
+    ref = _model(name, torch.float64)
+    tokens = torch.randint(0, 64, (2, 41), generator=gen)
+    with torch.no_grad():
+        logits, state = model(tokens[:, :30])
+        want, want_state = ref(tokens[:, :30])
+        assert scaled_error(logits, want) <= TOL32
+        for got, w in zip(state.tensors, want_state.tensors):
+            assert scaled_error(got, w) <= TOL32
+        full, _ = model(tokens)
+        for t in range(30, 41):                     # the state carried from the sequence path into the steps
+            step, state = model.step(tokens[:, t], state)
+            assert scaled_error(step, full[:, t]) <= TOL32
+
+
+@pytest.mark.parametrize("name", sorted(PARTS))
+def test_state_spec_and_weights_follow_the_parts(name):
+    model = _model(name)
+    c = model.config
+    assert [s.shape[1:] for s in state_specs(c)][:2] == [(c.conv_channels, c.conv_kernel - 1),
+                                                         (c.num_heads, c.head_k_dim, c.head_v_dim)]
+    assert c.conv_channels == 2 * c.key_heads * c.head_k_dim + c.num_heads * c.head_v_dim
+    names = set(model.state_dict())
+    assert ("blocks.0.mlp.down.weight" in names) == c.mixer.mlp
+    assert ("blocks.0.attn.A_log" in names) == (c.mixer.gate == "softplus")
+    assert ("blocks.0.attn.skip" in names) == c.mixer.skip
+    assert SequentialAttentionConfig.from_json(c.to_json()) == c
+
+
+@pytest.mark.parametrize("parts, fields", [
+    (dict(beta="dt"), "mixer.beta.*mixer.gate"),
+    (dict(num_key_heads=3), "num_heads.*mixer.num_key_heads"),
+    (dict(out_norm_size=7), "mixer.out_norm_size"),
+    (dict(gate="tanh"), "mixer.gate"),
+])
+def test_clashing_parts_are_named(parts, fields):
+    with pytest.raises(ValueError, match=fields):
+        SequentialAttentionConfig(**DIMS, mixer=MixerParts(**parts))
+
+
+def test_native_config_serialises_as_before():
+    assert "mixer" not in SequentialAttentionConfig.preset("tiny").to_dict()
+    with pytest.raises(ValueError, match="unknown mixer field"):
+        SequentialAttentionConfig.from_dict({**DIMS, "mixer": {"gates": "sigmoid"}})
