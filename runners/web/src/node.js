@@ -2,7 +2,7 @@
 // onnxruntime-node.
 
 import { readFile, realpath } from 'node:fs/promises';
-import { join, sep } from 'node:path';
+import { join, resolve, sep } from 'node:path';
 
 import { ArtifactError, MANIFEST_FILE, checkRelativePath, parseManifest } from './manifest.js';
 import { Session } from './session.js';
@@ -53,6 +53,7 @@ export async function openArtifact(root, { target = 'onnx-ort', quantization = n
   backend: name = 'node' } = {}) {
   const { ort, executionProviders, sessionOptions } = await backend(name, threads);
   const manifest = await readManifest(root);
+  const filePath = name === 'node' ? (path) => join(resolve(root), checkRelativePath(path)) : null;
   return Session.open({ ort, manifest, readFile: await artifactReader(root), target, quantization,
-    executionProviders, sessionOptions });
+    executionProviders, sessionOptions, filePath });
 }

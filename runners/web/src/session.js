@@ -22,15 +22,24 @@ export class Session {
   /**
    * Open `target`/`quantization` of a parsed manifest. `readFile(relativePath) -> Uint8Array` reads the artifact
    * (fs in Node, fetch in a browser); each graph is checked against its sha256 before ONNX Runtime sees it.
+   * `filePath(relativePath) -> absolute path`, in Node only, lets onnxruntime-node open graphs whose weights
+   * are an external-data file.
    */
   static async open({ ort, manifest, readFile, target = 'onnx-ort', quantization = null,
-    executionProviders = ['cpu'], sessionOptions = {} }) {
+    executionProviders = ['cpu'], sessionOptions = {}, filePath = null }) {
     checkTokenizer(manifest.tokenizer);
     const variant = selectVariant(manifest, target, quantization);
+    // the weights both graphs share (an ONNX external-data file beside them), checked once
+    const weights = variant.files?.weights ? await readVerified(variant, 'weights', readFile) : null;
+    const options = { ...sessionOptions, executionProviders };
+    if (weights) options.externalData = [{ path: variant.files.weights.path.split('/').pop(), data: weights }];
     const graphs = {};
     for (const entry of ['step', 'chunk']) {
       const bytes = await readVerified(variant, entry, readFile);
-      graphs[entry] = await ort.InferenceSession.create(bytes, { ...sessionOptions, executionProviders });
+      // onnxruntime-node takes no external data from memory: given `filePath(relativePath)`, it opens the checked
+      // graph from disk and finds the weights beside it
+      const source = weights && filePath ? filePath(variant.files[entry].path) : bytes;
+      graphs[entry] = await ort.InferenceSession.create(source, options);
       checkGraphNames(graphs[entry], entry, manifest.state, variant.name);
     }
     return new Session({ ort, manifest, variant, graphs, executionProviders });
