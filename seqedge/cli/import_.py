@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+        raise ValueError(f"{out} already exists; pass --overwrite to replace it")
     model = import_hf(args.hf_dir)
     model.save_pretrained(out)
     if not args.quiet:

@@ -37,7 +37,7 @@ EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 # ArtifactError and CheckpointError are ValueErrors; a missing input path is the caller's mistake, not the system's
-USER_ERRORS = (ValueError, ImportError, RuntimeError, FileNotFoundError, FileExistsError)
+USER_ERRORS = (ValueError, ImportError, RuntimeError, FileNotFoundError)
 
 
 class CLIError(Exception):
