@@ -52,6 +52,10 @@ TARGET_ORDER = tuple(TARGETS)        # the registry's order: tensorrt comes afte
 Verifier = Callable[[Path, Callable[[str], None]], dict]
 
 
+class VerificationFailed(RuntimeError):
+    """The finished artifact failed its ``verify`` step: the work's verdict, so nothing was written."""
+
+
 def export_model(model, out_dir: str | os.PathLike, targets: Sequence[str] | str,
                  quantize: Sequence[str] = ("none",), *, progress: bool | Callable[[str], None] = True,
                  overwrite: bool = False, group_size: int = 32, verify: Verifier | None = None) -> Manifest:
@@ -99,7 +103,7 @@ def _build(model, out: Path, plan, recipes, skipped, say, verify: Verifier | Non
             write_manifest(tmp, data)
             failed = {k: v["failures"] for k, v in data["parity"].items() if v.get("failures")}
             if failed:
-                raise RuntimeError(f"export parity check failed: {failed}; nothing was written to {out}")
+                raise VerificationFailed(f"export parity check failed: {failed}; nothing was written to {out}")
         owned = read_manifest(out).files() if (out / MANIFEST_FILE).exists() else []
         replace_dir(tmp, out, owned)
     finally:

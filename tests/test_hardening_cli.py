@@ -105,6 +105,16 @@ def test_interrupt_exits_130(paths, capsys, monkeypatch):
     assert capsys.readouterr().err.strip() == "seqedge export: interrupted"
 
 
+def test_a_failed_export_check_is_the_verdict_exit_1(paths, capsys, monkeypatch):
+    import seqedge.evaluate.export_check as export_check
+
+    monkeypatch.setattr(export_check, "short_parity", lambda root, say: {"onnx/fp32": {"failures": ["max_abs"]}})
+    out = Path(paths["tmp"]) / "failed"
+    assert main(["export", "-m", paths["ckpt"], "--target", "onnx", "-o", str(out), "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "parity check failed" in err[0] and not out.exists()
+
+
 def test_a_bug_is_one_line_with_exit_70_and_the_traceback_on_request(paths, capsys, monkeypatch):
     import seqedge.checkpoint as checkpoint
 

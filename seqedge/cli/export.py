@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from seqedge.targets import TARGETS
 
 from .options import (add_json, add_model, add_out, add_quiet, canonical_recipes, csv_list, model_path,
                       recipes_type)
+
+EXIT_VERDICT_FAILED = 1          # the exported artifact missed its parity check
 
 TARGET_CHOICES = (*TARGETS, "all")
 
@@ -57,15 +60,19 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("-o/--out DIR is required: the artifact directory to create")
     from seqedge.defaults import default_checkpoint_dir
     from seqedge.evaluate.export_check import export_verified
-
+    from seqedge.export.api import VerificationFailed
     from seqedge.families import import_hf, is_hf_dir
 
     targets = "all" if "all" in args.target else args.target
     source = model_path(args) or default_checkpoint_dir()
     checkpoint = import_hf(source) if is_hf_dir(source) else source
     recipes = canonical_recipes(args.quantize)
-    manifest = export_verified(checkpoint, args.out, targets, recipes, progress=not (args.quiet or args.json),
-                               overwrite=args.overwrite, group_size=args.group_size)
+    try:
+        manifest = export_verified(checkpoint, args.out, targets, recipes, progress=not (args.quiet or args.json),
+                                   overwrite=args.overwrite, group_size=args.group_size)
+    except VerificationFailed as err:          # the verdict of the work, not a usage error
+        print(f"seqedge export: {err}", file=sys.stderr)
+        return EXIT_VERDICT_FAILED
     if args.json:
         print(json.dumps(manifest.data, indent=2))
         return 0
