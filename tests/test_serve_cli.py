@@ -40,7 +40,7 @@ def test_cli_serves_until_interrupted(tmp_path_factory):
         proc.send_signal(signal.SIGINT)
         assert proc.wait(TIMEOUT_S) == EXIT_INTERRUPTED
         err = proc.stderr.read()
-        assert "seqedge: interrupted" in err and "Traceback" not in err, err
+        assert "seqedge serve: interrupted" in err and "Traceback" not in err, err
     finally:
         if proc.poll() is None:
             proc.kill()
