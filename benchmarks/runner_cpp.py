@@ -3,7 +3,7 @@
 Both run the same ``.pte`` with the same XNNPACK build on the same token stream (Python standard-library source
 bytes, runtimes/latency.token_stream): per-token step p50/p99 after prefilling to each context, prefill tokens/s
 and peak RSS. The C++ numbers come from the runner's own process (nothing but the runner and ExecuTorch's
-libraries); the Python ones from seqedge.runtimes.latency in this process (torch is imported by the executorch
+libraries); the Python ones from seqedge.evaluate.latency in this process (torch is imported by the executorch
 runtime). Before timing, the runner's logits on a 256-token stream are compared with the Python session's.
 
 Targets: the runner's peak RSS < 30 MiB; its step p50 no slower than the Python session's at every context.
@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from seqedge.runtimes import load
-from seqedge.runtimes.latency import BenchConfig, SessionStepper, bench_stepper, format_context, parse_contexts, \
+from seqedge.evaluate.latency import BenchConfig, SessionStepper, bench_stepper, format_context, parse_contexts, \
     token_stream
-from seqedge.runtimes.latency_report import command_line, machine_info
+from seqedge.evaluate.run_info import command_line, machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

@@ -32,7 +32,7 @@ pytest.importorskip("torchao", reason="torchao is not installed (pip install exe
 import test_executorch  # noqa: E402  (its export cache: each program is lowered once per session)
 
 from seqedge.runtimes import load  # noqa: E402
-from seqedge.runtimes.parity import StreamResult, compare, reference_stream, run_stream  # noqa: E402
+from seqedge.evaluate.parity import StreamResult, compare, reference_stream, run_stream  # noqa: E402
 from seqedge.state import State  # noqa: E402
 from seqedge.tokenizer import ByteTokenizer  # noqa: E402
 
