@@ -188,8 +188,7 @@ def bench_seqedge(artifact: Path, runtime: str, tag: str, contexts: list[int], s
             _, box[0] = sess.step(np.asarray([token]), box[0])
 
         p50, p99 = time_steps(step, rng.integers(1, vocab - 1, size=steps), steps)
-        precision = {"fp32": "fp32", "fp16": "fp16"}.get(tag, "int8" if "int8" in tag or "8" == tag[-1:] else "int4")
-        rows.append(Row(f"seqedge {runtime}", tag, precision, ctx, p50, p99, prefill, size))
+        rows.append(Row(f"seqedge {runtime}", tag, tag, ctx, p50, p99, prefill, size))
         print(rows[-1], flush=True)
     return rows
 
@@ -225,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "seqedge" / "llama-cpp-bench")
     p.add_argument("--targets", default="onnx,onnx-ort,executorch", help="seqedge targets to export and time")
-    p.add_argument("--recipes", default="fp32,int8-dynamic,int4-weight", help="seqedge quantization recipes")
+    p.add_argument("--recipes", default="fp32,int8-dynamic,int4-mlp", help="seqedge quantization recipes")
     p.add_argument("--skip-seqedge", action="store_true", help="time llama.cpp only")
     args = p.parse_args(argv)
     contexts = parse_contexts(args.contexts)
@@ -240,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_llama(path, quant, contexts, args.steps, args.threads, vocab, work)
     if not args.skip_seqedge:
         from seqedge.artifact import read_manifest
-        from seqedge.evaluate.export_check import RUNTIME_OF_TARGET
+        from seqedge.targets import RUNTIME_OF_TARGET
 
         art = export_seqedge(hf, work, args.targets, args.recipes)
         for variant in read_manifest(art).variants:

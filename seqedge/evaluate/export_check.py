@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from seqedge.artifact import Manifest, read_manifest
-from seqedge.runtimes.base import get_runtime
-from seqedge.runtimes.session import Session
+from seqedge.runtimes.session import open_session
 from seqedge.targets import RUNTIME_OF_TARGET
 
 from .parity import compare, reference_stream, run_stream, text_tokens
@@ -40,9 +39,7 @@ def short_parity(root: Path, say: Callable[[str], None]) -> dict[str, Any]:
     for variant in manifest.variants:
         runtime = RUNTIME_OF_TARGET[variant.target]
         try:
-            factory = get_runtime(runtime)
-            factory.check_available()
-            session = Session(manifest, variant, factory.open(manifest, variant), runtime)
+            session = open_session(manifest, variant, runtime)
         except (ImportError, RuntimeError) as err:
             results[variant.name] = {"runtime": runtime, "skipped": str(err).strip().splitlines()[0]}
             say(f"parity {variant.name} on {runtime}: skipped ({results[variant.name]['skipped']})")
