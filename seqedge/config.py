@@ -18,6 +18,7 @@ SUB_CHUNK = 16  # sub-chunk of the chunked scan: bounded gates keep exp(b_t - b_
 GATES = ("sigmoid", "softplus")
 BETAS = ("sigmoid", "dt", "none")
 OUTPUT_ORDERS = ("norm_gate", "gate_norm")
+QK_NORMS = ("rule", "rsqrt", "none")
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,10 @@ class MixerParts:
       ``softplus(W_dt x + dt_bias)`` (Mamba2); ``none``: 1 (GLA).
     - ``num_key_heads``: heads of q and k (0: ``num_heads``); each is shared by ``num_heads / num_key_heads``
       consecutive value heads (Mamba2's B/C groups, grouped value heads of Gated DeltaNet).
-    - ``conv_bias``: the short conv over q, k, v has a bias. q and k are L2-normalised iff the rule is ``delta``.
+    - ``conv_bias``: the short conv over q, k, v has a bias.
+    - ``qk_norm``: how q and k are L2-normalised per head. ``rule``: ``x / max(|x|, 1e-6)`` iff the update rule is
+      ``delta`` (native); ``rsqrt``: ``x * rsqrt(|x|^2 + 1e-6)`` (fla's and transformers' ``l2norm``: Gated
+      DeltaNet, KDA); ``none``.
     - ``skip``: the read-out adds ``d * v`` per value channel (native; Mamba2's D per head, repeated per channel).
     - ``output``: ``norm_gate``: ``RMSNorm(o) * SiLU(W_r x)`` (native, Gated DeltaNet); ``gate_norm``:
       ``RMSNorm(o * SiLU(W_r x))`` (Mamba2's gated RMSNorm); the norm runs over groups of ``out_norm_size``
@@ -44,6 +48,7 @@ class MixerParts:
     beta: str = "sigmoid"
     num_key_heads: int = 0
     conv_bias: bool = False
+    qk_norm: str = "rule"
     skip: bool = True
     output: str = "norm_gate"
     out_norm_size: int = 0
@@ -51,7 +56,8 @@ class MixerParts:
     mlp: bool = True
 
     def __post_init__(self) -> None:
-        for name, valid in (("gate", GATES), ("beta", BETAS), ("output", OUTPUT_ORDERS)):
+        for name, valid in (("gate", GATES), ("beta", BETAS), ("output", OUTPUT_ORDERS),
+                            ("qk_norm", QK_NORMS)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"mixer.{name} must be one of {list(valid)}, got {getattr(self, name)!r}")
         if self.beta == "dt" and self.gate != "softplus":

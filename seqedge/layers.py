@@ -112,6 +112,16 @@ class SequentialAttention(nn.Module):
             return x
         return x.reshape(B, T, heads, 1, dim).expand(-1, -1, -1, H // heads, -1).reshape(B, T, H, dim)
 
+    def _qk_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """q or k ``[..., dk]`` L2-normalised per head as ``mixer.qk_norm`` says, in at least float32."""
+        how = self.config.mixer.qk_norm
+        if how == "none" or (how == "rule" and self.config.update_rule != "delta"):
+            return x
+        xf = x.to(at_least_f32(x.dtype))
+        if how == "rule":
+            return F.normalize(xf, dim=-1, eps=1e-6).to(x.dtype)
+        return (xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + 1e-6)).to(x.dtype)
+
     def _gate(self, x: torch.Tensor, B: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
         """x ``[B, T, D]`` -> log gate g ``[B, T, H, dk]`` and input scale beta ``[B, T, H]`` (at least float32)."""
         c, parts, f32 = self.config, self.config.mixer, at_least_f32(x.dtype)
@@ -141,9 +151,7 @@ class SequentialAttention(nn.Module):
         q = q.reshape(B, T, c.key_heads, c.head_k_dim)
         k = k.reshape(B, T, c.key_heads, c.head_k_dim)
         v = v.reshape(B, T, c.num_heads, c.head_v_dim)
-        if c.update_rule == "delta":
-            q = F.normalize(q.to(at_least_f32(q.dtype)), dim=-1, eps=1e-6).to(x.dtype)
-            k = F.normalize(k.to(at_least_f32(k.dtype)), dim=-1, eps=1e-6).to(x.dtype)
+        q, k = self._qk_norm(q), self._qk_norm(k)
         if c.key_heads != c.num_heads:
             q, k = (self._heads(t, B, T, c.key_heads, c.head_k_dim) for t in (q, k))
         g, beta = self._gate(x, B, T)

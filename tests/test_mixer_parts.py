@@ -64,7 +64,9 @@ DIMS = dict(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, head_k_dim
 PARTS = {
     "mamba2": ("gated", MixerParts(gate="softplus", beta="dt", num_key_heads=2, conv_bias=True, output="gate_norm",
                                    out_norm_size=16, scale=1.0, mlp=False)),
-    "gated-deltanet": ("delta", MixerParts(gate="softplus", beta="sigmoid", num_key_heads=2, skip=False)),
+    "gated-deltanet": ("delta", MixerParts(gate="softplus", beta="sigmoid", num_key_heads=2, qk_norm="rsqrt",
+                                           skip=False)),
+    "gated-normalised": ("gated", MixerParts(qk_norm="rsqrt")),
     "grouped-native": ("gated", MixerParts(num_key_heads=1)),
 }
 
@@ -116,6 +118,7 @@ def test_state_spec_and_weights_follow_the_parts(name):
     (dict(num_key_heads=3), "num_heads.*mixer.num_key_heads"),
     (dict(out_norm_size=7), "mixer.out_norm_size"),
     (dict(gate="tanh"), "mixer.gate"),
+    (dict(qk_norm="l1"), "mixer.qk_norm"),
 ])
 def test_clashing_parts_are_named(parts, fields):
     with pytest.raises(ValueError, match=fields):
@@ -126,3 +129,15 @@ def test_native_config_serialises_as_before():
     assert "mixer" not in SequentialAttentionConfig.preset("tiny").to_dict()
     with pytest.raises(ValueError, match="unknown mixer field"):
         SequentialAttentionConfig.from_dict({**DIMS, "mixer": {"gates": "sigmoid"}})
+
+
+@pytest.mark.parametrize("how", ["rule", "rsqrt", "none"])
+def test_qk_norm_forms(gen, how):
+    """``rsqrt`` is fla's and transformers' l2norm, ``rule`` torch's normalize iff delta: they differ near 0."""
+    model = SequentialAttentionModel(SequentialAttentionConfig(**DIMS, update_rule="delta",
+                                                               mixer=MixerParts(qk_norm=how)))
+    x = torch.randn(3, 5, 16, generator=gen) * torch.tensor([1.0, 1e-2, 1e-4]).view(3, 1, 1)
+    got = model.blocks[0].attn._qk_norm(x)
+    norm = x.pow(2).sum(-1, keepdim=True)
+    want = {"rule": x / norm.sqrt().clamp_min(1e-6), "rsqrt": x / (norm + 1e-6).sqrt(), "none": x}[how]
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
