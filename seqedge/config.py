@@ -110,6 +110,7 @@ class SequentialAttentionConfig:
     chunk_size: int = 64
     mlp_ratio: float = 8.0 / 3.0
     mlp_multiple_of: int = 64
+    intermediate_size: int = 0
     tie_embeddings: bool = True
     norm_eps: float = 1e-6
     init_std: float = 0.02
@@ -124,6 +125,10 @@ class SequentialAttentionConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.intermediate_size, int) or isinstance(self.intermediate_size, bool) \
+                or self.intermediate_size < 0:
+            raise ValueError(f"intermediate_size must be an integer >= 0 (0: from mlp_ratio), got "
+                             f"{self.intermediate_size!r}")
         if self.update_rule not in UPDATE_RULES:
             raise ValueError(f"update_rule must be one of {list(UPDATE_RULES)}, got {self.update_rule!r}")
         if isinstance(self.mixer, dict):               # from JSON: the nested part descriptions
@@ -186,17 +191,22 @@ class SequentialAttentionConfig:
 
     @property
     def mlp_hidden_size(self) -> int:
-        """SwiGLU inner width, rounded up to ``mlp_multiple_of``."""
+        """SwiGLU inner width: ``intermediate_size`` if set (imported models), else ``mlp_ratio * hidden_size``
+        rounded up to ``mlp_multiple_of``."""
+        if self.intermediate_size:
+            return self.intermediate_size
         raw = int(self.mlp_ratio * self.hidden_size)
         return self.mlp_multiple_of * math.ceil(raw / self.mlp_multiple_of)
 
     # serialisation --------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types; the native mixer is left out, so native configs (and their fingerprints) read as
-        before the mixer had parts."""
+        """Plain JSON types; the native mixer and an unset ``intermediate_size`` are left out, so native configs
+        (and their fingerprints) read as before those fields existed."""
         data = dataclasses.asdict(self)
         if self.mixer == NATIVE_MIXER:
             del data["mixer"]
+        if not self.intermediate_size:
+            del data["intermediate_size"]
         return data
 
     def to_json(self) -> str:

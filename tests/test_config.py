@@ -80,3 +80,11 @@ def test_from_dict_validates_values():
 def test_from_json_rejects_invalid_json():
     with pytest.raises(ValueError, match="not valid JSON"):
         SequentialAttentionConfig.from_json("{hidden_size: 64")
+
+
+def test_intermediate_size_overrides_the_ratio_and_stays_out_of_native_configs():
+    assert SequentialAttentionConfig(hidden_size=192, intermediate_size=100).mlp_hidden_size == 100
+    assert "intermediate_size" not in SequentialAttentionConfig().to_dict()
+    assert SequentialAttentionConfig(intermediate_size=100).to_dict()["intermediate_size"] == 100
+    with pytest.raises(ValueError, match="intermediate_size"):
+        SequentialAttentionConfig(intermediate_size=-1)
