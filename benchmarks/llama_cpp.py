@@ -30,14 +30,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from hf_models import MAMBA2_130M, make_mamba2_130m
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 LLAMA_CPP_PYTHON = "0.3.36"
-# mamba2-130m (state-spaces/mamba2-130m) in transformers' Mamba2Config terms; vocab padded to a multiple of 16
-MAMBA2_130M = dict(vocab_size=50288, hidden_size=768, num_hidden_layers=24, state_size=128, head_dim=64,
-                   num_heads=24, expand=2, n_groups=1, conv_kernel=4, use_bias=False, use_conv_bias=True,
-                   layer_norm_epsilon=1e-5, tie_word_embeddings=True, rms_norm=True, chunk_size=256)
 GGUF_TYPES = ("f32", "q8_0", "q4_0")
 
 
@@ -104,17 +101,6 @@ def build_llama_cpp(work: Path) -> Path:
         # the binding's pure-Python needs, beside it rather than in the caller's environment
         run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(site), "diskcache>=5.6.1"])
     return src
-
-
-def make_hf_model(folder: Path, seed: int) -> None:
-    import torch
-    from transformers import Mamba2Config, Mamba2ForCausalLM
-
-    if (folder / "config.json").is_file():
-        return
-    torch.manual_seed(seed)
-    model = Mamba2ForCausalLM(Mamba2Config(**MAMBA2_130M)).eval()
-    model.save_pretrained(folder, safe_serialization=True)
 
 
 def make_gguf(src: Path, work: Path, hf: Path) -> dict[str, Path]:
@@ -232,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     src = build_llama_cpp(work)
     hf = work / "mamba2-130m-random"
-    make_hf_model(hf, args.seed)
+    make_mamba2_130m(hf, args.seed)
     vocab = MAMBA2_130M["vocab_size"]
     rows: list[Row] = []
     for quant, path in make_gguf(src, work, hf).items():

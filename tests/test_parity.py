@@ -3,6 +3,8 @@ float64 reference is self-consistent."""
 
 from __future__ import annotations
 
+import json
+
 import math
 
 import numpy as np
@@ -78,6 +80,18 @@ def test_text_tokens_are_real_text_and_repeatable():
     a, b = text_tokens(500), text_tokens(500)
     assert a[0] == 256 and (a == b).all() and a.dtype == np.int64
     assert b"command-line" in bytes(a[1:].tolist())  # the argparse.py source, not noise
+
+
+def test_text_tokens_fit_a_vocabulary_smaller_than_bytes(tmp_path):
+    """Imported models may have fewer than 257 ids: the parity stream (and so every export's check) fits them."""
+    from seqedge.evaluate.export_check import export_verified
+
+    small = text_tokens(500, vocab_size=64)
+    assert small.max() < 64 and (small == text_tokens(500) % 64).all()
+    assert (text_tokens(500, vocab_size=300) == text_tokens(500)).all()
+    export_verified(tiny_model("gated", vocab_size=64), tmp_path / "art", "onnx", progress=False)  # raises if not
+    parity = json.loads((tmp_path / "art" / "manifest.json").read_text())["parity"]
+    assert parity and all(not r.get("failures") and "max_abs" in r for r in parity.values())
 
 
 @pytest.mark.parametrize("rule", ["gated", "delta"])

@@ -33,7 +33,7 @@ def short_parity(root: Path, say: Callable[[str], None]) -> dict[str, Any]:
     manifest = read_manifest(root)
     C = manifest.chunk_size
     prefill = PARITY_CHUNKS * C
-    tokens = text_tokens(prefill + PARITY_STEPS)
+    tokens = text_tokens(prefill + PARITY_STEPS, vocab_size=manifest.vocab_size)
     reference = reference_stream(manifest, tokens, prefill)
     results: dict[str, Any] = {}
     for variant in manifest.variants:

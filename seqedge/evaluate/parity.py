@@ -81,10 +81,11 @@ class ParityReport:
         return data
 
 
-def text_tokens(n: int, *, add_bos: bool = True) -> np.ndarray:
+def text_tokens(n: int, *, add_bos: bool = True, vocab_size: int | None = None) -> np.ndarray:
     """``n`` byte tokens of real text that every install has: the source of the stdlib's ``argparse``.
 
-    Repeats the file if it is shorter than ``n``. Deterministic.
+    Repeats the file if it is shorter than ``n``. Deterministic. A model whose vocabulary is smaller than the
+    byte tokenizer's (``vocab_size`` < 257) gets the ids modulo its size: parity needs valid ids, not meaning.
     """
     import argparse
 
@@ -92,7 +93,8 @@ def text_tokens(n: int, *, add_bos: bool = True) -> np.ndarray:
     ids = ([256] if add_bos else []) + list(data)
     while len(ids) < n:
         ids += list(data)
-    return np.asarray(ids[:n], dtype=np.int64)
+    out = np.asarray(ids[:n], dtype=np.int64)
+    return out % vocab_size if vocab_size is not None and vocab_size < 257 else out
 
 
 def run_stream(session, tokens: Sequence[int], prefill: int) -> StreamResult:

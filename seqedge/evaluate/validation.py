@@ -29,7 +29,7 @@ def validate_artifact(artifact_dir: str | Path, runtimes: Sequence[str] | None =
         raise ValueError(f"tokens must be >= 2, got {tokens}")
     names = list(RUNTIMES) if runtimes is None else resolve_runtimes(list(runtimes), known=tuple(RUNTIMES))
     manifest = read_manifest(artifact_dir)
-    stream = text_tokens(tokens)
+    stream = text_tokens(tokens, vocab_size=manifest.vocab_size)
     prefill = default_prefill(tokens, manifest.chunk_size)
     rows: list[tuple[dict[str, Any], Session | None]] = []
     for name in names:
