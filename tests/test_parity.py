@@ -4,7 +4,6 @@ float64 reference is self-consistent."""
 from __future__ import annotations
 
 import json
-
 import math
 
 import numpy as np
