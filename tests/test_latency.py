@@ -110,6 +110,8 @@ def test_token_stream_is_real_deterministic_text():
     np.testing.assert_array_equal(a, b)
     assert a.min() >= 0 and a.max() < 256
     assert b"import" in bytes(a.astype(np.uint8))
+    small = token_stream(5000, vocab_size=64)          # an imported model's small vocabulary: valid ids only
+    assert small.max() < 64 and (small == a % 64).all()
 
 
 class _Recorder:

@@ -90,9 +90,10 @@ class BenchConfig:
 
 
 # --- token streams --------------------------------------------------------------------------------------------
-def token_stream(n: int, source: str | Path | None = None) -> np.ndarray:
+def token_stream(n: int, source: str | Path | None = None, *, vocab_size: int | None = None) -> np.ndarray:
     """``n`` byte tokens ``[n]`` int64 of real text: the .py files under ``source`` (default: the running Python's
-    standard library) concatenated in sorted order, repeated if too short. Deterministic for a given Python."""
+    standard library) concatenated in sorted order, repeated if too short. Deterministic for a given Python.
+    A model with fewer than 256 ids (``vocab_size``) gets them modulo its size: timing needs valid ids only."""
     root = Path(source) if source is not None else Path(sysconfig.get_paths()["stdlib"])
     out = bytearray()
     files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts)
@@ -106,7 +107,8 @@ def token_stream(n: int, source: str | Path | None = None) -> np.ndarray:
     if not out:
         raise FileNotFoundError(f"no .py files under {root} to build a token stream from")
     reps = -(-n // len(out))
-    return np.frombuffer(bytes(out) * reps, dtype=np.uint8)[:n].astype(np.int64)
+    ids = np.frombuffer(bytes(out) * reps, dtype=np.uint8)[:n].astype(np.int64)
+    return ids % vocab_size if vocab_size is not None and vocab_size < 256 else ids
 
 
 # --- memory ---------------------------------------------------------------------------------------------------
@@ -500,7 +502,7 @@ def bench_artifact(artifact_dir: str | Path, config: BenchConfig, runtimes: Sequ
     manifest = read_manifest(artifact_dir)
     limits = limits if limits is not None or not runs else measure_limits()
     stream = token_stream(max(config.stream_length(), config.prefill_tokens, config.stepwise_tokens,
-                              config.ttft_prompt))
+                              config.ttft_prompt), vocab_size=manifest.vocab_size)
     results = []
     for runtime, variant in runs:
         name = f"{runtime}/{variant.tag}"
