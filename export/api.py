@@ -243,6 +243,7 @@ def _write_tokenizer(model, root: Path) -> dict[str, Any]:
 
     if model.tokenizer is None:
         return ByteTokenizer().to_dict()
+    model.tokenizer.check_fits(model.config.vocab_size, "the model's tokenizer")
     (root / TOKENIZER_FILE).write_bytes(model.tokenizer.data)
     return {**model.tokenizer.to_dict(), "file": file_record(root, root / TOKENIZER_FILE)}
 

@@ -117,6 +117,10 @@ def test_checkpoint_carries_the_tokenizer_file_and_refuses_a_tampered_one(hf, ch
     ids = tok.encode(PROMPT, add_bos=True)
     assert ids[0] == BOS and ids.count(BOS) == 1 and tok.decode(ids) == PROMPT
     assert max(ids) > 255                     # BPE merges, not bytes
+    from seqedge.export.api import export_model
+
+    exported = export_model(checkpoint, tmp_path / "art", [], progress=False)      # the torch variant only
+    assert exported.tokenizer() == tok and (tmp_path / "art" / "tokenizer.json").read_bytes() == tok.data
     copy = tmp_path / "ck"
     shutil.copytree(checkpoint, copy)
     data = (copy / "tokenizer.json").read_bytes()
