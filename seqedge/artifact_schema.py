@@ -23,8 +23,8 @@ from pydantic import (
 )
 
 from seqedge.config import SequentialAttentionConfig
-from seqedge.tokenizer_hf import MAX_TOKENIZER_BYTES, TOKENIZER_TYPE
 from seqedge.state import BATCH, model_fingerprint, state_specs
+from seqedge.tokenizer_hf import MAX_TOKENIZER_BYTES, TOKENIZER_TYPE
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 CHUNK_MULTIPLE = 16

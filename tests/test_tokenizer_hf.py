@@ -147,11 +147,13 @@ def test_artifact_lists_hashes_and_loads_the_tokenizer(hf, artifact, tmp_path):
     (copy / record["file"]["path"]).write_bytes(source[:-1] + b" ")          # same size, other bytes
     with pytest.raises(ArtifactError, match="does not match the sha256"):
         seqedge.load(copy, "onnxruntime").tokenizer
-    data = json.loads((copy / "manifest.json").read_text())
-    data["tokenizer"]["file"]["path"] = "../tokenizer.json"
-    (copy / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(ArtifactError, match="must be normalised"):
-        read_manifest(copy)
+    for key, value, error in [("file", {**record["file"], "path": "../tokenizer.json"}, "must be normalised"),
+                              ("file", {**record["file"], "bytes": 1 << 40}, "exceeds the"),
+                              ("vocab_size", VOCAB + 1, "tokenizer.vocab_size"),
+                              ("eos_id", VOCAB, "must lie in the model's vocabulary")]:
+        (copy / "manifest.json").write_text(json.dumps({**manifest.data, "tokenizer": {**record, key: value}}))
+        with pytest.raises(ArtifactError, match=error):
+            read_manifest(copy)
 
 
 def test_session_generate_text_stops_at_eos(hf, artifact):
