@@ -41,9 +41,8 @@ def complete(session, prompt: str, args: argparse.Namespace) -> tuple[int, float
     import numpy as np
 
     from seqedge.sampling import Sampler, SamplingConfig
-    from seqedge.tokenizer import ByteTokenizer
 
-    tok = ByteTokenizer()
+    tok = session.tokenizer                     # the artifact's: bytes, or an imported model's tokenizer.json
     decoder = tok.stream_decoder()
     sampler = Sampler(SamplingConfig(args.temperature, args.top_k, 1.0, args.seed))
     live = sys.stdout.isatty() and sys.stderr.isatty()        # one terminal: rate dimmed at each line end
@@ -57,7 +56,7 @@ def complete(session, prompt: str, args: argparse.Namespace) -> tuple[int, float
     start, count = time.perf_counter(), 0
     for _ in range(args.max_new_tokens):
         token = int(sampler(last)[0])
-        if token == tok.eos_id:
+        if token in tok.stop_ids:
             break
         count += 1
         text = decoder.push(token)

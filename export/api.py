@@ -96,7 +96,7 @@ def _build(model, out: Path, plan, recipes, skipped, say, verify: Verifier | Non
             variants.append(variant)
             say(f"{name}/{recipe.tag}: done in {time.perf_counter() - start:.1f}s "
                 f"({sum(f['bytes'] for f in variant.files.values()) / 2**20:.2f} MiB)")
-        data = _manifest_data(model, variants, recipes, skipped)
+        data = _manifest_data(model, variants, recipes, skipped, _write_tokenizer(model, tmp))
         write_manifest(tmp, data)
         if verify is not None:
             data["parity"] = verify(tmp, say)
@@ -235,10 +235,21 @@ def _io(specs, entry: str, chunk: int) -> dict[str, Any]:
     return {"inputs": inputs, "outputs": outputs}
 
 
-def _manifest_data(model, variants: list[Variant], recipes, skipped) -> dict[str, Any]:
-    import torch
-
+def _write_tokenizer(model, root: Path) -> dict[str, Any]:
+    """The manifest's tokenizer record; an imported model's ``tokenizer.json`` is copied to the artifact's root
+    and recorded with its size and sha256 like every other file."""
+    from seqedge.checkpoint import TOKENIZER_FILE
     from seqedge.tokenizer import ByteTokenizer
+
+    if model.tokenizer is None:
+        return ByteTokenizer().to_dict()
+    model.tokenizer.check_fits(model.config.vocab_size, "the model's tokenizer")
+    (root / TOKENIZER_FILE).write_bytes(model.tokenizer.data)
+    return {**model.tokenizer.to_dict(), "file": file_record(root, root / TOKENIZER_FILE)}
+
+
+def _manifest_data(model, variants: list[Variant], recipes, skipped, tokenizer: dict[str, Any]) -> dict[str, Any]:
+    import torch
 
     config, specs = model.config, model.state_specs
     vocab = {"vocab": config.vocab_size}
@@ -254,7 +265,7 @@ def _manifest_data(model, variants: list[Variant], recipes, skipped) -> dict[str
         "model": config.to_dict(),
         "fingerprint": model.fingerprint,
         "num_parameters": model.num_parameters(),
-        "tokenizer": ByteTokenizer().to_dict(),
+        "tokenizer": tokenizer,
         "state": [s.to_dict() for s in specs],
         "state_bytes_per_sequence": state_nbytes(specs),
         "entry_points": entry_points,

@@ -36,6 +36,14 @@ class Session:
         self.chunk_size = manifest.chunk_size
         # float32 (the manifest's) or the backend's own state dtype (the torch runtime's float64 reference)
         self.state_dtypes = sorted({s.dtype for s in self.specs} | {getattr(backend, "state_dtype", "float32")})
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        """The artifact's tokenizer (:class:`seqedge.tokenizer.Tokenizer`), loaded and checked on first use."""
+        if self._tokenizer is None:
+            self._tokenizer = self.manifest.tokenizer()
+        return self._tokenizer
 
     def __repr__(self) -> str:
         return f"Session(runtime={self.runtime!r}, variant={self.variant.name!r}, artifact={str(self.manifest.root)!r})"
@@ -108,16 +116,19 @@ class Session:
         top_k: int = 0,
         top_p: float = 1.0,
         seed: int | None = None,
-        stop_tokens: Sequence[int] = (),
+        stop_tokens: Sequence[int] | None = None,
         state: State | None = None,
     ) -> Iterator[int]:
-        """Yield up to ``max_new_tokens`` tokens continuing ``prompt`` (ids, or text encoded as bytes after BOS).
+        """Yield up to ``max_new_tokens`` tokens continuing ``prompt``: token ids, or text, which the artifact's
+        tokenizer encodes (framed with BOS as the tokenizer frames prompts; decode the ids with
+        ``session.tokenizer.decode``). ``stop_tokens`` (yielded, then the stream ends) defaults to the
+        tokenizer's EOS ids for a text prompt and to none for an id prompt.
 
         Every argument (and a given ``state``) is checked here, before the first token is asked for."""
         if isinstance(prompt, str):
-            from seqedge.tokenizer import ByteTokenizer
-
-            prompt = ByteTokenizer().encode(prompt, add_bos=True)
+            stop_tokens = self.tokenizer.stop_ids if stop_tokens is None else stop_tokens
+            prompt = self.tokenizer.encode(prompt, add_bos=True)
+        stop_tokens = () if stop_tokens is None else stop_tokens
         if len(prompt) == 0:
             raise ValueError("prompt must contain at least one token")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \

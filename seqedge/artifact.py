@@ -140,19 +140,41 @@ class Manifest:
                                 f"outside the artifact {root}; refusing to read it")
         return path
 
+    @property
+    def tokenizer_file(self) -> dict[str, Any] | None:
+        """The file record of the artifact's ``tokenizer.json`` (None: the byte tokenizer, no file)."""
+        return (self.data.get("tokenizer") or {}).get("file")
+
     def files(self) -> list[str]:
         """Every file path the manifest lists (relative to the root), ``manifest.json`` included."""
         paths = {MANIFEST_FILE}
         for variant in self.variants:
             paths.update(record["path"] for record in variant.files.values())
+        if self.tokenizer_file:
+            paths.add(self.tokenizer_file["path"])
         return sorted(paths)
+
+    def tokenizer(self):
+        """The artifact's tokenizer (a :class:`seqedge.tokenizer.Tokenizer`): the byte tokenizer, or its
+        ``tokenizer.json`` checked (confined, size, sha256) before it is parsed."""
+        from seqedge.tokenizer import tokenizer_from_record
+        from seqedge.tokenizer_hf import TokenizerError
+
+        try:
+            return tokenizer_from_record(self.data.get("tokenizer"), lambda record: self.checked(record).read_bytes())
+        except TokenizerError as err:
+            raise ArtifactError(f"{self.root}: {err}") from None
 
     def path(self, variant: Variant, role: str, *, verify: bool = True) -> Path:
         """Absolute path of a variant's file, confined to the artifact and checked against its recorded size and
         sha256 (the confinement is checked before any byte is read)."""
         if role not in variant.files:
             raise ArtifactError(f"{variant.name} has no {role!r} file (it has {sorted(variant.files)})")
-        record = variant.files[role]
+        return self.checked(variant.files[role], verify=verify)
+
+    def checked(self, record: dict[str, Any], *, verify: bool = True) -> Path:
+        """Absolute path of a file record's file, confined to the artifact, its size and (``verify``) sha256
+        checked against the record."""
         path = self.inside(record["path"])
         if not path.is_file():
             raise ArtifactError(f"{path} is missing from the artifact; re-run `seqedge export`")
@@ -215,6 +237,8 @@ def read_manifest(directory: str | Path) -> Manifest:
             manifest.inside(record["path"])
         if "package" in variant.info:
             manifest.inside(variant.info["package"])
+    if manifest.tokenizer_file:
+        manifest.inside(manifest.tokenizer_file["path"])
     return manifest
 
 

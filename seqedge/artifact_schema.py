@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
 
 from pydantic import (
     BaseModel,
@@ -24,6 +24,7 @@ from pydantic import (
 
 from seqedge.config import SequentialAttentionConfig
 from seqedge.state import BATCH, model_fingerprint, state_specs
+from seqedge.tokenizer_hf import MAX_TOKENIZER_BYTES, TOKENIZER_TYPE
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 CHUNK_MULTIPLE = 16
@@ -91,6 +92,24 @@ class StateRecord(_Strict):
     dtype: Literal["float32"] = "float32"
 
 
+class TokenizerRecord(_Strict):
+    type: Literal["bytes", "hf-tokenizers"]
+    bos_id: Optional[StrictInt] = Field(default=None, ge=0)
+    eos_id: Optional[StrictInt] = Field(default=None, ge=0)
+    pad_id: Optional[StrictInt] = Field(default=None, ge=0)
+    stop_ids: list[StrictInt] = Field(default_factory=list)
+    vocab_size: StrictInt = Field(ge=1)
+    file: Optional[FileRecord] = None          # the tokenizer.json of an hf-tokenizers record
+
+    @field_validator("file")
+    @classmethod
+    def _bounded(cls, value: Optional[FileRecord]) -> Optional[FileRecord]:
+        if value is not None and value.bytes > MAX_TOKENIZER_BYTES:
+            raise ValueError(f"a tokenizer file of {value.bytes} bytes exceeds the {MAX_TOKENIZER_BYTES} seqedge "
+                             "reads")
+        return value
+
+
 class ManifestRecord(_Strict):
     format: Literal["seqedge-artifact"]
     format_version: Literal[1]
@@ -99,6 +118,7 @@ class ManifestRecord(_Strict):
     state: list[StateRecord] = Field(min_length=1)
     chunk_size: StrictInt
     variants: list[VariantRecord]
+    tokenizer: Optional[TokenizerRecord] = None        # absent: the byte tokenizer
 
     @field_validator("chunk_size")
     @classmethod
@@ -131,6 +151,7 @@ def validate_manifest(data: Any) -> SequentialAttentionConfig:
     if record.fingerprint != model_fingerprint(config):
         raise ValueError(f"field 'fingerprint': {record.fingerprint!r} is not the fingerprint of the model "
                          f"config ({model_fingerprint(config)!r})")
+    _check_tokenizer(record.tokenizer, config.vocab_size)
     expected = [s.to_dict() for s in state_specs(config)]
     got = [s.model_dump() for s in record.state]
     for i, (want, have) in enumerate(zip(expected, got)):
@@ -140,3 +161,16 @@ def validate_manifest(data: Any) -> SequentialAttentionConfig:
         raise ValueError(f"field 'state': {len(got)} tensors, the model config has {len(expected)}")
     assert all(d == BATCH or isinstance(d, int) for s in got for d in s["shape"])
     return config
+
+
+def _check_tokenizer(record: Optional[TokenizerRecord], vocab_size: int) -> None:
+    """A ``tokenizer.json`` record has its file, and its ids lie in the model's vocabulary."""
+    if record is None or record.type != TOKENIZER_TYPE:
+        return
+    if record.file is None:
+        raise ValueError(f"field 'tokenizer.file': a {TOKENIZER_TYPE} tokenizer must name its tokenizer.json")
+    if record.vocab_size > vocab_size:
+        raise ValueError(f"field 'tokenizer.vocab_size': {record.vocab_size} exceeds the model's {vocab_size}")
+    ids = [i for i in (record.bos_id, record.eos_id, record.pad_id, *record.stop_ids) if i is not None]
+    if any(i >= vocab_size for i in ids):
+        raise ValueError(f"field 'tokenizer': special ids {ids} must lie in the model's vocabulary [0, {vocab_size})")

@@ -10,7 +10,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn as nn
 
-from .checkpoint import check_tensors, read_checkpoint, save_pretrained
+from .checkpoint import check_tensors, read_checkpoint, read_tokenizer, save_pretrained
 from .config import SequentialAttentionConfig
 from .layers import RMSNorm, SequentialAttention, SwiGLU
 from .ops import REFERENCE_OPS, MixerOps
@@ -53,6 +53,7 @@ class SequentialAttentionModel(nn.Module):
         super().__init__()
         self.config = config
         self.ops = ops
+        self.tokenizer = None       # an imported model's HFTokenizer; None: the byte tokenizer
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
         self.blocks = nn.ModuleList(Block(config, ops) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.norm_eps, ops)
@@ -168,8 +169,9 @@ class SequentialAttentionModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` atomically to ``directory``."""
-        save_pretrained(self, directory)
+        """Write ``config.json`` and ``model.safetensors`` (and an imported model's ``tokenizer.json``)
+        atomically to ``directory``."""
+        save_pretrained(self, directory, self.tokenizer)
 
     @classmethod
     def load_pretrained(cls, directory: str | os.PathLike, map_location: str = "cpu") -> "SequentialAttentionModel":
@@ -183,4 +185,5 @@ def load_pretrained(directory: str | os.PathLike, map_location: str = "cpu") -> 
     model = SequentialAttentionModel(config)
     check_tensors(directory, tensors, model.state_dict())
     model.load_state_dict(tensors)
+    model.tokenizer = read_tokenizer(directory, config.vocab_size)
     return model.to(map_location)

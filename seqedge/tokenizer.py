@@ -1,13 +1,48 @@
-"""Byte-level tokenizer: ids 0-255 are bytes, then BOS, EOS and PAD. No download, lossless on any bytes."""
+"""Tokenizers: the :class:`Tokenizer` interface, the byte-level tokenizer (ids 0-255 are bytes, then BOS, EOS
+and PAD; no download, lossless on any bytes) and :func:`tokenizer_from_record`, which loads the tokenizer a
+checkpoint's or an artifact's ``tokenizer`` record names (the byte one, or a Hugging Face ``tokenizer.json``:
+:mod:`seqedge.tokenizer_hf`).
+"""
 
 from __future__ import annotations
 
 import codecs
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 BOS_ID, EOS_ID, PAD_ID = 256, 257, 258
 NUM_SPECIALS = 3
+
+
+class StreamingDecoder(Protocol):
+    def push(self, token: int) -> str:
+        """The text that ``token`` completes (may be empty while a character is incomplete)."""
+
+    def flush(self) -> str:
+        """Whatever is still buffered, at the end of a stream."""
+
+
+class Tokenizer(Protocol):
+    """What every tokenizer offers: text <-> ids, the special ids (None where the model has none) and the ids
+    generation stops at."""
+
+    bos_id: int | None
+    eos_id: int | None
+    pad_id: int | None
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]: ...
+
+    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def stream_decoder(self) -> StreamingDecoder: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -21,6 +56,10 @@ class ByteTokenizer:
     @property
     def vocab_size(self) -> int:
         return 256 + NUM_SPECIALS
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        return (self.eos_id,)
 
     def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Text -> ids (its UTF-8 bytes), optionally framed by BOS/EOS."""
@@ -65,3 +104,18 @@ class StreamDecoder:
 
     def flush(self) -> str:
         return self._decoder.decode(b"", final=True)
+
+
+def tokenizer_from_record(record: Mapping[str, Any] | None,
+                          read_file: Callable[[Mapping[str, Any]], bytes]) -> Tokenizer:
+    """The tokenizer a ``tokenizer`` record names (none: the byte tokenizer); ``read_file(file_record)`` returns
+    the bytes of the record's checked ``file`` (confined, size and sha256 verified by the caller's rules)."""
+    from seqedge.tokenizer_hf import TOKENIZER_TYPE, HFTokenizer
+
+    if not record or record.get("type") == "bytes":
+        spec = dict(record or ByteTokenizer().to_dict())
+        return ByteTokenizer(bos_id=int(spec["bos_id"]), eos_id=int(spec["eos_id"]), pad_id=int(spec["pad_id"]))
+    if record.get("type") == TOKENIZER_TYPE:
+        return HFTokenizer.from_record(dict(record), read_file(record["file"]))
+    raise ValueError(f"tokenizer type {record.get('type')!r} is not one this seqedge loads (it loads 'bytes' and "
+                     f"{TOKENIZER_TYPE!r}); re-export the model with this seqedge")

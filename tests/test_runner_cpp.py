@@ -17,6 +17,7 @@ What is asserted, on a 256-token stream (prefill through chunk calls and steps, 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -221,3 +222,20 @@ def test_bad_input_fails_cleanly(runner, exported, tmp_path):
     # usage errors
     assert run_cli(runner, artifact, "-p", "x", "--top-p", 0, check=False).returncode == 2
     assert run_cli(runner, artifact, check=False).returncode == 2
+
+
+def test_a_tokenizer_json_artifact_runs_token_ids_and_refuses_text_in_one_line(runner, exported, tmp_path):
+    artifact, _ = exported("none")
+    copy = tmp_path / "hf-tokenizer"
+    shutil.copytree(artifact, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["tokenizer"] = {"type": "hf-tokenizers", "bos_id": None, "eos_id": 3, "pad_id": 3, "stop_ids": [3],
+                             "vocab_size": 200}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    done = run_cli(runner, copy, "-p", "x", "-n", 2, check=False)
+    error = [line for line in done.stderr.decode().splitlines() if line.startswith("seqedge-run: error")]
+    assert done.returncode == 2 and len(error) == 1 and "tokenizer is type 'hf-tokenizers'" in error[0], error
+    tokens = stream_tokens()[:40]
+    ours = cpp_stream(runner, copy, tmp_path, tokens, 32)
+    want = cpp_stream(runner, artifact, tmp_path, tokens, 32)
+    assert np.array_equal(ours, want)

@@ -112,23 +112,25 @@ def run(args: argparse.Namespace) -> int:
               "temperature 0 (greedy); pass -t/--temperature to sample", file=sys.stderr)
     model, what = _open(args)
     status(f"[{what}]")
-    tok = ByteTokenizer()
+    tok = model.tokenizer or ByteTokenizer()        # a Session's, or a checkpoint's (None: the byte tokenizer)
     decoder = tok.stream_decoder()
     stream = not args.json
     if stream:
         sys.stdout.write(args.prompt)
         sys.stdout.flush()
-    start, pieces = time.perf_counter(), []
+    start, pieces, count = time.perf_counter(), [], 0
     for token in model.generate(tok.encode(args.prompt, add_bos=True), args.max_new_tokens,
                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                                stop_tokens=(tok.eos_id,)):
+                                stop_tokens=tok.stop_ids):
+        count += 1
+        if token in tok.stop_ids:      # the end of the text, not part of it (as the server does)
+            break
         pieces.append(decoder.push(token))
         if stream:
             sys.stdout.write(pieces[-1])
             sys.stdout.flush()
     pieces.append(decoder.flush())
     elapsed = time.perf_counter() - start
-    count = len(pieces) - 1
     if args.json:
         print(json.dumps({"model": what, "prompt": args.prompt, "text": "".join(pieces), "tokens": count,
                           "seconds": round(elapsed, 4), "tokens_per_s": round(count / max(elapsed, 1e-9), 2)}))

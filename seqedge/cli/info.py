@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from seqedge.tokenizer import ByteTokenizer
+
 from .options import add_json, add_model, add_quiet, model_path
 
 
@@ -61,6 +63,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tokenizer_line(t: dict) -> str:
+    """The manifest's tokenizer record in one line: its type, file, size and special ids."""
+    ids = ", ".join(f"{k} {t.get(f'{k}_id')}" for k in ("bos", "eos", "pad"))
+    file = f" ({t['file']['path']})" if isinstance(t.get("file"), dict) else ""
+    return f"  tokenizer   {t.get('type')}{file}, {t.get('vocab_size')} tokens, {ids}"
+
+
 def _manifest_summary(path: Path, data: dict, model: dict) -> str:
     """A readable summary of an artifact's manifest.json (``--json`` prints all of it); ``model`` is its config
     with defaults filled in."""
@@ -72,6 +81,7 @@ def _manifest_summary(path: Path, data: dict, model: dict) -> str:
              f"  state       {len(data['state'])} tensors, {data.get('state_bytes_per_sequence', 0) / 1024:.1f} KiB "
              "per sequence (fixed, any context)",
              f"  entry points step(tokens[B], *state), chunk(tokens[B, {data['chunk_size']}], *state)",
+             _tokenizer_line(data.get("tokenizer") or ByteTokenizer().to_dict()),
              "  variants:"]
     parity = data.get("parity", {})
     for v in data["variants"]:

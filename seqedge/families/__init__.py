@@ -32,14 +32,18 @@ def family_of(model_type: str) -> ModuleType:
 
 
 def import_hf(path: str | os.PathLike) -> "SequentialAttentionModel":
-    """A seqedge model with the weights of the Hugging Face directory ``path`` (float32, eval mode)."""
+    """A seqedge model with the weights of the Hugging Face directory ``path`` (float32, eval mode) and its
+    ``tokenizer.json`` (``model.tokenizer``), refused when the tokenizer does not fit the model's vocabulary."""
     import torch
 
     from ..model import SequentialAttentionModel
 
+    from ..tokenizer_hf import read_hf_tokenizer
+
     hf = read_hf_dir(path)
     family = family_of(hf.model_type)
     config = family.config_from_hf(hf.config)
+    tokenizer = read_hf_tokenizer(path, config.vocab_size)       # None: no tokenizer.json, the byte tokenizer
     weights, unused = family.state_dict_from_hf(hf, config)
     if unused:
         raise UnsupportedModelError(f"{family.FAMILY}: weights seqedge does not map (an unsupported option?): "
@@ -56,4 +60,5 @@ def import_hf(path: str | os.PathLike) -> "SequentialAttentionModel":
         raise UnsupportedModelError(f"{family.FAMILY}: no source weight for {missing[:5]}")
     model = SequentialAttentionModel(config)
     model.load_state_dict(weights)
+    model.tokenizer = tokenizer
     return model.eval()

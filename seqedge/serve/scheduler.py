@@ -224,7 +224,7 @@ class Scheduler:
         stream.completion_tokens += 1
         self.counts["tokens"] += 1
         stream.next_token = None
-        if token == self.tokenizer.eos_id:
+        if token in self.tokenizer.stop_ids:
             stream.finish(self._tail(stream), "stop")
             return
         text, stopped = stream.matcher.push(stream.decoder.push(token))

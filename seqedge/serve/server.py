@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from .scheduler import Scheduler, SchedulerConfig
-from .text import tokenizer_from_manifest
 
 UVICORN_HINT = "pip install 'seqedge[serve]'  (fastapi and uvicorn)"
 GRACEFUL_SHUTDOWN_S = 5
@@ -74,7 +73,7 @@ def build_server(config: ServeConfig) -> Server:
     from .app import AppSettings, create_app
 
     session = load(config.artifact, config.runtime, quantization=config.quantization)
-    tokenizer = tokenizer_from_manifest(session.manifest.data)
+    tokenizer = session.tokenizer
     scheduler = Scheduler(session, tokenizer, config.scheduler)
     info = {"runtime": session.runtime, "variant": session.variant.name}
     settings = AppSettings(config.served_name, config.max_tokens_limit, info=info)

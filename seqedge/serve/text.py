@@ -1,53 +1,28 @@
 """Text in and out of the server: the tokenizer interface, the chat template for byte models, stop strings.
 
-The server needs only :class:`TextTokenizer` from a tokenizer, so any tokenizer with ``encode``, a streaming
-decoder and BOS/EOS ids plugs in; :data:`TOKENIZERS` maps the ``tokenizer.type`` an artifact's manifest records
-to a loader.
+The server needs only :class:`seqedge.tokenizer.Tokenizer` from a tokenizer (``encode``, a streaming decoder,
+the stop ids), so the byte tokenizer and an imported model's ``tokenizer.json`` plug in alike; the served
+artifact's own tokenizer is ``session.tokenizer``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Sequence
 
-from seqedge.tokenizer import ByteTokenizer
-
-
-class StreamingDecoder(Protocol):
-    def push(self, token: int) -> str:
-        """The text that ``token`` completes (may be empty while a multi-byte character is incomplete)."""
-
-    def flush(self) -> str:
-        """Whatever is still buffered, at the end of a stream."""
+from seqedge.tokenizer import Tokenizer, tokenizer_from_record
 
 
-class TextTokenizer(Protocol):
-    bos_id: int
-    eos_id: int
-
-    @property
-    def vocab_size(self) -> int: ...
-
-    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]: ...
-
-    def stream_decoder(self) -> StreamingDecoder: ...
-
-
-def _byte_tokenizer(spec: Mapping[str, Any]) -> TextTokenizer:
-    return ByteTokenizer(bos_id=int(spec["bos_id"]), eos_id=int(spec["eos_id"]), pad_id=int(spec["pad_id"]))
-
-
-# manifest ``tokenizer.type`` -> loader of that tokenizer from the manifest's ``tokenizer`` record
-TOKENIZERS: dict[str, Callable[[Mapping[str, Any]], TextTokenizer]] = {"bytes": _byte_tokenizer}
+TextTokenizer = Tokenizer          # the server needs only the tokenizer interface
 
 
 def tokenizer_from_manifest(manifest_data: Mapping[str, Any]) -> TextTokenizer:
-    """The tokenizer an artifact's manifest names; a byte tokenizer when the manifest names none."""
-    spec = manifest_data.get("tokenizer") or ByteTokenizer().to_dict()
-    kind = spec.get("type")
-    if kind not in TOKENIZERS:
-        raise ValueError(f"the artifact's tokenizer type {kind!r} is not one the server can load (it loads "
-                         f"{sorted(TOKENIZERS)}); re-export the model with a supported tokenizer")
-    return TOKENIZERS[kind](spec)
+    """The tokenizer a manifest's ``tokenizer`` record names when it needs no file (the byte tokenizer, also
+    when the record is absent); a served artifact's own tokenizer, file included, is ``session.tokenizer``."""
+    def no_file(record: Mapping[str, Any]) -> bytes:
+        raise ValueError("this tokenizer is a file of its artifact: load it with the artifact "
+                         "(seqedge.load(...).tokenizer)")
+
+    return tokenizer_from_record(manifest_data.get("tokenizer"), no_file)
 
 
 # Chat template for byte-level models, which have no chat tokens of their own: every message is a role tag line

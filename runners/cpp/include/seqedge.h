@@ -102,7 +102,9 @@ SEQEDGE_API seqedge_status seqedge_sample(seqedge_sampler* sampler, const float*
 SEQEDGE_API void seqedge_sampler_free(seqedge_sampler* sampler);
 
 /* The byte tokenizer: UTF-8 bytes are ids 0-255, preceded by BOS when add_bos. Writes at most capacity ids and
- * the needed count to *n_ids (call with capacity 0 to size the buffer; SEQEDGE_ERR_ARGUMENT if too small). */
+ * the needed count to *n_ids (call with capacity 0 to size the buffer; SEQEDGE_ERR_ARGUMENT if too small).
+ * An artifact whose tokenizer is a Hugging Face tokenizer.json runs on token ids only: this and
+ * seqedge_token_bytes return SEQEDGE_ERR_ARGUMENT naming the tokenizer type (bos/eos/pad_id are -1 where unset). */
 SEQEDGE_API seqedge_status seqedge_encode(const seqedge_model* model, const char* text, size_t text_len,
                                           int add_bos, int64_t* ids, size_t capacity, size_t* n_ids);
 /* One token's bytes: 0 or 1 byte for this tokenizer (specials decode to nothing). SEQEDGE_ERR_TOKEN out of range. */

@@ -104,12 +104,33 @@ std::string confined_path(const fs::path& root, const std::string& relative, con
   return resolved.string();
 }
 
+// A tokenizer this runner cannot encode with: kept so token ids still run (the tokenizer refuses text).
+ByteTokenizerInfo foreign_tokenizer(const json& t, const std::string& type, std::int64_t vocab_size,
+                                    const std::string& where) {
+  ByteTokenizerInfo info;
+  info.type = type;
+  info.vocab_size = vocab_size;
+  std::int64_t* ids[] = {&info.bos_id, &info.eos_id, &info.pad_id};
+  const char* keys[] = {"bos_id", "eos_id", "pad_id"};
+  for (int i = 0; i < 3; ++i) {
+    *ids[i] = -1;
+    if (!t.contains(keys[i]) || t[keys[i]].is_null()) continue;
+    if (!t[keys[i]].is_number_integer() || t[keys[i]].get<std::int64_t>() < 0 ||
+        t[keys[i]].get<std::int64_t>() >= vocab_size) {
+      fail(where + " tokenizer: field '" + keys[i] + "' must be null or a token id in [0, vocab_size)");
+    }
+    *ids[i] = t[keys[i]].get<std::int64_t>();
+  }
+  return info;
+}
+
 ByteTokenizerInfo read_tokenizer(const json& data, std::int64_t vocab_size, const std::string& where) {
   ByteTokenizerInfo info;
   // an artifact without a tokenizer entry uses the byte tokenizer, as the Python sessions do
   if (data.contains("tokenizer")) {
     const json& t = data["tokenizer"];
     std::string type = string_field(t, "type", where + " tokenizer");
+    if (type == "hf-tokenizers") return foreign_tokenizer(t, type, vocab_size, where);
     if (type != "bytes") {
       fail(where + ": tokenizer type '" + type + "' is not supported by this runner (it has the byte tokenizer)");
     }

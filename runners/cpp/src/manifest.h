@@ -25,6 +25,9 @@ struct StateSpec {
 
 struct ByteTokenizerInfo {
   std::int64_t bos_id = 256, eos_id = 257, pad_id = 258, vocab_size = 259;
+  // "bytes", or "hf-tokenizers" (a Hugging Face tokenizer.json): token ids run, text in or out is refused;
+  // its special ids are -1 where the model has none
+  std::string type = "bytes";
 };
 
 struct Manifest {

@@ -47,6 +47,11 @@ export class StreamDecoder {
 
 /** The manifest's tokenizer record must describe this byte tokenizer; anything else is refused. */
 export function checkTokenizer(record) {
+  if (record && record.type === 'hf-tokenizers') {
+    throw new Error("the artifact's tokenizer is type 'hf-tokenizers' (a Hugging Face tokenizer.json), which this " +
+      'runner does not implement (it has the byte tokenizer only); run the artifact with Python: ' +
+      '`seqedge generate -m ARTIFACT --prompt ...`');
+  }
   const expected = { type: 'bytes', bos_id: BOS_ID, eos_id: EOS_ID, pad_id: PAD_ID, vocab_size: VOCAB_SIZE };
   for (const [key, value] of Object.entries(expected)) {
     if (!record || record[key] !== value) {

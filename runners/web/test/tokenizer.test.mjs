@@ -36,4 +36,6 @@ test('only the byte tokenizer of the manifest is accepted', () => {
   checkTokenizer({ type: 'bytes', bos_id: 256, eos_id: 257, pad_id: 258, vocab_size: 259 });
   assert.throws(() => checkTokenizer({ type: 'hf', vocab_size: 32000 }), /not the byte tokenizer/);
   assert.throws(() => checkTokenizer(undefined), /not the byte tokenizer/);
+  assert.throws(() => checkTokenizer({ type: 'hf-tokenizers', vocab_size: 300 }),
+    /tokenizer is type 'hf-tokenizers' \(a Hugging Face tokenizer.json\)/);
 });
