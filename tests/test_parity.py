@@ -53,6 +53,18 @@ def test_statistics_of_a_known_perturbation():
     assert report.kl > 0 and not report.passed and "max |logit diff|" in report.failures[0]
 
 
+def test_fp32_budget_scales_with_the_logits():
+    """max_abs is per unit of max(1, max|reference logit|): the same error passes large logits, fails small."""
+    ref, tokens = _stream()
+    for scale, ok in ((10.0, True), (0.1, False)):
+        big = StreamResult(ref.logits * scale, ref.state)
+        test = StreamResult(big.logits.copy(), ref.state)
+        test.logits[100, 0] += 2e-4 * max(1.0, 3 * scale)     # ~2e-4 of each stream's logit scale
+        report = compare(test, big, tokens, prefill=10)
+        assert report.logit_scale == pytest.approx(max(1.0, float(abs(big.logits).max())))
+        assert report.passed == (report.max_abs <= 1e-4 * report.logit_scale) and report.passed is not None
+
+
 @pytest.mark.parametrize("tag,top1,ok", [("fp16", 0.995, True), ("fp16", 0.985, False), ("int8", 0.96, True),
                                          ("int4", 0.94, False)])
 def test_top1_budgets(tag, top1, ok):

@@ -21,14 +21,14 @@ from .checks import check_scan_inputs
 
 
 def decayed_scores(x: torch.Tensor, y: torch.Tensor, b: torch.Tensor, *, strict: bool,
-                   bounded: bool = True) -> torch.Tensor:
+                   bounded: bool = True, g: torch.Tensor | None = None) -> torch.Tensor:
     """``A[t, s] = sum_i x[t, i] y[s, i] exp(b[t, i] - b[s, i])`` for s <= t (s < t if strict), else 0.
 
     x, y, b: ``[..., C, d]`` with C a multiple of 16 and b non-increasing along C, by at most 5 per token if
     ``bounded``. Returns ``[..., C, C]``. Bounded: no exponent ever exceeds 40 inside a 16-token sub-chunk
-    (referenced to its middle) and every product is a matmul. Unbounded (any decay, e.g. Mamba2's): inside a
-    sub-chunk the factors ``exp(b_t - b_s)`` (all <= 1) are formed pairwise. Across sub-chunks both factors are
-    at most 1 either way, so float32 neither overflows nor loses the small terms.
+    (referenced to its middle) and every product is a matmul. Unbounded (any decay, e.g. Mamba2's; pass the
+    per-token log decays ``g``, of which b is the running sum): every exponent ``b_t - b_s`` is formed as the
+    segment sum ``g_{s+1} + ... + g_t`` (:func:`_unbounded_scores`), never as a difference of running sums.
     """
     lead = x.shape[:-2]
     C, d = int(x.shape[-2]), int(x.shape[-1])      # static when exported: only leading dims stay symbolic
@@ -41,22 +41,54 @@ def decayed_scores(x: torch.Tensor, y: torch.Tensor, b: torch.Tensor, *, strict:
     if bounded:
         mid = bb[:, :, SUB_CHUNK // 2: SUB_CHUNK // 2 + 1, :]                            # [L, nb, 1, d]
         diag = (xb * torch.exp(bb - mid)) @ (yb * torch.exp(mid - bb)).transpose(-1, -2)   # [L, nb, 16, 16]
+        ref = bb[:, :, SUB_CHUNK - 1, :].unsqueeze(-2)                                   # [L, nb, 1, d]
+        x_dec = x.unsqueeze(1) * torch.exp(torch.clamp(b.unsqueeze(1) - ref, max=0.0)) # [L, nb, C, d]
+        y_dec = yb * torch.exp(ref - bb)                                                 # [L, nb, 16, d]
     else:
-        pair = torch.exp(torch.clamp(bb.unsqueeze(-2) - bb.unsqueeze(-3), max=0.0))     # [L, nb, 16, 16, d]
-        diag = ((xb.unsqueeze(-2) * pair) * yb.unsqueeze(-3)).sum(-1)                    # [L, nb, 16, 16]
+        if g is None:
+            raise ValueError("decayed_scores(bounded=False) needs the per-token log decays g")
+        diag, x_dec, y_dec = _unbounded_scores(x, xb, yb, g.reshape(-1, C, d))
     diag = torch.where(tri, diag, torch.zeros_like(diag))
     eye_nb = torch.eye(nb, dtype=x.dtype, device=x.device).reshape(nb, 1, nb, 1)
     diag_full = (diag.unsqueeze(-2) * eye_nb).reshape(-1, C, C)                         # block-diagonal
 
-    ref = bb[:, :, SUB_CHUNK - 1, :].unsqueeze(-2)                                       # [L, nb, 1, d]
-    x_dec = x.unsqueeze(1) * torch.exp(torch.clamp(b.unsqueeze(1) - ref, max=0.0))     # [L, nb, C, d]
-    y_dec = yb * torch.exp(ref - bb)                                                     # [L, nb, 16, d]
     off = (x_dec @ y_dec.transpose(-1, -2)).transpose(1, 2).reshape(-1, C, C)          # [L, C, C]
 
     blk = torch.arange(C, device=x.device) // SUB_CHUNK
     below = blk[:, None] > blk[None, :]                                                  # [C, C]
     out = torch.where(below, off, diag_full)
     return out if len(lead) == 1 else out.reshape(*lead, C, C)
+
+
+def exclusive_suffix_sum(g: torch.Tensor, dim: int) -> torch.Tensor:
+    """``out[t] = g[t+1] + ... + g[end]`` along ``dim`` (0 at the end), summed from the end: no cancellation."""
+    total = torch.flip(torch.cumsum(torch.flip(g, (dim,)), dim), (dim,))              # inclusive suffix sums
+    rest = total.narrow(dim, 1, int(g.shape[dim]) - 1)
+    return torch.cat([rest, torch.zeros_like(g.narrow(dim, 0, 1))], dim)
+
+
+def _unbounded_scores(x: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, g: torch.Tensor):
+    """The unbounded form's factors from segment sums of g ``[L, C, d]`` (each a sum of same-sign terms, so its
+    float32 error is relative to itself: a steep decay early in a chunk does not blur the later, mild ones).
+
+    Returns the in-sub-chunk scores ``[L, nb, 16, 16]`` and the cross-sub-chunk factors ``x_dec`` ``[L, nb, C, d]``
+    (x_t times exp of the decay from the end of sub-chunk j to t) and ``y_dec`` ``[L, nb, 16, d]`` (y_s times exp
+    of the decay from s to the end of its sub-chunk).
+    """
+    C, d = int(g.shape[-2]), int(g.shape[-1])
+    nb = C // SUB_CHUNK
+    gb = g.reshape(-1, nb, SUB_CHUNK, d)
+    idx = torch.arange(SUB_CHUNK, device=g.device)
+    after = (idx[None, :] > idx[:, None]).to(g.dtype)                                   # [s, r]: r > s
+    seg = torch.cumsum(gb.unsqueeze(-3) * after[:, :, None], dim=-2)                    # [L, nb, s, t, d]
+    pair = torch.exp(seg.transpose(-2, -3))                                              # [L, nb, t, s, d]
+    diag = ((xb.unsqueeze(-2) * pair) * yb.unsqueeze(-3)).sum(-1)                        # [L, nb, 16, 16]
+    pos = torch.arange(C, device=g.device)
+    ends = torch.arange(nb, device=g.device) * SUB_CHUNK + SUB_CHUNK - 1
+    past = (pos[None, :] > ends[:, None]).to(g.dtype)                                   # [nb, C]: r after sub-chunk j
+    x_dec = x.unsqueeze(1) * torch.exp(torch.cumsum(g.unsqueeze(1) * past[:, :, None], dim=-2))
+    y_dec = yb * torch.exp(exclusive_suffix_sum(gb, -2))
+    return diag, x_dec, y_dec
 
 
 def _block_forward_substitution(lower: torch.Tensor) -> torch.Tensor:
@@ -161,13 +193,15 @@ def chunked_scan(
     b = torch.cumsum(g, dim=-2)                                            # inclusive log-decay from chunk start
     kb = k * beta
     q = q * scale
-    scores = unflat(decayed_scores(flat(q), flat(kb), flat(b), strict=False, bounded=bounded))  # [B, H, N, C, C]
+    gf = None if bounded else flat(g)
+    scores = unflat(decayed_scores(flat(q), flat(kb), flat(b), strict=False, bounded=bounded, g=gf))
     b_last = b[..., -1:, :]                                                # [B, H, N, 1, dk]
     q_dec = q * torch.exp(b)
-    k_dec = kb * torch.exp(b_last - b)
+    # decay from t to the chunk's end; unbounded: summed from the end, not b_last - b (see decayed_scores)
+    k_dec = kb * torch.exp(b_last - b if bounded else exclusive_suffix_sum(g, -2))
     chunk_decay = torch.exp(b_last).transpose(-1, -2)                      # [B, H, N, dk, 1]
     if rule == "delta":
-        lower = decayed_scores(flat(k), flat(kb), flat(b), strict=True, bounded=bounded)
+        lower = decayed_scores(flat(k), flat(kb), flat(b), strict=True, bounded=bounded, g=gf)
         inv = unflat(unit_lower_inverse(lower))                                                 # (I + M)^-1
         u0 = inv @ v
         w = inv @ (k * torch.exp(b))
