@@ -65,6 +65,12 @@ def _gate_bias_init(config: SequentialAttentionConfig) -> torch.Tensor:
     return torch.log(p / (1 - p)).repeat(config.num_heads)                           # [H * dk]
 
 
+def _logsigmoid(x: torch.Tensor) -> torch.Tensor:
+    """``log(sigmoid(x))`` as ``min(x, 0) - log1p(exp(-|x|))`` in plain ops: exported graphs may write
+    ``F.logsigmoid`` as Log(Sigmoid(x)), which is -inf once sigmoid underflows (x below about -88)."""
+    return torch.clamp(x, max=0.0) - torch.log1p(torch.exp(-x.abs()))
+
+
 class SequentialAttention(nn.Module):
     """The gated linear-attention mixer of DESIGN §1, with ``gated`` or ``delta`` update rule.
 
@@ -131,7 +137,7 @@ class SequentialAttention(nn.Module):
             g = g.reshape(B, T, c.num_heads, c.head_k_dim)
             dt = None
         elif parts.gate == "logsigmoid":
-            g = F.logsigmoid(self.gate_up(self.gate_down(x)).to(f32)) / parts.gate_normalizer
+            g = _logsigmoid(self.gate_up(self.gate_down(x)).to(f32)) / parts.gate_normalizer
             g = g.reshape(B, T, c.num_heads, c.head_k_dim)
             dt = None
         else:
