@@ -13,6 +13,8 @@ with fla's classes and written with ``save_pretrained`` to a temp dir (no downlo
 - the exported ``step`` of onnx, onnx-ort and executorch artifacts (made by the CLI from the HF directory), token
   by token over 256 tokens, against the same reference to 1e-4 relative; top-1 agreement >= 99% for onnx fp16
   and int8 (int8 does not meet it on this random tiny model: marked xfail, strict, with why);
+- the exported chunk entry (prefill), a state saved and loaded, and batched rows (the server's slots) on a
+  state without conv tails;
 - refusals: one line naming the config key, exit code 2, nothing written.
 """
 
@@ -227,6 +229,29 @@ def quantized(hf, tmp_path_factory):
     assert main(["export", path.as_posix(), "--target", "onnx", "--quantize", "fp16,int8", "--out", str(out),
                  "--quiet"]) == 0                                   # the positional form: the same import
     return out
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "executorch"])
+def test_exported_prefill_state_file_and_batched_slots(reference_256, artifact, tmp_path, runtime):
+    """The chunk entry, a saved state and the server's batched slots over a state of scan matrices only."""
+    import seqedge
+    from seqedge.serve.slots import probe_batching
+    from seqedge.state import State
+
+    tokens, want = reference_256
+    session = seqedge.load(artifact, runtime)
+    logits, state = session.prefill(tokens[:, :150].numpy(), session.init_state(1))   # 2 chunks, then steps
+    assert _rel(logits[0], want[:150]) <= TOL
+    state.save(tmp_path / "s.safetensors")
+    state = State.load(tmp_path / "s.safetensors")
+    got = []
+    for t in range(150, 170):
+        step, state = session.step(tokens[:, t].numpy(), state)
+        got.append(np.asarray(step)[0])
+    assert _rel(np.stack(got), want[150:170]) <= TOL
+    if runtime == "onnxruntime":                  # the executorch step is exported for batch 1 only
+        plan = probe_batching(session, 3)
+        assert plan.batched, plan.reason
 
 
 INT8_GAP = pytest.mark.xfail(strict=True, reason="onnx int8 (7-bit per-channel weights, dynamic activations) of "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _artifacts import GLA_MIXER
 
 from seqedge.config import MixerParts, SequentialAttentionConfig
 from seqedge.model import SequentialAttentionModel
@@ -72,8 +73,7 @@ PARTS = {
                                            skip=False)),
     "gated-normalised": ("gated", MixerParts(qk_norm="rsqrt")),
     "grouped-native": ("gated", MixerParts(num_key_heads=1)),
-    "gla": ("gated", MixerParts(gate="logsigmoid", gate_normalizer=16.0, beta="none", short_conv=False,
-                                qk_norm="none", skip=False)),
+    "gla": ("gated", MixerParts(**GLA_MIXER)),
 }
 
 
