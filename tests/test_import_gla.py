@@ -20,14 +20,14 @@ with fla's classes and written with ``save_pretrained`` to a temp dir (no downlo
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 pytest.importorskip("fla", reason="fla is not installed (pip install flash-linear-attention==0.6.0 fla-core==0.6.0)")
+
+from _families import assert_import_refused, rel_error  # noqa: E402
 
 from seqedge.cli.main import main  # noqa: E402
 from seqedge.families import import_hf  # noqa: E402
@@ -129,12 +129,6 @@ def _fla_logits(model, tokens, states):
     return model.lm_head(x), new
 
 
-def _rel(got, want) -> float:
-    got, want = torch.as_tensor(np.asarray(got)).double(), torch.as_tensor(np.asarray(want)).double()
-    assert got.shape == want.shape and torch.isfinite(got).all()
-    return float((got - want).abs().max() / want.abs().max())
-
-
 # tests ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("which", ["hf", "hf_conv"])
 def test_each_layer_matches_fla_with_carried_state(request, which):
@@ -151,10 +145,10 @@ def test_each_layer_matches_fla_with_carried_state(request, which):
             want, want_scan, want_tails = _fla_layer(attn, h, scan, tails)
             tail = torch.cat(tails, dim=1) if conv else None
             got, got_tail, got_scan = ours(h, tail, scan)
-        assert _rel(got, want) <= TOL and _rel(got_scan, want_scan) <= TOL
+        assert rel_error(got, want) <= TOL and rel_error(got_scan, want_scan) <= TOL
         assert (got_tail is None) == (not conv)
         if conv:
-            assert _rel(got_tail, torch.cat(want_tails, dim=1)) <= TOL
+            assert rel_error(got_tail, torch.cat(want_tails, dim=1)) <= TOL
 
 
 @pytest.mark.parametrize("which", ["hf", "hf_conv"])
@@ -175,10 +169,10 @@ def test_import_matches_fla_with_carried_state(request, which):
         for t in range(45, 53):                                                # recurrent steps
             step, state = model.step(tokens[:, t], state)
             parts.append(step[:, None])
-    assert _rel(torch.cat(parts, dim=1), want) <= TOL
+    assert rel_error(torch.cat(parts, dim=1), want) <= TOL
     flat = [t for scan, tails in want_states for t in ((torch.cat(tails, 1), scan) if tails else (scan,))]
     for got, w in zip(state.tensors, flat, strict=True):
-        assert _rel(got, w) <= TOL
+        assert rel_error(got, w) <= TOL
 
 
 def test_mlp_width_follows_fla_when_the_config_has_none(hf, hf_conv):
@@ -219,7 +213,7 @@ def _steps(artifact, runtime, tokens, **kw):
 @pytest.mark.parametrize("runtime", ["onnxruntime", "onnxruntime-fused", "executorch"])
 def test_exported_step_matches_fla_over_256_tokens(reference_256, artifact, runtime):
     tokens, want = reference_256
-    assert _rel(_steps(artifact, runtime, tokens), want) <= TOL
+    assert rel_error(_steps(artifact, runtime, tokens), want) <= TOL
 
 
 @pytest.fixture(scope="module")
@@ -241,14 +235,14 @@ def test_exported_prefill_state_file_and_batched_slots(reference_256, artifact, 
     tokens, want = reference_256
     session = seqedge.load(artifact, runtime)
     logits, state = session.prefill(tokens[:, :150].numpy(), session.init_state(1))   # 2 chunks, then steps
-    assert _rel(logits[0], want[:150]) <= TOL
+    assert rel_error(logits[0], want[:150]) <= TOL
     state.save(tmp_path / "s.safetensors")
     state = State.load(tmp_path / "s.safetensors")
     got = []
     for t in range(150, 170):
         step, state = session.step(tokens[:, t].numpy(), state)
         got.append(np.asarray(step)[0])
-    assert _rel(np.stack(got), want[150:170]) <= TOL
+    assert rel_error(np.stack(got), want[150:170]) <= TOL
     if runtime == "onnxruntime":                  # the executorch step is exported for batch 1 only
         plan = probe_batching(session, 3)
         assert plan.batched, plan.reason
@@ -280,18 +274,6 @@ def test_int8_gap_is_the_weight_rounding(hf, reference_256):
     assert (got.argmax(-1) == want.argmax(-1)).mean() < 0.99
 
 
-def _edited(path, tmp_path, **changes):
-    """A copy of the HF dir with config.json keys changed (weights linked, not copied)."""
-    out = tmp_path / "edited"
-    out.mkdir()
-    config = json.loads((path / "config.json").read_text())
-    config.update(changes)
-    (out / "config.json").write_text(json.dumps(config))
-    for f in path.glob("*.safetensors"):
-        (out / f.name).symlink_to(f)
-    return out
-
-
 @pytest.mark.parametrize("changes, key", [
     (dict(attn={"layers": [1], "num_heads": 2}), "attn"),
     (dict(feature_map="relu"), "feature_map"),
@@ -304,10 +286,4 @@ def _edited(path, tmp_path, **changes):
     (dict(expand_k=0.3), "expand_k"),
 ])
 def test_refused_options_name_the_key_and_write_nothing(hf, tmp_path, capsys, changes, key):
-    _, path = hf
-    edited = _edited(path, tmp_path, **changes)
-    out = tmp_path / "ck"
-    assert main(["import", str(edited), "-o", str(out)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and key in err, err
-    assert not out.exists()
+    assert_import_refused(hf[1], tmp_path, capsys, key, **changes)

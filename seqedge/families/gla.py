@@ -20,7 +20,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from ..config import MixerParts, SequentialAttentionConfig
-from .hf_dir import HFModelDir, refuse_unless, require, take
+from .hf_dir import HFModelDir, outer_weights, refuse_unless, require, take
 
 if TYPE_CHECKING:
     import torch
@@ -88,12 +88,7 @@ def state_dict_from_hf(hf: HFModelDir,
     import torch
 
     t = dict(hf.tensors)
-    out = {"embed.weight": take(t, "model.embeddings.weight", FAMILY),
-           "norm.weight": take(t, "model.norm.weight", FAMILY)}
-    if not config.tie_embeddings:
-        out["head.weight"] = take(t, "lm_head.weight", FAMILY)
-    else:
-        t.pop("lm_head.weight", None)                     # tied: the shared tensor may be stored twice
+    out = outer_weights(t, config.tie_embeddings, FAMILY, "model.embeddings.weight", "model.norm.weight")
     for i in range(config.num_layers):
         src, dst = f"model.layers.{i}.", f"blocks.{i}."
         a = src + "attn."
