@@ -56,8 +56,8 @@ def _refuse_options(hf: dict[str, Any]) -> None:
         refuse_unless(hf.get(key, default) == default, FAMILY, key, hf.get(key), why)
     heads = require(hf, "num_heads", FAMILY)
     refuse_unless(hf.get("num_kv_heads") in (None, heads), FAMILY, "num_kv_heads", hf.get("num_kv_heads"),
-                  f"grouped keys/values (fewer than num_heads={heads}) share the gate too, which seqedge's "
-                  "grouped heads do not")
+                  f"fla's groups share k, v and the gate among query heads (num_heads={heads}); seqedge's grouped "
+                  "heads share q and k among value heads")
 
 
 def config_from_hf(hf: dict[str, Any]) -> SequentialAttentionConfig:
