@@ -54,7 +54,7 @@ def _fla_model(**overrides):
             elif name.endswith("conv1d.weight"):
                 p.normal_(0.0, 0.5)
             elif p.dim() == 2 and "embeddings" not in name:
-                p.normal_(0.0, 0.3 / p.shape[1] ** 0.5 * 4)
+                p.normal_(0.0, 1.2 / p.shape[1] ** 0.5)
     return model
 
 
