@@ -33,3 +33,12 @@ def assert_import_refused(path: Path, tmp_path: Path, capsys, key: str, **change
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and key in err, err
     assert not out.exists()
+
+
+def stepped_logits(session, tokens) -> np.ndarray:
+    """The logits ``[T, V]`` of a Session stepping one sequence (tokens ``[1, T]``) from a zero state."""
+    state, got = session.init_state(1), []
+    for t in range(tokens.shape[1]):
+        logits, state = session.step(np.asarray(tokens[:, t]), state)
+        got.append(np.asarray(logits)[0])
+    return np.stack(got)

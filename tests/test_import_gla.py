@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 pytest.importorskip("fla", reason="fla is not installed (pip install flash-linear-attention==0.6.0 fla-core==0.6.0)")
 
-from _families import assert_import_refused, rel_error  # noqa: E402
+from _families import assert_import_refused, rel_error, stepped_logits  # noqa: E402
 
 from seqedge.cli.main import main  # noqa: E402
 from seqedge.families import import_hf  # noqa: E402
@@ -202,12 +202,8 @@ def _steps(artifact, runtime, tokens, **kw):
     import seqedge
 
     session = seqedge.load(artifact, runtime, **kw)
-    state, got = session.init_state(1), []
     assert [s.kind for s in session.specs] == ["scan"] * 2                    # no conv tails in the state
-    for t in range(tokens.shape[1]):
-        logits, state = session.step(tokens[:, t].numpy(), state)
-        got.append(np.asarray(logits)[0])
-    return np.stack(got)
+    return stepped_logits(session, tokens)
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "onnxruntime-fused", "executorch"])
