@@ -48,6 +48,8 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
+from seqedge.config import NATIVE_MIXER
+
 from .decode_graph import StaticDecoder
 
 
@@ -371,6 +373,9 @@ def _check_model(model, batch_size: int, capture: bool) -> None:
     device, dtype = model.embed.weight.device, model.embed.weight.dtype
     if batch_size <= 0:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if c.mixer != NATIVE_MIXER:
+        raise ValueError(f"FusedDecoder's kernels compute the native mixer only, this model sets other mixer parts "
+                         f"({c.mixer}); use GraphDecoder for this model")
     for name in ("head_k_dim", "head_v_dim"):
         value = getattr(c, name)
         if value < 2 or value & (value - 1):

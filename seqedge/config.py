@@ -15,7 +15,7 @@ UpdateRule = Literal["gated", "delta"]
 UPDATE_RULES: tuple[str, ...] = ("gated", "delta")
 SUB_CHUNK = 16  # sub-chunk of the chunked scan: bounded gates keep exp(b_t - b_s) in range inside it
 
-GATES = ("sigmoid", "softplus")
+GATES = ("sigmoid", "softplus", "logsigmoid")
 BETAS = ("sigmoid", "dt", "none")
 OUTPUT_ORDERS = ("norm_gate", "gate_norm")
 QK_NORMS = ("rule", "rsqrt", "none")
@@ -27,11 +27,14 @@ class MixerParts:
 
     - ``gate``: the log forget gate g. ``sigmoid``: ``g_min * sigmoid(W_up W_down x + b)`` per key dim (native;
       bounded, g >= g_min). ``softplus``: ``-exp(A_log) * softplus(W_dt x + dt_bias)`` per head (Mamba2, Gated
-      DeltaNet; unbounded below, so the chunked scan takes its pairwise-difference form).
+      DeltaNet; unbounded below, so the chunked scan takes its pairwise-difference form). ``logsigmoid``:
+      ``logsigmoid(W_up W_down x + b) / gate_normalizer`` per key dim (GLA; unbounded below, as softplus).
     - ``beta``: the input scale. ``sigmoid``: ``sigmoid(W_b x + b)`` per head; ``dt``: the softplus gate's step
       ``softplus(W_dt x + dt_bias)`` (Mamba2); ``none``: 1 (GLA).
     - ``num_key_heads``: heads of q and k (0: ``num_heads``); each is shared by ``num_heads / num_key_heads``
       consecutive value heads (Mamba2's B/C groups, grouped value heads of Gated DeltaNet).
+    - ``short_conv``: q, k, v pass a short causal conv with SiLU whose tail is carried in the state (native);
+      without it they are the plain projections and a layer's state is its scan matrix only (GLA).
     - ``conv_bias``: the short conv over q, k, v has a bias.
     - ``qk_norm``: how q and k are L2-normalised per head. ``rule``: ``x / max(|x|, 1e-6)`` iff the update rule is
       ``delta`` (native); ``rsqrt``: ``x * rsqrt(|x|^2 + 1e-6)`` (fla's and transformers' ``l2norm``: Gated
@@ -46,7 +49,9 @@ class MixerParts:
 
     gate: str = "sigmoid"
     beta: str = "sigmoid"
+    gate_normalizer: float = 1.0
     num_key_heads: int = 0
+    short_conv: bool = True
     conv_bias: bool = False
     qk_norm: str = "rule"
     skip: bool = True
@@ -67,6 +72,13 @@ class MixerParts:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"mixer.{name} must be an integer >= 0 (0: the default), got {value!r}")
+        if not self.gate_normalizer > 0:
+            raise ValueError(f"mixer.gate_normalizer must be > 0, got {self.gate_normalizer}")
+        if self.gate_normalizer != 1.0 and self.gate != "logsigmoid":
+            raise ValueError(f"mixer.gate_normalizer divides the logsigmoid gate only, but mixer.gate is "
+                             f"{self.gate!r}")
+        if self.conv_bias and not self.short_conv:
+            raise ValueError("mixer.conv_bias needs mixer.short_conv (there is no conv to add a bias to)")
         if not self.scale >= 0:
             raise ValueError(f"mixer.scale must be >= 0 (0: 1/sqrt(head_k_dim)), got {self.scale}")
 
@@ -94,7 +106,7 @@ class SequentialAttentionConfig:
     """Shape and hyper-parameters of a Sequential Attention language model.
 
     The recurrent state per layer is ``[B, num_heads, head_k_dim, head_v_dim]`` (float32) plus a conv tail
-    ``[B, conv_channels, conv_kernel - 1]``; neither grows with context.
+    ``[B, conv_channels, conv_kernel - 1]`` (none without ``mixer.short_conv``); neither grows with context.
     """
 
     vocab_size: int = 259
@@ -186,7 +198,7 @@ class SequentialAttentionConfig:
 
     @property
     def conv_channels(self) -> int:
-        """Channels of the short causal conv (q, k and v together)."""
+        """Width of q, k and v together: the channels of the short causal conv and of its carried tail."""
         return 2 * self.key_size + self.value_size
 
     @property

@@ -65,6 +65,12 @@ def _gate_bias_init(config: SequentialAttentionConfig) -> torch.Tensor:
     return torch.log(p / (1 - p)).repeat(config.num_heads)                           # [H * dk]
 
 
+def _logsigmoid(x: torch.Tensor) -> torch.Tensor:
+    """``log(sigmoid(x))`` as ``min(x, 0) - log1p(exp(-|x|))`` in plain ops: exported graphs may write
+    ``F.logsigmoid`` as Log(Sigmoid(x)), which is -inf once sigmoid underflows (x below about -88)."""
+    return torch.clamp(x, max=0.0) - torch.log1p(torch.exp(-x.abs()))
+
+
 class SequentialAttention(nn.Module):
     """The gated linear-attention mixer of DESIGN §1, with ``gated`` or ``delta`` update rule.
 
@@ -79,8 +85,9 @@ class SequentialAttention(nn.Module):
         self.ops = ops
         self.scale = parts.scale or c.head_k_dim ** -0.5
         self.qkv = nn.Linear(c.hidden_size, c.conv_channels, bias=False)
-        self.conv = ShortConv(c.conv_channels, c.conv_kernel, ops, bias=parts.conv_bias)
-        if parts.gate == "sigmoid":
+        if parts.short_conv:
+            self.conv = ShortConv(c.conv_channels, c.conv_kernel, ops, bias=parts.conv_bias)
+        if parts.gate in ("sigmoid", "logsigmoid"):                 # low rank, one gate per key dim
             self.gate_down = nn.Linear(c.hidden_size, c.gate_rank, bias=False)
             self.gate_up = nn.Linear(c.gate_rank, c.num_heads * c.head_k_dim, bias=True)
         else:                                       # softplus: one step size per head
@@ -129,6 +136,10 @@ class SequentialAttention(nn.Module):
             g = c.g_min * torch.sigmoid(self.gate_up(self.gate_down(x)).to(f32))
             g = g.reshape(B, T, c.num_heads, c.head_k_dim)
             dt = None
+        elif parts.gate == "logsigmoid":
+            g = _logsigmoid(self.gate_up(self.gate_down(x)).to(f32)) / parts.gate_normalizer
+            g = g.reshape(B, T, c.num_heads, c.head_k_dim)
+            dt = None
         else:
             dt = F.softplus(self.dt_proj(x).to(f32) + self.dt_bias.to(f32))               # [B, T, H]
             g = (-torch.exp(self.A_log.to(f32)) * dt).unsqueeze(-1).expand(-1, -1, -1, c.head_k_dim)
@@ -140,13 +151,16 @@ class SequentialAttention(nn.Module):
             beta = torch.ones_like(g[..., 0])
         return g, beta
 
-    def _project(self, x: torch.Tensor, conv_state: torch.Tensor, B: int, T: int, *, step: bool = False):
-        """x ``[B, T, D]`` -> q, k, g ``[B, T, H, dk]``, v ``[B, T, H, dv]``, beta ``[B, T, H]``, new conv tail.
+    def _project(self, x: torch.Tensor, conv_state: torch.Tensor | None, B: int, T: int, *, step: bool = False):
+        """x ``[B, T, D]`` -> q, k, g ``[B, T, H, dk]``, v ``[B, T, H, dv]``, beta ``[B, T, H]``, new conv tail
+        (None without ``mixer.short_conv``: then q, k, v are the projections themselves).
 
         The step path passes B = -1 and T = 1, so its exported graph needs no shape arithmetic.
         """
         c = self.config
-        qkv, conv_state = self.conv(self.qkv(x), conv_state, step=step)
+        qkv = self.qkv(x)
+        if c.mixer.short_conv:
+            qkv, conv_state = self.conv(qkv, conv_state, step=step)
         q, k, v = qkv.split([c.key_size, c.key_size, c.value_size], dim=-1)
         q = q.reshape(B, T, c.key_heads, c.head_k_dim)
         k = k.reshape(B, T, c.key_heads, c.head_k_dim)
@@ -172,8 +186,9 @@ class SequentialAttention(nn.Module):
             o = self.out_norm(o.reshape(B, T, c.value_size) * gate)
         return self.out_proj(o)
 
-    def forward(self, x: torch.Tensor, conv_state: torch.Tensor, scan_state: torch.Tensor):
-        """Sequence path: x ``[B, T, D]`` -> (y ``[B, T, D]``, conv tail, scan state ``[B, H, dk, dv]``)."""
+    def forward(self, x: torch.Tensor, conv_state: torch.Tensor | None, scan_state: torch.Tensor):
+        """Sequence path: x ``[B, T, D]`` -> (y ``[B, T, D]``, conv tail (None without a short conv), scan state
+        ``[B, H, dk, dv]``)."""
         T = int(x.shape[1])                      # static in exported graphs: only the batch stays symbolic
         B = -1 if T else x.shape[0]
         c = self.config
@@ -183,7 +198,7 @@ class SequentialAttention(nn.Module):
                                                bounded=c.bounded_gates)
         return self._output(x, o, v, B, T), conv_state, scan_state
 
-    def step(self, x: torch.Tensor, conv_state: torch.Tensor, scan_state: torch.Tensor):
+    def step(self, x: torch.Tensor, conv_state: torch.Tensor | None, scan_state: torch.Tensor):
         """One-token path: x ``[B, 1, D]`` -> (y ``[B, 1, D]``, conv tail, scan state), recurrent form."""
         q, k, v, g, beta, conv_state = self._project(x, conv_state, -1, 1, step=True)
         c = self.config

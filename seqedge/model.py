@@ -116,10 +116,13 @@ class SequentialAttentionModel(nn.Module):
     def forward_tensors(self, tokens: torch.Tensor, states: Sequence[torch.Tensor], *, step: bool = False):
         """Flat form for export: tokens ``[B, T]``, ordered state tensors -> (logits ``[B, T, V]``, new states)."""
         x = self.embed(tokens)
+        conv = self.config.mixer.short_conv          # per layer: (conv tail, scan matrix), or the scan matrix only
+        per_layer = 2 if conv else 1
         new_states: list[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
-            x, conv_state, scan_state = block(x, states[2 * i], states[2 * i + 1], step=step)
-            new_states += [conv_state, scan_state]
+            conv_state = states[per_layer * i] if conv else None
+            x, conv_state, scan_state = block(x, conv_state, states[per_layer * i + per_layer - 1], step=step)
+            new_states += [conv_state, scan_state] if conv else [scan_state]
         return self._logits(x), new_states
 
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:

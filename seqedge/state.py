@@ -46,12 +46,14 @@ class StateSpec:
 
 
 def state_specs(config: SequentialAttentionConfig) -> list[StateSpec]:
-    """The ordered state of a model: per layer the conv tail, then the scan matrix."""
-    specs = []
+    """The ordered state of a model: per layer the conv tail (where the mixer has a short conv), then the scan
+    matrix; tensor i is named ``state.i``."""
+    specs: list[StateSpec] = []
     for layer in range(config.num_layers):
-        specs.append(StateSpec(f"state.{2 * layer}", layer, "conv",
-                               (BATCH, config.conv_channels, config.conv_kernel - 1)))
-        specs.append(StateSpec(f"state.{2 * layer + 1}", layer, "scan",
+        if config.mixer.short_conv:
+            specs.append(StateSpec(f"state.{len(specs)}", layer, "conv",
+                                   (BATCH, config.conv_channels, config.conv_kernel - 1)))
+        specs.append(StateSpec(f"state.{len(specs)}", layer, "scan",
                                (BATCH, config.num_heads, config.head_k_dim, config.head_v_dim)))
     return specs
 

@@ -16,6 +16,9 @@ TINY_DIMS: dict[str, Any] = dict(hidden_size=32, num_layers=2, num_heads=2, head
                                  gate_rank=4, chunk_size=16, mlp_multiple_of=16)
 # exported models use dk = dv, the shape every target's fused or packed paths are checked at
 EXPORT_DIMS: dict[str, Any] = {**TINY_DIMS, "head_v_dim": 16}
+# GLA's mixer parts (seqedge/families/gla.py): logsigmoid gate, no beta, no short conv (scan-only state), no skip
+GLA_MIXER: dict[str, Any] = dict(gate="logsigmoid", gate_normalizer=16.0, beta="none", short_conv=False,
+                                 qk_norm="none", skip=False)
 SCHEMES = ("none", "fp16", "int8", "int4")
 RULES = ("gated", "delta")
 

@@ -83,6 +83,22 @@ def test_inputs_outputs_and_state_names_and_shapes(exported, model):
     assert names["state.1"] == "state_1" and names["new_state.1"] == "new_state_1"
 
 
+def test_scan_only_state_converts(tmp_path):
+    """A mixer without a short conv (GLA's parts): both functions' state I/O is the scan matrices only."""
+    from _artifacts import GLA_MIXER, TINY_DIMS, build_model
+
+    from seqedge.config import SequentialAttentionConfig
+    from seqedge.export.coreml_target import CoreMLTarget
+
+    model = build_model(SequentialAttentionConfig(**{**TINY_DIMS, "num_layers": 1}, mixer=GLA_MIXER))
+    variant = CoreMLTarget().export(ExportContext(model, tmp_path, QuantizationRecipe("none")))
+    spec = ct.utils.load_spec(str(tmp_path / variant.info["package"]))
+    scan = list(model.state_specs[0].concrete_shape(1))
+    for function in spec.description.functions:
+        states = {k: v[0] for k, v in _features(function.input).items() if k != "tokens"}
+        assert states == {"state_0": scan}
+
+
 def _stored_weight_dtypes(spec, function):
     """Data types of every weight stored in a function: plain consts of rank >= 2, and constexpr data."""
     fn = spec.mlProgram.functions[function]

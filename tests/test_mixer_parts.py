@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _artifacts import GLA_MIXER
 
 from seqedge.config import MixerParts, SequentialAttentionConfig
 from seqedge.model import SequentialAttentionModel
@@ -26,22 +27,26 @@ def scaled_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual.double() - expected.double()).abs().max() / expected.double().abs().max().clamp_min(1e-30))
 
 
-def _per_head_inputs(gen, B, T, H, dk, dv, rule):
-    """Scan inputs with one decay per head (broadcast over dk) reaching -30 per token: no g_min bound."""
+def _per_head_inputs(gen, B, T, H, dk, dv, rule, per_key=False):
+    """Scan inputs with one decay per head (broadcast over dk; ``per_key``: GLA's logsigmoid gate, one per key
+    dim) reaching -30 per token: no g_min bound."""
     q, k = torch.randn(B, T, H, dk, generator=gen), torch.randn(B, T, H, dk, generator=gen)
     if rule == "delta":
         q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
     v = torch.randn(B, T, H, dv, generator=gen)
     g = -30.0 * torch.rand(B, T, H, 1, generator=gen) ** 3                    # mostly mild, some steep
+    if per_key:
+        g = torch.nn.functional.logsigmoid(200.0 * torch.randn(B, T, H, dk, generator=gen)) / 16.0
     beta = torch.rand(B, T, H, generator=gen)
     s0 = torch.randn(B, H, dk, dv, generator=gen)
     return q, k, v, g.expand(-1, -1, -1, dk), beta, s0
 
 
+@pytest.mark.parametrize("per_key", [False, True])
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("T", [1, 37, 64])
-def test_unbounded_per_head_decay_in_three_forms(gen, rule, T):
-    q, k, v, g, beta, s0 = _per_head_inputs(gen, 2, T, 3, 16, 8, rule)
+def test_unbounded_decay_in_three_forms(gen, rule, T, per_key):
+    q, k, v, g, beta, s0 = _per_head_inputs(gen, 2, T, 3, 16, 8, rule, per_key)
     want_o, want_s = reference_scan(q, k, v, g, beta, rule=rule, scale=1.0, initial_state=s0)
     rec_o, rec_s = recurrent_scan(q, k, v, g, beta, rule=rule, scale=1.0, initial_state=s0)
     chk_o, chk_s = chunked_scan(q, k, v, g, beta, rule=rule, scale=1.0, initial_state=s0, chunk_size=32,
@@ -68,6 +73,7 @@ PARTS = {
                                            skip=False)),
     "gated-normalised": ("gated", MixerParts(qk_norm="rsqrt")),
     "grouped-native": ("gated", MixerParts(num_key_heads=1)),
+    "gla": ("gated", MixerParts(**GLA_MIXER)),
 }
 
 
@@ -103,12 +109,18 @@ def test_sequence_path_matches_float64_and_step_path(gen, name):
 def test_state_spec_and_weights_follow_the_parts(name):
     model = _model(name)
     c = model.config
-    assert [s.shape[1:] for s in state_specs(c)][:2] == [(c.conv_channels, c.conv_kernel - 1),
-                                                         (c.num_heads, c.head_k_dim, c.head_v_dim)]
+    scan = (c.num_heads, c.head_k_dim, c.head_v_dim)
+    per_layer = [(c.conv_channels, c.conv_kernel - 1), scan] if c.mixer.short_conv else [scan]
+    specs = state_specs(c)
+    assert [s.shape[1:] for s in specs] == per_layer * c.num_layers
+    assert [s.name for s in specs] == [f"state.{i}" for i in range(len(specs))]
+    assert [s.layer for s in specs] == [i // len(per_layer) for i in range(len(specs))]
+    assert ("blocks.0.attn.conv.weight" in model.state_dict()) == c.mixer.short_conv
     assert c.conv_channels == 2 * c.key_heads * c.head_k_dim + c.num_heads * c.head_v_dim
     names = set(model.state_dict())
     assert ("blocks.0.mlp.down.weight" in names) == c.mixer.mlp
     assert ("blocks.0.attn.A_log" in names) == (c.mixer.gate == "softplus")
+    assert ("blocks.0.attn.gate_up.bias" in names) == (c.mixer.gate in ("sigmoid", "logsigmoid"))
     assert ("blocks.0.attn.skip" in names) == c.mixer.skip
     assert SequentialAttentionConfig.from_json(c.to_json()) == c
 
@@ -119,6 +131,9 @@ def test_state_spec_and_weights_follow_the_parts(name):
     (dict(out_norm_size=7), "mixer.out_norm_size"),
     (dict(gate="tanh"), "mixer.gate"),
     (dict(qk_norm="l1"), "mixer.qk_norm"),
+    (dict(gate_normalizer=16.0), "mixer.gate_normalizer.*logsigmoid"),
+    (dict(gate="logsigmoid", gate_normalizer=0.0), "mixer.gate_normalizer"),
+    (dict(short_conv=False, conv_bias=True), "mixer.conv_bias.*mixer.short_conv"),
 ])
 def test_clashing_parts_are_named(parts, fields):
     with pytest.raises(ValueError, match=fields):
@@ -141,3 +156,20 @@ def test_qk_norm_forms(gen, how):
     norm = x.pow(2).sum(-1, keepdim=True)
     want = {"rule": x / norm.sqrt().clamp_min(1e-6), "rsqrt": x / (norm + 1e-6).sqrt(), "none": x}[how]
     torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+
+
+def test_logsigmoid_gate_stays_finite_where_sigmoid_underflows():
+    """The exported graphs compute the gate from these plain ops; log(sigmoid(x)) would be -inf below ~-88."""
+    from seqedge.layers import _logsigmoid
+
+    x = torch.tensor([-1e4, -200.0, -90.0, -20.0, -1.0, 0.0, 1.0, 30.0, 1e4])
+    torch.testing.assert_close(_logsigmoid(x), torch.nn.functional.logsigmoid(x), rtol=1e-6, atol=1e-7)
+
+
+def test_fused_decoder_refuses_parts_its_kernels_do_not_compute():
+    pytest.importorskip("triton", reason="triton is not installed (pip install triton): FusedDecoder needs it")
+    from seqedge.kernels.decode_fused import FusedDecoder
+
+    with pytest.raises(ValueError, match="native mixer only.*GraphDecoder") as err:
+        FusedDecoder(_model("gla"), 1, capture=False)
+    assert len(str(err.value).splitlines()) == 1

@@ -148,3 +148,18 @@ def test_runtime_refuses_hopper_for_rtx_engines(monkeypatch):
         tensorrt_runtime.gpu_or_reason(trt_api.RTX)
     monkeypatch.setattr(cuda_driver, "probe", lambda index=0: cuda_driver.GpuInfo(0, "RTX 4090", (8, 9)))
     assert tensorrt_runtime.gpu_or_reason(trt_api.RTX).sm == "sm89"
+
+
+def test_builds_engines_for_a_scan_only_state(tmp_path):
+    """A mixer without a short conv (GLA's parts): the engines' state I/O is the scan matrices only."""
+    from _artifacts import GLA_MIXER, TINY_DIMS, build_model
+
+    from seqedge.config import SequentialAttentionConfig
+    from seqedge.export.tensorrt_target import TensorRTTarget
+
+    model = build_model(SequentialAttentionConfig(**{**TINY_DIMS, "num_layers": 1}, mixer=GLA_MIXER))
+    assert [s.kind for s in model.state_specs] == ["scan"]
+    onnx = export_onnx(model, tmp_path)
+    variant = TensorRTTarget().export(ExportContext(model, tmp_path, QuantizationRecipe("none"), variants=[onnx]))
+    for entry in ("step", "chunk"):
+        assert Manifest(tmp_path, {}).path(variant, entry).stat().st_size > 10_000

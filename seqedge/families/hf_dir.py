@@ -106,3 +106,16 @@ def take(tensors: dict[str, "torch.Tensor"], name: str, family: str) -> "torch.T
     if name not in tensors:
         raise UnsupportedModelError(f"{family}: weight {name!r} is missing from the safetensors files")
     return tensors.pop(name)
+
+
+def outer_weights(tensors: dict[str, "torch.Tensor"], tied: bool, family: str, embed: str,
+                  norm: str) -> dict[str, "torch.Tensor"]:
+    """seqedge's embedding, final norm and (untied) head popped from ``tensors`` by their source names
+    (``embed``, ``norm``, ``lm_head.weight``); a tied model's head is dropped, as libraries may store the shared
+    tensor twice."""
+    out = {"embed.weight": take(tensors, embed, family), "norm.weight": take(tensors, norm, family)}
+    if not tied:
+        out["head.weight"] = take(tensors, "lm_head.weight", family)
+    else:
+        tensors.pop("lm_head.weight", None)
+    return out

@@ -18,7 +18,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from ..config import MixerParts, SequentialAttentionConfig
-from .hf_dir import HFModelDir, as_float, refuse_unless, require, take
+from .hf_dir import HFModelDir, as_float, outer_weights, refuse_unless, require, take
 
 if TYPE_CHECKING:
     import torch
@@ -70,12 +70,7 @@ def state_dict_from_hf(hf: HFModelDir,
     """seqedge's weights from transformers' Mamba2 names, and the names of the weights left unused."""
     t = dict(hf.tensors)
     inner, bc, heads = config.value_size, config.key_size, config.num_heads
-    out = {"embed.weight": take(t, "backbone.embeddings.weight", FAMILY),
-           "norm.weight": take(t, "backbone.norm_f.weight", FAMILY)}
-    if not config.tie_embeddings:
-        out["head.weight"] = take(t, "lm_head.weight", FAMILY)
-    else:
-        t.pop("lm_head.weight", None)                     # tied: transformers may store the shared tensor twice
+    out = outer_weights(t, config.tie_embeddings, FAMILY, "backbone.embeddings.weight", "backbone.norm_f.weight")
     for i in range(config.num_layers):
         src, dst = f"backbone.layers.{i}.", f"blocks.{i}."
         z, xbc, dt = take(t, src + "mixer.in_proj.weight", FAMILY).split([inner, inner + 2 * bc, heads], dim=0)

@@ -1,0 +1,44 @@
+"""Helpers shared by the family-import tests (tests/test_import_*.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seqedge.cli.main import main
+
+
+def rel_error(got, want) -> float:
+    """max |got - want| / max |want| in float64; the shapes must agree and ``got`` be finite."""
+    got, want = torch.as_tensor(np.asarray(got)).double(), torch.as_tensor(np.asarray(want)).double()
+    assert got.shape == want.shape and torch.isfinite(got).all()
+    return float((got - want).abs().max() / want.abs().max())
+
+
+def assert_import_refused(path: Path, tmp_path: Path, capsys, key: str, **changes) -> None:
+    """``seqedge import`` of a copy of the HF dir ``path`` with config.json ``changes`` (weights linked, not
+    copied) exits 2 with one line naming ``key`` and writes nothing."""
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    config = json.loads((path / "config.json").read_text())
+    config.update(changes)
+    (edited / "config.json").write_text(json.dumps(config))
+    for f in path.glob("*.safetensors"):
+        (edited / f.name).symlink_to(f)
+    out = tmp_path / "ck"
+    assert main(["import", str(edited), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and key in err, err
+    assert not out.exists()
+
+
+def stepped_logits(session, tokens) -> np.ndarray:
+    """The logits ``[T, V]`` of a Session stepping one sequence (tokens ``[1, T]``) from a zero state."""
+    state, got = session.init_state(1), []
+    for t in range(tokens.shape[1]):
+        logits, state = session.step(np.asarray(tokens[:, t]), state)
+        got.append(np.asarray(logits)[0])
+    return np.stack(got)
