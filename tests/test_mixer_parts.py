@@ -26,22 +26,24 @@ def scaled_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual.double() - expected.double()).abs().max() / expected.double().abs().max().clamp_min(1e-30))
 
 
-def _per_head_inputs(gen, B, T, H, dk, dv, rule):
-    """Scan inputs with one decay per head (broadcast over dk) reaching -30 per token: no g_min bound."""
+def _per_head_inputs(gen, B, T, H, dk, dv, rule, per_key=False):
+    """Scan inputs with one decay per head (broadcast over dk; per key dim with ``per_key``, as KDA's) reaching -30
+    per token: no g_min bound."""
     q, k = torch.randn(B, T, H, dk, generator=gen), torch.randn(B, T, H, dk, generator=gen)
     if rule == "delta":
         q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
     v = torch.randn(B, T, H, dv, generator=gen)
-    g = -30.0 * torch.rand(B, T, H, 1, generator=gen) ** 3                    # mostly mild, some steep
+    g = -30.0 * torch.rand(B, T, H, dk if per_key else 1, generator=gen) ** 3   # mostly mild, some steep
     beta = torch.rand(B, T, H, generator=gen)
     s0 = torch.randn(B, H, dk, dv, generator=gen)
     return q, k, v, g.expand(-1, -1, -1, dk), beta, s0
 
 
+@pytest.mark.parametrize("per_key", [False, True], ids=["per-head", "per-key"])
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("T", [1, 37, 64])
-def test_unbounded_per_head_decay_in_three_forms(gen, rule, T):
-    q, k, v, g, beta, s0 = _per_head_inputs(gen, 2, T, 3, 16, 8, rule)
+def test_unbounded_decay_in_three_forms(gen, rule, T, per_key):
+    q, k, v, g, beta, s0 = _per_head_inputs(gen, 2, T, 3, 16, 8, rule, per_key)
     want_o, want_s = reference_scan(q, k, v, g, beta, rule=rule, scale=1.0, initial_state=s0)
     rec_o, rec_s = recurrent_scan(q, k, v, g, beta, rule=rule, scale=1.0, initial_state=s0)
     chk_o, chk_s = chunked_scan(q, k, v, g, beta, rule=rule, scale=1.0, initial_state=s0, chunk_size=32,
@@ -66,6 +68,8 @@ PARTS = {
                                    out_norm_size=16, scale=1.0, mlp=False)),
     "gated-deltanet": ("delta", MixerParts(gate="softplus", beta="sigmoid", num_key_heads=2, qk_norm="rsqrt",
                                            skip=False)),
+    "kda": ("delta", MixerParts(gate="softplus_key", num_key_heads=2, qk_norm="rsqrt", skip=False,
+                                out_gate_act="sigmoid", out_gate_rank=4)),
     "gated-normalised": ("gated", MixerParts(qk_norm="rsqrt")),
     "grouped-native": ("gated", MixerParts(num_key_heads=1)),
 }
@@ -108,7 +112,8 @@ def test_state_spec_and_weights_follow_the_parts(name):
     assert c.conv_channels == 2 * c.key_heads * c.head_k_dim + c.num_heads * c.head_v_dim
     names = set(model.state_dict())
     assert ("blocks.0.mlp.down.weight" in names) == c.mixer.mlp
-    assert ("blocks.0.attn.A_log" in names) == (c.mixer.gate == "softplus")
+    assert ("blocks.0.attn.A_log" in names) == (c.mixer.gate in ("softplus", "softplus_key"))
+    assert ("blocks.0.attn.out_gate_down.weight" in names) == bool(c.mixer.out_gate_rank)
     assert ("blocks.0.attn.skip" in names) == c.mixer.skip
     assert SequentialAttentionConfig.from_json(c.to_json()) == c
 
@@ -119,6 +124,8 @@ def test_state_spec_and_weights_follow_the_parts(name):
     (dict(out_norm_size=7), "mixer.out_norm_size"),
     (dict(gate="tanh"), "mixer.gate"),
     (dict(qk_norm="l1"), "mixer.qk_norm"),
+    (dict(out_gate_act="relu"), "mixer.out_gate_act"),
+    (dict(out_gate_rank=-1), "mixer.out_gate_rank"),
 ])
 def test_clashing_parts_are_named(parts, fields):
     with pytest.raises(ValueError, match=fields):
