@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import math
 import sys
 
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 pytest.importorskip("transformers", reason="transformers is not installed (pip install transformers==5.23.0)")
 pytest.importorskip("fla", reason="fla is not installed (pip install flash-linear-attention==0.6.0 fla-core==0.6.0)")
 
+from _hf_family import edited_hf_dir, rel_error  # noqa: E402
 from seqedge.cli.main import main  # noqa: E402
 from seqedge.families import import_hf  # noqa: E402
 from seqedge.scan import chunked_scan, recurrent_scan, reference_scan  # noqa: E402
@@ -68,12 +68,6 @@ def _randomise(model: torch.nn.Module) -> torch.nn.Module:
             elif p.dim() == 2:
                 p.normal_(0.0, p.shape[1] ** -0.5)
     return model.eval()
-
-
-def _rel(got, want) -> float:
-    got, want = torch.as_tensor(np.asarray(got)).double(), torch.as_tensor(np.asarray(want)).double()
-    assert got.shape == want.shape and torch.isfinite(got).all()
-    return float((got - want).abs().max() / want.abs().max())
 
 
 # the fla reference: fla's submodules and naive functions ------------------------------------------------------
@@ -164,9 +158,9 @@ def test_fla_import_matches_fla_reference_with_carried_state(fla):
     got, state = _run_in_parts(model, tokens)
     with torch.no_grad():
         want, want_states = _fla_reference(source, tokens)
-    assert _rel(got, want) <= TOL
+    assert rel_error(got, want) <= TOL
     for layer, want_state in enumerate(want_states):
-        assert _rel(state.tensors[2 * layer + 1], want_state) <= TOL
+        assert rel_error(state.tensors[2 * layer + 1], want_state) <= TOL
 
 
 def _kimi_inputs(tokens) -> dict:
@@ -209,7 +203,7 @@ def test_fla_import_matches_transformers_layers_with_fla_weights(kimi, tmp_path)
     got, _ = _run_in_parts(import_hf(tmp_path / "hf"), tokens)
     with torch.no_grad():
         want = _fla_to_kimi(source, kimi)(tokens, **_kimi_inputs(tokens)).logits
-    assert _rel(got, want) <= TOL
+    assert rel_error(got, want) <= TOL
 
 
 @pytest.fixture(scope="module")
@@ -227,9 +221,9 @@ def test_kimi_linear_import_matches_transformers_with_carried_state(kimi_dir):
     got, state = _run_in_parts(model, tokens)
     with torch.no_grad():
         out = source(tokens, **_kimi_inputs(tokens), use_cache=True)
-    assert _rel(got, out.logits) <= TOL
+    assert rel_error(got, out.logits) <= TOL
     for layer in range(model.config.num_layers):
-        assert _rel(state.tensors[2 * layer + 1], out.past_key_values.get_recurrent_state(layer, state_idx=0)) <= TOL
+        assert rel_error(state.tensors[2 * layer + 1], out.past_key_values.get_recurrent_state(layer, state_idx=0)) <= TOL
 
 
 @pytest.mark.parametrize("T", [1, 37, 64])
@@ -246,7 +240,7 @@ def test_delta_rule_with_per_key_unbounded_gate_is_kda(gen, T):
              recurrent_scan(q, k, v, g, beta, rule="delta", initial_state=s0),
              chunked_scan(q, k, v, g, beta, rule="delta", initial_state=s0, chunk_size=32, bounded=False))
     for o, s in forms:
-        assert _rel(o, want_o) <= 2e-5 and _rel(s, want_s) <= 2e-5
+        assert rel_error(o, want_o) <= 2e-5 and rel_error(s, want_s) <= 2e-5
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +281,7 @@ def test_exported_step_matches_fla_over_256_tokens(artifact, reference_256, runt
     import seqedge
 
     tokens, want = reference_256
-    assert _rel(_steps(seqedge.load(artifact, runtime), tokens), want) <= TOL
+    assert rel_error(_steps(seqedge.load(artifact, runtime), tokens), want) <= TOL
 
 
 FP16_GAP = pytest.mark.xfail(strict=True, reason="onnx fp16 of this random tiny KDA model measured top-1 98.8% (3 of "
@@ -329,18 +323,6 @@ def test_cli_import_writes_a_checkpoint_with_the_same_logits(fla, tmp_path):
         assert torch.equal(loaded(tokens)[0], import_hf(path)(tokens)[0])
 
 
-def _edited(path, tmp_path, **changes):
-    """A copy of the HF dir with config.json keys changed (weights linked, not copied)."""
-    out = tmp_path / "edited"
-    out.mkdir()
-    config = json.loads((path / "config.json").read_text())
-    config.update(changes)
-    (out / "config.json").write_text(json.dumps(config))
-    for f in path.glob("*.safetensors"):
-        (out / f.name).symlink_to(f)
-    return out
-
-
 REFUSED = [
     ("fla", dict(attn={"layers": [1], "num_heads": 2}), "attn"),
     ("fla", dict(use_short_conv=False), "use_short_conv"),
@@ -363,7 +345,7 @@ REFUSED = [
 @pytest.mark.parametrize("source, changes, key", REFUSED, ids=[f"{s}-{k}" for s, _, k in REFUSED])
 def test_refused_options_name_the_key_and_write_nothing(request, tmp_path, capsys, source, changes, key):
     _, path = request.getfixturevalue(source)
-    edited = _edited(path, tmp_path, **changes)
+    edited = edited_hf_dir(path, tmp_path, **changes)
     out = tmp_path / "ck"
     assert main(["import", str(edited), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()

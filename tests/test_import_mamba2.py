@@ -23,6 +23,7 @@ import torch
 
 pytest.importorskip("transformers", reason="transformers is not installed (pip install transformers==5.23.0)")
 
+from _hf_family import edited_hf_dir, rel_error  # noqa: E402
 from seqedge.cli.main import main  # noqa: E402
 from seqedge.families import UnsupportedModelError, import_hf  # noqa: E402
 
@@ -56,12 +57,6 @@ def hf(tmp_path_factory):
     return model, path
 
 
-def _rel(got, want) -> float:
-    got, want = torch.as_tensor(np.asarray(got)).double(), torch.as_tensor(np.asarray(want)).double()
-    assert got.shape == want.shape and torch.isfinite(got).all()
-    return float((got - want).abs().max() / want.abs().max())
-
-
 def test_import_matches_transformers_with_carried_state(hf):
     source, path = hf
     model = import_hf(path)
@@ -76,10 +71,10 @@ def test_import_matches_transformers_with_carried_state(hf):
         for t in range(45, 53):                                                # recurrent steps
             step, state = model.step(tokens[:, t], state)
             parts.append(step[:, None])
-    assert _rel(torch.cat(parts, dim=1), out.logits) <= TOL
+    assert rel_error(torch.cat(parts, dim=1), out.logits) <= TOL
     for layer in range(model.config.num_layers):
         theirs = out.cache_params.get_recurrent_state(layer, state_idx=0)     # [B, H, P, N]
-        assert _rel(state.tensors[2 * layer + 1], theirs.transpose(-1, -2)) <= TOL
+        assert rel_error(state.tensors[2 * layer + 1], theirs.transpose(-1, -2)) <= TOL
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +100,7 @@ def test_exported_step_matches_transformers_over_256_tokens(hf, artifact, runtim
     for t in range(256):
         logits, state = session.step(tokens[:, t].numpy(), state)
         got.append(np.asarray(logits)[0])
-    assert _rel(np.stack(got), want) <= TOL
+    assert rel_error(np.stack(got), want) <= TOL
 
 
 INT8_GAP = pytest.mark.xfail(strict=True, reason="onnx int8 (dynamic) of this random tiny Mamba2 measured top-1 "
@@ -144,18 +139,6 @@ def test_cli_import_writes_a_checkpoint_with_the_same_logits(hf, tmp_path):
         assert torch.equal(loaded(tokens)[0], import_hf(path)(tokens)[0])
 
 
-def _edited(path, tmp_path, **changes):
-    """A copy of the HF dir with config.json keys changed (weights linked, not copied)."""
-    out = tmp_path / "edited"
-    out.mkdir()
-    config = json.loads((path / "config.json").read_text())
-    config.update(changes)
-    (out / "config.json").write_text(json.dumps(config))
-    for f in path.glob("*.safetensors"):
-        (out / f.name).symlink_to(f)
-    return out
-
-
 @pytest.mark.parametrize("changes, key", [
     (dict(time_step_limit=[0.0, 10.0]), "time_step_limit"),
     (dict(hidden_act="gelu"), "hidden_act"),
@@ -164,7 +147,7 @@ def _edited(path, tmp_path, **changes):
 ])
 def test_refused_options_name_the_key_and_write_nothing(hf, tmp_path, capsys, changes, key):
     _, path = hf
-    edited = _edited(path, tmp_path, **changes)
+    edited = edited_hf_dir(path, tmp_path, **changes)
     out = tmp_path / "ck"
     assert main(["import", str(edited), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
