@@ -15,10 +15,11 @@ UpdateRule = Literal["gated", "delta"]
 UPDATE_RULES: tuple[str, ...] = ("gated", "delta")
 SUB_CHUNK = 16  # sub-chunk of the chunked scan: bounded gates keep exp(b_t - b_s) in range inside it
 
-GATES = ("sigmoid", "softplus", "logsigmoid")
+GATES = ("sigmoid", "softplus", "logsigmoid", "softplus_key")
 BETAS = ("sigmoid", "dt", "none")
 OUTPUT_ORDERS = ("norm_gate", "gate_norm")
 QK_NORMS = ("rule", "rsqrt", "none")
+OUT_GATE_ACTS = ("silu", "sigmoid")
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,10 @@ class MixerParts:
 
     - ``gate``: the log forget gate g. ``sigmoid``: ``g_min * sigmoid(W_up W_down x + b)`` per key dim (native;
       bounded, g >= g_min). ``softplus``: ``-exp(A_log) * softplus(W_dt x + dt_bias)`` per head (Mamba2, Gated
-      DeltaNet; unbounded below, so the chunked scan takes its pairwise-difference form). ``logsigmoid``:
+      DeltaNet; unbounded below, so the chunked scan takes its segment-sum form). ``logsigmoid``:
       ``logsigmoid(W_up W_down x + b) / gate_normalizer`` per key dim (GLA; unbounded below, as softplus).
+      ``softplus_key``: ``-exp(A_log[h]) * softplus(W_up W_down x + dt_bias)`` per key dim, ``gate_rank`` wide in
+      between, dt_bias one per key channel (KDA; unbounded like ``softplus``).
     - ``beta``: the input scale. ``sigmoid``: ``sigmoid(W_b x + b)`` per head; ``dt``: the softplus gate's step
       ``softplus(W_dt x + dt_bias)`` (Mamba2); ``none``: 1 (GLA).
     - ``num_key_heads``: heads of q and k (0: ``num_heads``); each is shared by ``num_heads / num_key_heads``
@@ -43,6 +46,9 @@ class MixerParts:
     - ``output``: ``norm_gate``: ``RMSNorm(o) * SiLU(W_r x)`` (native, Gated DeltaNet); ``gate_norm``:
       ``RMSNorm(o * SiLU(W_r x))`` (Mamba2's gated RMSNorm); the norm runs over groups of ``out_norm_size``
       channels (0: one head, ``head_v_dim``).
+    - ``out_gate_act``: the output gate's activation, ``silu`` (native, Gated DeltaNet, Mamba2) or ``sigmoid``
+      (KDA). ``out_gate_rank``: 0: one linear ``W_r``; r > 0: the low-rank ``W_r2 W_r1 x + b`` through r channels,
+      with a bias on the up-projection (KDA's g_a/g_b projections).
     - ``scale``: the read-out's q scale (0: ``1/sqrt(head_k_dim)``; Mamba2 reads with 1).
     - ``mlp``: blocks have a SwiGLU after the mixer (Mamba2's blocks have none).
     """
@@ -59,16 +65,18 @@ class MixerParts:
     out_norm_size: int = 0
     scale: float = 0.0
     mlp: bool = True
+    out_gate_act: str = "silu"
+    out_gate_rank: int = 0
 
     def __post_init__(self) -> None:
         for name, valid in (("gate", GATES), ("beta", BETAS), ("output", OUTPUT_ORDERS),
-                            ("qk_norm", QK_NORMS)):
+                            ("qk_norm", QK_NORMS), ("out_gate_act", OUT_GATE_ACTS)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"mixer.{name} must be one of {list(valid)}, got {getattr(self, name)!r}")
         if self.beta == "dt" and self.gate != "softplus":
             raise ValueError(f"mixer.beta='dt' takes the step of mixer.gate='softplus', but mixer.gate is "
                              f"{self.gate!r}")
-        for name in ("num_key_heads", "out_norm_size"):
+        for name in ("num_key_heads", "out_norm_size", "out_gate_rank"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"mixer.{name} must be an integer >= 0 (0: the default), got {value!r}")

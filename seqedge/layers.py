@@ -90,6 +90,11 @@ class SequentialAttention(nn.Module):
         if parts.gate in ("sigmoid", "logsigmoid"):                 # low rank, one gate per key dim
             self.gate_down = nn.Linear(c.hidden_size, c.gate_rank, bias=False)
             self.gate_up = nn.Linear(c.gate_rank, c.num_heads * c.head_k_dim, bias=True)
+        elif parts.gate == "softplus_key":          # one step per key dim, through a rank-gate_rank projection
+            self.dt_down = nn.Linear(c.hidden_size, c.gate_rank, bias=False)
+            self.dt_up = nn.Linear(c.gate_rank, c.num_heads * c.head_k_dim, bias=False)
+            self.dt_bias = nn.Parameter(torch.zeros(c.num_heads * c.head_k_dim))
+            self.A_log = nn.Parameter(torch.log(torch.arange(1, c.num_heads + 1, dtype=torch.float32)))
         else:                                       # softplus: one step size per head
             self.dt_proj = nn.Linear(c.hidden_size, c.num_heads, bias=False)
             self.dt_bias = nn.Parameter(torch.zeros(c.num_heads))
@@ -103,7 +108,9 @@ class SequentialAttention(nn.Module):
             self.out_norm = RMSNorm(norm_size, c.norm_eps, ops)
         else:                                       # Mamba2's gated RMSNorm: one weight per channel
             self.out_norm = RMSNorm(c.value_size, c.norm_eps, ops, groups=c.value_size // norm_size)
-        self.out_gate = nn.Linear(c.hidden_size, c.value_size, bias=False)
+        if parts.out_gate_rank:                     # low rank, with a bias after the up-projection
+            self.out_gate_down = nn.Linear(c.hidden_size, parts.out_gate_rank, bias=False)
+        self.out_gate = nn.Linear(parts.out_gate_rank or c.hidden_size, c.value_size, bias=bool(parts.out_gate_rank))
         self.out_proj = nn.Linear(c.value_size, c.hidden_size, bias=False)
         with torch.no_grad():
             if parts.gate == "sigmoid":
@@ -139,6 +146,10 @@ class SequentialAttention(nn.Module):
         elif parts.gate == "logsigmoid":
             g = _logsigmoid(self.gate_up(self.gate_down(x)).to(f32)) / parts.gate_normalizer
             g = g.reshape(B, T, c.num_heads, c.head_k_dim)
+            dt = None
+        elif parts.gate == "softplus_key":
+            dt = F.softplus(self.dt_up(self.dt_down(x)).to(f32) + self.dt_bias.to(f32))      # [B, T, H * dk]
+            g = -torch.exp(self.A_log.to(f32)).unsqueeze(-1) * dt.reshape(B, T, c.num_heads, c.head_k_dim)
             dt = None
         else:
             dt = F.softplus(self.dt_proj(x).to(f32) + self.dt_bias.to(f32))               # [B, T, H]
@@ -177,7 +188,8 @@ class SequentialAttention(nn.Module):
         o = o.to(x.dtype)
         if parts.skip:
             o = o + self.skip.view(c.num_heads, -1).to(x.dtype) * v
-        gate = self.ops.silu(self.out_gate(x))
+        gate = self.out_gate(self.out_gate_down(x) if parts.out_gate_rank else x)
+        gate = self.ops.silu(gate) if parts.out_gate_act == "silu" else torch.sigmoid(gate)
         if parts.output == "norm_gate":
             if parts.out_norm_size:
                 o = o.reshape(B, T, c.value_size // parts.out_norm_size, parts.out_norm_size)

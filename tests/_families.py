@@ -18,9 +18,8 @@ def rel_error(got, want) -> float:
     return float((got - want).abs().max() / want.abs().max())
 
 
-def assert_import_refused(path: Path, tmp_path: Path, capsys, key: str, **changes) -> None:
-    """``seqedge import`` of a copy of the HF dir ``path`` with config.json ``changes`` (weights linked, not
-    copied) exits 2 with one line naming ``key`` and writes nothing."""
+def edited_hf_dir(path: Path, tmp_path: Path, **changes) -> Path:
+    """A copy of the HF dir ``path`` with config.json keys changed (weights linked, not copied)."""
     edited = tmp_path / "edited"
     edited.mkdir()
     config = json.loads((path / "config.json").read_text())
@@ -28,6 +27,13 @@ def assert_import_refused(path: Path, tmp_path: Path, capsys, key: str, **change
     (edited / "config.json").write_text(json.dumps(config))
     for f in path.glob("*.safetensors"):
         (edited / f.name).symlink_to(f)
+    return edited
+
+
+def assert_import_refused(path: Path, tmp_path: Path, capsys, key: str, **changes) -> None:
+    """``seqedge import`` of a copy of the HF dir ``path`` with config.json ``changes`` exits 2 with one line
+    naming ``key`` and writes nothing."""
+    edited = edited_hf_dir(path, tmp_path, **changes)
     out = tmp_path / "ck"
     assert main(["import", str(edited), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()

@@ -28,21 +28,19 @@ def scaled_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def _per_head_inputs(gen, B, T, H, dk, dv, rule, per_key=False):
-    """Scan inputs with one decay per head (broadcast over dk; ``per_key``: GLA's logsigmoid gate, one per key
-    dim) reaching -30 per token: no g_min bound."""
+    """Scan inputs with one decay per head (broadcast over dk; per key dim with ``per_key``, as KDA's) reaching -30
+    per token: no g_min bound."""
     q, k = torch.randn(B, T, H, dk, generator=gen), torch.randn(B, T, H, dk, generator=gen)
     if rule == "delta":
         q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
     v = torch.randn(B, T, H, dv, generator=gen)
-    g = -30.0 * torch.rand(B, T, H, 1, generator=gen) ** 3                    # mostly mild, some steep
-    if per_key:
-        g = torch.nn.functional.logsigmoid(200.0 * torch.randn(B, T, H, dk, generator=gen)) / 16.0
+    g = -30.0 * torch.rand(B, T, H, dk if per_key else 1, generator=gen) ** 3   # mostly mild, some steep
     beta = torch.rand(B, T, H, generator=gen)
     s0 = torch.randn(B, H, dk, dv, generator=gen)
     return q, k, v, g.expand(-1, -1, -1, dk), beta, s0
 
 
-@pytest.mark.parametrize("per_key", [False, True])
+@pytest.mark.parametrize("per_key", [False, True], ids=["per-head", "per-key"])
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("T", [1, 37, 64])
 def test_unbounded_decay_in_three_forms(gen, rule, T, per_key):
@@ -71,6 +69,8 @@ PARTS = {
                                    out_norm_size=16, scale=1.0, mlp=False)),
     "gated-deltanet": ("delta", MixerParts(gate="softplus", beta="sigmoid", num_key_heads=2, qk_norm="rsqrt",
                                            skip=False)),
+    "kda": ("delta", MixerParts(gate="softplus_key", num_key_heads=2, qk_norm="rsqrt", skip=False,
+                                out_gate_act="sigmoid", out_gate_rank=4)),
     "gated-normalised": ("gated", MixerParts(qk_norm="rsqrt")),
     "grouped-native": ("gated", MixerParts(num_key_heads=1)),
     "gla": ("gated", MixerParts(**GLA_MIXER)),
@@ -119,8 +119,9 @@ def test_state_spec_and_weights_follow_the_parts(name):
     assert c.conv_channels == 2 * c.key_heads * c.head_k_dim + c.num_heads * c.head_v_dim
     names = set(model.state_dict())
     assert ("blocks.0.mlp.down.weight" in names) == c.mixer.mlp
-    assert ("blocks.0.attn.A_log" in names) == (c.mixer.gate == "softplus")
+    assert ("blocks.0.attn.A_log" in names) == (c.mixer.gate in ("softplus", "softplus_key"))
     assert ("blocks.0.attn.gate_up.bias" in names) == (c.mixer.gate in ("sigmoid", "logsigmoid"))
+    assert ("blocks.0.attn.out_gate_down.weight" in names) == bool(c.mixer.out_gate_rank)
     assert ("blocks.0.attn.skip" in names) == c.mixer.skip
     assert SequentialAttentionConfig.from_json(c.to_json()) == c
 
@@ -134,6 +135,8 @@ def test_state_spec_and_weights_follow_the_parts(name):
     (dict(gate_normalizer=16.0), "mixer.gate_normalizer.*logsigmoid"),
     (dict(gate="logsigmoid", gate_normalizer=0.0), "mixer.gate_normalizer"),
     (dict(short_conv=False, conv_bias=True), "mixer.conv_bias.*mixer.short_conv"),
+    (dict(out_gate_act="relu"), "mixer.out_gate_act"),
+    (dict(out_gate_rank=-1), "mixer.out_gate_rank"),
 ])
 def test_clashing_parts_are_named(parts, fields):
     with pytest.raises(ValueError, match=fields):
