@@ -12,13 +12,13 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from . import mamba2
+from . import gated_deltanet, mamba2
 from .hf_dir import HFModelDir, UnsupportedModelError, is_hf_dir, read_hf_dir
 
 if TYPE_CHECKING:
     from ..model import SequentialAttentionModel
 
-FAMILIES: dict[str, ModuleType] = {model_type: module for module in (mamba2,) for model_type in module.MODEL_TYPES}
+FAMILIES: dict[str, ModuleType] = {model_type: module for module in (mamba2, gated_deltanet) for model_type in module.MODEL_TYPES}
 
 __all__ = ["FAMILIES", "HFModelDir", "UnsupportedModelError", "family_of", "import_hf", "is_hf_dir"]
 
