@@ -11,8 +11,9 @@ dir (no download); every parameter gets non-trivial random values (norms, dt_bia
 - transformers ``Qwen3NextForCausalLM`` (every layer linear attention, dense MLP, grouped value heads) on its CPU
   torch path (``torch_chunk_gated_delta_rule`` / ``torch_recurrent_gated_delta_rule``): the imported model's
   logits with the state carried, against transformers fed the same splits with its cache, and the final
-  recurrent states, to 1e-4; the exported ``step`` of onnx, onnx-ort and executorch artifacts (made by the CLI
-  from the HF directory) token by token over 256 tokens, to 1e-4; top-1 agreement >= 99% for onnx fp16 and int8.
+  recurrent states, to 1e-4; the exported ``step`` of onnx, onnx-ort and executorch (slow) artifacts (made by
+  the CLI from the HF directory) token by token over 256 tokens, to 1e-4; top-1 agreement >= 99% for onnx fp16
+  and int8 (int8 does not meet it yet: marked xfail, strict).
 - refusals (both formats): one line naming the config key, exit code 2, nothing written.
 """
 
@@ -228,13 +229,20 @@ def test_qwen3_next_import_matches_transformers_with_carried_state(qwen_hf):
         assert _rel(state.tensors[2 * layer + 1], cache.get_recurrent_state(layer, state_idx=0)) <= TOL
 
 
-@pytest.fixture(scope="module")
-def artifact(qwen_hf, tmp_path_factory):
-    _, path = qwen_hf
+def _export(path, tmp_path_factory, targets):
     out = tmp_path_factory.mktemp("gdn-art") / "art"
-    assert main(["export", "-m", str(path), "--target", "onnx,onnx-ort,executorch", "--out", str(out),
-                 "--quiet"]) == 0
+    assert main(["export", "-m", str(path), "--target", targets, "--out", str(out), "--quiet"]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def onnx_artifact(qwen_hf, tmp_path_factory):
+    return _export(qwen_hf[1], tmp_path_factory, "onnx,onnx-ort")
+
+
+@pytest.fixture(scope="module")
+def executorch_artifact(qwen_hf, tmp_path_factory):
+    return _export(qwen_hf[1], tmp_path_factory, "executorch")
 
 
 def _steps(session, tokens):
@@ -245,15 +253,25 @@ def _steps(session, tokens):
     return np.stack(got)
 
 
-@pytest.mark.parametrize("runtime", ["onnxruntime", "onnxruntime-fused", "executorch"])
-def test_exported_step_matches_transformers_over_256_tokens(qwen_hf, artifact, runtime):
+def _step_error(source, artifact, runtime) -> float:
     import seqedge
 
-    source, _ = qwen_hf
     tokens = torch.randint(0, VOCAB, (1, 256), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         want = source(tokens, use_cache=False).logits[0].numpy()
-    assert _rel(_steps(seqedge.load(artifact, runtime), tokens), want) <= TOL
+    return _rel(_steps(seqedge.load(artifact, runtime), tokens), want)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "onnxruntime-fused"])
+def test_exported_onnx_step_matches_transformers_over_256_tokens(qwen_hf, onnx_artifact, runtime):
+    assert _step_error(qwen_hf[0], onnx_artifact, runtime) <= TOL
+
+
+# the ExecuTorch export of a delta-rule model with unbounded (softplus) gates lowers the plain chunked scan,
+# whose graph XNNPACK takes minutes to partition and compile (measured 5-12 min on the shared 2-core machine)
+@pytest.mark.slow
+def test_exported_executorch_step_matches_transformers_over_256_tokens(qwen_hf, executorch_artifact):
+    assert _step_error(qwen_hf[0], executorch_artifact, "executorch") <= TOL
 
 
 INT8_GAP = pytest.mark.xfail(strict=True, reason="onnx int8 (dynamic) of this random tiny Gated DeltaNet measured "
@@ -261,14 +279,20 @@ INT8_GAP = pytest.mark.xfail(strict=True, reason="onnx int8 (dynamic) of this ra
                              "dynamic activation quantization of tiny random models is suspect; not explained yet")
 
 
+@pytest.fixture(scope="module")
+def quantized_artifact(qwen_hf, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gdn-q") / "art"
+    assert main(["export", qwen_hf[1].as_posix(), "--target", "onnx", "--quantize", "fp16,int8", "--out", str(out),
+                 "--quiet"]) == 0                                   # the positional form: the same import
+    return out
+
+
 @pytest.mark.parametrize("scheme", ["fp16", pytest.param("int8", marks=INT8_GAP)])
-def test_quantized_step_keeps_top1(qwen_hf, tmp_path, scheme):
+def test_quantized_step_keeps_top1(qwen_hf, quantized_artifact, scheme):
     import seqedge
 
-    source, path = qwen_hf
-    artifact = tmp_path / "art"
-    assert main(["export", path.as_posix(), "--target", "onnx", "--quantize", scheme, "--out", str(artifact),
-                 "--quiet"]) == 0
+    source, _ = qwen_hf
+    artifact = quantized_artifact
     tokens = torch.randint(0, VOCAB, (1, 256), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         want = source(tokens, use_cache=False).logits[0].numpy()

@@ -154,8 +154,8 @@ def _mlp(t: dict[str, "torch.Tensor"], src: str, dst: str, label: str) -> dict[s
     import torch
 
     gate, up = take(t, src + "gate_proj.weight", label), take(t, src + "up_proj.weight", label)
-    return {dst + "gate_up.weight": torch.cat([gate, up], dim=0), dst + "down.weight": take(t, src + "down_proj.weight",
-                                                                                             label)}
+    down = take(t, src + "down_proj.weight", label)
+    return {dst + "gate_up.weight": torch.cat([gate, up], dim=0), dst + "down.weight": down}
 
 
 def _fla_weights(t: dict[str, "torch.Tensor"],
