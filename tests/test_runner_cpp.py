@@ -32,6 +32,7 @@ pytest.importorskip("torchao", reason="torchao is not installed (pip install exe
 import test_executorch  # noqa: E402  (its export cache: each program is lowered once per session)
 
 from seqedge.runtimes import load  # noqa: E402
+from seqedge.evaluate.native_runner import build_runner  # noqa: E402
 from seqedge.evaluate.parity import StreamResult, compare, reference_stream, run_stream  # noqa: E402
 from seqedge.state import State  # noqa: E402
 from seqedge.tokenizer import ByteTokenizer  # noqa: E402
@@ -58,15 +59,10 @@ def runner() -> dict[str, Path]:
     if reason:
         print(f"skipping the C++ runner tests: {reason}")
         pytest.skip(reason)
-    import executorch
-
-    prefix = Path(list(executorch.__path__)[0]) / "share" / "cmake"
-    configure = ["cmake", "-S", str(SOURCE), "-B", str(BUILD), f"-DCMAKE_PREFIX_PATH={prefix}",
-                 "-DSEQEDGE_ASAN=ON", "-DCMAKE_BUILD_TYPE=RelWithDebInfo"]
-    for cmd in (configure, ["cmake", "--build", str(BUILD), "-j", str(os.cpu_count() or 2)]):
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.fail(f"{' '.join(cmd)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+    try:
+        build_runner(SOURCE, BUILD, ("-DSEQEDGE_ASAN=ON", "-DCMAKE_BUILD_TYPE=RelWithDebInfo"))
+    except RuntimeError as err:
+        pytest.fail(str(err))
     return {"run": BUILD / "seqedge-run", "c_api_test": BUILD / "seqedge-c-api-test"}
 
 
@@ -221,3 +217,93 @@ def test_bad_input_fails_cleanly(runner, exported, tmp_path):
     # usage errors
     assert run_cli(runner, artifact, "-p", "x", "--top-p", 0, check=False).returncode == 2
     assert run_cli(runner, artifact, check=False).returncode == 2
+
+
+# --- seqedge bench --runtimes executorch-cpp: the runner measured in its own process ----------------------------
+BENCH_ARGS = ["--contexts", "0,64", "--steps", "8", "--warmup", "2", "--prefill-tokens", "64", "--stepwise-tokens",
+              "16", "--ttft-prompt", "16", "-q"]
+
+
+def test_bench_measures_the_runner_beside_the_python_session(runner, exported, tmp_path, monkeypatch):
+    import json
+    import math
+
+    from seqedge.artifact import read_manifest
+    from seqedge.cli.main import main
+    from seqedge.evaluate.latency import BenchConfig, token_stream
+    from seqedge.evaluate.native_runner import RUNNER_ENV, consumed_tokens, stream_sha256
+
+    artifact, _ = exported("none")
+    monkeypatch.setenv(RUNNER_ENV, str(runner["run"]))       # found through the environment, not --runner
+    out = tmp_path / "out"
+    assert main(["bench", "-m", str(artifact), "--runtimes", "executorch-cpp,executorch", *BENCH_ARGS,
+                 "--out", str(out)]) == 0
+    data = json.loads((out / "bench.json").read_text())
+    rows = {r["name"]: r for r in data["results"]}
+    assert sorted(rows) == ["executorch-cpp/fp32", "executorch/fp32"]
+    cpp = rows["executorch-cpp/fp32"]
+    assert [c["context"] for c in cpp["contexts"]] == [0, 64]
+    for c in cpp["contexts"]:
+        assert all(math.isfinite(c[k]) and c[k] > 0 for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms"))
+        assert c["p50_ms"] <= c["p90_ms"] <= c["p99_ms"] and c["rss_bytes"] > 0
+    assert cpp["contexts"][1]["reach_tokens"] == 64 - 10   # prefilled from where context 0's steps left off
+    for key in ("ttft_ms", "prefill_tokens_per_s", "stepwise_tokens_per_s", "load_s"):
+        assert math.isfinite(cpp[key]) and cpp[key] > 0, key
+    assert 0 < cpp["peak_rss_bytes"] <= cpp["info"]["process_peak_rss_bytes"]
+    assert cpp["artifact_bytes"] == rows["executorch/fp32"]["artifact_bytes"] > 0
+    # the ids the runner consumed are the stream the Python session got: its sha256, computed here independently
+    config = BenchConfig(contexts=(0, 64), steps=8, warmup=2, prefill_tokens=64, stepwise_tokens=16, ttft_prompt=16)
+    python_stream = token_stream(config.stream_length(), vocab_size=read_manifest(artifact).vocab_size)
+    assert cpp["info"]["stream_sha256"] == stream_sha256(python_stream[:consumed_tokens(config)])
+    assert "executorch-cpp/fp32" in (out / "bench.md").read_text() and (out / "bench.png").is_file()
+
+
+def test_bench_refuses_a_runner_that_consumed_another_stream(runner, exported, tmp_path):
+    from seqedge.evaluate.latency import BenchConfig
+    from seqedge.evaluate.native_runner import bench_native, run_bench_json
+
+    artifact, _ = exported("none")
+    config = BenchConfig(contexts=(0,), steps=4, warmup=1, prefill_tokens=16, stepwise_tokens=4, ttft_prompt=4)
+    stream = np.random.default_rng(3).integers(0, 259, 16)
+    row = bench_native(runner["run"], artifact, "fp32", config, stream)
+    assert row.name == "executorch-cpp/fp32" and row.contexts[0].p50_ms > 0
+    with pytest.raises(ValueError, match="needs 16"):
+        run_bench_json(runner["run"], artifact, "fp32", config, stream[:15])
+    # a runner reporting another stream's digest (a stale build reading ids differently) is refused
+    stale = tmp_path / "stale-runner"
+    stale.write_text('#!/bin/sh\necho \'{"stream_tokens": 16, "stream_sha256": "00"}\'\n')
+    stale.chmod(0o755)
+    with pytest.raises(RuntimeError, match="consumed another token stream"):
+        run_bench_json(stale, artifact, "fp32", config, stream)
+
+
+def test_bench_says_how_to_build_a_missing_runner(exported, tmp_path, monkeypatch, capsys):
+    from seqedge.cli.main import main
+    from seqedge.evaluate.native_runner import RUNNER_ENV
+
+    artifact, _ = exported("none")
+    monkeypatch.delenv(RUNNER_ENV, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))                # no seqedge-run on PATH
+    args = ["bench", "-m", str(artifact), "--runtimes", "executorch-cpp", *BENCH_ARGS, "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "not measured: executorch-cpp: the C++ runner is not built" in err and "cmake -S runners/cpp" in err
+    assert main([*args, "--runner", str(tmp_path / "nowhere")]) == 2
+    assert f"{tmp_path / 'nowhere'} (from --runner) is not an executable file" in capsys.readouterr().err
+
+
+def test_find_runner_order(tmp_path, monkeypatch):
+    from seqedge.evaluate.native_runner import RUNNER_ENV, find_runner
+
+    made = {}
+    for name in ("given", "env", "path"):
+        (tmp_path / name).mkdir()
+        made[name] = tmp_path / name / "seqedge-run"
+        made[name].write_text("#!/bin/sh\n")
+        made[name].chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path / "path"))
+    monkeypatch.setenv(RUNNER_ENV, str(made["env"]))
+    assert find_runner(made["given"]) == made["given"]
+    assert find_runner() == made["env"]
+    monkeypatch.delenv(RUNNER_ENV)
+    assert find_runner() == made["path"]
