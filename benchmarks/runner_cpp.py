@@ -30,6 +30,7 @@ import numpy as np
 from seqedge.runtimes import load
 from seqedge.evaluate.latency import BenchConfig, SessionStepper, bench_stepper, format_context, parse_contexts, \
     token_stream
+from seqedge.evaluate.native_runner import bench_native, build_runner
 from seqedge.evaluate.run_info import command_line, machine_info
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,18 +38,6 @@ RESULTS = REPO / "benchmarks" / "results"
 RSS_MAX_MIB = 30.0
 FULL = dict(contexts="0,1k,16k", steps=100, warmup=5, prefill_tokens=2048)
 QUICK = dict(contexts="0,1k", steps=20, warmup=2, prefill_tokens=512)
-
-
-def build_runner(build_dir: Path) -> Path:
-    """``seqedge-run`` built in Release against the executorch wheel (incremental when ``build_dir`` exists)."""
-    import executorch
-
-    prefix = Path(list(executorch.__path__)[0]) / "share" / "cmake"
-    subprocess.run(["cmake", "-S", str(REPO / "runners" / "cpp"), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
-                    f"-DCMAKE_PREFIX_PATH={prefix}", "-DSEQEDGE_BUILD_TESTS=OFF"], check=True, capture_output=True)
-    subprocess.run(["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2)], check=True,
-                   capture_output=True)
-    return build_dir / "seqedge-run"
 
 
 def check_parity(runner: Path, artifact: Path, tag: str, work: Path) -> dict[str, float]:
@@ -68,24 +57,14 @@ def check_parity(runner: Path, artifact: Path, tag: str, work: Path) -> dict[str
     return {"max_abs": float(np.abs(ours - python).max()), "top1": float((ours.argmax(-1) == python.argmax(-1)).mean())}
 
 
-def bench_cpp(runner: Path, artifact: Path, tag: str, params: dict[str, Any], stream_file: Path) -> dict[str, Any]:
-    cmd = [str(runner), str(artifact), "-q", tag, "--bench", "--json", "--tokens", str(stream_file),
-           "--contexts", params["contexts"], "--steps", str(params["steps"]), "--warmup", str(params["warmup"]),
-           "--prefill-tokens", str(params["prefill_tokens"])]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(done.stdout)
-
-
-def bench_python(artifact: Path, tag: str, params: dict[str, Any], stream: np.ndarray) -> dict[str, Any]:
-    config = BenchConfig(contexts=parse_contexts(params["contexts"]), steps=params["steps"], warmup=params["warmup"],
-                         prefill_tokens=params["prefill_tokens"], stepwise_tokens=256, ttft_prompt=128)
+def bench_python(artifact: Path, tag: str, config: BenchConfig, stream: np.ndarray) -> dict[str, Any]:
     result = bench_stepper(SessionStepper(load(artifact, "executorch", quantization=tag)), config, stream)
     return result.to_dict()
 
 
 def verdict(cpp: dict[str, Any], python: dict[str, Any]) -> list[str]:
     lines = []
-    peak = cpp["peak_rss_bytes"] / 2 ** 20
+    peak = cpp["info"]["process_peak_rss_bytes"] / 2 ** 20      # the whole process, loading included
     lines.append(f"peak RSS {peak:.1f} MiB: " + ("meets" if peak < RSS_MAX_MIB else
                  f"MISSES the {RSS_MAX_MIB:.0f} MiB target by {peak - RSS_MAX_MIB:.1f} MiB ({peak / RSS_MAX_MIB:.2f}x)"))
     for ours, theirs in zip(cpp["contexts"], python["contexts"]):
@@ -116,7 +95,9 @@ def render(report: dict[str, Any]) -> str:
                 f"| prefill tokens/s | {cpp['prefill_tokens_per_s']:.0f} | {py['prefill_tokens_per_s']:.0f} |",
                 f"| time to first token ms (128-token prompt) | {cpp['ttft_ms']:.1f} | {py['ttft_ms']:.1f} |",
                 f"| token-by-token tokens/s | {cpp['stepwise_tokens_per_s']:.0f} | {py['stepwise_tokens_per_s']:.0f} |",
-                f"| peak RSS MiB | {cpp['peak_rss_bytes'] / 2 ** 20:.1f} | {py['peak_rss_bytes'] / 2 ** 20:.1f} |",
+                f"| peak RSS MiB, after loading | {cpp['peak_rss_bytes'] / 2 ** 20:.1f} | "
+                f"{py['peak_rss_bytes'] / 2 ** 20:.1f} |",
+                f"| peak RSS MiB of the process | {cpp['info']['process_peak_rss_bytes'] / 2 ** 20:.1f} | |",
                 f"| load s | {cpp['load_s']:.3f} | |", "", "Targets:", ""]
         out += [f"- {line}" for line in run["verdict"]] + [""]
     return "\n".join(out)
@@ -132,18 +113,17 @@ def main() -> int:
     params = QUICK if args.quick else FULL
     out_dir = Path(tempfile.mkdtemp()) if args.quick else RESULTS
     load_before = os.getloadavg()
-    runner = build_runner(args.build)
+    runner = build_runner(REPO / "runners" / "cpp", args.build)
     config = BenchConfig(contexts=parse_contexts(params["contexts"]), steps=params["steps"], warmup=params["warmup"],
-                         prefill_tokens=params["prefill_tokens"])
+                         prefill_tokens=params["prefill_tokens"], stepwise_tokens=256, ttft_prompt=128)
     stream = token_stream(max(config.stream_length(), params["prefill_tokens"], 256))
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        (work / "stream.txt").write_text(" ".join(map(str, stream)))
         for tag in args.quantize.split(","):
             parity = check_parity(runner, args.artifact, tag, work)
-            cpp = bench_cpp(runner, args.artifact, tag, params, work / "stream.txt")
-            python = bench_python(args.artifact, tag, params, stream)
+            cpp = bench_native(runner, args.artifact, tag, config, stream).to_dict()
+            python = bench_python(args.artifact, tag, config, stream)
             runs.append({"tag": tag, "parity": parity, "cpp": cpp, "python": python, "verdict": verdict(cpp, python)})
             print("\n".join(runs[-1]["verdict"]))
     manifest = json.loads((args.artifact / "manifest.json").read_text())

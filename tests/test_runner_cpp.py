@@ -33,6 +33,7 @@ pytest.importorskip("torchao", reason="torchao is not installed (pip install exe
 import test_executorch  # noqa: E402  (its export cache: each program is lowered once per session)
 
 from seqedge.runtimes import load  # noqa: E402
+from seqedge.evaluate.native_runner import build_runner  # noqa: E402
 from seqedge.evaluate.parity import StreamResult, compare, reference_stream, run_stream  # noqa: E402
 from seqedge.state import State  # noqa: E402
 from seqedge.tokenizer import ByteTokenizer  # noqa: E402
@@ -59,15 +60,10 @@ def runner() -> dict[str, Path]:
     if reason:
         print(f"skipping the C++ runner tests: {reason}")
         pytest.skip(reason)
-    import executorch
-
-    prefix = Path(list(executorch.__path__)[0]) / "share" / "cmake"
-    configure = ["cmake", "-S", str(SOURCE), "-B", str(BUILD), f"-DCMAKE_PREFIX_PATH={prefix}",
-                 "-DSEQEDGE_ASAN=ON", "-DCMAKE_BUILD_TYPE=RelWithDebInfo"]
-    for cmd in (configure, ["cmake", "--build", str(BUILD), "-j", str(os.cpu_count() or 2)]):
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.fail(f"{' '.join(cmd)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+    try:
+        build_runner(SOURCE, BUILD, ("-DSEQEDGE_ASAN=ON", "-DCMAKE_BUILD_TYPE=RelWithDebInfo"))
+    except RuntimeError as err:
+        pytest.fail(str(err))
     return {"run": BUILD / "seqedge-run", "c_api_test": BUILD / "seqedge-c-api-test"}
 
 

@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="tokens timed one step at a time for token-by-token tokens/s (default: %(default)s)")
     p.add_argument("--ttft-prompt", type=int, default=128,
                    help="prompt length for time to first token (default: %(default)s)")
+    p.add_argument("--runner", metavar="PATH",
+                   help="the C++ runner binary (seqedge-run) measured as the executorch-cpp runtime (default: "
+                        "$SEQEDGE_RUN, else seqedge-run on PATH; build it from runners/cpp)")
     add_out(p, "where to write bench.json/.md/.png (default: ./%(default)s)", default="seqedge-bench")
     add_quiet(p, "no progress bars")
     p.add_argument("--no-progress", dest="legacy_no_progress", action="store_true", help=argparse.SUPPRESS)
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     prepare_output(Path(args.out), directory=True)          # before the run, not after it
     recipes = None if args.quantize is None else canonical_recipes(flatten(args.quantize))
     results, skipped = bench_artifact(artifact, config, flatten(args.runtimes), recipes,
-                                      show_progress=not (args.quiet or args.json))
+                                      show_progress=not (args.quiet or args.json), runner=args.runner)
     for s in skipped:
         print(f"seqedge bench: not measured: {s.name}: {s.reason}", file=sys.stderr)
     if not results:

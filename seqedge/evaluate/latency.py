@@ -400,41 +400,57 @@ def variant_bytes(variant: Any) -> int:
     return int(sum(int(rec.get("bytes", 0)) for rec in variant.files.values()))
 
 
+def _runtime_target(runtime: str, runner: str | Path | None) -> str:
+    """The export target whose variants ``runtime`` runs; raises where it cannot run here (with why)."""
+    from seqedge.evaluate.native_runner import NATIVE_RUNTIMES, find_runner
+    from seqedge.quiet import quiet_libraries
+    from seqedge.runtimes.base import get_runtime
+
+    if runtime in NATIVE_RUNTIMES:
+        find_runner(runner)
+        return NATIVE_RUNTIMES[runtime]
+    with quiet_libraries():
+        factory = get_runtime(runtime)
+        factory.check_available()
+    return factory.target
+
+
 def plan_runs(artifact_dir: str | Path, runtimes: Sequence[str] | None = None,
-              quantizations: Sequence[str] | None = None) -> tuple[list[tuple[str, Any]], list[Skipped]]:
+              quantizations: Sequence[str] | None = None, runner: str | Path | None = None
+              ) -> tuple[list[tuple[str, Any]], list[Skipped]]:
     """Which (runtime, variant) pairs of the artifact can run here, and which cannot with the reason.
 
-    ``runtimes``: names from :data:`seqedge.runtimes.RUNTIMES` or a target name that names its runtime
-    (:func:`seqedge.targets.resolve_runtime`; default: all); an unknown name raises ValueError.
+    ``runtimes``: names from :data:`seqedge.runtimes.RUNTIMES`, a native runner's name (``executorch-cpp``:
+    :mod:`seqedge.evaluate.native_runner`, whose binary is ``runner`` or found there) or a target name that
+    names its runtime (:func:`seqedge.targets.resolve_runtime`; default: all); an unknown name raises ValueError.
     ``quantizations``: recipe names or variant tags to keep (``fp32``, ``int8-dynamic`` or ``int8``, ...; default:
     all present).
     """
     from seqedge.artifact import read_manifest
-    from seqedge.quiet import quiet_libraries
+    from seqedge.evaluate.native_runner import NATIVE_RUNTIMES
     from seqedge.export.quantization import recipe_tag
-    from seqedge.runtimes.base import RUNTIMES, get_runtime
+    from seqedge.runtimes.base import RUNTIMES
     from seqedge.targets import resolve_runtimes
 
-    runtimes = resolve_runtimes(runtimes, known=tuple(RUNTIMES))
+    known = (*RUNTIMES, *NATIVE_RUNTIMES)
+    runtimes = resolve_runtimes(runtimes, known=known)
     tags = None if quantizations is None else {recipe_tag(q) for q in quantizations}
     manifest = read_manifest(artifact_dir)
     runs, skipped = [], []
-    for runtime in runtimes or list(RUNTIMES):
+    for runtime in runtimes or list(known):
         try:
-            with quiet_libraries():
-                factory = get_runtime(runtime)
-                factory.check_available()
+            target = _runtime_target(runtime, runner)
         except (ImportError, RuntimeError, OSError) as err:
             skipped.append(Skipped(runtime, _first_line(err)))
             continue
-        variants = [v for v in manifest.variants if v.target == factory.target]
+        variants = [v for v in manifest.variants if v.target == target]
         if tags is not None:
             variants = [v for v in variants if v.tag in tags]
         if not variants:
             have = sorted(v.name for v in manifest.variants)
             wanted = "" if tags is None else f" at {sorted(tags)}"
-            skipped.append(Skipped(runtime, f"the artifact has no {factory.target!r} variant{wanted} (it has "
-                                            f"{have}); export it with `seqedge export --target {factory.target}`"))
+            skipped.append(Skipped(runtime, f"the artifact has no {target!r} variant{wanted} (it has "
+                                            f"{have}); export it with `seqedge export --target {target}`"))
             continue
         runs += [(runtime, v) for v in variants]
     return runs, skipped
@@ -484,21 +500,41 @@ def attach_floor(result: RunResult, variant: Any, manifest: Any, limits: Any) ->
     result.info["floor"] = floor
 
 
+def measure_run(artifact_dir: str | Path, runtime: str, tag: str, config: BenchConfig, stream: np.ndarray,
+                progress: Progress, *, session_options: dict[str, Any] | None = None,
+                runner: str | Path | None = None) -> RunResult:
+    """One (runtime, variant) measured: a Python session in this process, or a native runner in its own."""
+    from seqedge.evaluate.native_runner import NATIVE_RUNTIMES, bench_native, find_runner
+    from seqedge.runtimes.session import load
+
+    name = f"{runtime}/{tag}"
+    if runtime in NATIVE_RUNTIMES:
+        result = bench_native(find_runner(runner), artifact_dir, tag, config, stream, name)
+        progress(total_tokens(config), "done in the runner's process")
+        return result
+    t0 = time.perf_counter()
+    session = load(artifact_dir, runtime, quantization=tag, **(session_options or {}))
+    load_s = time.perf_counter() - t0
+    result = bench_stepper(SessionStepper(session, name), config, stream, progress)
+    result.load_s = load_s
+    return result
+
+
 def bench_artifact(artifact_dir: str | Path, config: BenchConfig, runtimes: Sequence[str] | None = None,
                    quantizations: Sequence[str] | None = None, *, show_progress: bool = True,
-                   session_options: dict[str, Any] | None = None, limits: Any = None
-                   ) -> tuple[list[RunResult], list[Skipped]]:
+                   session_options: dict[str, Any] | None = None, limits: Any = None,
+                   runner: str | Path | None = None) -> tuple[list[RunResult], list[Skipped]]:
     """Benchmark every runnable (runtime, variant) of an artifact with one token stream; list the rest with why.
 
     A variant that fails to load or run is listed with its error (``failed=True``); it never stops the others.
     Each result's ``info["floor"]`` reads its p50 against the machine's ``limits`` (measured once here when not
-    given: :func:`seqedge.evaluate.floor.measure_limits`).
+    given: :func:`seqedge.evaluate.floor.measure_limits`). ``runner``: the C++ runner binary for
+    ``executorch-cpp`` (:func:`seqedge.evaluate.native_runner.find_runner`).
     """
     from seqedge.artifact import read_manifest
     from seqedge.evaluate.floor import measure_limits
-    from seqedge.runtimes.session import load
 
-    runs, skipped = plan_runs(artifact_dir, runtimes, quantizations)
+    runs, skipped = plan_runs(artifact_dir, runtimes, quantizations, runner)
     manifest = read_manifest(artifact_dir)
     limits = limits if limits is not None or not runs else measure_limits()
     stream = token_stream(max(config.stream_length(), config.prefill_tokens, config.stepwise_tokens,
@@ -508,16 +544,13 @@ def bench_artifact(artifact_dir: str | Path, config: BenchConfig, runtimes: Sequ
         name = f"{runtime}/{variant.tag}"
         bar, progress = progress_bar(name, total_tokens(config), show_progress)
         try:
-            t0 = time.perf_counter()
-            session = load(artifact_dir, runtime, quantization=variant.tag, **(session_options or {}))
-            load_s = time.perf_counter() - t0
-            result = bench_stepper(SessionStepper(session, name), config, stream, progress)
+            result = measure_run(artifact_dir, runtime, variant.tag, config, stream, progress,
+                                 session_options=session_options, runner=runner)
         except (ImportError, RuntimeError, ValueError, OSError) as err:
             skipped.append(Skipped(name, f"failed: {type(err).__name__}: {_first_line(err)}", failed=True))
             continue
         finally:
             bar.close()
-        result.load_s = load_s
         result.artifact_bytes = variant_bytes(variant)
         attach_floor(result, variant, manifest, limits)
         result.info.setdefault("variant", variant.name)

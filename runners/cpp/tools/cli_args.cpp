@@ -70,6 +70,12 @@ CliOptions parse_cli(int argc, char** argv) {
   app.add_option("--warmup", o.warmup, "with --bench: untimed steps first (default: 5)")->check(CLI::NonNegativeNumber);
   app.add_option("--prefill-tokens", o.prefill_tokens, "with --bench: tokens timed through prefill (default: 2048)")
       ->check(CLI::PositiveNumber);
+  app.add_option("--stepwise-tokens", o.stepwise_tokens,
+                 "with --bench: tokens timed one step at a time (default: 256)")->check(CLI::PositiveNumber);
+  app.add_option("--ttft-prompt", o.ttft_prompt, "with --bench: prompt length of time to first token (default: 128)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--sweeps", o.sweeps, "with --bench: passes over the contexts; each context reports the pass with "
+                                       "the lowest p50 (default: 1)")->check(CLI::PositiveNumber);
   dump->needs(tokens);
   dump->excludes(bench);
   try {

@@ -25,6 +25,7 @@ struct CliOptions {
   bool bench = false, json = false;
   std::vector<std::int64_t> contexts{0, 1024, 16384};
   std::int64_t steps = 100, warmup = 5, prefill_tokens = 2048;
+  std::int64_t stepwise_tokens = 256, ttft_prompt = 128, sweeps = 1;
 };
 
 // Parses argv; on --help or a usage error prints and exits (0 or 2), as CLI11 does.
