@@ -113,11 +113,14 @@ def check(directory: Path) -> dict:
             continue
         with tempfile.TemporaryDirectory() as tmp, tarfile.open(packed) as tar:
             tar.extractall(tmp, filter="data")
-            ref = load_file(str(Path(tmp) / "fla_logits.safetensors"))
+            logits = Path(tmp) / "fla_logits.safetensors"
+            ref = load_file(str(logits))
+            logits.unlink()                   # not a weight of the model directory
             try:
                 model = import_hf(tmp)
             except Exception as err:          # a family whose importer refuses it: recorded, not hidden
                 results[family] = {"error": f"{type(err).__name__}: {err}"}
+                print(family, results[family], flush=True)
                 continue
             tokens = ref["tokens"]
             with torch.no_grad():
