@@ -197,12 +197,22 @@ def special_ids(directory: Path, backend: Any) -> dict[str, list[int] | None]:
     return found
 
 
+# tokenizer files of other formats: a directory with one of them and no tokenizer.json is refused, not imported
+# with the byte tokenizer
+OTHER_TOKENIZER_FILES = ("tokenizer.model", "vocab.json", "merges.txt", "spiece.model", "vocab.txt")
+
+
 def read_hf_tokenizer(directory: str | Path, vocab_size: int) -> HFTokenizer | None:
     """The ``tokenizer.json`` of a Hugging Face model directory with its special ids, checked against the
     model's ``vocab_size``; None when the directory has no ``tokenizer.json``."""
     directory = Path(directory)
     path = directory / TOKENIZER_FILE
     if not path.is_file():
+        others = sorted(f for f in OTHER_TOKENIZER_FILES if (directory / f).is_file())
+        if others:      # the model has a tokenizer seqedge cannot read: the byte tokenizer would be garbage
+            raise TokenizerError(f"{directory} has a tokenizer in {', '.join(others)} but no {TOKENIZER_FILE}, the "
+                                 f"only format seqedge reads; write one with transformers: AutoTokenizer."
+                                 f"from_pretrained(DIR).save_pretrained(DIR)")
         return None
     size = path.stat().st_size
     if size > MAX_TOKENIZER_BYTES:

@@ -20,15 +20,23 @@ _ARTIFACTS: dict[str, object] = {}
 
 def _artifact(tmp_path_factory, rule: str):
     """A torch-only artifact of a small random model (head dims the kernels take: powers of two >= 16); rule
-    ``gla``: the gated rule with GLA's mixer parts (no short conv, unbounded gate), which the fused decoder
-    refuses, so the runtime steps with the model's own step in a CUDA graph."""
+    ``gla``, ``mamba2``, ``kda``: imported families' mixer parts (unbounded gates; GLA without a short conv),
+    which the fused decoder refuses, so the runtime steps with the model's own step in a CUDA graph."""
     if rule not in _ARTIFACTS:
         from _artifacts import GLA_MIXER
         from _kernel_cases import randomize
         from seqedge.export.api import export_model
         from seqedge.model import SequentialAttentionModel
 
-        parts = dict(update_rule="gated", mixer=GLA_MIXER) if rule == "gla" else dict(update_rule=rule)
+        imported = {   # imported families' parts (tests/test_mixer_parts.py): the fused decoder refuses them
+            "gla": ("gated", GLA_MIXER),
+            "mamba2": ("gated", dict(gate="softplus", beta="dt", num_key_heads=1, conv_bias=True, output="gate_norm",
+                                     out_norm_size=32, scale=1.0, mlp=False)),
+            "kda": ("delta", dict(gate="softplus_key", num_key_heads=1, qk_norm="rsqrt", skip=False,
+                                  out_gate_act="sigmoid", out_gate_rank=4)),
+        }
+        parts = (dict(update_rule=imported[rule][0], mixer=imported[rule][1]) if rule in imported
+                 else dict(update_rule=rule))
         cfg = SequentialAttentionConfig(hidden_size=64, num_layers=2, num_heads=2, head_k_dim=32, head_v_dim=32,
                                         gate_rank=4, chunk_size=16, mlp_multiple_of=16, **parts)
         model = SequentialAttentionModel(cfg).eval()
@@ -53,7 +61,7 @@ def _rel(x: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
-@pytest.mark.parametrize("rule", ["gated", "delta", "gla"])
+@pytest.mark.parametrize("rule", ["gated", "delta", "gla", "mamba2", "kda"])
 @pytest.mark.parametrize("dtype, tol", [("float32", 1e-4), ("bfloat16", 5e-2)])
 @pytest.mark.parametrize("batch", [1, 3, 20])
 @pytest.mark.gpu

@@ -238,6 +238,22 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused_and_nothing_written(h
     assert not out.exists() and not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
 
+def test_a_tokenizer_in_another_format_is_refused_not_replaced_by_bytes(hf, tmp_path, capsys):
+    """A sentencepiece-only (or vocab.json + merges.txt) directory would import with the byte tokenizer and
+    generate garbage: refused in one line that says how to write a tokenizer.json."""
+    source = tmp_path / "spm"
+    source.mkdir()
+    for f in hf[0].iterdir():
+        if f.name != "tokenizer.json":
+            (source / f.name).symlink_to(f)
+    (source / "tokenizer.model").write_bytes(b"not read")
+    out = tmp_path / "out"
+    assert main(["import", str(source), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "tokenizer.model" in err and "save_pretrained" in err, err
+    assert not out.exists()
+
+
 def test_native_models_keep_the_byte_tokenizer(tmp_path_factory):
     import seqedge
     from seqedge.defaults import default_checkpoint_dir
