@@ -77,10 +77,23 @@ def export_model(model, out_dir: str | os.PathLike, targets: Sequence[str] | str
     recipes = _recipes(quantize, group_size)
     plan, skipped = _plan(targets, recipes, say)
     model = _as_model(model)
+    _check_int4_policy(model, recipes)
     for stale in sweep_stale_temp_dirs(out):
         say(f"removed {stale}, left by an export that was killed")
     with terminate_as_interrupt():
         return _build(model, out, plan, recipes, skipped, say, verify)
+
+
+def _check_int4_policy(model, recipes) -> None:
+    """Refuse, before anything is written, an int4 recipe whose module policy selects no linear of ``model``
+    (int4-mlp on a model without MLPs, such as an imported Mamba2)."""
+    import torch.nn as nn
+
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for recipe in recipes:
+        if recipe.scheme == "int4" and not any(recipe.int4_applies(name) for name in linears):
+            raise ValueError(f"the {recipe.name} recipe quantizes {list(recipe.int4_modules)} and this model "
+                             f"has no such linear (mixer.mlp is {model.config.mixer.mlp}); use int8-dynamic or fp16")
 
 
 def _build(model, out: Path, plan, recipes, skipped, say, verify: Verifier | None) -> Manifest:

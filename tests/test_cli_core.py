@@ -110,6 +110,8 @@ def test_generate_empty_prompt(tiny_checkpoint, capsys):
 def test_generate_missing_checkpoint(tmp_path, capsys):
     assert main(["generate", "-m", str(tmp_path / "nope"), "--prompt", "x"]) == 2
     assert_one_line_error(capsys.readouterr().err, "generate", "does not exist")
+    assert main(["generate", "-m", str(tmp_path / "nope"), "--runtime", "onnxruntime", "--prompt", "x"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "generate", "does not exist")    # not "is a checkpoint"
 
 
 def test_generate_directory_that_is_not_a_checkpoint(tmp_path, capsys):

@@ -151,3 +151,12 @@ def test_infinite_time_step_limit_reads_as_default():
 
     config = config_from_hf({"model_type": "mamba2", **CONFIG, "time_step_limit": [0.0, {"__float__": "Infinity"}]})
     assert config.mixer.scale == 1.0 and math.isclose(config.norm_eps, 1e-5)
+
+
+def test_int4_mlp_on_a_model_without_mlps_is_refused_before_anything_is_written(hf, tmp_path, capsys):
+    _, path = hf
+    out = tmp_path / "art"
+    assert main(["export", "-m", str(path), "--target", "onnx", "--quantize", "fp32,int4-mlp", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "int4-mlp" in err[0] and "mixer.mlp is False" in err[0], err
+    assert not out.exists()

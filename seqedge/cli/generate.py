@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import json
 import sys
 import time
@@ -56,6 +57,9 @@ def _open(args: argparse.Namespace):
         if args.quantize:
             raise ValueError("pass either --quantize or --quantization, not both")
     quantize = args.quantize or args.legacy_quantization
+    if path is not None and not Path(path).is_dir():
+        raise ValueError(f"{path} does not exist or is not a directory (a checkpoint from `seqedge import` "
+                                f"or `seqedge train`, or an artifact from `seqedge export`)")
     if path is not None and is_artifact(path):
         from seqedge.export.quantization import recipe_tag
         from seqedge.runtimes import load
