@@ -188,7 +188,7 @@ def xnnpack_friendly(model: SequentialAttentionModel, *, inplace: bool = False) 
                 setattr(parent, name, PickedTailConv(child, lengths))
             elif isinstance(child, SwiGLU) and _plain_weight(child.gate_up):
                 setattr(parent, name, SplitSwiGLU(child))
-            elif isinstance(child, SequentialAttention) and c.bounded_gates:   # its constants assume g >= -5
+            elif isinstance(child, SequentialAttention):    # bounded or segment-sum form, from the config
                 setattr(parent, name, StaticMaskAttention(child))
     return model.with_ops(XNNPACK_OPS)
 
