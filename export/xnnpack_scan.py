@@ -107,6 +107,7 @@ class StaticMaskScan(nn.Module):
         consts = {      # one buffer per use: see the module doc on constants shared by a linear and a multiply
             "prefix": _pairs(C, C, lambda t, s: s <= t),            # [C, C]: b = prefix @ g (inclusive sums)
             "pick_last": _one_hot_rows([C - 1], C),                 # [1, C]
+            "eye_sub": torch.eye(SUB_CHUNK),                        # (I + M)^-1's identity: no eye in the graph
             **(_bounded_consts(C) if bounded else _segment_consts(C)),
         }
         for name, value in consts.items():
@@ -210,7 +211,8 @@ class StaticMaskScan(nn.Module):
         k_dec = kb * torch.exp(to_end)
         chunk_decay = torch.exp(b_last_t)                                          # [BH, N, dk, 1]
         if rule == "delta":
-            inv = unit_lower_inverse(scores_of(k, kb, True)).reshape(-1, N, C, C)  # (I + M)^-1
+            inv = unit_lower_inverse(scores_of(k, kb, True), self._const("eye_sub", q.dtype))
+            inv = inv.reshape(-1, N, C, C)                                          # (I + M)^-1
             u0 = inv @ v
             w = inv @ (k * torch.exp(b))
         else:
