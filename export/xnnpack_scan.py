@@ -4,7 +4,8 @@
 cumulative log-gates with ``cumsum`` and its reference rows with slices. XNNPACK's partitioner (executorch
 1.5.1) takes none of these on tensors with a symbolic batch, so every layer's scan ran on ExecuTorch's portable
 kernels between delegate calls. :class:`StaticMaskScan` computes the same function with ops XNNPACK takes, for
-the chunk size C fixed at export (its constants are built once, in ``__init__``):
+the chunk size C fixed at export (its constants are built once, in ``__init__``). For bounded gates
+(``config.bounded_gates``, every g >= -5: the native sigmoid gate):
 
 - ``b = cumsum(g)`` as a linear over the chunk axis with the 0/1 lower-triangular ``[C, C]`` matrix: the same
   sums (XNNPACK adds them in order: the lowered programs gave the same bits as ``cumsum``);
@@ -23,14 +24,35 @@ the chunk size C fixed at export (its constants are built once, in ``__init__``)
 - the per-chunk products as 3-D ``bmm`` (no broadcast reshapes around them) and a one-chunk output reshaped,
   not stacked (``cat`` of one tensor is not taken either).
 
+Unbounded gates (``config.bounded_gates`` False: softplus, logsigmoid; ``StaticMaskScan(C, bounded=False)``) have
+no midpoint reference that keeps every exponent in range, so that form computes what
+``chunked_scan(..., bounded=False)`` computes: every exponent ``b_t - b_s`` as a segment sum
+``g_{s+1} + ... + g_t`` of same-sign terms (float32 error relative to itself: a steep decay early in a chunk does
+not blur the mild ones after it), never as a difference of running sums. Each segment sum is a linear over the
+token axis with a constant 0/1 matrix (sums of terms times 1 and 0s: the same sums in another order):
+
+- inside each 16-token sub-chunk the pairwise exponents ``seg[t, s]`` (0 for s >= t) from one ``[16*16, 16]``
+  matrix; the scores ``sum_i x_t,i y_s,i exp(seg[t, s, i])`` as one ``bmm`` over (chunk, sub-chunk, t), masked by
+  a constant ``[16, 16]`` multiply and placed on the diagonal blocks by a multiply with a 0/1 block identity;
+- across sub-chunks ``x_t exp(decay after sub-chunk j up to t)`` for every j (a ``[nb*C, C]`` matrix) against
+  ``y_s exp(decay after s to the end of its sub-chunk)`` (``[16, 16]``), one ``bmm``, kept below the diagonal
+  blocks by a constant multiply;
+- ``k_dec = kb exp(decay after t to the chunk's end)`` (a strictly upper ``[C, C]`` matrix); ``q_dec`` and the
+  chunk decay from the prefix sums as in the bounded form.
+
+Every exponent is <= 0 (log decays are <= 0), so no factor overflows and no clamp is needed before the masks:
+a masked-out term is bounded by the same ``|x_t| |y_s|`` as a kept one.
+
 One buffer per use: a constant that feeds a linear must not also feed a multiply. XNNPACK packs the linear's
 weights, ExecuTorch's delegate then frees the constant's unpacked data, and the multiply reads freed memory: a
 program loaded from a file (memory-mapped, as on a device) crashed, one loaded from a buffer did not.
 
-The delta rule's ``(I + M)^-1`` still comes from :func:`seqedge.scan.unit_lower_inverse`, whose block slices
-stay portable. The eager model (``seqedge``) is never modified; tests/test_xnnpack_scan.py compares this scan
-to :func:`seqedge.scan.chunked_scan`, :func:`seqedge.scan.decayed_scores` and the float64 reference, and runs a
-lowered program loaded from a file.
+The delta rule's ``(I + M)^-1`` still comes from :func:`seqedge.scan.unit_lower_inverse`, given a constant 16x16
+identity (so no ``eye`` is built in the graph); its block slices and its zero blocks stay portable.
+
+The eager model (``seqedge``) is never modified; tests/test_xnnpack_scan.py compares both forms to
+:func:`seqedge.scan.chunked_scan`, :func:`seqedge.scan.decayed_scores` and the float64 reference, and runs
+lowered programs (a bounded and an unbounded-gate model) loaded from a file.
 """
 
 from __future__ import annotations
