@@ -124,6 +124,8 @@ def unit_lower_inverse(lower: torch.Tensor, eye: torch.Tensor | None = None) -> 
         for j in range(i - 1, -1, -1):
             acc = sum(block(lower, i, m) @ inv[m][j] for m in range(j, i))
             inv[i][j] = -(inv[i][i] @ acc)
+    if nb == 1:                      # one block: no cat of one tensor (XNNPACK leaves that to the portable kernels)
+        return inv[0][0]
     zeros = torch.zeros_like(inv[0][0])
     rows = [torch.cat([inv[i][j] if j <= i else zeros for j in range(nb)], dim=-1) for i in range(nb)]
     return torch.cat(rows, dim=-2)
