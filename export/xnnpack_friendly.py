@@ -33,9 +33,11 @@ program into dozens of XNNPACK subgraphs. Two rewrites remove most of them, each
 
 What stays portable (measured on the bundled model, executorch 1.5.1; ``Variant.info["delegation"]`` lists it
 per program): in ``step`` and ``chunk`` the q/k/v split, a quantized gate/up split (int8, int4) and the
-embedding; for the delta rule also the L2 normalisation of q and k and, in ``chunk``, the eye and block slices
-of ``(I + M)^-1``; and in float16 the casts around the float32 norms, gates and scan (14 per layer; the SiLUs
-added 6 more before they were rewritten).
+embedding; for the delta rule also the L2 normalisation of q and k and, in ``chunk``, the block slices and zero
+blocks of ``(I + M)^-1``; and in float16 the casts around the float32 norms, gates and scan (14 per layer; the
+SiLUs added 6 more before they were rewritten). Unbounded-gate mixers (softplus) also leave the softplus
+threshold (``gt``, ``where``, ``log1p``) and their q/k RMS norms' ``sum``; their scan is delegated as the
+bounded one (the segment-sum form of :class:`~seqedge.export.xnnpack_scan.StaticMaskScan`).
 
 The eager model (``seqedge``) is never modified; tests/test_xnnpack_friendly.py checks these rewrites against
 it and tests/test_xnnpack_scan.py the scan against the chunked and reference scans.
@@ -188,7 +190,7 @@ def xnnpack_friendly(model: SequentialAttentionModel, *, inplace: bool = False) 
                 setattr(parent, name, PickedTailConv(child, lengths))
             elif isinstance(child, SwiGLU) and _plain_weight(child.gate_up):
                 setattr(parent, name, SplitSwiGLU(child))
-            elif isinstance(child, SequentialAttention) and c.bounded_gates:   # its constants assume g >= -5
+            elif isinstance(child, SequentialAttention):    # bounded or segment-sum form, from the config
                 setattr(parent, name, StaticMaskAttention(child))
     return model.with_ops(XNNPACK_OPS)
 

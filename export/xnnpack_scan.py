@@ -4,7 +4,8 @@
 cumulative log-gates with ``cumsum`` and its reference rows with slices. XNNPACK's partitioner (executorch
 1.5.1) takes none of these on tensors with a symbolic batch, so every layer's scan ran on ExecuTorch's portable
 kernels between delegate calls. :class:`StaticMaskScan` computes the same function with ops XNNPACK takes, for
-the chunk size C fixed at export (its constants are built once, in ``__init__``):
+the chunk size C fixed at export (its constants are built once, in ``__init__``). For bounded gates
+(``config.bounded_gates``, every g >= -5: the native sigmoid gate):
 
 - ``b = cumsum(g)`` as a linear over the chunk axis with the 0/1 lower-triangular ``[C, C]`` matrix: the same
   sums (XNNPACK adds them in order: the lowered programs gave the same bits as ``cumsum``);
@@ -23,14 +24,35 @@ the chunk size C fixed at export (its constants are built once, in ``__init__``)
 - the per-chunk products as 3-D ``bmm`` (no broadcast reshapes around them) and a one-chunk output reshaped,
   not stacked (``cat`` of one tensor is not taken either).
 
+Unbounded gates (``config.bounded_gates`` False: softplus, logsigmoid; ``StaticMaskScan(C, bounded=False)``) have
+no midpoint reference that keeps every exponent in range, so that form computes what
+``chunked_scan(..., bounded=False)`` computes: every exponent ``b_t - b_s`` as a segment sum
+``g_{s+1} + ... + g_t`` of same-sign terms (float32 error relative to itself: a steep decay early in a chunk does
+not blur the mild ones after it), never as a difference of running sums. Each segment sum is a linear over the
+token axis with a constant 0/1 matrix (sums of terms times 1 and 0s: the same sums in another order):
+
+- inside each 16-token sub-chunk the pairwise exponents ``seg[t, s]`` (0 for s >= t) from one ``[16*16, 16]``
+  matrix; the scores ``sum_i x_t,i y_s,i exp(seg[t, s, i])`` as one ``bmm`` over (chunk, sub-chunk, t), masked by
+  a constant ``[16, 16]`` multiply and placed on the diagonal blocks by a multiply with a 0/1 block identity;
+- across sub-chunks ``x_t exp(decay after sub-chunk j up to t)`` for every j (a ``[nb*C, C]`` matrix) against
+  ``y_s exp(decay after s to the end of its sub-chunk)`` (``[16, 16]``), one ``bmm``, kept below the diagonal
+  blocks by a constant multiply;
+- ``k_dec = kb exp(decay after t to the chunk's end)`` (a strictly upper ``[C, C]`` matrix); ``q_dec`` and the
+  chunk decay from the prefix sums as in the bounded form.
+
+Every exponent is <= 0 (log decays are <= 0), so no factor overflows and no clamp is needed before the masks:
+a masked-out term is bounded by the same ``|x_t| |y_s|`` as a kept one.
+
 One buffer per use: a constant that feeds a linear must not also feed a multiply. XNNPACK packs the linear's
 weights, ExecuTorch's delegate then frees the constant's unpacked data, and the multiply reads freed memory: a
 program loaded from a file (memory-mapped, as on a device) crashed, one loaded from a buffer did not.
 
-The delta rule's ``(I + M)^-1`` still comes from :func:`seqedge.scan.unit_lower_inverse`, whose block slices
-stay portable. The eager model (``seqedge``) is never modified; tests/test_xnnpack_scan.py compares this scan
-to :func:`seqedge.scan.chunked_scan`, :func:`seqedge.scan.decayed_scores` and the float64 reference, and runs a
-lowered program loaded from a file.
+The delta rule's ``(I + M)^-1`` still comes from :func:`seqedge.scan.unit_lower_inverse`, given a constant 16x16
+identity (so no ``eye`` is built in the graph); its block slices and its zero blocks stay portable.
+
+The eager model (``seqedge``) is never modified; tests/test_xnnpack_scan.py compares both forms to
+:func:`seqedge.scan.chunked_scan`, :func:`seqedge.scan.decayed_scores` and the float64 reference, and runs
+lowered programs (a bounded and an unbounded-gate model) loaded from a file.
 """
 
 from __future__ import annotations
@@ -55,25 +77,60 @@ def _one_hot_rows(positions: list[int], length: int) -> torch.Tensor:
     return out
 
 
+def _pairs(rows: int, cols: int, keep) -> torch.Tensor:
+    """``[rows, cols]`` 0/1 matrix with a 1 where ``keep(row, col)``."""
+    r, c = torch.arange(rows)[:, None], torch.arange(cols)[None, :]
+    return keep(r, c).float()
+
+
+def _bounded_consts(C: int) -> dict[str, torch.Tensor]:
+    nb = C // SUB_CHUNK
+    return {
+        "causal": _pairs(C, C, lambda t, s: s <= t),                                       # [C, C] mask
+        "strict": _pairs(C, C, lambda t, s: s < t),                                        # [C, C] mask
+        "pick_mid": _one_hot_rows([j * SUB_CHUNK + SUB_CHUNK // 2 for j in range(nb)], C),  # [nb, C]
+    }
+
+
+def _segment_consts(C: int) -> dict[str, torch.Tensor]:
+    """The unbounded form's 0/1 segment-sum matrices (linears over the token axis) and masks (multiplies)."""
+    S, nb = SUB_CHUNK, C // SUB_CHUNK
+    row, col = torch.arange(S * S)[:, None], torch.arange(S)[None, :]
+    ends = (torch.arange(nb * C) // C) * S + S - 1                                 # end of sub-chunk j, row j*C+t
+    t_of = (torch.arange(nb * C) % C)[:, None]
+    block = torch.arange(C) // S
+    return {
+        # seg[t*16+s, r]: s < r <= t, so seg @ g = g_{s+1} + ... + g_t inside one sub-chunk (0 for s >= t)
+        "seg_pairs": ((col > row % S) & (col <= row // S)).float(),                    # [256, 16]
+        # x side, row j*C+t: the decay after sub-chunk j up to t (0 for t in or before sub-chunk j)
+        "seg_after_block": ((torch.arange(C)[None, :] > ends[:, None]) & (torch.arange(C)[None, :] <= t_of)).float(),
+        "seg_to_block_end": _pairs(S, S, lambda s, r: r > s),                          # [16, 16]: y side
+        "seg_to_chunk_end": _pairs(C, C, lambda t, r: r > t),                          # [C, C]: k_dec
+        "tri_causal": _pairs(S, S, lambda t, s: s <= t),                               # [16, 16] masks
+        "tri_strict": _pairs(S, S, lambda t, s: s < t),
+        "below": (block[None, :, None] > torch.arange(nb)[:, None, None]).float().expand(nb, C, S).clone(),
+        "place_diag": torch.eye(nb).reshape(nb, nb, 1, 1),                             # diag block j at rows of j
+    }
+
+
 class StaticMaskScan(nn.Module):
     """:func:`seqedge.scan.chunked_scan` for chunk size C with masks, prefix sums and row picks as constants.
 
-    Same signature (less ``chunk_size``: fixed here) and outputs: o ``[B, T, H, dv]`` and the final state
-    ``[B, H, dk, dv]``, float32 (float64 for float64 input); any T, the tail padded as chunked_scan pads it.
+    Same signature (less ``chunk_size`` and ``bounded``: fixed here) and outputs: o ``[B, T, H, dv]`` and the final
+    state ``[B, H, dk, dv]``, float32 (float64 for float64 input); any T, the tail padded as chunked_scan pads it.
+    ``bounded``: every g >= -5 (the sigmoid gate); False computes ``chunked_scan(..., bounded=False)``.
     """
 
-    def __init__(self, chunk_size: int) -> None:
+    def __init__(self, chunk_size: int, bounded: bool = True) -> None:
         super().__init__()
         check_chunk_size(chunk_size)
-        C, nb = chunk_size, chunk_size // SUB_CHUNK
-        self.chunk_size = C
-        t = torch.arange(C)
+        C = chunk_size
+        self.chunk_size, self.bounded = C, bounded
         consts = {      # one buffer per use: see the module doc on constants shared by a linear and a multiply
-            "prefix": (t[:, None] >= t[None, :]).float(),          # [C, C]: b = prefix @ g (inclusive sums)
-            "causal": (t[:, None] >= t[None, :]).float(),          # [C, C] mask: s <= t
-            "strict": (t[:, None] > t[None, :]).float(),           # [C, C] mask: s < t
-            "pick_mid": _one_hot_rows([j * SUB_CHUNK + SUB_CHUNK // 2 for j in range(nb)], C),    # [nb, C]
-            "pick_last": _one_hot_rows([C - 1], C),                                                # [1, C]
+            "prefix": _pairs(C, C, lambda t, s: s <= t),            # [C, C]: b = prefix @ g (inclusive sums)
+            "pick_last": _one_hot_rows([C - 1], C),                 # [1, C]
+            "eye_sub": torch.eye(SUB_CHUNK),                        # (I + M)^-1's identity: no eye in the graph
+            **(_bounded_consts(C) if bounded else _segment_consts(C)),
         }
         for name, value in consts.items():
             self.register_buffer(name, value, persistent=False)
@@ -83,7 +140,7 @@ class StaticMaskScan(nn.Module):
 
     def decayed_scores(self, x: torch.Tensor, y: torch.Tensor, b: torch.Tensor, mid: torch.Tensor, *,
                        strict: bool) -> torch.Tensor:
-        """:func:`seqedge.scan.decayed_scores` with one reference row per 16-token column block.
+        """:func:`seqedge.scan.decayed_scores` with one reference row per 16-token column block (bounded form).
 
         x, y, b: ``[L, C, d]``; mid: ``[L, nb, 1, d]``, b at row 16j+8. Returns ``[L, C, C]``.
         """
@@ -97,15 +154,40 @@ class StaticMaskScan(nn.Module):
         limit = torch.finfo(x.dtype).max
         return torch.clamp(scores, -limit, limit) * self._const("strict" if strict else "causal", x.dtype)
 
-    def _prefix(self, g: torch.Tensor, n_chunks: int) -> tuple[torch.Tensor, ...]:
-        """g ``[B, T, H, dk]`` -> b ``[BH, N, C, dk]``, references ``[BH*N, nb, 1, dk]``, b_last ``[BH, N, dk, 1]``."""
-        C, H, dk = self.chunk_size, int(g.shape[2]), int(g.shape[3])
-        nb = C // SUB_CHUNK
-        g_t = g.reshape(-1, n_chunks, C, H, dk).permute(0, 3, 1, 4, 2).reshape(-1, n_chunks, dk, C)  # [BH, N, dk, C]
-        b_t = F.linear(g_t, self._const("prefix", g.dtype))                                  # inclusive sums
-        mid = F.linear(b_t, self._const("pick_mid", g.dtype)).transpose(-1, -2).reshape(-1, nb, 1, dk)
-        b_last = F.linear(b_t, self._const("pick_last", g.dtype))                            # [BH, N, dk, 1]
-        return b_t.transpose(-1, -2), mid, b_last
+    def segment_decays(self, g_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The unbounded form's decay factors from segment sums of g_t ``[L, d, C]`` (token axis last).
+
+        Returns ``pair`` ``[L, nb, 16, 16, d]`` (``exp(g_{s+1} + ... + g_t)`` for t, s in sub-chunk j, 1 for
+        s >= t), ``x_exp`` ``[L, nb, C, d]`` (exp of the decay after sub-chunk j up to t) and ``y_exp``
+        ``[L, nb, 16, d]`` (exp of the decay after s to the end of its sub-chunk). Every exponent is <= 0.
+        """
+        C, d, S = self.chunk_size, int(g_t.shape[1]), SUB_CHUNK
+        nb = C // S
+        g_sub = g_t.reshape(-1, d, nb, S)                                                     # [L, d, nb, 16]
+        pair = torch.exp(F.linear(g_sub, self._const("seg_pairs", g_t.dtype)))                # [L, d, nb, 256]
+        pair = pair.permute(0, 2, 3, 1).reshape(-1, nb, S, S, d)
+        x_exp = torch.exp(F.linear(g_t, self._const("seg_after_block", g_t.dtype)))           # [L, d, nb*C]
+        y_exp = torch.exp(F.linear(g_sub, self._const("seg_to_block_end", g_t.dtype)))        # [L, d, nb, 16]
+        return pair, x_exp.transpose(1, 2).reshape(-1, nb, C, d), y_exp.permute(0, 2, 3, 1)
+
+    def segment_scores(self, x: torch.Tensor, y: torch.Tensor, decays: tuple[torch.Tensor, ...], *,
+                       strict: bool) -> torch.Tensor:
+        """:func:`seqedge.scan.decayed_scores` with ``bounded=False``: x, y ``[L, C, d]``, decays from
+        :meth:`segment_decays`. Returns ``[L, C, C]``."""
+        C, d, S = self.chunk_size, int(x.shape[-1]), SUB_CHUNK
+        nb = C // S
+        pair, x_exp, y_exp = decays
+        # in-sub-chunk: for each row t, sum_i x_t,i (pair[t, s, i] y_s,i) as one bmm over (L, nb, t)
+        paired = (pair * y.reshape(-1, nb, 1, S, d)).reshape(-1, S, d)                          # [L*nb*16, 16, d]
+        diag = torch.bmm(paired, x.reshape(-1, d, 1)).reshape(-1, nb, S, S)                    # [L, nb, t, s]
+        diag = diag * self._const("tri_strict" if strict else "tri_causal", x.dtype)
+        placed = (diag.unsqueeze(2) * self._const("place_diag", x.dtype)).reshape(-1, nb, C, S)  # [L, nb, C, 16]
+        # across sub-chunks: column block j against every row, kept below the diagonal blocks
+        x_dec = x.unsqueeze(1) * x_exp                                                          # [L, nb, C, d]
+        y_dec = y.reshape(-1, nb, S, d) * y_exp                                                 # [L, nb, 16, d]
+        off = torch.bmm(x_dec.reshape(-1, C, d), y_dec.reshape(-1, S, d).transpose(1, 2)).reshape(-1, nb, C, S)
+        scores = off * self._const("below", x.dtype) + placed                                  # [L, nb(j), C, 16]
+        return scores.transpose(1, 2).reshape(-1, C, C)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
                 rule: str, scale: float | None = None,
@@ -125,17 +207,34 @@ class StaticMaskScan(nn.Module):
         def flat(x: torch.Tensor) -> torch.Tensor:         # [BH, N, C, d] -> [BH*N, C, d]
             return x.reshape(-1, C, int(x.shape[-1]))
 
-        b, mid, b_last_t = self._prefix(g, N)                                     # b: [BH, N, C, dk]
-        q, k, v = (chunks(x) for x in (q, k, v))                                  # [BH, N, C, d]
+        g_t = g.reshape(-1, N, C, H, dk).permute(0, 3, 1, 4, 2).reshape(-1, N, dk, C)   # [BH, N, dk, C]
+        b_t = F.linear(g_t, self._const("prefix", g.dtype))                              # inclusive sums
+        b_last_t = F.linear(b_t, self._const("pick_last", g.dtype))                      # [BH, N, dk, 1]
+        b = b_t.transpose(-1, -2)                                                         # [BH, N, C, dk]
+        q, k, v = (chunks(x) for x in (q, k, v))                                          # [BH, N, C, d]
         kb = k * chunks(beta.unsqueeze(-1))
         q = q * scale
-        scores = self.decayed_scores(flat(q), flat(kb), flat(b), mid, strict=False).reshape(-1, N, C, C)
+        if self.bounded:
+            nb = C // SUB_CHUNK
+            mid = F.linear(b_t, self._const("pick_mid", g.dtype)).transpose(-1, -2).reshape(-1, nb, 1, dk)
+
+            def scores_of(x, y, strict):
+                return self.decayed_scores(flat(x), flat(y), flat(b), mid, strict=strict)
+            to_end = b_last_t.reshape(-1, N, 1, dk) - b                                  # a size-1 transpose
+        else:
+            decays = self.segment_decays(g_t.reshape(-1, dk, C))
+
+            def scores_of(x, y, strict):
+                return self.segment_scores(flat(x), flat(y), decays, strict=strict)
+            # summed from the end, not b_last - b: see chunked_scan
+            to_end = F.linear(g_t, self._const("seg_to_chunk_end", g.dtype)).transpose(-1, -2)
+        scores = scores_of(q, kb, False).reshape(-1, N, C, C)
         q_dec = q * torch.exp(b)
-        k_dec = kb * torch.exp(b_last_t.reshape(-1, N, 1, dk) - b)               # a size-1 transpose: a reshape
+        k_dec = kb * torch.exp(to_end)
         chunk_decay = torch.exp(b_last_t)                                          # [BH, N, dk, 1]
         if rule == "delta":
-            lower = self.decayed_scores(flat(k), flat(kb), flat(b), mid, strict=True)
-            inv = unit_lower_inverse(lower).reshape(-1, N, C, C)                   # (I + M)^-1
+            inv = unit_lower_inverse(scores_of(k, kb, True), self._const("eye_sub", q.dtype))
+            inv = inv.reshape(-1, N, C, C)                                          # (I + M)^-1
             u0 = inv @ v
             w = inv @ (k * torch.exp(b))
         else:
@@ -160,7 +259,7 @@ class StaticMaskAttention(nn.Module):
     def __init__(self, attn: SequentialAttention) -> None:
         super().__init__()
         self.attn = attn
-        self.scan = StaticMaskScan(attn.config.chunk_size)
+        self.scan = StaticMaskScan(attn.config.chunk_size, bounded=attn.config.bounded_gates)
 
     def forward(self, x: torch.Tensor, conv_state: torch.Tensor, scan_state: torch.Tensor):
         """As :meth:`SequentialAttention.forward`: x ``[B, T, D]`` -> (y ``[B, T, D]``, conv tail, scan state)."""

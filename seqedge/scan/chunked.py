@@ -91,22 +91,25 @@ def _unbounded_scores(x: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, g: to
     return diag, x_dec, y_dec
 
 
-def _block_forward_substitution(lower: torch.Tensor) -> torch.Tensor:
-    """``(I + L)^-1`` for strictly lower-triangular 16x16 blocks ``[..., 16, 16]``: 15 unrolled row updates."""
+def _block_forward_substitution(lower: torch.Tensor, eye: torch.Tensor | None = None) -> torch.Tensor:
+    """``(I + L)^-1`` for strictly lower-triangular 16x16 blocks ``[..., 16, 16]``: 15 unrolled row updates.
+
+    ``eye``: the 16x16 identity, if the caller holds it as a constant (an exported graph then builds none)."""
     n = int(lower.shape[-1])
-    eye = torch.eye(n, dtype=lower.dtype, device=lower.device)
-    inv = eye                                                        # broadcasts to [..., 16, 16] at i = 1
-    for i in range(1, n):
+    eye = torch.eye(n, dtype=lower.dtype, device=lower.device) if eye is None else eye
+    inv = eye - eye[:, 1:2] * lower                                  # row 1 (L @ I is L): [..., 16, 16]
+    for i in range(2, n):
         row_i = eye[:, i:i + 1]                                      # [16, 1] selects row i
         inv = inv - row_i * (lower @ inv)                            # row i := e_i - L[i, :i] X[:i]
     return inv
 
 
-def unit_lower_inverse(lower: torch.Tensor) -> torch.Tensor:
+def unit_lower_inverse(lower: torch.Tensor, eye: torch.Tensor | None = None) -> torch.Tensor:
     """``(I + L)^-1`` for a strictly lower-triangular ``[..., C, C]`` (C a multiple of 16).
 
     Forward substitution on the 16-row diagonal blocks, merged by block-triangular products. Unlike powers of
     L (Neumann series, repeated squaring) this stays accurate in float32 when keys are strongly correlated.
+    ``eye``: the 16x16 identity held as a constant by the caller (built here if None).
     """
     C = int(lower.shape[-1])
     nb = C // SUB_CHUNK
@@ -116,11 +119,13 @@ def unit_lower_inverse(lower: torch.Tensor) -> torch.Tensor:
 
     inv: list[list[torch.Tensor | None]] = [[None] * nb for _ in range(nb)]
     for i in range(nb):
-        inv[i][i] = _block_forward_substitution(block(lower, i, i))
+        inv[i][i] = _block_forward_substitution(block(lower, i, i), eye)
     for i in range(1, nb):
         for j in range(i - 1, -1, -1):
             acc = sum(block(lower, i, m) @ inv[m][j] for m in range(j, i))
             inv[i][j] = -(inv[i][i] @ acc)
+    if nb == 1:                      # one block: no cat of one tensor (XNNPACK leaves that to the portable kernels)
+        return inv[0][0]
     zeros = torch.zeros_like(inv[0][0])
     rows = [torch.cat([inv[i][j] if j <= i else zeros for j in range(nb)], dim=-1) for i in range(nb)]
     return torch.cat(rows, dim=-2)

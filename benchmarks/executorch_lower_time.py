@@ -1,0 +1,67 @@
+"""Time ExecuTorch's ``to_edge_transform_and_lower`` of a tiny unbounded-gate model (Gated DeltaNet parts).
+
+Lowers ``step`` and ``chunk`` as the executorch target does (xnnpack_friendly, static_reshapes, the XNNPACK
+partitioner, a dynamic batch) and records the lowering time and each program's delegation counts, with the
+machine's load average (the lowering is single-threaded Python: a loaded machine slows it).
+
+    .venv/bin/python benchmarks/executorch_lower_time.py --layers 1 --out benchmarks/results/executorch_lower_time.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from seqedge.config import MixerParts, SequentialAttentionConfig
+from seqedge.evaluate.run_info import run_metadata
+from seqedge.export import executorch_target as et
+from seqedge.export.entry_points import ENTRY_POINTS
+from seqedge.export.xnnpack_friendly import static_reshapes, xnnpack_friendly
+from seqedge.model import SequentialAttentionModel
+from seqedge.quiet import quiet_libraries
+
+
+def tiny_delta_model(layers: int) -> SequentialAttentionModel:
+    """The tests' tiny Gated DeltaNet mixer (softplus gate: unbounded, delta rule)."""
+    parts = MixerParts(gate="softplus", beta="sigmoid", num_key_heads=2, qk_norm="rsqrt", skip=False)
+    config = SequentialAttentionConfig(vocab_size=64, hidden_size=32, num_layers=layers, num_heads=4, head_k_dim=16,
+                                       head_v_dim=8, gate_rank=4, chunk_size=16, mlp_multiple_of=16,
+                                       update_rule="delta", mixer=parts)
+    torch.manual_seed(0)
+    return SequentialAttentionModel(config).eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=1)
+    parser.add_argument("--label", default="", help="a note stored with the row (e.g. the branch measured)")
+    parser.add_argument("--out", help="append the row to this JSON list")
+    args = parser.parse_args()
+    import executorch.exir as exir
+
+    model = xnnpack_friendly(tiny_delta_model(args.layers))
+    with quiet_libraries():
+        programs = {e: et._export_entry(model, e, max_batch=4) for e in ENTRY_POINTS}
+        load_before = os.getloadavg()
+        started = time.perf_counter()
+        edge = exir.to_edge_transform_and_lower(programs, transform_passes=[static_reshapes],
+                                                partitioner=[et._partitioner()],
+                                                compile_config=exir.EdgeCompileConfig(_check_ir_validity=False))
+        seconds = time.perf_counter() - started
+    row = run_metadata(layers=args.layers, label=args.label, lower_seconds=round(seconds, 1),
+                       loadavg_before=load_before, loadavg_after=os.getloadavg(),
+                       delegation={e: et.delegation_counts(edge.exported_program(e).graph_module)
+                                   for e in ENTRY_POINTS})
+    print(json.dumps(row, indent=1))
+    if args.out:
+        rows = json.load(open(args.out)) if os.path.exists(args.out) else []
+        with open(args.out, "w") as f:
+            json.dump(rows + [row], f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
