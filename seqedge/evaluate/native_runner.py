@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from seqedge.evaluate.latency import BenchConfig, ContextResult, RunResult
+from seqedge.evaluate.bench_results import BenchConfig, ContextResult, RunResult
 
 RUNNER_ENV = "SEQEDGE_RUN"
 RUNNER_PROGRAM = "seqedge-run"
