@@ -122,8 +122,10 @@ def _compression_config(recipe: QuantizationRecipe, selected: list[str]) -> Any:
     if recipe.scheme == "int8":
         op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
                                          weight_threshold=0)
-        # Only the matrices: linear/matmul weights and the embedding table (gather); norms and conv taps stay fp16.
-        return cto.OptimizationConfig(op_type_configs={"linear": op, "matmul": op, "gather": op})
+        # The matrices (linear/matmul weights, the embedding table: gather) and the short conv's taps: Core ML
+        # shares equal constants between ops (a zero conv bias and a bias-free linear's zero bias), and refuses a
+        # shared constant whose ops are configured differently. Norm weights stay fp16.
+        return cto.OptimizationConfig(op_type_configs={"linear": op, "matmul": op, "gather": op, "conv": op})
     op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
                                      block_size=recipe.group_size, weight_threshold=0)
     return cto.OptimizationConfig(op_name_configs={name: op for name in selected})
@@ -311,7 +313,7 @@ def _int4_summary(recipe: QuantizationRecipe, consts: dict[str, list[str]], stor
 
 def _compression_summary(scheme: str, group_size: int) -> str | None:
     if scheme == "int8":
-        return "int8 linear symmetric, per output channel (linear, matmul, embedding weights)"
+        return "int8 linear symmetric, per output channel (linear, matmul, embedding, short-conv weights)"
     if scheme == "int4":
         return (f"int4 linear symmetric, blocks of {group_size} input columns (the weights of the modules the "
                 f"recipe's int4 policy selects; the others float16)")

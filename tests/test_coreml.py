@@ -99,6 +99,26 @@ def test_scan_only_state_converts(tmp_path):
         assert states == {"state_0": scan}
 
 
+def test_int8_with_a_zero_conv_bias_converts(tmp_path):
+    """Core ML shares equal constants between ops: a zero conv bias (a random Mamba2's) and a bias-free linear's
+    zero bias became one constant with two compression configs, which coremltools refuses."""
+    import torch
+    from _artifacts import TINY_DIMS, build_model
+
+    from seqedge.config import MixerParts, SequentialAttentionConfig
+    from seqedge.export.coreml_target import CoreMLTarget
+
+    parts = MixerParts(gate="softplus", beta="dt", num_key_heads=1, conv_bias=True, output="gate_norm",
+                       out_norm_size=128, scale=1.0, mlp=False)
+    dims = {**TINY_DIMS, "hidden_size": 64, "num_heads": 8, "head_k_dim": 16, "head_v_dim": 16}
+    model = build_model(SequentialAttentionConfig(**dims, mixer=parts))
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.conv.bias.zero_()
+    variant = CoreMLTarget().export(ExportContext(model, tmp_path, QuantizationRecipe("int8")))
+    assert variant.info["weight_dtypes"].get("INT8", 0) >= 3
+
+
 def _stored_weight_dtypes(spec, function):
     """Data types of every weight stored in a function: plain consts of rank >= 2, and constexpr data."""
     fn = spec.mlProgram.functions[function]
