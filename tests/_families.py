@@ -35,6 +35,7 @@ def assert_import_refused(path: Path, tmp_path: Path, capsys, key: str, **change
     naming ``key`` and writes nothing."""
     edited = edited_hf_dir(path, tmp_path, **changes)
     out = tmp_path / "ck"
+    capsys.readouterr()                   # drop what fixtures printed (save_pretrained's progress bars)
     assert main(["import", str(edited), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and key in err, err

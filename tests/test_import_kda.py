@@ -339,7 +339,7 @@ REFUSED = [
     ("fla", dict(attnres_block_size=2), "attnres_block_size"),
     ("fla", dict(num_v_heads=3), "num_v_heads"),
     ("fla", dict(expand_v=1.3), "expand_v"),
-    ("fla", dict(model_type="gla"), "model_type"),
+    ("fla", dict(model_type="rwkv7"), "model_type"),
     ("kimi_dir", dict(layer_types=["linear_attention", "full_attention"]), "layer_types"),
     ("kimi_dir", dict(layer_types=None, num_hidden_layers=5), "layer_types"),      # transformers' default: hybrid
     ("kimi_dir", dict(mlp_layer_types=["dense", "sparse"]), "mlp_layer_types"),
