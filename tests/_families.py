@@ -30,9 +30,9 @@ def edited_hf_dir(path: Path, tmp_path: Path, **changes) -> Path:
     return edited
 
 
-def assert_import_refused(path: Path, tmp_path: Path, capsys, key: str, **changes) -> None:
+def assert_import_refused(path: Path, tmp_path: Path, capsys, key: str, **changes) -> str:
     """``seqedge import`` of a copy of the HF dir ``path`` with config.json ``changes`` exits 2 with one line
-    naming ``key`` and writes nothing."""
+    naming ``key`` and writes nothing; returns that line."""
     edited = edited_hf_dir(path, tmp_path, **changes)
     out = tmp_path / "ck"
     capsys.readouterr()                   # drop what fixtures printed (save_pretrained's progress bars)
@@ -40,6 +40,21 @@ def assert_import_refused(path: Path, tmp_path: Path, capsys, key: str, **change
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and key in err, err
     assert not out.exists()
+    return err
+
+
+def split_run(model, tokens):
+    """seqedge's logits over ``tokens`` ``[B, T >= 45]`` fed as two chunked calls (20, 25 tokens) and then steps:
+    the state carried across every kind of call; returns the logits and the final state."""
+    with torch.no_grad():
+        logits, state = model(tokens[:, :20])
+        parts = [logits]
+        more, state = model(tokens[:, 20:45], state)
+        parts.append(more)
+        for t in range(45, tokens.shape[1]):
+            step, state = model.step(tokens[:, t], state)
+            parts.append(step[:, None])
+    return torch.cat(parts, dim=1), state
 
 
 def stepped_logits(session, tokens) -> np.ndarray:

@@ -20,7 +20,6 @@ dir (no download); every parameter gets non-trivial random values (norms, dt_bia
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 
 import pytest
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 pytest.importorskip("transformers", reason="transformers is not installed (pip install transformers==5.23.0)")
 
 from _families import rel_error as _rel  # noqa: E402
-from _families import stepped_logits  # noqa: E402
+from _families import assert_import_refused, split_run, stepped_logits  # noqa: E402
 from seqedge.cli.main import main  # noqa: E402
 from seqedge.families import import_hf  # noqa: E402
 
@@ -61,19 +60,6 @@ def _randomise(model, one_plus_norms: bool = False):
                 p.normal_(0.0, 0.15)
     return model.eval()
 
-
-
-def _split_run(model, tokens):
-    """seqedge's logits over ``tokens`` fed as chunked calls then steps, and the final state."""
-    with torch.no_grad():
-        logits, state = model(tokens[:, :20])
-        parts = [logits]
-        more, state = model(tokens[:, 20:45], state)
-        parts.append(more)
-        for t in range(45, tokens.shape[1]):
-            step, state = model.step(tokens[:, t], state)
-            parts.append(step[:, None])
-    return torch.cat(parts, dim=1), state
 
 
 # fla -----------------------------------------------------------------------------------------------------
@@ -145,7 +131,7 @@ def test_fla_import_matches_fla_layer_by_layer_with_carried_state(fla_hf):
             ours = model.blocks[i](ours, *zeros)[0]
         final = source.model.norm.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + source.model.norm.eps)
         want_logits = source.lm_head(final)
-    logits, state = _split_run(model, tokens)
+    logits, state = split_run(model, tokens)
     assert _rel(logits, want_logits) <= TOL
     for layer, want_state in enumerate(states):
         assert _rel(state.tensors[2 * layer + 1], want_state) <= TOL
@@ -230,7 +216,7 @@ def test_qwen3_next_import_matches_transformers_with_carried_state(qwen_hf):
         full = source(tokens, use_cache=False).logits
     want, cache = _qwen_split_run(source, tokens)
     assert _rel(want, full) <= TOL                               # transformers' own cache carries its state
-    logits, state = _split_run(model, tokens)
+    logits, state = split_run(model, tokens)
     assert _rel(logits, want) <= TOL
     for layer in range(model.config.num_layers):
         assert _rel(state.tensors[2 * layer + 1], cache.get_recurrent_state(layer, state_idx=0)) <= TOL
@@ -301,18 +287,6 @@ def test_quantized_step_keeps_top1(qwen_hf, quantized_artifact, scheme):
 
 # refusals ---------------------------------------------------------------------------------------------------
 
-def _edited(path, tmp_path, changes):
-    """A copy of the HF dir with config.json keys changed (weights linked, not copied)."""
-    out = tmp_path / "edited"
-    out.mkdir()
-    config = json.loads((path / "config.json").read_text())
-    config.update(changes)
-    (out / "config.json").write_text(json.dumps(config))
-    for f in path.glob("*.safetensors"):
-        (out / f.name).symlink_to(f)
-    return out
-
-
 FLA_REFUSED = [
     (dict(attn={"layers": [1], "num_heads": 2}), "attn"),
     (dict(use_gate=False), "use_gate"),
@@ -332,24 +306,15 @@ QWEN_REFUSED = [
 ]
 
 
-def _refused(path, tmp_path, capsys, changes, key):
-    out = tmp_path / "ck"
-    assert main(["import", str(_edited(path, tmp_path, changes)), "-o", str(out)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and key in err, err
-    assert not out.exists()
-    return err
-
-
 @pytest.mark.parametrize("changes, key", FLA_REFUSED, ids=[k for _, k in FLA_REFUSED])
 def test_fla_refused_options_name_the_key_and_write_nothing(fla_hf, tmp_path, capsys, changes, key):
-    err = _refused(fla_hf[1], tmp_path, capsys, changes, key)
+    err = assert_import_refused(fla_hf[1], tmp_path, capsys, key, **changes)
     assert key != "attn" or "hybrid models" in err
 
 
 @pytest.mark.parametrize("changes, key", QWEN_REFUSED, ids=[k for _, k in QWEN_REFUSED])
 def test_qwen3_next_refused_options_name_the_key_and_write_nothing(qwen_hf, tmp_path, capsys, changes, key):
-    err = _refused(qwen_hf[1], tmp_path, capsys, changes, key)
+    err = assert_import_refused(qwen_hf[1], tmp_path, capsys, key, **changes)
     assert key != "layer_types" or "hybrid models are not supported yet" in err
 
 

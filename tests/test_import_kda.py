@@ -37,7 +37,7 @@ import torch.nn.functional as F
 pytest.importorskip("transformers", reason="transformers is not installed (pip install transformers==5.23.0)")
 pytest.importorskip("fla", reason="fla is not installed (pip install flash-linear-attention==0.6.0 fla-core==0.6.0)")
 
-from _families import assert_import_refused, rel_error  # noqa: E402
+from _families import assert_import_refused, rel_error, split_run  # noqa: E402
 from seqedge.cli.main import main  # noqa: E402
 from seqedge.families import import_hf  # noqa: E402
 from seqedge.scan import chunked_scan, recurrent_scan, reference_scan  # noqa: E402
@@ -137,25 +137,12 @@ def kimi():
     return module
 
 
-def _run_in_parts(model, tokens):
-    """seqedge's logits over ``tokens`` fed as two chunked calls and then steps: the state carried."""
-    with torch.no_grad():
-        logits, state = model(tokens[:, :20])
-        parts = [logits]
-        more, state = model(tokens[:, 20:45], state)
-        parts.append(more)
-        for t in range(45, tokens.shape[1]):
-            step, state = model.step(tokens[:, t], state)
-            parts.append(step[:, None])
-    return torch.cat(parts, dim=1), state
-
-
 def test_fla_import_matches_fla_reference_with_carried_state(fla):
     source, path = fla
     model = import_hf(path)
     assert model.config.mixer.gate == "softplus_key" and model.config.mixer.num_key_heads == 2
     tokens = torch.randint(0, VOCAB, (2, 53), generator=torch.Generator().manual_seed(1))
-    got, state = _run_in_parts(model, tokens)
+    got, state = split_run(model, tokens)
     with torch.no_grad():
         want, want_states = _fla_reference(source, tokens)
     assert rel_error(got, want) <= TOL
@@ -200,7 +187,7 @@ def test_fla_import_matches_transformers_layers_with_fla_weights(kimi, tmp_path)
             block.attn.g_proj[1].bias.zero_()
     source.save_pretrained(tmp_path / "hf")
     tokens = torch.randint(0, VOCAB, (2, 53), generator=torch.Generator().manual_seed(4))
-    got, _ = _run_in_parts(import_hf(tmp_path / "hf"), tokens)
+    got, _ = split_run(import_hf(tmp_path / "hf"), tokens)
     with torch.no_grad():
         want = _fla_to_kimi(source, kimi)(tokens, **_kimi_inputs(tokens)).logits
     assert rel_error(got, want) <= TOL
@@ -218,7 +205,7 @@ def test_kimi_linear_import_matches_transformers_with_carried_state(kimi_dir):
     source, path = kimi_dir
     model = import_hf(path)
     tokens = torch.randint(0, VOCAB, (2, 53), generator=torch.Generator().manual_seed(5))
-    got, state = _run_in_parts(model, tokens)
+    got, state = split_run(model, tokens)
     with torch.no_grad():
         out = source(tokens, **_kimi_inputs(tokens), use_cache=True)
     assert rel_error(got, out.logits) <= TOL
