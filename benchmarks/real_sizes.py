@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             params = 0
             for f in hf.glob("*.safetensors"):
                 with safe_open(f, "pt") as st:
-                    params += sum(_numel(st.get_slice(k).get_shape()) for k in st.keys())
+                    params += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())
             record["model_info"][model] = {"parameters": params, "build_s": round(time.perf_counter() - t0, 1)}
         cells = record["models"].setdefault(model, {})
         for target in args.targets.split(","):
@@ -201,13 +202,6 @@ def main(argv: list[str] | None = None) -> int:
                 save(record)
     save(record)
     return 0
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 if __name__ == "__main__":
