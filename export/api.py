@@ -43,7 +43,7 @@ from seqedge.state import state_nbytes
 
 from .base import TARGETS, ExportContext, get_target
 from .entry_points import ENTRY_POINTS, input_names, output_names
-from .quantization import RECIPES, QuantizationRecipe, make_recipe
+from .quantization import RECIPES, QuantizationRecipe, int4_selection, make_recipe
 
 TARGET_ORDER = tuple(TARGETS)        # the registry's order: tensorrt comes after onnx, whose variant it builds from
 
@@ -85,13 +85,10 @@ def export_model(model, out_dir: str | os.PathLike, targets: Sequence[str] | str
 
 
 def _check_int4_policy(model, recipes) -> None:
-    """Refuse, before anything is written, an int4 recipe whose module policy selects no linear of ``model``
-    (int4-mlp on a model without MLPs, such as an imported Mamba2)."""
-    import torch.nn as nn
-
-    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    """Refuse, before anything is written, an int4 recipe whose module policy selects no weight matrix of
+    ``model`` (int4-mlp on a model without MLPs, such as an imported Mamba2)."""
     for recipe in recipes:
-        if recipe.scheme == "int4" and not any(recipe.int4_applies(name) for name in linears):
+        if recipe.scheme == "int4" and not int4_selection(model, recipe)[0]:
             raise ValueError(f"the {recipe.name} recipe quantizes {list(recipe.int4_modules)} and this model "
                              f"has no such linear (mixer.mlp is {model.config.mixer.mlp}); use int8-dynamic or fp16")
 
