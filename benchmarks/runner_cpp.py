@@ -1,4 +1,4 @@
-"""The C++ runner (runners/cpp, ``seqedge-run --bench``) against the Python ExecuTorch session on one artifact.
+"""The C++ runner (runners/cpp, ``seqedge-run --bench``) against the Python ExecuTorch session, per artifact.
 
 Both run the same ``.pte`` with the same XNNPACK build on the same token stream (Python standard-library source
 bytes, runtimes/latency.token_stream): per-token step p50/p99 after prefilling to each context, prefill tokens/s
@@ -9,8 +9,14 @@ runtime). Before timing, the runner's logits on a 256-token stream are compared 
 Targets: the runner's peak RSS < 30 MiB; its step p50 no slower than the Python session's at every context.
 A missed target is reported with by how much. Results: benchmarks/results/runner_cpp.{json,md}.
 
-    python benchmarks/runner_cpp.py ARTIFACT            # an artifact of the bundled model with an executorch variant
-    python benchmarks/runner_cpp.py ARTIFACT --quick    # smoke test: small contexts, results to a temp dir
+ExecuTorch plans each method's activations for the program's largest batch, so the batch bound the artifact
+was exported with (``seqedge export --max-batch``) sets much of the runner's memory: give one artifact per bound
+to compare them (an app that runs one sequence exports with ``--max-batch 1``).
+
+    seqedge export --target executorch --max-batch 1 -o A1     # the bundled model, single-stream programs
+    seqedge export --target executorch -o A8                   # the default bound (8)
+    python benchmarks/runner_cpp.py A1 A8
+    python benchmarks/runner_cpp.py A1 --quick                 # smoke test: small contexts, results to a temp dir
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from seqedge.artifact import read_manifest
 from seqedge.runtimes import load
 from seqedge.evaluate.latency import BenchConfig, SessionStepper, bench_stepper, format_context, parse_contexts, \
     token_stream
@@ -75,16 +82,24 @@ def verdict(cpp: dict[str, Any], python: dict[str, Any]) -> list[str]:
     return lines
 
 
+def batch_bound(artifact: Path, tag: str) -> int:
+    """The largest batch the artifact's executorch/<tag> program was compiled for (it plans memory for it)."""
+    return int(read_manifest(artifact).variant("executorch", tag).info["batch"]["max"])
+
+
 def render(report: dict[str, Any]) -> str:
     out = ["# C++ runner vs the Python ExecuTorch session", "",
            f"Command: `{report['command']}`  ", f"Date: {report['date']}  ",
            f"Machine: {report['machine'].get('cpu')}, {report['machine'].get('cores')} cores; "
            f"load average before: {report['load_before']}  ",
-           f"Artifact: {report['artifact']} (fingerprint {report['fingerprint']})  ",
-           f"Versions: {json.dumps(report['machine'].get('libraries', {}))}", ""]
+           f"Versions: {json.dumps(report['machine'].get('libraries', {}))}", "",
+           "ExecuTorch allocates each method's planned activation memory for the program's batch bound when the "
+           "method loads (`chunk`'s, for a whole chunk of tokens, dominates), so the bound the artifact was exported "
+           "with (`seqedge export --max-batch`) sets most of the runner's peak RSS beyond the weights.", ""]
     for run in report["runs"]:
         cpp, py = run["cpp"], run["python"]
-        out += [f"## executorch/{run['tag']}", "",
+        out += [f"## executorch/{run['tag']}, batch bound {run['max_batch']}", "",
+                f"Artifact: {run['artifact']} (fingerprint {run['fingerprint']}).", "",
                 f"Parity first (256 tokens, prefill 200 then steps): max |dlogit| {run['parity']['max_abs']:.2e}, "
                 f"top-1 {run['parity']['top1']:.0%}.", "",
                 "| context | C++ p50 ms | C++ p99 ms | Python p50 ms | Python p99 ms |", "|---|---|---|---|---|"]
@@ -105,7 +120,8 @@ def render(report: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("artifact", type=Path, help="artifact directory with an executorch variant")
+    parser.add_argument("artifacts", type=Path, nargs="+", metavar="ARTIFACT",
+                        help="artifact directories with an executorch variant (one per batch bound to compare)")
     parser.add_argument("--quantize", default="fp32", help="executorch variants to measure, comma-separated")
     parser.add_argument("--build", type=Path, default=REPO / "build" / "runner-cpp", help="CMake build directory")
     parser.add_argument("--quick", action="store_true", help="smoke test; results to a temp dir")
@@ -120,16 +136,18 @@ def main() -> int:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for tag in args.quantize.split(","):
-            parity = check_parity(runner, args.artifact, tag, work)
-            cpp = bench_native(runner, args.artifact, tag, config, stream).to_dict()
-            python = bench_python(args.artifact, tag, config, stream)
-            runs.append({"tag": tag, "parity": parity, "cpp": cpp, "python": python, "verdict": verdict(cpp, python)})
-            print("\n".join(runs[-1]["verdict"]))
-    manifest = json.loads((args.artifact / "manifest.json").read_text())
+        for artifact in args.artifacts:
+            fingerprint = read_manifest(artifact).fingerprint
+            for tag in args.quantize.split(","):
+                bound = batch_bound(artifact, tag)
+                parity = check_parity(runner, artifact, tag, work)
+                cpp = bench_native(runner, artifact, tag, config, stream).to_dict()
+                python = bench_python(artifact, tag, config, stream)
+                runs.append({"artifact": str(artifact), "fingerprint": fingerprint, "tag": tag, "max_batch": bound,
+                             "parity": parity, "cpp": cpp, "python": python, "verdict": verdict(cpp, python)})
+                print(f"{artifact} executorch/{tag} (batch bound {bound}):\n  " + "\n  ".join(runs[-1]["verdict"]))
     report = {"command": command_line(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "machine": machine_info(), "load_before": [round(x, 2) for x in load_before],
-              "artifact": str(args.artifact), "fingerprint": manifest.get("fingerprint"), "params": params,
+              "machine": machine_info(), "load_before": [round(x, 2) for x in load_before], "params": params,
               "rss_target_mib": RSS_MAX_MIB, "runs": runs}
     (out_dir / "runner_cpp.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "runner_cpp.md").write_text(render(report))

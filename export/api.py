@@ -41,7 +41,7 @@ from seqedge.fsutil import (
 from seqedge.quiet import quiet_libraries
 from seqedge.state import state_nbytes
 
-from .base import TARGETS, ExportContext, get_target
+from .base import DEFAULT_MAX_BATCH, TARGETS, ExportContext, check_max_batch, get_target
 from .entry_points import ENTRY_POINTS, input_names, output_names
 from .quantization import RECIPES, QuantizationRecipe, int4_selection, make_recipe
 
@@ -58,12 +58,15 @@ class VerificationFailed(RuntimeError):
 
 def export_model(model, out_dir: str | os.PathLike, targets: Sequence[str] | str,
                  quantize: Sequence[str] = ("none",), *, progress: bool | Callable[[str], None] = True,
-                 overwrite: bool = False, group_size: int = 32, verify: Verifier | None = None) -> Manifest:
+                 overwrite: bool = False, group_size: int = 32, max_batch: int = DEFAULT_MAX_BATCH,
+                 verify: Verifier | None = None) -> Manifest:
     """Export ``model`` (a SequentialAttentionModel or a checkpoint directory) to ``out_dir``.
 
     ``targets``: names from ``TARGETS`` (an empty list writes only the torch variant) or ``"all"`` (every target whose library works here; the others are
     skipped and listed in the manifest's ``skipped`` with the reason). An explicitly requested target whose
     library is missing raises ImportError with the exact ``pip install``. ``tensorrt`` pulls in ``onnx``.
+    ``max_batch``: the largest batch the executorch and tensorrt variants take (1: single-stream programs with
+    the least memory, for an app that runs one sequence; ONNX graphs take any batch).
     ``quantize``: recipe names from :data:`~seqedge.export.quantization.RECIPES` (fp32, fp16, int8-dynamic,
     int4-mlp; the 0.1 names none, int8, int4 still work); the manifest records each recipe's name.
     A ``torch`` variant (``config.json`` + ``model.safetensors``) is always written: it is the float64
@@ -75,13 +78,14 @@ def export_model(model, out_dir: str | os.PathLike, targets: Sequence[str] | str
     out = Path(out_dir)
     _check_destination(out, overwrite)
     recipes = _recipes(quantize, group_size)
+    check_max_batch(max_batch)
     plan, skipped = _plan(targets, recipes, say)
     model = _as_model(model)
     _check_int4_policy(model, recipes)
     for stale in sweep_stale_temp_dirs(out):
         say(f"removed {stale}, left by an export that was killed")
     with terminate_as_interrupt():
-        return _build(model, out, plan, recipes, skipped, say, verify)
+        return _build(model, out, plan, recipes, skipped, say, verify, max_batch)
 
 
 def _check_int4_policy(model, recipes) -> None:
@@ -93,14 +97,14 @@ def _check_int4_policy(model, recipes) -> None:
                              f"has no such linear (mixer.mlp is {model.config.mixer.mlp}); use int8-dynamic or fp16")
 
 
-def _build(model, out: Path, plan, recipes, skipped, say, verify: Verifier | None) -> Manifest:
+def _build(model, out: Path, plan, recipes, skipped, say, verify: Verifier | None, max_batch: int) -> Manifest:
     tmp = make_temp_dir(out)
     try:
         variants = [_export_torch(model, tmp, say)]
         for name, target, recipe in plan:
             start = time.perf_counter()
             say(f"{name}/{recipe.tag}: exporting")
-            ctx = ExportContext(model, tmp, recipe, say, list(variants))
+            ctx = ExportContext(model, tmp, recipe, say, list(variants), max_batch)
             with quiet_libraries():
                 variant = target.export(ctx)
             variants.append(variant)

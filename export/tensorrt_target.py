@@ -1,7 +1,8 @@
 """TensorRT target: ``step.engine`` and ``chunk.engine`` built from the ONNX variant of the same export.
 
 fp32 engines build from ``onnx/fp32``, fp16 engines from ``onnx/fp16`` (strongly typed: the engine keeps the ONNX
-graph's precision, state I/O float32). Each engine has one optimization profile over the batch: 1..8, opt 1.
+graph's precision, state I/O float32). Each engine has one optimization profile over the batch: 1 to the
+export's ``max_batch`` (8 by default), optimised for 1.
 Full TensorRT is used when importable, else TensorRT for RTX (see :mod:`seqedge.tensorrt_api`); which one
 built the engines is recorded in ``Variant.info["api"]``, since only that library can load them.
 """
@@ -14,7 +15,7 @@ from seqedge.tensorrt_api import INSTALL_HINT, build_engine, load_api
 from .base import ExportContext
 
 ENTRIES = ("step", "chunk")
-MIN_BATCH, OPT_BATCH, MAX_BATCH = 1, 1, 8
+MIN_BATCH, OPT_BATCH = 1, 1
 
 
 class TensorRTTarget:
@@ -48,7 +49,7 @@ class TensorRTTarget:
             if entry not in source.files:
                 raise ValueError(f"{source.name} has no {entry!r} file (it has {sorted(source.files)})")
             onnx_path = ctx.root / source.files[entry]["path"]
-            build = build_engine(api, onnx_path, min_batch=MIN_BATCH, opt_batch=OPT_BATCH, max_batch=MAX_BATCH,
+            build = build_engine(api, onnx_path, min_batch=MIN_BATCH, opt_batch=OPT_BATCH, max_batch=ctx.max_batch,
                                  progress=ctx.progress)
             path = out / f"{entry}.engine"
             path.write_bytes(build.data)
@@ -62,7 +63,7 @@ class TensorRTTarget:
             "built_from": source.name,
             "precision": "fp16 (from the ONNX graph, strongly typed)" if scheme == "fp16"
                          else "fp32 (from the ONNX graph, strongly typed)",
-            "batch": {"min": MIN_BATCH, "opt": OPT_BATCH, "max": MAX_BATCH},
+            "batch": {"min": MIN_BATCH, "opt": OPT_BATCH, "max": ctx.max_batch},
             "profiles": profiles,
             "compute_capabilities": info_targets,
             "build_warnings": build_warnings,

@@ -70,6 +70,10 @@ def test_generate_from_artifact(cli_artifact, capsys):
     (["export", "-m", "/nonexistent/ckpt", "-o", "{tmp}/a"], "export", "does not exist"),
     (["export", "-m", "{ckpt}", "-o", "{tmp}/taken"], "export", "not a seqedge artifact"),
     (["export", "-m", "{ckpt}", "-o", "{art}"], "export", "--overwrite"),
+    (["export", "-m", "{ckpt}", "--target", "executorch", "--max-batch", "0", "-o", "{tmp}/a"], "export",
+     "max_batch must be an integer in [1, 15]"),
+    (["export", "-m", "{ckpt}", "--target", "executorch", "--max-batch", "16", "-o", "{tmp}/a"], "export",
+     "max_batch must be an integer in [1, 15]"),
     (["validate", "-m", "{tmp}"], "validate", "not a seqedge artifact"),
     (["validate", "-m", "{art}", "--runtimes", "tflite"], "validate", "valid runtimes"),
     (["validate", "-m", "{art}", "--runtimes", "tensorrt", "--report", "{tmp}/v.json"], "validate", "none of the"),
@@ -83,6 +87,7 @@ def test_error_paths_are_one_line_exit_2(argv, command, words, cli_artifact, tin
     argv = [a.format(tmp=tmp_path, ckpt=tiny_checkpoint, art=cli_artifact) for a in argv]
     assert main(argv) == 2
     assert words in _one_line_error(capsys, command)
+    assert not (tmp_path / "a").exists()
 
 
 def test_missing_library_is_one_line_with_pip_install(monkeypatch, tiny_checkpoint, tmp_path, capsys):

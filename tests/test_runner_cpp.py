@@ -137,6 +137,28 @@ def test_logits_match_python_session(runner, exported, tmp_path, scheme):
     assert report.passed, report.failures
 
 
+def test_single_stream_program(runner, tmp_path_factory, tmp_path):
+    """``max_batch=1`` (``seqedge export --max-batch 1``, what docs/embedding.md tells an app to export): a static
+    batch-1 program; the runner and the Python session agree on it, and the session refuses a batch of 2."""
+    from seqedge.export.base import ExportContext, get_target
+    from seqedge.export.quantization import QuantizationRecipe
+
+    model = test_executorch.tiny_model("gated")
+    root = tmp_path_factory.mktemp("et-gated-b1")
+    variant = get_target("executorch").export(ExportContext(model, root, QuantizationRecipe("none"), max_batch=1))
+    assert variant.info["batch"] == {"min": 1, "max": 1}
+    artifact = test_executorch.write_artifact(root, model, [variant])
+    tokens = stream_tokens(seed=3)
+    ours = cpp_stream(runner, artifact, tmp_path, tokens, PREFILL)
+    session = load(artifact, "executorch")
+    python = run_stream(session, tokens, PREFILL)
+    assert np.abs(ours - python.logits).max() <= 1e-4
+    assert (ours.argmax(-1) == python.logits.argmax(-1)).all()
+    state = session.init_state(2)
+    with pytest.raises(ValueError, match=r"batch size 2 is outside the range \[1, 1\]"):
+        session.step(np.array([1, 2]), state)
+
+
 def test_state_moves_between_python_and_cpp(runner, exported, tmp_path):
     """Python prefills and saves; C++ continues and saves; Python continues: one uninterrupted stream."""
     artifact, _ = exported("none")

@@ -32,6 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "--list-recipes says what each does)")
     p.add_argument("--list-recipes", action="store_true", help="describe every quantization recipe and exit")
     p.add_argument("--group-size", type=int, default=32, help="int4 weights per scale group (default: 32)")
+    p.add_argument("--max-batch", type=int, metavar="N",
+                   help="largest batch the executorch and tensorrt variants take, 1 to 15 (default: 8). ExecuTorch "
+                        "plans memory for it: 1 gives single-stream programs with the least memory, for an app "
+                        "(the C++ runner) that runs one sequence. ONNX variants take any batch")
     add_out(p, "artifact directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing artifact at --out (atomically)")
     add_quiet(p)
@@ -69,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     recipes = canonical_recipes(args.quantize)
     try:
         manifest = export_verified(checkpoint, args.out, targets, recipes, progress=not (args.quiet or args.json),
-                                   overwrite=args.overwrite, group_size=args.group_size)
+                                   overwrite=args.overwrite, group_size=args.group_size,
+                                   **({} if args.max_batch is None else {"max_batch": args.max_batch}))
     except VerificationFailed as err:          # the verdict of the work, not a usage error
         print(f"seqedge export: {err}", file=sys.stderr)
         return EXIT_VERDICT_FAILED
