@@ -44,6 +44,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -256,6 +257,7 @@ def summarize(times_ms: list[float], streams: int) -> dict:
             "mean_ms": mean, "tokens_per_s": streams * 1e3 / mean}
 
 
+@torch.no_grad()
 def run_point(make: Callable[[], StaticDecoder], streams: int, vocab: int, needed_bytes: int,
               device: torch.device, timing: dict) -> dict:
     """Build a decoder with ``make()``, time its steps and measure its memory; an OOM anywhere gives a row
@@ -279,6 +281,9 @@ def run_point(make: Callable[[], StaticDecoder], streams: int, vocab: int, neede
         del dec, tokens
     except torch.cuda.OutOfMemoryError as err:
         oom = str(err).split("\n")[0][:200]
+    except (RuntimeError, ValueError) as err:    # recorded on the row, traceback on stderr; the run goes on
+        traceback.print_exc()
+        row.update(status="failed", error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
     if oom is not None:                      # outside the handler: the traceback's frames (and tensors) are gone
         row.update(status="OOM", error=oom)
     gc.collect()
@@ -304,9 +309,11 @@ NOTES = [
 
 
 def model_rows(name: str, streams: list[int], contexts: list[int], device: torch.device, dtype: torch.dtype,
-               smoke: bool, timing: dict, over: Callable[[], bool], seed: int) -> dict:
+               smoke: bool, timing: dict, over: Callable[[], bool], seed: int,
+               progress: Callable[[dict], None]) -> dict:
     """Every point of one model: the Sequential Attention decoder at each stream count, then the matched
-    KV-cache transformer at each context and stream count."""
+    KV-cache transformer at each context and stream count; ``progress(rows so far)`` after each point (a run
+    cut short still leaves its results)."""
     model = build_seqedge(name, seed).to(device=device, dtype=dtype)
     tcfg = baseline_config(model.config, model.num_parameters())
     kv_model = build_transformer(tcfg, seed, dtype, device)
@@ -323,6 +330,7 @@ def model_rows(name: str, streams: list[int], contexts: list[int], device: torch
         head = {"engine": engine, "context": context}
         if over():
             info["rows"].append({**head, "streams": b, "status": "skipped (deadline)"})
+            progress(info)
             continue
         if engine == "seqedge":
             row = run_point(lambda: seqedge_decoder(model, b, smoke), b, vocab, b * per_state, device, timing)
@@ -331,6 +339,7 @@ def model_rows(name: str, streams: list[int], contexts: list[int], device: torch
                             kv_cache_bytes(tcfg, b, context, itemsize), device, timing)
         info["rows"].append({**head, **row})
         print(f"{name} {engine} context={context} streams={b}: {_cell(row)}", flush=True)
+        progress(info)
     del model, kv_model
     gc.collect()
     if device.type == "cuda":
@@ -372,6 +381,8 @@ def render(record: dict) -> str:
                 status = r["status"]
                 if r["status"] == "OOM":
                     status = f"OOM (state/cache alone: {r['needed_bytes'] / 2**30:.1f} GiB)"
+                elif r["status"] == "failed":
+                    status = f"failed: {r['error'][:80]}"
                 lines.append(f"| {engine} | {ctx} | {r['streams']} | - | {status} | - | - | {needed} | - | - |")
                 continue
             total = r.get("measured_bytes")
@@ -461,11 +472,14 @@ def main(argv: list[str] | None = None) -> int:
                                seed=args.seed, smoke=args.smoke)}
     timing = dict(budget_s=args.budget, min_steps=args.min_steps, max_steps=args.max_steps)
     over = lambda: time.perf_counter() - start > args.deadline          # noqa: E731
-    for name in args.models:
-        record["models"][name] = model_rows(name, args.streams, args.contexts, device, dtype, args.smoke, timing,
-                                            over, args.seed)
+    def progress(name: str, info: dict) -> None:
+        record["models"][name] = info
         record["elapsed_s"] = round(time.perf_counter() - start, 1)
         save(record, args.out)
+
+    for name in args.models:
+        model_rows(name, args.streams, args.contexts, device, dtype, args.smoke, timing, over, args.seed,
+                   lambda info, name=name: progress(name, info))
     print(render(record))
     return 0
 

@@ -140,3 +140,12 @@ def test_capacity_from_the_measured_slope(ms):
     assert lines[2] == ("- KV transformer at context 8: 2.00 MiB per added stream (measured, 16 -> 64 streams): "
                         "about 512 streams would fit in the card's 1 GiB")
     assert ms.capacity_lines(rows[:1], gpu_bytes=2**30) == [] and ms.capacity_lines(rows, None) == []
+
+
+def test_failed_point_is_recorded_with_its_error(ms):
+    def make():
+        raise RuntimeError("Triton compilation failed\ndetails")
+
+    row = ms.run_point(make, streams=2, vocab=97, needed_bytes=5, device=CPU,
+                       timing=dict(budget_s=0.0, min_steps=1, max_steps=1))
+    assert row["status"] == "failed" and row["error"] == "RuntimeError: Triton compilation failed"
