@@ -62,7 +62,8 @@ STREAMS = (1, 16, 64, 256, 1024)
 CONTEXTS = (1024, 16384)
 MODELS = ("small", "base", "mamba2-130m")
 # the smoke run: tiny shapes on the CPU (a Mamba2 of the same layout, far narrower)
-SMOKE = dict(models=("tiny", "mamba2-tiny"), streams=(1, 3), contexts=(16, 40))
+MORE_STREAMS = (4096, 16384)          # the recurrent decoders only: where they run out
+SMOKE = dict(models=("tiny", "mamba2-tiny"), streams=(1, 3), more_streams=(5,), contexts=(16, 40))
 MAMBA2_TINY = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, state_size=16, head_dim=16, num_heads=8)
 
 
@@ -276,8 +277,8 @@ def run_point(make: Callable[[], StaticDecoder], streams: int, vocab: int, neede
         row.update(summarize(step_times_ms(lambda: dec.step(tokens), device, **timing), streams))
         row["status"] = "ok"
         if cuda:
-            row["measured_bytes"] = torch.cuda.max_memory_allocated() - base
-            row["measured_bytes_per_stream"] = row["measured_bytes"] / streams
+            row["resident_bytes"] = torch.cuda.memory_allocated() - base        # the decoder alive, after its steps
+            row["peak_bytes"] = torch.cuda.max_memory_allocated() - base
         del dec, tokens
     except torch.cuda.OutOfMemoryError as err:
         oom = str(err).split("\n")[0][:200]
@@ -302,18 +303,21 @@ NOTES = [
     "state's size does not depend on the context, so one row per stream count covers every context",
     "KV caches hold `context` random entries per stream (decode cost depends on the cache length, not its "
     "contents); a ring of `context` slots, so every timed step attends over exactly `context` tokens",
-    "measured = peak torch.cuda.max_memory_allocated above what was allocated before the decoder was built "
-    "(weights excluded; graph pools, scratch and packed weight copies included); needed = the state or cache "
-    "bytes alone (formula); an OOM row gives `needed` for what did not fit",
+    "needed = the state or cache bytes alone (formula); resident = torch.cuda.memory_allocated after the timed "
+    "steps, with the decoder alive, above what was allocated before it was built (weights excluded; graph pools, "
+    "scratch and the fused decoder's packed weight copies included); peak = torch.cuda.max_memory_allocated "
+    "above the same point, construction included (a decoder that builds its state buffers from a fresh "
+    "state holds two copies for a moment); an OOM row gives `needed` for what did not fit",
+    "seqedge rows also run at stream counts past the transformer's (`more_streams`) to find where they run out",
 ]
 
 
-def model_rows(name: str, streams: list[int], contexts: list[int], device: torch.device, dtype: torch.dtype,
-               smoke: bool, timing: dict, over: Callable[[], bool], seed: int,
+def model_rows(name: str, streams: list[int], more_streams: list[int], contexts: list[int], device: torch.device,
+               dtype: torch.dtype, smoke: bool, timing: dict, over: Callable[[], bool], seed: int,
                progress: Callable[[dict], None]) -> dict:
-    """Every point of one model: the Sequential Attention decoder at each stream count, then the matched
-    KV-cache transformer at each context and stream count; ``progress(rows so far)`` after each point (a run
-    cut short still leaves its results)."""
+    """Every point of one model: the Sequential Attention decoder at each stream count (``more_streams`` too),
+    then the matched KV-cache transformer at each context and stream count; ``progress(rows so far)`` after each
+    point (a run cut short still leaves its results)."""
     model = build_seqedge(name, seed).to(device=device, dtype=dtype)
     tcfg = baseline_config(model.config, model.num_parameters())
     kv_model = build_transformer(tcfg, seed, dtype, device)
@@ -325,7 +329,7 @@ def model_rows(name: str, streams: list[int], contexts: list[int], device: torch
             "state_bytes_per_stream": per_state, "kv_bytes_per_token": kv_cache_bytes(tcfg, 1, 1, itemsize),
             "dtype": str(dtype).replace("torch.", ""), "rows": []}
     vocab = model.config.vocab_size
-    points = [("seqedge", None, b) for b in streams] + [("kv", c, b) for c in contexts for b in streams]
+    points = [("seqedge", None, b) for b in streams + more_streams] + [("kv", c, b) for c in contexts for b in streams]
     for engine, context, b in points:
         head = {"engine": engine, "context": context}
         if over():
@@ -372,7 +376,8 @@ def render(record: dict) -> str:
                   f"({t['num_heads']} heads of {t['head_dim']}, MLP width {t['mlp_width']}), KV cache "
                   f"{m['kv_bytes_per_token'] / 2**10:.1f} KiB per token per stream. Weights {m['dtype']}.", "",
                   "| engine | context | streams | decoder | tokens/s | p50 ms | p99 ms | needed MiB/stream | "
-                  "measured MiB/stream | measured GiB total |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+                  "resident MiB/stream | peak MiB/stream | peak GiB total |",
+                  "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in m["rows"]:
             engine = "seqedge" if r["engine"] == "seqedge" else "KV transformer"
             ctx = "any" if r["context"] is None else str(r["context"])
@@ -383,32 +388,32 @@ def render(record: dict) -> str:
                     status = f"OOM (state/cache alone: {r['needed_bytes'] / 2**30:.1f} GiB)"
                 elif r["status"] == "failed":
                     status = f"failed: {r['error'][:80]}"
-                lines.append(f"| {engine} | {ctx} | {r['streams']} | - | {status} | - | - | {needed} | - | - |")
+                lines.append(f"| {engine} | {ctx} | {r['streams']} | - | {status} | - | - | {needed} | - | - | - |")
                 continue
-            total = r.get("measured_bytes")
+            per = lambda key: _mib(r[key] / r["streams"]) if key in r else "-"          # noqa: E731
+            total = "-" if "peak_bytes" not in r else f"{r['peak_bytes'] / 2**30:.2f}"
             lines.append(f"| {engine} | {ctx} | {r['streams']} | {r['decoder']} | {r['tokens_per_s']:,.0f} | "
-                         f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {needed} | "
-                         f"{_mib(r.get('measured_bytes_per_stream'))} | "
-                         f"{'-' if total is None else f'{total / 2**30:.2f}'} |")
+                         f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {needed} | {per('resident_bytes')} | "
+                         f"{per('peak_bytes')} | {total} |")
         lines += ["", *capacity_lines(m["rows"], record["meta"].get("gpu_memory_bytes")), ""]
     return "\n".join(lines) + "\n"
 
 
 def capacity_lines(rows: list[dict], gpu_bytes: int | None) -> list[str]:
-    """Per engine and context: the bytes each added stream cost between the two largest measured stream counts,
-    and how many streams that slope fits on the whole card (an extrapolation, weights left out)."""
+    """Per engine and context: the peak bytes each added stream cost between the two largest measured stream
+    counts, and how many streams that slope fits on the whole card (an extrapolation, weights left out)."""
     if not gpu_bytes:
         return []
     out = []
     for key in dict.fromkeys((r["engine"], r["context"]) for r in rows):
-        ok = sorted((r["streams"], r["measured_bytes"]) for r in rows
-                    if (r["engine"], r["context"]) == key and r["status"] == "ok" and "measured_bytes" in r)
+        ok = sorted((r["streams"], r["peak_bytes"]) for r in rows
+                    if (r["engine"], r["context"]) == key and r["status"] == "ok" and "peak_bytes" in r)
         if len(ok) < 2 or ok[-1][1] <= ok[-2][1]:
             continue
         (b1, m1), (b2, m2) = ok[-2], ok[-1]
         slope = (m2 - m1) / (b2 - b1)
         name = "seqedge" if key[0] == "seqedge" else f"KV transformer at context {key[1]}"
-        out.append(f"- {name}: {slope / 2**20:.2f} MiB per added stream (measured, {b1} -> {b2} streams): about "
+        out.append(f"- {name}: {slope / 2**20:.2f} MiB peak per added stream ({b1} -> {b2} streams): about "
                    f"{int(gpu_bytes // slope):,} streams would fit in the card's {gpu_bytes / 2**30:.0f} GiB")
     return ["Extrapolated capacity:", "", *out] if out else []
 
@@ -430,6 +435,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", help=f"comma list (default {','.join(MODELS)}; smoke: {','.join(SMOKE['models'])})")
     p.add_argument("--streams", help=f"comma list (default {','.join(map(str, STREAMS))})")
+    p.add_argument("--more-streams", help="stream counts for the seqedge rows only, comma list "
+                   f"(default {','.join(map(str, MORE_STREAMS))})")
     p.add_argument("--contexts", help="KV-cache contexts, comma list, k = 1024 (default 1k,16k)")
     p.add_argument("--deadline", type=float, default=420.0, help="seconds; later points are recorded as skipped")
     p.add_argument("--budget", type=float, default=1.0, help="timed seconds per point (steps within the bounds)")
@@ -440,10 +447,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--smoke", action="store_true", help="tiny models on the CPU, a few steps: checks the script")
     args = p.parse_args(argv)
-    defaults = SMOKE if args.smoke else dict(models=MODELS, streams=STREAMS, contexts=CONTEXTS)
+    defaults = SMOKE if args.smoke else dict(models=MODELS, streams=STREAMS, more_streams=MORE_STREAMS,
+                                             contexts=CONTEXTS)
     args.models = args.models.split(",") if args.models else list(defaults["models"])
     args.streams = _ints(args.streams) if args.streams else list(defaults["streams"])
     args.contexts = _ints(args.contexts) if args.contexts else list(defaults["contexts"])
+    args.more_streams = (_ints(args.more_streams) if args.more_streams is not None
+                         else list(defaults["more_streams"]))
     if args.smoke:
         args.budget, args.min_steps, args.max_steps = 0.0, 3, 3
     return args
@@ -467,9 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         meta["gpu_memory_bytes"] = torch.cuda.get_device_properties(0).total_memory
     record = {"meta": meta, "notes": NOTES, "models": {},
-              "settings": dict(streams=args.streams, contexts=args.contexts, deadline_s=args.deadline,
-                               budget_s=args.budget, min_steps=args.min_steps, max_steps=args.max_steps,
-                               seed=args.seed, smoke=args.smoke)}
+              "settings": dict(streams=args.streams, more_streams=args.more_streams, contexts=args.contexts,
+                               deadline_s=args.deadline, budget_s=args.budget, min_steps=args.min_steps,
+                               max_steps=args.max_steps, seed=args.seed, smoke=args.smoke)}
     timing = dict(budget_s=args.budget, min_steps=args.min_steps, max_steps=args.max_steps)
     over = lambda: time.perf_counter() - start > args.deadline          # noqa: E731
     def progress(name: str, info: dict) -> None:
@@ -478,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
         save(record, args.out)
 
     for name in args.models:
-        model_rows(name, args.streams, args.contexts, device, dtype, args.smoke, timing, over, args.seed,
+        model_rows(name, args.streams, args.more_streams, args.contexts, device, dtype, args.smoke, timing, over,
+                   args.seed,
                    lambda info, name=name: progress(name, info))
     print(render(record))
     return 0

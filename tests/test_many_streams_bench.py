@@ -115,12 +115,13 @@ def test_out_of_memory_point_is_recorded(ms):
 
 
 def test_smoke_run_writes_the_report(ms, tmp_path, capsys):
-    assert ms.main(["--smoke", "--models", "tiny", "--streams", "1,2", "--contexts", "8", "--out",
-                    str(tmp_path)]) == 0
+    assert ms.main(["--smoke", "--models", "tiny", "--streams", "1,2", "--more-streams", "4", "--contexts", "8",
+                    "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "many_streams.json").read_text())
     rows = record["models"]["tiny"]["rows"]
     assert [(r["engine"], r["context"], r["streams"], r["status"]) for r in rows] == [
-        ("seqedge", None, 1, "ok"), ("seqedge", None, 2, "ok"), ("kv", 8, 1, "ok"), ("kv", 8, 2, "ok")]
+        ("seqedge", None, 1, "ok"), ("seqedge", None, 2, "ok"), ("seqedge", None, 4, "ok"), ("kv", 8, 1, "ok"),
+        ("kv", 8, 2, "ok")]
     assert all(r["steps"] == 3 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
     md = (tmp_path / "many_streams.md").read_text()
     assert "| seqedge | any | 2 | EagerStepDecoder |" in md and "| KV transformer | 8 | 1 | StaticKVDecoder |" in md
@@ -129,15 +130,15 @@ def test_smoke_run_writes_the_report(ms, tmp_path, capsys):
     record["models"]["tiny"]["rows"].append({"engine": "kv", "context": 8, "streams": 8192,
                                              "status": "skipped (deadline)"})
     md = ms.render(record)
-    assert "| KV transformer | 8 | 4096 | - | OOM (state/cache alone: 3.0 GiB) |" in md
+    assert "| KV transformer | 8 | 4096 | - | OOM (state/cache alone: 3.0 GiB) | - | - | 0.75 | - | - | - |" in md
     assert "| KV transformer | 8 | 8192 | - | skipped (deadline) |" in md
 
 
 def test_capacity_from_the_measured_slope(ms):
-    rows = [{"engine": "kv", "context": 8, "streams": b, "status": "ok", "measured_bytes": 5 * 2**20 + b * 2**21}
+    rows = [{"engine": "kv", "context": 8, "streams": b, "status": "ok", "peak_bytes": 5 * 2**20 + b * 2**21}
             for b in (16, 64)] + [{"engine": "kv", "context": 8, "streams": 256, "status": "OOM"}]
     lines = ms.capacity_lines(rows, gpu_bytes=2**30)
-    assert lines[2] == ("- KV transformer at context 8: 2.00 MiB per added stream (measured, 16 -> 64 streams): "
+    assert lines[2] == ("- KV transformer at context 8: 2.00 MiB peak per added stream (16 -> 64 streams): "
                         "about 512 streams would fit in the card's 1 GiB")
     assert ms.capacity_lines(rows[:1], gpu_bytes=2**30) == [] and ms.capacity_lines(rows, None) == []
 
