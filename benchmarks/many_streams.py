@@ -305,7 +305,8 @@ NOTES = [
     "contents); a ring of `context` slots, so every timed step attends over exactly `context` tokens",
     "needed = the state or cache bytes alone (formula); resident = torch.cuda.memory_allocated after the timed "
     "steps, with the decoder alive, above what was allocated before it was built (weights excluded; graph pools, "
-    "scratch and the fused decoder's packed weight copies included); peak = torch.cuda.max_memory_allocated "
+    "scratch and the fused decoder's packed weight copies included; memory a CUDA graph's private pool keeps "
+    "reserved between replays is not counted); peak = torch.cuda.max_memory_allocated "
     "above the same point, construction included (a decoder that builds its state buffers from a fresh "
     "state holds two copies for a moment); an OOM row gives `needed` for what did not fit",
     "seqedge rows also run at stream counts past the transformer's (`more_streams`) to find where they run out",
