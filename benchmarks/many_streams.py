@@ -61,8 +61,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STREAMS = (1, 16, 64, 256, 1024)
 CONTEXTS = (1024, 16384)
 MODELS = ("small", "base", "mamba2-130m")
-# the smoke run: tiny shapes on the CPU (a Mamba2 of the same layout, far narrower)
 MORE_STREAMS = (4096, 16384)          # the recurrent decoders only: where they run out
+# the smoke run: tiny shapes on the CPU (a Mamba2 of the same layout, far narrower)
 SMOKE = dict(models=("tiny", "mamba2-tiny"), streams=(1, 3), more_streams=(5,), contexts=(16, 40))
 MAMBA2_TINY = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, state_size=16, head_dim=16, num_heads=8)
 
