@@ -31,7 +31,8 @@ class StaticDecoder:
         """The model, batch size, token buffer ``[B]`` and state buffers every step reads and updates in place."""
         self.model, self.batch_size = model, batch_size
         self.tokens = torch.zeros(batch_size, dtype=torch.int64, device=device)            # [B]
-        self.states = [t.clone() for t in model.init_state(batch_size, device).tensors]    # static buffers
+        # static buffers: init_state's fresh zeros, taken over (a copy would hold twice the state for a moment)
+        self.states = list(model.init_state(batch_size, device).tensors)
 
     def _body(self) -> torch.Tensor:
         raise NotImplementedError
