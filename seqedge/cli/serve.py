@@ -41,4 +41,8 @@ def run(args: argparse.Namespace) -> int:
     sock = bind_socket(config.host, config.port)
     print(server.startup_line(sock.getsockname()[1]), file=sys.stderr, flush=True)
     uvicorn_server.run(sockets=[sock])
+    if uvicorn_server.started and uvicorn_server.should_exit:
+        # stopped by Ctrl-C or SIGTERM: uvicorn re-raises the signal after shutting down, but from inside the
+        # event loop's last step, where asyncio's own SIGINT handler can let the main task finish normally
+        raise KeyboardInterrupt
     return 0
