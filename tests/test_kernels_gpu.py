@@ -13,7 +13,7 @@ import logging
 import pytest
 import torch
 
-from _kernel_cases import odd_decoder_config, randomize
+from _kernel_cases import FAMILIES, family_decoder_config, odd_decoder_config, randomize
 from seqedge.scan import chunked_scan, recurrent_step, reference_scan
 
 HAS_CUDA = torch.cuda.is_available()
@@ -356,6 +356,8 @@ def _fused_config(name: str, rule: str):
 
     if name == "small":
         return SequentialAttentionConfig.preset("small", update_rule=rule)
+    if name in FAMILIES:                  # an imported family's parts (the rule is the family's own)
+        return family_decoder_config(name)
     return odd_decoder_config(rule)
 
 
@@ -431,6 +433,15 @@ def test_fused_decoder_matches_model_step(name, rule, B, dtype, cfg_id, pdl, no_
         pytest.skip(f"programmatic dependent launch needs sm 9.0+, this GPU is sm "
                     f"{'.'.join(map(str, torch.cuda.get_device_capability()))}")
     _fused_vs_references(name, rule, B, dtype, cfg_id, pdl=pdl)
+
+
+@pytest.mark.parametrize("cfg_id", [0, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B", [1, 20])
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_fused_decoder_imported_families(name, B, dtype, cfg_id, no_tf32):
+    """The imported families' mixer parts (Mamba2, Gated DeltaNet, KDA, GLA), compiled, in the CUDA graph."""
+    _fused_vs_references(name, "", B, dtype, cfg_id)
 
 
 @pytest.mark.parametrize("cfg_id", [0, 1])
