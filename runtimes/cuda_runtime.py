@@ -134,16 +134,22 @@ class CudaSession(Session):
         numpy_state = super().init_state(batch_size)
         return numpy_state.with_tensors(self.backend.to_device(numpy_state.tensors))
 
-    def _check_state(self, state: State, batch_size: int) -> list:
+    def _check_state(self, state: State, batch_size: int, check_finite: bool) -> list:
         if not isinstance(state, State):
             raise TypeError(f"state must be a seqedge State (from init_state), got {type(state).__name__}")
         state.check(self.specs, self.fingerprint, batch_size)
-        return self.backend.to_device(state.tensors)
+        tensors = self.backend.to_device(state.tensors)
+        torch = self.backend._torch
+        # on the GPU, one flag for all tensors; the host copy (naming the bad tensor) only when one is not finite
+        if check_finite and tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            state.with_tensors(tensors).check_finite()
+        return tensors
 
-    def prefill(self, tokens: Any, state: State) -> tuple[np.ndarray, State]:
-        """Any number of tokens in one forward: tokens ``[B, T]`` -> (logits ``[B, T, V]``, new state)."""
+    def prefill(self, tokens: Any, state: State, *, check_finite: bool = True) -> tuple[np.ndarray, State]:
+        """Any number of tokens in one forward: tokens ``[B, T]`` -> (logits ``[B, T, V]``, new state);
+        ``check_finite`` as in :meth:`step`."""
         tokens = self._check_tokens(tokens, 2)
-        arrays = self._check_state(state, tokens.shape[0])
+        arrays = self._check_state(state, tokens.shape[0], check_finite)
         if tokens.shape[1] == 0:
             return np.zeros((tokens.shape[0], 0, self.vocab_size), np.float32), state.with_tensors(arrays)
         logits, new = self.backend.run("chunk", tokens, arrays)

@@ -86,15 +86,24 @@ def _rel(x: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
+# bfloat16 against the float32 torch runtime measures mostly the bf16 model's own rounding (prefill runs the model in
+# bf16): on CPU, same configs, seeds and tokens, the bf16 model is up to 0.026 from float32 for the native rules and
+# up to 0.2 for Gated DeltaNet (unbounded per-head decay and the delta rule amplify the rounding of k and beta); 0.067
+# was seen for the native delta rule on an H200. The float32 cases check the math to 1e-4.
+BF16_TOL = {"gated": 0.1, "delta": 0.1, "odd-norm": 0.1}
+
+
 @pytest.mark.parametrize("rule", [*FUSED, "odd-norm"])
-@pytest.mark.parametrize("dtype, tol", [("float32", 1e-4), ("bfloat16", 5e-2)])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("batch", [1, 3, 20])
 @pytest.mark.gpu
 @needs_gpu
-def test_cuda_runtime_matches_torch_runtime(tmp_path_factory, rule, dtype, tol, batch):
+def test_cuda_runtime_matches_torch_runtime(tmp_path_factory, rule, dtype, batch):
     """Prefill of an odd length, then steps (fed the previous step's state, and once a state from the torch
     runtime), against the float32 torch runtime on the same tokens; the state stays on the GPU."""
     from seqedge.runtimes import load
+
+    tol = 1e-4 if dtype == "float32" else BF16_TOL.get(rule, 0.3)
 
     art = _artifact(tmp_path_factory, rule)
     cuda, ref = load(art, runtime="cuda", dtype=dtype), load(art, runtime="torch")
@@ -127,4 +136,10 @@ def test_cuda_runtime_generate_and_describe(tmp_path_factory):
     cuda, ref = load(art, runtime="cuda", dtype="float32"), load(art, runtime="torch")
     prompt = list(range(1, 40))
     assert list(cuda.generate(prompt, 8)) == list(ref.generate(prompt, 8))
+    state = cuda.init_state(1)
+    bad = state.with_tensors([t.clone() for t in state.tensors])
+    bad.tensors[1][0, 0, 0, 0] = float("nan")                      # checked on the GPU, named from the host
+    with pytest.raises(ValueError, match=f"{bad.specs[1].name} holds NaN"):
+        cuda.step([1], bad)
+    cuda.step([1], bad, check_finite=False)
     assert "CUDA graph" in cuda.describe()["step"]
