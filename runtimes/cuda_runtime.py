@@ -2,7 +2,9 @@
 
 Prefill runs the model's chunked form on the GPU, whose scans dispatch to the Triton chunk kernels
 (``seqedge::chunk_scan_gated`` / ``seqedge::chunk_scan_delta``); steps replay a CUDA graph of
-:class:`seqedge.kernels.FusedDecoder` (about five Triton launches per layer), one decoder per batch size. Weights
+:class:`seqedge.kernels.FusedDecoder` (about five Triton launches per layer; native and imported families' mixers),
+one decoder per batch size (a model whose parts its kernels do not compute steps through
+:class:`~seqedge.kernels.decode_graph.GraphDecoder`, the model's own step in a graph, and a warning says why). Weights
 in float32 (the default: the variant's precision, which ``seqedge validate`` holds to the fp32 budget), bfloat16 or
 float16 (``dtype=``); the state is float32 and stays on the GPU as torch tensors inside the
 ``State`` (``State.numpy()`` copies it to the host when another runtime needs it; a numpy state handed in is moved
@@ -11,6 +13,7 @@ to the GPU). Logits come back as float32 numpy arrays, as from every runtime.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from typing import Any
 
@@ -22,6 +25,7 @@ from seqedge.state import State
 from .base import RuntimeUnavailable
 from .session import Session
 
+logger = logging.getLogger("seqedge.runtimes")
 DTYPES = ("bfloat16", "float16", "float32")
 MAX_DECODERS = 4     # CUDA-graph decoders kept (one per batch size, least recently used dropped first)
 
@@ -48,6 +52,12 @@ class CudaBackend:
         self.graphs = graphs
         self._decoders: OrderedDict[int, Any] = OrderedDict()
         self._last: dict[int, list] = {}          # per batch size: the state the decoder's buffers hold
+        from seqedge.kernels.decode_fused_pack import unsupported_part
+
+        self.fused_refusal = unsupported_part(model.config)     # None: steps run FusedDecoder
+        if self.fused_refusal:
+            logger.warning("seqedge: the cuda runtime steps with the model's own step in a CUDA graph "
+                           "(GraphDecoder), not the fused kernels: %s", self.fused_refusal)
 
     @property
     def session_class(self) -> type:
@@ -84,11 +94,11 @@ class CudaBackend:
         while len(self._decoders) >= MAX_DECODERS:
             dropped, _ = self._decoders.popitem(last=False)
             self._last.pop(dropped, None)
-        try:
+        if self.fused_refusal is None:
             from seqedge.kernels import FusedDecoder
 
             dec = FusedDecoder(self.model, batch, capture=self.graphs)
-        except ValueError:           # head dims the fused kernels do not take: the model's step in one graph
+        else:                        # parts the fused kernels do not compute: the model's step in one graph
             dec = GraphDecoder(self.model, batch)
         self._decoders[batch] = dec
         return dec
@@ -108,7 +118,13 @@ class CudaBackend:
     def describe(self) -> dict[str, Any]:
         torch = self._torch
         return {"device": torch.cuda.get_device_name(self.device), "dtype": str(self.model.embed.weight.dtype)
-                .replace("torch.", ""), "step": "FusedDecoder in a CUDA graph", "prefill": "Triton chunk kernels"}
+                .replace("torch.", ""), "step": self.step_kind(), "prefill": "Triton chunk kernels"}
+
+    def step_kind(self) -> str:
+        """Which decoder runs the steps, and why not the fused one where it does not."""
+        if self.fused_refusal is None:
+            return "FusedDecoder in a CUDA graph"
+        return f"GraphDecoder (the model's own step) in a CUDA graph: {self.fused_refusal}"
 
 
 class CudaSession(Session):
@@ -118,16 +134,22 @@ class CudaSession(Session):
         numpy_state = super().init_state(batch_size)
         return numpy_state.with_tensors(self.backend.to_device(numpy_state.tensors))
 
-    def _check_state(self, state: State, batch_size: int) -> list:
+    def _check_state(self, state: State, batch_size: int, check_finite: bool) -> list:
         if not isinstance(state, State):
             raise TypeError(f"state must be a seqedge State (from init_state), got {type(state).__name__}")
         state.check(self.specs, self.fingerprint, batch_size)
-        return self.backend.to_device(state.tensors)
+        tensors = self.backend.to_device(state.tensors)
+        torch = self.backend._torch
+        # on the GPU, one flag for all tensors; the host copy (naming the bad tensor) only when one is not finite
+        if check_finite and tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            state.with_tensors(tensors).check_finite()
+        return tensors
 
-    def prefill(self, tokens: Any, state: State) -> tuple[np.ndarray, State]:
-        """Any number of tokens in one forward: tokens ``[B, T]`` -> (logits ``[B, T, V]``, new state)."""
+    def prefill(self, tokens: Any, state: State, *, check_finite: bool = True) -> tuple[np.ndarray, State]:
+        """Any number of tokens in one forward: tokens ``[B, T]`` -> (logits ``[B, T, V]``, new state);
+        ``check_finite`` as in :meth:`step`."""
         tokens = self._check_tokens(tokens, 2)
-        arrays = self._check_state(state, tokens.shape[0])
+        arrays = self._check_state(state, tokens.shape[0], check_finite)
         if tokens.shape[1] == 0:
             return np.zeros((tokens.shape[0], 0, self.vocab_size), np.float32), state.with_tensors(arrays)
         logits, new = self.backend.run("chunk", tokens, arrays)

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import torch
+from _artifacts import GLA_MIXER
 
-from seqedge.config import SequentialAttentionConfig
+from seqedge.config import MixerParts, SequentialAttentionConfig
 
 
 def randomize(model: torch.nn.Module, seed: int) -> None:
@@ -32,6 +33,34 @@ def odd_decoder_config(rule: str, conv_kernel: int = 3, tied: bool = False) -> S
     return SequentialAttentionConfig(hidden_size=64, num_layers=2, num_heads=2, head_k_dim=32, head_v_dim=64,
                                      gate_rank=5, conv_kernel=conv_kernel, update_rule=rule, tie_embeddings=tied,
                                      mlp_multiple_of=16)
+
+
+FAMILY_DIMS = dict(hidden_size=48, num_layers=2, vocab_size=97, gate_rank=5, mlp_multiple_of=16, tie_embeddings=False)
+# Mamba2: per-head softplus decay, beta = its step, one B/C group, conv bias, gated RMSNorm, read-out scale 1, no MLP
+MAMBA2 = dict(gate="softplus", beta="dt", num_key_heads=1, conv_bias=True, output="gate_norm", scale=1.0, mlp=False)
+FAMILIES = {
+    # norm groups of 2 heads (32 channels, 16 per head)
+    "mamba2 groups=32": dict(update_rule="gated", num_heads=4, head_k_dim=32, head_v_dim=16, conv_kernel=4,
+                             mixer=MixerParts(**MAMBA2, out_norm_size=32)),
+    # norm groups of half a head
+    "mamba2 groups=16": dict(update_rule="gated", num_heads=2, head_k_dim=16, head_v_dim=32, conv_kernel=3,
+                             mixer=MixerParts(**MAMBA2, out_norm_size=16)),
+    # Gated DeltaNet: 2 value heads per key head, rsqrt L2 norm, sigmoid beta, per-head RMSNorm then SiLU gate
+    "gated-deltanet": dict(update_rule="delta", num_heads=4, head_k_dim=16, head_v_dim=32, conv_kernel=4,
+                           mixer=MixerParts(gate="softplus", num_key_heads=2, qk_norm="rsqrt", skip=False)),
+    # KDA: per-key softplus decay through a low rank, sigmoid low-rank output gate with a bias
+    "kda": dict(update_rule="delta", num_heads=2, head_k_dim=32, head_v_dim=16, conv_kernel=4,
+                mixer=MixerParts(gate="softplus_key", num_key_heads=1, qk_norm="rsqrt", skip=False,
+                                 out_gate_act="sigmoid", out_gate_rank=6)),
+    # GLA: logsigmoid gate over a normaliser, no beta, no short conv (the state is the scan matrix only)
+    "gla": dict(update_rule="gated", num_heads=2, head_k_dim=32, head_v_dim=16, mixer=MixerParts(**GLA_MIXER)),
+}
+
+
+def family_decoder_config(name: str) -> SequentialAttentionConfig:
+    """An imported family's mixer parts (``FAMILIES``) at odd sizes for the fused decoder: dk != dv, gate and
+    output-gate ranks and conv tails not powers of two, untied head, vocabulary not a multiple of a tile."""
+    return SequentialAttentionConfig(**FAMILY_DIMS, **FAMILIES[name])
 
 
 def run_in_interpreter(script: str) -> subprocess.CompletedProcess:

@@ -37,6 +37,12 @@ def check(name: str, err: float) -> None:
 
 def run_case(rule: str, kernel: int, tied: bool, B: int, cfg_id: int, programs: int) -> None:
     cfg = odd_decoder_config(rule, conv_kernel=kernel, tied=tied)
+    run_model_case(cfg, f"{rule} K={kernel} tied={tied}", B, cfg_id, programs)
+
+
+def run_model_case(cfg, label: str, B: int, cfg_id: int, programs: int, steps: int = STEPS) -> None:
+    """The decoder against ``model.step`` for ``steps`` tokens from a random state: logits and every state tensor
+    each step, scratch buffers poisoned with NaN before each."""
     torch.manual_seed(cfg_id)
     model = SequentialAttentionModel(cfg).eval()
     randomize(model, seed=7 + cfg_id)
@@ -48,10 +54,10 @@ def run_case(rule: str, kernel: int, tied: bool, B: int, cfg_id: int, programs: 
     assert dec._gemm == (B >= FUSED_CONFIGS[cfg_id].batch_tile), "the batched kernels run from batch_tile rows on"
     dec.reset(state)
     addrs = [t.data_ptr() for t in dec.states]
-    tokens = torch.randint(0, cfg.vocab_size, (STEPS, B), generator=gen)
-    name = f"{rule} K={kernel} tied={tied} B={B} cfg={FUSED_CONFIGS[cfg_id]} programs={programs}"
+    tokens = torch.randint(0, cfg.vocab_size, (steps, B), generator=gen)
+    name = f"{label} B={B} cfg={FUSED_CONFIGS[cfg_id]} programs={programs}"
     with torch.no_grad():
-        for t in range(STEPS):
+        for t in range(steps):
             for buf in dec.scratch:
                 buf.fill_(float("nan"))
             ref, state = model.step(tokens[t], state)

@@ -1,5 +1,7 @@
 """The cuda runtime: on a GPU against the torch runtime's logits and state (prefill through the chunk kernels,
-steps through the fused decoder's CUDA graph); on a machine without CUDA, the message saying what would run it."""
+steps through the fused decoder's CUDA graph, for the native mixer and the imported families' parts; through the
+model's own step in a graph where the fused kernels do not compute the model); on a machine without CUDA, the message
+saying what would run it, and which decoder a model would step with."""
 
 from __future__ import annotations
 
@@ -20,24 +22,28 @@ _ARTIFACTS: dict[str, object] = {}
 
 def _artifact(tmp_path_factory, rule: str):
     """A torch-only artifact of a small random model (head dims the kernels take: powers of two >= 16); rule
-    ``gla``, ``mamba2``, ``kda``: imported families' mixer parts (unbounded gates; GLA without a short conv),
-    which the fused decoder refuses, so the runtime steps with the model's own step in a CUDA graph."""
+    ``gla``, ``mamba2``, ``kda``, ``gated-deltanet``: imported families' mixer parts (unbounded gates; GLA without a
+    short conv), which the fused decoder computes; ``odd-norm``: norm groups the fused kernels do not take
+    (mixer.out_norm_size 48 with head_v_dim 32), so the runtime steps with the model's own step in a CUDA graph."""
     if rule not in _ARTIFACTS:
         from _artifacts import GLA_MIXER
         from _kernel_cases import randomize
         from seqedge.export.api import export_model
         from seqedge.model import SequentialAttentionModel
 
-        imported = {   # imported families' parts (tests/test_mixer_parts.py): the fused decoder refuses them
+        imported = {   # imported families' parts (tests/test_mixer_parts.py)
             "gla": ("gated", GLA_MIXER),
             "mamba2": ("gated", dict(gate="softplus", beta="dt", num_key_heads=1, conv_bias=True, output="gate_norm",
                                      out_norm_size=32, scale=1.0, mlp=False)),
             "kda": ("delta", dict(gate="softplus_key", num_key_heads=1, qk_norm="rsqrt", skip=False,
                                   out_gate_act="sigmoid", out_gate_rank=4)),
+            "gated-deltanet": ("delta", dict(gate="softplus", num_key_heads=1, qk_norm="rsqrt", skip=False)),
+            "odd-norm": ("gated", dict(out_norm_size=48)),
         }
         parts = (dict(update_rule=imported[rule][0], mixer=imported[rule][1]) if rule in imported
                  else dict(update_rule=rule))
-        cfg = SequentialAttentionConfig(hidden_size=64, num_layers=2, num_heads=2, head_k_dim=32, head_v_dim=32,
+        heads = 3 if rule == "odd-norm" else 2
+        cfg = SequentialAttentionConfig(hidden_size=64, num_layers=2, num_heads=heads, head_k_dim=32, head_v_dim=32,
                                         gate_rank=4, chunk_size=16, mlp_multiple_of=16, **parts)
         model = SequentialAttentionModel(cfg).eval()
         randomize(model, seed=3)
@@ -56,20 +62,48 @@ def test_cuda_runtime_unavailable_says_what_would_run_it(tmp_path_factory):
     assert "runtime='torch'" in str(err.value)
 
 
+FUSED = ("gated", "delta", "gla", "mamba2", "kda", "gated-deltanet")     # the rest step through GraphDecoder
+
+
+@pytest.mark.parametrize("rule", [*FUSED, "odd-norm"])
+def test_cuda_runtime_picks_the_fused_decoder_where_it_computes_the_model(tmp_path_factory, rule):
+    """Which decoder the runtime steps with, decided from the config alone (no GPU needed)."""
+    from seqedge.kernels.decode_fused_pack import unsupported_part
+    from seqedge.runtimes import load
+    from seqedge.runtimes.cuda_runtime import CudaBackend
+
+    model = load(_artifact(tmp_path_factory, rule), runtime="torch").backend.model
+    backend = CudaBackend(model, torch.device("cpu"))
+    assert (backend.fused_refusal is None) == (rule in FUSED), backend.fused_refusal
+    assert backend.step_kind().startswith("FusedDecoder" if rule in FUSED else "GraphDecoder")
+    if rule not in FUSED:
+        assert "mixer.out_norm_size (48)" in backend.fused_refusal and "\n" not in backend.fused_refusal
+        assert unsupported_part(model.config) == backend.fused_refusal
+
+
 def _rel(x: np.ndarray, ref: np.ndarray) -> float:
     assert not np.isnan(x).any()
     return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
-@pytest.mark.parametrize("rule", ["gated", "delta", "gla", "mamba2", "kda"])
-@pytest.mark.parametrize("dtype, tol", [("float32", 1e-4), ("bfloat16", 5e-2)])
+# bfloat16 against the float32 torch runtime measures mostly the bf16 model's own rounding (prefill runs the model in
+# bf16): on CPU, same configs, seeds and tokens, the bf16 model is up to 0.026 from float32 for the native rules and
+# up to 0.2 for Gated DeltaNet (unbounded per-head decay and the delta rule amplify the rounding of k and beta); 0.067
+# was seen for the native delta rule on an H200. The float32 cases check the math to 1e-4.
+BF16_TOL = {"gated": 0.1, "delta": 0.1, "odd-norm": 0.1}
+
+
+@pytest.mark.parametrize("rule", [*FUSED, "odd-norm"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("batch", [1, 3, 20])
 @pytest.mark.gpu
 @needs_gpu
-def test_cuda_runtime_matches_torch_runtime(tmp_path_factory, rule, dtype, tol, batch):
+def test_cuda_runtime_matches_torch_runtime(tmp_path_factory, rule, dtype, batch):
     """Prefill of an odd length, then steps (fed the previous step's state, and once a state from the torch
     runtime), against the float32 torch runtime on the same tokens; the state stays on the GPU."""
     from seqedge.runtimes import load
+
+    tol = 1e-4 if dtype == "float32" else BF16_TOL.get(rule, 0.3)
 
     art = _artifact(tmp_path_factory, rule)
     cuda, ref = load(art, runtime="cuda", dtype=dtype), load(art, runtime="torch")
@@ -80,6 +114,9 @@ def test_cuda_runtime_matches_torch_runtime(tmp_path_factory, rule, dtype, tol, 
     assert all(isinstance(t, torch.Tensor) and t.is_cuda and t.dtype == torch.float32 for t in sc.tensors)
     assert _rel(lc, lr) < tol
     for i in range(6):
+        if i == 1:                                       # the decoder the first step built for this batch size
+            want = "FusedDecoder" if rule in FUSED else "GraphDecoder"
+            assert type(cuda.backend._decoders[batch]).__name__ == want
         tok = rng.integers(0, cuda.vocab_size, size=batch)
         if i == 3:                                       # a state handed over from another runtime
             sc = sr
@@ -99,4 +136,10 @@ def test_cuda_runtime_generate_and_describe(tmp_path_factory):
     cuda, ref = load(art, runtime="cuda", dtype="float32"), load(art, runtime="torch")
     prompt = list(range(1, 40))
     assert list(cuda.generate(prompt, 8)) == list(ref.generate(prompt, 8))
+    state = cuda.init_state(1)
+    bad = state.with_tensors([t.clone() for t in state.tensors])
+    bad.tensors[1][0, 0, 0, 0] = float("nan")                      # checked on the GPU, named from the host
+    with pytest.raises(ValueError, match=f"{bad.specs[1].name} holds NaN"):
+        cuda.step([1], bad)
+    cuda.step([1], bad, check_finite=False)
     assert "CUDA graph" in cuda.describe()["step"]

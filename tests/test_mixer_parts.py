@@ -167,12 +167,3 @@ def test_logsigmoid_gate_stays_finite_where_sigmoid_underflows():
 
     x = torch.tensor([-1e4, -200.0, -90.0, -20.0, -1.0, 0.0, 1.0, 30.0, 1e4])
     torch.testing.assert_close(_logsigmoid(x), torch.nn.functional.logsigmoid(x), rtol=1e-6, atol=1e-7)
-
-
-def test_fused_decoder_refuses_parts_its_kernels_do_not_compute():
-    pytest.importorskip("triton", reason="triton is not installed (pip install triton): FusedDecoder needs it")
-    from seqedge.kernels.decode_fused import FusedDecoder
-
-    with pytest.raises(ValueError, match="native mixer only.*GraphDecoder") as err:
-        FusedDecoder(_model("gla"), 1, capture=False)
-    assert len(str(err.value).splitlines()) == 1
