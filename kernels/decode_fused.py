@@ -5,16 +5,16 @@ layer; inside a graph each costs ~1.5-3 us whatever its size, so batch-1 decode 
 packs the weights once and runs the same math (DESIGN §1, ``model.step``) as a short fixed sequence of launches:
 
     per layer, with x the float32 residual stream [B, D]:
-    1. _norm_gemv_kernel   RMSNorm(x) (attn_norm) @ [qkv; gate input; beta; out gate input]^T; epilogue: the
+    1. norm_gemv_kernel   RMSNorm(x) (attn_norm) @ [qkv; gate input; beta; out gate input]^T; epilogue: the
                            causal conv step + SiLU on the q/k/v rows (conv tail updated in place; its bias), the
                            other rows' biases. Layer 0 reads x from the embedding table instead (and writes it to x).
-    2. _mixer_kernel       per (batch, head, value block): L2 norm of q, k, the log gate g and beta, the state
+    2. mixer_kernel       per (batch, head, value block): L2 norm of q, k, the log gate g and beta, the state
                            update and read-out of recurrent_step in place, the skip term o + skip * v; a low-rank
                            output gate's up-projection.
     3. _gemv_residual      prologue: grouped RMSNorm (out_norm) and the output gate; @ out_proj^T; x += result.
-    4. _norm_gemv_kernel   RMSNorm(x) (mlp_norm) @ gate_up^T, gate and up rows in the same program; silu(g) * u.
+    4. norm_gemv_kernel   RMSNorm(x) (mlp_norm) @ gate_up^T, gate and up rows in the same program; silu(g) * u.
     5. _gemv_residual      @ down^T; x += result.
-    after the last layer:  _norm_gemv_kernel  final RMSNorm(x) @ head^T (tied: the embedding) -> logits float32.
+    after the last layer:  norm_gemv_kernel  final RMSNorm(x) @ head^T (tied: the embedding) -> logits float32.
 
 The mixer's parts (``config.mixer``, :class:`seqedge.config.MixerParts`) select constexpr branches of the same
 kernels (:mod:`seqedge.kernels.decode_fused_pack` maps them and packs the weights): every gate and beta form,
@@ -31,8 +31,8 @@ read and every write comes after ``gdc_wait``, which returns once the previous k
 induction, every earlier one).
 
 The GEMVs run one program per batch row and weight tile, so each batch row reads the weights again (from L2).
-From ``FusedConfig.batch_tile`` rows on (16 by default), steps 1, 3, 4, 5 and the logits use _norm_gemm_kernel
-and _gemm_residual_kernel instead: the same math for ``batch_tile`` batch rows per program, as matrix products.
+From ``FusedConfig.batch_tile`` rows on (16 by default), steps 1, 3, 4, 5 and the logits use norm_gemm_kernel
+and gemm_residual_kernel instead: the same math for ``batch_tile`` batch rows per program, as matrix products.
 With bf16 weights they run on tensor cores, the float32 activations entering as two bf16 parts, high and low
 (a relative error of about 2^-16); other weight dtypes multiply in exact float32.
 
@@ -51,8 +51,8 @@ from typing import NamedTuple
 import torch
 import triton
 
-from .decode_fused_kernels import (_gemm_residual_kernel, _gemv_residual_kernel, _mixer_kernel, _norm_gemm_kernel,
-                                   _norm_gemv_kernel)
+from .decode_fused_kernels import (gemm_residual_kernel, gemv_residual_kernel, mixer_kernel, norm_gemm_kernel,
+                                   norm_gemv_kernel)
 from .decode_fused_pack import check_model, mixer_layout, pack_layer
 from .decode_graph import StaticDecoder
 
@@ -186,12 +186,12 @@ class FusedDecoder(StaticDecoder):
                      PDL=self.pdl, **self._launch)
         if self._gemm:
             bt = self.config.batch_tile
-            _norm_gemm_kernel[(triton.cdiv(n, GEMM_BLOCK_N), triton.cdiv(B, bt))](
+            norm_gemm_kernel[(triton.cdiv(n, GEMM_BLOCK_N), triton.cdiv(B, bt))](
                 *args, B, self.eps, BN=GEMM_BLOCK_N, BK=GEMM_BLOCK_K, BB=bt, SPLIT=self._split, num_warps=4,
                 **flags)
         else:
             bn = self._bn[key]
-            _norm_gemv_kernel[(triton.cdiv(n, bn), B)](
+            norm_gemv_kernel[(triton.cdiv(n, bn), B)](
                 *args, self.eps, BN=bn, BK=self._d_cols, num_warps=_warps(bn, (1 + swiglu) * self._d_cols), **flags)
 
     def _gemv_residual(self, key: str, inp, w, rows: int, width: int, out_norm=None) -> None:
@@ -209,11 +209,11 @@ class FusedDecoder(StaticDecoder):
                      OG_SIGMOID=c.mixer.out_gate_act == "sigmoid", PDL=self.pdl, **self._launch)
         if self._gemm:
             bt = self.config.batch_tile
-            _gemm_residual_kernel[(triton.cdiv(D, GEMM_BLOCK_N), triton.cdiv(B, bt))](
+            gemm_residual_kernel[(triton.cdiv(D, GEMM_BLOCK_N), triton.cdiv(B, bt))](
                 *args, B, self.eps, BN=GEMM_BLOCK_N, BB=bt, SPLIT=self._split, num_warps=4, **flags)
         else:
             bn, hp = self._bn[key], triton.next_power_of_2(rows)
-            _gemv_residual_kernel[(triton.cdiv(D, bn), B)](
+            gemv_residual_kernel[(triton.cdiv(D, bn), B)](
                 *args, self.eps, HP=hp, BN=bn, num_warps=_warps(bn, hp * width), **flags)
 
     def _mixer(self, L, S) -> None:
@@ -222,7 +222,7 @@ class FusedDecoder(StaticDecoder):
         H, DK, DV = c.num_heads, c.head_k_dim, c.head_v_dim
         pow2 = triton.next_power_of_2
         gate_mul = c.g_min if m.gate == "sigmoid" else 1.0 / m.gate_normalizer
-        _mixer_kernel[(self.batch_size * H, DV // self._bv)](
+        mixer_kernel[(self.batch_size * H, DV // self._bv)](
             self.proj, L.up_w, L.up_b, L.a_log, L.skip, L.og_w, L.og_b,
             self.o if self.out_gate is None else self.out_gate, S, self.o, self.n_in,
             c.gate_rank, lay.gate_off, lay.beta_off, lay.og_off, m.out_gate_rank, self.scale, gate_mul,

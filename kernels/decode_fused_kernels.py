@@ -12,7 +12,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 
 @triton.jit
-def _norm_gemv_kernel(x, tok, xres, norm_w, w, out, bias, tail, conv_w, N, K, C, eps,
+def norm_gemv_kernel(x, tok, xres, norm_w, w, out, bias, tail, conv_w, N, K, C, eps,
                       EMBED: tl.constexpr, HAS_BIAS: tl.constexpr, CONV: tl.constexpr, CONV_BIAS: tl.constexpr,
                       SWIGLU: tl.constexpr, KW: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                       PDL: tl.constexpr):
@@ -85,7 +85,7 @@ def _log1p_exp_neg_abs(x):
 
 
 @triton.jit
-def _mixer_kernel(proj, up_w, up_b, a_log, skip, og_w, og_b, og_out, state, o, NP, R, gate_off, beta_off, og_off,
+def mixer_kernel(proj, up_w, up_b, a_log, skip, og_w, og_b, og_out, state, o, NP, R, gate_off, beta_off, og_off,
                   OGR, scale, gate_mul,
                   H: tl.constexpr, KH: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr,
                   RP: tl.constexpr, OGRP: tl.constexpr, DELTA: tl.constexpr, QK_NORM: tl.constexpr,
@@ -211,7 +211,7 @@ def _out_prologue(a, gt, nw, eps, HP: tl.constexpr, W: tl.constexpr, GM: tl.cons
 
 
 @triton.jit
-def _gemv_residual_kernel(inp, gate, norm_w, w, x, N, K, NP, gate_off, eps,
+def gemv_residual_kernel(inp, gate, norm_w, w, x, N, K, NP, gate_off, eps,
                           HEAD_NORM: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, DV: tl.constexpr,
                           GM: tl.constexpr, NW_FULL: tl.constexpr, GATE_FIRST: tl.constexpr,
                           OG_SIGMOID: tl.constexpr, BN: tl.constexpr, PDL: tl.constexpr):
@@ -267,12 +267,12 @@ def _gemm_tile(B, N, BB: tl.constexpr, BN: tl.constexpr):
 
 
 @triton.jit
-def _norm_gemm_kernel(x, tok, xres, norm_w, w, out, bias, tail, conv_w, N, K, C, B, eps,
+def norm_gemm_kernel(x, tok, xres, norm_w, w, out, bias, tail, conv_w, N, K, C, B, eps,
                       EMBED: tl.constexpr, HAS_BIAS: tl.constexpr, CONV: tl.constexpr, CONV_BIAS: tl.constexpr,
                       SWIGLU: tl.constexpr,
                       KW: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BB: tl.constexpr,
                       SPLIT: tl.constexpr, PDL: tl.constexpr):
-    """_norm_gemv_kernel's math for BB batch rows at once (batches of 16 rows and more): each weight tile is read
+    """norm_gemv_kernel's math for BB batch rows at once (batches of 16 rows and more): each weight tile is read
     once for all of them and multiplied as a matrix product (on tensor cores for bf16 weights), walking the input
     BK columns at a time."""
     if PDL:
@@ -333,11 +333,11 @@ def _norm_gemm_kernel(x, tok, xres, norm_w, w, out, bias, tail, conv_w, N, K, C,
 
 
 @triton.jit
-def _gemm_residual_kernel(inp, gate, norm_w, w, x, N, K, NP, gate_off, B, eps,
+def gemm_residual_kernel(inp, gate, norm_w, w, x, N, K, NP, gate_off, B, eps,
                           HEAD_NORM: tl.constexpr, H: tl.constexpr, DV: tl.constexpr, GM: tl.constexpr,
                           NW_FULL: tl.constexpr, GATE_FIRST: tl.constexpr, OG_SIGMOID: tl.constexpr,
                           BN: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr, PDL: tl.constexpr):
-    """_gemv_residual_kernel's math for BB batch rows at once, as _norm_gemm_kernel, one row of DV columns at a
+    """gemv_residual_kernel's math for BB batch rows at once, as norm_gemm_kernel, one row of DV columns at a
     time (a norm group of GM > 1 rows takes a first pass for its sum of squares)."""
     if PDL:
         gdc_launch_dependents()

@@ -1,7 +1,7 @@
 """Core ML target and runtime: on Linux, export and check the package's spec; predict runs only on macOS 15+.
 
-Conversion is slow (coremltools validates the whole program after each of ~100 passes), so the model here has
-one layer and each scheme is exported once per module.
+Conversion takes seconds (coremltools validates the whole program after each of ~100 passes), so the model here
+has one layer and each scheme is exported once per module.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from seqedge.runtimes.base import RuntimeUnavailable
 ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pip install 'coremltools==9.0')")
 from coremltools.proto import MIL_pb2  # noqa: E402
 
-pytestmark = pytest.mark.slow
 FUNCTIONS = ("step", "chunk")
 
 

@@ -60,8 +60,12 @@ def runner() -> dict[str, Path]:
     if reason:
         print(f"skipping the C++ runner tests: {reason}")
         pytest.skip(reason)
+    from filelock import FileLock
+
+    BUILD.parent.mkdir(parents=True, exist_ok=True)
     try:
-        build_runner(SOURCE, BUILD, ("-DSEQEDGE_ASAN=ON", "-DCMAKE_BUILD_TYPE=RelWithDebInfo"))
+        with FileLock(str(BUILD) + ".lock"):     # pytest-xdist workers share the build directory
+            build_runner(SOURCE, BUILD, ("-DSEQEDGE_ASAN=ON", "-DCMAKE_BUILD_TYPE=RelWithDebInfo"))
     except RuntimeError as err:
         pytest.fail(str(err))
     return {"run": BUILD / "seqedge-run", "c_api_test": BUILD / "seqedge-c-api-test"}

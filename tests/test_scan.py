@@ -216,7 +216,7 @@ def test_delta_chunked_with_correlated_keys(gen):
 # --- gradients -----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("T", [5, pytest.param(2 * SUB_CHUNK + 3, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("T", [5, 2 * SUB_CHUNK + 3])
 def test_chunked_gradcheck(gen, rule, T):
     """float64 gradients of the chunked form w.r.t. q, k, v, g, beta and the initial state (full Jacobian):
     one padded chunk, and three chunks (state passed twice, padded tail)."""
