@@ -1,0 +1,62 @@
+"""Which call crashes the delta kernel's comparison with fla (tests/test_kernels_delta_gpu.py::test_delta_against_fla)?
+
+Each variant runs in its own process (a segmentation fault ends only that one) with faulthandler on, on the
+test's inputs (B=2, T=64, H=4, dk=dv=128, bf16 q/k/v, float32 gates and beta, a float32 initial state):
+with or without fla imported first, with or without gradients, with or without the initial state, and fla's own
+call. Prints one line per variant: its exit code and the last lines of its stderr.
+
+    python -P benchmarks/probes/delta_fla_crash.py
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+VARIANTS = {
+    "ours fwd+grad, s0, no fla": dict(fla_import=False, grad=True, s0=True, call="ours"),
+    "ours fwd+grad, s0, fla imported": dict(fla_import=True, grad=True, s0=True, call="ours"),
+    "ours fwd only, s0, fla imported": dict(fla_import=True, grad=False, s0=True, call="ours"),
+    "ours fwd+grad, no s0, fla imported": dict(fla_import=True, grad=True, s0=False, call="ours"),
+    "fla fwd+grad, s0": dict(fla_import=True, grad=True, s0=True, call="fla"),
+    "fla then ours, fwd+grad, s0": dict(fla_import=True, grad=True, s0=True, call="both"),
+}
+
+CHILD = r'''
+import faulthandler, sys, torch
+faulthandler.enable()
+opts = eval(sys.argv[1])
+if opts["fla_import"]:
+    from fla.ops.kda import chunk_kda
+from seqedge.kernels import delta_scan
+gen = torch.Generator(device="cuda").manual_seed(64)
+r = lambda *s: torch.randn(*s, generator=gen, device="cuda")
+B, T, H, D = 2, 64, 4, 128
+q = r(B, T, H, D).bfloat16(); k = torch.nn.functional.normalize(r(B, T, H, D), dim=-1).bfloat16()
+v = r(B, T, H, D).bfloat16(); g = -5.0 * torch.rand(B, T, H, D, generator=gen, device="cuda")
+beta = torch.rand(B, T, H, generator=gen, device="cuda"); s0 = r(B, H, D, D) if opts["s0"] else None
+calls = {"ours": [delta_scan], "fla": [], "both": []}[opts["call"]]
+if opts["call"] in ("fla", "both"):
+    calls = [chunk_kda] + ([delta_scan] if opts["call"] == "both" else [])
+for fn in calls:
+    leaves = [x.detach().clone().requires_grad_(opts["grad"]) for x in (q, k, v, g, beta)]
+    with torch.set_grad_enabled(opts["grad"]):
+        o, fin = fn(*leaves, initial_state=s0, output_final_state=True)
+        if opts["grad"]:
+            grads = torch.autograd.grad(o, leaves, torch.randn_like(o))
+    torch.cuda.synchronize()
+    print(fn.__name__, "ok", tuple(o.shape), float(o.float().norm()))
+'''
+
+
+def main() -> int:
+    for name, opts in VARIANTS.items():
+        done = subprocess.run([sys.executable, "-P", "-c", CHILD, repr(opts)], capture_output=True, text=True,
+                              timeout=300)
+        tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-6:])
+        print(f"{name}: exit {done.returncode}: {tail}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
