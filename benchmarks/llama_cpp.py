@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "seqedge" / "llama-cpp-bench")
     p.add_argument("--targets", default="onnx,onnx-ort,executorch", help="seqedge targets to export and time")
-    p.add_argument("--recipes", default="fp32,int8-dynamic,int4-mlp", help="seqedge quantization recipes")
+    p.add_argument("--recipes", default="fp32,int8-dynamic,int4-all",
+                   help="seqedge quantization recipes (int4-all: Mamba2 has no MLP for int4-mlp to pack)")
     p.add_argument("--skip-seqedge", action="store_true", help="time llama.cpp only")
     args = p.parse_args(argv)
     contexts = parse_contexts(args.contexts)

@@ -142,8 +142,13 @@ def _recipes(quantize: Sequence[str] | str, group_size: int) -> list[Quantizatio
     recipes: list[QuantizationRecipe] = []
     for name in names:
         recipe = make_recipe(name, group_size)     # recipe names and the 0.1 scheme names
-        if recipe not in recipes:
-            recipes.append(recipe)
+        if recipe in recipes:
+            continue
+        same_tag = [r.name for r in recipes if r.tag == recipe.tag]
+        if same_tag:
+            raise ValueError(f"the recipes {same_tag[0]} and {recipe.name} both write the {recipe.tag} variant; "
+                             f"export them to separate artifacts")
+        recipes.append(recipe)
     return recipes
 
 

@@ -20,6 +20,8 @@ SCHEMES = ("none", "fp16", "int8", "int4")
 
 # The default int4 policy: the two SwiGLU matrices of every block (see QuantizationRecipe's docstring for why).
 MLP_MODULES = ("blocks.*.mlp.gate_up", "blocks.*.mlp.down")
+# Every linear layer of the blocks (mixer projections and MLP); the embedding and the output head stay float.
+BLOCK_LINEARS = ("blocks.*",)
 TIED_HEAD = "embed"        # the weight-matrix name of the output head when it is tied to the embedding
 
 
@@ -32,6 +34,7 @@ class RecipeInfo:
     scheme: str
     summary: str
     per_target: dict[str, str]
+    int4_modules: tuple[str, ...] = MLP_MODULES     # the int4 policy (int4 recipes only)
 
 
 # Recipe names say what they do; the variant tag in an artifact (fp32, fp16, int8, int4) stays the scheme's.
@@ -55,6 +58,13 @@ RECIPES: dict[str, RecipeInfo] = {r.name: r for r in (
                 "onnx-ort": "as onnx, with the fused LinearAttention scan",
                 "executorch": "torchao 8da4w: int4 grouped weights, int8 dynamic activations per token",
                 "coreml": "int4 weights per block, float16 compute"}),
+    RecipeInfo("int4-all", "int4", "int4 weights in groups (--group-size) for every linear layer of the blocks "
+               "(mixer projections and MLP); the embedding and output head keep the float format. Writes the "
+               "same int4 variant as int4-mlp: one of the two per artifact",
+               {"onnx": "MatMulNBits (4 bits, uint8 zero points), float activations",
+                "onnx-ort": "as onnx, with the fused LinearAttention scan",
+                "executorch": "torchao 8da4w: int4 grouped weights, int8 dynamic activations per token",
+                "coreml": "int4 weights per block, float16 compute"}, int4_modules=BLOCK_LINEARS),
 )}
 # The names of seqedge 0.1, still accepted (the CLI prints a deprecation line).
 RECIPE_ALIASES: dict[str, str] = {"none": "fp32", "int8": "int8-dynamic", "int4": "int4-mlp"}
@@ -82,13 +92,14 @@ def recipe_tag(name: str) -> str:
 def make_recipe(name: str, group_size: int = 32) -> "QuantizationRecipe":
     """The :class:`QuantizationRecipe` that recipe ``name`` (or a 0.1 name) means, with its name recorded."""
     info = RECIPES[canonical_recipe(name)]
-    return QuantizationRecipe(info.scheme, group_size, name=info.name)
+    return QuantizationRecipe(info.scheme, group_size, int4_modules=info.int4_modules, name=info.name)
 
 
 def _default_name(scheme: str, int4_modules: tuple[str, ...]) -> str:
-    """The recipe name a bare scheme stands for; an int4 policy other than the MLP one is ``int4-custom``."""
-    if scheme == "int4" and tuple(int4_modules) != MLP_MODULES:
-        return "int4-custom"
+    """The recipe name of a scheme (with, for int4, its module policy); another int4 policy is ``int4-custom``."""
+    if scheme == "int4":
+        return next((r.name for r in RECIPES.values() if r.scheme == "int4"
+                     and r.int4_modules == tuple(int4_modules)), "int4-custom")
     return next((r.name for r in RECIPES.values() if r.scheme == scheme), scheme)
 
 

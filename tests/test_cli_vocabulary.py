@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from seqedge.cli.main import main
-from seqedge.export.quantization import (MLP_MODULES, RECIPE_ALIASES, RECIPES, QuantizationRecipe,
+from seqedge.export.quantization import (BLOCK_LINEARS, MLP_MODULES, RECIPE_ALIASES, RECIPES, QuantizationRecipe,
                                          canonical_recipe, make_recipe, recipe_tag)
 from seqedge.targets import RUNTIME_OF_TARGET, RUNTIMES, TARGETS, resolve_runtime, resolve_runtimes
 
@@ -35,13 +35,17 @@ def test_a_target_name_names_its_runtime():
 
 
 def test_recipes_map_to_schemes_and_the_manifest_records_the_name():
-    assert list(RECIPES) == ["fp32", "fp16", "int8-dynamic", "int4-mlp"]
+    assert list(RECIPES) == ["fp32", "fp16", "int8-dynamic", "int4-mlp", "int4-all"]
     for old, new in RECIPE_ALIASES.items():
         assert canonical_recipe(old) == new and make_recipe(old) == make_recipe(new)
-    assert [recipe_tag(n) for n in RECIPES] == ["fp32", "fp16", "int8", "int4"]
+    assert [recipe_tag(n) for n in RECIPES] == ["fp32", "fp16", "int8", "int4", "int4"]
     recipe = make_recipe("int4-mlp", 64)
     assert recipe.scheme == "int4" and recipe.int4_modules == MLP_MODULES and recipe.to_dict()["recipe"] == "int4-mlp"
     assert QuantizationRecipe.from_dict(recipe.to_dict()) == recipe
+    every = make_recipe("int4-all")             # every linear of the blocks; the embedding/head stays float
+    assert every.int4_modules == BLOCK_LINEARS and every.to_dict()["recipe"] == "int4-all"
+    assert QuantizationRecipe.from_dict(every.to_dict()) == every and every != make_recipe("int4-mlp")
+    assert QuantizationRecipe("int4", int4_modules=BLOCK_LINEARS).name == "int4-all"
     assert QuantizationRecipe("int4", int4_modules=("*",)).name == "int4-custom"     # not int4-mlp: says so
     with pytest.raises(ValueError, match="does not describe"):
         QuantizationRecipe("int8", name="int4-mlp")

@@ -53,6 +53,44 @@ def test_policy_on_the_bundled_model_and_an_untied_head():
     assert sorted(selected) == _mlp(2) and sorted(kept) == _kept(2, head="head")
 
 
+def test_int4_all_selects_every_block_linear_and_keeps_the_head():
+    from seqedge.export.quantization import make_recipe
+
+    model = tiny_model("gated")
+    selected, kept = int4_selection(model, make_recipe("int4-all"))
+    assert sorted(selected) == sorted(set(_mlp(2) + _kept(2)) - {"embed"}) and kept == ["embed"]
+
+
+def test_int4_all_packs_a_model_without_mlps(tmp_path):
+    """int4-mlp selects nothing in a model without MLP blocks (an imported Mamba2) and is refused up front;
+    int4-all packs its mixer projections (ONNX MatMulNBits), and the variant stays within the int4 budget."""
+    from seqedge.evaluate.export_check import export_verified
+    from seqedge.export.api import export_model
+
+    model = tiny_model("gated", seed=4, mixer=dict(mlp=False))
+    with pytest.raises(ValueError, match="int4-mlp recipe quantizes"):
+        export_model(model, tmp_path / "mlp", ["onnx"], ["int4-mlp"], progress=False)
+    assert not (tmp_path / "mlp").exists()
+    manifest = export_verified(model, tmp_path / "all", ["onnx"], ["int4-all"], progress=False)  # within budget
+    variant = manifest.variant("onnx", "int4")
+    assert variant.quantization["recipe"] == "int4-all"
+    assert variant.info["int4"]["quantized_modules"] == sorted(int4_selection(model, variant_recipe(variant))[0])
+    assert all(m.startswith("blocks.") and ".mlp." not in m for m in variant.info["int4"]["quantized_modules"])
+    assert manifest.data["parity"]["onnx/int4"]["top1"] > 0
+
+
+def variant_recipe(variant) -> QuantizationRecipe:
+    return QuantizationRecipe.from_dict(variant.quantization)
+
+
+def test_two_recipes_of_one_variant_are_refused_before_writing(tmp_path):
+    from seqedge.export.api import export_model
+
+    with pytest.raises(ValueError, match="int4-mlp and int4-all both write the int4 variant"):
+        export_model(tiny_model("gated"), tmp_path / "a", ["onnx"], ["int4-mlp", "int4-all"], progress=False)
+    assert not (tmp_path / "a").exists()
+
+
 def test_policy_applies_only_to_int4_and_is_configurable():
     name = "blocks.3.mlp.down"
     assert QuantizationRecipe("int4").int4_applies(name)

@@ -89,7 +89,8 @@ def add_json(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def recipes_type(what: str = "quantization recipe") -> Callable[[str], list[str]]:
-    """Comma-separated quantization recipes (fp32, fp16, int8-dynamic, int4-mlp; 0.1 names and tags accepted)."""
+    """Comma-separated quantization recipes (fp32, fp16, int8-dynamic, int4-mlp, int4-all; 0.1 names and tags
+    accepted)."""
     from seqedge.export.quantization import canonical_recipe
 
     return csv_list(what=what, canonical=canonical_recipe)
