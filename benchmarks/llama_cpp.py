@@ -158,7 +158,9 @@ def bench_seqedge(artifact: Path, runtime: str, tag: str, contexts: list[int], s
                   vocab: int) -> list[Row]:
     import seqedge
 
-    sess = seqedge.load(artifact, runtime=runtime, quantization=tag)
+    # llama.cpp's thread count; ExecuTorch's pool is per process (its size is in the session's describe())
+    options = {"threads": threads} if runtime.startswith("onnxruntime") else {}
+    sess = seqedge.load(artifact, runtime=runtime, quantization=tag, **options)
     size = sum(f["bytes"] for f in sess.variant.files.values()) / 2**20
     rng = np.random.default_rng(0)
     rows = []

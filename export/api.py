@@ -68,7 +68,7 @@ def export_model(model, out_dir: str | os.PathLike, targets: Sequence[str] | str
     ``max_batch``: the largest batch the executorch and tensorrt variants take (1: single-stream programs with
     the least memory, for an app that runs one sequence; ONNX graphs take any batch).
     ``quantize``: recipe names from :data:`~seqedge.export.quantization.RECIPES` (fp32, fp16, int8-dynamic,
-    int4-mlp; the 0.1 names none, int8, int4 still work); the manifest records each recipe's name.
+    int4-mlp, int4-all; the 0.1 names none, int8, int4 still work); the manifest records each recipe's name.
     A ``torch`` variant (``config.json`` + ``model.safetensors``) is always written: it is the float64
     reference for parity and what the torch runtime runs. ``verify`` (see
     :func:`seqedge.evaluate.export_check.export_verified`) checks the finished artifact before it is moved into
@@ -94,7 +94,8 @@ def _check_int4_policy(model, recipes) -> None:
     for recipe in recipes:
         if recipe.scheme == "int4" and not int4_selection(model, recipe)[0]:
             raise ValueError(f"the {recipe.name} recipe quantizes {list(recipe.int4_modules)} and this model "
-                             f"has no such linear (mixer.mlp is {model.config.mixer.mlp}); use int8-dynamic or fp16")
+                             f"has no such linear (mixer.mlp is {model.config.mixer.mlp}); use int4-all (every "
+                             f"linear of the blocks), int8-dynamic or fp16")
 
 
 def _build(model, out: Path, plan, recipes, skipped, say, verify: Verifier | None, max_batch: int) -> Manifest:
