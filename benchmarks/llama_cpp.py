@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from hf_models import MAMBA2_130M, make_mamba2_130m
 
+from seqedge.evaluate.bench_results import parse_contexts
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 LLAMA_CPP_PYTHON = "0.3.36"
@@ -48,14 +50,6 @@ class Row:
     p99_ms: float
     prefill_tok_s: float   # of the ``context`` prompt (0 when context is 0)
     file_mib: float
-
-
-def parse_contexts(text: str) -> list[int]:
-    out = []
-    for item in text.split(","):
-        item = item.strip().lower()
-        out.append(int(float(item[:-1]) * 1024) if item.endswith("k") else int(item))
-    return out
 
 
 def run(cmd: list[str], **kw) -> None:
@@ -216,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="seqedge quantization recipes (int4-all: Mamba2 has no MLP for int4-mlp to pack)")
     p.add_argument("--skip-seqedge", action="store_true", help="time llama.cpp only")
     args = p.parse_args(argv)
-    contexts = parse_contexts(args.contexts)
+    contexts = list(parse_contexts(args.contexts))
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     src = build_llama_cpp(work)

@@ -208,7 +208,7 @@ def seqedge_decoder(model: SequentialAttentionModel, streams: int, smoke: bool):
         from seqedge.runtimes.cuda_runtime import CudaBackend
 
         # the runtime's own choice of decoder, bypassing Session.step's copy of the logits to the host
-        dec = CudaBackend(model, model.embed.weight.device)._decoder(streams)
+        dec = CudaBackend(model, model.embed.weight.device).new_decoder(streams)
     gen = torch.Generator(device=model.embed.weight.device).manual_seed(streams)
     for buf in dec.states:
         buf.normal_(std=0.1, generator=gen)

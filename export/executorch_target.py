@@ -40,7 +40,7 @@ import torch.nn as nn
 from seqedge.artifact import Variant, file_record
 from seqedge.quiet import quiet_libraries
 
-from .base import ExportContext, check_max_batch
+from .base import ExportContext
 from .entry_points import ENTRY_POINTS, entry_module, example_inputs
 from .quantization import SCHEMES, QuantizationRecipe
 from .xnnpack_cast import partitioner_configs
@@ -112,8 +112,7 @@ def prepare_model(model: nn.Module, recipe: QuantizationRecipe) -> tuple[nn.Modu
 # export + lowering ----------------------------------------------------------------------------------------
 def _export_entry(model: nn.Module, entry: str, max_batch: int) -> "torch.export.ExportedProgram":
     """torch.export one entry point with a dynamic batch dimension in [1, max_batch] (a static batch of 1 for
-    ``max_batch=1``)."""
-    check_max_batch(max_batch)
+    ``max_batch=1``; the bound is checked by :class:`ExportContext`)."""
     if max_batch == 1:
         example, shapes = example_inputs(model, entry, batch_size=1), None
     else:

@@ -86,22 +86,25 @@ class CudaBackend:
             return logits.float().cpu().numpy(), new
 
     def _decoder(self, batch: int):
-        from seqedge.kernels.decode_graph import GraphDecoder
-
         if batch in self._decoders:
             self._decoders.move_to_end(batch)
             return self._decoders[batch]
         while len(self._decoders) >= MAX_DECODERS:
             dropped, _ = self._decoders.popitem(last=False)
             self._last.pop(dropped, None)
+        dec = self._decoders[batch] = self.new_decoder(batch)
+        return dec
+
+    def new_decoder(self, batch: int):
+        """A new CUDA-graph decoder for ``batch`` rows: FusedDecoder, or GraphDecoder (the model's own step in a
+        graph) where the fused kernels do not compute the model (``fused_refusal`` says why)."""
         if self.fused_refusal is None:
             from seqedge.kernels import FusedDecoder
 
-            dec = FusedDecoder(self.model, batch, capture=self.graphs)
-        else:                        # parts the fused kernels do not compute: the model's step in one graph
-            dec = GraphDecoder(self.model, batch)
-        self._decoders[batch] = dec
-        return dec
+            return FusedDecoder(self.model, batch, capture=self.graphs)
+        from seqedge.kernels.decode_graph import GraphDecoder
+
+        return GraphDecoder(self.model, batch)
 
     def _step(self, tok, states: list) -> tuple:
         batch = int(tok.shape[0])

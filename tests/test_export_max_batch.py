@@ -1,8 +1,8 @@
 """The compiled targets' batch bound (``max_batch``): its validation, and the static single-stream export that
 ``max_batch=1`` gives ExecuTorch (the programs a one-sequence app runs in the least memory).
 
-The ExecuTorch program itself (lowered, run by the Python session and the C++ runner, its planned memory
-against the default bound's) is checked in tests/test_runner_cpp.py, which already lowers programs."""
+The lowered ExecuTorch program of bound 1 (run by the C++ runner and the Python session, which refuses a batch of
+2) is checked in tests/test_runner_cpp.py, which already builds the runner."""
 
 from __future__ import annotations
 
