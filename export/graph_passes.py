@@ -3,6 +3,9 @@
 Each pass takes and returns an ``onnx.ModelProto`` and keeps the graph's inputs, outputs and values (up to float
 rounding); :func:`clean` runs them in order:
 
+0. :func:`type_matmul_nbits`: the element type of each ``MatMulNBits`` output written out (ONNX's type inference
+   does not know ONNX Runtime's ops, and without a type downstream the same-type casts stay and the RMSNorm rules
+   do not match).
 1. :func:`library_optimize`: onnxscript's optimizer (constant folding, dead-code removal, its default rewrite rules:
    same-type casts and no-op reshapes/expands removed, reshape chains collapsed).
 2. :func:`drop_unsqueeze_before_reshape`: an Unsqueeze whose only reader is a Reshape to a constant shape goes
@@ -39,6 +42,19 @@ def library_optimize(model: Any) -> Any:
     graph = ir.from_proto(model)
     optimizer.optimize_ir(graph)
     return ir.to_proto(graph)
+
+
+def type_matmul_nbits(model: Any) -> Any:
+    """Declare the element type of every ``com.microsoft::MatMulNBits`` output that has none: its ``scales``
+    initializer's (the op's type constraint T1 binds A, scales and Y)."""
+    onnx = _onnx()
+    graph = model.graph
+    typed = {v.name for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
+    dtypes = {t.name: t.data_type for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "MatMulNBits" and node.output[0] not in typed and node.input[2] in dtypes:
+            graph.value_info.append(onnx.helper.make_tensor_value_info(node.output[0], dtypes[node.input[2]], None))
+    return model
 
 
 def canonical_rms_form(model: Any) -> Any:
@@ -176,7 +192,7 @@ def merge_shared_matmuls(model: Any) -> Any:
 
 def clean(model: Any, flavour: str) -> Any:
     """The passes of this module in order (see the module docstring)."""
-    model = library_optimize(drop_unsqueeze_before_reshape(library_optimize(model)))
+    model = library_optimize(drop_unsqueeze_before_reshape(library_optimize(type_matmul_nbits(model))))
     return merge_shared_matmuls(fuse_rms_norm(model, flavour))
 
 

@@ -11,7 +11,8 @@ How each scheme is packed (the recipe says *what*, this module says *how*):
   scale and a uint8 zero point, chosen by ``int4_blockwise.search`` to lower each block's squared error; no
   calibration data), laid out by ``onnxruntime.quantization.matmul_nbits_quantizer``, for the MatMuls of the
   modules the recipe's int4 policy selects (``QuantizationRecipe.int4_applies``; the MLP by default); the other
-  MatMuls stay float32, and ``Variant.info["int4"]`` lists both. Activations stay float32.
+  MatMuls stay float32, and ``Variant.info["int4"]`` lists both. Activations: int8 per block in ``step``
+  (MatMulNBits ``accuracy_level`` 4, see :data:`INT4_ACCURACY_LEVEL`), float32 in ``chunk``.
 
 Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. Measured with torch 2.13 on the tiny
 test model (2 CPU cores): it exports both entry points in ~3 s against ~40 s for ``dynamo=True``, gives the same
@@ -109,7 +110,8 @@ class OnnxTarget:
                         if scheme == "int8":
                             _quantize_int8(source, out / f"{entry}.onnx")
                         else:
-                            int4[entry] = _quantize_int4(source, out / f"{entry}.onnx", ctx.model, ctx.quantization)
+                            int4[entry] = _quantize_int4(source, out / f"{entry}.onnx", ctx.model, ctx.quantization,
+                                                         INT4_ACCURACY_LEVEL[entry])
                         _rewrite(out / f"{entry}.onnx", lambda proto: graph_passes.clean(proto, self.flavour))
                         _set_static_dims(out / f"{entry}.onnx", ctx.model, entry)    # the quantizers rename dims
                 files[entry] = out / f"{entry}.onnx"
@@ -243,9 +245,18 @@ def matmul_modules(graph, model) -> dict[str, list[str]]:
     return found
 
 
-def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe) -> dict[str, list[str]]:
+# MatMulNBits' compute per entry point. One token's step is bound by reading the weights: with int8 activations
+# (level 4) ONNX Runtime runs its integer kernels on the packed blocks, and a Mamba2-130M step takes 17 ms instead
+# of 29 (the bundled model's: ~6% less). The 64-token chunk multiplies enough rows to amortise unpacking, where
+# level 4 gained nothing at 130M and cost the bundled model 8-17%: its compute stays float32.
+INT4_ACCURACY_LEVEL: dict[str, int | None] = {"step": 4, "chunk": None}
+
+
+def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe,
+                   accuracy_level: int | None) -> dict[str, list[str]]:
     """MatMulNBits for the MatMuls whose module the recipe's int4 policy selects; every other MatMul is kept
-    float32 (the quantizer's ``nodes_to_exclude``). Returns ``{"int4": [...], "float32": [...]}`` module names."""
+    float32 (the quantizer's ``nodes_to_exclude``). ``accuracy_level``: MatMulNBits' compute type (None: float32,
+    4: int8 activations). Returns ``{"int4": [...], "float32": [...]}`` module names."""
     onnx = require_onnx_library("onnx")
     nbits = require_onnx_library("onnxruntime.quantization.matmul_nbits_quantizer")
     model_proto = onnx.load(str(source))
@@ -261,10 +272,9 @@ def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe) 
     # onnxruntime's asymmetric round-to-nearest lays out the MatMulNBits nodes with uint8 zero points, which ORT's
     # CPU runs on its fast MLAS kernels (HQQ's float zero points made the bundled model's step ~3x slower), and
     # int4_blockwise.search then sets each block's scale and zero point: lower weight error than round-to-nearest,
-    # parity close to HQQ's (benchmarks/results/int4_policy.md compares them all). No accuracy_level: float32
-    # compute; level 4 (int8 activations) made the step ~6% faster there, the 64-token chunk 8-17% slower.
+    # parity close to HQQ's (benchmarks/results/int4_policy.md compares them all).
     config = nbits.DefaultWeightOnlyQuantConfig(block_size=recipe.group_size, is_symmetric=False,
-                                                op_types_to_quantize=("MatMul",))
+                                                accuracy_level=accuracy_level, op_types_to_quantize=("MatMul",))
     quantizer = nbits.MatMulNBitsQuantizer(model_proto, algo_config=config,
                                            nodes_to_exclude=sorted(set(modules) - selected))
     quantizer.process()

@@ -51,7 +51,8 @@ def test_graph_contract(artifact, tag):
 
 
 def test_quantized_packings(artifact, rule):
-    """fp16 holds float16 weights, int8 runs MatMulInteger, int4 MatMulNBits with 4 bits and the recipe's group."""
+    """fp16 holds float16 weights, int8 runs MatMulInteger, int4 MatMulNBits with 4 bits and the recipe's group,
+    int8 activations in the step and float32 in the chunk; the norms after packed matmuls are still one op."""
     ops = {tag: [n for n in _graph(artifact, tag, "step").graph.node] for tag in ("fp32", "fp16", "int8", "int4")}
     fp16_init = _graph(artifact, "fp16", "step").graph.initializer
     assert sum(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16_init) >= 4
@@ -61,7 +62,10 @@ def test_quantized_packings(artifact, rule):
     assert len(nbits) >= 4
     for node in nbits:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        assert attrs["bits"] == 4 and attrs["block_size"] == 32 and "accuracy_level" not in attrs
+        assert attrs["bits"] == 4 and attrs["block_size"] == 32 and attrs["accuracy_level"] == 4
+    chunk = [n for n in _graph(artifact, "int4", "chunk").graph.node if n.op_type == "MatMulNBits"]
+    assert chunk and not any(a.name == "accuracy_level" for n in chunk for a in n.attribute)
+    assert "Pow" not in {n.op_type for n in ops["int4"]} and "RMSNormalization" in {n.op_type for n in ops["int4"]}
     _check_int4_numbers(artifact, nbits)
     sizes = {v.tag: sum(f["bytes"] for f in v.files.values()) for v in read_manifest(artifact).variants
              if v.target == "onnx"}

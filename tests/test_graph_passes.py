@@ -142,3 +142,32 @@ def test_drop_unsqueeze_before_reshape_keeps_values_and_copied_dims():
         rewritten = graph_passes.drop_unsqueeze_before_reshape(graph(shape))
         assert [n.op_type for n in rewritten.graph.node] == (["Reshape"] if dropped else ["Unsqueeze", "Reshape"])
         np.testing.assert_array_equal(_run(rewritten, {"x": x})[0], want)
+
+
+def test_norms_after_int4_matmuls_become_one_op_with_the_same_values():
+    """A MatMulNBits (ONNX Runtime's op, unknown to ONNX's type inference) before the RMSNorm spelling: once
+    type_matmul_nbits declares its output type, clean drops the same-type casts and fuses the norm, values kept."""
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    rng = np.random.default_rng(11)
+    rms = _rms_graph(rng, dim=16)
+    weight = numpy_helper.from_array(rng.standard_normal((32, 16)).astype(np.float32), "w_in")
+    rms.graph.initializer.append(weight)
+    rms.graph.node.insert(0, helper.make_node("MatMul", ["h", "w_in"], ["x"], name="proj"))
+    del rms.graph.input[:]
+    rms.graph.input.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, ["b", 32]))
+    rms.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    config = nbits.DefaultWeightOnlyQuantConfig(block_size=16, is_symmetric=False, op_types_to_quantize=("MatMul",))
+    quantizer = nbits.MatMulNBitsQuantizer(rms, algo_config=config)
+    quantizer.process()
+    packed = quantizer.model.model
+    assert [n.op_type for n in packed.graph.node].count("MatMulNBits") == 1
+    feeds = {"h": rng.standard_normal((3, 32)).astype(np.float32)}
+    before = _run(packed, feeds)[0]
+    untyped = onnx.ModelProto.FromString(packed.SerializeToString())
+    untyped = graph_passes.fuse_rms_norm(graph_passes.library_optimize(untyped), "ort")
+    assert "Pow" in {n.op_type for n in untyped.graph.node}          # the other passes alone leave the norm
+    cleaned = graph_passes.clean(packed, "ort")
+    ops = [n.op_type for n in cleaned.graph.node]
+    assert "SimplifiedLayerNormalization" in ops and "Pow" not in ops and "Cast" not in ops, ops
+    np.testing.assert_allclose(_run(cleaned, feeds)[0], before, rtol=1e-5, atol=1e-6)
