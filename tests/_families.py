@@ -64,3 +64,19 @@ def stepped_logits(session, tokens) -> np.ndarray:
         logits, state = session.step(np.asarray(tokens[:, t]), state)
         got.append(np.asarray(logits)[0])
     return np.stack(got)
+
+
+def weight_rounding_top1(path: Path, tokens, want) -> float:
+    """Top-1 agreement with ``want`` of the model imported from ``path`` with the weights the onnx int8 export
+    quantizes (each MatMul's: 2-D, not the embedding table) rounded as it does (per output channel, 7 bits),
+    activations kept float32: what int8 weights alone cost a model, whatever the runtime does with activations."""
+    from seqedge.families import import_hf
+
+    model = import_hf(path)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and not name.startswith("embed"):
+                step = p.abs().amax(1, keepdim=True) / 63
+                p.copy_((p / step).round().clamp(-64, 63) * step)
+        got = model(tokens)[0][0].numpy()
+    return float((got.argmax(-1) == np.asarray(want).argmax(-1)).mean())

@@ -8,7 +8,8 @@ with transformers' classes and written with ``save_pretrained`` to a temp dir (n
   and its final scan state (transformers' recurrent cache, transposed) to 1e-4 relative, float32;
 - the exported ``step`` of onnx, onnx-ort and executorch artifacts (made by the CLI from the HF directory),
   token by token over 256 tokens, to 1e-4 relative; top-1 agreement >= 99% for onnx fp16 and int8 (exported
-  with the positional model argument); int8 does not meet it yet (marked xfail, strict);
+  with the positional model argument); int8 does not meet it on this random tiny model (marked xfail, strict,
+  with why), and its top-1 equals that of its 7-bit weights rounded in torch;
 - refusals: one line naming the config key, exit code 2, nothing written.
 """
 
@@ -97,25 +98,57 @@ def test_exported_step_matches_transformers_over_256_tokens(hf, artifact, runtim
     assert rel_error(stepped_logits(seqedge.load(artifact, runtime), tokens), want) <= TOL
 
 
-INT8_GAP = pytest.mark.xfail(strict=True, reason="onnx int8 (dynamic) of this random tiny Mamba2 measured top-1 "
-                             "58%, relative RMS 0.36 against transformers, while int8 per-channel weights alone "
-                             "in torch give 0.5%: the dynamic activation quantization is suspect; not explained "
-                             "yet")
+INT8_GAP = pytest.mark.xfail(strict=True, reason="onnx int8 (7-bit per-channel weights, dynamic activations) of "
+                             "this random tiny Mamba2 measured top-1 94.5%, relative RMS 0.027 against transformers: "
+                             "its logits are flat (median top-2 margin 0.11, logit std 0.54) and the same 7-bit "
+                             "weight rounding alone in torch gives 94.5%, 0.025 (test_int8_is_as_good_as_its_"
+                             "weight_rounding)")
+
+
+def _tokens_256():
+    return torch.randint(0, VOCAB, (1, 256), generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(scope="module")
+def stepped(hf, tmp_path_factory):
+    """``{scheme: logits}`` of the onnx fp16 and int8 steps over :func:`_tokens_256`, exported by the CLI with
+    the positional model argument (the same import as ``-m``)."""
+    import seqedge
+
+    _, path = hf
+    out = {}
+    for scheme in ("fp16", "int8"):
+        artifact = tmp_path_factory.mktemp(f"mamba2-{scheme}") / "art"
+        assert main(["export", path.as_posix(), "--target", "onnx", "--quantize", scheme, "--out", str(artifact),
+                     "--quiet"]) == 0
+        out[scheme] = stepped_logits(seqedge.load(artifact, "onnxruntime", quantization=scheme), _tokens_256())
+    return out
 
 
 @pytest.mark.parametrize("scheme", ["fp16", pytest.param("int8", marks=INT8_GAP)])
-def test_quantized_step_keeps_top1(hf, tmp_path, scheme):
-    import seqedge
-
-    source, path = hf
-    artifact = tmp_path / "art"
-    assert main(["export", path.as_posix(), "--target", "onnx", "--quantize", scheme, "--out", str(artifact),
-                 "--quiet"]) == 0                                   # the positional form: the same import
-    tokens = torch.randint(0, VOCAB, (1, 256), generator=torch.Generator().manual_seed(3))
+def test_quantized_step_keeps_top1(hf, stepped, scheme):
     with torch.no_grad():
-        want = source(tokens).logits[0].numpy()
-    got = stepped_logits(seqedge.load(artifact, "onnxruntime", quantization=scheme), tokens)
-    assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.99
+        want = hf[0](_tokens_256()).logits[0].numpy()
+    assert (stepped[scheme].argmax(-1) == want.argmax(-1)).mean() >= 0.99
+
+
+def test_int8_is_as_good_as_its_weight_rounding(hf, stepped):
+    """The int8 step's top-1 is within a point of the top-1 of its weights (7 bits per output channel) rounded in
+    torch with float32 activations, and that rounding alone misses 99%: the gap is the weights' precision on
+    these flat logits, not the runtime's activation quantization."""
+    import copy
+
+    source, _ = hf
+    rounded = copy.deepcopy(source)
+    with torch.no_grad():
+        for module in rounded.modules():
+            if isinstance(module, torch.nn.Linear):                   # the MatMul weights the quantizer takes
+                step = module.weight.abs().amax(1, keepdim=True) / 63
+                module.weight.copy_((module.weight / step).round().clamp(-64, 63) * step)
+        want = source(_tokens_256()).logits[0].numpy()
+        alone = (rounded(_tokens_256()).logits[0].numpy().argmax(-1) == want.argmax(-1)).mean()
+    exported = (stepped["int8"].argmax(-1) == want.argmax(-1)).mean()
+    assert alone < 0.99 and exported >= alone - 0.01, (alone, exported)
 
 
 def test_cli_import_writes_a_checkpoint_with_the_same_logits(hf, tmp_path):
