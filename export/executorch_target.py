@@ -42,7 +42,7 @@ from seqedge.quiet import quiet_libraries
 
 from .base import ExportContext
 from .entry_points import ENTRY_POINTS, entry_module, example_inputs
-from .quantization import SCHEMES, QuantizationRecipe
+from .quantization import SCHEMES, TIED_HEAD, QuantizationRecipe
 from .xnnpack_cast import partitioner_configs
 from .xnnpack_friendly import XNNPACK_REWRITES, static_reshapes, xnnpack_friendly
 
@@ -91,6 +91,11 @@ def prepare_model(model: nn.Module, recipe: QuantizationRecipe) -> tuple[nn.Modu
     if recipe.scheme == "fp16":
         return model.half(), {"weights": "float16", "compute": "float16 (scan, gates, state, logits float32)"}
     config_cls, quantize_, per_axis, per_group = _import_torchao()
+    untied = recipe.int4_applies(TIED_HEAD) and model.head is None
+    if untied:      # torchao packs linears: the head gets its own copy, the embedding table stays float32
+        model.head = nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
+        model.head.weight = nn.Parameter(model.embed.weight.detach().clone())
+        linears["head"] = model.head
     if recipe.scheme == "int8":
         config = config_cls(weight_dtype=torch.int8, weight_granularity=per_axis(0))
         desc = {"weights": "int8 per output channel", "activations": "int8 dynamic per token"}
@@ -106,6 +111,8 @@ def prepare_model(model: nn.Module, recipe: QuantizationRecipe) -> tuple[nn.Modu
     desc.update(torchao_config=type(config).__name__, quantized_linears=len(quantized), quantized_modules=quantized,
                 float32_linears=sorted(kept), float32_reasons=kept,
                 float32_modules=["embed (tied head)" if model.head is None else "embed"])
+    if untied:
+        desc["untied_head"] = "the tied head's packed copy; the embedding table stays float32"
     return model, desc
 
 

@@ -20,9 +20,12 @@ SCHEMES = ("none", "fp16", "int8", "int4")
 
 # The default int4 policy: the two SwiGLU matrices of every block (see QuantizationRecipe's docstring for why).
 MLP_MODULES = ("blocks.*.mlp.gate_up", "blocks.*.mlp.down")
-# Every linear layer of the blocks (mixer projections and MLP); the embedding and the output head stay float.
+# Every linear layer of the blocks (mixer projections and MLP).
 BLOCK_LINEARS = ("blocks.*",)
 TIED_HEAD = "embed"        # the weight-matrix name of the output head when it is tied to the embedding
+# Every linear layer: the blocks' and the output head (tied or not). A tied table stays float where the
+# target can give the head its own packed copy (ONNX, ExecuTorch); Core ML packs the one table both read.
+EVERY_LINEAR = BLOCK_LINEARS + (TIED_HEAD, "head")
 
 
 @dataclass(frozen=True)
@@ -54,17 +57,20 @@ RECIPES: dict[str, RecipeInfo] = {r.name: r for r in (
                 "coreml": "int8 weights per output channel, float16 compute (no activation quantization)"}),
     RecipeInfo("int4-mlp", "int4", "int4 weights in groups (--group-size) for the MLP linears only; attention "
                "projections and the tied head keep the float format",
-               {"onnx": "MatMulNBits (4 bits, uint8 zero points), float activations",
+               {"onnx": "MatMulNBits (4 bits, uint8 zero points); int8 activations in the step, float in the chunk",
                 "onnx-ort": "as onnx, with the fused LinearAttention scan",
                 "executorch": "torchao 8da4w: int4 grouped weights, int8 dynamic activations per token",
                 "coreml": "int4 weights per block, float16 compute"}),
-    RecipeInfo("int4-all", "int4", "int4 weights in groups (--group-size) for every linear layer of the blocks "
-               "(mixer projections and MLP); the embedding and output head keep the float format. Writes the "
-               "same int4 variant as int4-mlp: one of the two per artifact",
-               {"onnx": "MatMulNBits (4 bits, uint8 zero points), float activations",
+    RecipeInfo("int4-all", "int4", "int4 weights in groups (--group-size) for every linear layer: mixer "
+               "projections, MLP and the output head; the embedding table keeps the float format where the "
+               "target can (a tied head gets a packed copy). Writes the same int4 variant as int4-mlp: one of "
+               "the two per artifact",
+               {"onnx": "MatMulNBits (4 bits, uint8 zero points); int8 activations in the step, float in the chunk",
                 "onnx-ort": "as onnx, with the fused LinearAttention scan",
-                "executorch": "torchao 8da4w: int4 grouped weights, int8 dynamic activations per token",
-                "coreml": "int4 weights per block, float16 compute"}, int4_modules=BLOCK_LINEARS),
+                "executorch": "torchao 8da4w: int4 grouped weights, int8 dynamic activations per token; a tied "
+                              "head is untied into a packed copy",
+                "coreml": "int4 weights per block, float16 compute; a tied table is packed for both its "
+                          "readers"}, int4_modules=EVERY_LINEAR),
 )}
 # The names of seqedge 0.1, still accepted (the CLI prints a deprecation line).
 RECIPE_ALIASES: dict[str, str] = {"none": "fp32", "int8": "int8-dynamic", "int4": "int4-mlp"}
@@ -171,6 +177,8 @@ class QuantizationRecipe:
         data["name"] = data.pop("recipe", "")      # checked against scheme and policy in __post_init__
         if data.get("scheme") == "int4" and "int4_modules" not in data:
             data["int4_modules"] = ("*",)    # written before the policy existed: every matrix was packed
+        if (data["name"], tuple(data.get("int4_modules", ()))) == ("int4-all", BLOCK_LINEARS):
+            data["name"] = ""                # int4-all before it packed the head: the policy as recorded
         return cls(**data)
 
 

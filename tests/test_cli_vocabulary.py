@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from seqedge.cli.main import main
-from seqedge.export.quantization import (BLOCK_LINEARS, MLP_MODULES, RECIPE_ALIASES, RECIPES, QuantizationRecipe,
+from seqedge.export.quantization import (BLOCK_LINEARS, EVERY_LINEAR, MLP_MODULES, RECIPE_ALIASES, RECIPES, QuantizationRecipe,
                                          canonical_recipe, make_recipe, recipe_tag)
 from seqedge.targets import RUNTIME_OF_TARGET, RUNTIMES, TARGETS, resolve_runtime, resolve_runtimes
 
@@ -42,10 +42,14 @@ def test_recipes_map_to_schemes_and_the_manifest_records_the_name():
     recipe = make_recipe("int4-mlp", 64)
     assert recipe.scheme == "int4" and recipe.int4_modules == MLP_MODULES and recipe.to_dict()["recipe"] == "int4-mlp"
     assert QuantizationRecipe.from_dict(recipe.to_dict()) == recipe
-    every = make_recipe("int4-all")             # every linear of the blocks; the embedding/head stays float
-    assert every.int4_modules == BLOCK_LINEARS and every.to_dict()["recipe"] == "int4-all"
+    every = make_recipe("int4-all")             # every linear, the output head included
+    assert every.int4_modules == EVERY_LINEAR and every.to_dict()["recipe"] == "int4-all"
     assert QuantizationRecipe.from_dict(every.to_dict()) == every and every != make_recipe("int4-mlp")
-    assert QuantizationRecipe("int4", int4_modules=BLOCK_LINEARS).name == "int4-all"
+    assert QuantizationRecipe("int4", int4_modules=EVERY_LINEAR).name == "int4-all"
+    # a manifest of int4-all before it packed the head reads back as the policy it recorded
+    earlier = QuantizationRecipe.from_dict({"recipe": "int4-all", "scheme": "int4", "group_size": 32,
+                                            "int4_modules": list(BLOCK_LINEARS)})
+    assert earlier.int4_modules == BLOCK_LINEARS and earlier.name == "int4-custom"
     assert QuantizationRecipe("int4", int4_modules=("*",)).name == "int4-custom"     # not int4-mlp: says so
     with pytest.raises(ValueError, match="does not describe"):
         QuantizationRecipe("int8", name="int4-mlp")

@@ -53,17 +53,22 @@ def test_policy_on_the_bundled_model_and_an_untied_head():
     assert sorted(selected) == _mlp(2) and sorted(kept) == _kept(2, head="head")
 
 
-def test_int4_all_selects_every_block_linear_and_keeps_the_head():
+def test_int4_all_selects_every_linear_and_the_head():
     from seqedge.export.quantization import make_recipe
 
     model = tiny_model("gated")
     selected, kept = int4_selection(model, make_recipe("int4-all"))
-    assert sorted(selected) == sorted(set(_mlp(2) + _kept(2)) - {"embed"}) and kept == ["embed"]
+    assert sorted(selected) == sorted(_mlp(2) + _kept(2)) and kept == []            # the tied head: "embed"
+    torch.manual_seed(0)
+    untied = SequentialAttentionModel(SequentialAttentionConfig(**EXPORT_DIMS, tie_embeddings=False))
+    selected, kept = int4_selection(untied, make_recipe("int4-all"))
+    assert sorted(selected) == sorted(_mlp(2) + _kept(2, head="head")) and kept == []
 
 
 def test_int4_all_packs_a_model_without_mlps(tmp_path):
     """int4-mlp selects nothing in a model without MLP blocks (an imported Mamba2) and is refused up front;
-    int4-all packs its mixer projections (ONNX MatMulNBits), and the variant stays within the int4 budget."""
+    int4-all packs its mixer projections and the tied head (ONNX MatMulNBits) while the embedding table stays
+    float32, and the variant stays within the int4 budget."""
     from seqedge.evaluate.export_check import export_verified
     from seqedge.export.api import export_model
 
@@ -75,7 +80,11 @@ def test_int4_all_packs_a_model_without_mlps(tmp_path):
     variant = manifest.variant("onnx", "int4")
     assert variant.quantization["recipe"] == "int4-all"
     assert variant.info["int4"]["quantized_modules"] == sorted(int4_selection(model, variant_recipe(variant))[0])
-    assert all(m.startswith("blocks.") and ".mlp." not in m for m in variant.info["int4"]["quantized_modules"])
+    assert all(m.startswith("blocks.") and ".mlp." not in m for m in variant.info["int4"]["quantized_modules"][:-1])
+    assert variant.info["int4"]["quantized_modules"][-1] == "embed"
+    graph = onnx.load(str(manifest.path(variant, "step")))
+    table = {n.input[0] for n in graph.graph.node if n.op_type == "Gather"} & {t.name for t in graph.graph.initializer}
+    assert [t.data_type for t in graph.graph.initializer if t.name in table] == [onnx.TensorProto.FLOAT]
     assert manifest.data["parity"]["onnx/int4"]["top1"] > 0
 
 
@@ -214,3 +223,10 @@ def test_executorch_int4_quantizes_exactly_the_selected_linears():
     assert "not a multiple of group_size 32" in every["float32_reasons"]["blocks.0.attn.gate_up"]
     _, int8 = prepare_model(model, QuantizationRecipe("int8"))
     assert int8["quantized_linears"] == 16 and int8["float32_linears"] == []
+    # int4-all: the tied head gets a packed copy; the model's logits keep their float32 table
+    from seqedge.export.quantization import make_recipe
+
+    untied, info = prepare_model(model, make_recipe("int4-all"))
+    assert "head" in info["quantized_modules"] and "untied_head" in info
+    assert type(untied.embed.weight.data) is torch.Tensor and model.head is None
+    torch.testing.assert_close(untied.embed.weight, model.embed.weight)
