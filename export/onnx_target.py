@@ -246,9 +246,9 @@ def matmul_modules(graph, model) -> dict[str, list[str]]:
 
 
 # MatMulNBits' compute per entry point. One token's step is bound by reading the weights: with int8 activations
-# (level 4) ONNX Runtime runs its integer kernels on the packed blocks, and a Mamba2-130M step takes 17 ms instead
-# of 29 (the bundled model's: ~6% less). The 64-token chunk multiplies enough rows to amortise unpacking, where
-# level 4 gained nothing at 130M and cost the bundled model 8-17%: its compute stays float32.
+# (level 4) ONNX Runtime runs its integer kernels on the packed blocks instead of unpacking them to float32, which
+# made a Mamba2-130M step about 1.7x faster (benchmarks/README.md, llama.cpp section). The 64-token chunk amortises
+# the unpacking over its rows: level 4 gained nothing there at 130M and cost the bundled model 8-17%.
 INT4_ACCURACY_LEVEL: dict[str, int | None] = {"step": 4, "chunk": None}
 
 
