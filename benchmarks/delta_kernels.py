@@ -81,7 +81,7 @@ def parts_ms(T: int, per_head: bool) -> dict:
     for cfg in DELTA_CONFIGS:
         ops = prep(q, k, v, g, beta, D ** -0.5, cfg)
         o, final = torch.empty_like(v), torch.empty(B, H, D, D, device="cuda")
-        name = f"C={cfg.chunk} BV={cfg.block_v} warps={cfg.num_warps}"
+        name = f"C={cfg.chunk} BV={cfg.block_v} warps={cfg.num_warps}{' split_o' if cfg.split_o else ''}"
         out[name] = {"prep_ms": do_bench(lambda: prep(q, k, v, g, beta, D ** -0.5, cfg), return_mode="median"),
                      "scan_ms": do_bench(lambda: scan_piece(ops, o, None, final, cfg), return_mode="median")}
         del ops
@@ -131,10 +131,14 @@ def markdown(res: dict) -> str:
             fmt = lambda x: "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
             lines.append(f"| {gates} | {what} | {fmt(ours)} | {fmt(fla)} | {ratio} | "
                          f"{'' if target is None else f'{TARGETS[target]:.2f}'} |")
-    if "parts_per_key" in res:
-        lines += ["", "Ours by launch (per-key gates, the whole length as one piece), ms:", "",
-                  "| config | prep | scan |", "|---|---|---|"]
-        lines += [f"| {name} | {p['prep_ms']:.3f} | {p['scan_ms']:.3f} |" for name, p in res["parts_per_key"].items()]
+    for key, gates in (("parts_per_key", "per-key"), ("parts_per_head", "per-head")):
+        if key in res:
+            lines += ["", f"Ours by launch ({gates} gates, the whole length as one piece), ms:", "",
+                      "| config | prep | scan (with o) |", "|---|---|---|"]
+            lines += [f"| {name} | {p['prep_ms']:.3f} | {p['scan_ms']:.3f} |" for name, p in res[key].items()]
+    if "picked" in res:
+        lines += ["", "Configs picked by timing (shape class -> config):", ""]
+        lines += [f"- `{key}`: `{cfg}`" for key, cfg in res["picked"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -153,9 +157,11 @@ def main() -> None:
         with open(os.path.join(args.out, "delta_kernels.md"), "w") as f:
             f.write(markdown(res))
 
-    res["parts_per_key"] = parts_ms(args.T, False)
-    print("parts", res["parts_per_key"], flush=True)
-    save()
+    for per_head in (False, True):
+        res["parts_per_head" if per_head else "parts_per_key"] = parts_ms(args.T, per_head)
+        print("parts per head" if per_head else "parts per key", res["parts_per_head" if per_head else
+                                                                    "parts_per_key"], flush=True)
+        save()
     for per_head in (False, True):
         gates = "per-head (fla: chunk_gated_delta_rule)" if per_head else "per-key (fla: chunk_kda)"
         rows = res["rows"].setdefault(gates, {})
@@ -173,6 +179,10 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 print(gates, what, name, rows[what][name], flush=True)
                 save()
+    from seqedge.kernels.delta_scan_triton import _PICKED
+
+    res["picked"] = {str(key): repr(cfg) for key, cfg in _PICKED.items()}
+    save()
     print(markdown(res))
 
 

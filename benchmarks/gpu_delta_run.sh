@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU run of the delta-rule kernel and the cuda runtime: their GPU tests (pytest-xdist workers: compiling
 # dominates), then benchmarks/delta_kernels.py; logs and results under OUT.
-#   OUT=/tmp/out [TESTS=1] [BENCH=1] [WORKERS=8] [TESTS_K=expr] bash benchmarks/gpu_delta_run.sh
+#   OUT=/tmp/out [TESTS=1] [GATED=0] [PROBE=0] [BENCH=1] [WORKERS=8] [TESTS_K=expr] bash benchmarks/gpu_delta_run.sh
 # Works from a source tree without installing seqedge (its package mapping is made with symlinks);
 # flash-linear-attention wheels in .whl/ are installed to a private path when present.
 set -uo pipefail
@@ -26,15 +26,18 @@ PY
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 if [ "${TESTS:-1}" = "1" ]; then
-    # fla's tests apart and in one process: a crash there must not take other tests' workers with it
+    # fla's comparisons start their own processes (tests/delta_fla_check.py), so they share the workers;
+    # GATED=1 adds the gated kernels' and fused decoders' GPU tests
     timeout "${TEST_TIMEOUT:-300}" python -m pytest -q -rfEs -p no:cacheprovider -n "${WORKERS:-8}" \
-        -k "not fla${TESTS_K:+ and ($TESTS_K)}" tests/test_kernels_delta_gpu.py tests/test_cuda_runtime.py \
-        > "$OUT/tests.log" 2>&1
+        ${TESTS_K:+-k "$TESTS_K"} tests/test_kernels_delta_gpu.py tests/test_cuda_runtime.py \
+        $([ "${GATED:-0}" = "1" ] && echo tests/test_kernels_gpu.py) > "$OUT/tests.log" 2>&1
     echo "pytest exit code: $?" >> "$OUT/tests.log"
-    timeout "${TEST_TIMEOUT:-300}" python -X faulthandler -m pytest -q -rfEs -p no:cacheprovider -p no:xdist \
-        -k fla tests/test_kernels_delta_gpu.py > "$OUT/tests_fla.log" 2>&1
-    echo "pytest exit code: $?" >> "$OUT/tests_fla.log"
-    tail -n 25 "$OUT/tests.log" "$OUT/tests_fla.log"
+    tail -n 25 "$OUT/tests.log"
+fi
+if [ "${PROBE:-0}" = "1" ]; then
+    timeout "${PROBE_TIMEOUT:-200}" python -P benchmarks/probes/delta_fla_crash.py > "$OUT/probe.log" 2>&1
+    echo "probe exit code: $?" >> "$OUT/probe.log"
+    cut -c1-400 "$OUT/probe.log"
 fi
 if [ "${BENCH:-1}" = "1" ]; then
     timeout "${BENCH_TIMEOUT:-300}" python benchmarks/delta_kernels.py --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -n 30

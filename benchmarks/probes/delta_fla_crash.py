@@ -2,8 +2,8 @@
 
 Each variant runs in its own process (a segmentation fault ends only that one) with faulthandler on, on the
 test's inputs (B=2, T=64, H=4, dk=dv=128, bf16 q/k/v, float32 gates and beta, a float32 initial state):
-with or without fla imported first, with or without gradients, with or without the initial state, and fla's own
-call. Prints one line per variant: its exit code and the last lines of its stderr.
+with fla imported before or after seqedge (pytest's conftest imports seqedge first), with the conftest's imports
+and its one intra-op thread, with or without gradients and the initial state, and fla's own call. Prints one line per variant: its exit code and the last lines of its stderr.
 
     python -P benchmarks/probes/delta_fla_crash.py
 """
@@ -20,15 +20,28 @@ VARIANTS = {
     "ours fwd+grad, no s0, fla imported": dict(fla_import=True, grad=True, s0=False, call="ours"),
     "fla fwd+grad, s0": dict(fla_import=True, grad=True, s0=True, call="fla"),
     "fla then ours, fwd+grad, s0": dict(fla_import=True, grad=True, s0=True, call="both"),
+    # what the pytest process does before the test: the conftest's imports and one thread, then fla's import
+    "seqedge imported before fla, ours": dict(fla_import="after", grad=True, s0=True, call="ours"),
+    "one thread, fla imported, ours": dict(fla_import=True, grad=True, s0=True, call="ours", threads1=True),
+    "conftest imports, fla after, ours": dict(fla_import="after", grad=True, s0=True, call="ours", conftest=True),
+    "conftest imports, fla after, fla then ours": dict(fla_import="after", grad=True, s0=True, call="both",
+                                                       conftest=True, threads1=True),
 }
 
 CHILD = r'''
 import faulthandler, sys, torch
 faulthandler.enable()
 opts = eval(sys.argv[1])
-if opts["fla_import"]:
+if opts.get("threads1"):
+    torch.set_num_threads(1)
+if opts.get("conftest"):
+    sys.path.insert(0, "tests")
+    import _artifacts
+if opts["fla_import"] is True:
     from fla.ops.kda import chunk_kda
 from seqedge.kernels import delta_scan
+if opts["fla_import"] == "after":
+    from fla.ops.kda import chunk_kda
 gen = torch.Generator(device="cuda").manual_seed(64)
 r = lambda *s: torch.randn(*s, generator=gen, device="cuda")
 B, T, H, D = 2, 64, 4, 128
