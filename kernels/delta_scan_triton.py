@@ -70,16 +70,22 @@ class DeltaConfig:
 DELTA_CONFIGS: tuple[DeltaConfig, ...] = (
     DeltaConfig(chunk=32, block_v=32),
     DeltaConfig(chunk=64, block_v=16),
-    DeltaConfig(chunk=64, block_v=16, split_o=True),
-    DeltaConfig(chunk=64, block_v=64, num_warps=8, split_o=True),
-    DeltaConfig(chunk=32, block_v=16, split_o=True),
+    DeltaConfig(chunk=32, block_v=16),
 )
-# Taken out by evidence from the GPU runs (H200, triton 3.6.0); kept so the finding is not lost:
+# Taken out by evidence from the GPU runs (H200, triton 3.6.0, T=65,536, B=1, H=16, dk=dv=128, bf16); kept so the
+# finding is not lost:
 EXCLUDED_CONFIGS: dict[DeltaConfig, str] = {
     DeltaConfig(chunk=64, block_v=32):
         "bf16 only: relative error 0.67 (B=2, T=64, dk=128, dv=64), NaN in the output (T=2051, dk=dv=128) and an "
         "illegal memory access (T=1, dk=dv=64, a gate per head); float32 passed every forward test. The same "
         "chunk-64 bf16 failure the gated kernel records (chunk_scan_triton.EXCLUDED_CONFIGS)",
+    DeltaConfig(chunk=64, block_v=16, split_o=True):
+        "slower: scan and output 2.27 ms against 2.10 ms with o in the scan; a split config was also among those "
+        "timed when an illegal memory access ended a call at B=2, T=64, H=4, dk=dv=128, bf16",
+    DeltaConfig(chunk=32, block_v=16, split_o=True): "slower: 3.44 ms against 3.12 ms (chunk 32, o in the scan)",
+    DeltaConfig(chunk=64, block_v=64, num_warps=8, split_o=True):
+        "slower (2.97 ms) and the gated kernel's illegal-access tile shape (chunk_scan_triton.EXCLUDED_CONFIGS)",
+    DeltaConfig(chunk=64, block_v=64, num_warps=8): "slower: scan 3.40 ms against 2.07 ms at block_v 16",
 }
 PIECE = 8192    # tokens per piece of the sequence (a multiple of every chunk)
 
@@ -195,11 +201,13 @@ def _delta_dstate_kernel(qt, kt, A, w, decay, do, d_final, dstates, du, d_init, 
     tl.store(d_init + i_bh.to(tl.int64) * DK * DV + st_off, dS)
 
 
-def prep(q, k, v, g, beta, scale: float, config: DeltaConfig) -> tuple[torch.Tensor, ...]:
+def prep(q, k, v, g, beta, scale: float, config: DeltaConfig, with_inverse: bool = False) -> tuple[torch.Tensor,
+                                                                                                    ...]:
     """:func:`seqedge.kernels.delta_prep_triton.prep` with ``config``'s chunk, key block and warps:
-    ``(qt, kt, A, w, u0, decay)`` for every chunk. g is ``[B, T, H, dk]`` or ``[B, T, H, 1]``."""
+    ``(qt, kt, A, w, u0, decay)`` for every chunk (and the inverse with ``with_inverse``). g is
+    ``[B, T, H, dk]`` or ``[B, T, H, 1]``."""
     return prep_chunks(q, k, v, g, beta, scale, config.chunk, config.prep_block_k, config.prep_warps,
-                       dot_precision(q.dtype))
+                       dot_precision(q.dtype), with_inverse)
 
 
 def scan_piece(ops: tuple, o, init, final, config: DeltaConfig, store: tuple | None = None) -> None:

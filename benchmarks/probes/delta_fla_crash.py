@@ -3,7 +3,9 @@
 Each variant runs in its own process (a segmentation fault ends only that one) with faulthandler on, on the
 test's inputs (B=2, T=64, H=4, dk=dv=128, bf16 q/k/v, float32 gates and beta, a float32 initial state):
 with fla imported before or after seqedge (pytest's conftest imports seqedge first), with the conftest's imports
-and its one intra-op thread, with or without gradients and the initial state, and fla's own call. Prints one line per variant: its exit code and the last lines of its stderr.
+and its one intra-op thread, with or without gradients and the initial state, and fla's own call; and the forward
+of each launch config alone. All variants run at once. Prints one line per variant: its exit code and the last
+lines of its output.
 
     python -P benchmarks/probes/delta_fla_crash.py
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 VARIANTS = {
     "ours fwd+grad, s0, no fla": dict(fla_import=False, grad=True, s0=True, call="ours"),
@@ -27,6 +30,16 @@ VARIANTS = {
     "conftest imports, fla after, fla then ours": dict(fla_import="after", grad=True, s0=True, call="both",
                                                        conftest=True, threads1=True),
 }
+# the forward of one launch config alone (no timing of the others), on the same inputs: which config, if any,
+# makes an illegal memory access at this shape
+CONFIGS = {"C=32 BV=32": dict(chunk=32, block_v=32), "C=64 BV=16": dict(chunk=64, block_v=16),
+           "C=32 BV=16": dict(chunk=32, block_v=16), "C=64 BV=16 split_o": dict(chunk=64, block_v=16, split_o=True),
+           "C=32 BV=16 split_o": dict(chunk=32, block_v=16, split_o=True),
+           "C=64 BV=64 w8 split_o": dict(chunk=64, block_v=64, num_warps=8, split_o=True)}
+for _name, _cfg in CONFIGS.items():
+    for _per_head in (False, True):
+        VARIANTS[f"config {_name}{' per-head' if _per_head else ''}, fwd, s0"] = dict(
+            fla_import=False, grad=False, s0=True, call="config", config=_cfg, per_head=_per_head)
 
 CHILD = r'''
 import faulthandler, sys, torch
@@ -48,6 +61,13 @@ B, T, H, D = 2, 64, 4, 128
 q = r(B, T, H, D).bfloat16(); k = torch.nn.functional.normalize(r(B, T, H, D), dim=-1).bfloat16()
 v = r(B, T, H, D).bfloat16(); g = -5.0 * torch.rand(B, T, H, D, generator=gen, device="cuda")
 beta = torch.rand(B, T, H, generator=gen, device="cuda"); s0 = r(B, H, D, D) if opts["s0"] else None
+if opts["call"] == "config":
+    from seqedge.kernels.delta_scan_triton import DeltaConfig, delta_scan_fwd
+    gh = g[..., :1].contiguous() if opts["per_head"] else g
+    o, fin = delta_scan_fwd(q, k, v, gh, beta, s0, D ** -0.5, DeltaConfig(**opts["config"]))
+    torch.cuda.synchronize()
+    print("config ok", float(o.float().norm()), float(fin.norm()))
+    sys.exit(0)
 calls = {"ours": [delta_scan], "fla": [], "both": []}[opts["call"]]
 if opts["call"] in ("fla", "both"):
     calls = [chunk_kda] + ([delta_scan] if opts["call"] == "both" else [])
@@ -62,12 +82,20 @@ for fn in calls:
 '''
 
 
-def main() -> int:
-    for name, opts in VARIANTS.items():
-        done = subprocess.run([sys.executable, "-P", "-c", CHILD, repr(opts)], capture_output=True, text=True,
-                              timeout=300)
-        tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-6:])
-        print(f"{name}: exit {done.returncode}: {tail}", flush=True)
+def main(timeout: float = 80.0) -> int:
+    """Every variant at once (each compiles its own kernels), each given ``timeout`` seconds from the start."""
+    procs = {name: subprocess.Popen([sys.executable, "-P", "-c", CHILD, repr(opts)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True) for name, opts in VARIANTS.items()}
+    deadline = time.monotonic() + timeout
+    for name, proc in procs.items():
+        try:
+            out, err = proc.communicate(timeout=max(deadline - time.monotonic(), 1.0))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            err += f"\n(not finished in {timeout:.0f} s)"
+        tail = " | ".join((out + err).strip().splitlines()[-4:])
+        print(f"{name}: exit {proc.returncode}: {tail}", flush=True)
     return 0
 
 
