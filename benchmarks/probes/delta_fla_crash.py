@@ -7,7 +7,7 @@ and its one intra-op thread, with or without gradients and the initial state, an
 of each launch config alone. All variants run at once. Prints one line per variant: its exit code and the last
 lines of its output.
 
-    python -P benchmarks/probes/delta_fla_crash.py
+    python -P benchmarks/probes/delta_fla_crash.py [--no-fla-calls]
 """
 
 from __future__ import annotations
@@ -40,6 +40,15 @@ for _name, _cfg in CONFIGS.items():
     for _per_head in (False, True):
         VARIANTS[f"config {_name}{' per-head' if _per_head else ''}, fwd, s0"] = dict(
             fla_import=False, grad=False, s0=True, call="config", config=_cfg, per_head=_per_head)
+# the launches one at a time: the prep alone at both chunk lengths, and the backward (the chunk-local kernel)
+for _chunk in (32, 64):
+    for _per_head in (False, True):
+        VARIANTS[f"prep C={_chunk}{' per-head' if _per_head else ''}"] = dict(
+            fla_import=False, grad=False, s0=True, call="prep", config=dict(chunk=_chunk, block_v=16),
+            per_head=_per_head)
+for _per_head in (False, True):
+    VARIANTS[f"backward C=32{' per-head' if _per_head else ''}, s0"] = dict(
+        fla_import=False, grad=True, s0=True, call="bwd", config=dict(chunk=32, block_v=32), per_head=_per_head)
 
 CHILD = r'''
 import faulthandler, sys, torch
@@ -61,12 +70,19 @@ B, T, H, D = 2, 64, 4, 128
 q = r(B, T, H, D).bfloat16(); k = torch.nn.functional.normalize(r(B, T, H, D), dim=-1).bfloat16()
 v = r(B, T, H, D).bfloat16(); g = -5.0 * torch.rand(B, T, H, D, generator=gen, device="cuda")
 beta = torch.rand(B, T, H, generator=gen, device="cuda"); s0 = r(B, H, D, D) if opts["s0"] else None
-if opts["call"] == "config":
-    from seqedge.kernels.delta_scan_triton import DeltaConfig, delta_scan_fwd
+if opts["call"] in ("config", "prep", "bwd"):
+    from seqedge.kernels.delta_scan_triton import DeltaConfig, delta_scan_fwd, prep
+    from seqedge.kernels.delta_scan_bwd import delta_scan_bwd
     gh = g[..., :1].contiguous() if opts["per_head"] else g
-    o, fin = delta_scan_fwd(q, k, v, gh, beta, s0, D ** -0.5, DeltaConfig(**opts["config"]))
+    cfg = DeltaConfig(**opts["config"])
+    if opts["call"] == "config":
+        outs = delta_scan_fwd(q, k, v, gh, beta, s0, D ** -0.5, cfg)
+    elif opts["call"] == "prep":
+        outs = prep(q, k, v, gh, beta, D ** -0.5, cfg)
+    else:
+        outs = delta_scan_bwd(q, k, v, gh, beta, s0, torch.randn_like(v), torch.randn_like(s0), D ** -0.5, cfg)
     torch.cuda.synchronize()
-    print("config ok", float(o.float().norm()), float(fin.norm()))
+    print(opts["call"], "ok", [round(float(x.float().norm()), 4) for x in outs])
     sys.exit(0)
 calls = {"ours": [delta_scan], "fla": [], "both": []}[opts["call"]]
 if opts["call"] in ("fla", "both"):
@@ -83,9 +99,12 @@ for fn in calls:
 
 
 def main(timeout: float = 80.0) -> int:
-    """Every variant at once (each compiles its own kernels), each given ``timeout`` seconds from the start."""
+    """Every variant at once (each compiles its own kernels), each given ``timeout`` seconds from the start;
+    ``--no-fla-calls`` leaves out the variants that call fla's kernels (their compiling takes minutes)."""
+    variants = {name: opts for name, opts in VARIANTS.items()
+                if "--no-fla-calls" not in sys.argv or opts["call"] not in ("fla", "both")}
     procs = {name: subprocess.Popen([sys.executable, "-P", "-c", CHILD, repr(opts)], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True) for name, opts in VARIANTS.items()}
+                                    stderr=subprocess.PIPE, text=True) for name, opts in variants.items()}
     deadline = time.monotonic() + timeout
     for name, proc in procs.items():
         try:
