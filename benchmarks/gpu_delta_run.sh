@@ -27,7 +27,8 @@ PY
 cat "$OUT/env.txt"
 if [ "${PROBE:-0}" = "1" ]; then
     # first: which launch, if any, fails at the shape of fla's comparison (each in its own process)
-    timeout "${PROBE_TIMEOUT:-90}" python -P benchmarks/probes/delta_fla_crash.py --no-fla-calls > "$OUT/probe.log" 2>&1
+    timeout $((${PROBE_TIMEOUT:-80} + 20)) python -P benchmarks/probes/delta_fla_crash.py --no-fla-calls \
+        --timeout="${PROBE_TIMEOUT:-80}" > "$OUT/probe.log" 2>&1
     echo "probe exit code: $?" >> "$OUT/probe.log"
     cut -c1-300 "$OUT/probe.log"
 fi

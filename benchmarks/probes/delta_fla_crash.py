@@ -7,7 +7,7 @@ and its one intra-op thread, with or without gradients and the initial state, an
 of each launch config alone. All variants run at once. Prints one line per variant: its exit code and the last
 lines of its output.
 
-    python -P benchmarks/probes/delta_fla_crash.py [--no-fla-calls]
+    python -P benchmarks/probes/delta_fla_crash.py [--no-fla-calls] [--timeout=S]
 """
 
 from __future__ import annotations
@@ -98,9 +98,10 @@ for fn in calls:
 '''
 
 
-def main(timeout: float = 80.0) -> int:
-    """Every variant at once (each compiles its own kernels), each given ``timeout`` seconds from the start;
+def main() -> int:
+    """Every variant at once (each compiles its own kernels), all given ``--timeout=S`` seconds (80) from the start;
     ``--no-fla-calls`` leaves out the variants that call fla's kernels (their compiling takes minutes)."""
+    timeout = float(next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--timeout=")), 80))
     variants = {name: opts for name, opts in VARIANTS.items()
                 if "--no-fla-calls" not in sys.argv or opts["call"] not in ("fla", "both")}
     procs = {name: subprocess.Popen([sys.executable, "-P", "-c", CHILD, repr(opts)], stdout=subprocess.PIPE,
