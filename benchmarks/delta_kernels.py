@@ -160,12 +160,8 @@ def main() -> None:
         with open(os.path.join(args.out, "delta_kernels.md"), "w") as f:
             f.write(markdown(res))
 
-    for per_head in (False, True):
-        res["parts_per_head" if per_head else "parts_per_key"] = parts_ms(args.T, per_head)
-        print("parts per head" if per_head else "parts per key", res["parts_per_head" if per_head else
-                                                                    "parts_per_key"], flush=True)
-        save()
-    # forward rows of both gate kinds first: a run cut by its time box keeps the most wanted numbers
+    # forward rows of both gate kinds first, the launches' times last: a run cut by its time box keeps the most
+    # wanted numbers
     measures = ((f"fwd_ms_T{args.T}", lambda f, x: fwd_ms(f, x), args.T),
                 (f"peak_fwd_gb_T{args.T_mem}", lambda f, x: peak_gb(f, x, False), args.T_mem),
                 (f"fwdbwd_ms_T{args.T}", lambda f, x: fwdbwd_ms(f, x), args.T),
@@ -187,6 +183,11 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 print(gates, what, name, rows[what][name], flush=True)
                 save()
+    for per_head in (False, True):
+        res["parts_per_head" if per_head else "parts_per_key"] = parts_ms(args.T, per_head)
+        print("parts per head" if per_head else "parts per key", res["parts_per_head" if per_head else
+                                                                    "parts_per_key"], flush=True)
+        save()
     print(markdown(res))
 
 
