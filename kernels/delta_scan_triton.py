@@ -22,9 +22,8 @@ Launches:
    dots would read), and ``_delta_out_kernel`` forms ``o = qt S + A u`` for all chunks in parallel. With a float32
    ``states``/``u`` buffer the same writes serve the backward.
 3. Backward: ``_delta_dstate_kernel`` walks the chunks in reverse, ``du = A^T do + kt dS'``,
-   ``dS = diag(exp b_C) dS' + qt^T do - w^T du``; the chunk-local gradients of qt, kt, A, w, u0, b_C are batched
-   matrix products, and their chain to q, k, v, g, beta is autograd through the chunked PyTorch operands
-   (:func:`seqedge.kernels.delta_operands.chunk_operands`), all chunks of a piece at once.
+   ``dS = diag(exp b_C) dS' + qt^T do - w^T du``; then every chunk in parallel, the chunk-local gradients to q, k,
+   v, g, beta (:mod:`seqedge.kernels.delta_bwd_local_triton`).
 
 Long sequences run in pieces of whole chunks (``PIECE`` tokens): the prep's operands then take memory for one
 piece, not the sequence, the state passes from piece to piece, and the next piece's prep runs on a side stream
