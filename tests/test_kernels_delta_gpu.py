@@ -10,6 +10,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,5 @@ def test_delta_against_fla(T, per_head):
     errors = json.loads(proc.stdout.strip().splitlines()[-1])
     refused = errors.pop("fla_backward_refused", None)
     if refused:
-        print(f"gradients not compared: fla's backward refused: {refused}")
-    print(errors)
+        warnings.warn(f"gradients not compared with fla: its backward refused: {refused}", stacklevel=1)
     assert set(errors) >= {"o", "state"} and all(err < 3e-2 for err in errors.values()), errors
