@@ -1,6 +1,6 @@
 """Benchmark of the delta rule's Triton chunk scan beside fla on one CUDA card.
 
-    python benchmarks/delta_kernels.py --out benchmarks/results
+    python benchmarks/delta_kernels.py --out benchmarks/results [--who ours fla] [--rows fwd fwdbwd ...]
 
 B=1, H=16, dk=dv=128, bf16: forward and forward+backward times at T=65,536 and peak memory at T=131,072, for
 per-key gates (ours against fla's chunk_kda) and per-head gates (ours against fla's chunk_gated_delta_rule), on the
@@ -147,6 +147,10 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="folder for delta_kernels.json and delta_kernels.md")
     ap.add_argument("--T", type=int, default=65536, help="length of the timed runs")
     ap.add_argument("--T-mem", type=int, default=131072, help="length of the peak-memory runs")
+    ap.add_argument("--who", choices=("ours", "fla"), nargs="+", default=["ours", "fla"],
+                    help="whose rows to measure (fla's first calls compile and autotune for minutes)")
+    ap.add_argument("--rows", choices=("fwd", "peak_fwd", "fwdbwd", "peak_fwdbwd", "parts"), nargs="+",
+                    default=["fwd", "peak_fwd", "fwdbwd", "peak_fwdbwd", "parts"], help="which rows to measure")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     res = {"env": environment(sys.argv), "rows": {}}
@@ -167,7 +171,9 @@ def main() -> None:
                 (f"fwdbwd_ms_T{args.T}", lambda f, x: fwdbwd_ms(f, x), args.T),
                 (f"peak_fwdbwd_gb_T{args.T_mem}", lambda f, x: peak_gb(f, x, True), args.T_mem))
     for what, measure, T in measures:
-        for name in ("ours", "fla"):           # ours first: fla's first calls compile and autotune for minutes
+        if what.rsplit("_T", 1)[0].replace("_ms", "").replace("_gb", "") not in args.rows:
+            continue
+        for name in args.who:                  # ours first by default: fla's first calls take minutes
             for per_head in (False, True):
                 gates = "per-head (fla: chunk_gated_delta_rule)" if per_head else "per-key (fla: chunk_kda)"
                 rows = res["rows"].setdefault(gates, {})
@@ -183,7 +189,7 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 print(gates, what, name, rows[what][name], flush=True)
                 save()
-    for per_head in (False, True):
+    for per_head in (False, True) if "parts" in args.rows else ():
         res["parts_per_head" if per_head else "parts_per_key"] = parts_ms(args.T, per_head)
         print("parts per head" if per_head else "parts per key", res["parts_per_head" if per_head else
                                                                     "parts_per_key"], flush=True)

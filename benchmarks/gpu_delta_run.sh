@@ -2,7 +2,8 @@
 # One GPU run of the delta-rule kernel and the cuda runtime: their GPU tests (pytest-xdist workers: compiling
 # dominates), then benchmarks/delta_kernels.py; logs and results under OUT.
 #   OUT=/tmp/out [TESTS=1] [PROBE=0] [GATED=0] [BENCH=1] [WORKERS=8] [TESTS_K=expr] bash benchmarks/gpu_delta_run.sh
-# PROBE=1 (with TESTS=1) runs benchmarks/probes/delta_fla_crash.py beside the tests.
+# PROBE=1 (with TESTS=1) runs benchmarks/probes/delta_fla_crash.py beside the tests; BENCH_ARGS go to the
+# benchmark (e.g. "--who ours --rows fwdbwd peak_fwdbwd": our backward's rows without fla's minutes of compiling).
 # Works from a source tree without installing seqedge (its package mapping is made with symlinks);
 # flash-linear-attention wheels in .whl/ are installed to a private path when present.
 set -uo pipefail
@@ -50,5 +51,5 @@ if [ "${TESTS:-1}" = "1" ]; then
     [ -f "$OUT/probe.log" ] && cut -c1-300 "$OUT/probe.log"
 fi
 if [ "${BENCH:-1}" = "1" ]; then
-    timeout "${BENCH_TIMEOUT:-300}" python benchmarks/delta_kernels.py --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -n 30
+    timeout "${BENCH_TIMEOUT:-300}" python benchmarks/delta_kernels.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -n 30
 fi
