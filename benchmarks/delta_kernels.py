@@ -1,6 +1,6 @@
 """Benchmark of the delta rule's Triton chunk scan beside fla on one CUDA card.
 
-    python benchmarks/delta_kernels.py --out benchmarks/results
+    python benchmarks/delta_kernels.py --out benchmarks/results [--who ours fla] [--rows fwd fwdbwd ...]
 
 B=1, H=16, dk=dv=128, bf16: forward and forward+backward times at T=65,536 and peak memory at T=131,072, for
 per-key gates (ours against fla's chunk_kda) and per-head gates (ours against fla's chunk_gated_delta_rule), on the
@@ -81,7 +81,7 @@ def parts_ms(T: int, per_head: bool) -> dict:
     for cfg in DELTA_CONFIGS:
         ops = prep(q, k, v, g, beta, D ** -0.5, cfg)
         o, final = torch.empty_like(v), torch.empty(B, H, D, D, device="cuda")
-        name = f"C={cfg.chunk} BV={cfg.block_v} warps={cfg.num_warps}"
+        name = f"C={cfg.chunk} BV={cfg.block_v} warps={cfg.num_warps}{' split_o' if cfg.split_o else ''}"
         out[name] = {"prep_ms": do_bench(lambda: prep(q, k, v, g, beta, D ** -0.5, cfg), return_mode="median"),
                      "scan_ms": do_bench(lambda: scan_piece(ops, o, None, final, cfg), return_mode="median")}
         del ops
@@ -131,10 +131,14 @@ def markdown(res: dict) -> str:
             fmt = lambda x: "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
             lines.append(f"| {gates} | {what} | {fmt(ours)} | {fmt(fla)} | {ratio} | "
                          f"{'' if target is None else f'{TARGETS[target]:.2f}'} |")
-    if "parts_per_key" in res:
-        lines += ["", "Ours by launch (per-key gates, the whole length as one piece), ms:", "",
-                  "| config | prep | scan |", "|---|---|---|"]
-        lines += [f"| {name} | {p['prep_ms']:.3f} | {p['scan_ms']:.3f} |" for name, p in res["parts_per_key"].items()]
+    for key, gates in (("parts_per_key", "per-key"), ("parts_per_head", "per-head")):
+        if key in res:
+            lines += ["", f"Ours by launch ({gates} gates, the whole length as one piece), ms:", "",
+                      "| config | prep | scan (with o) |", "|---|---|---|"]
+            lines += [f"| {name} | {p['prep_ms']:.3f} | {p['scan_ms']:.3f} |" for name, p in res[key].items()]
+    if "picked" in res:
+        lines += ["", "Configs picked by timing (shape class -> config):", ""]
+        lines += [f"- `{key}`: `{cfg}`" for key, cfg in res["picked"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -143,27 +147,39 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="folder for delta_kernels.json and delta_kernels.md")
     ap.add_argument("--T", type=int, default=65536, help="length of the timed runs")
     ap.add_argument("--T-mem", type=int, default=131072, help="length of the peak-memory runs")
+    ap.add_argument("--who", choices=("ours", "fla"), nargs="+", default=["ours", "fla"],
+                    help="whose rows to measure (fla's first calls compile and autotune for minutes)")
+    ap.add_argument("--rows", choices=("fwd", "peak_fwd", "fwdbwd", "peak_fwdbwd", "parts"), nargs="+",
+                    default=["fwd", "peak_fwd", "fwdbwd", "peak_fwdbwd", "parts"], help="which rows to measure")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     res = {"env": environment(sys.argv), "rows": {}}
 
     def save() -> None:
+        from seqedge.kernels.delta_scan_triton import _PICKED
+
+        res["picked"] = {str(key): repr(cfg) for key, cfg in _PICKED.items()}
         with open(os.path.join(args.out, "delta_kernels.json"), "w") as f:
             json.dump(res, f, indent=1)
         with open(os.path.join(args.out, "delta_kernels.md"), "w") as f:
             f.write(markdown(res))
 
-    res["parts_per_key"] = parts_ms(args.T, False)
-    print("parts", res["parts_per_key"], flush=True)
-    save()
-    for per_head in (False, True):
-        gates = "per-head (fla: chunk_gated_delta_rule)" if per_head else "per-key (fla: chunk_kda)"
-        rows = res["rows"].setdefault(gates, {})
-        for name, fn in runners(per_head).items():
-            for what, measure, T in ((f"fwd_ms_T{args.T}", lambda f, x: fwd_ms(f, x), args.T),
-                                     (f"fwdbwd_ms_T{args.T}", lambda f, x: fwdbwd_ms(f, x), args.T),
-                                     (f"peak_fwd_gb_T{args.T_mem}", lambda f, x: peak_gb(f, x, False), args.T_mem),
-                                     (f"peak_fwdbwd_gb_T{args.T_mem}", lambda f, x: peak_gb(f, x, True), args.T_mem)):
+    # forward rows of both gate kinds first, the launches' times last: a run cut by its time box keeps the most
+    # wanted numbers
+    measures = ((f"fwd_ms_T{args.T}", lambda f, x: fwd_ms(f, x), args.T),
+                (f"peak_fwd_gb_T{args.T_mem}", lambda f, x: peak_gb(f, x, False), args.T_mem),
+                (f"fwdbwd_ms_T{args.T}", lambda f, x: fwdbwd_ms(f, x), args.T),
+                (f"peak_fwdbwd_gb_T{args.T_mem}", lambda f, x: peak_gb(f, x, True), args.T_mem))
+    for what, measure, T in measures:
+        if what.rsplit("_T", 1)[0].replace("_ms", "").replace("_gb", "") not in args.rows:
+            continue
+        for name in args.who:                  # ours first by default: fla's first calls take minutes
+            for per_head in (False, True):
+                gates = "per-head (fla: chunk_gated_delta_rule)" if per_head else "per-key (fla: chunk_kda)"
+                rows = res["rows"].setdefault(gates, {})
+                fn = runners(per_head).get(name)
+                if fn is None:
+                    continue
                 try:
                     rows.setdefault(what, {})[name] = measure(fn, inputs(T, per_head))
                 except torch.OutOfMemoryError as err:
@@ -173,6 +189,11 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 print(gates, what, name, rows[what][name], flush=True)
                 save()
+    for per_head in (False, True) if "parts" in args.rows else ():
+        res["parts_per_head" if per_head else "parts_per_key"] = parts_ms(args.T, per_head)
+        print("parts per head" if per_head else "parts per key", res["parts_per_head" if per_head else
+                                                                    "parts_per_key"], flush=True)
+        save()
     print(markdown(res))
 
 

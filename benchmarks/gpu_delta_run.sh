@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One GPU run of the delta-rule kernel and the cuda runtime: their GPU tests (pytest-xdist workers: compiling
 # dominates), then benchmarks/delta_kernels.py; logs and results under OUT.
-#   OUT=/tmp/out [TESTS=1] [BENCH=1] [WORKERS=8] [TESTS_K=expr] bash benchmarks/gpu_delta_run.sh
+#   OUT=/tmp/out [TESTS=1] [PROBE=0] [GATED=0] [BENCH=1] [WORKERS=8] [TESTS_K=expr] bash benchmarks/gpu_delta_run.sh
+# PROBE=1 (with TESTS=1) runs benchmarks/probes/delta_fla_crash.py beside the tests; BENCH_ARGS go to the
+# benchmark (e.g. "--who ours --rows fwdbwd peak_fwdbwd": our backward's rows without fla's minutes of compiling).
 # Works from a source tree without installing seqedge (its package mapping is made with symlinks);
 # flash-linear-attention wheels in .whl/ are installed to a private path when present.
 set -uo pipefail
@@ -26,16 +28,28 @@ PY
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 if [ "${TESTS:-1}" = "1" ]; then
-    # fla's tests apart and in one process: a crash there must not take other tests' workers with it
-    timeout "${TEST_TIMEOUT:-300}" python -m pytest -q -rfEs -p no:cacheprovider -n "${WORKERS:-8}" \
-        -k "not fla${TESTS_K:+ and ($TESTS_K)}" tests/test_kernels_delta_gpu.py tests/test_cuda_runtime.py \
-        > "$OUT/tests.log" 2>&1
-    echo "pytest exit code: $?" >> "$OUT/tests.log"
-    timeout "${TEST_TIMEOUT:-300}" python -X faulthandler -m pytest -q -rfEs -p no:cacheprovider -p no:xdist \
-        -k fla tests/test_kernels_delta_gpu.py > "$OUT/tests_fla.log" 2>&1
-    echo "pytest exit code: $?" >> "$OUT/tests_fla.log"
-    tail -n 25 "$OUT/tests.log" "$OUT/tests_fla.log"
+    # -v: every test's verdict is in the log as it finishes, even when the time box ends the run. fla's
+    # comparisons start their own processes (tests/delta_fla_check.py). GATED=1 runs the gated kernels' and fused
+    # decoders' GPU tests beside them, in a second pytest with its own workers.
+    run_tests() {  # log, files...
+        local log=$1; shift
+        timeout "${TEST_TIMEOUT:-300}" python -m pytest -v --tb=short -rfEs -p no:cacheprovider \
+            -n "${WORKERS:-8}" ${TESTS_K:+-k "$TESTS_K"} "$@" > "$log" 2>&1
+        echo "pytest exit code: $?" >> "$log"
+    }
+    # beside them: which launch, if any, fails at the shape of fla's comparison (each in its own process)
+    [ "${PROBE:-0}" = "1" ] && (timeout $((${PROBE_TIMEOUT:-80} + 20)) python -P benchmarks/probes/delta_fla_crash.py \
+        --no-fla-calls --timeout="${PROBE_TIMEOUT:-80}" > "$OUT/probe.log" 2>&1; echo "probe exit code: $?" \
+        >> "$OUT/probe.log") &
+    run_tests "$OUT/tests.log" tests/test_kernels_delta_gpu.py tests/test_cuda_runtime.py &
+    [ "${GATED:-0}" = "1" ] && run_tests "$OUT/tests_gated.log" tests/test_kernels_gpu.py &
+    wait
+    for log in "$OUT"/tests*.log; do
+        echo "== $log: $(grep -c ' PASSED' "$log") passed, $(grep -c ' FAILED' "$log") failed, $(grep -c ' SKIPPED' "$log") skipped"
+        grep -E ' FAILED|^FAILED|^ERROR|exit code|passed|failed' "$log" | tail -n 15 | cut -c1-300
+    done
+    [ -f "$OUT/probe.log" ] && cut -c1-300 "$OUT/probe.log"
 fi
 if [ "${BENCH:-1}" = "1" ]; then
-    timeout "${BENCH_TIMEOUT:-300}" python benchmarks/delta_kernels.py --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -n 30
+    timeout "${BENCH_TIMEOUT:-300}" python benchmarks/delta_kernels.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -n 30
 fi

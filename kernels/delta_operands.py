@@ -1,8 +1,8 @@
 """The delta rule's chunk-local operands in plain PyTorch: what the Triton prep computes, differentiable.
 
-The CUDA backward of ``seqedge::chunk_scan_delta`` chains the gradients of these operands to q, k, v, g, beta
-through autograd of this function (all chunks of a piece at once); the interpreter checks compare the Triton prep
-with it. The formulas are :func:`seqedge.scan.chunked_scan`'s (delta rule), split at the state.
+The reference of the Triton prep (the interpreter checks compare the two) and of the chunk-local backward's
+formulas (:mod:`seqedge.kernels.delta_bwd_local_triton` differentiates exactly these by hand). The formulas are
+:func:`seqedge.scan.chunked_scan`'s (delta rule), split at the state.
 """
 
 from __future__ import annotations

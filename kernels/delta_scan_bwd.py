@@ -1,50 +1,40 @@
-"""The CUDA backward of the delta rule's chunked scan: Triton for the chunk recurrences, batched matrix products
-and autograd for the chunk-local part (see :mod:`seqedge.kernels.delta_scan_triton`'s docstring).
+"""The CUDA backward of the delta rule's chunked scan, all Triton (see :mod:`seqedge.kernels.delta_scan_triton`'s
+docstring).
 
-Per piece of the sequence, last piece first: the prep; the states entering every chunk and u (forward in time);
-the state gradients and du (backward in time); then, all chunks at once, the gradients of the prep's operands,
-``dqt = do S^T``, ``dA = tril(do u^T)``, ``dkt = u dS'^T``, ``dw = -du S^T``, ``du0 = du``,
-``db_C = exp(b_C) rowsum(S * dS')``, chained to q, k, v, g, beta by autograd through
-:func:`seqedge.kernels.delta_operands.chunk_operands`. Memory: one piece's workspace, whatever the length.
+Per piece of the sequence, last piece first: the prep (with its inverse); the states entering every chunk and u
+(forward in time); the state gradients and du (backward in time); then, every chunk in parallel, the chunk-local
+gradients to q, k, v, g, beta (:mod:`seqedge.kernels.delta_bwd_local_triton`). Memory: one piece's workspace,
+whatever the length. Autograd of :func:`seqedge.kernels.delta_operands.chunk_operands` is the reference the
+interpreter checks compare the chunk-local kernel with.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .delta_operands import chunk_layout, chunk_operands
+from .chunk_scan_triton import dot_precision
+from .delta_bwd_local_triton import local_grads
 from .delta_scan_triton import DeltaConfig, dstate_piece, prep, scan_piece
-from .ops import autograd_inside_op
 
-BWD_PIECE = 8192    # tokens per piece of the backward (its float32 autograd workspace is a few times the piece)
+BWD_PIECE = 8192    # tokens per piece of the backward (its float32 workspace: states and their gradients per chunk)
+LOCAL_WARPS = 8     # the chunk-local gradient kernel holds several [C, dv] float32 tiles at once
 
 
 def _piece_grads(q, k, v, g, beta, s_in, do, d_out, scale: float, config: DeltaConfig):
     """Gradients of one contiguous piece: (dq, dk, dv, dg, dbeta) float32 and the gradient of ``s_in``."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
-    C = config.chunk
-    ops = prep(q, k, v, g, beta, scale, config)
-    nc = ops[2].shape[1]
+    qt, kt, A, w, u0, decay, inv = prep(q, k, v, g, beta, scale, config, with_inverse=True)
+    ops = (qt, kt, A, w, u0, decay)
+    nc = A.shape[1]
     f32 = dict(dtype=torch.float32, device=q.device)
     states = torch.empty(B * H, nc, DK, DV, **f32)
     u = torch.empty(B, T, H, DV, **f32)
     scan_piece(ops, None, s_in, torch.empty(B, H, DK, DV, **f32), config, store=(states, u))
     dstates, du, d_in = torch.empty_like(states), torch.empty_like(u), torch.empty(B, H, DK, DV, **f32)
     dstate_piece(ops, do, d_out, dstates, du, d_in, config)
-    decay = ops[5]
-    del ops
-    S = states.view(B, H, nc, DK, DV)
-    dS = dstates.view(B, H, nc, DK, DV)
-    do_c, u_c, du_c = (chunk_layout(x.float(), C) for x in (do, u, du))
-    St = S.transpose(-1, -2)
-    d_last = torch.exp(decay.view(B, H, nc, DK)) * (S * dS).sum(-1)
-    cots = (do_c @ St, u_c @ dS.transpose(-1, -2), (do_c @ u_c.transpose(-1, -2)).tril(), -(du_c @ St), du_c,
-            d_last)
-    with autograd_inside_op():         # the custom op's dispatcher turned autograd off around this call
-        ins = [x.detach().float().requires_grad_() for x in (q, k, v, g, beta)]
-        outs = chunk_operands(*ins, scale=scale, chunk=C)
-        grads = torch.autograd.grad(outs, ins, cots)
+    grads = local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0, scale, config.chunk,
+                        config.prep_block_k, LOCAL_WARPS, dot_precision(q.dtype))
     return grads, d_in
 
 

@@ -11,19 +11,19 @@ C tokens (per key column, or one per head broadcast over the keys), ``kb = beta 
 with ``qt = scale q exp(b)``, ``kt = kb exp(b_C - b)`` and ``A[t, s] = <scale q_t, kb_s exp(b_t - b_s)>``, s <= t.
 
 Launches:
-1. ``_delta_prep_kernel`` (every chunk in parallel): qt, kt, A, w, u0 and b_C. The scores A and M are built one
-   16-token key block at a time with exponents referenced to that block's middle, as in the gated kernel, so no
-   factor that survives the causal mask exceeds exp(40) for g >= -5. ``(I + M)^-1`` is forward substitution, one
-   row at a time in float32 registers (exact arithmetic for a unit lower-triangular matrix; no powers of M).
+1. ``_delta_prep_kernel`` (every chunk in parallel, :mod:`seqedge.kernels.delta_prep_triton`): qt, kt, A, w, u0
+   and b_C, with a blocked inverse of (I + M); per-key and per-head gates have their own score paths.
 2. ``_delta_scan_kernel`` (one program per (batch*head, value block), the chunks in order): the state block
-   ``S [dk, BV]`` stays in float32 registers; per chunk four dots. Value columns are independent under the delta
-   rule (u's column j needs only S's column j), so the value dim splits across programs; the sequence does not
-   (a chunk's state map is a full dk x dk matrix, unlike the gated rule's diagonal one). With ``STORE`` it also
-   writes the state entering every chunk and u, for the backward.
+   ``S [dk, BV]`` stays in float32 registers. Value columns are independent under the delta rule (u's column j
+   needs only S's column j), so the value dim splits across programs; the sequence does not (a chunk's state map
+   is a full dk x dk matrix, unlike the gated rule's diagonal one). Fused (``split_o`` off): four dots per chunk,
+   o included. Split: only the two dots of the recurrence (``u = u0 - w S``, ``S' = .. + kt^T u``) stay
+   sequential; the kernel writes the state entering every chunk and u in the inputs' dtype (the values the fused
+   dots would read), and ``_delta_out_kernel`` forms ``o = qt S + A u`` for all chunks in parallel. With a float32
+   ``states``/``u`` buffer the same writes serve the backward.
 3. Backward: ``_delta_dstate_kernel`` walks the chunks in reverse, ``du = A^T do + kt dS'``,
-   ``dS = diag(exp b_C) dS' + qt^T do - w^T du``; the chunk-local gradients of qt, kt, A, w, u0, b_C are batched
-   matrix products, and their chain to q, k, v, g, beta is autograd through the chunked PyTorch operands
-   (:func:`seqedge.kernels.delta_operands.chunk_operands`), all chunks of a piece at once.
+   ``dS = diag(exp b_C) dS' + qt^T do - w^T du``; then every chunk in parallel, the chunk-local gradients to q, k,
+   v, g, beta (:mod:`seqedge.kernels.delta_bwd_local_triton`).
 
 Long sequences run in pieces of whole chunks (``PIECE`` tokens): the prep's operands then take memory for one
 piece, not the sequence, the state passes from piece to piece, and the next piece's prep runs on a side stream
@@ -39,11 +39,13 @@ import triton
 import triton.language as tl
 
 from .chunk_scan_triton import dot_precision, fastest
+from .delta_prep_triton import prep as prep_chunks
 
 
 @dataclass(frozen=True)
 class DeltaConfig:
-    """One launch configuration: chunk length, value block and warps of the scan, warps of the prep."""
+    """One launch configuration: chunk length, value block and warps of the scan, warps and key block of the prep,
+    and whether o is formed in the sequential scan (``split_o`` False) or by a parallel launch after it."""
 
     chunk: int
     block_v: int
@@ -51,6 +53,7 @@ class DeltaConfig:
     num_stages: int = 2
     prep_warps: int = 4
     prep_block_k: int = 32      # key columns per step of the prep (bounds its registers)
+    split_o: bool = False
 
     def __post_init__(self) -> None:
         if self.chunk not in (16, 32, 64):
@@ -67,103 +70,25 @@ DELTA_CONFIGS: tuple[DeltaConfig, ...] = (
     DeltaConfig(chunk=32, block_v=32),
     DeltaConfig(chunk=64, block_v=16),
     DeltaConfig(chunk=32, block_v=16),
-    DeltaConfig(chunk=64, block_v=64, num_warps=8),
 )
-# Taken out by evidence from the GPU runs (H200, triton 3.6.0); kept so the finding is not lost:
+# Taken out by evidence from the GPU runs (H200, triton 3.6.0, T=65,536, B=1, H=16, dk=dv=128, bf16); kept so the
+# finding is not lost:
 EXCLUDED_CONFIGS: dict[DeltaConfig, str] = {
     DeltaConfig(chunk=64, block_v=32):
         "bf16 only: relative error 0.67 (B=2, T=64, dk=128, dv=64), NaN in the output (T=2051, dk=dv=128) and an "
         "illegal memory access (T=1, dk=dv=64, a gate per head); float32 passed every forward test. The same "
         "chunk-64 bf16 failure the gated kernel records (chunk_scan_triton.EXCLUDED_CONFIGS)",
+    DeltaConfig(chunk=64, block_v=16, split_o=True):
+        "a wrong final state (norm 18.71 against 20.85 from every other config at B=2, T=64, H=4, dk=dv=128, bf16, "
+        "per-key gates; 19.32 against 19.99 per head; o agreed) and slower: scan and output 2.27 ms against "
+        "2.10 ms with o in the scan. Split configs were among those timed when an illegal memory access ended a "
+        "call at that shape",
+    DeltaConfig(chunk=32, block_v=16, split_o=True): "slower: 3.44 ms against 3.12 ms (chunk 32, o in the scan)",
+    DeltaConfig(chunk=64, block_v=64, num_warps=8, split_o=True):
+        "slower (2.97 ms) and the gated kernel's illegal-access tile shape (chunk_scan_triton.EXCLUDED_CONFIGS)",
+    DeltaConfig(chunk=64, block_v=64, num_warps=8): "slower: scan 3.40 ms against 2.07 ms at block_v 16",
 }
 PIECE = 8192    # tokens per piece of the sequence (a multiple of every chunk)
-
-
-@triton.jit
-def _scores_pair(b_q, b_k, b_b, k, g, beta, k_base, g_base, be_base, t0, T, H,
-                 DK: tl.constexpr, GK: tl.constexpr, BD: tl.constexpr, d0, C: tl.constexpr,
-                 PREC: tl.constexpr, COL: tl.constexpr):
-    """Key block COL's part of ``A`` (rows ``b_q``) and ``M`` (rows ``b_k``) over key columns d0 + [0, BD):
-    two ``[C, C]`` float32 tiles, zero outside the block's 16 columns, unmasked. ``b_b``: the chunk's cumulative
-    log-gates ``[C, BD]``; exponents are referenced to the key block's middle."""
-    DT = k.dtype.element_ty
-    rc = tl.arange(0, C)
-    rd = d0 + tl.arange(0, BD)
-    rows = t0 + rc
-    in_blk = (rc >= COL * 16) & (rc < COL * 16 + 16) & (rows < T)
-    mid = tl.sum(tl.where(rc[:, None] == COL * 16 + 8, b_b, 0.0), axis=0)               # [BD]
-    k_c = tl.load(k + k_base + rows[:, None].to(tl.int64) * (H * DK) + rd[None, :], mask=in_blk[:, None],
-                  other=0.0).to(tl.float32)
-    be_c = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=in_blk, other=0.0).to(tl.float32)
-    y = tl.where(in_blk[:, None], k_c * be_c[:, None] * tl.exp(tl.minimum(mid[None, :] - b_b, 40.0)), 0.0)
-    x_scale = tl.exp(tl.minimum(b_b - mid[None, :], 40.0))           # rows before the block are masked later
-    y = y.to(DT)
-    a = tl.dot((b_q * x_scale).to(DT), tl.trans(y), input_precision=PREC)
-    m = tl.dot((b_k * x_scale).to(DT), tl.trans(y), input_precision=PREC)
-    return a, m
-
-
-@triton.jit
-def _delta_prep_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, T, H, NC, scale,
-                       DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr, C: tl.constexpr,
-                       BD: tl.constexpr, PREC: tl.constexpr):
-    """One chunk's state-independent operands (module docstring): qt, kt, w ``[B, T, H, DK]`` and u0
-    ``[B, T, H, DV]`` in k's dtype, A ``[B*H, NC, C, C]`` in k's dtype, b_C ``[B*H, NC, DK]`` float32."""
-    i_c = tl.program_id(0)
-    i_bh = tl.program_id(1)
-    i_b = i_bh // H
-    i_h = i_bh % H
-    DT = k.dtype.element_ty
-    GSEL: tl.constexpr = GK // DK       # 1: a gate per key column; 0: one per head, broadcast over the keys
-    rc = tl.arange(0, C)
-    rd = tl.arange(0, BD)
-    k_base = i_b.to(tl.int64) * T * H * DK + i_h * DK
-    v_base = i_b.to(tl.int64) * T * H * DV + i_h * DV
-    g_base = i_b.to(tl.int64) * T * H * GK + i_h * GK
-    be_base = i_b.to(tl.int64) * T * H + i_h
-    t0 = i_c * C
-    rows = t0 + rc
-    m = rows < T
-    idx = i_bh.to(tl.int64) * NC + i_c
-    b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=m, other=0.0).to(tl.float32)
-    acc_a = tl.zeros([C, C], dtype=tl.float32)
-    acc_m = tl.zeros([C, C], dtype=tl.float32)
-    for d0 in tl.range(0, DK, BD, num_stages=1):
-        off = k_base + rows[:, None].to(tl.int64) * (H * DK) + (d0 + rd)[None, :]
-        off_g = g_base + rows[:, None].to(tl.int64) * (H * GK) + (d0 + rd)[None, :] * GSEL
-        b_q = tl.load(q + off, mask=m[:, None], other=0.0).to(tl.float32) * scale
-        b_k = tl.load(k + off, mask=m[:, None], other=0.0).to(tl.float32)
-        b_b = tl.cumsum(tl.load(g + off_g, mask=m[:, None], other=0.0).to(tl.float32), axis=0)   # [C, BD]
-        b_last = tl.sum(tl.where(rc[:, None] == C - 1, b_b, 0.0), axis=0)                        # [BD]
-        tl.store(qt + off, (b_q * tl.exp(b_b)).to(DT), mask=m[:, None])
-        tl.store(kt + off, (b_k * b_beta[:, None] * tl.exp(b_last[None, :] - b_b)).to(DT), mask=m[:, None])
-        tl.store(decay + idx * DK + d0 + rd, b_last)
-        for j in tl.static_range(C // 16):
-            a, mm = _scores_pair(b_q, b_k, b_b, k, g, beta, k_base, g_base, be_base, t0, T, H,
-                                 DK, GK, BD, d0, C, PREC, j)
-            acc_a += a
-            acc_m += mm
-    acc_a = tl.where(rc[:, None] >= rc[None, :], acc_a, 0.0)
-    acc_m = tl.where(rc[:, None] > rc[None, :], acc_m, 0.0)
-    tl.store(A + idx * C * C + rc[:, None] * C + rc[None, :], acc_a.to(DT))
-    # (I + M)^-1 by forward substitution: row i := e_i - M[i, :i] X[:i]; rows below i are still e_j then, and
-    # M[i, j >= i] = 0, so one product with the whole X gives the row.
-    inv = tl.where(rc[:, None] == rc[None, :], 1.0, 0.0)
-    for i in range(1, C):
-        m_i = tl.sum(tl.where(rc[:, None] == i, acc_m, 0.0), axis=0)                # [C] row i of M
-        r_i = tl.sum(m_i[:, None] * inv, axis=0)                                     # [C] M[i, :] X
-        inv = tl.where(rc[:, None] == i, inv - r_i[None, :], inv)
-    for d0 in tl.range(0, DK, BD, num_stages=1):
-        off = k_base + rows[:, None].to(tl.int64) * (H * DK) + (d0 + rd)[None, :]
-        off_g = g_base + rows[:, None].to(tl.int64) * (H * GK) + (d0 + rd)[None, :] * GSEL
-        b_k = tl.load(k + off, mask=m[:, None], other=0.0).to(tl.float32)
-        b_b = tl.cumsum(tl.load(g + off_g, mask=m[:, None], other=0.0).to(tl.float32), axis=0)
-        w_c = tl.dot(inv, b_k * tl.exp(b_b), input_precision=PREC)
-        tl.store(w + off, w_c.to(DT), mask=m[:, None])
-    for e0 in tl.range(0, DV, BD, num_stages=1):
-        off_v = v_base + rows[:, None].to(tl.int64) * (H * DV) + (e0 + rd)[None, :]
-        b_v = tl.load(v + off_v, mask=m[:, None], other=0.0).to(tl.float32)
-        tl.store(u0 + off_v, tl.dot(inv, b_v, input_precision=PREC).to(DT), mask=m[:, None])
 
 
 @triton.jit
@@ -172,7 +97,8 @@ def _delta_scan_kernel(qt, kt, A, w, u0, decay, o, s0, s_final, states, u_out, T
                        HAS_INIT: tl.constexpr, WRITE_O: tl.constexpr, STORE: tl.constexpr,
                        PREC: tl.constexpr):
     """The chunks in order for one (batch*head, value block): the final state; with WRITE_O the output o; with
-    STORE the state entering each chunk (``states [B*H, NC, DK, DV]`` float32) and u (``u_out`` like v, float32)."""
+    STORE the state entering each chunk (``states [B*H, NC, DK, DV]``) and u (``u_out`` ``[B, T, H, DV]``), in
+    their buffers' dtypes."""
     i_bh = tl.program_id(0)
     i_v = tl.program_id(1)
     i_b = i_bh // H
@@ -195,21 +121,46 @@ def _delta_scan_kernel(qt, kt, A, w, u0, decay, o, s0, s_final, states, u_out, T
         off_v = v_base + rows[:, None].to(tl.int64) * (H * DV) + rv[None, :]
         b_w = tl.load(w + off_k, mask=m[:, None], other=0.0)
         b_u = tl.load(u0 + off_v, mask=m[:, None], other=0.0).to(tl.float32)
-        b_qt = tl.load(qt + off_k, mask=m[:, None], other=0.0)
         b_kt = tl.load(kt + off_k, mask=m[:, None], other=0.0)
-        b_a = tl.load(A + idx * C * C + rc[:, None] * C + rc[None, :])
         b_last = tl.load(decay + idx * DK + rk)
         if STORE:
-            tl.store(states + idx * DK * DV + st_off, S)
+            tl.store(states + idx * DK * DV + st_off, S.to(states.dtype.element_ty))
         s_dt = S.to(DT)
         b_u -= tl.dot(b_w, s_dt, input_precision=PREC)                                   # [C, BV]
         if STORE:
-            tl.store(u_out + off_v, b_u, mask=m[:, None])
+            tl.store(u_out + off_v, b_u.to(u_out.dtype.element_ty), mask=m[:, None])
         if WRITE_O:
+            b_qt = tl.load(qt + off_k, mask=m[:, None], other=0.0)
+            b_a = tl.load(A + idx * C * C + rc[:, None] * C + rc[None, :])
             acc = tl.dot(b_qt, s_dt, input_precision=PREC) + tl.dot(b_a, b_u.to(DT), input_precision=PREC)
             tl.store(o + off_v, acc.to(o.dtype.element_ty), mask=m[:, None])
         S = tl.exp(b_last)[:, None] * S + tl.dot(tl.trans(b_kt), b_u.to(DT), input_precision=PREC)
     tl.store(s_final + i_bh.to(tl.int64) * DK * DV + st_off, S)
+
+
+@triton.jit
+def _delta_out_kernel(qt, A, states, u, o, T, H, NC, DK: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr,
+                      C: tl.constexpr, PREC: tl.constexpr):
+    """``o = qt S + A u`` for one (chunk, batch*head, value block), from the split scan's ``states`` and u."""
+    i_c = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_v = tl.program_id(2)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    rk = tl.arange(0, DK)
+    rv = i_v * BV + tl.arange(0, BV)
+    rc = tl.arange(0, C)
+    rows = i_c * C + rc
+    m = rows < T
+    idx = i_bh.to(tl.int64) * NC + i_c
+    off_k = i_b.to(tl.int64) * T * H * DK + i_h * DK + rows[:, None].to(tl.int64) * (H * DK) + rk[None, :]
+    off_v = i_b.to(tl.int64) * T * H * DV + i_h * DV + rows[:, None].to(tl.int64) * (H * DV) + rv[None, :]
+    b_qt = tl.load(qt + off_k, mask=m[:, None], other=0.0)
+    b_s = tl.load(states + idx * DK * DV + rk[:, None] * DV + rv[None, :])
+    b_a = tl.load(A + idx * C * C + rc[:, None] * C + rc[None, :])
+    b_u = tl.load(u + off_v, mask=m[:, None], other=0.0)
+    acc = tl.dot(b_qt, b_s, input_precision=PREC) + tl.dot(b_a, b_u, input_precision=PREC)
+    tl.store(o + off_v, acc.to(o.dtype.element_ty), mask=m[:, None])
 
 
 @triton.jit
@@ -251,37 +202,39 @@ def _delta_dstate_kernel(qt, kt, A, w, decay, do, d_final, dstates, du, d_init, 
     tl.store(d_init + i_bh.to(tl.int64) * DK * DV + st_off, dS)
 
 
-def prep(q, k, v, g, beta, scale: float, config: DeltaConfig) -> tuple[torch.Tensor, ...]:
-    """Launch :func:`_delta_prep_kernel`: ``(qt, kt, A, w, u0, decay)`` for every chunk. g is ``[B, T, H, dk]``
-    or ``[B, T, H, 1]``."""
-    B, T, H, DK = q.shape
-    DV = v.shape[-1]
-    C = config.chunk
-    nc = triton.cdiv(T, C)
-    qt, kt, w = (torch.empty_like(k) for _ in range(3))
-    u0 = torch.empty_like(v)
-    A = torch.empty(B * H, nc, C, C, dtype=k.dtype, device=k.device)
-    decay = torch.empty(B * H, nc, DK, dtype=torch.float32, device=k.device)
-    bd = min(config.prep_block_k, DK, DV)
-    _delta_prep_kernel[(nc, B * H)](q, k, v, g, beta, qt, kt, A, w, u0, decay, T, H, nc, scale, DK=DK, DV=DV,
-                                    GK=g.shape[-1], C=C, BD=bd, PREC=dot_precision(q.dtype),
-                                    num_warps=config.prep_warps)
-    return qt, kt, A, w, u0, decay
+def prep(q, k, v, g, beta, scale: float, config: DeltaConfig, with_inverse: bool = False) -> tuple[torch.Tensor,
+                                                                                                    ...]:
+    """:func:`seqedge.kernels.delta_prep_triton.prep` with ``config``'s chunk, key block and warps:
+    ``(qt, kt, A, w, u0, decay)`` for every chunk (and the inverse with ``with_inverse``). g is
+    ``[B, T, H, dk]`` or ``[B, T, H, 1]``."""
+    return prep_chunks(q, k, v, g, beta, scale, config.chunk, config.prep_block_k, config.prep_warps,
+                       dot_precision(q.dtype), with_inverse)
 
 
 def scan_piece(ops: tuple, o, init, final, config: DeltaConfig, store: tuple | None = None) -> None:
     """Launch :func:`_delta_scan_kernel` over one piece's prep ``ops``: writes ``final``, o unless it is None,
-    and with ``store`` = (states, u) those."""
+    and with ``store`` = (states, u) those (the backward passes float32 buffers). With ``config.split_o`` and an
+    o, the scan writes the states and u in the inputs' dtype and :func:`_delta_out_kernel` forms o."""
     qt, kt, A, w, u0, decay = ops
     B, T, H, DK = qt.shape
     DV = u0.shape[-1]
+    NC = A.shape[1]
     BV = min(config.block_v, DV)
+    prec = dot_precision(qt.dtype)
+    split = o is not None and config.split_o and store is None
+    if split:
+        store = (torch.empty(B * H, NC, DK, DV, dtype=qt.dtype, device=qt.device), torch.empty_like(u0))
     states, u = store if store is not None else (final, final)
+    fused_o = o is not None and not split
     _delta_scan_kernel[(B * H, DV // BV)](
-        qt, kt, A, w, u0, decay, o if o is not None else final, init if init is not None else final, final,
-        states, u, T, H, A.shape[1], DK=DK, DV=DV, BV=BV, C=config.chunk, HAS_INIT=init is not None,
-        WRITE_O=o is not None, STORE=store is not None, PREC=dot_precision(qt.dtype), num_warps=config.num_warps,
+        qt, kt, A, w, u0, decay, o if fused_o else final, init if init is not None else final, final,
+        states, u, T, H, NC, DK=DK, DV=DV, BV=BV, C=config.chunk, HAS_INIT=init is not None,
+        WRITE_O=fused_o, STORE=store is not None, PREC=prec, num_warps=config.num_warps,
         num_stages=config.num_stages)
+    if split:
+        bo = min(64, DV)
+        _delta_out_kernel[(NC, B * H, DV // bo)](qt, A, states, u, o, T, H, NC, DK=DK, DV=DV, BV=bo,
+                                                 C=config.chunk, PREC=prec, num_warps=4)
 
 
 _SIDE: dict[int, torch.cuda.Stream] = {}

@@ -29,9 +29,10 @@ def inputs(B, T, H, dk, dv, gk, seed):
 
 
 def check_prep(cfg, gk: int) -> None:
-    """The prep's six outputs against :func:`chunk_operands` in float64 (tail chunk included)."""
+    """The prep's six outputs against :func:`chunk_operands` in float64 (tail chunk included; gk = 1: a gate per
+    head, else per key)."""
     B, T, H, dk, dv = 1, 2 * cfg.chunk - 5, 2, 32, 16
-    q, k, v, g, beta, _ = inputs(B, T, H, dk, dv, gk, 1)
+    q, k, v, g, beta, _ = inputs(B, T, H, dk, dv, min(gk, dk), 1)
     got = fwd.prep(q, k, v, g, beta, 0.3, cfg)
     want = chunk_operands(*(x.double() for x in (q, k, v, g, beta)), scale=0.3, chunk=cfg.chunk)
     C = cfg.chunk
@@ -48,15 +49,15 @@ def check_scan(cfg, gk: int, T: int, B: int, piece: int = fwd.PIECE) -> None:
     q, k, v, g, beta, s0 = inputs(B, T, H, dk, dv, gk, T)
     ro, rs = reference_scan(q, k, v, g.expand(B, T, H, dk), beta, rule="delta", initial_state=s0)
     o, s = fwd.delta_scan_fwd(q, k, v, g, beta, s0, dk ** -0.5, cfg, piece=piece)
-    tag = f"fwd C={cfg.chunk} BV={cfg.block_v} gk={gk} T={T} piece={piece}"
+    tag = f"fwd C={cfg.chunk} BV={cfg.block_v} split_o={cfg.split_o} gk={gk} T={T} piece={piece}"
     check(f"{tag} o", rel(o, ro), TOL)
     check(f"{tag} state", rel(s, rs), TOL)
 
 
-def check_bwd(cfg, gk: int, T: int, piece: int) -> None:
+def check_bwd(cfg, gk: int, T: int, piece: int, dk: int = 16) -> None:
     """Every gradient against float64 autograd of the chunked form, from output and final-state cotangents."""
-    B, H, dk, dv = 1, 2, 16, 32
-    q, k, v, g, beta, s0 = inputs(B, T, H, dk, dv, gk, 7 + T)
+    B, H, dv = 1, 2, 32
+    q, k, v, g, beta, s0 = inputs(B, T, H, dk, dv, min(gk, dk), 7 + T)
     gen = torch.Generator().manual_seed(T)
     do, dfinal = torch.randn(B, T, H, dv, generator=gen), torch.randn(B, H, dk, dv, generator=gen)
     leaves = [x.double().requires_grad_() for x in (q, k, v, g, beta, s0)]
@@ -64,15 +65,23 @@ def check_bwd(cfg, gk: int, T: int, piece: int) -> None:
     want = torch.autograd.grad((o, s), leaves, (do.double(), dfinal.double()))
     got = delta_scan_bwd(q, k, v, g, beta, s0, do, dfinal, dk ** -0.5, cfg, piece=piece)
     for name, x, ref in zip(("dq", "dk", "dv", "dg", "dbeta", "ds0"), got, want):
-        check(f"bwd C={cfg.chunk} gk={gk} T={T} piece={piece} {name}", rel(x, ref), TOL_G if name == "dg" else TOL)
+        tag = f"bwd C={cfg.chunk} gk={gk} dk={dk} T={T} piece={piece} {name}"
+        check(tag, rel(x, ref), TOL_G if name == "dg" else TOL)
 
 
 def main() -> None:
     small = fwd.DeltaConfig(chunk=16, block_v=16, prep_block_k=16)
-    check_prep(fwd.DeltaConfig(chunk=32, block_v=32, prep_block_k=16), 1)   # two key blocks, a gate per head
+    for chunk, gk in ((16, 32), (32, 1), (64, 32), (64, 1)):   # 1, 2 and 4 diagonal blocks of the inverse
+        check_prep(fwd.DeltaConfig(chunk=chunk, block_v=32, prep_block_k=16), gk)
     check_scan(small, 16, T=37, B=1)
     check_scan(small, 1, T=50, B=1, piece=32)           # pieces carry the state
+    split = fwd.DeltaConfig(chunk=32, block_v=16, prep_block_k=16, split_o=True)
+    check_scan(split, 16, T=75, B=2, piece=64)          # o formed after the scan, two batches, a partial piece
+    check_scan(split, 1, T=40, B=1)
     check_bwd(small, 16, T=37, piece=32)                # two pieces, the last one partial
+    mid = fwd.DeltaConfig(chunk=32, block_v=16, prep_block_k=16)
+    check_bwd(mid, 1, T=45, piece=8192, dk=32)          # a gate per head, two key blocks and column blocks
+    check_bwd(fwd.DeltaConfig(chunk=64, block_v=16, prep_block_k=16), 32, T=70, piece=64, dk=32)   # per key
     print("ALL OK")
 
 

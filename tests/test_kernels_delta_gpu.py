@@ -7,6 +7,11 @@ Skipped, with the reason printed, where there is no CUDA GPU or no triton (CPU: 
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,11 +21,14 @@ from seqedge.scan import chunked_scan, reference_scan
 HAS_CUDA = torch.cuda.is_available()
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 HAS_FLA = importlib.util.find_spec("fla") is not None
+ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (Triton kernels); CPU: test_kernels_delta_interpret"),
     pytest.mark.skipif(not HAS_TRITON, reason="needs triton (pip install triton)"),
 ]
+# every config is checked, not only the one picked (importing the module initialises no CUDA)
+N_CONFIGS = len(importlib.import_module("seqedge.kernels.delta_scan_triton").DELTA_CONFIGS) if HAS_TRITON else 0
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
 GRAD_TOL = {torch.float32: 3e-4, torch.bfloat16: 5e-2}
 
@@ -53,7 +61,7 @@ SHAPES = [(1, 1, 1, 64, 64), (2, 100, 3, 64, 64), (1, 200, 2, 128, 128), (2, 64,
           (3, 777, 2, 64, 128)]
 
 
-@pytest.mark.parametrize("cfg_id", [0, 1, 2, 3])
+@pytest.mark.parametrize("cfg_id", range(N_CONFIGS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("per_head", [False, True])
@@ -120,25 +128,12 @@ def test_delta_torch_compile():
 @pytest.mark.parametrize("per_head", [False, True])
 def test_delta_against_fla(T, per_head):
     """Outputs, final state and every gradient against fla's chunk_kda (per-key gates) or chunk_gated_delta_rule
-    (per-head gates) on the same bf16 inputs."""
-    from seqedge.kernels import delta_scan
-
-    q, k, v, g, beta, s0 = _inputs(2, T, 4, 128, 128, torch.bfloat16, seed=T, per_head=per_head)
-    do = torch.randn_like(v)
-    if per_head:
-        from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_fn
-        g_fla = g[..., 0]
-    else:
-        from fla.ops.kda import chunk_kda as fla_fn
-        g_fla = g
-    outs = {}
-    for name, fn, gate in (("ours", delta_scan, g), ("fla", fla_fn, g_fla)):
-        leaves = [x.detach().clone().requires_grad_() for x in (q, k, v, gate, beta)]
-        if name == "ours":
-            o, fin = fn(*leaves, initial_state=s0, output_final_state=True)
-        else:
-            o, fin = fn(*leaves, initial_state=s0, output_final_state=True)
-        grads = torch.autograd.grad(o, leaves, do)
-        outs[name] = (o, fin, *grads)
-    for name, ours, theirs in zip(("o", "state", "dq", "dk", "dv", "dg", "dbeta"), outs["ours"], outs["fla"]):
-        assert _rel(ours.float(), theirs.float().reshape(ours.shape)) < 3e-2, (name, _rel(ours, theirs))
+    (per-head gates) on the same bf16 inputs, in a fresh process (tests/delta_fla_check.py says why)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "delta_fla_check.py"), str(T), str(int(per_head))],
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errors = json.loads(proc.stdout.strip().splitlines()[-1])
+    refused = errors.pop("fla_backward_refused", None)
+    if refused:
+        warnings.warn(f"gradients not compared with fla: its backward refused: {refused}", stacklevel=1)
+    assert set(errors) >= {"o", "state"} and all(err < 3e-2 for err in errors.values()), errors

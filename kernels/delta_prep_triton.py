@@ -1,0 +1,212 @@
+"""Triton prep of the delta rule's chunked scan: every chunk's state-independent operands, all chunks in parallel.
+
+With ``b`` the cumulative log-gates inside a chunk of C tokens and ``kb = beta k``, one program per (chunk,
+batch*head) writes (see :mod:`seqedge.kernels.delta_scan_triton` for how the scan uses them)
+
+    qt = scale q exp(b),   kt = kb exp(b_C - b),   A[t, s] = <scale q_t, kb_s exp(b_t - b_s)>  (s <= t),
+    w = (I + M)^-1 (k exp(b)),   u0 = (I + M)^-1 v,   M[t, s] = <k_t, kb_s exp(b_t - b_s)>  (s < t),   b_C.
+
+Per-key gates (``GK == DK``): the scores A and M are built one 16x16 block at a time from 16-row tiles, with
+exponents referenced to the key block's middle, so no factor that survives the causal mask exceeds exp(40) for
+g >= -5; the cumulative log-gates pass through a float32 scratch so the tiles can be loaded row block by row block.
+One gate per head (``GK == 1``, Gated DeltaNet): the exponent is a per-row scalar, so the scores are plain
+products ``<q_t, k_s>`` of the raw inputs, scaled afterwards in float32 by ``scale beta_s exp(b_t - b_s)``
+(an exponent <= 0 under the mask).
+
+``(I + M)^-1``: forward substitution on the 16-row diagonal blocks (exact arithmetic for a unit lower-triangular
+matrix), merged block row by block row with 16x16 float32 products (DESIGN §1; no powers of M). M passes
+through a float32 scratch buffer so the blocks can be loaded as tiles; the inverse replaces M there in place.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _block_ptrs(ptr, i: tl.constexpr, j: tl.constexpr, C: tl.constexpr):
+    """Pointers of the 16x16 block (i, j) of the row-major ``[C, C]`` matrix at ptr."""
+    r = tl.arange(0, 16)
+    return ptr + (i * 16 + r)[:, None] * C + (j * 16 + r)[None, :]
+
+
+@triton.jit
+def _per_key_scores(q, k, beta, bs, A, M, k_base, be_base, t0, T, H, scale,
+                    DK: tl.constexpr, BD: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr):
+    """A (k's dtype) and M (float32) of one chunk with a gate per key, 16x16 block by block: block (i, j), j <= i,
+    is ``(x_i exp(b_i - r_j)) (kb_j exp(r_j - b_j))^T`` over the key columns, x = scale q for A and k for M, with
+    r_j the cumulative log-gates at key block j's middle row; blocks above the diagonal are zero.
+    ``bs [C, DK]`` float32: the chunk's cumulative log-gates."""
+    DT = k.dtype.element_ty
+    r = tl.arange(0, 16)
+    rd = tl.arange(0, BD)
+    NB: tl.constexpr = C // 16
+    for i in tl.static_range(NB):
+        rows_i = t0 + i * 16 + r
+        for j in tl.static_range(i + 1):
+            rows_j = t0 + j * 16 + r
+            be_j = tl.load(beta + be_base + rows_j.to(tl.int64) * H, mask=rows_j < T, other=0.0).to(tl.float32)
+            acc_a = tl.zeros([16, 16], dtype=tl.float32)
+            acc_m = tl.zeros([16, 16], dtype=tl.float32)
+            for d0 in tl.range(0, DK, BD, num_stages=1):
+                cols = d0 + rd
+                off_i = k_base + rows_i[:, None].to(tl.int64) * (H * DK) + cols[None, :]
+                off_j = k_base + rows_j[:, None].to(tl.int64) * (H * DK) + cols[None, :]
+                ref = tl.load(bs + (j * 16 + 8) * DK + cols)                                   # [BD]
+                x = tl.exp(tl.minimum(tl.load(bs + (i * 16 + r)[:, None] * DK + cols[None, :]) - ref[None, :],
+                                      40.0))
+                y = tl.load(k + off_j, mask=(rows_j < T)[:, None], other=0.0).to(tl.float32) * tl.exp(
+                    tl.minimum(ref[None, :] - tl.load(bs + (j * 16 + r)[:, None] * DK + cols[None, :]), 40.0))
+                y = tl.trans(y.to(DT))
+                q_i = tl.load(q + off_i, mask=(rows_i < T)[:, None], other=0.0).to(tl.float32)
+                k_i = tl.load(k + off_i, mask=(rows_i < T)[:, None], other=0.0).to(tl.float32)
+                acc_a += tl.dot((q_i * x).to(DT), y, input_precision=PREC)
+                acc_m += tl.dot((k_i * x).to(DT), y, input_precision=PREC)
+            acc_a = acc_a * (scale * be_j)[None, :]
+            acc_m = acc_m * be_j[None, :]
+            if i == j:
+                acc_a = tl.where(r[:, None] >= r[None, :], acc_a, 0.0)
+                acc_m = tl.where(r[:, None] > r[None, :], acc_m, 0.0)
+            tl.store(_block_ptrs(A, i, j, C), acc_a.to(DT))
+            tl.store(_block_ptrs(M, i, j, C), acc_m)
+        for j in tl.static_range(i + 1, NB):
+            tl.store(_block_ptrs(A, i, j, C), tl.zeros([16, 16], dtype=DT))
+            tl.store(_block_ptrs(M, i, j, C), tl.zeros([16, 16], dtype=tl.float32))
+
+
+@triton.jit
+def _unit_lower_inverse(ptr, C: tl.constexpr):
+    """In place: the strictly lower-triangular float32 ``[C, C]`` matrix M at ptr becomes ``(I + M)^-1``.
+
+    Diagonal blocks by forward substitution (row i of the strict part: ``-M[i, :] - M[i, :] X``, rows of X above
+    i final); then block row i, block column j ascending: ``X_ij = -X_ii sum_{j <= m < i} M_im X_mj``. Column j
+    ascending overwrites M_ij only after its last use. Barriers order the program's own stores and loads."""
+    r = tl.arange(0, 16)
+    NB: tl.constexpr = C // 16
+    for i in tl.static_range(NB):
+        x = -tl.load(_block_ptrs(ptr, i, i, C))                          # strict part of rows 0 and 1 is final
+        for j in range(2, 16):
+            row = -tl.load(ptr + (i * 16 + j) * C + i * 16 + r)
+            row = tl.where(r < j, row, 0.0)
+            row += tl.sum(row[:, None] * x, axis=0)
+            x = tl.where(r[:, None] == j, row[None, :], x)
+        x += tl.where(r[:, None] == r[None, :], 1.0, 0.0)
+        tl.debug_barrier()
+        tl.store(_block_ptrs(ptr, i, i, C), x)
+    tl.debug_barrier()
+    for i in tl.static_range(1, NB):
+        x_ii = tl.load(_block_ptrs(ptr, i, i, C))
+        for j in tl.static_range(i):
+            acc = tl.zeros([16, 16], dtype=tl.float32)
+            for m in tl.static_range(j, i):
+                acc += tl.dot(tl.load(_block_ptrs(ptr, i, m, C)), tl.load(_block_ptrs(ptr, m, j, C)),
+                              input_precision="ieee")
+            x_ij = -tl.dot(x_ii, acc, input_precision="ieee")
+            tl.debug_barrier()
+            tl.store(_block_ptrs(ptr, i, j, C), x_ij)
+            tl.debug_barrier()
+
+
+@triton.jit
+def _delta_prep_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, scratch, b_scratch, T, H, NC, scale,
+                       DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr, C: tl.constexpr,
+                       BD: tl.constexpr, PREC: tl.constexpr):
+    """One chunk's state-independent operands (module docstring): qt, kt, w ``[B, T, H, DK]`` and u0
+    ``[B, T, H, DV]`` in k's dtype, A ``[B*H, NC, C, C]`` in k's dtype, b_C ``[B*H, NC, DK]`` float32;
+    ``scratch [B*H, NC, C, C]`` float32 holds M, then its inverse; with a gate per key ``b_scratch
+    [B*H, NC, C, DK]`` float32 holds the cumulative log-gates (unused with a gate per head)."""
+    i_c = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    DT = k.dtype.element_ty
+    PER_HEAD: tl.constexpr = GK == 1
+    rc = tl.arange(0, C)
+    rd = tl.arange(0, BD)
+    k_base = i_b.to(tl.int64) * T * H * DK + i_h * DK
+    v_base = i_b.to(tl.int64) * T * H * DV + i_h * DV
+    g_base = i_b.to(tl.int64) * T * H * GK + i_h * GK
+    be_base = i_b.to(tl.int64) * T * H + i_h
+    t0 = i_c * C
+    rows = t0 + rc
+    m = rows < T
+    idx = i_bh.to(tl.int64) * NC + i_c
+    sp = scratch + idx * C * C
+    bs = b_scratch + idx * C * DK
+    a_ptr = A + idx * C * C
+    b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=m, other=0.0).to(tl.float32)
+    if PER_HEAD:
+        b_h = tl.cumsum(tl.load(g + g_base + rows.to(tl.int64) * (H * GK), mask=m, other=0.0).to(tl.float32),
+                        axis=0)                                                             # [C]
+        last_h = tl.sum(tl.where(rc == C - 1, b_h, 0.0), axis=0)
+        acc_a = tl.zeros([C, C], dtype=tl.float32)
+        acc_m = tl.zeros([C, C], dtype=tl.float32)
+        for d0 in tl.range(0, DK, BD, num_stages=1):
+            off = k_base + rows[:, None].to(tl.int64) * (H * DK) + (d0 + rd)[None, :]
+            q_raw = tl.load(q + off, mask=m[:, None], other=0.0)
+            k_raw = tl.load(k + off, mask=m[:, None], other=0.0)
+            acc_a += tl.dot(q_raw, tl.trans(k_raw), input_precision=PREC)
+            acc_m += tl.dot(k_raw, tl.trans(k_raw), input_precision=PREC)
+            b_k = k_raw.to(tl.float32)
+            tl.store(qt + off, (q_raw.to(tl.float32) * (scale * tl.exp(b_h))[:, None]).to(DT), mask=m[:, None])
+            tl.store(kt + off, (b_k * (b_beta * tl.exp(last_h - b_h))[:, None]).to(DT), mask=m[:, None])
+            tl.store(decay + idx * DK + d0 + rd, tl.zeros([BD], dtype=tl.float32) + last_h)
+        fac = tl.exp(tl.where(rc[:, None] >= rc[None, :], b_h[:, None] - b_h[None, :], 0.0)) * b_beta[None, :]
+        acc_a = tl.where(rc[:, None] >= rc[None, :], acc_a * fac * scale, 0.0)
+        acc_m = tl.where(rc[:, None] > rc[None, :], acc_m * fac, 0.0)
+        tl.store(a_ptr + rc[:, None] * C + rc[None, :], acc_a.to(DT))
+        tl.store(sp + rc[:, None] * C + rc[None, :], acc_m)
+    else:
+        for d0 in tl.range(0, DK, BD, num_stages=1):
+            off = k_base + rows[:, None].to(tl.int64) * (H * DK) + (d0 + rd)[None, :]
+            off_g = g_base + rows[:, None].to(tl.int64) * (H * GK) + (d0 + rd)[None, :]
+            b_q = tl.load(q + off, mask=m[:, None], other=0.0).to(tl.float32) * scale
+            b_k = tl.load(k + off, mask=m[:, None], other=0.0).to(tl.float32)
+            b_b = tl.cumsum(tl.load(g + off_g, mask=m[:, None], other=0.0).to(tl.float32), axis=0)   # [C, BD]
+            b_last = tl.sum(tl.where(rc[:, None] == C - 1, b_b, 0.0), axis=0)                        # [BD]
+            tl.store(qt + off, (b_q * tl.exp(b_b)).to(DT), mask=m[:, None])
+            tl.store(kt + off, (b_k * b_beta[:, None] * tl.exp(b_last[None, :] - b_b)).to(DT), mask=m[:, None])
+            tl.store(decay + idx * DK + d0 + rd, b_last)
+            tl.store(bs + rc[:, None] * DK + (d0 + rd)[None, :], b_b)
+        tl.debug_barrier()
+        _per_key_scores(q, k, beta, bs, a_ptr, sp, k_base, be_base, t0, T, H, scale, DK, BD, C, PREC)
+    tl.debug_barrier()
+    _unit_lower_inverse(sp, C)
+    inv = tl.load(sp + rc[:, None] * C + rc[None, :])                                   # [C, C] (I + M)^-1
+    for d0 in tl.range(0, DK, BD, num_stages=1):
+        off = k_base + rows[:, None].to(tl.int64) * (H * DK) + (d0 + rd)[None, :]
+        b_k = tl.load(k + off, mask=m[:, None], other=0.0).to(tl.float32)
+        if PER_HEAD:
+            b_k = b_k * tl.exp(b_h)[:, None]
+        else:
+            b_k = b_k * tl.exp(tl.load(bs + rc[:, None] * DK + (d0 + rd)[None, :]))
+        tl.store(w + off, tl.dot(inv, b_k, input_precision=PREC).to(DT), mask=m[:, None])
+    for e0 in tl.range(0, DV, BD, num_stages=1):
+        off_v = v_base + rows[:, None].to(tl.int64) * (H * DV) + (e0 + rd)[None, :]
+        b_v = tl.load(v + off_v, mask=m[:, None], other=0.0).to(tl.float32)
+        tl.store(u0 + off_v, tl.dot(inv, b_v, input_precision=PREC).to(DT), mask=m[:, None])
+
+
+def prep(q, k, v, g, beta, scale: float, chunk: int, block_k: int, num_warps: int, precision: str,
+         with_inverse: bool = False) -> tuple[torch.Tensor, ...]:
+    """Launch :func:`_delta_prep_kernel`: ``(qt, kt, A, w, u0, decay)`` for every chunk of C = ``chunk`` tokens,
+    and with ``with_inverse`` also ``(I + M)^-1`` ``[B*H, NC, C, C]`` float32 (the backward's).
+
+    q, k ``[B, T, H, dk]``, v ``[B, T, H, dv]``, g ``[B, T, H, dk]`` or ``[B, T, H, 1]``, beta ``[B, T, H]``,
+    contiguous. ``block_k``: key and value columns per step (bounds the registers)."""
+    B, T, H, DK = q.shape
+    DV = v.shape[-1]
+    nc = triton.cdiv(T, chunk)
+    qt, kt, w = (torch.empty_like(k) for _ in range(3))
+    u0 = torch.empty_like(v)
+    A = torch.empty(B * H, nc, chunk, chunk, dtype=k.dtype, device=k.device)
+    decay = torch.empty(B * H, nc, DK, dtype=torch.float32, device=k.device)
+    scratch = torch.empty(B * H, nc, chunk, chunk, dtype=torch.float32, device=k.device)
+    per_key = g.shape[-1] != 1
+    b_scratch = torch.empty(B * H, nc, chunk, DK if per_key else 1, dtype=torch.float32, device=k.device)
+    _delta_prep_kernel[(nc, B * H)](q, k, v, g, beta, qt, kt, A, w, u0, decay, scratch, b_scratch, T, H, nc, scale,
+                                    DK=DK, DV=DV, GK=g.shape[-1], C=chunk, BD=min(block_k, DK, DV),
+                                    PREC=precision, num_warps=num_warps)
+    return (qt, kt, A, w, u0, decay, scratch) if with_inverse else (qt, kt, A, w, u0, decay)
