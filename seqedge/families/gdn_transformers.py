@@ -11,8 +11,10 @@ pre-norm with a SwiGLU MLP. They differ in how the projections are stored and in
 - ``qwen3_5_text``: ``in_proj_qkv`` (rows already [q, k, v]), ``in_proj_z``, ``in_proj_b``, ``in_proj_a``;
   norms as Qwen3-Next. The multimodal wrapper (``qwen3_5``) always carries a vision tower: refused.
 - ``olmo_hybrid``: ``q/k/v_proj``, ``q/k/v_conv1d``, ``a_proj``, ``b_proj``, ``g_proj`` (the output gate),
-  ``o_proj``; plain ``weight`` norms (``attention_layer_norm``, ``feedforward_layer_norm`` in its checkpoints); the gated norm ``o_norm`` with eps 1e-5 whatever ``rms_norm_eps`` says, and
-  ``beta = 2 * sigmoid(b)`` unless ``linear_allow_neg_eigval`` is false. transformers' class requires at least
+  ``o_proj``; plain ``weight`` norms (``attention_layer_norm``, ``feedforward_layer_norm`` in its checkpoints);
+  the gated norm ``o_norm`` with eps 1e-5 whatever ``rms_norm_eps`` says (seqedge's norms share one eps: refused
+  unless ``rms_norm_eps`` is 1e-5), and ``beta = 2 * sigmoid(b)`` unless ``linear_allow_neg_eigval`` is false
+  (refused: seqedge's beta is in (0, 1)). transformers' class requires at least
   one attention layer, so a real OLMo-hybrid is always a hybrid (refused); its linear-attention layers map.
 
 Only configs whose every layer is linear attention with a dense MLP import; everything else is refused naming
