@@ -24,9 +24,7 @@ dir (no download); every parameter gets non-trivial random values (norms, dt_bia
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 
 import pytest
 import torch
@@ -35,7 +33,8 @@ pytest.importorskip("transformers", reason="transformers is not installed (pip i
 
 from _families import assert_import_refused, split_run, stepped_logits  # noqa: E402
 from _families import rel_error as _rel  # noqa: E402
-from test_import_gdn import _qwen_split_run, _randomise  # noqa: E402
+from test_import_gdn import (_randomise, assert_matches_transformers_with_carried_state,  # noqa: E402
+                             torch_path_module)
 
 from seqedge.cli.main import main  # noqa: E402
 from seqedge.families import import_hf  # noqa: E402
@@ -51,16 +50,6 @@ OLMO_CONFIG = dict(HEADS, vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3,
                    pad_token_id=None, eos_token_id=None, tie_word_embeddings=False)
 
 
-def _torch_path_module(name: str):
-    """transformers' modeling module on its torch path: it picks fla's kernels at import whenever ``fla``
-    imports (they need CUDA), else its torch fallbacks; so it is imported afresh with ``fla`` blocked and
-    ``sys.modules`` restored afterwards (other tests need fla)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(sys.modules, "fla", None)
-        patch.delitem(sys.modules, name, raising=False)
-        return importlib.import_module(name)
-
-
 def _save(model, tmp_path_factory, name):
     path = tmp_path_factory.mktemp(name) / "hf"
     model.save_pretrained(path)
@@ -73,7 +62,7 @@ def _save(model, tmp_path_factory, name):
 def qwen3_5_hf(tmp_path_factory):
     from transformers import Qwen3_5TextConfig
 
-    module = _torch_path_module("transformers.models.qwen3_5.modeling_qwen3_5")
+    module = torch_path_module("transformers.models.qwen3_5.modeling_qwen3_5")
     torch.manual_seed(0)
     model = _randomise(module.Qwen3_5ForCausalLM(Qwen3_5TextConfig(**QWEN3_5_CONFIG)), one_plus_norms=True)
     return model, _save(model, tmp_path_factory, "qwen3-5")
@@ -84,15 +73,7 @@ def test_qwen3_5_import_matches_transformers_with_carried_state(qwen3_5_hf):
     assert json.loads((path / "config.json").read_text())["model_type"] == "qwen3_5_text"
     model = import_hf(path)
     assert model.config.mixer.num_key_heads == 2 and model.config.num_heads == 4
-    tokens = torch.randint(0, VOCAB, (2, 53), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        full = source(tokens, use_cache=False).logits
-    want, cache = _qwen_split_run(source, tokens)
-    assert _rel(want, full) <= TOL                               # transformers' own cache carries its state
-    logits, state = split_run(model, tokens)
-    assert _rel(logits, want) <= TOL
-    for layer in range(model.config.num_layers):
-        assert _rel(state.tensors[2 * layer + 1], cache.get_recurrent_state(layer, state_idx=0)) <= TOL
+    assert_matches_transformers_with_carried_state(source, model)
 
 
 def test_qwen3_5_exported_onnx_step_matches_transformers(qwen3_5_hf, tmp_path):
@@ -107,6 +88,24 @@ def test_qwen3_5_exported_onnx_step_matches_transformers(qwen3_5_hf, tmp_path):
     assert _rel(stepped_logits(seqedge.load(out, "onnxruntime"), tokens), want) <= TOL
 
 
+def test_multi_token_prediction_weights_are_dropped_others_refused(qwen3_5_hf, tmp_path):
+    """transformers' causal LMs skip ``mtp.*`` on load; any other weight the mapping leaves is refused."""
+    from safetensors.torch import save_file
+
+    from seqedge.families import UnsupportedModelError
+
+    source, path = qwen3_5_hf
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for f in path.iterdir():
+        (extra / f.name).symlink_to(f)
+    save_file({"mtp.fc.weight": torch.ones(2, 2)}, extra / "mtp.safetensors")
+    torch.testing.assert_close(import_hf(extra).state_dict(), import_hf(path).state_dict(), rtol=0, atol=0)
+    save_file({"model.extra.weight": torch.ones(2, 2)}, extra / "mtp.safetensors")
+    with pytest.raises(UnsupportedModelError, match="model.extra.weight"):
+        import_hf(extra)
+
+
 # transformers OLMo-hybrid -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -115,7 +114,7 @@ def olmo_hf(tmp_path_factory):
     from safetensors.torch import load_file, save_file
     from transformers import OlmoHybridConfig
 
-    module = _torch_path_module("transformers.models.olmo_hybrid.modeling_olmo_hybrid")
+    module = torch_path_module("transformers.models.olmo_hybrid.modeling_olmo_hybrid")
     torch.manual_seed(0)
     model = _randomise(module.OlmoHybridForCausalLM(OlmoHybridConfig(**OLMO_CONFIG)))
     path = _save(model, tmp_path_factory, "olmo-hybrid")
@@ -184,30 +183,23 @@ def test_olmo_hybrid_default_heads_are_transformers_defaults():
 
 # refusals ---------------------------------------------------------------------------------------------------
 
-QWEN3_5_REFUSED = [
-    (dict(layer_types=["linear_attention", "full_attention"]), "layer_types"),
-    (dict(hidden_act="gelu"), "hidden_act"),
-    (dict(linear_num_value_heads=3), "linear_num_value_heads"),
-    (dict(model_type="qwen3_5", vision_config={"model_type": "qwen3_5_vision"}), "vision_config"),
-    (dict(model_type="qwen3_5_moe_text", num_experts=4), "num_experts"),
-]
-OLMO_REFUSED = [
-    (dict(linear_allow_neg_eigval=True), "linear_allow_neg_eigval"),
-    (dict(rms_norm_eps=1e-6), "rms_norm_eps"),
-    (dict(hidden_act="gelu"), "hidden_act"),
-    (dict(linear_num_value_heads=3), "linear_num_value_heads"),
+REFUSED = [        # (fixture whose last item is the directory to edit, config.json changes, the key named)
+    ("qwen3_5_hf", dict(layer_types=["linear_attention", "full_attention"]), "layer_types"),
+    ("qwen3_5_hf", dict(hidden_act="gelu"), "hidden_act"),
+    ("qwen3_5_hf", dict(linear_num_value_heads=3), "linear_num_value_heads"),
+    ("qwen3_5_hf", dict(model_type="qwen3_5", vision_config={"model_type": "qwen3_5_vision"}), "vision_config"),
+    ("qwen3_5_hf", dict(model_type="qwen3_5_moe_text", num_experts=4), "num_experts"),
+    ("olmo_hf", dict(linear_allow_neg_eigval=True), "linear_allow_neg_eigval"),
+    ("olmo_hf", dict(rms_norm_eps=1e-6), "rms_norm_eps"),
+    ("olmo_hf", dict(hidden_act="gelu"), "hidden_act"),
+    ("olmo_hf", dict(linear_num_value_heads=3), "linear_num_value_heads"),
 ]
 
 
-@pytest.mark.parametrize("changes, key", QWEN3_5_REFUSED, ids=[k for _, k in QWEN3_5_REFUSED])
-def test_qwen3_5_refused_options_name_the_key_and_write_nothing(qwen3_5_hf, tmp_path, capsys, changes, key):
-    err = assert_import_refused(qwen3_5_hf[1], tmp_path, capsys, key, **changes)
+@pytest.mark.parametrize("source, changes, key", REFUSED, ids=[f"{s[:-3]}-{k}" for s, _, k in REFUSED])
+def test_refused_options_name_the_key_and_write_nothing(request, tmp_path, capsys, source, changes, key):
+    err = assert_import_refused(request.getfixturevalue(source)[-1], tmp_path, capsys, key, **changes)
     assert key != "vision_config" or "qwen3_5_text" in err
-
-
-@pytest.mark.parametrize("changes, key", OLMO_REFUSED, ids=[k for _, k in OLMO_REFUSED])
-def test_olmo_hybrid_refused_options_name_the_key_and_write_nothing(olmo_hf, tmp_path, capsys, changes, key):
-    assert_import_refused(olmo_hf[2], tmp_path, capsys, key, **changes)
 
 
 def test_olmo_hybrid_as_transformers_saves_it_is_refused(olmo_hf, tmp_path, capsys):

@@ -18,8 +18,10 @@ pre-norm with a SwiGLU MLP. They differ in how the projections are stored and in
   one attention layer, so a real OLMo-hybrid is always a hybrid (refused); its linear-attention layers map.
 
 Only configs whose every layer is linear attention with a dense MLP import; everything else is refused naming
-the config key. ``mtp.*`` weights (a multi-token-prediction head) are dropped, as transformers' causal-LM
-classes drop them on load.
+the config key. Keys that only attention layers read (``rope_parameters``, ``num_key_value_heads``, ``head_dim``,
+``attention_bias``) are ignored; ``num_attention_heads`` matters only as OLMo-hybrid's fallback head count.
+``mtp.*`` weights (a multi-token-prediction head) are dropped, as transformers' causal-LM classes drop them on
+load.
 """
 
 from __future__ import annotations
