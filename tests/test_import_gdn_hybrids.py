@@ -9,7 +9,8 @@ dir (no download); every parameter gets non-trivial random values (norms, dt_bia
   imported model's logits with the state carried (chunked calls, then steps) against transformers fed the same
   splits with its cache, and every layer's final recurrent state, to 1e-4 relative (float32); the exported onnx
   ``step`` (made by the CLI from the HF directory) token by token over 40 tokens against transformers' logits,
-  to 1e-4.
+  to 1e-4; a tied-embedding model's logits, to 1e-4. ``mtp.*`` weights are dropped (transformers skips them),
+  any other extra weight is refused.
 - transformers ``OlmoHybridForCausalLM``: its config class requires an attention layer, so the model is built as a
   hybrid (two linear-attention layers, then one attention layer). Its directory is refused (layer_types). Each
   linear-attention decoder layer (transformers' ``OlmoHybridLinearAttentionDecoderLayer``) is checked alone against
@@ -18,8 +19,9 @@ dir (no download); every parameter gets non-trivial random values (norms, dt_bia
   its final recurrent states match transformers' embedding, linear layers (with its cache), final norm and head,
   to 1e-4.
 - refusals: one line naming the config key, exit code 2, nothing written (attention layers, OLMo's
-  ``linear_allow_neg_eigval`` beta and output-norm eps, activations, heads, the Qwen3.5 vision-language wrapper
-  and its mixture-of-experts text model).
+  ``linear_allow_neg_eigval`` beta and output-norm eps, activations, heads, the Qwen3.5 vision-language
+  wrappers, as ``Qwen3_5ForConditionalGeneration`` saves itself and by config, and the mixture-of-experts text
+  model).
 """
 
 from __future__ import annotations
@@ -106,6 +108,38 @@ def test_multi_token_prediction_weights_are_dropped_others_refused(qwen3_5_hf, t
         import_hf(extra)
 
 
+def test_qwen3_5_tied_embeddings_match_transformers(tmp_path_factory):
+    from transformers import Qwen3_5TextConfig
+
+    module = torch_path_module("transformers.models.qwen3_5.modeling_qwen3_5")
+    torch.manual_seed(0)
+    config = dict(QWEN3_5_CONFIG, tie_word_embeddings=True, num_hidden_layers=1, layer_types=["linear_attention"])
+    source = _randomise(module.Qwen3_5ForCausalLM(Qwen3_5TextConfig(**config)), one_plus_norms=True)
+    model = import_hf(_save(source, tmp_path_factory, "qwen3-5-tied"))
+    assert model.config.tie_embeddings
+    tokens = torch.randint(0, VOCAB, (1, 30), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert _rel(model(tokens)[0], source(tokens, use_cache=False).logits) <= TOL
+
+
+def test_qwen3_5_vision_language_wrapper_is_refused(tmp_path_factory, capsys):
+    """``Qwen3_5ForConditionalGeneration`` as transformers saves it (text model nested in ``text_config``, a
+    vision tower): refused naming ``vision_config``, pointing at the text model."""
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    vision = dict(depth=1, hidden_size=16, num_heads=2, intermediate_size=32, out_hidden_size=32, patch_size=2,
+                  spatial_merge_size=1, num_position_embeddings=16)
+    torch.manual_seed(0)
+    wrapper = Qwen3_5ForConditionalGeneration(Qwen3_5Config(text_config=QWEN3_5_CONFIG, vision_config=vision))
+    path = _save(wrapper, tmp_path_factory, "qwen3-5-vl")
+    out = tmp_path_factory.mktemp("qwen3-5-vl-ck") / "ck"
+    capsys.readouterr()
+    assert main(["import", str(path), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "vision_config" in err and "qwen3_5_text" in err, err
+    assert not out.exists()
+
+
 # transformers OLMo-hybrid -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -187,7 +221,8 @@ REFUSED = [        # (fixture whose last item is the directory to edit, config.j
     ("qwen3_5_hf", dict(layer_types=["linear_attention", "full_attention"]), "layer_types"),
     ("qwen3_5_hf", dict(hidden_act="gelu"), "hidden_act"),
     ("qwen3_5_hf", dict(linear_num_value_heads=3), "linear_num_value_heads"),
-    ("qwen3_5_hf", dict(model_type="qwen3_5", vision_config={"model_type": "qwen3_5_vision"}), "vision_config"),
+    ("qwen3_5_hf", dict(model_type="qwen3_5_moe", vision_config={"model_type": "qwen3_5_moe_vision"}),
+     "vision_config"),
     ("qwen3_5_hf", dict(model_type="qwen3_5_moe_text", num_experts=4), "num_experts"),
     ("olmo_hf", dict(linear_allow_neg_eigval=True), "linear_allow_neg_eigval"),
     ("olmo_hf", dict(rms_norm_eps=1e-6), "rms_norm_eps"),
