@@ -35,8 +35,8 @@ pytest.importorskip("transformers", reason="transformers is not installed (pip i
 
 from _families import assert_import_refused, split_run, stepped_logits  # noqa: E402
 from _families import rel_error as _rel  # noqa: E402
-from test_import_gdn import (_randomise, assert_matches_transformers_with_carried_state,  # noqa: E402
-                             torch_path_module)
+from test_import_gdn import _randomise, torch_path_module  # noqa: E402
+from test_import_gdn import assert_matches_transformers_with_carried_state  # noqa: E402
 
 from seqedge.cli.main import main  # noqa: E402
 from seqedge.families import import_hf  # noqa: E402

@@ -14,8 +14,9 @@ pre-norm with a SwiGLU MLP. They differ in how the projections are stored and in
   ``o_proj``; plain ``weight`` norms (``attention_layer_norm``, ``feedforward_layer_norm`` in its checkpoints);
   the gated norm ``o_norm`` with eps 1e-5 whatever ``rms_norm_eps`` says (seqedge's norms share one eps: refused
   unless ``rms_norm_eps`` is 1e-5), and ``beta = 2 * sigmoid(b)`` unless ``linear_allow_neg_eigval`` is false
-  (refused: seqedge's beta is in (0, 1)). transformers' class requires at least
-  one attention layer, so a real OLMo-hybrid is always a hybrid (refused); its linear-attention layers map.
+  (refused: seqedge's beta is in (0, 1)). transformers' class requires at least one attention layer, so a real
+  OLMo-hybrid is always a hybrid (refused); its linear-attention layers map, and a config.json whose layer_types
+  are all ``linear_attention`` imports.
 
 Only configs whose every layer is linear attention with a dense MLP import; everything else is refused naming
 the config key. Keys that only attention layers read (``rope_parameters``, ``num_key_value_heads``, ``head_dim``,
@@ -26,8 +27,8 @@ load.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..config import SequentialAttentionConfig
