@@ -155,14 +155,18 @@ def test_fla_mlp_width_is_fla_rule(hidden, ratio, size):
 
 @pytest.fixture(scope="module")
 def qwen3_next_module():
-    """transformers' Qwen3-Next modeling module on its torch path.
+    """transformers' Qwen3-Next modeling module on its torch path."""
+    return torch_path_module("transformers.models.qwen3_next.modeling_qwen3_next")
 
-    transformers chooses the gated-delta-rule and conv implementations when this module is imported: fla's
+
+def torch_path_module(name: str):
+    """transformers' modeling module ``name`` on its torch path.
+
+    transformers chooses the gated-delta-rule and conv implementations when the module is imported: fla's
     Triton kernels whenever ``fla`` imports (they need CUDA), else its torch fallbacks; no config or argument
     selects them. So the module is imported afresh while ``fla`` cannot be imported, and ``sys.modules`` is
-    restored afterwards (the fla-format tests above need fla).
+    restored afterwards (the fla-format tests need fla).
     """
-    name = "transformers.models.qwen3_next.modeling_qwen3_next"
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(sys.modules, "fla", None)
         patch.delitem(sys.modules, name, raising=False)
@@ -211,6 +215,12 @@ def test_qwen3_next_import_matches_transformers_with_carried_state(qwen_hf):
     source, path = qwen_hf
     model = import_hf(path)
     assert model.config.mixer.num_key_heads == 2 and model.config.mlp_hidden_size == 48
+    assert_matches_transformers_with_carried_state(source, model)
+
+
+def assert_matches_transformers_with_carried_state(source, model):
+    """The imported ``model``'s logits (chunked calls, then steps) == transformers' ``source`` fed the same splits
+    with its cache (itself checked against one uncached call), and every layer's final recurrent state."""
     tokens = torch.randint(0, VOCAB, (2, 53), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full = source(tokens, use_cache=False).logits

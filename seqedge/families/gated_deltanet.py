@@ -1,5 +1,6 @@
 """Gated DeltaNet as a Sequential Attention model: fla's ``GatedDeltaNetForCausalLM`` (``model_type:
-gated_deltanet``) and transformers' Qwen3-Next linear-attention layers (``model_type: qwen3_next``).
+gated_deltanet``) here, and transformers' linear-attention layers of the same math (``qwen3_next``,
+``qwen3_5_text``, ``olmo_hybrid``) in :mod:`seqedge.families.gdn_transformers`.
 
 Per value head h, with ``beta = sigmoid(W_b x)``, ``g = -exp(A_log) * softplus(W_a x + dt_bias)`` and q, k
 L2-normalised (``x * rsqrt(|x|^2 + 1e-6)``), both read
@@ -9,8 +10,7 @@ L2-normalised (``x * rsqrt(|x|^2 + 1e-6)``), both read
 which is seqedge's delta rule with the softplus gate per head, the sigmoid beta (its bias loaded as zeros), no
 read-out skip and ``RMSNorm_head(o) * SiLU(W_g x)`` as the output. Key heads serve ``num_v_heads / num_heads``
 consecutive value heads (grouped value heads). The three q/k/v short convs (depthwise, SiLU, no bias) are one
-conv over the concatenated channels. Blocks end in a SwiGLU MLP. Qwen3-Next packs q, k, v, z per key head in
-``in_proj_qkvz`` and b, a in ``in_proj_ba``; its block and final norms scale by ``1 + weight``.
+conv over the concatenated channels. Blocks end in a SwiGLU MLP.
 """
 
 from __future__ import annotations
@@ -19,13 +19,15 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from ..config import MixerParts, SequentialAttentionConfig
-from .hf_dir import HFModelDir, UnsupportedModelError, refuse_unless, require, take
+from .hf_dir import HFModelDir, refuse_unless, take
 
 if TYPE_CHECKING:
     import torch
 
 FAMILY = "gated_deltanet"
-MODEL_TYPES = ("gated_deltanet", "qwen3_next")
+# seqedge/families/gdn_transformers.py maps (or refuses) these
+TRANSFORMERS_TYPES = ("qwen3_next", "qwen3_5_text", "olmo_hybrid", "qwen3_5", "qwen3_5_moe", "qwen3_5_moe_text")
+MODEL_TYPES = ("gated_deltanet", *TRANSFORMERS_TYPES)
 DEFAULT_CHUNK = 64
 
 # fla's GatedDeltaNetConfig defaults, for keys a config.json leaves out
@@ -35,30 +37,24 @@ FLA_DEFAULTS: dict[str, Any] = dict(hidden_size=2048, expand_v=2.0, use_gate=Tru
                                     num_hidden_layers=21, norm_eps=1e-6, attn=None, tie_word_embeddings=False,
                                     vocab_size=32000, attnres_block_size=None, output_gate_activation="swish",
                                     conv_bias=False)
-# transformers' Qwen3NextConfig defaults (layer_types: every 4th layer full attention)
-QWEN3_NEXT_DEFAULTS: dict[str, Any] = dict(vocab_size=151936, hidden_size=2048, intermediate_size=5632,
-                                           num_hidden_layers=48, hidden_act="silu", rms_norm_eps=1e-6,
-                                           tie_word_embeddings=False, linear_conv_kernel_dim=4,
-                                           linear_key_head_dim=128, linear_value_head_dim=128,
-                                           linear_num_key_heads=16, linear_num_value_heads=32,
-                                           decoder_sparse_step=1, num_experts=512, mlp_only_layers=None,
-                                           layer_types=None)
 
 
 def config_from_hf(hf: dict[str, Any]) -> SequentialAttentionConfig:
     """The seqedge config of a Gated DeltaNet ``config.json``; refuses what it cannot represent exactly."""
-    if hf.get("model_type") == "qwen3_next":
-        return _qwen3_next_config(hf)
+    if hf.get("model_type") in TRANSFORMERS_TYPES:
+        from . import gdn_transformers          # imported here: it builds on this module's parts
+
+        return gdn_transformers.config_from_hf(hf)
     return _fla_config(hf)
 
 
-def _parts(key_heads: int, value_heads: int) -> MixerParts:
+def mixer_parts(key_heads: int, value_heads: int) -> MixerParts:
     grouped = key_heads if value_heads != key_heads else 0
     return MixerParts(gate="softplus", beta="sigmoid", num_key_heads=grouped, qk_norm="rsqrt", skip=False,
                       output="norm_gate")
 
 
-def _check_heads(label: str, key: str, key_heads: int, value_heads: int) -> None:
+def check_heads(label: str, key: str, key_heads: int, value_heads: int) -> None:
     refuse_unless(value_heads >= key_heads and value_heads % key_heads == 0, label, key, value_heads,
                   f"each of the {key_heads} key heads must serve a whole group of value heads (a multiple of it)")
 
@@ -92,7 +88,7 @@ def _fla_config(hf: dict[str, Any]) -> SequentialAttentionConfig:
                   get("output_gate_activation"), "seqedge's output gate is SiLU (swish)")
     hidden, heads, head_dim = int(get("hidden_size")), int(get("num_heads")), int(get("head_dim"))
     value_heads = int(get("num_v_heads") if get("num_v_heads") is not None else heads)
-    _check_heads(label, "num_v_heads", heads, value_heads)
+    check_heads(label, "num_v_heads", heads, value_heads)
     head_v = head_dim * float(get("expand_v"))
     refuse_unless(math.isclose(head_v, round(head_v), rel_tol=1e-5), label, "expand_v", get("expand_v"),
                   f"head_dim * expand_v ({head_v}) must be an integer")
@@ -102,55 +98,30 @@ def _fla_config(hf: dict[str, Any]) -> SequentialAttentionConfig:
         conv_kernel=int(get("conv_size")), chunk_size=DEFAULT_CHUNK,
         intermediate_size=fla_intermediate_size(hidden, get("hidden_ratio"), get("intermediate_size")),
         tie_embeddings=bool(get("tie_word_embeddings")), norm_eps=float(get("norm_eps")),
-        mixer=_parts(heads, value_heads))
-
-
-def _qwen3_next_config(hf: dict[str, Any]) -> SequentialAttentionConfig:
-    label = "qwen3_next"
-    get = lambda key: hf.get(key, QWEN3_NEXT_DEFAULTS[key])                      # noqa: E731
-    layers = int(get("num_hidden_layers"))
-    types = get("layer_types")
-    if types is None:
-        types = ["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)]
-    others = sorted({t for t in types if t != "linear_attention"})
-    refuse_unless(not others and len(types) == layers, label, "layer_types", others or types,
-                  "hybrid models are not supported yet (every layer must be linear_attention)")
-    experts, step = int(get("num_experts")), int(get("decoder_sparse_step"))
-    dense_only = set(get("mlp_only_layers") or [])
-    sparse = [i for i in range(layers) if i not in dense_only and experts > 0 and (i + 1) % step == 0]
-    refuse_unless(not sparse, label, "num_experts", experts,
-                  f"layers {sparse[:4]}{'...' if len(sparse) > 4 else ''} would be mixture-of-experts MLPs; "
-                  f"seqedge imports dense MLPs only (num_experts: 0, or mlp_only_layers naming every layer)")
-    refuse_unless(get("hidden_act") == "silu", label, "hidden_act", get("hidden_act"),
-                  "seqedge's short conv and MLP apply SiLU only")
-    key_heads, value_heads = int(get("linear_num_key_heads")), int(get("linear_num_value_heads"))
-    _check_heads(label, "linear_num_value_heads", key_heads, value_heads)
-    return SequentialAttentionConfig(
-        vocab_size=int(require(hf, "vocab_size", label)), hidden_size=int(require(hf, "hidden_size", label)),
-        num_layers=layers, num_heads=value_heads, head_k_dim=int(get("linear_key_head_dim")),
-        head_v_dim=int(get("linear_value_head_dim")), update_rule="delta",
-        conv_kernel=int(get("linear_conv_kernel_dim")), chunk_size=DEFAULT_CHUNK,
-        intermediate_size=int(get("intermediate_size")), tie_embeddings=bool(get("tie_word_embeddings")),
-        norm_eps=float(get("rms_norm_eps")), mixer=_parts(key_heads, value_heads))
+        mixer=mixer_parts(heads, value_heads))
 
 
 def state_dict_from_hf(hf: HFModelDir,
                        config: SequentialAttentionConfig) -> tuple[dict[str, "torch.Tensor"], list[str]]:
     """seqedge's weights from fla's or transformers' names, and the names of the weights left unused."""
-    if hf.model_type == "qwen3_next":
-        return _qwen3_next_weights(dict(hf.tensors), config)
+    if hf.model_type in TRANSFORMERS_TYPES:
+        from . import gdn_transformers          # imported here: it builds on this module's parts
+
+        return gdn_transformers.state_dict_from_hf(dict(hf.tensors), hf.model_type, config)
     return _fla_weights(dict(hf.tensors), config)
 
 
-def _head(t: dict[str, "torch.Tensor"], out: dict[str, "torch.Tensor"], config: SequentialAttentionConfig,
-          label: str) -> None:
+def head_weight(t: dict[str, "torch.Tensor"], out: dict[str, "torch.Tensor"], config: SequentialAttentionConfig,
+                label: str) -> None:
+    """``head.weight`` from ``lm_head.weight`` unless the embeddings are tied."""
     if not config.tie_embeddings:
         out["head.weight"] = take(t, "lm_head.weight", label)
     else:
         t.pop("lm_head.weight", None)                     # tied: the shared tensor may be stored twice
 
 
-def _mlp(t: dict[str, "torch.Tensor"], src: str, dst: str, label: str) -> dict[str, "torch.Tensor"]:
+def swiglu_weights(t: dict[str, "torch.Tensor"], src: str, dst: str, label: str) -> dict[str, "torch.Tensor"]:
+    """seqedge's ``gate_up`` (cat[gate_proj, up_proj]) and ``down`` from the source MLP's three linears."""
     import torch
 
     gate, up = take(t, src + "gate_proj.weight", label), take(t, src + "up_proj.weight", label)
@@ -165,7 +136,7 @@ def _fla_weights(t: dict[str, "torch.Tensor"],
     label = "gated_deltanet"
     out = {"embed.weight": take(t, "model.embeddings.weight", label),
            "norm.weight": take(t, "model.norm.weight", label)}
-    _head(t, out, config, label)
+    head_weight(t, out, config, label)
     for i in range(config.num_layers):
         src, dst = f"model.layers.{i}.", f"blocks.{i}."
         a = src + "attn."
@@ -182,49 +153,5 @@ def _fla_weights(t: dict[str, "torch.Tensor"],
         out[dst + "attn.out_norm.weight"] = take(t, a + "o_norm.weight", label)
         out[dst + "attn.out_proj.weight"] = take(t, a + "o_proj.weight", label)
         out[dst + "mlp_norm.weight"] = take(t, src + "mlp_norm.weight", label)
-        out.update(_mlp(t, src + "mlp.", dst + "mlp.", label))
-    return out, sorted(t)
-
-
-def _unpack_qwen3_next(qkvz: "torch.Tensor", ba: "torch.Tensor", config: SequentialAttentionConfig):
-    """Rows of ``in_proj_qkvz`` / ``in_proj_ba``, packed per key head as [q, k, v_group, z_group] and
-    [b_group, a_group], -> the rows of q, k, v, z, b, a in head order."""
-    key_heads, dk, dv = config.key_heads, config.head_k_dim, config.head_v_dim
-    group = config.num_heads // key_heads
-    try:
-        per_head = qkvz.reshape(key_heads, 2 * dk + 2 * group * dv, -1)
-        q, k, v, z = per_head.split([dk, dk, group * dv, group * dv], dim=1)
-        b, a = ba.reshape(key_heads, 2 * group, -1).split([group, group], dim=1)
-    except RuntimeError as err:
-        raise UnsupportedModelError(f"qwen3_next: in_proj_qkvz/in_proj_ba have shapes {tuple(qkvz.shape)}, "
-                                    f"{tuple(ba.shape)}, which the config's head sizes do not explain: {err}")
-    return [x.reshape(-1, x.shape[-1]) for x in (q, k, v, z, b, a)]
-
-
-def _qwen3_next_weights(t: dict[str, "torch.Tensor"],
-                        config: SequentialAttentionConfig) -> tuple[dict[str, "torch.Tensor"], list[str]]:
-    import torch
-
-    label = "qwen3_next"
-    one_plus = lambda name: 1.0 + take(t, name, label)                          # noqa: E731  (1 + weight) norms
-    out = {"embed.weight": take(t, "model.embed_tokens.weight", label), "norm.weight": one_plus("model.norm.weight")}
-    _head(t, out, config, label)
-    for i in range(config.num_layers):
-        src, dst = f"model.layers.{i}.", f"blocks.{i}."
-        a = src + "linear_attn."
-        q, k, v, z, b, dt = _unpack_qwen3_next(take(t, a + "in_proj_qkvz.weight", label),
-                                               take(t, a + "in_proj_ba.weight", label), config)
-        out[dst + "attn_norm.weight"] = one_plus(src + "input_layernorm.weight")
-        out[dst + "attn.qkv.weight"] = torch.cat([q, k, v], dim=0)
-        out[dst + "attn.conv.weight"] = take(t, a + "conv1d.weight", label)
-        out[dst + "attn.dt_proj.weight"] = dt
-        out[dst + "attn.beta.weight"] = b
-        out[dst + "attn.beta.bias"] = b.new_zeros(b.shape[0])                   # in_proj_ba has no bias
-        out[dst + "attn.dt_bias"] = take(t, a + "dt_bias", label)
-        out[dst + "attn.A_log"] = take(t, a + "A_log", label)
-        out[dst + "attn.out_gate.weight"] = z
-        out[dst + "attn.out_norm.weight"] = take(t, a + "norm.weight", label)
-        out[dst + "attn.out_proj.weight"] = take(t, a + "out_proj.weight", label)
-        out[dst + "mlp_norm.weight"] = one_plus(src + "post_attention_layernorm.weight")
-        out.update(_mlp(t, src + "mlp.", dst + "mlp.", label))
+        out.update(swiglu_weights(t, src + "mlp.", dst + "mlp.", label))
     return out, sorted(t)
