@@ -23,10 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -154,9 +150,10 @@ def measure(name: str, model: nn.Module, args) -> dict:
 
 
 def render(results: list[dict], meta: dict) -> str:
+    from seqedge.evaluate.run_info import metadata_markdown
+
     lines = ["# Quantization sensitivity: rounding, noise of the same size, and the exported step", "",
-             f"Machine: {meta['machine']}; date: {meta['date']}; commit {meta['commit']}; command: "
-             f"`{meta['command']}`; {meta['tokens']} tokens, seed {meta['seed']}.", ""]
+             *metadata_markdown(meta), f"- {meta['tokens']} tokens, seed {meta['seed']}", ""]
     for res in results:
         lines += [f"## {res['model']} ({res['parameters'] / 1e6:.1f}M parameters; float32 logits: std "
                   f"{res['logit_std']:.2f}, median top-2 margin {res['median_top2_margin']:.2f})", "",
@@ -176,10 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     results = [measure(name, load_model(name, args.workdir, args.seed), args) for name in args.models.split(",")]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    meta = {"machine": f"{platform.machine()}, {platform.python_version()}", "tokens": args.tokens, "seed": args.seed,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit.stdout.strip(),
-            "command": " ".join(["python", "benchmarks/quant_sensitivity.py", *(argv or sys.argv[1:])])}
+    from seqedge.evaluate.run_info import run_metadata
+
+    meta = run_metadata(tokens=args.tokens, seed=args.seed)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "quant_sensitivity.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     (RESULTS / "quant_sensitivity.md").write_text(render(results, meta))
