@@ -346,7 +346,7 @@ def test_qwen3_next_refused_options_name_the_key_and_write_nothing(qwen_hf, tmp_
 
 def test_qwen3_next_default_layer_types_are_a_hybrid():
     from seqedge.families import UnsupportedModelError
-    from seqedge.families.gated_deltanet import config_from_hf
+    from seqedge.families.gdn_transformers import config_from_hf
 
     config = {k: v for k, v in QWEN_CONFIG.items() if k != "layer_types"}
     with pytest.raises(UnsupportedModelError, match="layer_types.*hybrid"):

@@ -12,13 +12,13 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from . import gated_deltanet, gla, kda, mamba2
+from . import gated_deltanet, gdn_transformers, gla, kda, mamba2
 from .hf_dir import HFModelDir, UnsupportedModelError, is_hf_dir, read_hf_dir
 
 if TYPE_CHECKING:
     from ..model import SequentialAttentionModel
 
-FAMILIES: dict[str, ModuleType] = {model_type: module for module in (mamba2, gated_deltanet, kda, gla)
+FAMILIES: dict[str, ModuleType] = {model_type: module for module in (mamba2, gated_deltanet, gdn_transformers, kda, gla)
                                    for model_type in module.MODEL_TYPES}
 
 __all__ = ["FAMILIES", "HFModelDir", "UnsupportedModelError", "family_of", "import_hf", "is_hf_dir"]

@@ -25,9 +25,7 @@ if TYPE_CHECKING:
     import torch
 
 FAMILY = "gated_deltanet"
-# seqedge/families/gdn_transformers.py maps (or refuses) these
-TRANSFORMERS_TYPES = ("qwen3_next", "qwen3_5_text", "olmo_hybrid", "qwen3_5", "qwen3_5_moe", "qwen3_5_moe_text")
-MODEL_TYPES = ("gated_deltanet", *TRANSFORMERS_TYPES)
+MODEL_TYPES = ("gated_deltanet",)      # transformers' model types: seqedge/families/gdn_transformers.py
 DEFAULT_CHUNK = 64
 
 # fla's GatedDeltaNetConfig defaults, for keys a config.json leaves out
@@ -40,11 +38,7 @@ FLA_DEFAULTS: dict[str, Any] = dict(hidden_size=2048, expand_v=2.0, use_gate=Tru
 
 
 def config_from_hf(hf: dict[str, Any]) -> SequentialAttentionConfig:
-    """The seqedge config of a Gated DeltaNet ``config.json``; refuses what it cannot represent exactly."""
-    if hf.get("model_type") in TRANSFORMERS_TYPES:
-        from . import gdn_transformers          # imported here: it builds on this module's parts
-
-        return gdn_transformers.config_from_hf(hf)
+    """The seqedge config of fla's Gated DeltaNet ``config.json``; refuses what it cannot represent exactly."""
     return _fla_config(hf)
 
 
@@ -103,11 +97,7 @@ def _fla_config(hf: dict[str, Any]) -> SequentialAttentionConfig:
 
 def state_dict_from_hf(hf: HFModelDir,
                        config: SequentialAttentionConfig) -> tuple[dict[str, "torch.Tensor"], list[str]]:
-    """seqedge's weights from fla's or transformers' names, and the names of the weights left unused."""
-    if hf.model_type in TRANSFORMERS_TYPES:
-        from . import gdn_transformers          # imported here: it builds on this module's parts
-
-        return gdn_transformers.state_dict_from_hf(dict(hf.tensors), hf.model_type, config)
+    """seqedge's weights from fla's names, and the names of the weights left unused."""
     return _fla_weights(dict(hf.tensors), config)
 
 

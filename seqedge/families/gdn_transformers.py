@@ -33,13 +33,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import SequentialAttentionConfig
 from .gated_deltanet import DEFAULT_CHUNK, check_heads, head_weight, mixer_parts, swiglu_weights
-from .hf_dir import UnsupportedModelError, refuse_unless, require, take
+from .hf_dir import HFModelDir, UnsupportedModelError, refuse_unless, require, take
 
 if TYPE_CHECKING:
     import torch
 
     Tensors = dict[str, torch.Tensor]
 
+FAMILY = "gated_deltanet"
 OLMO_OUT_NORM_EPS = 1e-5          # OLMo-hybrid's o_norm: a constant, not rms_norm_eps
 
 _LINEAR_KEYS: dict[str, Any] = dict(hidden_act="silu", rms_norm_eps=1e-6, tie_word_embeddings=False,
@@ -217,12 +218,12 @@ def _refuse_wrapper(hf: dict[str, Any], label: str) -> None:
                   "model_type qwen3_5_text)")
 
 
-def state_dict_from_hf(tensors: "Tensors", model_type: str,
-                       config: SequentialAttentionConfig) -> tuple["Tensors", list[str]]:
-    """seqedge's weights from transformers' names (``tensors`` is consumed), and the names left unused."""
+def state_dict_from_hf(hf: HFModelDir, config: SequentialAttentionConfig) -> tuple["Tensors", list[str]]:
+    """seqedge's weights from transformers' names, and the names of the weights left unused."""
     import torch
 
-    label, layout = model_type, LAYOUTS[model_type]
+    tensors = dict(hf.tensors)
+    label, layout = hf.model_type, LAYOUTS[hf.model_type]
     for name in [n for n in tensors if n.startswith("mtp.")]:
         del tensors[name]                  # the multi-token-prediction head: not part of the causal LM's forward
     norm = ((lambda name: 1.0 + take(tensors, name, label)) if layout.one_plus_norms
