@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 pytest.importorskip("fla", reason="fla is not installed (pip install flash-linear-attention==0.6.0 fla-core==0.6.0)")
 
-from _families import assert_import_refused, rel_error, stepped_logits  # noqa: E402
+from _families import assert_import_refused, rel_error, stepped_logits, weight_rounding_top1  # noqa: E402
 
 from seqedge.cli.main import main  # noqa: E402
 from seqedge.families import import_hf  # noqa: E402
@@ -260,14 +260,7 @@ def test_quantized_step_keeps_top1(reference_256, quantized, scheme):
 def test_int8_gap_is_the_weight_rounding(hf, reference_256):
     """The int8 export's weights (per output channel, 7 bits) rounded in torch, activations kept in float32."""
     tokens, want = reference_256
-    model = import_hf(hf[1])
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2 and not name.startswith("embed"):            # the MatMul weights the quantizer takes
-                step = p.abs().amax(1, keepdim=True) / 63
-                p.copy_((p / step).round().clamp(-64, 63) * step)
-        got = model(tokens)[0][0].numpy()
-    assert (got.argmax(-1) == want.argmax(-1)).mean() < 0.99
+    assert weight_rounding_top1(hf[1], tokens, want) < 0.99
 
 
 @pytest.mark.parametrize("changes, key", [

@@ -23,7 +23,7 @@ import torch
 
 pytest.importorskip("transformers", reason="transformers is not installed (pip install transformers==5.23.0)")
 
-from _families import assert_import_refused, rel_error, stepped_logits  # noqa: E402
+from _families import assert_import_refused, rel_error, stepped_logits, weight_rounding_top1  # noqa: E402
 
 from seqedge.cli.main import main  # noqa: E402
 from seqedge.families import UnsupportedModelError, import_hf  # noqa: E402
@@ -136,17 +136,10 @@ def test_int8_is_as_good_as_its_weight_rounding(hf, stepped):
     """The int8 step's top-1 is within a point of the top-1 of its weights (7 bits per output channel) rounded in
     torch with float32 activations, and that rounding alone misses 99%: the gap is the weights' precision on
     these flat logits, not the runtime's activation quantization."""
-    import copy
-
-    source, _ = hf
-    rounded = copy.deepcopy(source)
+    source, path = hf
     with torch.no_grad():
-        for module in rounded.modules():
-            if isinstance(module, torch.nn.Linear):                   # the MatMul weights the quantizer takes
-                step = module.weight.abs().amax(1, keepdim=True) / 63
-                module.weight.copy_((module.weight / step).round().clamp(-64, 63) * step)
         want = source(_tokens_256()).logits[0].numpy()
-        alone = (rounded(_tokens_256()).logits[0].numpy().argmax(-1) == want.argmax(-1)).mean()
+    alone = weight_rounding_top1(path, _tokens_256(), want)
     exported = (stepped["int8"].argmax(-1) == want.argmax(-1)).mean()
     assert alone < 0.99 and exported >= alone - 0.01, (alone, exported)
 
