@@ -21,7 +21,7 @@ rounding); :func:`clean` runs them in order:
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Any
+from typing import Any, Callable, Hashable
 
 FLAVOURS = ("portable", "ort")
 RMS_OPSET = 23          # the first opset with RMSNormalization
@@ -144,22 +144,27 @@ def drop_unsqueeze_before_reshape(model: Any) -> Any:
     return model
 
 
-def merge_shared_matmuls(model: Any) -> Any:
+def merge_shared_matmuls(model: Any, kind: Callable[[str], Hashable] | None = None) -> Any:
     """MatMuls reading the same input with constant 2-D weights of one dtype -> one MatMul on the weights
-    concatenated along N, then a ``Split`` into the original outputs (same names, same values)."""
+    concatenated along N, then a ``Split`` into the original outputs (same names, same values).
+
+    ``kind`` (weight initializer name -> a key, or None to leave that MatMul alone) keeps weights of different
+    kinds apart: the int4 export merges before packing, and only weights its policy packs alike."""
     import numpy as np
     from onnx import helper, numpy_helper
 
     graph = model.graph
     consts = {t.name: t for t in graph.initializer}
-    groups: dict[tuple[str, int], list[Any]] = defaultdict(list)
+    groups: dict[tuple[str, int, Hashable], list[Any]] = defaultdict(list)
     for node in graph.node:
         if node.op_type == "MatMul" and node.input[1] in consts and len(consts[node.input[1]].dims) == 2:
-            groups[(node.input[0], consts[node.input[1]].data_type)].append(node)
+            key = True if kind is None else kind(node.input[1])
+            if key is not None:
+                groups[(node.input[0], consts[node.input[1]].data_type, key)].append(node)
     uses = Counter(name for node in graph.node for name in node.input)
     merged: dict[int, list[Any]] = {}          # id(first MatMul of a group) -> nodes replacing the group
     dropped: set[int] = set()
-    for (source, _), nodes in groups.items():
+    for (source, _, _), nodes in groups.items():
         nodes = [n for n in nodes if uses[n.input[1]] == 1]      # a weight used elsewhere stays where it is
         if len(nodes) < 2:
             continue
@@ -191,9 +196,12 @@ def merge_shared_matmuls(model: Any) -> Any:
 
 
 def clean(model: Any, flavour: str) -> Any:
-    """The passes of this module in order (see the module docstring)."""
-    model = library_optimize(drop_unsqueeze_before_reshape(library_optimize(type_matmul_nbits(model))))
-    return merge_shared_matmuls(fuse_rms_norm(model, flavour))
+    """The passes of this module in order (see the module docstring). One pass's result replaces the last, so a
+    large graph's weights are held about twice at most, not once per pass."""
+    for apply in (type_matmul_nbits, library_optimize, drop_unsqueeze_before_reshape, library_optimize,
+                  lambda m: fuse_rms_norm(m, flavour), merge_shared_matmuls):
+        model = apply(model)
+    return model
 
 
 def node_counts(model: Any, layers: int) -> dict[str, Any]:

@@ -49,7 +49,12 @@ def codes(wb: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
     clip at 0); a zero scale gives ``zero``."""
     scale = np.asarray(scale, np.float32)
     inv = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=scale != 0)
-    return np.clip(_round_half_up(wb * inv[..., None] + np.asarray(zero, np.float32)[..., None]), 0, LEVELS)
+    x = wb * inv[..., None]
+    x += np.asarray(zero, np.float32)[..., None]
+    q = np.floor(x)                   # _round_half_up in place: the search calls this over a hundred times
+    x -= q
+    q += x >= 0.5
+    return np.clip(q, 0, LEVELS, out=q)
 
 
 def block_error(wb: np.ndarray, scale: np.ndarray, zero: np.ndarray, valid: np.ndarray | None = None
@@ -78,10 +83,26 @@ def rtn(w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
     return _range_params(np.minimum(wb.min(-1), 0), np.maximum(wb.max(-1), 0))
 
 
-def search(w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(scale, zero)`` like :func:`rtn`'s, each block's squared error at most :func:`rtn`'s (see module doc)."""
+SLAB = 1 << 17                                # weights per slab of columns searched together (see search)
+
+
+def search(w: np.ndarray, group: int, slab: int = SLAB) -> tuple[np.ndarray, np.ndarray]:
+    """``(scale, zero)`` like :func:`rtn`'s, each block's squared error at most :func:`rtn`'s (see module doc).
+
+    Blocks are independent, so the columns go through in slabs of about ``slab`` weights: the search makes over a
+    hundred passes over its blocks, and a slab's float64 temporaries stay in the CPU's cache where a whole
+    weight's would stream from memory on every pass. The result does not depend on the slab size."""
     wb = blocks(w, group)
-    valid = np.arange(wb.shape[1] * group) < w.shape[0]
+    valid = (np.arange(wb.shape[1] * group) < w.shape[0]).reshape(wb.shape[1:])
+    step = max(slab // max(wb.shape[1] * group, 1), 1)
+    parts = [_search_blocks(wb[i:i + step], valid) for i in range(0, wb.shape[0], step)]
+    if not parts:
+        return _range_params(np.zeros(wb.shape[:2], np.float32), np.zeros(wb.shape[:2], np.float32))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _search_blocks(wb: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`search` on blocks ``wb [n, kb, group]`` (``valid [kb, group]`` masks the padding)."""
     lo0, hi0 = np.minimum(wb.min(-1), 0), np.maximum(wb.max(-1), 0)
     scale, zero = _range_params(lo0, hi0)                         # rtn: the first best
     best = block_error(wb, scale, zero, valid)
@@ -96,7 +117,7 @@ def search(w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
         for b in SHRINK:
             keep_better(*_range_params(lo0 * np.float32(a), hi0 * np.float32(b)))
     for _ in range(REFINE_STEPS):                                 # least-squares scale for the codes, zero +-1
-        d = (codes(wb, scale, zero) - zero[..., None]).astype(np.float64) * valid.reshape(wb.shape[1:])
+        d = (codes(wb, scale, zero) - zero[..., None]).astype(np.float64) * valid
         den = (d * d).sum(-1)
         ls = np.divide((wb * d).sum(-1), den, out=np.zeros_like(den), where=den > 0)
         s = np.where(ls > 0, ls, scale).astype(np.float32)

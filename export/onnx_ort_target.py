@@ -41,4 +41,8 @@ class OnnxOrtTarget(OnnxTarget):
         ort = require_onnx_library("onnxruntime")
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # a load check: every op resolves to a CPU kernel. Without graph rewrites and weight pre-packing it holds
+        # the weights once (a real-size model's export stays within its memory budget)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.add_session_config_entry("session.disable_prepacking", "1")
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

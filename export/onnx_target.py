@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import logging
 import tempfile
 import warnings
@@ -97,6 +98,7 @@ class OnnxTarget:
             work = Path(work)
             files: dict[str, Path] = {}
             int4: dict[str, dict[str, Any]] = {}
+            int4_blocks: dict[bytes, tuple[Any, Any]] = {}     # step and chunk hold the same weights
             for entry in ENTRY_POINTS:
                 ctx.progress(f"{self.name}/{ctx.quantization.tag}: {entry} entry point")
                 with _quiet():
@@ -111,9 +113,10 @@ class OnnxTarget:
                             _quantize_int8(source, out / f"{entry}.onnx")
                         else:
                             int4[entry] = _quantize_int4(source, out / f"{entry}.onnx", ctx.model, ctx.quantization,
-                                                         INT4_ACCURACY_LEVEL[entry])
-                        _rewrite(out / f"{entry}.onnx", lambda proto: graph_passes.clean(proto, self.flavour))
-                        _set_static_dims(out / f"{entry}.onnx", ctx.model, entry)    # the quantizers rename dims
+                                                         INT4_ACCURACY_LEVEL[entry], int4_blocks)
+                        # the quantizers rename dims: written again with the clean-up, one load and save
+                        _rewrite(out / f"{entry}.onnx", lambda proto, entry=entry: _static_dims(
+                            graph_passes.clean(proto, self.flavour), ctx.model, entry))
                 files[entry] = out / f"{entry}.onnx"
         weights = share_weights(list(files.values()), WEIGHTS_FILE)
         for path in files.values():
@@ -136,9 +139,13 @@ class OnnxTarget:
         """Trace ``entry`` of ``model`` to ``path``, then (``clean``) clean the graph (:func:`graph_passes.clean`)."""
         import torch
 
-        model = copy.deepcopy(model).float().cpu().eval()
-        if half:
-            model = model.half()
+        params = list(model.parameters())
+        if half or any(p.dtype != torch.float32 or p.device.type != "cpu" for p in params) or model.training:
+            # a copy only where tracing needs another dtype or device: a real-size model's weights are most of
+            # an export's memory
+            model = copy.deepcopy(model).float().cpu().eval()
+            if half:
+                model = model.half()
         specs = model.state_specs
         names_in, names_out = input_names(specs), output_names(specs)
         module = entry_module(model, entry)
@@ -156,20 +163,17 @@ class OnnxTarget:
                                             opset_version=self.opset, dynamo=True, dynamic_shapes=shapes,
                                             optimize=True, verbose=False)
                 program.save(str(path))
-        _set_static_dims(path, model, entry)
-        if clean:
-            _rewrite(path, lambda proto: graph_passes.clean(proto, self.flavour))
+        _rewrite(path, lambda proto: graph_passes.clean(_static_dims(proto, model, entry), self.flavour) if clean
+                 else _static_dims(proto, model, entry))
 
     def _finalize(self, path: Path) -> None:
         """The full ``onnx.checker`` on the written graph (its weights beside it)."""
         finalize_graph(path)
 
 
-def _set_static_dims(path: Path, model, entry: str) -> None:
+def _static_dims(proto, model, entry: str):
     """Write the static dims (all but ``batch``) into the graph's I/O types: tracers leave some symbolic (the
     conv tail is a slice whose length they do not fold); ``onnx.checker``'s shape inference then verifies them."""
-    onnx = require_onnx_library("onnx")
-    proto = onnx.load(str(path))
     c = model.config
     tokens = ["batch"] if entry == "step" else ["batch", c.chunk_size]
     logits = ["batch", c.vocab_size] if entry == "step" else ["batch", c.chunk_size, c.vocab_size]
@@ -178,19 +182,20 @@ def _set_static_dims(path: Path, model, entry: str) -> None:
     for value, shape in zip(list(proto.graph.input) + list(proto.graph.output), shapes):
         dims = value.type.tensor_type.shape.dim
         if len(dims) != len(shape):
-            raise RuntimeError(f"{path.name}: {value.name} has rank {len(dims)}, expected {len(shape)}")
+            raise RuntimeError(f"{entry}: {value.name} has rank {len(dims)}, expected {len(shape)}")
         for dim, want in zip(dims, shape):
             if isinstance(want, str):
                 dim.dim_param = want
             else:
                 dim.dim_value = int(want)
-    onnx.save(proto, str(path))
+    return proto
 
 
 def _rewrite(path: Path, rewrite) -> None:
     """Load the graph at ``path``, apply ``rewrite`` (ModelProto -> ModelProto) and save it back."""
     onnx = require_onnx_library("onnx")
-    onnx.save(rewrite(onnx.load(str(path))), str(path))
+    proto = rewrite(onnx.load(str(path)))
+    onnx.save(proto, str(path))
 
 
 def finalize_graph(path: Path, check: bool = True) -> None:
@@ -203,6 +208,9 @@ def finalize_graph(path: Path, check: bool = True) -> None:
 
 def _quantize_int8(source: Path, dest: Path) -> None:
     quantization = require_onnx_library("onnxruntime.quantization")
+    # one quantized MatMul per shared input: per-channel weight scales and the input's one dynamic scale are the
+    # same as the separate MatMuls', so merging first changes no value and saves a quantize and a call per group
+    _rewrite(source, graph_passes.merge_shared_matmuls)
     # reduce_range: 7-bit weights. x86 CPUs without VNNI multiply u8 x s8 pairs with a saturating 16-bit add
     # (pmaddubsw), which overflows on full-range int8 weights and costs ~6 dB SQNR on this model; an artifact is
     # exported once and runs on CPUs of either kind, so it is quantized for the one that saturates.
@@ -253,13 +261,22 @@ INT4_ACCURACY_LEVEL: dict[str, int | None] = {"step": 4, "chunk": None}
 
 
 def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe,
-                   accuracy_level: int | None) -> dict[str, list[str]]:
+                   accuracy_level: int | None, cache: dict[bytes, tuple[Any, Any]] | None = None
+                   ) -> dict[str, list[str]]:
     """MatMulNBits for the MatMuls whose module the recipe's int4 policy selects; every other MatMul is kept
     float32 (the quantizer's ``nodes_to_exclude``). ``accuracy_level``: MatMulNBits' compute type (None: float32,
-    4: int8 activations). Returns ``{"int4": [...], "float32": [...]}`` module names."""
+    4: int8 activations); ``cache``: :func:`_refit_int4`'s. Returns ``{"int4": [...], "float32": [...]}`` module
+    names.
+
+    The projections that read one input are merged first (:func:`graph_passes.merge_shared_matmuls`, those the
+    policy packs alike): blocks run along K within a column, so the merged weight packs to the same codes, in one
+    MatMulNBits call instead of several."""
     onnx = require_onnx_library("onnx")
     nbits = require_onnx_library("onnxruntime.quantization.matmul_nbits_quantizer")
     model_proto = onnx.load(str(source))
+    modules = matmul_modules(model_proto.graph, model)
+    packs = {n.input[1]: recipe.int4_applies(modules[n.name][0]) for n in model_proto.graph.node if n.name in modules}
+    model_proto = graph_passes.merge_shared_matmuls(model_proto, kind=packs.get)
     modules = matmul_modules(model_proto.graph, model)
     selected = set(int4_split(recipe, modules, "MatMul")[0])
     if not selected:
@@ -284,15 +301,18 @@ def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe,
     if packed != set(weights) or not (set(modules) - selected) <= plain:
         raise RuntimeError(f"int4 quantization of {source.name} packed {sorted(packed)}, but the policy selects "
                            f"{sorted(selected)} (and keeps {sorted(set(modules) - selected)} as MatMul)")
-    _refit_int4(graph, weights, recipe.group_size)
+    _refit_int4(graph, weights, recipe.group_size, cache)
     quantizer.model.save_model_to_file(str(dest), False)
     return {"int4": sorted({n for node in selected for n in modules[node]}),
             "float32": sorted({n for node in set(modules) - selected for n in modules[node]})}
 
 
-def _refit_int4(graph, weights: dict[str, Any], group: int) -> None:
+def _refit_int4(graph, weights: dict[str, Any], group: int, cache: dict[bytes, tuple[Any, Any]] | None = None
+                ) -> None:
     """Replace the B, scales and zero_points of each MatMulNBits node ``weights`` names (its float weight
-    ``[K, N]``) with :func:`int4_blockwise.search`'s blocks, in the layout and shapes onnxruntime wrote."""
+    ``[K, N]``) with :func:`int4_blockwise.search`'s blocks, in the layout and shapes onnxruntime wrote.
+    ``cache`` keeps each weight's search result by its bytes: the step and chunk graphs hold the same weights, and
+    the search is most of an int4 export's time."""
     numpy_helper = require_onnx_library("onnx.numpy_helper")
     initializers = {t.name: t for t in graph.initializer}
     for node in graph.node:
@@ -301,7 +321,13 @@ def _refit_int4(graph, weights: dict[str, Any], group: int) -> None:
         w = weights[node.name]
         if w.ndim != 2:
             raise RuntimeError(f"{node.name}: int4 packs 2-D weights [K, N], got shape {list(w.shape)}")
-        arrays = int4_blockwise.pack(w, *int4_blockwise.search(w, group), group)
+        key = hashlib.sha256(w.tobytes()).digest() + repr((w.shape, w.dtype.str, group)).encode()
+        found = cache.get(key) if cache is not None else None
+        if found is None:
+            found = int4_blockwise.search(w, group)
+            if cache is not None:
+                cache[key] = found
+        arrays = int4_blockwise.pack(w, *found, group)
         if len(node.input) != 4:
             raise RuntimeError(f"{node.name} has no zero_points input; asymmetric int4 needs one")
         for name, array in zip(node.input[1:4], arrays):

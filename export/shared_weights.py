@@ -29,9 +29,9 @@ def share_weights(paths: Sequence[Path], data_name: str) -> Path:
         raise ValueError(f"graphs that share weights must sit in one directory, got {[str(p) for p in paths]}")
     data_path = folder / data_name
     offsets: dict[str, tuple[int, int]] = {}
-    models = [onnx.load(str(p)) for p in paths]
     with open(data_path, "wb") as data:
-        for model in models:
+        for path in paths:                 # one graph in memory at a time
+            model = onnx.load(str(path))
             for tensor in model.graph.initializer:
                 if not tensor.HasField("raw_data"):
                     tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor), tensor.name))
@@ -43,6 +43,7 @@ def share_weights(paths: Sequence[Path], data_name: str) -> Path:
                     data.write(b"\0" * (-data.tell() % ALIGN))
                     offsets[key] = (data.tell(), len(raw))
                     data.write(raw)
+                del raw
                 offset, length = offsets[key]
                 tensor.ClearField("raw_data")
                 tensor.data_location = onnx.TensorProto.EXTERNAL
@@ -50,6 +51,6 @@ def share_weights(paths: Sequence[Path], data_name: str) -> Path:
                 for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
                     entry = tensor.external_data.add()
                     entry.key, entry.value = k, v
-    for model, path in zip(models, paths):
-        onnx.save(model, str(path))
+            onnx.save(model, str(path))
+            del model
     return data_path

@@ -94,6 +94,22 @@ def test_merge_shared_matmuls_keeps_outputs_and_merges_only_safe_groups():
         np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
 
 
+def test_merge_shared_matmuls_keeps_kinds_apart():
+    """``kind`` splits a group: weights of one kind merge, another kind stays apart, None leaves a MatMul alone."""
+    rng = np.random.default_rng(2)
+    feeds = {"x": rng.standard_normal((3, 2, 6)).astype(np.float32),
+             "z": rng.standard_normal((3, 2, 6)).astype(np.float32)}
+    graph = _projection_graph(np.random.default_rng(3), widths=(7, 3, 5, 2))
+    graph.graph.output.append(helper.make_tensor_value_info("y3", TensorProto.FLOAT, ["b", 2, None]))
+    want = _run(graph, feeds)
+    kinds = {"w0": "a", "w1": "b", "w2": "a", "w3": None}
+    merged = graph_passes.merge_shared_matmuls(graph, kind=kinds.get)
+    assert sorted(n.name for n in merged.graph.node if n.op_type == "MatMul") == \
+        ["mm0_merged", "mm1", "mm3", "other_input", "shared_weight"]
+    for got, ref in zip(_run(merged, feeds), want):
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+
+
 def test_merge_shared_matmuls_without_a_group_changes_nothing():
     model = _rms_graph(np.random.default_rng(4))
     before = model.SerializeToString()
@@ -122,6 +138,21 @@ def test_exported_graphs_stay_within_their_node_budget(tmp_path):
         graph = onnx.load(str(manifest.path(variant, "step")))
         merged = [n for n in graph.graph.node if n.op_type == "MatMul" and n.name.endswith("_merged")]
         assert len(merged) == 2                                  # one per layer: qkv, gate_down, beta, out_gate
+
+
+@pytest.mark.parametrize("recipe, op", [("int8-dynamic", "MatMulInteger"), ("int4-all", "MatMulNBits")])
+def test_quantized_graphs_merge_projections_before_packing(tmp_path, recipe, op):
+    """The projections reading one input are merged before quantization, so the packed graphs get one quantized
+    MatMul for them per layer, as the float graphs do (the export's parity check covers the values)."""
+    from seqedge.export.api import export_model
+
+    export_model(tiny_model("gated"), tmp_path / "art", ["onnx"], [recipe], progress=False)
+    manifest = read_manifest(tmp_path / "art")
+    variant = manifest.variant("onnx", recipe.split("-")[0])
+    graph = onnx.load(str(manifest.path(variant, "step")), load_external_data=False)
+    packed = [n.name for n in graph.graph.node if n.op_type == op]
+    assert "MatMul" not in {n.op_type for n in graph.graph.node}
+    assert sum("_merged" in name for name in packed) == 2, packed       # one per layer
 
 
 def test_drop_unsqueeze_before_reshape_keeps_values_and_copied_dims():

@@ -105,3 +105,12 @@ def test_search_never_loses_to_rtn(shape, group):
     # block_error is the error of the packed weight
     w_hat = ib.dequantize(*ib.pack(w, scale, zero, group), shape[0])
     np.testing.assert_allclose(((w_hat.astype(np.float64) - w) ** 2).sum(), err.sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("slab", [1, 100, 1000])
+def test_search_does_not_depend_on_the_slab_size(slab):
+    """Blocks are searched slab by slab of columns: any slab size gives the whole-weight search's numbers."""
+    w = _weight((70, 33), seed=5)
+    whole = ib.search(w, 16, slab=10**9)
+    for got, want in zip(ib.search(w, 16, slab=slab), whole):
+        np.testing.assert_array_equal(got, want)
