@@ -50,6 +50,7 @@ class Row:
     p99_ms: float
     prefill_tok_s: float   # of the ``context`` prompt (0 when context is 0)
     file_mib: float
+    load_1min: float = 0.0  # the machine's 1-minute load average when the row was measured (2 cores: 2 is busy)
 
 
 def run(cmd: list[str], **kw) -> None:
@@ -143,7 +144,8 @@ def bench_llama(path: Path, quant: str, contexts: list[int], steps: int, threads
         llm.eval(prompt)
         prefill = ctx / (time.perf_counter() - t0) if ctx else 0.0
         p50, p99 = time_steps(lambda t: llm.eval([t]), rng.integers(1, vocab - 1, size=steps), steps)
-        rows.append(Row("llama.cpp", quant, precision, ctx, p50, p99, prefill, path.stat().st_size / 2**20))
+        rows.append(Row("llama.cpp", quant, precision, ctx, p50, p99, prefill, path.stat().st_size / 2**20,
+                        os.getloadavg()[0]))
         print(rows[-1], flush=True)
     return rows
 
@@ -170,7 +172,7 @@ def bench_seqedge(artifact: Path, runtime: str, tag: str, contexts: list[int], s
             _, box[0] = sess.step(np.asarray([token]), box[0])
 
         p50, p99 = time_steps(step, rng.integers(1, vocab - 1, size=steps), steps)
-        rows.append(Row(f"seqedge {runtime}", tag, tag, ctx, p50, p99, prefill, size))
+        rows.append(Row(f"seqedge {runtime}", tag, tag, ctx, p50, p99, prefill, size, os.getloadavg()[0]))
         print(rows[-1], flush=True)
     return rows
 
@@ -190,12 +192,36 @@ def render(rows: list[Row], meta: dict) -> str:
     lines = ["# seqedge beside llama.cpp: Mamba2 (mamba2-130m's config, random weights)", "",
              f"Machine: {meta['machine']}; threads: {meta['threads']}; date: {meta['date']}; "
              f"llama-cpp-python sdist {LLAMA_CPP_PYTHON}; command: `{meta['command']}`", "",
-             "| engine | variant | precision | context | p50 ms/token | p99 ms/token | tok/s (p50) | prefill tok/s | file MiB |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| engine | variant | precision | context | p50 ms/token | p99 ms/token | tok/s (p50) | prefill tok/s "
+             "| file MiB | load (1 min) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r.precision, r.context, r.engine)):
         lines.append(f"| {r.engine} | {r.variant} | {r.precision} | {r.context} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-                     f"{1e3 / r.p50_ms:.1f} | {r.prefill_tok_s:.0f} | {r.file_mib:.1f} |")
+                     f"{1e3 / r.p50_ms:.1f} | {r.prefill_tok_s:.0f} | {r.file_mib:.1f} | {r.load_1min:.2f} |")
+    lines += ["", "Against llama.cpp, seqedge's best variant per precision class and context (decode: p50 over "
+              "llama.cpp's, at most 1.00 meets the target; prefill: llama.cpp's tok/s over seqedge's):", "",
+              "| precision | context | llama.cpp p50 ms | seqedge best p50 ms | decode ratio | prefill ratio |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for precision, context, llama, best, decode, prefill in ratios(rows):
+        lines.append(f"| {precision} | {context} | {llama.p50_ms:.2f} | {best.p50_ms:.2f} ({best.engine}) | "
+                     f"{decode:.2f} | {prefill if prefill is not None else '-'} |")
     return "\n".join(lines) + "\n"
+
+
+def ratios(rows: list[Row]) -> list[tuple]:
+    """Per (precision, context) with a llama.cpp row: (precision, context, llama.cpp's row, seqedge's fastest
+    row, its p50 over llama.cpp's, llama.cpp's prefill tok/s over seqedge's best or None at context 0)."""
+    out = []
+    for llama in sorted((r for r in rows if r.engine == "llama.cpp"), key=lambda r: (r.precision, r.context)):
+        ours = [r for r in rows if r.engine != "llama.cpp" and (r.precision, r.context) == (llama.precision,
+                                                                                          llama.context)]
+        if not ours:
+            continue
+        best = min(ours, key=lambda r: r.p50_ms)
+        fastest_prefill = max(r.prefill_tok_s for r in ours)
+        prefill = round(llama.prefill_tok_s / fastest_prefill, 2) if llama.context and fastest_prefill else None
+        out.append((llama.precision, llama.context, llama, best, best.p50_ms / llama.p50_ms, prefill))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

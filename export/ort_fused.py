@@ -1,7 +1,8 @@
 """The scan and the short convolution as ONNX Runtime's fused contrib ops, for the ``onnx-ort`` target.
 
-ONNX Runtime >= 1.32 ships ``LinearAttention`` (CPU, CUDA, WebGPU providers): per-key decay ``[B, T, H*dk]``,
-state ``[B, H, dk, dv]``, q/k/v packed ``[B, T, H*d]``. Its ``gated`` rule is our gated rule with beta folded
+ONNX Runtime >= 1.32 ships ``LinearAttention`` (CPU, CUDA, WebGPU providers): per-key decay ``[B, T, H*dk]`` or
+per-head decay ``[B, T, H]`` (the step's gate per head, ``[..., 1]``), state ``[B, H, dk, dv]``, q/k/v packed
+``[B, T, H*d]``. Its ``gated`` rule is our gated rule with beta folded
 into k, and its ``gated_delta`` rule with per-key decay is exactly our delta rule (DESIGN §3).
 :data:`ORT_FUSED_OPS` is the model's ops object for this flavour (:meth:`SequentialAttentionModel.with_ops`): its
 scans go through :class:`LinearAttentionOp`, which computes with the plain PyTorch forms (so traced shapes and
@@ -36,14 +37,16 @@ def _untraced() -> Iterator[None]:
 
 
 class LinearAttentionOp(torch.autograd.Function):
-    """q, k, decay ``[B, T, H, dk]``, v ``[B, T, H, dv]``, beta ``[B, T, H]``, state ``[B, H, dk, dv]`` (all
-    float32) -> o ``[B, T, H, dv]``, new state. For the gated rule k already carries beta (and beta is unused)."""
+    """q, k ``[B, T, H, dk]``, decay ``[B, T, H, dk]`` or ``[B, T, H, 1]``, v ``[B, T, H, dv]``, beta ``[B, T, H]``,
+    state ``[B, H, dk, dv]`` (all float32) -> o ``[B, T, H, dv]``, new state. For the gated rule k already carries
+    beta (and beta is unused)."""
 
     @staticmethod
     def forward(ctx, q, k, v, decay, beta, state, rule: str, scale: float, heads: int, bounded: bool):  # noqa: D102
         with _untraced():
             beta = torch.ones_like(beta) if rule == "gated" else beta
-            return chunked_scan(q, k, v, decay, beta, rule=rule, scale=scale, initial_state=state, bounded=bounded)
+            return chunked_scan(q, k, v, decay.expand_as(q), beta, rule=rule, scale=scale, initial_state=state,
+                                bounded=bounded)
 
     @staticmethod
     def symbolic(g, q, k, v, decay, beta, state, rule: str, scale: float, heads: int, bounded: bool):  # noqa: D102
@@ -63,15 +66,19 @@ class LinearAttentionOp(torch.autograd.Function):
 def _fused_sequence_scan(q, k, v, g, beta, *, rule, initial_state, chunk_size=None, scale=None, bounded=True):
     q, k, v, g, beta = (x.float() for x in (q, k, v, g, beta))
     if rule == "gated":
-        k = k * beta.unsqueeze(-1)
+        k = k * beta.reshape(-1, int(beta.shape[1]), int(beta.shape[2]), 1)
     scale = int(q.shape[-1]) ** -0.5 if scale is None else float(scale)      # python numbers: node attributes
     return LinearAttentionOp.apply(q, k, v, g, beta, initial_state.float(), rule, scale, int(q.shape[2]), bounded)
 
 
 def _fused_recurrent_step(q, k, v, g, beta, state, *, rule, scale=None):
-    o, new_state = _fused_sequence_scan(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), g.unsqueeze(1),
-                                        beta.unsqueeze(1), rule=rule, initial_state=state, scale=scale)
-    return o[:, 0], new_state
+    # T = 1 added by reshapes to constant shapes, not unsqueezes: the exported graph folds a chain of reshapes
+    # into one node, while each unsqueeze stays a node of its own
+    one = lambda x: x.reshape(-1, 1, *(int(d) for d in x.shape[1:]))       # noqa: E731
+    o, new_state = _fused_sequence_scan(one(q), one(k), one(v), one(g), one(beta), rule=rule, initial_state=state,
+                                        scale=scale)
+    # a reshape rather than o[:, 0]: it folds into the op's own unpacking reshape (a Gather would stay a node)
+    return o.reshape(-1, int(o.shape[2]), int(o.shape[3])), new_state
 
 
 class CausalConvOp(torch.autograd.Function):

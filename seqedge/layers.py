@@ -136,8 +136,10 @@ class SequentialAttention(nn.Module):
             return F.normalize(xf, dim=-1, eps=1e-6).to(x.dtype)
         return (xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + 1e-6)).to(x.dtype)
 
-    def _gate(self, x: torch.Tensor, B: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """x ``[B, T, D]`` -> log gate g ``[B, T, H, dk]`` and input scale beta ``[B, T, H]`` (at least float32)."""
+    def _gate(self, x: torch.Tensor, B: int, T: int, *, step: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """x ``[B, T, D]`` -> log gate g ``[B, T, H, dk]`` and input scale beta ``[B, T, H]`` (at least float32).
+        With ``step``, a gate per head stays ``[B, T, H, 1]``: the one-token scans broadcast it (and ONNX Runtime's
+        LinearAttention takes it as its per-head decay), so the step graph neither expands nor moves it."""
         c, parts, f32 = self.config, self.config.mixer, at_least_f32(x.dtype)
         if parts.gate == "sigmoid":
             g = c.g_min * torch.sigmoid(self.gate_up(self.gate_down(x)).to(f32))
@@ -153,7 +155,9 @@ class SequentialAttention(nn.Module):
             dt = None
         else:
             dt = F.softplus(self.dt_proj(x).to(f32) + self.dt_bias.to(f32))               # [B, T, H]
-            g = (-torch.exp(self.A_log.to(f32)) * dt).unsqueeze(-1).expand(-1, -1, -1, c.head_k_dim)
+            g = (-torch.exp(self.A_log.to(f32)) * dt).unsqueeze(-1)
+            if not step:
+                g = g.expand(-1, -1, -1, c.head_k_dim)
         if parts.beta == "sigmoid":
             beta = torch.sigmoid(self.beta(x).to(f32))
         elif parts.beta == "dt":
@@ -179,7 +183,7 @@ class SequentialAttention(nn.Module):
         q, k = self._qk_norm(q), self._qk_norm(k)
         if c.key_heads != c.num_heads:
             q, k = (self._heads(t, B, T, c.key_heads, c.head_k_dim) for t in (q, k))
-        g, beta = self._gate(x, B, T)
+        g, beta = self._gate(x, B, T, step=step)
         return q, k, v, g, beta, conv_state
 
     def _output(self, x: torch.Tensor, o: torch.Tensor, v: torch.Tensor, B: int, T: int) -> torch.Tensor:
@@ -215,10 +219,12 @@ class SequentialAttention(nn.Module):
         q, k, v, g, beta, conv_state = self._project(x, conv_state, -1, 1, step=True)
         c = self.config
         H, dk, dv = c.num_heads, c.head_k_dim, c.head_v_dim
-        q, k, g = (t.reshape(-1, H, dk) for t in (q, k, g))             # drop T = 1, with constant shapes only
+        q, k = (t.reshape(-1, H, dk) for t in (q, k))                   # drop T = 1, with constant shapes only
+        g = g.reshape(-1, H, int(g.shape[-1]))                           # dk, or 1 for a gate per head
         v, beta = v.reshape(-1, H, dv), beta.reshape(-1, H)
         o, scan_state = self.ops.step_scan(q, k, v, g, beta, scan_state, rule=c.update_rule, scale=self.scale)
-        return self._output(x, o.unsqueeze(1), v.unsqueeze(1), -1, 1), conv_state, scan_state
+        # T = 1 back as a reshape to constant shapes (an exported graph folds reshape chains, not unsqueezes)
+        return self._output(x, o.reshape(-1, 1, H, dv), v.reshape(-1, 1, H, dv), -1, 1), conv_state, scan_state
 
 
 class SwiGLU(nn.Module):

@@ -20,7 +20,8 @@ def recurrent_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One token of the scan, in plain exportable ops.
 
-    Args: q, k, g ``[B, H, dk]``; v ``[B, H, dv]``; beta ``[B, H]``; state ``[B, H, dk, dv]`` float32.
+    Args: q, k ``[B, H, dk]``; g ``[B, H, dk]`` or ``[B, H, 1]`` (one per head, broadcast); v ``[B, H, dv]``;
+    beta ``[B, H]``; state ``[B, H, dk, dv]`` float32.
     Returns o ``[B, H, dv]`` (float32) and the new state ``[B, H, dk, dv]`` (float32).
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
