@@ -240,7 +240,8 @@ def scan_piece(ops: tuple, o, init, final, config: DeltaConfig, store: tuple | N
 _SIDE: dict[int, torch.cuda.Stream] = {}
 
 
-def _side_stream(device: torch.device) -> torch.cuda.Stream:
+def side_stream(device: torch.device) -> torch.cuda.Stream:
+    """One side stream per device, shared by the forward and the backward."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _SIDE:
         _SIDE[index] = torch.cuda.Stream(device)
@@ -284,7 +285,7 @@ def delta_scan_fwd(q, k, v, g, beta, initial_state, scale: float, config: DeltaC
     main = torch.cuda.current_stream(q.device) if q.is_cuda else None      # CPU tensors: Triton's interpreter
     side = None
     if main is not None and len(starts) > 1 and not torch.cuda.is_current_stream_capturing():
-        side = _side_stream(q.device)
+        side = side_stream(q.device)
         side.wait_stream(main)                       # the inputs are ready
     state, ops = initial_state, make(0)
     for i, t0 in enumerate(starts):
