@@ -4,11 +4,11 @@ docstring).
 First the state entering every piece (forward in time, the final states only). Then per piece, last piece first:
 the prep (with its inverse); the states entering every chunk and u (forward in time); the state gradients and du
 (backward in time); then, every chunk in parallel, the chunk-local gradients to q, k, v, g, beta
-(:mod:`seqedge.kernels.delta_bwd_local_triton`). The two scans keep only B*H*dv/block_v programs busy, so on a side
-stream the chunk-local gradients of one piece run beside the scans of the piece before it (and, in the first pass,
-the next piece's prep beside the scan), as in the forward. Memory: two pieces' workspace, whatever the length.
-Autograd of :func:`seqedge.kernels.delta_operands.chunk_operands` is the reference the interpreter checks compare
-the chunk-local kernel with.
+(:mod:`seqedge.kernels.delta_bwd_local_triton`). The scans keep only B*H*dv/block_v programs busy, so the preps
+and scans run on a high-priority side stream and the chunk-local gradients of one piece (and, in the first pass,
+the next piece's prep) fill the card beside them on the caller's stream. Memory: two pieces' workspace, whatever
+the length. Autograd of :func:`seqedge.kernels.delta_operands.chunk_operands` is the reference the interpreter
+checks compare the chunk-local kernel with.
 """
 
 from __future__ import annotations
@@ -28,35 +28,41 @@ BWD_PIECE = 8192    # tokens per piece of the backward (its float32 workspace: s
 BWD_CONFIG = DeltaConfig(chunk=32, block_v=16)
 LOCAL_WARPS = 4
 LOCAL_BLOCK_K = 32
+SCAN_PRIORITY = -1  # the scans' stream: its blocks are scheduled before the chunk-local kernel's waiting ones
+
+
+def _on(stream):
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
 
 def _entering_states(q, k, v, g, beta, initial_state, starts: list[int], piece: int, scale: float,
-                     config: DeltaConfig, side) -> list:
-    """The state entering each piece (``initial_state`` first, which may be None); with a ``side`` stream the next
-    piece's prep runs there beside the current piece's scan."""
+                     config: DeltaConfig, scans) -> list:
+    """The state entering each piece (``initial_state`` first, which may be None); with a ``scans`` stream the
+    scans run there and the next piece's prep beside them on the caller's stream."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     make = lambda t0: prep(*(x[:, t0:t0 + piece].contiguous() for x in (q, k, v, g, beta)), scale, config)
-    main = torch.cuda.current_stream(q.device) if side is not None else None
-    if side is not None:
-        side.wait_stream(main)                       # the inputs are ready
-    entering = [initial_state]
+    main = torch.cuda.current_stream(q.device) if scans is not None else None
+    entering, scanned = [initial_state], []
     ops = make(starts[0]) if len(starts) > 1 else None
     for i in range(len(starts) - 1):
-        more = i + 2 < len(starts)                   # the leaving state of the next piece is needed too
-        if more and side is not None:
-            with torch.cuda.stream(side):
-                nxt = make(starts[i + 1])
-        leaving = torch.empty(B, H, DK, DV, dtype=torch.float32, device=q.device)
-        scan_piece(ops, None, entering[-1], leaving, config)
+        if scans is not None:
+            scans.wait_stream(main)                  # this piece's prep (and the inputs) are ready
+        with _on(scans):
+            leaving = torch.empty(B, H, DK, DV, dtype=torch.float32, device=q.device)
+            scan_piece(ops, None, entering[-1], leaving, config)
         entering.append(leaving)
-        if more and side is not None:
-            main.wait_stream(side)
-            for t in nxt:
-                t.record_stream(main)                # made on the side stream, read on this one
-            ops = nxt
-        elif more:
+        if scans is not None:
+            for t in ops:
+                t.record_stream(scans)               # made on the caller's stream, read on the scans' one
+            scanned.append(torch.cuda.Event())
+            scanned[-1].record(scans)
+            if i >= 1:
+                scanned[i - 1].synchronize()         # two preps alive at most
+        if i + 2 < len(starts):                      # the leaving state of the next piece is needed too
             ops = make(starts[i + 1])
+    if scans is not None:
+        main.wait_stream(scans)
     return entering
 
 
@@ -80,38 +86,39 @@ def _piece_recurrences(q, k, v, g, beta, s_in, do, d_out, scale: float, config: 
 def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, config: DeltaConfig,
                    piece: int | None = None) -> tuple[torch.Tensor, ...]:
     """(dq, dk, dv, dg, dbeta, dinitial_state) for contiguous CUDA inputs; the gradients in the inputs' dtypes,
-    the initial state's float32. ``piece``: tokens per piece (default :data:`BWD_PIECE`). A side stream is used
+    the initial state's float32. ``piece``: tokens per piece (default :data:`BWD_PIECE`). The side stream is used
     except while a CUDA graph is captured and in Triton's interpreter (CPU tensors)."""
     T = q.shape[1]
     piece = max((piece or BWD_PIECE) // config.chunk, 1) * config.chunk
     starts = list(range(0, T, piece)) or [0]
-    side = None
+    scans = None
     if q.is_cuda and not torch.cuda.is_current_stream_capturing():
-        side = side_stream(q.device)
-    main = torch.cuda.current_stream(q.device) if side is not None else None
+        scans = side_stream(q.device, SCAN_PRIORITY)
+    main = torch.cuda.current_stream(q.device) if scans is not None else None
     with torch.no_grad():
-        entering = _entering_states(q, k, v, g, beta, initial_state, starts, piece, scale, config, side)
+        entering = _entering_states(q, k, v, g, beta, initial_state, starts, piece, scale, config, scans)
     outs = [torch.empty_like(x) for x in (q, k, v, g, beta)]
     d_state = dfinal.float().contiguous()
-    done = []                                        # per piece: its chunk-local gradients written (side stream)
+    done = []                                        # per piece: its chunk-local gradients written
+    if scans is not None:
+        scans.wait_stream(main)                      # dfinal and do are ready
     for n, (t0, s_in) in enumerate(zip(reversed(starts), reversed(entering))):
-        if side is not None and n >= 2:
+        if scans is not None and n >= 2:
             done[n - 2].synchronize()                # two pieces' workspace at most: its memory is free again
         sl = slice(t0, t0 + piece)
-        xs = [x[:, sl].contiguous() for x in (q, k, v, g, beta, do)]
-        operands, d_state = _piece_recurrences(*xs[:5], s_in, xs[5], d_state, scale, config)
-        if side is not None:
-            side.wait_stream(main)
-        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-            grads = local_grads(*xs, *operands, scale, config.chunk, LOCAL_BLOCK_K, LOCAL_WARPS,
-                                dot_precision(q.dtype))
-            for dst, src in zip(outs, grads):
-                dst[:, sl] = src.to(dst.dtype)
-        if side is not None:
+        with _on(scans):
+            xs = [x[:, sl].contiguous() for x in (q, k, v, g, beta, do)]
+            operands, d_state = _piece_recurrences(*xs[:5], s_in, xs[5], d_state, scale, config)
+        if scans is not None:
+            main.wait_stream(scans)
             for t in (*xs, *operands):
-                t.record_stream(side)                # made on this stream, read on the side one
+                t.record_stream(main)                # made on the scans' stream, read on this one
+        grads = local_grads(*xs, *operands, scale, config.chunk, LOCAL_BLOCK_K, LOCAL_WARPS, dot_precision(q.dtype))
+        for dst, src in zip(outs, grads):
+            dst[:, sl] = src.to(dst.dtype)
+        if scans is not None:
             done.append(torch.cuda.Event())
-            done[-1].record(side)
-    if side is not None:
-        main.wait_stream(side)
+            done[-1].record(main)
+    if scans is not None:
+        d_state.record_stream(main)
     return (*outs, d_state)

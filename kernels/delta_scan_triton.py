@@ -237,15 +237,16 @@ def scan_piece(ops: tuple, o, init, final, config: DeltaConfig, store: tuple | N
                                                  C=config.chunk, PREC=prec, num_warps=4)
 
 
-_SIDE: dict[int, torch.cuda.Stream] = {}
+_SIDE: dict[tuple[int, int], torch.cuda.Stream] = {}
 
 
-def side_stream(device: torch.device) -> torch.cuda.Stream:
-    """One side stream per device, shared by the forward and the backward."""
+def side_stream(device: torch.device, priority: int = 0) -> torch.cuda.Stream:
+    """One side stream per device and priority (0: the default; negative: blocks from it are scheduled first),
+    shared by the forward and the backward."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SIDE:
-        _SIDE[index] = torch.cuda.Stream(device)
-    return _SIDE[index]
+    if (index, priority) not in _SIDE:
+        _SIDE[index, priority] = torch.cuda.Stream(device, priority=priority)
+    return _SIDE[index, priority]
 
 
 def dstate_piece(ops: tuple, do, d_out, dstates, du, d_in, config: DeltaConfig) -> None:

@@ -127,15 +127,41 @@ def launches(T: int, per_head: bool, sweep: bool) -> list[dict]:
             except Exception as e:  # noqa: BLE001 (a sweep records what failed and goes on)
                 out.append({"launch": f"C={c.chunk} local_grads BD={bk} warps={nw}", "error": str(e)[:200]})
         del ops_c, inv_c, st_c, u_c, dst_c, du_c
-    leaves = [x.detach().clone() for x in (q, k, v, g, beta)]
-    d_fin = torch.zeros(B, H, D, D, **f32)
-    shipped = bwd_mod.LOCAL_BLOCK_K, bwd_mod.LOCAL_WARPS
-    for c in (DeltaConfig(chunk=32, block_v=16), DeltaConfig(chunk=64, block_v=16)):
-        for bk, nw in ((16, 4), (32, 4)):
-            bwd_mod.LOCAL_BLOCK_K, bwd_mod.LOCAL_WARPS = bk, nw
-            bench(f"whole backward C={c.chunk} BV={c.block_v} local BD={bk} warps={nw}",
-                  lambda: bwd_mod.delta_scan_bwd(*leaves, None, do, d_fin, scale, c), 1)
-    bwd_mod.LOCAL_BLOCK_K, bwd_mod.LOCAL_WARPS = shipped
+    return out
+
+
+def whole_backward(T: int, per_head: bool) -> list[dict]:
+    """The whole backward (every launch, pieces, streams), ms: serial on one stream, and with the scans on a side
+    stream of each priority."""
+    from triton.testing import do_bench
+
+    from seqedge.kernels import delta_scan_bwd as bwd_mod
+
+    q, k, v, g, beta = inputs(T, per_head)
+    g = g.unsqueeze(-1) if per_head else g
+    do = torch.randn_like(v)
+    d_fin = torch.zeros(1, H, D, D, dtype=torch.float32, device="cuda")
+    run = lambda: bwd_mod.delta_scan_bwd(q, k, v, g, beta, None, do, d_fin, D ** -0.5, bwd_mod.BWD_CONFIG)
+    ref = run()
+    shipped = bwd_mod.side_stream, bwd_mod.SCAN_PRIORITY
+    out = []
+    for name, stream_fn, prio in (("one stream", lambda *a: None, 0), ("scans on a side stream, priority 0",
+                                                                       shipped[0], 0),
+                                  ("scans on a side stream, priority -1", shipped[0], -1)):
+        bwd_mod.side_stream, bwd_mod.SCAN_PRIORITY = stream_fn, prio
+        try:
+            ms = do_bench(run, warmup=5, rep=60, return_mode="median")
+            err = max(rel(a, b) for a, b in zip(run(), ref))
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            run()
+            torch.cuda.synchronize()
+            row = {"backward": name, "ms": ms, "err_vs_shipped": err,
+                   "peak_gb": (torch.cuda.max_memory_allocated() - base) / 1e9}
+        finally:
+            bwd_mod.side_stream, bwd_mod.SCAN_PRIORITY = shipped
+        print(row, flush=True)
+        out.append(row)
     return out
 
 
@@ -145,12 +171,15 @@ def main() -> None:
     ap.add_argument("--T", type=int, default=65536)
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--per-head", action="store_true", help="also the per-head gates")
+    ap.add_argument("--whole", action="store_true", help="the whole backward on one stream and on two")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     res = {"card": torch.cuda.get_device_name(), "T": args.T}
     path = os.path.join(args.out, "delta_bwd_profile.json")
     for per_head in (False, True) if args.per_head else (False,):
         key = "per_head" if per_head else "per_key"
+        if args.whole:
+            res[f"whole_{key}"] = whole_backward(args.T, per_head)
         res[f"launches_{key}"] = launches(args.T, per_head, args.sweep and not per_head)
         json.dump(res, open(path, "w"), indent=1)
         res[f"profiler_{key}"] = profiler_table(args.T, per_head)
