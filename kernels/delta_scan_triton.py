@@ -65,7 +65,7 @@ class DeltaConfig:
 
 
 # Every entry is run and checked by tests/test_kernels_delta_gpu.py, not only the one picked. The first is used
-# while a CUDA graph is captured (nothing can be timed then) and by the backward.
+# while a CUDA graph is captured (nothing can be timed then); the backward has its own (delta_scan_bwd.BWD_CONFIG).
 DELTA_CONFIGS: tuple[DeltaConfig, ...] = (
     DeltaConfig(chunk=32, block_v=32),
     DeltaConfig(chunk=64, block_v=16),
