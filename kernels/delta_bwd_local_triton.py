@@ -48,55 +48,75 @@ def _add_tile(ptr, base, rows, cols, stride, T, x):
 
 
 @triton.jit
+def _vtile(ptr, base, rows, stride, T, DV: tl.constexpr):
+    """All DV columns of ``rows`` of a ``[B, T, H, DV]`` tensor, float32."""
+    return _tile(ptr, base, rows, tl.arange(0, DV), stride, T)
+
+
+@triton.jit
 def _direct_phase(q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0, dq, dk, dv, sc_b, sc_dkb, sc_db,
                   sc_g, k_base, v_base, g_base, be_base, idx, t0, T, H, scale,
                   DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
                   PREC: tl.constexpr):
-    """dv, dA, dM and the direct terms of dq, dk, dkb, db (through qt, kt, Kd and b_C); b to scratch."""
+    """dv, dA, dM and the direct terms of dq, dk, dkb, db (through qt, kt, Kd and b_C); b to scratch.
+
+    Three passes over the key blocks, one per ``[C, DV]`` operand (do, u, du): holding all three across one loop
+    spilled registers. db accumulates in scratch between the passes."""
     rc = tl.arange(0, C)
     rows = t0 + rc
     rd = tl.arange(0, BD)
+    rmask = (rows < T)[:, None]
     GSEL: tl.constexpr = GK // DK       # 1: a gate per key column; 0: one per head, broadcast over the keys
-    b_tm = tl.load(inv + idx * C * C + rc[:, None] * C + rc[None, :])                   # [C, C] Tm
-    b_do = tl.load(do + v_base + rows[:, None].to(tl.int64) * (H * DV) + tl.arange(0, DV)[None, :],
-                   mask=(rows < T)[:, None], other=0.0).to(tl.float32)                   # [C, DV]
-    b_u = _tile(u, v_base, rows, tl.arange(0, DV), H * DV, T)
-    b_du = _tile(du, v_base, rows, tl.arange(0, DV), H * DV, T)
-    d_a = tl.where(rc[:, None] >= rc[None, :], tl.dot(b_do, tl.trans(b_u), input_precision=PREC), 0.0)
-    b_dv = tl.dot(tl.trans(b_tm), b_du, input_precision=PREC)                             # [C, DV]
-    tl.store(dv + v_base + rows[:, None].to(tl.int64) * (H * DV) + tl.arange(0, DV)[None, :], b_dv,
-             mask=(rows < T)[:, None])
-    d_m = -tl.dot(b_dv, tl.trans(_tile(u0, v_base, rows, tl.arange(0, DV), H * DV, T)), input_precision=PREC)
-    b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32)
     st = states + idx * DK * DV
     dst = dstates + idx * DK * DV
-    for d0 in tl.range(0, DK, BD, num_stages=1):
+    s_off = rd[:, None] * DV + tl.arange(0, DV)[None, :]                               # a [BD, DV] state block
+    b_do = _vtile(do, v_base, rows, H * DV, T, DV)                                       # [C, DV]
+    d_a = tl.dot(b_do, tl.trans(_vtile(u, v_base, rows, H * DV, T, DV)), input_precision=PREC)
+    tl.store(sc_g + rc[:, None] * C + rc[None, :], tl.where(rc[:, None] >= rc[None, :], d_a, 0.0))
+    for d0 in tl.range(0, DK, BD, num_stages=1):                   # through qt = x exp(b): dqt = do S^T
         cols = d0 + rd
-        s_blk = tl.load(st + cols[:, None] * DV + tl.arange(0, DV)[None, :])           # [BD, DV]
-        ds_blk = tl.load(dst + cols[:, None] * DV + tl.arange(0, DV)[None, :])
-        b_b = tl.cumsum(tl.load(g + g_base + rows[:, None].to(tl.int64) * (H * GK) + cols[None, :] * GSEL,
-                                mask=(rows < T)[:, None], other=0.0).to(tl.float32), axis=0)    # [C, BD]
-        b_last = tl.sum(tl.where(rc[:, None] == C - 1, b_b, 0.0), axis=0)                 # [BD]
-        d_qt = tl.dot(b_do, tl.trans(s_blk), input_precision=PREC)                         # [C, BD]
-        d_kt = tl.dot(b_u, tl.trans(ds_blk), input_precision=PREC)
-        d_kd = -tl.dot(tl.trans(b_tm), tl.dot(b_du, tl.trans(s_blk), input_precision=PREC), input_precision=PREC)
-        d_m -= tl.dot(d_kd, tl.trans(_tile(w, k_base, rows, cols, H * DK, T)), input_precision=PREC)
-        x = _tile(q, k_base, rows, cols, H * DK, T) * scale
-        b_k = _tile(k, k_base, rows, cols, H * DK, T)
-        e_b = tl.exp(b_b)
-        e_kt = tl.exp(b_last[None, :] - b_b)
-        kt = b_k * b_beta[:, None] * e_kt
-        d_last = tl.exp(b_last) * tl.sum(s_blk * ds_blk, axis=1) + tl.sum(d_kt * kt, axis=0)     # [BD]
-        d_b = d_qt * x * e_b - d_kt * kt + d_kd * b_k * e_b
-        d_b += tl.where(rc[:, None] == C - 1, d_last[None, :], 0.0)
-        off = rows[:, None].to(tl.int64) * (H * DK) + cols[None, :]
-        tl.store(dq + k_base + off, d_qt * e_b * scale, mask=(rows < T)[:, None])
-        tl.store(dk + k_base + off, d_kd * e_b, mask=(rows < T)[:, None])
         sc = rc[:, None] * DK + cols[None, :]
+        b_b = tl.cumsum(tl.load(g + g_base + rows[:, None].to(tl.int64) * (H * GK) + cols[None, :] * GSEL,
+                                mask=rmask, other=0.0).to(tl.float32), axis=0)          # [C, BD]
+        e_b = tl.exp(b_b)
+        d_qt = tl.dot(b_do, tl.trans(tl.load(st + d0 * DV + s_off)), input_precision=PREC)        # [C, BD]
+        x = _tile(q, k_base, rows, cols, H * DK, T) * scale
+        tl.store(dq + k_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :], d_qt * e_b * scale,
+                 mask=rmask)
         tl.store(sc_b + sc, b_b)
+        tl.store(sc_db + sc, d_qt * x * e_b)
+    tl.debug_barrier()
+    b_u = _vtile(u, v_base, rows, H * DV, T, DV)
+    b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32)
+    for d0 in tl.range(0, DK, BD, num_stages=1):                   # through kt = kb exp(b_C - b) and b_C
+        cols = d0 + rd
+        sc = rc[:, None] * DK + cols[None, :]
+        ds_blk = tl.load(dst + d0 * DV + s_off)                                          # [BD, DV]
+        b_b = tl.load(sc_b + sc)
+        b_last = tl.load(sc_b + (C - 1) * DK + cols)                                     # [BD]
+        d_kt = tl.dot(b_u, tl.trans(ds_blk), input_precision=PREC)
+        e_kt = tl.exp(b_last[None, :] - b_b)
+        kt = _tile(k, k_base, rows, cols, H * DK, T) * b_beta[:, None] * e_kt
+        d_last = (tl.exp(b_last) * tl.sum(tl.load(st + d0 * DV + s_off) * ds_blk, axis=1)
+                  + tl.sum(d_kt * kt, axis=0))                                            # [BD]
+        d_b = tl.load(sc_db + sc) - d_kt * kt + tl.where(rc[:, None] == C - 1, d_last[None, :], 0.0)
         tl.store(sc_dkb + sc, d_kt * e_kt)
         tl.store(sc_db + sc, d_b)
-    tl.store(sc_g + rc[:, None] * C + rc[None, :], d_a)
+    tl.debug_barrier()
+    b_tm = tl.load(inv + idx * C * C + rc[:, None] * C + rc[None, :])                   # [C, C] Tm
+    b_du = _vtile(du, v_base, rows, H * DV, T, DV)
+    b_dv = tl.dot(tl.trans(b_tm), b_du, input_precision=PREC)                             # [C, DV]
+    tl.store(dv + v_base + rows[:, None].to(tl.int64) * (H * DV) + tl.arange(0, DV)[None, :], b_dv, mask=rmask)
+    d_m = -tl.dot(b_dv, tl.trans(_vtile(u0, v_base, rows, H * DV, T, DV)), input_precision=PREC)
+    for d0 in tl.range(0, DK, BD, num_stages=1):                   # through w = Tm Kd, Kd = k exp(b)
+        cols = d0 + rd
+        sc = rc[:, None] * DK + cols[None, :]
+        d_kd = -tl.dot(tl.trans(b_tm), tl.dot(b_du, tl.trans(tl.load(st + d0 * DV + s_off)), input_precision=PREC),
+                       input_precision=PREC)                                              # [C, BD]
+        d_m -= tl.dot(d_kd, tl.trans(_tile(w, k_base, rows, cols, H * DK, T)), input_precision=PREC)
+        d_kd = d_kd * tl.exp(tl.load(sc_b + sc))
+        tl.store(dk + k_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :], d_kd, mask=rmask)
+        tl.store(sc_db + sc, tl.load(sc_db + sc) + d_kd * _tile(k, k_base, rows, cols, H * DK, T))
     tl.store(sc_g + C * C + rc[:, None] * C + rc[None, :], tl.where(rc[:, None] > rc[None, :], d_m, 0.0))
 
 

@@ -59,15 +59,14 @@ def chunk_scan_delta_bwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tenso
 
 @chunk_scan_delta_bwd.register_kernel("cuda")
 def _chunk_scan_delta_bwd_cuda(q, k, v, g, beta, initial_state, do, dfinal, scale):
-    from .delta_scan_bwd import delta_scan_bwd
-    from .delta_scan_triton import DELTA_CONFIGS
+    from . import delta_scan_bwd as bwd
 
     check_cuda_inputs("delta scan", q, k, v)
     q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
     init = None if initial_state is None else initial_state.float().contiguous()
     if q.shape[1] == 0:
         return (*(torch.zeros_like(x) for x in (q, k, v, g, beta)), dfinal.float().clone())
-    return delta_scan_bwd(q, k, v, g, beta, init, do.to(q.dtype).contiguous(), dfinal, scale, DELTA_CONFIGS[0])
+    return bwd.delta_scan_bwd(q, k, v, g, beta, init, do.to(q.dtype).contiguous(), dfinal, scale, bwd.BWD_CONFIG)
 
 
 @chunk_scan_delta_bwd.register_fake

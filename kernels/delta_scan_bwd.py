@@ -1,27 +1,74 @@
 """The CUDA backward of the delta rule's chunked scan, all Triton (see :mod:`seqedge.kernels.delta_scan_triton`'s
 docstring).
 
-Per piece of the sequence, last piece first: the prep (with its inverse); the states entering every chunk and u
-(forward in time); the state gradients and du (backward in time); then, every chunk in parallel, the chunk-local
-gradients to q, k, v, g, beta (:mod:`seqedge.kernels.delta_bwd_local_triton`). Memory: one piece's workspace,
-whatever the length. Autograd of :func:`seqedge.kernels.delta_operands.chunk_operands` is the reference the
-interpreter checks compare the chunk-local kernel with.
+First the state entering every piece (forward in time, the final states only). Then per piece, last piece first:
+the prep (with its inverse); the states entering every chunk and u (forward in time); the state gradients and du
+(backward in time); then, every chunk in parallel, the chunk-local gradients to q, k, v, g, beta
+(:mod:`seqedge.kernels.delta_bwd_local_triton`). The scans keep only B*H*dv/block_v programs busy, so the preps
+and scans run on a high-priority side stream and the chunk-local gradients of one piece (and, in the first pass,
+the next piece's prep) fill the card beside them on the caller's stream. Memory: two pieces' workspace, whatever
+the length. Autograd of :func:`seqedge.kernels.delta_operands.chunk_operands` is the reference the interpreter
+checks compare the chunk-local kernel with.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
 from .chunk_scan_triton import dot_precision
 from .delta_bwd_local_triton import local_grads
-from .delta_scan_triton import DeltaConfig, dstate_piece, prep, scan_piece
+from .delta_scan_triton import DeltaConfig, dstate_piece, prep, scan_piece, side_stream
 
 BWD_PIECE = 8192    # tokens per piece of the backward (its float32 workspace: states and their gradients per chunk)
-LOCAL_WARPS = 8     # the chunk-local gradient kernel holds several [C, dv] float32 tiles at once
+# The backward's launches, picked by timing each at B=1, H=16, dk=dv=128, bf16 on an H200
+# (benchmarks/probes/delta_bwd_profile.py): the two scans want the most programs (block_v 16); the chunk-local
+# kernel is bound by its registers, so four warps.
+BWD_CONFIG = DeltaConfig(chunk=32, block_v=16)
+LOCAL_WARPS = 4
+LOCAL_BLOCK_K = 32
+SCAN_PRIORITY = -1  # the scans' stream: its blocks are scheduled before the chunk-local kernel's waiting ones
 
 
-def _piece_grads(q, k, v, g, beta, s_in, do, d_out, scale: float, config: DeltaConfig):
-    """Gradients of one contiguous piece: (dq, dk, dv, dg, dbeta) float32 and the gradient of ``s_in``."""
+def _on(stream):
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+
+
+def _entering_states(q, k, v, g, beta, initial_state, starts: list[int], piece: int, scale: float,
+                     config: DeltaConfig, scans) -> list:
+    """The state entering each piece (``initial_state`` first, which may be None); with a ``scans`` stream the
+    scans run there and the next piece's prep beside them on the caller's stream."""
+    B, T, H, DK = q.shape
+    DV = v.shape[-1]
+    make = lambda t0: prep(*(x[:, t0:t0 + piece].contiguous() for x in (q, k, v, g, beta)), scale, config)
+    main = torch.cuda.current_stream(q.device) if scans is not None else None
+    entering, scanned = [initial_state], []
+    ops = make(starts[0]) if len(starts) > 1 else None
+    for i in range(len(starts) - 1):
+        if scans is not None:
+            scans.wait_stream(main)                  # this piece's prep (and the inputs) are ready
+        with _on(scans):
+            leaving = torch.empty(B, H, DK, DV, dtype=torch.float32, device=q.device)
+            scan_piece(ops, None, entering[-1], leaving, config)
+        entering.append(leaving)
+        if scans is not None:
+            for t in ops:
+                t.record_stream(scans)               # made on the caller's stream, read on the scans' one
+            scanned.append(torch.cuda.Event())
+            scanned[-1].record(scans)
+            if i >= 1:
+                scanned[i - 1].synchronize()         # two preps alive at most
+        if i + 2 < len(starts):                      # the leaving state of the next piece is needed too
+            ops = make(starts[i + 1])
+    if scans is not None:
+        main.wait_stream(scans)
+    return entering
+
+
+def _piece_recurrences(q, k, v, g, beta, s_in, do, d_out, scale: float, config: DeltaConfig):
+    """One contiguous piece's prep and its two scans: the chunk-local kernel's operands ``(u, du, states, dstates,
+    inv, w, u0)`` and the gradient of ``s_in``."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     qt, kt, A, w, u0, decay, inv = prep(q, k, v, g, beta, scale, config, with_inverse=True)
@@ -33,35 +80,45 @@ def _piece_grads(q, k, v, g, beta, s_in, do, d_out, scale: float, config: DeltaC
     scan_piece(ops, None, s_in, torch.empty(B, H, DK, DV, **f32), config, store=(states, u))
     dstates, du, d_in = torch.empty_like(states), torch.empty_like(u), torch.empty(B, H, DK, DV, **f32)
     dstate_piece(ops, do, d_out, dstates, du, d_in, config)
-    grads = local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0, scale, config.chunk,
-                        config.prep_block_k, LOCAL_WARPS, dot_precision(q.dtype))
-    return grads, d_in
+    return (u, du, states, dstates, inv, w, u0), d_in
 
 
 def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, config: DeltaConfig,
                    piece: int | None = None) -> tuple[torch.Tensor, ...]:
     """(dq, dk, dv, dg, dbeta, dinitial_state) for contiguous CUDA inputs; the gradients in the inputs' dtypes,
-    the initial state's float32. ``piece``: tokens per piece (default :data:`BWD_PIECE`)."""
-    B, T, H, DK = q.shape
-    DV = v.shape[-1]
+    the initial state's float32. ``piece``: tokens per piece (default :data:`BWD_PIECE`). The side stream is used
+    except while a CUDA graph is captured and in Triton's interpreter (CPU tensors)."""
+    T = q.shape[1]
     piece = max((piece or BWD_PIECE) // config.chunk, 1) * config.chunk
     starts = list(range(0, T, piece)) or [0]
-    entering = [initial_state]
-    state = initial_state
+    scans = None
+    if q.is_cuda and not torch.cuda.is_current_stream_capturing():
+        scans = side_stream(q.device, SCAN_PRIORITY)
+    main = torch.cuda.current_stream(q.device) if scans is not None else None
     with torch.no_grad():
-        for t0 in starts[:-1]:                     # the state entering each piece
-            sl = slice(t0, t0 + piece)
-            nxt = torch.empty(B, H, DK, DV, dtype=torch.float32, device=q.device)
-            scan_piece(prep(*(x[:, sl].contiguous() for x in (q, k, v, g, beta)), scale, config), None, state,
-                       nxt, config)
-            entering.append(nxt)
-            state = nxt
+        entering = _entering_states(q, k, v, g, beta, initial_state, starts, piece, scale, config, scans)
     outs = [torch.empty_like(x) for x in (q, k, v, g, beta)]
     d_state = dfinal.float().contiguous()
-    for t0, s_in in zip(reversed(starts), reversed(entering)):
+    done = []                                        # per piece: its chunk-local gradients written
+    if scans is not None:
+        scans.wait_stream(main)                      # dfinal and do are ready
+    for n, (t0, s_in) in enumerate(zip(reversed(starts), reversed(entering))):
+        if scans is not None and n >= 2:
+            done[n - 2].synchronize()                # two pieces' workspace at most: its memory is free again
         sl = slice(t0, t0 + piece)
-        xs = [x[:, sl].contiguous() for x in (q, k, v, g, beta, do)]
-        grads, d_state = _piece_grads(*xs[:5], s_in, xs[5], d_state, scale, config)
+        with _on(scans):
+            xs = [x[:, sl].contiguous() for x in (q, k, v, g, beta, do)]
+            operands, d_state = _piece_recurrences(*xs[:5], s_in, xs[5], d_state, scale, config)
+        if scans is not None:
+            main.wait_stream(scans)
+            for t in (*xs, *operands):
+                t.record_stream(main)                # made on the scans' stream, read on this one
+        grads = local_grads(*xs, *operands, scale, config.chunk, LOCAL_BLOCK_K, LOCAL_WARPS, dot_precision(q.dtype))
         for dst, src in zip(outs, grads):
             dst[:, sl] = src.to(dst.dtype)
+        if scans is not None:
+            done.append(torch.cuda.Event())
+            done[-1].record(main)
+    if scans is not None:
+        d_state.record_stream(main)
     return (*outs, d_state)

@@ -65,7 +65,7 @@ class DeltaConfig:
 
 
 # Every entry is run and checked by tests/test_kernels_delta_gpu.py, not only the one picked. The first is used
-# while a CUDA graph is captured (nothing can be timed then) and by the backward.
+# while a CUDA graph is captured (nothing can be timed then); the backward has its own (delta_scan_bwd.BWD_CONFIG).
 DELTA_CONFIGS: tuple[DeltaConfig, ...] = (
     DeltaConfig(chunk=32, block_v=32),
     DeltaConfig(chunk=64, block_v=16),
@@ -237,14 +237,16 @@ def scan_piece(ops: tuple, o, init, final, config: DeltaConfig, store: tuple | N
                                                  C=config.chunk, PREC=prec, num_warps=4)
 
 
-_SIDE: dict[int, torch.cuda.Stream] = {}
+_SIDE: dict[tuple[int, int], torch.cuda.Stream] = {}
 
 
-def _side_stream(device: torch.device) -> torch.cuda.Stream:
+def side_stream(device: torch.device, priority: int = 0) -> torch.cuda.Stream:
+    """One side stream per device and priority (0: the default; negative: blocks from it are scheduled first),
+    shared by the forward and the backward."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SIDE:
-        _SIDE[index] = torch.cuda.Stream(device)
-    return _SIDE[index]
+    if (index, priority) not in _SIDE:
+        _SIDE[index, priority] = torch.cuda.Stream(device, priority=priority)
+    return _SIDE[index, priority]
 
 
 def dstate_piece(ops: tuple, do, d_out, dstates, du, d_in, config: DeltaConfig) -> None:
@@ -284,7 +286,7 @@ def delta_scan_fwd(q, k, v, g, beta, initial_state, scale: float, config: DeltaC
     main = torch.cuda.current_stream(q.device) if q.is_cuda else None      # CPU tensors: Triton's interpreter
     side = None
     if main is not None and len(starts) > 1 and not torch.cuda.is_current_stream_capturing():
-        side = _side_stream(q.device)
+        side = side_stream(q.device)
         side.wait_stream(main)                       # the inputs are ready
     state, ops = initial_state, make(0)
     for i, t0 in enumerate(starts):

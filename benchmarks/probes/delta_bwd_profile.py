@@ -1,0 +1,192 @@
+"""Where the delta rule's CUDA backward spends its time, and which launch parameters its launches want.
+
+    python benchmarks/probes/delta_bwd_profile.py --out DIR [--sweep]   -> DIR/delta_bwd_profile.json, printed
+
+The benchmark's shape (B=1, H=16, dk=dv=128, bf16, T=65,536): torch.profiler's CUDA time per kernel over one
+forward+backward of the public op, then each launch of :func:`seqedge.kernels.delta_scan_bwd.delta_scan_bwd` timed
+alone (triton do_bench, median) on one piece of ``BWD_PIECE`` tokens, with how often the backward runs it. With
+``--sweep``: the same launches under other launch parameters, each output compared with the shipped launch's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from delta_kernels import D, H, inputs  # noqa: E402
+
+
+def profiler_table(T: int, per_head: bool) -> list[dict]:
+    """CUDA time per kernel name over one forward+backward (after a warm-up call)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from seqedge.kernels import delta_scan
+
+    xs = [x.detach().clone().requires_grad_() for x in inputs(T, per_head)]
+    do = torch.randn_like(xs[2])
+    for _ in range(2):
+        delta_scan(*xs)[0].backward(do)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        delta_scan(*xs)[0].backward(do)
+        torch.cuda.synchronize()
+    rows = []
+    for ev in prof.key_averages():
+        us = getattr(ev, "device_time_total", 0) or getattr(ev, "cuda_time_total", 0)
+        if us > 0:
+            rows.append({"kernel": ev.key[:90], "calls": ev.count, "ms": us / 1e3})
+    return sorted(rows, key=lambda r: -r["ms"])
+
+
+def rel(x, ref) -> float:
+    x, ref = x.double(), ref.double()
+    return float((x - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def launches(T: int, per_head: bool, sweep: bool) -> list[dict]:
+    """Each launch of the backward on one piece, ms, and its count over T tokens; with ``sweep`` the chunk-local
+    kernel under other launch parameters and the whole backward under other configs."""
+    from triton.testing import do_bench
+
+    from seqedge.kernels import delta_scan_bwd as bwd_mod
+    from seqedge.kernels.chunk_scan_triton import dot_precision
+    from seqedge.kernels.delta_bwd_local_triton import local_grads
+    from seqedge.kernels.delta_scan_triton import DeltaConfig, dstate_piece, prep, scan_piece
+
+    cfg = bwd_mod.BWD_CONFIG
+    P = bwd_mod.BWD_PIECE
+    n_pieces = T // P
+    q, k, v, g, beta = inputs(T, per_head)
+    g = g.unsqueeze(-1) if per_head else g
+    do = torch.randn_like(v)
+    xs = [x[:, :P].contiguous() for x in (q, k, v, g, beta, do)]
+    scale = D ** -0.5
+    B = 1
+    f32 = dict(dtype=torch.float32, device="cuda")
+    prec = dot_precision(q.dtype)
+    out = []
+
+    def bench(name, fn, count, **extra):
+        ms = do_bench(fn, warmup=10, rep=50, return_mode="median")
+        row = {"launch": name, "ms_per_piece": ms, "count": count, "ms_total": ms * count, **extra}
+        print(row, flush=True)
+        out.append(row)
+
+    def piece_operands(c):
+        qt, kt, A, w, u0, decay, inv = prep(*xs[:5], scale, c, with_inverse=True)
+        ops = (qt, kt, A, w, u0, decay)
+        nc = A.shape[1]
+        states, u = torch.empty(B * H, nc, D, D, **f32), torch.empty(B, P, H, D, **f32)
+        scan_piece(ops, None, s0, fin, c, store=(states, u))
+        dstates, du, d_in = torch.empty_like(states), torch.empty_like(u), torch.empty(B, H, D, D, **f32)
+        dstate_piece(ops, xs[5], d_out, dstates, du, d_in, c)
+        return ops, inv, states, u, dstates, du, d_in
+
+    s0 = torch.zeros(B, H, D, D, **f32)
+    fin = torch.empty(B, H, D, D, **f32)
+    d_out = torch.randn(B, H, D, D, **f32) * 0.1
+    bench("prep (re-scan, no inverse)", lambda: prep(*xs[:5], scale, cfg), n_pieces - 1)
+    ops = prep(*xs[:5], scale, cfg)
+    bench("scan (re-scan, final state only)", lambda: scan_piece(ops, None, s0, fin, cfg), n_pieces - 1)
+    bench("prep with inverse", lambda: prep(*xs[:5], scale, cfg, with_inverse=True), n_pieces)
+    ops, inv, states, u, dstates, du, d_in = piece_operands(cfg)
+    bench("scan with stores (states, u)", lambda: scan_piece(ops, None, s0, fin, cfg, store=(states, u)), n_pieces)
+    bench("dstate (reverse scan)", lambda: dstate_piece(ops, xs[5], d_out, dstates, du, d_in, cfg), n_pieces)
+    lg = lambda c, bk, nw, st, dst, u_, du_, inv_, ops_, fn=local_grads: fn(
+        *xs[:5], xs[5], u_, du_, st, dst, inv_, ops_[3], ops_[4], scale, c.chunk, bk, nw, prec)
+    args = (states, dstates, u, du, inv, ops)
+    bench("local_grads", lambda: lg(cfg, bwd_mod.LOCAL_BLOCK_K, bwd_mod.LOCAL_WARPS, *args), n_pieces)
+    grads = lg(cfg, bwd_mod.LOCAL_BLOCK_K, bwd_mod.LOCAL_WARPS, *args)
+    outs = [torch.empty_like(x) for x in (q, k, v, g, beta)]
+
+    def copies():
+        for dst, src in zip(outs, grads):
+            dst[:, :P] = src.to(dst.dtype)
+    bench("dtype copies (5 gradients)", copies, n_pieces)
+    if not sweep:
+        return out
+    try:
+        from _local_orig import local_grads as old_local      # the kernel before this change, when carried
+    except ImportError:
+        old_local = None
+    for c in (DeltaConfig(chunk=32, block_v=16), DeltaConfig(chunk=64, block_v=16)):
+        ops_c, inv_c, st_c, u_c, dst_c, du_c, _ = piece_operands(c)
+        a = (st_c, dst_c, u_c, du_c, inv_c, ops_c)
+        ref = old_local and lg(c, 32, 8, *a, fn=old_local)
+        for bk, nw in ((16, 4), (32, 4), (16, 8), (32, 8), (16, 2)):
+            try:
+                got = lg(c, bk, nw, *a)
+                err = ref and max(rel(x, y) for x, y in zip(got, ref))
+                bench(f"C={c.chunk} local_grads BD={bk} warps={nw}", lambda: lg(c, bk, nw, *a), n_pieces, err=err)
+            except Exception as e:  # noqa: BLE001 (a sweep records what failed and goes on)
+                out.append({"launch": f"C={c.chunk} local_grads BD={bk} warps={nw}", "error": str(e)[:200]})
+        del ops_c, inv_c, st_c, u_c, dst_c, du_c
+    return out
+
+
+def whole_backward(T: int, per_head: bool) -> list[dict]:
+    """The whole backward (every launch, pieces, streams), ms: serial on one stream, and with the scans on a side
+    stream of each priority."""
+    from triton.testing import do_bench
+
+    from seqedge.kernels import delta_scan_bwd as bwd_mod
+
+    q, k, v, g, beta = inputs(T, per_head)
+    g = g.unsqueeze(-1) if per_head else g
+    do = torch.randn_like(v)
+    d_fin = torch.zeros(1, H, D, D, dtype=torch.float32, device="cuda")
+    run = lambda: bwd_mod.delta_scan_bwd(q, k, v, g, beta, None, do, d_fin, D ** -0.5, bwd_mod.BWD_CONFIG)
+    ref = run()
+    shipped = bwd_mod.side_stream, bwd_mod.SCAN_PRIORITY
+    out = []
+    for name, stream_fn, prio in (("one stream", lambda *a: None, 0), ("scans on a side stream, priority 0",
+                                                                       shipped[0], 0),
+                                  ("scans on a side stream, priority -1", shipped[0], -1)):
+        bwd_mod.side_stream, bwd_mod.SCAN_PRIORITY = stream_fn, prio
+        try:
+            ms = do_bench(run, warmup=5, rep=60, return_mode="median")
+            err = max(rel(a, b) for a, b in zip(run(), ref))
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            run()
+            torch.cuda.synchronize()
+            row = {"backward": name, "ms": ms, "err_vs_shipped": err,
+                   "peak_gb": (torch.cuda.max_memory_allocated() - base) / 1e9}
+        finally:
+            bwd_mod.side_stream, bwd_mod.SCAN_PRIORITY = shipped
+        print(row, flush=True)
+        out.append(row)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--T", type=int, default=65536)
+    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--per-head", action="store_true", help="also the per-head gates")
+    ap.add_argument("--whole", action="store_true", help="the whole backward on one stream and on two")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    res = {"card": torch.cuda.get_device_name(), "T": args.T}
+    path = os.path.join(args.out, "delta_bwd_profile.json")
+    for per_head in (False, True) if args.per_head else (False,):
+        key = "per_head" if per_head else "per_key"
+        if args.whole:
+            res[f"whole_{key}"] = whole_backward(args.T, per_head)
+        res[f"launches_{key}"] = launches(args.T, per_head, args.sweep and not per_head)
+        json.dump(res, open(path, "w"), indent=1)
+        res[f"profiler_{key}"] = profiler_table(args.T, per_head)
+        for r in res[f"profiler_{key}"][:14]:
+            print(f"{key} {r['ms']:9.3f} ms {r['calls']:5d}x {r['kernel']}", flush=True)
+        json.dump(res, open(path, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
