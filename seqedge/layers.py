@@ -155,7 +155,7 @@ class SequentialAttention(nn.Module):
             dt = None
         else:
             dt = F.softplus(self.dt_proj(x).to(f32) + self.dt_bias.to(f32))               # [B, T, H]
-            g = (-torch.exp(self.A_log.to(f32)) * dt).unsqueeze(-1)
+            g = (-torch.exp(self.A_log.to(f32)) * dt).reshape(B, T, c.num_heads, 1)
             if not step:
                 g = g.expand(-1, -1, -1, c.head_k_dim)
         if parts.beta == "sigmoid":
@@ -190,8 +190,10 @@ class SequentialAttention(nn.Module):
         """o, v ``[B, T, H, dv]`` -> y ``[B, T, D]``: local skip, grouped norm and output gate, projection."""
         c, parts = self.config, self.config.mixer
         o = o.to(x.dtype)
-        if parts.skip:
+        if parts.skip and parts.output == "norm_gate":      # a norm per head next: stay [B, T, H, dv]
             o = o + self.skip.view(c.num_heads, -1).to(x.dtype) * v
+        elif parts.skip:        # a norm over all channels next: packed [B, T, H * dv], as the fused scans write it
+            o = o.reshape(B, T, c.value_size) + self.skip.to(x.dtype) * v.reshape(B, T, c.value_size)
         gate = self.out_gate(self.out_gate_down(x) if parts.out_gate_rank else x)
         gate = self.ops.silu(gate) if parts.out_gate_act == "silu" else torch.sigmoid(gate)
         if parts.output == "norm_gate":
@@ -221,10 +223,10 @@ class SequentialAttention(nn.Module):
         H, dk, dv = c.num_heads, c.head_k_dim, c.head_v_dim
         q, k = (t.reshape(-1, H, dk) for t in (q, k))                   # drop T = 1, with constant shapes only
         g = g.reshape(-1, H, int(g.shape[-1]))                           # dk, or 1 for a gate per head
-        v, beta = v.reshape(-1, H, dv), beta.reshape(-1, H)
-        o, scan_state = self.ops.step_scan(q, k, v, g, beta, scan_state, rule=c.update_rule, scale=self.scale)
+        o, scan_state = self.ops.step_scan(q, k, v.reshape(-1, H, dv), g, beta.reshape(-1, H), scan_state,
+                                           rule=c.update_rule, scale=self.scale)
         # T = 1 back as a reshape to constant shapes (an exported graph folds reshape chains, not unsqueezes)
-        return self._output(x, o.reshape(-1, 1, H, dv), v.reshape(-1, 1, H, dv), -1, 1), conv_state, scan_state
+        return self._output(x, o.reshape(-1, 1, H, dv), v, -1, 1), conv_state, scan_state
 
 
 class SwiGLU(nn.Module):
