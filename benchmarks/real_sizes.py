@@ -69,15 +69,19 @@ def timed(cmd: list[str], log: Path, timeout: float) -> dict:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        timed_out = False
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            for child in ps.children(recursive=True):
+                child.kill()
             proc.kill()
-            code = proc.wait()
+            code, timed_out = proc.wait(), True
         wall = time.perf_counter() - t0
         done.set()
         sampler.join()
-    return {"exit": code, "wall_s": round(wall, 1), "peak_rss_bytes": peak[0], "log": str(log)}
+    return {"exit": code, "wall_s": round(wall, 1), "peak_rss_bytes": peak[0], "log": str(log),
+            "timed_out": timed_out}
 
 
 def _size(path: Path) -> int:
@@ -88,11 +92,15 @@ def _tail(log: str, lines: int = 3) -> str:
     return " | ".join(Path(log).read_text(errors="replace").strip().splitlines()[-lines:])
 
 
-def run_cell(hf: Path, work: Path, target: str, recipe: str, contexts: str, steps: int) -> dict:
+def run_cell(hf: Path, work: Path, target: str, recipe: str, contexts: str, steps: int,
+             export_timeout: float = 3600) -> dict:
     art = work / f"artifact-{target}-{recipe}"
     cell: dict = {"target": target, "recipe": recipe}
     cell["export"] = timed([*CLI, "export", "-m", str(hf), "--target", target, "--quantize", recipe, "-o", str(art),
-                            "--overwrite", "-q"], work / f"export-{target}-{recipe}.log", timeout=3600)
+                            "--overwrite", "-q"], work / f"export-{target}-{recipe}.log", timeout=export_timeout)
+    if cell["export"]["timed_out"]:
+        cell["export"]["error"] = f"stopped by the {export_timeout:.0f} s time box (--export-timeout)"
+        return cell
     if cell["export"]["exit"] != 0:
         cell["export"]["error"] = _tail(cell["export"]["log"])
         return cell
@@ -101,7 +109,8 @@ def run_cell(hf: Path, work: Path, target: str, recipe: str, contexts: str, step
     if target == "coreml":        # Core ML predicts only on macOS: converted and hashed here, not run
         cell["validate"] = cell["bench"] = "not run: Core ML predicts only on macOS"
         return cell
-    val = timed([*CLI, "validate", "-m", str(art), "--runtimes", RUNTIME_OF_TARGET[target], "-q"], work / f"validate-{target}-{recipe}.log", timeout=3600)
+    val = timed([*CLI, "validate", "-m", str(art), "--runtimes", RUNTIME_OF_TARGET[target], "-q"],
+                work / f"validate-{target}-{recipe}.log", timeout=3600)
     cell["validate"] = {"exit": val["exit"], "wall_s": val["wall_s"], "summary": _tail(val["log"], 2)}
     with tempfile.TemporaryDirectory() as tmp:
         bench = timed([*CLI, "bench", "-m", str(art), "--runtimes", RUNTIME_OF_TARGET[target], "--contexts", contexts,
@@ -133,9 +142,10 @@ def render(record: dict) -> str:
         for key in sorted(cells):
             c = cells[key]
             e = c["export"]
-            if e["exit"] != 0:
-                lines.append(f"| {c['target']} | {c['recipe']} | {e['wall_s']} | {e['peak_rss_bytes'] / 1e9:.2f} | "
-                             f"- | export failed: {e.get('error', '')[:120]} | - | - |")
+            if e["exit"] != 0 or e.get("timed_out"):
+                over = " (over)" if e["wall_s"] > EXPORT_LIMIT_S else ""
+                lines.append(f"| {c['target']} | {c['recipe']} | {e['wall_s']}{over} | {e['peak_rss_bytes'] / 1e9:.2f} "
+                             f"| - | export failed: {e.get('error', '')[:120]} | - | - |")
                 continue
             val = c["validate"] if isinstance(c["validate"], str) else \
                 ("passed" if c["validate"]["exit"] == 0 else f"failed: {c['validate']['summary'][:80]}")
@@ -170,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "seqedge" / "real-sizes")
     p.add_argument("--force", action="store_true", help="redo cells already in the result file")
+    p.add_argument("--export-timeout", type=float, default=3600,
+                   help="seconds an export may take before it is stopped and recorded as such (default 3600)")
     args = p.parse_args(argv)
     path = RESULTS / "real_sizes.json"
     record = json.loads(path.read_text()) if path.is_file() else {"models": {}, "model_info": {}}
@@ -195,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 if key in cells and not args.force:
                     continue
                 print(f"{model} {key} ...", flush=True)
-                cells[key] = {**run_cell(hf, work, target, recipe, args.contexts, args.steps),
+                cells[key] = {**run_cell(hf, work, target, recipe, args.contexts, args.steps, args.export_timeout),
                               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                               "load_average": list(os.getloadavg())}
                 print(json.dumps(cells[key]), flush=True)
