@@ -37,10 +37,13 @@ def blocks(w: np.ndarray, group: int) -> np.ndarray:
     return np.pad(np.asarray(w, np.float32), ((0, kb * group - K), (0, 0))).T.reshape(N, kb, group)
 
 
-def _round_half_up(x: np.ndarray) -> np.ndarray:
-    """onnxruntime's rounding of codes and zero points (``roundf`` on the non-negative values that survive)."""
+def _round_half_up(x: np.ndarray, *, scratch: bool = False) -> np.ndarray:
+    """onnxruntime's rounding of codes and zero points (``roundf`` on the non-negative values that survive).
+    ``scratch``: ``x`` is a temporary this may overwrite (the search rounds over a hundred times)."""
     floor = np.floor(x)
-    return floor + (x - floor >= 0.5)
+    frac = np.subtract(x, floor, out=x if scratch else None)
+    floor += frac >= 0.5
+    return floor
 
 
 def codes(wb: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
@@ -51,9 +54,7 @@ def codes(wb: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
     inv = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=scale != 0)
     x = wb * inv[..., None]
     x += np.asarray(zero, np.float32)[..., None]
-    q = np.floor(x)                   # _round_half_up in place: the search calls this over a hundred times
-    x -= q
-    q += x >= 0.5
+    q = _round_half_up(x, scratch=True)
     return np.clip(q, 0, LEVELS, out=q)
 
 

@@ -139,8 +139,9 @@ class OnnxTarget:
         """Trace ``entry`` of ``model`` to ``path``, then (``clean``) clean the graph (:func:`graph_passes.clean`)."""
         import torch
 
-        params = list(model.parameters())
-        if half or any(p.dtype != torch.float32 or p.device.type != "cpu" for p in params) or model.training:
+        tensors = [*model.parameters(), *model.buffers()]
+        if half or model.training or any(t.device.type != "cpu" or (t.is_floating_point() and t.dtype != torch.float32)
+                                         for t in tensors):
             # a copy only where tracing needs another dtype or device: a real-size model's weights are most of
             # an export's memory
             model = copy.deepcopy(model).float().cpu().eval()
@@ -210,16 +211,16 @@ def _quantize_int8(source: Path, dest: Path) -> None:
     quantization = require_onnx_library("onnxruntime.quantization")
     # one quantized MatMul per shared input: per-channel weight scales and the input's one dynamic scale are the
     # same as the separate MatMuls', so merging first changes no value and saves a quantize and a call per group
-    _rewrite(source, graph_passes.merge_shared_matmuls)
+    merged = graph_passes.merge_shared_matmuls(require_onnx_library("onnx").load(str(source)))
     # reduce_range: 7-bit weights. x86 CPUs without VNNI multiply u8 x s8 pairs with a saturating 16-bit add
     # (pmaddubsw), which overflows on full-range int8 weights and costs ~6 dB SQNR on this model; an artifact is
     # exported once and runs on CPUs of either kind, so it is quantized for the one that saturates.
-    quantization.quantize_dynamic(str(source), str(dest), op_types_to_quantize=["MatMul"], per_channel=True,
+    quantization.quantize_dynamic(merged, str(dest), op_types_to_quantize=["MatMul"], per_channel=True,
                                   reduce_range=True, weight_type=quantization.QuantType.QInt8,
                                   extra_options={"MatMulConstBOnly": True})
 
 
-def matmul_modules(graph, model) -> dict[str, list[str]]:
+def matmul_modules(graph, model, index: WeightIndex | None = None) -> dict[str, list[str]]:
     """``{MatMul node name: module names}`` for every MatMul of ``graph`` whose weight (input B) is an
     initializer of a weight matrix's shape (or projections merged by :mod:`graph_passes`), found by value
     (:class:`WeightIndex`): the TorchScript exporter names these initializers
@@ -228,7 +229,7 @@ def matmul_modules(graph, model) -> dict[str, list[str]]:
     """
     numpy_helper = require_onnx_library("onnx.numpy_helper")
     initializers = {t.name: t for t in graph.initializer}
-    index = WeightIndex(model)
+    index = index or WeightIndex(model)
     found: dict[str, list[str]] = {}
     splits = {n.input[0]: n for n in graph.node if n.op_type == "Split" and len(n.input) == 2
               and n.input[1] in initializers}
@@ -274,10 +275,11 @@ def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe,
     onnx = require_onnx_library("onnx")
     nbits = require_onnx_library("onnxruntime.quantization.matmul_nbits_quantizer")
     model_proto = onnx.load(str(source))
-    modules = matmul_modules(model_proto.graph, model)
+    index = WeightIndex(model)
+    modules = matmul_modules(model_proto.graph, model, index)
     packs = {n.input[1]: recipe.int4_applies(modules[n.name][0]) for n in model_proto.graph.node if n.name in modules}
     model_proto = graph_passes.merge_shared_matmuls(model_proto, kind=packs.get)
-    modules = matmul_modules(model_proto.graph, model)
+    modules = matmul_modules(model_proto.graph, model, index)
     selected = set(int4_split(recipe, modules, "MatMul")[0])
     if not selected:
         raise ValueError(f"the int4 policy {list(recipe.int4_modules)} selects no MatMul of {source.name} "

@@ -43,7 +43,6 @@ def share_weights(paths: Sequence[Path], data_name: str) -> Path:
                     data.write(b"\0" * (-data.tell() % ALIGN))
                     offsets[key] = (data.tell(), len(raw))
                     data.write(raw)
-                del raw
                 offset, length = offsets[key]
                 tensor.ClearField("raw_data")
                 tensor.data_location = onnx.TensorProto.EXTERNAL
@@ -52,5 +51,4 @@ def share_weights(paths: Sequence[Path], data_name: str) -> Path:
                     entry = tensor.external_data.add()
                     entry.key, entry.value = k, v
             onnx.save(model, str(path))
-            del model
     return data_path
