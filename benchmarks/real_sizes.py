@@ -39,6 +39,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 EXPORT_LIMIT_S = 300.0
 EXPORT_LIMIT_BYTES = 6 * 10**9
 CLI = [sys.executable, "-m", "seqedge.cli.main"]
+BATCH_BOUND_TARGETS = ("executorch", "tensorrt")     # the targets whose programs are compiled for a batch range
 
 
 def _tree_rss(proc: psutil.Process) -> int:
@@ -93,11 +94,16 @@ def _tail(log: str, lines: int = 3) -> str:
 
 
 def run_cell(hf: Path, work: Path, target: str, recipe: str, contexts: str, steps: int,
-             export_timeout: float = 3600) -> dict:
+             export_timeout: float = 3600, max_batch: int | None = None) -> dict:
     art = work / f"artifact-{target}-{recipe}"
     cell: dict = {"target": target, "recipe": recipe}
+    batch = []
+    if target in BATCH_BOUND_TARGETS and max_batch is not None:
+        cell["max_batch"] = max_batch
+        batch = ["--max-batch", str(max_batch)]
     cell["export"] = timed([*CLI, "export", "-m", str(hf), "--target", target, "--quantize", recipe, "-o", str(art),
-                            "--overwrite", "-q"], work / f"export-{target}-{recipe}.log", timeout=export_timeout)
+                            "--overwrite", "-q", *batch], work / f"export-{target}-{recipe}.log",
+                           timeout=export_timeout)
     if cell["export"]["timed_out"]:
         cell["export"]["error"] = f"stopped by the {export_timeout:.0f} s time box (--export-timeout)"
         return cell
@@ -131,20 +137,21 @@ def run_cell(hf: Path, work: Path, target: str, recipe: str, contexts: str, step
 def render(record: dict) -> str:
     lines = ["# Real-size imported models: export, size, validation, latency", "",
              *metadata_markdown(record["meta"]), "",
-             f"Targets: export under {EXPORT_LIMIT_S / 60:.0f} min per target with peak RAM under "
-             f"{EXPORT_LIMIT_BYTES / 1e9:.0f} GB (the 130M model).", ""]
+             (f"Targets: export under {EXPORT_LIMIT_S / 60:.0f} min per target with peak RAM under "
+             f"{EXPORT_LIMIT_BYTES / 1e9:.0f} GB (the 130M model)."), ""]
     for model, cells in record["models"].items():
         info = record["model_info"].get(model, {})
-        lines += [f"## {model}", "", f"Parameters: {info.get('parameters', '?'):,}; HF folder built in "
-                  f"{info.get('build_s', '?')} s.", "",
-                  "| target | recipe | export s | peak RAM GB | artifact MiB | validate | p50 ms at contexts | "
-                  "bench peak RSS MiB |", "|---|---|---:|---:|---:|---|---|---:|"]
+        lines += [f"## {model}", "", (f"Parameters: {info.get('parameters', '?'):,}; HF folder built in "
+                  f"{info.get('build_s', '?')} s."), "",
+                  ("| target | recipe | export s | peak RAM GB | artifact MiB | validate | p50 ms at contexts | "
+                  "bench peak RSS MiB |"), "|---|---|---:|---:|---:|---|---|---:|"]
         for key in sorted(cells):
             c = cells[key]
             e = c["export"]
+            target = c["target"] + (f" (max batch {c['max_batch']})" if "max_batch" in c else "")
             if e["exit"] != 0 or e.get("timed_out"):
                 over = " (over)" if e["wall_s"] > EXPORT_LIMIT_S else ""
-                lines.append(f"| {c['target']} | {c['recipe']} | {e['wall_s']}{over} | {e['peak_rss_bytes'] / 1e9:.2f} "
+                lines.append(f"| {target} | {c['recipe']} | {e['wall_s']}{over} | {e['peak_rss_bytes'] / 1e9:.2f} "
                              f"| - | export failed: {e.get('error', '')[:120]} | - | - |")
                 continue
             val = c["validate"] if isinstance(c["validate"], str) else \
@@ -156,7 +163,7 @@ def render(record: dict) -> str:
             else:
                 p50, rss = c["bench"], "-"
             over = " (over)" if e["wall_s"] > EXPORT_LIMIT_S or e["peak_rss_bytes"] > EXPORT_LIMIT_BYTES else ""
-            lines.append(f"| {c['target']} | {c['recipe']} | {e['wall_s']}{over} | {e['peak_rss_bytes'] / 1e9:.2f} | "
+            lines.append(f"| {target} | {c['recipe']} | {e['wall_s']}{over} | {e['peak_rss_bytes'] / 1e9:.2f} | "
                          f"{c['artifact_bytes'] / 2**20:.1f} | {val} | {p50} | {rss} |")
         lines.append("")
     return "\n".join(lines) + "\n"
@@ -182,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="redo cells already in the result file")
     p.add_argument("--export-timeout", type=float, default=3600,
                    help="seconds an export may take before it is stopped and recorded as such (default 3600)")
+    p.add_argument("--max-batch", type=int, metavar="N",
+                   help="batch bound of the executorch and tensorrt exports (default: seqedge export's; 1 is the "
+                        "static single-stream program an on-device app runs)")
     args = p.parse_args(argv)
     path = RESULTS / "real_sizes.json"
     record = json.loads(path.read_text()) if path.is_file() else {"models": {}, "model_info": {}}
@@ -198,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             params = 0
             for f in hf.glob("*.safetensors"):
                 with safe_open(f, "pt") as st:
-                    params += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())
+                    params += sum(math.prod(st.get_slice(k).get_shape()) for k in st)
             record["model_info"][model] = {"parameters": params, "build_s": round(time.perf_counter() - t0, 1)}
         cells = record["models"].setdefault(model, {})
         for target in args.targets.split(","):
@@ -207,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                 if key in cells and not args.force:
                     continue
                 print(f"{model} {key} ...", flush=True)
-                cells[key] = {**run_cell(hf, work, target, recipe, args.contexts, args.steps, args.export_timeout),
+                cells[key] = {**run_cell(hf, work, target, recipe, args.contexts, args.steps,
+                                       args.export_timeout, args.max_batch),
                               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                               "load_average": list(os.getloadavg())}
                 print(json.dumps(cells[key]), flush=True)
