@@ -25,9 +25,9 @@ Launches:
    ``dS = diag(exp b_C) dS' + qt^T do - w^T du``; then every chunk in parallel, the chunk-local gradients to q, k,
    v, g, beta (:mod:`seqedge.kernels.delta_bwd_local_triton`).
 
-Long sequences run in pieces of whole chunks (``PIECE`` tokens): the prep's operands then take memory for one
-piece, not the sequence, the state passes from piece to piece, and the next piece's prep runs on a side stream
-beside the current piece's scan.
+Long sequences run in pieces of whole chunks (:data:`seqedge.kernels.delta_operands.PIECE` tokens): the prep's
+operands then take memory for one piece, not the sequence, the state passes from piece to piece (and is kept for
+the backward), and the next piece's prep runs on a side stream beside the current piece's scan.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import delta_operands
 from .chunk_scan_triton import dot_precision, fastest
 from .delta_prep_triton import prep as prep_chunks
 
@@ -88,8 +89,6 @@ EXCLUDED_CONFIGS: dict[DeltaConfig, str] = {
         "slower (2.97 ms) and the gated kernel's illegal-access tile shape (chunk_scan_triton.EXCLUDED_CONFIGS)",
     DeltaConfig(chunk=64, block_v=64, num_warps=8): "slower: scan 3.40 ms against 2.07 ms at block_v 16",
 }
-PIECE = 8192    # tokens per piece of the sequence (a multiple of every chunk)
-
 
 @triton.jit
 def _delta_scan_kernel(qt, kt, A, w, u0, decay, o, s0, s_final, states, u_out, T, H, NC,
@@ -263,9 +262,12 @@ def dstate_piece(ops: tuple, do, d_out, dstates, du, d_in, config: DeltaConfig) 
 
 
 def delta_scan_fwd(q, k, v, g, beta, initial_state, scale: float, config: DeltaConfig,
-                   out: tuple[torch.Tensor, torch.Tensor] | None = None, piece: int = PIECE):
+                   out: tuple[torch.Tensor, torch.Tensor] | None = None, piece: int | None = None,
+                   entering: torch.Tensor | None = None):
     """The forward with one explicit ``config``: o ``[B, T, H, dv]`` in q's dtype and the final state
-    ``[B, H, dk, dv]`` float32 (``out``: optional buffers to write into). Contiguous inputs.
+    ``[B, H, dk, dv]`` float32 (``out``: optional buffers to write into). Contiguous inputs. ``piece``: tokens per
+    piece (default :data:`~seqedge.kernels.delta_operands.PIECE`); ``entering``: an optional float32
+    ``[P, B, H, dk, dv]`` buffer (P pieces after the first) for the state entering each of those pieces.
 
     Pieces after the first are prepped on a side stream while the scan walks the piece before: the scan keeps only
     B*H*dv/block_v programs busy, so the prep (parallel over chunks) fills the rest of the card. Not while a CUDA
@@ -281,7 +283,9 @@ def delta_scan_fwd(q, k, v, g, beta, initial_state, scale: float, config: DeltaC
     if T == 0:
         final.copy_(initial_state if initial_state is not None else torch.zeros_like(final))
         return o, final
+    piece = piece or delta_operands.PIECE
     starts = list(range(0, T, piece))
+    assert entering is None or entering.shape[0] == len(starts) - 1, "one saved state per piece after the first"
     make = lambda t0: prep(*(x[:, t0:t0 + piece].contiguous() for x in (q, k, v, g, beta)), scale, config)
     main = torch.cuda.current_stream(q.device) if q.is_cuda else None      # CPU tensors: Triton's interpreter
     side = None
@@ -294,7 +298,7 @@ def delta_scan_fwd(q, k, v, g, beta, initial_state, scale: float, config: DeltaC
         if i + 1 < len(starts) and side is not None:
             with torch.cuda.stream(side):
                 nxt = make(starts[i + 1])
-        dst = final if i == len(starts) - 1 else torch.empty_like(final)
+        dst = final if i == len(starts) - 1 else (entering[i] if entering is not None else torch.empty_like(final))
         o_piece = o[:, t0:t0 + piece]
         o_buf = o_piece if o_piece.is_contiguous() else torch.empty_like(o_piece)
         scan_piece(ops, o_buf, state, dst, config)
@@ -318,6 +322,6 @@ _PICKED: dict[tuple, DeltaConfig] = {}
 def pick_config(q, k, v, g, beta, initial_state, scale: float) -> DeltaConfig:
     """The fastest of :data:`DELTA_CONFIGS` for this shape class (timed once per class; see ``fastest``)."""
     B, T, H, DK = q.shape
-    key = (DK, v.shape[-1], q.dtype, g.shape[-1] == 1, B * H, min(T, PIECE).bit_length())
+    key = (DK, v.shape[-1], q.dtype, g.shape[-1] == 1, B * H, min(T, delta_operands.PIECE).bit_length())
     return fastest(DELTA_CONFIGS, key, _PICKED,
                    lambda cfg: delta_scan_fwd(q, k, v, g, beta, initial_state, scale, cfg), warmup=5, rep=20)
