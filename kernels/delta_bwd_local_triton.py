@@ -91,7 +91,8 @@ def _direct_phase(q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0, dq, 
         b_b = tl.cumsum(tl.load(g + g_base + rows[:, None].to(tl.int64) * (H * GK) + cols[None, :] * GSEL,
                                 mask=rmask, other=0.0).to(tl.float32), axis=0)          # [C, BD]
         e_b = tl.exp(b_b)
-        d_qt = tl.dot(b_do, tl.trans(tl.load(st + d0 * DV + s_off)), input_precision=PREC)        # [C, BD]
+        s_blk = tl.load(st + d0 * DV + s_off).to(tl.float32)                              # [BD, DV]
+        d_qt = tl.dot(b_do, tl.trans(s_blk), input_precision=PREC)                        # [C, BD]
         x = _tile(q, k_base, rows, cols, H * DK, T) * scale
         tl.store(dq + k_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :], d_qt * e_b * scale,
                  mask=rmask)
@@ -103,13 +104,13 @@ def _direct_phase(q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0, dq, 
     for d0 in tl.range(0, DK, BD, num_stages=1):                   # through kt = kb exp(b_C - b) and b_C
         cols = d0 + rd
         sc = rc[:, None] * DK + cols[None, :]
-        ds_blk = tl.load(dst + d0 * DV + s_off)                                          # [BD, DV]
+        ds_blk = tl.load(dst + d0 * DV + s_off).to(tl.float32)                          # [BD, DV]
         b_b = tl.load(sc_b + sc)
         b_last = tl.load(sc_b + (C - 1) * DK + cols)                                     # [BD]
         d_kt = tl.dot(b_u, tl.trans(ds_blk), input_precision=PREC)
         e_kt = tl.exp(b_last[None, :] - b_b)
         kt = _tile(k, k_base, rows, cols, H * DK, T) * b_beta[:, None] * e_kt
-        d_last = (tl.exp(b_last) * tl.sum(tl.load(st + d0 * DV + s_off) * ds_blk, axis=1)
+        d_last = (tl.exp(b_last) * tl.sum(tl.load(st + d0 * DV + s_off).to(tl.float32) * ds_blk, axis=1)
                   + tl.sum(d_kt * kt, axis=0))                                            # [BD]
         d_b = tl.load(sc_db + sc) - d_kt * kt + tl.where(rc[:, None] == C - 1, d_last[None, :], 0.0)
         tl.store(sc_dkb + sc, d_kt * e_kt)
@@ -124,7 +125,8 @@ def _direct_phase(q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0, dq, 
     for d0 in tl.range(0, DK, BD, num_stages=1):                   # through w = Tm Kd, Kd = k exp(b)
         cols = d0 + rd
         sc = rc[:, None] * DK + cols[None, :]
-        d_kd = -tl.dot(tl.trans(b_tm), tl.dot(b_du, tl.trans(tl.load(st + d0 * DV + s_off)), input_precision=PREC),
+        s_blk = tl.load(st + d0 * DV + s_off).to(tl.float32)
+        d_kd = -tl.dot(tl.trans(b_tm), tl.dot(b_du, tl.trans(s_blk), input_precision=PREC),
                        input_precision=PREC)                                              # [C, BD]
         d_m -= tl.dot(d_kd, tl.trans(_tile(w, k_base, rows, cols, H * DK, T)), input_precision=PREC)
         d_kd = d_kd * tl.exp(tl.load(sc_b + sc))
@@ -251,8 +253,9 @@ def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0, scale:
     dtype.
 
     q, k ``[B, T, H, dk]``, v, do ``[B, T, H, dv]``, g ``[B, T, H, dk]`` or ``[B, T, H, 1]``, beta ``[B, T, H]``;
-    u, du ``[B, T, H, dv]`` float32; states (entering each chunk), dstates (gradient of the state leaving it)
-    ``[B*H, NC, dk, dv]`` float32; inv ``[B*H, NC, C, C]`` float32 (the prep's inverse), w and u0 the prep's.
+    u, du ``[B, T, H, dv]``; states (entering each chunk), dstates (gradient of the state leaving it)
+    ``[B*H, NC, dk, dv]`` (these four float32 or the inputs' dtype, read as float32); inv ``[B*H, NC, C, C]``
+    float32 (the prep's inverse), w and u0 the prep's.
     """
     B, T, H, DK = q.shape
     DV = v.shape[-1]

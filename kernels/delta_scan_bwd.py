@@ -14,14 +14,12 @@ checks compare the chunk-local kernel with.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from . import delta_operands
 from .chunk_scan_triton import dot_precision
 from .delta_bwd_local_triton import local_grads
-from .delta_scan_triton import DeltaConfig, dstate_piece, prep, scan_piece, side_stream
+from .delta_scan_triton import SCAN_PRIORITY, DeltaConfig, dstate_piece, on_stream, prep, scan_piece, side_stream
 
 # The backward's launches, picked by timing each at B=1, H=16, dk=dv=128, bf16 on an H200
 # (benchmarks/probes/delta_bwd_profile.py): the two scans want the most programs (block_v 16); the chunk-local
@@ -30,11 +28,6 @@ from .delta_scan_triton import DeltaConfig, dstate_piece, prep, scan_piece, side
 BWD_CONFIG = DeltaConfig(chunk=32, block_v=16)
 LOCAL_WARPS = 4
 LOCAL_BLOCK_K = 32
-SCAN_PRIORITY = -1  # the scans' stream: its blocks are scheduled before the chunk-local kernel's waiting ones
-
-
-def _on(stream):
-    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
 
 def _entering_states(q, k, v, g, beta, initial_state, starts: list[int], piece: int, scale: float,
@@ -50,7 +43,7 @@ def _entering_states(q, k, v, g, beta, initial_state, starts: list[int], piece: 
     for i in range(len(starts) - 1):
         if scans is not None:
             scans.wait_stream(main)                  # this piece's prep (and the inputs) are ready
-        with _on(scans):
+        with on_stream(scans):
             leaving = torch.empty(B, H, DK, DV, dtype=torch.float32, device=q.device)
             scan_piece(ops, None, entering[-1], leaving, config)
         entering.append(leaving)
@@ -68,17 +61,24 @@ def _entering_states(q, k, v, g, beta, initial_state, starts: list[int], piece: 
     return entering
 
 
+def workspace_dtype(q: torch.Tensor) -> torch.dtype:
+    """The dtype of the chunk states, their gradients, u and du handed from the scans to the chunk-local kernel: the
+    inputs' (bf16 inputs: the scans' dots read the state in bf16 already; float32 stays exact). Halves the
+    chunk-local kernel's largest loads and the backward's workspace for bf16."""
+    return q.dtype
+
+
 def _piece_recurrences(q, k, v, g, beta, s_in, do, d_out, scale: float, config: DeltaConfig):
     """One contiguous piece's prep and its two scans: the chunk-local kernel's operands ``(u, du, states, dstates,
-    inv, w, u0)`` and the gradient of ``s_in``."""
+    inv, w, u0)`` (the first four in :func:`workspace_dtype`) and the gradient of ``s_in``."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     qt, kt, A, w, u0, decay, inv = prep(q, k, v, g, beta, scale, config, with_inverse=True)
     ops = (qt, kt, A, w, u0, decay)
     nc = A.shape[1]
     f32 = dict(dtype=torch.float32, device=q.device)
-    states = torch.empty(B * H, nc, DK, DV, **f32)
-    u = torch.empty(B, T, H, DV, **f32)
+    states = torch.empty(B * H, nc, DK, DV, dtype=workspace_dtype(q), device=q.device)
+    u = torch.empty(B, T, H, DV, dtype=states.dtype, device=q.device)
     scan_piece(ops, None, s_in, torch.empty(B, H, DK, DV, **f32), config, store=(states, u))
     dstates, du, d_in = torch.empty_like(states), torch.empty_like(u), torch.empty(B, H, DK, DV, **f32)
     dstate_piece(ops, do, d_out, dstates, du, d_in, config)
@@ -114,7 +114,7 @@ def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, co
         if scans is not None and n >= 2:
             done[n - 2].synchronize()                # two pieces' workspace at most: its memory is free again
         sl = slice(t0, t0 + piece)
-        with _on(scans):
+        with on_stream(scans):
             xs = [x[:, sl].contiguous() for x in (q, k, v, g, beta, do)]
             piece_ops, d_state = _piece_recurrences(*xs[:5], s_in, xs[5], d_state, scale, config)
         if scans is not None:

@@ -6,8 +6,8 @@ The benchmark's shape (B=1, H=16, dk=dv=128, bf16, T=65,536): torch.profiler's C
 forward+backward of the public op, then each launch of :func:`seqedge.kernels.delta_scan_bwd.delta_scan_bwd` timed
 alone (triton do_bench, median) on one piece of ``delta_operands.PIECE`` tokens, with how often the backward runs
 it. With ``--sweep``: the same launches under other launch parameters, each output compared with the shipped
-launch's. With ``--whole``: the whole backward from the forward's saved piece states and re-scanning them, under
-the shipped config and others.
+launch's. With ``--whole``: the whole forward at two priorities of the scans' stream, and the whole backward
+from the forward's saved piece states (shipped and float32 workspace) and re-scanning them.
 """
 
 from __future__ import annotations
@@ -124,40 +124,68 @@ def launches(T: int, per_head: bool, sweep: bool) -> list[dict]:
 
 
 def whole_backward(T: int, per_head: bool) -> list[dict]:
-    """The whole backward (every launch, pieces, streams), ms: from the forward's saved piece states and
-    re-scanning them, under the shipped config and at chunk 32 and 64; gradients compared with the first row's."""
+    """The whole backward (every launch, pieces, streams), ms: from the forward's saved piece states, with the
+    shipped workspace dtype and with float32, and re-scanning the states; gradients compared with the first row's."""
     from triton.testing import do_bench
 
     from seqedge.kernels import delta_operands
     from seqedge.kernels import delta_scan_bwd as bwd_mod
-    from seqedge.kernels.delta_scan_triton import DeltaConfig, delta_scan_fwd
+    from seqedge.kernels.delta_scan_triton import delta_scan_fwd
 
     q, k, v, g, beta = inputs(T, per_head)
     g = g.unsqueeze(-1) if per_head else g
     do = torch.randn_like(v)
     d_fin = torch.zeros(1, H, D, D, dtype=torch.float32, device="cuda")
-    shipped = bwd_mod.BWD_CONFIG
+    cfg = bwd_mod.BWD_CONFIG
     saved = torch.empty(delta_operands.piece_count(T), 1, H, D, D, dtype=torch.float32, device="cuda")
-    delta_scan_fwd(q, k, v, g, beta, None, D ** -0.5, shipped, entering=saved)
-    variants = [(f"shipped (C={shipped.chunk}), saved states", shipped, saved),
-                (f"shipped (C={shipped.chunk}), re-scan", shipped, None)]
-    variants += [(f"C={c} BV=16, saved states", DeltaConfig(chunk=c, block_v=16), saved) for c in (32, 64)
-                 if c != shipped.chunk]
+    delta_scan_fwd(q, k, v, g, beta, None, D ** -0.5, cfg, entering=saved)
+    shipped = bwd_mod.workspace_dtype
+    variants = [("saved states, shipped workspace", saved, shipped),
+                ("saved states, float32 workspace", saved, lambda q: torch.float32),
+                ("re-scan, shipped workspace", None, shipped)]
     out, ref = [], None
-    for name, cfg, ent in variants:
-        run = lambda cfg=cfg, ent=ent: bwd_mod.delta_scan_bwd(q, k, v, g, beta, None, do, d_fin, D ** -0.5, cfg,
-                                                              entering=ent)
-        ms = do_bench(run, warmup=5, rep=60, return_mode="median")
-        got = run()
-        ref = ref or got
-        err = max(rel(a, b) for a, b in zip(got, ref))
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        run()
-        torch.cuda.synchronize()
+    for name, ent, wdt in variants:
+        run = lambda ent=ent: bwd_mod.delta_scan_bwd(q, k, v, g, beta, None, do, d_fin, D ** -0.5, cfg,
+                                                     entering=ent)
+        bwd_mod.workspace_dtype = wdt
+        try:
+            ms = do_bench(run, warmup=5, rep=60, return_mode="median")
+            got = run()
+            ref = ref or got
+            err = max(rel(a, b) for a, b in zip(got, ref))
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            run()
+            torch.cuda.synchronize()
+        finally:
+            bwd_mod.workspace_dtype = shipped
         row = {"backward": name, "ms": ms, "err_vs_first": err,
                "peak_gb": (torch.cuda.max_memory_allocated() - base) / 1e9}
+        print(row, flush=True)
+        out.append(row)
+    return out
+
+
+def forward_streams(T: int, per_head: bool) -> list[dict]:
+    """The forward (the op's picked config), ms, with the scans' stream at the shipped priority and at 0, and the
+    host's lookahead of preps at 1 and the shipped one."""
+    from triton.testing import do_bench
+
+    from seqedge.kernels import delta_scan_triton as fwd_mod
+
+    q, k, v, g, beta = inputs(T, per_head)
+    g = g.unsqueeze(-1) if per_head else g
+    cfg = fwd_mod.pick_config(q, k, v, g, beta, None, D ** -0.5)
+    shipped, ahead, out = fwd_mod.SCAN_PRIORITY, fwd_mod.PREP_LOOKAHEAD, []
+    for prio, look in ((shipped, ahead), (0, ahead), (shipped, 1)):
+        fwd_mod.SCAN_PRIORITY, fwd_mod.PREP_LOOKAHEAD = prio, look
+        try:
+            ms = do_bench(lambda: fwd_mod.delta_scan_fwd(q, k, v, g, beta, None, D ** -0.5, cfg), warmup=10,
+                          rep=100, return_mode="median")
+        finally:
+            fwd_mod.SCAN_PRIORITY, fwd_mod.PREP_LOOKAHEAD = shipped, ahead
+        row = {"forward": f"C={cfg.chunk} BV={cfg.block_v}, scans' priority {prio}, lookahead {look}", "ms": ms}
         print(row, flush=True)
         out.append(row)
     return out
@@ -169,7 +197,8 @@ def main() -> None:
     ap.add_argument("--T", type=int, default=65536)
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--per-head", action="store_true", help="also the per-head gates")
-    ap.add_argument("--whole", action="store_true", help="the whole backward: saved states or re-scan, configs")
+    ap.add_argument("--whole", action="store_true",
+                    help="the whole forward (scans' priority) and backward (saved states or re-scan, workspace)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     res = {"card": torch.cuda.get_device_name(), "T": args.T}
@@ -177,6 +206,7 @@ def main() -> None:
     for per_head in (False, True) if args.per_head else (False,):
         key = "per_head" if per_head else "per_key"
         if args.whole:
+            res[f"forward_{key}"] = forward_streams(args.T, per_head)
             res[f"whole_{key}"] = whole_backward(args.T, per_head)
         res[f"launches_{key}"] = launches(args.T, per_head, args.sweep and not per_head)
         json.dump(res, open(path, "w"), indent=1)
