@@ -19,7 +19,15 @@ import torch
 from . import delta_operands
 from .chunk_scan_triton import dot_precision
 from .delta_bwd_local_triton import local_grads
-from .delta_scan_triton import SCAN_PRIORITY, DeltaConfig, dstate_piece, on_stream, prep, scan_piece, side_stream
+from .delta_scan_triton import (
+    SCAN_PRIORITY,
+    DeltaConfig,
+    dstate_piece,
+    on_stream,
+    prep,
+    scan_piece,
+    side_stream,
+)
 
 # The backward's launches, picked by timing each at B=1, H=16, dk=dv=128, bf16 on an H200
 # (benchmarks/probes/delta_bwd_profile.py): the two scans want the most programs (block_v 16); the chunk-local

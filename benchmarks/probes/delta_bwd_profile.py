@@ -85,7 +85,8 @@ def launches(T: int, per_head: bool, sweep: bool) -> list[dict]:
         qt, kt, A, w, u0, decay, inv = prep(*xs[:5], scale, c, with_inverse=True)
         ops = (qt, kt, A, w, u0, decay)
         nc = A.shape[1]
-        states, u = torch.empty(B * H, nc, D, D, **f32), torch.empty(B, P, H, D, **f32)
+        wdt = {"dtype": bwd_mod.workspace_dtype(q), "device": "cuda"}          # as the backward allocates them
+        states, u = torch.empty(B * H, nc, D, D, **wdt), torch.empty(B, P, H, D, **wdt)
         scan_piece(ops, None, s0, fin, c, store=(states, u))
         dstates, du, d_in = torch.empty_like(states), torch.empty_like(u), torch.empty(B, H, D, D, **f32)
         dstate_piece(ops, xs[5], d_out, dstates, du, d_in, c)
