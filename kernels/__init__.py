@@ -90,9 +90,9 @@ def delta_scan(
     check_scan_inputs(q, k, v, gate.expand(*gate.shape[:-1], q.shape[-1]), beta, "delta", initial_state)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if ops.calls_cuda_directly(q, k, v, gate, beta, initial_state):
-        o, final = delta_ops.chunk_scan_delta_cuda(q, k, v, gate, beta, initial_state, scale)
+        o, final, _ = delta_ops.chunk_scan_delta_cuda(q, k, v, gate, beta, initial_state, scale)
     else:
-        o, final = delta_ops.chunk_scan_delta(q, k, v, gate, beta, initial_state, scale)
+        o, final, _ = delta_ops.chunk_scan_delta(q, k, v, gate, beta, initial_state, scale)
     return o, (final if output_final_state else None)
 
 

@@ -16,8 +16,9 @@ b[s, d])``, whose gradients are decayed products again:
 
 formed 16x16 block by block with exponents referenced to the key block's middle row (as the prep, so no factor
 that survives the causal mask exceeds exp(40) for g >= -5); dg is the reverse running sum of db within the chunk
-(summed over the keys for a gate per head). Per-chunk float32 scratch holds b, dA, dM, dkb and db between phases;
-barriers order the program's own stores and loads.
+(summed over the keys for a gate per head). Per-chunk float32 scratch holds b, dA, dM, dkb and db between phases,
+and float32 piece buffers the partial sums of dq and dk; each gradient is written once, in its output's dtype,
+straight into the whole sequence's gradient. Barriers order the program's own stores and loads.
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ def _add_tile(ptr, base, rows, cols, stride, T, x):
 
 
 @triton.jit
+def _add_tile_to(src, base, dst, dst_base, rows, cols, stride, T, x):
+    """``dst = src + x`` on one tile: the last term of a gradient whose partial sum is in float32 ``src``, written in
+    ``dst``'s dtype (``dst_base``: the tile's batch and head in the output)."""
+    off = rows[:, None].to(tl.int64) * stride + cols[None, :]
+    m = (rows < T)[:, None]
+    y = tl.load(src + base + off, mask=m, other=0.0) + x
+    tl.store(dst + dst_base + off, y.to(dst.dtype.element_ty), mask=m)
+
+
+@triton.jit
 def _vtile(ptr, base, rows, stride, T, DV: tl.constexpr):
     """All DV columns of ``rows`` of a ``[B, T, H, DV]`` tensor, float32."""
     return _tile(ptr, base, rows, tl.arange(0, DV), stride, T)
@@ -55,10 +66,11 @@ def _vtile(ptr, base, rows, stride, T, DV: tl.constexpr):
 
 @triton.jit
 def _direct_phase(q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0, dq, dk, dv, sc_b, sc_dkb, sc_db,
-                  sc_g, k_base, v_base, g_base, be_base, idx, t0, T, H, scale,
+                  sc_g, k_base, v_base, vo_base, g_base, be_base, idx, t0, T, H, scale,
                   DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
                   PREC: tl.constexpr):
-    """dv, dA, dM and the direct terms of dq, dk, dkb, db (through qt, kt, Kd and b_C); b to scratch.
+    """dv (the output), dA, dM and the direct terms of dq, dk (float32 partial sums), dkb, db (through qt, kt, Kd
+    and b_C); b to scratch.
 
     Three passes over the key blocks, one per ``[C, DV]`` operand (do, u, du): holding all three across one loop
     spilled registers. db accumulates in scratch between the passes."""
@@ -79,7 +91,8 @@ def _direct_phase(q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0, dq, 
         b_b = tl.cumsum(tl.load(g + g_base + rows[:, None].to(tl.int64) * (H * GK) + cols[None, :] * GSEL,
                                 mask=rmask, other=0.0).to(tl.float32), axis=0)          # [C, BD]
         e_b = tl.exp(b_b)
-        d_qt = tl.dot(b_do, tl.trans(tl.load(st + d0 * DV + s_off)), input_precision=PREC)        # [C, BD]
+        s_blk = tl.load(st + d0 * DV + s_off).to(tl.float32)                              # [BD, DV]
+        d_qt = tl.dot(b_do, tl.trans(s_blk), input_precision=PREC)                        # [C, BD]
         x = _tile(q, k_base, rows, cols, H * DK, T) * scale
         tl.store(dq + k_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :], d_qt * e_b * scale,
                  mask=rmask)
@@ -91,13 +104,13 @@ def _direct_phase(q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0, dq, 
     for d0 in tl.range(0, DK, BD, num_stages=1):                   # through kt = kb exp(b_C - b) and b_C
         cols = d0 + rd
         sc = rc[:, None] * DK + cols[None, :]
-        ds_blk = tl.load(dst + d0 * DV + s_off)                                          # [BD, DV]
+        ds_blk = tl.load(dst + d0 * DV + s_off).to(tl.float32)                          # [BD, DV]
         b_b = tl.load(sc_b + sc)
         b_last = tl.load(sc_b + (C - 1) * DK + cols)                                     # [BD]
         d_kt = tl.dot(b_u, tl.trans(ds_blk), input_precision=PREC)
         e_kt = tl.exp(b_last[None, :] - b_b)
         kt = _tile(k, k_base, rows, cols, H * DK, T) * b_beta[:, None] * e_kt
-        d_last = (tl.exp(b_last) * tl.sum(tl.load(st + d0 * DV + s_off) * ds_blk, axis=1)
+        d_last = (tl.exp(b_last) * tl.sum(tl.load(st + d0 * DV + s_off).to(tl.float32) * ds_blk, axis=1)
                   + tl.sum(d_kt * kt, axis=0))                                            # [BD]
         d_b = tl.load(sc_db + sc) - d_kt * kt + tl.where(rc[:, None] == C - 1, d_last[None, :], 0.0)
         tl.store(sc_dkb + sc, d_kt * e_kt)
@@ -106,12 +119,14 @@ def _direct_phase(q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0, dq, 
     b_tm = tl.load(inv + idx * C * C + rc[:, None] * C + rc[None, :])                   # [C, C] Tm
     b_du = _vtile(du, v_base, rows, H * DV, T, DV)
     b_dv = tl.dot(tl.trans(b_tm), b_du, input_precision=PREC)                             # [C, DV]
-    tl.store(dv + v_base + rows[:, None].to(tl.int64) * (H * DV) + tl.arange(0, DV)[None, :], b_dv, mask=rmask)
+    tl.store(dv + vo_base + rows[:, None].to(tl.int64) * (H * DV) + tl.arange(0, DV)[None, :],
+             b_dv.to(dv.dtype.element_ty), mask=rmask)
     d_m = -tl.dot(b_dv, tl.trans(_vtile(u0, v_base, rows, H * DV, T, DV)), input_precision=PREC)
     for d0 in tl.range(0, DK, BD, num_stages=1):                   # through w = Tm Kd, Kd = k exp(b)
         cols = d0 + rd
         sc = rc[:, None] * DK + cols[None, :]
-        d_kd = -tl.dot(tl.trans(b_tm), tl.dot(b_du, tl.trans(tl.load(st + d0 * DV + s_off)), input_precision=PREC),
+        s_blk = tl.load(st + d0 * DV + s_off).to(tl.float32)
+        d_kd = -tl.dot(tl.trans(b_tm), tl.dot(b_du, tl.trans(s_blk), input_precision=PREC),
                        input_precision=PREC)                                              # [C, BD]
         d_m -= tl.dot(d_kd, tl.trans(_tile(w, k_base, rows, cols, H * DK, T)), input_precision=PREC)
         d_kd = d_kd * tl.exp(tl.load(sc_b + sc))
@@ -121,10 +136,10 @@ def _direct_phase(q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0, dq, 
 
 
 @triton.jit
-def _decayed_phase(q, k, beta, dq, dk, sc_b, sc_dkb, sc_db, sc_g, k_base, be_base, t0, T, H, scale,
+def _decayed_phase(q, k, beta, dq, dk, dq_out, sc_b, sc_dkb, sc_db, sc_g, k_base, ko_base, be_base, t0, T, H, scale,
                    DK: tl.constexpr, C: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
-    """The decayed products' gradients: dX of A (into dq) and of M (into dk) row block by row block, then dY of
-    both (into dkb) key block by key block; their terms of db."""
+    """The decayed products' gradients: dX of A (dq's last term: into ``dq_out``) and of M (into dk) row block by
+    row block, then dY of both (into dkb) key block by key block; their terms of db."""
     r = tl.arange(0, 16)
     rd = tl.arange(0, BD)
     NB: tl.constexpr = C // 16
@@ -146,7 +161,7 @@ def _decayed_phase(q, k, beta, dq, dk, sc_b, sc_dkb, sc_db, sc_g, k_base, be_bas
                 dx_m += xf * tl.dot(tl.load(_blk16(sc_g + C * C, i, j, C)), y, input_precision=PREC)
             x_i = _tile(q, k_base, rows_i, cols, H * DK, T) * scale
             k_i = _tile(k, k_base, rows_i, cols, H * DK, T)
-            _add_tile(dq, k_base, rows_i, cols, H * DK, T, dx_a * scale)
+            _add_tile_to(dq, k_base, dq_out, ko_base, rows_i, cols, H * DK, T, dx_a * scale)
             _add_tile(dk, k_base, rows_i, cols, H * DK, T, dx_m)
             p_db = sc_db + (i * 16 + r)[:, None] * DK + cols[None, :]
             tl.store(p_db, tl.load(p_db) + x_i * dx_a + k_i * dx_m)
@@ -176,11 +191,12 @@ def _decayed_phase(q, k, beta, dq, dk, sc_b, sc_dkb, sc_db, sc_g, k_base, be_bas
 
 @triton.jit
 def _delta_local_grad_kernel(q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0,
-                             dq, dk, dv, dg, dbeta, scratch, T, H, NC, scale,
+                             dq_acc, dk_acc, dq, dk, dv, dg, dbeta, scratch, T, T_OUT, H, NC, scale,
                              DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr, C: tl.constexpr,
                              BD: tl.constexpr, PREC: tl.constexpr):
-    """One chunk's dq, dk (float32 ``[B, T, H, DK]``), dv (float32 like v), dg (float32 like g) and dbeta (float32
-    ``[B, T, H]``); ``scratch [B*H, NC, 3 C DK + 2 C C]`` float32."""
+    """One chunk's dq, dk, dv, dg and dbeta, in their buffers' dtypes, into gradients of the whole sequence
+    (``T_OUT`` rows per batch, the piece's first row at the pointers); ``dq_acc``, ``dk_acc`` float32
+    ``[B, T, H, DK]`` and ``scratch [B*H, NC, 3 C DK + 2 C C]`` float32, the piece's workspace."""
     i_c = tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b = i_bh // H
@@ -191,6 +207,10 @@ def _delta_local_grad_kernel(q, k, v, g, beta, do, u, du, states, dstates, inv, 
     v_base = i_b.to(tl.int64) * T * H * DV + i_h * DV
     g_base = i_b.to(tl.int64) * T * H * GK + i_h * GK
     be_base = i_b.to(tl.int64) * T * H + i_h
+    ko_base = i_b.to(tl.int64) * T_OUT * H * DK + i_h * DK          # the outputs: rows of the whole sequence
+    vo_base = i_b.to(tl.int64) * T_OUT * H * DV + i_h * DV
+    go_base = i_b.to(tl.int64) * T_OUT * H * GK + i_h * GK
+    beo_base = i_b.to(tl.int64) * T_OUT * H + i_h
     t0 = i_c * C
     rows = t0 + rc
     idx = i_bh.to(tl.int64) * NC + i_c
@@ -198,11 +218,12 @@ def _delta_local_grad_kernel(q, k, v, g, beta, do, u, du, states, dstates, inv, 
     sc_dkb = sc_b + C * DK
     sc_db = sc_dkb + C * DK
     sc_g = sc_db + C * DK
-    _direct_phase(q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0, dq, dk, dv, sc_b, sc_dkb, sc_db,
-                  sc_g, k_base, v_base, g_base, be_base, idx, t0, T, H, scale, DK, DV, GK, C, BD, PREC)
+    _direct_phase(q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0, dq_acc, dk_acc, dv, sc_b, sc_dkb,
+                  sc_db, sc_g, k_base, v_base, vo_base, g_base, be_base, idx, t0, T, H, scale, DK, DV, GK, C, BD,
+                  PREC)
     tl.debug_barrier()
-    _decayed_phase(q, k, beta, dq, dk, sc_b, sc_dkb, sc_db, sc_g, k_base, be_base, t0, T, H, scale,
-                   DK, C, BD, PREC)
+    _decayed_phase(q, k, beta, dq_acc, dk_acc, dq, sc_b, sc_dkb, sc_db, sc_g, k_base, ko_base, be_base, t0, T, H,
+                   scale, DK, C, BD, PREC)
     b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32)
     d_beta = tl.zeros([C], dtype=tl.float32)
     dg_head = tl.zeros([C], dtype=tl.float32)
@@ -212,37 +233,42 @@ def _delta_local_grad_kernel(q, k, v, g, beta, do, u, du, states, dstates, inv, 
         dkb = tl.load(sc_dkb + sc)
         b_k = _tile(k, k_base, rows, cols, H * DK, T)
         d_beta += tl.sum(dkb * b_k, axis=1)
-        _add_tile(dk, k_base, rows, cols, H * DK, T, dkb * b_beta[:, None])
+        _add_tile_to(dk_acc, k_base, dk, ko_base, rows, cols, H * DK, T, dkb * b_beta[:, None])
         d_b = tl.load(sc_db + sc)
         if GK == 1:
             dg_head += tl.sum(d_b, axis=1)
         else:
-            tl.store(dg + g_base + rows[:, None].to(tl.int64) * (H * GK) + cols[None, :],
-                     tl.cumsum(d_b, axis=0, reverse=True), mask=(rows < T)[:, None])
+            tl.store(dg + go_base + rows[:, None].to(tl.int64) * (H * GK) + cols[None, :],
+                     tl.cumsum(d_b, axis=0, reverse=True).to(dg.dtype.element_ty), mask=(rows < T)[:, None])
     if GK == 1:
-        tl.store(dg + g_base + rows.to(tl.int64) * (H * GK), tl.cumsum(dg_head, axis=0, reverse=True),
-                 mask=rows < T)
-    tl.store(dbeta + be_base + rows.to(tl.int64) * H, d_beta, mask=rows < T)
+        tl.store(dg + go_base + rows.to(tl.int64) * (H * GK),
+                 tl.cumsum(dg_head, axis=0, reverse=True).to(dg.dtype.element_ty), mask=rows < T)
+    tl.store(dbeta + beo_base + rows.to(tl.int64) * H, d_beta.to(dbeta.dtype.element_ty), mask=rows < T)
 
 
 def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0, scale: float, chunk: int,
-                block_k: int, num_warps: int, precision: str) -> tuple[torch.Tensor, ...]:
-    """Launch :func:`_delta_local_grad_kernel` over one piece: (dq, dk, dv, dg, dbeta), float32, shaped as
-    (q, k, v, g, beta).
+                block_k: int, num_warps: int, precision: str, out: tuple[torch.Tensor, ...]) -> None:
+    """Launch :func:`_delta_local_grad_kernel` over one piece: writes (dq, dk, dv, dg, dbeta) into ``out``, views
+    of the whole sequence's gradients shaped as (q, k, v, g, beta) of the piece (``grad[:, t0:t0 + T]``), in any
+    dtype.
 
     q, k ``[B, T, H, dk]``, v, do ``[B, T, H, dv]``, g ``[B, T, H, dk]`` or ``[B, T, H, 1]``, beta ``[B, T, H]``;
-    u, du ``[B, T, H, dv]`` float32; states (entering each chunk), dstates (gradient of the state leaving it)
-    ``[B*H, NC, dk, dv]`` float32; inv ``[B*H, NC, C, C]`` float32 (the prep's inverse), w and u0 the prep's.
+    u, du ``[B, T, H, dv]``; states (entering each chunk), dstates (gradient of the state leaving it)
+    ``[B*H, NC, dk, dv]`` (these four float32 or the inputs' dtype, read as float32); inv ``[B*H, NC, C, C]``
+    float32 (the prep's inverse), w and u0 the prep's.
     """
     B, T, H, DK = q.shape
     DV = v.shape[-1]
+    t_out = out[0].stride(0) // (H * DK) if B > 1 else T
+    for x, ref in zip(out, (q, k, v, g, beta)):
+        assert x.shape == ref.shape and x.stride()[1:] == ref.stride()[1:] and (B == 1 or x.stride(0) ==
+                                                                                   t_out * ref.stride(1)), \
+            "gradient views: rows of a contiguous [B, T_out, ...] tensor"
     nc = triton.cdiv(T, chunk)
     f32 = dict(dtype=torch.float32, device=q.device)
-    dq, dk = torch.empty(B, T, H, DK, **f32), torch.empty(B, T, H, DK, **f32)
-    dv, dg, dbeta = torch.empty(B, T, H, DV, **f32), torch.empty(g.shape, **f32), torch.empty(B, T, H, **f32)
+    dq_acc, dk_acc = torch.empty(B, T, H, DK, **f32), torch.empty(B, T, H, DK, **f32)
     scratch = torch.empty(B * H, nc, 3 * chunk * DK + 2 * chunk * chunk, **f32)
     _delta_local_grad_kernel[(nc, B * H)](q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0,
-                                          dq, dk, dv, dg, dbeta, scratch, T, H, nc, scale, DK=DK, DV=DV,
+                                          dq_acc, dk_acc, *out, scratch, T, t_out, H, nc, scale, DK=DK, DV=DV,
                                           GK=g.shape[-1], C=chunk, BD=min(block_k, DK), PREC=precision,
                                           num_warps=num_warps)
-    return dq, dk, dv, dg, dbeta

@@ -11,6 +11,17 @@ import torch
 
 from seqedge.scan.chunked import decayed_scores, padded_inputs, unit_lower_inverse
 
+# Tokens per piece of the sequence (a multiple of every chunk), forward and backward alike: the prep's operands and
+# the backward's workspace take memory for one piece, and the forward hands the state entering each piece after the
+# first to the backward, which then needs no re-scan. Read as ``delta_operands.PIECE`` (tests shorten it).
+PIECE = 8192
+
+
+def piece_count(T) -> int:
+    """Pieces after the first, whose entering states the forward saves: ``max(T - 1, 0) // PIECE`` (a SymInt
+    under torch.compile)."""
+    return torch.sym_max(T - 1, 0) // PIECE
+
 
 def _chunks(x: torch.Tensor, n: int, chunk: int) -> torch.Tensor:
     """``[B, n * C, H, d]`` -> ``[B, H, n, C, d]``."""

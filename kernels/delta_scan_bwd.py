@@ -1,7 +1,8 @@
 """The CUDA backward of the delta rule's chunked scan, all Triton (see :mod:`seqedge.kernels.delta_scan_triton`'s
 docstring).
 
-First the state entering every piece (forward in time, the final states only). Then per piece, last piece first:
+First the state entering every piece: the forward's saved ones, else a re-scan (forward in time, the final states
+only). Then per piece, last piece first:
 the prep (with its inverse); the states entering every chunk and u (forward in time); the state gradients and du
 (backward in time); then, every chunk in parallel, the chunk-local gradients to q, k, v, g, beta
 (:mod:`seqedge.kernels.delta_bwd_local_triton`). The scans keep only B*H*dv/block_v programs busy, so the preps
@@ -13,26 +14,28 @@ checks compare the chunk-local kernel with.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
+from . import delta_operands
 from .chunk_scan_triton import dot_precision
 from .delta_bwd_local_triton import local_grads
-from .delta_scan_triton import DeltaConfig, dstate_piece, prep, scan_piece, side_stream
+from .delta_scan_triton import (
+    SCAN_PRIORITY,
+    DeltaConfig,
+    dstate_piece,
+    on_stream,
+    prep,
+    scan_piece,
+    side_stream,
+)
 
-BWD_PIECE = 8192    # tokens per piece of the backward (its float32 workspace: states and their gradients per chunk)
 # The backward's launches, picked by timing each at B=1, H=16, dk=dv=128, bf16 on an H200
 # (benchmarks/probes/delta_bwd_profile.py): the two scans want the most programs (block_v 16); the chunk-local
-# kernel is bound by its registers, so four warps.
+# kernel is bound by its registers, so four warps. Chunk 64 makes the scans faster but the whole backward slower,
+# for per-key and for per-head gates (their prep is cheap, but the chunk-local kernel is slower at chunk 64).
 BWD_CONFIG = DeltaConfig(chunk=32, block_v=16)
 LOCAL_WARPS = 4
 LOCAL_BLOCK_K = 32
-SCAN_PRIORITY = -1  # the scans' stream: its blocks are scheduled before the chunk-local kernel's waiting ones
-
-
-def _on(stream):
-    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
 
 def _entering_states(q, k, v, g, beta, initial_state, starts: list[int], piece: int, scale: float,
@@ -48,7 +51,7 @@ def _entering_states(q, k, v, g, beta, initial_state, starts: list[int], piece: 
     for i in range(len(starts) - 1):
         if scans is not None:
             scans.wait_stream(main)                  # this piece's prep (and the inputs) are ready
-        with _on(scans):
+        with on_stream(scans):
             leaving = torch.empty(B, H, DK, DV, dtype=torch.float32, device=q.device)
             scan_piece(ops, None, entering[-1], leaving, config)
         entering.append(leaving)
@@ -66,17 +69,24 @@ def _entering_states(q, k, v, g, beta, initial_state, starts: list[int], piece: 
     return entering
 
 
+def workspace_dtype(q: torch.Tensor) -> torch.dtype:
+    """The dtype of the chunk states, their gradients, u and du handed from the scans to the chunk-local kernel: the
+    inputs' (bf16 inputs: the scans' dots read the state in bf16 already; float32 stays exact). Halves the
+    chunk-local kernel's largest loads and the backward's workspace for bf16."""
+    return q.dtype
+
+
 def _piece_recurrences(q, k, v, g, beta, s_in, do, d_out, scale: float, config: DeltaConfig):
     """One contiguous piece's prep and its two scans: the chunk-local kernel's operands ``(u, du, states, dstates,
-    inv, w, u0)`` and the gradient of ``s_in``."""
+    inv, w, u0)`` (the first four in :func:`workspace_dtype`) and the gradient of ``s_in``."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     qt, kt, A, w, u0, decay, inv = prep(q, k, v, g, beta, scale, config, with_inverse=True)
     ops = (qt, kt, A, w, u0, decay)
     nc = A.shape[1]
     f32 = dict(dtype=torch.float32, device=q.device)
-    states = torch.empty(B * H, nc, DK, DV, **f32)
-    u = torch.empty(B, T, H, DV, **f32)
+    states = torch.empty(B * H, nc, DK, DV, dtype=workspace_dtype(q), device=q.device)
+    u = torch.empty(B, T, H, DV, dtype=states.dtype, device=q.device)
     scan_piece(ops, None, s_in, torch.empty(B, H, DK, DV, **f32), config, store=(states, u))
     dstates, du, d_in = torch.empty_like(states), torch.empty_like(u), torch.empty(B, H, DK, DV, **f32)
     dstate_piece(ops, do, d_out, dstates, du, d_in, config)
@@ -84,19 +94,25 @@ def _piece_recurrences(q, k, v, g, beta, s_in, do, d_out, scale: float, config: 
 
 
 def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, config: DeltaConfig,
-                   piece: int | None = None) -> tuple[torch.Tensor, ...]:
+                   piece: int | None = None, entering: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """(dq, dk, dv, dg, dbeta, dinitial_state) for contiguous CUDA inputs; the gradients in the inputs' dtypes,
-    the initial state's float32. ``piece``: tokens per piece (default :data:`BWD_PIECE`). The side stream is used
+    the initial state's float32. ``piece``: tokens per piece (default :data:`~seqedge.kernels.delta_operands.PIECE`,
+    rounded down to whole chunks); ``entering``: the forward's float32 ``[P, B, H, dk, dv]`` states entering the
+    pieces after the first (its ``piece`` must be the same), else they are re-scanned. The side stream is used
     except while a CUDA graph is captured and in Triton's interpreter (CPU tensors)."""
     T = q.shape[1]
-    piece = max((piece or BWD_PIECE) // config.chunk, 1) * config.chunk
+    piece = max((piece or delta_operands.PIECE) // config.chunk, 1) * config.chunk
     starts = list(range(0, T, piece)) or [0]
+    assert entering is None or entering.shape[0] == len(starts) - 1, "the forward's pieces are the backward's"
     scans = None
     if q.is_cuda and not torch.cuda.is_current_stream_capturing():
         scans = side_stream(q.device, SCAN_PRIORITY)
     main = torch.cuda.current_stream(q.device) if scans is not None else None
-    with torch.no_grad():
-        entering = _entering_states(q, k, v, g, beta, initial_state, starts, piece, scale, config, scans)
+    if entering is not None:
+        entering = [initial_state, *entering.unbind(0)]
+    else:
+        with torch.no_grad():
+            entering = _entering_states(q, k, v, g, beta, initial_state, starts, piece, scale, config, scans)
     outs = [torch.empty_like(x) for x in (q, k, v, g, beta)]
     d_state = dfinal.float().contiguous()
     done = []                                        # per piece: its chunk-local gradients written
@@ -106,16 +122,15 @@ def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, co
         if scans is not None and n >= 2:
             done[n - 2].synchronize()                # two pieces' workspace at most: its memory is free again
         sl = slice(t0, t0 + piece)
-        with _on(scans):
+        with on_stream(scans):
             xs = [x[:, sl].contiguous() for x in (q, k, v, g, beta, do)]
-            operands, d_state = _piece_recurrences(*xs[:5], s_in, xs[5], d_state, scale, config)
+            piece_ops, d_state = _piece_recurrences(*xs[:5], s_in, xs[5], d_state, scale, config)
         if scans is not None:
             main.wait_stream(scans)
-            for t in (*xs, *operands):
+            for t in (*xs, *piece_ops):
                 t.record_stream(main)                # made on the scans' stream, read on this one
-        grads = local_grads(*xs, *operands, scale, config.chunk, LOCAL_BLOCK_K, LOCAL_WARPS, dot_precision(q.dtype))
-        for dst, src in zip(outs, grads):
-            dst[:, sl] = src.to(dst.dtype)
+        local_grads(*xs, *piece_ops, scale, config.chunk, LOCAL_BLOCK_K, LOCAL_WARPS, dot_precision(q.dtype),
+                    out=[x[:, sl] for x in outs])
         if scans is not None:
             done.append(torch.cuda.Event())
             done[-1].record(main)

@@ -25,19 +25,21 @@ Launches:
    ``dS = diag(exp b_C) dS' + qt^T do - w^T du``; then every chunk in parallel, the chunk-local gradients to q, k,
    v, g, beta (:mod:`seqedge.kernels.delta_bwd_local_triton`).
 
-Long sequences run in pieces of whole chunks (``PIECE`` tokens): the prep's operands then take memory for one
-piece, not the sequence, the state passes from piece to piece, and the next piece's prep runs on a side stream
-beside the current piece's scan.
+Long sequences run in pieces of whole chunks (:data:`seqedge.kernels.delta_operands.PIECE` tokens): the prep's
+operands then take memory for one piece, not the sequence, the state passes from piece to piece (and is kept for
+the backward), and the scans run on a high-priority side stream beside the next piece's prep.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from . import delta_operands
 from .chunk_scan_triton import dot_precision, fastest
 from .delta_prep_triton import prep as prep_chunks
 
@@ -88,8 +90,6 @@ EXCLUDED_CONFIGS: dict[DeltaConfig, str] = {
         "slower (2.97 ms) and the gated kernel's illegal-access tile shape (chunk_scan_triton.EXCLUDED_CONFIGS)",
     DeltaConfig(chunk=64, block_v=64, num_warps=8): "slower: scan 3.40 ms against 2.07 ms at block_v 16",
 }
-PIECE = 8192    # tokens per piece of the sequence (a multiple of every chunk)
-
 
 @triton.jit
 def _delta_scan_kernel(qt, kt, A, w, u0, decay, o, s0, s_final, states, u_out, T, H, NC,
@@ -168,7 +168,8 @@ def _delta_dstate_kernel(qt, kt, A, w, decay, do, d_final, dstates, du, d_init, 
                          DK: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
                          PREC: tl.constexpr):
     """The chunks in reverse for one (batch*head, value block): ``dstates[n]`` the gradient of the state leaving
-    chunk n (float32), ``du`` (like v, float32) and the gradient of the state entering the first chunk."""
+    chunk n, ``du`` (like v), both in their buffers' dtypes, and the gradient of the state entering the first
+    chunk (float32)."""
     i_bh = tl.program_id(0)
     i_v = tl.program_id(1)
     i_b = i_bh // H
@@ -194,9 +195,9 @@ def _delta_dstate_kernel(qt, kt, A, w, decay, do, d_final, dstates, du, d_init, 
         b_qt = tl.load(qt + off_k, mask=m[:, None], other=0.0)
         b_w = tl.load(w + off_k, mask=m[:, None], other=0.0)
         b_last = tl.load(decay + idx * DK + rk)
-        tl.store(dstates + idx * DK * DV + st_off, dS)
+        tl.store(dstates + idx * DK * DV + st_off, dS.to(dstates.dtype.element_ty))
         b_du = tl.dot(tl.trans(b_a), b_do, input_precision=PREC) + tl.dot(b_kt, dS.to(DT), input_precision=PREC)
-        tl.store(du + off_v, b_du, mask=m[:, None])
+        tl.store(du + off_v, b_du.to(du.dtype.element_ty), mask=m[:, None])
         dS = (tl.exp(b_last)[:, None] * dS + tl.dot(tl.trans(b_qt), b_do, input_precision=PREC)
               - tl.dot(tl.trans(b_w), b_du.to(DT), input_precision=PREC))
     tl.store(d_init + i_bh.to(tl.int64) * DK * DV + st_off, dS)
@@ -238,6 +239,14 @@ def scan_piece(ops: tuple, o, init, final, config: DeltaConfig, store: tuple | N
 
 
 _SIDE: dict[tuple[int, int], torch.cuda.Stream] = {}
+# The scans' stream: the scans keep only B*H*dv/block_v programs busy, and the parallel launches beside them (the
+# next piece's prep; in the backward the chunk-local gradients) fill the rest of the card. At the higher priority
+# the scans' blocks are scheduled before the parallel launch's waiting ones, so the sequential chain is not held up.
+SCAN_PRIORITY = -1
+# Scans the forward's host may run ahead of: it waits for the scan this many pieces back before it queues the next
+# prep, so at most PREP_LOOKAHEAD + 1 pieces' preps are alive; more than one hides the host's launch time of a prep
+# (its slices and launch) when a piece's scan is short (per-head gates, chunk 64).
+PREP_LOOKAHEAD = 2
 
 
 def side_stream(device: torch.device, priority: int = 0) -> torch.cuda.Stream:
@@ -247,6 +256,11 @@ def side_stream(device: torch.device, priority: int = 0) -> torch.cuda.Stream:
     if (index, priority) not in _SIDE:
         _SIDE[index, priority] = torch.cuda.Stream(device, priority=priority)
     return _SIDE[index, priority]
+
+
+def on_stream(stream):
+    """``torch.cuda.stream(stream)``, or nothing for None (one stream: graph capture, the interpreter)."""
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
 
 def dstate_piece(ops: tuple, do, d_out, dstates, du, d_in, config: DeltaConfig) -> None:
@@ -263,13 +277,17 @@ def dstate_piece(ops: tuple, do, d_out, dstates, du, d_in, config: DeltaConfig) 
 
 
 def delta_scan_fwd(q, k, v, g, beta, initial_state, scale: float, config: DeltaConfig,
-                   out: tuple[torch.Tensor, torch.Tensor] | None = None, piece: int = PIECE):
+                   out: tuple[torch.Tensor, torch.Tensor] | None = None, piece: int | None = None,
+                   entering: torch.Tensor | None = None):
     """The forward with one explicit ``config``: o ``[B, T, H, dv]`` in q's dtype and the final state
-    ``[B, H, dk, dv]`` float32 (``out``: optional buffers to write into). Contiguous inputs.
+    ``[B, H, dk, dv]`` float32 (``out``: optional buffers to write into). Contiguous inputs. ``piece``: tokens per
+    piece (default :data:`~seqedge.kernels.delta_operands.PIECE`); ``entering``: an optional float32
+    ``[P, B, H, dk, dv]`` buffer (P pieces after the first) for the state entering each of those pieces.
 
-    Pieces after the first are prepped on a side stream while the scan walks the piece before: the scan keeps only
-    B*H*dv/block_v programs busy, so the prep (parallel over chunks) fills the rest of the card. Not while a CUDA
-    graph is captured (one stream then), nor in Triton's interpreter.
+    With several pieces the scans run on a high-priority side stream (:data:`SCAN_PRIORITY`) and each next
+    piece's prep (parallel over chunks) on the caller's stream beside the scan of the piece before; at most
+    :data:`PREP_LOOKAHEAD` + 1 pieces' preps are alive. Not while a CUDA graph is captured (one stream then), nor
+    in Triton's interpreter.
     """
     B, T, H, DK = q.shape
     DV = v.shape[-1]
@@ -281,34 +299,38 @@ def delta_scan_fwd(q, k, v, g, beta, initial_state, scale: float, config: DeltaC
     if T == 0:
         final.copy_(initial_state if initial_state is not None else torch.zeros_like(final))
         return o, final
+    piece = piece or delta_operands.PIECE
     starts = list(range(0, T, piece))
+    assert entering is None or entering.shape[0] == len(starts) - 1, "one saved state per piece after the first"
     make = lambda t0: prep(*(x[:, t0:t0 + piece].contiguous() for x in (q, k, v, g, beta)), scale, config)
     main = torch.cuda.current_stream(q.device) if q.is_cuda else None      # CPU tensors: Triton's interpreter
-    side = None
+    scans = None
     if main is not None and len(starts) > 1 and not torch.cuda.is_current_stream_capturing():
-        side = side_stream(q.device)
-        side.wait_stream(main)                       # the inputs are ready
-    state, ops = initial_state, make(0)
+        scans = side_stream(q.device, SCAN_PRIORITY)
+    state, ops, scanned = initial_state, make(0), []
     for i, t0 in enumerate(starts):
-        nxt = None
-        if i + 1 < len(starts) and side is not None:
-            with torch.cuda.stream(side):
-                nxt = make(starts[i + 1])
-        dst = final if i == len(starts) - 1 else torch.empty_like(final)
-        o_piece = o[:, t0:t0 + piece]
-        o_buf = o_piece if o_piece.is_contiguous() else torch.empty_like(o_piece)
-        scan_piece(ops, o_buf, state, dst, config)
-        if o_buf is not o_piece:
-            o_piece.copy_(o_buf)
+        if scans is not None:
+            scans.wait_stream(main)                  # this piece's prep, the inputs and the outputs' buffers
+        with on_stream(scans):
+            last = i == len(starts) - 1
+            dst = final if last else (entering[i] if entering is not None else torch.empty_like(final))
+            o_piece = o[:, t0:t0 + piece]
+            o_buf = o_piece if o_piece.is_contiguous() else torch.empty_like(o_piece)
+            scan_piece(ops, o_buf, state, dst, config)
+            if o_buf is not o_piece:
+                o_piece.copy_(o_buf)
         state = dst
+        if scans is not None:
+            for t in ops:
+                t.record_stream(scans)               # made on the caller's stream, read on the scans' one
+            scanned.append(torch.cuda.Event())
+            scanned[-1].record(scans)
+            if i >= PREP_LOOKAHEAD:
+                scanned[i - PREP_LOOKAHEAD].synchronize()   # bounds the preps alive: the host runs ahead
         if i + 1 < len(starts):
-            if side is not None:
-                main.wait_stream(side)
-                for t in nxt:
-                    t.record_stream(main)            # made on the side stream, read on this one
-                ops = nxt
-            else:
-                ops = make(starts[i + 1])
+            ops = make(starts[i + 1])
+    if scans is not None:
+        main.wait_stream(scans)
     return o, final
 
 
@@ -318,6 +340,6 @@ _PICKED: dict[tuple, DeltaConfig] = {}
 def pick_config(q, k, v, g, beta, initial_state, scale: float) -> DeltaConfig:
     """The fastest of :data:`DELTA_CONFIGS` for this shape class (timed once per class; see ``fastest``)."""
     B, T, H, DK = q.shape
-    key = (DK, v.shape[-1], q.dtype, g.shape[-1] == 1, B * H, min(T, PIECE).bit_length())
+    key = (DK, v.shape[-1], q.dtype, g.shape[-1] == 1, B * H, min(T, delta_operands.PIECE).bit_length())
     return fastest(DELTA_CONFIGS, key, _PICKED,
                    lambda cfg: delta_scan_fwd(q, k, v, g, beta, initial_state, scale, cfg), warmup=5, rep=20)

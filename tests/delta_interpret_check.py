@@ -43,7 +43,7 @@ def check_prep(cfg, gk: int) -> None:
         check(f"prep C={C} gk={gk} {name}", rel(x, ref), TOL)
 
 
-def check_scan(cfg, gk: int, T: int, B: int, piece: int = fwd.PIECE) -> None:
+def check_scan(cfg, gk: int, T: int, B: int, piece: int | None = None) -> None:
     """o and the final state against the float64 reference, with a carried initial state."""
     H, dk, dv = 2, 16, 32
     q, k, v, g, beta, s0 = inputs(B, T, H, dk, dv, gk, T)
@@ -54,18 +54,23 @@ def check_scan(cfg, gk: int, T: int, B: int, piece: int = fwd.PIECE) -> None:
     check(f"{tag} state", rel(s, rs), TOL)
 
 
-def check_bwd(cfg, gk: int, T: int, piece: int, dk: int = 16) -> None:
-    """Every gradient against float64 autograd of the chunked form, from output and final-state cotangents."""
-    B, H, dv = 1, 2, 32
+def check_bwd(cfg, gk: int, T: int, piece: int, dk: int = 16, saved: bool = False, B: int = 1) -> None:
+    """Every gradient against float64 autograd of the chunked form, from output and final-state cotangents; with
+    ``saved`` from the forward's piece-entering states (else the backward re-scans them)."""
+    H, dv = 2, 32
     q, k, v, g, beta, s0 = inputs(B, T, H, dk, dv, min(gk, dk), 7 + T)
     gen = torch.Generator().manual_seed(T)
     do, dfinal = torch.randn(B, T, H, dv, generator=gen), torch.randn(B, H, dk, dv, generator=gen)
     leaves = [x.double().requires_grad_() for x in (q, k, v, g, beta, s0)]
     o, s = chunked_scan(*leaves[:3], leaves[3].expand(B, T, H, dk), leaves[4], rule="delta", initial_state=leaves[5])
     want = torch.autograd.grad((o, s), leaves, (do.double(), dfinal.double()))
-    got = delta_scan_bwd(q, k, v, g, beta, s0, do, dfinal, dk ** -0.5, cfg, piece=piece)
+    entering = None
+    if saved:
+        entering = torch.full(((T - 1) // piece, B, H, dk, dv), float("nan"))
+        fwd.delta_scan_fwd(q, k, v, g, beta, s0, dk ** -0.5, cfg, piece=piece, entering=entering)
+    got = delta_scan_bwd(q, k, v, g, beta, s0, do, dfinal, dk ** -0.5, cfg, piece=piece, entering=entering)
     for name, x, ref in zip(("dq", "dk", "dv", "dg", "dbeta", "ds0"), got, want):
-        tag = f"bwd C={cfg.chunk} gk={gk} dk={dk} T={T} piece={piece} {name}"
+        tag = f"bwd C={cfg.chunk} gk={gk} dk={dk} B={B} T={T} piece={piece} saved={saved} {name}"
         check(tag, rel(x, ref), TOL_G if name == "dg" else TOL)
 
 
@@ -79,6 +84,8 @@ def main() -> None:
     check_scan(split, 16, T=75, B=2, piece=64)          # o formed after the scan, two batches, a partial piece
     check_scan(split, 1, T=40, B=1)
     check_bwd(small, 16, T=37, piece=32)                # two pieces, the last one partial
+    check_bwd(small, 1, T=37, piece=16, saved=True, B=2)   # three pieces, their states from the forward; two
+    #                                                        batches: gradients written into rows of the whole
     mid = fwd.DeltaConfig(chunk=32, block_v=16, prep_block_k=16)
     check_bwd(mid, 1, T=45, piece=8192, dk=32)          # a gate per head, two key blocks and column blocks
     check_bwd(fwd.DeltaConfig(chunk=64, block_v=16, prep_block_k=16), 32, T=70, piece=64, dk=32)   # per key

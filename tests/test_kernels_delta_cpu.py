@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqedge.kernels import delta_scan
+from seqedge.kernels import delta_operands, delta_scan
+from seqedge.kernels.delta_ops import chunk_scan_delta
 from seqedge.kernels.delta_operands import chunk_operands, scan_operands
 from seqedge.scan import chunked_scan, reference_scan
 
@@ -42,6 +43,24 @@ def test_delta_op_against_float64(gk):
     want = torch.autograd.grad((o64, s64), ref_leaves, (do.double(), ds.double()))
     for x, ref in zip(got, want):
         assert x.shape == ref.shape and _rel(x, ref) < 3e-5
+
+
+@pytest.mark.parametrize("T", [16, 17, 40])
+def test_delta_op_saves_the_state_entering_each_piece(T, monkeypatch):
+    """The op's third output, which the CUDA backward starts its pieces from: the state after each whole piece
+    before the last, as the reference scan of that prefix gives it (none for one piece)."""
+    monkeypatch.setattr(delta_operands, "PIECE", 16)
+    B, H, dk, dv = 1, 2, 16, 8
+    q, k, v, g, beta, s0 = _inputs(B, T, H, dk, dv, (16,), seed=T)
+    o, fin, saved = chunk_scan_delta(q, k, v, g, beta, s0, dk ** -0.5)
+    assert saved.shape == ((T - 1) // 16, B, H, dk, dv)
+    for p in range(saved.shape[0]):
+        t = 16 * (p + 1)
+        _, want = reference_scan(q[:, :t], k[:, :t], v[:, :t], g[:, :t], beta[:, :t], rule="delta",
+                                 initial_state=s0)
+        assert _rel(saved[p], want) < 2e-5
+    ro, rs = reference_scan(q, k, v, g, beta, rule="delta", initial_state=s0)
+    assert _rel(o, ro) < 2e-5 and _rel(fin, rs) < 2e-5
 
 
 def test_delta_op_rejects_bad_gate_shape():

@@ -82,21 +82,22 @@ def test_delta_forward(cfg_id, dtype, shape, per_head):
 @pytest.mark.parametrize("per_head", [False, True])
 def test_delta_gradients(dtype, shape, per_head):
     """Every gradient, initial state included, through the public op against float64 autograd of the chunked
-    form; the backward's pieces (BWD_PIECE) are shortened so the longer shape spans three."""
-    from seqedge.kernels import delta_scan, delta_scan_bwd
+    form; the pieces (PIECE: the forward saves the state entering each, the backward starts from those) are
+    shortened so the longer shape spans three."""
+    from seqedge.kernels import delta_operands, delta_scan
 
     B, T, H, dk, dv = shape
     q, k, v, g, beta, s0 = _inputs(*shape, dtype, seed=T, per_head=per_head)
     gen = torch.Generator(device="cuda").manual_seed(1)
     do, ds = torch.randn(B, T, H, dv, generator=gen, device="cuda"), torch.randn(B, H, dk, dv, generator=gen,
                                                                                    device="cuda")
-    old, delta_scan_bwd.BWD_PIECE = delta_scan_bwd.BWD_PIECE, 512
+    old, delta_operands.PIECE = delta_operands.PIECE, 512
     try:
         leaves = [x.detach().clone().requires_grad_() for x in (q, k, v, g, beta, s0)]
         o, fin = delta_scan(*leaves[:5], initial_state=leaves[5], output_final_state=True)
         got = torch.autograd.grad((o, fin), leaves, (do.to(dtype), ds))
     finally:
-        delta_scan_bwd.BWD_PIECE = old
+        delta_operands.PIECE = old
     ref_leaves = [x.detach().double().requires_grad_() for x in (q, k, v, g, beta, s0)]
     ro, rs = chunked_scan(*ref_leaves[:3], ref_leaves[3].expand(B, T, H, dk), ref_leaves[4], rule="delta",
                           initial_state=ref_leaves[5])

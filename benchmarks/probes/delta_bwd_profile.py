@@ -4,8 +4,10 @@
 
 The benchmark's shape (B=1, H=16, dk=dv=128, bf16, T=65,536): torch.profiler's CUDA time per kernel over one
 forward+backward of the public op, then each launch of :func:`seqedge.kernels.delta_scan_bwd.delta_scan_bwd` timed
-alone (triton do_bench, median) on one piece of ``BWD_PIECE`` tokens, with how often the backward runs it. With
-``--sweep``: the same launches under other launch parameters, each output compared with the shipped launch's.
+alone (triton do_bench, median) on one piece of ``delta_operands.PIECE`` tokens, with how often the backward runs
+it. With ``--sweep``: the same launches under other launch parameters, each output compared with the shipped
+launch's. With ``--whole``: the whole forward at two priorities of the scans' stream, and the whole backward
+from the forward's saved piece states (shipped and float32 workspace) and re-scanning them.
 """
 
 from __future__ import annotations
@@ -54,16 +56,17 @@ def launches(T: int, per_head: bool, sweep: bool) -> list[dict]:
     kernel under other launch parameters and the whole backward under other configs."""
     from triton.testing import do_bench
 
+    from seqedge.kernels import delta_operands
     from seqedge.kernels import delta_scan_bwd as bwd_mod
     from seqedge.kernels.chunk_scan_triton import dot_precision
     from seqedge.kernels.delta_bwd_local_triton import local_grads
     from seqedge.kernels.delta_scan_triton import DeltaConfig, dstate_piece, prep, scan_piece
 
-    cfg = bwd_mod.BWD_CONFIG
-    P = bwd_mod.BWD_PIECE
+    P = delta_operands.PIECE
     n_pieces = T // P
     q, k, v, g, beta = inputs(T, per_head)
     g = g.unsqueeze(-1) if per_head else g
+    cfg = bwd_mod.BWD_CONFIG
     do = torch.randn_like(v)
     xs = [x[:, :P].contiguous() for x in (q, k, v, g, beta, do)]
     scale = D ** -0.5
@@ -82,7 +85,8 @@ def launches(T: int, per_head: bool, sweep: bool) -> list[dict]:
         qt, kt, A, w, u0, decay, inv = prep(*xs[:5], scale, c, with_inverse=True)
         ops = (qt, kt, A, w, u0, decay)
         nc = A.shape[1]
-        states, u = torch.empty(B * H, nc, D, D, **f32), torch.empty(B, P, H, D, **f32)
+        wdt = {"dtype": bwd_mod.workspace_dtype(q), "device": "cuda"}          # as the backward allocates them
+        states, u = torch.empty(B * H, nc, D, D, **wdt), torch.empty(B, P, H, D, **wdt)
         scan_piece(ops, None, s0, fin, c, store=(states, u))
         dstates, du, d_in = torch.empty_like(states), torch.empty_like(u), torch.empty(B, H, D, D, **f32)
         dstate_piece(ops, xs[5], d_out, dstates, du, d_in, c)
@@ -91,38 +95,28 @@ def launches(T: int, per_head: bool, sweep: bool) -> list[dict]:
     s0 = torch.zeros(B, H, D, D, **f32)
     fin = torch.empty(B, H, D, D, **f32)
     d_out = torch.randn(B, H, D, D, **f32) * 0.1
-    bench("prep (re-scan, no inverse)", lambda: prep(*xs[:5], scale, cfg), n_pieces - 1)
-    ops = prep(*xs[:5], scale, cfg)
-    bench("scan (re-scan, final state only)", lambda: scan_piece(ops, None, s0, fin, cfg), n_pieces - 1)
     bench("prep with inverse", lambda: prep(*xs[:5], scale, cfg, with_inverse=True), n_pieces)
     ops, inv, states, u, dstates, du, d_in = piece_operands(cfg)
     bench("scan with stores (states, u)", lambda: scan_piece(ops, None, s0, fin, cfg, store=(states, u)), n_pieces)
     bench("dstate (reverse scan)", lambda: dstate_piece(ops, xs[5], d_out, dstates, du, d_in, cfg), n_pieces)
-    lg = lambda c, bk, nw, st, dst, u_, du_, inv_, ops_, fn=local_grads: fn(
-        *xs[:5], xs[5], u_, du_, st, dst, inv_, ops_[3], ops_[4], scale, c.chunk, bk, nw, prec)
+    outs = [torch.empty_like(x) for x in (q, k, v, g, beta)]       # the gradients, written in their dtypes
+
+    def lg(c, bk, nw, st, dst, u_, du_, inv_, ops_):
+        local_grads(*xs[:5], xs[5], u_, du_, st, dst, inv_, ops_[3], ops_[4], scale, c.chunk, bk, nw, prec,
+                    out=[x[:, :P] for x in outs])
+        return [x[:, :P].clone() for x in outs]
     args = (states, dstates, u, du, inv, ops)
     bench("local_grads", lambda: lg(cfg, bwd_mod.LOCAL_BLOCK_K, bwd_mod.LOCAL_WARPS, *args), n_pieces)
-    grads = lg(cfg, bwd_mod.LOCAL_BLOCK_K, bwd_mod.LOCAL_WARPS, *args)
-    outs = [torch.empty_like(x) for x in (q, k, v, g, beta)]
-
-    def copies():
-        for dst, src in zip(outs, grads):
-            dst[:, :P] = src.to(dst.dtype)
-    bench("dtype copies (5 gradients)", copies, n_pieces)
     if not sweep:
         return out
-    try:
-        from _local_orig import local_grads as old_local      # the kernel before this change, when carried
-    except ImportError:
-        old_local = None
     for c in (DeltaConfig(chunk=32, block_v=16), DeltaConfig(chunk=64, block_v=16)):
         ops_c, inv_c, st_c, u_c, dst_c, du_c, _ = piece_operands(c)
         a = (st_c, dst_c, u_c, du_c, inv_c, ops_c)
-        ref = old_local and lg(c, 32, 8, *a, fn=old_local)
+        ref = lg(c, bwd_mod.LOCAL_BLOCK_K, bwd_mod.LOCAL_WARPS, *a)
         for bk, nw in ((16, 4), (32, 4), (16, 8), (32, 8), (16, 2)):
             try:
                 got = lg(c, bk, nw, *a)
-                err = ref and max(rel(x, y) for x, y in zip(got, ref))
+                err = max(rel(x, y) for x, y in zip(got, ref))
                 bench(f"C={c.chunk} local_grads BD={bk} warps={nw}", lambda: lg(c, bk, nw, *a), n_pieces, err=err)
             except Exception as e:  # noqa: BLE001 (a sweep records what failed and goes on)
                 out.append({"launch": f"C={c.chunk} local_grads BD={bk} warps={nw}", "error": str(e)[:200]})
@@ -131,35 +125,68 @@ def launches(T: int, per_head: bool, sweep: bool) -> list[dict]:
 
 
 def whole_backward(T: int, per_head: bool) -> list[dict]:
-    """The whole backward (every launch, pieces, streams), ms: serial on one stream, and with the scans on a side
-    stream of each priority."""
+    """The whole backward (every launch, pieces, streams), ms: from the forward's saved piece states, with the
+    shipped workspace dtype and with float32, and re-scanning the states; gradients compared with the first row's."""
     from triton.testing import do_bench
 
+    from seqedge.kernels import delta_operands
     from seqedge.kernels import delta_scan_bwd as bwd_mod
+    from seqedge.kernels.delta_scan_triton import delta_scan_fwd
 
     q, k, v, g, beta = inputs(T, per_head)
     g = g.unsqueeze(-1) if per_head else g
     do = torch.randn_like(v)
     d_fin = torch.zeros(1, H, D, D, dtype=torch.float32, device="cuda")
-    run = lambda: bwd_mod.delta_scan_bwd(q, k, v, g, beta, None, do, d_fin, D ** -0.5, bwd_mod.BWD_CONFIG)
-    ref = run()
-    shipped = bwd_mod.side_stream, bwd_mod.SCAN_PRIORITY
-    out = []
-    for name, stream_fn, prio in (("one stream", lambda *a: None, 0), ("scans on a side stream, priority 0",
-                                                                       shipped[0], 0),
-                                  ("scans on a side stream, priority -1", shipped[0], -1)):
-        bwd_mod.side_stream, bwd_mod.SCAN_PRIORITY = stream_fn, prio
+    cfg = bwd_mod.BWD_CONFIG
+    saved = torch.empty(delta_operands.piece_count(T), 1, H, D, D, dtype=torch.float32, device="cuda")
+    delta_scan_fwd(q, k, v, g, beta, None, D ** -0.5, cfg, entering=saved)
+    shipped = bwd_mod.workspace_dtype
+    variants = [("saved states, shipped workspace", saved, shipped),
+                ("saved states, float32 workspace", saved, lambda q: torch.float32),
+                ("re-scan, shipped workspace", None, shipped)]
+    out, ref = [], None
+    for name, ent, wdt in variants:
+        run = lambda ent=ent: bwd_mod.delta_scan_bwd(q, k, v, g, beta, None, do, d_fin, D ** -0.5, cfg,
+                                                     entering=ent)
+        bwd_mod.workspace_dtype = wdt
         try:
             ms = do_bench(run, warmup=5, rep=60, return_mode="median")
-            err = max(rel(a, b) for a, b in zip(run(), ref))
+            got = run()
+            ref = ref or got
+            err = max(rel(a, b) for a, b in zip(got, ref))
+            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
             run()
             torch.cuda.synchronize()
-            row = {"backward": name, "ms": ms, "err_vs_shipped": err,
-                   "peak_gb": (torch.cuda.max_memory_allocated() - base) / 1e9}
         finally:
-            bwd_mod.side_stream, bwd_mod.SCAN_PRIORITY = shipped
+            bwd_mod.workspace_dtype = shipped
+        row = {"backward": name, "ms": ms, "err_vs_first": err,
+               "peak_gb": (torch.cuda.max_memory_allocated() - base) / 1e9}
+        print(row, flush=True)
+        out.append(row)
+    return out
+
+
+def forward_streams(T: int, per_head: bool) -> list[dict]:
+    """The forward (the op's picked config), ms, with the scans' stream at the shipped priority and at 0, and the
+    host's lookahead of preps at 1 and the shipped one."""
+    from triton.testing import do_bench
+
+    from seqedge.kernels import delta_scan_triton as fwd_mod
+
+    q, k, v, g, beta = inputs(T, per_head)
+    g = g.unsqueeze(-1) if per_head else g
+    cfg = fwd_mod.pick_config(q, k, v, g, beta, None, D ** -0.5)
+    shipped, ahead, out = fwd_mod.SCAN_PRIORITY, fwd_mod.PREP_LOOKAHEAD, []
+    for prio, look in ((shipped, ahead), (0, ahead), (shipped, 1)):
+        fwd_mod.SCAN_PRIORITY, fwd_mod.PREP_LOOKAHEAD = prio, look
+        try:
+            ms = do_bench(lambda: fwd_mod.delta_scan_fwd(q, k, v, g, beta, None, D ** -0.5, cfg), warmup=10,
+                          rep=100, return_mode="median")
+        finally:
+            fwd_mod.SCAN_PRIORITY, fwd_mod.PREP_LOOKAHEAD = shipped, ahead
+        row = {"forward": f"C={cfg.chunk} BV={cfg.block_v}, scans' priority {prio}, lookahead {look}", "ms": ms}
         print(row, flush=True)
         out.append(row)
     return out
@@ -171,7 +198,8 @@ def main() -> None:
     ap.add_argument("--T", type=int, default=65536)
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--per-head", action="store_true", help="also the per-head gates")
-    ap.add_argument("--whole", action="store_true", help="the whole backward on one stream and on two")
+    ap.add_argument("--whole", action="store_true",
+                    help="the whole forward (scans' priority) and backward (saved states or re-scan, workspace)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     res = {"card": torch.cuda.get_device_name(), "T": args.T}
@@ -179,6 +207,7 @@ def main() -> None:
     for per_head in (False, True) if args.per_head else (False,):
         key = "per_head" if per_head else "per_key"
         if args.whole:
+            res[f"forward_{key}"] = forward_streams(args.T, per_head)
             res[f"whole_{key}"] = whole_backward(args.T, per_head)
         res[f"launches_{key}"] = launches(args.T, per_head, args.sweep and not per_head)
         json.dump(res, open(path, "w"), indent=1)
