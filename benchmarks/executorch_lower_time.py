@@ -1,10 +1,14 @@
-"""Time ExecuTorch's ``to_edge_transform_and_lower`` of a tiny unbounded-gate model (Gated DeltaNet parts).
+"""Time ExecuTorch's ``to_edge_transform_and_lower`` of a tiny unbounded-gate model (Gated DeltaNet parts), or
+of mamba2-130m's config cut to ``--layers`` layers (``--model mamba2-130m``: seeded random weights, imported as
+``seqedge export -m`` imports them).
 
 Lowers ``step`` and ``chunk`` as the executorch target does (xnnpack_friendly, static_reshapes, the XNNPACK
-partitioner, a dynamic batch) and records the lowering time and each program's delegation counts, with the
-machine's load average (the lowering is single-threaded Python: a loaded machine slows it).
+partitioner, a batch bound of ``--max-batch``: 1 is static, more is a dynamic batch dimension) and records the
+lowering time and each program's delegation counts, with the machine's load average (the lowering is
+single-threaded Python: a loaded machine slows it). Two layer counts give the cost per layer.
 
     .venv/bin/python benchmarks/executorch_lower_time.py --layers 1 --out benchmarks/results/executorch_lower_time.json
+    .venv/bin/python benchmarks/executorch_lower_time.py --model mamba2-130m --layers 2 --max-batch 1 --out ...
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
+from pathlib import Path
 
 import torch
+from hf_models import MAMBA2_130M
 
 from seqedge.config import MixerParts, SequentialAttentionConfig
 from seqedge.evaluate.run_info import run_metadata
@@ -35,30 +42,48 @@ def tiny_delta_model(layers: int) -> SequentialAttentionModel:
     return SequentialAttentionModel(config).eval()
 
 
+def mamba2_130m_layers(layers: int, seed: int = 0) -> SequentialAttentionModel:
+    """mamba2-130m's config with ``layers`` layers, seeded random weights, saved by transformers and imported."""
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    from seqedge.families import import_hf
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        Mamba2ForCausalLM(Mamba2Config(**{**MAMBA2_130M, "num_hidden_layers": layers})).save_pretrained(
+            Path(tmp), safe_serialization=True)
+        return import_hf(tmp).eval()
+
+
+MODELS = {"tiny-delta": tiny_delta_model, "mamba2-130m": mamba2_130m_layers}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="tiny-delta")
     parser.add_argument("--layers", type=int, default=1)
+    parser.add_argument("--max-batch", type=int, default=4, help="batch bound (1: static; default 4)")
     parser.add_argument("--label", default="", help="a note stored with the row (e.g. the branch measured)")
     parser.add_argument("--out", help="append the row to this JSON list")
     args = parser.parse_args()
-    import executorch.exir as exir
+    from executorch import exir
 
-    model = xnnpack_friendly(tiny_delta_model(args.layers))
     with quiet_libraries():
-        programs = {e: et._export_entry(model, e, max_batch=4) for e in ENTRY_POINTS}
+        model = xnnpack_friendly(MODELS[args.model](args.layers))
+        programs = {e: et._export_entry(model, e, max_batch=args.max_batch) for e in ENTRY_POINTS}
         load_before = os.getloadavg()
         started = time.perf_counter()
         edge = exir.to_edge_transform_and_lower(programs, transform_passes=[static_reshapes],
                                                 partitioner=[et._partitioner()],
                                                 compile_config=exir.EdgeCompileConfig(_check_ir_validity=False))
         seconds = time.perf_counter() - started
-    row = run_metadata(layers=args.layers, label=args.label, lower_seconds=round(seconds, 1),
+    row = run_metadata(model=args.model, layers=args.layers, max_batch=args.max_batch, label=args.label, lower_seconds=round(seconds, 1),
                        loadavg_before=load_before, loadavg_after=os.getloadavg(),
                        delegation={e: et.delegation_counts(edge.exported_program(e).graph_module)
                                    for e in ENTRY_POINTS})
     print(json.dumps(row, indent=1))
     if args.out:
-        rows = json.load(open(args.out)) if os.path.exists(args.out) else []
+        rows = json.loads(Path(args.out).read_text()) if os.path.exists(args.out) else []
         with open(args.out, "w") as f:
             json.dump(rows + [row], f, indent=1)
 
