@@ -253,7 +253,8 @@ def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, scale: float,
     q, k ``[B, T, H, dk]``, v, do ``[B, T, H, dv]``, g ``[B, T, H, dk]`` or ``[B, T, H, 1]``, beta ``[B, T, H]``;
     u, du ``[B, T, H, dv]``; states (entering each chunk), dstates (gradient of the state leaving it)
     ``[B*H, NC, dk, dv]`` (these four float32 or the inputs' dtype); inv ``[B*H, NC, C, C]`` float32 (the prep's
-    inverse). One program per chunk, batch*head and block of ``block_k`` key columns.
+    inverse). One program per chunk, batch*head and block of ``block_k`` key columns (a divisor of dk), its
+    products over the values ``block_v`` columns at a time.
     """
     B, T, H, DK = q.shape
     DV = v.shape[-1]
@@ -272,8 +273,7 @@ def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, scale: float,
     _delta_local_grad_kernel[(nc, B * H, nkb)](q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg,
                                                part, scratch, T, t_out, H, nc, scale, DK=DK, DV=DV,
                                                GK=g.shape[-1], C=chunk, BD=bd, BV=min(block_v, DV),
-                                               PREC=precision,
-                                               num_warps=num_warps)
+                                               PREC=precision, num_warps=num_warps)
     dbeta.copy_(part[0].sum(0))
     if g.shape[-1] == 1:
         dg.copy_(part[1].sum(0).unsqueeze(-1))
