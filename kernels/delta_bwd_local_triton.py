@@ -1,24 +1,31 @@
 """Triton kernel of the delta rule's chunk-local gradients: from the chunk states and their gradients to
-dq, dk, dv, dg, dbeta, every chunk in parallel (the CUDA backward's part after its two recurrences).
+dq, dk, dv, dg, dbeta, every chunk and key block in parallel (the CUDA backward's part after its two recurrences).
 
 Per chunk (notation of :mod:`seqedge.kernels.delta_prep_triton`; ``S`` the state entering the chunk, ``dS'`` the
 gradient of the state leaving it, u and du from the recurrences, ``Tm = (I + M)^-1``, ``x = scale q``):
 
-    dqt = do S^T,  dkt = u dS'^T,  dw = -du S^T,  dA = tril(do u^T),  db_C = exp(b_C) rowsum(S * dS')
-    dv = Tm^T du,  dKd = Tm^T dw,  dM = -strict_tril(dKd w^T + dv u0^T)                      (w = Tm Kd, u0 = Tm v)
+    dqt = do S^T,  dkt = u dS'^T,  dKd = -Tm^T du S^T,  dA = tril(do u^T),  db_C = exp(b_C) rowsum(S * dS')
+    dv = Tm^T du,  dM = -strict_tril(dv u^T)
 
-then the chain through ``qt = x exp(b)``, ``kt = kb exp(b_C - b)``, ``Kd = k exp(b)``, ``kb = beta k`` and the
-decayed scores ``A = D(x, kb)``, ``M = D(k, kb)`` with ``D(X, Y)[t, s] = sum_d X[t, d] Y[s, d] exp(b[t, d] -
-b[s, d])``, whose gradients are decayed products again:
+(``dM = -strict_tril(dKd w^T + dv u0^T)`` with ``w = Tm Kd``, ``u0 = Tm v``; the scan's ``u = u0 - w S`` folds it
+into one product over the values, so dA, dM and dv need no key column), then the chain through
+``qt = x exp(b)``, ``kt = kb exp(b_C - b)``, ``Kd = k exp(b)``, ``kb = beta k`` and the decayed scores
+``A = D(x, kb)``, ``M = D(k, kb)`` with ``D(X, Y)[t, s] = sum_d X[t, d] Y[s, d] exp(b[t, d] - b[s, d])``, whose
+gradients are decayed products again:
 
     dX[t] = sum_s G[t, s] Y[s] exp(b_t - b_s),   dY[s] = sum_t G[t, s] X[t] exp(b_t - b_s),
     db[t] += X[t] dX[t] - Y[t] dY[t],
 
 formed 16x16 block by block with exponents referenced to the key block's middle row (as the prep, so no factor
-that survives the causal mask exceeds exp(40) for g >= -5); dg is the reverse running sum of db within the chunk
-(summed over the keys for a gate per head). Per-chunk float32 scratch holds b, dA, dM, dkb and db between phases,
-and float32 piece buffers the partial sums of dq and dk; each gradient is written once, in its output's dtype,
-straight into the whole sequence's gradient. Barriers order the program's own stores and loads.
+that survives the causal mask exceeds exp(40) for g >= -5); dg is the reverse running sum of db within the chunk.
+
+Everything after dA, dM and dv is independent per key column, so one program owns one chunk and one block of
+key columns (each program forms the chunk's dA and dM itself: three small dots over the values, cheaper than a
+launch and a round trip), with no loop over the key blocks; that keeps its tiles few and its registers unspilled.
+Per-program float32 scratch holds b, dA, dM, dkb, db and the partial sums of dq and dk between the phases;
+barriers order the program's own stores and loads. The key-summed parts (dbeta, and dg for a gate per head) leave
+as float32 partials per key block, summed by the host. Dots take the workspace's dtype straight (bf16 products
+are exact in float32, the same as TF32 of bf16 values); float32 operands formed here use ``PREC``.
 """
 
 from __future__ import annotations
@@ -42,167 +49,162 @@ def _tile(ptr, base, rows, cols, stride, T):
 
 
 @triton.jit
-def _add_tile(ptr, base, rows, cols, stride, T, x):
+def _raw_tile(ptr, base, rows, cols, stride, T):
+    """As :func:`_tile`, in the tensor's own dtype (a dot operand)."""
     off = base + rows[:, None].to(tl.int64) * stride + cols[None, :]
-    m = (rows < T)[:, None]
-    tl.store(ptr + off, tl.load(ptr + off, mask=m, other=0.0) + x, mask=m)
+    return tl.load(ptr + off, mask=(rows < T)[:, None], other=0.0)
 
 
 @triton.jit
-def _add_tile_to(src, base, dst, dst_base, rows, cols, stride, T, x):
-    """``dst = src + x`` on one tile: the last term of a gradient whose partial sum is in float32 ``src``, written in
-    ``dst``'s dtype (``dst_base``: the tile's batch and head in the output)."""
-    off = rows[:, None].to(tl.int64) * stride + cols[None, :]
-    m = (rows < T)[:, None]
-    y = tl.load(src + base + off, mask=m, other=0.0) + x
-    tl.store(dst + dst_base + off, y.to(dst.dtype.element_ty), mask=m)
+def _dot(a, b, PREC: tl.constexpr):
+    """``a @ b`` in float32: operands of one dtype as they are, else both as float32."""
+    if a.dtype == b.dtype:
+        return tl.dot(a, b, input_precision=PREC)
+    else:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PREC)
 
 
 @triton.jit
-def _vtile(ptr, base, rows, stride, T, DV: tl.constexpr):
-    """All DV columns of ``rows`` of a ``[B, T, H, DV]`` tensor, float32."""
-    return _tile(ptr, base, rows, tl.arange(0, DV), stride, T)
+def _sc(ptr, rows, BD: tl.constexpr):
+    """``[len(rows), BD]`` pointers into a program's ``[C, BD]`` scratch block."""
+    return ptr + rows[:, None] * BD + tl.arange(0, BD)[None, :]
 
 
 @triton.jit
-def _direct_phase(q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0, dq, dk, dv, sc_b, sc_dkb, sc_db,
-                  sc_g, k_base, v_base, vo_base, g_base, be_base, idx, t0, T, H, scale,
+def _direct_phase(q, k, g, beta, do, u, du, states, dstates, inv, dv, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g,
+                  k_base, v_base, vo_base, g_base, be_base, idx, t0, d0, i_k, T, H, scale,
                   DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
-                  PREC: tl.constexpr):
-    """dv (the output), dA, dM and the direct terms of dq, dk (float32 partial sums), dkb, db (through qt, kt, Kd
-    and b_C); b to scratch.
-
-    Three passes over the key blocks, one per ``[C, DV]`` operand (do, u, du): holding all three across one loop
-    spilled registers. db accumulates in scratch between the passes."""
+                  BV: tl.constexpr, PREC: tl.constexpr):
+    """dA and dM to scratch, dv (the output, from the first key block's program), and for this key block the
+    direct terms of dq, dk (float32 partial sums), dkb and db (through qt, kt, Kd and b_C); b to scratch."""
     rc = tl.arange(0, C)
     rows = t0 + rc
-    rd = tl.arange(0, BD)
+    cols = d0 + tl.arange(0, BD)
     rmask = (rows < T)[:, None]
     GSEL: tl.constexpr = GK // DK       # 1: a gate per key column; 0: one per head, broadcast over the keys
-    st = states + idx * DK * DV
-    dst = dstates + idx * DK * DV
-    s_off = rd[:, None] * DV + tl.arange(0, DV)[None, :]                               # a [BD, DV] state block
-    b_do = _vtile(do, v_base, rows, H * DV, T, DV)                                       # [C, DV]
-    d_a = tl.dot(b_do, tl.trans(_vtile(u, v_base, rows, H * DV, T, DV)), input_precision=PREC)
+    b_tm = tl.load(inv + idx * C * C + rc[:, None] * C + rc[None, :])                  # [C, C] Tm, float32
+    # the products over the values, a block of BV value columns at a time (bounds the dots' operand registers)
+    d_a = tl.zeros([C, C], dtype=tl.float32)
+    d_m = tl.zeros([C, C], dtype=tl.float32)
+    d_qt = tl.zeros([C, BD], dtype=tl.float32)                       # do S^T
+    d_kt = tl.zeros([C, BD], dtype=tl.float32)                       # u dS'^T
+    d_us = tl.zeros([C, BD], dtype=tl.float32)                       # du S^T
+    s_ds = tl.zeros([BD], dtype=tl.float32)                          # rowsum(S * dS')
+    for v0 in tl.range(0, DV, BV, num_stages=1):
+        rv = v0 + tl.arange(0, BV)
+        b_do = _raw_tile(do, v_base, rows, rv, H * DV, T)                               # [C, BV]
+        b_u = _raw_tile(u, v_base, rows, rv, H * DV, T)
+        b_du = _raw_tile(du, v_base, rows, rv, H * DV, T)
+        s_off = idx * DK * DV + cols[:, None] * DV + rv[None, :]                        # a [BD, BV] state block
+        s_blk = tl.load(states + s_off)
+        ds_blk = tl.load(dstates + s_off)
+        d_a += _dot(b_do, tl.trans(b_u), PREC)
+        b_dv = tl.dot(tl.trans(b_tm), b_du.to(tl.float32), input_precision=PREC)        # [C, BV]
+        if i_k == 0:
+            tl.store(dv + vo_base + rows[:, None].to(tl.int64) * (H * DV) + rv[None, :],
+                     b_dv.to(dv.dtype.element_ty), mask=rmask)
+        d_m -= tl.dot(b_dv, tl.trans(b_u.to(tl.float32)), input_precision=PREC)
+        d_qt += _dot(b_do, tl.trans(s_blk), PREC)
+        d_kt += _dot(b_u, tl.trans(ds_blk), PREC)
+        d_us += _dot(b_du, tl.trans(s_blk), PREC)
+        s_ds += tl.sum(s_blk.to(tl.float32) * ds_blk.to(tl.float32), axis=1)
     tl.store(sc_g + rc[:, None] * C + rc[None, :], tl.where(rc[:, None] >= rc[None, :], d_a, 0.0))
-    for d0 in tl.range(0, DK, BD, num_stages=1):                   # through qt = x exp(b): dqt = do S^T
-        cols = d0 + rd
-        sc = rc[:, None] * DK + cols[None, :]
-        b_b = tl.cumsum(tl.load(g + g_base + rows[:, None].to(tl.int64) * (H * GK) + cols[None, :] * GSEL,
-                                mask=rmask, other=0.0).to(tl.float32), axis=0)          # [C, BD]
-        e_b = tl.exp(b_b)
-        s_blk = tl.load(st + d0 * DV + s_off).to(tl.float32)                              # [BD, DV]
-        d_qt = tl.dot(b_do, tl.trans(s_blk), input_precision=PREC)                        # [C, BD]
-        x = _tile(q, k_base, rows, cols, H * DK, T) * scale
-        tl.store(dq + k_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :], d_qt * e_b * scale,
-                 mask=rmask)
-        tl.store(sc_b + sc, b_b)
-        tl.store(sc_db + sc, d_qt * x * e_b)
-    tl.debug_barrier()
-    b_u = _vtile(u, v_base, rows, H * DV, T, DV)
-    b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32)
-    for d0 in tl.range(0, DK, BD, num_stages=1):                   # through kt = kb exp(b_C - b) and b_C
-        cols = d0 + rd
-        sc = rc[:, None] * DK + cols[None, :]
-        ds_blk = tl.load(dst + d0 * DV + s_off).to(tl.float32)                          # [BD, DV]
-        b_b = tl.load(sc_b + sc)
-        b_last = tl.load(sc_b + (C - 1) * DK + cols)                                     # [BD]
-        d_kt = tl.dot(b_u, tl.trans(ds_blk), input_precision=PREC)
-        e_kt = tl.exp(b_last[None, :] - b_b)
-        kt = _tile(k, k_base, rows, cols, H * DK, T) * b_beta[:, None] * e_kt
-        d_last = (tl.exp(b_last) * tl.sum(tl.load(st + d0 * DV + s_off).to(tl.float32) * ds_blk, axis=1)
-                  + tl.sum(d_kt * kt, axis=0))                                            # [BD]
-        d_b = tl.load(sc_db + sc) - d_kt * kt + tl.where(rc[:, None] == C - 1, d_last[None, :], 0.0)
-        tl.store(sc_dkb + sc, d_kt * e_kt)
-        tl.store(sc_db + sc, d_b)
-    tl.debug_barrier()
-    b_tm = tl.load(inv + idx * C * C + rc[:, None] * C + rc[None, :])                   # [C, C] Tm
-    b_du = _vtile(du, v_base, rows, H * DV, T, DV)
-    b_dv = tl.dot(tl.trans(b_tm), b_du, input_precision=PREC)                             # [C, DV]
-    tl.store(dv + vo_base + rows[:, None].to(tl.int64) * (H * DV) + tl.arange(0, DV)[None, :],
-             b_dv.to(dv.dtype.element_ty), mask=rmask)
-    d_m = -tl.dot(b_dv, tl.trans(_vtile(u0, v_base, rows, H * DV, T, DV)), input_precision=PREC)
-    for d0 in tl.range(0, DK, BD, num_stages=1):                   # through w = Tm Kd, Kd = k exp(b)
-        cols = d0 + rd
-        sc = rc[:, None] * DK + cols[None, :]
-        s_blk = tl.load(st + d0 * DV + s_off).to(tl.float32)
-        d_kd = -tl.dot(tl.trans(b_tm), tl.dot(b_du, tl.trans(s_blk), input_precision=PREC),
-                       input_precision=PREC)                                              # [C, BD]
-        d_m -= tl.dot(d_kd, tl.trans(_tile(w, k_base, rows, cols, H * DK, T)), input_precision=PREC)
-        d_kd = d_kd * tl.exp(tl.load(sc_b + sc))
-        tl.store(dk + k_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :], d_kd, mask=rmask)
-        tl.store(sc_db + sc, tl.load(sc_db + sc) + d_kd * _tile(k, k_base, rows, cols, H * DK, T))
     tl.store(sc_g + C * C + rc[:, None] * C + rc[None, :], tl.where(rc[:, None] > rc[None, :], d_m, 0.0))
+    b_b = tl.cumsum(tl.load(g + g_base + rows[:, None].to(tl.int64) * (H * GK) + cols[None, :] * GSEL,
+                            mask=rmask, other=0.0).to(tl.float32), axis=0)              # [C, BD]
+    b_last = tl.sum(tl.where(rc[:, None] == C - 1, b_b, 0.0), axis=0)                  # [BD] b_C
+    e_b = tl.exp(b_b)
+    # through qt = x exp(b): dqt = do S^T
+    x = _tile(q, k_base, rows, cols, H * DK, T) * scale
+    tl.store(_sc(sc_dq, rc, BD), d_qt * e_b * scale)
+    d_b = d_qt * x * e_b
+    # through kt = kb exp(b_C - b) and b_C
+    b_k = _tile(k, k_base, rows, cols, H * DK, T)
+    b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32)
+    e_kt = tl.exp(b_last[None, :] - b_b)
+    kt = b_k * b_beta[:, None] * e_kt
+    d_last = tl.exp(b_last) * s_ds + tl.sum(d_kt * kt, axis=0)                          # [BD]
+    d_b = d_b - d_kt * kt + tl.where(rc[:, None] == C - 1, d_last[None, :], 0.0)
+    tl.store(_sc(sc_dkb, rc, BD), d_kt * e_kt)
+    # through w = Tm Kd, Kd = k exp(b)
+    d_kd = -tl.dot(tl.trans(b_tm), d_us, input_precision=PREC) * e_b                  # [C, BD]
+    tl.store(_sc(sc_dk, rc, BD), d_kd)
+    tl.store(_sc(sc_db, rc, BD), d_b + d_kd * b_k)
+    tl.store(_sc(sc_b, rc, BD), b_b)
 
 
 @triton.jit
-def _decayed_phase(q, k, beta, dq, dk, dq_out, sc_b, sc_dkb, sc_db, sc_g, k_base, ko_base, be_base, t0, T, H, scale,
-                   DK: tl.constexpr, C: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
-    """The decayed products' gradients: dX of A (dq's last term: into ``dq_out``) and of M (into dk) row block by
-    row block, then dY of both (into dkb) key block by key block; their terms of db."""
+def _decayed_phase(q, k, beta, dq_out, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, k_base, ko_base, be_base, t0, d0,
+                   T, H, scale, DK: tl.constexpr, C: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    """The decayed products' gradients on this key block: dX of A (dq's last term: dq written) and of M (into
+    dk's partial sum) row block by row block, then dY of both (into dkb) column block by column block; their
+    terms of db."""
     r = tl.arange(0, 16)
-    rd = tl.arange(0, BD)
+    cols = d0 + tl.arange(0, BD)
     NB: tl.constexpr = C // 16
-    for d0 in tl.range(0, DK, BD, num_stages=1):
-        cols = d0 + rd
-        for i in tl.static_range(NB):
-            rows_i = t0 + i * 16 + r
-            b_i = tl.load(sc_b + (i * 16 + r)[:, None] * DK + cols[None, :])
-            dx_a = tl.zeros([16, BD], dtype=tl.float32)
-            dx_m = tl.zeros([16, BD], dtype=tl.float32)
-            for j in tl.static_range(i + 1):
-                rows_j = t0 + j * 16 + r
-                ref = tl.load(sc_b + (j * 16 + 8) * DK + cols)
-                be_j = tl.load(beta + be_base + rows_j.to(tl.int64) * H, mask=rows_j < T, other=0.0).to(tl.float32)
-                y = _tile(k, k_base, rows_j, cols, H * DK, T) * be_j[:, None] * tl.exp(
-                    tl.minimum(ref[None, :] - tl.load(sc_b + (j * 16 + r)[:, None] * DK + cols[None, :]), 40.0))
-                xf = tl.exp(tl.minimum(b_i - ref[None, :], 40.0))
-                dx_a += xf * tl.dot(tl.load(_blk16(sc_g, i, j, C)), y, input_precision=PREC)
-                dx_m += xf * tl.dot(tl.load(_blk16(sc_g + C * C, i, j, C)), y, input_precision=PREC)
-            x_i = _tile(q, k_base, rows_i, cols, H * DK, T) * scale
-            k_i = _tile(k, k_base, rows_i, cols, H * DK, T)
-            _add_tile_to(dq, k_base, dq_out, ko_base, rows_i, cols, H * DK, T, dx_a * scale)
-            _add_tile(dk, k_base, rows_i, cols, H * DK, T, dx_m)
-            p_db = sc_db + (i * 16 + r)[:, None] * DK + cols[None, :]
-            tl.store(p_db, tl.load(p_db) + x_i * dx_a + k_i * dx_m)
-        tl.debug_barrier()
-        for j in tl.static_range(NB):
+    for i in tl.static_range(NB):
+        rows_i = t0 + i * 16 + r
+        b_i = tl.load(_sc(sc_b, i * 16 + r, BD))
+        dx_a = tl.zeros([16, BD], dtype=tl.float32)
+        dx_m = tl.zeros([16, BD], dtype=tl.float32)
+        for j in tl.static_range(i + 1):
             rows_j = t0 + j * 16 + r
-            ref = tl.load(sc_b + (j * 16 + 8) * DK + cols)
-            yf = tl.exp(tl.minimum(ref[None, :] - tl.load(sc_b + (j * 16 + r)[:, None] * DK + cols[None, :]), 40.0))
-            dy = tl.zeros([16, BD], dtype=tl.float32)
-            for i in tl.static_range(j, NB):
-                rows_i = t0 + i * 16 + r
-                xf = tl.exp(tl.minimum(tl.load(sc_b + (i * 16 + r)[:, None] * DK + cols[None, :]) - ref[None, :],
-                                       40.0))
-                x_i = _tile(q, k_base, rows_i, cols, H * DK, T) * (scale * xf)
-                k_i = _tile(k, k_base, rows_i, cols, H * DK, T) * xf
-                dy += tl.dot(tl.trans(tl.load(_blk16(sc_g, i, j, C))), x_i, input_precision=PREC)
-                dy += tl.dot(tl.trans(tl.load(_blk16(sc_g + C * C, i, j, C))), k_i, input_precision=PREC)
-            dy = dy * yf
+            ref = tl.load(sc_b + (j * 16 + 8) * BD + tl.arange(0, BD))
             be_j = tl.load(beta + be_base + rows_j.to(tl.int64) * H, mask=rows_j < T, other=0.0).to(tl.float32)
-            kb_j = _tile(k, k_base, rows_j, cols, H * DK, T) * be_j[:, None]
-            p_dkb = sc_dkb + (j * 16 + r)[:, None] * DK + cols[None, :]
-            p_db = sc_db + (j * 16 + r)[:, None] * DK + cols[None, :]
-            tl.store(p_dkb, tl.load(p_dkb) + dy)
-            tl.store(p_db, tl.load(p_db) - kb_j * dy)
-        tl.debug_barrier()
+            y = _tile(k, k_base, rows_j, cols, H * DK, T) * be_j[:, None] * tl.exp(
+                tl.minimum(ref[None, :] - tl.load(_sc(sc_b, j * 16 + r, BD)), 40.0))
+            xf = tl.exp(tl.minimum(b_i - ref[None, :], 40.0))
+            dx_a += xf * tl.dot(tl.load(_blk16(sc_g, i, j, C)), y, input_precision=PREC)
+            dx_m += xf * tl.dot(tl.load(_blk16(sc_g + C * C, i, j, C)), y, input_precision=PREC)
+        x_i = _tile(q, k_base, rows_i, cols, H * DK, T) * scale
+        k_i = _tile(k, k_base, rows_i, cols, H * DK, T)
+        off = ko_base + rows_i[:, None].to(tl.int64) * (H * DK) + cols[None, :]
+        tl.store(dq_out + off, (tl.load(_sc(sc_dq, i * 16 + r, BD)) + dx_a * scale).to(dq_out.dtype.element_ty),
+                 mask=(rows_i < T)[:, None])
+        p_dk = _sc(sc_dk, i * 16 + r, BD)
+        tl.store(p_dk, tl.load(p_dk) + dx_m)
+        p_db = _sc(sc_db, i * 16 + r, BD)
+        tl.store(p_db, tl.load(p_db) + x_i * dx_a + k_i * dx_m)
+    tl.debug_barrier()
+    for j in tl.static_range(NB):
+        rows_j = t0 + j * 16 + r
+        ref = tl.load(sc_b + (j * 16 + 8) * BD + tl.arange(0, BD))
+        yf = tl.exp(tl.minimum(ref[None, :] - tl.load(_sc(sc_b, j * 16 + r, BD)), 40.0))
+        dy = tl.zeros([16, BD], dtype=tl.float32)
+        for i in tl.static_range(j, NB):
+            rows_i = t0 + i * 16 + r
+            xf = tl.exp(tl.minimum(tl.load(_sc(sc_b, i * 16 + r, BD)) - ref[None, :], 40.0))
+            x_i = _tile(q, k_base, rows_i, cols, H * DK, T) * (scale * xf)
+            k_i = _tile(k, k_base, rows_i, cols, H * DK, T) * xf
+            dy += tl.dot(tl.trans(tl.load(_blk16(sc_g, i, j, C))), x_i, input_precision=PREC)
+            dy += tl.dot(tl.trans(tl.load(_blk16(sc_g + C * C, i, j, C))), k_i, input_precision=PREC)
+        dy = dy * yf
+        be_j = tl.load(beta + be_base + rows_j.to(tl.int64) * H, mask=rows_j < T, other=0.0).to(tl.float32)
+        kb_j = _tile(k, k_base, rows_j, cols, H * DK, T) * be_j[:, None]
+        p_dkb = _sc(sc_dkb, j * 16 + r, BD)
+        p_db = _sc(sc_db, j * 16 + r, BD)
+        tl.store(p_dkb, tl.load(p_dkb) + dy)
+        tl.store(p_db, tl.load(p_db) - kb_j * dy)
+    tl.debug_barrier()
 
 
 @triton.jit
-def _delta_local_grad_kernel(q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0,
-                             dq_acc, dk_acc, dq, dk, dv, dg, dbeta, scratch, T, T_OUT, H, NC, scale,
-                             DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr, C: tl.constexpr,
-                             BD: tl.constexpr, PREC: tl.constexpr):
-    """One chunk's dq, dk, dv, dg and dbeta, in their buffers' dtypes, into gradients of the whole sequence
-    (``T_OUT`` rows per batch, the piece's first row at the pointers); ``dq_acc``, ``dk_acc`` float32
-    ``[B, T, H, DK]`` and ``scratch [B*H, NC, 3 C DK + 2 C C]`` float32, the piece's workspace."""
+def _delta_local_grad_kernel(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg, part, scratch,
+                             T, T_OUT, H, NC, scale, DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr,
+                             C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """One chunk's dq, dk, dg (a gate per key) on one key block, and dv, in their buffers' dtypes, into gradients
+    of the whole sequence (``T_OUT`` rows per batch, the piece's first row at the pointers); dbeta's and (a gate
+    per head) dg's partial sums over this key block into ``part [1 or 2, DK / BD, B, T, H]`` float32; ``scratch
+    [B*H, NC, DK / BD, 5 C BD + 2 C C]`` float32, the piece's workspace."""
     i_c = tl.program_id(0)
     i_bh = tl.program_id(1)
+    i_k = tl.program_id(2)
+    NKB: tl.constexpr = DK // BD
     i_b = i_bh // H
     i_h = i_bh % H
     rc = tl.arange(0, C)
-    rd = tl.arange(0, BD)
+    d0 = i_k * BD
+    cols = d0 + tl.arange(0, BD)
     k_base = i_b.to(tl.int64) * T * H * DK + i_h * DK
     v_base = i_b.to(tl.int64) * T * H * DV + i_h * DV
     g_base = i_b.to(tl.int64) * T * H * GK + i_h * GK
@@ -210,52 +212,49 @@ def _delta_local_grad_kernel(q, k, v, g, beta, do, u, du, states, dstates, inv, 
     ko_base = i_b.to(tl.int64) * T_OUT * H * DK + i_h * DK          # the outputs: rows of the whole sequence
     vo_base = i_b.to(tl.int64) * T_OUT * H * DV + i_h * DV
     go_base = i_b.to(tl.int64) * T_OUT * H * GK + i_h * GK
-    beo_base = i_b.to(tl.int64) * T_OUT * H + i_h
     t0 = i_c * C
     rows = t0 + rc
     idx = i_bh.to(tl.int64) * NC + i_c
-    sc_b = scratch + idx * (3 * C * DK + 2 * C * C)
-    sc_dkb = sc_b + C * DK
-    sc_db = sc_dkb + C * DK
-    sc_g = sc_db + C * DK
-    _direct_phase(q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0, dq_acc, dk_acc, dv, sc_b, sc_dkb,
-                  sc_db, sc_g, k_base, v_base, vo_base, g_base, be_base, idx, t0, T, H, scale, DK, DV, GK, C, BD,
+    sc_b = scratch + (idx * NKB + i_k) * (5 * C * BD + 2 * C * C)
+    sc_dkb = sc_b + C * BD
+    sc_db = sc_dkb + C * BD
+    sc_dq = sc_db + C * BD
+    sc_dk = sc_dq + C * BD
+    sc_g = sc_dk + C * BD
+    _direct_phase(q, k, g, beta, do, u, du, states, dstates, inv, dv, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g,
+                  k_base, v_base, vo_base, g_base, be_base, idx, t0, d0, i_k, T, H, scale, DK, DV, GK, C, BD, BV,
                   PREC)
     tl.debug_barrier()
-    _decayed_phase(q, k, beta, dq_acc, dk_acc, dq, sc_b, sc_dkb, sc_db, sc_g, k_base, ko_base, be_base, t0, T, H,
+    _decayed_phase(q, k, beta, dq, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, k_base, ko_base, be_base, t0, d0, T, H,
                    scale, DK, C, BD, PREC)
+    rmask = (rows < T)[:, None]
     b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32)
-    d_beta = tl.zeros([C], dtype=tl.float32)
-    dg_head = tl.zeros([C], dtype=tl.float32)
-    for d0 in tl.range(0, DK, BD, num_stages=1):
-        cols = d0 + rd
-        sc = rc[:, None] * DK + cols[None, :]
-        dkb = tl.load(sc_dkb + sc)
-        b_k = _tile(k, k_base, rows, cols, H * DK, T)
-        d_beta += tl.sum(dkb * b_k, axis=1)
-        _add_tile_to(dk_acc, k_base, dk, ko_base, rows, cols, H * DK, T, dkb * b_beta[:, None])
-        d_b = tl.load(sc_db + sc)
-        if GK == 1:
-            dg_head += tl.sum(d_b, axis=1)
-        else:
-            tl.store(dg + go_base + rows[:, None].to(tl.int64) * (H * GK) + cols[None, :],
-                     tl.cumsum(d_b, axis=0, reverse=True).to(dg.dtype.element_ty), mask=(rows < T)[:, None])
+    dkb = tl.load(_sc(sc_dkb, rc, BD))
+    b_k = _tile(k, k_base, rows, cols, H * DK, T)
+    tl.store(dk + ko_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :],
+             (tl.load(_sc(sc_dk, rc, BD)) + dkb * b_beta[:, None]).to(dk.dtype.element_ty), mask=rmask)
+    d_b = tl.load(_sc(sc_db, rc, BD))
+    bth = tl.num_programs(1).to(tl.int64) * T                      # B*T*H: one key block's partials
+    p_rows = part + i_k * bth + be_base + rows.to(tl.int64) * H
+    tl.store(p_rows, tl.sum(dkb * b_k, axis=1), mask=rows < T)                         # dbeta's partial sum
     if GK == 1:
-        tl.store(dg + go_base + rows.to(tl.int64) * (H * GK),
-                 tl.cumsum(dg_head, axis=0, reverse=True).to(dg.dtype.element_ty), mask=rows < T)
-    tl.store(dbeta + beo_base + rows.to(tl.int64) * H, d_beta.to(dbeta.dtype.element_ty), mask=rows < T)
+        tl.store(p_rows + NKB * bth, tl.cumsum(tl.sum(d_b, axis=1), axis=0, reverse=True), mask=rows < T)
+    else:
+        tl.store(dg + go_base + rows[:, None].to(tl.int64) * (H * GK) + cols[None, :],
+                 tl.cumsum(d_b, axis=0, reverse=True).to(dg.dtype.element_ty), mask=rmask)
 
 
-def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0, scale: float, chunk: int,
-                block_k: int, num_warps: int, precision: str, out: tuple[torch.Tensor, ...]) -> None:
+def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, scale: float, chunk: int, block_k: int,
+                block_v: int, num_warps: int, precision: str, out: tuple[torch.Tensor, ...]) -> None:
     """Launch :func:`_delta_local_grad_kernel` over one piece: writes (dq, dk, dv, dg, dbeta) into ``out``, views
     of the whole sequence's gradients shaped as (q, k, v, g, beta) of the piece (``grad[:, t0:t0 + T]``), in any
     dtype.
 
     q, k ``[B, T, H, dk]``, v, do ``[B, T, H, dv]``, g ``[B, T, H, dk]`` or ``[B, T, H, 1]``, beta ``[B, T, H]``;
     u, du ``[B, T, H, dv]``; states (entering each chunk), dstates (gradient of the state leaving it)
-    ``[B*H, NC, dk, dv]`` (these four float32 or the inputs' dtype, read as float32); inv ``[B*H, NC, C, C]``
-    float32 (the prep's inverse), w and u0 the prep's.
+    ``[B*H, NC, dk, dv]`` (these four float32 or the inputs' dtype); inv ``[B*H, NC, C, C]`` float32 (the prep's
+    inverse). One program per chunk, batch*head and block of ``block_k`` key columns (a divisor of dk), its
+    products over the values ``block_v`` columns at a time.
     """
     B, T, H, DK = q.shape
     DV = v.shape[-1]
@@ -265,10 +264,16 @@ def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0, scale:
                                                                                    t_out * ref.stride(1)), \
             "gradient views: rows of a contiguous [B, T_out, ...] tensor"
     nc = triton.cdiv(T, chunk)
+    bd = min(block_k, DK)
+    nkb = DK // bd
     f32 = dict(dtype=torch.float32, device=q.device)
-    dq_acc, dk_acc = torch.empty(B, T, H, DK, **f32), torch.empty(B, T, H, DK, **f32)
-    scratch = torch.empty(B * H, nc, 3 * chunk * DK + 2 * chunk * chunk, **f32)
-    _delta_local_grad_kernel[(nc, B * H)](q, k, v, g, beta, do, u, du, states, dstates, inv, w, u0,
-                                          dq_acc, dk_acc, *out, scratch, T, t_out, H, nc, scale, DK=DK, DV=DV,
-                                          GK=g.shape[-1], C=chunk, BD=min(block_k, DK), PREC=precision,
-                                          num_warps=num_warps)
+    part = torch.empty(1 + (g.shape[-1] == 1), nkb, B, T, H, **f32)     # dbeta's (and a per-head gate's) sums
+    scratch = torch.empty(B * H, nc, nkb, 5 * chunk * bd + 2 * chunk * chunk, **f32)
+    dq, dk, dv, dg, dbeta = out
+    _delta_local_grad_kernel[(nc, B * H, nkb)](q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg,
+                                               part, scratch, T, t_out, H, nc, scale, DK=DK, DV=DV,
+                                               GK=g.shape[-1], C=chunk, BD=bd, BV=min(block_v, DV),
+                                               PREC=precision, num_warps=num_warps)
+    dbeta.copy_(part[0].sum(0))
+    if g.shape[-1] == 1:
+        dg.copy_(part[1].sum(0).unsqueeze(-1))

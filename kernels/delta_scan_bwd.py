@@ -31,11 +31,14 @@ from .delta_scan_triton import (
 
 # The backward's launches, picked by timing each at B=1, H=16, dk=dv=128, bf16 on an H200
 # (benchmarks/probes/delta_bwd_profile.py): the two scans want the most programs (block_v 16); the chunk-local
-# kernel is bound by its registers, so four warps. Chunk 64 makes the scans faster but the whole backward slower,
-# for per-key and for per-head gates (their prep is cheap, but the chunk-local kernel is slower at chunk 64).
+# kernel (one program per chunk and key block, its products over the values block by block) is latency-bound:
+# 64 key columns and four warps left the whole backward fastest beside the scans (more, smaller programs took
+# multiprocessors from the scans). Chunk 64 makes the scans faster but the whole backward slower, for per-key and
+# for per-head gates (their prep is cheap, but the chunk-local kernel is slower at chunk 64).
 BWD_CONFIG = DeltaConfig(chunk=32, block_v=16)
 LOCAL_WARPS = 4
-LOCAL_BLOCK_K = 32
+LOCAL_BLOCK_K = 64
+LOCAL_BLOCK_V = 32
 
 
 def _entering_states(q, k, v, g, beta, initial_state, starts: list[int], piece: int, scale: float,
@@ -78,7 +81,7 @@ def workspace_dtype(q: torch.Tensor) -> torch.dtype:
 
 def _piece_recurrences(q, k, v, g, beta, s_in, do, d_out, scale: float, config: DeltaConfig):
     """One contiguous piece's prep and its two scans: the chunk-local kernel's operands ``(u, du, states, dstates,
-    inv, w, u0)`` (the first four in :func:`workspace_dtype`) and the gradient of ``s_in``."""
+    inv)`` (the first four in :func:`workspace_dtype`) and the gradient of ``s_in``."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     qt, kt, A, w, u0, decay, inv = prep(q, k, v, g, beta, scale, config, with_inverse=True)
@@ -90,7 +93,7 @@ def _piece_recurrences(q, k, v, g, beta, s_in, do, d_out, scale: float, config: 
     scan_piece(ops, None, s_in, torch.empty(B, H, DK, DV, **f32), config, store=(states, u))
     dstates, du, d_in = torch.empty_like(states), torch.empty_like(u), torch.empty(B, H, DK, DV, **f32)
     dstate_piece(ops, do, d_out, dstates, du, d_in, config)
-    return (u, du, states, dstates, inv, w, u0), d_in
+    return (u, du, states, dstates, inv), d_in
 
 
 def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, config: DeltaConfig,
@@ -129,8 +132,8 @@ def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, co
             main.wait_stream(scans)
             for t in (*xs, *piece_ops):
                 t.record_stream(main)                # made on the scans' stream, read on this one
-        local_grads(*xs, *piece_ops, scale, config.chunk, LOCAL_BLOCK_K, LOCAL_WARPS, dot_precision(q.dtype),
-                    out=[x[:, sl] for x in outs])
+        local_grads(*xs, *piece_ops, scale, config.chunk, LOCAL_BLOCK_K, LOCAL_BLOCK_V, LOCAL_WARPS,
+                    dot_precision(q.dtype), out=[x[:, sl] for x in outs])
         if scans is not None:
             done.append(torch.cuda.Event())
             done[-1].record(main)

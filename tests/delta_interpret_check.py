@@ -11,6 +11,7 @@ import torch
 
 import kernels_interpret_check as base  # noqa: F401  (switches the interpreter on and patches it first)
 from kernels_interpret_check import check, rel
+from seqedge.kernels import delta_scan_bwd as bwd_mod
 from seqedge.kernels import delta_scan_triton as fwd
 from seqedge.kernels.delta_operands import chunk_layout, chunk_operands
 from seqedge.kernels.delta_scan_bwd import delta_scan_bwd
@@ -54,9 +55,11 @@ def check_scan(cfg, gk: int, T: int, B: int, piece: int | None = None) -> None:
     check(f"{tag} state", rel(s, rs), TOL)
 
 
-def check_bwd(cfg, gk: int, T: int, piece: int, dk: int = 16, saved: bool = False, B: int = 1) -> None:
+def check_bwd(cfg, gk: int, T: int, piece: int, dk: int = 16, saved: bool = False, B: int = 1,
+              blocks: int | None = None) -> None:
     """Every gradient against float64 autograd of the chunked form, from output and final-state cotangents; with
-    ``saved`` from the forward's piece-entering states (else the backward re-scans them)."""
+    ``saved`` from the forward's piece-entering states (else the backward re-scans them); ``blocks``: the
+    chunk-local kernel's key and value block (several key blocks: dbeta and a per-head dg summed over them)."""
     H, dv = 2, 32
     q, k, v, g, beta, s0 = inputs(B, T, H, dk, dv, min(gk, dk), 7 + T)
     gen = torch.Generator().manual_seed(T)
@@ -68,9 +71,15 @@ def check_bwd(cfg, gk: int, T: int, piece: int, dk: int = 16, saved: bool = Fals
     if saved:
         entering = torch.full(((T - 1) // piece, B, H, dk, dv), float("nan"))
         fwd.delta_scan_fwd(q, k, v, g, beta, s0, dk ** -0.5, cfg, piece=piece, entering=entering)
-    got = delta_scan_bwd(q, k, v, g, beta, s0, do, dfinal, dk ** -0.5, cfg, piece=piece, entering=entering)
+    shipped = bwd_mod.LOCAL_BLOCK_K, bwd_mod.LOCAL_BLOCK_V
+    if blocks:
+        bwd_mod.LOCAL_BLOCK_K = bwd_mod.LOCAL_BLOCK_V = blocks
+    try:
+        got = delta_scan_bwd(q, k, v, g, beta, s0, do, dfinal, dk ** -0.5, cfg, piece=piece, entering=entering)
+    finally:
+        bwd_mod.LOCAL_BLOCK_K, bwd_mod.LOCAL_BLOCK_V = shipped
     for name, x, ref in zip(("dq", "dk", "dv", "dg", "dbeta", "ds0"), got, want):
-        tag = f"bwd C={cfg.chunk} gk={gk} dk={dk} B={B} T={T} piece={piece} saved={saved} {name}"
+        tag = f"bwd C={cfg.chunk} gk={gk} dk={dk} B={B} T={T} piece={piece} saved={saved} blocks={blocks} {name}"
         check(tag, rel(x, ref), TOL_G if name == "dg" else TOL)
 
 
@@ -89,6 +98,8 @@ def main() -> None:
     mid = fwd.DeltaConfig(chunk=32, block_v=16, prep_block_k=16)
     check_bwd(mid, 1, T=45, piece=8192, dk=32)          # a gate per head, two key blocks and column blocks
     check_bwd(fwd.DeltaConfig(chunk=64, block_v=16, prep_block_k=16), 32, T=70, piece=64, dk=32)   # per key
+    check_bwd(mid, 1, T=45, piece=8192, dk=32, blocks=16)      # the chunk-local kernel over two key blocks
+    check_bwd(mid, 32, T=45, piece=32, dk=32, blocks=16, B=2)
     print("ALL OK")
 
 

@@ -102,8 +102,8 @@ def launches(T: int, per_head: bool, sweep: bool) -> list[dict]:
     outs = [torch.empty_like(x) for x in (q, k, v, g, beta)]       # the gradients, written in their dtypes
 
     def lg(c, bk, nw, st, dst, u_, du_, inv_, ops_):
-        local_grads(*xs[:5], xs[5], u_, du_, st, dst, inv_, ops_[3], ops_[4], scale, c.chunk, bk, nw, prec,
-                    out=[x[:, :P] for x in outs])
+        local_grads(*xs[:5], xs[5], u_, du_, st, dst, inv_, scale, c.chunk, bk, bwd_mod.LOCAL_BLOCK_V, nw,
+                    prec, out=[x[:, :P] for x in outs])
         return [x[:, :P].clone() for x in outs]
     args = (states, dstates, u, du, inv, ops)
     bench("local_grads", lambda: lg(cfg, bwd_mod.LOCAL_BLOCK_K, bwd_mod.LOCAL_WARPS, *args), n_pieces)
@@ -113,7 +113,7 @@ def launches(T: int, per_head: bool, sweep: bool) -> list[dict]:
         ops_c, inv_c, st_c, u_c, dst_c, du_c, _ = piece_operands(c)
         a = (st_c, dst_c, u_c, du_c, inv_c, ops_c)
         ref = lg(c, bwd_mod.LOCAL_BLOCK_K, bwd_mod.LOCAL_WARPS, *a)
-        for bk, nw in ((16, 4), (32, 4), (16, 8), (32, 8), (16, 2)):
+        for bk, nw in ((32, 4), (64, 4), (64, 8), (128, 8), (128, 4)):
             try:
                 got = lg(c, bk, nw, *a)
                 err = max(rel(x, y) for x, y in zip(got, ref))
