@@ -21,7 +21,8 @@ that survives the causal mask exceeds exp(40) for g >= -5); dg is the reverse ru
 
 Everything after dA, dM and dv is independent per key column, so one program owns one chunk and one block of
 key columns (each program forms the chunk's dA and dM itself: three small dots over the values, cheaper than a
-launch and a round trip), with no loop over the key blocks; that keeps its tiles few and its registers unspilled.
+launch and a round trip), with no loop over the key blocks: many short programs. The kernel still spills
+registers (``benchmarks/probes/kernel_registers.py``), but more programs in flight hide the spills' latency.
 Per-program float32 scratch holds b, dA, dM, dkb, db and the partial sums of dq and dk between the phases;
 barriers order the program's own stores and loads. The key-summed parts (dbeta, and dg for a gate per head) leave
 as float32 partials per key block, summed by the host. Dots take the workspace's dtype straight (bf16 products
