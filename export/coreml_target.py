@@ -97,21 +97,40 @@ def _converter_fixes() -> Iterator[None]:
             registry.set_func_by_name(func, name)
 
 
+def _const_ops(mlmodel: Any) -> Iterator[Any]:
+    """Every ``const`` op of ``mlmodel``'s MIL program, nested blocks included."""
+
+    def walk(block: Any) -> Iterator[Any]:
+        for op in block.operations:
+            for inner in op.blocks:
+                yield from walk(inner)
+            if op.op_type == "const":
+                yield op
+
+    # The converter keeps the MIL program on the model it returns; ``_get_mil_internal()`` would deep-copy it,
+    # which overflows the recursion limit on a real-size program.
+    for function in mlmodel._mil_program.functions.values():
+        yield from walk(function)
+
+
 def weight_consts(mlmodel: Any, model) -> dict[str, list[str]]:
     """``{const name: module names}`` of the weight matrices in a converted (uncompressed) ``mlmodel``: consts
     feeding a linear, matmul or gather whose value is a model weight cast to the program's dtype
     (:class:`WeightIndex`). Const names come from traced parameter names and may change between coremltools
-    versions; values do not."""
-    import coremltools.optimize.coreml as cto
+    versions; values do not.
+
+    The program's own const ops are walked rather than ``coremltools.optimize.coreml.get_weights_metadata``'s
+    table: that one fails on a const feeding an op with a list operand (a ``concat``, as Mamba2's conv step has)."""
     import numpy as np
 
     index = WeightIndex(model)
     found = {}
-    for name, meta in cto.get_weights_metadata(mlmodel, weight_threshold=0).items():
-        if any(op.op_type in WEIGHT_OPERANDS for op in meta.child_ops):
-            modules = index.lookup(np.asarray(meta.val))
+    for op in _const_ops(mlmodel):
+        out = op.outputs[0]
+        if isinstance(out.val, np.ndarray) and any(child.op_type in WEIGHT_OPERANDS for child in out.child_ops):
+            modules = index.lookup(np.asarray(out.val))
             if modules:
-                found[name] = modules
+                found[op.name] = modules
     return found
 
 
@@ -208,9 +227,13 @@ class CoreMLTarget:
         spec = ct.utils.load_spec(str(package))
         stored = {entry: weight_storage(spec, entry) for entry in FUNCTIONS}
         weights = sorted({(name, dtype) for entry in FUNCTIONS for _, name, dtype in stored[entry]})
-        # int4 leaves the weights its policy does not select in float16 on purpose; any other plain weight was
-        # skipped by coremltools (for int4: input dim not a multiple of group_size)
+        # int4 leaves the weights its policy does not select in float16 on purpose, and an untied embedding table
+        # (a gather, not a weight matrix: int4 packs matrices on every target); any other plain weight was skipped
+        # by coremltools (for int4: input dim not a multiple of group_size)
         expected = {n for n, modules in consts.items() if not ctx.quantization.int4_applies(modules[0])}
+        if scheme == "int4":
+            expected |= {name for entry in FUNCTIONS for op, name, _ in stored[entry]
+                         if op == "gather" and name not in consts}
         uncompressed = [name for name, dtype in weights if scheme in ("int8", "int4") and not dtype.startswith("INT")
                         and name not in expected]
         if uncompressed:

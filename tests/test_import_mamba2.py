@@ -186,3 +186,22 @@ def test_int4_mlp_on_a_model_without_mlps_is_refused_before_anything_is_written(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "int4-mlp" in err[0] and "mixer.mlp is False" in err[0], err
     assert not out.exists()
+
+
+def test_coreml_int4_all_packs_every_linear(hf, tmp_path):
+    """Core ML int4-all of an imported Mamba2 packs each layer's projections and the head (its conv step feeds a
+    constant into a ``concat``, on which coremltools' own weight table fails; seqedge walks the program instead)."""
+    pytest.importorskip("coremltools", reason="coremltools is not installed (pip install coremltools==9.0)")
+    _, path = hf
+    out = tmp_path / "art"
+    assert main(["export", "-m", path.as_posix(), "--target", "coreml", "--quantize", "int4-all", "-o", str(out),
+                 "-q"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    info = next(v["info"] for v in manifest["variants"] if v["target"] == "coreml")
+    packed = set(info["int4"]["quantized_modules"])
+    for layer in range(CONFIG["num_hidden_layers"]):
+        assert {f"blocks.{layer}.attn.qkv", f"blocks.{layer}.attn.out_proj"} <= packed
+    # the untied embedding table is a lookup, not a matrix int4 packs: it stays float16 on purpose
+    assert info["uncompressed_weights"] == []
+    dtypes = info["weight_dtypes"]
+    assert dtypes["FLOAT16"] == 1 and dtypes["INT4"] >= 4 * CONFIG["num_hidden_layers"] + 1
