@@ -87,9 +87,11 @@ def fuse_rms_norm(model: Any, flavour: str) -> Any:
     ir = require_onnx_library("onnx_ir")
     model = canonical_rms_form(model)
     if flavour == "portable":
-        version_converter = require_onnx_library("onnx.version_converter")
-        model = version_converter.convert_version(model, RMS_OPSET)
         graph = ir.from_proto(model)
+        # onnxscript's converter works on the IR in place; where it has no adapter it hands the ONNX C API the
+        # graph without its weights. The C API converter alone would serialise and copy a real-size model's
+        # weights several times (the portable export's peak memory).
+        require_onnx_library("onnxscript.version_converter").convert_version(graph, RMS_OPSET, fallback=True)
         require_onnx_library("onnxscript.rewriter.onnx_fusions").fuse(graph)
     else:
         graph = ir.from_proto(model)
