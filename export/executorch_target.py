@@ -146,8 +146,22 @@ def _partitioner():
     from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
 
     _, XnnpackPartitioner = _import_executorch()
+
+    class Partitioner(XnnpackPartitioner):
+        """XNNPACK's partitioner without a node filter on the ops kept from decomposition.
+
+        With a filter, ExecuTorch re-checks each kept op node by node (``EDGE_DO_NOT_DECOMP``) at the price of
+        one more whole-program decomposition per method, about a seventh of a real-size lowering. The kept ops
+        in seqedge's graphs are linears (constant 2-D weights, rank <= 3) and torchao's (de)quantize ops of the
+        linears it quantizes, which pass those checks: the delegation is the same without the filter. A linear
+        XNNPACK refused would run whole on the portable kernels (``linear.out``) instead of decomposed."""
+
+        def ops_to_not_decompose(self, ep):
+            ops, _ = super().ops_to_not_decompose(ep)
+            return ops, None
+
     configs = partitioner_configs(list(ALL_PARTITIONER_CONFIGS))
-    return XnnpackPartitioner(configs=[_rank_limited(c) for c in configs])
+    return Partitioner(configs=[_rank_limited(c) for c in configs])
 
 
 def _op_name(node: torch.fx.Node) -> str:
