@@ -1,7 +1,8 @@
 """Graph clean-up of the exported ONNX graphs: maintained optimisers first, then small named rewrites.
 
-Each pass takes and returns an ``onnx.ModelProto`` and keeps the graph's inputs, outputs and values (up to float
-rounding); :func:`clean` runs them in order:
+Each pass takes an ``onnx_ir.Model``, rewrites it in place and returns it, keeping the graph's inputs, outputs and
+values (up to float rounding). :func:`clean` runs them in order on one IR of the graph (:func:`on_proto`: one
+conversion from and to the ``onnx.ModelProto``, so a real-size graph's weights are not copied once per pass):
 
 0. :func:`type_matmul_nbits`: the element type of each ``MatMulNBits`` output written out (ONNX's type inference
    does not know ONNX Runtime's ops, and without a type downstream the same-type casts stay and the RMSNorm rules
@@ -20,60 +21,69 @@ rounding); :func:`clean` runs them in order:
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from typing import Any, Callable, Hashable
+from collections import defaultdict
+from collections.abc import Callable, Hashable
+from typing import Any
 
 FLAVOURS = ("portable", "ort")
 RMS_OPSET = 23          # the first opset with RMSNormalization
+_ONNX_DOMAINS = ("", "ai.onnx")
 
 
-def _onnx():
+def _library(name: str) -> Any:
     from .onnx_library import require_onnx_library
 
-    return require_onnx_library("onnx")
+    return require_onnx_library(name)
+
+
+def on_proto(model: Any, *passes: Callable[[Any], Any]) -> Any:
+    """``passes`` (each ``onnx_ir.Model`` -> the same, rewritten) on the ``onnx.ModelProto`` ``model``: converted
+    to the IR once and back once. The tensors of the IR read the proto's bytes until a pass replaces them."""
+    ir = _library("onnx_ir")
+    ir_model = ir.from_proto(model)
+    for apply in passes:
+        ir_model = apply(ir_model)
+    return ir.to_proto(ir_model)
+
+
+def _const(value: Any) -> Any:
+    """The array of an initializer ``value`` (None for anything else, and for a missing optional input)."""
+    if value is None or not value.is_initializer() or value.const_value is None:
+        return None
+    return value.const_value.numpy()
 
 
 def library_optimize(model: Any) -> Any:
     """onnxscript's optimizer on ``model`` (constant folding, unused nodes, its default rewrite rules)."""
-    from .onnx_library import require_onnx_library
-
-    ir = require_onnx_library("onnx_ir")
-    optimizer = require_onnx_library("onnxscript.optimizer")
-    graph = ir.from_proto(model)
-    optimizer.optimize_ir(graph)
-    return ir.to_proto(graph)
+    _library("onnxscript.optimizer").optimize_ir(model)
+    return model
 
 
 def type_matmul_nbits(model: Any) -> Any:
     """Declare the element type of every ``com.microsoft::MatMulNBits`` output that has none: its ``scales``
     initializer's (the op's type constraint T1 binds A, scales and Y)."""
-    onnx = _onnx()
-    graph = model.graph
-    typed = {v.name for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
-    dtypes = {t.name: t.data_type for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "MatMulNBits" and node.output[0] not in typed and node.input[2] in dtypes:
-            graph.value_info.append(onnx.helper.make_tensor_value_info(node.output[0], dtypes[node.input[2]], None))
+    for node in model.graph:
+        scales = node.inputs[2] if node.op_type == "MatMulNBits" and len(node.inputs) > 2 else None
+        if scales is not None and scales.const_value is not None and node.outputs[0].dtype is None:
+            node.outputs[0].dtype = scales.const_value.dtype
     return model
 
 
 def canonical_rms_form(model: Any) -> Any:
     """``Div(1, x)`` -> ``Reciprocal(x)`` and ReduceMean's default ``noop_with_empty_axes=0`` written out: the
     forms onnxscript's RMSNorm rules match (the TorchScript exporter writes ``rsqrt`` as ``1 / Sqrt``)."""
-    onnx = _onnx()
-    from onnx import numpy_helper
-
-    consts = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "ReduceMean" and not any(a.name == "noop_with_empty_axes" for a in node.attribute):
-            node.attribute.append(onnx.helper.make_attribute("noop_with_empty_axes", 0))
-        if node.op_type == "Div" and node.input[0] in consts:
-            one = numpy_helper.to_array(consts[node.input[0]])
-            if one.size == 1 and float(one.reshape(())) == 1.0:
-                divisor = node.input[1]
-                del node.input[:]
-                node.input.append(divisor)
-                node.op_type = "Reciprocal"
+    ir = _library("onnx_ir")
+    for node in model.graph:
+        if node.domain not in _ONNX_DOMAINS:
+            continue
+        if node.op_type == "ReduceMean" and "noop_with_empty_axes" not in node.attributes:
+            node.attributes["noop_with_empty_axes"] = ir.AttrInt64("noop_with_empty_axes", 0)
+        one = _const(node.inputs[0]) if node.op_type == "Div" else None
+        if one is not None and one.size == 1 and float(one.reshape(())) == 1.0:
+            divisor = node.inputs[1]
+            node.replace_input_with(0, divisor)
+            node.resize_inputs(1)
+            node.op_type = "Reciprocal"
     return model
 
 
@@ -82,23 +92,17 @@ def fuse_rms_norm(model: Any, flavour: str) -> Any:
     ``SimplifiedLayerNormalization`` for ``ort`` (:data:`FLAVOURS`)."""
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {list(FLAVOURS)}, got {flavour!r}")
-    from .onnx_library import require_onnx_library
-
-    ir = require_onnx_library("onnx_ir")
     model = canonical_rms_form(model)
     if flavour == "portable":
-        graph = ir.from_proto(model)
         # onnxscript's converter works on the IR in place; where it has no adapter it hands the ONNX C API the
         # graph without its weights. The C API converter alone would serialise and copy a real-size model's
         # weights several times (the portable export's peak memory).
-        require_onnx_library("onnxscript.version_converter").convert_version(graph, RMS_OPSET, fallback=True)
-        require_onnx_library("onnxscript.rewriter.onnx_fusions").fuse(graph)
+        _library("onnxscript.version_converter").convert_version(model, RMS_OPSET, fallback=True)
+        _library("onnxscript.rewriter.onnx_fusions").fuse(model)
     else:
-        graph = ir.from_proto(model)
-        fusions = require_onnx_library("onnxscript.rewriter.ort_fusions.rms_normalization")
-        fusions.fuse_rms_normalization(graph)
-    require_onnx_library("onnxscript.optimizer").remove_unused_nodes(graph)
-    return ir.to_proto(graph)
+        _library("onnxscript.rewriter.ort_fusions.rms_normalization").fuse_rms_normalization(model)
+    _library("onnxscript.optimizer").remove_unused_nodes(model)
+    return model
 
 
 def _shape_without_unsqueeze(shape: Any, axes: Any) -> Any:
@@ -115,34 +119,41 @@ def _shape_without_unsqueeze(shape: Any, axes: Any) -> Any:
     return out
 
 
+def _initializer(model: Any, name: str, array: Any) -> Any:
+    """The graph's initializer ``name``, registered with ``array`` unless it already exists."""
+    ir = _library("onnx_ir")
+    found = model.graph.initializers.get(name)
+    if found is None:
+        found = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+        model.graph.register_initializer(found)
+    return found
+
+
 def drop_unsqueeze_before_reshape(model: Any) -> Any:
     """``Reshape(Unsqueeze(x), shape)`` -> ``Reshape(x, shape')`` for constant axes and shape, the Unsqueeze read
     by that Reshape only (:func:`_shape_without_unsqueeze` gives ``shape'``); the Reshape chains this leaves are
     collapsed by :func:`library_optimize`."""
-    from onnx import numpy_helper
-
-    consts = {t.name: t for t in model.graph.initializer}
-    producers = {o: n for n in model.graph.node for o in n.output}
-    uses = Counter(name for node in model.graph.node for name in node.input)
-    uses.update(o.name for o in model.graph.output)
-    for node in list(model.graph.node):
-        source = producers.get(node.input[0]) if node.op_type == "Reshape" else None
-        if source is None or source.op_type != "Unsqueeze" or uses[source.output[0]] != 1 \
-                or node.input[1] not in consts or len(source.input) < 2 or source.input[1] not in consts \
-                or any(a.name == "allowzero" and a.i for a in node.attribute):
+    for node in list(model.graph):
+        if node.op_type != "Reshape" or node.domain not in _ONNX_DOMAINS or node.inputs[0] is None:
             continue
-        axes = [int(a) for a in numpy_helper.to_array(consts[source.input[1]]).ravel()]
+        source = node.inputs[0].producer()
+        if source is None or source.op_type != "Unsqueeze" or source.domain not in _ONNX_DOMAINS \
+                or len(source.outputs[0].uses()) != 1 or source.outputs[0].is_graph_output() \
+                or len(source.inputs) < 2:
+            continue
+        allowzero = node.attributes.get("allowzero")
+        shape, axes = _const(node.inputs[1]), _const(source.inputs[1])
+        if (allowzero is not None and allowzero.value) or shape is None or axes is None:
+            continue
+        axes = [int(a) for a in axes.ravel()]
         if min(axes) < 0:
             continue
-        shape = _shape_without_unsqueeze(numpy_helper.to_array(consts[node.input[1]]), axes)
+        shape = _shape_without_unsqueeze(shape, axes)
         if shape is None:
             continue
-        name = f"{node.input[1]}_without_unsqueeze"
-        if name not in consts:
-            consts[name] = numpy_helper.from_array(shape, name)
-            model.graph.initializer.append(consts[name])
-        node.input[0], node.input[1] = source.input[0], name
-        model.graph.node.remove(source)
+        node.replace_input_with(1, _initializer(model, f"{node.inputs[1].name}_without_unsqueeze", shape))
+        node.replace_input_with(0, source.inputs[0])
+        model.graph.remove(source, safe=True)
     return model
 
 
@@ -153,61 +164,63 @@ def merge_shared_matmuls(model: Any, kind: Callable[[str], Hashable] | None = No
     ``kind`` (weight initializer name -> a key, or None to leave that MatMul alone) keeps weights of different
     kinds apart: the int4 export merges before packing, and only weights its policy packs alike."""
     import numpy as np
-    from onnx import helper, numpy_helper
 
+    ir = _library("onnx_ir")
     graph = model.graph
-    consts = {t.name: t for t in graph.initializer}
-    groups: dict[tuple[str, int, Hashable], list[Any]] = defaultdict(list)
-    for node in graph.node:
-        if node.op_type == "MatMul" and node.input[1] in consts and len(consts[node.input[1]].dims) == 2:
-            key = True if kind is None else kind(node.input[1])
-            if key is not None:
-                groups[(node.input[0], consts[node.input[1]].data_type, key)].append(node)
-    uses = Counter(name for node in graph.node for name in node.input)
-    merged: dict[int, list[Any]] = {}          # id(first MatMul of a group) -> nodes replacing the group
-    dropped: set[int] = set()
+    groups: dict[tuple[int, Any, Hashable], list[Any]] = defaultdict(list)
+    sources: dict[int, Any] = {}
+    for node in graph:
+        if node.op_type != "MatMul" or node.domain not in _ONNX_DOMAINS or node.inputs[0] is None:
+            continue
+        weight = node.inputs[1]
+        if weight is None or not weight.is_initializer() or weight.const_value is None \
+                or len(weight.const_value.shape) != 2:
+            continue
+        key = True if kind is None else kind(weight.name)
+        if key is not None:
+            sources[id(node.inputs[0])] = node.inputs[0]
+            groups[(id(node.inputs[0]), weight.const_value.dtype, key)].append(node)
     for (source, _, _), nodes in groups.items():
-        nodes = [n for n in nodes if uses[n.input[1]] == 1]      # a weight used elsewhere stays where it is
+        # a weight read elsewhere (or a graph output) stays where it is
+        nodes = [n for n in nodes if len(n.inputs[1].uses()) == 1 and not n.inputs[1].is_graph_output()]
         if len(nodes) < 2:
             continue
-        weights = [numpy_helper.to_array(consts[n.input[1]]) for n in nodes]
+        weights = [n.inputs[1].const_value.numpy() for n in nodes]
         if len({w.shape[0] for w in weights}) != 1:
             continue
-        name = f"{nodes[0].name or nodes[0].output[0]}_merged"
-        graph.initializer.append(numpy_helper.from_array(np.concatenate(weights, axis=1), f"{name}.weight"))
-        graph.initializer.append(numpy_helper.from_array(np.array([w.shape[1] for w in weights], np.int64),
-                                                         f"{name}.split"))
-        merged[id(nodes[0])] = [
-            helper.make_node("MatMul", [source, f"{name}.weight"], [f"{name}.out"], name=name),
-            helper.make_node("Split", [f"{name}.out", f"{name}.split"], [n.output[0] for n in nodes], axis=-1,
-                             name=f"{name}.split"),
-        ]
-        dropped.update(id(n) for n in nodes)
-        for n in nodes:
-            graph.initializer.remove(consts[n.input[1]])
-    if not merged:
-        return model
-    nodes = []
-    for node in graph.node:
-        nodes.extend(merged.get(id(node), []))
-        if id(node) not in dropped:
-            nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
+        name = f"{nodes[0].name or nodes[0].outputs[0].name}_merged"
+        weight = _initializer(model, f"{name}.weight", np.concatenate(weights, axis=1))
+        sizes = _initializer(model, f"{name}.split", np.array([w.shape[1] for w in weights], np.int64))
+        matmul = ir.node("MatMul", [sources[source], weight], name=name, outputs=[ir.Value(name=f"{name}.out")])
+        split = ir.node("Split", [matmul.outputs[0], sizes], {"axis": -1}, name=f"{name}.split",
+                        num_outputs=len(nodes))
+        dtype = weight.const_value.dtype
+        matmul.outputs[0].dtype = dtype     # typed values only: the IR writes a value_info for each
+        graph.insert_before(nodes[0], [matmul, split])
+        for old, new in zip(nodes, split.outputs):
+            out_name, old_weight = old.outputs[0].name, old.inputs[1]
+            new.type, new.shape = old.outputs[0].type, old.outputs[0].shape
+            if new.type is None:
+                new.dtype = dtype
+            ir.convenience.replace_all_uses_with(old.outputs[0], new, replace_graph_outputs=True)
+            graph.remove(old, safe=True)
+            new.name = out_name
+            graph.initializers.pop(old_weight.name)
     return model
 
 
 def clean(model: Any, flavour: str) -> Any:
-    """The passes of this module in order (see the module docstring). One pass's result replaces the last, so a
-    large graph's weights are held about twice at most, not once per pass."""
-    for apply in (type_matmul_nbits, library_optimize, drop_unsqueeze_before_reshape, library_optimize,
-                  lambda m: fuse_rms_norm(m, flavour), merge_shared_matmuls):
-        model = apply(model)
-    return model
+    """The passes of this module in order (see the module docstring) on the ``onnx.ModelProto`` ``model``,
+    through one IR of it (:func:`on_proto`); returns the cleaned ``onnx.ModelProto``."""
+    return on_proto(model, type_matmul_nbits, library_optimize, drop_unsqueeze_before_reshape, library_optimize,
+                    lambda m: fuse_rms_norm(m, flavour), merge_shared_matmuls)
 
 
 def node_counts(model: Any, layers: int) -> dict[str, Any]:
-    """Node count of ``model``'s graph, in total, per op type and per layer (``total / layers``)."""
+    """Node count of the ``onnx.ModelProto`` ``model``'s graph, in total, per op type and per layer
+    (``total / layers``)."""
+    from collections import Counter
+
     ops = Counter(n.op_type for n in model.graph.node)
     total = sum(ops.values())
     return {"total": total, "per_layer": round(total / max(layers, 1), 1), "op_types": dict(ops.most_common())}

@@ -211,7 +211,8 @@ def _quantize_int8(source: Path, dest: Path) -> None:
     quantization = require_onnx_library("onnxruntime.quantization")
     # one quantized MatMul per shared input: per-channel weight scales and the input's one dynamic scale are the
     # same as the separate MatMuls', so merging first changes no value and saves a quantize and a call per group
-    merged = graph_passes.merge_shared_matmuls(require_onnx_library("onnx").load(str(source)))
+    merged = graph_passes.on_proto(require_onnx_library("onnx").load(str(source)),
+                                   graph_passes.merge_shared_matmuls)
     # reduce_range: 7-bit weights. x86 CPUs without VNNI multiply u8 x s8 pairs with a saturating 16-bit add
     # (pmaddubsw), which overflows on full-range int8 weights and costs ~6 dB SQNR on this model; an artifact is
     # exported once and runs on CPUs of either kind, so it is quantized for the one that saturates.
@@ -278,7 +279,8 @@ def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe,
     index = WeightIndex(model)
     modules = matmul_modules(model_proto.graph, model, index)
     packs = {n.input[1]: recipe.int4_applies(modules[n.name][0]) for n in model_proto.graph.node if n.name in modules}
-    model_proto = graph_passes.merge_shared_matmuls(model_proto, kind=packs.get)
+    model_proto = graph_passes.on_proto(model_proto,
+                                        lambda m: graph_passes.merge_shared_matmuls(m, kind=packs.get))
     modules = matmul_modules(model_proto.graph, model, index)
     selected = set(int4_split(recipe, modules, "MatMul")[0])
     if not selected:
