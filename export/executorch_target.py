@@ -185,11 +185,12 @@ def delegation_counts(graph_module: torch.fx.GraphModule) -> dict[str, Any]:
             "delegated_subgraphs": subgraphs, "portable_ops": dict(portable.most_common())}
 
 
-def _compiled_batch_bound(buffer: bytes) -> int:
-    """The batch capacity ExecuTorch planned for: the leading size of every method's inputs (all equal)."""
+def _compiled_batch_bound(path) -> int:
+    """The batch capacity ExecuTorch planned for: the leading size of every method's inputs (all equal), read
+    from the written program (memory-mapped: a real-size program is not copied)."""
     from executorch.runtime import Runtime
 
-    program = Runtime.get().load_program(buffer)
+    program = Runtime.get().load_program(path)
     bounds = set()
     for method in program.method_names:
         meta = program.metadata(method)
@@ -233,9 +234,12 @@ class ExecuTorchTarget:
         delegation = {e: delegation_counts(edge.exported_program(e).graph_module) for e in ENTRY_POINTS}
         ctx.progress(f"executorch/{recipe.tag}: writing {PROGRAM_FILE}")
         program = edge.to_executorch(exir.ExecutorchBackendConfig(extract_delegate_segments=True))
+        del edge, programs, model        # each holds the weights again; a real-size export is bound by memory
         path = ctx.target_dir(self.name) / PROGRAM_FILE
-        path.write_bytes(program.buffer)
-        max_batch = _compiled_batch_bound(program.buffer)
+        with open(path, "wb") as file:      # written piece by piece: ``program.buffer`` would copy it whole
+            program.write_to_file(file)
+        del program
+        max_batch = _compiled_batch_bound(path)
         info = {
             "methods": list(ENTRY_POINTS),
             "backend": "XnnpackBackend",
