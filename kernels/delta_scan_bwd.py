@@ -34,8 +34,9 @@ from .delta_scan_triton import (
 # kernel (one program per chunk and key block, its products over the values block by block) is latency-bound:
 # 64 key columns and four warps left the whole backward fastest beside the scans (more, smaller programs took
 # multiprocessors from the scans). Chunk 64 makes the scans faster but the whole backward slower, for per-key and
-# for per-head gates (their prep is cheap, but the chunk-local kernel is slower at chunk 64).
-BWD_CONFIG = DeltaConfig(chunk=32, block_v=16)
+# for per-head gates (their prep is cheap, but the chunk-local kernel is slower at chunk 64). Three stages load the
+# forward-order scan's chunks two ahead (as the forward's configs); the reverse scan neither gains nor loses.
+BWD_CONFIG = DeltaConfig(chunk=32, block_v=16, num_stages=3)
 LOCAL_WARPS = 4
 LOCAL_BLOCK_K = 64
 LOCAL_BLOCK_V = 32

@@ -52,7 +52,9 @@ class DeltaConfig:
     chunk: int
     block_v: int
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 2         # stages of the scans' loads, 16-bit inputs
+    wide_stages: int = 2        # the same for float32 inputs, whose tiles take twice the shared memory (three
+                                # stages do not fit at chunk 64 with dk = 128)
     prep_warps: int = 4
     prep_block_k: int = 32      # key columns per step of the prep (bounds its registers)
     split_o: bool = False
@@ -65,13 +67,24 @@ class DeltaConfig:
         if self.prep_block_k < 16 or self.prep_block_k & (self.prep_block_k - 1):
             raise ValueError(f"prep_block_k must be a power of two >= 16, got {self.prep_block_k}")
 
+    def stages(self, dtype: torch.dtype) -> int:
+        """Pipeline stages of the scans' loads for inputs of ``dtype``."""
+        return self.num_stages if dtype.itemsize <= 2 else self.wide_stages
+
 
 # Every entry is run and checked by tests/test_kernels_delta_gpu.py, not only the one picked. The first is used
 # while a CUDA graph is captured (nothing can be timed then); the backward has its own (delta_scan_bwd.BWD_CONFIG).
+# Three stages (16-bit inputs): the scan waits on its loads (w, kt, qt, A, u0 of a chunk do not depend on the state),
+# so loading two chunks ahead instead of one shortens every step of the sequential chain. A fourth stage does not
+# fit in shared memory at chunk 64 and gains nothing at chunk 32; float32 inputs keep two (``wide_stages``). Value
+# block 64 leaves the most multiprocessors to the next piece's prep running beside the scan; key block 64 is the
+# faster prep with one gate per head.
 DELTA_CONFIGS: tuple[DeltaConfig, ...] = (
-    DeltaConfig(chunk=32, block_v=32),
-    DeltaConfig(chunk=64, block_v=16),
-    DeltaConfig(chunk=32, block_v=16),
+    DeltaConfig(chunk=32, block_v=32, num_stages=3),
+    DeltaConfig(chunk=64, block_v=16, num_stages=3),
+    DeltaConfig(chunk=32, block_v=16, num_stages=3),
+    DeltaConfig(chunk=64, block_v=64, num_stages=3, prep_block_k=64),
+    DeltaConfig(chunk=32, block_v=64, num_stages=3),
 )
 # Taken out by evidence from the GPU runs (H200, triton 3.6.0, T=65,536, B=1, H=16, dk=dv=128, bf16); kept so the
 # finding is not lost:
@@ -89,6 +102,11 @@ EXCLUDED_CONFIGS: dict[DeltaConfig, str] = {
     DeltaConfig(chunk=64, block_v=64, num_warps=8, split_o=True):
         "slower (2.97 ms) and the gated kernel's illegal-access tile shape (chunk_scan_triton.EXCLUDED_CONFIGS)",
     DeltaConfig(chunk=64, block_v=64, num_warps=8): "slower: scan 3.40 ms against 2.07 ms at block_v 16",
+    DeltaConfig(chunk=32, block_v=32): "slower scan than the same config with num_stages 3 (loads one chunk ahead)",
+    DeltaConfig(chunk=64, block_v=16): "slower scan than the same config with num_stages 3 (loads one chunk ahead)",
+    DeltaConfig(chunk=32, block_v=16): "slower scan than the same config with num_stages 3 (loads one chunk ahead)",
+    DeltaConfig(chunk=64, block_v=16, num_stages=4): "out of resources at launch: the scan's stages need more shared "
+                                                     "memory than a Hopper block has (also at block_v 32 and 64)",
 }
 
 @triton.jit
@@ -231,7 +249,7 @@ def scan_piece(ops: tuple, o, init, final, config: DeltaConfig, store: tuple | N
         qt, kt, A, w, u0, decay, o if fused_o else final, init if init is not None else final, final,
         states, u, T, H, NC, DK=DK, DV=DV, BV=BV, C=config.chunk, HAS_INIT=init is not None,
         WRITE_O=fused_o, STORE=store is not None, PREC=prec, num_warps=config.num_warps,
-        num_stages=config.num_stages)
+        num_stages=config.stages(qt.dtype))
     if split:
         bo = min(64, DV)
         _delta_out_kernel[(NC, B * H, DV // bo)](qt, A, states, u, o, T, H, NC, DK=DK, DV=DV, BV=bo,
@@ -273,7 +291,7 @@ def dstate_piece(ops: tuple, do, d_out, dstates, du, d_in, config: DeltaConfig) 
     BV = min(config.block_v, DV)
     _delta_dstate_kernel[(B * H, DV // BV)](qt, kt, A, w, decay, do, d_out, dstates, du, d_in, T, H, A.shape[1],
                                             DK=DK, DV=DV, BV=BV, C=config.chunk, PREC=dot_precision(qt.dtype),
-                                            num_warps=config.num_warps, num_stages=config.num_stages)
+                                            num_warps=config.num_warps, num_stages=config.stages(qt.dtype))
 
 
 def delta_scan_fwd(q, k, v, g, beta, initial_state, scale: float, config: DeltaConfig,
