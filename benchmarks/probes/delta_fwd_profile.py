@@ -1,6 +1,7 @@
 """Where the delta rule's CUDA forward spends its time, and which launch parameters its launches want.
 
-    python benchmarks/probes/delta_fwd_profile.py --out DIR [--fla] [--budget S]  -> DIR/delta_fwd_profile.json
+    python benchmarks/probes/delta_fwd_profile.py --out DIR [--fla] [--budget S] [--warps ..] [--stages ..] [--split]
+        -> DIR/delta_fwd_profile.json
 
 The benchmark's shape (B=1, H=16, dk=dv=128, bf16). On one piece of ``delta_operands.PIECE`` tokens, each gate
 kind: the prep under several (chunk, key block, warps), the scan under several (chunk, value block, warps,
@@ -55,6 +56,9 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--fla", action="store_true")
     ap.add_argument("--budget", type=float, default=400.0)
+    ap.add_argument("--warps", type=int, nargs="+", default=[4], help="scan warps to sweep")
+    ap.add_argument("--stages", type=int, nargs="+", default=[3, 4, 2], help="scan load stages to sweep")
+    ap.add_argument("--split", action="store_true", help="also sweep o formed after the scan (split_o)")
     args = ap.parse_args()
     from triton.testing import do_bench
 
@@ -92,7 +96,7 @@ def main() -> None:
             save()
             ops = base
             o_ref = final_ref = None
-            grid = itertools.product((16, 32, 64), (4,), (3, 4, 2), (False,))
+            grid = itertools.product((16, 32, 64), args.warps, args.stages, (False, True) if args.split else (False,))
             for bv, nw, ns, split in grid:
                 if left() < 0:
                     continue
