@@ -2,8 +2,9 @@
 of mamba2-130m's config cut to ``--layers`` layers (``--model mamba2-130m``: seeded random weights, imported as
 ``seqedge export -m`` imports them).
 
-Lowers ``step`` and ``chunk`` as the executorch target does (xnnpack_friendly, static_reshapes, the XNNPACK
-partitioner, a batch bound of ``--max-batch``: 1 is static, more is a dynamic batch dimension) and records the
+Lowers ``step`` and ``chunk`` as the executorch target does (the ``--recipe``'s preparation, xnnpack_friendly,
+static_reshapes, the XNNPACK partitioner, a batch bound of ``--max-batch``: 1 is static, more is a dynamic batch
+dimension) and records the
 lowering time and each program's delegation counts, with the machine's load average (the lowering is
 single-threaded Python: a loaded machine slows it). Two layer counts give the cost per layer.
 
@@ -27,6 +28,7 @@ from seqedge.config import MixerParts, SequentialAttentionConfig
 from seqedge.evaluate.run_info import run_metadata
 from seqedge.export import executorch_target as et
 from seqedge.export.entry_points import ENTRY_POINTS
+from seqedge.export.quantization import make_recipe
 from seqedge.export.xnnpack_friendly import static_reshapes, xnnpack_friendly
 from seqedge.model import SequentialAttentionModel
 from seqedge.quiet import quiet_libraries
@@ -63,13 +65,16 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny-delta")
     parser.add_argument("--layers", type=int, default=1)
     parser.add_argument("--max-batch", type=int, default=4, help="batch bound (1: static; default 4)")
+    parser.add_argument("--recipe", default="fp32",
+                        help="quantization recipe, prepared as the executorch target does (default fp32)")
     parser.add_argument("--label", default="", help="a note stored with the row (e.g. the branch measured)")
     parser.add_argument("--out", help="append the row to this JSON list")
     args = parser.parse_args()
     from executorch import exir
 
     with quiet_libraries():
-        model = xnnpack_friendly(MODELS[args.model](args.layers))
+        model, _ = et.prepare_model(MODELS[args.model](args.layers), make_recipe(args.recipe))
+        model = xnnpack_friendly(model, inplace=True)
         programs = {e: et._export_entry(model, e, max_batch=args.max_batch) for e in ENTRY_POINTS}
         load_before = os.getloadavg()
         started = time.perf_counter()
@@ -77,7 +82,8 @@ def main() -> None:
                                                 partitioner=[et._partitioner()],
                                                 compile_config=exir.EdgeCompileConfig(_check_ir_validity=False))
         seconds = time.perf_counter() - started
-    row = run_metadata(model=args.model, layers=args.layers, max_batch=args.max_batch, label=args.label, lower_seconds=round(seconds, 1),
+    row = run_metadata(model=args.model, layers=args.layers, max_batch=args.max_batch, recipe=args.recipe,
+                       label=args.label, lower_seconds=round(seconds, 1),
                        loadavg_before=load_before, loadavg_after=os.getloadavg(),
                        delegation={e: et.delegation_counts(edge.exported_program(e).graph_module)
                                    for e in ENTRY_POINTS})
