@@ -139,6 +139,8 @@ def render(record: dict) -> str:
              *metadata_markdown(record["meta"]), "",
              (f"Targets: export under {EXPORT_LIMIT_S / 60:.0f} min per target with peak RAM under "
              f"{EXPORT_LIMIT_BYTES / 1e9:.0f} GB (the 130M model)."), ""]
+    if record.get("notes"):       # what the table alone does not say, written beside the run's cells
+        lines += ["## Notes", "", *(f"- {note}" for note in record["notes"]), ""]
     for model, cells in record["models"].items():
         info = record["model_info"].get(model, {})
         lines += [f"## {model}", "", (f"Parameters: {info.get('parameters', '?'):,}; HF folder built in "
@@ -189,12 +191,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="redo cells already in the result file")
     p.add_argument("--export-timeout", type=float, default=3600,
                    help="seconds an export may take before it is stopped and recorded as such (default 3600)")
+    p.add_argument("--render-only", action="store_true", help="rewrite real_sizes.md from the JSON and exit")
     p.add_argument("--max-batch", type=int, metavar="N",
                    help="batch bound of the executorch and tensorrt exports (default: seqedge export's; 1 is the "
                         "static single-stream program an on-device app runs)")
     args = p.parse_args(argv)
     path = RESULTS / "real_sizes.json"
     record = json.loads(path.read_text()) if path.is_file() else {"models": {}, "model_info": {}}
+    if args.render_only:
+        save(record)
+        return 0
     record["meta"] = run_metadata(note="cells keep the date of the run that made them; see each log")
     for model in args.models.split(","):
         work = args.workdir / model
@@ -208,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             params = 0
             for f in hf.glob("*.safetensors"):
                 with safe_open(f, "pt") as st:
-                    params += sum(math.prod(st.get_slice(k).get_shape()) for k in st)
+                    params += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())
             record["model_info"][model] = {"parameters": params, "build_s": round(time.perf_counter() - t0, 1)}
         cells = record["models"].setdefault(model, {})
         for target in args.targets.split(","):
