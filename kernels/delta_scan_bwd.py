@@ -98,12 +98,14 @@ def _piece_recurrences(q, k, v, g, beta, s_in, do, d_out, scale: float, config: 
 
 
 def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, config: DeltaConfig,
-                   piece: int | None = None, entering: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+                   piece: int | None = None, entering: torch.Tensor | None = None,
+                   local_blocks: tuple[int, int] = (LOCAL_BLOCK_K, LOCAL_BLOCK_V)) -> tuple[torch.Tensor, ...]:
     """(dq, dk, dv, dg, dbeta, dinitial_state) for contiguous CUDA inputs; the gradients in the inputs' dtypes,
     the initial state's float32. ``piece``: tokens per piece (default :data:`~seqedge.kernels.delta_operands.PIECE`,
     rounded down to whole chunks); ``entering``: the forward's float32 ``[P, B, H, dk, dv]`` states entering the
-    pieces after the first (its ``piece`` must be the same), else they are re-scanned. The side stream is used
-    except while a CUDA graph is captured and in Triton's interpreter (CPU tensors)."""
+    pieces after the first (its ``piece`` must be the same), else they are re-scanned; ``local_blocks``: the
+    chunk-local kernel's key and value blocks. The side stream is used except while a CUDA graph is captured and
+    in Triton's interpreter (CPU tensors)."""
     T = q.shape[1]
     piece = max((piece or delta_operands.PIECE) // config.chunk, 1) * config.chunk
     starts = list(range(0, T, piece)) or [0]
@@ -133,8 +135,8 @@ def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, co
             main.wait_stream(scans)
             for t in (*xs, *piece_ops):
                 t.record_stream(main)                # made on the scans' stream, read on this one
-        local_grads(*xs, *piece_ops, scale, config.chunk, LOCAL_BLOCK_K, LOCAL_BLOCK_V, LOCAL_WARPS,
-                    dot_precision(q.dtype), out=[x[:, sl] for x in outs])
+        local_grads(*xs, *piece_ops, scale, config.chunk, *local_blocks, LOCAL_WARPS, dot_precision(q.dtype),
+                    out=[x[:, sl] for x in outs])
         if scans is not None:
             done.append(torch.cuda.Event())
             done[-1].record(main)

@@ -71,13 +71,9 @@ def check_bwd(cfg, gk: int, T: int, piece: int, dk: int = 16, saved: bool = Fals
     if saved:
         entering = torch.full(((T - 1) // piece, B, H, dk, dv), float("nan"))
         fwd.delta_scan_fwd(q, k, v, g, beta, s0, dk ** -0.5, cfg, piece=piece, entering=entering)
-    shipped = bwd_mod.LOCAL_BLOCK_K, bwd_mod.LOCAL_BLOCK_V
-    if blocks:
-        bwd_mod.LOCAL_BLOCK_K = bwd_mod.LOCAL_BLOCK_V = blocks
-    try:
-        got = delta_scan_bwd(q, k, v, g, beta, s0, do, dfinal, dk ** -0.5, cfg, piece=piece, entering=entering)
-    finally:
-        bwd_mod.LOCAL_BLOCK_K, bwd_mod.LOCAL_BLOCK_V = shipped
+    local = (blocks, blocks) if blocks else (bwd_mod.LOCAL_BLOCK_K, bwd_mod.LOCAL_BLOCK_V)
+    got = delta_scan_bwd(q, k, v, g, beta, s0, do, dfinal, dk ** -0.5, cfg, piece=piece, entering=entering,
+                         local_blocks=local)
     for name, x, ref in zip(("dq", "dk", "dv", "dg", "dbeta", "ds0"), got, want):
         tag = f"bwd C={cfg.chunk} gk={gk} dk={dk} B={B} T={T} piece={piece} saved={saved} blocks={blocks} {name}"
         check(tag, rel(x, ref), TOL_G if name == "dg" else TOL)
