@@ -36,6 +36,12 @@ def inputs(T: int, per_head: bool, seed: int = 0) -> tuple[torch.Tensor, ...]:
     return q, k, v, g, beta
 
 
+def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative L2 error of ``x`` against ``ref``, in float64 (NaN where ``x`` has one)."""
+    x, ref = x.double(), ref.double()
+    return float((x - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
 def runners(per_head: bool) -> dict:
     """name -> fn(q, k, v, g, beta) -> o, for ours and fla's peer (absent when fla is not installed)."""
     from seqedge.kernels import delta_scan

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from delta_kernels import D, H, inputs  # noqa: E402
+from delta_kernels import D, H, inputs, rel  # noqa: E402
 
 
 def profiler_table(T: int, per_head: bool) -> list[dict]:
@@ -44,11 +44,6 @@ def profiler_table(T: int, per_head: bool) -> list[dict]:
         if us > 0:
             rows.append({"kernel": ev.key[:90], "calls": ev.count, "ms": us / 1e3})
     return sorted(rows, key=lambda r: -r["ms"])
-
-
-def rel(x, ref) -> float:
-    x, ref = x.double(), ref.double()
-    return float((x - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
 def launches(T: int, per_head: bool, sweep: bool) -> list[dict]:
