@@ -228,6 +228,30 @@ def test_queue_full_unavailable_and_cancellation_free_slots(session):
     assert scheduler.describe()["active"] == 0
 
 
+def test_a_stream_ends_only_after_its_slot_is_free(session):
+    """A client that sends its next request the moment it sees the end of the last one, on a full server, is
+    admitted: the final delta goes out after the slot is released, not before."""
+    scheduler = running(Scheduler(session, TOK, SchedulerConfig(slots=1, max_queue=1)))
+    outcomes: list[object] = []
+
+    class Resubmitting(Collector):
+        def __call__(self, delta: Delta) -> None:
+            super().__call__(delta)
+            if delta.finish_reason is not None:
+                try:
+                    outcomes.append(scheduler.submit(GenerationRequest(tuple(prompts(1)[0]), 3), Collector()))
+                except QueueFull as err:
+                    outcomes.append(err)
+
+    short, held = Resubmitting(), Collector()
+    scheduler.submit(GenerationRequest(tuple(prompts(2)[1]), 2), short)
+    scheduler.submit(GenerationRequest(tuple(prompts(2)[1]), 2), held)      # fills the queue
+    drain(scheduler)
+    assert short.finish in ("stop", "length") and held.finish in ("stop", "length")
+    assert len(outcomes) == 1 and not isinstance(outcomes[0], QueueFull), outcomes
+    assert scheduler.counts["rejected"] == 0 and scheduler.counts["completed"] == 3
+
+
 class FailingSession:
     """A Session whose step raises after a given number of calls (a runtime that breaks while serving)."""
 

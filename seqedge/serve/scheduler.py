@@ -101,6 +101,7 @@ class Stream:
         self.next_token: int | None = None     # the sampled token the next step feeds
         self.completion_tokens = 0
         self.finish_reason: str | None = None
+        self._last: Delta | None = None
         self._cancelled = threading.Event()
 
     @property
@@ -116,8 +117,13 @@ class Stream:
         self._cancelled.set()
 
     def finish(self, text: str, reason: str, error: str | None = None) -> None:
+        """End the stream. Its last delta waits for :meth:`send_last`, which the scheduler calls once the slot is
+        free: a client that sends its next request on seeing the end must not find its own slot still taken."""
         self.finish_reason = reason
-        self.emit(Delta(text, (), reason, error))
+        self._last = Delta(text, (), reason, error)
+
+    def send_last(self) -> None:
+        self.emit(self._last)
 
 
 class Scheduler:
@@ -187,6 +193,7 @@ class Scheduler:
             self._waiting.remove(stream)
             self.counts["cancelled"] += 1
             stream.finish("", "cancelled")
+            stream.send_last()
         for stream in [s for s in self._active.values() if s.cancelled]:
             stream.finish("", "cancelled")
             self._release(stream, "cancelled")
@@ -196,6 +203,7 @@ class Scheduler:
         self._free.append(stream.slot)
         self._free.sort()
         self.counts[outcome] += 1
+        stream.send_last()
 
     def _guarded(self, streams: list[Stream], fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn``; if the runtime fails, end ``streams`` with the error instead of the server."""
@@ -278,6 +286,7 @@ class Scheduler:
         with self._cond:
             for stream in [*self._waiting, *self._active.values()]:
                 stream.finish("", "error", "the server is shutting down")
+                stream.send_last()
             self._waiting.clear()
             self._active.clear()
             self._free = list(range(self.config.slots))
