@@ -3,7 +3,7 @@ of mamba2-130m's config cut to ``--layers`` layers (``--model mamba2-130m``: see
 ``seqedge export -m`` imports them).
 
 Lowers ``step`` and ``chunk`` as the executorch target does (the ``--recipe``'s preparation, xnnpack_friendly,
-static_reshapes, the XNNPACK partitioner, a batch bound of ``--max-batch``: 1 is static, more is a dynamic batch
+its edge passes, the XNNPACK partitioner, a batch bound of ``--max-batch``: 1 is static, more is a dynamic batch
 dimension) and records the
 lowering time and each program's delegation counts, with the machine's load average (the lowering is
 single-threaded Python: a loaded machine slows it). Two layer counts give the cost per layer.
@@ -29,7 +29,7 @@ from seqedge.evaluate.run_info import run_metadata
 from seqedge.export import executorch_target as et
 from seqedge.export.entry_points import ENTRY_POINTS
 from seqedge.export.quantization import make_recipe
-from seqedge.export.xnnpack_friendly import static_reshapes, xnnpack_friendly
+from seqedge.export.xnnpack_friendly import xnnpack_friendly
 from seqedge.model import SequentialAttentionModel
 from seqedge.quiet import quiet_libraries
 
@@ -70,17 +70,13 @@ def main() -> None:
     parser.add_argument("--label", default="", help="a note stored with the row (e.g. the branch measured)")
     parser.add_argument("--out", help="append the row to this JSON list")
     args = parser.parse_args()
-    from executorch import exir
-
     with quiet_libraries():
         model, _ = et.prepare_model(MODELS[args.model](args.layers), make_recipe(args.recipe))
         model = xnnpack_friendly(model, inplace=True)
         programs = {e: et._export_entry(model, e, max_batch=args.max_batch) for e in ENTRY_POINTS}
         load_before = os.getloadavg()
         started = time.perf_counter()
-        edge = exir.to_edge_transform_and_lower(programs, transform_passes=[static_reshapes],
-                                                partitioner=[et._partitioner()],
-                                                compile_config=exir.EdgeCompileConfig(_check_ir_validity=False))
+        edge = et.lower(programs)
         seconds = time.perf_counter() - started
     row = run_metadata(model=args.model, layers=args.layers, max_batch=args.max_batch, recipe=args.recipe,
                        label=args.label, lower_seconds=round(seconds, 1),

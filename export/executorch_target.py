@@ -44,7 +44,7 @@ from .base import ExportContext
 from .entry_points import ENTRY_POINTS, entry_module, example_inputs
 from .quantization import SCHEMES, TIED_HEAD, QuantizationRecipe
 from .xnnpack_cast import partitioner_configs
-from .xnnpack_friendly import XNNPACK_REWRITES, static_reshapes, xnnpack_friendly
+from .xnnpack_friendly import EDGE_PASSES, XNNPACK_REWRITES, xnnpack_friendly
 
 INSTALL_HINT = "pip install executorch==1.5.1 torchao==0.18.0"
 PROGRAM_FILE = "model.pte"
@@ -164,6 +164,17 @@ def _partitioner():
     return Partitioner(configs=[_rank_limited(c) for c in configs])
 
 
+def lower(programs: dict[str, "torch.export.ExportedProgram"]):
+    """The edge programs of ``programs`` (exported from an :func:`xnnpack_friendly` model), delegated to XNNPACK
+    as this target lowers them: its edge passes, its partitioner."""
+    exir, _ = _import_executorch()
+    # IR validity checks off, as in ExecuTorch's XNNPACK recipes: the dtype verifier would specialise the
+    # symbolic batch to the example's.
+    return exir.to_edge_transform_and_lower(programs, transform_passes=list(EDGE_PASSES),
+                                            partitioner=[_partitioner()],
+                                            compile_config=exir.EdgeCompileConfig(_check_ir_validity=False))
+
+
 def _op_name(node: torch.fx.Node) -> str:
     target = node.target
     name = getattr(target, "__name__", str(target))
@@ -226,11 +237,7 @@ class ExecuTorchTarget:
         ctx.progress(f"executorch/{recipe.tag}: torch.export of {', '.join(ENTRY_POINTS)}")
         programs = {entry: _export_entry(model, entry, ctx.max_batch) for entry in ENTRY_POINTS}
         ctx.progress(f"executorch/{recipe.tag}: lowering to XNNPACK")
-        # IR validity checks off, as in ExecuTorch's XNNPACK recipes: the dtype verifier would specialise the
-        # symbolic batch to the example's.
-        edge = exir.to_edge_transform_and_lower(programs, transform_passes=[static_reshapes],
-                                                partitioner=[_partitioner()],
-                                                compile_config=exir.EdgeCompileConfig(_check_ir_validity=False))
+        edge = lower(programs)
         delegation = {e: delegation_counts(edge.exported_program(e).graph_module) for e in ENTRY_POINTS}
         ctx.progress(f"executorch/{recipe.tag}: writing {PROGRAM_FILE}")
         program = edge.to_executorch(exir.ExecutorchBackendConfig(extract_delegate_segments=True))

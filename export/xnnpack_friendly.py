@@ -9,35 +9,45 @@ The ExecuTorch target lowers ``step`` and ``chunk`` with a dynamic batch. XNNPAC
 - ``view_copy`` whose shape names the symbolic batch (``torch.export`` writes ``reshape(-1, ...)`` as
   ``view(x, [sym_size, ...])``; XNNPACK's reshape takes constant sizes with at most one inferred ``-1``), and
   ``unsqueeze_copy`` on any but the last dim;
-- ``slice_copy`` and ``split_with_sizes_copy`` of a tensor with a symbolic size (the short conv's new tail,
-  the SwiGLU's gate/up split, the chunked scan's reference rows);
+- ``slice_copy`` of a tensor with a symbolic size and every ``split_with_sizes_copy`` (the short conv's new
+  tail, the q/k/v split, the SwiGLU's gate/up split, the chunked scan's reference rows);
+- ``expand_copy`` (grouped keys repeated per value head, a per-head gate over the key dims), and the
+  ``gt``/``where``/``log1p`` that ``F.softplus`` decomposes into (the step-size gates);
 - ``arange``, comparisons, ``where`` and ``cumsum`` (the chunked scan's masks and prefix sums);
 - ``_to_dim_order_copy`` that changes the dtype (every float16/float32 cast; ``F.silu`` of a float16 tensor
   decomposes into a float32 upcast, the product, and a cast back).
 
 Every portable op between two delegates costs a delegate exit and re-entry, so these few ops split each
-program into dozens of XNNPACK subgraphs. Two rewrites remove most of them, each computing the same function
-(the float16 SiLU up to one float16 rounding):
+program into dozens of XNNPACK subgraphs, and every subgraph costs the lowering a run of XNNPACK's preprocessing
+passes. Two rewrites and two edge passes remove most of them, each computing the same function (the float16 SiLU
+up to one float16 rounding, softplus to float32 rounding):
 
 - :func:`xnnpack_friendly`: a copy of the model whose RMSNorms average over a ``[-1, L, 1, n]`` view, whose
   tied head is ``F.linear(x, embed.weight)`` (a linear over the parameter itself), whose short convs pick the
   new tail with a 0/1 matrix (exact), whose float SwiGLUs run gate and up as two linears over the row
   blocks of the fused weight, whose SiLUs are ``x * sigmoid(x)`` in the input's dtype (no float32 round trip
-  in float16), and whose mixers run :class:`~seqedge.export.xnnpack_scan.StaticMaskScan` on the sequence
+  in float16), whose softplus is ``relu(x) + log1p(exp(-|x|))`` spelled with ``log``, whose expands are products
+  with ones, whose one-token scan contracts with ``bmm`` (not an einsum's permutes), and whose mixers run
+  :class:`~seqedge.export.xnnpack_scan.StaticMaskScan` on the sequence
   path (export/xnnpack_scan.py: the chunked scan with constant masks, prefix sums as a 0/1 linear). Applied
   after quantization, so the head stays float32, only the recipe's linears are quantized, and a quantized
   gate/up linear is left fused.
 - :func:`static_reshapes`: an edge-dialect graph pass that writes every pure reshape (``view_copy``,
   ``unsqueeze_copy``, ``squeeze_copy``, ``alias_copy``, ``select_copy`` of a size-1 dim, ``expand_copy`` to
-  its own shape) whose output has at most one symbolic size as ``view_copy`` with constant sizes and ``-1``.
+  its own shape) whose output has at most one symbolic size as ``view_copy`` with constant sizes and ``-1``,
+  and reads a view of a view from the first one's input (one reshape, not a chain);
+- :func:`split_as_slices`: an edge pass that writes a split of a static-shape tensor as slices, which XNNPACK
+  takes (with a symbolic batch it refuses both, and the one split stays).
 
 What stays portable (measured on the bundled model, executorch 1.5.1; ``Variant.info["delegation"]`` lists it
-per program): in ``step`` and ``chunk`` the q/k/v split, a quantized gate/up split (int8, int4) and the
-embedding; for the delta rule also the L2 normalisation of q and k and, in ``chunk``, the block slices and zero
+per program): in ``step`` and ``chunk`` the embedding and, with a dynamic batch, the q/k/v split and a quantized
+gate/up split (int8, int4); the ones of the broadcasts (a ``full`` without inputs, which splits no
+delegate); for the delta rule also the L2 normalisation of q and k and, in ``chunk``, the block slices and zero
 blocks of ``(I + M)^-1``; and in float16 the casts around the float32 norms, gates and scan (14 per layer; the
-SiLUs added 6 more before they were rewritten). Unbounded-gate mixers (softplus) also leave the softplus
-threshold (``gt``, ``where``, ``log1p``) and their q/k RMS norms' ``sum``; their scan is delegated as the
-bounded one (the segment-sum form of :class:`~seqedge.export.xnnpack_scan.StaticMaskScan`).
+SiLUs added 6 more before they were rewritten). Unbounded-gate mixers (softplus) also leave their q/k RMS
+norms' ``sum``; their scan is delegated as the bounded one (the segment-sum form of
+:class:`~seqedge.export.xnnpack_scan.StaticMaskScan`). At a static batch a Mamba2 layer is one piece of a
+delegate, with no portable op between layers.
 
 The eager model (``seqedge``) is never modified; tests/test_xnnpack_friendly.py checks these rewrites against
 it and tests/test_xnnpack_scan.py the scan against the chunked and reference scans.
@@ -46,6 +56,7 @@ it and tests/test_xnnpack_scan.py the scan against the chunked and reference sca
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 import torch.nn as nn
@@ -54,14 +65,18 @@ import torch.nn.functional as F
 from seqedge.layers import RMSNorm, SequentialAttention, ShortConv, SwiGLU
 from seqedge.model import SequentialAttentionModel
 from seqedge.ops import MixerOps, at_least_f32
+from seqedge.scan import recurrent_step
 
 from .xnnpack_scan import StaticMaskAttention
 
 # What the ExecuTorch Variant records as applied (Variant.info["xnnpack_rewrites"]).
 XNNPACK_REWRITES = ("RMSNorm mean over a [-1, L, 1, n] view", "tied head as F.linear(x, embed.weight)",
                     "short-conv tail picked by a 0/1 linear", "float SwiGLU gate/up as two linears",
-                    "SiLU as x * sigmoid(x)", "chunked scan with constant masks, prefix sums and row picks",
-                    "pure reshapes as static view_copy")
+                    "SiLU as x * sigmoid(x)", "softplus as relu(x) + log1p(exp(-|x|)) with log",
+                    "expand as a product with ones", "one-token scan contractions as bmm",
+                    "chunked scan with constant masks, prefix sums and row picks",
+                    "pure reshapes as static view_copy, view chains as one view",
+                    "static-shape splits as slices")
 
 
 def _silu(x: torch.Tensor) -> torch.Tensor:
@@ -160,15 +175,46 @@ def _plain_weight(linear: nn.Linear) -> bool:
     return type(linear.weight.data) is torch.Tensor
 
 
+def _softplus(x: torch.Tensor) -> torch.Tensor:
+    """``F.softplus`` in ops XNNPACK delegates: ``relu(x) + log1p(exp(-|x|))``.
+
+    ``F.softplus`` decomposes into a threshold (``gt``, ``where``) and ``log1p``, none of which XNNPACK takes:
+    they would leave the step-size gate of every layer between two delegates. ``log1p(u)`` is spelled with
+    ``log``: for ``w = 1 + u`` rounded, ``log(w) - ((w - 1) - u) / w`` takes back the rounding of the sum (to
+    within a few ulp of log1p; ``w >= 1``, so nothing divides by zero). Above torch's threshold of 20 softplus is
+    ``x`` itself, as here to float32 rounding."""
+    u = torch.exp(-torch.abs(x))
+    w = 1.0 + u
+    return torch.relu(x) + (torch.log(w) - ((w - 1.0) - u) / w)
+
+
+def _broadcast(x: torch.Tensor, *sizes: int) -> torch.Tensor:
+    """``x.expand(*sizes)`` as a product with ones (XNNPACK has no broadcast-to: an expand stays on the portable
+    kernels, between two delegates; its multiply broadcasts). The ones are a constant ``full`` without inputs,
+    which does not split the delegate. Exact: x times 1."""
+    ones = [1 if n == -1 or n == have else n for n, have in zip(sizes, x.shape)]
+    return x * torch.ones(ones, dtype=x.dtype) if any(n != 1 for n in ones) else x
+
+
+def _bmm_readout(x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """:func:`seqedge.scan.recurrent.einsum_readout` as one batched matmul over static reshapes (the einsum
+    decomposes into permutes and views around its bmm, five more nodes per contraction)."""
+    H, dk, dv = (int(n) for n in state.shape[1:])
+    return torch.bmm(x.reshape(-1, 1, dk), state.reshape(-1, dk, dv)).reshape(-1, H, dv)
+
+
 def linear_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """:func:`seqedge.ops.tied_logits` as a linear over the weight parameter itself (XNNPACK's static weight)."""
     return F.linear(x, weight.to(x.dtype)).to(at_least_f32(x.dtype))
 
 
-# The ops of this flavour: SiLU without a float32 round trip, the 4-D mean RMSNorm, the head as a linear. The
-# pieces that need their own constants or weights (conv tail picks, split gate/up, static-mask scan) are modules
-# that :func:`xnnpack_friendly` puts in place of the model's.
-XNNPACK_OPS = MixerOps(name="xnnpack", silu=_silu, rms_norm=pooled_rms_norm, logits=linear_logits)
+# The ops of this flavour: SiLU without a float32 round trip, softplus without a threshold, expands as products
+# with ones, the one-token scan's contractions as bmm, the 4-D mean RMSNorm, the head as a linear. The pieces
+# that need their own constants or weights (conv tail picks, split gate/up, static-mask scan) are modules that
+# :func:`xnnpack_friendly` puts in place of the model's.
+XNNPACK_OPS = MixerOps(name="xnnpack", silu=_silu, softplus=_softplus, expand=_broadcast,
+                       rms_norm=pooled_rms_norm, logits=linear_logits,
+                       step_scan=functools.partial(recurrent_step, readout=_bmm_readout))
 
 
 def xnnpack_friendly(model: SequentialAttentionModel, *, inplace: bool = False) -> SequentialAttentionModel:
@@ -225,6 +271,33 @@ def _static_shape(out: torch.Tensor) -> list[int] | None:
     return shape
 
 
+def _same_shape(a: torch.fx.Node, b: torch.fx.Node) -> bool:
+    va, vb = a.meta.get("val"), b.meta.get("val")
+    return (isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor)
+            and [str(d) for d in va.shape] == [str(d) for d in vb.shape])
+
+
+def _fold_view_chains(graph: torch.fx.Graph, view) -> bool:
+    """A view of a view reads the first one's input (a reshape of a reshape is one reshape), and a view to its
+    input's own shape is its input; the views left without users go. Views the graph outputs are kept (the
+    program's signature names them)."""
+    changed = False
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target != view:
+            continue
+        src = node.args[0]
+        while isinstance(src, torch.fx.Node) and src.op == "call_function" and src.target == view:
+            src = src.args[0]
+        if src is not node.args[0]:
+            node.args = (src, *node.args[1:])
+            changed = True
+        if _same_shape(node, src) and not any(user.op == "output" for user in node.users):
+            node.replace_all_uses_with(src)
+            graph.erase_node(node)
+            changed = True
+    return changed
+
+
 def static_reshapes(graph_module: torch.fx.GraphModule):
     """Rewrite pure reshapes as ``view_copy`` with constant sizes and at most one ``-1`` (see module doc)."""
     from executorch.exir.dialects._ops import ops as exir_ops
@@ -246,7 +319,47 @@ def static_reshapes(graph_module: torch.fx.GraphModule):
         node.replace_all_uses_with(new)
         graph_module.graph.erase_node(node)
         changed = True
+    changed |= _fold_view_chains(graph_module.graph, view)
     if changed:
         graph_module.graph.eliminate_dead_code()
         graph_module.recompile()
     return PassResult(graph_module, changed)
+
+
+def split_as_slices(graph_module: torch.fx.GraphModule):
+    """Rewrite each ``split_with_sizes_copy`` of a static-shape tensor as one ``slice_copy`` per piece used (see
+    module doc)."""
+    import operator
+
+    from executorch.exir.dialects._ops import ops as exir_ops
+    from executorch.exir.pass_base import PassResult
+
+    aten = exir_ops.edge.aten
+    changed = False
+    for node in list(graph_module.graph.nodes):
+        if node.op != "call_function" or node.target != aten.split_with_sizes_copy.default:
+            continue
+        if not all(user.op == "call_function" and user.target is operator.getitem for user in node.users):
+            continue
+        src, sizes = node.args[0], list(node.args[1])
+        if not all(isinstance(n, int) for n in src.meta["val"].shape):
+            continue                       # XNNPACK slices only static shapes: one portable split is fewer nodes
+        dim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % src.meta["val"].dim()
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        for user in list(node.users):
+            i = user.args[1]
+            with graph_module.graph.inserting_before(user):
+                piece = graph_module.graph.call_function(aten.slice_copy.Tensor,
+                                                         (src, dim, starts[i], starts[i] + sizes[i]))
+            piece.meta = dict(user.meta)
+            user.replace_all_uses_with(piece)
+            graph_module.graph.erase_node(user)
+        graph_module.graph.erase_node(node)
+        changed = True
+    if changed:
+        graph_module.recompile()
+    return PassResult(graph_module, changed)
+
+
+# The edge passes of the executorch target, in order.
+EDGE_PASSES = (static_reshapes, split_as_slices)

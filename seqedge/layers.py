@@ -124,7 +124,7 @@ class SequentialAttention(nn.Module):
         x = x.reshape(B, T, heads, dim)
         if heads == H:
             return x
-        return x.reshape(B, T, heads, 1, dim).expand(-1, -1, -1, H // heads, -1).reshape(B, T, H, dim)
+        return self.ops.expand(x.reshape(B, T, heads, 1, dim), -1, -1, -1, H // heads, -1).reshape(B, T, H, dim)
 
     def _qk_norm(self, x: torch.Tensor) -> torch.Tensor:
         """q or k ``[..., dk]`` L2-normalised per head as ``mixer.qk_norm`` says, in at least float32."""
@@ -150,14 +150,14 @@ class SequentialAttention(nn.Module):
             g = g.reshape(B, T, c.num_heads, c.head_k_dim)
             dt = None
         elif parts.gate == "softplus_key":
-            dt = F.softplus(self.dt_up(self.dt_down(x)).to(f32) + self.dt_bias.to(f32))      # [B, T, H * dk]
+            dt = self.ops.softplus(self.dt_up(self.dt_down(x)).to(f32) + self.dt_bias.to(f32))  # [B, T, H * dk]
             g = -torch.exp(self.A_log.to(f32)).unsqueeze(-1) * dt.reshape(B, T, c.num_heads, c.head_k_dim)
             dt = None
         else:
-            dt = F.softplus(self.dt_proj(x).to(f32) + self.dt_bias.to(f32))               # [B, T, H]
+            dt = self.ops.softplus(self.dt_proj(x).to(f32) + self.dt_bias.to(f32))         # [B, T, H]
             g = (-torch.exp(self.A_log.to(f32)) * dt).reshape(B, T, c.num_heads, 1)
             if not step:
-                g = g.expand(-1, -1, -1, c.head_k_dim)
+                g = self.ops.expand(g, -1, -1, -1, c.head_k_dim)
         if parts.beta == "sigmoid":
             beta = torch.sigmoid(self.beta(x).to(f32))
         elif parts.beta == "dt":

@@ -5,9 +5,14 @@
   state (float32: 1e-5 relative; float16: the half model against its own rewrite), for both update rules, tied
   and untied heads; the original model is left untouched.
 - After int8 quantization the quantized linears are kept as they are (the gate/up linear is not split).
-- The static-reshape pass plus the rewrite leave fewer ops on the portable kernels of a lowered ``step`` (no
+- The flavour's ops against the reference ones: softplus within 4e-7 relative of float64 from -80 to 110 (torch's
+  float32 softplus: 1.2e-7), the broadcast and the bmm readout exactly / to float32 rounding.
+- The edge passes plus the rewrite leave fewer ops on the portable kernels of a lowered ``step`` (no
   ``mean.dim``, no ``mm``) and fewer delegate calls, and the program it gives runs to 1e-5 of the eager model at
   batch 1 and 3 (the ``-1`` it writes is resolved at run time, not fixed to the traced batch).
+- A Mamba2-shaped model (softplus gate, grouped keys, no MLP) lowered at a static batch: nothing but the
+  embedding, the token reshape and constant ones stays portable, a second layer adds no delegate call, and both
+  programs run to 1e-5 of the eager model.
 """
 
 from __future__ import annotations
@@ -17,13 +22,17 @@ import copy
 import pytest
 import torch
 
-from seqedge.config import SequentialAttentionConfig
+import torch.nn.functional as F
+
+from seqedge.config import MixerParts, SequentialAttentionConfig
 from seqedge.export.entry_points import entry_module, example_inputs
 from seqedge.export.xnnpack_friendly import (
     PickedTailConv,
     PooledRMSNorm,
     SplitSwiGLU,
-    static_reshapes,
+    _bmm_readout,
+    _broadcast,
+    _softplus,
     xnnpack_friendly,
 )
 from seqedge.export.xnnpack_scan import StaticMaskAttention
@@ -106,6 +115,26 @@ def test_rewritten_half_model_matches_the_half_model():
             _close(g, w, 2e-3)              # one float16 rounding (2^-11) of a norm output may flip
 
 
+# the flavour's ops --------------------------------------------------------------------------------------------
+def test_softplus_form_matches_torch_to_float32_rounding():
+    x = torch.cat([torch.linspace(-80, 110, 40_001), torch.randn(10_000) * 5,
+                   torch.tensor([0.0, 1e-30, -1e-30, 20.0, 20.0001, -20.0])])
+    want = F.softplus(x.double())
+    assert ((_softplus(x).double() - want).abs() / want).max() <= 4e-7
+    assert _softplus(x.half()).dtype == torch.float16
+
+
+def test_broadcast_and_bmm_readout_match_the_reference_forms():
+    from seqedge.scan.recurrent import einsum_readout
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 2, 1, 5)
+    assert torch.equal(_broadcast(x, -1, -1, -1, 4, -1), x.expand(-1, -1, -1, 4, -1))
+    assert _broadcast(x, -1, 1, 2, -1, 5) is x                 # nothing to broadcast: no op
+    q, state = torch.randn(3, 7, 5), torch.randn(3, 7, 5, 6)
+    torch.testing.assert_close(_bmm_readout(q, state), einsum_readout(q, state), rtol=1e-6, atol=1e-6)
+
+
 # lowering --------------------------------------------------------------------------------------------------
 def _lower_step(model: SequentialAttentionModel, rewrite: bool):
     exir = pytest.importorskip("executorch.exir", reason="ExecuTorch is not installed "
@@ -116,10 +145,9 @@ def _lower_step(model: SequentialAttentionModel, rewrite: bool):
     with quiet_libraries():
         model = xnnpack_friendly(model) if rewrite else model
         program = et._export_entry(model, "step", max_batch=4)
-        edge = exir.to_edge_transform_and_lower({"step": program},
-                                                transform_passes=[static_reshapes] if rewrite else None,
-                                                partitioner=[et._partitioner()],
-                                                compile_config=exir.EdgeCompileConfig(_check_ir_validity=False))
+        edge = et.lower({"step": program}) if rewrite else exir.to_edge_transform_and_lower(
+            {"step": program}, partitioner=[et._partitioner()],
+            compile_config=exir.EdgeCompileConfig(_check_ir_validity=False))
         counts = et.delegation_counts(edge.exported_program("step").graph_module)
         buffer = edge.to_executorch(exir.ExecutorchBackendConfig(extract_delegate_segments=True)).buffer
     return counts, buffer
@@ -144,5 +172,46 @@ def test_rewrites_delegate_more_and_run_exactly():
         with torch.no_grad():
             want = entry_module(model, "step")(*inputs)
         got = method.execute(list(inputs))
+        for g, w in zip(got, want, strict=True):
+            _close(g, w, 1e-5)
+
+
+def _mamba2_like(layers: int) -> SequentialAttentionModel:
+    """Mamba2's mixer parts (softplus gate, dt input scale, one key group for 4 heads, gated norm, no MLP)."""
+    parts = MixerParts(gate="softplus", beta="dt", num_key_heads=1, conv_bias=True, skip=True, output="gate_norm",
+                       out_norm_size=16, scale=1.0, mlp=False)
+    config = SequentialAttentionConfig(vocab_size=64, hidden_size=32, num_layers=layers, num_heads=4, head_k_dim=8,
+                                       head_v_dim=8, chunk_size=16, tie_embeddings=False, mixer=parts)
+    torch.manual_seed(layers)
+    return SequentialAttentionModel(config).eval()
+
+
+def test_mamba2_like_layers_lower_without_portable_ops_between_them():
+    pytest.importorskip("executorch.runtime", reason="ExecuTorch is not installed "
+                                                     "(pip install executorch==1.5.1 torchao==0.18.0)")
+    from executorch.exir import ExecutorchBackendConfig
+    from executorch.runtime import Runtime
+
+    from seqedge.export import executorch_target as et
+    from seqedge.export.entry_points import ENTRY_POINTS
+    from seqedge.quiet import quiet_libraries
+
+    subgraphs = {}
+    for layers in (1, 2):
+        model = _mamba2_like(layers)
+        with quiet_libraries():
+            edge = et.lower({e: et._export_entry(xnnpack_friendly(model), e, max_batch=1) for e in ENTRY_POINTS})
+        counts = {e: et.delegation_counts(edge.exported_program(e).graph_module) for e in ENTRY_POINTS}
+        for entry, c in counts.items():         # the int64 tokens' reshape and lookup, the ones of the broadcasts
+            assert set(c["portable_ops"]) <= {"embedding.default", "view_copy.default", "full.default"}, (entry, c)
+        subgraphs[layers] = {e: c["delegated_subgraphs"] for e, c in counts.items()}
+    assert subgraphs[2] == subgraphs[1], subgraphs              # a layer is one piece of an existing delegate
+
+    program = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True)).buffer
+    for entry in ENTRY_POINTS:
+        inputs = example_inputs(model, entry, batch_size=1, seed=3)
+        with torch.no_grad():
+            want = entry_module(model, entry)(*inputs)
+        got = Runtime.get().load_program(program).load_method(entry).execute(list(inputs))
         for g, w in zip(got, want, strict=True):
             _close(g, w, 1e-5)

@@ -222,14 +222,11 @@ def _lowered_chunk(model: SequentialAttentionModel) -> tuple[dict, bytes]:
     exir = pytest.importorskip("executorch.exir", reason="ExecuTorch is not installed "
                                                          "(pip install executorch==1.5.1 torchao==0.18.0)")
     from seqedge.export import executorch_target as et
-    from seqedge.export.xnnpack_friendly import static_reshapes, xnnpack_friendly
+    from seqedge.export.xnnpack_friendly import xnnpack_friendly
     from seqedge.quiet import quiet_libraries
 
     with quiet_libraries():
-        programs = {"chunk": et._export_entry(xnnpack_friendly(model), "chunk", max_batch=4)}
-        edge = exir.to_edge_transform_and_lower(programs, transform_passes=[static_reshapes],
-                                                partitioner=[et._partitioner()],
-                                                compile_config=exir.EdgeCompileConfig(_check_ir_validity=False))
+        edge = et.lower({"chunk": et._export_entry(xnnpack_friendly(model), "chunk", max_batch=4)})
         counts = et.delegation_counts(edge.exported_program("chunk").graph_module)
         return counts, edge.to_executorch(exir.ExecutorchBackendConfig(extract_delegate_segments=True)).buffer
 

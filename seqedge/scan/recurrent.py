@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .checks import check_scan_inputs
+
+
+def einsum_readout(x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """x ``[B, H, dk]`` against state ``[B, H, dk, dv]`` -> ``[B, H, dv]`` (what the state holds for key x)."""
+    return torch.einsum("bhk,bhkv->bhv", x, state)
 
 
 def recurrent_step(
@@ -17,11 +24,13 @@ def recurrent_step(
     *,
     rule: str,
     scale: float | None = None,
+    readout: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = einsum_readout,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One token of the scan, in plain exportable ops.
 
     Args: q, k ``[B, H, dk]``; g ``[B, H, dk]`` or ``[B, H, 1]`` (one per head, broadcast); v ``[B, H, dv]``;
-    beta ``[B, H]``; state ``[B, H, dk, dv]`` float32.
+    beta ``[B, H]``; state ``[B, H, dk, dv]`` float32; ``readout``: the contraction over dk (an export flavour
+    may spell it with other ops, as :func:`einsum_readout` computes it).
     Returns o ``[B, H, dv]`` (float32) and the new state ``[B, H, dk, dv]`` (float32).
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -29,9 +38,9 @@ def recurrent_step(
     q, k, v, g, beta = (x.to(dtype) for x in (q, k, v, g, beta))
     decayed = torch.exp(g).unsqueeze(-1) * state                       # [B, H, dk, dv]
     if rule == "delta":
-        v = v - torch.einsum("bhk,bhkv->bhv", k, decayed)               # what key k_t already holds is overwritten
+        v = v - readout(k, decayed)                                     # what key k_t already holds is overwritten
     new_state = decayed + (beta.unsqueeze(-1) * k).unsqueeze(-1) * v.unsqueeze(-2)
-    o = torch.einsum("bhk,bhkv->bhv", q * scale, new_state)
+    o = readout(q * scale, new_state)
     return o, new_state
 
 
