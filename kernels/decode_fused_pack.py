@@ -110,6 +110,10 @@ def unsupported_part(config) -> str | None:
         value = getattr(config, name)
         if value < 2 or value & (value - 1):
             return f"FusedDecoder needs {name} to be a power of two >= 2, got {value}"
+    m = config.mixer
+    if m.beta_scale != 1.0 or m.out_norm_eps not in (0.0, config.norm_eps):
+        return (f"FusedDecoder computes beta as sigmoid and every norm with norm_eps; this model has "
+                f"mixer.beta_scale {m.beta_scale} and mixer.out_norm_eps {m.out_norm_eps}")
     group, dv = config.mixer.out_norm_size, config.head_v_dim
     if group and (group % dv if group > dv else dv % group):
         return (f"FusedDecoder needs mixer.out_norm_size ({group}) to divide head_v_dim ({dv}) or be a multiple "

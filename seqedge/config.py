@@ -33,7 +33,9 @@ class MixerParts:
       ``softplus_key``: ``-exp(A_log[h]) * softplus(W_up W_down x + dt_bias)`` per key dim, ``gate_rank`` wide in
       between, dt_bias one per key channel (KDA; unbounded like ``softplus``).
     - ``beta``: the input scale. ``sigmoid``: ``sigmoid(W_b x + b)`` per head; ``dt``: the softplus gate's step
-      ``softplus(W_dt x + dt_bias)`` (Mamba2); ``none``: 1 (GLA).
+      ``softplus(W_dt x + dt_bias)`` (Mamba2); ``none``: 1 (GLA). ``beta_scale`` multiplies the sigmoid beta
+      (OLMo-hybrid's ``linear_allow_neg_eigval``: ``2 * sigmoid``, in (0, 2), so the delta rule's state map
+      ``I - beta k k^T`` may have a negative eigenvalue).
     - ``num_key_heads``: heads of q and k (0: ``num_heads``); each is shared by ``num_heads / num_key_heads``
       consecutive value heads (Mamba2's B/C groups, grouped value heads of Gated DeltaNet).
     - ``short_conv``: q, k, v pass a short causal conv with SiLU whose tail is carried in the state (native);
@@ -45,7 +47,8 @@ class MixerParts:
     - ``skip``: the read-out adds ``d * v`` per value channel (native; Mamba2's D per head, repeated per channel).
     - ``output``: ``norm_gate``: ``RMSNorm(o) * SiLU(W_r x)`` (native, Gated DeltaNet); ``gate_norm``:
       ``RMSNorm(o * SiLU(W_r x))`` (Mamba2's gated RMSNorm); the norm runs over groups of ``out_norm_size``
-      channels (0: one head, ``head_v_dim``).
+      channels (0: one head, ``head_v_dim``), with eps ``out_norm_eps`` (0: the model's ``norm_eps``; OLMo-hybrid's
+      gated norm has its own).
     - ``out_gate_act``: the output gate's activation, ``silu`` (native, Gated DeltaNet, Mamba2) or ``sigmoid``
       (KDA). ``out_gate_rank``: 0: one linear ``W_r``; r > 0: the low-rank ``W_r2 W_r1 x + b`` through r channels,
       with a bias on the up-projection (KDA's g_a/g_b projections).
@@ -67,6 +70,8 @@ class MixerParts:
     mlp: bool = True
     out_gate_act: str = "silu"
     out_gate_rank: int = 0
+    beta_scale: float = 1.0
+    out_norm_eps: float = 0.0
 
     def __post_init__(self) -> None:
         for name, valid in (("gate", GATES), ("beta", BETAS), ("output", OUTPUT_ORDERS),
@@ -87,6 +92,12 @@ class MixerParts:
                              f"{self.gate!r}")
         if self.conv_bias and not self.short_conv:
             raise ValueError("mixer.conv_bias needs mixer.short_conv (there is no conv to add a bias to)")
+        if not self.beta_scale > 0:
+            raise ValueError(f"mixer.beta_scale must be > 0, got {self.beta_scale}")
+        if self.beta_scale != 1.0 and self.beta != "sigmoid":
+            raise ValueError(f"mixer.beta_scale scales the sigmoid beta only, but mixer.beta is {self.beta!r}")
+        if not self.out_norm_eps >= 0:
+            raise ValueError(f"mixer.out_norm_eps must be >= 0 (0: norm_eps), got {self.out_norm_eps}")
         if not self.scale >= 0:
             raise ValueError(f"mixer.scale must be >= 0 (0: 1/sqrt(head_k_dim)), got {self.scale}")
 

@@ -103,11 +103,11 @@ class SequentialAttention(nn.Module):
             self.beta = nn.Linear(c.hidden_size, c.num_heads, bias=True)
         if parts.skip:
             self.skip = nn.Parameter(torch.ones(c.value_size))
-        norm_size = parts.out_norm_size or c.head_v_dim
+        norm_size, eps = parts.out_norm_size or c.head_v_dim, parts.out_norm_eps or c.norm_eps
         if parts.output == "norm_gate":             # one weight shared by every group
-            self.out_norm = RMSNorm(norm_size, c.norm_eps, ops)
+            self.out_norm = RMSNorm(norm_size, eps, ops)
         else:                                       # Mamba2's gated RMSNorm: one weight per channel
-            self.out_norm = RMSNorm(c.value_size, c.norm_eps, ops, groups=c.value_size // norm_size)
+            self.out_norm = RMSNorm(c.value_size, eps, ops, groups=c.value_size // norm_size)
         if parts.out_gate_rank:                     # low rank, with a bias after the up-projection
             self.out_gate_down = nn.Linear(c.hidden_size, parts.out_gate_rank, bias=False)
         self.out_gate = nn.Linear(parts.out_gate_rank or c.hidden_size, c.value_size, bias=bool(parts.out_gate_rank))
@@ -160,6 +160,8 @@ class SequentialAttention(nn.Module):
                 g = self.ops.expand(g, -1, -1, -1, c.head_k_dim)
         if parts.beta == "sigmoid":
             beta = torch.sigmoid(self.beta(x).to(f32))
+            if parts.beta_scale != 1.0:
+                beta = parts.beta_scale * beta
         elif parts.beta == "dt":
             beta = dt
         else:

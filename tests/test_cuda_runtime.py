@@ -81,6 +81,20 @@ def test_cuda_runtime_picks_the_fused_decoder_where_it_computes_the_model(tmp_pa
         assert unsupported_part(model.config) == backend.fused_refusal
 
 
+@pytest.mark.parametrize("parts, named", [(dict(beta_scale=2.0), "mixer.beta_scale 2.0"),
+                                           (dict(out_norm_eps=1e-5), "mixer.out_norm_eps 1e-05")])
+def test_fused_decoder_refuses_a_scaled_beta_and_a_second_eps(parts, named):
+    """OLMo-hybrid's parts: the kernels take beta as sigmoid and one eps, so such models step through GraphDecoder
+    (a second eps equal to norm_eps is no second eps)."""
+    from seqedge.config import MixerParts
+    from seqedge.kernels.decode_fused_pack import unsupported_part
+
+    config = SequentialAttentionConfig(update_rule="delta", norm_eps=1e-6, mixer=MixerParts(**parts))
+    assert named in unsupported_part(config)
+    same = SequentialAttentionConfig(update_rule="delta", norm_eps=1e-5, mixer=MixerParts(out_norm_eps=1e-5))
+    assert unsupported_part(same) is None
+
+
 def _rel(x: np.ndarray, ref: np.ndarray) -> float:
     assert not np.isnan(x).any()
     return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-30))

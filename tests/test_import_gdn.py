@@ -3,7 +3,8 @@
 Tiny random models are built with the source library's classes and written with ``save_pretrained`` to a temp
 dir (no download); every parameter gets non-trivial random values (norms, dt_bias, A_log, convs included).
 
-- fla ``GatedDeltaNetForCausalLM`` (grouped value heads, ``expand_v`` 1.5): its forward needs CUDA, so the
+- fla ``GatedDeltaNetForCausalLM`` (grouped value heads, ``expand_v`` 1.5; beta ``sigmoid`` and, with
+  ``allow_neg_eigval``, ``2 * sigmoid``): its forward needs CUDA, so the
   oracle is assembled from the fla modules' own torch submodules (the linears; conv and norm weights with their
   math written out) and fla's pure-torch ``naive_recurrent_gated_delta_rule``. It checks every block's output
   and the logits of a sequence fed to seqedge in several calls (state carried: chunked calls, then steps), and
@@ -64,17 +65,27 @@ def _randomise(model, one_plus_norms: bool = False):
 
 # fla -----------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def fla_hf(tmp_path_factory):
+def _fla_model(tmp_path_factory, **changes):
     pytest.importorskip("fla", reason="fla is not installed (pip install flash-linear-attention==0.6.0 "
                                       "fla-core==0.6.0)")
     from fla.models import GatedDeltaNetConfig, GatedDeltaNetForCausalLM
 
     torch.manual_seed(0)
-    model = _randomise(GatedDeltaNetForCausalLM(GatedDeltaNetConfig(**FLA_CONFIG)))
+    model = _randomise(GatedDeltaNetForCausalLM(GatedDeltaNetConfig(**FLA_CONFIG, **changes)))
     path = tmp_path_factory.mktemp("fla-gdn") / "hf"
     model.save_pretrained(path)
     return model, path
+
+
+@pytest.fixture(scope="module")
+def fla_hf(tmp_path_factory):
+    return _fla_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def fla_hf_neg_eigval(tmp_path_factory):
+    """beta = 2 * sigmoid(W_b x), in (0, 2): fla's ``allow_neg_eigval``."""
+    return _fla_model(tmp_path_factory, allow_neg_eigval=True)
 
 
 def _rms(x, weight, eps):
@@ -98,7 +109,7 @@ def _fla_mixer(attn, x):
     q, k = (l2(t.view(B, T, attn.num_heads, attn.head_k_dim)).repeat_interleave(group, dim=2) for t in (q, k))
     v = v.view(B, T, attn.num_v_heads, attn.head_v_dim)
     g = -attn.A_log.exp() * F.softplus(attn.a_proj(x) + attn.dt_bias)
-    beta = attn.b_proj(x).sigmoid()
+    beta = attn.b_proj(x).sigmoid() * (2.0 if attn.allow_neg_eigval else 1.0)
     o, state = naive_recurrent_gated_delta_rule(q, k, v, beta, g, output_final_state=True)
     gate = attn.g_proj(x).view(B, T, attn.num_v_heads, attn.head_v_dim)
     o = _rms(o, attn.o_norm.weight, attn.o_norm.eps) * F.silu(gate)
@@ -112,11 +123,13 @@ def _fla_block(block, x):
     return x + mlp.down_proj(F.silu(mlp.gate_proj(y)) * mlp.up_proj(y)), state
 
 
-def test_fla_import_matches_fla_layer_by_layer_with_carried_state(fla_hf):
-    source, path = fla_hf
+@pytest.mark.parametrize("fixture", ["fla_hf", "fla_hf_neg_eigval"])
+def test_fla_import_matches_fla_layer_by_layer_with_carried_state(request, fixture):
+    source, path = request.getfixturevalue(fixture)
     model = import_hf(path)
     c = model.config
     assert (c.update_rule, c.mixer.gate, c.mixer.beta, c.mixer.num_key_heads) == ("delta", "softplus", "sigmoid", 2)
+    assert c.mixer.beta_scale == (2.0 if source.config.allow_neg_eigval else 1.0)
     assert (c.num_heads, c.head_v_dim, c.mlp_hidden_size) == (4, 12, source.model.layers[0].mlp.intermediate_size)
     tokens = torch.randint(0, VOCAB, (2, 53), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -317,7 +330,6 @@ FLA_REFUSED = [
     (dict(attn={"layers": [1], "num_heads": 2}), "attn"),
     (dict(use_gate=False), "use_gate"),
     (dict(use_short_conv=False), "use_short_conv"),
-    (dict(allow_neg_eigval=True), "allow_neg_eigval"),
     (dict(hidden_act="powlu"), "hidden_act"),
     (dict(conv_bias=True), "conv_bias"),
     (dict(output_gate_activation="sigmoid"), "output_gate_activation"),

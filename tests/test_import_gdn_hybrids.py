@@ -18,8 +18,11 @@ dir (no download); every parameter gets non-trivial random values (norms, dt_bia
   linear_attention, the attention layer's weights dropped) imports, and its logits with the state carried and
   its final recurrent states match transformers' embedding, linear layers (with its cache), final norm and head,
   to 1e-4.
-- refusals: one line naming the config key, exit code 2, nothing written (attention layers, OLMo's
-  ``linear_allow_neg_eigval`` beta and output-norm eps, activations, heads, the Qwen3.5 vision-language
+  The model is transformers' default OLMo-hybrid layer: beta ``2 * sigmoid`` (``linear_allow_neg_eigval``,
+  ``mixer.beta_scale`` 2) and the gated output norm's eps 1e-5 beside block norms at 1e-6 (``mixer.out_norm_eps``);
+  its ``onnx-ort`` step (ORT's fused LinearAttention), exported by the CLI, token by token against transformers.
+- refusals: one line naming the config key, exit code 2, nothing written (attention layers, activations, heads,
+  the Qwen3.5 vision-language
   wrappers, as ``Qwen3_5ForConditionalGeneration`` saves itself and by config, and the mixture-of-experts text
   model).
 """
@@ -47,8 +50,10 @@ HEADS = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_d
              linear_conv_kernel_dim=4, rms_norm_eps=1e-5, num_attention_heads=2, num_key_value_heads=1)
 QWEN3_5_CONFIG = dict(HEADS, vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, intermediate_size=48,
                       layer_types=["linear_attention"] * 2, head_dim=8, tie_word_embeddings=False)
+# transformers' defaults for the rest: beta = 2 * sigmoid (linear_allow_neg_eigval), block norms with eps 1e-6 and
+# the gated output norm with its own 1e-5
 OLMO_CONFIG = dict(HEADS, vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, intermediate_size=48,
-                   layer_types=["linear_attention"] * 2 + ["full_attention"], linear_allow_neg_eigval=False,
+                   layer_types=["linear_attention"] * 2 + ["full_attention"], rms_norm_eps=1e-6,
                    pad_token_id=None, eos_token_id=None, tie_word_embeddings=False)
 
 
@@ -166,13 +171,26 @@ def olmo_hf(tmp_path_factory):
 def test_olmo_hybrid_linear_layers_match_transformers_layer_by_layer(olmo_hf):
     source, _, linear = olmo_hf
     model = import_hf(linear)
-    assert (model.config.num_layers, model.config.mixer.num_key_heads, model.config.norm_eps) == (2, 2, 1e-5)
+    parts = model.config.mixer
+    assert (model.config.num_layers, parts.num_key_heads, model.config.norm_eps) == (2, 2, 1e-6)
+    assert (parts.beta_scale, parts.out_norm_eps) == (2.0, 1e-5)
     x = torch.randn(2, 37, 32, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         for i in range(2):
             want = source.model.layers[i](x, attention_mask=None, position_embeddings=None)
             got = model.blocks[i](x, *model.init_state(2).tensors[2 * i: 2 * i + 2])[0]
             assert _rel(got, want) <= TOL, f"layer {i}"
+
+
+def test_olmo_hybrid_exported_onnx_ort_step_matches_transformers(olmo_hf, tmp_path):
+    import seqedge
+
+    source, _, linear = olmo_hf
+    out = tmp_path / "art"
+    assert main(["export", "-m", str(linear), "--target", "onnx-ort", "--out", str(out), "--quiet"]) == 0
+    tokens = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(2))
+    want, _ = _olmo_linear_split_run(source, tokens)
+    assert _rel(stepped_logits(seqedge.load(out, "onnxruntime-fused"), tokens), want[0].numpy()) <= TOL
 
 
 def _olmo_linear_split_run(source, tokens):
@@ -202,17 +220,22 @@ def test_olmo_hybrid_linear_model_matches_transformers_with_carried_state(olmo_h
         assert _rel(state.tensors[2 * layer + 1], cache.get_recurrent_state(layer, state_idx=0)) <= TOL
 
 
-def test_olmo_hybrid_default_heads_are_transformers_defaults():
+@pytest.mark.parametrize("neg_eigval", [None, False])
+def test_olmo_hybrid_defaults_are_transformers_defaults(neg_eigval):
+    """Heads, beta's range and the norms' eps from a config.json that leaves them out (or turns the range off)."""
     from transformers import OlmoHybridConfig
 
     from seqedge.families.gdn_transformers import config_from_hf
 
-    keys = dict(vocab_size=VOCAB, hidden_size=64, num_attention_heads=4, num_hidden_layers=2,
-                rms_norm_eps=1e-5, linear_allow_neg_eigval=False)
+    keys = dict(vocab_size=VOCAB, hidden_size=64, num_attention_heads=4, num_hidden_layers=2)
+    if neg_eigval is not None:
+        keys["linear_allow_neg_eigval"] = neg_eigval
     want = OlmoHybridConfig(**keys, pad_token_id=None, eos_token_id=None)
     got = config_from_hf({"model_type": "olmo_hybrid", **keys, "layer_types": ["linear_attention"] * 2})
     assert (got.key_heads, got.num_heads, got.head_k_dim, got.head_v_dim) == (
         want.linear_num_key_heads, want.linear_num_value_heads, want.linear_key_head_dim, want.linear_value_head_dim)
+    assert got.mixer.beta_scale == (2.0 if want.linear_allow_neg_eigval else 1.0)
+    assert (got.norm_eps, got.mixer.out_norm_eps) == (want.rms_norm_eps, 1e-5)
 
 
 # refusals ---------------------------------------------------------------------------------------------------
@@ -224,8 +247,6 @@ REFUSED = [        # (fixture whose last item is the directory to edit, config.j
     ("qwen3_5_hf", dict(model_type="qwen3_5_moe", vision_config={"model_type": "qwen3_5_moe_vision"}),
      "vision_config"),
     ("qwen3_5_hf", dict(model_type="qwen3_5_moe_text", num_experts=4), "num_experts"),
-    ("olmo_hf", dict(linear_allow_neg_eigval=True), "linear_allow_neg_eigval"),
-    ("olmo_hf", dict(rms_norm_eps=1e-6), "rms_norm_eps"),
     ("olmo_hf", dict(hidden_act="gelu"), "hidden_act"),
     ("olmo_hf", dict(linear_num_value_heads=3), "linear_num_value_heads"),
 ]

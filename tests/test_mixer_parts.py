@@ -137,6 +137,9 @@ def test_state_spec_and_weights_follow_the_parts(name):
     (dict(short_conv=False, conv_bias=True), "mixer.conv_bias.*mixer.short_conv"),
     (dict(out_gate_act="relu"), "mixer.out_gate_act"),
     (dict(out_gate_rank=-1), "mixer.out_gate_rank"),
+    (dict(beta_scale=0.0), "mixer.beta_scale"),
+    (dict(beta="none", beta_scale=2.0), "mixer.beta_scale.*sigmoid"),
+    (dict(out_norm_eps=-1e-5), "mixer.out_norm_eps"),
 ])
 def test_clashing_parts_are_named(parts, fields):
     with pytest.raises(ValueError, match=fields):

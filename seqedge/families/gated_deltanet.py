@@ -42,10 +42,13 @@ def config_from_hf(hf: dict[str, Any]) -> SequentialAttentionConfig:
     return _fla_config(hf)
 
 
-def mixer_parts(key_heads: int, value_heads: int) -> MixerParts:
+def mixer_parts(key_heads: int, value_heads: int, *, neg_eigval: bool = False,
+                out_norm_eps: float = 0.0) -> MixerParts:
+    """The layer's parts; ``neg_eigval``: beta is ``2 * sigmoid`` (fla's ``allow_neg_eigval``), ``out_norm_eps``:
+    the gated norm's own eps (0: the model's)."""
     grouped = key_heads if value_heads != key_heads else 0
     return MixerParts(gate="softplus", beta="sigmoid", num_key_heads=grouped, qk_norm="rsqrt", skip=False,
-                      output="norm_gate")
+                      output="norm_gate", beta_scale=2.0 if neg_eigval else 1.0, out_norm_eps=out_norm_eps)
 
 
 def check_heads(label: str, key: str, key_heads: int, value_heads: int) -> None:
@@ -73,8 +76,6 @@ def _fla_config(hf: dict[str, Any]) -> SequentialAttentionConfig:
                   "seqedge's mixer always gates its output (RMSNorm(o) * SiLU(W_g x))")
     refuse_unless(get("use_short_conv") is True, label, "use_short_conv", get("use_short_conv"),
                   "seqedge's mixer always runs the short conv over q, k, v")
-    refuse_unless(not get("allow_neg_eigval"), label, "allow_neg_eigval", get("allow_neg_eigval"),
-                  "seqedge's beta is sigmoid(W_b x) in (0, 1), not 2 * sigmoid")
     refuse_unless(not get("conv_bias"), label, "conv_bias", get("conv_bias"), "fla's short convs have no bias")
     refuse_unless(get("hidden_act") == "swish", label, "hidden_act", get("hidden_act"),
                   "seqedge's MLP is a SwiGLU (swish)")
@@ -92,7 +93,7 @@ def _fla_config(hf: dict[str, Any]) -> SequentialAttentionConfig:
         conv_kernel=int(get("conv_size")), chunk_size=DEFAULT_CHUNK,
         intermediate_size=fla_intermediate_size(hidden, get("hidden_ratio"), get("intermediate_size")),
         tie_embeddings=bool(get("tie_word_embeddings")), norm_eps=float(get("norm_eps")),
-        mixer=mixer_parts(heads, value_heads))
+        mixer=mixer_parts(heads, value_heads, neg_eigval=bool(get("allow_neg_eigval"))))
 
 
 def state_dict_from_hf(hf: HFModelDir,

@@ -12,9 +12,9 @@ pre-norm with a SwiGLU MLP. They differ in how the projections are stored and in
   norms as Qwen3-Next. The multimodal wrapper (``qwen3_5``) always carries a vision tower: refused.
 - ``olmo_hybrid``: ``q/k/v_proj``, ``q/k/v_conv1d``, ``a_proj``, ``b_proj``, ``g_proj`` (the output gate),
   ``o_proj``; plain ``weight`` norms (``attention_layer_norm``, ``feedforward_layer_norm`` in its checkpoints);
-  the gated norm ``o_norm`` with eps 1e-5 whatever ``rms_norm_eps`` says (seqedge's norms share one eps: refused
-  unless ``rms_norm_eps`` is 1e-5), and ``beta = 2 * sigmoid(b)`` unless ``linear_allow_neg_eigval`` is false
-  (refused: seqedge's beta is in (0, 1)). transformers' class requires at least one attention layer, so a real
+  the gated norm ``o_norm`` with eps 1e-5 whatever ``rms_norm_eps`` says (``mixer.out_norm_eps``), and
+  ``beta = 2 * sigmoid(b)`` unless ``linear_allow_neg_eigval`` is false (``mixer.beta_scale`` 2; transformers'
+  default). transformers' class requires at least one attention layer, so a real
   OLMo-hybrid is always a hybrid (refused); its linear-attention layers map, and a config.json whose layer_types
   are all ``linear_attention`` imports.
 
@@ -71,6 +71,7 @@ class Layout:
     default_layer_types: Callable[[Callable[[str], Any], int], list[str]]
     heads: Callable[[Callable[[str], Any]], tuple[int, int, int, int]]  # key heads, value heads, dk, dv
     checks: Callable[[Callable[[str], Any], str, int], None]            # the type's own refusals
+    parts: Callable[[Callable[[str], Any]], dict[str, Any]]              # -> the type's own mixer_parts options
     projections: Callable[["Tensors", str, SequentialAttentionConfig, str], tuple]   # -> qkv, z, b, a
     conv: Callable[["Tensors", str, str], "torch.Tensor"]                             # -> [C, 1, K]
     one_plus_norms: bool          # block and final norms scale by 1 + weight
@@ -112,15 +113,6 @@ def _qwen3_next_checks(get: Callable[[str], Any], label: str, layers: int) -> No
     refuse_unless(not sparse, label, "num_experts", experts,
                   f"layers {sparse[:4]}{'...' if len(sparse) > 4 else ''} would be mixture-of-experts MLPs; "
                   f"seqedge imports dense MLPs only (num_experts: 0, or mlp_only_layers naming every layer)")
-
-
-def _olmo_checks(get: Callable[[str], Any], label: str, layers: int) -> None:
-    refuse_unless(not get("linear_allow_neg_eigval"), label, "linear_allow_neg_eigval",
-                  get("linear_allow_neg_eigval"), "its beta is 2 * sigmoid(W_b x) in (0, 2); seqedge's beta is "
-                  "sigmoid(W_b x) in (0, 1)")
-    refuse_unless(float(get("rms_norm_eps")) == OLMO_OUT_NORM_EPS, label, "rms_norm_eps", get("rms_norm_eps"),
-                  f"OLMo-hybrid's gated output norm uses eps {OLMO_OUT_NORM_EPS} and its block norms "
-                  f"rms_norm_eps; seqedge's norms share one eps")
 
 
 def _unpack_qwen3_next(t: "Tensors", a: str, config: SequentialAttentionConfig, label: str) -> tuple:
@@ -165,16 +157,20 @@ def _split_conv(t: "Tensors", a: str, label: str) -> "torch.Tensor":
     return torch.cat([take(t, a + f"{x}_conv1d.weight", label) for x in "qkv"], dim=0)
 
 
+def _olmo_parts(get: Callable[[str], Any]) -> dict[str, Any]:
+    return dict(neg_eigval=bool(get("linear_allow_neg_eigval")), out_norm_eps=OLMO_OUT_NORM_EPS)
+
+
 QWEN_NORMS = ("input_layernorm", "post_attention_layernorm")
 LAYOUTS: dict[str, Layout] = {
-    "qwen3_next": Layout(QWEN3_NEXT_DEFAULTS, _interval_types, _qwen_heads, _qwen3_next_checks, _unpack_qwen3_next,
-                         _fused_conv, True, QWEN_NORMS, out_norm="norm", out_proj="out_proj"),
-    "qwen3_5_text": Layout(QWEN3_5_DEFAULTS, _interval_types, _qwen_heads, lambda *_: None, _split_qwen3_5,
-                           _fused_conv, True, QWEN_NORMS, out_norm="norm", out_proj="out_proj"),
+    "qwen3_next": Layout(QWEN3_NEXT_DEFAULTS, _interval_types, _qwen_heads, _qwen3_next_checks, lambda _: {},
+                         _unpack_qwen3_next, _fused_conv, True, QWEN_NORMS, out_norm="norm", out_proj="out_proj"),
+    "qwen3_5_text": Layout(QWEN3_5_DEFAULTS, _interval_types, _qwen_heads, lambda *_: None, lambda _: {},
+                           _split_qwen3_5, _fused_conv, True, QWEN_NORMS, out_norm="norm", out_proj="out_proj"),
     # the names of OLMo-hybrid's checkpoints (transformers renames them on load and back on save)
-    "olmo_hybrid": Layout(OLMO_HYBRID_DEFAULTS, _olmo_types, _olmo_heads, _olmo_checks, _split_olmo, _split_conv,
-                          False, ("attention_layer_norm", "feedforward_layer_norm"), out_norm="o_norm",
-                          out_proj="o_proj"),
+    "olmo_hybrid": Layout(OLMO_HYBRID_DEFAULTS, _olmo_types, _olmo_heads, lambda *_: None, _olmo_parts,
+                          _split_olmo, _split_conv, False, ("attention_layer_norm", "feedforward_layer_norm"),
+                          out_norm="o_norm", out_proj="o_proj"),
 }
 MODEL_TYPES = (*LAYOUTS, *WRAPPERS)
 
@@ -203,7 +199,7 @@ def config_from_hf(hf: dict[str, Any]) -> SequentialAttentionConfig:
         num_layers=layers, num_heads=value_heads, head_k_dim=dk, head_v_dim=dv, update_rule="delta",
         conv_kernel=int(get("linear_conv_kernel_dim")), chunk_size=DEFAULT_CHUNK,
         intermediate_size=int(get("intermediate_size")), tie_embeddings=bool(get("tie_word_embeddings")),
-        norm_eps=float(get("rms_norm_eps")), mixer=mixer_parts(key_heads, value_heads))
+        norm_eps=float(get("rms_norm_eps")), mixer=mixer_parts(key_heads, value_heads, **layout.parts(get)))
 
 
 def _refuse_wrapper(hf: dict[str, Any], label: str) -> None:
