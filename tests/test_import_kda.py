@@ -6,7 +6,8 @@ download). fla's model forward needs CUDA (Triton), so the oracles on this CPU a
 - fla-format checkpoints (``KDAForCausalLM``): a reference forward assembled from the fla model's own torch
   submodules (projections, conv weights, MLP) and fla's pure-torch ``naive_kda_gate`` and ``naive_recurrent_kda``;
   it checks the imported model's logits over a sequence fed in several calls (chunked calls, then steps: the state
-  carried) and its final scan states to 1e-4 relative (float32), with grouped value heads and ``expand_v`` 2;
+  carried) and its final scan states to 1e-4 relative (float32), with grouped value heads and ``expand_v`` 2, and
+  with ``allow_neg_eigval`` (beta ``2 * sigmoid``);
 - the same fla weights mapped onto transformers' ``KimiLinearForCausalLM`` (its KDA layers on their torch fallback):
   a second, independent oracle of the fla import, layer math included;
 - transformers-format checkpoints (``kimi_linear``, every layer KDA with a dense MLP): transformers' own forward
@@ -91,7 +92,7 @@ def _fla_layer(attn, x):
     q, k = (t / torch.sqrt(t.pow(2).sum(-1, keepdim=True) + 1e-6) for t in (q, k))   # fla's l2norm
     v = conv(attn.v_proj, attn.v_conv1d).reshape(B, T, -1, V)
     g = naive_kda_gate(attn.f_proj(x).reshape(B, T, -1, K), attn.A_log, attn.dt_bias)
-    beta = torch.sigmoid(attn.b_proj(x))
+    beta = torch.sigmoid(attn.b_proj(x)) * (2.0 if attn.allow_neg_eigval else 1.0)
     o, state = naive_recurrent_kda(q, k, v, g, beta, output_final_state=True)
     o = _rms(o, attn.o_norm.weight, attn.o_norm.eps) * torch.sigmoid(attn.g_proj(x).reshape(B, T, -1, V))
     return attn.o_proj(o.reshape(B, T, -1)), state
@@ -142,6 +143,21 @@ def test_fla_import_matches_fla_reference_with_carried_state(fla):
     model = import_hf(path)
     assert model.config.mixer.gate == "softplus_key" and model.config.mixer.num_key_heads == 2
     tokens = torch.randint(0, VOCAB, (2, 53), generator=torch.Generator().manual_seed(1))
+    got, state = split_run(model, tokens)
+    with torch.no_grad():
+        want, want_states = _fla_reference(source, tokens)
+    assert rel_error(got, want) <= TOL
+    for layer, want_state in enumerate(want_states):
+        assert rel_error(state.tensors[2 * layer + 1], want_state) <= TOL
+
+
+def test_fla_beta_in_zero_two_matches_fla_reference(tmp_path):
+    """fla's ``allow_neg_eigval``: beta = 2 * sigmoid(W_b x) (``mixer.beta_scale`` 2)."""
+    source = _fla_model(allow_neg_eigval=True)
+    source.save_pretrained(tmp_path / "hf")
+    model = import_hf(tmp_path / "hf")
+    assert model.config.mixer.beta_scale == 2.0
+    tokens = torch.randint(0, VOCAB, (2, 37), generator=torch.Generator().manual_seed(2))
     got, state = split_run(model, tokens)
     with torch.no_grad():
         want, want_states = _fla_reference(source, tokens)
@@ -332,7 +348,6 @@ def test_cli_import_writes_a_checkpoint_with_the_same_logits(fla, tmp_path):
 REFUSED = [
     ("fla", dict(attn={"layers": [1], "num_heads": 2}), "attn"),
     ("fla", dict(use_short_conv=False), "use_short_conv"),
-    ("fla", dict(allow_neg_eigval=True), "allow_neg_eigval"),
     ("fla", dict(safe_gate=True, lower_bound=-5.0), "safe_gate"),
     ("fla", dict(lower_bound=-5.0), "lower_bound"),
     ("fla", dict(hidden_act="powlu"), "hidden_act"),

@@ -2,8 +2,8 @@
 ``model_type: kimi_linear``, when every layer is a KDA layer with a dense MLP) as a Sequential Attention model.
 
 Per value head h, with ``g_t = -exp(A_log[h]) * softplus(W_fb W_fa x_t + dt_bias)`` one log decay per key dim
-(``mixer.gate = softplus_key``, rank ``gate_rank`` between the two projections) and ``beta_t = sigmoid(W_b x_t)``,
-KDA's recurrence reads
+(``mixer.gate = softplus_key``, rank ``gate_rank`` between the two projections) and ``beta_t = sigmoid(W_b x_t)``
+(``2 * sigmoid`` with fla's ``allow_neg_eigval``: ``mixer.beta_scale``), KDA's recurrence reads
 
     S' = diag(exp g_t) S_{t-1},     S_t = S' + beta_t k_t^T (v_t - k_t S'),     o_t = (q_t / sqrt(dk)) S_t
 
@@ -31,10 +31,11 @@ MODEL_TYPES = ("kda", "kimi_linear")
 DEFAULT_CHUNK = 64
 
 
-def _parts(key_heads: int, heads: int, rank: int) -> MixerParts:
+def _parts(key_heads: int, heads: int, rank: int, neg_eigval: bool = False) -> MixerParts:
+    """``neg_eigval``: beta is ``2 * sigmoid`` (fla's ``allow_neg_eigval``)."""
     return MixerParts(gate="softplus_key", beta="sigmoid", num_key_heads=key_heads if key_heads != heads else 0,
                       qk_norm="rsqrt", skip=False, output="norm_gate", out_gate_act="sigmoid",
-                      out_gate_rank=rank)
+                      out_gate_rank=rank, beta_scale=2.0 if neg_eigval else 1.0)
 
 
 def _fla_config(hf: dict[str, Any]) -> SequentialAttentionConfig:
@@ -44,8 +45,6 @@ def _fla_config(hf: dict[str, Any]) -> SequentialAttentionConfig:
                   "softmax-attention layers of a hybrid are not part of seqedge's mixer")
     refuse_unless(hf.get("use_short_conv", True) is True, FAMILY, "use_short_conv", hf.get("use_short_conv"),
                   "seqedge's mixer always has the short conv")
-    refuse_unless(not hf.get("allow_neg_eigval", False), FAMILY, "allow_neg_eigval", hf.get("allow_neg_eigval"),
-                  "a beta in (0, 2) is not part of seqedge's sigmoid beta")
     refuse_unless(not hf.get("safe_gate", False), FAMILY, "safe_gate", hf.get("safe_gate"),
                   "the lower-bounded gate is not part of seqedge's softplus_key gate")
     refuse_unless(hf.get("lower_bound") is None, FAMILY, "lower_bound", hf.get("lower_bound"),
@@ -71,7 +70,8 @@ def _fla_config(hf: dict[str, Any]) -> SequentialAttentionConfig:
         num_heads=v_heads, head_k_dim=head_dim, head_v_dim=head_v_dim, update_rule="delta",
         conv_kernel=int(hf.get("conv_size", 4)), gate_rank=head_v_dim, chunk_size=DEFAULT_CHUNK,
         intermediate_size=int(mlp), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        norm_eps=float(hf.get("norm_eps", 1e-6)), mixer=_parts(heads, v_heads, head_v_dim))
+        norm_eps=float(hf.get("norm_eps", 1e-6)),
+        mixer=_parts(heads, v_heads, head_v_dim, neg_eigval=bool(hf.get("allow_neg_eigval", False))))
 
 
 def _kimi_layer_types(hf: dict[str, Any]) -> tuple[list[Any], list[Any]]:
