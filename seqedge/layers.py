@@ -150,11 +150,11 @@ class SequentialAttention(nn.Module):
             g = g.reshape(B, T, c.num_heads, c.head_k_dim)
             dt = None
         elif parts.gate == "softplus_key":
-            dt = self.ops.softplus(self.dt_up(self.dt_down(x)).to(f32) + self.dt_bias.to(f32))  # [B, T, H * dk]
+            dt = F.softplus(self.dt_up(self.dt_down(x)).to(f32) + self.dt_bias.to(f32))      # [B, T, H * dk]
             g = -torch.exp(self.A_log.to(f32)).unsqueeze(-1) * dt.reshape(B, T, c.num_heads, c.head_k_dim)
             dt = None
         else:
-            dt = self.ops.softplus(self.dt_proj(x).to(f32) + self.dt_bias.to(f32))         # [B, T, H]
+            dt = F.softplus(self.dt_proj(x).to(f32) + self.dt_bias.to(f32))               # [B, T, H]
             g = (-torch.exp(self.A_log.to(f32)) * dt).reshape(B, T, c.num_heads, 1)
             if not step:
                 g = self.ops.expand(g, -1, -1, -1, c.head_k_dim)

@@ -1,8 +1,8 @@
 """The primitives a model is built with: one frozen ops object, the seam of every export flavour.
 
 :class:`MixerOps` names each piece whose exported graph may differ between targets: the sequence scan, the
-one-token scan, the short causal convolution (sequence and step), the SiLU, the softplus of the step-size gates,
-the broadcast of grouped keys and per-head gates, RMSNorm and the logits head.
+one-token scan, the short causal convolution (sequence and step), the SiLU, the broadcast of grouped keys and
+per-head gates, RMSNorm and the logits head.
 :data:`REFERENCE_OPS` holds the plain PyTorch forms (the eager model, the portable ONNX graphs, Core ML,
 TensorRT); export flavours define their own in ``seqedge.export`` (``ort_fused.ORT_FUSED_OPS``: ONNX Runtime's
 fused contrib ops; ``xnnpack_friendly.XNNPACK_OPS``: forms XNNPACK delegates) and build the model with them
@@ -66,8 +66,8 @@ class MixerOps:
       :func:`seqedge.scan.chunked_scan`;
     - ``step_scan(q, k, v, g, beta, state, *, rule, scale)``: as :func:`seqedge.scan.recurrent_step`;
     - ``short_conv`` / ``short_conv_step(x, tail, weight, bias)``: as :func:`short_conv`, over a sequence / one token;
-    - ``silu(x)``; ``softplus(x)``; ``expand(x, *sizes)``: as ``Tensor.expand``; ``rms_norm(x, weight, eps)``;
-      ``logits(x, weight)``: as :func:`tied_logits`.
+    - ``silu(x)``; ``expand(x, *sizes)``: as ``Tensor.expand``; ``rms_norm(x, weight, eps)``; ``logits(x, weight)``:
+      as :func:`tied_logits`.
     """
 
     name: str = "reference"
@@ -76,7 +76,6 @@ class MixerOps:
     short_conv: Callable = short_conv
     short_conv_step: Callable = short_conv
     silu: Callable = F.silu
-    softplus: Callable = F.softplus
     expand: Callable = torch.Tensor.expand
     rms_norm: Callable = rms_norm
     logits: Callable = tied_logits

@@ -5,14 +5,13 @@
   state (float32: 1e-5 relative; float16: the half model against its own rewrite), for both update rules, tied
   and untied heads; the original model is left untouched.
 - After int8 quantization the quantized linears are kept as they are (the gate/up linear is not split).
-- The flavour's ops against the reference ones: softplus within 4e-7 relative of float64 from -80 to 110 (torch's
-  float32 softplus: 1.2e-7), the broadcast and the bmm readout exactly / to float32 rounding.
+- The flavour's ops against the reference ones: the broadcast exactly, the bmm readout to float32 rounding.
 - The edge passes plus the rewrite leave fewer ops on the portable kernels of a lowered ``step`` (no
   ``mean.dim``, no ``mm``) and fewer delegate calls, and the program it gives runs to 1e-5 of the eager model at
   batch 1 and 3 (the ``-1`` it writes is resolved at run time, not fixed to the traced batch).
 - A Mamba2-shaped model (softplus gate, grouped keys, no MLP) lowered at a static batch: nothing but the
-  embedding, the token reshape and constant ones stays portable, a second layer adds no delegate call, and both
-  programs run to 1e-5 of the eager model.
+  embedding, the token reshape, constant ones and the softplus stays portable, a second layer adds one delegate
+  call (the boundary at its softplus), and both programs run to 1e-5 of the eager model.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from seqedge.export.xnnpack_friendly import (
     SplitSwiGLU,
     _bmm_readout,
     _broadcast,
-    _softplus,
     xnnpack_friendly,
 )
 from seqedge.export.xnnpack_scan import StaticMaskAttention
@@ -116,14 +114,6 @@ def test_rewritten_half_model_matches_the_half_model():
 
 
 # the flavour's ops --------------------------------------------------------------------------------------------
-def test_softplus_form_matches_torch_to_float32_rounding():
-    x = torch.cat([torch.linspace(-80, 110, 40_001), torch.randn(10_000) * 5,
-                   torch.tensor([0.0, 1e-30, -1e-30, 20.0, 20.0001, -20.0])])
-    want = F.softplus(x.double())
-    assert ((_softplus(x).double() - want).abs() / want).max() <= 4e-7
-    assert _softplus(x.half()).dtype == torch.float16
-
-
 def test_broadcast_and_bmm_readout_match_the_reference_forms():
     from seqedge.scan.recurrent import einsum_readout
 
@@ -186,7 +176,7 @@ def _mamba2_like(layers: int) -> SequentialAttentionModel:
     return SequentialAttentionModel(config).eval()
 
 
-def test_mamba2_like_layers_lower_without_portable_ops_between_them():
+def test_mamba2_like_layers_lower_with_one_delegate_call_each():
     pytest.importorskip("executorch.runtime", reason="ExecuTorch is not installed "
                                                      "(pip install executorch==1.5.1 torchao==0.18.0)")
     from executorch.exir import ExecutorchBackendConfig
@@ -202,10 +192,13 @@ def test_mamba2_like_layers_lower_without_portable_ops_between_them():
         with quiet_libraries():
             edge = et.lower({e: et._export_entry(xnnpack_friendly(model), e, max_batch=1) for e in ENTRY_POINTS})
         counts = {e: et.delegation_counts(edge.exported_program(e).graph_module) for e in ENTRY_POINTS}
-        for entry, c in counts.items():         # the int64 tokens' reshape and lookup, the ones of the broadcasts
-            assert set(c["portable_ops"]) <= {"embedding.default", "view_copy.default", "full.default"}, (entry, c)
+        # the int64 tokens' reshape and lookup, the ones of the broadcasts, the softplus (see xnnpack_friendly)
+        portable = {"embedding.default", "view_copy.default", "full.default", "gt.Scalar", "where.self",
+                    "log1p.default"}
+        for entry, c in counts.items():
+            assert set(c["portable_ops"]) <= portable, (entry, c)
         subgraphs[layers] = {e: c["delegated_subgraphs"] for e, c in counts.items()}
-    assert subgraphs[2] == subgraphs[1], subgraphs              # a layer is one piece of an existing delegate
+    assert all(subgraphs[2][e] == subgraphs[1][e] + 1 for e in ENTRY_POINTS), subgraphs
 
     program = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True)).buffer
     for entry in ENTRY_POINTS:
