@@ -118,6 +118,9 @@ def _known_fields(cls: type, data: Any, what: str) -> dict[str, Any]:
 
 
 NATIVE_MIXER = MixerParts()
+# Parts added after imported models' artifacts were first written: serialised only when they differ from their
+# defaults (SequentialAttentionConfig.to_dict), so those artifacts keep their fingerprints.
+LATER_MIXER_PARTS = ("beta_scale", "out_norm_eps")
 
 
 @dataclass(frozen=True)
@@ -231,11 +234,16 @@ class SequentialAttentionConfig:
 
     # serialisation --------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types; the native mixer and an unset ``intermediate_size`` are left out, so native configs
-        (and their fingerprints) read as before those fields existed."""
+        """Plain JSON types; the native mixer, an unset ``intermediate_size`` and mixer parts newer than the
+        mixer itself at their defaults (:data:`LATER_MIXER_PARTS`) are left out, so configs (and their
+        fingerprints, hence written artifacts) read as before those fields existed."""
         data = dataclasses.asdict(self)
         if self.mixer == NATIVE_MIXER:
             del data["mixer"]
+        else:
+            for name in LATER_MIXER_PARTS:
+                if getattr(self.mixer, name) == getattr(NATIVE_MIXER, name):
+                    del data["mixer"][name]
         if not self.intermediate_size:
             del data["intermediate_size"]
         return data

@@ -146,6 +146,23 @@ def test_clashing_parts_are_named(parts, fields):
         SequentialAttentionConfig(**DIMS, mixer=MixerParts(**parts))
 
 
+FINGERPRINT_BEFORE_LATER_PARTS = "5061756cc00ffb7e"     # model_fingerprint of the config below, as of 17ed7ef
+
+
+def test_later_parts_at_their_defaults_leave_configs_and_fingerprints_as_before():
+    """Artifacts of imported models written before beta_scale / out_norm_eps existed keep their fingerprints."""
+    from seqedge.state import model_fingerprint
+
+    mamba2 = SequentialAttentionConfig(**DIMS, mixer=MixerParts(gate="softplus", beta="dt", mlp=False))
+    assert not {"beta_scale", "out_norm_eps"} & set(mamba2.to_dict()["mixer"])
+    # the fingerprint of this config as written before those parts existed
+    assert model_fingerprint(mamba2) == FINGERPRINT_BEFORE_LATER_PARTS
+    olmo = SequentialAttentionConfig(**DIMS, mixer=MixerParts(beta_scale=2.0, out_norm_eps=1e-5))
+    assert olmo.to_dict()["mixer"]["beta_scale"] == 2.0 and olmo.to_dict()["mixer"]["out_norm_eps"] == 1e-5
+    assert SequentialAttentionConfig.from_dict(olmo.to_dict()) == olmo
+    assert model_fingerprint(olmo) != model_fingerprint(SequentialAttentionConfig(**DIMS, mixer=MixerParts()))
+
+
 def test_native_config_serialises_as_before():
     assert "mixer" not in SequentialAttentionConfig.preset("tiny").to_dict()
     with pytest.raises(ValueError, match="unknown mixer field"):
