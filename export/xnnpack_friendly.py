@@ -18,17 +18,16 @@ The ExecuTorch target lowers ``step`` and ``chunk`` with a dynamic batch. XNNPAC
   decomposes into a float32 upcast, the product, and a cast back).
 
 Every portable op between two delegates costs a delegate exit and re-entry, so these few ops split each
-program into dozens of XNNPACK subgraphs, and every subgraph costs the lowering a run of XNNPACK's preprocessing
-passes. Two rewrites and two edge passes remove most of them, each computing the same function (the float16 SiLU
-up to one float16 rounding):
+program into dozens of XNNPACK subgraphs (the lowering's time goes by nodes, not subgraphs:
+benchmarks/results/executorch_lower_time.md). Two rewrites and two edge passes remove most of them, each computing
+the same function (the float16 SiLU up to one float16 rounding):
 
 - :func:`xnnpack_friendly`: a copy of the model whose RMSNorms average over a ``[-1, L, 1, n]`` view, whose
   tied head is ``F.linear(x, embed.weight)`` (a linear over the parameter itself), whose short convs pick the
   new tail with a 0/1 matrix (exact), whose float SwiGLUs run gate and up as two linears over the row
   blocks of the fused weight, whose SiLUs are ``x * sigmoid(x)`` in the input's dtype (no float32 round trip
   in float16), whose expands are products with ones, whose one-token scan contracts with ``bmm`` (not an
-  einsum's permutes), and whose mixers run
-  :class:`~seqedge.export.xnnpack_scan.StaticMaskScan` on the sequence
+  einsum's permutes), and whose mixers run :class:`~seqedge.export.xnnpack_scan.StaticMaskScan` on the sequence
   path (export/xnnpack_scan.py: the chunked scan with constant masks, prefix sums as a 0/1 linear). Applied
   after quantization, so the head stays float32, only the recipe's linears are quantized, and a quantized
   gate/up linear is left fused.
@@ -198,9 +197,9 @@ def linear_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 # The ops of this flavour: SiLU without a float32 round trip, expands as products with ones, the one-token scan's
-# contractions as bmm, the 4-D mean RMSNorm, the head as a linear. The pieces
-# that need their own constants or weights (conv tail picks, split gate/up, static-mask scan) are modules that
-# :func:`xnnpack_friendly` puts in place of the model's.
+# contractions as bmm, the 4-D mean RMSNorm, the head as a linear. The pieces that need their own constants or
+# weights (conv tail picks, split gate/up, static-mask scan) are modules that :func:`xnnpack_friendly` puts in
+# place of the model's.
 XNNPACK_OPS = MixerOps(name="xnnpack", silu=_silu, expand=_broadcast,
                        rms_norm=pooled_rms_norm, logits=linear_logits,
                        step_scan=functools.partial(recurrent_step, readout=_bmm_readout))
