@@ -138,17 +138,22 @@ def kimi():
     return module
 
 
-def test_fla_import_matches_fla_reference_with_carried_state(fla):
-    source, path = fla
-    model = import_hf(path)
-    assert model.config.mixer.gate == "softplus_key" and model.config.mixer.num_key_heads == 2
-    tokens = torch.randint(0, VOCAB, (2, 53), generator=torch.Generator().manual_seed(1))
+def _assert_matches_fla_reference(model, source, tokens) -> None:
+    """``model``'s logits over ``tokens`` fed in several calls, and its final scan states, against fla's."""
     got, state = split_run(model, tokens)
     with torch.no_grad():
         want, want_states = _fla_reference(source, tokens)
     assert rel_error(got, want) <= TOL
     for layer, want_state in enumerate(want_states):
         assert rel_error(state.tensors[2 * layer + 1], want_state) <= TOL
+
+
+def test_fla_import_matches_fla_reference_with_carried_state(fla):
+    source, path = fla
+    model = import_hf(path)
+    assert model.config.mixer.gate == "softplus_key" and model.config.mixer.num_key_heads == 2
+    _assert_matches_fla_reference(model, source, torch.randint(0, VOCAB, (2, 53),
+                                                               generator=torch.Generator().manual_seed(1)))
 
 
 def test_fla_beta_in_zero_two_matches_fla_reference(tmp_path):
@@ -157,13 +162,8 @@ def test_fla_beta_in_zero_two_matches_fla_reference(tmp_path):
     source.save_pretrained(tmp_path / "hf")
     model = import_hf(tmp_path / "hf")
     assert model.config.mixer.beta_scale == 2.0
-    tokens = torch.randint(0, VOCAB, (2, 37), generator=torch.Generator().manual_seed(2))
-    got, state = split_run(model, tokens)
-    with torch.no_grad():
-        want, want_states = _fla_reference(source, tokens)
-    assert rel_error(got, want) <= TOL
-    for layer, want_state in enumerate(want_states):
-        assert rel_error(state.tensors[2 * layer + 1], want_state) <= TOL
+    _assert_matches_fla_reference(model, source, torch.randint(0, VOCAB, (2, 37),
+                                                               generator=torch.Generator().manual_seed(2)))
 
 
 def _kimi_inputs(tokens) -> dict:

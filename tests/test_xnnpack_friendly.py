@@ -21,7 +21,7 @@ import copy
 import pytest
 import torch
 
-import torch.nn.functional as F
+from _kernel_cases import MAMBA2
 
 from seqedge.config import MixerParts, SequentialAttentionConfig
 from seqedge.export.entry_points import entry_module, example_inputs
@@ -168,10 +168,9 @@ def test_rewrites_delegate_more_and_run_exactly():
 
 def _mamba2_like(layers: int) -> SequentialAttentionModel:
     """Mamba2's mixer parts (softplus gate, dt input scale, one key group for 4 heads, gated norm, no MLP)."""
-    parts = MixerParts(gate="softplus", beta="dt", num_key_heads=1, conv_bias=True, skip=True, output="gate_norm",
-                       out_norm_size=16, scale=1.0, mlp=False)
     config = SequentialAttentionConfig(vocab_size=64, hidden_size=32, num_layers=layers, num_heads=4, head_k_dim=8,
-                                       head_v_dim=8, chunk_size=16, tie_embeddings=False, mixer=parts)
+                                       head_v_dim=8, chunk_size=16, tie_embeddings=False,
+                                       mixer=MixerParts(**MAMBA2, out_norm_size=16))
     torch.manual_seed(layers)
     return SequentialAttentionModel(config).eval()
 
@@ -186,15 +185,14 @@ def test_mamba2_like_layers_lower_with_one_delegate_call_each():
     from seqedge.export.entry_points import ENTRY_POINTS
     from seqedge.quiet import quiet_libraries
 
+    # the int64 tokens' reshape and lookup, the ones of the broadcasts, the softplus (see xnnpack_friendly)
+    portable = {"embedding.default", "view_copy.default", "full.default", "gt.Scalar", "where.self", "log1p.default"}
     subgraphs = {}
     for layers in (1, 2):
         model = _mamba2_like(layers)
         with quiet_libraries():
             edge = et.lower({e: et._export_entry(xnnpack_friendly(model), e, max_batch=1) for e in ENTRY_POINTS})
         counts = {e: et.delegation_counts(edge.exported_program(e).graph_module) for e in ENTRY_POINTS}
-        # the int64 tokens' reshape and lookup, the ones of the broadcasts, the softplus (see xnnpack_friendly)
-        portable = {"embedding.default", "view_copy.default", "full.default", "gt.Scalar", "where.self",
-                    "log1p.default"}
         for entry, c in counts.items():
             assert set(c["portable_ops"]) <= portable, (entry, c)
         subgraphs[layers] = {e: c["delegated_subgraphs"] for e, c in counts.items()}
