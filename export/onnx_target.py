@@ -5,8 +5,10 @@ How each scheme is packed (the recipe says *what*, this module says *how*):
 - ``none``: float32 graph.
 - ``fp16``: the model is cast to float16 before tracing, so weights and matmuls are float16, while the model's own
   casts keep norms, gates, the scan and the state in float32; ``tokens``, ``state.*`` and ``logits`` stay float32.
-- ``int8``: ``onnxruntime.quantization.quantize_dynamic`` on the float32 graph: int8 per-channel MatMul weights
-  (7-bit range, see ``_quantize_int8``), activations quantized dynamically (``DynamicQuantizeLinear`` + ``MatMulInteger``).
+- ``int8``: ``com.microsoft::MatMulNBits`` with 8 bits for every MatMul with a constant weight: symmetric blocks
+  of 128 weights along K, each with a float32 scale (:mod:`int8_blocks`), laid out by
+  ``onnxruntime.quantization.matmul_nbits_quantizer``; activations int8 per block at run time (``accuracy_level``
+  4, see ``_quantize_int8``).
 - ``int4``: weight-only ``com.microsoft::MatMulNBits`` (asymmetric, ``group_size`` weights per block with a float32
   scale and a uint8 zero point, chosen by ``int4_blockwise.search`` to lower each block's squared error; no
   calibration data), laid out by ``onnxruntime.quantization.matmul_nbits_quantizer``, for the MatMuls of the
@@ -29,13 +31,13 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from seqedge.artifact import Variant, file_record
 
-from . import graph_passes, int4_blockwise
+from . import graph_passes, int4_blockwise, int8_blocks
 from .entry_points import ENTRY_POINTS, entry_module, example_inputs, input_names, output_names
 from .onnx_library import INSTALL_HINT, require_onnx_library
 from .quantization import QuantizationRecipe, WeightIndex, int4_split
@@ -207,18 +209,37 @@ def finalize_graph(path: Path, check: bool = True) -> None:
         require_onnx_library("onnx").checker.check_model(str(path), full_check=True)
 
 
+# MatMulNBits' compute for the int8 scheme, in both entry points: int8 activations. With float32 compute (None)
+# ONNX Runtime unpacks the 8-bit blocks to float32 on every call, several times slower even on a 64-token chunk.
+INT8_ACCURACY_LEVEL = 4
+
+
 def _quantize_int8(source: Path, dest: Path) -> None:
-    quantization = require_onnx_library("onnxruntime.quantization")
-    # one quantized MatMul per shared input: per-channel weight scales and the input's one dynamic scale are the
-    # same as the separate MatMuls', so merging first changes no value and saves a quantize and a call per group
-    merged = graph_passes.on_proto(require_onnx_library("onnx").load(str(source)),
-                                   graph_passes.merge_shared_matmuls)
-    # reduce_range: 7-bit weights. x86 CPUs without VNNI multiply u8 x s8 pairs with a saturating 16-bit add
-    # (pmaddubsw), which overflows on full-range int8 weights and costs ~6 dB SQNR on this model; an artifact is
-    # exported once and runs on CPUs of either kind, so it is quantized for the one that saturates.
-    quantization.quantize_dynamic(merged, str(dest), op_types_to_quantize=["MatMul"], per_channel=True,
-                                  reduce_range=True, weight_type=quantization.QuantType.QInt8,
-                                  extra_options={"MatMulConstBOnly": True})
+    """Every MatMul with a constant 2-D weight -> MatMulNBits with 8 bits (:mod:`int8_blocks`: symmetric blocks
+    of 128 along K), int8 activations (:data:`INT8_ACCURACY_LEVEL`).
+
+    The projections that read one input are merged first (:func:`graph_passes.merge_shared_matmuls`): blocks run
+    along K within a column, so the merged weight packs to the same codes, in one call instead of several. No zero
+    points: MatMulNBits' symmetric 8-bit path (ONNX Runtime's asymmetric int8-activation kernel for AVX2 CPUs
+    without AVX-512 has had a wrong-result bug, onnxruntime#29853)."""
+    onnx = require_onnx_library("onnx")
+    nbits = require_onnx_library("onnxruntime.quantization.matmul_nbits_quantizer")
+    to_array = require_onnx_library("onnx.numpy_helper").to_array
+    model_proto = graph_passes.on_proto(onnx.load(str(source)), graph_passes.merge_shared_matmuls)
+    initializers = {t.name: t for t in model_proto.graph.initializer}
+    weights = {f"{n.name}_Q8": to_array(initializers[n.input[1]]) for n in model_proto.graph.node
+               if n.op_type == "MatMul" and n.input[1] in initializers and len(initializers[n.input[1]].dims) == 2}
+    config = nbits.DefaultWeightOnlyQuantConfig(block_size=int8_blocks.BLOCK, is_symmetric=True, bits=8,
+                                                accuracy_level=INT8_ACCURACY_LEVEL, op_types_to_quantize=("MatMul",))
+    quantizer = nbits.MatMulNBitsQuantizer(model_proto, algo_config=config)
+    quantizer.process()
+    graph = quantizer.model.model.graph
+    packed = {n.name for n in graph.node if n.op_type == "MatMulNBits"}
+    if packed != set(weights):
+        raise RuntimeError(f"int8 quantization of {source.name} packed {sorted(packed)}, expected every MatMul "
+                           f"with a constant 2-D weight: {sorted(weights)}")
+    _refit_blocks(graph, weights, lambda w: int8_blocks.pack(w, int8_blocks.BLOCK))
+    quantizer.model.save_model_to_file(str(dest), False)
 
 
 def matmul_modules(graph, model, index: WeightIndex | None = None) -> dict[str, list[str]]:
@@ -313,10 +334,24 @@ def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe,
 
 def _refit_int4(graph, weights: dict[str, Any], group: int, cache: dict[bytes, tuple[Any, Any]] | None = None
                 ) -> None:
-    """Replace the B, scales and zero_points of each MatMulNBits node ``weights`` names (its float weight
-    ``[K, N]``) with :func:`int4_blockwise.search`'s blocks, in the layout and shapes onnxruntime wrote.
+    """:func:`_refit_blocks` with :func:`int4_blockwise.search`'s blocks (B, scales and zero points).
     ``cache`` keeps each weight's search result by its bytes: the step and chunk graphs hold the same weights, and
     the search is most of an int4 export's time."""
+    def arrays(w):
+        key = hashlib.sha256(w.tobytes()).digest() + repr((w.shape, w.dtype.str, group)).encode()
+        found = cache.get(key) if cache is not None else None
+        if found is None:
+            found = int4_blockwise.search(w, group)
+            if cache is not None:
+                cache[key] = found
+        return int4_blockwise.pack(w, *found, group)
+
+    _refit_blocks(graph, weights, arrays)
+
+
+def _refit_blocks(graph, weights: dict[str, Any], arrays_of: Callable[[Any], tuple[Any, ...]]) -> None:
+    """Replace the inputs after A (B, scales and any zero points) of each MatMulNBits node ``weights`` names (its
+    float weight ``[K, N]``) with ``arrays_of(weight)``, in the layout and shapes onnxruntime wrote."""
     numpy_helper = require_onnx_library("onnx.numpy_helper")
     initializers = {t.name: t for t in graph.initializer}
     for node in graph.node:
@@ -324,21 +359,16 @@ def _refit_int4(graph, weights: dict[str, Any], group: int, cache: dict[bytes, t
             continue
         w = weights[node.name]
         if w.ndim != 2:
-            raise RuntimeError(f"{node.name}: int4 packs 2-D weights [K, N], got shape {list(w.shape)}")
-        key = hashlib.sha256(w.tobytes()).digest() + repr((w.shape, w.dtype.str, group)).encode()
-        found = cache.get(key) if cache is not None else None
-        if found is None:
-            found = int4_blockwise.search(w, group)
-            if cache is not None:
-                cache[key] = found
-        arrays = int4_blockwise.pack(w, *found, group)
-        if len(node.input) != 4:
-            raise RuntimeError(f"{node.name} has no zero_points input; asymmetric int4 needs one")
-        for name, array in zip(node.input[1:4], arrays):
+            raise RuntimeError(f"{node.name}: MatMulNBits packs 2-D weights [K, N], got shape {list(w.shape)}")
+        arrays = arrays_of(w)
+        if len(node.input) != 1 + len(arrays):
+            raise RuntimeError(f"{node.name} has inputs {list(node.input)}; the packing writes B, scales"
+                               f"{' and zero points' if len(arrays) == 3 else ''}")
+        for name, array in zip(node.input[1:], arrays):
             old = numpy_helper.to_array(initializers[name])
             if old.shape != array.shape or old.dtype != array.dtype:
                 raise RuntimeError(f"{node.name}: onnxruntime wrote {name} as {old.dtype}{list(old.shape)}, "
-                                   f"int4_blockwise packed {array.dtype}{list(array.shape)}")
+                                   f"the packing {array.dtype}{list(array.shape)}")
             initializers[name].CopyFrom(numpy_helper.from_array(array, name))
 
 

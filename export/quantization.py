@@ -51,7 +51,7 @@ RECIPES: dict[str, RecipeInfo] = {r.name: r for r in (
                 "tensorrt": "float16 engine"}),
     RecipeInfo("int8-dynamic", "int8", "int8 weights of every linear layer; activations quantized to int8 per "
                "token at run time where the target can (Core ML: weights only)",
-               {"onnx": "int8 per-channel MatMul weights, activations quantized at run time (MatMulInteger)",
+               {"onnx": "MatMulNBits (8 bits, symmetric blocks of 128 along K), int8 activations at run time",
                 "onnx-ort": "as onnx, with the fused LinearAttention scan",
                 "executorch": "torchao int8 weights per output channel, int8 dynamic activations per token",
                 "coreml": "int8 weights per output channel, float16 compute (no activation quantization)"}),

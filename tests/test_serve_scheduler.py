@@ -155,13 +155,30 @@ def test_batched_step_of_slots_equals_each_stream_alone(artifact, runtime):
     assert not np.any(slots.state.numpy()[1][1])          # slot 1 never ran: still zero
 
 
-def test_probe_batches_fp32_and_refuses_dynamically_quantized_rows(artifact, session):
-    """fp32 rows are independent; int8's dynamic quantization shares one scale over the batch, so its rows
-    are not, and the scheduler steps it one slot at a time."""
+class _CoupledRows:
+    """A session whose step mixes the rows of a batch, as one dynamic quantization scale per batch does."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def step(self, tokens, state):
+        logits, state = self.inner.step(tokens, state)
+        logits = host_logits(logits)
+        return logits + 1e-2 * logits.mean(0, keepdims=True), state
+
+
+def test_probe_batches_independent_rows_and_refuses_coupled_ones(artifact, session):
+    """fp32 rows are independent, and so are int8's (MatMulNBits quantizes activations per row and block); a step
+    that couples rows is stepped one slot at a time."""
     fp32 = probe_batching(session, 8)
     assert fp32.batched and fp32.max_deviation <= 1e-5, fp32
     int8 = probe_batching(seqedge.load(artifact, "onnxruntime", quantization="int8"), 8)
-    assert not int8.batched and int8.group == 1 and int8.max_deviation > 1e-3, int8
+    assert int8.batched and int8.max_deviation <= 1e-3, int8
+    coupled = probe_batching(_CoupledRows(session), 8)
+    assert not coupled.batched and coupled.group == 1 and coupled.max_deviation > 1e-3, coupled
     assert probe_batching(session, 1).group == 1
 
 
