@@ -177,13 +177,15 @@ def bench_seqedge(artifact: Path, runtime: str, tag: str, contexts: list[int], s
     return rows
 
 
-def export_seqedge(hf: Path, work: Path, targets: str, recipes: str) -> Path:
+def export_seqedge(hf: Path, work: Path, targets: str, recipes: str, max_batch: int, reuse: bool) -> Path:
+    """The seqedge artifact of ``hf``: exported afresh (the code under test may have changed since the last run)
+    unless ``reuse`` and one is there."""
     art = work / "artifact"
-    if not (art / "manifest.json").is_file():
+    if not (reuse and (art / "manifest.json").is_file()):
         cli = [sys.executable, "-m", "seqedge.cli.main"]
-        run([*cli, "import", str(hf), "-o", str(work / "checkpoint")])
+        run([*cli, "import", str(hf), "-o", str(work / "checkpoint"), "--overwrite"])
         run([*cli, "export", "-m", str(work / "checkpoint"), "--target", targets, "--quantize", recipes,
-             "-o", str(art)])
+             "--max-batch", str(max_batch), "-o", str(art), "--overwrite"])
     return art
 
 
@@ -234,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", default="onnx,onnx-ort,executorch", help="seqedge targets to export and time")
     p.add_argument("--recipes", default="fp32,int8-dynamic,int4-all",
                    help="seqedge quantization recipes (int4-all: Mamba2 has no MLP for int4-mlp to pack)")
+    p.add_argument("--max-batch", type=int, default=1,
+                   help="seqedge export's --max-batch (executorch): 1, the single-stream program this compares")
+    p.add_argument("--reuse-artifact", action="store_true",
+                   help="time the seqedge artifact of the last run instead of exporting it again")
     p.add_argument("--skip-seqedge", action="store_true", help="time llama.cpp only")
     args = p.parse_args(argv)
     contexts = list(parse_contexts(args.contexts))
@@ -250,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         from seqedge.artifact import read_manifest
         from seqedge.targets import RUNTIME_OF_TARGET
 
-        art = export_seqedge(hf, work, args.targets, args.recipes)
+        art = export_seqedge(hf, work, args.targets, args.recipes, args.max_batch, args.reuse_artifact)
         for variant in read_manifest(art).variants:
             if variant.target != "torch":
                 rows += bench_seqedge(art, RUNTIME_OF_TARGET[variant.target], variant.tag, contexts, args.steps,
