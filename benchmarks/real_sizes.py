@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 EXPORT_LIMIT_S = 300.0
 EXPORT_LIMIT_BYTES = 6 * 10**9
+TARGET_MODELS = ("mamba2-130m",)      # the export limits are the 130M model's; no target is set for the others
 CLI = [sys.executable, "-m", "seqedge.cli.main"]
 BATCH_BOUND_TARGETS = ("executorch", "tensorrt")     # the targets whose programs are compiled for a batch range
 
@@ -138,7 +139,7 @@ def render(record: dict) -> str:
     lines = ["# Real-size imported models: export, size, validation, latency", "",
              *metadata_markdown(record["meta"]), "",
              (f"Targets: export under {EXPORT_LIMIT_S / 60:.0f} min per target with peak RAM under "
-             f"{EXPORT_LIMIT_BYTES / 1e9:.0f} GB (the 130M model)."), ""]
+             f"{EXPORT_LIMIT_BYTES / 1e9:.0f} GB (the 130M model; \"(over)\" marks a miss)."), ""]
     if record.get("notes"):       # what the table alone does not say, written beside the run's cells
         lines += ["## Notes", "", *(f"- {note}" for note in record["notes"]), ""]
     for model, cells in record["models"].items():
@@ -151,8 +152,9 @@ def render(record: dict) -> str:
             c = cells[key]
             e = c["export"]
             target = c["target"] + (f" (max batch {c['max_batch']})" if "max_batch" in c else "")
+            targeted = model in TARGET_MODELS
             if e["exit"] != 0 or e.get("timed_out"):
-                over = " (over)" if e["wall_s"] > EXPORT_LIMIT_S else ""
+                over = " (over)" if targeted and e["wall_s"] > EXPORT_LIMIT_S else ""
                 lines.append(f"| {target} | {c['recipe']} | {e['wall_s']}{over} | {e['peak_rss_bytes'] / 1e9:.2f} "
                              f"| - | export failed: {e.get('error', '')[:120]} | - | - |")
                 continue
@@ -164,7 +166,8 @@ def render(record: dict) -> str:
                 rss = ", ".join(f"{r['peak_rss_bytes'] / 2**20:.0f}" for r in c["bench"])
             else:
                 p50, rss = c["bench"], "-"
-            over = " (over)" if e["wall_s"] > EXPORT_LIMIT_S or e["peak_rss_bytes"] > EXPORT_LIMIT_BYTES else ""
+            over = " (over)" if targeted and (e["wall_s"] > EXPORT_LIMIT_S or e["peak_rss_bytes"] > EXPORT_LIMIT_BYTES) \
+                else ""
             lines.append(f"| {target} | {c['recipe']} | {e['wall_s']}{over} | {e['peak_rss_bytes'] / 1e9:.2f} | "
                          f"{c['artifact_bytes'] / 2**20:.1f} | {val} | {p50} | {rss} |")
         lines.append("")
