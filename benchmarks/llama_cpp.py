@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import numpy as np
 from hf_models import MAMBA2_130M, make_mamba2_130m
 
 from seqedge.evaluate.bench_results import parse_contexts
+from seqedge.evaluate.run_info import metadata_markdown, run_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -192,8 +192,9 @@ def export_seqedge(hf: Path, work: Path, targets: str, recipes: str, max_batch: 
 # report ---------------------------------------------------------------------------------------------------
 def render(rows: list[Row], meta: dict) -> str:
     lines = ["# seqedge beside llama.cpp: Mamba2 (mamba2-130m's config, random weights)", "",
-             f"Machine: {meta['machine']}; threads: {meta['threads']}; date: {meta['date']}; "
-             f"llama-cpp-python sdist {LLAMA_CPP_PYTHON}; command: `{meta['command']}`", "",
+             *metadata_markdown(meta),
+             f"- threads: {meta['threads']} on both sides; llama.cpp from the llama-cpp-python "
+             f"{meta['llama_cpp_python']} sdist (GGML_NATIVE=OFF, this CPU's AVX flags on, AMX off)", "",
              "| engine | variant | precision | context | p50 ms/token | p99 ms/token | tok/s (p50) | prefill tok/s "
              "| file MiB | load (1 min) |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -241,7 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse-artifact", action="store_true",
                    help="time the seqedge artifact of the last run instead of exporting it again")
     p.add_argument("--skip-seqedge", action="store_true", help="time llama.cpp only")
+    p.add_argument("--render-only", action="store_true", help="rewrite llama_cpp.md from llama_cpp.json and exit")
     args = p.parse_args(argv)
+    if args.render_only:
+        record = json.loads((RESULTS / "llama_cpp.json").read_text())
+        (RESULTS / "llama_cpp.md").write_text(render([Row(**r) for r in record["rows"]], record["meta"]))
+        return 0
     contexts = list(parse_contexts(args.contexts))
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -261,9 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             if variant.target != "torch":
                 rows += bench_seqedge(art, RUNTIME_OF_TARGET[variant.target], variant.tag, contexts, args.steps,
                                       args.threads, vocab)
-    meta = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-            "threads": args.threads, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "command": " ".join(["python", "benchmarks/llama_cpp.py", *(argv or sys.argv[1:])])}
+    meta = run_metadata(threads=args.threads, llama_cpp_python=LLAMA_CPP_PYTHON)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "llama_cpp.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
     (RESULTS / "llama_cpp.md").write_text(render(rows, meta))

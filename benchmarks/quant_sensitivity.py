@@ -5,7 +5,7 @@ unstructured noise of the same size, and from the exported step.
 
 For each model, over one seeded token stream, against the float32 model's logits:
 - ``rounded``: the weights of every linear layer and of the output head rounded as the exports round them
-  (int8: 7 bits per output channel, symmetric, as ``onnx`` int8; int4: blocks of 32 input columns, asymmetric
+  (int8: 8 bits in symmetric blocks of 128 input columns, as ``onnx`` int8; int4: blocks of 32 input columns, asymmetric
   round-to-nearest, as ``int4-all`` before its block search), activations kept float32;
 - ``noise``: each of those matrices plus Gaussian noise of the same RMS as its rounding error: a perturbation of
   the same size with no structure, so what the model does with any error of that size;
@@ -30,15 +30,17 @@ import torch
 import torch.nn as nn
 from hf_models import make_mamba2_130m
 
+from seqedge.export import int8_blocks
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 GROUP = 32
 
 
 def round_int8(w: torch.Tensor) -> torch.Tensor:
-    """7-bit symmetric per output channel (the onnx int8 export's ``reduce_range`` weights)."""
-    step = w.abs().amax(1, keepdim=True).clamp_min(1e-12) / 63
-    return (w / step).round().clamp(-64, 63) * step
+    """The onnx int8 export's weights (``int8_blocks.rounded``: symmetric blocks of 128 input columns); ``w`` is
+    a Linear's ``[out, in]``."""
+    return torch.from_numpy(int8_blocks.rounded(w.detach().float().T.numpy()).T.copy()).to(w.dtype)
 
 
 def round_int4(w: torch.Tensor) -> torch.Tensor:
