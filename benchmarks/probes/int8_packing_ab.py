@@ -1,0 +1,106 @@
+"""Which int8 packing ONNX Runtime runs faster: the same float32 graphs quantized as ``MatMulInteger`` (7-bit weights
+per output channel, one dynamic activation scale: the onnx int8 recipe before 587b58c) and as 8-bit
+``MatMulNBits`` blocks (``export.onnx_target._quantize_int8``, the recipe now).
+
+    python benchmarks/probes/int8_packing_ab.py --artifact DIR [--threads 1,2] [--rounds 7]
+
+``DIR``: an artifact with an ``onnx-ort`` fp32 variant (``llama_cpp.py``'s work folder holds one of mamba2-130m's
+config). Both packings of ``step`` and ``chunk`` are timed in alternating rounds (each round times every variant,
+in a new random order), one token / one 64-token chunk, after warm-up; the relative RMS of their logits against
+the float32 graph's on the same inputs is the quantization error. Writes benchmarks/results/int8_packing.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+from seqedge.evaluate.run_info import metadata_markdown, run_metadata
+from seqedge.export.onnx_target import _quantize_int8
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def _matmul_integer(source: Path, dest: Path) -> None:
+    """The recipe before 587b58c: quantize_dynamic, 7-bit per-channel weights, MatMulInteger."""
+    quantize_dynamic(str(source), str(dest), op_types_to_quantize=["MatMul"], per_channel=True, reduce_range=True,
+                     weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
+
+
+def _feeds(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in session.get_inputs():
+        shape = [1 if not isinstance(d, int) else d for d in i.shape]
+        out[i.name] = (rng.integers(1, 1000, shape).astype(np.int64) if "int" in i.type
+                       else (rng.standard_normal(shape) * 0.1).astype(np.float32))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--artifact", type=Path, required=True)
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--rounds", type=int, default=7)
+    args = p.parse_args(argv)
+    logging.disable(logging.INFO)
+    fp32 = args.artifact / "onnx-ort" / "fp32"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for entry in ("step", "chunk"):
+            paths = {"fp32": fp32 / f"{entry}.onnx",
+                     "MatMulInteger (7-bit per channel)": Path(tmp) / f"{entry}-mmi.onnx",
+                     "MatMulNBits (8-bit blocks of 128)": Path(tmp) / f"{entry}-nbits.onnx"}
+            _matmul_integer(paths["fp32"], list(paths.values())[1])
+            _quantize_int8(paths["fp32"], list(paths.values())[2])
+            for threads in (int(t) for t in args.threads.split(",")):
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = threads
+                sessions = {k: ort.InferenceSession(str(v), options, providers=["CPUExecutionProvider"])
+                            for k, v in paths.items()}
+                feeds = _feeds(sessions["fp32"])
+                ref = sessions["fp32"].run(None, feeds)[0]
+                calls = 20 if entry == "step" else 4
+                times: dict[str, list[float]] = {k: [] for k in sessions}
+                rng = np.random.default_rng(1)
+                for _ in range(args.rounds):
+                    for name in rng.permutation(list(sessions)):
+                        s = sessions[name]
+                        s.run(None, feeds)
+                        ts = []
+                        for _ in range(calls):
+                            t0 = time.perf_counter()
+                            s.run(None, feeds)
+                            ts.append(time.perf_counter() - t0)
+                        times[name].append(float(np.median(ts)) * 1e3)
+                for name, s in sessions.items():
+                    got = s.run(None, feeds)[0]
+                    rows.append({"entry": entry, "threads": threads, "packing": name,
+                                 "p50_ms": round(float(np.median(times[name])), 3),
+                                 "rounds_ms": [round(t, 3) for t in times[name]],
+                                 "rel_rms_vs_fp32": round(float(np.sqrt(((got - ref) ** 2).mean() / (ref ** 2).mean())), 4)})
+                    print(rows[-1], flush=True)
+    meta = run_metadata(artifact=str(args.artifact))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "int8_packing.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    lines = ["# int8 packing A/B: MatMulInteger against 8-bit MatMulNBits blocks", "", *metadata_markdown(meta), "",
+             "Median over rounds of each round's median call; relative RMS of the logits against the float32 graph "
+             "on the same random inputs (a random model amplifies weight error: compare the two packings, not "
+             "the absolute value).", "",
+             "| entry | threads | packing | p50 ms | relative RMS vs fp32 |", "|---|---:|---|---:|---:|"]
+    lines += [f"| {r['entry']} | {r['threads']} | {r['packing']} | {r['p50_ms']} | {r['rel_rms_vs_fp32']} |"
+              for r in rows]
+    (RESULTS / "int8_packing.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
