@@ -3,10 +3,10 @@
 A MatMul weight ``w [K, N]`` (K inputs, N outputs) is cut along K into blocks of ``block`` weights per output
 column (the last block zero-padded). Each block keeps codes ``q`` in -127..127 and one float32 scale
 ``s = max|w| / 127`` and stands for ``q * s``: ``com.microsoft::MatMulNBits`` with ``bits=8`` and no zero points
-(the operator's default zero point, 128, is added to the stored bytes). Blocks of 128 along K hold a weight to
-about a quarter of the error of one 7-bit scale per output column, and with int8 activations (``accuracy_level``
-4) ONNX Runtime's MatMulNBits kernels read them faster than ``MatMulInteger`` reads per-channel int8 at one token
-(``benchmarks/results/llama_cpp.md``).
+(the operator's default zero point, 128, is added to the stored bytes). A block's rounding step is at most half
+that of one 7-bit scale per output column (a block's max is at most its column's), and with int8 activations
+(``accuracy_level`` 4) ONNX Runtime's MatMulNBits kernels run a one-token step faster than ``MatMulInteger`` on
+per-channel int8; a 64-token chunk runs slower (``benchmarks/results/int8_packing.md``).
 
 Example::
 
