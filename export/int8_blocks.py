@@ -18,16 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .int4_blockwise import blocks
+
 BLOCK = 128                                   # weights per block along K
 LEVEL = 127                                   # codes -127..127: symmetric, so 0 is exact
 ZERO_POINT = 128                              # MatMulNBits' implied zero point at 8 bits
-
-
-def _blocks(w: np.ndarray, block: int) -> np.ndarray:
-    """``w [K, N]`` -> ``[N, ceil(K/block), block]`` float32, the last block zero-padded."""
-    K, N = w.shape
-    kb = -(-K // block)
-    return np.pad(np.asarray(w, np.float32), ((0, kb * block - K), (0, 0))).T.reshape(N, kb, block)
 
 
 def quantize(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
@@ -35,7 +30,7 @@ def quantize(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]
     zero) on ``w / s``; an all-zero block gets scale 0 and codes 0."""
     if w.ndim != 2:
         raise ValueError(f"int8 blocks pack 2-D weights [K, N], got shape {list(w.shape)}")
-    wb = _blocks(w, block)
+    wb = blocks(w, block)                       # [N, kb, block], the last block zero-padded
     scale = np.abs(wb).max(-1) / np.float32(LEVEL)
     inv = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=scale != 0)
     q = np.clip(np.round(wb * inv[..., None]), -LEVEL, LEVEL)

@@ -231,15 +231,7 @@ def _quantize_int8(source: Path, dest: Path) -> None:
                if n.op_type == "MatMul" and n.input[1] in initializers and len(initializers[n.input[1]].dims) == 2}
     config = nbits.DefaultWeightOnlyQuantConfig(block_size=int8_blocks.BLOCK, is_symmetric=True, bits=8,
                                                 accuracy_level=INT8_ACCURACY_LEVEL, op_types_to_quantize=("MatMul",))
-    quantizer = nbits.MatMulNBitsQuantizer(model_proto, algo_config=config)
-    quantizer.process()
-    graph = quantizer.model.model.graph
-    packed = {n.name for n in graph.node if n.op_type == "MatMulNBits"}
-    if packed != set(weights):
-        raise RuntimeError(f"int8 quantization of {source.name} packed {sorted(packed)}, expected every MatMul "
-                           f"with a constant 2-D weight: {sorted(weights)}")
-    _refit_blocks(graph, weights, lambda w: int8_blocks.pack(w, int8_blocks.BLOCK))
-    quantizer.model.save_model_to_file(str(dest), False)
+    _pack_matmuls(model_proto, config, weights, int8_blocks.pack, dest)
 
 
 def matmul_modules(graph, model, index: WeightIndex | None = None) -> dict[str, list[str]]:
@@ -288,7 +280,7 @@ def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe,
                    ) -> dict[str, list[str]]:
     """MatMulNBits for the MatMuls whose module the recipe's int4 policy selects; every other MatMul is kept
     float32 (the quantizer's ``nodes_to_exclude``). ``accuracy_level``: MatMulNBits' compute type (None: float32,
-    4: int8 activations); ``cache``: :func:`_refit_int4`'s. Returns ``{"int4": [...], "float32": [...]}`` module
+    4: int8 activations); ``cache``: :func:`_int4_arrays`'s. Returns ``{"int4": [...], "float32": [...]}`` module
     names.
 
     The projections that read one input are merged first (:func:`graph_passes.merge_shared_matmuls`, those the
@@ -317,26 +309,16 @@ def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe,
     # parity close to HQQ's (benchmarks/results/int4_policy.md compares them all).
     config = nbits.DefaultWeightOnlyQuantConfig(block_size=recipe.group_size, is_symmetric=False,
                                                 accuracy_level=accuracy_level, op_types_to_quantize=("MatMul",))
-    quantizer = nbits.MatMulNBitsQuantizer(model_proto, algo_config=config,
-                                           nodes_to_exclude=sorted(set(modules) - selected))
-    quantizer.process()
-    graph = quantizer.model.model.graph
-    packed = {n.name for n in graph.node if n.op_type == "MatMulNBits"}
-    plain = {n.name for n in graph.node if n.op_type == "MatMul"}
-    if packed != set(weights) or not (set(modules) - selected) <= plain:
-        raise RuntimeError(f"int4 quantization of {source.name} packed {sorted(packed)}, but the policy selects "
-                           f"{sorted(selected)} (and keeps {sorted(set(modules) - selected)} as MatMul)")
-    _refit_int4(graph, weights, recipe.group_size, cache)
-    quantizer.model.save_model_to_file(str(dest), False)
+    _pack_matmuls(model_proto, config, weights, _int4_arrays(recipe.group_size, cache), dest,
+                  keep=set(modules) - selected)
     return {"int4": sorted({n for node in selected for n in modules[node]}),
             "float32": sorted({n for node in set(modules) - selected for n in modules[node]})}
 
 
-def _refit_int4(graph, weights: dict[str, Any], group: int, cache: dict[bytes, tuple[Any, Any]] | None = None
-                ) -> None:
-    """:func:`_refit_blocks` with :func:`int4_blockwise.search`'s blocks (B, scales and zero points).
-    ``cache`` keeps each weight's search result by its bytes: the step and chunk graphs hold the same weights, and
-    the search is most of an int4 export's time."""
+def _int4_arrays(group: int, cache: dict[bytes, tuple[Any, Any]] | None = None) -> Callable[[Any], tuple[Any, ...]]:
+    """Weight -> MatMulNBits' B, scales and zero points from :func:`int4_blockwise.search`'s blocks. ``cache``
+    keeps each weight's search result by its bytes: the step and chunk graphs hold the same weights, and the
+    search is most of an int4 export's time."""
     def arrays(w):
         key = hashlib.sha256(w.tobytes()).digest() + repr((w.shape, w.dtype.str, group)).encode()
         found = cache.get(key) if cache is not None else None
@@ -346,7 +328,26 @@ def _refit_int4(graph, weights: dict[str, Any], group: int, cache: dict[bytes, t
                 cache[key] = found
         return int4_blockwise.pack(w, *found, group)
 
-    _refit_blocks(graph, weights, arrays)
+    return arrays
+
+
+def _pack_matmuls(model_proto, config, weights: dict[str, Any], arrays_of: Callable[[Any], tuple[Any, ...]],
+                  dest: Path, keep: set[str] | frozenset[str] = frozenset()) -> None:
+    """onnxruntime's MatMulNBits quantizer with ``config`` on ``model_proto``, leaving the MatMuls ``keep`` names
+    alone; checks that it packed exactly the nodes ``weights`` names (the quantizer's ``{name}_Q{bits}``: the
+    float weight ``[K, N]``) and kept ``keep``, writes ``arrays_of``'s numbers into them (:func:`_refit_blocks`)
+    and saves the graph to ``dest``."""
+    nbits = require_onnx_library("onnxruntime.quantization.matmul_nbits_quantizer")
+    quantizer = nbits.MatMulNBitsQuantizer(model_proto, algo_config=config, nodes_to_exclude=sorted(keep))
+    quantizer.process()
+    graph = quantizer.model.model.graph
+    packed = {n.name for n in graph.node if n.op_type == "MatMulNBits"}
+    plain = {n.name for n in graph.node if n.op_type == "MatMul"}
+    if packed != set(weights) or not keep <= plain:
+        raise RuntimeError(f"MatMulNBits quantization of {dest.name} packed {sorted(packed)}, expected "
+                           f"{sorted(weights)} (and {sorted(keep)} kept as MatMul)")
+    _refit_blocks(graph, weights, arrays_of)
+    quantizer.model.save_model_to_file(str(dest), False)
 
 
 def _refit_blocks(graph, weights: dict[str, Any], arrays_of: Callable[[Any], tuple[Any, ...]]) -> None:

@@ -7,10 +7,10 @@ on any block, and ``block_error`` is the error of the packed weight.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
+
+from _matmul_nbits import onnxruntime_packed, random_weight
 
 from seqedge.export import int4_blockwise as ib
 
@@ -21,36 +21,11 @@ ort = pytest.importorskip("onnxruntime", reason="the MatMulNBits references need
 SHAPES = [(192, 48), (96, 20), (100, 12), (512, 8)]       # K a multiple of the group, and one with a partial block
 
 
-def _weight(shape, seed=0, outliers=True):
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal(shape).astype(np.float32) * 0.05
-    if outliers:                                           # a few large weights, as trained matrices have
-        idx = rng.integers(0, w.size, size=max(1, w.size // 200))
-        w.flat[idx] *= 8
-    return w
-
-
-def _matmul_model(w: np.ndarray):
-    from onnx import TensorProto, helper, numpy_helper
-
-    K, N = w.shape
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", K])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", N])],
-                              [numpy_helper.from_array(w, "W")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-
-
 def _ort_rtn(w: np.ndarray, group: int):
     """onnxruntime's MatMulNBits model and its (B, scales, zero_points) for ``w``, asymmetric round-to-nearest."""
     from onnx import numpy_helper
-    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    config = nbits.DefaultWeightOnlyQuantConfig(block_size=group, is_symmetric=False)
-    quantizer = nbits.MatMulNBitsQuantizer(_matmul_model(w), algo_config=config)
-    quantizer.process()
-    model = quantizer.model.model
+    model = onnxruntime_packed(w, block_size=group, is_symmetric=False)
     init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     return model, (init["W_Q4"], init["W_scales"], init["W_zero_points"])
 
@@ -58,7 +33,7 @@ def _ort_rtn(w: np.ndarray, group: int):
 @pytest.mark.parametrize("group", [16, 32, 64, 128])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_rtn_pack_is_onnxruntimes_bytes(shape, group):
-    w = _weight(shape, seed=group)
+    w = random_weight(shape, seed=group)
     w[: group, 0] = 0.0                                    # an all-zero block: scale 0, zero point 0
     w[: group, 1] = np.abs(w[: group, 1])                  # a block without negatives: its range is widened to 0
     _, want = _ort_rtn(w, group)
@@ -74,7 +49,7 @@ def test_dequantize_is_what_matmulnbits_multiplies_by(shape, group):
     """Our arrays (search's blocks) in onnxruntime's MatMulNBits graph: ORT's output == x @ dequantize(...)."""
     from onnx import numpy_helper
 
-    w = _weight(shape, seed=1)
+    w = random_weight(shape, seed=1)
     model, _ = _ort_rtn(w, group)
     arrays = ib.pack(w, *ib.search(w, group), group)
     init = {t.name: t for t in model.graph.initializer}
@@ -90,7 +65,7 @@ def test_dequantize_is_what_matmulnbits_multiplies_by(shape, group):
 @pytest.mark.parametrize("group", [16, 32, 64])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_search_never_loses_to_rtn(shape, group):
-    w = _weight(shape, seed=3)
+    w = random_weight(shape, seed=3)
     w[:, 2] = 0.0                                          # all-zero blocks stay exact (no NaN from a zero scale)
     wb = ib.blocks(w, group)
     valid = np.arange(wb.shape[1] * group) < shape[0]
@@ -110,7 +85,7 @@ def test_search_never_loses_to_rtn(shape, group):
 @pytest.mark.parametrize("slab", [1, 100, 1000])
 def test_search_does_not_depend_on_the_slab_size(slab):
     """Blocks are searched slab by slab of columns: any slab size gives the whole-weight search's numbers."""
-    w = _weight((70, 33), seed=5)
+    w = random_weight((70, 33), seed=5)
     whole = ib.search(w, 16, slab=10**9)
     for got, want in zip(ib.search(w, 16, slab=slab), whole):
         np.testing.assert_array_equal(got, want)

@@ -8,10 +8,10 @@ MatMulNBits multiplies by (float compute exactly, int8 activations within their 
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
+
+from _matmul_nbits import onnxruntime_packed, random_weight
 
 from seqedge.export import int8_blocks as i8
 
@@ -22,35 +22,14 @@ ort = pytest.importorskip("onnxruntime", reason="the MatMulNBits references need
 SHAPES = [(256, 48), (200, 20), (96, 7), (1536, 16)]       # K a multiple of the block, shorter, and partial blocks
 
 
-def _weight(shape, seed=0):
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal(shape).astype(np.float32) * 0.05
-    w.flat[rng.integers(0, w.size, size=max(1, w.size // 200))] *= 8          # outliers, as trained weights have
-    return w
-
-
 def _ort_model(w: np.ndarray, accuracy_level):
     """onnxruntime's 8-bit symmetric MatMulNBits model of ``x @ w`` (its own packing)."""
-    from onnx import TensorProto, helper, numpy_helper
-    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
-
-    K, N = w.shape
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", K])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", N])],
-                              [numpy_helper.from_array(w, "W")])
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    config = nbits.DefaultWeightOnlyQuantConfig(block_size=i8.BLOCK, is_symmetric=True, bits=8,
-                                                accuracy_level=accuracy_level)
-    quantizer = nbits.MatMulNBitsQuantizer(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]),
-                                           algo_config=config)
-    quantizer.process()
-    return quantizer.model.model
+    return onnxruntime_packed(w, block_size=i8.BLOCK, is_symmetric=True, bits=8, accuracy_level=accuracy_level)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_rounding_is_within_half_a_step_per_block(shape):
-    w = _weight(shape)
+    w = random_weight(shape)
     w[:, 0] = 0.0                                          # an all-zero column: scale 0, codes 0
     q, scale = i8.quantize(w)
     assert q.dtype == np.int8 and np.abs(q.astype(int)).max() <= i8.LEVEL
@@ -65,7 +44,7 @@ def test_rounding_is_within_half_a_step_per_block(shape):
 def test_pack_fits_onnxruntimes_layout(shape):
     from onnx import numpy_helper
 
-    w = _weight(shape, seed=1)
+    w = random_weight(shape, seed=1)
     init = {t.name: numpy_helper.to_array(t) for t in _ort_model(w, None).graph.initializer}
     for got, want in zip(i8.pack(w), (init["W_Q8"], init["W_scales"])):
         assert got.dtype == want.dtype and got.shape == want.shape
@@ -78,7 +57,7 @@ def test_dequantize_is_what_matmulnbits_multiplies_by(shape, accuracy_level, rto
     (level 4) within the activations' rounding (about 1% of the output's scale)."""
     from onnx import numpy_helper
 
-    w = _weight(shape, seed=2)
+    w = random_weight(shape, seed=2)
     model = _ort_model(w, accuracy_level)
     arrays = i8.pack(w)
     init = {t.name: t for t in model.graph.initializer}
@@ -99,7 +78,7 @@ def test_quantize_int8_packs_constant_matmuls_once_merged(tmp_path):
     from seqedge.export.onnx_target import _quantize_int8
 
     rng = np.random.default_rng(4)
-    wa, wb = _weight((256, 24), seed=5), _weight((256, 40), seed=6)
+    wa, wb = random_weight((256, 24), seed=5), random_weight((256, 40), seed=6)
     nodes = [helper.make_node("MatMul", ["x", "Wa"], ["a"], name="mm_a"),
              helper.make_node("MatMul", ["x", "Wb"], ["b"], name="mm_b"),
              helper.make_node("MatMul", ["at", "b"], ["y"], name="mm_act"),

@@ -45,6 +45,25 @@ def _feeds(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray
     return out
 
 
+def _time_rounds(sessions: dict[str, ort.InferenceSession], feeds: dict[str, np.ndarray], calls: int,
+                 rounds: int) -> dict[str, list[float]]:
+    """Per session, the median ms of ``calls`` runs in each of ``rounds`` rounds; every round times the sessions
+    in a new random order, after one warm-up run each."""
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    rng = np.random.default_rng(1)
+    for _ in range(rounds):
+        for name in rng.permutation(list(sessions)):
+            session = sessions[name]
+            session.run(None, feeds)
+            ts = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                session.run(None, feeds)
+                ts.append(time.perf_counter() - t0)
+            times[name].append(float(np.median(ts)) * 1e3)
+    return times
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--artifact", type=Path, required=True)
@@ -56,11 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for entry in ("step", "chunk"):
-            paths = {"fp32": fp32 / f"{entry}.onnx",
-                     "MatMulInteger (7-bit per channel)": Path(tmp) / f"{entry}-mmi.onnx",
-                     "MatMulNBits (8-bit blocks of 128)": Path(tmp) / f"{entry}-nbits.onnx"}
-            _matmul_integer(paths["fp32"], list(paths.values())[1])
-            _quantize_int8(paths["fp32"], list(paths.values())[2])
+            source = fp32 / f"{entry}.onnx"
+            mmi, blocks = Path(tmp) / f"{entry}-mmi.onnx", Path(tmp) / f"{entry}-nbits.onnx"
+            _matmul_integer(source, mmi)
+            _quantize_int8(source, blocks)
+            paths = {"fp32": source, "MatMulInteger (7-bit per channel)": mmi,
+                     "MatMulNBits (8-bit blocks of 128)": blocks}
             for threads in (int(t) for t in args.threads.split(",")):
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = threads
@@ -68,25 +88,13 @@ def main(argv: list[str] | None = None) -> int:
                             for k, v in paths.items()}
                 feeds = _feeds(sessions["fp32"])
                 ref = sessions["fp32"].run(None, feeds)[0]
-                calls = 20 if entry == "step" else 4
-                times: dict[str, list[float]] = {k: [] for k in sessions}
-                rng = np.random.default_rng(1)
-                for _ in range(args.rounds):
-                    for name in rng.permutation(list(sessions)):
-                        s = sessions[name]
-                        s.run(None, feeds)
-                        ts = []
-                        for _ in range(calls):
-                            t0 = time.perf_counter()
-                            s.run(None, feeds)
-                            ts.append(time.perf_counter() - t0)
-                        times[name].append(float(np.median(ts)) * 1e3)
-                for name, s in sessions.items():
-                    got = s.run(None, feeds)[0]
+                times = _time_rounds(sessions, feeds, 20 if entry == "step" else 4, args.rounds)
+                for name, session in sessions.items():
+                    err = session.run(None, feeds)[0] - ref
                     rows.append({"entry": entry, "threads": threads, "packing": name,
                                  "p50_ms": round(float(np.median(times[name])), 3),
                                  "rounds_ms": [round(t, 3) for t in times[name]],
-                                 "rel_rms_vs_fp32": round(float(np.sqrt(((got - ref) ** 2).mean() / (ref ** 2).mean())), 4)})
+                                 "rel_rms_vs_fp32": round(float(np.sqrt((err ** 2).mean() / (ref ** 2).mean())), 4)})
                     print(rows[-1], flush=True)
     meta = run_metadata(artifact=str(args.artifact))
     RESULTS.mkdir(parents=True, exist_ok=True)
