@@ -13,9 +13,10 @@ One gate per head (``GK == 1``, Gated DeltaNet): the exponent is a per-row scala
 products ``<q_t, k_s>`` of the raw inputs, scaled afterwards in float32 by ``scale beta_s exp(b_t - b_s)``
 (an exponent <= 0 under the mask).
 
-``(I + M)^-1``: forward substitution on the 16-row diagonal blocks (exact arithmetic for a unit lower-triangular
-matrix), merged block row by block row with 16x16 float32 products (DESIGN §1; no powers of M). M passes
-through a float32 scratch buffer so the blocks can be loaded as tiles; the inverse replaces M there in place.
+``(I + M)^-1``: forward substitution on the 16-row diagonal blocks, all blocks in the same steps (exact
+arithmetic for a unit lower-triangular matrix), merged with 16x16 float32 products in registers (DESIGN §1; no
+powers of M). M passes through a float32 scratch buffer so the blocks can be loaded as tiles; the inverse replaces
+M there.
 """
 
 from __future__ import annotations
@@ -77,36 +78,94 @@ def _per_key_scores(q, k, beta, bs, A, M, k_base, be_base, t0, T, H, scale,
 
 
 @triton.jit
-def _unit_lower_inverse(ptr, C: tl.constexpr):
-    """In place: the strictly lower-triangular float32 ``[C, C]`` matrix M at ptr becomes ``(I + M)^-1``.
+def _substitution_step(x, ptr, i: tl.constexpr, j, C: tl.constexpr):
+    """Row j of the diagonal block i's inverse minus I, by forward substitution: ``-M[j, :j] - M[j, :j] X``, from
+    the rows of x above j (final) and row j of M at ptr."""
+    r = tl.arange(0, 16)
+    row = tl.where(r < j, -tl.load(ptr + (i * 16 + j) * C + i * 16 + r), 0.0)
+    row += tl.sum(row[:, None] * x, axis=0)
+    return tl.where(r[:, None] == j, row[None, :], x)
 
-    Diagonal blocks by forward substitution (row i of the strict part: ``-M[i, :] - M[i, :] X``, rows of X above
-    i final); then block row i, block column j ascending: ``X_ij = -X_ii sum_{j <= m < i} M_im X_mj``. Column j
-    ascending overwrites M_ij only after its last use. Barriers order the program's own stores and loads."""
+
+@triton.jit
+def _merge(x_ii, acc):
+    """An off-diagonal block of the inverse: ``-X_ii acc`` with acc = ``sum_m M_im X_mj``."""
+    return -tl.dot(x_ii, acc, input_precision="ieee")
+
+
+@triton.jit
+def _mm(a, b):
+    """A float32 product of two 16x16 blocks."""
+    return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.jit
+def _unit_lower_inverse(ptr, C: tl.constexpr):
+    """In place: the strictly lower-triangular float32 ``[C, C]`` matrix M at ptr (C = 16, 32 or 64) becomes
+    ``(I + M)^-1``.
+
+    The diagonal 16x16 blocks by forward substitution, all of them in the same 14 steps (the steps of one block
+    are a chain; the blocks are independent, so interleaving them shortens the program's critical path by the
+    number of blocks); then the blocks below the diagonal, ``X_ij = -X_ii sum_{j <= m < i} M_im X_mj``, in
+    registers. Only the result is written back (one barrier before, so no thread overwrites M while another still
+    reads it, and one after, so the caller reads the inverse)."""
     r = tl.arange(0, 16)
     NB: tl.constexpr = C // 16
-    for i in tl.static_range(NB):
-        x = -tl.load(_block_ptrs(ptr, i, i, C))                          # strict part of rows 0 and 1 is final
-        for j in range(2, 16):
-            row = -tl.load(ptr + (i * 16 + j) * C + i * 16 + r)
-            row = tl.where(r < j, row, 0.0)
-            row += tl.sum(row[:, None] * x, axis=0)
-            x = tl.where(r[:, None] == j, row[None, :], x)
-        x += tl.where(r[:, None] == r[None, :], 1.0, 0.0)
-        tl.debug_barrier()
-        tl.store(_block_ptrs(ptr, i, i, C), x)
+    eye = tl.where(r[:, None] == r[None, :], 1.0, 0.0)
+    x0 = -tl.load(_block_ptrs(ptr, 0, 0, C))                             # strict part of rows 0 and 1 is final
+    x1 = x0                     # x1.., y.. stand in for blocks a chunk of 16 or 32 does not have (never stored)
+    x2 = x0
+    x3 = x0
+    if NB >= 2:
+        x1 = -tl.load(_block_ptrs(ptr, 1, 1, C))
+    if NB == 4:
+        x2 = -tl.load(_block_ptrs(ptr, 2, 2, C))
+        x3 = -tl.load(_block_ptrs(ptr, 3, 3, C))
+    for j in range(2, 16):
+        x0 = _substitution_step(x0, ptr, 0, j, C)
+        if NB >= 2:
+            x1 = _substitution_step(x1, ptr, 1, j, C)
+        if NB == 4:
+            x2 = _substitution_step(x2, ptr, 2, j, C)
+            x3 = _substitution_step(x3, ptr, 3, j, C)
+    x0 += eye
+    x1 += eye
+    x2 += eye
+    x3 += eye
+    y10 = x0
+    y20 = x0
+    y21 = x0
+    y30 = x0
+    y31 = x0
+    y32 = x0
+    if NB >= 2:
+        m10 = tl.load(_block_ptrs(ptr, 1, 0, C))
+        y10 = _merge(x1, _mm(m10, x0))
+    if NB == 4:
+        m20 = tl.load(_block_ptrs(ptr, 2, 0, C))
+        m21 = tl.load(_block_ptrs(ptr, 2, 1, C))
+        m30 = tl.load(_block_ptrs(ptr, 3, 0, C))
+        m31 = tl.load(_block_ptrs(ptr, 3, 1, C))
+        m32 = tl.load(_block_ptrs(ptr, 3, 2, C))
+        y21 = _merge(x2, _mm(m21, x1))
+        y32 = _merge(x3, _mm(m32, x2))
+        y20 = _merge(x2, _mm(m20, x0) + _mm(m21, y10))
+        y31 = _merge(x3, _mm(m31, x1) + _mm(m32, y21))
+        y30 = _merge(x3, _mm(m30, x0) + _mm(m31, y10) + _mm(m32, y20))
     tl.debug_barrier()
-    for i in tl.static_range(1, NB):
-        x_ii = tl.load(_block_ptrs(ptr, i, i, C))
-        for j in tl.static_range(i):
-            acc = tl.zeros([16, 16], dtype=tl.float32)
-            for m in tl.static_range(j, i):
-                acc += tl.dot(tl.load(_block_ptrs(ptr, i, m, C)), tl.load(_block_ptrs(ptr, m, j, C)),
-                              input_precision="ieee")
-            x_ij = -tl.dot(x_ii, acc, input_precision="ieee")
-            tl.debug_barrier()
-            tl.store(_block_ptrs(ptr, i, j, C), x_ij)
-            tl.debug_barrier()
+    tl.store(_block_ptrs(ptr, 0, 0, C), x0)
+    if NB >= 2:
+        tl.store(_block_ptrs(ptr, 1, 1, C), x1)
+        tl.store(_block_ptrs(ptr, 1, 0, C), y10)
+    if NB == 4:
+        tl.store(_block_ptrs(ptr, 2, 2, C), x2)
+        tl.store(_block_ptrs(ptr, 3, 3, C), x3)
+        tl.store(_block_ptrs(ptr, 2, 0, C), y20)
+        tl.store(_block_ptrs(ptr, 2, 1, C), y21)
+        tl.store(_block_ptrs(ptr, 3, 0, C), y30)
+        tl.store(_block_ptrs(ptr, 3, 1, C), y31)
+        tl.store(_block_ptrs(ptr, 3, 2, C), y32)
+    tl.debug_barrier()
 
 
 @triton.jit
