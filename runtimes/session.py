@@ -4,7 +4,9 @@ Validation happens here, before a backend sees anything, so a bad call raises a 
 session usable. States are never modified in place: each call returns a new ``State``. A state handed in must be
 this model's (fingerprint, shapes), of the dtype the backend computes in (never cast silently) and, unless the
 call passes ``check_finite=False``, finite: one pass of ``np.isfinite`` over the state, the only per-call check
-that is not O(1).
+that is not O(1). A state this session returned itself is accepted back after O(1) checks (its seal: the same
+session, the same tensor objects, the batch of the call): it was checked, or computed from checked inputs, and
+states are never modified in place (the ONNX Runtime backends return read-only arrays).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Session:
         # float32 (the manifest's) or the backend's own state dtype (the torch runtime's float64 reference)
         self.state_dtypes = sorted({s.dtype for s in self.specs} | {getattr(backend, "state_dtype", "float32")})
         self._tokenizer = None
+        self._seal = object()       # identifies this session's own states (State.seal)
 
     @property
     def tokenizer(self):
@@ -59,6 +62,8 @@ class Session:
     def _check_state(self, state: State, batch_size: int, check_finite: bool) -> list[np.ndarray]:
         if not isinstance(state, State):
             raise TypeError(f"state must be a seqedge State (from init_state), got {type(state).__name__}")
+        if state.sealed_by(self._seal) and state.batch_size == batch_size:
+            return state.arrays()
         state.check(self.specs, self.fingerprint, batch_size, self.state_dtypes)
         if check_finite:
             state.check_finite()
@@ -69,23 +74,30 @@ class Session:
         if arr.ndim != ndim:
             shape = "[B]" if ndim == 1 else "[B, T]"
             raise ValueError(f"tokens must have shape {shape}, got shape {arr.shape}")
-        if arr.size and not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"tokens must be integers, got dtype {arr.dtype}")
-        arr = arr.astype(np.int64)
-        if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got range [{arr.min()}, {arr.max()}]")
+        if arr.dtype != np.int64:
+            if arr.size and not np.issubdtype(arr.dtype, np.integer):
+                raise ValueError(f"tokens must be integers, got dtype {arr.dtype}")
+            arr = arr.astype(np.int64)
+        if arr.size:
+            if arr.size <= 64:      # a step's few ids: Python's min/max of a list cost less than numpy reductions
+                ids = arr.ravel().tolist()
+                lo, hi = min(ids), max(ids)
+            else:
+                lo, hi = int(arr.min()), int(arr.max())
+            if lo < 0 or hi >= self.vocab_size:
+                raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got range [{lo}, {hi}]")
         return np.ascontiguousarray(arr)
 
     # entry points -----------------------------------------------------------------------------------------
     def step(self, tokens: Any, state: State, *, check_finite: bool = True) -> tuple[np.ndarray, State]:
         """One token per sequence: tokens ``[B]`` -> (logits ``[B, V]`` float32, new state).
 
-        ``check_finite=False`` skips the NaN/inf scan of ``state`` (for tight loops over states this session
-        produced itself)."""
+        ``check_finite=False`` skips the NaN/inf scan of a ``state`` from elsewhere (a state this session
+        returned is never scanned again: see the module docstring)."""
         tokens = self._check_tokens(tokens, 1)
         arrays = self._check_state(state, tokens.shape[0], check_finite)
         logits, new = self.backend.run("step", tokens, arrays)
-        return logits, state.with_tensors(new)
+        return logits, state.with_tensors(new).seal(self._seal)
 
     def prefill(self, tokens: Any, state: State, *, check_finite: bool = True) -> tuple[np.ndarray, State]:
         """Any number of tokens: tokens ``[B, T]`` -> (logits ``[B, T, V]``, new state).
@@ -105,7 +117,7 @@ class Session:
             logits, arrays = self.backend.run("step", np.ascontiguousarray(tokens[:, t]), arrays)
             pieces.append(logits[:, None])
         out = np.concatenate(pieces, axis=1) if pieces else np.zeros((B, 0, self.vocab_size), np.float32)
-        return out, state.with_tensors(arrays)
+        return out, state.with_tensors(arrays).seal(self._seal)
 
     def generate(
         self,

@@ -78,7 +78,7 @@ def _is_tensor(value: Any) -> bool:
 
 
 def _as_numpy(tensor: Any) -> np.ndarray:
-    return tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else tensor
+    return tensor if isinstance(tensor, np.ndarray) else tensor.detach().cpu().numpy()
 
 
 def tensors_sha256(arrays: Sequence[np.ndarray]) -> str:
@@ -110,6 +110,7 @@ class State:
         self.tensors = list(tensors)
         self.specs = list(specs)
         self.fingerprint = fingerprint
+        self._seal: tuple[object, tuple[int, ...]] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -134,6 +135,17 @@ class State:
 
     def with_tensors(self, tensors: Sequence[Any]) -> State:
         return State(tensors, self.specs, self.fingerprint)
+
+    def seal(self, issuer: object) -> State:
+        """Record that ``issuer`` (a Session's token) produced this state with exactly these tensors, so it can
+        accept the state back without checking it again (:meth:`sealed_by`). Returns self."""
+        self._seal = (issuer, tuple(map(id, self.tensors)))
+        return self
+
+    def sealed_by(self, issuer: object) -> bool:
+        """True when ``issuer`` sealed this state and its tensors are still the objects it sealed (a tensor
+        swapped into ``tensors`` breaks the seal). O(number of tensors); values are not read."""
+        return self._seal is not None and self._seal[0] is issuer and self._seal[1] == tuple(map(id, self.tensors))
 
     def check(self, specs: Sequence[StateSpec], fingerprint: str, batch_size: int | None = None,
               dtypes: Sequence[str] | None = None) -> None:

@@ -50,6 +50,24 @@ def test_check_finite_false_opts_out(session):
     assert np.isnan(logits).all()                             # what the check exists to prevent
 
 
+def test_own_states_are_sealed_and_a_swapped_tensor_breaks_the_seal(session, tmp_path):
+    """A state the session returned comes back with O(1) checks (its seal); one whose tensors were swapped, of
+    another batch or sealed by another session is checked in full."""
+    _, state = session.step(np.array([1]), session.init_state(1))
+    assert state.sealed_by(session._seal)
+    _, state = session.step(np.array([2]), state)
+    assert state.sealed_by(session._seal)
+    with pytest.raises(ValueError, match="batch"):
+        session.step(np.array([1, 2]), state)                  # the seal never skips the batch check
+    other = seqedge.load(session.manifest.root, "onnxruntime")
+    assert not state.sealed_by(other._seal)
+    other.step(np.array([3]), state)                           # checked in full, and valid
+    state.tensors[1] = _poisoned(session).tensors[1]
+    assert not state.sealed_by(session._seal)
+    with pytest.raises(ValueError, match=r"state\.1 holds NaN or inf"):
+        session.step(np.array([1]), state)
+
+
 def test_state_load_refuses_non_finite_unless_asked(session, tmp_path):
     path = tmp_path / "s.safetensors"
     _poisoned(session).save(path)
