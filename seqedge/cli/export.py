@@ -83,12 +83,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for skipped in manifest.data.get("skipped", []):
         print(f"skipped {skipped['target']}/{skipped['quantization']}: {skipped['reason']}")
+    width = max((len(v.name) for v in manifest.variants), default=0)
     for variant in manifest.variants:
         size = sum(f["bytes"] for f in variant.files.values())
         parity = manifest.data.get("parity", {}).get(variant.name, {})
         check = (f"max|dlogit| {parity['max_abs']:.2e}, top-1 {parity['top1']:.1%}" if "max_abs" in parity
                  else f"not run here: {parity.get('skipped', '-')}")
         recipe = variant.quantization.get("recipe", variant.tag)
-        print(f"{variant.name:14s} {recipe:13s} {size / 2**20:8.2f} MiB   parity: {check}")
+        print(f"{variant.name:{width}s} {recipe:13s} {size / 2**20:8.2f} MiB   parity: {check}")
     print(f"wrote {args.out}")
     return 0
