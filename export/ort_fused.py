@@ -108,7 +108,18 @@ def _fused_short_conv(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor,
     return y.transpose(1, 2), new_tail.to(at_least_f32(x.dtype))
 
 
+def _fused_short_conv_step(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """:func:`_fused_short_conv` for one token (x ``[B, 1, C]``), with reshapes where a sequence needs transposes
+    (as :func:`seqedge.ops.short_conv_step`)."""
+    if x.shape[1] != 1:
+        return _fused_short_conv(x, tail, weight, bias)
+    channels = int(x.shape[2])
+    bias = torch.zeros(weight.shape[0], dtype=x.dtype) if bias is None else bias.to(x.dtype)
+    y, new_tail = CausalConvOp.apply(x.reshape(-1, channels, 1), weight.to(x.dtype), bias, tail.to(x.dtype))
+    return y.reshape(-1, 1, channels), new_tail.to(at_least_f32(x.dtype))
+
+
 # The model's scans trace as ``com.microsoft::LinearAttention`` and its short convolutions as
 # ``com.microsoft::CausalConvWithState`` (TorchScript ONNX exporter); norms, SiLU and the head stay plain.
 ORT_FUSED_OPS = MixerOps(name="ort-fused", sequence_scan=_fused_sequence_scan, step_scan=_fused_recurrent_step,
-                         short_conv=_fused_short_conv, short_conv_step=_fused_short_conv)
+                         short_conv=_fused_short_conv, short_conv_step=_fused_short_conv_step)

@@ -32,6 +32,23 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
 
 
+def _channels_first_conv(xt: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor,
+                         bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`short_conv` on channels-first x ``[B, ch, T]`` -> (y ``[B, ch, T]``, new tail)."""
+    kernel = int(weight.shape[-1])
+    xc = torch.cat([tail.to(xt.dtype), xt], dim=-1)                            # [B, ch, K-1+T]
+    w = weight.to(xt.dtype)
+    b = None if bias is None else bias.to(xt.dtype)
+    if xt.dtype == torch.float64:
+        # the float64 reference: torch's depthwise conv1d has no fast float64 CPU kernel (~100x slower)
+        T = xt.shape[-1]
+        y = sum(xc[..., i:i + T] * w[:, 0, i:i + 1] for i in range(kernel))  # [B, ch, T]
+        y = y if b is None else y + b[:, None]
+    else:
+        y = F.conv1d(xc, w, b, groups=weight.shape[0])                          # [B, ch, T]
+    return F.silu(y), xc[..., -(kernel - 1):].to(at_least_f32(xt.dtype))
+
+
 def short_conv(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor,
                bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """SiLU of a causal depthwise conv whose last K-1 inputs are carried.
@@ -39,18 +56,19 @@ def short_conv(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor,
     x ``[B, T, ch]``, tail ``[B, ch, K-1]``, weight ``[ch, 1, K]``, bias ``[ch]`` or None ->
     (y ``[B, T, ch]``, new tail ``[B, ch, K-1]`` in at least float32).
     """
-    kernel = int(weight.shape[-1])
-    xc = torch.cat([tail.to(x.dtype), x.transpose(1, 2)], dim=-1)              # [B, ch, K-1+T]
-    w = weight.to(x.dtype)
-    b = None if bias is None else bias.to(x.dtype)
-    if x.dtype == torch.float64:
-        # the float64 reference: torch's depthwise conv1d has no fast float64 CPU kernel (~100x slower)
-        T = x.shape[1]
-        y = sum(xc[..., i:i + T] * w[:, 0, i:i + 1] for i in range(kernel))  # [B, ch, T]
-        y = y if b is None else y + b[:, None]
-    else:
-        y = F.conv1d(xc, w, b, groups=weight.shape[0])                          # [B, ch, T]
-    return F.silu(y).transpose(1, 2), xc[..., -(kernel - 1):].to(at_least_f32(x.dtype))
+    y, new_tail = _channels_first_conv(x.transpose(1, 2), tail, weight, bias)
+    return y.transpose(1, 2), new_tail
+
+
+def short_conv_step(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor,
+                    bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`short_conv` for one token, x ``[B, 1, ch]``. Between ``[B, 1, ch]`` and ``[B, ch, 1]`` a reshape
+    moves nothing: an exported step keeps it as a view, where each transpose (two per layer) is a copy."""
+    if x.shape[1] != 1:
+        return short_conv(x, tail, weight, bias)
+    ch = int(x.shape[2])
+    y, new_tail = _channels_first_conv(x.reshape(-1, ch, 1), tail, weight, bias)
+    return y.reshape(-1, 1, ch), new_tail
 
 
 def tied_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -74,7 +92,7 @@ class MixerOps:
     sequence_scan: Callable = sequence_scan
     step_scan: Callable = recurrent_step
     short_conv: Callable = short_conv
-    short_conv_step: Callable = short_conv
+    short_conv_step: Callable = short_conv_step
     silu: Callable = F.silu
     expand: Callable = torch.Tensor.expand
     rms_norm: Callable = rms_norm

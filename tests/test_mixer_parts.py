@@ -187,3 +187,21 @@ def test_logsigmoid_gate_stays_finite_where_sigmoid_underflows():
 
     x = torch.tensor([-1e4, -200.0, -90.0, -20.0, -1.0, 0.0, 1.0, 30.0, 1e4])
     torch.testing.assert_close(_logsigmoid(x), torch.nn.functional.logsigmoid(x), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_short_conv_step_equals_the_sequence_form(dtype, bias):
+    """The one-token conv (reshapes instead of transposes) against the sequence form at T = 1, odd channels and
+    batch; more than one token goes to the sequence form."""
+    from seqedge.ops import short_conv, short_conv_step
+
+    gen = torch.Generator().manual_seed(7)
+    B, ch, K = 3, 37, 4
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)     # noqa: E731
+    x, tail, w, b = r(B, 1, ch), r(B, ch, K - 1), r(ch, 1, K), (r(ch) if bias else None)
+    for got, want in zip(short_conv_step(x, tail, w, b), short_conv(x, tail, w, b)):
+        torch.testing.assert_close(got, want)
+    x3 = r(B, 3, ch)
+    for got, want in zip(short_conv_step(x3, tail, w, b), short_conv(x3, tail, w, b)):
+        torch.testing.assert_close(got, want)
