@@ -11,6 +11,8 @@ conversion from and to the ``onnx.ModelProto``, so a real-size graph's weights a
    same-type casts and no-op reshapes/expands removed, reshape chains collapsed).
 2. :func:`drop_unsqueeze_before_reshape`: an Unsqueeze whose only reader is a Reshape to a constant shape goes
    (the exporter writes ``reshape(unsqueeze(reshape(x)))`` around the fused scan), then the optimizer again.
+   :func:`collapse_reshapes`: chains of Reshapes to constant shapes become one, and a Reshape to the shape its
+   input already has goes.
 3. :func:`fuse_rms_norm`: RMSNorm as one op through onnxscript's fusion rules, after :func:`canonical_rms_form`
    spells the traced form the way those rules expect (``1 / x`` as ``Reciprocal``, ReduceMean's default
    ``noop_with_empty_axes`` written out). ``portable`` graphs move to opset 23 and get ``RMSNormalization`` (ONNX
@@ -157,6 +159,94 @@ def drop_unsqueeze_before_reshape(model: Any) -> Any:
     return model
 
 
+def _reshape_target(node: Any) -> list[int] | None:
+    """The constant target shape of a plain ONNX Reshape node (``allowzero`` unset or 0), or None."""
+    if node.op_type != "Reshape" or node.domain not in _ONNX_DOMAINS or len(node.inputs) < 2 \
+            or node.inputs[0] is None:
+        return None
+    allowzero = node.attributes.get("allowzero")
+    shape = _const(node.inputs[1])
+    if (allowzero is not None and allowzero.value) or shape is None:
+        return None
+    return [int(d) for d in shape.ravel()]
+
+
+def _keeps_shape(source: Any, target: list[int]) -> bool:
+    """Whether reshaping a value of ``source``'s (possibly symbolic) shape to ``target`` leaves it as it is: the
+    same rank, and at every axis the same static extent, a 0 (copy the input's), or the one -1 (the rest fixes
+    it to the input's extent)."""
+    if source is None or len(source) != len(target) or target.count(-1) > 1:
+        return False
+    return all(t in (0, -1) or (isinstance(d, int) and d == t) for d, t in zip(source, target))
+
+
+_SAME_SHAPE_OPS = ("Softplus", "Sigmoid", "Neg", "Exp", "Relu", "QuickGelu", "SimplifiedLayerNormalization")
+
+
+def _shape(value: Any, depth: int = 8) -> Any:
+    """The shape of ``value`` as the graph knows it, else as far as a few ops pass it on, where ONNX's shape
+    inference does not look (ONNX Runtime's ops: ``LinearAttention``'s packed output like its value input when
+    the query and key/value heads are as many, ``MatMulNBits`` as its input with the last axis N, the fused norm
+    and elementwise activations as their input; then Split by constant sizes, Add/Mul by a constant that does not
+    broadcast the input)."""
+    if value is None or depth == 0:
+        return None
+    node = value.producer()
+    if node is not None and node.op_type == "LinearAttention" and value is node.outputs[0]:
+        # ahead of value.shape: inference names its extents without knowing them
+        heads = [node.attributes.get(a) for a in ("q_num_heads", "kv_num_heads")]
+        if None not in heads and heads[0].value == heads[1].value:
+            return _shape(node.inputs[2], depth - 1)
+    if value.shape is not None or node is None:
+        return value.shape
+    if node.op_type == "MatMulNBits" and node.attributes.get("N") is not None:
+        source = _shape(node.inputs[0], depth - 1)
+        return None if source is None else [*source[:-1], node.attributes["N"].value]
+    elif node.op_type == "Split" and node.domain in _ONNX_DOMAINS and len(node.inputs) > 1 \
+            and _const(node.inputs[1]) is not None:
+        source = _shape(node.inputs[0], depth - 1)
+        axis = node.attributes["axis"].value if "axis" in node.attributes else 0
+        if source is not None:
+            out = list(source)
+            out[axis] = int(_const(node.inputs[1])[list(node.outputs).index(value)])
+            return out
+    elif node.op_type in _SAME_SHAPE_OPS and value is node.outputs[0]:
+        return _shape(node.inputs[0], depth - 1)
+    elif node.op_type in ("Add", "Mul") and node.domain in _ONNX_DOMAINS:
+        consts = [x for x in node.inputs if _const(x) is not None]
+        others = [x for x in node.inputs if _const(x) is None]
+        if len(others) == 1 and consts:
+            source = _shape(others[0], depth - 1)
+            rank = len(source) if source is not None else -1
+            if all(_const(c).ndim <= rank and all(d == 1 or (isinstance(e, int) and d == e) for d, e in
+                                                  zip(_const(c).shape[::-1], list(source)[::-1])) for c in consts):
+                return source
+    return None
+
+
+def collapse_reshapes(model: Any) -> Any:
+    """``Reshape(Reshape(x, a), b)`` -> ``Reshape(x, b)`` when b has no 0 entry (the inner Reshape goes once no
+    other node reads it), then a Reshape whose input already has the target shape goes (its readers read the
+    input). The model's code reshapes packed heads to ``[B, T, H, d]`` and back around the fused scan and the
+    skip: per layer of mamba2-130m's step five Reshapes that leave their value as it was."""
+    graph = model.graph
+    for node in list(graph):
+        target = _reshape_target(node)
+        source = node.inputs[0].producer() if target is not None else None
+        if source is not None and 0 not in target and _reshape_target(source) is not None:
+            node.replace_input_with(0, source.inputs[0])
+            if not source.outputs[0].uses() and not source.outputs[0].is_graph_output():
+                graph.remove(source, safe=True)
+    for node in list(graph):
+        target = _reshape_target(node)
+        out = node.outputs[0] if target is not None else None
+        if out is None or out.is_graph_output() or not _keeps_shape(_shape(node.inputs[0]), target):
+            continue
+        out.replace_all_uses_with(node.inputs[0])
+        graph.remove(node, safe=True)
+    return model
+
+
 def merge_shared_matmuls(model: Any, kind: Callable[[str], Hashable] | None = None) -> Any:
     """MatMuls reading the same input with constant 2-D weights of one dtype -> one MatMul on the weights
     concatenated along N, then a ``Split`` into the original outputs (same names, same values).
@@ -212,8 +302,8 @@ def merge_shared_matmuls(model: Any, kind: Callable[[str], Hashable] | None = No
 def clean(model: Any, flavour: str) -> Any:
     """The passes of this module in order (see the module docstring) on the ``onnx.ModelProto`` ``model``,
     through one IR of it (:func:`on_proto`); returns the cleaned ``onnx.ModelProto``."""
-    return on_proto(model, type_matmul_nbits, library_optimize, drop_unsqueeze_before_reshape, library_optimize,
-                    lambda m: fuse_rms_norm(m, flavour), merge_shared_matmuls)
+    return on_proto(model, type_matmul_nbits, library_optimize, drop_unsqueeze_before_reshape, collapse_reshapes,
+                    library_optimize, lambda m: fuse_rms_norm(m, flavour), merge_shared_matmuls)
 
 
 def node_counts(model: Any, layers: int) -> dict[str, Any]:
