@@ -194,7 +194,10 @@ def render(rows: list[Row], meta: dict) -> str:
     lines = ["# seqedge beside llama.cpp: Mamba2 (mamba2-130m's config, random weights)", "",
              *metadata_markdown(meta),
              f"- threads: {meta['threads']} on both sides; llama.cpp from the llama-cpp-python "
-             f"{meta['llama_cpp_python']} sdist (GGML_NATIVE=OFF, this CPU's AVX flags on, AMX off)", "",
+             f"{meta['llama_cpp_python']} sdist (GGML_NATIVE=OFF, this CPU's AVX flags on, AMX off)",
+             *([f"- rows of {', '.join(meta['kept_rows']['engines'])} are not from this run: kept from the run of "
+                f"commit {meta['kept_rows'].get('commit')} ({meta['kept_rows'].get('date')})"]
+               if meta.get("kept_rows") else []), "",
              "| engine | variant | precision | context | p50 ms/token | p99 ms/token | tok/s (p50) | prefill tok/s "
              "| file MiB | load (1 min) |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -242,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse-artifact", action="store_true",
                    help="time the seqedge artifact of the last run instead of exporting it again")
     p.add_argument("--skip-seqedge", action="store_true", help="time llama.cpp only")
+    p.add_argument("--keep-rows", action="store_true",
+                   help="keep the last result's rows of the engines this run does not time (e.g. executorch when "
+                        "--targets leaves it out); the result names the run they come from")
     p.add_argument("--render-only", action="store_true", help="rewrite llama_cpp.md from llama_cpp.json and exit")
     args = p.parse_args(argv)
     if args.render_only:
@@ -268,6 +274,14 @@ def main(argv: list[str] | None = None) -> int:
                 rows += bench_seqedge(art, RUNTIME_OF_TARGET[variant.target], variant.tag, contexts, args.steps,
                                       args.threads, vocab)
     meta = run_metadata(threads=args.threads, llama_cpp_python=LLAMA_CPP_PYTHON)
+    if args.keep_rows and (RESULTS / "llama_cpp.json").is_file():
+        last = json.loads((RESULTS / "llama_cpp.json").read_text())
+        timed = {r.engine for r in rows}
+        kept = [Row(**r) for r in last["rows"] if r["engine"] not in timed]
+        if kept:
+            meta["kept_rows"] = {"engines": sorted({r.engine for r in kept}),
+                                 **{k: last["meta"].get(k) for k in ("commit", "date", "command")}}
+            rows += kept
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "llama_cpp.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
     (RESULTS / "llama_cpp.md").write_text(render(rows, meta))
