@@ -59,7 +59,6 @@ class ExecuTorchBackend:
             check_signature(manifest, m, self.path, _sigs(meta.input_tensor_meta, meta.num_inputs()),
                             _sigs(meta.output_tensor_meta, meta.num_outputs()))
         self.methods = {m: self.program.load_method(m) for m in METHODS}
-        self._last: tuple[list, list] = ([], [])    # the state arrays run() returned last, and their tensors
         self.threads = _pool_size()
         batch = variant.info.get("batch", {})
         self.min_batch, self.max_batch = int(batch.get("min", 1)), int(batch.get("max", 1))
@@ -75,18 +74,12 @@ class ExecuTorchBackend:
         # states; read-only arrays (another runtime's state) are copied, torch.from_numpy warns on them
         inputs = [from_numpy(tokens if tokens.dtype == np.int64 and tokens.flags.writeable
                              else np.array(tokens, dtype=np.int64))]
-        arrays, tensors = self._last
-        if len(state) == len(arrays) and all(a is b for a, b in zip(state, arrays)):
-            inputs += tensors                    # the state this backend returned last: its tensors are at hand
-        else:
-            inputs += [from_numpy(s if s.dtype == np.float32 and s.flags.c_contiguous and s.flags.writeable else
-                                  np.array(s, dtype=np.float32, order="C")) for s in state]
+        inputs += [from_numpy(s if s.dtype == np.float32 and s.flags.c_contiguous and s.flags.writeable else
+                              np.array(s, dtype=np.float32, order="C")) for s in state]
         outputs = self.methods[entry].execute(inputs)
         # Copies: the outputs live in the program's planned memory, which the next call overwrites; a State is
-        # never modified in place. The arrays handed out share memory with the kept clones.
-        clones = [o.clone() for o in outputs]
-        logits, *new_state = [c.numpy() for c in clones]
-        self._last = (new_state, clones[1:])
+        # never modified in place.
+        logits, *new_state = (o.numpy().copy() for o in outputs)
         return logits, new_state
 
     def describe(self) -> dict[str, Any]:

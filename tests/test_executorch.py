@@ -294,17 +294,3 @@ def test_outputs_are_owned_and_the_pool_is_reported(exported):
     for now, before in zip([logits, *state.tensors], kept):
         np.testing.assert_array_equal(now, before)
 
-
-def test_state_it_returned_last_runs_as_a_fresh_one(exported):
-    """The backend feeds the state it returned last from the tensors it kept; any other state (an older one, a
-    copy) goes in through numpy: both give the same step."""
-    artifact, _, _ = exported("delta", "none")
-    session = load(artifact, runtime="executorch")
-    _, s1 = session.step(np.array([3]), session.init_state(1))
-    _, s2 = session.step(np.array([4]), s1)
-    kept, s2_copy = session.step(np.array([5]), s2), s2.with_tensors([a.copy() for a in s2.tensors])
-    session.step(np.array([6]), s1)                            # an older state between
-    fresh = session.step(np.array([5]), s2_copy)
-    np.testing.assert_array_equal(kept[0], fresh[0])
-    for a, b in zip(kept[1].tensors, fresh[1].tensors):
-        np.testing.assert_array_equal(a, b)
