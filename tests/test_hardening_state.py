@@ -50,7 +50,7 @@ def test_check_finite_false_opts_out(session):
     assert np.isnan(logits).all()                             # what the check exists to prevent
 
 
-def test_own_states_are_sealed_and_a_swapped_tensor_breaks_the_seal(session, tmp_path):
+def test_own_states_are_sealed_and_a_swapped_tensor_breaks_the_seal(session):
     """A state the session returned comes back with O(1) checks (its seal); one whose tensors were swapped, of
     another batch or sealed by another session is checked in full."""
     _, state = session.step(np.array([1]), session.init_state(1))
