@@ -101,11 +101,17 @@ class CausalConvOp(torch.autograd.Function):
         return y, new_tail
 
 
+def _fused_channels_first(xt: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """:class:`CausalConvOp` on channels-first x ``[B, C, T]`` -> (y ``[B, C, T]``, new tail in at least float32)."""
+    bias = torch.zeros(weight.shape[0], dtype=xt.dtype) if bias is None else bias.to(xt.dtype)
+    y, new_tail = CausalConvOp.apply(xt, weight.to(xt.dtype), bias, tail.to(xt.dtype))
+    return y, new_tail.to(at_least_f32(xt.dtype))
+
+
 def _fused_short_conv(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
     """:func:`seqedge.ops.short_conv` through :class:`CausalConvOp` (same inputs and outputs)."""
-    bias = torch.zeros(weight.shape[0], dtype=x.dtype) if bias is None else bias.to(x.dtype)
-    y, new_tail = CausalConvOp.apply(x.transpose(1, 2), weight.to(x.dtype), bias, tail.to(x.dtype))
-    return y.transpose(1, 2), new_tail.to(at_least_f32(x.dtype))
+    y, new_tail = _fused_channels_first(x.transpose(1, 2), tail, weight, bias)
+    return y.transpose(1, 2), new_tail
 
 
 def _fused_short_conv_step(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
@@ -114,9 +120,8 @@ def _fused_short_conv_step(x: torch.Tensor, tail: torch.Tensor, weight: torch.Te
     if x.shape[1] != 1:
         return _fused_short_conv(x, tail, weight, bias)
     channels = int(x.shape[2])
-    bias = torch.zeros(weight.shape[0], dtype=x.dtype) if bias is None else bias.to(x.dtype)
-    y, new_tail = CausalConvOp.apply(x.reshape(-1, channels, 1), weight.to(x.dtype), bias, tail.to(x.dtype))
-    return y.reshape(-1, 1, channels), new_tail.to(at_least_f32(x.dtype))
+    y, new_tail = _fused_channels_first(x.reshape(-1, channels, 1), tail, weight, bias)
+    return y.reshape(-1, 1, channels), new_tail
 
 
 # The model's scans trace as ``com.microsoft::LinearAttention`` and its short convolutions as

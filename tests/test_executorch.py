@@ -293,4 +293,3 @@ def test_outputs_are_owned_and_the_pool_is_reported(exported):
     session.step(np.array([5]), state)
     for now, before in zip([logits, *state.tensors], kept):
         np.testing.assert_array_equal(now, before)
-
