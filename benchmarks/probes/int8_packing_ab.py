@@ -16,12 +16,12 @@ import argparse
 import json
 import logging
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
+from ort_timing import random_feeds, time_rounds
 
 from seqedge.evaluate.run_info import metadata_markdown, run_metadata
 from seqedge.export.onnx_target import _quantize_int8
@@ -33,35 +33,6 @@ def _matmul_integer(source: Path, dest: Path) -> None:
     """The recipe before 587b58c: quantize_dynamic, 7-bit per-channel weights, MatMulInteger."""
     quantize_dynamic(str(source), str(dest), op_types_to_quantize=["MatMul"], per_channel=True, reduce_range=True,
                      weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
-
-
-def _feeds(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for i in session.get_inputs():
-        shape = [1 if not isinstance(d, int) else d for d in i.shape]
-        out[i.name] = (rng.integers(1, 1000, shape).astype(np.int64) if "int" in i.type
-                       else (rng.standard_normal(shape) * 0.1).astype(np.float32))
-    return out
-
-
-def _time_rounds(sessions: dict[str, ort.InferenceSession], feeds: dict[str, np.ndarray], calls: int,
-                 rounds: int) -> dict[str, list[float]]:
-    """Per session, the median ms of ``calls`` runs in each of ``rounds`` rounds; every round times the sessions
-    in a new random order, after one warm-up run each."""
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    rng = np.random.default_rng(1)
-    for _ in range(rounds):
-        for name in rng.permutation(list(sessions)):
-            session = sessions[name]
-            session.run(None, feeds)
-            ts = []
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                session.run(None, feeds)
-                ts.append(time.perf_counter() - t0)
-            times[name].append(float(np.median(ts)) * 1e3)
-    return times
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
                 options.intra_op_num_threads = threads
                 sessions = {k: ort.InferenceSession(str(v), options, providers=["CPUExecutionProvider"])
                             for k, v in paths.items()}
-                feeds = _feeds(sessions["fp32"])
+                feeds = random_feeds(sessions["fp32"])
                 ref = sessions["fp32"].run(None, feeds)[0]
-                times = _time_rounds(sessions, feeds, 20 if entry == "step" else 4, args.rounds)
+                times = time_rounds(sessions, feeds, 20 if entry == "step" else 4, args.rounds)
                 for name, session in sessions.items():
                     err = session.run(None, feeds)[0] - ref
                     rows.append({"entry": entry, "threads": threads, "packing": name,

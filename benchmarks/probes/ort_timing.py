@@ -1,0 +1,39 @@
+"""Shared by the ONNX Runtime probes: random feeds for a session, and sessions timed in alternating rounds."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+
+def random_feeds(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
+    """One array per input: token ids in 1..999 for integer inputs, small normal values otherwise; symbolic
+    dimensions are 1."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in session.get_inputs():
+        shape = [1 if not isinstance(d, int) else d for d in i.shape]
+        out[i.name] = (rng.integers(1, 1000, shape).astype(np.int64) if "int" in i.type
+                       else (rng.standard_normal(shape) * 0.1).astype(np.float32))
+    return out
+
+
+def time_rounds(sessions: dict[str, ort.InferenceSession], feeds: dict[str, np.ndarray], calls: int,
+                rounds: int) -> dict[str, list[float]]:
+    """Per session, the median ms of ``calls`` runs in each of ``rounds`` rounds; every round times the sessions
+    in a new random order, after one warm-up run each."""
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    rng = np.random.default_rng(1)
+    for _ in range(rounds):
+        for name in rng.permutation(list(sessions)):
+            session = sessions[name]
+            session.run(None, feeds)
+            ts = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                session.run(None, feeds)
+                ts.append(time.perf_counter() - t0)
+            times[name].append(float(np.median(ts)) * 1e3)
+    return times
