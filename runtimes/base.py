@@ -19,8 +19,9 @@ class Backend(Protocol):
 
     ``run("step", tokens[B] int64, state)``      -> (logits[B, V] float32, new_state)
     ``run("chunk", tokens[B, C] int64, state)``  -> (logits[B, C, V] float32, new_state)
-    State tensors are float32 numpy arrays in manifest order. A backend may keep device buffers between calls
-    (e.g. IOBinding) but must accept any valid state it is given.
+    State tensors come in manifest order: float32 numpy arrays, or the tensors this backend returned itself (the
+    Session hands a state it sealed back as it was: ExecuTorch's new states are its torch output tensors). A
+    backend may keep device buffers between calls (e.g. IOBinding) but must accept any valid state it is given.
     """
 
     runtime: str

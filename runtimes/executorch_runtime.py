@@ -42,6 +42,7 @@ class ExecuTorchBackend:
     def __init__(self, manifest: Manifest, variant: Variant) -> None:
         torch, Runtime = _import_runtime()
         self._torch = torch
+        self._torch_dtypes = {np.int64: torch.int64, np.float32: torch.float32}
         self.path = manifest.path(variant, "program")
         runtime = Runtime.get()
         if not runtime.backend_registry.is_available(BACKEND):
@@ -70,17 +71,23 @@ class ExecuTorchBackend:
         if not self.min_batch <= batch <= self.max_batch:
             raise ValueError(f"batch size {batch} is outside the range [{self.min_batch}, {self.max_batch}] this "
                              f"ExecuTorch program was planned for ({self.path}); split the batch or re-export")
-        from_numpy = self._torch.from_numpy      # zero-copy where it can: the Session hands int64 tokens, float32
-        # states; read-only arrays (another runtime's state) are copied, torch.from_numpy warns on them
-        inputs = [from_numpy(tokens if tokens.dtype == np.int64 and tokens.flags.writeable
-                             else np.array(tokens, dtype=np.int64))]
-        inputs += [from_numpy(s if s.dtype == np.float32 and s.flags.c_contiguous and s.flags.writeable else
-                              np.array(s, dtype=np.float32, order="C")) for s in state]
-        outputs = self.methods[entry].execute(inputs)
-        # Copies: the outputs live in the program's planned memory, which the next call overwrites; a State is
-        # never modified in place.
-        logits, *new_state = (o.numpy().copy() for o in outputs)
-        return logits, new_state
+        inputs = [self._tensor(tokens, np.int64)] + [self._tensor(s, np.float32) for s in state]
+        # ``execute`` returns copies of the outputs (the program's planned memory is overwritten by the next
+        # call). The new state stays in torch tensors: handed back on the next call they go in as they are,
+        # without a numpy round trip (two wrappers per tensor and call)
+        logits, *new_state = self.methods[entry].execute(inputs)
+        return logits.numpy(), new_state
+
+    def _tensor(self, value: Any, dtype: type) -> Any:
+        """``value`` as a contiguous CPU tensor of ``dtype``: this backend's own output tensors as they are,
+        numpy arrays without a copy where they can (a read-only array, another runtime's state, is copied:
+        ``torch.from_numpy`` warns on those)."""
+        if isinstance(value, self._torch.Tensor):
+            want = self._torch_dtypes[dtype]
+            return value if value.dtype is want and value.is_contiguous() else value.to(want).contiguous()
+        if value.dtype == dtype and value.flags.c_contiguous and value.flags.writeable:
+            return self._torch.from_numpy(value)
+        return self._torch.from_numpy(np.array(value, dtype=dtype, order="C"))
 
     def describe(self) -> dict[str, Any]:
         from importlib.metadata import version

@@ -63,7 +63,7 @@ class Session:
         if not isinstance(state, State):
             raise TypeError(f"state must be a seqedge State (from init_state), got {type(state).__name__}")
         if state.sealed_by(self._seal) and state.batch_size == batch_size:
-            return state.arrays()
+            return state.tensors        # the backend's own outputs, as it returned them
         state.check(self.specs, self.fingerprint, batch_size, self.state_dtypes)
         if check_finite:
             state.check_finite()
@@ -97,7 +97,7 @@ class Session:
         tokens = self._check_tokens(tokens, 1)
         arrays = self._check_state(state, tokens.shape[0], check_finite)
         logits, new = self.backend.run("step", tokens, arrays)
-        return logits, state.with_tensors(new).seal(self._seal)
+        return logits, state.sealed_successor(new, self._seal)
 
     def prefill(self, tokens: Any, state: State, *, check_finite: bool = True) -> tuple[np.ndarray, State]:
         """Any number of tokens: tokens ``[B, T]`` -> (logits ``[B, T, V]``, new state).
@@ -117,7 +117,7 @@ class Session:
             logits, arrays = self.backend.run("step", np.ascontiguousarray(tokens[:, t]), arrays)
             pieces.append(logits[:, None])
         out = np.concatenate(pieces, axis=1) if pieces else np.zeros((B, 0, self.vocab_size), np.float32)
-        return out, state.with_tensors(arrays).seal(self._seal)
+        return out, state.sealed_successor(arrays, self._seal)
 
     def generate(
         self,

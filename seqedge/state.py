@@ -136,6 +136,14 @@ class State:
     def with_tensors(self, tensors: Sequence[Any]) -> State:
         return State(tensors, self.specs, self.fingerprint)
 
+    def sealed_successor(self, tensors: list[Any], issuer: object) -> State:
+        """The state a runtime computed from this one: ``tensors`` (a runtime's outputs in ``specs`` order, taken
+        as they are, unchecked) with this state's specs and fingerprint, sealed by ``issuer`` (:meth:`seal`)."""
+        new = State.__new__(State)
+        new.tensors, new.specs, new.fingerprint = list(tensors), self.specs, self.fingerprint
+        new._seal = (issuer, tuple(map(id, new.tensors)))
+        return new
+
     def seal(self, issuer: object) -> State:
         """Record that ``issuer`` (a Session's token) produced this state with exactly these tensors, so it can
         accept the state back without checking it again (:meth:`sealed_by`). Returns self."""

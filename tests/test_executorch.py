@@ -45,6 +45,7 @@ from seqedge.evaluate import parity  # noqa: E402
 from seqedge.export.quantization import QuantizationRecipe  # noqa: E402
 from seqedge.model import SequentialAttentionModel  # noqa: E402
 from seqedge.runtimes import load  # noqa: E402
+from seqedge.state import State  # noqa: E402
 
 PREFILL, STEPS, BATCH = 2 * 16 + 5, 20, 2
 RELATIVE_BUDGET = {"int8": 2.0 ** -7 * 3 / math.sqrt(12), "int4": 2.0 ** -3 * 3 / math.sqrt(12), "fp16": 5e-3}
@@ -289,7 +290,24 @@ def test_outputs_are_owned_and_the_pool_is_reported(exported):
     assert session.describe()["threads"] >= 1
     state = session.init_state(1)
     logits, state = session.step(np.array([3]), state)
-    kept = [logits.copy(), *(a.copy() for a in state.tensors)]
+    kept = [logits.copy(), *(a.copy() for a in state.numpy())]
     session.step(np.array([5]), state)
-    for now, before in zip([logits, *state.tensors], kept):
+    for now, before in zip([logits, *state.numpy()], kept):
         np.testing.assert_array_equal(now, before)
+
+
+def test_own_state_tensors_go_back_as_they_are(exported, tmp_path):
+    """A step's new state holds the program's output tensors (no numpy round trip per call); given back they run
+    as they are, and the same values as numpy arrays (a saved and loaded state) give the same logits."""
+    artifact, _, _ = exported("delta", "none")
+    session = load(artifact, runtime="executorch")
+    _, state = session.step(np.array([3]), session.init_state(1))
+    assert all(isinstance(t, torch.Tensor) for t in state.tensors)
+    state.save(tmp_path / "state.safetensors")
+    loaded = State.load(tmp_path / "state.safetensors")
+    assert all(isinstance(t, np.ndarray) for t in loaded.tensors)
+    own, own_next = session.step(np.array([7]), state)
+    fresh, fresh_next = session.step(np.array([7]), loaded)
+    np.testing.assert_array_equal(own, fresh)
+    for a, b in zip(own_next.numpy(), fresh_next.numpy()):
+        np.testing.assert_array_equal(a, b)
