@@ -11,6 +11,8 @@ One run, one machine, the same thread count on both sides:
    ``seqedge import`` / ``seqedge export`` turn the same folder into seqedge artifacts;
 3. both sides are timed from Python with the same loop: prefill ``context`` tokens, then ``steps`` single-token
    calls, each timed alone (llama.cpp through the sdist's own ctypes binding over the libraries built in 1).
+   A prefill keeps the last token's logits only on both sides (``Llama.eval`` without ``logits_all``;
+   ``Session.prefill(..., logits="last")``), as a prompt before generation does.
 
 Writes benchmarks/results/llama_cpp.{md,json}.
 """
@@ -164,7 +166,7 @@ def bench_seqedge(artifact: Path, runtime: str, tag: str, contexts: list[int], s
         state = sess.init_state(1)
         prompt = rng.integers(1, vocab - 1, size=(1, max(ctx, 1)))
         t0 = time.perf_counter()
-        _, state = sess.prefill(prompt, state)
+        _, state = sess.prefill(prompt, state, logits="last")
         prefill = ctx / (time.perf_counter() - t0) if ctx else 0.0
         box = [state]
 

@@ -50,8 +50,8 @@ def complete(session, prompt: str, args: argparse.Namespace) -> tuple[int, float
     sys.stdout.write(prompt)
     sys.stdout.flush()
     t0 = time.perf_counter()
-    logits, state = session.prefill(np.asarray([tok.encode(prompt, add_bos=True)]), session.init_state(1))
-    last = logits[:, -1]
+    last, state = session.prefill(np.asarray([tok.encode(prompt, add_bos=True)]), session.init_state(1),
+                                  logits="last")
     ttft = time.perf_counter() - t0
     start, count = time.perf_counter(), 0
     for _ in range(args.max_new_tokens):

@@ -23,7 +23,7 @@ from seqedge.artifact import Manifest, Variant
 from seqedge.state import State
 
 from .base import RuntimeUnavailable
-from .session import Session
+from .session import Session, _check_logits_mode
 
 logger = logging.getLogger("seqedge.runtimes")
 DTYPES = ("bfloat16", "float16", "float32")
@@ -148,15 +148,19 @@ class CudaSession(Session):
             state.with_tensors(tensors).check_finite()
         return tensors
 
-    def prefill(self, tokens: Any, state: State, *, check_finite: bool = True) -> tuple[np.ndarray, State]:
-        """Any number of tokens in one forward: tokens ``[B, T]`` -> (logits ``[B, T, V]``, new state);
-        ``check_finite`` as in :meth:`step`."""
+    def prefill(self, tokens: Any, state: State, *, check_finite: bool = True,
+                logits: str = "all") -> tuple[np.ndarray, State]:
+        """Any number of tokens in one forward: tokens ``[B, T]`` -> (logits ``[B, T, V]``, or ``[B, V]`` of the
+        last token with ``logits="last"``, new state); ``check_finite`` as in :meth:`step`."""
+        last_only = _check_logits_mode(logits)
         tokens = self._check_tokens(tokens, 2)
         arrays = self._check_state(state, tokens.shape[0], check_finite)
         if tokens.shape[1] == 0:
+            if last_only:
+                raise ValueError("logits='last' needs at least one token to prefill")
             return np.zeros((tokens.shape[0], 0, self.vocab_size), np.float32), state.with_tensors(arrays)
-        logits, new = self.backend.run("chunk", tokens, arrays)
-        return logits, state.with_tensors(new)
+        out, new = self.backend.run("chunk", tokens, arrays)
+        return (out[:, -1] if last_only else out), state.with_tensors(new)
 
 
 class CudaRuntime:

@@ -87,6 +87,23 @@ def test_state_handoff_between_runtimes(tmp_path, artifact):
         np.testing.assert_allclose(resumed[0], full[0, -1], atol=1e-5)
 
 
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
+@pytest.mark.parametrize("length", [1, 31, 32, 70])     # chunk 16: one step; a chunk + steps; chunks only; both
+def test_prefill_last_logits_only(runtime, length, artifact):
+    """``logits="last"`` gives the last row of the full logits and the same state, for any prompt length."""
+    session = seqedge.load(artifact, runtime)
+    tokens = text_tokens(length)[None]
+    full, full_state = session.prefill(tokens, session.init_state(1))
+    last, last_state = session.prefill(tokens, session.init_state(1), logits="last")
+    assert last.shape == (1, session.vocab_size) and last.base is None      # its own memory, not a chunk's view
+    np.testing.assert_array_equal(last, full[:, -1])
+    for a, b in zip(last_state.numpy(), full_state.numpy()):
+        np.testing.assert_array_equal(a, b)
+    then, _ = session.step([7], last_state)            # sealed as the session's own
+    want, _ = session.step([7], full_state)
+    np.testing.assert_array_equal(then, want)
+
+
 def test_generate_matches_torch_model(artifact):
     model = tiny_model("delta")
     prompt = list(b"import os\n")
@@ -112,6 +129,8 @@ def test_bad_input_leaves_session_usable(runtime, artifact, tmp_path):
         (lambda: session.step([1], foreign), "another model"),
         (lambda: session.step([1], [np.zeros(1)]), "State"),
         (lambda: session.init_state(0), "batch_size"),
+        (lambda: session.prefill([[1, 2]], state, logits="first"), "logits must be"),
+        (lambda: session.prefill(np.zeros((1, 0), np.int64), state, logits="last"), "at least one token"),
     ]
     for call, words in cases:
         with pytest.raises((ValueError, TypeError), match=words):

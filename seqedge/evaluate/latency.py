@@ -129,8 +129,8 @@ class SessionStepper:
     def prefill(self, tokens: np.ndarray) -> np.ndarray | None:
         if len(tokens) == 0:
             return None
-        logits, self.state = self.session.prefill(np.asarray(tokens, np.int64)[None], self.state)
-        return logits[0, -1]
+        logits, self.state = self.session.prefill(np.asarray(tokens, np.int64)[None], self.state, logits="last")
+        return logits[0]
 
     def step(self, token: int) -> np.ndarray:
         logits, self.state = self.session.step(np.asarray([token], np.int64), self.state)

@@ -121,9 +121,10 @@ class SlotStates:
 
     def prefill(self, slot: int, tokens: Sequence[int]) -> np.ndarray:
         """Feed ``tokens`` to the stream in ``slot``; the logits of its last token ``[V]``."""
-        logits, new = self.session.prefill(np.asarray([list(tokens)], dtype=np.int64), self._gather([slot]))
+        logits, new = self.session.prefill(np.asarray([list(tokens)], dtype=np.int64), self._gather([slot]),
+                                           logits="last")
         self._scatter([slot], new)
-        return host_logits(logits)[0, -1]
+        return host_logits(logits)[0]
 
     def step(self, slots: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
         """One token for each of ``slots``: logits ``[len(slots), V]``, in groups of ``plan.group`` rows."""
