@@ -29,6 +29,7 @@ import tarfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from hf_models import MAMBA2_130M, make_mamba2_130m
@@ -192,14 +193,34 @@ def export_seqedge(hf: Path, work: Path, targets: str, recipes: str, max_batch: 
 
 
 # report ---------------------------------------------------------------------------------------------------
+def _groups(kept: Any) -> list[dict]:
+    """A record's kept-row groups: a list of {engines, commit, date, command}; older records hold one dict."""
+    return [] if not kept else [kept] if isinstance(kept, dict) else list(kept)
+
+
+def kept_provenance(engines: list[str], last_meta: dict) -> list[dict]:
+    """Where the rows of ``engines``, carried over from the record whose meta is ``last_meta``, were measured:
+    that run, or for rows it had itself carried over, the run they came from (grouped by run)."""
+    origins: list[dict] = []
+    for engine in engines:
+        origin = next((g for g in _groups(last_meta.get("kept_rows")) if engine in g["engines"]),
+                      {k: last_meta.get(k) for k in ("commit", "date", "command")})
+        group = next((g for g in origins if all(g.get(k) == origin.get(k) for k in ("commit", "date", "command"))),
+                     None)
+        if group is None:
+            group = {"engines": [], **{k: origin.get(k) for k in ("commit", "date", "command")}}
+            origins.append(group)
+        group["engines"].append(engine)
+    return origins
+
+
 def render(rows: list[Row], meta: dict) -> str:
     lines = ["# seqedge beside llama.cpp: Mamba2 (mamba2-130m's config, random weights)", "",
              *metadata_markdown(meta),
              f"- threads: {meta['threads']} on both sides; llama.cpp from the llama-cpp-python "
              f"{meta['llama_cpp_python']} sdist (GGML_NATIVE=OFF, this CPU's AVX flags on, AMX off)",
-             *([f"- rows of {', '.join(meta['kept_rows']['engines'])} are not from this run: kept from the run of "
-                f"commit {meta['kept_rows'].get('commit')} ({meta['kept_rows'].get('date')})"]
-               if meta.get("kept_rows") else []), "",
+             *[f"- rows of {', '.join(group['engines'])} are not from this run: kept from the run of commit "
+              f"{group.get('commit')} ({group.get('date')})" for group in _groups(meta.get("kept_rows"))], "",
              "| engine | variant | precision | context | p50 ms/token | p99 ms/token | tok/s (p50) | prefill tok/s "
              "| file MiB | load (1 min) |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -213,6 +234,8 @@ def render(rows: list[Row], meta: dict) -> str:
     for precision, context, llama, best, decode, prefill in ratios(rows):
         lines.append(f"| {precision} | {context} | {llama.p50_ms:.2f} | {best.p50_ms:.2f} ({best.engine}) | "
                      f"{decode:.2f} | {prefill if prefill is not None else '-'} |")
+    if meta.get("notes"):             # written after a run into the JSON's meta; --render-only keeps them
+        lines += ["", "## Notes", "", *(f"- {note}" for note in meta["notes"])]
     return "\n".join(lines) + "\n"
 
 
@@ -281,8 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         timed = {r.engine for r in rows}
         kept = [Row(**r) for r in last["rows"] if r["engine"] not in timed]
         if kept:
-            meta["kept_rows"] = {"engines": sorted({r.engine for r in kept}),
-                                 **{k: last["meta"].get(k) for k in ("commit", "date", "command")}}
+            meta["kept_rows"] = kept_provenance(sorted({r.engine for r in kept}), last["meta"])
             rows += kept
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "llama_cpp.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
