@@ -49,8 +49,9 @@ def _matmul(name: str, x: str, k: int, n: int, rng, inits: list) -> onnx.NodePro
     return helper.make_node("MatMul", [x, name + "_w"], [name])
 
 
-def chain(packing: dict | None, seed: int = 0) -> onnx.ModelProto:
-    """The step's matrices as one graph; ``packing`` None: float32 MatMuls."""
+def chain(packing: dict | None, tokens: int = 1, seed: int = 0) -> onnx.ModelProto:
+    """The step's matrices as one graph over ``tokens`` rows (1: a step; a chunk's length: prefill);
+    ``packing`` None: float32 MatMuls."""
     rng = np.random.default_rng(seed)
     inits: list = []
     nodes = []
@@ -72,8 +73,8 @@ def chain(packing: dict | None, seed: int = 0) -> onnx.ModelProto:
     inits += [numpy_helper.from_array(np.array([0], np.int64), "lo"),
               numpy_helper.from_array(np.array([INNER], np.int64), "hi"),
               numpy_helper.from_array(np.array([1], np.int64), "ax")]
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, D])],
-                              [helper.make_tensor_value_info("head", TensorProto.FLOAT, [1, VOCAB])], inits)
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [tokens, D])],
+                              [helper.make_tensor_value_info("head", TensorProto.FLOAT, [tokens, VOCAB])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
 
 
@@ -95,20 +96,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--calls", type=int, default=30)
     p.add_argument("--only", help="comma list of packing names (default: all)")
+    p.add_argument("--tokens", type=int, default=1, help="rows per call: 1 (a step) or a chunk's length")
     p.add_argument("--out", type=Path,
                    default=Path(__file__).resolve().parents[1] / "results" / "int4_matmul_shapes.json")
     args = p.parse_args(argv)
     names = args.only.split(",") if args.only else list(PACKINGS)
     so = ort.SessionOptions()
     so.intra_op_num_threads = args.threads
-    sessions = {n: ort.InferenceSession(chain(PACKINGS[n]).SerializeToString(), so,
+    sessions = {n: ort.InferenceSession(chain(PACKINGS[n], args.tokens).SerializeToString(), so,
                                         providers=["CPUExecutionProvider"]) for n in names}
-    feeds = {"x": (np.random.default_rng(1).standard_normal((1, D)) * 0.1).astype(np.float32)}
+    feeds = {"x": (np.random.default_rng(1).standard_normal((args.tokens, D)) * 0.1).astype(np.float32)}
     times = time_rounds(sessions, feeds, args.calls, args.rounds)
     rows = {n: float(np.median(v)) for n, v in times.items()}
     for n, ms in rows.items():
         print(f"{n:45s} {ms:8.3f} ms")
-    result = {"meta": run_metadata(threads=args.threads, rounds=args.rounds, calls=args.calls,
+    result = {"meta": run_metadata(threads=args.threads, rounds=args.rounds, calls=args.calls, tokens=args.tokens,
                                    shapes={"in_proj": [D, IN_PROJ], "out_proj": [INNER, D], "head": [D, VOCAB],
                                            "layers": LAYERS}),
               "packings": {n: {"packing": PACKINGS[n], "p50_ms_by_round": times[n], "p50_ms": rows[n]}
