@@ -14,7 +14,7 @@ How each scheme is packed (the recipe says *what*, this module says *how*):
   calibration data), laid out by ``onnxruntime.quantization.matmul_nbits_quantizer``, for the MatMuls of the
   modules the recipe's int4 policy selects (``QuantizationRecipe.int4_applies``; the MLP by default); the other
   MatMuls stay float32, and ``Variant.info["int4"]`` lists both. Activations: int8 per block in ``step``
-  (MatMulNBits ``accuracy_level`` 4, see :data:`INT4_ACCURACY_LEVEL`), float32 in ``chunk``.
+  (MatMulNBits ``accuracy_level`` 4), in ``chunk`` too from 512 wide on (:func:`int4_accuracy_level`).
 
 Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. Measured with torch 2.13 on the tiny
 test model (2 CPU cores): it exports both entry points in ~3 s against ~40 s for ``dynamo=True``, gives the same
@@ -115,7 +115,8 @@ class OnnxTarget:
                             _quantize_int8(source, out / f"{entry}.onnx")
                         else:
                             int4[entry] = _quantize_int4(source, out / f"{entry}.onnx", ctx.model, ctx.quantization,
-                                                         INT4_ACCURACY_LEVEL[entry], int4_blocks)
+                                                         int4_accuracy_level(entry, ctx.model.config.hidden_size),
+                                                         int4_blocks)
                         # the quantizers rename dims: written again with the clean-up, one load and save
                         _rewrite(out / f"{entry}.onnx", lambda proto, entry=entry: _static_dims(
                             graph_passes.clean(proto, self.flavour), ctx.model, entry))
@@ -270,9 +271,17 @@ def matmul_modules(graph, model, index: WeightIndex | None = None) -> dict[str, 
 
 # MatMulNBits' compute per entry point. One token's step is bound by reading the weights: with int8 activations
 # (level 4) ONNX Runtime runs its integer kernels on the packed blocks instead of unpacking them to float32, which
-# made a Mamba2-130M step about 1.7x faster (benchmarks/README.md, llama.cpp section). The 64-token chunk amortises
-# the unpacking over its rows: level 4 gained nothing there at 130M and cost the bundled model 8-17%.
-INT4_ACCURACY_LEVEL: dict[str, int | None] = {"step": 4, "chunk": None}
+# made a Mamba2-130M step about 1.7x faster (benchmarks/README.md, llama.cpp section). In the 64-token chunk it
+# depends on the width: the bundled model's chunk (192 wide) ran 8-17% slower with level 4, Mamba2-130M's (768
+# wide) chunk 20% faster and its matrices alone 27% (benchmarks/results/int4_matmul_shapes_chunk.json). The chunk
+# takes level 4 from this model width on; the int8 recipe runs level 4 in both entry points at every width.
+INT4_CHUNK_LEVEL4_MIN_WIDTH = 512
+
+
+def int4_accuracy_level(entry: str, width: int) -> int | None:
+    """MatMulNBits' ``accuracy_level`` for the int4 graphs of ``entry`` in a model ``width`` (hidden_size) wide:
+    4 (int8 activations) or None (float32)."""
+    return 4 if entry == "step" or width >= INT4_CHUNK_LEVEL4_MIN_WIDTH else None
 
 
 def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe,

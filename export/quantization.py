@@ -57,7 +57,8 @@ RECIPES: dict[str, RecipeInfo] = {r.name: r for r in (
                 "coreml": "int8 weights per output channel, float16 compute (no activation quantization)"}),
     RecipeInfo("int4-mlp", "int4", "int4 weights in groups (--group-size) for the MLP linears only; attention "
                "projections and the tied head keep the float format",
-               {"onnx": "MatMulNBits (4 bits, uint8 zero points); int8 activations in the step, float in the chunk",
+               {"onnx": "MatMulNBits (4 bits, uint8 zero points); int8 activations in the step, and in the chunk "
+                        "from 512 wide on (float below)",
                 "onnx-ort": "as onnx, with the fused LinearAttention scan",
                 "executorch": "torchao 8da4w: int4 grouped weights, int8 dynamic activations per token",
                 "coreml": "int4 weights per block, float16 compute"}),
@@ -65,7 +66,8 @@ RECIPES: dict[str, RecipeInfo] = {r.name: r for r in (
                "projections, MLP and the output head; the embedding table keeps the float format where the "
                "target can (a tied head gets a packed copy). Writes the same int4 variant as int4-mlp: one of "
                "the two per artifact",
-               {"onnx": "MatMulNBits (4 bits, uint8 zero points); int8 activations in the step, float in the chunk",
+               {"onnx": "MatMulNBits (4 bits, uint8 zero points); int8 activations in the step, and in the chunk "
+                        "from 512 wide on (float below)",
                 "onnx-ort": "as onnx, with the fused LinearAttention scan",
                 "executorch": "torchao 8da4w: int4 grouped weights, int8 dynamic activations per token; a tied "
                               "head is untied into a packed copy",

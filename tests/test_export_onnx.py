@@ -53,7 +53,7 @@ def test_graph_contract(artifact, tag):
 def test_quantized_packings(artifact, rule):
     """fp16 holds float16 weights; int8 runs MatMulNBits with 8 bits in blocks of 128 and int8 activations in both
     entry points; int4 MatMulNBits with 4 bits and the recipe's group, int8 activations in the step and float32 in
-    the chunk; the norms after packed matmuls are still one op."""
+    the chunk of a model this narrow; the norms after packed matmuls are still one op."""
     ops = {tag: [n for n in _graph(artifact, tag, "step").graph.node] for tag in ("fp32", "fp16", "int8", "int4")}
     fp16_init = _graph(artifact, "fp16", "step").graph.initializer
     assert sum(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16_init) >= 4
@@ -181,3 +181,34 @@ def test_export_is_quiet(tmp_path, capfd, recwarn):
     out, err = capfd.readouterr()
     assert out == "" and "Warning" not in err and "warn" not in err.lower(), err[:500]
     assert not [w for w in recwarn if "onnx" in str(w.filename) or "torch" in str(w.filename)]
+
+
+def test_int4_chunk_of_a_wide_model_runs_int8_activations_like_its_step(tmp_path):
+    """From 512 wide on the int4 chunk takes int8 activations too (level 4, as the step), per row as the step
+    quantizes them: a chunk of tokens then agrees with the same tokens as steps about as closely as float32 does,
+    and with the float64 reference as the step does."""
+    from seqedge.export.api import export_model
+    from seqedge.export.onnx_target import INT4_CHUNK_LEVEL4_MIN_WIDTH, int4_accuracy_level
+
+    assert int4_accuracy_level("step", 32) == 4 and int4_accuracy_level("chunk", 32) is None
+    assert int4_accuracy_level("chunk", INT4_CHUNK_LEVEL4_MIN_WIDTH) == 4
+    model = tiny_model("gated", num_layers=1, hidden_size=INT4_CHUNK_LEVEL4_MIN_WIDTH, num_heads=8, head_k_dim=64,
+                       head_v_dim=64)
+    art = tmp_path / "wide"
+    export_model(model, art, ["onnx"], ["int4-all"], progress=False)
+    chunk = [n for n in _graph(art, "int4", "chunk").graph.node if n.op_type == "MatMulNBits"]
+    assert chunk and all(onnx.helper.get_attribute_value(a) == 4 for n in chunk for a in n.attribute
+                         if a.name == "accuracy_level")
+    assert all(any(a.name == "accuracy_level" for a in n.attribute) for n in chunk)
+    session = seqedge.load(art, "onnxruntime", quantization="int4")
+    tokens = text_tokens(2 * session.chunk_size)[None]
+    by_chunks, chunk_state = session.prefill(tokens, session.init_state(1))
+    state, rows = session.init_state(1), []
+    for t in range(tokens.shape[1]):
+        logits, state = session.step(tokens[:, t], state)
+        rows.append(logits)
+    by_steps = np.stack(rows, axis=1)
+    scale = np.abs(by_steps).max()
+    np.testing.assert_allclose(by_chunks, by_steps, atol=1e-4 * scale, rtol=0)     # a float32 chunk: ~1e-2
+    for a, b in zip(chunk_state.numpy(), state.numpy()):
+        np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max(), rtol=0)
