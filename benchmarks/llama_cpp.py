@@ -9,8 +9,10 @@ One run, one machine, the same thread count on both sides:
 2. the model: transformers' ``Mamba2ForCausalLM`` with mamba2-130m's config and seeded random weights, saved as a
    Hugging Face folder; llama.cpp's converter turns it into GGUF (f32, then q8_0 and q4_0 by llama-quantize) and
    ``seqedge import`` / ``seqedge export`` turn the same folder into seqedge artifacts;
-3. both sides are timed from Python with the same loop: prefill ``context`` tokens, then ``steps`` single-token
-   calls, each timed alone (llama.cpp through the sdist's own ctypes binding over the libraries built in 1).
+3. both sides are timed from Python in one process with the same loop, one precision class at a time: each
+   engine prefills the same ``context`` tokens, then the engines decode ``steps`` single-token calls in blocks,
+   taking turns block by block so that the VM's slow phases hit every engine alike, each call timed alone
+   (llama.cpp through the sdist's own ctypes binding over the libraries built in 1).
    A prefill keeps the last token's logits only on both sides (``Llama.eval`` without ``logits_all``;
    ``Session.prefill(..., logits="last")``), as a prompt before generation does.
 
@@ -29,7 +31,7 @@ import tarfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from hf_models import MAMBA2_130M, make_mamba2_130m
@@ -116,67 +118,86 @@ def make_gguf(src: Path, work: Path, hf: Path) -> dict[str, Path]:
 
 # timing ---------------------------------------------------------------------------------------------------
 WARMUP = 4
+ROUNDS = 4      # decode blocks per engine and context, alternating engines: slow phases of the VM hit all alike
+PRECISION_OF_GGUF = {"f32": "fp32", "q8_0": "int8", "q4_0": "int4"}
 
 
-def time_steps(step, tokens: np.ndarray, steps: int) -> tuple[float, float]:
-    """p50, p99 in ms of ``steps`` single-token calls, after a few untimed ones (first-call allocations)."""
-    for i in range(WARMUP):
-        step(int(tokens[i % len(tokens)]))
-    times = []
-    for i in range(steps):
-        t0 = time.perf_counter()
-        step(int(tokens[i % len(tokens)]))
-        times.append(time.perf_counter() - t0)
-    return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
+@dataclass
+class Engine:
+    """One model on one engine, driven the same way on both sides: ``reset``, ``prefill(prompt)``,
+    ``step(token)``."""
+    engine: str
+    variant: str
+    precision: str
+    file_mib: float
+    reset: Callable[[], None]
+    prefill: Callable[[np.ndarray], None]
+    step: Callable[[int], None]
 
 
-def bench_llama(path: Path, quant: str, contexts: list[int], steps: int, threads: int, vocab: int,
-                work: Path) -> list[Row]:
+def llama_engine(path: Path, quant: str, n_ctx: int, threads: int, work: Path) -> Engine:
+    """llama.cpp through the sdist's ctypes binding; ``Llama.eval`` keeps the last token's logits only."""
     sys.path.insert(0, str(work / "site"))
     from llama_cpp import Llama
 
-    precision = {"f32": "fp32", "q8_0": "int8", "q4_0": "int4"}[quant]
-    llm = Llama(model_path=str(path), n_ctx=max(contexts) + steps + 16, n_batch=512, n_threads=threads,
-                n_threads_batch=threads, verbose=False)
-    rng = np.random.default_rng(0)
-    rows = []
-    for ctx in contexts:
-        llm.reset()
-        prompt = rng.integers(1, vocab - 1, size=max(ctx, 1)).tolist()
-        t0 = time.perf_counter()
-        llm.eval(prompt)
-        prefill = ctx / (time.perf_counter() - t0) if ctx else 0.0
-        p50, p99 = time_steps(lambda t: llm.eval([t]), rng.integers(1, vocab - 1, size=steps), steps)
-        rows.append(Row("llama.cpp", quant, precision, ctx, p50, p99, prefill, path.stat().st_size / 2**20,
-                        os.getloadavg()[0]))
-        print(rows[-1], flush=True)
-    return rows
+    llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, n_threads=threads, n_threads_batch=threads,
+                verbose=False)
+    return Engine("llama.cpp", quant, PRECISION_OF_GGUF[quant], path.stat().st_size / 2**20, llm.reset,
+                  lambda prompt: llm.eval(prompt.tolist()), lambda token: llm.eval([token]))
 
 
-def bench_seqedge(artifact: Path, runtime: str, tag: str, contexts: list[int], steps: int, threads: int,
-                  vocab: int) -> list[Row]:
+def seqedge_engine(artifact: Path, runtime: str, tag: str, threads: int) -> Engine:
+    """A seqedge Session; a prefill keeps the last token's logits only, as a prompt before generation does."""
     import seqedge
 
     # llama.cpp's thread count; ExecuTorch's pool is per process (its size is in the session's describe())
     options = {"threads": threads} if runtime.startswith("onnxruntime") else {}
     sess = seqedge.load(artifact, runtime=runtime, quantization=tag, **options)
-    size = sum(f["bytes"] for f in sess.variant.files.values()) / 2**20
-    rng = np.random.default_rng(0)
+    box = [sess.init_state(1)]
+
+    def reset() -> None:
+        box[0] = sess.init_state(1)
+
+    def prefill(prompt: np.ndarray) -> None:
+        _, box[0] = sess.prefill(prompt[None], box[0], logits="last")
+
+    def step(token: int) -> None:
+        _, box[0] = sess.step(np.asarray([token]), box[0])
+
+    return Engine(f"seqedge {runtime}", tag, tag, sum(f["bytes"] for f in sess.variant.files.values()) / 2**20,
+                  reset, prefill, step)
+
+
+def bench_engines(engines: list[Engine], contexts: list[int], steps: int, vocab: int, seed: int = 0) -> list[Row]:
+    """Per context: every engine prefills the same prompt (timed), then decodes the same tokens in ``ROUNDS``
+    blocks, the engines taking turns block by block (order reversed every round), each step timed alone.
+    p50/p99 over all of an engine's steps."""
+    rng = np.random.default_rng(seed)
     rows = []
     for ctx in contexts:
-        state = sess.init_state(1)
-        prompt = rng.integers(1, vocab - 1, size=(1, max(ctx, 1)))
-        t0 = time.perf_counter()
-        _, state = sess.prefill(prompt, state, logits="last")
-        prefill = ctx / (time.perf_counter() - t0) if ctx else 0.0
-        box = [state]
-
-        def step(token: int) -> None:
-            _, box[0] = sess.step(np.asarray([token]), box[0])
-
-        p50, p99 = time_steps(step, rng.integers(1, vocab - 1, size=steps), steps)
-        rows.append(Row(f"seqedge {runtime}", tag, tag, ctx, p50, p99, prefill, size, os.getloadavg()[0]))
-        print(rows[-1], flush=True)
+        prompt = rng.integers(1, vocab - 1, size=max(ctx, 1))
+        tokens = rng.integers(1, vocab - 1, size=steps + WARMUP)
+        prefill, times = {}, {e.engine: [] for e in engines}
+        for e in engines:
+            e.reset()
+            t0 = time.perf_counter()
+            e.prefill(prompt)
+            prefill[e.engine] = ctx / (time.perf_counter() - t0) if ctx else 0.0
+            for t in tokens[:WARMUP]:           # first-call allocations
+                e.step(int(t))
+        block = -(-steps // ROUNDS)
+        for r in range(ROUNDS):
+            for e in (engines if r % 2 == 0 else engines[::-1]):
+                for t in tokens[WARMUP + r * block:WARMUP + min(steps, (r + 1) * block)]:
+                    t0 = time.perf_counter()
+                    e.step(int(t))
+                    times[e.engine].append(time.perf_counter() - t0)
+        load = os.getloadavg()[0]
+        for e in engines:
+            ms = np.asarray(times[e.engine]) * 1e3
+            rows.append(Row(e.engine, e.variant, e.precision, ctx, float(np.percentile(ms, 50)),
+                            float(np.percentile(ms, 99)), prefill[e.engine], e.file_mib, load))
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -287,17 +308,20 @@ def main(argv: list[str] | None = None) -> int:
     make_mamba2_130m(hf, args.seed)
     vocab = MAMBA2_130M["vocab_size"]
     rows: list[Row] = []
-    for quant, path in make_gguf(src, work, hf).items():
-        rows += bench_llama(path, quant, contexts, args.steps, args.threads, vocab, work)
+    ggufs = make_gguf(src, work, hf)
+    variants = []
     if not args.skip_seqedge:
         from seqedge.artifact import read_manifest
         from seqedge.targets import RUNTIME_OF_TARGET
 
         art = export_seqedge(hf, work, args.targets, args.recipes, args.max_batch, args.reuse_artifact)
-        for variant in read_manifest(art).variants:
-            if variant.target != "torch":
-                rows += bench_seqedge(art, RUNTIME_OF_TARGET[variant.target], variant.tag, contexts, args.steps,
-                                      args.threads, vocab)
+        variants = [(RUNTIME_OF_TARGET[v.target], v.tag) for v in read_manifest(art).variants if v.target != "torch"]
+    for quant, path in ggufs.items():
+        engines = [llama_engine(path, quant, max(contexts) + args.steps + WARMUP + 16, args.threads, work)]
+        engines += [seqedge_engine(art, runtime, tag, args.threads) for runtime, tag in variants
+                    if tag == PRECISION_OF_GGUF[quant]]
+        rows += bench_engines(engines, contexts, args.steps, vocab, args.seed)
+        del engines                     # one precision's models in memory at a time
     meta = run_metadata(threads=args.threads, llama_cpp_python=LLAMA_CPP_PYTHON)
     if args.keep_rows and (RESULTS / "llama_cpp.json").is_file():
         last = json.loads((RESULTS / "llama_cpp.json").read_text())

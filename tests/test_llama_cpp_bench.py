@@ -50,3 +50,28 @@ def test_report_names_every_run_rows_came_from(bench):
     text = bench.render([llama, row], meta)
     assert "rows of seqedge executorch are not from this run: kept from the run of commit aaa" in text
     assert "rows of seqedge onnxruntime are not from this run: kept from the run of commit bbb" in text
+
+
+def test_engines_take_turns_on_the_same_tokens(bench):
+    """Every engine prefills the same prompt and steps the same tokens; after the warm-up the engines alternate
+    block by block (order reversed every round), and each row times exactly ``steps`` calls."""
+    calls = []
+
+    def engine(name):
+        return bench.Engine(name, "v", "fp32", 1.0, lambda: calls.append((name, "reset")),
+                            lambda prompt: calls.append((name, "prefill", tuple(prompt))),
+                            lambda token: calls.append((name, token)))
+
+    rows = bench.bench_engines([engine("a"), engine("b")], [0, 5], steps=10, vocab=100)
+    assert [(r.engine, r.context) for r in rows] == [("a", 0), ("b", 0), ("a", 5), ("b", 5)]
+    assert all(r.p50_ms >= 0 and r.p99_ms >= r.p50_ms for r in rows)
+    prompts = [c[2] for c in calls if c[1] == "prefill"]
+    assert prompts[0] == prompts[1] and prompts[2] == prompts[3] and len(prompts[2]) == 5
+    for context_calls in (calls[:len(calls) // 2], calls[len(calls) // 2:]):
+        steps = [c for c in context_calls if isinstance(c[1], int)]
+        a, b = [c[1] for c in steps if c[0] == "a"], [c[1] for c in steps if c[0] == "b"]
+        assert a == b and len(a) == 10 + bench.WARMUP                   # the same tokens, warm-up included
+        timed = [c[0] for c in steps[2 * bench.WARMUP:]]
+        block = -(-10 // bench.ROUNDS)
+        assert timed[:2 * block] == ["a"] * block + ["b"] * block       # round 0: a then b
+        assert timed[2 * block:4 * block] == ["b"] * block + ["a"] * block
