@@ -272,9 +272,10 @@ def matmul_modules(graph, model, index: WeightIndex | None = None) -> dict[str, 
 # MatMulNBits' compute per entry point. One token's step is bound by reading the weights: with int8 activations
 # (level 4) ONNX Runtime runs its integer kernels on the packed blocks instead of unpacking them to float32, which
 # made a Mamba2-130M step about 1.7x faster (benchmarks/README.md, llama.cpp section). In the 64-token chunk it
-# depends on the width: the bundled model's chunk (192 wide) ran 8-17% slower with level 4, Mamba2-130M's (768
-# wide) chunk 20% faster and its matrices alone 27% (benchmarks/results/int4_matmul_shapes_chunk.json). The chunk
-# takes level 4 from this model width on; the int8 recipe runs level 4 in both entry points at every width.
+# depends on the width: the bundled model's chunk (192 wide) ran 8-17% slower with level 4, while Mamba2-130M's
+# (768 wide) chunk ran 13-20% faster (benchmarks/probes/int4_chunk_level_ab.py; its matrices alone 27%,
+# int4_matmul_shapes_chunk.json). The chunk takes level 4 from this model width on; the int8 recipe runs level 4
+# in both entry points at every width.
 INT4_CHUNK_LEVEL4_MIN_WIDTH = 512
 
 
