@@ -23,7 +23,7 @@ from seqedge.artifact import Manifest, Variant
 from seqedge.state import State
 
 from .base import RuntimeUnavailable
-from .session import Session, _check_logits_mode
+from .session import Session, check_logits_mode
 
 logger = logging.getLogger("seqedge.runtimes")
 DTYPES = ("bfloat16", "float16", "float32")
@@ -152,7 +152,7 @@ class CudaSession(Session):
                 logits: str = "all") -> tuple[np.ndarray, State]:
         """Any number of tokens in one forward: tokens ``[B, T]`` -> (logits ``[B, T, V]``, or ``[B, V]`` of the
         last token with ``logits="last"``, new state); ``check_finite`` as in :meth:`step`."""
-        last_only = _check_logits_mode(logits)
+        last_only = check_logits_mode(logits)
         tokens = self._check_tokens(tokens, 2)
         arrays = self._check_state(state, tokens.shape[0], check_finite)
         if tokens.shape[1] == 0:

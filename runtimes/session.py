@@ -109,7 +109,7 @@ class Session:
         of a large vocabulary would otherwise fill memory with (16K tokens x 50K ids: 3.3 GB).
         ``check_finite`` as in :meth:`step`.
         """
-        last_only = _check_logits_mode(logits)
+        last_only = check_logits_mode(logits)
         tokens = self._check_tokens(tokens, 2)
         arrays = self._check_state(state, tokens.shape[0], check_finite)
         B, T = tokens.shape
@@ -182,7 +182,7 @@ class Session:
         return {"runtime": self.runtime, "variant": self.variant.name, **self.backend.describe()}
 
 
-def _check_logits_mode(logits: Any) -> bool:
+def check_logits_mode(logits: Any) -> bool:
     """True for prefill's ``logits="last"``, False for ``"all"``; ValueError otherwise."""
     if logits not in ("all", "last"):
         raise ValueError(f"logits must be 'all' (every position, [B, T, V]) or 'last' (the last token's, [B, V]), "
