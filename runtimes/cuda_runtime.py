@@ -160,7 +160,7 @@ class CudaSession(Session):
                 raise ValueError("logits='last' needs at least one token to prefill")
             return np.zeros((tokens.shape[0], 0, self.vocab_size), np.float32), state.with_tensors(arrays)
         out, new = self.backend.run("chunk", tokens, arrays)
-        return (out[:, -1] if last_only else out), state.with_tensors(new)
+        return (np.array(out[:, -1]) if last_only else out), state.with_tensors(new)   # a copy, as Session's
 
 
 class CudaRuntime:

@@ -157,3 +157,21 @@ def test_cuda_runtime_generate_and_describe(tmp_path_factory):
         cuda.step([1], bad)
     cuda.step([1], bad, check_finite=False)
     assert "CUDA graph" in cuda.describe()["step"]
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_cuda_prefill_last_logits_only(tmp_path_factory):
+    """``logits="last"``: the last row of the full prefill's logits and the same state; no tokens is refused."""
+    from seqedge.runtimes import load
+
+    cuda = load(_artifact(tmp_path_factory, "delta"), runtime="cuda", dtype="float32")
+    prompt = np.random.default_rng(0).integers(0, cuda.vocab_size, size=(2, 37))
+    full, full_state = cuda.prefill(prompt, cuda.init_state(2))
+    last, last_state = cuda.prefill(prompt, cuda.init_state(2), logits="last")
+    assert last.shape == (2, cuda.vocab_size) and last.base is None         # its own memory, not a view
+    np.testing.assert_array_equal(last, full[:, -1])
+    for a, b in zip(last_state.numpy(), full_state.numpy()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="at least one token"):
+        cuda.prefill(np.zeros((2, 0), np.int64), cuda.init_state(2), logits="last")
