@@ -18,7 +18,7 @@ from typing import Iterator
 
 import torch
 
-from seqedge.ops import MixerOps, at_least_f32
+from seqedge.ops import MixerOps, at_least_f32, one_token_by_reshape
 from seqedge.scan import chunked_scan
 
 ORT_RULE = {"gated": "gated", "delta": "gated_delta"}
@@ -115,13 +115,8 @@ def _fused_short_conv(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor,
 
 
 def _fused_short_conv_step(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-    """:func:`_fused_short_conv` for one token (x ``[B, 1, C]``), with reshapes where a sequence needs transposes
-    (as :func:`seqedge.ops.short_conv_step`)."""
-    if x.shape[1] != 1:
-        return _fused_short_conv(x, tail, weight, bias)
-    channels = int(x.shape[2])
-    y, new_tail = _fused_channels_first(x.reshape(-1, channels, 1), tail, weight, bias)
-    return y.reshape(-1, 1, channels), new_tail
+    """:func:`_fused_short_conv` for one token (:func:`seqedge.ops.one_token_by_reshape`)."""
+    return one_token_by_reshape(_fused_channels_first, _fused_short_conv, x, tail, weight, bias)
 
 
 # The model's scans trace as ``com.microsoft::LinearAttention`` and its short convolutions as

@@ -60,15 +60,22 @@ def short_conv(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor,
     return y.transpose(1, 2), new_tail
 
 
-def short_conv_step(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor,
-                    bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`short_conv` for one token, x ``[B, 1, ch]``. Between ``[B, 1, ch]`` and ``[B, ch, 1]`` a reshape
+def one_token_by_reshape(channels_first: Callable, sequence: Callable, x: torch.Tensor, tail: torch.Tensor,
+                         weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A short conv's step: ``channels_first`` (x ``[B, ch, T]``) on one token x ``[B, 1, ch]``, reached by
+    reshapes; ``sequence`` (x ``[B, T, ch]``) for more tokens. Between ``[B, 1, ch]`` and ``[B, ch, 1]`` a reshape
     moves nothing: an exported step keeps it as a view, where each transpose (two per layer) is a copy."""
     if x.shape[1] != 1:
-        return short_conv(x, tail, weight, bias)
+        return sequence(x, tail, weight, bias)
     ch = int(x.shape[2])
-    y, new_tail = _channels_first_conv(x.reshape(-1, ch, 1), tail, weight, bias)
+    y, new_tail = channels_first(x.reshape(-1, ch, 1), tail, weight, bias)
     return y.reshape(-1, 1, ch), new_tail
+
+
+def short_conv_step(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor,
+                    bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`short_conv` for one token, x ``[B, 1, ch]`` (:func:`one_token_by_reshape`)."""
+    return one_token_by_reshape(_channels_first_conv, short_conv, x, tail, weight, bias)
 
 
 def tied_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
