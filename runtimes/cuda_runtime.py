@@ -152,12 +152,10 @@ class CudaSession(Session):
                 logits: str = "all") -> tuple[np.ndarray, State]:
         """Any number of tokens in one forward: tokens ``[B, T]`` -> (logits ``[B, T, V]``, or ``[B, V]`` of the
         last token with ``logits="last"``, new state); ``check_finite`` as in :meth:`step`."""
-        last_only = check_logits_mode(logits)
         tokens = self._check_tokens(tokens, 2)
+        last_only = check_logits_mode(logits, tokens.shape[1])
         arrays = self._check_state(state, tokens.shape[0], check_finite)
         if tokens.shape[1] == 0:
-            if last_only:
-                raise ValueError("logits='last' needs at least one token to prefill")
             return np.zeros((tokens.shape[0], 0, self.vocab_size), np.float32), state.with_tensors(arrays)
         out, new = self.backend.run("chunk", tokens, arrays)
         return (np.array(out[:, -1]) if last_only else out), state.with_tensors(new)   # a copy, as Session's

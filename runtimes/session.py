@@ -109,28 +109,27 @@ class Session:
         of a large vocabulary would otherwise fill memory with (16K tokens x 50K ids: 3.3 GB).
         ``check_finite`` as in :meth:`step`.
         """
-        last_only = check_logits_mode(logits)
         tokens = self._check_tokens(tokens, 2)
+        last_only = check_logits_mode(logits, tokens.shape[1])
         arrays = self._check_state(state, tokens.shape[0], check_finite)
         B, T = tokens.shape
-        if last_only and T == 0:
-            raise ValueError("logits='last' needs at least one token to prefill")
         C = self.chunk_size
-        pieces, last = [], None
+        pieces: list[np.ndarray] = []          # logits [B, t, V] per call; with last_only the last row alone
+
+        def keep(rows: np.ndarray) -> None:
+            if last_only:
+                pieces[:] = [rows[:, -1]]
+            else:
+                pieces.append(rows)
+
         for start in range(0, T - T % C, C):
             out, arrays = self.backend.run("chunk", np.ascontiguousarray(tokens[:, start:start + C]), arrays)
-            if last_only:
-                last = out[:, -1]
-            else:
-                pieces.append(out)
+            keep(out)
         for t in range(T - T % C, T):
             out, arrays = self.backend.run("step", np.ascontiguousarray(tokens[:, t]), arrays)
-            if last_only:
-                last = out
-            else:
-                pieces.append(out[:, None])
+            keep(out[:, None])
         if last_only:
-            result = np.array(last)             # a copy: a row of a chunk's logits would keep the chunk's alive
+            result = np.array(pieces[0])        # a copy: a row of a chunk's logits would keep the chunk's alive
         else:
             result = np.concatenate(pieces, axis=1) if pieces else np.zeros((B, 0, self.vocab_size), np.float32)
         return result, state.sealed_successor(arrays, self._seal)
@@ -182,11 +181,14 @@ class Session:
         return {"runtime": self.runtime, "variant": self.variant.name, **self.backend.describe()}
 
 
-def check_logits_mode(logits: Any) -> bool:
-    """True for prefill's ``logits="last"``, False for ``"all"``; ValueError otherwise."""
+def check_logits_mode(logits: Any, length: int) -> bool:
+    """True for prefill's ``logits="last"``, False for ``"all"``; ValueError for another value, or for "last"
+    with no token (``length`` 0)."""
     if logits not in ("all", "last"):
         raise ValueError(f"logits must be 'all' (every position, [B, T, V]) or 'last' (the last token's, [B, V]), "
                          f"got {logits!r}")
+    if logits == "last" and length == 0:
+        raise ValueError("logits='last' needs at least one token to prefill")
     return logits == "last"
 
 

@@ -138,17 +138,13 @@ class State:
 
     def sealed_successor(self, tensors: list[Any], issuer: object) -> State:
         """The state a runtime computed from this one: ``tensors`` (a runtime's outputs in ``specs`` order, taken
-        as they are, unchecked) with this state's specs and fingerprint, sealed by ``issuer`` (:meth:`seal`)."""
+        as they are, unchecked) with this state's specs and fingerprint, sealed by ``issuer`` (a Session's token):
+        it records that ``issuer`` produced exactly these tensors, so it can accept the state back without
+        checking it again (:meth:`sealed_by`)."""
         new = State.__new__(State)
         new.tensors, new.specs, new.fingerprint = list(tensors), self.specs, self.fingerprint
         new._seal = (issuer, tuple(map(id, new.tensors)))
         return new
-
-    def seal(self, issuer: object) -> State:
-        """Record that ``issuer`` (a Session's token) produced this state with exactly these tensors, so it can
-        accept the state back without checking it again (:meth:`sealed_by`). Returns self."""
-        self._seal = (issuer, tuple(map(id, self.tensors)))
-        return self
 
     def sealed_by(self, issuer: object) -> bool:
         """True when ``issuer`` sealed this state and its tensors are still the objects it sealed (a tensor
