@@ -222,17 +222,13 @@ def _groups(kept: Any) -> list[dict]:
 def kept_provenance(engines: list[str], last_meta: dict) -> list[dict]:
     """Where the rows of ``engines``, carried over from the record whose meta is ``last_meta``, were measured:
     that run, or for rows it had itself carried over, the run they came from (grouped by run)."""
-    origins: list[dict] = []
+    keys = ("commit", "date", "command")
+    groups: dict[tuple, dict] = {}
     for engine in engines:
-        origin = next((g for g in _groups(last_meta.get("kept_rows")) if engine in g["engines"]),
-                      {k: last_meta.get(k) for k in ("commit", "date", "command")})
-        group = next((g for g in origins if all(g.get(k) == origin.get(k) for k in ("commit", "date", "command"))),
-                     None)
-        if group is None:
-            group = {"engines": [], **{k: origin.get(k) for k in ("commit", "date", "command")}}
-            origins.append(group)
-        group["engines"].append(engine)
-    return origins
+        origin = next((g for g in _groups(last_meta.get("kept_rows")) if engine in g["engines"]), last_meta)
+        run = tuple(origin.get(k) for k in keys)
+        groups.setdefault(run, {"engines": [], **dict(zip(keys, run))})["engines"].append(engine)
+    return list(groups.values())
 
 
 def render(rows: list[Row], meta: dict) -> str:
