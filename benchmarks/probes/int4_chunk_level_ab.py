@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ort_timing import random_feeds, time_rounds  # noqa: E402
+from ort_timing import cpu_session, random_feeds, time_rounds  # noqa: E402
 
 from seqedge.evaluate.run_info import run_metadata  # noqa: E402
 
@@ -61,13 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path,
                    default=Path(__file__).resolve().parents[1] / "results" / "int4_chunk_level_ab.json")
     args = p.parse_args(argv)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    options.log_severity_level = 3
     with tempfile.TemporaryDirectory() as tmp:
-        sessions = {name: ort.InferenceSession(str(with_level(args.variant_dir / "chunk.onnx", Path(tmp) / name,
-                                                              level)), options, providers=["CPUExecutionProvider"])
-                    for name, level in (("float32", None), ("level 4", 4))}
+        sessions = {name: cpu_session(with_level(args.variant_dir / "chunk.onnx", Path(tmp) / name, level),
+                                      args.threads) for name, level in (("float32", None), ("level 4", 4))}
         times = time_rounds(sessions, random_feeds(sessions["float32"]), args.calls, args.rounds)
     rows = {name: float(np.median(v)) for name, v in times.items()}
     for name, ms in rows.items():

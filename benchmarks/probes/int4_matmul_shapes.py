@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ort_timing import time_rounds  # noqa: E402
+from ort_timing import cpu_session, time_rounds  # noqa: E402
 
 from seqedge.evaluate.run_info import run_metadata  # noqa: E402
 
@@ -75,7 +74,8 @@ def chain(packing: dict | None, tokens: int = 1, seed: int = 0) -> onnx.ModelPro
               numpy_helper.from_array(np.array([1], np.int64), "ax")]
     graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [tokens, D])],
                               [helper.make_tensor_value_info("head", TensorProto.FLOAT, [tokens, VOCAB])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
+                                                   helper.make_opsetid("com.microsoft", 1)])
 
 
 PACKINGS = {
@@ -101,10 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                    default=Path(__file__).resolve().parents[1] / "results" / "int4_matmul_shapes.json")
     args = p.parse_args(argv)
     names = args.only.split(",") if args.only else list(PACKINGS)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = args.threads
-    sessions = {n: ort.InferenceSession(chain(PACKINGS[n], args.tokens).SerializeToString(), so,
-                                        providers=["CPUExecutionProvider"]) for n in names}
+    sessions = {n: cpu_session(chain(PACKINGS[n], args.tokens).SerializeToString(), args.threads) for n in names}
     feeds = {"x": (np.random.default_rng(1).standard_normal((args.tokens, D)) * 0.1).astype(np.float32)}
     times = time_rounds(sessions, feeds, args.calls, args.rounds)
     rows = {n: float(np.median(v)) for n, v in times.items()}

@@ -19,9 +19,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
-from ort_timing import random_feeds, time_rounds
+from ort_timing import cpu_session, random_feeds, time_rounds
 
 from seqedge.evaluate.run_info import metadata_markdown, run_metadata
 from seqedge.export.onnx_target import _quantize_int8
@@ -53,10 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             paths = {"fp32": source, "MatMulInteger (7-bit per channel)": mmi,
                      "MatMulNBits (8-bit blocks of 128)": blocks}
             for threads in (int(t) for t in args.threads.split(",")):
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = threads
-                sessions = {k: ort.InferenceSession(str(v), options, providers=["CPUExecutionProvider"])
-                            for k, v in paths.items()}
+                sessions = {k: cpu_session(v, threads) for k, v in paths.items()}
                 feeds = random_feeds(sessions["fp32"])
                 ref = sessions["fp32"].run(None, feeds)[0]
                 times = time_rounds(sessions, feeds, 20 if entry == "step" else 4, args.rounds)

@@ -17,8 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
-import onnxruntime as ort
-from ort_timing import random_feeds, time_rounds
+from ort_timing import cpu_session, random_feeds, time_rounds
 
 from seqedge.evaluate.run_info import run_metadata
 
@@ -32,16 +31,6 @@ SETTINGS = {
 }
 
 
-def session(path: Path, threads: int, config: dict[str, str]) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    for key, value in config.items():
-        options.add_session_config_entry(key, value)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", required=True)
@@ -51,7 +40,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "ort_threads.json"))
     args = ap.parse_args()
     path = Path(args.artifact) / args.variant / "step.onnx"
-    sessions = {name: session(path, threads, config) for name, (threads, config) in SETTINGS.items()}
+    sessions = {name: cpu_session(path, threads, config) for name, (threads, config) in SETTINGS.items()}
     times = time_rounds(sessions, random_feeds(next(iter(sessions.values()))), args.calls, args.rounds)
     result = {"meta": run_metadata(artifact=str(args.artifact), variant=args.variant, rounds=args.rounds,
                                    calls=args.calls),

@@ -1,11 +1,27 @@
-"""Shared by the ONNX Runtime probes: random feeds for a session, and sessions timed in alternating rounds."""
+"""Shared by the ONNX Runtime probes: CPU sessions, random feeds for a session, and sessions timed in
+alternating rounds."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 import onnxruntime as ort
+
+
+def cpu_session(model: str | bytes | os.PathLike, threads: int,
+                config: dict[str, str] | None = None) -> ort.InferenceSession:
+    """A CPU ``InferenceSession`` of ``model`` (a path or serialized bytes) with ``threads`` intra-op threads,
+    one inter-op thread, warnings off and ``config`` as session config entries."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                providers=["CPUExecutionProvider"])
 
 
 def random_feeds(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
