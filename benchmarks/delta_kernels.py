@@ -87,8 +87,7 @@ def parts_ms(T: int, per_head: bool) -> dict:
     for cfg in DELTA_CONFIGS:
         ops = prep(q, k, v, g, beta, D ** -0.5, cfg)
         o, final = torch.empty_like(v), torch.empty(B, H, D, D, device="cuda")
-        name = (f"C={cfg.chunk} BV={cfg.block_v} warps={cfg.num_warps}{' split_prep' if cfg.split_prep else ''}"
-                f"{' split_o' if cfg.split_o else ''}")
+        name = f"C={cfg.chunk} BV={cfg.block_v} warps={cfg.num_warps}{' split_o' if cfg.split_o else ''}"
         out[name] = {"prep_ms": do_bench(lambda: prep(q, k, v, g, beta, D ** -0.5, cfg), return_mode="median"),
                      "scan_ms": do_bench(lambda: scan_piece(ops, o, None, final, cfg), return_mode="median")}
         del ops

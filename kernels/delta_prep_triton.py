@@ -17,13 +17,6 @@ products ``<q_t, k_s>`` of the raw inputs, scaled afterwards in float32 by ``sca
 arithmetic for a unit lower-triangular matrix), merged with 16x16 float32 products in registers (DESIGN §1; no
 powers of M). M passes through a float32 scratch buffer so the blocks can be loaded as tiles; the inverse replaces
 M there.
-
-Split (``split``): the products by the inverse, w and u0, move to a second launch,
-:func:`_inverse_products_kernel`, with one program per (chunk, batch*head, block of columns) reading the inverse
-and the cumulative log-gates from the scratch buffers. The first launch then ends at the inverse (it never holds
-the inverse beside a block of keys or values, so it needs fewer registers), and the products run in
-(dk + dv) / block programs per chunk instead of one program's loop over the columns. The second launch forms the
-same float32 operands and dots as the single launch.
 """
 
 from __future__ import annotations
@@ -178,12 +171,11 @@ def _unit_lower_inverse(ptr, C: tl.constexpr):
 @triton.jit
 def _delta_prep_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, scratch, b_scratch, T, H, NC, scale,
                        DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr, C: tl.constexpr,
-                       BD: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
+                       BD: tl.constexpr, PREC: tl.constexpr):
     """One chunk's state-independent operands (module docstring): qt, kt, w ``[B, T, H, DK]`` and u0
     ``[B, T, H, DV]`` in k's dtype, A ``[B*H, NC, C, C]`` in k's dtype, b_C ``[B*H, NC, DK]`` float32;
-    ``scratch [B*H, NC, C, C]`` float32 holds M, then its inverse; ``b_scratch [B*H, NC, C, GK]`` float32 holds
-    the cumulative log-gates (with a gate per head only for SPLIT). With SPLIT w and u0 are left to
-    :func:`_inverse_products_kernel`."""
+    ``scratch [B*H, NC, C, C]`` float32 holds M, then its inverse; with a gate per key ``b_scratch
+    [B*H, NC, C, DK]`` float32 holds the cumulative log-gates (unused with a gate per head)."""
     i_c = tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b = i_bh // H
@@ -201,7 +193,7 @@ def _delta_prep_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, scratch, b_scr
     m = rows < T
     idx = i_bh.to(tl.int64) * NC + i_c
     sp = scratch + idx * C * C
-    bs = b_scratch + idx * C * GK
+    bs = b_scratch + idx * C * DK
     a_ptr = A + idx * C * C
     b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=m, other=0.0).to(tl.float32)
     if PER_HEAD:
@@ -225,8 +217,6 @@ def _delta_prep_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, scratch, b_scr
         acc_m = tl.where(rc[:, None] > rc[None, :], acc_m * fac, 0.0)
         tl.store(a_ptr + rc[:, None] * C + rc[None, :], acc_a.to(DT))
         tl.store(sp + rc[:, None] * C + rc[None, :], acc_m)
-        if SPLIT:
-            tl.store(bs + rc, b_h)                        # the products' launch takes exp(b) from here
     else:
         for d0 in tl.range(0, DK, BD, num_stages=1):
             off = k_base + rows[:, None].to(tl.int64) * (H * DK) + (d0 + rd)[None, :]
@@ -243,68 +233,28 @@ def _delta_prep_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, scratch, b_scr
         _per_key_scores(q, k, beta, bs, a_ptr, sp, k_base, be_base, t0, T, H, scale, DK, BD, C, PREC)
     tl.debug_barrier()
     _unit_lower_inverse(sp, C)
-    if not SPLIT:                                     # else _inverse_products_kernel forms w and u0
-        inv = tl.load(sp + rc[:, None] * C + rc[None, :])                                   # [C, C] (I + M)^-1
-        for d0 in tl.range(0, DK, BD, num_stages=1):
-            off = k_base + rows[:, None].to(tl.int64) * (H * DK) + (d0 + rd)[None, :]
-            b_k = tl.load(k + off, mask=m[:, None], other=0.0).to(tl.float32)
-            if PER_HEAD:
-                b_k = b_k * tl.exp(b_h)[:, None]
-            else:
-                b_k = b_k * tl.exp(tl.load(bs + rc[:, None] * DK + (d0 + rd)[None, :]))
-            tl.store(w + off, tl.dot(inv, b_k, input_precision=PREC).to(DT), mask=m[:, None])
-        for e0 in tl.range(0, DV, BD, num_stages=1):
-            off_v = v_base + rows[:, None].to(tl.int64) * (H * DV) + (e0 + rd)[None, :]
-            b_v = tl.load(v + off_v, mask=m[:, None], other=0.0).to(tl.float32)
-            tl.store(u0 + off_v, tl.dot(inv, b_v, input_precision=PREC).to(DT), mask=m[:, None])
-
-
-@triton.jit
-def _inverse_products_kernel(k, v, scratch, b_scratch, w, u0, T, H, NC, DK: tl.constexpr, DV: tl.constexpr,
-                             GK: tl.constexpr, C: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
-    """BD columns of ``w = (I + M)^-1 (k exp(b))`` or of ``u0 = (I + M)^-1 v`` for one (chunk, batch*head): the
-    programs along the last axis below DK / BD form w's column blocks, the rest u0's. Reads the inverse from
-    ``scratch`` and the cumulative log-gates from ``b_scratch`` (as :func:`_delta_prep_kernel` wrote them with
-    SPLIT): the single launch's operands, so its products up to the order of the dots' sums."""
-    i_c = tl.program_id(0)
-    i_bh = tl.program_id(1)
-    i_col = tl.program_id(2)
-    i_b = i_bh // H
-    i_h = i_bh % H
-    DT = k.dtype.element_ty
-    NK: tl.constexpr = DK // BD
-    rc = tl.arange(0, C)
-    rd = tl.arange(0, BD)
-    rows = i_c * C + rc
-    m = rows < T
-    idx = i_bh.to(tl.int64) * NC + i_c
-    bs = b_scratch + idx * C * GK
-    inv = tl.load(scratch + idx * C * C + rc[:, None] * C + rc[None, :])                 # [C, C] (I + M)^-1
-    if i_col < NK:
-        cols = i_col * BD + rd
-        off = i_b.to(tl.int64) * T * H * DK + i_h * DK + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :]
+    inv = tl.load(sp + rc[:, None] * C + rc[None, :])                                   # [C, C] (I + M)^-1
+    for d0 in tl.range(0, DK, BD, num_stages=1):
+        off = k_base + rows[:, None].to(tl.int64) * (H * DK) + (d0 + rd)[None, :]
         b_k = tl.load(k + off, mask=m[:, None], other=0.0).to(tl.float32)
-        if GK == 1:
-            b_k = b_k * tl.exp(tl.load(bs + rc))[:, None]
+        if PER_HEAD:
+            b_k = b_k * tl.exp(b_h)[:, None]
         else:
-            b_k = b_k * tl.exp(tl.load(bs + rc[:, None] * DK + cols[None, :]))
+            b_k = b_k * tl.exp(tl.load(bs + rc[:, None] * DK + (d0 + rd)[None, :]))
         tl.store(w + off, tl.dot(inv, b_k, input_precision=PREC).to(DT), mask=m[:, None])
-    else:
-        cols = (i_col - NK) * BD + rd
-        off_v = i_b.to(tl.int64) * T * H * DV + i_h * DV + rows[:, None].to(tl.int64) * (H * DV) + cols[None, :]
+    for e0 in tl.range(0, DV, BD, num_stages=1):
+        off_v = v_base + rows[:, None].to(tl.int64) * (H * DV) + (e0 + rd)[None, :]
         b_v = tl.load(v + off_v, mask=m[:, None], other=0.0).to(tl.float32)
         tl.store(u0 + off_v, tl.dot(inv, b_v, input_precision=PREC).to(DT), mask=m[:, None])
 
 
 def prep(q, k, v, g, beta, scale: float, chunk: int, block_k: int, num_warps: int, precision: str,
-         with_inverse: bool = False, split: bool = False) -> tuple[torch.Tensor, ...]:
-    """Launch :func:`_delta_prep_kernel` (with ``split`` then :func:`_inverse_products_kernel`):
-    ``(qt, kt, A, w, u0, decay)`` for every chunk of C = ``chunk`` tokens, and with ``with_inverse`` also
-    ``(I + M)^-1`` ``[B*H, NC, C, C]`` float32 (the backward's).
+         with_inverse: bool = False) -> tuple[torch.Tensor, ...]:
+    """Launch :func:`_delta_prep_kernel`: ``(qt, kt, A, w, u0, decay)`` for every chunk of C = ``chunk`` tokens,
+    and with ``with_inverse`` also ``(I + M)^-1`` ``[B*H, NC, C, C]`` float32 (the backward's).
 
     q, k ``[B, T, H, dk]``, v ``[B, T, H, dv]``, g ``[B, T, H, dk]`` or ``[B, T, H, 1]``, beta ``[B, T, H]``,
-    contiguous. ``block_k``: key and value columns per step (bounds the registers), and with ``split`` the
-    columns of each program of the second launch (which has the same ``num_warps``)."""
+    contiguous. ``block_k``: key and value columns per step (bounds the registers)."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     nc = triton.cdiv(T, chunk)
@@ -313,14 +263,9 @@ def prep(q, k, v, g, beta, scale: float, chunk: int, block_k: int, num_warps: in
     A = torch.empty(B * H, nc, chunk, chunk, dtype=k.dtype, device=k.device)
     decay = torch.empty(B * H, nc, DK, dtype=torch.float32, device=k.device)
     scratch = torch.empty(B * H, nc, chunk, chunk, dtype=torch.float32, device=k.device)
-    GK = g.shape[-1]
-    BD = min(block_k, DK, DV)
-    b_scratch = torch.empty(B * H, nc, chunk, GK, dtype=torch.float32, device=k.device)
+    per_key = g.shape[-1] != 1
+    b_scratch = torch.empty(B * H, nc, chunk, DK if per_key else 1, dtype=torch.float32, device=k.device)
     _delta_prep_kernel[(nc, B * H)](q, k, v, g, beta, qt, kt, A, w, u0, decay, scratch, b_scratch, T, H, nc, scale,
-                                    DK=DK, DV=DV, GK=GK, C=chunk, BD=BD, PREC=precision, SPLIT=split,
-                                    num_warps=num_warps)
-    if split:
-        _inverse_products_kernel[(nc, B * H, (DK + DV) // BD)](k, v, scratch, b_scratch, w, u0, T, H, nc, DK=DK,
-                                                               DV=DV, GK=GK, C=chunk, BD=BD, PREC=precision,
-                                                               num_warps=num_warps)
+                                    DK=DK, DV=DV, GK=g.shape[-1], C=chunk, BD=min(block_k, DK, DV),
+                                    PREC=precision, num_warps=num_warps)
     return (qt, kt, A, w, u0, decay, scratch) if with_inverse else (qt, kt, A, w, u0, decay)

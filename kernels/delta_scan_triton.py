@@ -12,9 +12,7 @@ with ``qt = scale q exp(b)``, ``kt = kb exp(b_C - b)`` and ``A[t, s] = <scale q_
 
 Launches:
 1. ``_delta_prep_kernel`` (every chunk in parallel, :mod:`seqedge.kernels.delta_prep_triton`): qt, kt, A, w, u0
-   and b_C, with a blocked inverse of (I + M); per-key and per-head gates have their own score paths. With
-   ``split_prep`` it ends at the inverse, and ``_inverse_products_kernel`` forms w and u0, one program per
-   (chunk, batch*head, block of columns).
+   and b_C, with a blocked inverse of (I + M); per-key and per-head gates have their own score paths.
 2. ``_delta_scan_kernel`` (one program per (batch*head, value block), the chunks in order): the state block
    ``S [dk, BV]`` stays in float32 registers. Value columns are independent under the delta rule (u's column j
    needs only S's column j), so the value dim splits across programs; the sequence does not (a chunk's state map
@@ -49,8 +47,7 @@ from .delta_prep_triton import prep as prep_chunks
 @dataclass(frozen=True)
 class DeltaConfig:
     """One launch configuration: chunk length, value block and warps of the scan, warps and key block of the prep,
-    whether the prep's products by the inverse (w, u0) are a second launch (``split_prep``), and whether o is
-    formed in the sequential scan (``split_o`` False) or by a parallel launch after it."""
+    and whether o is formed in the sequential scan (``split_o`` False) or by a parallel launch after it."""
 
     chunk: int
     block_v: int
@@ -60,7 +57,6 @@ class DeltaConfig:
                                 # stages do not fit at chunk 64 with dk = 128)
     prep_warps: int = 4
     prep_block_k: int = 32      # key columns per step of the prep (bounds its registers)
-    split_prep: bool = False    # w and u0 in a second launch, so the first holds fewer registers
     split_o: bool = False
 
     def __post_init__(self) -> None:
@@ -82,17 +78,13 @@ class DeltaConfig:
 # so loading two chunks ahead instead of one shortens every step of the sequential chain. A fourth stage does not
 # fit in shared memory at chunk 64 and gains nothing at chunk 32; float32 inputs keep two (``wide_stages``). Value
 # block 64 leaves the most multiprocessors to the next piece's prep running beside the scan; key block 64 is the
-# faster prep with one gate per head. The split-prep entries repeat the fourth (the per-head gates' fastest) and
-# the fifth (the per-key gates') with w and u0 in a launch of their own: the same scans, so the timing weighs only
-# the prep's split.
+# faster prep with one gate per head.
 DELTA_CONFIGS: tuple[DeltaConfig, ...] = (
     DeltaConfig(chunk=32, block_v=32, num_stages=3),
     DeltaConfig(chunk=64, block_v=16, num_stages=3),
     DeltaConfig(chunk=32, block_v=16, num_stages=3),
     DeltaConfig(chunk=64, block_v=64, num_stages=3, prep_block_k=64),
     DeltaConfig(chunk=32, block_v=64, num_stages=3),
-    DeltaConfig(chunk=64, block_v=64, num_stages=3, prep_block_k=64, split_prep=True),
-    DeltaConfig(chunk=32, block_v=64, num_stages=3, split_prep=True),
 )
 # Taken out by evidence from the GPU runs (H200, triton 3.6.0, T=65,536, B=1, H=16, dk=dv=128, bf16); kept so the
 # finding is not lost:
@@ -231,11 +223,11 @@ def _delta_dstate_kernel(qt, kt, A, w, decay, do, d_final, dstates, du, d_init, 
 
 def prep(q, k, v, g, beta, scale: float, config: DeltaConfig, with_inverse: bool = False) -> tuple[torch.Tensor,
                                                                                                     ...]:
-    """:func:`seqedge.kernels.delta_prep_triton.prep` with ``config``'s chunk, key block, warps and split:
+    """:func:`seqedge.kernels.delta_prep_triton.prep` with ``config``'s chunk, key block and warps:
     ``(qt, kt, A, w, u0, decay)`` for every chunk (and the inverse with ``with_inverse``). g is
     ``[B, T, H, dk]`` or ``[B, T, H, 1]``."""
     return prep_chunks(q, k, v, g, beta, scale, config.chunk, config.prep_block_k, config.prep_warps,
-                       dot_precision(q.dtype), with_inverse, split=config.split_prep)
+                       dot_precision(q.dtype), with_inverse)
 
 
 def scan_piece(ops: tuple, o, init, final, config: DeltaConfig, store: tuple | None = None) -> None:
