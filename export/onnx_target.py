@@ -39,6 +39,7 @@ from seqedge.artifact import Variant, file_record
 
 from . import graph_passes, int4_blockwise, int8_blocks
 from .entry_points import ENTRY_POINTS, entry_module, example_inputs, input_names, output_names
+from .head_rows import choose_head_rows
 from .onnx_library import INSTALL_HINT, require_onnx_library
 from .quantization import QuantizationRecipe, WeightIndex, int4_split
 from .shared_weights import share_weights
@@ -118,7 +119,7 @@ class OnnxTarget:
                                                          int4_accuracy_level(entry, ctx.model.config.hidden_size),
                                                          int4_blocks)
                         # the quantizers rename dims: written again with the clean-up, one load and save
-                        _rewrite(out / f"{entry}.onnx", lambda proto, entry=entry: _static_dims(
+                        _rewrite(out / f"{entry}.onnx", lambda proto, entry=entry: _entry_io(
                             graph_passes.clean(proto, self.flavour), ctx.model, entry))
                 files[entry] = out / f"{entry}.onnx"
         weights = share_weights(list(files.values()), WEIGHTS_FILE)
@@ -167,8 +168,8 @@ class OnnxTarget:
                                             opset_version=self.opset, dynamo=True, dynamic_shapes=shapes,
                                             optimize=True, verbose=False)
                 program.save(str(path))
-        _rewrite(path, lambda proto: graph_passes.clean(_static_dims(proto, model, entry), self.flavour) if clean
-                 else _static_dims(proto, model, entry))
+        _rewrite(path, lambda proto: _head_rows(graph_passes.clean(_static_dims(proto, model, entry), self.flavour),
+                                                entry) if clean else _static_dims(proto, model, entry))
 
     def _finalize(self, path: Path) -> None:
         """The full ``onnx.checker`` on the written graph (its weights beside it)."""
@@ -193,6 +194,17 @@ def _static_dims(proto, model, entry: str):
             else:
                 dim.dim_value = int(want)
     return proto
+
+
+def _head_rows(proto, entry: str):
+    """The chunk graph's head on a choice of rows (:mod:`head_rows`), applied last: no clean-up pass sees the
+    extra input or its default."""
+    return choose_head_rows(proto) if entry == "chunk" else proto
+
+
+def _entry_io(proto, model, entry: str):
+    """A quantized graph's last rewrite: its static dims (:func:`_static_dims`), then :func:`_head_rows`."""
+    return _head_rows(_static_dims(proto, model, entry), entry)
 
 
 def _rewrite(path: Path, rewrite) -> None:

@@ -19,6 +19,8 @@ class Backend(Protocol):
 
     ``run("step", tokens[B] int64, state)``      -> (logits[B, V] float32, new_state)
     ``run("chunk", tokens[B, C] int64, state)``  -> (logits[B, C, V] float32, new_state)
+    ``run("chunk_last", tokens[B, C] int64, state)`` -> (logits[B, 1, V] float32, new_state): the chunk with the
+    head on the last position only, where ``entries`` lists it (a backend without ``entries`` runs step and chunk)
     State tensors come in manifest order: float32 numpy arrays, or the tensors this backend returned itself (the
     Session hands a state it sealed back as it was: ExecuTorch's new states are its torch output tensors). A
     backend may keep device buffers between calls (e.g. IOBinding) but must accept any valid state it is given.

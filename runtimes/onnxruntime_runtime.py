@@ -14,13 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from seqedge.artifact import Manifest, Variant
+from seqedge.artifact import CHUNK_LOGITS_FROM, Manifest, Variant
 
 from .base import RuntimeUnavailable
 from .signature import TensorSig, check_signature
 from .threads import check_threads, default_threads
 
 INSTALL_HINT = "pip install onnxruntime  (or pip install 'seqedge[onnx]'; onnxruntime-gpu for CUDA)"
+LAST_ROW = np.array([-1], np.int64)     # CHUNK_LOGITS_FROM for the last position's logits only
 
 
 def _ort():
@@ -49,6 +50,10 @@ class OnnxRuntimeBackend:
         self._last: list[tuple[np.ndarray, Any]] = []   # (array handed out, its OrtValue) of the last call
         self.reused_state_binds = 0                    # how many calls re-bound the previous call's OrtValues
         self.threads: int | str = "onnxruntime default"
+        # "chunk_last": the chunk graph with its head on the last row (graphs exported before the head's rows
+        # could be chosen have no such input)
+        chunk_inputs = {i.name for i in sessions["chunk"].get_overridable_initializers()}
+        self.entries = ("step", "chunk", "chunk_last") if CHUNK_LOGITS_FROM in chunk_inputs else ("step", "chunk")
 
     def _bind_state(self, io, state: list[np.ndarray]) -> None:
         reuse = len(self._last) == len(state) and all(a is b for a, (b, _) in zip(state, self._last))
@@ -64,20 +69,25 @@ class OnnxRuntimeBackend:
                     np.ascontiguousarray(arr, dtype=np.float32), "cuda", 0))
 
     def run(self, entry: str, tokens: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        if entry not in self.sessions:
-            raise ValueError(f"unknown entry point {entry!r}; valid ones are {sorted(self.sessions)}")
-        sess = self.sessions[entry]
+        if entry not in self.entries:
+            raise ValueError(f"unknown entry point {entry!r}; valid ones are {list(self.entries)}")
+        last_row = entry == "chunk_last"
+        sess = self.sessions["chunk" if last_row else entry]
         if not self.io_binding:
             # the plain run: numpy inputs are wrapped without a copy and the outputs come back as new arrays, so
             # IOBinding saves nothing on the CPU, and its per-call binding calls cost more than the run's wrapping
             feeds = dict(zip(self.state_names, state))
             feeds["tokens"] = tokens
+            if last_row:
+                feeds[CHUNK_LOGITS_FROM] = LAST_ROW
             logits, *arrays = sess.run(self._outputs, feeds)
             for a in arrays:
                 a.flags.writeable = False            # a state is never modified in place (see Session)
             return logits, arrays
         io = sess.io_binding()
         io.bind_cpu_input("tokens", np.ascontiguousarray(tokens, dtype=np.int64))
+        if last_row:
+            io.bind_cpu_input(CHUNK_LOGITS_FROM, LAST_ROW)
         self._bind_state(io, state)
         io.bind_output("logits", "cpu")
         for name in self.out_names:

@@ -39,7 +39,9 @@ class Session:
         # float32 (the manifest's) or the backend's own state dtype (the torch runtime's float64 reference)
         self.state_dtypes = sorted({s.dtype for s in self.specs} | {getattr(backend, "state_dtype", "float32")})
         self._tokenizer = None
-        self._seal = object()       # identifies this session's own states (State.seal)
+        self._seal = object()       # identifies this session's own states (State.sealed_successor)
+        # a prompt's chunks with the head on their last position only, where the backend can (prefill "last")
+        self._last_chunk = "chunk_last" if "chunk_last" in getattr(backend, "entries", ()) else "chunk"
 
     @property
     def tokenizer(self):
@@ -106,7 +108,8 @@ class Session:
         ``T // C`` chunk calls, then the rest as steps: exact, no padding ever touches the state.
         ``logits="last"`` returns only the last token's logits ``[B, V]`` (what a prompt before generation
         needs): the other positions' logits are dropped chunk by chunk instead of gathered, which a long prompt
-        of a large vocabulary would otherwise fill memory with (16K tokens x 50K ids: 3.3 GB).
+        of a large vocabulary would otherwise fill memory with (16K tokens x 50K ids: 3.3 GB), and where the
+        backend lists ``chunk_last`` (ONNX Runtime) they are not computed at all.
         ``check_finite`` as in :meth:`step`.
         """
         tokens = self._check_tokens(tokens, 2)
@@ -122,8 +125,9 @@ class Session:
             else:
                 pieces.append(rows)
 
+        chunk_entry = self._last_chunk if last_only else "chunk"
         for start in range(0, T - T % C, C):
-            out, arrays = self.backend.run("chunk", np.ascontiguousarray(tokens[:, start:start + C]), arrays)
+            out, arrays = self.backend.run(chunk_entry, np.ascontiguousarray(tokens[:, start:start + C]), arrays)
             keep(out)
         for t in range(T - T % C, T):
             out, arrays = self.backend.run("step", np.ascontiguousarray(tokens[:, t]), arrays)

@@ -21,6 +21,10 @@ from seqedge.state import StateSpec
 MANIFEST_FILE = "manifest.json"
 ARTIFACT_FORMAT = "seqedge-artifact"
 ARTIFACT_FORMAT_VERSION = 1
+# The optional input of an ONNX chunk graph that picks the rows its vocabulary head reads (logits for rows
+# [logits_from:] of the chunk; default 0, every row): seqedge.export.head_rows writes it, runtimes feed -1 when
+# only the last position's logits are wanted.
+CHUNK_LOGITS_FROM = "logits_from"
 MAX_MANIFEST_BYTES = 16 << 20       # a manifest is a few KiB; the bound keeps a hostile one from filling memory
 
 

@@ -9,7 +9,8 @@ import torch
 from _artifacts import RULES, SCHEMES, onnx_artifact, reference, tiny_model
 
 import seqedge
-from seqedge.artifact import read_manifest
+from seqedge.artifact import CHUNK_LOGITS_FROM, read_manifest
+from seqedge.export.head_rows import ROWS_DIM
 from seqedge.evaluate.parity import BUDGETS, check_session, text_tokens
 from seqedge.export.entry_points import entry_module, example_inputs
 
@@ -32,7 +33,9 @@ def _graph(artifact, tag, entry):
 
 @pytest.mark.parametrize("tag", ["fp32", "fp16", "int8", "int4"])
 def test_graph_contract(artifact, tag):
-    """Named I/O in manifest order, symbolic batch on dim 0, float32 state/logits I/O, opset >= 18, checker clean."""
+    """Named I/O in manifest order, symbolic batch on dim 0, float32 state/logits I/O, opset >= 18, checker clean;
+    the chunk graph's one extra input, ``logits_from``, has an initializer of [0] (every row: a runner that does
+    not feed it gets the manifest's chunk), and its logits' rows are symbolic."""
     manifest = read_manifest(artifact)
     for entry in ("step", "chunk"):
         model = _graph(artifact, tag, entry)
@@ -40,14 +43,43 @@ def test_graph_contract(artifact, tag):
         opset = {o.domain: o.version for o in model.opset_import}
         assert opset.get("", opset.get("ai.onnx")) >= 18
         expected = manifest.data["entry_points"][entry]
-        for values, spec in ((model.graph.input, expected["inputs"]), (model.graph.output, expected["outputs"])):
+        inputs = list(model.graph.input)
+        if entry == "chunk":
+            extra = inputs.pop()
+            default = {t.name: t for t in model.graph.initializer}[CHUNK_LOGITS_FROM]
+            assert extra.name == CHUNK_LOGITS_FROM and onnx.numpy_helper.to_array(default).tolist() == [0]
+        for values, spec in ((inputs, expected["inputs"]), (model.graph.output, expected["outputs"])):
             assert [v.name for v in values] == [s["name"] for s in spec]
             for v, s in zip(values, spec):
                 dims = v.type.tensor_type.shape.dim
                 assert dims[0].dim_param == "batch"
-                assert [d.dim_value for d in dims[1:]] == s["shape"][1:]
+                if entry == "chunk" and v.name == "logits":
+                    assert dims[1].dim_param == ROWS_DIM and dims[2].dim_value == s["shape"][2]
+                else:
+                    assert [d.dim_value for d in dims[1:]] == s["shape"][1:]
                 want = onnx.TensorProto.INT64 if s["dtype"] == "int64" else onnx.TensorProto.FLOAT
                 assert v.type.tensor_type.elem_type == want
+
+
+@pytest.mark.parametrize("tag", ["fp32", "fp16", "int8", "int4"])
+def test_chunk_head_on_chosen_rows(artifact, tag):
+    """``logits_from`` -1 and 5: the head on those rows only, equal to the same rows of the full chunk (the
+    same head on fewer rows: float rounding at most), and the new state unchanged, on a carried random state."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(artifact / "onnx" / tag / "chunk.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_overridable_initializers()] == [CHUNK_LOGITS_FROM]
+    gen = np.random.default_rng(3)
+    feeds = {i.name: 0.1 * gen.standard_normal([3 if isinstance(d, str) else d for d in i.shape], np.float32)
+             for i in session.get_inputs() if i.name != "tokens"}
+    feeds["tokens"] = gen.integers(0, 256, (3, session.get_inputs()[0].shape[1]), dtype=np.int64)
+    full = session.run(None, feeds)
+    for start in (-1, 5):
+        rows = session.run(None, {**feeds, CHUNK_LOGITS_FROM: np.array([start], np.int64)})
+        assert rows[0].shape == full[0][:, start:].shape
+        np.testing.assert_allclose(rows[0], full[0][:, start:], rtol=0, atol=1e-5 * np.abs(full[0]).max())
+        for a, b in zip(rows[1:], full[1:]):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_quantized_packings(artifact, rule):

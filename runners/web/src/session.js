@@ -31,7 +31,9 @@ export class Session {
     const variant = selectVariant(manifest, target, quantization);
     // the weights both graphs share (an ONNX external-data file beside them), checked once
     const weights = variant.files?.weights ? await readVerified(variant, 'weights', readFile) : null;
-    const options = { ...sessionOptions, executionProviders };
+    // errors only by default: ONNX Runtime warns on every chunk graph that its optional `logits_from` input has a
+    // default (an initializer of the same name), which is how the graph makes it optional
+    const options = { logSeverityLevel: 3, ...sessionOptions, executionProviders };
     if (weights) options.externalData = [{ path: variant.files.weights.path.split('/').pop(), data: weights }];
     const graphs = {};
     for (const entry of ['step', 'chunk']) {
