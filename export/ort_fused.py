@@ -37,26 +37,30 @@ def _untraced() -> Iterator[None]:
 
 
 class LinearAttentionOp(torch.autograd.Function):
-    """q, k ``[B, T, H, dk]``, decay ``[B, T, H, dk]`` or ``[B, T, H, 1]``, v ``[B, T, H, dv]``, beta ``[B, T, H]``,
-    state ``[B, H, dk, dv]`` (all float32) -> o ``[B, T, H, dv]``, new state. For the gated rule k already carries
-    beta (and beta is unused)."""
+    """q, k ``[B, T, Hk, dk]`` (Hk key heads, each read by H / Hk consecutive value heads), decay ``[B, T, H, dk]`` or
+    ``[B, T, H, 1]``, v ``[B, T, H, dv]``, beta ``[B, T, H]``, state ``[B, H, dk, dv]`` (all float32) -> o
+    ``[B, T, H, dv]``, new state. For the gated rule v already carries beta (and beta is unused)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, decay, beta, state, rule: str, scale: float, heads: int, bounded: bool):  # noqa: D102
+    def forward(ctx, q, k, v, decay, beta, state, rule: str, scale: float, heads: int, key_heads: int,  # noqa: D102
+                bounded: bool):
         with _untraced():
             beta = torch.ones_like(beta) if rule == "gated" else beta
+            q, k = (x.repeat_interleave(heads // key_heads, dim=2) for x in (q, k))
             return chunked_scan(q, k, v, decay.expand_as(q), beta, rule=rule, scale=scale, initial_state=state,
                                 bounded=bounded)
 
     @staticmethod
-    def symbolic(g, q, k, v, decay, beta, state, rule: str, scale: float, heads: int, bounded: bool):  # noqa: D102
+    def symbolic(g, q, k, v, decay, beta, state, rule: str, scale: float, heads: int, key_heads: int,  # noqa: D102
+                 bounded: bool):
         packed = g.op("Constant", value_t=torch.tensor([0, 0, -1], dtype=torch.int64))
         pack = lambda x: g.op("Reshape", x, packed)                      # [B, T, H, d] -> [B, T, H*d]
         inputs = [pack(q), pack(k), pack(v), state, pack(decay)]
         if rule == "delta":
             inputs.append(beta)
+        # fewer query/key heads than value heads: the op's grouping (each key head serves a run of value heads)
         o, new_state = g.op("com.microsoft::LinearAttention", *inputs, update_rule_s=ORT_RULE[rule],
-                            q_num_heads_i=heads, kv_num_heads_i=heads, scale_f=float(scale), outputs=2)
+                            q_num_heads_i=key_heads, kv_num_heads_i=heads, scale_f=float(scale), outputs=2)
         o.setType(v.type().with_sizes([None, None, None]))               # float32, packed [B, T, H*dv]
         new_state.setType(state.type())
         unpacked = g.op("Constant", value_t=torch.tensor([0, 0, heads, -1], dtype=torch.int64))
@@ -65,10 +69,11 @@ class LinearAttentionOp(torch.autograd.Function):
 
 def _fused_sequence_scan(q, k, v, g, beta, *, rule, initial_state, chunk_size=None, scale=None, bounded=True):
     q, k, v, g, beta = (x.float() for x in (q, k, v, g, beta))
-    if rule == "gated":
-        k = k * beta.reshape(-1, int(beta.shape[1]), int(beta.shape[2]), 1)
+    if rule == "gated":     # on v, not k: a grouped key is shared by value heads with betas of their own
+        v = v * beta.reshape(-1, int(beta.shape[1]), int(beta.shape[2]), 1)
     scale = int(q.shape[-1]) ** -0.5 if scale is None else float(scale)      # python numbers: node attributes
-    return LinearAttentionOp.apply(q, k, v, g, beta, initial_state.float(), rule, scale, int(q.shape[2]), bounded)
+    return LinearAttentionOp.apply(q, k, v, g, beta, initial_state.float(), rule, scale, int(v.shape[2]),
+                                   int(q.shape[2]), bounded)
 
 
 def _fused_recurrent_step(q, k, v, g, beta, state, *, rule, scale=None):
@@ -120,6 +125,9 @@ def _fused_short_conv_step(x: torch.Tensor, tail: torch.Tensor, weight: torch.Te
 
 
 # The model's scans trace as ``com.microsoft::LinearAttention`` and its short convolutions as
-# ``com.microsoft::CausalConvWithState`` (TorchScript ONNX exporter); norms, SiLU and the head stay plain.
+# ``com.microsoft::CausalConvWithState`` (TorchScript ONNX exporter); norms, SiLU and the head stay plain. Grouped
+# keys and gates per head go in as they are: the op's own grouping and per-head decay replace the expands the other
+# flavours trace.
 ORT_FUSED_OPS = MixerOps(name="ort-fused", sequence_scan=_fused_sequence_scan, step_scan=_fused_recurrent_step,
-                         short_conv=_fused_short_conv, short_conv_step=_fused_short_conv_step)
+                         short_conv=_fused_short_conv, short_conv_step=_fused_short_conv_step, grouped_keys=True,
+                         head_gates=True)

@@ -138,8 +138,8 @@ class SequentialAttention(nn.Module):
 
     def _gate(self, x: torch.Tensor, B: int, T: int, *, step: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """x ``[B, T, D]`` -> log gate g ``[B, T, H, dk]`` and input scale beta ``[B, T, H]`` (at least float32).
-        With ``step``, a gate per head stays ``[B, T, H, 1]``: the one-token scans broadcast it (and ONNX Runtime's
-        LinearAttention takes it as its per-head decay), so the step graph neither expands nor moves it."""
+        With ``step``, or ops with ``head_gates``, a gate per head stays ``[B, T, H, 1]``: those scans broadcast it
+        (ONNX Runtime's LinearAttention takes it as its per-head decay), so the graph neither expands nor moves it."""
         c, parts, f32 = self.config, self.config.mixer, at_least_f32(x.dtype)
         if parts.gate == "sigmoid":
             g = c.g_min * torch.sigmoid(self.gate_up(self.gate_down(x)).to(f32))
@@ -156,7 +156,7 @@ class SequentialAttention(nn.Module):
         else:
             dt = F.softplus(self.dt_proj(x).to(f32) + self.dt_bias.to(f32))               # [B, T, H]
             g = (-torch.exp(self.A_log.to(f32)) * dt).reshape(B, T, c.num_heads, 1)
-            if not step:
+            if not step and not self.ops.head_gates:
                 g = self.ops.expand(g, -1, -1, -1, c.head_k_dim)
         if parts.beta == "sigmoid":
             beta = torch.sigmoid(self.beta(x).to(f32))
@@ -183,7 +183,7 @@ class SequentialAttention(nn.Module):
         k = k.reshape(B, T, c.key_heads, c.head_k_dim)
         v = v.reshape(B, T, c.num_heads, c.head_v_dim)
         q, k = self._qk_norm(q), self._qk_norm(k)
-        if c.key_heads != c.num_heads:
+        if c.key_heads != c.num_heads and not self.ops.grouped_keys:
             q, k = (self._heads(t, B, T, c.key_heads, c.head_k_dim) for t in (q, k))
         g, beta = self._gate(x, B, T, step=step)
         return q, k, v, g, beta, conv_state
@@ -223,7 +223,8 @@ class SequentialAttention(nn.Module):
         q, k, v, g, beta, conv_state = self._project(x, conv_state, -1, 1, step=True)
         c = self.config
         H, dk, dv = c.num_heads, c.head_k_dim, c.head_v_dim
-        q, k = (t.reshape(-1, H, dk) for t in (q, k))                   # drop T = 1, with constant shapes only
+        key_heads = c.key_heads if self.ops.grouped_keys else H
+        q, k = (t.reshape(-1, key_heads, dk) for t in (q, k))           # drop T = 1, with constant shapes only
         g = g.reshape(-1, H, int(g.shape[-1]))                           # dk, or 1 for a gate per head
         o, scan_state = self.ops.step_scan(q, k, v.reshape(-1, H, dv), g, beta.reshape(-1, H), scan_state,
                                            rule=c.update_rule, scale=self.scale)

@@ -92,7 +92,12 @@ class MixerOps:
     - ``step_scan(q, k, v, g, beta, state, *, rule, scale)``: as :func:`seqedge.scan.recurrent_step`;
     - ``short_conv`` / ``short_conv_step(x, tail, weight, bias)``: as :func:`short_conv`, over a sequence / one token;
     - ``silu(x)``; ``expand(x, *sizes)``: as ``Tensor.expand``; ``rms_norm(x, weight, eps)``; ``logits(x, weight)``:
-      as :func:`tied_logits`.
+      as :func:`tied_logits`;
+    - ``grouped_keys``: the scans take q and k with the config's key heads, which grouped keys make fewer than the
+      value heads (value head h reads key head ``h // (H / key_heads)``), and group them themselves; otherwise the
+      layer repeats each key head for its value heads before the scan;
+    - ``head_gates``: ``sequence_scan`` takes a gate per head as ``[B, T, H, 1]`` and broadcasts it itself (the
+      step scans always do); otherwise the layer expands it to ``[B, T, H, dk]``.
     """
 
     name: str = "reference"
@@ -104,6 +109,8 @@ class MixerOps:
     expand: Callable = torch.Tensor.expand
     rms_norm: Callable = rms_norm
     logits: Callable = tied_logits
+    grouped_keys: bool = False
+    head_gates: bool = False
 
 
 REFERENCE_OPS = MixerOps()

@@ -75,3 +75,42 @@ def test_old_onnxruntime_is_refused_with_the_upgrade_command(monkeypatch):
     monkeypatch.setattr(onnxruntime, "__version__", "1.31.0")
     with pytest.raises(ImportError, match=r"onnxruntime >= 1\.32.*pip install"):
         OnnxOrtTarget().check_available()
+
+
+@pytest.mark.parametrize("family", ["mamba2 groups=32", "gated-deltanet"])
+def test_grouped_keys_and_head_gates_go_to_the_fused_op_unexpanded(family, tmp_path):
+    """A family with grouped key heads and a gate per head (Mamba2: one B/C group; Gated DeltaNet: two value heads
+    per key head): the fused graphs hand q, k and the gate to LinearAttention as they are (``q_num_heads`` the key
+    heads, ``kv_num_heads`` the value heads, no Expand anywhere), and agree with the portable graphs, which expand
+    them, over a prefill of a chunk and a tail and then steps, state carried, batch 2."""
+    import torch
+    from _kernel_cases import family_decoder_config, randomize
+
+    from seqedge.model import SequentialAttentionModel
+
+    config = family_decoder_config(family)
+    model = SequentialAttentionModel(config).eval()
+    randomize(model, seed=4)
+    export_model(model, tmp_path / "art", ["onnx", "onnx-ort"], ["none"], progress=False)
+    for entry in ("step", "chunk"):
+        graph = onnx.load(str(tmp_path / "art" / "onnx-ort" / "fp32" / f"{entry}.onnx")).graph
+        assert not any(n.op_type == "Expand" for n in graph.node), entry
+        for node in (n for n in graph.node if n.op_type == "LinearAttention"):
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            assert (attrs["q_num_heads"], attrs["kv_num_heads"]) == (config.key_heads, config.num_heads)
+    fused, portable = (seqedge.load(tmp_path / "art", r) for r in ("onnxruntime-fused", "onnxruntime"))
+    tokens = torch.randint(0, config.vocab_size, (2, config.chunk_size + 9), generator=torch.Generator().manual_seed(1))
+    lf, sf = fused.prefill(tokens[:, :-3].numpy(), fused.init_state(2))
+    lp, sp = portable.prefill(tokens[:, :-3].numpy(), portable.init_state(2))
+    assert _rel(lf, lp) <= 1e-5
+    for t in range(tokens.shape[1] - 3, tokens.shape[1]):
+        lf, sf = fused.step(tokens[:, t].numpy(), sf)
+        lp, sp = portable.step(tokens[:, t].numpy(), sp)
+        assert _rel(lf, lp) <= 1e-5
+    for a, b in zip(sf.tensors, sp.tensors):
+        assert _rel(a, b) <= 1e-5
+
+
+def _rel(got, want) -> float:
+    """max |got - want| over max |want|: float32 rounding of two graphs of the same math."""
+    return float(np.abs(np.asarray(got) - np.asarray(want)).max() / np.abs(np.asarray(want)).max())
