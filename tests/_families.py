@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from seqedge.cli.main import main
@@ -120,3 +121,22 @@ def quantized_top1(path: Path, tmp_path: Path, schemes=("fp16", "int8")) -> dict
         want = model(tokens)[0][0].numpy().argmax(-1)
     return {s: float((stepped_logits(seqedge.load(artifact, "onnxruntime", quantization=s), tokens).argmax(-1)
                       == want).mean()) for s in schemes}
+
+
+# fla's models run their Triton kernels on CUDA only; on a CPU their checkpoints are checked layer by layer against
+# fla's pure-torch functions instead (each family's test file says how)
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="fla's model forward runs Triton kernels, which need a CUDA GPU")
+# fla's chunk kernels multiply float32 inputs as TF32 on the card (10-bit mantissas), so its logits carry errors of
+# about 1e-3 of their scale against any float32 computation
+FLA_GPU_TOL = 5e-3
+
+
+def fla_logits_on_gpu(source, tokens) -> np.ndarray:
+    """fla's own ``ForCausalLM`` forward of ``source`` (a copy moved to the GPU; the fixture's model stays on the
+    CPU) over ``tokens`` ``[B, T]``: logits ``[B, T, V]`` float32 on the CPU."""
+    import copy
+
+    model = copy.deepcopy(source).cuda().eval()
+    with torch.no_grad():
+        return model(tokens.cuda()).logits.float().cpu().numpy()

@@ -39,7 +39,8 @@ import torch.nn.functional as F
 pytest.importorskip("transformers", reason="transformers is not installed (pip install transformers==5.23.0)")
 pytest.importorskip("fla", reason="fla is not installed (pip install flash-linear-attention==0.6.0 fla-core==0.6.0)")
 
-from _families import assert_import_refused, quantized_top1, rel_error, split_run  # noqa: E402
+from _families import (FLA_GPU_TOL, NEEDS_CUDA, assert_import_refused, fla_logits_on_gpu,  # noqa: E402
+                       quantized_top1, rel_error, split_run)
 from seqedge.cli.main import main  # noqa: E402
 from seqedge.families import import_hf  # noqa: E402
 from seqedge.scan import chunked_scan, recurrent_scan, reference_scan  # noqa: E402
@@ -165,6 +166,17 @@ def test_fla_beta_in_zero_two_matches_fla_reference(tmp_path):
     assert model.config.mixer.beta_scale == 2.0
     _assert_matches_fla_reference(model, source, torch.randint(0, VOCAB, (2, 37),
                                                                generator=torch.Generator().manual_seed(2)))
+
+
+@NEEDS_CUDA
+def test_import_matches_fla_model_on_gpu(fla):
+    """The checkpoint against fla's own model forward (its Triton kernels on the card), logits over 100 tokens."""
+    source, path = fla
+    tokens = torch.randint(0, VOCAB, (2, 100), generator=torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        got = import_hf(path)(tokens)[0]
+    error = rel_error(got, fla_logits_on_gpu(source, tokens))
+    assert error <= FLA_GPU_TOL, error
 
 
 def _kimi_inputs(tokens) -> dict:
