@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from seqedge.artifact import CHUNK_LOGITS_FROM as LOGITS_FROM
 
 from .onnx_library import require_onnx_library
@@ -39,13 +41,9 @@ def head_path(graph: Any) -> list[Any]:
 
 def choose_head_rows(model: Any) -> Any:
     """Rewrite the ``onnx.ModelProto`` of a chunk graph in place (see the module docstring) and return it."""
-    import numpy as np
-
     onnx = require_onnx_library("onnx")
     helper, numpy_helper = onnx.helper, require_onnx_library("onnx.numpy_helper")
     graph = model.graph
-    if any(i.name == LOGITS_FROM for i in graph.input):
-        return model
     path = head_path(graph)
     head = path[0]
     rows = f"{head.input[0]}_rows"

@@ -119,8 +119,8 @@ class OnnxTarget:
                                                          int4_accuracy_level(entry, ctx.model.config.hidden_size),
                                                          int4_blocks)
                         # the quantizers rename dims: written again with the clean-up, one load and save
-                        _rewrite(out / f"{entry}.onnx", lambda proto, entry=entry: _entry_io(
-                            graph_passes.clean(proto, self.flavour), ctx.model, entry))
+                        _rewrite(out / f"{entry}.onnx", lambda proto, entry=entry: _head_rows(_static_dims(
+                            graph_passes.clean(proto, self.flavour), ctx.model, entry), entry))
                 files[entry] = out / f"{entry}.onnx"
         weights = share_weights(list(files.values()), WEIGHTS_FILE)
         for path in files.values():
@@ -200,11 +200,6 @@ def _head_rows(proto, entry: str):
     """The chunk graph's head on a choice of rows (:mod:`head_rows`), applied last: no clean-up pass sees the
     extra input or its default."""
     return choose_head_rows(proto) if entry == "chunk" else proto
-
-
-def _entry_io(proto, model, entry: str):
-    """A quantized graph's last rewrite: its static dims (:func:`_static_dims`), then :func:`_head_rows`."""
-    return _head_rows(_static_dims(proto, model, entry), entry)
 
 
 def _rewrite(path: Path, rewrite) -> None:

@@ -50,10 +50,12 @@ class OnnxRuntimeBackend:
         self._last: list[tuple[np.ndarray, Any]] = []   # (array handed out, its OrtValue) of the last call
         self.reused_state_binds = 0                    # how many calls re-bound the previous call's OrtValues
         self.threads: int | str = "onnxruntime default"
-        # "chunk_last": the chunk graph with its head on the last row (graphs exported before the head's rows
-        # could be chosen have no such input)
-        chunk_inputs = {i.name for i in sessions["chunk"].get_overridable_initializers()}
-        self.entries = ("step", "chunk", "chunk_last") if CHUNK_LOGITS_FROM in chunk_inputs else ("step", "chunk")
+        # entry -> (session, inputs fed beside tokens and state): "chunk_last" is the chunk graph with its head on
+        # the last row (graphs exported before the head's rows could be chosen have no such input)
+        self._graphs: dict[str, tuple[Any, dict[str, np.ndarray]]] = {e: (s, {}) for e, s in sessions.items()}
+        if CHUNK_LOGITS_FROM in {i.name for i in sessions["chunk"].get_overridable_initializers()}:
+            self._graphs["chunk_last"] = (sessions["chunk"], {CHUNK_LOGITS_FROM: LAST_ROW})
+        self.entries = tuple(self._graphs)
 
     def _bind_state(self, io, state: list[np.ndarray]) -> None:
         reuse = len(self._last) == len(state) and all(a is b for a, (b, _) in zip(state, self._last))
@@ -69,25 +71,22 @@ class OnnxRuntimeBackend:
                     np.ascontiguousarray(arr, dtype=np.float32), "cuda", 0))
 
     def run(self, entry: str, tokens: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        if entry not in self.entries:
-            raise ValueError(f"unknown entry point {entry!r}; valid ones are {list(self.entries)}")
-        last_row = entry == "chunk_last"
-        sess = self.sessions["chunk" if last_row else entry]
+        try:
+            sess, extra = self._graphs[entry]
+        except KeyError:
+            raise ValueError(f"unknown entry point {entry!r}; valid ones are {list(self.entries)}") from None
         if not self.io_binding:
             # the plain run: numpy inputs are wrapped without a copy and the outputs come back as new arrays, so
             # IOBinding saves nothing on the CPU, and its per-call binding calls cost more than the run's wrapping
-            feeds = dict(zip(self.state_names, state))
-            feeds["tokens"] = tokens
-            if last_row:
-                feeds[CHUNK_LOGITS_FROM] = LAST_ROW
+            feeds = dict(zip(self.state_names, state), tokens=tokens, **extra)
             logits, *arrays = sess.run(self._outputs, feeds)
             for a in arrays:
                 a.flags.writeable = False            # a state is never modified in place (see Session)
             return logits, arrays
         io = sess.io_binding()
         io.bind_cpu_input("tokens", np.ascontiguousarray(tokens, dtype=np.int64))
-        if last_row:
-            io.bind_cpu_input(CHUNK_LOGITS_FROM, LAST_ROW)
+        for name, value in extra.items():
+            io.bind_cpu_input(name, value)
         self._bind_state(io, state)
         io.bind_output("logits", "cpu")
         for name in self.out_names:

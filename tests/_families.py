@@ -132,11 +132,17 @@ NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
 FLA_GPU_TOL = 5e-3
 
 
-def fla_logits_on_gpu(source, tokens) -> np.ndarray:
-    """fla's own ``ForCausalLM`` forward of ``source`` (a copy moved to the GPU; the fixture's model stays on the
-    CPU) over ``tokens`` ``[B, T]``: logits ``[B, T, V]`` float32 on the CPU."""
+def fla_gpu_error(source, path: Path, vocab: int) -> float:
+    """Relative error (:func:`rel_error`) of the model imported from ``path`` (on the CPU) against fla's own
+    ``ForCausalLM`` forward of ``source`` (a copy moved to the GPU; the fixture's model stays on the CPU), logits
+    over 2 x 100 seeded tokens."""
     import copy
 
+    from seqedge.families import import_hf
+
+    tokens = torch.randint(0, vocab, (2, 100), generator=torch.Generator().manual_seed(11))
     model = copy.deepcopy(source).cuda().eval()
     with torch.no_grad():
-        return model(tokens.cuda()).logits.float().cpu().numpy()
+        want = model(tokens.cuda()).logits.float().cpu()
+        got = import_hf(path)(tokens)[0]
+    return rel_error(got, want)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 pytest.importorskip("transformers", reason="transformers is not installed (pip install transformers==5.23.0)")
 
 from _families import rel_error as _rel  # noqa: E402
-from _families import (FLA_GPU_TOL, NEEDS_CUDA, assert_import_refused, fla_logits_on_gpu,  # noqa: E402
+from _families import (FLA_GPU_TOL, NEEDS_CUDA, assert_import_refused, fla_gpu_error,  # noqa: E402
                        quantized_top1, split_run, stepped_logits)
 from seqedge.cli.main import main  # noqa: E402
 from seqedge.families import import_hf  # noqa: E402
@@ -155,11 +155,7 @@ def test_fla_import_matches_fla_layer_by_layer_with_carried_state(request, fixtu
 @NEEDS_CUDA
 def test_import_matches_fla_model_on_gpu(fla_hf):
     """The checkpoint against fla's own model forward (its Triton kernels on the card), logits over 100 tokens."""
-    source, path = fla_hf
-    tokens = torch.randint(0, VOCAB, (2, 100), generator=torch.Generator().manual_seed(11))
-    with torch.no_grad():
-        got = import_hf(path)(tokens)[0]
-    error = _rel(got, fla_logits_on_gpu(source, tokens))
+    error = fla_gpu_error(*fla_hf, VOCAB)
     assert error <= FLA_GPU_TOL, error
 
 

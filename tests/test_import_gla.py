@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 pytest.importorskip("fla", reason="fla is not installed (pip install flash-linear-attention==0.6.0 fla-core==0.6.0)")
 
-from _families import (FLA_GPU_TOL, NEEDS_CUDA, assert_import_refused, fla_logits_on_gpu,  # noqa: E402
+from _families import (FLA_GPU_TOL, NEEDS_CUDA, assert_import_refused, fla_gpu_error,  # noqa: E402
                        quantized_top1, rel_error, stepped_logits)
 
 from seqedge.cli.main import main  # noqa: E402
@@ -185,11 +185,7 @@ def test_mlp_width_follows_fla_when_the_config_has_none(hf, hf_conv):
 @NEEDS_CUDA
 def test_import_matches_fla_model_on_gpu(hf):
     """The checkpoint against fla's own model forward (its Triton kernels on the card), logits over 100 tokens."""
-    source, path = hf
-    tokens = torch.randint(0, VOCAB, (2, 100), generator=torch.Generator().manual_seed(11))
-    with torch.no_grad():
-        got = import_hf(path)(tokens)[0]
-    error = rel_error(got, fla_logits_on_gpu(source, tokens))
+    error = fla_gpu_error(*hf, VOCAB)
     assert error <= FLA_GPU_TOL, error
 
 

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 pytest.importorskip("transformers", reason="transformers is not installed (pip install transformers==5.23.0)")
 pytest.importorskip("fla", reason="fla is not installed (pip install flash-linear-attention==0.6.0 fla-core==0.6.0)")
 
-from _families import (FLA_GPU_TOL, NEEDS_CUDA, assert_import_refused, fla_logits_on_gpu,  # noqa: E402
+from _families import (FLA_GPU_TOL, NEEDS_CUDA, assert_import_refused, fla_gpu_error,  # noqa: E402
                        quantized_top1, rel_error, split_run)
 from seqedge.cli.main import main  # noqa: E402
 from seqedge.families import import_hf  # noqa: E402
@@ -171,11 +171,7 @@ def test_fla_beta_in_zero_two_matches_fla_reference(tmp_path):
 @NEEDS_CUDA
 def test_import_matches_fla_model_on_gpu(fla):
     """The checkpoint against fla's own model forward (its Triton kernels on the card), logits over 100 tokens."""
-    source, path = fla
-    tokens = torch.randint(0, VOCAB, (2, 100), generator=torch.Generator().manual_seed(11))
-    with torch.no_grad():
-        got = import_hf(path)(tokens)[0]
-    error = rel_error(got, fla_logits_on_gpu(source, tokens))
+    error = fla_gpu_error(*fla, VOCAB)
     assert error <= FLA_GPU_TOL, error
 
 
