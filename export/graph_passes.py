@@ -183,52 +183,89 @@ def _keeps_shape(source: Any, target: list[int]) -> bool:
 _SAME_SHAPE_OPS = ("Softplus", "Sigmoid", "Neg", "Exp", "Relu", "QuickGelu", "SimplifiedLayerNormalization")
 
 
-def _shape(value: Any, depth: int = 8) -> Any:
-    """The shape of ``value`` as the graph knows it, else as far as a few ops pass it on, where ONNX's shape
-    inference does not look (ONNX Runtime's ops: ``LinearAttention``'s packed output like its value input when
-    the query and key/value heads are as many, ``MatMulNBits`` as its input with the last axis N, the fused norm
-    and elementwise activations as their input; then Split by constant sizes, Add/Mul by a constant that does not
-    broadcast the input)."""
-    if value is None or depth == 0:
+def _broadcast(shapes: list[Any]) -> Any:
+    """The shape of an elementwise op over inputs of these shapes (None where one is unknown): per axis a static
+    extent above 1 wins, a 1 takes the other's, two symbolic extents stay unknown (None)."""
+    if any(s is None for s in shapes):
         return None
-    node = value.producer()
-    if node is not None and node.op_type == "LinearAttention" and value is node.outputs[0]:
-        # ahead of value.shape: inference names its extents without knowing them
+    rank = max(len(s) for s in shapes)
+    out = []
+    for axis in range(rank):
+        dims = [s[axis - rank + len(s)] for s in shapes if axis - rank + len(s) >= 0]
+        wide = {d for d in dims if isinstance(d, int) and d != 1}
+        if len(wide) > 1:
+            return None
+        out.append(wide.pop() if wide else 1 if all(d == 1 for d in dims) else None)
+    return out
+
+
+def _rule_shape(node: Any, value: Any, shape: Callable[[Any], Any]) -> Any:
+    """The shape of ``node``'s output ``value`` from its inputs' (``shape``), for the ops this module knows:
+    ONNX Runtime's (``LinearAttention``'s packed output like its value input when the query/key heads are at
+    most the value heads, ``CausalConvWithState`` like its input, ``MatMulNBits`` as its input with the last axis
+    N), elementwise activations and the fused norm as their input, Split by constant sizes, Add/Mul by
+    broadcasting, Reshape by a constant target; None where it cannot tell."""
+    first = value is node.outputs[0]
+    if node.op_type == "LinearAttention" and first:
         heads = [node.attributes.get(a) for a in ("q_num_heads", "kv_num_heads")]
-        if None not in heads and heads[0].value == heads[1].value:
-            return _shape(node.inputs[2], depth - 1)
-    if value.shape is not None or node is None:
-        return value.shape
-    if node.op_type == "MatMulNBits" and node.attributes.get("N") is not None:
-        source = _shape(node.inputs[0], depth - 1)
+        if None not in heads and heads[0].value <= heads[1].value:
+            return shape(node.inputs[2])
+    elif node.op_type == "CausalConvWithState" and first:
+        return shape(node.inputs[0])
+    elif node.op_type == "MatMulNBits" and node.attributes.get("N") is not None:
+        source = shape(node.inputs[0])
         return None if source is None else [*source[:-1], node.attributes["N"].value]
+    elif node.op_type in _SAME_SHAPE_OPS and first:
+        return shape(node.inputs[0])
     elif node.op_type == "Split" and node.domain in _ONNX_DOMAINS and len(node.inputs) > 1 \
             and _const(node.inputs[1]) is not None:
-        source = _shape(node.inputs[0], depth - 1)
+        source = shape(node.inputs[0])
         axis = node.attributes["axis"].value if "axis" in node.attributes else 0
         if source is not None:
             out = list(source)
             out[axis] = int(_const(node.inputs[1])[list(node.outputs).index(value)])
             return out
-    elif node.op_type in _SAME_SHAPE_OPS and value is node.outputs[0]:
-        return _shape(node.inputs[0], depth - 1)
     elif node.op_type in ("Add", "Mul") and node.domain in _ONNX_DOMAINS:
-        consts = [x for x in node.inputs if _const(x) is not None]
-        others = [x for x in node.inputs if _const(x) is None]
-        if len(others) == 1 and consts:
-            source = _shape(others[0], depth - 1)
-            rank = len(source) if source is not None else -1
-            if all(_const(c).ndim <= rank and all(d == 1 or (isinstance(e, int) and d == e) for d, e in
-                                                  zip(_const(c).shape[::-1], list(source)[::-1])) for c in consts):
-                return source
+        return _broadcast([shape(x) for x in node.inputs])
+    elif _reshape_target(node) is not None:
+        target, source = _reshape_target(node), shape(node.inputs[0])
+        if _keeps_shape(source, target):
+            return source
+        copied = [source[i] if t == 0 and source is not None and i < len(source) else t for i, t in
+                  enumerate(target)]
+        return [None if d in (0, -1) else d for d in copied]
     return None
+
+
+def _shapes(graph: Any) -> Callable[[Any], Any]:
+    """``value -> shape`` for every value of ``graph``, as far as it can be known: ONNX's shape inference where it
+    looked, :func:`_rule_shape` carried forward node by node where it did not (ONNX Runtime's ops, and everything
+    downstream of them: their outputs carry only named, unknown extents). Extents are ints, or anything else for
+    one not known."""
+    known: dict[int, Any] = {}
+
+    def shape(value: Any) -> Any:
+        if value is None:
+            return None
+        return known.get(id(value), value.shape)
+
+    def static(dims: Any) -> int:
+        return -1 if dims is None else sum(isinstance(d, int) for d in dims)
+
+    for node in graph:
+        for value in node.outputs:
+            ruled = _rule_shape(node, value, shape)
+            # the one that knows more extents: inference names those of ONNX Runtime's ops without knowing them
+            known[id(value)] = ruled if static(ruled) > static(value.shape) else value.shape
+    return shape
 
 
 def collapse_reshapes(model: Any) -> Any:
     """``Reshape(Reshape(x, a), b)`` -> ``Reshape(x, b)`` when b has no 0 entry (the inner Reshape goes once no
     other node reads it), then a Reshape whose input already has the target shape goes (its readers read the
     input). The model's code reshapes packed heads to ``[B, T, H, d]`` and back around the fused scan and the
-    skip: per layer of mamba2-130m's step five Reshapes that leave their value as it was."""
+    skip, many of which leave their value as it was (their input's shape carried through ONNX Runtime's ops
+    by :func:`_shapes`)."""
     graph = model.graph
     for node in list(graph):
         target = _reshape_target(node)
@@ -237,10 +274,11 @@ def collapse_reshapes(model: Any) -> Any:
             node.replace_input_with(0, source.inputs[0])
             if not source.outputs[0].uses() and not source.outputs[0].is_graph_output():
                 graph.remove(source, safe=True)
+    shape = _shapes(graph)
     for node in list(graph):
         target = _reshape_target(node)
         out = node.outputs[0] if target is not None else None
-        if out is None or out.is_graph_output() or not _keeps_shape(_shape(node.inputs[0]), target):
+        if out is None or out.is_graph_output() or not _keeps_shape(shape(node.inputs[0]), target):
             continue
         out.replace_all_uses_with(node.inputs[0])
         graph.remove(node, safe=True)
