@@ -17,6 +17,7 @@ conversion from and to the ``onnx.ModelProto``, so a real-size graph's weights a
    spells the traced form the way those rules expect (``1 / x`` as ``Reciprocal``, ReduceMean's default
    ``noop_with_empty_axes`` written out). ``portable`` graphs move to opset 23 and get ``RMSNormalization`` (ONNX
    Runtime and TensorRT-RTX's parser run it); ``ort`` graphs get ONNX Runtime's ``SimplifiedLayerNormalization``.
+   Then :func:`collapse_reshapes` again: shapes now pass through each norm as one op.
 4. :func:`merge_shared_matmuls`: the MatMuls that read the same input with constant weights become one MatMul on
    the concatenated weights and a ``Split`` (one kernel call per layer instead of four).
 """
@@ -180,7 +181,8 @@ def _keeps_shape(source: Any, target: list[int]) -> bool:
     return all(t in (0, -1) or (isinstance(d, int) and d == t) for d, t in zip(source, target))
 
 
-_SAME_SHAPE_OPS = ("Softplus", "Sigmoid", "Neg", "Exp", "Relu", "QuickGelu", "SimplifiedLayerNormalization")
+_SAME_SHAPE_OPS = ("Softplus", "Sigmoid", "Neg", "Exp", "Relu", "Cast", "QuickGelu", "SimplifiedLayerNormalization",
+                   "RMSNormalization")
 
 
 def _broadcast(shapes: list[Any]) -> Any:
@@ -285,9 +287,27 @@ def collapse_reshapes(model: Any) -> Any:
     return model
 
 
+def _bias_add(matmul: Any, width: int, dtype: Any) -> tuple[Any, Any] | None:
+    """(the ``Add``, its bias value) where the only reader of ``matmul``'s output (not a graph output) adds a
+    constant 1-D bias of ``width`` elements and ``dtype``; else None."""
+    out = matmul.outputs[0]
+    if out.is_graph_output() or len(out.uses()) != 1:
+        return None
+    add = out.uses()[0][0]
+    if add.op_type != "Add" or add.domain not in _ONNX_DOMAINS or len(add.inputs) != 2:
+        return None
+    bias = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+    array = _const(bias)
+    if array is None or array.shape != (width,) or array.dtype != dtype.numpy():
+        return None
+    return add, bias
+
+
 def merge_shared_matmuls(model: Any, kind: Callable[[str], Hashable] | None = None) -> Any:
     """MatMuls reading the same input with constant 2-D weights of one dtype -> one MatMul on the weights
-    concatenated along N, then a ``Split`` into the original outputs (same names, same values).
+    concatenated along N, then a ``Split`` into the original outputs (same names, same values). Where some of them
+    are read only by an ``Add`` of a constant bias over their N, the biases (zeros for the others) are added once
+    before the Split: ONNX Runtime folds one bias over the whole output into the packed ``MatMulNBits``.
 
     ``kind`` (weight initializer name -> a key, or None to leave that MatMul alone) keeps weights of different
     kinds apart: the int4 export merges before packing, and only weights its policy packs alike."""
@@ -320,17 +340,31 @@ def merge_shared_matmuls(model: Any, kind: Callable[[str], Hashable] | None = No
         weight = _initializer(model, f"{name}.weight", np.concatenate(weights, axis=1))
         sizes = _initializer(model, f"{name}.split", np.array([w.shape[1] for w in weights], np.int64))
         matmul = ir.node("MatMul", [sources[source], weight], name=name, outputs=[ir.Value(name=f"{name}.out")])
-        split = ir.node("Split", [matmul.outputs[0], sizes], {"axis": -1}, name=f"{name}.split",
-                        num_outputs=len(nodes))
         dtype = weight.const_value.dtype
         matmul.outputs[0].dtype = dtype     # typed values only: the IR writes a value_info for each
-        graph.insert_before(nodes[0], [matmul, split])
-        for old, new in zip(nodes, split.outputs):
-            out_name, old_weight = old.outputs[0].name, old.inputs[1]
-            new.type, new.shape = old.outputs[0].type, old.outputs[0].shape
+        adds = [_bias_add(n, w.shape[1], dtype) for n, w in zip(nodes, weights)]
+        merged = [matmul]
+        if any(adds):
+            bias = np.concatenate([_const(a[1]) if a else np.zeros(w.shape[1], dtype.numpy())
+                                   for a, w in zip(adds, weights)])
+            merged.append(ir.node("Add", [matmul.outputs[0], _initializer(model, f"{name}.bias", bias)],
+                                  name=f"{name}.add", outputs=[ir.Value(name=f"{name}.biased")]))
+            merged[-1].outputs[0].dtype = dtype
+        split = ir.node("Split", [merged[-1].outputs[0], sizes], {"axis": -1}, name=f"{name}.split",
+                        num_outputs=len(nodes))
+        graph.insert_before(nodes[0], [*merged, split])
+        for old, new, add in zip(nodes, split.outputs, adds):
+            # the split output stands for the MatMul's output, or for its bias Add's
+            last, old_weight = (add[0] if add else old), old.inputs[1]
+            out_name = last.outputs[0].name
+            new.type, new.shape = last.outputs[0].type, last.outputs[0].shape
             if new.type is None:
                 new.dtype = dtype
-            ir.convenience.replace_all_uses_with(old.outputs[0], new, replace_graph_outputs=True)
+            ir.convenience.replace_all_uses_with(last.outputs[0], new, replace_graph_outputs=True)
+            if add:
+                graph.remove(add[0], safe=True)
+                if not add[1].uses() and add[1].is_initializer():
+                    graph.initializers.pop(add[1].name)
             graph.remove(old, safe=True)
             new.name = out_name
             graph.initializers.pop(old_weight.name)
@@ -341,7 +375,7 @@ def clean(model: Any, flavour: str) -> Any:
     """The passes of this module in order (see the module docstring) on the ``onnx.ModelProto`` ``model``,
     through one IR of it (:func:`on_proto`); returns the cleaned ``onnx.ModelProto``."""
     return on_proto(model, type_matmul_nbits, library_optimize, drop_unsqueeze_before_reshape, collapse_reshapes,
-                    library_optimize, lambda m: fuse_rms_norm(m, flavour), merge_shared_matmuls)
+                    library_optimize, lambda m: fuse_rms_norm(m, flavour), collapse_reshapes, merge_shared_matmuls)
 
 
 def node_counts(model: Any, layers: int) -> dict[str, Any]:

@@ -255,6 +255,9 @@ def matmul_modules(graph, model, index: WeightIndex | None = None) -> dict[str, 
     found: dict[str, list[str]] = {}
     splits = {n.input[0]: n for n in graph.node if n.op_type == "Split" and len(n.input) == 2
               and n.input[1] in initializers}
+    # a merged projection's Split may read it through the Add of the merged biases
+    splits.update({n.input[0]: splits[n.output[0]] for n in graph.node if n.op_type == "Add"
+                   and n.output[0] in splits and n.input[1] in initializers})
     for node in graph.node:
         if node.op_type != "MatMul" or len(node.input) < 2 or node.input[1] not in initializers:
             continue

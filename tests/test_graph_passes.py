@@ -91,6 +91,9 @@ def test_merge_shared_matmuls_keeps_outputs_and_merges_only_safe_groups():
     names = [n.name for n in merged.graph.node if n.op_type == "MatMul"]
     # mm0..mm2 became one MatMul; the weight also read by another MatMul stays apart
     assert sorted(names) == ["mm0_merged", "other_input", "shared_weight"]
+    # y1's bias is added once over the merged output (zeros for y0 and y2), before the Split
+    adds = [n for n in merged.graph.node if n.op_type == "Add"]
+    assert [(n.name, n.input[0]) for n in adds] == [("mm0_merged.add", "mm0_merged.out")]
     for got, ref in zip(_run(merged, feeds), want):
         np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
 
