@@ -1,6 +1,7 @@
 """Per-step cost of ``Session.step`` over the raw runtime call, graph node counts, and the floor, per variant.
 
-For each artifact given and each of onnxruntime, onnxruntime-fused and executorch whose variant it holds (fp32):
+For each artifact given, each of onnxruntime, onnxruntime-fused and executorch whose variants it holds, and each
+recipe of ``--quantize`` the artifact holds for it (default fp32 and int8):
 
 - node counts of the step graph, per layer: as exported (ONNX) and after ONNX Runtime's own optimiser, or the
   ExecuTorch program's instructions (XNNPACK delegate calls and portable kernel calls);
@@ -10,9 +11,11 @@ For each artifact given and each of onnxruntime, onnxruntime-fused and executorc
 - the step floor on this machine (seqedge.evaluate.floor) and the Session p50 as a multiple of it;
 - onnxruntime: where a step's time goes, by op type (ONNX Runtime's profiler).
 
-    python benchmarks/step_overhead.py --artifact ART [--artifact OTHER] [--out benchmarks/results/step_overhead]
+    python benchmarks/step_overhead.py --artifact ART [--artifact OTHER] [--quantize fp32,int8]
+        [--out benchmarks/results/step_overhead]
 
-An artifact comes from ``seqedge export --target onnx,onnx-ort,executorch --out ART`` (the bundled model).
+An artifact comes from ``seqedge export --target onnx,onnx-ort,executorch --quantize fp32,int8-dynamic --out ART``
+(the bundled model).
 """
 
 from __future__ import annotations
@@ -135,11 +138,11 @@ def ort_profile(path: Path, threads: int, steps: int = 300) -> dict[str, float]:
     return {op: us / steps for op, us in by_op.most_common()}
 
 
-def measure(artifact: Path, runtime: str, steps: int, limits) -> dict[str, Any]:
+def measure(artifact: Path, runtime: str, quantization: str, steps: int, limits) -> dict[str, Any]:
     manifest = read_manifest(artifact)
-    variant = manifest.variant(RUNTIMES[runtime], "fp32")
+    variant = manifest.variant(RUNTIMES[runtime], quantization)
     layers = manifest.config.num_layers
-    session = seqedge.load(artifact, runtime)
+    session = seqedge.load(artifact, runtime, quantization=quantization)
     state = [session.init_state(1)]
     tokens = np.array([5])
 
@@ -148,7 +151,8 @@ def measure(artifact: Path, runtime: str, steps: int, limits) -> dict[str, Any]:
     calls = {"raw": raw_stepper(session), "session": session_call}
     if runtime != "executorch":
         other = 2 if session.backend.threads == 1 else 1
-        calls[f"raw_{other}_threads"] = raw_stepper(seqedge.load(artifact, runtime, threads=other))
+        calls[f"raw_{other}_threads"] = raw_stepper(seqedge.load(artifact, runtime, quantization=quantization,
+                                                                 threads=other))
     p50 = interleaved(calls, steps)
     step_path = manifest.path(variant, "program" if runtime == "executorch" else "step")
     row = {"artifact": str(artifact), "runtime": runtime, "variant": variant.name,
@@ -174,17 +178,17 @@ def render(rows: list[dict[str, Any]], limits, machine: dict[str, Any], command:
            "processes on the machine hits both alike; absolute times on a loaded machine are higher than on a "
            "quiet one.", "",
            "## Node counts of the step graph (per layer = total / layers)", "",
-           "| artifact | runtime | nodes written | per layer | after ORT's optimiser | per layer |",
-           "|---|---|---|---|---|---|"]
+           "| artifact | runtime | variant | nodes written | per layer | after ORT's optimiser | per layer |",
+           "|---|---|---|---|---|---|---|"]
     for r in rows:
         n = r["nodes"]
         after = f"{n['after_ort']} | {n['after_ort_per_layer']:.1f}" if "after_ort" in n else \
             f"{n['delegate_calls']} delegate calls | -"
-        out.append(f"| {Path(r['artifact']).name} | {r['runtime']} | {n['written']} | "
+        out.append(f"| {Path(r['artifact']).name} | {r['runtime']} | {r['variant']} | {n['written']} | "
                    f"{n['written_per_layer']:.1f} | {after} |")
     out += ["", "## Step latency", "",
-            "| artifact | runtime | threads | raw p50 ms | Session.step p50 ms | overhead | raw p50, other "
-            "thread count | floor ms | Session / floor | target |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "| artifact | runtime | variant | threads | raw p50 ms | Session.step p50 ms | overhead | raw p50, "
+            "other thread count | floor ms | Session / floor | target |", "|" + "---|" * 11]
     for r in rows:
         p = r["p50_ms"]
         other = next((f"{v:.3f} ({k.split('_')[1]} threads)" for k, v in p.items() if k.startswith("raw_")), "-")
@@ -194,9 +198,9 @@ def render(rows: list[dict[str, Any]], limits, machine: dict[str, Any], command:
             target.append(f"p50 <= {TARGET_MS} ms: " + ("met" if miss <= 1 else f"missed, {miss:.1f}x"))
         target.append(f"overhead <= {TARGET_OVERHEAD:.0%}: " + ("met" if r["overhead"] <= TARGET_OVERHEAD
                                                                 else "missed"))
-        out.append(f"| {Path(r['artifact']).name} | {r['runtime']} | {r['threads']} | {p['raw']:.3f} | "
-                   f"{p['session']:.3f} | {r['overhead']:+.1%} | {other} | {r['floor']['floor_ms']:.4f} | "
-                   f"{r['floor']['session_over_floor']:.0f}x | {'; '.join(target)} |")
+        out.append(f"| {Path(r['artifact']).name} | {r['runtime']} | {r['variant']} | {r['threads']} | "
+                   f"{p['raw']:.3f} | {p['session']:.3f} | {r['overhead']:+.1%} | {other} | "
+                   f"{r['floor']['floor_ms']:.4f} | {r['floor']['session_over_floor']:.0f}x | {'; '.join(target)} |")
     out += ["", "## Where an onnxruntime step goes (profiler: share of kernel time by op type, top 8; the "
             "profiler's own cost inflates absolute times)", ""]
     for r in rows:
@@ -204,7 +208,7 @@ def render(rows: list[dict[str, Any]], limits, machine: dict[str, Any], command:
             prof = r["profile_us_per_step"]
             total = sum(prof.values())
             top = ", ".join(f"{op} {us / total:.0%}" for op, us in list(prof.items())[:8])
-            out.append(f"- {Path(r['artifact']).name} {r['runtime']}: {top}")
+            out.append(f"- {Path(r['artifact']).name} {r['runtime']} {r['variant']}: {top}")
     return "\n".join(out) + "\n"
 
 
@@ -212,6 +216,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifact", action="append", required=True, type=Path,
                         help="artifact directory (repeatable: each is measured on every runtime it holds)")
+    parser.add_argument("--quantize", default="fp32,int8",
+                        help="variants to measure where an artifact holds them, comma-separated (default: "
+                             "%(default)s)")
     parser.add_argument("--steps", type=int, default=2000, help="timed calls of each kind (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/step_overhead"),
                         help="output stem: <stem>.json and <stem>.md (default: %(default)s)")
@@ -220,11 +227,12 @@ def main() -> None:
     machine, command, limits = machine_info(), command_line(), measure_limits()
     rows = []
     for artifact in args.artifact:
-        targets = {v.target for v in read_manifest(artifact).variants}
+        held = {(v.target, v.tag) for v in read_manifest(artifact).variants}
         for runtime, target in RUNTIMES.items():
-            if target in targets:
-                print(f"measuring {runtime} on {artifact}", flush=True)
-                rows.append(measure(artifact, runtime, args.steps, limits))
+            for quantization in args.quantize.split(","):
+                if (target, quantization) in held:
+                    print(f"measuring {runtime} {quantization} on {artifact}", flush=True)
+                    rows.append(measure(artifact, runtime, quantization, args.steps, limits))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(
         {"date": date, "command": command, "machine": machine, "limits": limits.to_dict(), "rows": rows},
