@@ -187,6 +187,23 @@ def test_exported_graphs_stay_within_their_node_budget(tmp_path):
         assert len(merged) == 2                                  # one per layer: qkv, gate_down, beta, out_gate
 
 
+# the bundled model's step graphs as benchmarks/results/step_overhead.md records them (fp32, as written)
+BUNDLED_STEP_BUDGET = {"onnx": 213, "onnx-ort": 153}
+
+
+def test_bundled_model_step_graphs_stay_within_their_recorded_count(tmp_path):
+    """The bundled model's own step graphs (the ones the latency targets are set on) do not grow past the node
+    counts the step benchmark recorded."""
+    from seqedge.defaults import load_default
+    from seqedge.export.api import export_model
+
+    export_model(load_default(), tmp_path / "art", list(BUNDLED_STEP_BUDGET), ["none"], progress=False)
+    manifest = read_manifest(tmp_path / "art")
+    for target, budget in BUNDLED_STEP_BUDGET.items():
+        nodes = manifest.variant(target, "fp32").info["nodes"]["step"]
+        assert nodes["total"] <= budget, (target, nodes)
+
+
 @pytest.mark.parametrize("recipe", ["int8-dynamic", "int4-all"])
 def test_quantized_graphs_merge_projections_before_packing(tmp_path, recipe):
     """The projections reading one input are merged before quantization, so the packed graphs get one quantized
