@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # One GPU run of the delta-rule kernel and the cuda runtime: their GPU tests (pytest-xdist workers: compiling
 # dominates), then benchmarks/delta_kernels.py; logs and results under OUT.
-#   OUT=/tmp/out [TESTS=1] [PROBE=0] [GATED=0] [BENCH=1] [WORKERS=8] [TESTS_K=expr] bash benchmarks/gpu_delta_run.sh
+#   OUT=/tmp/out [TESTS=1] [PROBE=0] [GATED=0] [IMPORTS=0] [BENCH=1] [WORKERS=8] [TESTS_K=expr] \
+#       bash benchmarks/gpu_delta_run.sh
 # PROBE=1 (with TESTS=1) runs benchmarks/probes/delta_fla_crash.py beside the tests; BENCH_ARGS go to the
 # benchmark (e.g. "--who ours --rows fwdbwd peak_fwdbwd": our backward's rows without fla's minutes of compiling).
+# IMPORTS=1 (with TESTS=1) runs, beside them, the imports against fla's own models on the card
+# (tests/test_import_{gla,gdn,kda}.py -k on_gpu; they need the transformers and fla wheels in .whl/).
 # Works from a source tree without installing seqedge (its package mapping is made with symlinks);
 # flash-linear-attention wheels in .whl/ are installed to a private path when present.
 set -uo pipefail
@@ -43,6 +46,8 @@ if [ "${TESTS:-1}" = "1" ]; then
         >> "$OUT/probe.log") &
     run_tests "$OUT/tests.log" tests/test_kernels_delta_gpu.py tests/test_cuda_runtime.py &
     [ "${GATED:-0}" = "1" ] && run_tests "$OUT/tests_gated.log" tests/test_kernels_gpu.py &
+    [ "${IMPORTS:-0}" = "1" ] && TESTS_K=on_gpu WORKERS=3 run_tests "$OUT/tests_imports.log" \
+        tests/test_import_gla.py tests/test_import_gdn.py tests/test_import_kda.py &
     wait
     for log in "$OUT"/tests*.log; do
         echo "== $log: $(grep -c ' PASSED' "$log") passed, $(grep -c ' FAILED' "$log") failed, $(grep -c ' SKIPPED' "$log") skipped"
