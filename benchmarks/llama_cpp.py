@@ -14,7 +14,9 @@ One run, one machine, the same thread count on both sides:
    taking turns block by block so that the VM's slow phases hit every engine alike, each call timed alone
    (llama.cpp through the sdist's own ctypes binding over the libraries built in 1).
    A prefill keeps the last token's logits only on both sides (``Llama.eval`` without ``logits_all``;
-   ``Session.prefill(..., logits="last")``), as a prompt before generation does.
+   ``Session.prefill(..., logits="last")``), as a prompt before generation does;
+4. every row carries the step's floor on this machine (:mod:`seqedge.evaluate.floor`: bandwidth and peak
+   measured once before the models load) and its p50 over it: the issue's "within 2x of the floor".
 
 Writes benchmarks/results/llama_cpp.{md,json}.
 """
@@ -37,7 +39,9 @@ import numpy as np
 from hf_models import MAMBA2_130M, make_mamba2_130m
 
 from seqedge.evaluate.bench_results import parse_contexts
+from seqedge.evaluate.floor import measure_limits, step_floor, step_flops
 from seqedge.evaluate.run_info import metadata_markdown, run_metadata
+from seqedge.state import state_nbytes
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -56,6 +60,7 @@ class Row:
     prefill_tok_s: float   # of the ``context`` prompt (0 when context is 0)
     file_mib: float
     load_1min: float = 0.0  # the machine's 1-minute load average when the row was measured (2 cores: 2 is busy)
+    floor_ms: float = 0.0   # the step's floor on this machine (seqedge.evaluate.floor); 0 where not measured
 
 
 def run(cmd: list[str], **kw) -> None:
@@ -133,22 +138,28 @@ class Engine:
     reset: Callable[[], None]
     prefill: Callable[[np.ndarray], None]
     step: Callable[[int], None]
+    floor_ms: float = 0.0
 
 
-def llama_engine(path: Path, quant: str, n_ctx: int, threads: int, work: Path) -> Engine:
-    """llama.cpp through the sdist's ctypes binding; ``Llama.eval`` keeps the last token's logits only."""
+def llama_engine(path: Path, quant: str, n_ctx: int, threads: int, work: Path, floor: Callable[[int], float]
+                 ) -> Engine:
+    """llama.cpp through the sdist's ctypes binding; ``Llama.eval`` keeps the last token's logits only. Its floor
+    (``floor(weight bytes)``) reads the GGUF file's bytes: the tied embedding is read whole by the head."""
     sys.path.insert(0, str(work / "site"))
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, n_threads=threads, n_threads_batch=threads,
                 verbose=False)
     return Engine("llama.cpp", quant, PRECISION_OF_GGUF[quant], path.stat().st_size / 2**20, llm.reset,
-                  lambda prompt: llm.eval(prompt.tolist()), lambda token: llm.eval([token]))
+                  lambda prompt: llm.eval(prompt.tolist()), lambda token: llm.eval([token]),
+                  floor(path.stat().st_size))
 
 
-def seqedge_engine(artifact: Path, runtime: str, tag: str, threads: int) -> Engine:
-    """A seqedge Session; a prefill keeps the last token's logits only, as a prompt before generation does."""
+def seqedge_engine(artifact: Path, runtime: str, tag: str, threads: int, floor: Callable[[int], float]) -> Engine:
+    """A seqedge Session; a prefill keeps the last token's logits only, as a prompt before generation does. Its
+    floor (``floor(weight bytes)``) reads what the export recorded a step reads."""
     import seqedge
+    from seqedge.evaluate.latency import step_weight_bytes
 
     # llama.cpp's thread count; ExecuTorch's pool is per process (its size is in the session's describe())
     options = {"threads": threads} if runtime.startswith("onnxruntime") else {}
@@ -165,7 +176,7 @@ def seqedge_engine(artifact: Path, runtime: str, tag: str, threads: int) -> Engi
         _, box[0] = sess.step(np.asarray([token]), box[0])
 
     return Engine(f"seqedge {runtime}", tag, tag, sum(f["bytes"] for f in sess.variant.files.values()) / 2**20,
-                  reset, prefill, step)
+                  reset, prefill, step, floor(step_weight_bytes(sess.variant)))
 
 
 def bench_engines(engines: list[Engine], contexts: list[int], steps: int, vocab: int, seed: int = 0) -> list[Row]:
@@ -196,7 +207,7 @@ def bench_engines(engines: list[Engine], contexts: list[int], steps: int, vocab:
         for e in engines:
             ms = np.asarray(times[e.engine]) * 1e3
             rows.append(Row(e.engine, e.variant, e.precision, ctx, float(np.percentile(ms, 50)),
-                            float(np.percentile(ms, 99)), prefill[e.engine], e.file_mib, load))
+                            float(np.percentile(ms, 99)), prefill[e.engine], e.file_mib, load, e.floor_ms))
             print(rows[-1], flush=True)
     return rows
 
@@ -239,18 +250,30 @@ def render(rows: list[Row], meta: dict) -> str:
              *[f"- rows of {', '.join(group['engines'])} are not from this run: kept from the run of commit "
               f"{group.get('commit')} ({group.get('date')})" for group in _groups(meta.get("kept_rows"))], "",
              "| engine | variant | precision | context | p50 ms/token | p99 ms/token | tok/s (p50) | prefill tok/s "
-             "| file MiB | load (1 min) |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| file MiB | floor ms | p50 / floor | load (1 min) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r.precision, r.context, r.engine)):
+        floor = f"{r.floor_ms:.2f} | {r.p50_ms / r.floor_ms:.2f}" if r.floor_ms else "- | -"
         lines.append(f"| {r.engine} | {r.variant} | {r.precision} | {r.context} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-                     f"{1e3 / r.p50_ms:.1f} | {r.prefill_tok_s:.0f} | {r.file_mib:.1f} | {r.load_1min:.2f} |")
+                     f"{1e3 / r.p50_ms:.1f} | {r.prefill_tok_s:.0f} | {r.file_mib:.1f} | {floor} | "
+                     f"{r.load_1min:.2f} |")
+    if meta.get("limits"):
+        bandwidth = ", ".join(f"{int(k) >> 20} MiB {v / 1e9:.1f}" for k, v in sorted(
+            meta["limits"]["bandwidth_by_bytes"].items(), key=lambda kv: int(kv[0])))
+        lines += ["", f"Floor: a step's weight bytes and its state read once and the state written once at this "
+                  f"machine's copy bandwidth (GB/s by working set: {bandwidth}), or its FLOPs at "
+                  f"{meta['limits']['peak_flops'] / 1e9:.0f} GFLOP/s, whichever is longer "
+                  f"(seqedge.evaluate.floor). llama.cpp's weight bytes: its GGUF file; seqedge's: what the export "
+                  f"recorded a step reads."]
     lines += ["", "Against llama.cpp, seqedge's best variant per precision class and context (decode: p50 over "
-              "llama.cpp's, at most 1.00 meets the target; prefill: llama.cpp's tok/s over seqedge's):", "",
-              "| precision | context | llama.cpp p50 ms | seqedge best p50 ms | decode ratio | prefill ratio |",
-              "|---|---:|---:|---:|---:|---:|"]
+              "llama.cpp's, at most 1.00 meets the target; prefill: llama.cpp's tok/s over seqedge's; the best "
+              "variant's p50 over its floor, at most 2 meets that target):", "",
+              "| precision | context | llama.cpp p50 ms | seqedge best p50 ms | decode ratio | prefill ratio | "
+              "best / floor |", "|---|---:|---:|---:|---:|---:|---:|"]
     for precision, context, llama, best, decode, prefill in ratios(rows):
+        over = f"{best.p50_ms / best.floor_ms:.2f}" if best.floor_ms else "-"
         lines.append(f"| {precision} | {context} | {llama.p50_ms:.2f} | {best.p50_ms:.2f} ({best.engine}) | "
-                     f"{decode:.2f} | {prefill if prefill is not None else '-'} |")
+                     f"{decode:.2f} | {prefill if prefill is not None else '-'} | {over} |")
     if meta.get("notes"):             # written after a run into the JSON's meta; --render-only keeps them
         lines += ["", "## Notes", "", *(f"- {note}" for note in meta["notes"])]
     return "\n".join(lines) + "\n"
@@ -306,19 +329,25 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     ggufs = make_gguf(src, work, hf)
     variants = []
+    limits = measure_limits()       # before any model is loaded: the machine as quiet as it gets
+    floor: Callable[[int], float] = lambda nbytes: 0.0                          # noqa: E731
     if not args.skip_seqedge:
         from seqedge.artifact import read_manifest
         from seqedge.targets import RUNTIME_OF_TARGET
 
         art = export_seqedge(hf, work, args.targets, args.recipes, args.max_batch, args.reuse_artifact)
-        variants = [(RUNTIME_OF_TARGET[v.target], v.tag) for v in read_manifest(art).variants if v.target != "torch"]
+        manifest = read_manifest(art)
+        variants = [(RUNTIME_OF_TARGET[v.target], v.tag) for v in manifest.variants if v.target != "torch"]
+        # one model on both sides: the same state and FLOPs per token, the engines' weight bytes differ
+        state, flops = state_nbytes(manifest.state_specs, 1), step_flops(manifest.config)
+        floor = lambda nbytes: step_floor(nbytes, state, flops, limits)["floor_ms"]  # noqa: E731
     for quant, path in ggufs.items():
-        engines = [llama_engine(path, quant, max(contexts) + args.steps + WARMUP + 16, args.threads, work)]
-        engines += [seqedge_engine(art, runtime, tag, args.threads) for runtime, tag in variants
+        engines = [llama_engine(path, quant, max(contexts) + args.steps + WARMUP + 16, args.threads, work, floor)]
+        engines += [seqedge_engine(art, runtime, tag, args.threads, floor) for runtime, tag in variants
                     if tag == PRECISION_OF_GGUF[quant]]
         rows += bench_engines(engines, contexts, args.steps, vocab, args.seed)
         del engines                     # one precision's models in memory at a time
-    meta = run_metadata(threads=args.threads, llama_cpp_python=LLAMA_CPP_PYTHON)
+    meta = run_metadata(threads=args.threads, llama_cpp_python=LLAMA_CPP_PYTHON, limits=limits.to_dict())
     if args.keep_rows and (RESULTS / "llama_cpp.json").is_file():
         last = json.loads((RESULTS / "llama_cpp.json").read_text())
         timed = {r.engine for r in rows}

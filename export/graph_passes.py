@@ -386,3 +386,27 @@ def node_counts(model: Any, layers: int) -> dict[str, Any]:
     ops = Counter(n.op_type for n in model.graph.node)
     total = sum(ops.values())
     return {"total": total, "per_layer": round(total / max(layers, 1), 1), "op_types": dict(ops.most_common())}
+
+
+def weight_read_bytes(model: Any) -> int:
+    """Bytes of the ``onnx.ModelProto`` ``model``'s initializers one call reads at batch 1 (sizes from their dims:
+    external data need not be loaded): each in full, but a table only Gather nodes index (an embedding) one row.
+    A quantized graph packs its head apart from the embedding table it gathers from, so the table's size is not
+    read per token; a tied float32 head reads the table whole, as a MatMul input."""
+    import numpy as np
+
+    readers: dict[str, set[tuple[str, int]]] = defaultdict(set)
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            readers[name].add((node.op_type, i))
+    total = 0
+    for tensor in model.graph.initializer:
+        if tensor.name not in readers:
+            continue
+        dims = [int(d) for d in tensor.dims]
+        size = int(np.prod(dims)) if dims else 1
+        itemsize = _library("onnx.helper").tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        if dims and readers[tensor.name] == {("Gather", 0)}:
+            size //= max(dims[0], 1)
+        total += size * itemsize
+    return total

@@ -133,7 +133,10 @@ class OnnxTarget:
         info = {"exporter": self.exporter, "graph_flavour": self.flavour,
                 "opset": max(o.version for o in graphs["step"].opset_import if o.domain in ("", "ai.onnx")),
                 "op_types": {e: sorted({n.op_type for n in g.graph.node}) for e, g in graphs.items()},
-                "nodes": {e: graph_passes.node_counts(g, layers) for e, g in graphs.items()}}
+                "nodes": {e: graph_passes.node_counts(g, layers) for e, g in graphs.items()},
+                # what a step reads per token (the floor of seqedge.evaluate.floor): the shared weights file
+                # holds the chunk's constants and the quantized graphs' float32 embedding table as well
+                "step_weight_bytes": graph_passes.weight_read_bytes(graphs["step"])}
         if scheme == "int4":
             info["group_size"] = ctx.quantization.group_size
             info["int4"] = _int4_summary(ctx.quantization, int4)

@@ -267,3 +267,41 @@ def test_norms_after_int4_matmuls_become_one_op_with_the_same_values():
     ops = [n.op_type for n in cleaned.graph.node]
     assert "SimplifiedLayerNormalization" in ops and "Pow" not in ops and "Cast" not in ops, ops
     np.testing.assert_allclose(_run(cleaned, feeds)[0], before, rtol=1e-5, atol=1e-6)
+
+
+def test_weight_read_bytes_counts_one_row_of_a_gathered_table():
+    """A table only Gather reads costs one row per call; one a MatMul also reads (a tied head) costs all of it;
+    an initializer nothing reads costs nothing. Sizes come from dims, so external data need not be loaded."""
+    table = numpy_helper.from_array(np.zeros((50, 8), np.float32), "table")
+    tied = numpy_helper.from_array(np.zeros((8, 50), np.float32), "tied")
+    head = numpy_helper.from_array(np.zeros((8, 30), np.float32), "head")
+    unused = numpy_helper.from_array(np.zeros(1000, np.float32), "unused")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]),
+             helper.make_node("Gather", ["tied", "ids2"], ["f"]),
+             helper.make_node("MatMul", ["e", "tied"], ["g"]),
+             helper.make_node("MatMul", ["e", "head"], ["h"])]
+    graph = helper.make_graph(nodes, "reads", [helper.make_tensor_value_info(n, TensorProto.INT64, [1])
+                                               for n in ("ids", "ids2")],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "fgh"],
+                              [table, tied, head, unused])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert graph_passes.weight_read_bytes(model) == 4 * (8 + 8 * 50 + 8 * 30)
+
+
+def test_quantized_export_records_what_a_step_reads(tmp_path):
+    """The int8 step reads its packed matrices and one row of the float32 embedding table: the recorded bytes
+    (the floor's weight bytes) are below the shared weights file, which also holds the whole table."""
+    from seqedge.evaluate.latency import step_weight_bytes
+    from seqedge.export.api import export_model
+
+    export_model(tiny_model("gated"), tmp_path / "art", ["onnx-ort"], ["none", "int8-dynamic"], progress=False)
+    manifest = read_manifest(tmp_path / "art")
+    for tag in ("fp32", "int8"):
+        variant = manifest.variant("onnx-ort", tag)
+        graph = onnx.load(str(manifest.path(variant, "step")), load_external_data=False)
+        assert step_weight_bytes(variant) == variant.info["step_weight_bytes"] == \
+            graph_passes.weight_read_bytes(graph)
+    fp32, int8 = (manifest.variant("onnx-ort", t) for t in ("fp32", "int8"))
+    table = int(np.prod(tiny_model("gated").embed.weight.shape)) * 4
+    assert step_weight_bytes(int8) < int(int8.files["weights"]["bytes"]) - table // 2
+    assert step_weight_bytes(fp32) >= table            # the tied float32 head reads the whole table

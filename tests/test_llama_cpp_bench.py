@@ -75,3 +75,19 @@ def test_engines_take_turns_on_the_same_tokens(bench):
         block = -(-10 // bench.ROUNDS)
         assert timed[:2 * block] == ["a"] * block + ["b"] * block       # round 0: a then b
         assert timed[2 * block:4 * block] == ["b"] * block + ["a"] * block
+
+
+def test_report_reads_each_row_against_its_floor(bench):
+    """A row with a floor prints it and its p50 over it, and the ratio table prints the best variant's p50 over
+    its floor (the issue's "within 2x"); a row carried over from a record without floors prints dashes."""
+    llama = bench.Row("llama.cpp", "q8_0", "int8", 0, 8.0, 9.0, 0.0, 130.0, 1.0, 7.5)
+    ours = bench.Row("seqedge onnxruntime-fused", "int8", "int8", 0, 10.0, 12.0, 0.0, 275.0, 1.0, 6.25)
+    old = {k: v for k, v in vars(bench.Row("seqedge executorch", "int8", "int8", 0, 19.0, 20.0, 0.0, 380.0,
+                                           1.0)).items() if k != "floor_ms"}
+    limits = {"bandwidth_by_bytes": {str(1 << 28): 22e9, str(1 << 20): 90e9}, "peak_flops": 2e11}
+    meta = {**bench.run_metadata(threads=2, llama_cpp_python="0"), "limits": limits}
+    text = bench.render([llama, ours, bench.Row(**old)], meta)
+    assert "| 130.0 | 7.50 | 1.07 |" in text and "| 275.0 | 6.25 | 1.60 |" in text
+    assert "| 380.0 | - | - |" in text
+    assert "| int8 | 0 | 8.00 | 10.00 (seqedge onnxruntime-fused) | 1.25 | - | 1.60 |" in text
+    assert "1 MiB 90.0, 256 MiB 22.0" in text

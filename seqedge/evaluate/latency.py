@@ -362,8 +362,13 @@ def progress_bar(name: str, total: int, enabled: bool = True) -> tuple[Any, Prog
 
 
 def step_weight_bytes(variant: Any) -> int:
-    """Bytes of the weights one step reads: the step entry point's files (with its external data), the shared
-    weights file where the variant has one, else the whole variant over its entry points."""
+    """Bytes of the weights one step reads: what the export recorded (``info["step_weight_bytes"]``: ONNX
+    variants count their step graph's initializers, an embedding table one row), else the step entry point's
+    files (with its external data), the shared weights file where the variant has one, else the whole variant
+    over its entry points."""
+    recorded = getattr(variant, "info", {}).get("step_weight_bytes")
+    if recorded:
+        return int(recorded)
     files = variant.files
     keys = [k for k in ("weights", "step", "step.data", "program") if k in files]
     if keys:
