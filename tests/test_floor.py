@@ -81,3 +81,12 @@ def test_bench_results_carry_the_floor_and_the_report_prints_it():
     assert floor["floor_ms"] == pytest.approx(want) and floor["p50_over_floor"] == pytest.approx(2.0 / want)
     text = "\n".join(floor_markdown([result]))
     assert "| onnxruntime/fp32 | 1 |" in text and f"{2.0 / want:.1f}x" in text
+
+
+def test_bandwidth_is_measured_with_every_usable_core():
+    """Copies run in one slice per thread at once (one core does not saturate the memory bus); the method says
+    how many; a thread count below one is refused."""
+    limits = measure_limits(copy_sizes=(1 << 20,), matmul_n=32, passes=1, threads=3)
+    assert "in 3 at once" in limits.method and limits.bandwidth_by_bytes[1 << 20] > 0
+    with pytest.raises(ValueError, match="threads"):
+        measure_limits(copy_sizes=(1 << 20,), matmul_n=32, passes=1, threads=0)

@@ -1,8 +1,9 @@
 """The floor of one decode step on this machine: what the hardware allows, to read a measured p50 against.
 
-:func:`measure_limits` measures the machine once: copy bandwidth by a STREAM-like copy (numpy ``copyto``; bytes
-read plus bytes written per second, best of a few passes) at working sets from cache-sized to far beyond the
-caches, and peak
+:func:`measure_limits` measures the machine once: copy bandwidth by a STREAM-like copy (numpy ``copyto``, one slice
+per usable core in threads at once, since one core alone does not saturate the memory bus, or in one thread where
+that is faster; bytes read plus bytes written per second, best of a few passes) at working sets from cache-sized
+to far beyond the caches, and peak
 float32 FLOP/s by a numpy matmul (``2 n^3`` per product, best of a few). :func:`step_floor` turns a variant's
 weight bytes, state bytes and FLOPs into the time a step cannot beat: every weight and the state read once and
 the new state written once at that bandwidth, or the FLOPs at that peak, whichever is larger. A p50 many times the
@@ -11,6 +12,8 @@ floor is overhead (per-node dispatch, per-call conversions), not arithmetic or m
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -65,20 +68,51 @@ def _best_seconds(fn, passes: int) -> float:
     return best
 
 
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                     # no affinity API (macOS)
+        return os.cpu_count() or 1
+
+
+def _copy_in_threads(dst: np.ndarray, src: np.ndarray, repeats: int, threads: int) -> None:
+    """``repeats`` copies of ``src`` into ``dst``, the arrays cut into one slice per thread, all threads at once
+    (numpy releases the GIL while it copies)."""
+    bounds = np.linspace(0, len(src), threads + 1, dtype=np.int64)
+
+    def work(a: int, b: int) -> None:
+        for _ in range(repeats):
+            np.copyto(dst[a:b], src[a:b])
+    workers = [threading.Thread(target=work, args=(int(a), int(b))) for a, b in zip(bounds[:-1], bounds[1:])]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
 def measure_limits(copy_sizes: tuple[int, ...] = COPY_SIZES, matmul_n: int = MATMUL_N,
-                   passes: int = PASSES) -> MachineLimits:
-    """Measure this machine's copy bandwidth per working set and peak float32 FLOP/s (seconds; see the module)."""
+                   passes: int = PASSES, threads: int | None = None) -> MachineLimits:
+    """Measure this machine's copy bandwidth per working set (the faster of one thread and ``threads`` copying at
+    once; default: one per usable core) and peak float32 FLOP/s (seconds; see the module)."""
+    threads = _usable_cores() if threads is None else int(threads)
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     bandwidth = {}
     for size in copy_sizes:
         src = np.ones(size // 8, np.float32)       # source + destination = the working set
         dst = np.empty_like(src)
         repeats = max(1, (64 << 20) // size)       # time at least ~64 MiB of traffic per pass
-        seconds = _best_seconds(lambda dst=dst, src=src, n=repeats: [np.copyto(dst, src) for _ in range(n)], passes)
+        # one thread as well: for a cache-sized set, starting threads costs more than they gain
+        seconds = min(_best_seconds(lambda dst=dst, src=src, n=repeats, t=t: _copy_in_threads(dst, src, n, t), passes)
+                      for t in sorted({1, threads}))
         bandwidth[int(size)] = 2 * src.nbytes * repeats / seconds
     a = np.random.default_rng(0).standard_normal((matmul_n, matmul_n)).astype(np.float32)
     out = np.empty_like(a)
     matmul_s = _best_seconds(lambda: np.matmul(a, a, out=out), passes)
-    return MachineLimits(bandwidth_by_bytes=bandwidth, peak_flops=2 * matmul_n ** 3 / matmul_s)
+    method = (f"bandwidth: numpy copyto of float32 arrays of {min(copy_sizes) >> 20}..{max(copy_sizes) >> 20} MiB "
+              f"(read + write bytes), best of {passes} in one thread and in {threads} at once; peak: numpy float32 "
+              f"matmul {matmul_n}x{matmul_n}, best of {passes}, numpy's BLAS threads")
+    return MachineLimits(bandwidth_by_bytes=bandwidth, peak_flops=2 * matmul_n ** 3 / matmul_s, method=method)
 
 
 def step_floor(weight_bytes: int, state_bytes: int, flops: int, limits: MachineLimits) -> dict[str, Any]:
