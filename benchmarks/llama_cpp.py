@@ -16,7 +16,7 @@ One run, one machine, the same thread count on both sides:
    A prefill keeps the last token's logits only on both sides (``Llama.eval`` without ``logits_all``;
    ``Session.prefill(..., logits="last")``), as a prompt before generation does;
 4. every row carries the step's floor on this machine (:mod:`seqedge.evaluate.floor`: bandwidth and peak
-   measured once before the models load) and its p50 over it: the issue's "within 2x of the floor".
+   measured once before the models load) and its p50 over it: how close a step comes to what the machine allows.
 
 Writes benchmarks/results/llama_cpp.{md,json}.
 """

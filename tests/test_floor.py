@@ -70,7 +70,8 @@ def test_bench_results_carry_the_floor_and_the_report_prints_it():
 
     config = SequentialAttentionConfig(hidden_size=32, num_layers=2, num_heads=2, head_k_dim=16, head_v_dim=16,
                                        gate_rank=4, chunk_size=16, mlp_multiple_of=16)
-    variant = SimpleNamespace(files={"step": {"bytes": 1000}, "chunk": {"bytes": 2000}, "weights": {"bytes": 5 << 20}})
+    variant = SimpleNamespace(files={"step": {"bytes": 1000}, "chunk": {"bytes": 2000}, "weights": {"bytes": 5 << 20}},
+                              info={})
     assert step_weight_bytes(variant) == 1000 + (5 << 20)
     manifest = SimpleNamespace(config=config, state_specs=state_specs(config))
     context = ContextResult(0, 2.0, 2.0, 2.0, 2.0, 2.0, 0.0, 0, 0, None)

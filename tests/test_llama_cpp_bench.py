@@ -79,7 +79,7 @@ def test_engines_take_turns_on_the_same_tokens(bench):
 
 def test_report_reads_each_row_against_its_floor(bench):
     """A row with a floor prints it and its p50 over it, and the ratio table prints the best variant's p50 over
-    its floor (the issue's "within 2x"); a row carried over from a record without floors prints dashes."""
+    its floor; a row carried over from a record without floors prints dashes."""
     llama = bench.Row("llama.cpp", "q8_0", "int8", 0, 8.0, 9.0, 0.0, 130.0, 1.0, 7.5)
     ours = bench.Row("seqedge onnxruntime-fused", "int8", "int8", 0, 10.0, 12.0, 0.0, 275.0, 1.0, 6.25)
     old = {k: v for k, v in vars(bench.Row("seqedge executorch", "int8", "int8", 0, 19.0, 20.0, 0.0, 380.0,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ort_timing import cpu_session
 
 LAYERS = 24
 
@@ -105,12 +106,7 @@ def scan_case(key_heads: int = 1, heads: int = 24, dk: int = 128, dv: int = 64) 
 
 
 def p50_us(model: bytes, feeds: dict[str, np.ndarray], threads: int, calls: int) -> float:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    session = cpu_session(model, threads)
     for _ in range(max(calls // 10, 5)):
         session.run(None, feeds)
     times = []

@@ -12,7 +12,6 @@ floor is overhead (per-node dispatch, per-call conversions), not arithmetic or m
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from seqedge.evaluate.run_info import usable_cores
 from seqedge.runtimes.threads import step_flops
 
 __all__ = ["MachineLimits", "measure_limits", "step_floor", "step_flops"]
@@ -68,13 +68,6 @@ def _best_seconds(fn, passes: int) -> float:
     return best
 
 
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:                     # no affinity API (macOS)
-        return os.cpu_count() or 1
-
-
 def _copy_in_threads(dst: np.ndarray, src: np.ndarray, repeats: int, threads: int) -> None:
     """``repeats`` copies of ``src`` into ``dst``, the arrays cut into one slice per thread, all threads at once
     (numpy releases the GIL while it copies)."""
@@ -94,7 +87,7 @@ def measure_limits(copy_sizes: tuple[int, ...] = COPY_SIZES, matmul_n: int = MAT
                    passes: int = PASSES, threads: int | None = None) -> MachineLimits:
     """Measure this machine's copy bandwidth per working set (the faster of one thread and ``threads`` copying at
     once; default: one per usable core) and peak float32 FLOP/s (seconds; see the module)."""
-    threads = _usable_cores() if threads is None else int(threads)
+    threads = usable_cores() if threads is None else int(threads)
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     bandwidth = {}

@@ -366,7 +366,7 @@ def step_weight_bytes(variant: Any) -> int:
     variants count their step graph's initializers, an embedding table one row), else the step entry point's
     files (with its external data), the shared weights file where the variant has one, else the whole variant
     over its entry points."""
-    recorded = getattr(variant, "info", {}).get("step_weight_bytes")
+    recorded = variant.info.get("step_weight_bytes")
     if recorded:
         return int(recorded)
     files = variant.files

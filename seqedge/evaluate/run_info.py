@@ -85,13 +85,17 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity; all of them where there is no affinity API, as on macOS)."""
+    try:
+        return len(psutil.Process().cpu_affinity())
+    except (AttributeError, psutil.Error):
+        return psutil.cpu_count() or 1
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, cores (and those this process may use), memory, OS, Python, library versions, load average."""
-    proc = psutil.Process()
-    try:
-        usable = len(proc.cpu_affinity())
-    except (AttributeError, psutil.Error):     # no affinity API on macOS
-        usable = psutil.cpu_count()
+    usable = usable_cores()
     return {
         "cpu": cpu_model(), "cores": psutil.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
         "usable_cores": usable, "memory_bytes": psutil.virtual_memory().total,
