@@ -173,7 +173,7 @@ def seqedge_engine(artifact: Path, runtime: str, tag: str, threads: int, floor: 
         _, box[0] = sess.prefill(prompt[None], box[0], logits="last")
 
     def step(token: int) -> None:
-        _, box[0] = sess.step(np.asarray([token]), box[0])
+        _, box[0] = sess.step(np.asarray([token]), box[0], donate=True)
 
     return Engine(f"seqedge {runtime}", tag, tag, sum(f["bytes"] for f in sess.variant.files.values()) / 2**20,
                   reset, prefill, step, floor(step_weight_bytes(sess.variant)))

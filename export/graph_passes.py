@@ -410,3 +410,30 @@ def weight_read_bytes(model: Any) -> int:
             size //= max(dims[0], 1)
         total += size * itemsize
     return total
+
+
+# ONNX Runtime's recurrent ops whose CPU kernels read their past state (input 3) once, before writing the present
+# state (output 1): a step may bind both to one buffer. The runtime re-checks this against a plain run.
+STATE_COPYING_OPS = {("com.microsoft", "LinearAttention"), ("com.microsoft", "CausalConvWithState")}
+
+
+def in_place_states(model: Any) -> list[str]:
+    """The state inputs of the ``onnx.ModelProto`` ``model`` (``state.i``) that one node of
+    :data:`STATE_COPYING_OPS` reads, as its past state and nothing else reads, and whose own present-state output
+    is the graph's ``new_state.i``: where a runtime may write the new state over the old one."""
+    readers: dict[str, list[tuple[Any, int]]] = defaultdict(list)
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            readers[name].append((node, i))
+    outputs = {o.name for o in model.graph.output}
+    found = []
+    for graph_input in model.graph.input:
+        name = graph_input.name
+        uses = readers.get(name, [])
+        if not name.startswith("state.") or len(uses) != 1:
+            continue
+        node, index = uses[0]
+        if ((node.domain, node.op_type) in STATE_COPYING_OPS and index == 3 and len(node.output) > 1
+                and node.output[1] == f"new_{name}" and node.output[1] in outputs):
+            found.append(name)
+    return found

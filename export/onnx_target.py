@@ -136,7 +136,9 @@ class OnnxTarget:
                 "nodes": {e: graph_passes.node_counts(g, layers) for e, g in graphs.items()},
                 # what a step reads per token (the floor of seqedge.evaluate.floor): the shared weights file
                 # holds the chunk's constants and the quantized graphs' float32 embedding table as well
-                "step_weight_bytes": graph_passes.weight_read_bytes(graphs["step"])}
+                "step_weight_bytes": graph_passes.weight_read_bytes(graphs["step"]),
+                # states a donated step may update in place (seqedge.runtimes.ort_step_chain)
+                "step_in_place_states": graph_passes.in_place_states(graphs["step"])}
         if scheme == "int4":
             info["group_size"] = ctx.quantization.group_size
             info["int4"] = _int4_summary(ctx.quantization, int4)

@@ -5,11 +5,17 @@ back in arrays ONNX Runtime allocated for it, so no state tensor is copied betwe
 the state stays on the GPU through IOBinding: when the next call passes exactly the arrays the last one returned
 (the usual step loop), their ``OrtValue``s are bound as inputs again; any other valid state (a fresh one, one
 loaded from disk, one from another runtime) is bound from numpy; the arrays handed back are host copies.
+A donated step on the CPU (``step_donated``: ``Session.step(..., donate=True)``, ``generate``) runs over state
+buffers the backend owns and binds once, updating in place what the export marked safe
+(:mod:`seqedge.runtimes.ort_step_chain`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -17,11 +23,13 @@ import numpy as np
 from seqedge.artifact import CHUNK_LOGITS_FROM, Manifest, Variant
 
 from .base import RuntimeUnavailable
+from .ort_step_chain import StepChain, in_place_agrees
 from .signature import TensorSig, check_signature
 from .threads import check_threads, default_threads
 
 INSTALL_HINT = "pip install onnxruntime  (or pip install 'seqedge[onnx]'; onnxruntime-gpu for CUDA)"
 LAST_ROW = np.array([-1], np.int64)     # CHUNK_LOGITS_FROM for the last position's logits only
+log = logging.getLogger("seqedge.runtimes")
 
 
 def _ort():
@@ -38,7 +46,7 @@ class OnnxRuntimeBackend:
     target = "onnx"
 
     def __init__(self, sessions: dict[str, Any], providers: list[str], state_names: list[str],
-                 io_binding: bool | None = None) -> None:
+                 io_binding: bool | None = None, in_place: Collection[str] = ()) -> None:
         self._ort = _ort()
         self.sessions = sessions
         self.providers = providers
@@ -56,6 +64,12 @@ class OnnxRuntimeBackend:
         if CHUNK_LOGITS_FROM in {i.name for i in sessions["chunk"].get_overridable_initializers()}:
             self._graphs["chunk_last"] = (sessions["chunk"], {CHUNK_LOGITS_FROM: LAST_ROW})
         self.entries = tuple(self._graphs)
+        # donated steps (step_donated): the states the export listed as safe to update in place, checked against
+        # a plain run before the first chain writes in place
+        self.in_place = frozenset(in_place)
+        self._in_place_checked = not self.in_place
+        self._chain: StepChain | None = None
+        self._chain_lock = threading.Lock()     # one chain per backend: donated steps from two threads take turns
 
     def _bind_state(self, io, state: list[np.ndarray]) -> None:
         reuse = len(self._last) == len(state) and all(a is b for a, (b, _) in zip(state, self._last))
@@ -100,9 +114,30 @@ class OnnxRuntimeBackend:
         self._last = list(zip(arrays, values[1:]))
         return logits, arrays
 
+    def step_donated(self, tokens: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """``run("step", ...)`` for a state its caller gave up: on the CPU (without the ``io_binding`` option,
+        whose own binding path runs instead) the step runs over this backend's own state buffers
+        (:class:`~seqedge.runtimes.ort_step_chain.StepChain`), which the returned state is; a state that is not
+        the last one returned is copied into new buffers first."""
+        if self.io_binding:
+            return self.run("step", tokens, state)
+        sess = self.sessions["step"]
+        with self._chain_lock:
+            chain = self._chain
+            if chain is None or chain.batch_size != len(tokens) or not chain.holds(state):
+                if not self._in_place_checked:
+                    self._in_place_checked = True
+                    if not in_place_agrees(sess, self.state_names, state, self.in_place):
+                        log.warning("seqedge: ONNX Runtime %s's kernels give other results when a state is updated "
+                                    "in place; donated steps keep every state apart", self._ort.__version__)
+                        self.in_place = frozenset()
+                chain = self._chain = StepChain(sess, self.state_names, state, self.in_place)
+            return chain.step(sess, tokens)
+
     def describe(self) -> dict[str, Any]:
         return {"providers": self.providers, "device": self.device, "onnxruntime": self._ort.__version__,
-                "threads": self.threads, "io_binding": self.io_binding}
+                "threads": self.threads, "io_binding": self.io_binding,
+                "in_place_states": f"{len(self.in_place)} of {len(self.state_names)}"}
 
 
 class OnnxRuntimeRuntime:
@@ -144,7 +179,7 @@ class OnnxRuntimeRuntime:
             check_signature(manifest, entry, manifest.path(variant, entry, verify=False), _sigs(session.get_inputs()),
                             _sigs(session.get_outputs()))
         backend = self.backend(sessions, sessions["step"].get_providers(), [s.name for s in manifest.state_specs],
-                               io_binding)
+                               io_binding, variant.info.get("step_in_place_states", ()))
         backend.threads = threads or f"onnxruntime default ({os.cpu_count()} cores)"
         return backend
 

@@ -7,6 +7,11 @@ call passes ``check_finite=False``, finite: one pass of ``np.isfinite`` over the
 that is not O(1). A state this session returned itself is accepted back after O(1) checks (its seal: the same
 session, the same tensor objects, the batch of the call): it was checked, or computed from checked inputs, and
 states are never modified in place (the ONNX Runtime backends return read-only arrays).
+
+The one exception is asked for: ``step(..., donate=True)`` gives the state up, so a backend with
+``step_donated`` (ONNX Runtime on the CPU) may write the new state over its buffers; the given ``State`` is spent
+whatever the backend (:meth:`seqedge.state.State.spend`), so a later use raises instead of reading another state's
+values. ``generate`` and the steps inside ``prefill`` donate the states they make themselves, never the caller's.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ class Session:
     def _check_state(self, state: State, batch_size: int, check_finite: bool) -> list[np.ndarray]:
         if not isinstance(state, State):
             raise TypeError(f"state must be a seqedge State (from init_state), got {type(state).__name__}")
+        state.ensure_live()
         if state.sealed_by(self._seal) and state.batch_size == batch_size:
             return state.tensors        # the backend's own outputs, as it returned them
         state.check(self.specs, self.fingerprint, batch_size, self.state_dtypes)
@@ -91,15 +97,25 @@ class Session:
         return np.ascontiguousarray(arr)
 
     # entry points -----------------------------------------------------------------------------------------
-    def step(self, tokens: Any, state: State, *, check_finite: bool = True) -> tuple[np.ndarray, State]:
+    def step(self, tokens: Any, state: State, *, check_finite: bool = True,
+             donate: bool = False) -> tuple[np.ndarray, State]:
         """One token per sequence: tokens ``[B]`` -> (logits ``[B, V]`` float32, new state).
 
         ``check_finite=False`` skips the NaN/inf scan of a ``state`` from elsewhere (a state this session
-        returned is never scanned again: see the module docstring)."""
+        returned is never scanned again: see the module docstring). ``donate=True`` gives ``state`` up: where the
+        backend can (ONNX Runtime on the CPU), the new state is written over its buffers, which spares a step
+        loop the allocation and copy of the state; ``state`` is spent afterwards on every runtime (using it
+        again raises ValueError)."""
         tokens = self._check_tokens(tokens, 1)
         arrays = self._check_state(state, tokens.shape[0], check_finite)
-        logits, new = self.backend.run("step", tokens, arrays)
+        logits, new = self._run_step(tokens, arrays, donate)
+        if donate:
+            state.spend()
         return logits, state.sealed_successor(new, self._seal)
+
+    def _run_step(self, tokens: np.ndarray, arrays: list, donate: bool) -> tuple[np.ndarray, list]:
+        donated = getattr(self.backend, "step_donated", None) if donate else None
+        return donated(tokens, arrays) if donated else self.backend.run("step", tokens, arrays)
 
     def prefill(self, tokens: Any, state: State, *, check_finite: bool = True,
                 logits: str = "all") -> tuple[np.ndarray, State]:
@@ -130,7 +146,8 @@ class Session:
             out, arrays = self.backend.run(chunk_entry, np.ascontiguousarray(tokens[:, start:start + C]), arrays)
             keep(out)
         for t in range(T - T % C, T):
-            out, arrays = self.backend.run("step", np.ascontiguousarray(tokens[:, t]), arrays)
+            # the caller's state is read, never donated; one an earlier call here made is this prefill's own
+            out, arrays = self._run_step(np.ascontiguousarray(tokens[:, t]), arrays, donate=t > 0)
             keep(out[:, None])
         if last_only:
             result = np.array(pieces[0])        # a copy: a row of a chunk's logits would keep the chunk's alive
@@ -179,7 +196,8 @@ class Session:
             yield token
             if token in stop_tokens:
                 return
-            last, state = self.step(np.asarray([token]), state, check_finite=False)   # this session's own state
+            # this generator's own state (prefill made it): checked, and nobody else holds it
+            last, state = self.step(np.asarray([token]), state, check_finite=False, donate=True)
 
     def describe(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "variant": self.variant.name, **self.backend.describe()}

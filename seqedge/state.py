@@ -95,6 +95,10 @@ class State:
 
     ``save``/``load`` write safetensors plus JSON metadata (never pickle), so a state prefilled in one runtime
     resumes in another. The metadata carries a sha256 of the tensors (:func:`tensors_sha256`), checked on load.
+
+    A state given up to ``Session.step(..., donate=True)`` is *spent* (:meth:`spend`): that call may have written
+    the next state over its buffers, so reading or stepping it again raises ValueError instead of returning
+    another state's values.
     """
 
     def __init__(self, tensors: Sequence[Any], specs: Sequence[StateSpec], fingerprint: str) -> None:
@@ -111,6 +115,20 @@ class State:
         self.specs = list(specs)
         self.fingerprint = fingerprint
         self._seal: tuple[object, tuple[int, ...]] | None = None
+        self.spent = False
+
+    def spend(self) -> None:
+        """Mark this state as given up to a call that may reuse its buffers (``donate=True``): from now on every
+        method that reads its values, and every Session call, raises ValueError."""
+        self.spent = True
+        self._seal = None
+
+    def ensure_live(self) -> None:
+        """ValueError if this state is spent (:meth:`spend`)."""
+        if self.spent:
+            raise ValueError("this state was donated to a step(..., donate=True) call, which may have written the "
+                             "next state over its buffers; use the state that call returned (or donate=False to "
+                             "keep this one)")
 
     @property
     def batch_size(self) -> int:
@@ -120,6 +138,7 @@ class State:
         return len(self.tensors)
 
     def __iter__(self):
+        self.ensure_live()
         return iter(self.tensors)
 
     def __repr__(self) -> str:
@@ -127,13 +146,16 @@ class State:
 
     def numpy(self) -> list[np.ndarray]:
         """The tensors as float32 numpy arrays (copies for torch tensors)."""
+        self.ensure_live()
         return [np.ascontiguousarray(_as_numpy(t), dtype=np.float32) for t in self.tensors]
 
     def arrays(self) -> list[np.ndarray]:
         """The tensors as numpy arrays of their own dtype (no cast; numpy arrays are returned as they are)."""
+        self.ensure_live()
         return [_as_numpy(t) for t in self.tensors]
 
     def with_tensors(self, tensors: Sequence[Any]) -> State:
+        self.ensure_live()
         return State(tensors, self.specs, self.fingerprint)
 
     def sealed_successor(self, tensors: list[Any], issuer: object) -> State:
@@ -144,6 +166,7 @@ class State:
         new = State.__new__(State)
         new.tensors, new.specs, new.fingerprint = list(tensors), self.specs, self.fingerprint
         new._seal = (issuer, tuple(map(id, new.tensors)))
+        new.spent = False
         return new
 
     def sealed_by(self, issuer: object) -> bool:
@@ -158,6 +181,7 @@ class State:
         Complex and non-floating tensors are always refused; ``dtypes`` (e.g. ``["float32"]``) refuses any other
         floating dtype too, rather than casting it silently. O(number of tensors): values are not read.
         """
+        self.ensure_live()
         if self.fingerprint != fingerprint:
             raise ValueError(f"state belongs to another model (fingerprint {self.fingerprint}, expected "
                              f"{fingerprint}); create one with init_state() of this session")
@@ -176,6 +200,7 @@ class State:
 
     def check_finite(self) -> None:
         """ValueError naming the first tensor holding NaN or inf (a state that would poison every later token)."""
+        self.ensure_live()
         for tensor, spec in zip(self.tensors, self.specs):
             values = _as_numpy(tensor)
             if not np.isfinite(values).all():

@@ -56,6 +56,18 @@ def onnx_artifact(tmp_path_factory: pytest.TempPathFactory, rule: str) -> Path:
     return _CACHE[rule]
 
 
+def ort_artifact(tmp_path_factory: pytest.TempPathFactory, rule: str) -> Path:
+    """An artifact of the seed-0 tiny model (``rule``) with onnx (portable) and onnx-ort at fp32 and int8."""
+    key = f"ort-{rule}"
+    if key not in _CACHE:
+        from seqedge.evaluate.export_check import export_verified as export_model
+
+        out = tmp_path_factory.mktemp(key) / "art"
+        export_model(tiny_model(rule), out, ["onnx", "onnx-ort"], ["none", "int8"], progress=False)
+        _CACHE[key] = out
+    return _CACHE[key]
+
+
 def reference(artifact: Path, tokens, prefill: int):
     """The float64 reference stream of ``artifact`` (cached per artifact, stream and split)."""
     from seqedge.evaluate.parity import reference_stream

@@ -5,25 +5,19 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from _artifacts import RULES, reference, tiny_model
+from _artifacts import RULES, ort_artifact, reference, tiny_model
 
 import seqedge
 from seqedge.evaluate.export_check import export_verified as export_model
 from seqedge.evaluate.parity import BUDGETS, check_session, text_tokens
 
 TOKENS = 512
-_CACHE = {}
 
 
 @pytest.fixture(params=RULES)
 def artifact(request, tmp_path_factory):
     """Tiny seed-0 model with onnx (portable) and onnx-ort at fp32 and int8."""
-    rule = request.param
-    if rule not in _CACHE:
-        out = tmp_path_factory.mktemp(f"ort-{rule}") / "art"
-        export_model(tiny_model(rule), out, ["onnx", "onnx-ort"], ["none", "int8"], progress=False)
-        _CACHE[rule] = out
-    return _CACHE[rule]
+    return ort_artifact(tmp_path_factory, request.param)
 
 
 def test_graph_has_one_fused_scan_per_layer_and_portable_graph_none(artifact):

@@ -133,7 +133,8 @@ class SessionStepper:
         return logits[0]
 
     def step(self, token: int) -> np.ndarray:
-        logits, self.state = self.session.step(np.asarray([token], np.int64), self.state)
+        # the stepper owns its state: donated, as a decode loop gives each state up
+        logits, self.state = self.session.step(np.asarray([token], np.int64), self.state, donate=True)
         return logits[0]
 
     def memory_bytes(self) -> int:
