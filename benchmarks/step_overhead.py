@@ -39,6 +39,8 @@ from seqedge.evaluate.latency import step_weight_bytes
 from seqedge.evaluate.latency_report import command_line, machine_info, machine_markdown
 from seqedge.state import state_nbytes
 
+from probes.ort_timing import ort_profile
+
 RUNTIMES = {"onnxruntime": "onnx", "onnxruntime-fused": "onnx-ort", "executorch": "executorch"}
 TARGET_MS = 0.15          # step p50 target for onnxruntime-fused and executorch on the bundled model
 TARGET_OVERHEAD = 0.10    # Session.step over the raw call
@@ -113,31 +115,6 @@ def interleaved(calls: dict[str, Any], n: int, warmup: int = 50) -> dict[str, fl
             if i >= warmup:
                 times[k].append(time.perf_counter_ns() - t0)
     return {k: float(np.median(v)) / 1e6 for k, v in times.items()}
-
-
-def ort_profile(path: Path, threads: int, steps: int = 300) -> dict[str, float]:
-    """Microseconds per step by op type, from ONNX Runtime's profiler (ORT_ENABLE_ALL graph, CPU)."""
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = threads
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "prof")
-        sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feeds = {}
-        for i in sess.get_inputs():
-            shape = [1 if isinstance(d, str) else d for d in i.shape]
-            feeds[i.name] = np.array([5], np.int64) if i.name == "tokens" else np.zeros(shape, np.float32)
-        for _ in range(steps):
-            sess.run(None, feeds)
-        events = json.loads(Path(sess.end_profiling()).read_text())
-    by_op: Counter = Counter()
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            by_op[e["args"]["op_name"]] += e["dur"]
-    return {op: us / steps for op, us in by_op.most_common()}
 
 
 def measure(artifact: Path, runtime: str, quantization: str, steps: int, limits) -> dict[str, Any]:

@@ -1,10 +1,14 @@
-"""Shared by the ONNX Runtime probes: CPU sessions, random feeds for a session, and sessions timed in
-alternating rounds."""
+"""Shared by the ONNX Runtime probes (and step_overhead.py): CPU sessions, random feeds for a session, sessions
+timed in alternating rounds, and a step's time by op type from ONNX Runtime's profiler."""
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 import time
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -53,3 +57,28 @@ def time_rounds(sessions: dict[str, ort.InferenceSession], feeds: dict[str, np.n
                 ts.append(time.perf_counter() - t0)
             times[name].append(float(np.median(ts)) * 1e3)
     return times
+
+
+def ort_profile(path: Path, threads: int, steps: int = 300) -> dict[str, float]:
+    """Microseconds per step by op type, from ONNX Runtime's profiler (ORT_ENABLE_ALL graph, CPU)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "prof")
+        sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feeds = {}
+        for i in sess.get_inputs():
+            shape = [1 if isinstance(d, str) else d for d in i.shape]
+            feeds[i.name] = np.array([5], np.int64) if i.name == "tokens" else np.zeros(shape, np.float32)
+        for _ in range(steps):
+            sess.run(None, feeds)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    by_op: Counter = Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            by_op[e["args"]["op_name"]] += e["dur"]
+    return {op: us / steps for op, us in by_op.most_common()}
