@@ -60,6 +60,7 @@ class ExecuTorchBackend:
             check_signature(manifest, m, self.path, _sigs(meta.input_tensor_meta, meta.num_inputs()),
                             _sigs(meta.output_tensor_meta, meta.num_outputs()))
         self.methods = {m: self.program.load_method(m) for m in METHODS}
+        self._last_out: list[Any] = []     # the new state the last call returned (its own torch tensors)
         self.threads = _pool_size()
         batch = variant.info.get("batch", {})
         self.min_batch, self.max_batch = int(batch.get("min", 1)), int(batch.get("max", 1))
@@ -71,11 +72,16 @@ class ExecuTorchBackend:
         if not self.min_batch <= batch <= self.max_batch:
             raise ValueError(f"batch size {batch} is outside the range [{self.min_batch}, {self.max_batch}] this "
                              f"ExecuTorch program was planned for ({self.path}); split the batch or re-export")
-        inputs = [self._tensor(tokens, np.int64)] + [self._tensor(s, np.float32) for s in state]
         # ``execute`` returns copies of the outputs (the program's planned memory is overwritten by the next
-        # call). The new state stays in torch tensors: handed back on the next call they go in as they are,
-        # without a numpy round trip (two wrappers per tensor and call)
+        # call). The new state stays in torch tensors: the usual step loop hands exactly the last call's back,
+        # and those go in as they are, unchecked (they are this backend's own float32 contiguous outputs)
+        last = self._last_out
+        if len(state) == len(last) and all(a is b for a, b in zip(state, last)):
+            inputs = [self._tensor(tokens, np.int64), *state]
+        else:
+            inputs = [self._tensor(tokens, np.int64)] + [self._tensor(s, np.float32) for s in state]
         logits, *new_state = self.methods[entry].execute(inputs)
+        self._last_out = new_state
         return logits.numpy(), new_state
 
     def _tensor(self, value: Any, dtype: type) -> Any:

@@ -65,7 +65,8 @@ class StepChain:
         return len(state) == len(side) and all(a is b for a, b in zip(state, side))
 
     def step(self, session: Any, tokens: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Logits ``[B, V]`` (a new array) and the new state (this chain's arrays, valid until its next call)."""
+        """Logits ``[B, V]`` (a new array) and the new state: this chain's arrays, which only a later call given
+        exactly them (a donated step) writes over."""
         np.copyto(self.tokens, tokens)
         session.run_with_iobinding(self._bindings[self._next])
         self._next = 1 - self._next

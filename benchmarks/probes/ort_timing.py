@@ -61,8 +61,6 @@ def time_rounds(sessions: dict[str, ort.InferenceSession], feeds: dict[str, np.n
 
 def ort_profile(path: Path, threads: int, steps: int = 300) -> dict[str, float]:
     """Microseconds per step by op type, from ONNX Runtime's profiler (ORT_ENABLE_ALL graph, CPU)."""
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()
         options.log_severity_level = 3
