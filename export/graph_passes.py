@@ -388,6 +388,15 @@ def node_counts(model: Any, layers: int) -> dict[str, Any]:
     return {"total": total, "per_layer": round(total / max(layers, 1), 1), "op_types": dict(ops.most_common())}
 
 
+def _readers(model: Any) -> dict[str, list[tuple[Any, int]]]:
+    """Every value name of ``model``'s graph -> the (node, input index) pairs that read it."""
+    readers: dict[str, list[tuple[Any, int]]] = defaultdict(list)
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            readers[name].append((node, i))
+    return readers
+
+
 def weight_read_bytes(model: Any) -> int:
     """Bytes of the ``onnx.ModelProto`` ``model``'s initializers one call reads at batch 1 (sizes from their dims:
     external data need not be loaded): each in full, but a table only Gather nodes index (an embedding) one row.
@@ -395,10 +404,7 @@ def weight_read_bytes(model: Any) -> int:
     read per token; a tied float32 head reads the table whole, as a MatMul input."""
     import numpy as np
 
-    readers: dict[str, set[tuple[str, int]]] = defaultdict(set)
-    for node in model.graph.node:
-        for i, name in enumerate(node.input):
-            readers[name].add((node.op_type, i))
+    readers = _readers(model)
     total = 0
     for tensor in model.graph.initializer:
         if tensor.name not in readers:
@@ -406,7 +412,7 @@ def weight_read_bytes(model: Any) -> int:
         dims = [int(d) for d in tensor.dims]
         size = int(np.prod(dims)) if dims else 1
         itemsize = _library("onnx.helper").tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-        if dims and readers[tensor.name] == {("Gather", 0)}:
+        if dims and {(node.op_type, i) for node, i in readers[tensor.name]} == {("Gather", 0)}:
             size //= max(dims[0], 1)
         total += size * itemsize
     return total
@@ -421,10 +427,7 @@ def in_place_states(model: Any) -> list[str]:
     """The state inputs of the ``onnx.ModelProto`` ``model`` (``state.i``) that one node of
     :data:`STATE_COPYING_OPS` reads, as its past state and nothing else reads, and whose own present-state output
     is the graph's ``new_state.i``: where a runtime may write the new state over the old one."""
-    readers: dict[str, list[tuple[Any, int]]] = defaultdict(list)
-    for node in model.graph.node:
-        for i, name in enumerate(node.input):
-            readers[name].append((node, i))
+    readers = _readers(model)
     outputs = {o.name for o in model.graph.output}
     found = []
     for graph_input in model.graph.input:

@@ -47,6 +47,8 @@ class Session:
         self._seal = object()       # identifies this session's own states (State.sealed_successor)
         # a prompt's chunks with the head on their last position only, where the backend can (prefill "last")
         self._last_chunk = "chunk_last" if "chunk_last" in getattr(backend, "entries", ()) else "chunk"
+        # a donated step where the backend has one (ONNX Runtime), else the plain one
+        self._step_donated = getattr(backend, "step_donated", None) or (lambda t, s: backend.run("step", t, s))
 
     @property
     def tokenizer(self):
@@ -114,8 +116,7 @@ class Session:
         return logits, state.sealed_successor(new, self._seal)
 
     def _run_step(self, tokens: np.ndarray, arrays: list, donate: bool) -> tuple[np.ndarray, list]:
-        donated = getattr(self.backend, "step_donated", None) if donate else None
-        return donated(tokens, arrays) if donated else self.backend.run("step", tokens, arrays)
+        return self._step_donated(tokens, arrays) if donate else self.backend.run("step", tokens, arrays)
 
     def prefill(self, tokens: Any, state: State, *, check_finite: bool = True,
                 logits: str = "all") -> tuple[np.ndarray, State]:

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ort_timing import cpu_session
+from ort_timing import cpu_session, median_ms
 
 LAYERS = 24
 
@@ -106,15 +105,7 @@ def scan_case(key_heads: int = 1, heads: int = 24, dk: int = 128, dv: int = 64) 
 
 
 def p50_us(model: bytes, feeds: dict[str, np.ndarray], threads: int, calls: int) -> float:
-    session = cpu_session(model, threads)
-    for _ in range(max(calls // 10, 5)):
-        session.run(None, feeds)
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter_ns()
-        session.run(None, feeds)
-        times.append(time.perf_counter_ns() - t0)
-    return float(np.median(times)) / 1e3
+    return median_ms(cpu_session(model, threads), feeds, calls, warmup=max(calls // 10, 5)) * 1e3
 
 
 def main() -> None:

@@ -48,15 +48,20 @@ def time_rounds(sessions: dict[str, ort.InferenceSession], feeds: dict[str, np.n
     rng = np.random.default_rng(1)
     for _ in range(rounds):
         for name in rng.permutation(list(sessions)):
-            session = sessions[name]
-            session.run(None, feeds)
-            ts = []
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                session.run(None, feeds)
-                ts.append(time.perf_counter() - t0)
-            times[name].append(float(np.median(ts)) * 1e3)
+            times[name].append(median_ms(sessions[name], feeds, calls))
     return times
+
+
+def median_ms(session: ort.InferenceSession, feeds: dict[str, np.ndarray], calls: int, warmup: int = 1) -> float:
+    """The median ms of ``calls`` runs of ``session`` on ``feeds``, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        session.run(None, feeds)
+    ts = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        session.run(None, feeds)
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts)) * 1e3
 
 
 def ort_profile(path: Path, threads: int, steps: int = 300) -> dict[str, float]:
