@@ -8,7 +8,9 @@ recipe of ``--quantize`` the artifact holds for it (default fp32 and int8):
 - the raw runtime call (``InferenceSession.run`` / the ExecuTorch method's ``execute``, state carried),
   ``Session.step`` and the donated ``Session.step(..., donate=True)`` of a decode loop (``generate``'s), interleaved
   call by call, so a busy machine slows all alike; p50 of each and the Session's overhead over the raw call;
-- onnxruntime: the raw call at 1 and 2 intra-op threads (the default Session thread choice is printed);
+- the raw call at the other thread count (1 or 2) than the Session's default choice: for onnxruntime interleaved
+  with the rest, for executorch (one XNNPACK pool per process) in a pass of its own once the first session is
+  closed;
 - the step floor on this machine (seqedge.evaluate.floor) and the donated step's p50 as a multiple of it; the
   p50 target is checked on the donated step, the path a decode loop takes;
 - onnxruntime: where a step's time goes, by op type (ONNX Runtime's profiler).
@@ -23,6 +25,7 @@ An artifact comes from ``seqedge export --target onnx,onnx-ort,executorch --quan
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import tempfile
 import time
@@ -138,9 +141,17 @@ def measure(artifact: Path, runtime: str, quantization: str, steps: int, limits)
         calls[f"raw_{other}_threads"] = raw_stepper(seqedge.load(artifact, runtime, quantization=quantization,
                                                                  threads=other))
     p50 = interleaved(calls, steps)
+    threads = session.describe().get("threads")
+    if runtime == "executorch":
+        # XNNPACK's pool is resized only while no program is loaded: this variant's session goes first
+        other = 2 if threads == 1 else 1
+        del calls, session, state, donated
+        gc.collect()
+        session = seqedge.load(artifact, runtime, quantization=quantization, threads=other)
+        p50.update(interleaved({f"raw_{other}_threads": raw_stepper(session)}, steps))
     step_path = manifest.path(variant, "program" if runtime == "executorch" else "step")
     row = {"artifact": str(artifact), "runtime": runtime, "variant": variant.name,
-           "threads": session.describe().get("threads"), "p50_ms": p50,
+           "threads": threads, "p50_ms": p50,
            "overhead": p50["session"] / p50["raw"] - 1,
            "nodes": pte_counts(step_path, layers) if runtime == "executorch" else ort_counts(step_path, layers)}
     floor = step_floor(step_weight_bytes(variant), state_nbytes(manifest.state_specs, 1),

@@ -2,7 +2,8 @@
 runtime (``executorch.runtime.Runtime``), whose prebuilt pybindings include the XNNPACK backend.
 
 The pybindings exchange ``torch.Tensor``s, so this runtime imports torch (CPU) besides ExecuTorch; data still
-crosses the Session boundary as numpy arrays.
+crosses the Session boundary as numpy arrays. XNNPACK's thread pool is one per process; its size is chosen
+from the model's size or asked for with ``threads`` (:mod:`.executorch_pool` says when it can change).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import numpy as np
 
 from seqedge.artifact import Manifest, Variant
 
+from . import executorch_pool
 from .base import RuntimeUnavailable
 from .signature import TensorSig, check_signature
+from .threads import check_threads, default_threads
 
 INSTALL_HINT = "pip install executorch==1.5.1 torchao==0.18.0"
 BACKEND = "XnnpackBackend"
@@ -39,7 +42,7 @@ class ExecuTorchBackend:
     runtime = "executorch"
     target = "executorch"
 
-    def __init__(self, manifest: Manifest, variant: Variant) -> None:
+    def __init__(self, manifest: Manifest, variant: Variant, threads: int) -> None:
         torch, Runtime = _import_runtime()
         self._torch = torch
         self._torch_dtypes = {np.int64: torch.int64, np.float32: torch.float32}
@@ -59,9 +62,11 @@ class ExecuTorchBackend:
             meta = self.program.metadata(m)
             check_signature(manifest, m, self.path, _sigs(meta.input_tensor_meta, meta.num_inputs()),
                             _sigs(meta.output_tensor_meta, meta.num_outputs()))
+        executorch_pool.register(self)      # before the methods: their XNNPACK delegates hold the pool
         self.methods = {m: self.program.load_method(m) for m in METHODS}
         self._last_out: list[Any] = []     # the new state the last call returned (its own torch tensors)
-        self.threads = _pool_size()
+        self._token_buffers: dict[tuple[int, ...], tuple[Any, np.ndarray]] = {}    # shape -> (tensor, its array)
+        self.threads = threads
         batch = variant.info.get("batch", {})
         self.min_batch, self.max_batch = int(batch.get("min", 1)), int(batch.get("max", 1))
 
@@ -77,12 +82,23 @@ class ExecuTorchBackend:
         # and those go in as they are, unchecked (they are this backend's own float32 contiguous outputs)
         last = self._last_out
         if len(state) == len(last) and all(a is b for a, b in zip(state, last)):
-            inputs = [self._tensor(tokens, np.int64), *state]
+            inputs = [self._token_tensor(tokens), *state]
         else:
-            inputs = [self._tensor(tokens, np.int64)] + [self._tensor(s, np.float32) for s in state]
+            inputs = [self._token_tensor(tokens)] + [self._tensor(s, np.float32) for s in state]
         logits, *new_state = self.methods[entry].execute(inputs)
         self._last_out = new_state
         return logits.numpy(), new_state
+
+    def _token_tensor(self, tokens: np.ndarray) -> Any:
+        """``tokens`` copied into this backend's int64 tensor of their shape: the same tensor every call of a
+        shape (a fresh tensor per call costs the step a few microseconds more than the copy). Calls of one backend
+        must not overlap anyway (they share the program's planned memory), so neither do the copies."""
+        held = self._token_buffers.get(tokens.shape)
+        if held is None:
+            tensor = self._torch.zeros(tokens.shape, dtype=self._torch.int64)
+            held = self._token_buffers[tokens.shape] = (tensor, tensor.numpy())
+        np.copyto(held[1], tokens)
+        return held[0]
 
     def _tensor(self, value: Any, dtype: type) -> Any:
         """``value`` as a contiguous CPU tensor of ``dtype``: this backend's own output tensors as they are,
@@ -124,16 +140,13 @@ class ExecuTorchRuntime:
     def check_available(self) -> None:
         _import_runtime()
 
-    def open(self, manifest: Manifest, variant: Variant, **options: Any) -> ExecuTorchBackend:
+    def open(self, manifest: Manifest, variant: Variant, *, threads: int | None = None,
+             **options: Any) -> ExecuTorchBackend:
         if options:
-            raise ValueError(f"the executorch runtime takes no options, got {sorted(options)} (its XNNPACK thread "
-                             "pool is ExecuTorch's own, one per process: resizing it from Python aborted a later "
-                             "step here)")
-        return ExecuTorchBackend(manifest, variant)
-
-
-def _pool_size() -> int:
-    """Threads of ExecuTorch's (process-wide) XNNPACK thread pool."""
-    from executorch.extension.pybindings import portable_lib
-
-    return int(portable_lib._threadpool_get_thread_count())
+            raise ValueError(f"unknown option(s) {sorted(options)} for executorch; valid: threads (XNNPACK's "
+                             "thread pool, one per process: default 1 for small models, else one per core)")
+        threads = check_threads(threads)
+        _import_runtime()
+        wanted = default_threads(manifest.config) if threads is None else threads
+        with executorch_pool.LOCK:
+            return ExecuTorchBackend(manifest, variant, executorch_pool.size_pool(wanted, threads is not None))

@@ -280,20 +280,66 @@ def test_missing_library_names_the_exact_install(monkeypatch):
         ExecuTorchRuntime().check_available()
 
 
-def test_outputs_are_owned_and_the_pool_is_reported(exported):
+def test_outputs_are_owned(exported):
     """The arrays a step returns stay as they were after the next step (copies, not the program's reused
-    buffers); describe() reports the thread pool; options are refused with the reason."""
+    buffers)."""
     artifact, _, _ = exported("delta", "none")
-    with pytest.raises(ValueError, match="takes no options"):
-        load(artifact, runtime="executorch", threads=1)
     session = load(artifact, runtime="executorch")
-    assert session.describe()["threads"] >= 1
     state = session.init_state(1)
     logits, state = session.step(np.array([3]), state)
     kept = [logits.copy(), *(a.copy() for a in state.numpy())]
     session.step(np.array([5]), state)
     for now, before in zip([logits, *state.numpy()], kept):
         np.testing.assert_array_equal(now, before)
+
+
+POOL_SCRIPT = """
+import gc, sys
+import numpy as np
+from seqedge.runtimes import load
+from seqedge.runtimes.executorch_pool import pool_size
+
+def stream(session):
+    state, out = session.init_state(1), []
+    for token in (3, 5, 7, 11):
+        logits, state = session.step(np.array([token]), state)
+        out.append(logits)
+    return np.stack(out)
+
+def refused(match, **options):
+    try:
+        load(sys.argv[1], runtime="executorch", **options)
+    except ValueError as err:
+        assert match in str(err), err
+    else:
+        raise AssertionError(f"{options} was accepted")
+
+small = load(sys.argv[1], runtime="executorch")
+assert small.describe()["threads"] == 1 == pool_size(), small.describe()
+one = stream(small)
+refused("still open", threads=2)
+assert load(sys.argv[1], runtime="executorch").describe()["threads"] == 1
+assert load(sys.argv[1], runtime="executorch", threads=1).describe()["threads"] == 1
+for bad in (0, -1, True, "2"):
+    refused("threads must be a positive integer", threads=bad)
+refused("unknown option", providers=["x"])
+del small
+gc.collect()
+two = load(sys.argv[1], runtime="executorch", threads=2)
+assert two.describe()["threads"] == 2 == pool_size(), two.describe()
+np.testing.assert_allclose(stream(two), one, rtol=1e-5, atol=1e-5 * np.abs(one).max())
+print("pool ok")
+"""
+
+
+def test_thread_pool_sized_per_model_and_on_request(exported):
+    """XNNPACK's pool (one per process, so in a fresh one): one thread for a small model by default; another
+    count is refused while a session runs on the pool and taken once none does, with the same logits; bad counts
+    and unknown options are refused."""
+    artifact, _, _ = exported("delta", "none")
+    out = subprocess.run([sys.executable, "-c", POOL_SCRIPT, str(artifact)], capture_output=True, text=True,
+                         cwd=tempfile.gettempdir(), timeout=300)
+    assert out.returncode == 0 and "pool ok" in out.stdout, out.stdout + out.stderr[-3000:]
 
 
 def test_own_state_tensors_go_back_as_they_are(exported, tmp_path):
