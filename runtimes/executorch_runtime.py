@@ -90,9 +90,9 @@ class ExecuTorchBackend:
         return logits.numpy(), new_state
 
     def _token_tensor(self, tokens: np.ndarray) -> Any:
-        """``tokens`` copied into this backend's int64 tensor of their shape: the same tensor every call of a
-        shape (a fresh tensor per call costs the step a few microseconds more than the copy). Calls of one backend
-        must not overlap anyway (they share the program's planned memory), so neither do the copies."""
+        """``tokens`` copied into this backend's int64 tensor of their shape, the same tensor at every call of
+        that shape (no tensor made per call). Calls of one backend must not overlap anyway (they share the
+        program's planned memory), so neither do the copies."""
         held = self._token_buffers.get(tokens.shape)
         if held is None:
             tensor = self._torch.zeros(tokens.shape, dtype=self._torch.int64)
