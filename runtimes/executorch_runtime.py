@@ -8,6 +8,7 @@ from the model's size or asked for with ``threads`` (:mod:`.executorch_pool` say
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
@@ -81,7 +82,7 @@ class ExecuTorchBackend:
         # call). The new state stays in torch tensors: the usual step loop hands exactly the last call's back,
         # and those go in as they are, unchecked (they are this backend's own float32 contiguous outputs)
         last = self._last_out
-        if len(state) == len(last) and all(a is b for a, b in zip(state, last)):
+        if len(state) == len(last) and all(map(operator.is_, state, last)):
             inputs = [self._token_tensor(tokens), *state]
         else:
             inputs = [self._token_tensor(tokens)] + [self._tensor(s, np.float32) for s in state]
