@@ -22,7 +22,8 @@ program into dozens of XNNPACK subgraphs (the lowering's time goes by nodes, not
 benchmarks/results/executorch_lower_time.md). Two rewrites and two edge passes remove most of them, each computing
 the same function (the float16 SiLU up to one float16 rounding):
 
-- :func:`xnnpack_friendly`: a copy of the model whose RMSNorms average over a ``[-1, L, 1, n]`` view, whose
+- :func:`xnnpack_friendly`: a copy of the model whose RMSNorm modules take the mean of squares as a linear
+  over a ``1 / n`` row (other RMSNorms, e.g. a mixer's q/k norms, average over a ``[-1, L, 1, n]`` view), whose
   tied head is ``F.linear(x, embed.weight)`` (a linear over the parameter itself), whose short convs pick the
   new tail with a 0/1 matrix (exact), whose float SwiGLUs run gate and up as two linears over the row
   blocks of the fused weight, whose SiLUs are ``x * sigmoid(x)`` in the input's dtype (no float32 round trip
@@ -72,7 +73,8 @@ from seqedge.scan import recurrent_step
 from .xnnpack_scan import StaticMaskAttention
 
 # What the ExecuTorch Variant records as applied (Variant.info["xnnpack_rewrites"]).
-XNNPACK_REWRITES = ("RMSNorm mean over a [-1, L, 1, n] view", "tied head as F.linear(x, embed.weight)",
+XNNPACK_REWRITES = ("RMSNorm modules' mean of squares as a linear over a 1/n row",
+                    "other RMSNorms' mean over a [-1, L, 1, n] view", "tied head as F.linear(x, embed.weight)",
                     "short-conv tail picked by a 0/1 linear", "float SwiGLU gate/up as two linears",
                     "SiLU as x * sigmoid(x)", "expand as a product with ones", "one-token scan contractions as bmm",
                     "chunked scan with constant masks, prefix sums and row picks",
@@ -90,10 +92,13 @@ def _silu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(x)
 
 
-class PooledRMSNorm(nn.Module):
-    """:class:`seqedge.layers.RMSNorm` with the mean over a ``[-1, L, 1, n]`` view (XNNPACK's 4-D mean).
+class RowMeanRMSNorm(nn.Module):
+    """:class:`seqedge.layers.RMSNorm` with the mean of squares as a linear over a constant ``[1, n]`` row of
+    ``1 / n``: one XNNPACK fully-connected op where the 4-D mean takes five (two reshapes, two transposes and
+    the mean; every op costs each call its share of XNNPACK's per-call reshape of the runtime).
 
-    Same weight, eps, dtype handling and function: ``x * rsqrt(mean(x^2) + eps) * weight`` over the last dim.
+    Same weight, eps, dtype handling and function: ``x * rsqrt(mean(x^2) + eps) * weight`` over the last dim
+    (or over each of ``groups`` equal slices of it).
     """
 
     def __init__(self, norm: RMSNorm) -> None:
@@ -101,12 +106,19 @@ class PooledRMSNorm(nn.Module):
         self.eps = norm.eps
         self.groups = norm.groups
         self.weight = norm.weight
+        n = norm.weight.shape[-1] // norm.groups
+        self.mean_row = nn.Parameter(torch.full((1, n), 1.0 / n), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.groups == 1:
-            return pooled_rms_norm(x, self.weight, self.eps)
+            return self._norm(x, self.weight)
         grouped = x.unflatten(-1, (self.groups, -1))                          # [..., groups, dim / groups]
-        return pooled_rms_norm(grouped, self.weight.view(self.groups, -1), self.eps).flatten(-2)
+        return self._norm(grouped, self.weight.view(self.groups, -1)).flatten(-2)
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        xf = x.to(at_least_f32(x.dtype))
+        ms = F.linear(xf * xf, self.mean_row.to(xf.dtype))                    # [..., 1]
+        return (xf * torch.rsqrt(ms + self.eps)).to(x.dtype) * weight
 
 
 def pooled_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -197,7 +209,7 @@ def linear_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 # The ops of this flavour: SiLU without a float32 round trip, expands as products with ones, the one-token scan's
-# contractions as bmm, the 4-D mean RMSNorm, the head as a linear. The pieces that need their own constants or
+# contractions as bmm, the 4-D mean RMSNorm (norms that are not RMSNorm modules), the head as a linear. The pieces that need their own constants or
 # weights (conv tail picks, split gate/up, static-mask scan) are modules that :func:`xnnpack_friendly` puts in
 # place of the model's.
 XNNPACK_OPS = MixerOps(name="xnnpack", silu=_silu, expand=_broadcast,
@@ -219,7 +231,7 @@ def xnnpack_friendly(model: SequentialAttentionModel, *, inplace: bool = False) 
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, RMSNorm):
-                setattr(parent, name, PooledRMSNorm(child))
+                setattr(parent, name, RowMeanRMSNorm(child))
             elif isinstance(child, ShortConv):
                 setattr(parent, name, PickedTailConv(child, lengths))
             elif isinstance(child, SwiGLU) and _plain_weight(child.gate_up):

@@ -27,7 +27,7 @@ from seqedge.config import MixerParts, SequentialAttentionConfig
 from seqedge.export.entry_points import entry_module, example_inputs
 from seqedge.export.xnnpack_friendly import (
     PickedTailConv,
-    PooledRMSNorm,
+    RowMeanRMSNorm,
     SplitSwiGLU,
     _bmm_readout,
     _broadcast,
@@ -70,7 +70,7 @@ def test_rewritten_entry_points_match_the_model(rule, tie, entry):
     assert not any(isinstance(m, (RMSNorm, ShortConv, SwiGLU)) for m in friendly.modules())
     kinds = [type(m) for m in friendly.modules()]
     L = DIMS["num_layers"]                  # attn_norm, mlp_norm, out_norm per layer, and the final norm
-    assert (kinds.count(PooledRMSNorm), kinds.count(PickedTailConv), kinds.count(SplitSwiGLU),
+    assert (kinds.count(RowMeanRMSNorm), kinds.count(PickedTailConv), kinds.count(SplitSwiGLU),
             kinds.count(StaticMaskAttention)) == (3 * L + 1, L, L, L)
     for seed in range(3):
         inputs = example_inputs(model, entry, batch_size=3, seed=seed)      # random tokens and state
@@ -80,7 +80,7 @@ def test_rewritten_entry_points_match_the_model(rule, tie, entry):
         for g, w in zip(got, want, strict=True):                          # logits, then every new state
             _close(g, w, 1e-5)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())     # the original untouched
-    assert not isinstance(model.norm, PooledRMSNorm)
+    assert not isinstance(model.norm, RowMeanRMSNorm)
 
 
 def test_quantized_gate_up_stays_fused_and_matches():
