@@ -149,6 +149,15 @@ class PickedTailConv(nn.Module):
         dtype = conv.weight.dtype                  # the model's float dtype: no cast between pick and linear
         self.picks = nn.ParameterDict({str(n): nn.Parameter(self._pick(n, conv.kernel).to(dtype), requires_grad=False)
                                        for n in lengths})
+        # the one-token form's constants (see _one_token)
+        k = conv.kernel
+        w = conv.weight.detach()[:, 0]                                              # [ch, K]
+        constant = functools.partial(nn.Parameter, requires_grad=False)
+        self.w_past, self.w_now = constant(w[:, :k - 1].clone()), constant(w[:, k - 1:].clone())
+        self.sum_row = constant(torch.ones(1, k - 1, dtype=dtype))
+        self.shift = constant(torch.eye(k, k - 1, dtype=dtype)[1:])                  # row j picks tail column j+1
+        self.last = constant((torch.arange(k - 1) == k - 2).to(dtype))
+        self.bias_col = None if conv.bias is None else constant(conv.bias.detach()[:, None].clone())
 
     @staticmethod
     def _pick(length: int, kernel: int) -> torch.Tensor:
@@ -158,6 +167,8 @@ class PickedTailConv(nn.Module):
 
     def forward(self, x: torch.Tensor, tail: torch.Tensor, *, step: bool = False):
         """As :meth:`seqedge.layers.ShortConv.forward` (one form for both paths: the picks know each length)."""
+        if step and x.shape[1] == 1:
+            return self._one_token(x, tail)
         xc = torch.cat([tail.to(x.dtype), x.transpose(1, 2)], dim=-1)              # [B, ch, K-1+T]
         bias = None if self.bias is None else self.bias.to(x.dtype)
         y = F.conv1d(xc, self.weight.to(x.dtype), bias, groups=self.weight.shape[0])  # [B, ch, T]
@@ -165,6 +176,20 @@ class PickedTailConv(nn.Module):
         new_tail = (F.linear(xc, self.picks[key].to(xc.dtype)) if key in self.picks
                     else xc[..., -(self.kernel - 1):])                              # [B, ch, K-1]
         return _silu(y).transpose(1, 2), new_tail.to(at_least_f32(x.dtype))
+
+    def _one_token(self, x: torch.Tensor, tail: torch.Tensor):
+        """One token without the concatenation of tail and input, which XNNPACK copies strided (the costliest
+        op of a small model's step): the conv as the past taps' products summed by a linear over ones plus the
+        new input's tap, the new tail as the old one shifted by a 0/1 linear plus the input in the last place
+        (exact, as the pick)."""
+        dtype = x.dtype
+        col = x.reshape(-1, x.shape[-1], 1)                                          # [B, ch, 1]
+        past = tail.to(dtype)
+        y = F.linear(past * self.w_past.to(dtype), self.sum_row.to(dtype)) + col * self.w_now.to(dtype)
+        if self.bias_col is not None:
+            y = y + self.bias_col.to(dtype)
+        new_tail = F.linear(past, self.shift.to(dtype)) + col * self.last.to(dtype)  # [B, ch, K-1]
+        return _silu(y).reshape(-1, 1, x.shape[-1]), new_tail.to(at_least_f32(dtype))
 
 
 class SplitSwiGLU(nn.Module):

@@ -20,6 +20,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn as nn
 
 from _kernel_cases import MAMBA2
 
@@ -206,3 +207,22 @@ def test_mamba2_like_layers_lower_with_one_delegate_call_each():
         got = Runtime.get().load_program(program).load_method(entry).execute(list(inputs))
         for g, w in zip(got, want, strict=True):
             _close(g, w, 1e-5)
+
+
+@pytest.mark.parametrize("kernel", [2, 3, 4])
+@pytest.mark.parametrize("bias", [False, True])
+def test_one_token_conv_matches_the_short_conv(kernel, bias):
+    """The step's conv without concatenation: the output as the short conv's (float rounding), the new tail
+    exactly its last K-1 inputs; odd channel count, batch 3, a random carried tail."""
+    torch.manual_seed(kernel)
+    conv = ShortConv(37, kernel, bias=bias)
+    if bias:
+        nn.init.normal_(conv.bias)
+    picked = PickedTailConv(conv, (kernel,))
+    for seed in range(3):
+        gen = torch.Generator().manual_seed(seed)
+        x, tail = torch.randn(3, 1, 37, generator=gen), torch.randn(3, 37, kernel - 1, generator=gen)
+        with torch.no_grad():
+            (want, want_tail), (got, got_tail) = conv(x, tail, step=True), picked(x, tail, step=True)
+        _close(got, want, 1e-6)
+        assert torch.equal(got_tail, want_tail)
