@@ -73,7 +73,7 @@ from seqedge.scan import recurrent_step
 from .xnnpack_scan import StaticMaskAttention
 
 # What the ExecuTorch Variant records as applied (Variant.info["xnnpack_rewrites"]).
-XNNPACK_REWRITES = ("RMSNorm modules' mean of squares as a linear over a 1/n row",
+XNNPACK_REWRITES = ("RMSNorm modules' mean of squares + eps as a linear over a 1/n row, bias eps",
                     "other RMSNorms' mean over a [-1, L, 1, n] view", "tied head as F.linear(x, embed.weight)",
                     "short-conv tail picked by a 0/1 linear", "float SwiGLU gate/up as two linears",
                     "SiLU as x * sigmoid(x)", "expand as a product with ones", "one-token scan contractions as bmm",
@@ -93,9 +93,10 @@ def _silu(x: torch.Tensor) -> torch.Tensor:
 
 
 class RowMeanRMSNorm(nn.Module):
-    """:class:`seqedge.layers.RMSNorm` with the mean of squares as a linear over a constant ``[1, n]`` row of
-    ``1 / n``: one XNNPACK fully-connected op where the 4-D mean takes five (two reshapes, two transposes and
-    the mean; every op costs each call its share of XNNPACK's per-call reshape of the runtime).
+    """:class:`seqedge.layers.RMSNorm` with the mean of squares plus eps as a linear over a constant ``[1, n]``
+    row of ``1 / n`` with bias eps: one XNNPACK fully-connected op where the 4-D mean and the add take six (two
+    reshapes, two transposes, the mean, the add; every op costs each call its share of XNNPACK's per-call
+    reshape of the runtime).
 
     Same weight, eps, dtype handling and function: ``x * rsqrt(mean(x^2) + eps) * weight`` over the last dim
     (or over each of ``groups`` equal slices of it).
@@ -108,6 +109,7 @@ class RowMeanRMSNorm(nn.Module):
         self.weight = norm.weight
         n = norm.weight.shape[-1] // norm.groups
         self.mean_row = nn.Parameter(torch.full((1, n), 1.0 / n), requires_grad=False)
+        self.eps_bias = nn.Parameter(torch.full((1,), float(norm.eps)), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.groups == 1:
@@ -117,8 +119,8 @@ class RowMeanRMSNorm(nn.Module):
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         xf = x.to(at_least_f32(x.dtype))
-        ms = F.linear(xf * xf, self.mean_row.to(xf.dtype))                    # [..., 1]
-        return (xf * torch.rsqrt(ms + self.eps)).to(x.dtype) * weight
+        ms = F.linear(xf * xf, self.mean_row.to(xf.dtype), self.eps_bias.to(xf.dtype))     # mean + eps [..., 1]
+        return (xf * torch.rsqrt(ms)).to(x.dtype) * weight
 
 
 def pooled_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
