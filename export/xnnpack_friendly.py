@@ -25,13 +25,13 @@ the same function (the float16 SiLU up to one float16 rounding):
 - :func:`xnnpack_friendly`: a copy of the model whose RMSNorm modules take the mean of squares as a linear
   over a ``1 / n`` row (other RMSNorms, e.g. a mixer's q/k norms, average over a ``[-1, L, 1, n]`` view), whose
   tied head is ``F.linear(x, embed.weight)`` (a linear over the parameter itself), whose short convs pick the
-  new tail with a 0/1 matrix (exact), whose float SwiGLUs run gate and up as two linears over the row
-  blocks of the fused weight, whose SiLUs are ``x * sigmoid(x)`` in the input's dtype (no float32 round trip
+  new tail with a 0/1 matrix (exact; one token's conv without concatenation), whose SwiGLUs run gate and up as
+  two linears over the row blocks of the fused weight (quantized ones too, where the blocks multiply exactly as
+  the whole), whose SiLUs are ``x * sigmoid(x)`` in the input's dtype (no float32 round trip
   in float16), whose expands are products with ones, whose one-token scan contracts with ``bmm`` (not an
   einsum's permutes), and whose mixers run :class:`~seqedge.export.xnnpack_scan.StaticMaskScan` on the sequence
   path (export/xnnpack_scan.py: the chunked scan with constant masks, prefix sums as a 0/1 linear). Applied
-  after quantization, so the head stays float32, only the recipe's linears are quantized, and a quantized
-  gate/up linear is left fused.
+  after quantization, so the head stays float32 and only the recipe's linears are quantized.
 - :func:`static_reshapes`: an edge-dialect graph pass that writes every pure reshape (``view_copy``,
   ``unsqueeze_copy``, ``squeeze_copy``, ``alias_copy``, ``select_copy`` of a size-1 dim, ``expand_copy`` to
   its own shape) whose output has at most one symbolic size as ``view_copy`` with constant sizes and ``-1``,
@@ -40,8 +40,7 @@ the same function (the float16 SiLU up to one float16 rounding):
   takes (with a symbolic batch it refuses both, and the one split stays).
 
 What stays portable (measured on the bundled model, executorch 1.5.1; ``Variant.info["delegation"]`` lists it
-per program): in ``step`` and ``chunk`` the embedding and, with a dynamic batch, the q/k/v split and a quantized
-gate/up split (int8, int4); the ones of the broadcasts (a ``full`` without inputs, which splits no
+per program): in ``step`` and ``chunk`` the embedding and, with a dynamic batch, the q/k/v split; the ones of the broadcasts (a ``full`` without inputs, which splits no
 delegate); for the delta rule also the L2 normalisation of q and k and, in ``chunk``, the block slices and zero
 blocks of ``(I + M)^-1``; and in float16 the casts around the float32 norms, gates and scan (14 per layer; the
 SiLUs added 6 more before they were rewritten). Unbounded-gate mixers (softplus) also leave the softplus
@@ -75,7 +74,8 @@ from .xnnpack_scan import StaticMaskAttention
 # What the ExecuTorch Variant records as applied (Variant.info["xnnpack_rewrites"]).
 XNNPACK_REWRITES = ("RMSNorm modules' mean of squares + eps as a linear over a 1/n row, bias eps",
                     "other RMSNorms' mean over a [-1, L, 1, n] view", "tied head as F.linear(x, embed.weight)",
-                    "short-conv tail picked by a 0/1 linear", "float SwiGLU gate/up as two linears",
+                    "short-conv tail picked by a 0/1 linear", "one token's short conv without concatenation",
+                    "SwiGLU gate/up as two linears over row blocks",
                     "SiLU as x * sigmoid(x)", "expand as a product with ones", "one-token scan contractions as bmm",
                     "chunked scan with constant masks, prefix sums and row picks",
                     "pure reshapes as static view_copy, view chains as one view",
@@ -195,24 +195,40 @@ class PickedTailConv(nn.Module):
 
 
 class SplitSwiGLU(nn.Module):
-    """:class:`seqedge.layers.SwiGLU` with its fused gate/up linear as two linears over the two row blocks."""
+    """:class:`seqedge.layers.SwiGLU` with its fused gate/up linear as two linears over the two row blocks
+    (:func:`row_blocks`: float weights, and quantized ones whose row blocks multiply as the whole does)."""
 
-    def __init__(self, mlp: SwiGLU) -> None:
+    def __init__(self, mlp: SwiGLU, blocks: tuple[torch.Tensor, torch.Tensor]) -> None:
         super().__init__()
         h = mlp.hidden
         self.gate = nn.Linear(mlp.gate_up.in_features, h, bias=False)
         self.up = nn.Linear(mlp.gate_up.in_features, h, bias=False)
-        self.gate.weight = nn.Parameter(mlp.gate_up.weight.detach()[:h].clone(), requires_grad=False)
-        self.up.weight = nn.Parameter(mlp.gate_up.weight.detach()[h:].clone(), requires_grad=False)
+        self.gate.weight = nn.Parameter(blocks[0], requires_grad=False)
+        self.up.weight = nn.Parameter(blocks[1], requires_grad=False)
         self.down = mlp.down
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(_silu(self.gate(x)) * self.up(x))
 
 
-def _plain_weight(linear: nn.Linear) -> bool:
-    """True for a float weight (not a torchao quantized tensor subclass, which cannot be split by rows)."""
-    return type(linear.weight.data) is torch.Tensor
+def row_blocks(linear: nn.Linear, rows: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The weight of ``linear`` cut after ``rows`` rows, or None where it cannot be.
+
+    A float weight is cut as it is. A quantized one (a torchao tensor subclass) is cut where the subclass slices
+    rows and the two blocks, on a random input, give the whole's product (per-row scales travel with their
+    rows); otherwise it stays whole and its output is split between delegates."""
+    weight = linear.weight.detach()
+    if type(weight) is torch.Tensor:
+        return weight[:rows].clone(), weight[rows:].clone()
+    try:
+        top, bottom = weight[:rows], weight[rows:]
+        x = torch.randn(3, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight.dtype)
+        whole = F.linear(x, weight)
+        parts = torch.cat([F.linear(x, top), F.linear(x, bottom)], dim=-1)
+    except (RuntimeError, NotImplementedError, TypeError, IndexError):
+        return None
+    scale = whole.abs().max().clamp_min(1e-30)
+    return (top, bottom) if bool(((parts - whole).abs().max() / scale) <= 1e-6) else None
 
 
 def _broadcast(x: torch.Tensor, *sizes: int) -> torch.Tensor:
@@ -261,8 +277,8 @@ def xnnpack_friendly(model: SequentialAttentionModel, *, inplace: bool = False) 
                 setattr(parent, name, RowMeanRMSNorm(child))
             elif isinstance(child, ShortConv):
                 setattr(parent, name, PickedTailConv(child, lengths))
-            elif isinstance(child, SwiGLU) and _plain_weight(child.gate_up):
-                setattr(parent, name, SplitSwiGLU(child))
+            elif isinstance(child, SwiGLU) and (blocks := row_blocks(child.gate_up, child.hidden)) is not None:
+                setattr(parent, name, SplitSwiGLU(child, blocks))
             elif isinstance(child, SequentialAttention):    # bounded or segment-sum form, from the config
                 setattr(parent, name, StaticMaskAttention(child))
     return model.with_ops(XNNPACK_OPS)

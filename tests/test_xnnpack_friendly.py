@@ -28,6 +28,7 @@ from seqedge.config import MixerParts, SequentialAttentionConfig
 from seqedge.export.entry_points import entry_module, example_inputs
 from seqedge.export.xnnpack_friendly import (
     PickedTailConv,
+    row_blocks,
     RowMeanRMSNorm,
     SplitSwiGLU,
     _bmm_readout,
@@ -84,23 +85,47 @@ def test_rewritten_entry_points_match_the_model(rule, tie, entry):
     assert not isinstance(model.norm, RowMeanRMSNorm)
 
 
-def test_quantized_gate_up_stays_fused_and_matches():
-    """After torchao quantization (as the int8/int4 target runs it) the rewrite keeps the quantized linears."""
+def test_quantized_gate_up_is_split_by_rows_and_matches():
+    """After torchao quantization (as the int8/int4 target runs it) the gate/up linear is cut into its two row
+    blocks, still quantized (each row keeps its scale), and the entry points match the quantized model."""
     pytest.importorskip("torchao", reason="torchao is not installed (pip install torchao==0.18.0)")
     from seqedge.export.executorch_target import prepare_model
     from seqedge.export.quantization import QuantizationRecipe
 
-    quantized, info = prepare_model(_model("gated"), QuantizationRecipe(scheme="int8"))
-    assert info["quantized_linears"] > 0
-    friendly = xnnpack_friendly(quantized)
-    assert not any(isinstance(m, SplitSwiGLU) for m in friendly.modules())     # a quantized weight is not split
-    assert type(friendly.blocks[0].mlp.gate_up.weight) is type(quantized.blocks[0].mlp.gate_up.weight)
-    for entry in ("step", "chunk"):
-        inputs = example_inputs(quantized, entry, batch_size=2, seed=2)
-        with torch.no_grad():
-            want, got = entry_module(quantized, entry)(*inputs), entry_module(friendly, entry)(*inputs)
-        for g, w in zip(got, want, strict=True):
-            _close(g, w, 1e-5)
+    for scheme in ("int8", "int4"):
+        quantized, info = prepare_model(_model("gated"), QuantizationRecipe(scheme=scheme))
+        assert info["quantized_linears"] > 0
+        kind = type(quantized.blocks[0].mlp.gate_up.weight)
+        assert kind is not torch.Tensor
+        friendly = xnnpack_friendly(quantized)
+        split = [m for m in friendly.modules() if isinstance(m, SplitSwiGLU)]
+        assert len(split) == DIMS["num_layers"]
+        assert all(type(m.gate.weight) is kind and type(m.up.weight) is kind for m in split)
+        for entry in ("step", "chunk"):
+            inputs = example_inputs(quantized, entry, batch_size=2, seed=2)
+            with torch.no_grad():
+                want, got = entry_module(quantized, entry)(*inputs), entry_module(friendly, entry)(*inputs)
+            for g, w in zip(got, want, strict=True):
+                _close(g, w, 1e-5)
+
+
+class _Unsliceable(torch.Tensor):
+    """A weight type whose rows cannot be cut (as a quantized layout without row slicing)."""
+
+    def __getitem__(self, index):
+        raise NotImplementedError("no row slices")
+
+
+def test_a_weight_that_cannot_be_cut_keeps_the_fused_linear():
+    model = _model("gated")
+    for block in model.blocks:
+        weight = block.mlp.gate_up.weight
+        block.mlp.gate_up.weight = nn.Parameter(torch.Tensor._make_subclass(_Unsliceable, weight.detach()),
+                                                requires_grad=False)
+    assert row_blocks(model.blocks[0].mlp.gate_up, model.blocks[0].mlp.hidden) is None
+    friendly = xnnpack_friendly(model, inplace=True)        # (a copy would deep-copy the toy subclass)
+    assert not any(isinstance(m, SplitSwiGLU) for m in friendly.modules())
+    assert all(isinstance(b.mlp, SwiGLU) for b in friendly.blocks)
 
 
 def test_rewritten_half_model_matches_the_half_model():
