@@ -4,7 +4,8 @@ For each artifact given, each of onnxruntime, onnxruntime-fused and executorch w
 recipe of ``--quantize`` the artifact holds for it (default fp32 and int8):
 
 - node counts of the step graph, per layer: as exported (ONNX) and after ONNX Runtime's own optimiser, or the
-  ExecuTorch program's instructions (XNNPACK delegate calls and portable kernel calls);
+  ExecuTorch program's instructions (XNNPACK delegate calls and portable kernel calls) and the operator nodes
+  inside its delegates (the export's record);
 - the raw runtime call (``InferenceSession.run`` / the ExecuTorch method's ``execute``, state carried),
   ``Session.step`` and the donated ``Session.step(..., donate=True)`` of a decode loop (``generate``'s), interleaved
   call by call, so a busy machine slows all alike; p50 of each and the Session's overhead over the raw call;
@@ -68,8 +69,10 @@ def ort_counts(path: Path, layers: int) -> dict[str, Any]:
             "after_ort_ops": dict(optimized.most_common())}
 
 
-def pte_counts(path: Path, layers: int) -> dict[str, Any]:
-    """Instructions of the ExecuTorch program's step method: delegate calls and portable kernel calls."""
+def pte_counts(path: Path, layers: int, delegation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Instructions of the ExecuTorch program's step method (delegate calls and portable kernel calls) and, from
+    the export's record (``delegation``), the operator nodes inside the XNNPACK delegates: each costs the call
+    its share of XNNPACK's per-call runtime reshape."""
     from executorch.exir._serialize._program import deserialize_pte_binary
 
     program = deserialize_pte_binary(path.read_bytes())
@@ -79,8 +82,12 @@ def pte_counts(path: Path, layers: int) -> dict[str, Any]:
     kinds = Counter(type(i.instr_args).__name__ for i in instructions)
     kernels = Counter(plan.operators[i.instr_args.op_index].name for i in instructions
                       if type(i.instr_args).__name__ == "KernelCall")
-    return {"written": len(instructions), "written_per_layer": len(instructions) / layers,
-            "delegate_calls": kinds.get("DelegateCall", 0), "kernel_calls": dict(kernels.most_common())}
+    out = {"written": len(instructions), "written_per_layer": len(instructions) / layers,
+           "delegate_calls": kinds.get("DelegateCall", 0), "kernel_calls": dict(kernels.most_common())}
+    if delegation and "delegated_nodes" in delegation:
+        out["delegated_nodes"] = delegation["delegated_nodes"]
+        out["delegated_nodes_per_layer"] = delegation["delegated_nodes"] / layers
+    return out
 
 
 def raw_stepper(session) -> Any:
@@ -153,7 +160,8 @@ def measure(artifact: Path, runtime: str, quantization: str, steps: int, limits)
     row = {"artifact": str(artifact), "runtime": runtime, "variant": variant.name,
            "threads": threads, "p50_ms": p50,
            "overhead": p50["session"] / p50["raw"] - 1,
-           "nodes": pte_counts(step_path, layers) if runtime == "executorch" else ort_counts(step_path, layers)}
+           "nodes": pte_counts(step_path, layers, variant.info.get("delegation", {}).get("step"))
+           if runtime == "executorch" else ort_counts(step_path, layers)}
     floor = step_floor(step_weight_bytes(variant), state_nbytes(manifest.state_specs, 1),
                        step_flops(manifest.config), limits)
     row["floor"] = {**floor, "session_over_floor": p50["session"] / floor["floor_ms"],
@@ -174,12 +182,18 @@ def render(rows: list[dict[str, Any]], limits, machine: dict[str, Any], command:
            "processes on the machine hits both alike; absolute times on a loaded machine are higher than on a "
            "quiet one.", "",
            "## Node counts of the step graph (per layer = total / layers)", "",
-           "| artifact | runtime | variant | nodes written | per layer | after ORT's optimiser | per layer |",
+           "| artifact | runtime | variant | nodes written | per layer | after ORT's optimiser (ONNX) / delegated "
+           "(ExecuTorch) | per layer |",
            "|---|---|---|---|---|---|---|"]
     for r in rows:
         n = r["nodes"]
-        after = f"{n['after_ort']} | {n['after_ort_per_layer']:.1f}" if "after_ort" in n else \
-            f"{n['delegate_calls']} delegate calls | -"
+        if "after_ort" in n:
+            after = f"{n['after_ort']} | {n['after_ort_per_layer']:.1f}"
+        elif "delegated_nodes" in n:
+            after = (f"{n['delegated_nodes']} in {n['delegate_calls']} XNNPACK delegate calls | "
+                     f"{n['delegated_nodes_per_layer']:.1f}")
+        else:
+            after = f"{n['delegate_calls']} delegate calls | -"
         out.append(f"| {Path(r['artifact']).name} | {r['runtime']} | {r['variant']} | {n['written']} | "
                    f"{n['written_per_layer']:.1f} | {after} |")
     out += ["", "## Step latency", "",
