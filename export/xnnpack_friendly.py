@@ -40,10 +40,11 @@ the same function (the float16 SiLU up to one float16 rounding):
   takes (with a symbolic batch it refuses both, and the one split stays).
 
 What stays portable (measured on the bundled model, executorch 1.5.1; ``Variant.info["delegation"]`` lists it
-per program): in ``step`` and ``chunk`` the embedding and, with a dynamic batch, the q/k/v split; the ones of the broadcasts (a ``full`` without inputs, which splits no
-delegate); for the delta rule also the L2 normalisation of q and k and, in ``chunk``, the block slices and zero
-blocks of ``(I + M)^-1``; and in float16 the casts around the float32 norms, gates and scan (14 per layer; the
-SiLUs added 6 more before they were rewritten). Unbounded-gate mixers (softplus) also leave the softplus
+per program): in ``step`` and ``chunk`` the embedding and, with a dynamic batch, the q/k/v split; the ones of
+the broadcasts (a ``full`` without inputs, which splits no delegate); for the delta rule also the L2
+normalisation of q and k and, in ``chunk``, the block slices and zero blocks of ``(I + M)^-1``; and in float16
+the casts around the float32 norms, gates and scan (14 per layer; the SiLUs added 6 more before they were
+rewritten). Unbounded-gate mixers (softplus) also leave the softplus
 threshold (``gt``, ``where``, ``log1p``: one delegate boundary per layer) and their q/k RMS norms' ``sum``; their
 scan is delegated as the bounded one (the segment-sum form of :class:`~seqedge.export.xnnpack_scan.StaticMaskScan`).
 The softplus stays portable on purpose: spelled with ``log``, XNNPACK's approximate ``log`` near 1 costs up to 2%
@@ -252,9 +253,9 @@ def linear_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 # The ops of this flavour: SiLU without a float32 round trip, expands as products with ones, the one-token scan's
-# contractions as bmm, the 4-D mean RMSNorm (norms that are not RMSNorm modules), the head as a linear. The pieces that need their own constants or
-# weights (conv tail picks, split gate/up, static-mask scan) are modules that :func:`xnnpack_friendly` puts in
-# place of the model's.
+# contractions as bmm, the 4-D mean RMSNorm (for norms that are not RMSNorm modules), the head as a linear. The
+# pieces that need their own constants or weights (row-mean norms, conv tail picks, split gate/up, static-mask
+# scan) are modules that :func:`xnnpack_friendly` puts in place of the model's.
 XNNPACK_OPS = MixerOps(name="xnnpack", silu=_silu, expand=_broadcast,
                        rms_norm=pooled_rms_norm, logits=linear_logits,
                        step_scan=functools.partial(recurrent_step, readout=_bmm_readout))

@@ -28,11 +28,11 @@ from seqedge.config import MixerParts, SequentialAttentionConfig
 from seqedge.export.entry_points import entry_module, example_inputs
 from seqedge.export.xnnpack_friendly import (
     PickedTailConv,
-    row_blocks,
     RowMeanRMSNorm,
     SplitSwiGLU,
     _bmm_readout,
     _broadcast,
+    row_blocks,
     xnnpack_friendly,
 )
 from seqedge.export.xnnpack_scan import StaticMaskAttention
