@@ -36,10 +36,12 @@ def recurrent_step(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     dtype = state.dtype
     q, k, v, g, beta = (x.to(dtype) for x in (q, k, v, g, beta))
-    decayed = torch.exp(g).unsqueeze(-1) * state                       # [B, H, dk, dv]
+    # unsqueezes on the inputs, not on products: an export reshapes each input once (a reshape of a reshape
+    # folds into one), and XNNPACK charges every op a call
+    decayed = torch.exp(g.unsqueeze(-1)) * state                       # [B, H, dk, dv]
     if rule == "delta":
         v = v - readout(k, decayed)                                     # what key k_t already holds is overwritten
-    new_state = decayed + (beta.unsqueeze(-1) * k).unsqueeze(-1) * v.unsqueeze(-2)
+    new_state = decayed + (k.unsqueeze(-1) * beta[..., None, None]) * v.unsqueeze(-2)
     o = readout(q * scale, new_state)
     return o, new_state
 
