@@ -15,16 +15,18 @@ thread count other than the pool's.
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import sys
 import threading
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 _open: weakref.WeakSet = weakref.WeakSet()      # ExecuTorch backends alive in this process
-_default: list[int] = []                         # ExecuTorch's own pool size, read before any resize
-LOCK = threading.Lock()     # held from sizing the pool to registering the backend that loads programs on it
+_lock = threading.Lock()     # held from sizing the pool to registering the backend that loads programs on it
+Backend = TypeVar("Backend")
 
 
 def _portable_lib() -> Any:
@@ -38,13 +40,27 @@ def pool_size() -> int:
     return int(_portable_lib()._threadpool_get_thread_count())
 
 
-def size_pool(wanted: int | None, explicit: bool) -> int:
-    """Make the pool ``wanted`` threads (None: ExecuTorch's default) if it can be resized now; returns the size
-    the next session runs with. ``explicit``: the caller asked for ``wanted`` (a mismatch that cannot be resized
-    raises instead of running on the pool as it is)."""
-    if not _default:
-        _default.append(pool_size())
-    target, current = wanted or _default[0], pool_size()
+@functools.cache
+def _default_size() -> int:
+    """ExecuTorch's own pool size: read once, before seqedge first resizes it."""
+    return pool_size()
+
+
+def open_on_pool(make: Callable[[int], Backend], wanted: int | None, explicit: bool) -> Backend:
+    """``make(threads)`` (a backend that loads XNNPACK programs) on a pool of ``wanted`` threads (None:
+    ExecuTorch's default), resized first if no backend opened here is alive; the backend counts as holding the
+    pool until it is garbage. ``explicit``: the caller asked for ``wanted``, so a pool that cannot be resized
+    raises instead of being used as it is."""
+    with _lock:
+        default = _default_size()                   # read before any resize, whatever is wanted this time
+        backend = make(_size_pool(wanted or default, wanted, explicit))
+        _open.add(backend)
+        return backend
+
+
+def _size_pool(target: int, wanted: int | None, explicit: bool) -> int:
+    """The pool resized to ``target`` where it can be; the size the next backend runs with."""
+    current = pool_size()
     if target == current:
         return current
     if _open:
@@ -72,8 +88,3 @@ def _reset(threads: int) -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-
-
-def register(backend: Any) -> None:
-    """Count ``backend`` as holding XNNPACK programs until it is garbage."""
-    _open.add(backend)

@@ -63,7 +63,6 @@ class ExecuTorchBackend:
             meta = self.program.metadata(m)
             check_signature(manifest, m, self.path, _sigs(meta.input_tensor_meta, meta.num_inputs()),
                             _sigs(meta.output_tensor_meta, meta.num_outputs()))
-        executorch_pool.register(self)      # before the methods: their XNNPACK delegates hold the pool
         self.methods = {m: self.program.load_method(m) for m in METHODS}
         self._last_out: list[Any] = []     # the new state the last call returned (its own torch tensors)
         self._token_buffers: dict[tuple[int, ...], tuple[Any, np.ndarray]] = {}    # shape -> (tensor, its array)
@@ -149,5 +148,5 @@ class ExecuTorchRuntime:
         threads = check_threads(threads)
         _import_runtime()
         wanted = default_threads(manifest.config) if threads is None else threads
-        with executorch_pool.LOCK:
-            return ExecuTorchBackend(manifest, variant, executorch_pool.size_pool(wanted, threads is not None))
+        return executorch_pool.open_on_pool(lambda n: ExecuTorchBackend(manifest, variant, n), wanted,
+                                            explicit=threads is not None)
