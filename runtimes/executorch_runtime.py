@@ -65,7 +65,6 @@ class ExecuTorchBackend:
                             _sigs(meta.output_tensor_meta, meta.num_outputs()))
         self.methods = {m: self.program.load_method(m) for m in METHODS}
         self._last_out: list[Any] = []     # the new state the last call returned (its own torch tensors)
-        self._token_buffers: dict[tuple[int, ...], tuple[Any, np.ndarray]] = {}    # shape -> (tensor, its array)
         self.threads = threads
         batch = variant.info.get("batch", {})
         self.min_batch, self.max_batch = int(batch.get("min", 1)), int(batch.get("max", 1))
@@ -82,23 +81,12 @@ class ExecuTorchBackend:
         # and those go in as they are, unchecked (they are this backend's own float32 contiguous outputs)
         last = self._last_out
         if len(state) == len(last) and all(map(operator.is_, state, last)):
-            inputs = [self._token_tensor(tokens), *state]
+            inputs = [self._tensor(tokens, np.int64), *state]
         else:
-            inputs = [self._token_tensor(tokens)] + [self._tensor(s, np.float32) for s in state]
+            inputs = [self._tensor(tokens, np.int64)] + [self._tensor(s, np.float32) for s in state]
         logits, *new_state = self.methods[entry].execute(inputs)
         self._last_out = new_state
         return logits.numpy(), new_state
-
-    def _token_tensor(self, tokens: np.ndarray) -> Any:
-        """``tokens`` copied into this backend's int64 tensor of their shape, the same tensor at every call of
-        that shape (no tensor made per call). Calls of one backend must not overlap anyway (they share the
-        program's planned memory), so neither do the copies."""
-        held = self._token_buffers.get(tokens.shape)
-        if held is None:
-            tensor = self._torch.zeros(tokens.shape, dtype=self._torch.int64)
-            held = self._token_buffers[tokens.shape] = (tensor, tensor.numpy())
-        np.copyto(held[1], tokens)
-        return held[0]
 
     def _tensor(self, value: Any, dtype: type) -> Any:
         """``value`` as a contiguous CPU tensor of ``dtype``: this backend's own output tensors as they are,
