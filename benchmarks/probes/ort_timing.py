@@ -28,14 +28,14 @@ def cpu_session(model: str | bytes | os.PathLike, threads: int,
                                 providers=["CPUExecutionProvider"])
 
 
-def random_feeds(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
-    """One array per input: token ids in 1..999 for integer inputs, small normal values otherwise; symbolic
+def random_feeds(session: ort.InferenceSession, seed: int = 0, vocab: int = 1000) -> dict[str, np.ndarray]:
+    """One array per input: token ids in 1..vocab-1 for integer inputs, small normal values otherwise; symbolic
     dimensions are 1."""
     rng = np.random.default_rng(seed)
     out = {}
     for i in session.get_inputs():
         shape = [1 if not isinstance(d, int) else d for d in i.shape]
-        out[i.name] = (rng.integers(1, 1000, shape).astype(np.int64) if "int" in i.type
+        out[i.name] = (rng.integers(1, vocab, shape).astype(np.int64) if "int" in i.type
                        else (rng.standard_normal(shape) * 0.1).astype(np.float32))
     return out
 
