@@ -62,6 +62,16 @@ def _import_executorch():
     return exir, XnnpackPartitioner
 
 
+def backend_config(exir) -> Any:
+    """The program's config: delegate blobs as segments of their own, and inputs left out of the memory plan, so a
+    call reads the caller's token and state tensors where they are instead of copying them into the program's
+    arena first (the state is most of a step's bytes; the program never writes its inputs)."""
+    from executorch.exir.passes import MemoryPlanningPass
+
+    return exir.ExecutorchBackendConfig(extract_delegate_segments=True,
+                                        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False))
+
+
 def _import_torchao():
     try:
         from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
@@ -240,7 +250,7 @@ class ExecuTorchTarget:
         edge = lower(programs)
         delegation = {e: delegation_counts(edge.exported_program(e).graph_module) for e in ENTRY_POINTS}
         ctx.progress(f"executorch/{recipe.tag}: writing {PROGRAM_FILE}")
-        program = edge.to_executorch(exir.ExecutorchBackendConfig(extract_delegate_segments=True))
+        program = edge.to_executorch(backend_config(exir))
         del edge, programs, model        # each holds the weights again; a real-size export is bound by memory
         path = ctx.target_dir(self.name) / PROGRAM_FILE
         with open(path, "wb") as file:      # written piece by piece: ``program.buffer`` would copy it whole

@@ -137,6 +137,30 @@ def test_variant_info_records_program_and_delegation(exported):
     json.dumps(info)                                        # the manifest stores it as JSON
 
 
+def test_program_reads_its_inputs_where_the_caller_keeps_them(exported):
+    """Token and state inputs are outside the memory plan (no copy into the arena per call); outputs are planned,
+    and the session copies them out (test_outputs_are_owned)."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    artifact, variant, _ = exported("delta", "none")
+    loaded = deserialize_pte_binary((artifact / variant.files["program"]["path"]).read_bytes())
+    plans = getattr(loaded, "program", loaded).execution_plan
+    assert sorted(p.name for p in plans) == ["chunk", "step"]
+    for plan in plans:
+        assert all(plan.values[i].val.allocation_info is None for i in plan.inputs), plan.name
+        assert all(plan.values[i].val.allocation_info is not None for i in plan.outputs), plan.name
+    # read in place, never written: the caller's arrays are as they were after the calls
+    session = load(artifact, runtime="executorch")
+    rng = np.random.default_rng(0)
+    state = session.init_state(2).with_tensors([rng.standard_normal(s.shape).astype(np.float32)
+                                                for s in session.init_state(2).numpy()])
+    kept = [a.copy() for a in state.numpy()]
+    session.step(np.array([3, 4]), state)
+    session.prefill(np.ones((2, session.chunk_size), np.int64), state)
+    for now, before in zip(state.numpy(), kept):
+        np.testing.assert_array_equal(now, before)
+
+
 def test_batch_range_and_bad_input_leave_session_usable(exported):
     artifact, variant, model = exported("delta", "none")
     session = load(artifact, runtime="executorch")

@@ -55,7 +55,7 @@ def _lower_and_run(module: nn.Module, x: torch.Tensor, tmp_path) -> tuple[torch.
                                             compile_config=exir.EdgeCompileConfig(_check_ir_validity=False))
     counts = et.delegation_counts(edge.exported_program("forward").graph_module)
     path = tmp_path / "model.pte"
-    path.write_bytes(edge.to_executorch(exir.ExecutorchBackendConfig(extract_delegate_segments=True)).buffer)
+    path.write_bytes(edge.to_executorch(et.backend_config(exir)).buffer)
     method = Runtime.get().load_program(str(path)).load_method("forward")
     return method.execute([x])[0], counts
 

@@ -165,7 +165,7 @@ def _lower_step(model: SequentialAttentionModel, rewrite: bool):
             {"step": program}, partitioner=[et._partitioner()],
             compile_config=exir.EdgeCompileConfig(_check_ir_validity=False))
         counts = et.delegation_counts(edge.exported_program("step").graph_module)
-        buffer = edge.to_executorch(exir.ExecutorchBackendConfig(extract_delegate_segments=True)).buffer
+        buffer = edge.to_executorch(et.backend_config(exir)).buffer
     return counts, buffer
 
 
@@ -204,7 +204,7 @@ def _mamba2_like(layers: int) -> SequentialAttentionModel:
 def test_mamba2_like_layers_lower_with_one_delegate_call_each():
     pytest.importorskip("executorch.runtime", reason="ExecuTorch is not installed "
                                                      "(pip install executorch==1.5.1 torchao==0.18.0)")
-    from executorch.exir import ExecutorchBackendConfig
+    from executorch import exir
     from executorch.runtime import Runtime
 
     from seqedge.export import executorch_target as et
@@ -224,7 +224,7 @@ def test_mamba2_like_layers_lower_with_one_delegate_call_each():
         subgraphs[layers] = {e: c["delegated_subgraphs"] for e, c in counts.items()}
     assert all(subgraphs[2][e] == subgraphs[1][e] + 1 for e in ENTRY_POINTS), subgraphs
 
-    program = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True)).buffer
+    program = edge.to_executorch(et.backend_config(exir)).buffer
     for entry in ENTRY_POINTS:
         inputs = example_inputs(model, entry, batch_size=1, seed=3)
         with torch.no_grad():

@@ -228,7 +228,7 @@ def _lowered_chunk(model: SequentialAttentionModel) -> tuple[dict, bytes]:
     with quiet_libraries():
         edge = et.lower({"chunk": et._export_entry(xnnpack_friendly(model), "chunk", max_batch=4)})
         counts = et.delegation_counts(edge.exported_program("chunk").graph_module)
-        return counts, edge.to_executorch(exir.ExecutorchBackendConfig(extract_delegate_segments=True)).buffer
+        return counts, edge.to_executorch(et.backend_config(exir)).buffer
 
 
 def _check_from_file(model: SequentialAttentionModel, buffer: bytes, tmp_path) -> None:
