@@ -64,29 +64,44 @@ class ExecuTorchBackend:
             check_signature(manifest, m, self.path, _sigs(meta.input_tensor_meta, meta.num_inputs()),
                             _sigs(meta.output_tensor_meta, meta.num_outputs()))
         self.methods = {m: self.program.load_method(m) for m in METHODS}
+        # the pybind callables behind ``Method.execute``, called without its Python frame
+        self._calls = {m: method._method for m, method in self.methods.items()}
+        self._ids: dict[tuple[int, ...], tuple[Any, np.ndarray]] = {}
         self._last_out: list[Any] = []     # the new state the last call returned (its own torch tensors)
         self.threads = threads
         batch = variant.info.get("batch", {})
         self.min_batch, self.max_batch = int(batch.get("min", 1)), int(batch.get("max", 1))
 
     def run(self, entry: str, tokens: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        if entry not in self.methods:
+        method = self._calls.get(entry)
+        if method is None:
             raise ValueError(f"unknown entry point {entry!r}; valid ones are {list(METHODS)}")
-        batch = tokens.shape[0]
-        if not self.min_batch <= batch <= self.max_batch:
-            raise ValueError(f"batch size {batch} is outside the range [{self.min_batch}, {self.max_batch}] this "
-                             f"ExecuTorch program was planned for ({self.path}); split the batch or re-export")
+        # the program reads its inputs where they lie (they are outside its memory plan): the ids go into a
+        # tensor kept per shape, made once the batch is known to fit the program
+        ids = self._ids.get(tokens.shape)
+        if ids is None:
+            ids = self._ids[tokens.shape] = self._id_buffer(tokens.shape)
+        ids[1][...] = tokens
         # ``execute`` returns copies of the outputs (the program's planned memory is overwritten by the next
         # call). The new state stays in torch tensors: the usual step loop hands exactly the last call's back,
         # and those go in as they are, unchecked (they are this backend's own float32 contiguous outputs)
         last = self._last_out
         if len(state) == len(last) and all(map(operator.is_, state, last)):
-            inputs = [self._tensor(tokens, np.int64), *state]
+            inputs = [ids[0], *state]
         else:
-            inputs = [self._tensor(tokens, np.int64)] + [self._tensor(s, np.float32) for s in state]
-        logits, *new_state = self.methods[entry].execute(inputs)
+            inputs = [ids[0]] + [self._tensor(s, np.float32) for s in state]
+        logits, *new_state = method(inputs)
         self._last_out = new_state
         return logits.numpy(), new_state
+
+    def _id_buffer(self, shape: tuple[int, ...]) -> tuple[Any, np.ndarray]:
+        """An int64 tensor of ``shape`` and its numpy view, for a batch size in the program's planned range."""
+        batch = shape[0] if shape else 0
+        if not self.min_batch <= batch <= self.max_batch:
+            raise ValueError(f"batch size {batch} is outside the range [{self.min_batch}, {self.max_batch}] this "
+                             f"ExecuTorch program was planned for ({self.path}); split the batch or re-export")
+        ids = self._torch.zeros(shape, dtype=self._torch.int64)
+        return ids, ids.numpy()
 
     def _tensor(self, value: Any, dtype: type) -> Any:
         """``value`` as a contiguous CPU tensor of ``dtype``: this backend's own output tensors as they are,
