@@ -57,6 +57,7 @@ def write_artifact(root: Path, model: SequentialAttentionModel, variants) -> Pat
     config = model.config
     write_manifest(root, {"format": ARTIFACT_FORMAT, "format_version": ARTIFACT_FORMAT_VERSION,
                           "model": config.to_dict(), "fingerprint": model.fingerprint,
+                          "num_parameters": model.num_parameters(),
                           "state": [s.to_dict() for s in model.state_specs], "chunk_size": config.chunk_size,
                           "variants": [v.to_dict() for v in variants]})
     return root

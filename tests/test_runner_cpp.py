@@ -241,8 +241,12 @@ def test_bad_input_fails_cleanly(runner, exported, tmp_path):
     program.write_bytes(bytes(data))
     done = run_cli(runner, copy, "-p", "x", "-n", 2, check=False)
     assert done.returncode == 1 and b"sha256" in done.stderr
+    # a thread count that is neither the calling thread nor the process's pool
+    done = run_cli(runner, artifact, "-p", "x", "-n", 2, "--threads", 4096, check=False)
+    assert done.returncode == 2 and b"thread pool" in done.stderr
     # usage errors
     assert run_cli(runner, artifact, "-p", "x", "--top-p", 0, check=False).returncode == 2
+    assert run_cli(runner, artifact, "-p", "x", "--threads", -1, check=False).returncode == 2
     assert run_cli(runner, artifact, check=False).returncode == 2
 
 

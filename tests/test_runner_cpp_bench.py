@@ -66,6 +66,7 @@ def test_bench_refuses_a_runner_that_consumed_another_stream(runner, exported, t
     stream = np.random.default_rng(3).integers(0, 259, 16)
     row = bench_native(runner["run"], artifact, "fp32", config, stream)
     assert row.name == "executorch-cpp/fp32" and row.contexts[0].p50_ms > 0
+    assert row.info["threads"] == 1                   # a tiny model runs on the calling thread by default
     with pytest.raises(ValueError, match="needs 16"):
         run_bench_json(runner["run"], artifact, "fp32", config, stream[:15])
     # a runner reporting another stream's digest (a stale build reading ids differently) is refused

@@ -80,18 +80,22 @@ def stream_sha256(ids: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(ids, dtype="<i8").tobytes()).hexdigest()
 
 
-def bench_command(runner: Path, artifact: str | Path, tag: str, config: BenchConfig, token_file: Path) -> list[str]:
-    """The ``seqedge-run --bench --json`` command measuring ``config`` on the ids in ``token_file``."""
+def bench_command(runner: Path, artifact: str | Path, tag: str, config: BenchConfig, token_file: Path,
+                  threads: int | None = None) -> list[str]:
+    """The ``seqedge-run --bench --json`` command measuring ``config`` on the ids in ``token_file`` (``threads``:
+    the runner's ``--threads``; None leaves the choice to it)."""
     contexts = ",".join(str(c) for c in config.contexts)
     return [str(runner), str(artifact), "-q", tag, "--bench", "--json", "--tokens", str(token_file),
             "--contexts", contexts, "--steps", str(config.steps), "--warmup", str(config.warmup),
             "--prefill-tokens", str(config.prefill_tokens), "--stepwise-tokens", str(config.stepwise_tokens),
-            "--ttft-prompt", str(config.ttft_prompt), "--sweeps", str(config.sweeps)]
+            "--ttft-prompt", str(config.ttft_prompt), "--sweeps", str(config.sweeps),
+            *([] if threads is None else ["--threads", str(threads)])]
 
 
 def run_bench_json(runner: Path, artifact: str | Path, tag: str, config: BenchConfig,
-                   stream: np.ndarray) -> dict[str, Any]:
-    """The runner's JSON report on ``stream``, after checking that it consumed exactly ``stream``'s first ids."""
+                   stream: np.ndarray, threads: int | None = None) -> dict[str, Any]:
+    """The runner's JSON report on ``stream``, after checking that it consumed exactly ``stream``'s first ids
+    (``threads`` as :func:`bench_command`'s)."""
     need = consumed_tokens(config)
     stream = np.asarray(stream, np.int64)
     if len(stream) < need:
@@ -99,7 +103,7 @@ def run_bench_json(runner: Path, artifact: str | Path, tag: str, config: BenchCo
     with tempfile.TemporaryDirectory(prefix="seqedge-run-bench-") as tmp:
         token_file = Path(tmp) / "stream.txt"
         token_file.write_text(" ".join(map(str, stream[:need].tolist())))
-        cmd = bench_command(runner, artifact, tag, config, token_file)
+        cmd = bench_command(runner, artifact, tag, config, token_file, threads)
         done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
@@ -117,7 +121,8 @@ def bench_native(runner: Path, artifact: str | Path, tag: str, config: BenchConf
     report = run_bench_json(runner, artifact, tag, config, stream)
     contexts = [ContextResult(**{k: row[k] for k in ContextResult.__dataclass_fields__ if k in row})
                 for row in report["contexts"]]
-    info = {"runtime": "executorch-cpp", "variant": report["variant"], "runner": str(runner),
+    info = {"runtime": "executorch-cpp", "variant": report["variant"], "threads": report["threads"],
+            "runner": str(runner),
             "process": "own (the C++ runner, no Python)", "state_bytes": report["state_bytes"],
             "process_peak_rss_bytes": report["process_peak_rss_bytes"], "peak_rss_reset": report["peak_rss_reset"],
             "stream_sha256": report["stream_sha256"]}

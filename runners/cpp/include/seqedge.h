@@ -53,6 +53,7 @@ typedef struct seqedge_info {
   int64_t bos_id, eos_id, pad_id;  /* the byte tokenizer's specials */
   const char* fingerprint; /* the model's fingerprint; a state of another fingerprint is refused */
   const char* variant;     /* e.g. "executorch/fp32" */
+  int64_t threads;         /* threads a call runs on: 1 = the calling thread, more = ExecuTorch's thread pool */
 } seqedge_info;
 
 /* The calling thread's message for the last failed call ("" if none). */
@@ -67,6 +68,12 @@ SEQEDGE_API void seqedge_set_runtime_logging(int verbose);
  * executorch variant). Checks the manifest (format, version, state spec, chunk size, vocabulary), confines paths
  * to artifact_dir and checks the program's sha256 before loading it. */
 SEQEDGE_API seqedge_status seqedge_open(const char* artifact_dir, const char* quantization, seqedge_model** out);
+/* seqedge_open with the thread count: 0 chooses by the model's size (what seqedge_open does: the calling thread
+ * below 16M parameters, where a second thread's hand-offs cost more than they save, else ExecuTorch's pool);
+ * 1 runs every call on the calling thread; ExecuTorch's pool size (one per performant core, shared by the
+ * process) runs on the pool. Another count is SEQEDGE_ERR_ARGUMENT naming the pool's size. */
+SEQEDGE_API seqedge_status seqedge_open_threads(const char* artifact_dir, const char* quantization, int threads,
+                                                seqedge_model** out);
 SEQEDGE_API seqedge_status seqedge_close(seqedge_model* model);
 /* Strings in *info live as long as the model. */
 SEQEDGE_API seqedge_status seqedge_get_info(const seqedge_model* model, seqedge_info* info);

@@ -16,8 +16,8 @@ using seqedge::Entry;
 using seqedge::Error;
 
 struct seqedge_model {
-  explicit seqedge_model(seqedge::Manifest m)
-      : manifest(std::move(m)), tokenizer(manifest.tokenizer), engine(manifest) {
+  seqedge_model(seqedge::Manifest m, int threads)
+      : manifest(std::move(m)), tokenizer(manifest.tokenizer), engine(manifest, threads) {
     for (const auto& spec : manifest.specs) {
       state_bytes += spec.numel() * static_cast<std::int64_t>(sizeof(float));
       work.emplace_back(static_cast<std::size_t>(spec.numel()));
@@ -121,13 +121,19 @@ const char* seqedge_status_name(seqedge_status status) {
 void seqedge_set_runtime_logging(int verbose) { seqedge::set_runtime_logging(verbose != 0); }
 
 seqedge_status seqedge_open(const char* artifact_dir, const char* quantization, seqedge_model** out) {
+  return seqedge_open_threads(artifact_dir, quantization, 0, out);
+}
+
+seqedge_status seqedge_open_threads(const char* artifact_dir, const char* quantization, int threads,
+                                    seqedge_model** out) {
   return guarded([&] {
     require(out != nullptr, "out is NULL");
     *out = nullptr;
     require(artifact_dir != nullptr, "artifact_dir is NULL");
+    require(threads >= 0, "threads must be 0 (chosen by the model's size) or a positive count");
     seqedge::Manifest manifest = seqedge::read_manifest(artifact_dir, quantization);
     seqedge::verify_program(manifest);
-    *out = new seqedge_model(std::move(manifest));
+    *out = new seqedge_model(std::move(manifest), threads);
   });
 }
 
@@ -141,7 +147,7 @@ seqedge_status seqedge_get_info(const seqedge_model* model, seqedge_info* info) 
     const auto& m = model->manifest;
     *info = seqedge_info{m.vocab_size, m.chunk_size, static_cast<std::int64_t>(m.specs.size()), model->state_bytes,
                          m.tokenizer.bos_id, m.tokenizer.eos_id, m.tokenizer.pad_id, m.fingerprint.c_str(),
-                         m.variant.c_str()};
+                         m.variant.c_str(), model->engine.threads()};
   });
 }
 

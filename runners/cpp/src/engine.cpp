@@ -3,11 +3,14 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
+#include <executorch/extension/threadpool/threadpool_guard.h>
 #include <executorch/runtime/backend/backend_options_map.h>
 #include <executorch/runtime/backend/options.h>
+#include <executorch/runtime/kernel/thread_parallel_interface.h>
 #include <executorch/runtime/platform/platform.h>
 
 #include "error.h"
@@ -36,6 +39,19 @@ void filtered_log(et_timestamp_t, et_pal_log_level_t level, const char* filename
 
 const char* method_name(Entry entry) { return entry == Entry::Step ? "step" : "chunk"; }
 
+// Holds ExecuTorch's thread-local "no thread pool" switch on for a one-thread model, and leaves it as it is
+// otherwise. XNNPACK takes the pool when a method loads (none while the switch is on: it then runs on the calling
+// thread); the portable kernels' parallel loops read the switch at each call.
+class OnCallerThread {
+ public:
+  explicit OnCallerThread(bool on) {
+    if (on) guard_.emplace();
+  }
+
+ private:
+  std::optional<executorch::extension::threadpool::NoThreadPoolGuard> guard_;
+};
+
 // The program's tensor (max bound sizes for the symbolic batch) against the manifest's [batch, dims...].
 void check_tensor(const et::TensorInfo& info, ScalarType dtype, const std::vector<std::int64_t>& dims,
                   const std::string& what) {
@@ -60,7 +76,21 @@ void set_runtime_logging(bool verbose) {
   (void)registered;
 }
 
-Engine::Engine(const Manifest& manifest) : manifest_(manifest) {
+int default_threads(const Manifest& manifest) {
+  return manifest.num_parameters > 0 && manifest.num_parameters < kSingleThreadParameters ? 1 : pool_threads();
+}
+
+int pool_threads() { return static_cast<int>(executorch::extension::get_thread_count()); }
+
+Engine::Engine(const Manifest& manifest, int threads) : manifest_(manifest) {
+  const int pool = pool_threads();
+  threads_ = threads == 0 ? default_threads(manifest) : threads;
+  if (threads_ < 0 || (threads_ != 1 && threads_ != pool)) {
+    throw Error(SEQEDGE_ERR_ARGUMENT, "threads " + std::to_string(threads) + " is not available: a model runs on "
+                                      "the calling thread (1) or on ExecuTorch's thread pool of this process (" +
+                                      std::to_string(pool) + "), or 0 to choose by the model's size");
+  }
+  const OnCallerThread on_caller(threads_ == 1);
   module_ = std::make_unique<etx::module::Module>(manifest.program_path, etx::module::Module::LoadMode::File);
   // step and chunk are separate XNNPACK delegates over the same named weights; without the weight cache each
   // packs its own copy (measured on the bundled model: 7.5 MB more peak RSS)
@@ -132,6 +162,7 @@ void Engine::run(Entry entry, const std::int64_t* tokens, const StateTensors& st
     owned.push_back(etx::from_blob(const_cast<float*>(state[i].data()), sizes, ScalarType::Float));
   }
   std::vector<et::EValue> inputs(owned.begin(), owned.end());
+  const OnCallerThread on_caller(threads_ == 1);
   auto result = module_->execute(method_name(entry), inputs);
   if (!result.ok()) runtime_error(std::string("running ") + method_name(entry) + " failed", result.error());
   const auto& outputs = *result;

@@ -242,6 +242,9 @@ Manifest read_manifest(const std::string& dir, const char* quantization) {
   }
   m.specs = parse_specs(data["state"], SEQEDGE_ERR_ARTIFACT, where + " state");
   m.tokenizer = read_tokenizer(data, m.vocab_size, where);
+  if (data.contains("num_parameters") && data["num_parameters"].is_number_unsigned()) {
+    m.num_parameters = data["num_parameters"].get<std::int64_t>();
+  }
 
   const json& variant = select_variant(data, quantization, where);
   m.variant = std::string(kTarget) + "/" + variant_tag(variant);

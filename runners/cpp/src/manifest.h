@@ -44,6 +44,7 @@ struct Manifest {
   std::uint64_t program_bytes = 0;
   bool has_program_bytes = false;
   std::int64_t max_batch = 1;
+  std::int64_t num_parameters = 0;  // the model's, as the export recorded it (0: not recorded)
 };
 
 // Reads and checks <dir>/manifest.json and selects the executorch variant at `quantization` (a tag: fp32/none,

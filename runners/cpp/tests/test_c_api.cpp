@@ -287,6 +287,44 @@ void test_sampling_and_tokenizer(seqedge_model* model, const seqedge_info& info)
 
 }  // namespace
 
+// A prompt and a few steps' logits of `model` (the thread tests compare them across thread choices).
+std::vector<float> stream_logits(seqedge_model* model, const seqedge_info& info) {
+  const std::size_t vocab = static_cast<std::size_t>(info.vocab_size);
+  std::vector<std::int64_t> prompt(static_cast<std::size_t>(info.chunk_size + 3));
+  for (std::size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<std::int64_t>((i * 53 + 7) % 256);
+  std::vector<float> out(4 * vocab, NAN);
+  seqedge_state* state = nullptr;
+  EXPECT_OK(seqedge_init_state(model, &state));
+  EXPECT_OK(seqedge_prefill(model, state, prompt.data(), prompt.size(), out.data(), vocab));
+  for (std::size_t k = 1; k < 4; ++k) EXPECT_OK(seqedge_step(model, state, 40 + k, out.data() + k * vocab, vocab));
+  seqedge_state_free(state);
+  return out;
+}
+
+// seqedge_open_threads: the calling thread, the pool where its size is asked for, and counts it cannot give.
+void test_threads(const fs::path& artifact, seqedge_model* model, const seqedge_info& info) {
+  seqedge_model* other = reinterpret_cast<seqedge_model*>(&failures);
+  EXPECT_STATUS(seqedge_open_threads(artifact.c_str(), nullptr, -1, &other), SEQEDGE_ERR_ARGUMENT);
+  EXPECT(other == nullptr);
+  EXPECT_STATUS(seqedge_open_threads(artifact.c_str(), nullptr, 4096, &other), SEQEDGE_ERR_ARGUMENT);
+  EXPECT(std::string(seqedge_last_error()).find("thread pool") != std::string::npos);
+  EXPECT(info.threads == 1);  // a model this small runs on the calling thread unless asked otherwise
+  const std::vector<float> reference = stream_logits(model, info);
+  for (int threads : {1, 2}) {
+    // 2 is the pool on a two-core machine; elsewhere it is refused, as any count but 1 and the pool's size
+    seqedge_status status = seqedge_open_threads(artifact.c_str(), nullptr, threads, &other);
+    if (status != SEQEDGE_OK) {
+      EXPECT(threads != 1 && status == SEQEDGE_ERR_ARGUMENT);
+      continue;
+    }
+    seqedge_info got{};
+    EXPECT_OK(seqedge_get_info(other, &got));
+    EXPECT(got.threads == threads);
+    EXPECT(max_diff(stream_logits(other, got), reference) <= 1e-5f);
+    EXPECT_OK(seqedge_close(other));
+  }
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     std::fprintf(stderr, "usage: %s ARTIFACT_DIR (an artifact with an executorch fp32 variant)\n", argv[0]);
@@ -308,6 +346,7 @@ int main(int argc, char** argv) {
     EXPECT(info.state_bytes > 0 && info.num_state_tensors > 0);
     test_calls(model, info, scratch);
     test_sampling_and_tokenizer(model, info);
+    test_threads(artifact, model, info);
     EXPECT_OK(seqedge_close(model));
   }
   EXPECT_OK(seqedge_close(nullptr));

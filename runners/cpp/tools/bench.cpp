@@ -177,8 +177,9 @@ std::vector<std::int64_t> checked_contexts(const CliOptions& o) {
 }
 
 void print_table(const nlohmann::json& out) {
-  std::printf("seqedge-run --bench: %s (load %.3f s)\n\n| context | p50 ms | p90 ms | p99 ms | reach s |\n"
-              "|---|---|---|---|---|\n", out["variant"].get<std::string>().c_str(), out["load_s"].get<double>());
+  std::printf("seqedge-run --bench: %s, %lld thread(s) (load %.3f s)\n\n| context | p50 ms | p90 ms | p99 ms | reach s |\n"
+              "|---|---|---|---|---|\n", out["variant"].get<std::string>().c_str(), out["threads"].get<long long>(),
+              out["load_s"].get<double>());
   for (const auto& row : out["contexts"]) {
     std::printf("| %zu | %.4f | %.4f | %.4f | %.2f |\n", row["context"].get<std::size_t>(),
                 row["p50_ms"].get<double>(), row["p90_ms"].get<double>(), row["p99_ms"].get<double>(),
@@ -224,7 +225,7 @@ void run_bench(seqedge_model* model, const CliOptions& o, double load_s) {
   nlohmann::json rows = best_of_sweeps(b, contexts, o, info.state_bytes);
   const long long peak = static_cast<long long>(proc_status_kib("VmHWM:")) * 1024;
   nlohmann::json out = {
-      {"runtime", "executorch-cpp"}, {"variant", info.variant}, {"load_s", load_s}, {"ttft_ms", ttft_ms},
+      {"runtime", "executorch-cpp"}, {"variant", info.variant}, {"threads", info.threads}, {"load_s", load_s}, {"ttft_ms", ttft_ms},
       {"ttft_prompt", o.ttft_prompt}, {"contexts", rows},
       {"prefill_tokens_per_s", static_cast<double>(o.prefill_tokens) / prefill_s},
       {"prefill_tokens", o.prefill_tokens}, {"stepwise_tokens", o.stepwise_tokens},

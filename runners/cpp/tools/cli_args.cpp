@@ -54,6 +54,9 @@ CliOptions parse_cli(int argc, char** argv) {
   app.add_option("--top-p", o.top_p, "nucleus sampling mass (1.0: off)")->check(CLI::Range(0.0, 1.0));
   app.add_option("--seed", seed, "random seed, for repeatable sampling (default: random)");
   app.add_flag("--verbose", o.verbose, "show ExecuTorch's own info lines on stderr");
+  app.add_option("--threads", o.threads, "1: run on this thread; ExecuTorch's pool size (one per performant "
+                                         "core): run on its pool; 0: 1 for models below 16M parameters, else the "
+                                         "pool (default: 0)")->check(CLI::NonNegativeNumber);
   app.add_option("--state-in", o.state_in, "start from this state file (from seqedge_state_save or State.save)");
   app.add_option("--state-out", o.state_out, "write the final state here (readable by State.load)");
   auto* dump = app.add_option("--dump-logits", o.dump_logits,

@@ -115,8 +115,8 @@ int main(int argc, char** argv) {
     seqedge_set_runtime_logging(o.verbose ? 1 : 0);
     Model model;
     const auto t0 = Clock::now();
-    check(seqedge_open(o.artifact.c_str(), o.quantization.empty() ? nullptr : o.quantization.c_str(),
-                       &model.handle));
+    check(seqedge_open_threads(o.artifact.c_str(), o.quantization.empty() ? nullptr : o.quantization.c_str(),
+                               o.threads, &model.handle));
     const double load_s = std::chrono::duration<double>(Clock::now() - t0).count();
     check(seqedge_get_info(model.handle, &model.info));
     if (!o.dump_logits.empty()) {
