@@ -28,6 +28,8 @@ from seqedge.state import State
 
 from .base import Backend, get_runtime
 
+_INT64 = np.dtype(np.int64)
+
 
 class Session:
     """A loaded artifact on one runtime. Create with :func:`seqedge.runtimes.load`."""
@@ -71,8 +73,7 @@ class Session:
     def _check_state(self, state: State, batch_size: int, check_finite: bool) -> list[np.ndarray]:
         if not isinstance(state, State):
             raise TypeError(f"state must be a seqedge State (from init_state), got {type(state).__name__}")
-        state.ensure_live()
-        if state.sealed_by(self._seal) and state.batch_size == batch_size:
+        if state.sealed_by(self._seal, batch_size):      # never true of a spent state: check() refuses those
             return state.tensors        # the backend's own outputs, as it returned them
         state.check(self.specs, self.fingerprint, batch_size, self.state_dtypes)
         if check_finite:
@@ -80,11 +81,11 @@ class Session:
         return state.arrays()
 
     def _check_tokens(self, tokens: Any, ndim: int) -> np.ndarray:
-        arr = np.asarray(tokens)
+        arr = tokens if type(tokens) is np.ndarray else np.asarray(tokens)
         if arr.ndim != ndim:
             shape = "[B]" if ndim == 1 else "[B, T]"
             raise ValueError(f"tokens must have shape {shape}, got shape {arr.shape}")
-        if arr.dtype != np.int64:
+        if arr.dtype != _INT64:
             if arr.size and not np.issubdtype(arr.dtype, np.integer):
                 raise ValueError(f"tokens must be integers, got dtype {arr.dtype}")
             arr = arr.astype(np.int64)
@@ -96,7 +97,7 @@ class Session:
                 lo, hi = int(arr.min()), int(arr.max())
             if lo < 0 or hi >= self.vocab_size:
                 raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got range [{lo}, {hi}]")
-        return np.ascontiguousarray(arr)
+        return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
 
     # entry points -----------------------------------------------------------------------------------------
     def step(self, tokens: Any, state: State, *, check_finite: bool = True,
@@ -113,7 +114,7 @@ class Session:
         logits, new = self._run_step(tokens, arrays, donate)
         if donate:
             state.spend()
-        return logits, state.sealed_successor(new, self._seal)
+        return logits, state.sealed_successor(new, self._seal, tokens.shape[0])
 
     def _run_step(self, tokens: np.ndarray, arrays: list, donate: bool) -> tuple[np.ndarray, list]:
         return self._step_donated(tokens, arrays) if donate else self.backend.run("step", tokens, arrays)
@@ -154,7 +155,7 @@ class Session:
             result = np.array(pieces[0])        # a copy: a row of a chunk's logits would keep the chunk's alive
         else:
             result = np.concatenate(pieces, axis=1) if pieces else np.zeros((B, 0, self.vocab_size), np.float32)
-        return result, state.sealed_successor(arrays, self._seal)
+        return result, state.sealed_successor(arrays, self._seal, B)
 
     def generate(
         self,

@@ -158,21 +158,25 @@ class State:
         self.ensure_live()
         return State(tensors, self.specs, self.fingerprint)
 
-    def sealed_successor(self, tensors: list[Any], issuer: object) -> State:
+    def sealed_successor(self, tensors: list[Any], issuer: object, batch_size: int | None = None) -> State:
         """The state a runtime computed from this one: ``tensors`` (a runtime's outputs in ``specs`` order, taken
         as they are, unchecked) with this state's specs and fingerprint, sealed by ``issuer`` (a Session's token):
-        it records that ``issuer`` produced exactly these tensors, so it can accept the state back without
-        checking it again (:meth:`sealed_by`)."""
+        it records that ``issuer`` produced exactly these tensors (of ``batch_size`` sequences, read from them when
+        not given), so it can accept the state back without checking it again (:meth:`sealed_by`)."""
         new = State.__new__(State)
         new.tensors, new.specs, new.fingerprint = list(tensors), self.specs, self.fingerprint
-        new._seal = (issuer, tuple(map(id, new.tensors)))
+        batch = int(new.tensors[0].shape[0]) if batch_size is None else batch_size
+        new._seal = (issuer, tuple(map(id, new.tensors)), batch)
         new.spent = False
         return new
 
-    def sealed_by(self, issuer: object) -> bool:
-        """True when ``issuer`` sealed this state and its tensors are still the objects it sealed (a tensor
-        swapped into ``tensors`` breaks the seal). O(number of tensors); values are not read."""
-        return self._seal is not None and self._seal[0] is issuer and self._seal[1] == tuple(map(id, self.tensors))
+    def sealed_by(self, issuer: object, batch_size: int | None = None) -> bool:
+        """True when ``issuer`` sealed this state (of ``batch_size`` sequences, where given) and its tensors are
+        still the objects it sealed (a tensor swapped into ``tensors`` breaks the seal). False for a spent state.
+        O(number of tensors); values are not read."""
+        seal = self._seal
+        return (seal is not None and seal[0] is issuer and (batch_size is None or seal[2] == batch_size)
+                and seal[1] == tuple(map(id, self.tensors)))
 
     def check(self, specs: Sequence[StateSpec], fingerprint: str, batch_size: int | None = None,
               dtypes: Sequence[str] | None = None) -> None:

@@ -56,7 +56,8 @@ def test_own_states_are_sealed_and_a_swapped_tensor_breaks_the_seal(session):
     _, state = session.step(np.array([1]), session.init_state(1))
     assert state.sealed_by(session._seal)
     _, state = session.step(np.array([2]), state)
-    assert state.sealed_by(session._seal)
+    assert state.sealed_by(session._seal) and state.sealed_by(session._seal, 1)
+    assert not state.sealed_by(session._seal, 2)               # the seal records the batch it was made for
     with pytest.raises(ValueError, match="batch"):
         session.step(np.array([1, 2]), state)                  # the seal never skips the batch check
     other = seqedge.load(session.manifest.root, "onnxruntime")
