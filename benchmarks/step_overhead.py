@@ -16,10 +16,12 @@ recipe of ``--quantize`` the artifact holds for it (default fp32 and int8):
   closed;
 - the step floor on this machine (seqedge.evaluate.floor) and the donated step's p50 as a multiple of it; the
   p50 target is checked on the donated step in the decode loop (consecutive donated steps, what ``generate`` runs);
-- onnxruntime: where a step's time goes, by op type (ONNX Runtime's profiler).
+- onnxruntime: where a step's time goes, by op type (ONNX Runtime's profiler);
+- with ``--runner`` (``seqedge-run``, runners/cpp): the executorch variants' step in the C++ runner's own process
+  (consecutive steps at context 0, its ``--bench``), at its default thread choice and at the other count.
 
     python benchmarks/step_overhead.py --artifact ART [--artifact OTHER] [--quantize fp32,int8]
-        [--out benchmarks/results/step_overhead]
+        [--runner build/cpp/seqedge-run] [--out benchmarks/results/step_overhead]
 
 An artifact comes from ``seqedge export --target onnx,onnx-ort,executorch --quantize fp32,int8-dynamic --out ART``
 (the bundled model).
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import tempfile
 import time
 from collections import Counter
@@ -194,7 +197,33 @@ def measure(artifact: Path, runtime: str, quantization: str, steps: int, limits)
     return row
 
 
-def render(rows: list[dict[str, Any]], limits, machine: dict[str, Any], command: str, date: str) -> str:
+def measure_native(runner: Path, artifact: Path, quantization: str, steps: int) -> dict[str, Any]:
+    """The C++ runner's step p50/p99 at context 0 (``steps`` consecutive steps after 50 untimed), at its default
+    thread choice and at the other of 1 and this machine's core count (ExecuTorch's pool), where it runs."""
+    from seqedge.evaluate.latency import BenchConfig, token_stream
+    from seqedge.evaluate.native_runner import consumed_tokens, run_bench_json
+
+    config = BenchConfig(contexts=(0,), steps=steps, warmup=50, prefill_tokens=64, stepwise_tokens=64,
+                         ttft_prompt=8)
+    stream = token_stream(consumed_tokens(config), vocab_size=read_manifest(artifact).vocab_size)
+    runs = []
+    for threads in (None, "other"):
+        if threads == "other":
+            threads = (os.cpu_count() or 1) if runs[0]["threads"] == 1 else 1
+            if threads == runs[0]["threads"]:
+                break
+        try:
+            report = run_bench_json(runner, artifact, quantization, config, stream, threads=threads)
+        except RuntimeError as err:        # a count the runner cannot give here (its pool has another size)
+            runs.append({"threads": threads, "error": str(err)})
+            continue
+        row = report["contexts"][0]
+        runs.append({"threads": report["threads"], "p50_ms": row["p50_ms"], "p99_ms": row["p99_ms"]})
+    return {"artifact": str(artifact), "variant": f"executorch/{quantization}", "runner": str(runner), "runs": runs}
+
+
+def render(rows: list[dict[str, Any]], limits, machine: dict[str, Any], command: str, date: str,
+           native: list[dict[str, Any]]) -> str:
     out = ["# Session.step over the raw runtime call, node counts and the floor (bundled model, batch 1)", "",
            f"- Date: {date}", f"- Command: `{command}`", machine_markdown(machine),
            "- Limits measured here: copy bandwidth (GB/s) by working set " + ", ".join(
@@ -242,6 +271,22 @@ def render(rows: list[dict[str, Any]], limits, machine: dict[str, Any], command:
                    f"{loop['raw']:.3f} / {loop['session']:.3f} / {loop['donated']:.3f} | {r['loop_overhead']:+.1%} | "
                    f"{other} | {r['floor']['floor_ms']:.4f} | {r['floor']['loop_donated_over_floor']:.0f}x | "
                    f"{'; '.join(target)} |")
+    if native:
+        out += ["", "## ExecuTorch's step in the C++ runner (`seqedge-run --bench`, its own process, consecutive "
+                "steps at context 0)", "",
+                "| artifact | variant | threads | p50 ms | p99 ms | other thread count: p50 ms | target |",
+                "|---|---|---|---|---|---|---|"]
+        for n in native:
+            first, *rest = n["runs"]
+            if "error" in first:
+                out.append(f"| {Path(n['artifact']).name} | {n['variant']} | - | - | - | - | {first['error']} |")
+                continue
+            other = "; ".join(f"{r['p50_ms']:.3f} ({r['threads']} threads)" if "error" not in r
+                              else f"{r['threads']} threads refused" for r in rest) or "-"
+            miss = first["p50_ms"] / TARGET_MS
+            target = f"p50 <= {TARGET_MS} ms: " + ("met" if miss <= 1 else f"missed, {miss:.2f}x")
+            out.append(f"| {Path(n['artifact']).name} | {n['variant']} | {first['threads']} | {first['p50_ms']:.3f} | "
+                       f"{first['p99_ms']:.3f} | {other} | {target} |")
     out += ["", "## Where an onnxruntime step goes (profiler: share of kernel time by op type, top 8; the "
             "profiler's own cost inflates absolute times)", ""]
     for r in rows:
@@ -261,12 +306,16 @@ def main() -> None:
                         help="variants to measure where an artifact holds them, comma-separated (default: "
                              "%(default)s)")
     parser.add_argument("--steps", type=int, default=2000, help="timed calls of each kind (default: %(default)s)")
+    parser.add_argument("--runner", type=Path, default=None,
+                        help="seqedge-run (runners/cpp): also time the executorch variants' step in the C++ runner")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/step_overhead"),
                         help="output stem: <stem>.json and <stem>.md (default: %(default)s)")
     args = parser.parse_args()
     date = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     machine, command, limits = machine_info(), command_line(), measure_limits()
-    rows = []
+    if args.runner is not None and not args.runner.is_file():
+        parser.error(f"--runner {args.runner} does not exist (build it: README.md, 'Native runner (C++)')")
+    rows, native = [], []
     for artifact in args.artifact:
         held = {(v.target, v.tag) for v in read_manifest(artifact).variants}
         for runtime, target in RUNTIMES.items():
@@ -274,11 +323,15 @@ def main() -> None:
                 if (target, quantization) in held:
                     print(f"measuring {runtime} {quantization} on {artifact}", flush=True)
                     rows.append(measure(artifact, runtime, quantization, args.steps, limits))
+                    if runtime == "executorch" and args.runner is not None:
+                        print(f"measuring the C++ runner on {artifact} executorch/{quantization}", flush=True)
+                        native.append(measure_native(args.runner, artifact, quantization, args.steps))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(
-        {"date": date, "command": command, "machine": machine, "limits": limits.to_dict(), "rows": rows},
+        {"date": date, "command": command, "machine": machine, "limits": limits.to_dict(), "rows": rows,
+         "native": native},
         indent=2) + "\n")
-    text = render(rows, limits, machine, command, date)
+    text = render(rows, limits, machine, command, date, native)
     args.out.with_suffix(".md").write_text(text)
     print(text)
 
