@@ -57,7 +57,8 @@ class OnnxRuntimeBackend:
         self._outputs = ["logits", *self.out_names]
         self._last: list[tuple[np.ndarray, Any]] = []   # (array handed out, its OrtValue) of the last call
         self.reused_state_binds = 0                    # how many calls re-bound the previous call's OrtValues
-        self.threads: int | str = "onnxruntime default"
+        self.threads: int | str = "onnxruntime default"          # the step's intra-op threads
+        self.chunk_threads: int | str = "onnxruntime default"
         # entry -> (session, inputs fed beside tokens and state): "chunk_last" is the chunk graph with its head on
         # the last row (graphs exported before the head's rows could be chosen have no such input)
         self._graphs: dict[str, tuple[Any, dict[str, np.ndarray]]] = {e: (s, {}) for e, s in sessions.items()}
@@ -136,7 +137,7 @@ class OnnxRuntimeBackend:
 
     def describe(self) -> dict[str, Any]:
         return {"providers": self.providers, "device": self.device, "onnxruntime": self._ort.__version__,
-                "threads": self.threads, "io_binding": self.io_binding,
+                "threads": self.threads, "chunk_threads": self.chunk_threads, "io_binding": self.io_binding,
                 "in_place_states": f"{len(self.in_place)} of {len(self.state_names)}"}
 
 
@@ -152,8 +153,8 @@ class OnnxRuntimeRuntime:
              threads: int | None = None, io_binding: bool | None = None, **options: Any) -> OnnxRuntimeBackend:
         if options:
             raise ValueError(f"unknown option(s) {sorted(options)} for onnxruntime; valid: providers, threads "
-                             "(intra-op threads; default: 1 for small models, else one per core), io_binding "
-                             "(default: on with CUDA only)")
+                             "(intra-op threads; default: one per core, but 1 for a small model's step), "
+                             "io_binding (default: on with CUDA only)")
         ort = _ort()
         available = ort.get_available_providers()
         if providers is None:
@@ -164,24 +165,34 @@ class OnnxRuntimeRuntime:
             raise RuntimeUnavailable(f"onnxruntime provider(s) {missing} are not available here (available: "
                                      f"{available}); install onnxruntime-gpu for CUDAExecutionProvider")
         threads = check_threads(threads)
-        threads = default_threads(manifest.config) if threads is None else threads
-        options_ = ort.SessionOptions()
-        options_.log_severity_level = 3
-        options_.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads is not None:
-            options_.intra_op_num_threads = threads
+        # a small model's step runs faster on one thread (runtimes/threads.py); a chunk is chunk_size steps' work,
+        # enough to share, so it keeps ONNX Runtime's default (one thread per core) unless threads are asked for
+        per_entry = {"step": default_threads(manifest.config) if threads is None else threads, "chunk": threads}
         for data in ("weights", "step.data", "chunk.data"):      # external data: hash-checked before the graphs
             if data in variant.files:
                 manifest.path(variant, data)
-        sessions = {entry: ort.InferenceSession(str(manifest.path(variant, entry)), options_, providers=providers)
+        sessions = {entry: ort.InferenceSession(str(manifest.path(variant, entry)), _options(ort, per_entry[entry]),
+                                                providers=providers)
                     for entry in ("step", "chunk")}
         for entry, session in sessions.items():
             check_signature(manifest, entry, manifest.path(variant, entry, verify=False), _sigs(session.get_inputs()),
                             _sigs(session.get_outputs()))
         backend = self.backend(sessions, sessions["step"].get_providers(), [s.name for s in manifest.state_specs],
                                io_binding, variant.info.get("step_in_place_states", ()))
-        backend.threads = threads or f"onnxruntime default ({os.cpu_count()} cores)"
+        backend.threads, backend.chunk_threads = (per_entry[e] or f"onnxruntime default ({os.cpu_count()} cores)"
+                                                  for e in ("step", "chunk"))
         return backend
+
+
+def _options(ort: Any, threads: int | None) -> Any:
+    """Session options: every graph optimisation, warnings off, ``threads`` intra-op threads (None: ONNX Runtime's
+    default)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return options
 
 
 ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32",

@@ -1,4 +1,6 @@
 """How many threads a CPU runtime uses for one step: chosen from the model's size, overridable per session.
+(ONNX Runtime's chunk session, a chunk of steps' work at once, keeps the runtime's default unless a count is asked
+for; ExecuTorch's one XNNPACK pool serves both methods.)
 
 A step of a small model is a few hundred tiny kernels: splitting each over threads buys little against the
 wake-ups and hand-offs (for the bundled 4 MFLOP model one ONNX Runtime thread was as fast as two, within noise,

@@ -197,3 +197,20 @@ def test_unknown_runtime_and_variant(artifact):
 def test_missing_provider_says_so(artifact):
     with pytest.raises(RuntimeUnavailable, match="not available here"):
         seqedge.load(artifact, "onnxruntime", providers=["TensorrtExecutionProvider"])
+
+
+def test_threads_per_entry_point(artifact):
+    """A small model's step runs on one thread and its chunks on ONNX Runtime's default (every core); a count
+    asked for applies to both; the sessions are built with what describe() reports."""
+    session = seqedge.load(artifact, "onnxruntime")
+    described = session.describe()
+    assert described["threads"] == 1 and described["chunk_threads"].startswith("onnxruntime default")
+    steps = session.backend.sessions
+    assert steps["step"].get_session_options().intra_op_num_threads == 1
+    assert steps["chunk"].get_session_options().intra_op_num_threads == 0          # 0: ONNX Runtime's default
+    two = seqedge.load(artifact, "onnxruntime", threads=2)
+    assert two.describe()["threads"] == two.describe()["chunk_threads"] == 2
+    assert all(s.get_session_options().intra_op_num_threads == 2 for s in two.backend.sessions.values())
+    tokens = np.arange(40).reshape(1, 40) % 256
+    np.testing.assert_allclose(session.prefill(tokens, session.init_state(1))[0],
+                               two.prefill(tokens, two.init_state(1))[0], rtol=1e-5, atol=1e-5)
