@@ -206,19 +206,20 @@ def measure_native(runner: Path, artifact: Path, quantization: str, steps: int) 
     config = BenchConfig(contexts=(0,), steps=steps, warmup=50, prefill_tokens=64, stepwise_tokens=64,
                          ttft_prompt=8)
     stream = token_stream(consumed_tokens(config), vocab_size=read_manifest(artifact).vocab_size)
-    runs = []
-    for threads in (None, "other"):
-        if threads == "other":
-            threads = (os.cpu_count() or 1) if runs[0]["threads"] == 1 else 1
-            if threads == runs[0]["threads"]:
-                break
+
+    def run(threads: int | None) -> dict[str, Any]:
         try:
             report = run_bench_json(runner, artifact, quantization, config, stream, threads=threads)
         except RuntimeError as err:        # a count the runner cannot give here (its pool has another size)
-            runs.append({"threads": threads, "error": str(err)})
-            continue
+            return {"threads": threads, "error": str(err)}
         row = report["contexts"][0]
-        runs.append({"threads": report["threads"], "p50_ms": row["p50_ms"], "p99_ms": row["p99_ms"]})
+        return {"threads": report["threads"], "p50_ms": row["p50_ms"], "p99_ms": row["p99_ms"]}
+
+    runs = [run(None)]
+    chosen = runs[0]["threads"]
+    other = (os.cpu_count() or 1) if chosen == 1 else 1
+    if other != chosen:
+        runs.append(run(other))
     return {"artifact": str(artifact), "variant": f"executorch/{quantization}", "runner": str(runner), "runs": runs}
 
 

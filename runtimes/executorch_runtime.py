@@ -46,7 +46,6 @@ class ExecuTorchBackend:
     def __init__(self, manifest: Manifest, variant: Variant, threads: int) -> None:
         torch, Runtime = _import_runtime()
         self._torch = torch
-        self._torch_dtypes = {np.int64: torch.int64, np.float32: torch.float32}
         self.path = manifest.path(variant, "program")
         runtime = Runtime.get()
         if not runtime.backend_registry.is_available(BACKEND):
@@ -89,7 +88,7 @@ class ExecuTorchBackend:
         if len(state) == len(last) and all(map(operator.is_, state, last)):
             inputs = [ids[0], *state]
         else:
-            inputs = [ids[0]] + [self._tensor(s, np.float32) for s in state]
+            inputs = [ids[0]] + [self._state_tensor(s) for s in state]
         logits, *new_state = method(inputs)
         self._last_out = new_state
         return logits.numpy(), new_state
@@ -103,16 +102,16 @@ class ExecuTorchBackend:
         ids = self._torch.zeros(shape, dtype=self._torch.int64)
         return ids, ids.numpy()
 
-    def _tensor(self, value: Any, dtype: type) -> Any:
-        """``value`` as a contiguous CPU tensor of ``dtype``: this backend's own output tensors as they are,
+    def _state_tensor(self, value: Any) -> Any:
+        """A state tensor as a contiguous float32 CPU tensor: torch tensors as they are where they already are,
         numpy arrays without a copy where they can (a read-only array, another runtime's state, is copied:
         ``torch.from_numpy`` warns on those)."""
         if isinstance(value, self._torch.Tensor):
-            want = self._torch_dtypes[dtype]
-            return value if value.dtype is want and value.is_contiguous() else value.to(want).contiguous()
-        if value.dtype == dtype and value.flags.c_contiguous and value.flags.writeable:
+            f32 = self._torch.float32
+            return value if value.dtype is f32 and value.is_contiguous() else value.to(f32).contiguous()
+        if value.dtype == np.float32 and value.flags.c_contiguous and value.flags.writeable:
             return self._torch.from_numpy(value)
-        return self._torch.from_numpy(np.array(value, dtype=dtype, order="C"))
+        return self._torch.from_numpy(np.array(value, dtype=np.float32, order="C"))
 
     def describe(self) -> dict[str, Any]:
         from importlib.metadata import version

@@ -158,15 +158,14 @@ class State:
         self.ensure_live()
         return State(tensors, self.specs, self.fingerprint)
 
-    def sealed_successor(self, tensors: list[Any], issuer: object, batch_size: int | None = None) -> State:
+    def sealed_successor(self, tensors: list[Any], issuer: object, batch_size: int) -> State:
         """The state a runtime computed from this one: ``tensors`` (a runtime's outputs in ``specs`` order, taken
         as they are, unchecked) with this state's specs and fingerprint, sealed by ``issuer`` (a Session's token):
-        it records that ``issuer`` produced exactly these tensors (of ``batch_size`` sequences, read from them when
-        not given), so it can accept the state back without checking it again (:meth:`sealed_by`)."""
+        it records that ``issuer`` produced exactly these tensors, of ``batch_size`` sequences (the call's), so it
+        can accept the state back without checking it again (:meth:`sealed_by`)."""
         new = State.__new__(State)
         new.tensors, new.specs, new.fingerprint = list(tensors), self.specs, self.fingerprint
-        batch = int(new.tensors[0].shape[0]) if batch_size is None else batch_size
-        new._seal = (issuer, tuple(map(id, new.tensors)), batch)
+        new._seal = (issuer, tuple(map(id, new.tensors)), batch_size)
         new.spent = False
         return new
 

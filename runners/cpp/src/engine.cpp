@@ -39,6 +39,19 @@ void filtered_log(et_timestamp_t, et_pal_log_level_t level, const char* filename
 
 const char* method_name(Entry entry) { return entry == Entry::Step ? "step" : "chunk"; }
 
+// The threads a model runs on when the caller leaves the choice (0): 1 below kSingleThreadParameters
+// parameters (a step of a few MFLOP is a few hundred tiny kernels: hand-offs to a second thread cost more than
+// they save), else ExecuTorch's thread pool. The Python runtimes make the same choice from the step's FLOPs
+// (runtimes/threads.py: 32 MFLOP, two per parameter).
+constexpr std::int64_t kSingleThreadParameters = 16'000'000;
+
+// The size of ExecuTorch's process-wide thread pool (XNNPACK's threads).
+int pool_threads() { return static_cast<int>(executorch::extension::get_thread_count()); }
+
+int default_threads(const Manifest& manifest) {
+  return manifest.num_parameters > 0 && manifest.num_parameters < kSingleThreadParameters ? 1 : pool_threads();
+}
+
 // Holds ExecuTorch's thread-local "no thread pool" switch on for a one-thread model, and leaves it as it is
 // otherwise. XNNPACK takes the pool when a method loads (none while the switch is on: it then runs on the calling
 // thread); the portable kernels' parallel loops read the switch at each call.
@@ -75,12 +88,6 @@ void set_runtime_logging(bool verbose) {
   static const bool registered = et::register_pal(et::PalImpl::create(&filtered_log, __FILE__));
   (void)registered;
 }
-
-int default_threads(const Manifest& manifest) {
-  return manifest.num_parameters > 0 && manifest.num_parameters < kSingleThreadParameters ? 1 : pool_threads();
-}
-
-int pool_threads() { return static_cast<int>(executorch::extension::get_thread_count()); }
 
 Engine::Engine(const Manifest& manifest, int threads) : manifest_(manifest) {
   const int pool = pool_threads();

@@ -24,20 +24,10 @@ void set_runtime_logging(bool verbose);
 
 enum class Entry { Step, Chunk };
 
-// The threads a model runs on when the caller leaves the choice (0): 1 below kSingleThreadParameters
-// parameters (a step of a few MFLOP is a few hundred tiny kernels: hand-offs to a second thread cost more than
-// they save), else ExecuTorch's thread pool. The Python runtimes make the same choice from the step's FLOPs
-// (runtimes/threads.py: 32 MFLOP, two per parameter).
-constexpr std::int64_t kSingleThreadParameters = 16'000'000;
-int default_threads(const Manifest& manifest);
-
-// The size of ExecuTorch's process-wide thread pool (XNNPACK's threads).
-int pool_threads();
-
 class Engine {
  public:
   // Loads the (already sha256-checked) program and both methods; throws Error(RUNTIME) or Error(ARTIFACT) when
-  // the program's inputs/outputs disagree with the manifest. `threads`: 0 chooses (default_threads); 1 runs
+  // the program's inputs/outputs disagree with the manifest. `threads`: 0 chooses by the model's size; 1 runs
   // every call on the calling thread; the pool's size runs on ExecuTorch's pool; any other count is
   // Error(ARGUMENT) (the pool is one per process and sized by ExecuTorch).
   Engine(const Manifest& manifest, int threads);
