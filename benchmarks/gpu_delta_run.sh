@@ -5,6 +5,8 @@
 #       bash benchmarks/gpu_delta_run.sh
 # PROBE=1 (with TESTS=1) runs benchmarks/probes/delta_fla_crash.py beside the tests; BENCH_ARGS go to the
 # benchmark (e.g. "--who ours --rows fwdbwd peak_fwdbwd": our backward's rows without fla's minutes of compiling).
+# WORKERS is per suite, and each worker process holds 1-6.5 GiB of the card: keep all suites' workers together
+# under the card's GiB / 6 (an 80 GB card with GATED=1 and IMPORTS=1: WORKERS=4).
 # IMPORTS=1 (with TESTS=1) runs, beside them, the imports against fla's own models on the card
 # (tests/test_import_{gla,gdn,kda}.py -k on_gpu; they need the transformers and fla wheels in .whl/).
 # Works from a source tree without installing seqedge (its package mapping is made with symlinks);

@@ -8,9 +8,8 @@
   tracing, ONNX export) always traces this plain form, so artifacts never contain the custom op.
 Each path is announced once per process with a WARNING on the ``seqedge.scan`` logger, with the reason.
 
-The kernels are on by default because their GPU tests against float64 have passed for the shipped config lists:
-tests/test_kernels_gpu.py (benchmarks/results/kernels_gpu_tests.md) and tests/test_kernels_delta_gpu.py but for its
-comparison with fla (benchmarks/results/delta_gpu_tests.md).
+The kernels are on by default because their GPU tests against float64 and against fla's kernels pass for the shipped
+config lists: tests/test_kernels_gpu.py and tests/test_kernels_delta_gpu.py (benchmarks/results/gpu_tests.md).
 """
 
 from __future__ import annotations
