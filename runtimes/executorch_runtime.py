@@ -75,23 +75,44 @@ class ExecuTorchBackend:
         method = self._calls.get(entry)
         if method is None:
             raise ValueError(f"unknown entry point {entry!r}; valid ones are {list(METHODS)}")
-        # the program reads its inputs where they lie (they are outside its memory plan): the ids go into a
-        # tensor kept per shape, made once the batch is known to fit the program
+        ids = self._ids_tensor(tokens)
+        # ``execute`` returns copies of the outputs (the program's planned memory is overwritten by the next
+        # call). The new state stays in torch tensors: the usual step loop hands exactly the last call's back,
+        # and those go in as they are, unchecked (they are this backend's own float32 contiguous outputs)
+        if self._is_last_out(state):
+            inputs = [ids, *state]
+        else:
+            inputs = [ids] + [self._state_tensor(s) for s in state]
+        logits, *new_state = method(inputs)
+        self._last_out = new_state
+        return logits.numpy(), new_state
+
+    def step_donated(self, tokens: np.ndarray, state: list[Any]) -> tuple[np.ndarray, list[Any]]:
+        """``run("step", ...)`` for a state its caller gave up. Where that is the state this backend returned
+        last (its own tensors, which no one else writes), the new state is copied from the program's memory over
+        them, and they are the state returned: no new tensors per step (for a large state, fresh pages every
+        token). Any other state runs the plain step, whose outputs then carry the chain."""
+        if not self._is_last_out(state):
+            return self.run("step", tokens, state)
+        ids = self._ids_tensor(tokens)
+        # outputs left in the program's memory (not cloned): read before the next call reuses it
+        logits, *new_state = self._calls["step"]([ids, *state], False)
+        for own, new in zip(state, new_state):
+            own.copy_(new)
+        return logits.numpy().copy(), state
+
+    def _is_last_out(self, state: list[Any]) -> bool:
+        last = self._last_out
+        return len(state) == len(last) and all(map(operator.is_, state, last))
+
+    def _ids_tensor(self, tokens: np.ndarray) -> Any:
+        """The token ids in a tensor kept per shape (made once the batch is known to fit the program): the
+        program reads its inputs where they lie (they are outside its memory plan)."""
         ids = self._ids.get(tokens.shape)
         if ids is None:
             ids = self._ids[tokens.shape] = self._id_buffer(tokens.shape)
         ids[1][...] = tokens
-        # ``execute`` returns copies of the outputs (the program's planned memory is overwritten by the next
-        # call). The new state stays in torch tensors: the usual step loop hands exactly the last call's back,
-        # and those go in as they are, unchecked (they are this backend's own float32 contiguous outputs)
-        last = self._last_out
-        if len(state) == len(last) and all(map(operator.is_, state, last)):
-            inputs = [ids[0], *state]
-        else:
-            inputs = [ids[0]] + [self._state_tensor(s) for s in state]
-        logits, *new_state = method(inputs)
-        self._last_out = new_state
-        return logits.numpy(), new_state
+        return ids[0]
 
     def _id_buffer(self, shape: tuple[int, ...]) -> tuple[Any, np.ndarray]:
         """An int64 tensor of ``shape`` and its numpy view, for a batch size in the program's planned range."""

@@ -9,9 +9,10 @@ session, the same tensor objects, the batch of the call): it was checked, or com
 states are never modified in place (the ONNX Runtime backends return read-only arrays).
 
 The one exception is asked for: ``step(..., donate=True)`` gives the state up, so a backend with
-``step_donated`` (ONNX Runtime on the CPU) may write the new state over its buffers; the given ``State`` is spent
-whatever the backend (:meth:`seqedge.state.State.spend`), so a later use raises instead of reading another state's
-values. ``generate`` and the steps inside ``prefill`` donate the states they make themselves, never the caller's.
+``step_donated`` (ONNX Runtime on the CPU, ExecuTorch) may write the new state over its buffers; the given
+``State`` is spent whatever the backend (:meth:`seqedge.state.State.spend`), so a later use raises instead of
+reading another state's values. ``generate`` and the steps inside ``prefill`` donate the states they make
+themselves, never the caller's.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Session:
         self._seal = object()       # identifies this session's own states (State.sealed_successor)
         # a prompt's chunks with the head on their last position only, where the backend can (prefill "last")
         self._last_chunk = "chunk_last" if "chunk_last" in getattr(backend, "entries", ()) else "chunk"
-        # a donated step where the backend has one (ONNX Runtime), else the plain one
+        # a donated step where the backend has one (ONNX Runtime, ExecuTorch), else the plain one
         self._step_donated = getattr(backend, "step_donated", None) or (lambda t, s: backend.run("step", t, s))
 
     @property
@@ -106,9 +107,9 @@ class Session:
 
         ``check_finite=False`` skips the NaN/inf scan of a ``state`` from elsewhere (a state this session
         returned is never scanned again: see the module docstring). ``donate=True`` gives ``state`` up: where the
-        backend can (ONNX Runtime on the CPU), the new state is written over its buffers, which spares a step
-        loop the allocation and copy of the state; ``state`` is spent afterwards on every runtime (using it
-        again raises ValueError)."""
+        backend can (ONNX Runtime on the CPU, ExecuTorch), the new state is written over its buffers, which spares
+        a step loop a new state's allocation (and in ONNX Runtime its copy); ``state`` is spent afterwards on
+        every runtime (using it again raises ValueError)."""
         tokens = self._check_tokens(tokens, 1)
         arrays = self._check_state(state, tokens.shape[0], check_finite)
         logits, new = self._run_step(tokens, arrays, donate)

@@ -382,3 +382,56 @@ def test_own_state_tensors_go_back_as_they_are(exported, tmp_path):
     np.testing.assert_array_equal(own, fresh)
     for a, b in zip(own_next.numpy(), fresh_next.numpy()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_donated_steps_write_over_the_backends_own_state(exported):
+    """``step(..., donate=True)``: where the state is the one the backend returned last, the new state is copied
+    over its tensors (the same tensors from the second donated step on) and the numbers are the plain steps', bit
+    for bit; a donated state is spent; a state kept (not donated) is never written, and two streams donating in
+    turn (neither state the last output) give what each gives alone."""
+    artifact, _, _ = exported("delta", "none")
+    session = load(artifact, runtime="executorch")
+    tokens = np.random.default_rng(4).integers(0, 256, (2, 12))
+    plain, donated = session.init_state(2), session.init_state(2)
+    plain_logits = []
+    for t in range(12):
+        logits, plain = session.step(tokens[:, t], plain)
+        plain_logits.append(logits)
+    own = None
+    for t in range(12):                          # apart from the plain loop: its steps would be the last output
+        old = donated
+        logits, donated = session.step(tokens[:, t], donated, donate=True)
+        np.testing.assert_array_equal(logits, plain_logits[t])
+        own = own or list(donated.tensors)
+    assert all(a is b for a, b in zip(donated.tensors, own))
+    for a, b in zip(plain.numpy(), donated.numpy()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="donated"):
+        session.step(tokens[:, 0], old)
+
+    s = session.init_state(1)
+    for t in range(3):
+        _, s = session.step(tokens[:1, t], s, donate=True)
+    kept = s.numpy()
+    branch_logits, branch = session.step(tokens[:1, 3], s)             # not donated: s stays live
+    branch_values = branch.numpy()
+    _, on = session.step(tokens[:1, 3], s, donate=True)
+    for t in range(4, 12):
+        _, on = session.step(tokens[:1, t], on, donate=True)
+    for a, b in zip(branch.numpy(), branch_values):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(session.step(tokens[:1, 3], session.init_state(1).with_tensors(kept))[0],
+                                  branch_logits)
+
+    alone = []
+    for row in range(2):
+        st = session.init_state(1)
+        for t in range(12):
+            logits, st = session.step(tokens[row:row + 1, t], st)
+        alone.append(logits)
+    streams = [session.init_state(1), session.init_state(1)]
+    for t in range(12):
+        for row in range(2):
+            logits, streams[row] = session.step(tokens[row:row + 1, t], streams[row], donate=True)
+            if t == 11:
+                np.testing.assert_array_equal(logits, alone[row])
