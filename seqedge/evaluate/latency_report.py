@@ -60,7 +60,7 @@ def machine_markdown(machine: dict[str, Any]) -> str:
         lines.append(f"- Thread settings: {machine['thread_env']}")
     if "load_average" in machine:
         lines.append(f"- Load average at start (1, 5, 15 min): {machine['load_average']} "
-                     "(above ~0.5 per core, other work shared the CPU)")
+                     "(a value above ~0.5 per core means other work shared the CPU)")
     return "\n".join(lines)
 
 
