@@ -90,8 +90,8 @@ class ExecuTorchBackend:
     def step_donated(self, tokens: np.ndarray, state: list[Any]) -> tuple[np.ndarray, list[Any]]:
         """``run("step", ...)`` for a state its caller gave up. Where that is the state this backend returned
         last (its own tensors, which no one else writes), the new state is copied from the program's memory over
-        them, and they are the state returned: no new tensors per step (for a large state, fresh pages every
-        token). Any other state runs the plain step, whose outputs then carry the chain."""
+        them, and they are the state returned: no new tensors per step. Any other state runs the plain step,
+        whose outputs then carry the chain."""
         if not self._is_last_out(state):
             return self.run("step", tokens, state)
         ids = self._ids_tensor(tokens)
