@@ -97,8 +97,7 @@ class ExecuTorchBackend:
         ids = self._ids_tensor(tokens)
         # outputs left in the program's memory (not cloned): read before the next call reuses it
         logits, *new_state = self._calls["step"]([ids, *state], False)
-        for own, new in zip(state, new_state):
-            own.copy_(new)
+        self._torch._foreach_copy_(state, new_state)      # one dispatch for all of them, not one per tensor
         return logits.numpy().copy(), state
 
     def _is_last_out(self, state: list[Any]) -> bool:
