@@ -145,6 +145,9 @@ class OnnxRuntimeRuntime:
     runtime = "onnxruntime"
     target = "onnx"
     backend = OnnxRuntimeBackend
+    # The portable graph's step (the scan as matrix products, the conv as Conv) shares well over the cores even
+    # for a small model; the fused graph's small step does not (runtimes/threads.py)
+    one_thread_for_small_steps = False
 
     def check_available(self) -> None:
         _ort()
@@ -153,8 +156,8 @@ class OnnxRuntimeRuntime:
              threads: int | None = None, io_binding: bool | None = None, **options: Any) -> OnnxRuntimeBackend:
         if options:
             raise ValueError(f"unknown option(s) {sorted(options)} for onnxruntime; valid: providers, threads "
-                             "(intra-op threads; default: one per core, but 1 for a small model's step), "
-                             "io_binding (default: on with CUDA only)")
+                             "(intra-op threads; default: one per core, but 1 for a small model's step in the "
+                             "fused graphs), io_binding (default: on with CUDA only)")
         ort = _ort()
         available = ort.get_available_providers()
         if providers is None:
@@ -165,9 +168,10 @@ class OnnxRuntimeRuntime:
             raise RuntimeUnavailable(f"onnxruntime provider(s) {missing} are not available here (available: "
                                      f"{available}); install onnxruntime-gpu for CUDAExecutionProvider")
         threads = check_threads(threads)
-        # a small model's step runs faster on one thread (runtimes/threads.py); a chunk is chunk_size steps' work,
-        # enough to share, so it keeps ONNX Runtime's default (one thread per core) unless threads are asked for
-        per_entry = {"step": default_threads(manifest.config) if threads is None else threads, "chunk": threads}
+        # a small model's fused step runs faster on one thread (runtimes/threads.py); a chunk is chunk_size steps'
+        # work, enough to share, so it keeps ONNX Runtime's default (one thread per core) unless threads are asked
+        small = default_threads(manifest.config) if self.one_thread_for_small_steps else None
+        per_entry = {"step": small if threads is None else threads, "chunk": threads}
         for data in ("weights", "step.data", "chunk.data"):      # external data: hash-checked before the graphs
             if data in variant.files:
                 manifest.path(variant, data)
@@ -216,3 +220,4 @@ class OnnxRuntimeFusedRuntime(OnnxRuntimeRuntime):
     runtime = "onnxruntime-fused"
     target = "onnx-ort"
     backend = OnnxRuntimeFusedBackend
+    one_thread_for_small_steps = True

@@ -2,11 +2,13 @@
 (ONNX Runtime's chunk session, a chunk of steps' work at once, keeps the runtime's default unless a count is asked
 for; ExecuTorch's one XNNPACK pool serves both methods.)
 
-A step of a small model is a few hundred tiny kernels: splitting each over threads buys little against the
-wake-ups and hand-offs (for the bundled 4 MFLOP model one ONNX Runtime thread was as fast as two, within noise,
-in benchmarks/results/step_overhead.md), and on a machine shared with other work a second busy thread slows the
-first. Past :data:`SINGLE_THREAD_FLOPS` per token the matrix products are large enough to share, and the runtime's
-own default (one thread per core) is kept.
+A fused step of a small model (ONNX Runtime's ``onnx-ort`` graphs, ExecuTorch's XNNPACK program) is a hundred
+or so tiny kernels: splitting each over threads buys little against the wake-ups and hand-offs (for the bundled
+4 MFLOP model one thread is as fast as two or faster, benchmarks/results/step_overhead.md), and on a machine
+shared with other work a second busy thread slows the first. Past :data:`SINGLE_THREAD_FLOPS` per token the
+matrix products are large enough to share, and the runtime's own default (one thread per core) is kept. The
+portable ONNX graphs keep that default at every size: their step computes the scan as matrix products over the
+state, which two threads run a quarter faster even for the bundled model (same file).
 """
 
 from __future__ import annotations

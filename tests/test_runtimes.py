@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from _artifacts import onnx_artifact, reference, tiny_model
+from _artifacts import onnx_artifact, ort_artifact, reference, tiny_model
 
 import seqedge
 from seqedge.artifact import ArtifactError
@@ -199,16 +199,23 @@ def test_missing_provider_says_so(artifact):
         seqedge.load(artifact, "onnxruntime", providers=["TensorrtExecutionProvider"])
 
 
-def test_threads_per_entry_point(artifact):
-    """A small model's step runs on one thread and its chunks on ONNX Runtime's default (every core); a count
-    asked for applies to both; the sessions are built with what describe() reports."""
-    session = seqedge.load(artifact, "onnxruntime")
-    described = session.describe()
-    assert described["threads"] == 1 and described["chunk_threads"].startswith("onnxruntime default")
-    steps = session.backend.sessions
-    assert steps["step"].get_session_options().intra_op_num_threads == 1
-    assert steps["chunk"].get_session_options().intra_op_num_threads == 0          # 0: ONNX Runtime's default
-    two = seqedge.load(artifact, "onnxruntime", threads=2)
+def test_threads_per_entry_point(tmp_path_factory):
+    """A small model's step runs on one thread in the fused graphs and on ONNX Runtime's default (every core) in
+    the portable ones, its chunks on the default in both; a count asked for applies to both entry points; the
+    sessions are built with what describe() reports."""
+    both = ort_artifact(tmp_path_factory, "delta")
+    for runtime, step_threads in (("onnxruntime-fused", 1), ("onnxruntime", 0)):       # 0: ONNX Runtime's default
+        session = seqedge.load(both, runtime)
+        described = session.describe()
+        assert described["chunk_threads"].startswith("onnxruntime default")
+        if step_threads:
+            assert described["threads"] == 1
+        else:
+            assert described["threads"].startswith("onnxruntime default")
+        steps = session.backend.sessions
+        assert steps["step"].get_session_options().intra_op_num_threads == step_threads
+        assert steps["chunk"].get_session_options().intra_op_num_threads == 0
+    two = seqedge.load(both, "onnxruntime", threads=2)
     assert two.describe()["threads"] == two.describe()["chunk_threads"] == 2
     assert all(s.get_session_options().intra_op_num_threads == 2 for s in two.backend.sessions.values())
     tokens = np.arange(40).reshape(1, 40) % 256
