@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from _artifacts import RULES, ort_artifact
+from _donation import assert_streams_in_turn_match_alone
 
 import seqedge
 from seqedge.export import graph_passes
@@ -83,18 +84,7 @@ def test_states_that_are_kept_are_never_written(artifact):
         np.testing.assert_array_equal(a, b)
     assert not branch.spent
 
-    alone = []
-    for row in range(2):
-        st = session.init_state(1)
-        for t in range(12):
-            logits, st = session.step(tokens[row:row + 1, t], st)
-        alone.append(logits)
-    streams = [session.init_state(1), session.init_state(1)]
-    for t in range(12):
-        for row in range(2):
-            logits, streams[row] = session.step(tokens[row:row + 1, t], streams[row], donate=True)
-            if t == 11:
-                np.testing.assert_array_equal(logits, alone[row])
+    assert_streams_in_turn_match_alone(session, tokens)
 
 
 def test_a_donated_loop_state_resumes_in_another_runtime(artifact):

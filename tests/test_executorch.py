@@ -39,6 +39,7 @@ pytest.importorskip("executorch.runtime", reason="ExecuTorch is not installed (p
 pytest.importorskip("torchao", reason="torchao is not installed (pip install executorch==1.5.1 torchao==0.18.0)")
 
 from _artifacts import tiny_model  # noqa: E402
+from _donation import assert_streams_in_turn_match_alone  # noqa: E402
 from seqedge.artifact import ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, write_manifest  # noqa: E402
 from seqedge.export.base import ExportContext, get_target  # noqa: E402
 from seqedge.evaluate import parity  # noqa: E402
@@ -423,15 +424,4 @@ def test_donated_steps_write_over_the_backends_own_state(exported):
     np.testing.assert_array_equal(session.step(tokens[:1, 3], session.init_state(1).with_tensors(kept))[0],
                                   branch_logits)
 
-    alone = []
-    for row in range(2):
-        st = session.init_state(1)
-        for t in range(12):
-            logits, st = session.step(tokens[row:row + 1, t], st)
-        alone.append(logits)
-    streams = [session.init_state(1), session.init_state(1)]
-    for t in range(12):
-        for row in range(2):
-            logits, streams[row] = session.step(tokens[row:row + 1, t], streams[row], donate=True)
-            if t == 11:
-                np.testing.assert_array_equal(logits, alone[row])
+    assert_streams_in_turn_match_alone(session, tokens)
