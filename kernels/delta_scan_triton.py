@@ -39,7 +39,6 @@ import torch
 import triton
 import triton.language as tl
 
-from . import delta_lean_triton as lean
 from . import delta_operands
 from .chunk_scan_triton import dot_precision, fastest
 from .delta_prep_triton import prep as prep_chunks
@@ -59,10 +58,6 @@ class DeltaConfig:
     prep_warps: int = 4
     prep_block_k: int = 32      # key columns per step of the prep (bounds its registers)
     split_o: bool = False
-    lean: bool = False          # one gate per head only: :mod:`~seqedge.kernels.delta_lean_triton`'s forward
-    out_block_v: int = 128      # value columns per program of a lean config's o launch
-    out_warps: int = 4          # warps of a lean config's o launch
-    solve_warps: int = 2        # warps of a lean config's solve launch (scores and inverse in registers)
 
     def __post_init__(self) -> None:
         if self.chunk not in (16, 32, 64):
@@ -71,12 +66,6 @@ class DeltaConfig:
             raise ValueError(f"block_v must be a power of two >= 16, got {self.block_v}")
         if self.prep_block_k < 16 or self.prep_block_k & (self.prep_block_k - 1):
             raise ValueError(f"prep_block_k must be a power of two >= 16, got {self.prep_block_k}")
-        if self.lean and self.split_o:
-            raise ValueError("lean forms o beside the chain already; split_o is the per-key form of that")
-
-    def applies(self, per_head: bool) -> bool:
-        """Whether this config runs with these gates (a lean forward needs one gate per head)."""
-        return per_head or not self.lean
 
     def stages(self, dtype: torch.dtype) -> int:
         """Pipeline stages of the scans' loads for inputs of ``dtype``."""
@@ -96,8 +85,6 @@ DELTA_CONFIGS: tuple[DeltaConfig, ...] = (
     DeltaConfig(chunk=32, block_v=16, num_stages=3),
     DeltaConfig(chunk=64, block_v=64, num_stages=3, prep_block_k=64),
     DeltaConfig(chunk=32, block_v=64, num_stages=3),
-    DeltaConfig(chunk=64, block_v=16, num_stages=3, prep_block_k=64, lean=True),
-    DeltaConfig(chunk=64, block_v=32, num_stages=3, prep_block_k=64, lean=True),
 )
 # Configs taken out, with why (docs/excluded-kernel-configs.md, "Delta rule", has the measurements). Kept so that
 # sweeps can still time them and none is re-added without its reason.
@@ -239,23 +226,10 @@ def prep(q, k, v, g, beta, scale: float, config: DeltaConfig, with_inverse: bool
                        dot_precision(q.dtype), with_inverse)
 
 
-def forward_prep(q, k, v, g, beta, scale: float, config: DeltaConfig) -> tuple[torch.Tensor, ...]:
-    """One piece's chunk-local operands for the forward: :func:`prep`'s, or with ``config.lean``
-    :func:`seqedge.kernels.delta_lean_triton.prep`'s (one gate per head)."""
-    if config.lean:
-        return lean.prep(q, k, v, g, beta, config.chunk, config.prep_block_k, config.prep_warps,
-                         config.solve_warps, dot_precision(q.dtype))
-    return prep(q, k, v, g, beta, scale, config)
-
-
-def chain_piece(ops: tuple, o, init, final, config: DeltaConfig, store: tuple | None = None) -> tuple | None:
-    """The sequential launch over one piece's :func:`forward_prep` ``ops`` from the state ``init`` (None: zero):
-    writes ``final``; with ``store`` = (states, u) those (the backward passes float32 buffers). o is formed here
-    (o not None, neither ``split_o`` nor ``lean``; then returns None), or the launch writes the state entering
-    every chunk and u in the inputs' dtype and returns them for :func:`out_piece` (``split_o``, ``lean``)."""
-    if config.lean:
-        return lean.chain(ops, init, final, config.block_v, config.num_warps, config.stages(ops[1].dtype),
-                          dot_precision(ops[1].dtype))
+def scan_piece(ops: tuple, o, init, final, config: DeltaConfig, store: tuple | None = None) -> None:
+    """Launch :func:`_delta_scan_kernel` over one piece's prep ``ops``: writes ``final``, o unless it is None,
+    and with ``store`` = (states, u) those (the backward passes float32 buffers). With ``config.split_o`` and an
+    o, the scan writes the states and u in the inputs' dtype and :func:`_delta_out_kernel` forms o."""
     qt, kt, A, w, u0, decay = ops
     B, T, H, DK = qt.shape
     DV = u0.shape[-1]
@@ -272,32 +246,10 @@ def chain_piece(ops: tuple, o, init, final, config: DeltaConfig, store: tuple | 
         states, u, T, H, NC, DK=DK, DV=DV, BV=BV, C=config.chunk, HAS_INIT=init is not None,
         WRITE_O=fused_o, STORE=store is not None, PREC=prec, num_warps=config.num_warps,
         num_stages=config.stages(qt.dtype))
-    return store if split else None
-
-
-def out_piece(ops: tuple, chained: tuple, o, scale: float, config: DeltaConfig) -> None:
-    """o (contiguous, one piece) from the piece's ``ops`` and :func:`chain_piece`'s ``(states, u)``: every chunk
-    in parallel."""
-    if config.lean:
-        lean.out(ops, chained, o, scale, config.out_block_v, config.out_warps, dot_precision(o.dtype))
-        return
-    qt, _, A, _, _, _ = ops
-    states, u = chained
-    B, T, H, DK = qt.shape
-    DV = u.shape[-1]
-    NC = A.shape[1]
-    bo = min(64, DV)
-    _delta_out_kernel[(NC, B * H, DV // bo)](qt, A, states, u, o, T, H, NC, DK=DK, DV=DV, BV=bo, C=config.chunk,
-                                             PREC=dot_precision(qt.dtype), num_warps=4)
-
-
-def scan_piece(ops: tuple, o, init, final, config: DeltaConfig, store: tuple | None = None,
-               scale: float | None = None) -> None:
-    """:func:`chain_piece`, then :func:`out_piece` where o is formed apart (``scale``: needed by a lean config),
-    both on the current stream."""
-    chained = chain_piece(ops, o, init, final, config, store)
-    if chained is not None and o is not None and store is None:
-        out_piece(ops, chained, o, scale, config)
+    if split:
+        bo = min(64, DV)
+        _delta_out_kernel[(NC, B * H, DV // bo)](qt, A, states, u, o, T, H, NC, DK=DK, DV=DV, BV=bo,
+                                                 C=config.chunk, PREC=prec, num_warps=4)
 
 
 _SIDE: dict[tuple[int, int], torch.cuda.Stream] = {}
@@ -348,14 +300,11 @@ def delta_scan_fwd(q, k, v, g, beta, initial_state, scale: float, config: DeltaC
 
     With several pieces the scans run on a high-priority side stream (:data:`SCAN_PRIORITY`) and each next
     piece's prep (parallel over chunks) on the caller's stream beside the scan of the piece before; at most
-    :data:`PREP_LOOKAHEAD` + 1 pieces' preps are alive. Where o is formed apart (``split_o``, ``lean``), a
-    piece's o launch runs on the caller's stream too, beside the next piece's scan. Not while a CUDA graph is
-    captured (one stream then), nor in Triton's interpreter.
+    :data:`PREP_LOOKAHEAD` + 1 pieces' preps are alive. Not while a CUDA graph is captured (one stream then), nor
+    in Triton's interpreter.
     """
     B, T, H, DK = q.shape
     DV = v.shape[-1]
-    if config.lean and g.shape[-1] != 1:
-        raise ValueError(f"a lean config takes one gate per head (g [B, T, H, 1]), got g {list(g.shape)}")
     if out is None:
         o = torch.empty(B, T, H, DV, dtype=q.dtype, device=q.device)
         final = torch.empty(B, H, DK, DV, dtype=torch.float32, device=q.device)
@@ -367,33 +316,22 @@ def delta_scan_fwd(q, k, v, g, beta, initial_state, scale: float, config: DeltaC
     piece = piece or delta_operands.PIECE
     starts = list(range(0, T, piece))
     assert entering is None or entering.shape[0] == len(starts) - 1, "one saved state per piece after the first"
-    make = lambda t0: forward_prep(*(x[:, t0:t0 + piece].contiguous() for x in (q, k, v, g, beta)), scale, config)
+    make = lambda t0: prep(*(x[:, t0:t0 + piece].contiguous() for x in (q, k, v, g, beta)), scale, config)
     main = torch.cuda.current_stream(q.device) if q.is_cuda else None      # CPU tensors: Triton's interpreter
     scans = None
     if main is not None and len(starts) > 1 and not torch.cuda.is_current_stream_capturing():
         scans = side_stream(q.device, SCAN_PRIORITY)
-
-    def form_o(i: int, ops: tuple, chained: tuple, o_piece, o_buf) -> None:
-        """Piece i's o launch, on the caller's stream once piece i's scan is done."""
-        if scans is not None:
-            main.wait_event(scanned[i])
-            for t in (*chained, o_buf):
-                t.record_stream(main)                # made on the scans' stream, used on the caller's one
-        out_piece(ops, chained, o_buf, scale, config)
-        if o_buf is not o_piece:
-            o_piece.copy_(o_buf)
-
-    state, ops, scanned, pending = initial_state, make(0), [], None
+    state, ops, scanned = initial_state, make(0), []
     for i, t0 in enumerate(starts):
         if scans is not None:
-            scans.wait_stream(main)     # this piece's prep, the inputs, the outputs' buffers, earlier o launches
+            scans.wait_stream(main)                  # this piece's prep, the inputs and the outputs' buffers
         with on_stream(scans):
             last = i == len(starts) - 1
             dst = final if last else (entering[i] if entering is not None else torch.empty_like(final))
             o_piece = o[:, t0:t0 + piece]
             o_buf = o_piece if o_piece.is_contiguous() else torch.empty_like(o_piece)
-            chained = chain_piece(ops, o_buf, state, dst, config)
-            if chained is None and o_buf is not o_piece:
+            scan_piece(ops, o_buf, state, dst, config)
+            if o_buf is not o_piece:
                 o_piece.copy_(o_buf)
         state = dst
         if scans is not None:
@@ -403,14 +341,8 @@ def delta_scan_fwd(q, k, v, g, beta, initial_state, scale: float, config: DeltaC
             scanned[-1].record(scans)
             if i >= PREP_LOOKAHEAD:
                 scanned[i - PREP_LOOKAHEAD].synchronize()   # bounds the preps alive: the host runs ahead
-        current = ops
         if i + 1 < len(starts):
             ops = make(starts[i + 1])
-        if pending is not None:
-            form_o(*pending)                         # the piece before: beside this piece's scan
-        pending = None if chained is None else (i, current, chained, o_piece, o_buf)
-    if pending is not None:
-        form_o(*pending)
     if scans is not None:
         main.wait_stream(scans)
     return o, final
@@ -422,7 +354,6 @@ _PICKED: dict[tuple, DeltaConfig] = {}
 def pick_config(q, k, v, g, beta, initial_state, scale: float) -> DeltaConfig:
     """The fastest of :data:`DELTA_CONFIGS` for this shape class (timed once per class; see ``fastest``)."""
     B, T, H, DK = q.shape
-    per_head = g.shape[-1] == 1
-    key = (DK, v.shape[-1], q.dtype, per_head, B * H, min(T, delta_operands.PIECE).bit_length())
-    return fastest(tuple(c for c in DELTA_CONFIGS if c.applies(per_head)), key, _PICKED,
+    key = (DK, v.shape[-1], q.dtype, g.shape[-1] == 1, B * H, min(T, delta_operands.PIECE).bit_length())
+    return fastest(DELTA_CONFIGS, key, _PICKED,
                    lambda cfg: delta_scan_fwd(q, k, v, g, beta, initial_state, scale, cfg), warmup=5, rep=20)
