@@ -41,6 +41,7 @@ import triton.language as tl
 
 from . import delta_operands
 from .chunk_scan_triton import dot_precision, fastest
+from .delta_prep_regs_triton import prep as prep_regs
 from .delta_prep_triton import prep as prep_chunks
 
 
@@ -58,6 +59,7 @@ class DeltaConfig:
     prep_warps: int = 4
     prep_block_k: int = 32      # key columns per step of the prep (bounds its registers)
     split_o: bool = False
+    register_prep: bool = False  # the prep of :mod:`~seqedge.kernels.delta_prep_regs_triton` (chunk 16 or 32)
 
     def __post_init__(self) -> None:
         if self.chunk not in (16, 32, 64):
@@ -66,6 +68,14 @@ class DeltaConfig:
             raise ValueError(f"block_v must be a power of two >= 16, got {self.block_v}")
         if self.prep_block_k < 16 or self.prep_block_k & (self.prep_block_k - 1):
             raise ValueError(f"prep_block_k must be a power of two >= 16, got {self.prep_block_k}")
+        if self.register_prep and self.chunk not in (16, 32):
+            raise ValueError(f"register_prep takes chunks of 16 or 32 tokens, got {self.chunk}")
+
+    def timed_for(self, per_head: bool) -> bool:
+        """Whether :func:`pick_config` times this config for these gates. The register prep is timed for gates
+        per key only: with one gate per head the other prep's plain products are faster (1.47 against 2.29 ms
+        for a T=65,536 prep on an H100, ``benchmarks/results/delta_prep_regs_probe.json``)."""
+        return not (per_head and self.register_prep)
 
     def stages(self, dtype: torch.dtype) -> int:
         """Pipeline stages of the scans' loads for inputs of ``dtype``."""
@@ -78,13 +88,16 @@ class DeltaConfig:
 # so loading two chunks ahead instead of one shortens every step of the sequential chain. A fourth stage does not
 # fit in shared memory at chunk 64 and gains nothing at chunk 32; float32 inputs keep two (``wide_stages``). Value
 # block 64 leaves the most multiprocessors to the next piece's prep running beside the scan; key block 64 is the
-# faster prep with one gate per head.
+# faster prep with one gate per head. With a gate per key the prep is the forward's longest launch; its register
+# form runs on one warp (its forward substitution then reduces 16-wide rows within the warp; four warps made it
+# slower than the scratch prep, two in between).
 DELTA_CONFIGS: tuple[DeltaConfig, ...] = (
     DeltaConfig(chunk=32, block_v=32, num_stages=3),
     DeltaConfig(chunk=64, block_v=16, num_stages=3),
     DeltaConfig(chunk=32, block_v=16, num_stages=3),
     DeltaConfig(chunk=64, block_v=64, num_stages=3, prep_block_k=64),
     DeltaConfig(chunk=32, block_v=64, num_stages=3),
+    DeltaConfig(chunk=32, block_v=64, num_stages=3, register_prep=True, prep_warps=1),
 )
 # Configs taken out, with why (docs/excluded-kernel-configs.md, "Delta rule", has the measurements). Kept so that
 # sweeps can still time them and none is re-added without its reason.
@@ -222,8 +235,9 @@ def prep(q, k, v, g, beta, scale: float, config: DeltaConfig, with_inverse: bool
     """:func:`seqedge.kernels.delta_prep_triton.prep` with ``config``'s chunk, key block and warps:
     ``(qt, kt, A, w, u0, decay)`` for every chunk (and the inverse with ``with_inverse``). g is
     ``[B, T, H, dk]`` or ``[B, T, H, 1]``."""
-    return prep_chunks(q, k, v, g, beta, scale, config.chunk, config.prep_block_k, config.prep_warps,
-                       dot_precision(q.dtype), with_inverse)
+    make = prep_regs if config.register_prep else prep_chunks
+    return make(q, k, v, g, beta, scale, config.chunk, config.prep_block_k, config.prep_warps, dot_precision(q.dtype),
+                with_inverse)
 
 
 def scan_piece(ops: tuple, o, init, final, config: DeltaConfig, store: tuple | None = None) -> None:
@@ -354,6 +368,7 @@ _PICKED: dict[tuple, DeltaConfig] = {}
 def pick_config(q, k, v, g, beta, initial_state, scale: float) -> DeltaConfig:
     """The fastest of :data:`DELTA_CONFIGS` for this shape class (timed once per class; see ``fastest``)."""
     B, T, H, DK = q.shape
-    key = (DK, v.shape[-1], q.dtype, g.shape[-1] == 1, B * H, min(T, delta_operands.PIECE).bit_length())
-    return fastest(DELTA_CONFIGS, key, _PICKED,
+    per_head = g.shape[-1] == 1
+    key = (DK, v.shape[-1], q.dtype, per_head, B * H, min(T, delta_operands.PIECE).bit_length())
+    return fastest(tuple(c for c in DELTA_CONFIGS if c.timed_for(per_head)), key, _PICKED,
                    lambda cfg: delta_scan_fwd(q, k, v, g, beta, initial_state, scale, cfg), warmup=5, rep=20)

@@ -13,7 +13,7 @@ import kernels_interpret_check as base  # noqa: F401  (switches the interpreter 
 from kernels_interpret_check import check, rel
 from seqedge.kernels import delta_scan_bwd as bwd_mod
 from seqedge.kernels import delta_scan_triton as fwd
-from seqedge.kernels.delta_operands import chunk_layout, chunk_operands
+from seqedge.kernels.delta_operands import chunk_layout, chunk_operands, expand_gate
 from seqedge.kernels.delta_scan_bwd import delta_scan_bwd
 from seqedge.scan import chunked_scan, reference_scan
 
@@ -42,7 +42,21 @@ def check_prep(cfg, gk: int) -> None:
         if name in ("qt", "kt", "w", "u0"):
             x = chunk_layout(x, C)
         x = x.reshape(ref.shape)
-        check(f"prep C={C} gk={gk} {name}", rel(x, ref), TOL)
+        check(f"prep C={C} gk={gk} register={cfg.register_prep} {name}", rel(x, ref), TOL)
+
+
+def check_prep_inverse(cfg, gk: int) -> None:
+    """The prep's ``(I + M)^-1`` (what the backward reads) against the float64 inverse of its definition."""
+    B, T, H, dk, dv = 1, 2 * cfg.chunk - 5, 2, 32, 16
+    q, k, v, g, beta, _ = inputs(B, T, H, dk, dv, min(gk, dk), 3)
+    got = fwd.prep(q, k, v, g / 50, beta, 0.3, cfg, with_inverse=True)[6]
+    x = chunk_layout(k.double(), cfg.chunk)                                      # [B, H, N, C, dk]
+    b = chunk_layout(expand_gate(g.double() / 50, dk), cfg.chunk).cumsum(-2)
+    kb = x * chunk_layout(beta.double().unsqueeze(-1), cfg.chunk)
+    M = ((x * b.exp()) @ (kb * (-b).exp()).transpose(-1, -2)).tril(-1)
+    want = torch.linalg.inv(torch.eye(cfg.chunk, dtype=torch.float64) + M)
+    check(f"prep C={cfg.chunk} gk={gk} register={cfg.register_prep} inverse", rel(got.reshape(want.shape), want),
+          TOL)
 
 
 def check_scan(cfg, gk: int, T: int, B: int, piece: int | None = None) -> None:
@@ -51,7 +65,8 @@ def check_scan(cfg, gk: int, T: int, B: int, piece: int | None = None) -> None:
     q, k, v, g, beta, s0 = inputs(B, T, H, dk, dv, gk, T)
     ro, rs = reference_scan(q, k, v, g.expand(B, T, H, dk), beta, rule="delta", initial_state=s0)
     o, s = fwd.delta_scan_fwd(q, k, v, g, beta, s0, dk ** -0.5, cfg, piece=piece)
-    tag = f"fwd C={cfg.chunk} BV={cfg.block_v} split_o={cfg.split_o} gk={gk} T={T} piece={piece}"
+    tag = (f"fwd C={cfg.chunk} BV={cfg.block_v} split_o={cfg.split_o} register={cfg.register_prep} gk={gk} T={T} "
+           f"piece={piece}")
     check(f"{tag} o", rel(o, ro), TOL)
     check(f"{tag} state", rel(s, rs), TOL)
 
@@ -89,6 +104,11 @@ def main() -> None:
     split = fwd.DeltaConfig(chunk=32, block_v=16, prep_block_k=16, split_o=True)
     check_scan(split, 16, T=75, B=2, piece=64)          # o formed after the scan, two batches, a partial piece
     check_scan(split, 1, T=40, B=1)
+    for chunk, gk in ((16, 32), (32, 1), (32, 32)):      # the register prep: one and two 16-row blocks
+        regs = fwd.DeltaConfig(chunk=chunk, block_v=16, prep_block_k=16, register_prep=True, prep_warps=1)
+        check_prep(regs, gk)
+        check_prep_inverse(regs, gk)
+    check_scan(fwd.DeltaConfig(chunk=32, block_v=16, prep_block_k=16, register_prep=True), 16, T=75, B=2, piece=64)
     check_bwd(small, 16, T=37, piece=32)                # two pieces, the last one partial
     check_bwd(small, 1, T=37, piece=16, saved=True, B=2)   # three pieces, their states from the forward; two
     #                                                        batches: gradients written into rows of the whole

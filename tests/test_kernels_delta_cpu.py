@@ -4,6 +4,8 @@ chunk-local operands the CUDA backward differentiates, against the reference sca
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -78,3 +80,15 @@ def test_chunk_operands_give_the_reference_scan(chunk):
     o = o.permute(0, 2, 3, 1, 4).reshape(B, -1, H, dv)[:, :T]
     ro, rs = reference_scan(q, k, v, g.expand(B, T, H, dk), beta, rule="delta", initial_state=s0)
     assert _rel(o, ro) < 1e-12 and _rel(s, rs) < 1e-12
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (pip install triton==3.6.0)")
+def test_register_prep_configs():
+    """The register prep takes chunks of 16 or 32 tokens, and the op times it for gates per key only."""
+    from seqedge.kernels.delta_scan_triton import DELTA_CONFIGS, DeltaConfig
+
+    with pytest.raises(ValueError, match="register_prep takes chunks of 16 or 32"):
+        DeltaConfig(chunk=64, block_v=16, register_prep=True)
+    regs = [c for c in DELTA_CONFIGS if c.register_prep]
+    assert regs and all(c.timed_for(False) and not c.timed_for(True) for c in regs)
+    assert all(c.timed_for(True) for c in DELTA_CONFIGS if not c.register_prep)

@@ -1,0 +1,63 @@
+"""The delta prep with its scores and inverse in registers (``DeltaConfig.register_prep``) against the prep through
+the float32 scratch, on one card: outputs compared, each prep alone and the whole forward timed.
+
+    python benchmarks/probes/delta_prep_regs_probe.py --out DIR
+
+B=1, H=16, dk=dv=128, bf16, T=65,536 (the benchmark's shape), chunk 32, both gate kinds. Writes
+``delta_prep_regs_probe.json`` after every measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+
+import torch
+
+B, H, D, T = 1, 16, 128, 65536
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    from triton.testing import do_bench
+
+    from seqedge.kernels.delta_scan_triton import DeltaConfig, delta_scan_fwd, prep
+
+    res = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                    "device": torch.cuda.get_device_name(), "torch": torch.__version__}, "rows": {}}
+    path = os.path.join(args.out, "delta_prep_regs_probe.json")
+    for per_head in (False, True):
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        r = lambda *s: torch.randn(*s, generator=gen, device="cuda")
+        q = r(B, T, H, D).bfloat16()
+        k = torch.nn.functional.normalize(r(B, T, H, D), dim=-1).bfloat16()
+        v = r(B, T, H, D).bfloat16()
+        g = -0.5 * torch.rand(B, T, H, 1 if per_head else D, generator=gen, device="cuda")
+        beta = torch.rand(B, T, H, generator=gen, device="cuda").bfloat16()
+        xs = (q, k, v, g, beta)
+        old = DeltaConfig(chunk=32, block_v=64, num_stages=3)
+        for bk, warps in ((32, 1), (32, 2), (64, 2)):
+            new = DeltaConfig(chunk=32, block_v=64, num_stages=3, register_prep=True, prep_block_k=bk,
+                              prep_warps=warps)
+            key = f"{'per_head' if per_head else 'per_key'} C=32 key block {bk} warps {warps}"
+            a, b = prep(*xs, D ** -0.5, old), prep(*xs, D ** -0.5, new)
+            errs = [float((x.double() - y.double()).norm() / y.double().norm()) for x, y in zip(b, a)]
+            row = {"rel_err_vs_scratch_prep": dict(zip(("qt", "kt", "A", "w", "u0", "b_C"), errs)),
+                   "prep_ms_scratch": do_bench(lambda: prep(*xs, D ** -0.5, old), rep=50, return_mode="median"),
+                   "prep_ms_registers": do_bench(lambda: prep(*xs, D ** -0.5, new), rep=50, return_mode="median")}
+            with torch.no_grad():
+                row["fwd_ms_scratch"] = do_bench(lambda: delta_scan_fwd(*xs, None, D ** -0.5, old), rep=50,
+                                                 return_mode="median")
+                row["fwd_ms_registers"] = do_bench(lambda: delta_scan_fwd(*xs, None, D ** -0.5, new), rep=50,
+                                                   return_mode="median")
+            res["rows"][key] = row
+            print(key, json.dumps(row), flush=True)
+            json.dump(res, open(path, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
