@@ -212,15 +212,16 @@ def bench_engines(engines: list[Engine], contexts: list[int], steps: int, vocab:
     return rows
 
 
-def export_seqedge(hf: Path, work: Path, targets: str, recipes: str, max_batch: int, reuse: bool) -> Path:
+def export_seqedge(hf: Path, work: Path, targets: str, recipes: str, max_batch: int, reuse: bool,
+                   group_size: int = 32) -> Path:
     """The seqedge artifact of ``hf``: exported afresh (the code under test may have changed since the last run)
-    unless ``reuse`` and one is there."""
+    unless ``reuse`` and one is there; ``group_size``: int4 weights per scale group."""
     art = work / "artifact"
     if not (reuse and (art / "manifest.json").is_file()):
         cli = [sys.executable, "-m", "seqedge.cli.main"]
         run([*cli, "import", str(hf), "-o", str(work / "checkpoint"), "--overwrite"])
         run([*cli, "export", "-m", str(work / "checkpoint"), "--target", targets, "--quantize", recipes,
-             "--max-batch", str(max_batch), "-o", str(art), "--overwrite"])
+             "--max-batch", str(max_batch), "--group-size", str(group_size), "-o", str(art), "--overwrite"])
     return art
 
 
@@ -247,6 +248,9 @@ def render(rows: list[Row], meta: dict) -> str:
              *metadata_markdown(meta),
              f"- threads: {meta['threads']} on both sides; llama.cpp from the llama-cpp-python "
              f"{meta['llama_cpp_python']} sdist (GGML_NATIVE=OFF, this CPU's AVX flags on, AMX off)",
+             *([f"- seqedge int4: groups of {meta['int4_group_size']} weights, asymmetric (float32 scale and 4-bit "
+                f"zero point per group: {int4_bits(meta['int4_group_size']):.2f} bits a weight); llama.cpp q4_0: "
+                f"groups of 32, symmetric, float16 scale (4.50 bits)"] if meta.get("int4_group_size") else []),
              *[f"- rows of {', '.join(group['engines'])} are not from this run: kept from the run of commit "
               f"{group.get('commit')} ({group.get('date')})" for group in _groups(meta.get("kept_rows"))], "",
              "| engine | variant | precision | context | p50 ms/token | p99 ms/token | tok/s (p50) | prefill tok/s "
@@ -279,6 +283,12 @@ def render(rows: list[Row], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def int4_bits(group: int) -> float:
+    """Bits per weight of seqedge's int4 packing at ``group`` weights per group: 4-bit codes, a float32 scale and
+    a 4-bit zero point per group."""
+    return 4 + (32 + 4) / group
+
+
 def ratios(rows: list[Row]) -> list[tuple]:
     """Per (precision, context) with a llama.cpp row: (precision, context, llama.cpp's row, seqedge's fastest
     row, its p50 over llama.cpp's, llama.cpp's prefill tok/s over seqedge's best or None at context 0)."""
@@ -305,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", default="onnx,onnx-ort,executorch", help="seqedge targets to export and time")
     p.add_argument("--recipes", default="fp32,int8-dynamic,int4-all",
                    help="seqedge quantization recipes (int4-all: Mamba2 has no MLP for int4-mlp to pack)")
+    p.add_argument("--group-size", type=int, default=32,
+                   help="int4 weights per scale group of the seqedge export (32, its default: 5.1 bits a weight with "
+                        "the float32 scales and 4-bit zero points; 64: 4.6, q4_0's 4.5 the nearest)")
     p.add_argument("--max-batch", type=int, default=1,
                    help="seqedge export's --max-batch (executorch): 1, the single-stream program this compares")
     p.add_argument("--reuse-artifact", action="store_true",
@@ -335,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         from seqedge.artifact import read_manifest
         from seqedge.targets import RUNTIME_OF_TARGET
 
-        art = export_seqedge(hf, work, args.targets, args.recipes, args.max_batch, args.reuse_artifact)
+        art = export_seqedge(hf, work, args.targets, args.recipes, args.max_batch, args.reuse_artifact,
+                             args.group_size)
         manifest = read_manifest(art)
         variants = [(RUNTIME_OF_TARGET[v.target], v.tag) for v in manifest.variants if v.target != "torch"]
         # one model on both sides: the same state and FLOPs per token, the engines' weight bytes differ
@@ -347,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
                     if tag == PRECISION_OF_GGUF[quant]]
         rows += bench_engines(engines, contexts, args.steps, vocab, args.seed)
         del engines                     # one precision's models in memory at a time
-    meta = run_metadata(threads=args.threads, llama_cpp_python=LLAMA_CPP_PYTHON, limits=limits.to_dict())
+    meta = run_metadata(threads=args.threads, llama_cpp_python=LLAMA_CPP_PYTHON, limits=limits.to_dict(),
+                        int4_group_size=args.group_size)
     if args.keep_rows and (RESULTS / "llama_cpp.json").is_file():
         last = json.loads((RESULTS / "llama_cpp.json").read_text())
         timed = {r.engine for r in rows}

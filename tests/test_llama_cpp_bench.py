@@ -91,3 +91,14 @@ def test_report_reads_each_row_against_its_floor(bench):
     assert "| 380.0 | - | - |" in text
     assert "| int8 | 0 | 8.00 | 10.00 (seqedge onnxruntime-fused) | 1.25 | - | 1.60 |" in text
     assert "1 MiB 90.0, 256 MiB 22.0" in text
+
+
+def test_report_states_the_int4_packing_beside_q4_0(bench):
+    """The report says the int4 group of the run and its bits per weight (codes, float32 scale and 4-bit zero
+    point per group) beside q4_0's; a record without the field says nothing of it."""
+    llama = bench.Row("llama.cpp", "q4_0", "int4", 0, 5.0, 6.0, 0.0, 81.0, 1.0)
+    base = bench.run_metadata(threads=2, llama_cpp_python="0")
+    assert "groups of 64 weights" in bench.render([llama], {**base, "int4_group_size": 64})
+    assert "4.56 bits a weight" in bench.render([llama], {**base, "int4_group_size": 64})
+    assert "5.12 bits a weight" in bench.render([llama], {**base, "int4_group_size": 32})
+    assert "seqedge int4:" not in bench.render([llama], base)
