@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .delta_prep_triton import prep_outputs
+
 
 @triton.jit
 def _rows(ptr, base, t0, T, H, W, cols, i: tl.constexpr, GW: tl.constexpr, BD: tl.constexpr):
@@ -185,13 +187,10 @@ def prep(q, k, v, g, beta, scale: float, chunk: int, block_k: int, num_warps: in
         raise ValueError(f"the register prep takes chunks of 16 or 32 tokens, got {chunk}")
     B, T, H, DK = q.shape
     DV = v.shape[-1]
-    nc = triton.cdiv(T, chunk)
-    qt, kt, w = (torch.empty_like(k) for _ in range(3))
-    u0 = torch.empty_like(v)
-    A = torch.empty(B * H, nc, chunk, chunk, dtype=k.dtype, device=k.device)
-    decay = torch.empty(B * H, nc, DK, dtype=torch.float32, device=k.device)
-    inverse = torch.empty(B * H, nc, chunk, chunk, dtype=torch.float32, device=k.device) if with_inverse else decay
-    _delta_prep_regs_kernel[(nc, B * H)](q, k, v, g, beta, qt, kt, A, w, u0, decay, inverse, T, H, nc, scale,
+    qt, kt, A, w, u0, decay, inverse = prep_outputs(k, v, chunk, with_inverse)
+    nc = A.shape[1]
+    _delta_prep_regs_kernel[(nc, B * H)](q, k, v, g, beta, qt, kt, A, w, u0, decay,
+                                         inverse if with_inverse else decay, T, H, nc, scale,
                                          DK=DK, DV=DV, GK=g.shape[-1], C=chunk, BD=min(block_k, DK, DV),
                                          PREC=precision, WITH_INVERSE=with_inverse, num_warps=num_warps)
     return (qt, kt, A, w, u0, decay, inverse) if with_inverse else (qt, kt, A, w, u0, decay)

@@ -248,6 +248,19 @@ def _delta_prep_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, scratch, b_scr
         tl.store(u0 + off_v, tl.dot(inv, b_v, input_precision=PREC).to(DT), mask=m[:, None])
 
 
+def prep_outputs(k, v, chunk: int, inverse: bool = True) -> tuple[torch.Tensor | None, ...]:
+    """The prep's output buffers for every chunk of ``chunk`` tokens: ``(qt, kt, A, w, u0, decay)`` (qt, kt, w
+    like k, u0 like v, A ``[B*H, NC, C, C]`` in k's dtype, decay ``[B*H, NC, dk]`` float32) and, with
+    ``inverse``, a ``[B*H, NC, C, C]`` float32 buffer for the inverse (else None)."""
+    B, T, H, DK = k.shape
+    nc = triton.cdiv(T, chunk)
+    qt, kt, w = (torch.empty_like(k) for _ in range(3))
+    A = torch.empty(B * H, nc, chunk, chunk, dtype=k.dtype, device=k.device)
+    decay = torch.empty(B * H, nc, DK, dtype=torch.float32, device=k.device)
+    inv = torch.empty(B * H, nc, chunk, chunk, dtype=torch.float32, device=k.device) if inverse else None
+    return qt, kt, A, w, torch.empty_like(v), decay, inv
+
+
 def prep(q, k, v, g, beta, scale: float, chunk: int, block_k: int, num_warps: int, precision: str,
          with_inverse: bool = False) -> tuple[torch.Tensor, ...]:
     """Launch :func:`_delta_prep_kernel`: ``(qt, kt, A, w, u0, decay)`` for every chunk of C = ``chunk`` tokens,
@@ -257,12 +270,8 @@ def prep(q, k, v, g, beta, scale: float, chunk: int, block_k: int, num_warps: in
     contiguous. ``block_k``: key and value columns per step (bounds the registers)."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
-    nc = triton.cdiv(T, chunk)
-    qt, kt, w = (torch.empty_like(k) for _ in range(3))
-    u0 = torch.empty_like(v)
-    A = torch.empty(B * H, nc, chunk, chunk, dtype=k.dtype, device=k.device)
-    decay = torch.empty(B * H, nc, DK, dtype=torch.float32, device=k.device)
-    scratch = torch.empty(B * H, nc, chunk, chunk, dtype=torch.float32, device=k.device)
+    qt, kt, A, w, u0, decay, scratch = prep_outputs(k, v, chunk)       # scratch: M, then its inverse
+    nc = A.shape[1]
     per_key = g.shape[-1] != 1
     b_scratch = torch.empty(B * H, nc, chunk, DK if per_key else 1, dtype=torch.float32, device=k.device)
     _delta_prep_kernel[(nc, B * H)](q, k, v, g, beta, qt, kt, A, w, u0, decay, scratch, b_scratch, T, H, nc, scale,
