@@ -59,7 +59,7 @@ class DeltaConfig:
     prep_warps: int = 4
     prep_block_k: int = 32      # key columns per step of the prep (bounds its registers)
     split_o: bool = False
-    register_prep: bool = False  # the prep of :mod:`~seqedge.kernels.delta_prep_regs_triton` (chunk 16 or 32)
+    register_prep: bool = False  # the prep of :mod:`~seqedge.kernels.delta_prep_regs_triton`
 
     def __post_init__(self) -> None:
         if self.chunk not in (16, 32, 64):
@@ -68,13 +68,11 @@ class DeltaConfig:
             raise ValueError(f"block_v must be a power of two >= 16, got {self.block_v}")
         if self.prep_block_k < 16 or self.prep_block_k & (self.prep_block_k - 1):
             raise ValueError(f"prep_block_k must be a power of two >= 16, got {self.prep_block_k}")
-        if self.register_prep and self.chunk not in (16, 32):
-            raise ValueError(f"register_prep takes chunks of 16 or 32 tokens, got {self.chunk}")
 
     def timed_for(self, per_head: bool) -> bool:
         """Whether :func:`pick_config` times this config for these gates. The register prep is timed for gates
-        per key only: with one gate per head the other prep's plain products are faster (1.47 against 2.29 ms
-        for a T=65,536 prep on an H100, ``benchmarks/results/delta_prep_regs_probe.json``)."""
+        per key only: with one gate per head the other prep's plain products were the faster prep where both ran
+        on a card (``benchmarks/results/delta_prep_regs_probe.json``)."""
         return not (per_head and self.register_prep)
 
     def stages(self, dtype: torch.dtype) -> int:
@@ -115,9 +113,9 @@ EXCLUDED_CONFIGS: dict[DeltaConfig, str] = {
     DeltaConfig(chunk=64, block_v=16): "slower scan than the same config with num_stages 3 (loads one chunk ahead)",
     DeltaConfig(chunk=32, block_v=16): "slower scan than the same config with num_stages 3 (loads one chunk ahead)",
     DeltaConfig(chunk=32, block_v=64, num_stages=3, register_prep=True):
-        "the register prep on four warps: slower than the scratch prep (per key 4.07-4.88 against 3.64-3.69 ms)",
+        "the register prep on four warps: slower than the scratch prep (docs/excluded-kernel-configs.md)",
     DeltaConfig(chunk=32, block_v=64, num_stages=3, register_prep=True, prep_warps=2):
-        "the register prep on two warps: per key 3.21 ms (2.66 with key block 64) against 2.30 on one",
+        "the register prep on two warps: slower than on one (docs/excluded-kernel-configs.md)",
     DeltaConfig(chunk=64, block_v=16, num_stages=4): "out of resources at launch: the scan's stages need more shared "
                                                      "memory than a Hopper block has (also at block_v 32 and 64)",
 }

@@ -104,11 +104,14 @@ def main() -> None:
     split = fwd.DeltaConfig(chunk=32, block_v=16, prep_block_k=16, split_o=True)
     check_scan(split, 16, T=75, B=2, piece=64)          # o formed after the scan, two batches, a partial piece
     check_scan(split, 1, T=40, B=1)
-    for chunk, gk in ((16, 32), (32, 1), (32, 32)):      # the register prep: one and two 16-row blocks
+    for chunk, gk in ((16, 32), (32, 1), (32, 32), (64, 1), (64, 32)):   # the register prep: 1, 2 and 4 blocks
         regs = fwd.DeltaConfig(chunk=chunk, block_v=16, prep_block_k=16, register_prep=True, prep_warps=1)
         check_prep(regs, gk)
         check_prep_inverse(regs, gk)
     check_scan(fwd.DeltaConfig(chunk=32, block_v=16, prep_block_k=16, register_prep=True), 16, T=75, B=2, piece=64)
+    for gk in (1, 16):                                   # strong gates through four blocks, a partial last chunk
+        check_scan(fwd.DeltaConfig(chunk=64, block_v=16, prep_block_k=16, register_prep=True), gk, T=150, B=1,
+                   piece=128)
     check_bwd(small, 16, T=37, piece=32)                # two pieces, the last one partial
     check_bwd(small, 1, T=37, piece=16, saved=True, B=2)   # three pieces, their states from the forward; two
     #                                                        batches: gradients written into rows of the whole

@@ -84,11 +84,15 @@ def test_chunk_operands_give_the_reference_scan(chunk):
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (pip install triton==3.6.0)")
 def test_register_prep_configs():
-    """The register prep takes chunks of 16 or 32 tokens, and the op times it for gates per key only."""
+    """The register prep takes chunks of 16, 32 or 64 tokens (one, two or four row blocks; refused before any
+    launch otherwise), and the op times it for gates per key only."""
+    from seqedge.kernels.delta_prep_regs_triton import prep
     from seqedge.kernels.delta_scan_triton import DELTA_CONFIGS, DeltaConfig
 
-    with pytest.raises(ValueError, match="register_prep takes chunks of 16 or 32"):
-        DeltaConfig(chunk=64, block_v=16, register_prep=True)
+    x = torch.zeros(1, 8, 1, 16)
+    with pytest.raises(ValueError, match="chunks of 16, 32, 64 tokens, got 128"):
+        prep(x, x, x, x[..., :1], x[..., 0], 1.0, 128, 16, 1, "ieee")
+    assert DeltaConfig(chunk=64, block_v=16, register_prep=True).register_prep
     regs = [c for c in DELTA_CONFIGS if c.register_prep]
     assert regs and all(c.timed_for(False) and not c.timed_for(True) for c in regs)
     assert all(c.timed_for(True) for c in DELTA_CONFIGS if not c.register_prep)

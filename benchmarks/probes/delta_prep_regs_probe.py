@@ -3,8 +3,9 @@ the float32 scratch, on one card: outputs compared, each prep alone and the whol
 
     python benchmarks/probes/delta_prep_regs_probe.py --out DIR
 
-B=1, H=16, dk=dv=128, bf16, T=65,536 (the benchmark's shape), chunk 32, both gate kinds. Writes
-``delta_prep_regs_probe.json`` after every measurement.
+B=1, H=16, dk=dv=128, bf16, T=65,536 (the benchmark's shape), both gate kinds, chunks of 32 and 64 (``ROWS``:
+chunk, key block and warps of the register prep; the scratch prep it is compared with is the ``DELTA_CONFIGS``
+entry of that chunk and gate kind, ``BASE``). Writes ``delta_prep_regs_probe.json`` after every measurement.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ import os
 import torch
 
 B, H, D, T = 1, 16, 128, 65536
+ROWS = [(32, 32, 1), (32, 32, 2), (32, 64, 2)] + [(64, bk, w) for bk in (16, 32, 64) for w in (1, 2, 4)]
+# (chunk, per_head) -> the scratch-prep config of DELTA_CONFIGS the register prep is set beside
+BASE = {(32, False): dict(chunk=32, block_v=64, num_stages=3), (32, True): dict(chunk=32, block_v=64, num_stages=3),
+        (64, False): dict(chunk=64, block_v=16, num_stages=3),
+        (64, True): dict(chunk=64, block_v=64, num_stages=3, prep_block_k=64)}
 
 
 def main() -> None:
@@ -39,11 +45,11 @@ def main() -> None:
         g = -0.5 * torch.rand(B, T, H, 1 if per_head else D, generator=gen, device="cuda")
         beta = torch.rand(B, T, H, generator=gen, device="cuda").bfloat16()
         xs = (q, k, v, g, beta)
-        old = DeltaConfig(chunk=32, block_v=64, num_stages=3)
-        for bk, warps in ((32, 1), (32, 2), (64, 2)):
-            new = DeltaConfig(chunk=32, block_v=64, num_stages=3, register_prep=True, prep_block_k=bk,
-                              prep_warps=warps)
-            key = f"{'per_head' if per_head else 'per_key'} C=32 key block {bk} warps {warps}"
+        for chunk, bk, warps in ROWS:
+            old = DeltaConfig(**BASE[chunk, per_head])
+            new = DeltaConfig(**{**BASE[chunk, per_head], "register_prep": True, "prep_block_k": bk,
+                                 "prep_warps": warps})
+            key = f"{'per_head' if per_head else 'per_key'} C={chunk} key block {bk} warps {warps}"
             a, b = prep(*xs, D ** -0.5, old), prep(*xs, D ** -0.5, new)
             errs = [float((x.double() - y.double()).norm() / y.double().norm()) for x, y in zip(b, a)]
             row = {"rel_err_vs_scratch_prep": dict(zip(("qt", "kt", "A", "w", "u0", "b_C"), errs)),
