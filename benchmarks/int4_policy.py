@@ -12,7 +12,7 @@ split. ``seqedge validate`` (prefill + steps, the real programs) gives the budge
 ``parity_bundled.md``. Budget: top-1 >= 95%, bpb within 3%.
 
 A second table compares, for the default policy, ways to fill the same MatMulNBits nodes: the onnx target's
-(``int4_blockwise.search``), HQQ (its previous packing, float zero points), HQQ with its zero points rounded to
+(``int4_blockwise.search``), HQQ (float zero points), HQQ with its zero points rounded to
 uint8, and onnxruntime's round-to-nearest (symmetric, its default, and asymmetric), some also with
 ``accuracy_level=4`` (int8 activations in the CPU kernel): parity, and the ``step`` and ``chunk`` latency in ONNX
 Runtime (batch 1, default threads; per round, p50 of 300 steps after 50 warm-up and of 20 chunks after 3; the
@@ -165,7 +165,7 @@ def onnx_algorithms(model, root: Path, variants, tokens, reference) -> list[dict
     graphs[("int4_blockwise.search", 32, "uint8", 4)] = {
         e: _with_accuracy_level(search[e], root / f"search32_acc4_{e}.onnx", 4) for e in entries}
     recipe = QuantizationRecipe("int4")
-    configs = {("HQQ (the previous onnx target)", 32, "float", "-"):
+    configs = {("HQQ (float zero points)", 32, "float", "-"):
                nbits.HQQWeightOnlyQuantConfig(block_size=32, bits=4, op_types_to_quantize=("MatMul",))}
     for sym, acc, groups in ((True, None, (32,)), (True, 4, (32,)), (False, None, (32, 64, 128)), (False, 4, (32,))):
         for group in groups:

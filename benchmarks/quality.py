@@ -5,7 +5,7 @@ the card mostly idle), each stopping its training at a deadline so the whole run
 deadline cuts training short, the result says at which step. Models compared with each other train in lockstep
 in one process (one step each, in turn), so they always stop at the same step and have seen the same tokens.
 
-    python benchmarks/quality.py --out results_dir                      # all phases, about 8 minutes on one H100
+    python benchmarks/quality.py --out results_dir                      # all phases, fits the --budget-s time box
     python benchmarks/quality.py --phase report --out results_dir      # quality.md from the JSON files
 
 Phase ``default`` trains the bundled model with ``seqedge train`` (command recorded in default_metrics.json).

@@ -23,8 +23,8 @@ lists the rewrites and ``Variant.info["delegation"]`` records what stays on the 
 
 Both methods take a dynamic batch dimension in ``[1, ctx.max_batch]``; ExecuTorch plans memory for the upper
 bound, so the bound actually compiled into the program is read back and recorded in ``Variant.info["batch"]``.
-``max_batch=1`` exports a static batch of one: the chunk method's planned activations shrink by the batch bound
-(about 14 MiB less for the bundled model at the default bound of 8), which is what a single-stream app wants.
+``max_batch=1`` exports a static batch of one: the chunk method's planned activations shrink by the batch bound,
+which is what a single-stream app wants.
 """
 
 from __future__ import annotations

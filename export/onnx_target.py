@@ -16,10 +16,9 @@ How each scheme is packed (the recipe says *what*, this module says *how*):
   MatMuls stay float32, and ``Variant.info["int4"]`` lists both. Activations: int8 per block in ``step``
   (MatMulNBits ``accuracy_level`` 4), in ``chunk`` too from 512 wide on (:func:`int4_accuracy_level`).
 
-Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. Measured with torch 2.13 on the tiny
-test model (2 CPU cores): it exports both entry points in ~3 s against ~40 s for ``dynamo=True``, gives the same
-results (max diff < 5e-7) and about the same ORT latency after ORT's graph optimisation; the dynamo exporter also
-specialises the batch to 1 when traced with batch 1. ``exporter="dynamo"`` is kept as an option.
+Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. It exports both entry points faster
+than ``dynamo=True`` with the same results and about the same ORT latency after ORT's graph optimisation; the
+dynamo exporter also specialises the batch to 1 when traced with batch 1. ``exporter="dynamo"`` is kept as an option.
 """
 
 from __future__ import annotations
@@ -285,10 +284,10 @@ def matmul_modules(graph, model, index: WeightIndex | None = None) -> dict[str, 
 
 
 # MatMulNBits' compute per entry point. One token's step is bound by reading the weights: with int8 activations
-# (level 4) ONNX Runtime runs its integer kernels on the packed blocks instead of unpacking them to float32, which
-# made a Mamba2-130M step about 1.7x faster (benchmarks/README.md, llama.cpp section). In the 64-token chunk it
-# depends on the width: the bundled model's chunk (192 wide) ran 8-17% slower with level 4, while Mamba2-130M's
-# (768 wide) chunk ran 13-20% faster (benchmarks/probes/int4_chunk_level_ab.py; its matrices alone 27%,
+# (level 4) ONNX Runtime runs its integer kernels on the packed blocks instead of unpacking them to float32, so the
+# step is faster (benchmarks/README.md, llama.cpp section). In the 64-token chunk the gain depends on the width:
+# level 4 slows a narrow chunk (the bundled model's, 192 wide) and speeds up a wide one (Mamba2-130M's, 768 wide)
+# (benchmarks/probes/int4_chunk_level_ab.py: benchmarks/results/int4_chunk_level_ab.json; its matrices alone:
 # int4_matmul_shapes_chunk.json). The chunk takes level 4 from this model width on; the int8 recipe runs level 4
 # in both entry points at every width.
 INT4_CHUNK_LEVEL4_MIN_WIDTH = 512
@@ -329,9 +328,10 @@ def _quantize_int4(source: Path, dest: Path, model, recipe: QuantizationRecipe,
     weights = {f"{n.name}_Q4": to_array(initializers[n.input[1]])
                for n in model_proto.graph.node if n.name in selected}
     # onnxruntime's asymmetric round-to-nearest lays out the MatMulNBits nodes with uint8 zero points, which ORT's
-    # CPU runs on its fast MLAS kernels (HQQ's float zero points made the bundled model's step ~3x slower), and
-    # int4_blockwise.search then sets each block's scale and zero point: lower weight error than round-to-nearest,
-    # parity close to HQQ's (benchmarks/results/int4_policy.md compares them all).
+    # CPU runs on its fast MLAS kernels (float zero points, as HQQ writes them, miss those kernels:
+    # benchmarks/results/int4_policy.md), and int4_blockwise.search then sets each block's scale and zero point:
+    # lower weight error than round-to-nearest, parity close to HQQ's (benchmarks/results/int4_policy.md compares
+    # them all).
     config = nbits.DefaultWeightOnlyQuantConfig(block_size=recipe.group_size, is_symmetric=False,
                                                 accuracy_level=accuracy_level, op_types_to_quantize=("MatMul",))
     _pack_matmuls(model_proto, config, weights, _int4_arrays(recipe.group_size, cache), dest,

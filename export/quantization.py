@@ -124,12 +124,9 @@ class QuantizationRecipe:
     Why int4 covers only the MLP by default: on a small model the attention projections (``qkv``, the
     forget-gate ``gate_down``/``gate_up``, ``beta``, ``out_gate``, ``out_proj``) and the tied embedding/head are the
     matrices most sensitive to 4-bit error (a likely reason, not isolated here: their error enters the gates and
-    the recurrent state, which carry it along the stream, or the logits directly). Measured on the bundled
-    2M-parameter model (``benchmarks/results/int4_policy.md``: 1,024 tokens against float64, group 32, ONNX /
-    ExecuTorch 8da4w): every matrix in int4 misses the budget (top-1 92.9% / 92.3%, bpb +2.4% / +3.5%), and so do the
-    attention projections alone (94.2% / 93.2%, +1.3% / +2.8%) though they hold only 38% of the weights, while
-    the MLP linears, 59% of the weights, meet it (96.4% / 95.4%, +0.5% / +0.6%). Pass ``int4_modules=("*",)``
-    for every weight matrix a target can pack.
+    the recurrent state, which carry it along the stream, or the logits directly). On the bundled model every
+    matrix in int4, and the attention projections alone, miss the parity budget; the MLP linears meet it
+    (``benchmarks/results/int4_policy.md``). Pass ``int4_modules=("*",)`` for every weight matrix a target can pack.
     """
 
     scheme: str = "none"

@@ -2,9 +2,9 @@
 
 ExecuTorch 1.5's XNNPACK partitioner takes ``_to_dim_order_copy`` only when it keeps the dtype, so every cast of a
 float16 model (around the float32 norms, gates and scan) stays on the portable CPU kernels, splits the graph into
-many small delegates and costs a round trip through ExecuTorch's interpreter each (59 of them in the bundled
-model's ``chunk`` program). XNNPACK itself converts between float16 and float32 (``xnn_define_convert``, the node
-ExecuTorch already serialises as ``XNNConvert`` for quantize/dequantize), so this module adds:
+many small delegates and costs a round trip through ExecuTorch's interpreter each. XNNPACK itself converts
+between float16 and float32 (``xnn_define_convert``, the node ExecuTorch already serialises as ``XNNConvert``
+for quantize/dequantize), so this module adds:
 
 - :class:`CastConfig`, a partitioner config that also accepts a contiguous float16 <-> float32 copy, and
 - :class:`CastVisitor`, the ``aten._to_copy`` node visitor that serialises such a copy as ``XNNConvert`` and

@@ -43,14 +43,12 @@ What stays portable (measured on the bundled model, executorch 1.5.1; ``Variant.
 per program): in ``step`` and ``chunk`` the embedding and, with a dynamic batch, the q/k/v split; the ones of
 the broadcasts (a ``full`` without inputs, which splits no delegate); for the delta rule also the L2
 normalisation of q and k and, in ``chunk``, the block slices and zero blocks of ``(I + M)^-1``; and in float16
-the casts around the float32 norms, gates and scan (14 per layer; the SiLUs added 6 more before they were
-rewritten). Unbounded-gate mixers (softplus) also leave the softplus
+the casts around the float32 norms, gates and scan. Unbounded-gate mixers (softplus) also leave the softplus
 threshold (``gt``, ``where``, ``log1p``: one delegate boundary per layer) and their q/k RMS norms' ``sum``; their
 scan is delegated as the bounded one (the segment-sum form of :class:`~seqedge.export.xnnpack_scan.StaticMaskScan`).
-The softplus stays portable on purpose: spelled with ``log``, XNNPACK's approximate ``log`` near 1 costs up to 2%
-of the step size where softplus is small (a Mamba2's typical ``dt``), which took the 24-layer mamba2-130m's float32
-program past its validation budget; a series for ``log1p`` in delegated ops is accurate but adds about 15 nodes a
-layer to every lowering pass.
+The softplus stays portable on purpose: spelled with ``log``, XNNPACK's approximate ``log`` is too coarse near 1
+where softplus is small (a Mamba2's typical ``dt``), enough to break a deep Mamba2's float32 parity budget;
+a series for ``log1p`` in delegated ops is accurate but adds about 15 nodes a layer to every lowering pass.
 
 The eager model (``seqedge``) is never modified; tests/test_xnnpack_friendly.py checks these rewrites against
 it and tests/test_xnnpack_scan.py the scan against the chunked and reference scans.

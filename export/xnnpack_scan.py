@@ -2,8 +2,8 @@
 
 :func:`seqedge.scan.chunked_scan` builds its masks at run time (``arange``, comparisons, ``where``), takes the
 cumulative log-gates with ``cumsum`` and its reference rows with slices. XNNPACK's partitioner (executorch
-1.5.1) takes none of these on tensors with a symbolic batch, so every layer's scan ran on ExecuTorch's portable
-kernels between delegate calls. :class:`StaticMaskScan` computes the same function with ops XNNPACK takes, for
+1.5.1) takes none of these on tensors with a symbolic batch, so every layer's scan would run on ExecuTorch's
+portable kernels between delegate calls. :class:`StaticMaskScan` computes the same function with ops XNNPACK takes, for
 the chunk size C fixed at export (its constants are built once, in ``__init__``). For bounded gates
 (``config.bounded_gates``, every g >= -5: the native sigmoid gate):
 

@@ -7,7 +7,8 @@ launches give every gradient:
 0. The forward's prepass (``chunk_scan_triton._chunk_prep_kernel``, all chunks in parallel): everything of a
    chunk that does not depend on the state, ``qt = scale q exp(b)``, ``kt exp(b_C - b)``, the masked intra-chunk
    scores ``A`` and the chunk's log-decay ``b_C``, in the inputs' dtype. The sequential kernels below then only
-   load operands and do one dot per chunk (recomputing them per state block cost 2x the time).
+   load operands and do one dot per chunk (recomputing them per state block would repeat that
+   work for every block).
 1. ``_states_kernel`` (forward in time): the state entering each chunk, ``states[n]``, and the final state at
    ``states[N]``. Rows of S are independent under diagonal gates, so programs split both state dims.
 2. ``_dstates_kernel`` (backward in time): ``dstates[n]``, the gradient of the loss with respect to the state

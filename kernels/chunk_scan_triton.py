@@ -17,7 +17,7 @@ Design (one program per (batch*head, value block, segment)):
   over the segments turns those into the state entering each segment, ``S_{j+1} = exp(D_j) S_j + L_j`` (diagonal
   gates: joining is decay-and-add); the output launch of segment j starts from ``S_j``. That costs one extra read
   of k, v, g but gives B*H*NV*n_seg programs instead of B*H*NV. (Joining inside each output program instead
-  read every earlier summary: quadratic in the segments, about 2 GB at T=65,536, B=1, H=16, D=128 on 132
+  would read every earlier summary: quadratic in the segments, about 2 GB at T=65,536, B=1, H=16, D=128 on 132
   multiprocessors, twice the bytes of q, k, v, g together.)
 - Prepass configs (``ScanConfig.prepass``, the fastest at long T): everything of a chunk that does not depend on
   the state (the cumulative gates, ``q*exp(b)``, ``beta k exp(b_C - b)``, the intra-chunk scores and ``b_C``) is

@@ -1,8 +1,9 @@
 """Fused whole-model decode: 5 Triton launches per layer (+1 for the logits), captured in one CUDA graph.
 
 :class:`~seqedge.kernels.decode_graph.GraphDecoder` replays the model's own step, about 60 small kernels per
-layer; inside a graph each costs ~1.5-3 us whatever its size, so batch-1 decode is launch-bound. This decoder
-packs the weights once and runs the same math (DESIGN §1, ``model.step``) as a short fixed sequence of launches:
+layer; inside a graph each costs a fixed launch overhead whatever its size, so batch-1 decode is launch-bound.
+This decoder packs the weights once and runs the same math (DESIGN §1, ``model.step``) as a short fixed sequence
+of launches:
 
     per layer, with x the float32 residual stream [B, D]:
     1. norm_gemv_kernel   RMSNorm(x) (attn_norm) @ [qkv; gate input; beta; out gate input]^T; epilogue: the

@@ -8,9 +8,9 @@ in place at fixed addresses and costs one launch instead of hundreds.
     >>> dec.reset()                                         # zero state (or dec.reset(state))
     >>> logits = dec.step(torch.tensor([72], device="cuda"))   # [B, V]; a view of a static buffer
 
-Its graph still replays every small kernel of the model's step (~60 per layer), each costing ~1.5-3 us on a card
-whatever its size. :class:`seqedge.kernels.decode_fused.FusedDecoder` has the same interface and runs the same math
-as 5 Triton launches per layer; this decoder stays as its reference and for models that one does not take.
+Its graph still replays every small kernel of the model's step (~60 per layer), each costing a fixed launch
+overhead whatever its size. :class:`seqedge.kernels.decode_fused.FusedDecoder` has the same interface and runs the
+same math as 5 Triton launches per layer; this decoder stays as its reference and for models that one does not take.
 """
 
 from __future__ import annotations

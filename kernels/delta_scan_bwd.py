@@ -29,7 +29,7 @@ from .delta_scan_triton import (
     side_stream,
 )
 
-# The backward's launches, picked by timing each at B=1, H=16, dk=dv=128, bf16 on an H200
+# The backward's launches, picked by timing each at B=1, H=16, dk=dv=128, bf16
 # (benchmarks/probes/delta_bwd_profile.py): the two scans want the most programs (block_v 16); the chunk-local
 # kernel (one program per chunk and key block, its products over the values block by block) is latency-bound:
 # 64 key columns and four warps left the whole backward fastest beside the scans (more, smaller programs took

@@ -8,7 +8,7 @@ or so tiny kernels: splitting each over threads buys little against the wake-ups
 shared with other work a second busy thread slows the first. Past :data:`SINGLE_THREAD_FLOPS` per token the
 matrix products are large enough to share, and the runtime's own default (one thread per core) is kept. The
 portable ONNX graphs keep that default at every size: their step computes the scan as matrix products over the
-state, which two threads run a quarter faster even for the bundled model (same file).
+state, which two threads run faster even for the bundled model (same file).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def _channels_first_conv(xt: torch.Tensor, tail: torch.Tensor, weight: torch.Ten
     w = weight.to(xt.dtype)
     b = None if bias is None else bias.to(xt.dtype)
     if xt.dtype == torch.float64:
-        # the float64 reference: torch's depthwise conv1d has no fast float64 CPU kernel (~100x slower)
+        # the float64 reference: torch's depthwise conv1d has no fast float64 CPU kernel (far slower)
         T = xt.shape[-1]
         y = sum(xc[..., i:i + T] * w[:, 0, i:i + 1] for i in range(kernel))  # [B, ch, T]
         y = y if b is None else y + b[:, None]

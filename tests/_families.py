@@ -83,10 +83,9 @@ def successor_stream(vocab: int, batch: int, length: int, seed: int, follow: flo
 def trained_copy(path: Path, steps: int = 150, lr: float = 1e-2, batch: int = 32, length: int = 17):
     """The model imported from ``path``, trained briefly on :func:`successor_stream`.
 
-    A tiny random model's logits are flat (median top-2 margin 0.1-0.5 here), so the top-1 agreement of a
-    quantized export with it measures which near-ties the rounding flips, not what quantization does to a model
-    that predicts something; after these steps the model predicts the successor with a margin of several logits,
-    as a trained model does where it is confident."""
+    A tiny random model's logits are flat, so the top-1 agreement of a quantized export with it measures which
+    near-ties the rounding flips, not what quantization does to a model that predicts something; after these steps
+    the model predicts the successor with a margin of several logits, as a trained model does where it is confident."""
     from seqedge.families import import_hf
 
     torch.manual_seed(0)

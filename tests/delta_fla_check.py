@@ -1,7 +1,7 @@
 """Compares the delta rule's kernel with fla's chunk_kda / chunk_gated_delta_rule on one CUDA card.
 
 Started in a fresh process by tests/test_kernels_delta_gpu.py::test_delta_against_fla: inside the pytest process
-the first call of ``seqedge::chunk_scan_delta`` after fla's import ended in a segmentation fault in torch's
+the first call of ``seqedge::chunk_scan_delta`` after fla's import can end in a segmentation fault in torch's
 dispatcher (benchmarks/results/gpu_tests.md), while the same calls in a fresh interpreter pass. fla is
 imported first, as its own scripts do. Prints one JSON object: relative error per output and gradient; where fla's
 backward refuses this Triton on this card (its gated backward on Hopper with Triton < 3.7.1), its message under

@@ -101,9 +101,8 @@ def _rel(x: np.ndarray, ref: np.ndarray) -> float:
 
 
 # bfloat16 against the float32 torch runtime measures mostly the bf16 model's own rounding (prefill runs the model in
-# bf16): on CPU, same configs, seeds and tokens, the bf16 model is up to 0.026 from float32 for the native rules and
-# up to 0.2 for Gated DeltaNet (unbounded per-head decay and the delta rule amplify the rounding of k and beta); 0.067
-# was seen for the native delta rule on an H200. The float32 cases check the math to 1e-4.
+# bf16), not the kernels'; unbounded per-head decay and the delta rule amplify the rounding of k and beta, so the
+# bound sits well above bf16's precision. The float32 cases check the math to 1e-4.
 BF16_TOL = {"gated": 0.1, "delta": 0.1, "odd-norm": 0.1}
 
 

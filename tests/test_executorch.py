@@ -1,6 +1,6 @@
 """ExecuTorch target and runtime: one ``.pte`` with ``step`` and ``chunk`` on XNNPACK, against the float64 model.
 
-Lowering is slow (ExecuTorch re-traces every XNNPACK partition through ~20 passes: ~25 s of CPU for one layer),
+Lowering is slow (ExecuTorch re-traces every XNNPACK partition through ~20 passes),
 so the model has one layer, each (rule, scheme) is exported once per module, and the default suite exports two
 programs: float32 for the delta rule (the larger chunk graph) and int4 for the gated rule; the other (rule,
 scheme) pairs and a two-layer model are ``slow``.
@@ -15,7 +15,7 @@ row by the one parity harness, ``seqedge.evaluate.parity.compare``, against the 
   logits are nearly flat, so (b)'s error bound is the real check) and the state finite float32.
   Budget: the relative RMS noise of b-bit symmetric rounding of a Gaussian group whose max is ~3 sigma,
   2^-(b-1) * 3 / sqrt(12): int8 0.68%, int4 10.8%. The logits see less than one layer's noise because the
-  float32 embedding dominates the residual stream (measured, seed 0: int8 0.28%, int4 3.3%).
+  float32 embedding dominates the residual stream.
 - fp16: relative RMS logit error <= 5e-3 (fp16 rounding 2^-11 ~ 4.9e-4 per op, ~10 ops along the path) and
   top-1 >= 99% where the reference's top-1/top-2 margin exceeds 1e-2 x its logit scale.
 """

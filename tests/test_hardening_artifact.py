@@ -208,7 +208,7 @@ def test_schema_names_the_bad_field(torch_art, field, value, message):
 
 
 def test_negative_chunk_size_never_reaches_prefill(torch_art):
-    """It used to make prefill of 100 tokens return zero logits and an untouched state, silently."""
+    """A negative chunk_size would make prefill of 100 tokens return zero logits and an untouched state, silently."""
     edit_manifest(torch_art, _set("chunk_size", -64))
     with pytest.raises(ArtifactError, match="chunk_size"):
         seqedge.load(torch_art, "torch")

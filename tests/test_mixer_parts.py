@@ -146,7 +146,7 @@ def test_clashing_parts_are_named(parts, fields):
         SequentialAttentionConfig(**DIMS, mixer=MixerParts(**parts))
 
 
-FINGERPRINT_BEFORE_LATER_PARTS = "5061756cc00ffb7e"     # model_fingerprint of the config below, as of 17ed7ef
+FINGERPRINT_BEFORE_LATER_PARTS = "5061756cc00ffb7e"     # the config below as written before beta_scale / out_norm_eps
 
 
 def test_later_parts_at_their_defaults_leave_configs_and_fingerprints_as_before():

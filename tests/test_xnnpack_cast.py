@@ -3,8 +3,8 @@
 A module that casts both ways around float16 work is lowered with the executorch target's partitioner: no cast
 may stay on the portable kernels, the program must run (loaded from a file, as on a device) and agree with eager
 PyTorch to float16 rounding (XNNPACK's float16 kernels may accumulate in float16). A dropped cast fails the
-lowering itself (XNNPACK's copy-removal pass once did that: the next op saw float32 where it was built for
-float16). Copies the original ExecuTorch code handles (channels-last conversions around a conv2d) must lower and
+lowering itself (as XNNPACK's copy-removal pass can drop one: the next op then sees float32 where it was built
+for float16). Copies the original ExecuTorch code handles (channels-last conversions around a conv2d) must lower and
 run as before.
 """
 
@@ -73,7 +73,7 @@ def test_float_casts_are_delegated_and_kept(tmp_path):
     scale = expected.abs().max()
     err = float((out - expected).abs().max() / scale)
     print(f'max error / max |expected|: {err:.2e}')
-    assert err <= 5e-3, err         # measured 2.0e-3
+    assert err <= 5e-3, err
 
 
 def test_channels_last_copies_lower_as_before(tmp_path):

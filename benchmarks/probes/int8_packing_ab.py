@@ -1,6 +1,6 @@
 """Which int8 packing ONNX Runtime runs faster: the same float32 graphs quantized as ``MatMulInteger`` (7-bit weights
-per output channel, one dynamic activation scale: the onnx int8 recipe before 587b58c) and as 8-bit
-``MatMulNBits`` blocks (``export.onnx_target._quantize_int8``, the recipe now).
+per output channel, one dynamic activation scale, as ``quantize_dynamic`` packs them) and as 8-bit
+``MatMulNBits`` blocks (``export.onnx_target._quantize_int8``, the shipped recipe).
 
     python benchmarks/probes/int8_packing_ab.py --artifact DIR [--threads 1,2] [--rounds 7]
 
@@ -29,7 +29,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def _matmul_integer(source: Path, dest: Path) -> None:
-    """The recipe before 587b58c: quantize_dynamic, 7-bit per-channel weights, MatMulInteger."""
+    """Per-channel MatMulInteger via quantize_dynamic: 7-bit per-channel weights."""
     quantize_dynamic(str(source), str(dest), op_types_to_quantize=["MatMul"], per_channel=True, reduce_range=True,
                      weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
 

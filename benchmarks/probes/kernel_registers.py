@@ -3,7 +3,7 @@
 Triton compiles to PTX for a named target without a device; the ptxas shipped in the triton wheel then reports
 each kernel's registers per thread and spill traffic (``ptxas -v``). A program's register footprint (registers x
 threads) bounds how many programs share a multiprocessor, which is what a latency-bound kernel such as the
-prepass (2.2x its memory floor, benchmarks/results/fwd_call_overhead.md) lives on. Shapes: head dim 128,
+prepass (benchmarks/results/fwd_call_overhead.md) lives on. Shapes: head dim 128,
 chunk 32, bf16.
 
     python benchmarks/probes/kernel_registers.py --out benchmarks/results [--arch 90]

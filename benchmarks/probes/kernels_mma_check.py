@@ -30,7 +30,7 @@ rel = lambda a, b: float((a.double() - b).norm() / b.norm())
 print(f"rel o {rel(o, ro):.2e} state {rel(fin, rs):.2e} nan {bool(torch.isnan(o).any())}")
 """
 
-# (B, T, H, dk, dv, chunk, block_v, num_warps): the four configs first tried, FWD_CONFIGS and EXCLUDED_CONFIGS
+# (B, T, H, dk, dv, chunk, block_v, num_warps): four configs spanning FWD_CONFIGS and EXCLUDED_CONFIGS
 CONFIGS = [(64, 64, 8), (64, 32, 4), (32, 64, 4), (32, 128, 8)]
 CASES = ([(1, 200, 2, 128, 128, *c) for c in CONFIGS] + [(1, 1, 1, 64, 64, 32, 128, 8), (2, 100, 3, 64, 64, 64, 64, 8)]
          + [(2, 64, 2, 128, 64, *c) for c in CONFIGS])

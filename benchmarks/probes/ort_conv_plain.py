@@ -1,7 +1,7 @@
 """ONNX Runtime's ``CausalConvWithState`` against the same one-token conv in plain ONNX ops.
 
 The onnx-ort step runs each layer's short conv (K taps, carried tail, SiLU) as one ``CausalConvWithState`` node,
-which costs about 7 us at the bundled model's 576 channels (``ort_node_cost.py``). The plain form for one token:
+whose cost ``ort_node_cost.py`` measures. The plain form for one token:
 Concat(tail, x) -> Mul by the taps -> ReduceSum -> Sigmoid, Mul (SiLU), and Slice for the new tail. Timed two ways:
 
 - isolated: 24 convs chained in one graph, per conv, at the bundled model's and Mamba2-130M's channel counts;

@@ -6,8 +6,8 @@
 One ``InferenceSession`` of the variant's ``step.onnx`` per setting (intra-op threads 1 or 2; with 2, the pool's
 spinning on or off and ``session.dynamic_block_base``), all on the same random feeds. Each round times every
 setting for ``--calls`` calls, in a new random order (``ort_timing.time_rounds``), so load from elsewhere hits all
-alike; the median over rounds of each round's median is reported. Why: with two threads the int8 step of
-mamba2-130m ran slower than with one (``int8_packing.md``), and the llama.cpp comparison runs both sides at two.
+alike; the median over rounds of each round's median is reported. Why: two threads can be slower than one
+(``benchmarks/results/int8_packing.md``), and the llama.cpp comparison runs both sides at two.
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ class Budget:
     """Tolerances of one format; ``None`` means not checked for that format.
 
     ``max_abs`` bounds the largest logit difference per unit of the reference's logit scale, ``max(1, max|logit|)``:
-    float32 rounding grows with the logits' size (a 130M model's logits reach 15; transformers' own float32
-    Mamba2 is 3e-5 of that from float64), so a fixed absolute bound would fail every real model.
+    float32 rounding grows with the logits' size (a 130M model's logits reach 15), so a fixed absolute bound would
+    fail every real model.
     """
 
     max_abs: float | None = None
@@ -135,7 +135,7 @@ def reference_stream(model, tokens: Sequence[int], prefill: int) -> StreamResult
     state = [torch.zeros(s.concrete_shape(1), dtype=torch.float64) for s in model.state_specs]
     pieces = []
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)      # one-token float64 matmuls: threads only add sync cost (100x on a busy 2-core box)
+    torch.set_num_threads(1)      # one-token float64 matmuls: threads only add sync cost
     try:
         with torch.inference_mode():
             _reference_loop(model, tokens, prefill, C, state, pieces)
