@@ -1,12 +1,11 @@
 """The delta rule's prep with the chunk's scores and inverse held in registers (chunks of 16, 32 or 64 tokens).
 
 Writes what :func:`seqedge.kernels.delta_prep_triton.prep` writes (qt, kt, A, w, u0, b_C and optionally
-``(I + M)^-1``), from one program per (chunk, batch*head) that keeps the chunk as one, two or four 16-row blocks.
-Block row by block row, the scores of the row's block pairs accumulate over the key columns in registers, then
-the row's diagonal block of ``(I + M)`` is inverted there by forward substitution and the blocks left of it by
-block substitution (16x16 products); w and u0 are formed block by block from the inverse. No float32 scratch
-passes through global memory (the other prep writes M there, reloads it row by row in its substitution and writes
-its inverse back).
+``(I + M)^-1``), from one program per (chunk, batch*head) that keeps the chunk as one, two or four 16-row blocks:
+the scores of each block pair accumulate over the key columns in registers, the diagonal blocks of ``(I + M)`` are
+inverted in registers by forward substitution and the blocks below them by block substitution (16x16 products),
+and w and u0 are formed block by block. No float32 scratch passes through global memory (the other prep writes M
+there, reloads it row by row in its substitution and writes its inverse back).
 
 Decays per key (g ``[B, T, H, dk]``): exponents are referenced so no factor that survives the mask grows past
 exp(40) for g >= -5: a diagonal block's scores to its middle row, a block below the diagonal to the last row of the
@@ -172,7 +171,7 @@ def _delta_prep_regs_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, inverse, 
     """One chunk of C = 16, 32 or 64 tokens (NB = 1, 2 or 4 blocks of 16 rows): qt, kt, w ``[B, T, H, DK]`` and
     u0 ``[B, T, H, DV]`` in k's dtype, A ``[B*H, NC, C, C]`` in k's dtype, b_C ``[B*H, NC, DK]`` float32, and with
     WITH_INVERSE ``(I + M)^-1`` ``[B*H, NC, C, C]`` float32. Block (i, j) of M is ``m{i}{j}``, of A ``a{i}{j}``, of
-    the inverse ``x{i}{j}``; the inverse's blocks a shorter chunk lacks are bound to zeros and never stored."""
+    the inverse ``x{i}{j}``; the names of blocks a shorter chunk lacks are bound to zeros and never stored."""
     i_c = tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b = i_bh // H
@@ -196,7 +195,7 @@ def _delta_prep_regs_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, inverse, 
         be2 = _vector(beta, h_base, t0, T, H, 2)
         be3 = _vector(beta, h_base, t0, T, H, 3)
     # per head: the cumulative log-gates of every block (and where each ends), once; per key they are formed per
-    # column block in each loop
+    # column block in the loop
     hb0, hb1, hb2, hb3 = zv, zv, zv, zv
     he0, he1, he2, he3 = 0.0, 0.0, 0.0, 0.0
     if PER_HEAD:
@@ -206,91 +205,84 @@ def _delta_prep_regs_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, inverse, 
         if NB == 4:
             hb2, he2 = _head_gates(g, h_base, t0, T, H, 2, he1)
             hb3, he3 = _head_gates(g, h_base, t0, T, H, 3, he2)
-    # Row by row: block row i's products over every key column, then its blocks of M and A, then its blocks of
-    # the inverse (x_ii by forward substitution, x_ij = -x_ii sum_{j <= l < i} m_il x_lj), so only the inverse's
-    # rows so far stay in registers beside the row being formed, not all ten block pairs of a chunk of 64.
-    a_out = A + idx * C * C
-    x10, x11, x20, x21, x22, x30, x31, x32, x33 = z, z, z, z, z, z, z, z, z
-    m00, a00 = z, z
+    m00, m10, m11, m20, m21, m22, m30, m31, m32, m33 = z, z, z, z, z, z, z, z, z, z
+    a00, a10, a11, a20, a21, a22, a30, a31, a32, a33 = z, z, z, z, z, z, z, z, z, z
     for d0 in tl.range(0, DK, BD, num_stages=1):
         cols = d0 + rd
         b0, e0 = _gates(g, k_base, t0, T, H, DK, cols, 0, zd, hb0, he0, PER_HEAD)
-        m00, a00 = _diagonal_pair(_rows(q, k_base, t0, T, H, DK, cols, 0), _rows(k, k_base, t0, T, H, DK, cols, 0),
-                                  b0, m00, a00, dt, PER_HEAD, PREC)
-    m00, a00 = _finish(m00, a00, be0, hb0, hb0, scale, True, PER_HEAD)
-    tl.store(_block_ptrs(a_out, 0, 0, C), a00.to(dt))
-    x00 = _diagonal_inverse(m00)
-    if NB >= 2:
-        m10, a10, m11, a11 = z, z, z, z
-        for d0 in tl.range(0, DK, BD, num_stages=1):
-            cols = d0 + rd
-            b0, e0 = _gates(g, k_base, t0, T, H, DK, cols, 0, zd, hb0, he0, PER_HEAD)
+        q0 = _rows(q, k_base, t0, T, H, DK, cols, 0)
+        k0 = _rows(k, k_base, t0, T, H, DK, cols, 0)
+        m00, a00 = _diagonal_pair(q0, k0, b0, m00, a00, dt, PER_HEAD, PREC)
+        last = e0
+        if NB >= 2:
             b1, e1 = _gates(g, k_base, t0, T, H, DK, cols, 1, e0, hb1, he1, PER_HEAD)
             q1 = _rows(q, k_base, t0, T, H, DK, cols, 1)
             k1 = _rows(k, k_base, t0, T, H, DK, cols, 1)
-            right0 = _right(_rows(k, k_base, t0, T, H, DK, cols, 0), b0, e0, dt, PER_HEAD)
-            m10, a10 = _pair(q1, k1, b1, e0, right0, m10, a10, PER_HEAD, PREC)
+            right0 = _right(k0, b0, e0, dt, PER_HEAD)
             m11, a11 = _diagonal_pair(q1, k1, b1, m11, a11, dt, PER_HEAD, PREC)
-        m10, a10 = _finish(m10, a10, be0, hb1, hb0, scale, False, PER_HEAD)
+            m10, a10 = _pair(q1, k1, b1, e0, right0, m10, a10, PER_HEAD, PREC)
+            last = e1
+            if NB == 4:
+                b2, e2 = _gates(g, k_base, t0, T, H, DK, cols, 2, e1, hb2, he2, PER_HEAD)
+                q2 = _rows(q, k_base, t0, T, H, DK, cols, 2)
+                k2 = _rows(k, k_base, t0, T, H, DK, cols, 2)
+                right1 = _right(k1, b1, e1, dt, PER_HEAD)
+                m22, a22 = _diagonal_pair(q2, k2, b2, m22, a22, dt, PER_HEAD, PREC)
+                m20, a20 = _pair(q2, k2, b2, e0, right0, m20, a20, PER_HEAD, PREC)
+                m21, a21 = _pair(q2, k2, b2, e1, right1, m21, a21, PER_HEAD, PREC)
+                b3, e3 = _gates(g, k_base, t0, T, H, DK, cols, 3, e2, hb3, he3, PER_HEAD)
+                q3 = _rows(q, k_base, t0, T, H, DK, cols, 3)
+                k3 = _rows(k, k_base, t0, T, H, DK, cols, 3)
+                right2 = _right(k2, b2, e2, dt, PER_HEAD)
+                m33, a33 = _diagonal_pair(q3, k3, b3, m33, a33, dt, PER_HEAD, PREC)
+                m30, a30 = _pair(q3, k3, b3, e0, right0, m30, a30, PER_HEAD, PREC)
+                m31, a31 = _pair(q3, k3, b3, e1, right1, m31, a31, PER_HEAD, PREC)
+                m32, a32 = _pair(q3, k3, b3, e2, right2, m32, a32, PER_HEAD, PREC)
+                last = e3
+                _store_qk(qt, kt, k_base, t0, T, H, DK, cols, q2, k2, b2, be2, last, scale, 2)
+                _store_qk(qt, kt, k_base, t0, T, H, DK, cols, q3, k3, b3, be3, last, scale, 3)
+            _store_qk(qt, kt, k_base, t0, T, H, DK, cols, q1, k1, b1, be1, last, scale, 1)
+        _store_qk(qt, kt, k_base, t0, T, H, DK, cols, q0, k0, b0, be0, last, scale, 0)
+        tl.store(decay + idx * DK + cols, last)
+    # M and A from the products, A stored (zero above the diagonal); the inverse's diagonal blocks by forward
+    # substitution, those below by block substitution: x_ij = -x_ii sum_{j <= l < i} m_il x_lj
+    a_out = A + idx * C * C
+    for i in tl.static_range(NB):
+        for j in tl.static_range(i + 1, NB):
+            tl.store(_block_ptrs(a_out, i, j, C), z.to(dt))
+    m00, a00 = _finish(m00, a00, be0, hb0, hb0, scale, True, PER_HEAD)
+    tl.store(_block_ptrs(a_out, 0, 0, C), a00.to(dt))
+    x00 = _diagonal_inverse(m00)
+    x10, x11, x20, x21, x22, x30, x31, x32, x33 = z, z, z, z, z, z, z, z, z
+    if NB >= 2:
         m11, a11 = _finish(m11, a11, be1, hb1, hb1, scale, True, PER_HEAD)
+        m10, a10 = _finish(m10, a10, be0, hb1, hb0, scale, False, PER_HEAD)
         tl.store(_block_ptrs(a_out, 1, 0, C), a10.to(dt))
         tl.store(_block_ptrs(a_out, 1, 1, C), a11.to(dt))
         x11 = _diagonal_inverse(m11)
         x10 = -_mm(x11, _mm(m10, x00))
     if NB == 4:
-        m20, a20, m21, a21, m22, a22 = z, z, z, z, z, z
-        for d0 in tl.range(0, DK, BD, num_stages=1):
-            cols = d0 + rd
-            b0, e0 = _gates(g, k_base, t0, T, H, DK, cols, 0, zd, hb0, he0, PER_HEAD)
-            b1, e1 = _gates(g, k_base, t0, T, H, DK, cols, 1, e0, hb1, he1, PER_HEAD)
-            b2, e2 = _gates(g, k_base, t0, T, H, DK, cols, 2, e1, hb2, he2, PER_HEAD)
-            q2 = _rows(q, k_base, t0, T, H, DK, cols, 2)
-            k2 = _rows(k, k_base, t0, T, H, DK, cols, 2)
-            right0 = _right(_rows(k, k_base, t0, T, H, DK, cols, 0), b0, e0, dt, PER_HEAD)
-            m20, a20 = _pair(q2, k2, b2, e0, right0, m20, a20, PER_HEAD, PREC)
-            right1 = _right(_rows(k, k_base, t0, T, H, DK, cols, 1), b1, e1, dt, PER_HEAD)
-            m21, a21 = _pair(q2, k2, b2, e1, right1, m21, a21, PER_HEAD, PREC)
-            m22, a22 = _diagonal_pair(q2, k2, b2, m22, a22, dt, PER_HEAD, PREC)
         m20, a20 = _finish(m20, a20, be0, hb2, hb0, scale, False, PER_HEAD)
         m21, a21 = _finish(m21, a21, be1, hb2, hb1, scale, False, PER_HEAD)
         m22, a22 = _finish(m22, a22, be2, hb2, hb2, scale, True, PER_HEAD)
-        tl.store(_block_ptrs(a_out, 2, 0, C), a20.to(dt))
-        tl.store(_block_ptrs(a_out, 2, 1, C), a21.to(dt))
-        tl.store(_block_ptrs(a_out, 2, 2, C), a22.to(dt))
-        x22 = _diagonal_inverse(m22)
-        x21 = -_mm(x22, _mm(m21, x11))
-        x20 = -_mm(x22, _mm(m20, x00) + _mm(m21, x10))
-        m30, a30, m31, a31, m32, a32, m33, a33 = z, z, z, z, z, z, z, z
-        for d0 in tl.range(0, DK, BD, num_stages=1):
-            cols = d0 + rd
-            b0, e0 = _gates(g, k_base, t0, T, H, DK, cols, 0, zd, hb0, he0, PER_HEAD)
-            b1, e1 = _gates(g, k_base, t0, T, H, DK, cols, 1, e0, hb1, he1, PER_HEAD)
-            b2, e2 = _gates(g, k_base, t0, T, H, DK, cols, 2, e1, hb2, he2, PER_HEAD)
-            b3, e3 = _gates(g, k_base, t0, T, H, DK, cols, 3, e2, hb3, he3, PER_HEAD)
-            q3 = _rows(q, k_base, t0, T, H, DK, cols, 3)
-            k3 = _rows(k, k_base, t0, T, H, DK, cols, 3)
-            right0 = _right(_rows(k, k_base, t0, T, H, DK, cols, 0), b0, e0, dt, PER_HEAD)
-            m30, a30 = _pair(q3, k3, b3, e0, right0, m30, a30, PER_HEAD, PREC)
-            right1 = _right(_rows(k, k_base, t0, T, H, DK, cols, 1), b1, e1, dt, PER_HEAD)
-            m31, a31 = _pair(q3, k3, b3, e1, right1, m31, a31, PER_HEAD, PREC)
-            right2 = _right(_rows(k, k_base, t0, T, H, DK, cols, 2), b2, e2, dt, PER_HEAD)
-            m32, a32 = _pair(q3, k3, b3, e2, right2, m32, a32, PER_HEAD, PREC)
-            m33, a33 = _diagonal_pair(q3, k3, b3, m33, a33, dt, PER_HEAD, PREC)
         m30, a30 = _finish(m30, a30, be0, hb3, hb0, scale, False, PER_HEAD)
         m31, a31 = _finish(m31, a31, be1, hb3, hb1, scale, False, PER_HEAD)
         m32, a32 = _finish(m32, a32, be2, hb3, hb2, scale, False, PER_HEAD)
         m33, a33 = _finish(m33, a33, be3, hb3, hb3, scale, True, PER_HEAD)
+        tl.store(_block_ptrs(a_out, 2, 0, C), a20.to(dt))
+        tl.store(_block_ptrs(a_out, 2, 1, C), a21.to(dt))
+        tl.store(_block_ptrs(a_out, 2, 2, C), a22.to(dt))
         tl.store(_block_ptrs(a_out, 3, 0, C), a30.to(dt))
         tl.store(_block_ptrs(a_out, 3, 1, C), a31.to(dt))
         tl.store(_block_ptrs(a_out, 3, 2, C), a32.to(dt))
         tl.store(_block_ptrs(a_out, 3, 3, C), a33.to(dt))
+        x22 = _diagonal_inverse(m22)
         x33 = _diagonal_inverse(m33)
+        x21 = -_mm(x22, _mm(m21, x11))
+        x20 = -_mm(x22, _mm(m20, x00) + _mm(m21, x10))
         x32 = -_mm(x33, _mm(m32, x22))
         x31 = -_mm(x33, _mm(m31, x11) + _mm(m32, x21))
         x30 = -_mm(x33, _mm(m30, x00) + _mm(m31, x10) + _mm(m32, x20))
-    for i in tl.static_range(NB):
-        for j in tl.static_range(i + 1, NB):
-            tl.store(_block_ptrs(a_out, i, j, C), z.to(dt))
     if WITH_INVERSE:
         inv = inverse + idx * C * C
         for i in tl.static_range(NB):
@@ -308,52 +300,25 @@ def _delta_prep_regs_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, inverse, 
             tl.store(_block_ptrs(inv, 3, 1, C), x31)
             tl.store(_block_ptrs(inv, 3, 2, C), x32)
             tl.store(_block_ptrs(inv, 3, 3, C), x33)
-    # per key column block: b_C first (kt needs it), then block by block qt, kt and w = (I + M)^-1 (k exp(b))
+    # w = (I + M)^-1 (k exp(b)) and u0 = (I + M)^-1 v, block row by block row
     for d0 in tl.range(0, DK, BD, num_stages=1):
         cols = d0 + rd
-        if PER_HEAD:
-            last = zd + he0
-            if NB >= 2:
-                last = zd + he1
-            if NB == 4:
-                last = zd + he3
-        else:
-            last = tl.sum(_rows(g, k_base, t0, T, H, DK, cols, 0), axis=0)
-            if NB >= 2:
-                last += tl.sum(_rows(g, k_base, t0, T, H, DK, cols, 1), axis=0)
-            if NB == 4:
-                last += tl.sum(_rows(g, k_base, t0, T, H, DK, cols, 2), axis=0)
-                last += tl.sum(_rows(g, k_base, t0, T, H, DK, cols, 3), axis=0)
-        tl.store(decay + idx * DK + cols, last)
         b0, e0 = _gates(g, k_base, t0, T, H, DK, cols, 0, zd, hb0, he0, PER_HEAD)
-        k0 = _rows(k, k_base, t0, T, H, DK, cols, 0)
-        _store_qk(qt, kt, k_base, t0, T, H, DK, cols, _rows(q, k_base, t0, T, H, DK, cols, 0), k0, b0, be0, last,
-                  scale, 0)
-        y0 = k0 * tl.exp(b0)
+        y0 = _rows(k, k_base, t0, T, H, DK, cols, 0) * tl.exp(b0)
         _store_rows(w, k_base, t0, T, H, DK, cols, _dot(x00, y0, PREC), 0)
         if NB >= 2:
             b1, e1 = _gates(g, k_base, t0, T, H, DK, cols, 1, e0, hb1, he1, PER_HEAD)
-            k1 = _rows(k, k_base, t0, T, H, DK, cols, 1)
-            _store_qk(qt, kt, k_base, t0, T, H, DK, cols, _rows(q, k_base, t0, T, H, DK, cols, 1), k1, b1, be1,
-                      last, scale, 1)
-            y1 = k1 * tl.exp(b1)
+            y1 = _rows(k, k_base, t0, T, H, DK, cols, 1) * tl.exp(b1)
             _store_rows(w, k_base, t0, T, H, DK, cols, _dot(x10, y0, PREC) + _dot(x11, y1, PREC), 1)
             if NB == 4:
                 b2, e2 = _gates(g, k_base, t0, T, H, DK, cols, 2, e1, hb2, he2, PER_HEAD)
-                k2 = _rows(k, k_base, t0, T, H, DK, cols, 2)
-                _store_qk(qt, kt, k_base, t0, T, H, DK, cols, _rows(q, k_base, t0, T, H, DK, cols, 2), k2, b2, be2,
-                          last, scale, 2)
-                y2 = k2 * tl.exp(b2)
+                y2 = _rows(k, k_base, t0, T, H, DK, cols, 2) * tl.exp(b2)
                 _store_rows(w, k_base, t0, T, H, DK, cols,
                             _dot(x20, y0, PREC) + _dot(x21, y1, PREC) + _dot(x22, y2, PREC), 2)
                 b3, e3 = _gates(g, k_base, t0, T, H, DK, cols, 3, e2, hb3, he3, PER_HEAD)
-                k3 = _rows(k, k_base, t0, T, H, DK, cols, 3)
-                _store_qk(qt, kt, k_base, t0, T, H, DK, cols, _rows(q, k_base, t0, T, H, DK, cols, 3), k3, b3, be3,
-                          last, scale, 3)
-                y3 = k3 * tl.exp(b3)
+                y3 = _rows(k, k_base, t0, T, H, DK, cols, 3) * tl.exp(b3)
                 _store_rows(w, k_base, t0, T, H, DK, cols, _dot(x30, y0, PREC) + _dot(x31, y1, PREC)
                             + _dot(x32, y2, PREC) + _dot(x33, y3, PREC), 3)
-    # u0 = (I + M)^-1 v
     for c0 in tl.range(0, DV, BD, num_stages=1):
         cols = c0 + rd
         y0 = _rows(v, v_base, t0, T, H, DV, cols, 0)
