@@ -97,6 +97,13 @@ DELTA_CONFIGS: tuple[DeltaConfig, ...] = (
     DeltaConfig(chunk=32, block_v=64, num_stages=3),
     DeltaConfig(chunk=32, block_v=64, num_stages=3, register_prep=True, prep_warps=1),
 )
+# Candidates: checked by the GPU tests like DELTA_CONFIGS, never picked; one joins DELTA_CONFIGS once the GPU suite
+# has run in full with it and a card has timed it. The register prep at chunk 64, beside the scan's fastest value
+# block there, on the warps and key block where it spills least (benchmarks/results/delta_prep_registers.md;
+# benchmarks/probes/delta_prep_regs_probe.py times every warp count and key block on a card).
+PENDING_CONFIGS: tuple[DeltaConfig, ...] = (
+    DeltaConfig(chunk=64, block_v=16, num_stages=3, register_prep=True, prep_warps=4, prep_block_k=16),
+)
 # Configs taken out, with why (docs/excluded-kernel-configs.md, "Delta rule", has the measurements). Kept so that
 # sweeps can still time them and none is re-added without its reason.
 EXCLUDED_CONFIGS: dict[DeltaConfig, str] = {

@@ -96,3 +96,11 @@ def test_register_prep_configs():
     regs = [c for c in DELTA_CONFIGS if c.register_prep]
     assert regs and all(c.timed_for(False) and not c.timed_for(True) for c in regs)
     assert all(c.timed_for(True) for c in DELTA_CONFIGS if not c.register_prep)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (pip install triton==3.6.0)")
+def test_pending_delta_configs_are_checked_but_never_picked():
+    """Candidates are neither picked (the op times DELTA_CONFIGS only) nor taken-out configs."""
+    from seqedge.kernels.delta_scan_triton import DELTA_CONFIGS, EXCLUDED_CONFIGS, PENDING_CONFIGS
+
+    assert PENDING_CONFIGS and not set(PENDING_CONFIGS) & (set(DELTA_CONFIGS) | set(EXCLUDED_CONFIGS))

@@ -2,10 +2,10 @@
 
 The register prep (:mod:`seqedge.kernels.delta_prep_regs_triton`) holds a chunk's scores and inverse in registers,
 so its footprint decides whether it spills and how many programs share a multiprocessor. This compiles it (and,
-with ``--baseline REV``, the same file as of a git revision, for a before/after of a rewrite) for sm_<arch> with
+with ``--baseline REV``, repeatable, the same file as of git revisions, for a before/after of a rewrite) for sm_<arch> with
 ptxas -v, at head dim 128, bf16 inputs, float32 gates, over chunk, key block, warps and gate kind.
 
-    python benchmarks/probes/delta_prep_registers.py --out benchmarks/results [--baseline REV] [--arch 90]
+    python benchmarks/probes/delta_prep_registers.py --out benchmarks/results [--baseline REV ...] [--arch 90]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import importlib.util
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -37,10 +38,11 @@ def kernel_at(rev: str | None):
                             capture_output=True, text=True, check=True).stdout
     # triton reads a kernel's source from its file, so the revision's copy must exist on disk while it compiles
     folder = tempfile.mkdtemp()
-    path = os.path.join(folder, "delta_prep_regs_at_rev.py")
+    name = "delta_prep_regs_at_" + re.sub(r"\W", "_", rev)
+    path = os.path.join(folder, name + ".py")
     with open(path, "w") as f:
         f.write(source)
-    spec = importlib.util.spec_from_file_location("seqedge.kernels._delta_prep_regs_at_rev", path)
+    spec = importlib.util.spec_from_file_location(f"seqedge.kernels._{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module._delta_prep_regs_kernel
@@ -50,15 +52,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for delta_prep_registers.json / .md")
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: H100, H200)")
-    ap.add_argument("--baseline", help="a git revision whose register prep is compiled beside the working tree's")
+    ap.add_argument("--baseline", action="append", default=[],
+                    help="a git revision whose register prep is compiled beside the working tree's (repeatable)")
     args = ap.parse_args(argv)
     import triton
 
     head = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True, text=True,
                           check=True).stdout.strip()
     versions = [(head, kernel_at(None))]
-    if args.baseline:
-        versions.append((args.baseline, kernel_at(args.baseline)))
+    versions += [(rev, kernel_at(rev)) for rev in args.baseline]
     rows = []
     grid = itertools.product(versions, (False, True), (32, 64), (16, 32, 64), (1, 2, 4))
     for (version, fn), per_head, chunk, bd, warps in grid:
