@@ -173,3 +173,31 @@ def test_generate_says_when_sampling_flags_have_no_effect(tiny_checkpoint, capsy
     assert "--seed has no effect at temperature 0" in capsys.readouterr().err
     assert main(["generate", "-m", tiny_checkpoint, "-p", "x", "-n", "1", "--seed", "3", "-t", "0.5", "-q"]) == 0
     assert "no effect" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, lists", [
+    ("generate", ("runtimes", "recipes")), ("serve", ("runtimes", "recipes")), ("validate", ("runtimes",)),
+    ("bench", ("runtimes", "recipes")), ("export", ("recipes",)),
+])
+def test_help_lists_every_runtime_and_recipe_from_their_tables(capsys, command, lists):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())        # argparse wraps lines
+    names = {"runtimes": RUNTIMES, "recipes": tuple(RECIPES)}
+    for kind in lists:
+        assert ", ".join(names[kind]) in text, (command, kind)
+
+
+def test_serve_takes_the_recipe_like_every_command_and_its_old_flag_with_a_note(capsys):
+    from types import SimpleNamespace
+
+    from seqedge.cli.serve import _variant_tag
+
+    assert _variant_tag(SimpleNamespace(quantize="int8-dynamic", legacy_quantization=None)) == "int8"
+    assert _variant_tag(SimpleNamespace(quantize=None, legacy_quantization=None)) is None
+    assert _variant_tag(SimpleNamespace(quantize=None, legacy_quantization="int4")) == "int4"
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith(DEPRECATION)]
+    assert len(notes) == 1 and "--quantization" in notes[0] and "--quantize" in notes[0]
+    with pytest.raises(ValueError, match="either --quantize or --quantization"):
+        _variant_tag(SimpleNamespace(quantize="fp32", legacy_quantization="fp32"))

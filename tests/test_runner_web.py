@@ -156,7 +156,7 @@ def test_serve_web_serves_the_page_and_artifact(artifact):
     import urllib.request
 
     _require_node()
-    proc = subprocess.Popen([sys.executable, "-m", "seqedge.cli.main", "serve-web", str(artifact), "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "seqedge.cli.main", "serve-web", "-m", str(artifact), "--port", "0"],
                             stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -173,6 +173,6 @@ def test_serve_web_serves_the_page_and_artifact(artifact):
 def test_serve_web_refuses_a_folder_that_is_no_artifact(tmp_path, capsys):
     from seqedge.cli.main import main
 
-    assert main(["serve-web", str(tmp_path)]) == 2
+    assert main(["serve-web", "-m", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("seqedge serve-web: error: ") and "manifest.json" in err[0]

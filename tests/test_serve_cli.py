@@ -24,7 +24,8 @@ def test_cli_serves_until_interrupted(tmp_path_factory):
     """The startup line names the runtime, variant, slots and stepping; /health answers; Ctrl-C shuts the server
     down and exits with the CLI's interrupted code."""
     artifact = onnx_artifact(tmp_path_factory, "gated")
-    proc = subprocess.Popen([sys.executable, "-m", "seqedge.cli.main", "serve", str(artifact), "--port", "0", "--slots", "3", "--model-name", "t"],
+    proc = subprocess.Popen([sys.executable, "-m", "seqedge.cli.main", "serve", "-m", str(artifact), "--port", "0", "--slots", "3",
+                             "--model-name", "t"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline, line = time.monotonic() + TIMEOUT_S, ""
@@ -53,12 +54,21 @@ def test_cli_serves_until_interrupted(tmp_path_factory):
     (["--port", "70000"], "port must lie in [0, 65535]"),
 ])
 def test_bad_settings_are_one_line_errors(tmp_path, capsys, args, match):
-    assert main(["serve", str(tmp_path), *args]) == 2
+    assert main(["serve", "-m", str(tmp_path), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("seqedge serve: error: ") and match in err and len(err.splitlines()) == 1, err
 
 
 def test_missing_artifact_is_a_one_line_error(tmp_path, capsys):
-    assert main(["serve", str(tmp_path / "nothing")]) == 2
+    assert main(["serve", "-m", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("seqedge serve: error: ") and "does not exist" in err, err
+
+
+def test_the_artifact_is_named_with_m_the_old_positional_with_a_note(tmp_path, capsys):
+    """-m/--model like every command; the 0.1 positional still works with one deprecation line; none is an error."""
+    assert main(["serve", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("seqedge: note: ") and "-m/--model" in err[0] and "does not exist" in err[1], err
+    assert main(["serve"]) == 2
+    assert "seqedge serve -m DIR" in capsys.readouterr().err

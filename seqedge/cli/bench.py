@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .options import (add_json, add_model, add_out, add_quiet, canonical_recipes, flatten, model_path,
-                      note_deprecated, recipes_type, runtimes_type)
+                      note_deprecated, recipe_names, recipes_type, runtime_names, runtimes_type)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,11 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "a runtime that can run here failed, 2 when nothing could be measured.")
     add_model(p, "artifact directory written by `seqedge export` (required)")
     p.add_argument("--runtimes", type=runtimes_type(), nargs="+", action="extend", metavar="NAMES",
-                   help="runtimes to measure, comma-separated (a target name such as onnx names its runtime; "
-                        "default: every runtime)")
+                   help=f"runtimes to measure, comma-separated: {runtime_names()} (a target name such as onnx "
+                        "names its runtime; default: every runtime)")
     p.add_argument("--quantize", type=recipes_type(), nargs="+", action="extend", metavar="RECIPES",
-                   help="quantization recipes to measure, comma-separated: fp32, fp16, int8-dynamic, int4-mlp "
-                        "(default: every variant present)")
+                   help=f"quantization recipes to measure, comma-separated: {recipe_names()} (default: every "
+                        "variant present)")
     p.add_argument("--contexts", default="0,1k,16k,64k",
                    help="context lengths reached by prefill before timing steps, e.g. 0,1k,16k,64k (k = 1024; "
                         "default: %(default)s; a 64k prefill takes tens of seconds per runtime on 2 cores)")

@@ -9,7 +9,7 @@ import sys
 from seqedge.targets import TARGETS
 
 from .options import (add_json, add_model, add_out, add_quiet, canonical_recipes, csv_list, model_path,
-                      recipes_type)
+                      recipe_names, recipes_type)
 
 EXIT_VERDICT_FAILED = 1          # the exported artifact missed its parity check
 
@@ -28,8 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", type=csv_list(TARGET_CHOICES, "target"), default=["onnx"],
                    help=f"{', '.join(TARGETS)} or all; comma-separated for several (default: onnx)")
     p.add_argument("--quantize", type=recipes_type(), default=["fp32"], metavar="RECIPES",
-                   help="quantization recipes, comma-separated: fp32, fp16, int8-dynamic, int4-mlp, int4-all "
-                        "(default: fp32; --list-recipes says what each does)")
+                   help=f"quantization recipes, comma-separated: {recipe_names()} (default: fp32; --list-recipes "
+                        "says what each does)")
     p.add_argument("--list-recipes", action="store_true", help="describe every quantization recipe and exit")
     p.add_argument("--group-size", type=int, default=32, help="int4 weights per scale group (default: 32)")
     p.add_argument("--max-batch", type=int, metavar="N",

@@ -10,7 +10,8 @@ import time
 
 from seqedge.sampling import DEFAULT_MAX_NEW_TOKENS, SamplingConfig
 
-from .options import add_json, add_model, add_quiet, canonical_recipes, is_artifact, model_path, note_deprecated
+from .options import (add_json, add_model, add_quiet, canonical_recipes, is_artifact, model_path, note_deprecated,
+                      recipe_names, runtime_names)
 
 DEFAULTS = SamplingConfig()       # the Python API's defaults (model.generate, Session.generate)
 DEFAULT_RUNTIME = "onnxruntime"
@@ -19,15 +20,17 @@ DEFAULT_RUNTIME = "onnxruntime"
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="stream generated text from a checkpoint or an artifact",
                        description="Stream a continuation of --prompt to the terminal, token by token. -m names a "
-                                   "checkpoint (run by torch) or an artifact directory (run by --runtime). "
+                                   "checkpoint (run by torch, or by the cuda runtime on an NVIDIA GPU) or an "
+                                   "artifact directory (run by --runtime). "
                                    "Sampling defaults are the Python API's: greedy unless -t is given.")
     add_model(p, "checkpoint or artifact directory (default: the bundled checkpoint)", positional=False,
               legacy_flags=("--checkpoint", "--artifact"))
     p.add_argument("--runtime", default=None,
-                   help=f"runtime for an artifact: onnxruntime, onnxruntime-fused, executorch, coreml, tensorrt, "
-                        f"torch; a target name such as onnx names its runtime (default: {DEFAULT_RUNTIME})")
+                   help=f"runtime for an artifact: {runtime_names()}; a target name such as onnx names its runtime "
+                        f"(default: cuda on an NVIDIA GPU, else {DEFAULT_RUNTIME})")
     p.add_argument("--quantize", default=None, metavar="RECIPE",
-                   help="the artifact's variant: fp32, fp16, int8-dynamic, int4-mlp (default: fp32, or the only one)")
+                   help=f"the artifact's variant, by the recipe that wrote it: {recipe_names()} (default: fp32, "
+                        "or the only one)")
     p.add_argument("--quantization", dest="legacy_quantization", default=None, help=argparse.SUPPRESS)
     p.add_argument("-p", "--prompt", required=True, help="text to continue")
     p.add_argument("-n", "--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,

@@ -112,6 +112,20 @@ def runtimes_type() -> Callable[[str], list[str]]:
     return csv_list(what="runtime")
 
 
+def runtime_names() -> str:
+    """Every runtime's name, for help texts: the one table commands read them from (seqedge.targets)."""
+    from seqedge.targets import RUNTIMES
+
+    return ", ".join(RUNTIMES)
+
+
+def recipe_names() -> str:
+    """Every quantization recipe's name, for help texts (seqedge.export.quantization.RECIPES)."""
+    from seqedge.export.quantization import RECIPES
+
+    return ", ".join(RECIPES)
+
+
 def flatten(values: Sequence[Sequence[str]] | None) -> list[str] | None:
     """``[["a", "b"], ["c"]]`` (a list option given more than once, or space-separated) -> ``["a", "b", "c"]``."""
     if values is None:

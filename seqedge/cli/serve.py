@@ -5,18 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .options import add_model, canonical_recipes, model_path, note_deprecated, recipe_names, runtime_names
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve", help="serve an artifact over an OpenAI-compatible HTTP API",
-        description="Serve ARTIFACT at /v1/completions, /v1/chat/completions (streaming with stream=true), "
+        description="Serve an artifact at /v1/completions, /v1/chat/completions (streaming with stream=true), "
                     "/v1/models and /health. Up to --slots streams decode together, each in its own fixed-size "
                     "state slot; --max-queue more wait, and further requests get HTTP 429.")
-    p.add_argument("artifact", metavar="ARTIFACT", help="artifact directory (from `seqedge export`)")
+    add_model(p, "artifact directory written by `seqedge export` (required)")
     p.add_argument("--runtime", default="onnxruntime",
-                   help="torch, onnxruntime, onnxruntime-fused, executorch, coreml, tensorrt (default: onnxruntime)")
-    p.add_argument("--quantization", default=None,
-                   help="variant: fp32, fp16, int8, int4 (default: fp32, or the only one)")
+                   help=f"{runtime_names()}; a target name such as onnx names its runtime (default: onnxruntime)")
+    p.add_argument("--quantize", default=None, metavar="RECIPE",
+                   help=f"the artifact's variant, by the recipe that wrote it: {recipe_names()} (default: fp32, or "
+                        "the only one)")
+    p.add_argument("--quantization", dest="legacy_quantization", default=None, help=argparse.SUPPRESS)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000; 0: a free one)")
     p.add_argument("--slots", type=int, default=8, help="streams decoded concurrently (default: 8)")
@@ -30,12 +34,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _variant_tag(args: argparse.Namespace) -> str | None:
+    """The variant tag (fp32, int8, ...) of --quantize, or of the older --quantization (which took tags)."""
+    from seqedge.export.quantization import recipe_tag
+
+    if args.legacy_quantization:
+        note_deprecated("--quantization", "--quantize")
+        if args.quantize:
+            raise ValueError("pass either --quantize or --quantization, not both")
+        return args.legacy_quantization
+    return recipe_tag(canonical_recipes([args.quantize])[0]) if args.quantize else None
+
+
 def run(args: argparse.Namespace) -> int:
     from seqedge.serve import SchedulerConfig, ServeConfig, build_server
     from seqedge.serve.server import bind_socket
+    from seqedge.targets import resolve_runtime
 
-    config = ServeConfig(args.artifact, args.runtime, args.quantization, args.host, args.port, args.model_name,
-                         args.max_tokens_limit, SchedulerConfig(args.slots, args.max_queue, batching=args.batching))
+    artifact = model_path(args)
+    if artifact is None:
+        raise ValueError("name the artifact to serve: seqedge serve -m DIR")
+    config = ServeConfig(artifact, resolve_runtime(args.runtime), _variant_tag(args), args.host, args.port,
+                         args.model_name, args.max_tokens_limit,
+                         SchedulerConfig(args.slots, args.max_queue, batching=args.batching))
     server = build_server(config)
     uvicorn_server = server.uvicorn_server()
     sock = bind_socket(config.host, config.port)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .options import add_json, add_model, add_quiet, flatten, model_path, runtimes_type
+from .options import add_json, add_model, add_quiet, flatten, model_path, runtime_names, runtimes_type
 
 EXIT_TOLERANCE_MISSED = 1
 
@@ -23,8 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "Runtimes that cannot run here are listed with the reason.")
     add_model(p, "artifact directory written by `seqedge export` (required)")
     p.add_argument("--runtimes", type=runtimes_type(), action="append", default=None, metavar="NAMES",
-                   help="comma-separated runtimes (torch, onnxruntime, onnxruntime-fused, executorch, coreml, "
-                        "tensorrt; a target name such as onnx names its runtime; default: all)")
+                   help=f"comma-separated runtimes ({runtime_names()}; a target name such as onnx names its "
+                        "runtime; default: all)")
     p.add_argument("--tokens", type=int, default=1024, help="length of the token stream (default: 1024)")
     p.add_argument("--report", metavar="FILE", default=None,
                    help="where to save the full JSON report (default: DIR.validate.json next to DIR)")
