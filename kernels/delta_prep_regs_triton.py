@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .delta_prep_triton import _block_ptrs, prep_outputs
+from .delta_prep_triton import block_ptrs, prep_outputs
 
 CHUNKS = (16, 32, 64)
 
@@ -249,16 +249,16 @@ def _delta_prep_regs_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, inverse, 
     a_out = A + idx * C * C
     for i in tl.static_range(NB):
         for j in tl.static_range(i + 1, NB):
-            tl.store(_block_ptrs(a_out, i, j, C), z.to(dt))
+            tl.store(block_ptrs(a_out, i, j, C), z.to(dt))
     m00, a00 = _finish(m00, a00, be0, hb0, hb0, scale, True, PER_HEAD)
-    tl.store(_block_ptrs(a_out, 0, 0, C), a00.to(dt))
+    tl.store(block_ptrs(a_out, 0, 0, C), a00.to(dt))
     x00 = _diagonal_inverse(m00)
     x10, x11, x20, x21, x22, x30, x31, x32, x33 = z, z, z, z, z, z, z, z, z
     if NB >= 2:
         m11, a11 = _finish(m11, a11, be1, hb1, hb1, scale, True, PER_HEAD)
         m10, a10 = _finish(m10, a10, be0, hb1, hb0, scale, False, PER_HEAD)
-        tl.store(_block_ptrs(a_out, 1, 0, C), a10.to(dt))
-        tl.store(_block_ptrs(a_out, 1, 1, C), a11.to(dt))
+        tl.store(block_ptrs(a_out, 1, 0, C), a10.to(dt))
+        tl.store(block_ptrs(a_out, 1, 1, C), a11.to(dt))
         x11 = _diagonal_inverse(m11)
         x10 = -_mm(x11, _mm(m10, x00))
     if NB == 4:
@@ -269,13 +269,13 @@ def _delta_prep_regs_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, inverse, 
         m31, a31 = _finish(m31, a31, be1, hb3, hb1, scale, False, PER_HEAD)
         m32, a32 = _finish(m32, a32, be2, hb3, hb2, scale, False, PER_HEAD)
         m33, a33 = _finish(m33, a33, be3, hb3, hb3, scale, True, PER_HEAD)
-        tl.store(_block_ptrs(a_out, 2, 0, C), a20.to(dt))
-        tl.store(_block_ptrs(a_out, 2, 1, C), a21.to(dt))
-        tl.store(_block_ptrs(a_out, 2, 2, C), a22.to(dt))
-        tl.store(_block_ptrs(a_out, 3, 0, C), a30.to(dt))
-        tl.store(_block_ptrs(a_out, 3, 1, C), a31.to(dt))
-        tl.store(_block_ptrs(a_out, 3, 2, C), a32.to(dt))
-        tl.store(_block_ptrs(a_out, 3, 3, C), a33.to(dt))
+        tl.store(block_ptrs(a_out, 2, 0, C), a20.to(dt))
+        tl.store(block_ptrs(a_out, 2, 1, C), a21.to(dt))
+        tl.store(block_ptrs(a_out, 2, 2, C), a22.to(dt))
+        tl.store(block_ptrs(a_out, 3, 0, C), a30.to(dt))
+        tl.store(block_ptrs(a_out, 3, 1, C), a31.to(dt))
+        tl.store(block_ptrs(a_out, 3, 2, C), a32.to(dt))
+        tl.store(block_ptrs(a_out, 3, 3, C), a33.to(dt))
         x22 = _diagonal_inverse(m22)
         x33 = _diagonal_inverse(m33)
         x21 = -_mm(x22, _mm(m21, x11))
@@ -287,19 +287,19 @@ def _delta_prep_regs_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, inverse, 
         inv = inverse + idx * C * C
         for i in tl.static_range(NB):
             for j in tl.static_range(i + 1, NB):
-                tl.store(_block_ptrs(inv, i, j, C), z)
-        tl.store(_block_ptrs(inv, 0, 0, C), x00)
+                tl.store(block_ptrs(inv, i, j, C), z)
+        tl.store(block_ptrs(inv, 0, 0, C), x00)
         if NB >= 2:
-            tl.store(_block_ptrs(inv, 1, 0, C), x10)
-            tl.store(_block_ptrs(inv, 1, 1, C), x11)
+            tl.store(block_ptrs(inv, 1, 0, C), x10)
+            tl.store(block_ptrs(inv, 1, 1, C), x11)
         if NB == 4:
-            tl.store(_block_ptrs(inv, 2, 0, C), x20)
-            tl.store(_block_ptrs(inv, 2, 1, C), x21)
-            tl.store(_block_ptrs(inv, 2, 2, C), x22)
-            tl.store(_block_ptrs(inv, 3, 0, C), x30)
-            tl.store(_block_ptrs(inv, 3, 1, C), x31)
-            tl.store(_block_ptrs(inv, 3, 2, C), x32)
-            tl.store(_block_ptrs(inv, 3, 3, C), x33)
+            tl.store(block_ptrs(inv, 2, 0, C), x20)
+            tl.store(block_ptrs(inv, 2, 1, C), x21)
+            tl.store(block_ptrs(inv, 2, 2, C), x22)
+            tl.store(block_ptrs(inv, 3, 0, C), x30)
+            tl.store(block_ptrs(inv, 3, 1, C), x31)
+            tl.store(block_ptrs(inv, 3, 2, C), x32)
+            tl.store(block_ptrs(inv, 3, 3, C), x33)
     # w = (I + M)^-1 (k exp(b)) and u0 = (I + M)^-1 v, block row by block row
     for d0 in tl.range(0, DK, BD, num_stages=1):
         cols = d0 + rd

@@ -27,7 +27,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _block_ptrs(ptr, i: tl.constexpr, j: tl.constexpr, C: tl.constexpr):
+def block_ptrs(ptr, i: tl.constexpr, j: tl.constexpr, C: tl.constexpr):
     """Pointers of the 16x16 block (i, j) of the row-major ``[C, C]`` matrix at ptr."""
     r = tl.arange(0, 16)
     return ptr + (i * 16 + r)[:, None] * C + (j * 16 + r)[None, :]
@@ -70,11 +70,11 @@ def _per_key_scores(q, k, beta, bs, A, M, k_base, be_base, t0, T, H, scale,
             if i == j:
                 acc_a = tl.where(r[:, None] >= r[None, :], acc_a, 0.0)
                 acc_m = tl.where(r[:, None] > r[None, :], acc_m, 0.0)
-            tl.store(_block_ptrs(A, i, j, C), acc_a.to(DT))
-            tl.store(_block_ptrs(M, i, j, C), acc_m)
+            tl.store(block_ptrs(A, i, j, C), acc_a.to(DT))
+            tl.store(block_ptrs(M, i, j, C), acc_m)
         for j in tl.static_range(i + 1, NB):
-            tl.store(_block_ptrs(A, i, j, C), tl.zeros([16, 16], dtype=DT))
-            tl.store(_block_ptrs(M, i, j, C), tl.zeros([16, 16], dtype=tl.float32))
+            tl.store(block_ptrs(A, i, j, C), tl.zeros([16, 16], dtype=DT))
+            tl.store(block_ptrs(M, i, j, C), tl.zeros([16, 16], dtype=tl.float32))
 
 
 @triton.jit
@@ -112,15 +112,15 @@ def _unit_lower_inverse(ptr, C: tl.constexpr):
     r = tl.arange(0, 16)
     NB: tl.constexpr = C // 16
     eye = tl.where(r[:, None] == r[None, :], 1.0, 0.0)
-    x0 = -tl.load(_block_ptrs(ptr, 0, 0, C))                             # strict part of rows 0 and 1 is final
+    x0 = -tl.load(block_ptrs(ptr, 0, 0, C))                             # strict part of rows 0 and 1 is final
     x1 = x0                     # x1.., y.. stand in for blocks a chunk of 16 or 32 does not have (never stored)
     x2 = x0
     x3 = x0
     if NB >= 2:
-        x1 = -tl.load(_block_ptrs(ptr, 1, 1, C))
+        x1 = -tl.load(block_ptrs(ptr, 1, 1, C))
     if NB == 4:
-        x2 = -tl.load(_block_ptrs(ptr, 2, 2, C))
-        x3 = -tl.load(_block_ptrs(ptr, 3, 3, C))
+        x2 = -tl.load(block_ptrs(ptr, 2, 2, C))
+        x3 = -tl.load(block_ptrs(ptr, 3, 3, C))
     for j in range(2, 16):
         x0 = _substitution_step(x0, ptr, 0, j, C)
         if NB >= 2:
@@ -139,32 +139,32 @@ def _unit_lower_inverse(ptr, C: tl.constexpr):
     y31 = x0
     y32 = x0
     if NB >= 2:
-        m10 = tl.load(_block_ptrs(ptr, 1, 0, C))
+        m10 = tl.load(block_ptrs(ptr, 1, 0, C))
         y10 = _merge(x1, _mm(m10, x0))
     if NB == 4:
-        m20 = tl.load(_block_ptrs(ptr, 2, 0, C))
-        m21 = tl.load(_block_ptrs(ptr, 2, 1, C))
-        m30 = tl.load(_block_ptrs(ptr, 3, 0, C))
-        m31 = tl.load(_block_ptrs(ptr, 3, 1, C))
-        m32 = tl.load(_block_ptrs(ptr, 3, 2, C))
+        m20 = tl.load(block_ptrs(ptr, 2, 0, C))
+        m21 = tl.load(block_ptrs(ptr, 2, 1, C))
+        m30 = tl.load(block_ptrs(ptr, 3, 0, C))
+        m31 = tl.load(block_ptrs(ptr, 3, 1, C))
+        m32 = tl.load(block_ptrs(ptr, 3, 2, C))
         y21 = _merge(x2, _mm(m21, x1))
         y32 = _merge(x3, _mm(m32, x2))
         y20 = _merge(x2, _mm(m20, x0) + _mm(m21, y10))
         y31 = _merge(x3, _mm(m31, x1) + _mm(m32, y21))
         y30 = _merge(x3, _mm(m30, x0) + _mm(m31, y10) + _mm(m32, y20))
     tl.debug_barrier()
-    tl.store(_block_ptrs(ptr, 0, 0, C), x0)
+    tl.store(block_ptrs(ptr, 0, 0, C), x0)
     if NB >= 2:
-        tl.store(_block_ptrs(ptr, 1, 1, C), x1)
-        tl.store(_block_ptrs(ptr, 1, 0, C), y10)
+        tl.store(block_ptrs(ptr, 1, 1, C), x1)
+        tl.store(block_ptrs(ptr, 1, 0, C), y10)
     if NB == 4:
-        tl.store(_block_ptrs(ptr, 2, 2, C), x2)
-        tl.store(_block_ptrs(ptr, 3, 3, C), x3)
-        tl.store(_block_ptrs(ptr, 2, 0, C), y20)
-        tl.store(_block_ptrs(ptr, 2, 1, C), y21)
-        tl.store(_block_ptrs(ptr, 3, 0, C), y30)
-        tl.store(_block_ptrs(ptr, 3, 1, C), y31)
-        tl.store(_block_ptrs(ptr, 3, 2, C), y32)
+        tl.store(block_ptrs(ptr, 2, 2, C), x2)
+        tl.store(block_ptrs(ptr, 3, 3, C), x3)
+        tl.store(block_ptrs(ptr, 2, 0, C), y20)
+        tl.store(block_ptrs(ptr, 2, 1, C), y21)
+        tl.store(block_ptrs(ptr, 3, 0, C), y30)
+        tl.store(block_ptrs(ptr, 3, 1, C), y31)
+        tl.store(block_ptrs(ptr, 3, 2, C), y32)
     tl.debug_barrier()
 
 

@@ -27,24 +27,35 @@ POINTERS = dict(q="*bf16", k="*bf16", v="*bf16", g="*fp32", beta="*bf16", qt="*b
                 w="*bf16", u0="*bf16", decay="*fp32", inverse="*fp32", T="i32", H="i32", NC="i32", scale="fp32")
 
 
+def _module_at(rev: str, path: str, name: str, replace: tuple[str, str] | None = None):
+    """``path`` (a file of seqedge's kernels package) as of git revision ``rev``, loaded as the module
+    ``seqedge.kernels.<name>`` (``replace``: one text substitution first, to point an import at another such
+    module). triton reads a kernel's source from its file, so the copy stays on disk."""
+    source = subprocess.run(["git", "-C", ROOT, "show", f"{rev}:{path}"], capture_output=True, text=True,
+                            check=True).stdout
+    if replace:
+        source = source.replace(*replace)
+    file = os.path.join(tempfile.mkdtemp(), name + ".py")
+    with open(file, "w") as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location(f"seqedge.kernels.{name}", file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def kernel_at(rev: str | None):
-    """``_delta_prep_regs_kernel`` of the working tree, or of kernels/delta_prep_regs_triton.py at ``rev`` (loaded
-    as a module of the seqedge.kernels package, so its relative imports resolve to the working tree's)."""
+    """``_delta_prep_regs_kernel`` of the working tree, or of kernels/delta_prep_regs_triton.py at ``rev``, with
+    the helpers it imports from delta_prep_triton.py at the same revision."""
     from seqedge.kernels import delta_prep_regs_triton
 
     if rev is None:
         return delta_prep_regs_triton._delta_prep_regs_kernel
-    source = subprocess.run(["git", "-C", ROOT, "show", f"{rev}:kernels/delta_prep_regs_triton.py"],
-                            capture_output=True, text=True, check=True).stdout
-    # triton reads a kernel's source from its file, so the revision's copy must exist on disk while it compiles
-    folder = tempfile.mkdtemp()
-    name = "delta_prep_regs_at_" + re.sub(r"\W", "_", rev)
-    path = os.path.join(folder, name + ".py")
-    with open(path, "w") as f:
-        f.write(source)
-    spec = importlib.util.spec_from_file_location(f"seqedge.kernels._{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    tag = re.sub(r"\W", "_", rev)
+    _module_at(rev, "kernels/delta_prep_triton.py", f"_delta_prep_triton_at_{tag}")
+    module = _module_at(rev, "kernels/delta_prep_regs_triton.py", f"_delta_prep_regs_at_{tag}",
+                        ("from .delta_prep_triton import", f"from ._delta_prep_triton_at_{tag} import"))
     return module._delta_prep_regs_kernel
 
 
