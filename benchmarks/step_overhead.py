@@ -18,10 +18,13 @@ recipe of ``--quantize`` the artifact holds for it (default fp32 and int8):
   p50 target is checked on the donated step in the decode loop (consecutive donated steps, what ``generate`` runs);
 - onnxruntime: where a step's time goes, by op type (ONNX Runtime's profiler);
 - with ``--runner`` (``seqedge-run``, runners/cpp): the executorch variants' step in the C++ runner's own process
-  (consecutive steps at context 0, its ``--bench``), at its default thread choice and at the other count.
+  (consecutive steps at context 0, its ``--bench``), at its default thread choice and at the other count;
+- with ``--library`` (``libseqedge.so``, runners/cpp): the executorch variants again through a Python session on
+  that library (``seqedge.load(..., "executorch", library=...)``); its raw call is the C function
+  ``seqedge_run_buffers`` on the state's buffers.
 
     python benchmarks/step_overhead.py --artifact ART [--artifact OTHER] [--quantize fp32,int8]
-        [--runner build/cpp/seqedge-run] [--out benchmarks/results/step_overhead]
+        [--runner build/cpp/seqedge-run] [--library build/cpp/libseqedge.so] [--out benchmarks/results/step_overhead]
 
 An artifact comes from ``seqedge export --target onnx,onnx-ort,executorch --quantize fp32,int8-dynamic --out ART``
 (the bundled model).
@@ -101,6 +104,19 @@ def raw_stepper(session) -> Any:
     tokens = np.array([5], np.int64)
     state = session.init_state(1).tensors
     backend = session.backend
+    if getattr(backend, "library", None) is not None:
+        # the C function with its arguments made once (the backend's own fields: this is its raw call)
+        buffers = [np.array(a) for a in state]
+        tables, rows = backend._row_tables(buffers)
+        logits = np.empty(backend.vocab_size, np.float32)
+        ids = np.array([5], np.int64)
+        args = (backend._model, ids.ctypes.data, 1, rows[0], rows[0], logits.ctypes.data, backend.vocab_size)
+        run = backend._run
+
+        def call(_alive=tables) -> None:        # the row's address table must outlive the calls
+            if run(*args):
+                raise RuntimeError(f"seqedge_run_buffers failed: {backend._lib.seqedge_last_error().decode()}")
+        return call
     if session.runtime.startswith("onnxruntime"):
         sess = backend.sessions["step"]
         feeds = {"tokens": tokens, **{s.name: a for s, a in zip(session.specs, state)}}
@@ -150,11 +166,13 @@ def in_blocks(calls: dict[str, Any], n: int, block: int = LOOP_BLOCK, warmup: in
     return {k: float(np.median(v)) / 1e6 for k, v in times.items()}
 
 
-def measure(artifact: Path, runtime: str, quantization: str, steps: int, limits) -> dict[str, Any]:
+def measure(artifact: Path, runtime: str, quantization: str, steps: int, limits,
+            library: Path | None = None) -> dict[str, Any]:
     manifest = read_manifest(artifact)
     variant = manifest.variant(RUNTIMES[runtime], quantization)
     layers = manifest.config.num_layers
-    session = seqedge.load(artifact, runtime, quantization=quantization)
+    lib = {} if library is None else {"library": library}
+    session = seqedge.load(artifact, runtime, quantization=quantization, **lib)
     state = [session.init_state(1)]
     tokens = np.array([5])
 
@@ -178,10 +196,15 @@ def measure(artifact: Path, runtime: str, quantization: str, steps: int, limits)
         other = 2 if threads == 1 else 1
         del calls, session, state, donated
         gc.collect()
-        session = seqedge.load(artifact, runtime, quantization=quantization, threads=other)
-        p50.update(interleaved({f"raw_{other}_threads": raw_stepper(session)}, steps))
+        try:
+            session = seqedge.load(artifact, runtime, quantization=quantization, threads=other, **lib)
+        except ValueError as err:           # the library runs on the calling thread or ExecuTorch's whole pool
+            print(f"no {other}-thread pass: {err}", flush=True)
+        else:
+            p50.update(interleaved({f"raw_{other}_threads": raw_stepper(session)}, steps))
     step_path = manifest.path(variant, "program" if runtime == "executorch" else "step")
-    row = {"artifact": str(artifact), "runtime": runtime, "variant": variant.name,
+    row = {"artifact": str(artifact), "runtime": runtime if library is None else f"{runtime} (libseqedge)",
+           "variant": variant.name,
            "threads": threads, "p50_ms": p50, "loop_p50_ms": loop,
            "overhead": p50["session"] / p50["raw"] - 1, "loop_overhead": loop["session"] / loop["raw"] - 1,
            "nodes": pte_counts(step_path, layers, variant.info.get("delegation", {}).get("step"))
@@ -260,7 +283,7 @@ def render(rows: list[dict[str, Any]], limits, machine: dict[str, Any], command:
         other = next((f"{v:.3f} ({k.split('_')[1]} threads)" for k, v in p.items() if k.startswith("raw_")), "-")
         target = []
         loop = r["loop_p50_ms"]
-        if r["runtime"] in ("onnxruntime-fused", "executorch"):
+        if r["runtime"].split(" ")[0] in ("onnxruntime-fused", "executorch"):
             miss = loop["donated"] / TARGET_MS
             target.append(f"p50 <= {TARGET_MS} ms: " + ("met" if miss <= 1 else f"missed, {miss:.2f}x"))
         over = {"interleaved": r["overhead"], "loop": r["loop_overhead"]}
@@ -309,13 +332,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000, help="timed calls of each kind (default: %(default)s)")
     parser.add_argument("--runner", type=Path, default=None,
                         help="seqedge-run (runners/cpp): also time the executorch variants' step in the C++ runner")
+    parser.add_argument("--library", type=Path, default=None,
+                        help="libseqedge.so (runners/cpp): also time the executorch variants through a Python "
+                             "session on it")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/step_overhead"),
                         help="output stem: <stem>.json and <stem>.md (default: %(default)s)")
     args = parser.parse_args()
     date = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     machine, command, limits = machine_info(), command_line(), measure_limits()
-    if args.runner is not None and not args.runner.is_file():
-        parser.error(f"--runner {args.runner} does not exist (build it: README.md, 'Native runner (C++)')")
+    for flag, path in (("--runner", args.runner), ("--library", args.library)):
+        if path is not None and not path.is_file():
+            parser.error(f"{flag} {path} does not exist (build it: README.md, 'Native runner (C++)')")
     rows, native = [], []
     for artifact in args.artifact:
         held = {(v.target, v.tag) for v in read_manifest(artifact).variants}
@@ -324,6 +351,9 @@ def main() -> None:
                 if (target, quantization) in held:
                     print(f"measuring {runtime} {quantization} on {artifact}", flush=True)
                     rows.append(measure(artifact, runtime, quantization, args.steps, limits))
+                    if runtime == "executorch" and args.library is not None:
+                        print(f"measuring {artifact} executorch/{quantization} through {args.library}", flush=True)
+                        rows.append(measure(artifact, runtime, quantization, args.steps, limits, args.library))
                     if runtime == "executorch" and args.runner is not None:
                         print(f"measuring the C++ runner on {artifact} executorch/{quantization}", flush=True)
                         native.append(measure_native(args.runner, artifact, quantization, args.steps))

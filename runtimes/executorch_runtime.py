@@ -162,12 +162,18 @@ class ExecuTorchRuntime:
     def check_available(self) -> None:
         _import_runtime()
 
-    def open(self, manifest: Manifest, variant: Variant, *, threads: int | None = None,
+    def open(self, manifest: Manifest, variant: Variant, *, threads: int | None = None, library: str | None = None,
              **options: Any) -> ExecuTorchBackend:
         if options:
             raise ValueError(f"unknown option(s) {sorted(options)} for executorch; valid: threads (XNNPACK's "
-                             "thread pool, one per process: default 1 for small models, else one per core)")
+                             "thread pool, one per process: default 1 for small models, else one per core), "
+                             "library (seqedge's C++ runner library, libseqedge.so, to run the program instead of "
+                             "the Python bindings)")
         threads = check_threads(threads)
+        if library is not None:
+            from .executorch_native import NativeExecuTorchBackend
+
+            return NativeExecuTorchBackend(manifest, variant, library, threads)
         _import_runtime()
         wanted = default_threads(manifest.config) if threads is None else threads
         return executorch_pool.open_on_pool(lambda n: ExecuTorchBackend(manifest, variant, n), wanted,

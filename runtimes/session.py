@@ -219,10 +219,13 @@ def check_logits_mode(logits: Any, length: int) -> bool:
 
 def load(artifact_dir: str | Path, runtime: str = "onnxruntime", *, quantization: str | None = None,
          **options: Any) -> Session:
-    """Open ``artifact_dir`` on ``runtime`` (torch, onnxruntime, executorch, coreml, tensorrt).
+    """Open ``artifact_dir`` on ``runtime`` (torch, onnxruntime, onnxruntime-fused, executorch, coreml, tensorrt,
+    cuda).
 
     ``quantization`` picks a variant (fp32/none, fp16, int8, int4); by default fp32, or the only one present.
-    Files are checked against their sha256 before use.
+    Files are checked against their sha256 before use. ``options`` go to the runtime (each lists its own when
+    given an unknown one), e.g. ``threads``, or for executorch ``library``: seqedge's C++ runner library
+    (``libseqedge.so``, built from runners/cpp) to run the program instead of the Python bindings.
     """
     target = get_runtime(runtime).target
     manifest = read_manifest(artifact_dir)

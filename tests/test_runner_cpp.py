@@ -265,3 +265,74 @@ def test_a_tokenizer_json_artifact_runs_token_ids_and_refuses_text_in_one_line(r
     ours = cpp_stream(runner, copy, tmp_path, tokens, 32)
     want = cpp_stream(runner, artifact, tmp_path, tokens, 32)
     assert np.array_equal(ours, want)
+
+
+@pytest.fixture(scope="session")
+def library() -> Path:
+    """``libseqedge.so`` built without sanitizers (a Python process cannot load an ASan library), for
+    ``load(..., "executorch", library=...)``."""
+    reason = _missing_toolchain()
+    if reason:
+        print(f"skipping the C++ library tests: {reason}")
+        pytest.skip(reason)
+    from filelock import FileLock
+
+    build = REPO / "build" / "runner-cpp-release"
+    with FileLock(str(build) + ".lock"):
+        try:
+            build_runner(SOURCE, build)
+        except RuntimeError as err:
+            pytest.fail(str(err))
+    return build / "libseqedge.so"
+
+
+def test_the_library_runs_a_python_session_like_the_bindings(library, exported):
+    """``load(..., "executorch", library=...)``: the same program through the C API on numpy buffers gives the
+    pybindings' logits and states: prefill (chunks and steps), plain and donated steps, a batch of three rows
+    (one C call per row) and a state handed between the two sessions either way."""
+    artifact, _ = exported("none")
+    python, native = load(artifact, "executorch"), load(artifact, "executorch", library=library)
+    assert native.describe()["library"].startswith("seqedge C++ runner")
+    tokens = stream_tokens(seed=7)
+    a, sa = python.prefill(tokens[None, :PREFILL], python.init_state(1))
+    b, sb = native.prefill(tokens[None, :PREFILL], native.init_state(1))
+    assert np.abs(a - b).max() <= 1e-6
+    for i, t in enumerate(tokens[PREFILL:]):
+        donate = i % 2 == 1
+        a, sa = python.step(np.array([t]), sa, donate=donate)
+        b, sb = native.step(np.array([t]), sb, donate=donate)
+        assert np.abs(a - b).max() <= 1e-6
+    for x, y in zip(sa.numpy(), sb.numpy()):
+        assert np.abs(x - y).max() <= 1e-6
+    # a state made by one session continues in the other
+    a, _ = python.step(tokens[:1], sb)
+    b, _ = native.step(tokens[:1], sa)
+    assert np.abs(a - b).max() <= 1e-6
+    rows = np.array([1, 120, 250])
+    s3a, s3b = python.init_state(3), native.init_state(3)
+    for t in range(4):
+        a, s3a = python.step(rows + t if t < 3 else rows, s3a)
+        b, s3b = native.step(rows + t if t < 3 else rows, s3b, donate=True)
+    assert np.abs(a - b).max() <= 1e-6
+    for x, y in zip(s3a.numpy(), s3b.numpy()):
+        assert np.abs(x - y).max() <= 1e-6
+
+
+def test_the_library_reports_errors_as_exceptions(library, exported, tmp_path):
+    """The C API's own checks surface as Python exceptions with its message; a missing library says how to build
+    one; a spent state stays spent."""
+    from seqedge.runtimes.base import RuntimeUnavailable
+
+    artifact, _ = exported("none")
+    native = load(artifact, "executorch", library=library)
+    state = native.init_state(1)
+    with pytest.raises(ValueError, match=r"token id 259 .* outside the vocabulary \[0, 259\)"):
+        native.backend.run("step", np.array([259]), state.numpy())
+    with pytest.raises(ValueError, match="unknown entry point"):
+        native.backend.run("decode", np.array([1]), state.numpy())
+    with pytest.raises(RuntimeUnavailable, match=r"no seqedge C\+\+ library at .*cmake -S runners/cpp"):
+        load(artifact, "executorch", library=tmp_path / "libseqedge.so")
+    _, new = native.step(np.array([1]), state, donate=True)
+    with pytest.raises(ValueError):
+        native.step(np.array([1]), state)
+    assert np.isfinite(native.step(np.array([2]), new)[0]).all()

@@ -92,6 +92,18 @@ SEQEDGE_API seqedge_status seqedge_prefill(seqedge_model* model, seqedge_state* 
 SEQEDGE_API seqedge_status seqedge_step(seqedge_model* model, seqedge_state* state, int64_t token, float* logits,
                                         size_t logits_len);
 
+/* One call of the step method (n_tokens 1) or the chunk method (n_tokens = chunk_size) on state buffers the
+ * caller owns, for callers that keep the state themselves (the Python runtime's numpy arrays): state_in[i] and
+ * state_out[i] point at the state's tensor i for one sequence, float32 row-major, as many elements as its spec
+ * in the manifest (seqedge_get_state_numel); state_out may be state_in (the outputs are copied once the program
+ * has run). logits: [n_tokens, vocab_size] (logits_len n_tokens * vocab_size), or NULL with logits_len 0. Checks
+ * the token ids; the buffers' sizes cannot be checked. On error nothing is written. */
+SEQEDGE_API seqedge_status seqedge_run_buffers(seqedge_model* model, const int64_t* tokens, size_t n_tokens,
+                                               const float* const* state_in, float* const* state_out, float* logits,
+                                               size_t logits_len);
+/* Elements of the state's tensor `index` (0 <= index < num_state_tensors) for one sequence. */
+SEQEDGE_API seqedge_status seqedge_get_state_numel(const seqedge_model* model, int64_t index, int64_t* numel);
+
 /* The state as a safetensors file with seqedge metadata: the layout Python's State.save writes and State.load
  * reads, so a state moves between the Python runtimes and this runner both ways. Writes atomically. */
 SEQEDGE_API seqedge_status seqedge_state_save(const seqedge_model* model, const seqedge_state* state,

@@ -202,6 +202,45 @@ seqedge_status seqedge_prefill(seqedge_model* model, seqedge_state* state, const
   });
 }
 
+seqedge_status seqedge_run_buffers(seqedge_model* model, const int64_t* tokens, size_t n_tokens,
+                                   const float* const* state_in, float* const* state_out, float* logits,
+                                   size_t logits_len) {
+  return guarded([&] {
+    require(model != nullptr, "model is NULL");
+    const std::size_t chunk = static_cast<std::size_t>(model->manifest.chunk_size);
+    if (n_tokens != 1 && n_tokens != chunk) {
+      throw Error(SEQEDGE_ERR_ARGUMENT, "n_tokens must be 1 (step) or chunk_size (" + std::to_string(chunk) +
+                                            "), got " + std::to_string(n_tokens));
+    }
+    check_tokens(model, tokens, n_tokens);
+    require(state_in != nullptr && state_out != nullptr, "state_in and state_out must not be NULL");
+    for (std::size_t i = 0; i < model->manifest.specs.size(); ++i) {
+      if (state_in[i] == nullptr || state_out[i] == nullptr) {
+        throw Error(SEQEDGE_ERR_ARGUMENT, "state buffer " + std::to_string(i) + " is NULL");
+      }
+    }
+    const std::size_t vocab = static_cast<std::size_t>(model->manifest.vocab_size);
+    if (!(logits_len == 0 || logits_len == n_tokens * vocab)) {
+      throw Error(SEQEDGE_ERR_ARGUMENT, "logits_len must be 0 or n_tokens * vocab_size (" +
+                                            std::to_string(n_tokens * vocab) + "), got " + std::to_string(logits_len));
+    }
+    require(logits_len == 0 || logits != nullptr, "logits is NULL but logits_len is not 0");
+    model->engine.run(n_tokens == 1 ? Entry::Step : Entry::Chunk, tokens, state_in, logits_len ? logits : nullptr,
+                      state_out);
+  });
+}
+
+seqedge_status seqedge_get_state_numel(const seqedge_model* model, int64_t index, int64_t* numel) {
+  return guarded([&] {
+    require(model != nullptr && numel != nullptr, "model and numel must not be NULL");
+    const auto n = static_cast<std::int64_t>(model->manifest.specs.size());
+    if (index < 0 || index >= n) {
+      throw Error(SEQEDGE_ERR_ARGUMENT, "index must lie in [0, " + std::to_string(n) + "), got " + std::to_string(index));
+    }
+    *numel = model->manifest.specs[static_cast<std::size_t>(index)].numel();
+  });
+}
+
 seqedge_status seqedge_step(seqedge_model* model, seqedge_state* state, int64_t token, float* logits,
                             size_t logits_len) {
   return guarded([&] {

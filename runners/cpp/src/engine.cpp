@@ -156,26 +156,38 @@ void Engine::check_method(const std::string& name, std::int64_t tokens_per_call)
 
 void Engine::run(Entry entry, const std::int64_t* tokens, const StateTensors& state, float* logits,
                  StateTensors& next) {
+  std::vector<const float*> in;
+  std::vector<float*> out;
+  for (std::size_t i = 0; i < state.size(); ++i) {
+    in.push_back(state[i].data());
+    out.push_back(next[i].data());
+  }
+  run(entry, tokens, in.data(), logits, out.data());
+}
+
+void Engine::run(Entry entry, const std::int64_t* tokens, const float* const* state, float* logits,
+                 float* const* next) {
+  const std::size_t n_state = manifest_.specs.size();
   const std::int32_t n_tokens = entry == Entry::Step ? 1 : static_cast<std::int32_t>(manifest_.chunk_size);
   std::vector<etx::TensorPtr> owned;
-  owned.reserve(state.size() + 1);
+  owned.reserve(n_state + 1);
   std::vector<executorch::aten::SizesType> token_sizes{1};
   if (entry == Entry::Chunk) token_sizes.push_back(n_tokens);
   // the program reads inputs and never writes them: the const_casts only satisfy from_blob's signature
   owned.push_back(etx::from_blob(const_cast<std::int64_t*>(tokens), token_sizes, ScalarType::Long));
-  for (std::size_t i = 0; i < state.size(); ++i) {
+  for (std::size_t i = 0; i < n_state; ++i) {
     std::vector<executorch::aten::SizesType> sizes{1};
     for (std::int64_t d : manifest_.specs[i].dims) sizes.push_back(static_cast<executorch::aten::SizesType>(d));
-    owned.push_back(etx::from_blob(const_cast<float*>(state[i].data()), sizes, ScalarType::Float));
+    owned.push_back(etx::from_blob(const_cast<float*>(state[i]), sizes, ScalarType::Float));
   }
   std::vector<et::EValue> inputs(owned.begin(), owned.end());
   const OnCallerThread on_caller(threads_ == 1);
   auto result = module_->execute(method_name(entry), inputs);
   if (!result.ok()) runtime_error(std::string("running ") + method_name(entry) + " failed", result.error());
   const auto& outputs = *result;
-  if (outputs.size() != state.size() + 1) {
+  if (outputs.size() != n_state + 1) {
     throw Error(SEQEDGE_ERR_RUNTIME, std::string(method_name(entry)) + " returned " + std::to_string(outputs.size()) +
-                                         " outputs, expected " + std::to_string(state.size() + 1));
+                                         " outputs, expected " + std::to_string(n_state + 1));
   }
   auto checked = [&](std::size_t i, std::size_t numel) -> const float* {
     if (!outputs[i].isTensor()) throw Error(SEQEDGE_ERR_RUNTIME, "output " + std::to_string(i) + " is not a tensor");
@@ -189,12 +201,14 @@ void Engine::run(Entry entry, const std::int64_t* tokens, const StateTensors& st
   const std::size_t n_logits = static_cast<std::size_t>(n_tokens * manifest_.vocab_size);
   const float* logits_out = checked(0, n_logits);
   std::vector<const float*> state_out;
-  for (std::size_t i = 0; i < state.size(); ++i) state_out.push_back(checked(i + 1, state[i].size()));
+  std::vector<std::size_t> numel;
+  for (std::size_t i = 0; i < n_state; ++i) {
+    numel.push_back(static_cast<std::size_t>(manifest_.specs[i].numel()));
+    state_out.push_back(checked(i + 1, numel[i]));
+  }
   // copies: the outputs live in the method's planned memory, which the next call reuses
   if (logits != nullptr) std::memcpy(logits, logits_out, n_logits * sizeof(float));
-  for (std::size_t i = 0; i < state.size(); ++i) {
-    std::memcpy(next[i].data(), state_out[i], state[i].size() * sizeof(float));
-  }
+  for (std::size_t i = 0; i < n_state; ++i) std::memcpy(next[i], state_out[i], numel[i] * sizeof(float));
 }
 
 }  // namespace seqedge

@@ -36,7 +36,10 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   // One call of `entry` for one sequence: tokens [1] (step) or [1, chunk_size] (chunk), already range-checked.
-  // Writes logits [T, vocab] when `logits` is not null and the new state into `next` (sized like `state`).
+  // state[i] / next[i]: the manifest's state tensor i of one sequence (float32, numel of its spec); they may be
+  // the same buffers (the outputs are copied after the program ran). Writes logits [T, vocab] when `logits` is not
+  // null and the new state into `next`; nothing is written when the call fails.
+  void run(Entry entry, const std::int64_t* tokens, const float* const* state, float* logits, float* const* next);
   void run(Entry entry, const std::int64_t* tokens, const StateTensors& state, float* logits, StateTensors& next);
 
   // The threads a call runs on (1: the calling thread; more: ExecuTorch's pool).

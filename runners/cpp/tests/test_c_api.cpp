@@ -231,6 +231,78 @@ void test_calls(seqedge_model* model, const seqedge_info& info, const fs::path& 
   seqedge_state_free(nullptr);
 }
 
+// seqedge_run_buffers on caller-owned buffers: the same numbers as seqedge_step / seqedge_prefill on a
+// seqedge_state, in place (state_out == state_in) or into other buffers; bad input writes nothing.
+void test_run_buffers(seqedge_model* model, const seqedge_info& info) {
+  const std::size_t vocab = static_cast<std::size_t>(info.vocab_size);
+  const std::size_t chunk = static_cast<std::size_t>(info.chunk_size);
+  const std::size_t n_state = static_cast<std::size_t>(info.num_state_tensors);
+  std::vector<std::vector<float>> in(n_state), out(n_state);
+  std::int64_t total = 0;
+  for (std::size_t i = 0; i < n_state; ++i) {
+    std::int64_t numel = 0;
+    EXPECT_OK(seqedge_get_state_numel(model, static_cast<std::int64_t>(i), &numel));
+    in[i].assign(static_cast<std::size_t>(numel), 0.0f);
+    out[i].assign(static_cast<std::size_t>(numel), NAN);
+    total += numel;
+  }
+  EXPECT(total * static_cast<std::int64_t>(sizeof(float)) == info.state_bytes);
+  std::int64_t numel = 0;
+  EXPECT_STATUS(seqedge_get_state_numel(model, info.num_state_tensors, &numel), SEQEDGE_ERR_ARGUMENT);
+  EXPECT_STATUS(seqedge_get_state_numel(model, -1, &numel), SEQEDGE_ERR_ARGUMENT);
+  std::vector<const float*> pin;
+  std::vector<float*> pout;
+  for (std::size_t i = 0; i < n_state; ++i) {
+    pin.push_back(in[i].data());
+    pout.push_back(out[i].data());
+  }
+  std::vector<std::int64_t> tokens(chunk);
+  for (std::size_t i = 0; i < chunk; ++i) tokens[i] = static_cast<std::int64_t>((i * 13 + 5) % 256);
+  std::vector<float> logits(chunk * vocab, NAN), ref(vocab, NAN);
+
+  // bad input: a status, and out untouched
+  EXPECT_STATUS(seqedge_run_buffers(model, tokens.data(), 2, pin.data(), pout.data(), nullptr, 0),
+                SEQEDGE_ERR_ARGUMENT);
+  EXPECT_STATUS(seqedge_run_buffers(model, tokens.data(), 1, pin.data(), pout.data(), logits.data(), vocab - 1),
+                SEQEDGE_ERR_ARGUMENT);
+  EXPECT_STATUS(seqedge_run_buffers(model, tokens.data(), 1, nullptr, pout.data(), nullptr, 0), SEQEDGE_ERR_ARGUMENT);
+  std::vector<const float*> holey(pin);
+  holey.back() = nullptr;
+  EXPECT_STATUS(seqedge_run_buffers(model, tokens.data(), 1, holey.data(), pout.data(), nullptr, 0),
+                SEQEDGE_ERR_ARGUMENT);
+  const std::int64_t bad = info.vocab_size;
+  EXPECT_STATUS(seqedge_run_buffers(model, &bad, 1, pin.data(), pout.data(), nullptr, 0), SEQEDGE_ERR_TOKEN);
+  EXPECT_STATUS(seqedge_run_buffers(nullptr, tokens.data(), 1, pin.data(), pout.data(), nullptr, 0),
+                SEQEDGE_ERR_ARGUMENT);
+  for (const auto& t : out) EXPECT(std::isnan(t[0]));
+
+  // a chunk into other buffers, then a step in place: what seqedge_prefill and seqedge_step give on a state
+  seqedge_state* state = nullptr;
+  EXPECT_OK(seqedge_init_state(model, &state));
+  std::vector<float> all(chunk * vocab);
+  EXPECT_OK(seqedge_prefill(model, state, tokens.data(), chunk, all.data(), all.size()));
+  EXPECT_OK(seqedge_run_buffers(model, tokens.data(), chunk, pin.data(), pout.data(), logits.data(), chunk * vocab));
+  EXPECT(max_diff(logits, all) == 0);
+  for (std::size_t i = 0; i < n_state; ++i) in[i] = out[i];
+  EXPECT_OK(seqedge_step(model, state, 77, ref.data(), vocab));
+  const std::int64_t token = 77;
+  std::vector<const float*> again;
+  std::vector<float*> inplace;
+  for (std::size_t i = 0; i < n_state; ++i) {
+    again.push_back(in[i].data());
+    inplace.push_back(in[i].data());
+  }
+  EXPECT_OK(seqedge_run_buffers(model, &token, 1, again.data(), inplace.data(), logits.data(), vocab));
+  EXPECT(max_diff(std::vector<float>(logits.begin(), logits.begin() + vocab), ref) == 0);
+  // the in-place state continues like the seqedge_state
+  EXPECT_OK(seqedge_step(model, state, 3, ref.data(), vocab));
+  const std::int64_t three = 3;
+  EXPECT_OK(seqedge_run_buffers(model, &three, 1, again.data(), inplace.data(), logits.data(), vocab));
+  EXPECT(max_diff(std::vector<float>(logits.begin(), logits.begin() + vocab), ref) == 0);
+  EXPECT_OK(seqedge_run_buffers(model, &three, 1, again.data(), inplace.data(), nullptr, 0));   // no logits
+  seqedge_state_free(state);
+}
+
 void test_sampling_and_tokenizer(seqedge_model* model, const seqedge_info& info) {
   seqedge_sampler* sampler = nullptr;
   EXPECT_STATUS(seqedge_sampler_new(-1, 0, 1, 0, &sampler), SEQEDGE_ERR_ARGUMENT);
@@ -345,6 +417,7 @@ int main(int argc, char** argv) {
     EXPECT(std::string(info.variant) == "executorch/fp32");
     EXPECT(info.state_bytes > 0 && info.num_state_tensors > 0);
     test_calls(model, info, scratch);
+    test_run_buffers(model, info);
     test_sampling_and_tokenizer(model, info);
     test_threads(artifact, model, info);
     EXPECT_OK(seqedge_close(model));
