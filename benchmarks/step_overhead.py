@@ -113,7 +113,7 @@ def raw_stepper(session) -> Any:
         args = (backend._model, ids.ctypes.data, 1, rows[0], rows[0], logits.ctypes.data, backend.vocab_size)
         run = backend._run
 
-        def call(_alive=tables) -> None:        # the row's address table must outlive the calls
+        def call(_alive=(tables, buffers, ids, logits)) -> None:     # what the addresses point at stays alive
             if run(*args):
                 raise RuntimeError(f"seqedge_run_buffers failed: {backend._lib.seqedge_last_error().decode()}")
         return call
