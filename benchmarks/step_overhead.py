@@ -106,14 +106,15 @@ def raw_stepper(session) -> Any:
     backend = session.backend
     if getattr(backend, "library", None) is not None:
         # the C function with its arguments made once (the backend's own fields: this is its raw call)
-        buffers = [np.array(a) for a in state]
-        tables, rows = backend._row_tables(buffers)
+        buffers, table = backend._new_state(1)
+        for dst, src in zip(buffers, state):
+            dst[...] = src
         logits = np.empty(backend.vocab_size, np.float32)
         ids = np.array([5], np.int64)
-        args = (backend._model, ids.ctypes.data, 1, rows[0], rows[0], logits.ctypes.data, backend.vocab_size)
+        args = (backend._model, ids.ctypes.data, 1, table[1], table[1], logits.ctypes.data, backend.vocab_size)
         run = backend._run
 
-        def call(_alive=(tables, buffers, ids, logits)) -> None:     # what the addresses point at stays alive
+        def call(_alive=(buffers, table, ids, logits)) -> None:     # what the addresses point at stays alive
             if run(*args):
                 raise RuntimeError(f"seqedge_run_buffers failed: {backend._lib.seqedge_last_error().decode()}")
         return call

@@ -99,10 +99,17 @@ class NativeExecuTorchBackend:
                                      f"{info.vocab_size} logits, Python as {want} and {manifest.config.vocab_size}: "
                                      "rebuild the library from this seqedge's runners/cpp")
         self._run = self._lib.seqedge_run_buffers
+        self._dims = [tuple(s.concrete_shape(1)[1:]) for s in manifest.state_specs]
+        self._sizes = np.array(self.numel, dtype=np.int64)
+        self._starts = np.cumsum(np.concatenate([[0], self._sizes[:-1]]))   # each tensor's offset in a block, per row
+        self._total = int(self._sizes.sum())
         self._ids = np.zeros(self.chunk_size, dtype=np.int64)
         self._ids_at = self._ids.ctypes.data
-        self._last_out: list[np.ndarray] = []           # the new state the last call returned (its own arrays)
-        self._last_rows: tuple[list[Any], list[int]] | None = None      # their rows' address tables
+        self._offsets: dict[int, np.ndarray] = {}      # batch -> byte offsets of each row of each tensor in a block
+        # the new state the last call returned (this backend's own arrays, views of one block), the table of its
+        # rows' addresses ([batch, tensors] int64) the next call reads them through, and the table's address
+        self._last_out: list[np.ndarray] = []
+        self._last_table: tuple[np.ndarray, int] | None = None
 
     def _check(self, status: int) -> None:
         if status != 0:
@@ -112,42 +119,56 @@ class NativeExecuTorchBackend:
     def run(self, entry: str, tokens: np.ndarray, state: list[Any]) -> tuple[np.ndarray, list[np.ndarray]]:
         if entry not in ("step", "chunk"):
             raise ValueError(f"unknown entry point {entry!r}; valid ones are ['step', 'chunk']")
-        inputs = [_float32_rows(s) for s in state]
-        out = [np.empty_like(s) for s in inputs]
-        tables_in, rows_in = self._row_tables(inputs)          # the tables live until the call has returned
-        tables_out, rows_out = self._row_tables(out)
-        logits = self._call(tokens, rows_in, rows_out)
-        self._last_out, self._last_rows = out, None
+        batch = tokens.shape[0]
+        inputs = state                                  # held until the call has returned
+        if self._is_last_out(state):
+            table_in = self._last_table
+        else:
+            inputs = [_float32_rows(s) for s in state]
+            bases = np.array([a.ctypes.data for a in inputs], dtype=np.int64)
+            rows = np.ascontiguousarray(bases[None, :] + 4 * np.arange(batch)[:, None] * self._sizes[None, :])
+            table_in = (rows, rows.ctypes.data)
+        out, table_out = self._new_state(batch)
+        logits = self._call(tokens, table_in[1], table_out[1])
+        self._last_out, self._last_table = out, table_out
         return logits, out
 
     def step_donated(self, tokens: np.ndarray, state: list[Any]) -> tuple[np.ndarray, list[Any]]:
         """``run("step", ...)`` for a state its caller gave up: where it is the state this backend returned last
         (its own arrays), the new state is written over it; any other state runs the plain step."""
-        last = self._last_out
-        if not (len(state) == len(last) and all(map(operator.is_, state, last))):
+        if not self._is_last_out(state):
             return self.run("step", tokens, state)
-        if self._last_rows is None:
-            self._last_rows = self._row_tables(state)
-        rows = self._last_rows[1]
-        return self._call(tokens, rows, rows), state
+        at = self._last_table[1]
+        return self._call(tokens, at, at), state
 
-    def _row_tables(self, arrays: list[np.ndarray]) -> tuple[list[Any], list[int]]:
-        """Per batch row, a C array of the addresses of that row of every state tensor: (the arrays, which must
-        stay alive while their addresses are used, and their addresses)."""
-        bases = [a.ctypes.data for a in arrays]
-        batch = arrays[0].shape[0] if arrays else 1
-        table = ctypes.c_void_p * len(arrays)
-        tables = [table(*(base + b * 4 * n for base, n in zip(bases, self.numel))) for b in range(batch)]
-        return tables, [ctypes.addressof(t) for t in tables]
+    def _is_last_out(self, state: list[Any]) -> bool:
+        last = self._last_out
+        return len(state) == len(last) and all(map(operator.is_, state, last))
 
-    def _call(self, tokens: np.ndarray, rows_in: list[int], rows_out: list[int]) -> np.ndarray:
+    def _new_state(self, batch: int) -> tuple[list[np.ndarray], tuple[np.ndarray, int]]:
+        """A new state for ``batch`` rows, every tensor a view of one block (one allocation, one address to
+        read), and the table of its rows' addresses with the table's own address."""
+        block = np.empty(batch * self._total, dtype=np.float32)
+        arrays = [np.ndarray((batch, *dims), np.float32, block, 4 * batch * int(start))
+                  for dims, start in zip(self._dims, self._starts)]
+        offsets = self._offsets.get(batch)
+        if offsets is None:
+            rows = np.arange(batch, dtype=np.int64)[:, None]
+            offsets = self._offsets[batch] = 4 * (batch * self._starts[None, :] + rows * self._sizes[None, :])
+        table = offsets + block.ctypes.data
+        return arrays, (table, table.ctypes.data)
+
+    def _call(self, tokens: np.ndarray, tab_in: int, tab_out: int) -> np.ndarray:
+        """One C call per batch row, reading the state rows the table at ``tab_in`` points at and writing those of
+        the table at ``tab_out``."""
         per_row = tokens.shape[1] if tokens.ndim == 2 else 1
+        n_logits = per_row * self.vocab_size
         logits = np.empty((*tokens.shape, self.vocab_size), dtype=np.float32)
-        at, row_bytes = logits.ctypes.data, per_row * self.vocab_size * 4
-        for b, (row_in, row_out) in enumerate(zip(rows_in, rows_out)):
+        at, stride = logits.ctypes.data, 8 * len(self.numel)
+        for b in range(tokens.shape[0]):
             self._ids[:per_row] = tokens[b]
-            status = self._run(self._model, self._ids_at, per_row, row_in, row_out, at + b * row_bytes,
-                               per_row * self.vocab_size)
+            status = self._run(self._model, self._ids_at, per_row, tab_in + b * stride, tab_out + b * stride,
+                               at + 4 * b * n_logits, n_logits)
             if status:
                 self._check(status)
         return logits
