@@ -2,8 +2,8 @@
 
 The register prep (:mod:`seqedge.kernels.delta_prep_regs_triton`) holds a chunk's scores and inverse in registers,
 so its footprint decides whether it spills and how many programs share a multiprocessor. This compiles it (and,
-with ``--baseline REV``, repeatable, the same file as of git revisions, for a before/after of a rewrite) for sm_<arch> with
-ptxas -v, at head dim 128, bf16 inputs, float32 gates, over chunk, key block, warps and gate kind.
+with ``--baseline REV``, repeatable, the same file as of git revisions, for a before/after of a rewrite) for
+sm_<arch> with ptxas -v, at head dim 128, bf16 inputs, float32 gates, over chunk, key block, warps and gate kind.
 
     python benchmarks/probes/delta_prep_registers.py --out benchmarks/results [--baseline REV ...] [--arch 90]
 """
