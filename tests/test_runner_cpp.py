@@ -336,3 +336,22 @@ def test_the_library_reports_errors_as_exceptions(library, exported, tmp_path):
     with pytest.raises(ValueError):
         native.step(np.array([1]), state)
     assert np.isfinite(native.step(np.array([2]), new)[0]).all()
+
+
+def test_generate_and_serve_take_the_library(library, exported, capsys):
+    """``--library`` on the command line: generate writes the pybindings' greedy text (executorch implied), serve
+    opens its session on the library, and any other runtime with it is a usage error."""
+    from seqedge.cli.main import main
+    from seqedge.serve import ServeConfig, build_server
+
+    artifact, _ = exported("none")
+    args = ["generate", "-m", str(artifact), "-p", "def f(", "-n", "12", "--json"]
+    assert main([*args, "--runtime", "executorch"]) == 0
+    want = json.loads(capsys.readouterr().out)
+    assert main([*args, "--library", str(library)]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["text"] == want["text"] and got["tokens"] == want["tokens"] == 12
+    assert main([*args, "--runtime", "onnx", "--library", str(library)]) == 2
+    assert "--library runs the executorch runtime, not onnxruntime" in capsys.readouterr().err
+    server = build_server(ServeConfig(str(artifact), "executorch", runtime_options={"library": str(library)}))
+    assert server.session.describe()["library"].startswith("seqedge C++ runner")

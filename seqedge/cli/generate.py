@@ -10,8 +10,8 @@ import time
 
 from seqedge.sampling import DEFAULT_MAX_NEW_TOKENS, SamplingConfig
 
-from .options import (add_json, add_model, add_quiet, canonical_recipes, is_artifact, model_path, note_deprecated,
-                      recipe_names, runtime_names)
+from .options import (add_json, add_library, add_model, add_quiet, canonical_recipes, is_artifact, model_path,
+                      note_deprecated, recipe_names, runtime_names, runtime_options)
 
 DEFAULTS = SamplingConfig()       # the Python API's defaults (model.generate, Session.generate)
 DEFAULT_RUNTIME = "onnxruntime"
@@ -27,11 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
               legacy_flags=("--checkpoint", "--artifact"))
     p.add_argument("--runtime", default=None,
                    help=f"runtime for an artifact: {runtime_names()}; a target name such as onnx names its runtime "
-                        f"(default: cuda on an NVIDIA GPU, else {DEFAULT_RUNTIME})")
+                        f"(default: executorch with --library, else cuda on an NVIDIA GPU, else {DEFAULT_RUNTIME})")
     p.add_argument("--quantize", default=None, metavar="RECIPE",
                    help=f"the artifact's variant, by the recipe that wrote it: {recipe_names()} (default: fp32, "
                         "or the only one)")
     p.add_argument("--quantization", dest="legacy_quantization", default=None, help=argparse.SUPPRESS)
+    add_library(p)
     p.add_argument("-p", "--prompt", required=True, help="text to continue")
     p.add_argument("-n", "--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                    help="tokens to generate (default: %(default)s)")
@@ -67,15 +68,17 @@ def _open(args: argparse.Namespace):
         from seqedge.export.quantization import recipe_tag
         from seqedge.runtimes import load
 
-        runtime = resolve_runtime(args.runtime or ("cuda" if on_gpu else DEFAULT_RUNTIME))
+        default = "executorch" if args.library else "cuda" if on_gpu else DEFAULT_RUNTIME
+        runtime = resolve_runtime(args.runtime or default)
         tag = recipe_tag(canonical_recipes([quantize])[0]) if quantize else None
-        session = load(path, runtime, quantization=tag)
+        session = load(path, runtime, quantization=tag, **runtime_options(args, runtime))
         return session, f"{session.runtime} running {session.variant.name}"
     checkpoint = path or default_checkpoint_dir()
     if on_gpu and not quantize:
         session = _checkpoint_on_cuda(checkpoint)
         return session, f"cuda running checkpoint {checkpoint}"
-    given = [flag for flag, value in (("--runtime", args.runtime), ("--quantize", quantize)) if value]
+    given = [flag for flag, value in (("--runtime", args.runtime), ("--quantize", quantize),
+                                      ("--library", args.library)) if value]
     if given:
         verb = "apply" if len(given) > 1 else "applies"
         raise ValueError(f"{' and '.join(given)} {verb} to an exported artifact, and {path or 'the bundled model'} "

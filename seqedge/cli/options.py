@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 DEPRECATED = "seqedge: note: {old} is deprecated and will be removed; use {new}"
 
@@ -110,6 +110,22 @@ def runtimes_type() -> Callable[[str], list[str]]:
     """Comma-separated runtime names (a target name such as onnx names its runtime); the library checks them
     against the runtime registry."""
     return csv_list(what="runtime")
+
+
+def add_library(p: argparse.ArgumentParser) -> None:
+    """``--library PATH``: run the executorch runtime through seqedge's C++ runner library."""
+    p.add_argument("--library", metavar="PATH", default=None,
+                   help="executorch only: run the program through seqedge's C++ runner library (libseqedge.so, "
+                        "built from runners/cpp: README, 'Native runner') instead of ExecuTorch's Python bindings")
+
+
+def runtime_options(args: argparse.Namespace, runtime: str) -> dict[str, Any]:
+    """The runtime options the command line gave (``--library``), checked against ``runtime``."""
+    if getattr(args, "library", None) is None:
+        return {}
+    if runtime != "executorch":
+        raise ValueError(f"--library runs the executorch runtime, not {runtime}; pass --runtime executorch")
+    return {"library": args.library}
 
 
 def runtime_names() -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import add_model, canonical_recipes, model_path, note_deprecated, recipe_names, runtime_names
+from .options import (add_library, add_model, canonical_recipes, model_path, note_deprecated, recipe_names,
+                      runtime_names, runtime_options)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,12 +16,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "/v1/models and /health. Up to --slots streams decode together, each in its own fixed-size "
                     "state slot; --max-queue more wait, and further requests get HTTP 429.")
     add_model(p, "artifact directory written by `seqedge export` (required)")
-    p.add_argument("--runtime", default="onnxruntime",
-                   help=f"{runtime_names()}; a target name such as onnx names its runtime (default: onnxruntime)")
+    p.add_argument("--runtime", default=None,
+                   help=f"{runtime_names()}; a target name such as onnx names its runtime (default: onnxruntime; "
+                        "executorch with --library)")
     p.add_argument("--quantize", default=None, metavar="RECIPE",
                    help=f"the artifact's variant, by the recipe that wrote it: {recipe_names()} (default: fp32, or "
                         "the only one)")
     p.add_argument("--quantization", dest="legacy_quantization", default=None, help=argparse.SUPPRESS)
+    add_library(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000; 0: a free one)")
     p.add_argument("--slots", type=int, default=8, help="streams decoded concurrently (default: 8)")
@@ -54,9 +57,10 @@ def run(args: argparse.Namespace) -> int:
     artifact = model_path(args)
     if artifact is None:
         raise ValueError("name the artifact to serve: seqedge serve -m DIR")
-    config = ServeConfig(artifact, resolve_runtime(args.runtime), _variant_tag(args), args.host, args.port,
-                         args.model_name, args.max_tokens_limit,
-                         SchedulerConfig(args.slots, args.max_queue, batching=args.batching))
+    runtime = resolve_runtime(args.runtime or ("executorch" if args.library else "onnxruntime"))
+    config = ServeConfig(artifact, runtime, _variant_tag(args), args.host, args.port, args.model_name,
+                         args.max_tokens_limit, SchedulerConfig(args.slots, args.max_queue, batching=args.batching),
+                         runtime_options(args, runtime))
     server = build_server(config)
     uvicorn_server = server.uvicorn_server()
     sock = bind_socket(config.host, config.port)

@@ -25,6 +25,7 @@ class ServeConfig:
     model_name: str | None = None
     max_tokens_limit: int = 4096
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    runtime_options: dict[str, Any] = field(default_factory=dict)   # given to the runtime (e.g. executorch's library)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -72,7 +73,7 @@ def build_server(config: ServeConfig) -> Server:
 
     from .app import AppSettings, create_app
 
-    session = load(config.artifact, config.runtime, quantization=config.quantization)
+    session = load(config.artifact, config.runtime, quantization=config.quantization, **config.runtime_options)
     tokenizer = session.tokenizer
     scheduler = Scheduler(session, tokenizer, config.scheduler)
     info = {"runtime": session.runtime, "variant": session.variant.name}
