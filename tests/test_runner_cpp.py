@@ -288,8 +288,8 @@ def library() -> Path:
 
 def test_the_library_runs_a_python_session_like_the_bindings(library, exported):
     """``load(..., "executorch", library=...)``: the same program through the C API on numpy buffers gives the
-    pybindings' logits and states: prefill (chunks and steps), plain and donated steps, a batch of three rows
-    (one C call per row) and a state handed between the two sessions either way."""
+    pybindings' logits and states: prefill (chunks and steps) of one and of two sequences, plain and donated
+    steps, a batch of three rows (one C call per row) and a state handed between the two sessions either way."""
     artifact, _ = exported("none")
     python, native = load(artifact, "executorch"), load(artifact, "executorch", library=library)
     assert native.describe()["library"].startswith("seqedge C++ runner")
@@ -308,6 +308,13 @@ def test_the_library_runs_a_python_session_like_the_bindings(library, exported):
     a, _ = python.step(tokens[:1], sb)
     b, _ = native.step(tokens[:1], sa)
     assert np.abs(a - b).max() <= 1e-6
+    # two sequences through prefill: chunk calls and steps, one C call per row each
+    pair = np.stack([tokens[:40], tokens[40:80]])
+    a, s2a = python.prefill(pair, python.init_state(2))
+    b, s2b = native.prefill(pair, native.init_state(2))
+    assert np.abs(a - b).max() <= 1e-6
+    for x, y in zip(s2a.numpy(), s2b.numpy()):
+        assert np.abs(x - y).max() <= 1e-6
     rows = np.array([1, 120, 250])
     s3a, s3b = python.init_state(3), native.init_state(3)
     for t in range(4):
