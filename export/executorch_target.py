@@ -12,7 +12,9 @@ How each recipe scheme is packed here (DESIGN §3; the state I/O stays float32 i
   others, and a selected linear whose input width is not a multiple of the group size, stay float32; the
   Variant lists which linears were quantized and why each other one was kept.
 
-The embedding and the tied output head are not ``nn.Linear`` and stay float32 in every scheme.
+The embedding table is no ``nn.Linear`` and stays float32 in every scheme. A tied output head reads the same
+table; where the scheme packs it (int8, and int4 where the policy selects ``embed``) it gets an ``nn.Linear`` copy
+of its own for torchao to pack, so a step reads the packed head rather than the float32 table.
 
 After quantization the copy's RMSNorms, short convs, SwiGLUs, SiLUs, tied head and chunked scan are rewritten
 (the scan with constant masks and prefix sums: export/xnnpack_scan.py), and the edge graphs' reshapes made
@@ -101,8 +103,10 @@ def prepare_model(model: nn.Module, recipe: QuantizationRecipe) -> tuple[nn.Modu
     if recipe.scheme == "fp16":
         return model.half(), {"weights": "float16", "compute": "float16 (scan, gates, state, logits float32)"}
     config_cls, quantize_, per_axis, per_group = _import_torchao()
-    untied = recipe.int4_applies(TIED_HEAD) and model.head is None
-    if untied:      # torchao packs linears: the head gets its own copy, the embedding table stays float32
+    # torchao packs linears: a tied head it should pack gets its own copy, the embedding table stays float32 (a
+    # step's head then reads the packed copy, not the float table; under int8 as every other linear)
+    untied = (recipe.scheme == "int8" or recipe.int4_applies(TIED_HEAD)) and model.head is None
+    if untied:
         model.head = nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
         model.head.weight = nn.Parameter(model.embed.weight.detach().clone())
         linears["head"] = model.head

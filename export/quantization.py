@@ -53,7 +53,8 @@ RECIPES: dict[str, RecipeInfo] = {r.name: r for r in (
                "token at run time where the target can (Core ML: weights only)",
                {"onnx": "MatMulNBits (8 bits, symmetric blocks of 128 along K), int8 activations at run time",
                 "onnx-ort": "as onnx, with the fused LinearAttention scan",
-                "executorch": "torchao int8 weights per output channel, int8 dynamic activations per token",
+                "executorch": "torchao int8 weights per output channel, int8 dynamic activations per token (a "
+                              "tied head gets a packed copy; the embedding table stays float32)",
                 "coreml": "int8 weights per output channel, float16 compute (no activation quantization)"}),
     RecipeInfo("int4-mlp", "int4", "int4 weights in groups (--group-size) for the MLP linears only; attention "
                "projections and the tied head keep the float format",

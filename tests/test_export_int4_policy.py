@@ -221,8 +221,9 @@ def test_executorch_int4_quantizes_exactly_the_selected_linears():
     _, every = prepare_model(model, QuantizationRecipe("int4", int4_modules=("*",)))
     assert every["float32_linears"] == ["blocks.0.attn.gate_up", "blocks.1.attn.gate_up"]
     assert "not a multiple of group_size 32" in every["float32_reasons"]["blocks.0.attn.gate_up"]
-    _, int8 = prepare_model(model, QuantizationRecipe("int8"))
-    assert int8["quantized_linears"] == 16 and int8["float32_linears"] == []
+    _, int8 = prepare_model(model, QuantizationRecipe("int8"))          # every linear and the tied head's copy
+    assert int8["quantized_linears"] == 17 and int8["float32_linears"] == [] and "head" in int8["quantized_modules"]
+    assert "untied_head" in int8 and int8["float32_modules"] == ["embed"]
     # int4-all: the tied head gets a packed copy; the model's logits keep their float32 table
     from seqedge.export.quantization import make_recipe
 
