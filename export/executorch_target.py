@@ -247,7 +247,7 @@ class ExecuTorchTarget:
         started = time.perf_counter()
         ctx.progress(f"executorch/{recipe.tag}: preparing the model ({recipe.scheme})")
         model, quant_info = prepare_model(ctx.model, recipe)
-        model = xnnpack_friendly(model, inplace=True)   # after quantization: the tied head stays float32
+        model = xnnpack_friendly(model, inplace=True)   # after quantization: a still-tied head stays float32
         ctx.progress(f"executorch/{recipe.tag}: torch.export of {', '.join(ENTRY_POINTS)}")
         programs = {entry: _export_entry(model, entry, ctx.max_batch) for entry in ENTRY_POINTS}
         ctx.progress(f"executorch/{recipe.tag}: lowering to XNNPACK")

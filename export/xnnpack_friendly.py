@@ -31,7 +31,7 @@ the same function (the float16 SiLU up to one float16 rounding):
   in float16), whose expands are products with ones, whose one-token scan contracts with ``bmm`` (not an
   einsum's permutes), and whose mixers run :class:`~seqedge.export.xnnpack_scan.StaticMaskScan` on the sequence
   path (export/xnnpack_scan.py: the chunked scan with constant masks, prefix sums as a 0/1 linear). Applied
-  after quantization, so the head stays float32 and only the recipe's linears are quantized.
+  after quantization, so a head that is still tied stays float32 and only the recipe's linears are quantized.
 - :func:`static_reshapes`: an edge-dialect graph pass that writes every pure reshape (``view_copy``,
   ``unsqueeze_copy``, ``squeeze_copy``, ``alias_copy``, ``select_copy`` of a size-1 dim, ``expand_copy`` to
   its own shape) whose output has at most one symbolic size as ``view_copy`` with constant sizes and ``-1``,
