@@ -32,6 +32,7 @@ which is what a single-stream app wants.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections import Counter
 from typing import Any
@@ -46,7 +47,7 @@ from .base import ExportContext
 from .entry_points import ENTRY_POINTS, entry_module, example_inputs
 from .quantization import SCHEMES, TIED_HEAD, QuantizationRecipe
 from .xnnpack_cast import partitioner_configs
-from .xnnpack_friendly import EDGE_PASSES, XNNPACK_REWRITES, xnnpack_friendly
+from .xnnpack_friendly import EDGE_PASSES, XNNPACK_REWRITES, linear_logits, xnnpack_friendly
 
 INSTALL_HINT = "pip install executorch==1.5.1 torchao==0.18.0"
 PROGRAM_FILE = "model.pte"
@@ -109,6 +110,10 @@ def prepare_model(model: nn.Module, recipe: QuantizationRecipe) -> tuple[nn.Modu
     if untied:
         model.head = nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
         model.head.weight = nn.Parameter(model.embed.weight.detach().clone())
+        linears["head"] = model.head
+        # a packed weight multiplies as a linear (torchao has no transpose of it): the copy's logits as one, so
+        # the quantized model runs eagerly too, not only once xnnpack_friendly has rewritten it
+        model = model.with_ops(dataclasses.replace(model.ops, logits=linear_logits))
         linears["head"] = model.head
     if recipe.scheme == "int8":
         config = config_cls(weight_dtype=torch.int8, weight_granularity=per_axis(0))

@@ -14,8 +14,9 @@ row by the one parity harness, ``seqedge.evaluate.parity.compare``, against the 
   the scheme's budget, top-1 agreement >= 95% (the harness's budget; weak for a random tiny model whose
   logits are nearly flat, so (b)'s error bound is the real check) and the state finite float32.
   Budget: the relative RMS noise of b-bit symmetric rounding of a Gaussian group whose max is ~3 sigma,
-  2^-(b-1) * 3 / sqrt(12): int8 0.68%, int4 10.8%. The logits see less than one layer's noise because the
-  float32 embedding dominates the residual stream.
+  2^-(b-1) * 3 / sqrt(12): int8 0.68%, int4 10.8%. The layers' noise reaches the logits attenuated (the float32
+  embedding dominates the residual stream), so int4 (the MLP only) gets one layer's noise; int8 also packs the tied
+  head, whose rounding reaches the logits undiminished, so it gets that plus one layer's, in quadrature (x sqrt 2).
 - fp16: relative RMS logit error <= 5e-3 (fp16 rounding 2^-11 ~ 4.9e-4 per op, ~10 ops along the path) and
   top-1 >= 99% where the reference's top-1/top-2 margin exceeds 1e-2 x its logit scale.
 """
@@ -49,7 +50,8 @@ from seqedge.runtimes import load  # noqa: E402
 from seqedge.state import State  # noqa: E402
 
 PREFILL, STEPS, BATCH = 2 * 16 + 5, 20, 2
-RELATIVE_BUDGET = {"int8": 2.0 ** -7 * 3 / math.sqrt(12), "int4": 2.0 ** -3 * 3 / math.sqrt(12), "fp16": 5e-3}
+RELATIVE_BUDGET = {"int8": math.sqrt(2) * 2.0 ** -7 * 3 / math.sqrt(12), "int4": 2.0 ** -3 * 3 / math.sqrt(12),
+                   "fp16": 5e-3}
 slow = pytest.mark.slow
 
 
