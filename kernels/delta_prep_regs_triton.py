@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .delta_prep_triton import block_ptrs, prep_outputs
+from .delta_prep_triton import block_ptrs, blocks_below_diagonal, prep_outputs, store_lower_blocks
 
 CHUNKS = (16, 32, 64)
 
@@ -71,6 +71,13 @@ def _gates(g, k_base, t0, T, H, DK, cols, i: tl.constexpr, start, hb_i, he_i, PE
     if PER_HEAD:
         return hb_i[:, None] + tl.zeros_like(start)[None, :], he_i + tl.zeros_like(start)
     return _key_gates(g, k_base, t0, T, H, DK, cols, i, start)
+
+
+@triton.jit
+def _block(q, k, g, k_base, t0, T, H, DK, cols, i: tl.constexpr, start, hb_i, he_i, PER_HEAD: tl.constexpr):
+    """Block i at these key columns: ``(q_i, k_i, b_i, end_i)`` (:func:`_rows`, :func:`_gates`)."""
+    b_i, e_i = _gates(g, k_base, t0, T, H, DK, cols, i, start, hb_i, he_i, PER_HEAD)
+    return _rows(q, k_base, t0, T, H, DK, cols, i), _rows(k, k_base, t0, T, H, DK, cols, i), b_i, e_i
 
 
 @triton.jit
@@ -159,9 +166,18 @@ def _diagonal_inverse(m):
 
 
 @triton.jit
-def _mm(a, b):
-    """A 16x16 float32 product at full precision (the inverse's blocks)."""
-    return tl.dot(a, b, input_precision="ieee")
+def _store_inverse_times(ptr, base, t0, T, H, W, cols, x00, x10, x11, x20, x21, x22, x30, x31, x32, x33,
+                         y0, y1, y2, y3, NB: tl.constexpr, PREC: tl.constexpr):
+    """``(I + M)^-1 y`` block row by block row (x: the inverse's blocks, y: the chunk's 16-row blocks of k exp(b)
+    or v at these columns), stored at rows ``t0 ..`` of a ``[B, T, H, W]`` tensor."""
+    _store_rows(ptr, base, t0, T, H, W, cols, _dot(x00, y0, PREC), 0)
+    if NB >= 2:
+        _store_rows(ptr, base, t0, T, H, W, cols, _dot(x10, y0, PREC) + _dot(x11, y1, PREC), 1)
+    if NB == 4:
+        _store_rows(ptr, base, t0, T, H, W, cols,
+                    _dot(x20, y0, PREC) + _dot(x21, y1, PREC) + _dot(x22, y2, PREC), 2)
+        _store_rows(ptr, base, t0, T, H, W, cols,
+                    _dot(x30, y0, PREC) + _dot(x31, y1, PREC) + _dot(x32, y2, PREC) + _dot(x33, y3, PREC), 3)
 
 
 @triton.jit
@@ -209,30 +225,22 @@ def _delta_prep_regs_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, inverse, 
     a00, a10, a11, a20, a21, a22, a30, a31, a32, a33 = z, z, z, z, z, z, z, z, z, z
     for d0 in tl.range(0, DK, BD, num_stages=1):
         cols = d0 + rd
-        b0, e0 = _gates(g, k_base, t0, T, H, DK, cols, 0, zd, hb0, he0, PER_HEAD)
-        q0 = _rows(q, k_base, t0, T, H, DK, cols, 0)
-        k0 = _rows(k, k_base, t0, T, H, DK, cols, 0)
+        q0, k0, b0, e0 = _block(q, k, g, k_base, t0, T, H, DK, cols, 0, zd, hb0, he0, PER_HEAD)
         m00, a00 = _diagonal_pair(q0, k0, b0, m00, a00, dt, PER_HEAD, PREC)
         last = e0
         if NB >= 2:
-            b1, e1 = _gates(g, k_base, t0, T, H, DK, cols, 1, e0, hb1, he1, PER_HEAD)
-            q1 = _rows(q, k_base, t0, T, H, DK, cols, 1)
-            k1 = _rows(k, k_base, t0, T, H, DK, cols, 1)
+            q1, k1, b1, e1 = _block(q, k, g, k_base, t0, T, H, DK, cols, 1, e0, hb1, he1, PER_HEAD)
             right0 = _right(k0, b0, e0, dt, PER_HEAD)
             m11, a11 = _diagonal_pair(q1, k1, b1, m11, a11, dt, PER_HEAD, PREC)
             m10, a10 = _pair(q1, k1, b1, e0, right0, m10, a10, PER_HEAD, PREC)
             last = e1
             if NB == 4:
-                b2, e2 = _gates(g, k_base, t0, T, H, DK, cols, 2, e1, hb2, he2, PER_HEAD)
-                q2 = _rows(q, k_base, t0, T, H, DK, cols, 2)
-                k2 = _rows(k, k_base, t0, T, H, DK, cols, 2)
+                q2, k2, b2, e2 = _block(q, k, g, k_base, t0, T, H, DK, cols, 2, e1, hb2, he2, PER_HEAD)
                 right1 = _right(k1, b1, e1, dt, PER_HEAD)
                 m22, a22 = _diagonal_pair(q2, k2, b2, m22, a22, dt, PER_HEAD, PREC)
                 m20, a20 = _pair(q2, k2, b2, e0, right0, m20, a20, PER_HEAD, PREC)
                 m21, a21 = _pair(q2, k2, b2, e1, right1, m21, a21, PER_HEAD, PREC)
-                b3, e3 = _gates(g, k_base, t0, T, H, DK, cols, 3, e2, hb3, he3, PER_HEAD)
-                q3 = _rows(q, k_base, t0, T, H, DK, cols, 3)
-                k3 = _rows(k, k_base, t0, T, H, DK, cols, 3)
+                q3, k3, b3, e3 = _block(q, k, g, k_base, t0, T, H, DK, cols, 3, e2, hb3, he3, PER_HEAD)
                 right2 = _right(k2, b2, e2, dt, PER_HEAD)
                 m33, a33 = _diagonal_pair(q3, k3, b3, m33, a33, dt, PER_HEAD, PREC)
                 m30, a30 = _pair(q3, k3, b3, e0, right0, m30, a30, PER_HEAD, PREC)
@@ -245,22 +253,11 @@ def _delta_prep_regs_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, inverse, 
         _store_qk(qt, kt, k_base, t0, T, H, DK, cols, q0, k0, b0, be0, last, scale, 0)
         tl.store(decay + idx * DK + cols, last)
     # M and A from the products, A stored (zero above the diagonal); the inverse's diagonal blocks by forward
-    # substitution, those below by block substitution: x_ij = -x_ii sum_{j <= l < i} m_il x_lj
-    a_out = A + idx * C * C
-    for i in tl.static_range(NB):
-        for j in tl.static_range(i + 1, NB):
-            tl.store(block_ptrs(a_out, i, j, C), z.to(dt))
+    # substitution, those below by block substitution
     m00, a00 = _finish(m00, a00, be0, hb0, hb0, scale, True, PER_HEAD)
-    tl.store(block_ptrs(a_out, 0, 0, C), a00.to(dt))
-    x00 = _diagonal_inverse(m00)
-    x10, x11, x20, x21, x22, x30, x31, x32, x33 = z, z, z, z, z, z, z, z, z
     if NB >= 2:
-        m11, a11 = _finish(m11, a11, be1, hb1, hb1, scale, True, PER_HEAD)
         m10, a10 = _finish(m10, a10, be0, hb1, hb0, scale, False, PER_HEAD)
-        tl.store(block_ptrs(a_out, 1, 0, C), a10.to(dt))
-        tl.store(block_ptrs(a_out, 1, 1, C), a11.to(dt))
-        x11 = _diagonal_inverse(m11)
-        x10 = -_mm(x11, _mm(m10, x00))
+        m11, a11 = _finish(m11, a11, be1, hb1, hb1, scale, True, PER_HEAD)
     if NB == 4:
         m20, a20 = _finish(m20, a20, be0, hb2, hb0, scale, False, PER_HEAD)
         m21, a21 = _finish(m21, a21, be1, hb2, hb1, scale, False, PER_HEAD)
@@ -269,71 +266,52 @@ def _delta_prep_regs_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, inverse, 
         m31, a31 = _finish(m31, a31, be1, hb3, hb1, scale, False, PER_HEAD)
         m32, a32 = _finish(m32, a32, be2, hb3, hb2, scale, False, PER_HEAD)
         m33, a33 = _finish(m33, a33, be3, hb3, hb3, scale, True, PER_HEAD)
-        tl.store(block_ptrs(a_out, 2, 0, C), a20.to(dt))
-        tl.store(block_ptrs(a_out, 2, 1, C), a21.to(dt))
-        tl.store(block_ptrs(a_out, 2, 2, C), a22.to(dt))
-        tl.store(block_ptrs(a_out, 3, 0, C), a30.to(dt))
-        tl.store(block_ptrs(a_out, 3, 1, C), a31.to(dt))
-        tl.store(block_ptrs(a_out, 3, 2, C), a32.to(dt))
-        tl.store(block_ptrs(a_out, 3, 3, C), a33.to(dt))
+    a_out = A + idx * C * C
+    for i in tl.static_range(NB):
+        for j in tl.static_range(i + 1, NB):
+            tl.store(block_ptrs(a_out, i, j, C), z.to(dt))
+    store_lower_blocks(a_out, a00, a11, a22, a33, a10, a20, a21, a30, a31, a32, C)
+    x00 = _diagonal_inverse(m00)
+    x11, x22, x33 = z, z, z
+    if NB >= 2:
+        x11 = _diagonal_inverse(m11)
+    if NB == 4:
         x22 = _diagonal_inverse(m22)
         x33 = _diagonal_inverse(m33)
-        x21 = -_mm(x22, _mm(m21, x11))
-        x20 = -_mm(x22, _mm(m20, x00) + _mm(m21, x10))
-        x32 = -_mm(x33, _mm(m32, x22))
-        x31 = -_mm(x33, _mm(m31, x11) + _mm(m32, x21))
-        x30 = -_mm(x33, _mm(m30, x00) + _mm(m31, x10) + _mm(m32, x20))
+    x10, x20, x21, x30, x31, x32 = blocks_below_diagonal(x00, x11, x22, x33, m10, m20, m21, m30, m31, m32, NB)
     if WITH_INVERSE:
         inv = inverse + idx * C * C
         for i in tl.static_range(NB):
             for j in tl.static_range(i + 1, NB):
                 tl.store(block_ptrs(inv, i, j, C), z)
-        tl.store(block_ptrs(inv, 0, 0, C), x00)
-        if NB >= 2:
-            tl.store(block_ptrs(inv, 1, 0, C), x10)
-            tl.store(block_ptrs(inv, 1, 1, C), x11)
-        if NB == 4:
-            tl.store(block_ptrs(inv, 2, 0, C), x20)
-            tl.store(block_ptrs(inv, 2, 1, C), x21)
-            tl.store(block_ptrs(inv, 2, 2, C), x22)
-            tl.store(block_ptrs(inv, 3, 0, C), x30)
-            tl.store(block_ptrs(inv, 3, 1, C), x31)
-            tl.store(block_ptrs(inv, 3, 2, C), x32)
-            tl.store(block_ptrs(inv, 3, 3, C), x33)
-    # w = (I + M)^-1 (k exp(b)) and u0 = (I + M)^-1 v, block row by block row
+        store_lower_blocks(inv, x00, x11, x22, x33, x10, x20, x21, x30, x31, x32, C)
+    # w = (I + M)^-1 (k exp(b)) and u0 = (I + M)^-1 v; the blocks a shorter chunk lacks stand in as block 0's
     for d0 in tl.range(0, DK, BD, num_stages=1):
         cols = d0 + rd
         b0, e0 = _gates(g, k_base, t0, T, H, DK, cols, 0, zd, hb0, he0, PER_HEAD)
         y0 = _rows(k, k_base, t0, T, H, DK, cols, 0) * tl.exp(b0)
-        _store_rows(w, k_base, t0, T, H, DK, cols, _dot(x00, y0, PREC), 0)
+        y1, y2, y3 = y0, y0, y0
         if NB >= 2:
             b1, e1 = _gates(g, k_base, t0, T, H, DK, cols, 1, e0, hb1, he1, PER_HEAD)
             y1 = _rows(k, k_base, t0, T, H, DK, cols, 1) * tl.exp(b1)
-            _store_rows(w, k_base, t0, T, H, DK, cols, _dot(x10, y0, PREC) + _dot(x11, y1, PREC), 1)
-            if NB == 4:
-                b2, e2 = _gates(g, k_base, t0, T, H, DK, cols, 2, e1, hb2, he2, PER_HEAD)
-                y2 = _rows(k, k_base, t0, T, H, DK, cols, 2) * tl.exp(b2)
-                _store_rows(w, k_base, t0, T, H, DK, cols,
-                            _dot(x20, y0, PREC) + _dot(x21, y1, PREC) + _dot(x22, y2, PREC), 2)
-                b3, e3 = _gates(g, k_base, t0, T, H, DK, cols, 3, e2, hb3, he3, PER_HEAD)
-                y3 = _rows(k, k_base, t0, T, H, DK, cols, 3) * tl.exp(b3)
-                _store_rows(w, k_base, t0, T, H, DK, cols, _dot(x30, y0, PREC) + _dot(x31, y1, PREC)
-                            + _dot(x32, y2, PREC) + _dot(x33, y3, PREC), 3)
+        if NB == 4:
+            b2, e2 = _gates(g, k_base, t0, T, H, DK, cols, 2, e1, hb2, he2, PER_HEAD)
+            y2 = _rows(k, k_base, t0, T, H, DK, cols, 2) * tl.exp(b2)
+            b3, e3 = _gates(g, k_base, t0, T, H, DK, cols, 3, e2, hb3, he3, PER_HEAD)
+            y3 = _rows(k, k_base, t0, T, H, DK, cols, 3) * tl.exp(b3)
+        _store_inverse_times(w, k_base, t0, T, H, DK, cols, x00, x10, x11, x20, x21, x22, x30, x31, x32, x33,
+                             y0, y1, y2, y3, NB, PREC)
     for c0 in tl.range(0, DV, BD, num_stages=1):
         cols = c0 + rd
         y0 = _rows(v, v_base, t0, T, H, DV, cols, 0)
-        _store_rows(u0, v_base, t0, T, H, DV, cols, _dot(x00, y0, PREC), 0)
+        y1, y2, y3 = y0, y0, y0
         if NB >= 2:
             y1 = _rows(v, v_base, t0, T, H, DV, cols, 1)
-            _store_rows(u0, v_base, t0, T, H, DV, cols, _dot(x10, y0, PREC) + _dot(x11, y1, PREC), 1)
-            if NB == 4:
-                y2 = _rows(v, v_base, t0, T, H, DV, cols, 2)
-                _store_rows(u0, v_base, t0, T, H, DV, cols,
-                            _dot(x20, y0, PREC) + _dot(x21, y1, PREC) + _dot(x22, y2, PREC), 2)
-                y3 = _rows(v, v_base, t0, T, H, DV, cols, 3)
-                _store_rows(u0, v_base, t0, T, H, DV, cols, _dot(x30, y0, PREC) + _dot(x31, y1, PREC)
-                            + _dot(x32, y2, PREC) + _dot(x33, y3, PREC), 3)
-
+        if NB == 4:
+            y2 = _rows(v, v_base, t0, T, H, DV, cols, 2)
+            y3 = _rows(v, v_base, t0, T, H, DV, cols, 3)
+        _store_inverse_times(u0, v_base, t0, T, H, DV, cols, x00, x10, x11, x20, x21, x22, x30, x31, x32, x33,
+                             y0, y1, y2, y3, NB, PREC)
 
 def prep(q, k, v, g, beta, scale: float, chunk: int, block_k: int, num_warps: int, precision: str,
          with_inverse: bool = False) -> tuple[torch.Tensor, ...]:

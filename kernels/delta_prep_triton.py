@@ -88,15 +88,46 @@ def _substitution_step(x, ptr, i: tl.constexpr, j, C: tl.constexpr):
 
 
 @triton.jit
-def _merge(x_ii, acc):
-    """An off-diagonal block of the inverse: ``-X_ii acc`` with acc = ``sum_m M_im X_mj``."""
-    return -tl.dot(x_ii, acc, input_precision="ieee")
+def mm(a, b):
+    """A float32 product of two 16x16 blocks."""
+    return tl.dot(a, b, input_precision="ieee")
 
 
 @triton.jit
-def _mm(a, b):
-    """A float32 product of two 16x16 blocks."""
-    return tl.dot(a, b, input_precision="ieee")
+def blocks_below_diagonal(x0, x1, x2, x3, m10, m20, m21, m30, m31, m32, NB: tl.constexpr):
+    """The blocks of ``(I + M)^-1`` below its diagonal, ``X_ij = -X_ii sum_{j <= m < i} M_im X_mj``, from its
+    diagonal blocks x_i and M's blocks m_ij, for NB = 1, 2 or 4 diagonal blocks: ``(y10, y20, y21, y30, y31,
+    y32)``; the blocks a smaller NB lacks (and the arguments it passes for them) are never read."""
+    y10, y20, y21, y30, y31, y32 = x0, x0, x0, x0, x0, x0
+    if NB >= 2:
+        y10 = -mm(x1, mm(m10, x0))
+    if NB == 4:
+        y21 = -mm(x2, mm(m21, x1))
+        y32 = -mm(x3, mm(m32, x2))
+        y20 = -mm(x2, mm(m20, x0) + mm(m21, y10))
+        y31 = -mm(x3, mm(m31, x1) + mm(m32, y21))
+        y30 = -mm(x3, mm(m30, x0) + mm(m31, y10) + mm(m32, y20))
+    return y10, y20, y21, y30, y31, y32
+
+
+@triton.jit
+def store_lower_blocks(ptr, x0, x1, x2, x3, y10, y20, y21, y30, y31, y32, C: tl.constexpr):
+    """The 16x16 blocks on and below the diagonal of the row-major ``[C, C]`` matrix at ptr, in ptr's dtype:
+    diagonal x_i, below y_ij (those a chunk of C lacks are not stored)."""
+    NB: tl.constexpr = C // 16
+    dt = ptr.dtype.element_ty
+    tl.store(block_ptrs(ptr, 0, 0, C), x0.to(dt))
+    if NB >= 2:
+        tl.store(block_ptrs(ptr, 1, 0, C), y10.to(dt))
+        tl.store(block_ptrs(ptr, 1, 1, C), x1.to(dt))
+    if NB == 4:
+        tl.store(block_ptrs(ptr, 2, 0, C), y20.to(dt))
+        tl.store(block_ptrs(ptr, 2, 1, C), y21.to(dt))
+        tl.store(block_ptrs(ptr, 2, 2, C), x2.to(dt))
+        tl.store(block_ptrs(ptr, 3, 0, C), y30.to(dt))
+        tl.store(block_ptrs(ptr, 3, 1, C), y31.to(dt))
+        tl.store(block_ptrs(ptr, 3, 2, C), y32.to(dt))
+        tl.store(block_ptrs(ptr, 3, 3, C), x3.to(dt))
 
 
 @triton.jit
@@ -132,39 +163,18 @@ def _unit_lower_inverse(ptr, C: tl.constexpr):
     x1 += eye
     x2 += eye
     x3 += eye
-    y10 = x0
-    y20 = x0
-    y21 = x0
-    y30 = x0
-    y31 = x0
-    y32 = x0
+    m10, m20, m21, m30, m31, m32 = x0, x0, x0, x0, x0, x0          # stand-ins, as above
     if NB >= 2:
         m10 = tl.load(block_ptrs(ptr, 1, 0, C))
-        y10 = _merge(x1, _mm(m10, x0))
     if NB == 4:
         m20 = tl.load(block_ptrs(ptr, 2, 0, C))
         m21 = tl.load(block_ptrs(ptr, 2, 1, C))
         m30 = tl.load(block_ptrs(ptr, 3, 0, C))
         m31 = tl.load(block_ptrs(ptr, 3, 1, C))
         m32 = tl.load(block_ptrs(ptr, 3, 2, C))
-        y21 = _merge(x2, _mm(m21, x1))
-        y32 = _merge(x3, _mm(m32, x2))
-        y20 = _merge(x2, _mm(m20, x0) + _mm(m21, y10))
-        y31 = _merge(x3, _mm(m31, x1) + _mm(m32, y21))
-        y30 = _merge(x3, _mm(m30, x0) + _mm(m31, y10) + _mm(m32, y20))
+    y10, y20, y21, y30, y31, y32 = blocks_below_diagonal(x0, x1, x2, x3, m10, m20, m21, m30, m31, m32, NB)
     tl.debug_barrier()
-    tl.store(block_ptrs(ptr, 0, 0, C), x0)
-    if NB >= 2:
-        tl.store(block_ptrs(ptr, 1, 1, C), x1)
-        tl.store(block_ptrs(ptr, 1, 0, C), y10)
-    if NB == 4:
-        tl.store(block_ptrs(ptr, 2, 2, C), x2)
-        tl.store(block_ptrs(ptr, 3, 3, C), x3)
-        tl.store(block_ptrs(ptr, 2, 0, C), y20)
-        tl.store(block_ptrs(ptr, 2, 1, C), y21)
-        tl.store(block_ptrs(ptr, 3, 0, C), y30)
-        tl.store(block_ptrs(ptr, 3, 1, C), y31)
-        tl.store(block_ptrs(ptr, 3, 2, C), y32)
+    store_lower_blocks(ptr, x0, x1, x2, x3, y10, y20, y21, y30, y31, y32, C)
     tl.debug_barrier()
 
 
