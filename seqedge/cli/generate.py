@@ -10,8 +10,8 @@ import time
 
 from seqedge.sampling import DEFAULT_MAX_NEW_TOKENS, SamplingConfig
 
-from .options import (add_json, add_library, add_model, add_quiet, canonical_recipes, is_artifact, model_path,
-                      note_deprecated, recipe_names, runtime_names, runtime_options)
+from .options import (add_json, add_library, add_model, add_quantize, add_quiet, canonical_recipes, is_artifact,
+                      legacy_quantization, model_path, runtime_names, runtime_options)
 
 DEFAULTS = SamplingConfig()       # the Python API's defaults (model.generate, Session.generate)
 DEFAULT_RUNTIME = "onnxruntime"
@@ -28,10 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runtime", default=None,
                    help=f"runtime for an artifact: {runtime_names()}; a target name such as onnx names its runtime "
                         f"(default: executorch with --library, else cuda on an NVIDIA GPU, else {DEFAULT_RUNTIME})")
-    p.add_argument("--quantize", default=None, metavar="RECIPE",
-                   help=f"the artifact's variant, by the recipe that wrote it: {recipe_names()} (default: fp32, "
-                        "or the only one)")
-    p.add_argument("--quantization", dest="legacy_quantization", default=None, help=argparse.SUPPRESS)
+    add_quantize(p)
     add_library(p)
     p.add_argument("-p", "--prompt", required=True, help="text to continue")
     p.add_argument("-n", "--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
@@ -56,11 +53,7 @@ def _open(args: argparse.Namespace):
 
     path = model_path(args)
     on_gpu = args.runtime in (None, "cuda") and cuda_available()
-    if args.legacy_quantization:
-        note_deprecated("--quantization", "--quantize")
-        if args.quantize:
-            raise ValueError("pass either --quantize or --quantization, not both")
-    quantize = args.quantize or args.legacy_quantization
+    quantize = legacy_quantization(args) or args.quantize
     if path is not None and not Path(path).is_dir():
         raise ValueError(f"{path} does not exist or is not a directory (a checkpoint from `seqedge import` "
                                 f"or `seqedge train`, or an artifact from `seqedge export`)")

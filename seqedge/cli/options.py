@@ -112,6 +112,27 @@ def runtimes_type() -> Callable[[str], list[str]]:
     return csv_list(what="runtime")
 
 
+def add_quantize(p: argparse.ArgumentParser) -> None:
+    """``--quantize RECIPE`` picking an artifact's variant, and the 0.1 spelling ``--quantization`` hidden."""
+    from seqedge.export.quantization import RECIPES
+
+    p.add_argument("--quantize", default=None, metavar="RECIPE",
+                   help=f"the artifact's variant, by the recipe that wrote it: {', '.join(RECIPES)} (default: fp32, "
+                        "or the only one)")
+    p.add_argument("--quantization", dest="legacy_quantization", default=None, help=argparse.SUPPRESS)
+
+
+def legacy_quantization(args: argparse.Namespace) -> str | None:
+    """The value of the 0.1 spelling ``--quantization`` (with its deprecation note), or None; both spellings at
+    once is an error."""
+    if not args.legacy_quantization:
+        return None
+    note_deprecated("--quantization", "--quantize")
+    if args.quantize:
+        raise ValueError("pass either --quantize or --quantization, not both")
+    return args.legacy_quantization
+
+
 def add_library(p: argparse.ArgumentParser) -> None:
     """``--library PATH``: run the executorch runtime through seqedge's C++ runner library."""
     p.add_argument("--library", metavar="PATH", default=None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import (add_library, add_model, canonical_recipes, model_path, note_deprecated, recipe_names,
+from .options import (add_library, add_model, add_quantize, canonical_recipes, legacy_quantization, model_path,
                       runtime_names, runtime_options)
 
 
@@ -19,10 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runtime", default=None,
                    help=f"{runtime_names()}; a target name such as onnx names its runtime (default: onnxruntime; "
                         "executorch with --library)")
-    p.add_argument("--quantize", default=None, metavar="RECIPE",
-                   help=f"the artifact's variant, by the recipe that wrote it: {recipe_names()} (default: fp32, or "
-                        "the only one)")
-    p.add_argument("--quantization", dest="legacy_quantization", default=None, help=argparse.SUPPRESS)
+    add_quantize(p)
     add_library(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000; 0: a free one)")
@@ -41,11 +38,9 @@ def _variant_tag(args: argparse.Namespace) -> str | None:
     """The variant tag (fp32, int8, ...) of --quantize, or of the older --quantization (which took tags)."""
     from seqedge.export.quantization import recipe_tag
 
-    if args.legacy_quantization:
-        note_deprecated("--quantization", "--quantize")
-        if args.quantize:
-            raise ValueError("pass either --quantize or --quantization, not both")
-        return args.legacy_quantization
+    legacy = legacy_quantization(args)
+    if legacy:
+        return legacy
     return recipe_tag(canonical_recipes([args.quantize])[0]) if args.quantize else None
 
 
