@@ -110,7 +110,6 @@ def prepare_model(model: nn.Module, recipe: QuantizationRecipe) -> tuple[nn.Modu
     if untied:
         model.head = nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
         model.head.weight = nn.Parameter(model.embed.weight.detach().clone())
-        linears["head"] = model.head
         # a packed weight multiplies as a linear (torchao has no transpose of it): the copy's logits as one, so
         # the quantized model runs eagerly too, not only once xnnpack_friendly has rewritten it
         model = model.with_ops(dataclasses.replace(model.ops, logits=linear_logits))
