@@ -106,12 +106,14 @@ def raw_stepper(session) -> Any:
     backend = session.backend
     if getattr(backend, "library", None) is not None:
         # the C function with its arguments made once (the backend's own fields: this is its raw call)
-        buffers, table = backend._new_state(1)
+        buffers, (shared, _) = backend._new_state(1)
+        table = shared.copy()               # the backend reuses its tables; the session's calls run in between
         for dst, src in zip(buffers, state):
             dst[...] = src
         logits = np.empty(backend.vocab_size, np.float32)
         ids = np.array([5], np.int64)
-        args = (backend._model, ids.ctypes.data, 1, table[1], table[1], logits.ctypes.data, backend.vocab_size)
+        args = (backend._model, ids.ctypes.data, 1, table.ctypes.data, table.ctypes.data, logits.ctypes.data,
+                backend.vocab_size)
         run = backend._run
 
         def call(_alive=(buffers, table, ids, logits)) -> None:     # what the addresses point at stays alive

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import operator
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -99,15 +100,14 @@ class NativeExecuTorchBackend:
                                      f"{info.vocab_size} logits, Python as {want} and {manifest.config.vocab_size}: "
                                      "rebuild the library from this seqedge's runners/cpp")
         self._run = self._lib.seqedge_run_buffers
-        self._dims = [tuple(s.concrete_shape(1)[1:]) for s in manifest.state_specs]
         self._sizes = np.array(self.numel, dtype=np.int64)
-        self._starts = np.cumsum(np.concatenate([[0], self._sizes[:-1]]))   # each tensor's offset in a block, per row
-        self._total = int(self._sizes.sum())
+        self._layout = _Layout([tuple(s.concrete_shape(1)[1:]) for s in manifest.state_specs])
+        # calls from two threads take turns: the model handle, the token buffer and the tables are one each
+        self._lock = threading.Lock()
         self._ids = np.zeros(self.chunk_size, dtype=np.int64)
         self._ids_at = self._ids.ctypes.data
-        self._offsets: dict[int, np.ndarray] = {}      # batch -> byte offsets of each row of each tensor in a block
-        # the new state the last call returned (this backend's own arrays, views of one block), the table of its
-        # rows' addresses ([batch, tensors] int64) the next call reads them through, and the table's address
+        # the new state the last call returned (this backend's own arrays, views of one block) and the table of its
+        # rows' addresses ([batch, tensors] int64, with its own address) that the next call reads them through
         self._last_out: list[np.ndarray] = []
         self._last_table: tuple[np.ndarray, int] | None = None
 
@@ -119,27 +119,29 @@ class NativeExecuTorchBackend:
     def run(self, entry: str, tokens: np.ndarray, state: list[Any]) -> tuple[np.ndarray, list[np.ndarray]]:
         if entry not in ("step", "chunk"):
             raise ValueError(f"unknown entry point {entry!r}; valid ones are ['step', 'chunk']")
-        batch = tokens.shape[0]
-        inputs = state                                  # held until the call has returned
-        if self._is_last_out(state):
-            table_in = self._last_table
-        else:
-            inputs = [_float32_rows(s) for s in state]
-            bases = np.array([a.ctypes.data for a in inputs], dtype=np.int64)
-            rows = np.ascontiguousarray(bases[None, :] + 4 * np.arange(batch)[:, None] * self._sizes[None, :])
-            table_in = (rows, rows.ctypes.data)
-        out, table_out = self._new_state(batch)
-        logits = self._call(tokens, table_in[1], table_out[1])
-        self._last_out, self._last_table = out, table_out
-        return logits, out
+        with self._lock:
+            batch = tokens.shape[0]
+            inputs = state                                  # held until the call has returned
+            if self._is_last_out(state):
+                table_in = self._last_table
+            else:
+                inputs = [_float32_rows(s) for s in state]
+                bases = np.array([a.ctypes.data for a in inputs], dtype=np.int64)
+                rows = np.ascontiguousarray(bases[None, :] + 4 * np.arange(batch)[:, None] * self._sizes[None, :])
+                table_in = (rows, rows.ctypes.data)
+            out, table_out = self._new_state(batch)
+            logits = self._call(tokens, table_in[1], table_out[1])
+            self._last_out, self._last_table = out, table_out
+            return logits, out
 
     def step_donated(self, tokens: np.ndarray, state: list[Any]) -> tuple[np.ndarray, list[Any]]:
         """``run("step", ...)`` for a state its caller gave up: where it is the state this backend returned last
         (its own arrays), the new state is written over it; any other state runs the plain step."""
-        if not self._is_last_out(state):
-            return self.run("step", tokens, state)
-        at = self._last_table[1]
-        return self._call(tokens, at, at), state
+        with self._lock:
+            if self._is_last_out(state):
+                at = self._last_table[1]
+                return self._call(tokens, at, at), state
+        return self.run("step", tokens, state)
 
     def _is_last_out(self, state: list[Any]) -> bool:
         last = self._last_out
@@ -147,16 +149,13 @@ class NativeExecuTorchBackend:
 
     def _new_state(self, batch: int) -> tuple[list[np.ndarray], tuple[np.ndarray, int]]:
         """A new state for ``batch`` rows, every tensor a view of one block (one allocation, one address to
-        read), and the table of its rows' addresses with the table's own address."""
-        block = np.empty(batch * self._total, dtype=np.float32)
-        arrays = [np.ndarray((batch, *dims), np.float32, block, 4 * batch * int(start))
-                  for dims, start in zip(self._dims, self._starts)]
-        offsets = self._offsets.get(batch)
-        if offsets is None:
-            rows = np.arange(batch, dtype=np.int64)[:, None]
-            offsets = self._offsets[batch] = 4 * (batch * self._starts[None, :] + rows * self._sizes[None, :])
-        table = offsets + block.ctypes.data
-        return arrays, (table, table.ctypes.data)
+        read), and the table of its rows' addresses with the table's own address: one of two tables kept per
+        batch, the one the last call's state is not read through."""
+        block = np.empty(batch * self._layout.total, dtype=np.float32)
+        tables = self._layout.tables(batch)
+        table = tables[1] if self._last_table is tables[0] else tables[0]
+        np.add(self._layout.offsets(batch), _address(block), out=table[0])
+        return self._layout.views(block, batch), table
 
     def _call(self, tokens: np.ndarray, tab_in: int, tab_out: int) -> np.ndarray:
         """One C call per batch row, reading the state rows the table at ``tab_in`` points at and writing those of
@@ -164,7 +163,7 @@ class NativeExecuTorchBackend:
         per_row = tokens.shape[1] if tokens.ndim == 2 else 1
         n_logits = per_row * self.vocab_size
         logits = np.empty((*tokens.shape, self.vocab_size), dtype=np.float32)
-        at, stride = logits.ctypes.data, 8 * len(self.numel)
+        at, stride = _address(logits), 8 * len(self.numel)
         for b in range(tokens.shape[0]):
             self._ids[:per_row] = tokens[b]
             status = self._run(self._model, self._ids_at, per_row, tab_in + b * stride, tab_out + b * stride,
@@ -185,6 +184,61 @@ class NativeExecuTorchBackend:
     def __del__(self) -> None:
         if getattr(self, "_model", None):
             self.close()
+
+
+class _Layout:
+    """Where each state tensor of a batch lies in its state's one block: the tensors of one shape side by side, so
+    that one reshape of their part of the block and its unpacking (in C) make their views, far cheaper than a view
+    per tensor, which would cost a small model's step a measurable share. Per batch, the byte offsets of every
+    row of every tensor and two address tables (in turn: a call reads the last state's table, writes the other)."""
+
+    def __init__(self, dims: list[tuple[int, ...]]) -> None:
+        shapes = list(dict.fromkeys(dims))                      # distinct shapes, in order of first appearance
+        self.groups = [(shape, [i for i, d in enumerate(dims) if d == shape]) for shape in shapes]
+        sizes = [int(np.prod(shape)) for shape in shapes]
+        self.total = sum(size * len(members) for size, (_, members) in zip(sizes, self.groups))
+        self._sizes = sizes
+        # spec order -> position in the unpacked groups
+        self._order = np.argsort([i for _, members in self.groups for i in members]).tolist()
+        self._offsets: dict[int, np.ndarray] = {}
+        self._tables: dict[int, tuple[tuple[np.ndarray, int], ...]] = {}
+        self._n = len(dims)
+
+    def views(self, block: np.ndarray, batch: int) -> list[np.ndarray]:
+        """The state tensors ``[batch, *dims]`` in spec order, views of ``block``."""
+        items: list[np.ndarray] = []
+        start = 0
+        for size, (shape, members) in zip(self._sizes, self.groups):
+            end = start + len(members) * batch * size
+            items.extend(block[start:end].reshape(len(members), batch, *shape))
+            start = end
+        return [items[i] for i in self._order]
+
+    def offsets(self, batch: int) -> np.ndarray:
+        """``[batch, tensors]`` byte offsets of each row of each tensor from the block's start."""
+        found = self._offsets.get(batch)
+        if found is None:
+            found = np.empty((batch, self._n), dtype=np.int64)
+            start = 0
+            for size, (_, members) in zip(self._sizes, self.groups):
+                for k, i in enumerate(members):
+                    found[:, i] = 4 * (start + k * batch * size + np.arange(batch) * size)
+                start += len(members) * batch * size
+            self._offsets[batch] = found
+        return found
+
+    def tables(self, batch: int) -> tuple[tuple[np.ndarray, int], ...]:
+        """The two address tables of ``batch`` rows, each with its own address."""
+        found = self._tables.get(batch)
+        if found is None:
+            pair = [np.empty((batch, self._n), dtype=np.int64) for _ in range(2)]
+            found = self._tables[batch] = tuple((t, t.ctypes.data) for t in pair)
+        return found
+
+
+def _address(array: np.ndarray) -> int:
+    """The address of a writable C-contiguous ``array``'s first element (cheaper than ``array.ctypes.data``)."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(array))
 
 
 def _float32_rows(value: Any) -> np.ndarray:

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -323,6 +324,46 @@ def test_the_library_runs_a_python_session_like_the_bindings(library, exported):
     assert np.abs(a - b).max() <= 1e-6
     for x, y in zip(s3a.numpy(), s3b.numpy()):
         assert np.abs(x - y).max() <= 1e-6
+
+
+def test_the_library_keeps_branched_states_apart_and_takes_threads_in_turn(library, exported):
+    """States kept and stepped again out of order (the backend reuses two address tables per batch: a branch
+    must never read or write through the other's), and two threads stepping their own states on one session
+    (the model handle and token buffer are one each): the pybindings' logits and states every time."""
+    artifact, _ = exported("none")
+    python, native = load(artifact, "executorch"), load(artifact, "executorch", library=library)
+    tokens = stream_tokens(seed=11)
+    _, root_a = python.prefill(tokens[None, :20], python.init_state(1))
+    _, root_b = native.prefill(tokens[None, :20], native.init_state(1))
+    # root -> s1 -> s2, root -> s3 (root is no longer the last output), s1 -> s4, s2 -> s5, s5 -> s6 (last output)
+    plan = [(0, 1), (1, 2), (0, 3), (1, 4), (2, 5), (5, 6)]
+    states_a, states_b = {0: root_a}, {0: root_b}
+    for src, dst in plan:
+        t = np.array([tokens[20 + dst]])
+        la, states_a[dst] = python.step(t, states_a[src])
+        lb, states_b[dst] = native.step(t, states_b[src])
+        assert np.abs(la - lb).max() <= 1e-6, (src, dst)
+    for key, state in states_a.items():
+        for x, y in zip(state.numpy(), states_b[key].numpy()):
+            assert np.abs(x - y).max() <= 1e-6, key
+
+    def run(session, state, offset, out, key):
+        for t in tokens[offset:offset + 40]:
+            logits, state = session.step(np.array([t]), state, donate=True)
+        out[key] = (logits, state.numpy())
+
+    expected, got = {}, {}
+    for k in range(2):
+        run(python, states_a[k], 100 + 50 * k, expected, k)
+    threads = [threading.Thread(target=run, args=(native, states_b[k], 100 + 50 * k, got, k)) for k in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for k in range(2):
+        assert np.abs(expected[k][0] - got[k][0]).max() <= 1e-6
+        for x, y in zip(expected[k][1], got[k][1]):
+            assert np.abs(x - y).max() <= 1e-6
 
 
 def test_the_library_reports_errors_as_exceptions(library, exported, tmp_path):
