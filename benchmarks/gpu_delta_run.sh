@@ -9,8 +9,13 @@
 # under the card's GiB / 6 (an 80 GB card with GATED=1 and IMPORTS=1: WORKERS=4).
 # IMPORTS=1 (with TESTS=1) runs, beside them, the imports against fla's own models on the card
 # (tests/test_import_{gla,gdn,kda}.py -k on_gpu; they need the transformers and fla wheels in .whl/).
-# Works from a source tree without installing seqedge (its package mapping is made with symlinks);
-# flash-linear-attention wheels in .whl/ are installed to a private path when present.
+# Works from a source tree without installing seqedge (its package mapping is made with symlinks); wheels in .whl/
+# are installed to a private path when present. Make them here (the device has torch and triton, not these):
+#   pip download --no-deps -d .whl flash-linear-attention==0.6.0 fla-core==0.6.0 transformers==5.23.0 \
+#       pydantic==2.14.4 annotated-types==0.8.0 typing-inspection==0.4.5
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_17_x86_64 -d .whl pydantic_core==2.50.5
+# (pydantic: seqedge.artifact's manifest schema, which every runtime test imports.)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:?set OUT to a folder for logs and results}
