@@ -10,7 +10,9 @@ probe splits the step's time into the matrix products and the rest:
 - ``read``: the time to read the same number of bytes once (``torch.sum`` of a float32 array that size, the
   process's threads), the ceiling a streaming kernel can reach.
 
-Timed in alternating rounds (p50 of each), with the threads the onnx-ort session picks for this model.
+Timed in alternating rounds (p50 of each) on ``--threads`` intra-op threads (default 2, as ``llama_cpp.py`` gives
+both sides here). The MatMul graph is written to a temporary folder inside the artifact, beside hard links to its
+weights (ONNX Runtime reads external data only from the model's own folder).
 
     python benchmarks/probes/ort_matmul_stream.py --artifact ART [--variant onnx-ort/fp32] [--out FILE]
 """
@@ -33,7 +35,7 @@ from ort_timing import cpu_session, random_feeds, time_rounds
 from seqedge.evaluate.run_info import run_metadata
 
 
-def matmul_graph(step: Path) -> tuple[bytes, int]:
+def matmul_graph(step: Path) -> tuple[onnx.ModelProto, int]:
     """The step's MatMul nodes whose weight is an initializer, each on a graph input of its own, and their
     weights' bytes; the initializers keep pointing at the artifact's external data file."""
     model = onnx.load(str(step), load_external_data=False)
