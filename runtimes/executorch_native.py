@@ -160,6 +160,13 @@ class NativeExecuTorchBackend:
     def _call(self, tokens: np.ndarray, tab_in: int, tab_out: int) -> np.ndarray:
         """One C call per batch row, reading the state rows the table at ``tab_in`` points at and writing those of
         the table at ``tab_out``."""
+        if tokens.shape == (1,):            # one sequence's step, the decode loop's call: no per-row arithmetic
+            logits = np.empty((1, self.vocab_size), dtype=np.float32)
+            self._ids[0] = tokens[0]
+            status = self._run(self._model, self._ids_at, 1, tab_in, tab_out, _address(logits), self.vocab_size)
+            if status:
+                self._check(status)
+            return logits
         per_row = tokens.shape[1] if tokens.ndim == 2 else 1
         n_logits = per_row * self.vocab_size
         logits = np.empty((*tokens.shape, self.vocab_size), dtype=np.float32)
