@@ -313,6 +313,7 @@ def _delta_prep_regs_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, inverse, 
         _store_inverse_times(u0, v_base, t0, T, H, DV, cols, x00, x10, x11, x20, x21, x22, x30, x31, x32, x33,
                              y0, y1, y2, y3, NB, PREC)
 
+
 def prep(q, k, v, g, beta, scale: float, chunk: int, block_k: int, num_warps: int, precision: str,
          with_inverse: bool = False) -> tuple[torch.Tensor, ...]:
     """:func:`seqedge.kernels.delta_prep_triton.prep`'s outputs from :func:`_delta_prep_regs_kernel` (chunk 16,

@@ -88,7 +88,7 @@ def _substitution_step(x, ptr, i: tl.constexpr, j, C: tl.constexpr):
 
 
 @triton.jit
-def mm(a, b):
+def _mm(a, b):
     """A float32 product of two 16x16 blocks."""
     return tl.dot(a, b, input_precision="ieee")
 
@@ -100,13 +100,13 @@ def blocks_below_diagonal(x0, x1, x2, x3, m10, m20, m21, m30, m31, m32, NB: tl.c
     y32)``; the blocks a smaller NB lacks (and the arguments it passes for them) are never read."""
     y10, y20, y21, y30, y31, y32 = x0, x0, x0, x0, x0, x0
     if NB >= 2:
-        y10 = -mm(x1, mm(m10, x0))
+        y10 = -_mm(x1, _mm(m10, x0))
     if NB == 4:
-        y21 = -mm(x2, mm(m21, x1))
-        y32 = -mm(x3, mm(m32, x2))
-        y20 = -mm(x2, mm(m20, x0) + mm(m21, y10))
-        y31 = -mm(x3, mm(m31, x1) + mm(m32, y21))
-        y30 = -mm(x3, mm(m30, x0) + mm(m31, y10) + mm(m32, y20))
+        y21 = -_mm(x2, _mm(m21, x1))
+        y32 = -_mm(x3, _mm(m32, x2))
+        y20 = -_mm(x2, _mm(m20, x0) + _mm(m21, y10))
+        y31 = -_mm(x3, _mm(m31, x1) + _mm(m32, y21))
+        y30 = -_mm(x3, _mm(m30, x0) + _mm(m31, y10) + _mm(m32, y20))
     return y10, y20, y21, y30, y31, y32
 
 

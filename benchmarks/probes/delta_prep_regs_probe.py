@@ -67,14 +67,13 @@ def main() -> None:
             new = DeltaConfig(**{**BASE[chunk, per_head], "register_prep": True, "prep_block_k": bk,
                                  "prep_warps": warps})
             key = f"{'per_head' if per_head else 'per_key'} C={chunk} key block {bk} warps {warps}"
-            q = xs[0]
             a, b = prep(*xs, D ** -0.5, old), prep(*xs, D ** -0.5, new)
             errs = [float((x.double() - y.double()).norm() / y.double().norm()) for x, y in zip(b, a)]
             row = {"rel_err_vs_scratch_prep": dict(zip(("qt", "kt", "A", "w", "u0", "b_C"), errs)),
                    "prep_ms_scratch": do_bench(lambda: prep(*xs, D ** -0.5, old), rep=50, return_mode="median"),
                    "prep_ms_registers": do_bench(lambda: prep(*xs, D ** -0.5, new), rep=50, return_mode="median")}
             if variant is not None:
-                run = lambda: variant.prep(*xs, D ** -0.5, chunk, bk, warps, dot_precision(q.dtype))  # noqa: E731
+                run = lambda: variant.prep(*xs, D ** -0.5, chunk, bk, warps, dot_precision(xs[0].dtype))  # noqa: E731
                 row["variant_rel_err_vs_scratch_prep"] = [float((x.double() - y.double()).norm() / y.double().norm())
                                                           for x, y in zip(run(), a)]
                 row["prep_ms_variant"] = do_bench(run, rep=50, return_mode="median")

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import helper
-from ort_timing import cpu_session, random_feeds, time_rounds
+from ort_timing import cpu_session, median_ms, random_feeds
 
 from seqedge.evaluate.run_info import run_metadata
 
@@ -40,7 +40,7 @@ def matmul_graph(step: Path) -> tuple[onnx.ModelProto, int]:
     weights' bytes; the initializers keep pointing at the artifact's external data file."""
     model = onnx.load(str(step), load_external_data=False)
     inits = {i.name: i for i in model.graph.initializer}
-    nodes, inputs, outputs, weights, nbytes = [], [], [], [], 0
+    nodes, inputs, outputs, weights = [], [], [], {}
     for n in model.graph.node:
         if n.op_type != "MatMul" or n.input[1] not in inits:
             continue
@@ -50,10 +50,9 @@ def matmul_graph(step: Path) -> tuple[onnx.ModelProto, int]:
         inputs.append(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, [1, k]))
         outputs.append(helper.make_tensor_value_info(y, onnx.TensorProto.FLOAT, [1, m]))
         nodes.append(helper.make_node("MatMul", [x, w.name], [y]))
-        if w.name not in {v.name for v in weights}:
-            weights.append(w)
-            nbytes += math.prod(w.dims) * 4
-    graph = helper.make_graph(nodes, "matmuls", inputs, outputs, weights)
+        weights[w.name] = w
+    nbytes = sum(math.prod(w.dims) * 4 for w in weights.values())
+    graph = helper.make_graph(nodes, "matmuls", inputs, outputs, list(weights.values()))
     out = helper.make_model(graph, opset_imports=model.opset_import)
     return out, nbytes
 
@@ -98,7 +97,7 @@ def main() -> None:
         times: dict[str, list[float]] = {k: [] for k in [*sessions, "read"]}
         for _ in range(args.rounds):
             for name, sess in sessions.items():
-                times[name] += time_rounds({name: sess}, feeds[name], args.calls, 1)[name]
+                times[name].append(median_ms(sess, feeds[name], args.calls))
             times["read"].append(read_ms(nbytes, args.calls))
     p50 = {k: float(np.median(v)) for k, v in times.items()}
     result = {"meta": run_metadata(artifact=str(args.artifact), variant=args.variant, threads=args.threads,

@@ -11,7 +11,7 @@ import time
 from seqedge.sampling import DEFAULT_MAX_NEW_TOKENS, SamplingConfig
 
 from .options import (add_json, add_library, add_model, add_quantize, add_quiet, canonical_recipes, is_artifact,
-                      legacy_quantization, model_path, runtime_names, runtime_options)
+                      legacy_quantization, model_path, runtime_names, runtime_options, runtime_or_default)
 
 DEFAULTS = SamplingConfig()       # the Python API's defaults (model.generate, Session.generate)
 DEFAULT_RUNTIME = "onnxruntime"
@@ -61,8 +61,7 @@ def _open(args: argparse.Namespace):
         from seqedge.export.quantization import recipe_tag
         from seqedge.runtimes import load
 
-        default = "executorch" if args.library else "cuda" if on_gpu else DEFAULT_RUNTIME
-        runtime = resolve_runtime(args.runtime or default)
+        runtime = resolve_runtime(runtime_or_default(args, "cuda" if on_gpu else DEFAULT_RUNTIME))
         tag = recipe_tag(canonical_recipes([quantize])[0]) if quantize else None
         session = load(path, runtime, quantization=tag, **runtime_options(args, runtime))
         return session, f"{session.runtime} running {session.variant.name}"

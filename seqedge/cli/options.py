@@ -140,6 +140,11 @@ def add_library(p: argparse.ArgumentParser) -> None:
                         "built from runners/cpp: README, 'Native runner') instead of ExecuTorch's Python bindings")
 
 
+def runtime_or_default(args: argparse.Namespace, fallback: str) -> str:
+    """``--runtime`` as given, else executorch where ``--library`` was given, else ``fallback``."""
+    return args.runtime or ("executorch" if getattr(args, "library", None) else fallback)
+
+
 def runtime_options(args: argparse.Namespace, runtime: str) -> dict[str, Any]:
     """The runtime options the command line gave (``--library``), checked against ``runtime``."""
     if getattr(args, "library", None) is None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .options import (add_library, add_model, add_quantize, canonical_recipes, legacy_quantization, model_path,
-                      runtime_names, runtime_options)
+                      runtime_names, runtime_options, runtime_or_default)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     artifact = model_path(args)
     if artifact is None:
         raise ValueError("name the artifact to serve: seqedge serve -m DIR")
-    runtime = resolve_runtime(args.runtime or ("executorch" if args.library else "onnxruntime"))
+    runtime = resolve_runtime(runtime_or_default(args, "onnxruntime"))
     config = ServeConfig(artifact, runtime, _variant_tag(args), args.host, args.port, args.model_name,
                          args.max_tokens_limit, SchedulerConfig(args.slots, args.max_queue, batching=args.batching),
                          runtime_options(args, runtime))
