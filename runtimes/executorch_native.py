@@ -22,6 +22,7 @@ import numpy as np
 from seqedge.artifact import Manifest, Variant
 
 from .base import RuntimeUnavailable
+from .block_pool import BlockPool
 
 # seqedge_status codes (runners/cpp/include/seqedge.h) -> the Python exception each becomes
 _ERRORS = {1: ValueError, 2: ValueError, 3: OSError, 4: ValueError, 5: ValueError, 6: RuntimeError, 7: RuntimeError}
@@ -102,6 +103,8 @@ class NativeExecuTorchBackend:
         self._run = self._lib.seqedge_run_buffers
         self._sizes = np.array(self.numel, dtype=np.int64)
         self._layout = _Layout([tuple(s.concrete_shape(1)[1:]) for s in manifest.state_specs])
+        # new states go to blocks the dropped states of this batch size gave back (block_pool says why)
+        self._blocks = BlockPool()
         # calls from two threads take turns: the model handle, the token buffer and the tables are one each
         self._lock = threading.Lock()
         self._ids = np.zeros(self.chunk_size, dtype=np.int64)
@@ -148,13 +151,13 @@ class NativeExecuTorchBackend:
         return len(state) == len(last) and all(map(operator.is_, state, last))
 
     def _new_state(self, batch: int) -> tuple[list[np.ndarray], tuple[np.ndarray, int]]:
-        """A new state for ``batch`` rows, every tensor a view of one block (one allocation, one address to
-        read), and the table of its rows' addresses with the table's own address: one of two tables kept per
+        """A new state for ``batch`` rows, every tensor a view of one block (one block from the pool, one address
+        to read), and the table of its rows' addresses with the table's own address: one of two tables kept per
         batch, the one the last call's state is not read through."""
-        block = np.empty(batch * self._layout.total, dtype=np.float32)
+        block, address = self._blocks.take(batch * self._layout.total)
         tables = self._layout.tables(batch)
         table = tables[1] if self._last_table is tables[0] else tables[0]
-        np.add(self._layout.offsets(batch), _address(block), out=table[0])
+        np.add(self._layout.offsets(batch), address, out=table[0])
         return self._layout.views(block, batch), table
 
     def _call(self, tokens: np.ndarray, tab_in: int, tab_out: int) -> np.ndarray:

@@ -366,6 +366,28 @@ def test_the_library_keeps_branched_states_apart_and_takes_threads_in_turn(libra
             assert np.abs(x - y).max() <= 1e-6
 
 
+def test_the_library_reuses_a_dropped_state_block_and_spares_a_kept_view(library, exported):
+    """Plain steps that drop each old state write their new states into the blocks the dropped ones gave back
+    (runtimes.block_pool); a view kept of an old state keeps that block out of reuse, so its values stay. The
+    pybindings' logits and states every step."""
+    artifact, _ = exported("none")
+    python, native = load(artifact, "executorch"), load(artifact, "executorch", library=library)
+    tokens = stream_tokens(seed=13)
+    sa, sb = python.init_state(1), native.init_state(1)
+    addresses, kept = set(), None
+    for i, t in enumerate(tokens[:12]):
+        a, sa = python.step(np.array([t]), sa)
+        b, sb = native.step(np.array([t]), sb)
+        assert np.abs(a - b).max() <= 1e-6, i
+        addresses.add(sb.tensors[0].ctypes.data)
+        if i == 5:
+            kept, kept_values = sb.tensors[-1][0], sb.tensors[-1][0].copy()
+    assert len(addresses) <= 3, "the loop's states should alternate between reused blocks"
+    assert np.array_equal(kept, kept_values), "a block with a live view was written over"
+    for x, y in zip(sa.numpy(), sb.numpy()):
+        assert np.abs(x - y).max() <= 1e-6
+
+
 def test_the_library_reports_errors_as_exceptions(library, exported, tmp_path):
     """The C API's own checks surface as Python exceptions with its message; a missing library says how to build
     one; a spent state stays spent."""
