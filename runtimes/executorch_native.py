@@ -75,7 +75,8 @@ class NativeExecuTorchBackend:
     runtime = "executorch"
     target = "executorch"
 
-    def __init__(self, manifest: Manifest, variant: Variant, library: str | Path, threads: int | None) -> None:
+    def __init__(self, manifest: Manifest, variant: Variant, library: str | Path, threads: int | None,
+                 blocks: BlockPool | None = None) -> None:
         self.library = Path(library)
         self._lib = open_library(self.library)
         self._lib.seqedge_set_runtime_logging(0)
@@ -104,7 +105,7 @@ class NativeExecuTorchBackend:
         self._sizes = np.array(self.numel, dtype=np.int64)
         self._layout = _Layout([tuple(s.concrete_shape(1)[1:]) for s in manifest.state_specs])
         # new states go to blocks the dropped states of this batch size gave back (block_pool says why)
-        self._blocks = BlockPool()
+        self._blocks = BlockPool() if blocks is None else blocks
         # calls from two threads take turns: the model handle, the token buffer and the tables are one each
         self._lock = threading.Lock()
         self._ids = np.zeros(self.chunk_size, dtype=np.int64)
