@@ -42,6 +42,7 @@ from .head_rows import choose_head_rows
 from .onnx_library import INSTALL_HINT, require_onnx_library
 from .quantization import QuantizationRecipe, WeightIndex, int4_split
 from .shared_weights import share_weights
+from .tied_head import tie_head_to_table
 
 OPSET = 18
 EXPORTERS = ("torchscript", "dynamo")
@@ -119,7 +120,7 @@ class OnnxTarget:
                                                          int4_blocks)
                         # the quantizers rename dims: written again with the clean-up, one load and save
                         _rewrite(out / f"{entry}.onnx", lambda proto, entry=entry: _head_rows(_static_dims(
-                            graph_passes.clean(proto, self.flavour), ctx.model, entry), entry))
+                            tie_head_to_table(graph_passes.clean(proto, self.flavour)), ctx.model, entry), entry))
                 files[entry] = out / f"{entry}.onnx"
         weights = share_weights(list(files.values()), WEIGHTS_FILE)
         for path in files.values():
@@ -172,8 +173,8 @@ class OnnxTarget:
                                             opset_version=self.opset, dynamo=True, dynamic_shapes=shapes,
                                             optimize=True, verbose=False)
                 program.save(str(path))
-        _rewrite(path, lambda proto: _head_rows(graph_passes.clean(_static_dims(proto, model, entry), self.flavour),
-                                                entry) if clean else _static_dims(proto, model, entry))
+        _rewrite(path, lambda proto: _head_rows(tie_head_to_table(graph_passes.clean(
+            _static_dims(proto, model, entry), self.flavour)), entry) if clean else _static_dims(proto, model, entry))
 
     def _finalize(self, path: Path) -> None:
         """The full ``onnx.checker`` on the written graph (its weights beside it)."""

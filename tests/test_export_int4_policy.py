@@ -151,11 +151,16 @@ def test_onnx_int4_packs_the_mlp_and_keeps_the_rest_float32(tmp_path_factory, ru
         fp32 = onnx.load(str(artifact / "onnx" / "fp32" / f"{entry}.onnx")).graph
         int4 = onnx.load(str(artifact / "onnx" / "int4" / f"{entry}.onnx")).graph
         source = _modules_of(fp32, model)
-        assert sorted(n for names in source.values() for n in names) == sorted(_mlp(2) + _kept(2))
+        # the tied head reads the embedding table itself in both (export/tied_head.py), not a MatMul weight
+        kept = [m for m in _kept(2) if m != "embed"]
+        assert sorted(n for names in source.values() for n in names) == sorted(_mlp(2) + kept)
         packed = {n.name.removesuffix("_Q4") for n in int4.node if n.op_type == "MatMulNBits"}
         assert sorted(source[n][0] for n in packed) == _mlp(2)
         # the MatMuls left are the kept modules, with their weights untouched (float32, equal to the model's)
-        assert sorted(n for names in _modules_of(int4, model).values() for n in names) == _kept(2)
+        assert sorted(n for names in _modules_of(int4, model).values() for n in names) == kept
+        for graph in (fp32, int4):
+            head = {n.op_type for n in graph.node if "model.embed.weight" in n.input}
+            assert head == {"Gather", "Gemm" if entry == "step" else "Transpose"}, (entry, head)
         assert not any(t.data_type == onnx.TensorProto.FLOAT16 for t in int4.initializer)
     # the step graph's scope-dropped name is the attention's gate_up, and it stays a plain MatMul
     step = onnx.load(str(artifact / "onnx" / "int4" / "step.onnx")).graph

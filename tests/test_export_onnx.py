@@ -119,6 +119,18 @@ def test_quantized_packings(artifact, rule):
     assert 0.75 * mlp_bytes < sizes["fp32"] - sizes["int4"] < mlp_bytes
 
 
+def _float_weight(graph, name: str) -> np.ndarray:
+    """The float32 weight of the MatMul called ``name`` in ``graph``; for the tied head, which reads the embedding
+    table itself (export/tied_head.py: a ``Gemm`` called ``name + "/tied"``), the table transposed."""
+    from onnx import numpy_helper
+
+    nodes = {n.name: n for n in graph.node}
+    weights = {t.name: t for t in graph.initializer}
+    node = nodes.get(name) or nodes[f"{name}/tied"]
+    weight = numpy_helper.to_array(weights[node.input[1]])
+    return weight if node.op_type == "MatMul" else weight.T
+
+
 def _check_int8_numbers(artifact, nbits):
     """Each 8-bit MatMulNBits holds int8_blocks.pack of its float32 weight, with no zero points (symmetric)."""
     from onnx import numpy_helper
@@ -126,12 +138,10 @@ def _check_int8_numbers(artifact, nbits):
     from seqedge.export import int8_blocks
 
     fp32 = _graph(artifact, "fp32", "step").graph
-    fp32_nodes = {n.name: n for n in fp32.node}
-    fp32_weights = {t.name: t for t in fp32.initializer}
     int8_inits = {t.name: t for t in _graph(artifact, "int8", "step").graph.initializer}
     for node in nbits:
         assert len(node.input) == 3
-        w = numpy_helper.to_array(fp32_weights[fp32_nodes[node.name.removesuffix("_Q8")].input[1]])
+        w = _float_weight(fp32, node.name.removesuffix("_Q8"))
         for name, array in zip(node.input[1:], int8_blocks.pack(w)):
             np.testing.assert_array_equal(numpy_helper.to_array(int8_inits[name]), array, err_msg=name)
 
@@ -144,12 +154,10 @@ def _check_int4_numbers(artifact, nbits):
     from seqedge.export import int4_blockwise
 
     fp32 = _graph(artifact, "fp32", "step").graph
-    fp32_nodes = {n.name: n for n in fp32.node}
-    fp32_weights = {t.name: t for t in fp32.initializer}
     int4_inits = {t.name: t for t in _graph(artifact, "int4", "step").graph.initializer}
     for node in nbits:
         assert len(node.input) == 4 and int4_inits[node.input[3]].data_type == onnx.TensorProto.UINT8
-        w = numpy_helper.to_array(fp32_weights[fp32_nodes[node.name.removesuffix("_Q4")].input[1]])
+        w = _float_weight(fp32, node.name.removesuffix("_Q4"))
         want = int4_blockwise.pack(w, *int4_blockwise.search(w, 32), 32)
         for name, array in zip(node.input[1:4], want):
             np.testing.assert_array_equal(numpy_helper.to_array(int4_inits[name]), array, err_msg=name)

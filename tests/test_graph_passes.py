@@ -14,8 +14,9 @@ from seqedge.artifact import read_manifest
 
 # nodes of the tiny test model's fp32 graphs after clean-up (2 layers; as exported, before ONNX Runtime's own
 # optimiser): a graph that grows past these fails; lower them when a pass removes more
-NODE_BUDGET = {("onnx", "step"): 109, ("onnx", "chunk"): 222, ("onnx-ort", "step"): 79, ("onnx-ort", "chunk"): 78}
-# a chunk's budget includes the Slice in front of the head that picks its rows (export/head_rows.py)
+NODE_BUDGET = {("onnx", "step"): 109, ("onnx", "chunk"): 223, ("onnx-ort", "step"): 79, ("onnx-ort", "chunk"): 79}
+# a chunk's budget includes the Slice in front of the head that picks its rows (export/head_rows.py) and the
+# Transpose of the embedding table its tied head reads (export/tied_head.py; runtimes fold it at load)
 # as traced (before clean-up): step 282, chunk 464 (onnx); step 282, chunk 228 (onnx-ort)
 
 
