@@ -23,27 +23,26 @@ import numpy as np
 from .onnx_library import require_onnx_library
 
 
-def _tables(graph: Any, arrays: dict[str, np.ndarray]) -> dict[tuple[int, ...], list[str]]:
+def _tables(graph: Any, inits: dict[str, Any]) -> dict[tuple[int, ...], list[str]]:
     """2-D initializers that a ``Gather`` reads as its data, by shape."""
     found: dict[tuple[int, ...], list[str]] = {}
     for node in graph.node:
-        if node.op_type == "Gather" and node.input[0] in arrays and arrays[node.input[0]].ndim == 2:
-            names = found.setdefault(arrays[node.input[0]].shape, [])
+        if node.op_type == "Gather" and node.input[0] in inits and len(inits[node.input[0]].dims) == 2:
+            names = found.setdefault(tuple(int(d) for d in inits[node.input[0]].dims), [])
             if node.input[0] not in names:
                 names.append(node.input[0])
     return found
 
 
-def _one_position(node: Any, arrays: dict[str, np.ndarray]) -> bool:
+def _one_position(node: Any, inits: dict[str, Any]) -> bool:
     """Whether ``node`` is a ``Gather`` of one position (a scalar index) on axis 1."""
-    if node.op_type != "Gather" or node.input[1] not in arrays or arrays[node.input[1]].ndim != 0:
+    if node.op_type != "Gather" or node.input[1] not in inits or len(inits[node.input[1]].dims) != 0:
         return False
     axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
     return axis == 1
 
 
-def _casts_then_position(graph: Any, head: Any, arrays: dict[str, np.ndarray],
-                         outputs: set[str]) -> tuple[list[Any], Any]:
+def _casts_then_position(graph: Any, head: Any, inits: dict[str, Any], outputs: set[str]) -> tuple[list[Any], Any]:
     """The ``Cast`` nodes (each the only reader of the one before) from ``head`` to a ``Gather`` of one position,
     and that ``Gather``; ``([], None)`` where the head's output goes anywhere else."""
     casts: list[Any] = []
@@ -52,7 +51,7 @@ def _casts_then_position(graph: Any, head: Any, arrays: dict[str, np.ndarray],
         readers = [n for n in graph.node if value in n.input]
         if len(readers) != 1:
             break
-        if _one_position(readers[0], arrays):
+        if _one_position(readers[0], inits):
             return casts, readers[0]
         if readers[0].op_type != "Cast":
             break
@@ -66,20 +65,24 @@ def tie_head_to_table(model: Any) -> Any:
     onnx = require_onnx_library("onnx")
     helper, numpy_helper = onnx.helper, require_onnx_library("onnx.numpy_helper")
     graph = model.graph
-    arrays = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    tables = _tables(graph, arrays)
+    inits = {t.name: t for t in graph.initializer}
+    tables = _tables(graph, inits)
     outputs = {o.name for o in graph.output}
     replaced: set[str] = set()
     for head in list(graph.node):
-        if head.op_type != "MatMul" or head.input[1] not in arrays or arrays[head.input[1]].ndim != 2:
+        if head.op_type != "MatMul" or head.input[1] not in inits or len(inits[head.input[1]].dims) != 2:
             continue
-        weight = arrays[head.input[1]]
-        table = next((t for t in tables.get(weight.shape[::-1], ()) if arrays[t].dtype == weight.dtype
-                      and np.array_equal(arrays[t].T, weight)), None)
+        # only a weight of a table's transposed shape is read into memory (a real model's are hundreds of MB)
+        shape = tuple(int(d) for d in inits[head.input[1]].dims)[::-1]
+        if shape not in tables:
+            continue
+        weight = numpy_helper.to_array(inits[head.input[1]])
+        table = next((t for t in tables[shape] if inits[t].data_type == inits[head.input[1]].data_type
+                      and np.array_equal(numpy_helper.to_array(inits[t]).T, weight)), None)
         if table is None:
             continue
         replaced.add(head.input[1])
-        casts, pick = _casts_then_position(graph, head, arrays, outputs)
+        casts, pick = _casts_then_position(graph, head, inits, outputs)
         if pick is not None:
             # the one position first, then the head on it: Gather(x) -> Gemm -> the same Casts -> the same output
             at = list(graph.node).index(head)
