@@ -8,7 +8,8 @@ How each scheme is packed (the recipe says *what*, this module says *how*):
 - ``int8``: ``com.microsoft::MatMulNBits`` with 8 bits for every MatMul with a constant weight: symmetric blocks
   of 128 weights along K, each with a float32 scale (:mod:`int8_blocks`), laid out by
   ``onnxruntime.quantization.matmul_nbits_quantizer``; activations int8 per block at run time (``accuracy_level``
-  4, see ``_quantize_int8``).
+  4, see ``_quantize_int8``). A tied head's blocks serve the token embedding too, where the table is large
+  (:mod:`packed_table`): the float32 table is not kept beside them.
 - ``int4``: weight-only ``com.microsoft::MatMulNBits`` (asymmetric, ``group_size`` weights per block with a float32
   scale and a uint8 zero point, chosen by ``int4_blockwise.search`` to lower each block's squared error; no
   calibration data), laid out by ``onnxruntime.quantization.matmul_nbits_quantizer``, for the MatMuls of the
@@ -40,6 +41,7 @@ from . import graph_passes, int4_blockwise, int8_blocks
 from .entry_points import ENTRY_POINTS, entry_module, example_inputs, input_names, output_names
 from .head_rows import choose_head_rows
 from .onnx_library import INSTALL_HINT, require_onnx_library
+from .packed_table import gather_from_packed_head
 from .quantization import QuantizationRecipe, WeightIndex, int4_split
 from .shared_weights import share_weights
 from .tied_head import tie_head_to_table
@@ -120,7 +122,8 @@ class OnnxTarget:
                                                          int4_blocks)
                         # the quantizers rename dims: written again with the clean-up, one load and save
                         _rewrite(out / f"{entry}.onnx", lambda proto, entry=entry: _head_rows(_static_dims(
-                            tie_head_to_table(graph_passes.clean(proto, self.flavour)), ctx.model, entry), entry))
+                            gather_from_packed_head(tie_head_to_table(graph_passes.clean(proto, self.flavour))),
+                            ctx.model, entry), entry))
                 files[entry] = out / f"{entry}.onnx"
         weights = share_weights(list(files.values()), WEIGHTS_FILE)
         for path in files.values():
