@@ -14,7 +14,7 @@ one), and where the table is at least :data:`MIN_TABLE_BYTES`: the rewrite adds 
 ``Slice``), which a model with a table smaller than that (the bundled byte model's is 0.2 MB), whose step is
 bound by per-node cost, would pay for more than the bytes save. Anything else is left alone. Unlike ``Gather``,
 the operator answers an index out of range with a row of zeros rather than an error (it reads no memory out of
-bounds): ``Session`` checks token ids before every call.
+bounds): seqedge's sessions (Python's ``Session``, the web runner's) check token ids before every call.
 """
 
 from __future__ import annotations
