@@ -51,7 +51,8 @@ RECIPES: dict[str, RecipeInfo] = {r.name: r for r in (
                 "tensorrt": "float16 engine"}),
     RecipeInfo("int8-dynamic", "int8", "int8 weights of every linear layer; activations quantized to int8 per "
                "token at run time where the target can (Core ML: weights only)",
-               {"onnx": "MatMulNBits (8 bits, symmetric blocks of 128 along K), int8 activations at run time",
+               {"onnx": "MatMulNBits (8 bits, symmetric blocks of 128 along K), int8 activations at run time; "
+                        "a tied head's blocks also embed the tokens where the table is 1 MiB or more",
                 "onnx-ort": "as onnx, with the fused LinearAttention scan",
                 "executorch": "torchao int8 weights per output channel, int8 dynamic activations per token (a "
                               "tied head gets a packed copy; the embedding table stays float32)",
