@@ -54,9 +54,13 @@ def gather_from_packed_head(model: Any) -> Any:
     helper, numpy_helper = onnx.helper, require_onnx_library("onnx.numpy_helper")
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    heads = [n for n in graph.node if n.op_type == "MatMulNBits" and n.domain == "com.microsoft" and len(n.input) == 3
-             and _attrs(n).get("bits") == 8 and _attrs(n).get("block_size") == int8_blocks.BLOCK
-             and n.input[1] in inits and n.input[2] in inits]
+    # (N, K) -> the 8-bit MatMulNBits of that shape without zero points whose weights are initializers
+    heads: dict[tuple[Any, Any], list[Any]] = {}
+    for node in graph.node:
+        attrs = _attrs(node) if node.op_type == "MatMulNBits" and node.domain == "com.microsoft" else {}
+        if (attrs.get("bits") == 8 and attrs.get("block_size") == int8_blocks.BLOCK and len(node.input) == 3
+                and node.input[1] in inits and node.input[2] in inits):
+            heads.setdefault((attrs.get("N"), attrs.get("K")), []).append(node)
     replaced: set[str] = set()
     for gather in [n for n in graph.node if n.op_type == "Gather" and n.input[0] in inits]:
         table = inits[gather.input[0]]
@@ -65,7 +69,7 @@ def gather_from_packed_head(model: Any) -> Any:
                 or _attrs(gather).get("axis", 0) != 0 or 4 * int(np.prod(table.dims)) < MIN_TABLE_BYTES):
             continue
         V, K = (int(d) for d in table.dims)
-        candidates = [h for h in heads if (_attrs(h).get("N"), _attrs(h).get("K")) == (V, K)]
+        candidates = heads.get((V, K), [])
         if not candidates:
             continue
         packed, scales = int8_blocks.pack(np.ascontiguousarray(numpy_helper.to_array(table).T))
@@ -102,6 +106,4 @@ def gather_from_packed_head(model: Any) -> Any:
         read = {name for node in graph.node for name in node.input}
         for tensor in [t for t in graph.initializer if t.name in replaced and t.name not in read]:
             graph.initializer.remove(tensor)
-        if not any(o.domain == "com.microsoft" for o in model.opset_import):
-            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return model
