@@ -5,8 +5,9 @@ The fp32 decode of a real-size model reads every weight once a step, so its floo
 probe splits the step's time into the matrix products and the rest:
 
 - ``step``: the artifact's onnx-ort ``step.onnx`` as exported, on fixed random inputs;
-- ``matmuls``: a graph of the same MatMul nodes on the same weights (the artifact's external data), each fed its
-  own input vector, nothing else: what the products alone cost;
+- ``matmuls``: a graph of the same products (MatMul nodes, and the ``Gemm`` a tied head reads the embedding table
+  through) on the same weights (the artifact's external data), each fed its own input vector, nothing else: what
+  the products alone cost;
 - ``read``: the time to read the same number of bytes once (``torch.sum`` of a float32 array that size, the
   process's threads), the ceiling a streaming kernel can reach.
 
@@ -36,20 +37,21 @@ from seqedge.evaluate.run_info import run_metadata
 
 
 def matmul_graph(step: Path) -> tuple[onnx.ModelProto, int]:
-    """The step's MatMul nodes whose weight is an initializer, each on a graph input of its own, and their
+    """The step's MatMul and Gemm nodes whose weight is an initializer, each on a graph input of its own, and their
     weights' bytes; the initializers keep pointing at the artifact's external data file."""
     model = onnx.load(str(step), load_external_data=False)
     inits = {i.name: i for i in model.graph.initializer}
     nodes, inputs, outputs, weights = [], [], [], {}
     for n in model.graph.node:
-        if n.op_type != "MatMul" or n.input[1] not in inits:
+        if n.op_type not in ("MatMul", "Gemm") or n.input[1] not in inits:
             continue
         w = inits[n.input[1]]
-        k, m = w.dims[-2], w.dims[-1]
+        trans_b = {a.name: a.i for a in n.attribute}.get("transB", 0) if n.op_type == "Gemm" else 0
+        k, m = (w.dims[-1], w.dims[-2]) if trans_b else (w.dims[-2], w.dims[-1])
         x, y = f"x{len(nodes)}", f"y{len(nodes)}"
         inputs.append(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, [1, k]))
         outputs.append(helper.make_tensor_value_info(y, onnx.TensorProto.FLOAT, [1, m]))
-        nodes.append(helper.make_node("MatMul", [x, w.name], [y]))
+        nodes.append(helper.make_node(n.op_type, [x, w.name], [y], **({"transB": 1} if trans_b else {})))
         weights[w.name] = w
     nbytes = sum(math.prod(w.dims) * 4 for w in weights.values())
     graph = helper.make_graph(nodes, "matmuls", inputs, outputs, list(weights.values()))
