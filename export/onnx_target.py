@@ -15,7 +15,8 @@ How each scheme is packed (the recipe says *what*, this module says *how*):
   calibration data), laid out by ``onnxruntime.quantization.matmul_nbits_quantizer``, for the MatMuls of the
   modules the recipe's int4 policy selects (``QuantizationRecipe.int4_applies``; the MLP by default); the other
   MatMuls stay float32, and ``Variant.info["int4"]`` lists both. Activations: int8 per block in ``step``
-  (MatMulNBits ``accuracy_level`` 4), in ``chunk`` too from 512 wide on (:func:`int4_accuracy_level`).
+  (MatMulNBits ``accuracy_level`` 4), in ``chunk`` too from 512 wide on (:func:`int4_accuracy_level`). A packed
+  tied head's 4-bit blocks serve the token embedding too, where the table is large (:mod:`packed_table`).
 
 Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. It exports both entry points faster
 than ``dynamo=True`` with the same results and about the same ORT latency after ORT's graph optimisation; the
@@ -138,7 +139,7 @@ class OnnxTarget:
                 "op_types": {e: sorted({n.op_type for n in g.graph.node}) for e, g in graphs.items()},
                 "nodes": {e: graph_passes.node_counts(g, layers) for e, g in graphs.items()},
                 # what a step reads per token (the floor of seqedge.evaluate.floor): the shared weights file
-                # holds the chunk's constants and the quantized graphs' float32 embedding table as well
+                # holds the chunk's constants as well, and a small table a quantized graph keeps in float32
                 "step_weight_bytes": graph_passes.weight_read_bytes(graphs["step"]),
                 # states a donated step may update in place (seqedge.runtimes.ort_step_chain)
                 "step_in_place_states": graph_passes.in_place_states(graphs["step"])}

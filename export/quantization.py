@@ -23,8 +23,9 @@ MLP_MODULES = ("blocks.*.mlp.gate_up", "blocks.*.mlp.down")
 # Every linear layer of the blocks (mixer projections and MLP).
 BLOCK_LINEARS = ("blocks.*",)
 TIED_HEAD = "embed"        # the weight-matrix name of the output head when it is tied to the embedding
-# Every linear layer: the blocks' and the output head (tied or not). A tied table stays float where the
-# target can give the head its own packed copy (ONNX, ExecuTorch); Core ML packs the one table both read.
+# Every linear layer: the blocks' and the output head (tied or not). A tied head gets its own packed copy (ONNX,
+# ExecuTorch); ONNX embeds the tokens from that copy's blocks where the table is large (packed_table), ExecuTorch
+# keeps the table float; Core ML packs the one table both read.
 EVERY_LINEAR = BLOCK_LINEARS + (TIED_HEAD, "head")
 
 
@@ -65,11 +66,12 @@ RECIPES: dict[str, RecipeInfo] = {r.name: r for r in (
                 "executorch": "torchao 8da4w: int4 grouped weights, int8 dynamic activations per token",
                 "coreml": "int4 weights per block, float16 compute"}),
     RecipeInfo("int4-all", "int4", "int4 weights in groups (--group-size) for every linear layer: mixer "
-               "projections, MLP and the output head; the embedding table keeps the float format where the "
-               "target can (a tied head gets a packed copy). Writes the same int4 variant as int4-mlp: one of "
-               "the two per artifact",
+               "projections, MLP and the output head; a tied head's blocks embed the tokens too (ONNX, tables "
+               "of 1 MiB or more) or the head gets a packed copy beside the float table (ExecuTorch). Writes the "
+               "same int4 variant as int4-mlp: one of the two per artifact",
                {"onnx": "MatMulNBits (4 bits, uint8 zero points); int8 activations in the step, and in the chunk "
-                        "from 512 wide on (float below)",
+                        "from 512 wide on (float below); a tied head's blocks also embed the tokens where the "
+                        "table is 1 MiB or more",
                 "onnx-ort": "as onnx, with the fused LinearAttention scan",
                 "executorch": "torchao 8da4w: int4 grouped weights, int8 dynamic activations per token; a tied "
                               "head is untied into a packed copy",

@@ -67,8 +67,8 @@ def test_int4_all_selects_every_linear_and_the_head():
 
 def test_int4_all_packs_a_model_without_mlps(tmp_path):
     """int4-mlp selects nothing in a model without MLP blocks (an imported Mamba2) and is refused up front;
-    int4-all packs its mixer projections and the tied head (ONNX MatMulNBits) while the embedding table stays
-    float32, and the variant stays within the int4 budget."""
+    int4-all packs its mixer projections and the tied head (ONNX MatMulNBits) while the embedding table, under
+    packed_table's size floor, stays float32, and the variant stays within the int4 budget."""
     from seqedge.evaluate.export_check import export_verified
     from seqedge.export.api import export_model
 

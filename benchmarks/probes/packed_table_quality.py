@@ -1,0 +1,101 @@
+"""What an embedding read from the packed tied head costs in quality, on the trained bundled model.
+
+The int8 and int4 exports embed tokens from the tied head's 8-bit or 4-bit blocks (``export/packed_table.py``)
+only where the float32 table is at least ``MIN_TABLE_BYTES`` (1 MiB); the bundled model's table (259 x 192, 0.2 MB)
+is under that floor, so its artifacts keep the float32 table. This probe applies the same rewrite to the bundled
+model's quantized ``chunk`` graphs with the floor at 0 and compares parity with the float32 table and with the
+head's rows: the quality the rewrite costs a trained model, which the random-weight Mamba2-130M it applies to
+cannot show. Recipes: int8-dynamic (8-bit blocks of 128) and int4-all (every matrix 4-bit, groups of 32 and 64).
+
+Parity as ``benchmarks/int4_policy.py`` measures it: 1,024 tokens of the parity stream as chunk calls (state
+carried) against the float64 reference; budget top-1 >= 95%, bpb within 3%.
+
+Usage: ``python benchmarks/probes/packed_table_quality.py [--out FILE]`` (default
+``benchmarks/results/packed_table_quality.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from seqedge.evaluate.run_info import run_metadata
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKENS = 1024
+RECIPES = (("int8-dynamic", None), ("int4-all", 32), ("int4-all", 64))
+
+
+def chunk_logits(path: Path, model, tokens: np.ndarray) -> np.ndarray:
+    """Logits ``[T, V]`` (float64) of the chunk graph at ``path`` over ``tokens``, one chunk a call, state carried."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    C = model.config.chunk_size
+    names = [i.name for i in session.get_inputs()]
+    state = [np.zeros(s.concrete_shape(1), np.float32) for s in model.state_specs]
+    logits = []
+    for start in range(0, len(tokens), C):
+        out = session.run(None, dict(zip(names, [tokens[None, start:start + C], *state])))
+        logits.append(out[0][0])
+        state = out[1:]
+    return np.concatenate(logits).astype(np.float64)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "packed_table_quality.json")
+    args = parser.parse_args(argv)
+    import torch
+
+    from seqedge.defaults import load_default
+    from seqedge.evaluate.parity import StreamResult, compare, reference_stream, text_tokens
+    from seqedge.export.api import export_model
+    from seqedge.export.packed_table import gather_from_packed_head
+
+    torch.set_num_threads(2)
+    model = load_default().float().eval()
+    tokens = text_tokens(TOKENS)
+    reference = reference_stream(model, tokens, TOKENS)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for recipe, group in RECIPES:
+            root = Path(tmp) / f"{recipe}-{group}"
+            options = {} if group is None else {"group_size": group}
+            manifest = export_model(model, root, ["onnx"], [recipe], progress=False, **options)
+            variant = manifest.variant("onnx", "int8" if recipe == "int8-dynamic" else "int4")
+            graph = manifest.path(variant, "chunk")
+            rewritten = gather_from_packed_head(onnx.load(str(graph)), min_table_bytes=0)
+            ops = {n.op_type for n in rewritten.graph.node}
+            if "GatherBlockQuantized" not in ops:
+                raise RuntimeError(f"{recipe}: the rewrite found no packed head for the table")
+            packed = root / "packed_chunk.onnx"
+            onnx.save(rewritten, str(packed))
+            for embedding, path in (("float32 table", graph), ("the head's packed rows", packed)):
+                report = compare(StreamResult(chunk_logits(path, model, tokens), reference.state), reference,
+                                 tokens, prefill=TOKENS, tag=variant.tag)
+                rows.append({"recipe": recipe, "group_size": group, "embedding": embedding, "top1": report.top1,
+                             "dbpb": report.bpb / report.bpb_reference - 1, "kl": report.kl,
+                             "passed": report.passed})
+                print(f"{recipe:12s} g{group!s:4s} {embedding:24s} top-1 {report.top1:.2%} "
+                      f"bpb {rows[-1]['dbpb']:+.2%} kl {report.kl:.4f}", flush=True)
+    run = run_metadata()
+    meta = {"command": "python benchmarks/probes/packed_table_quality.py", "date_utc": run["date"],
+            "commit": run["commit"], "machine": run["machine"], "tokens": TOKENS,
+            "stream": "chunk calls only, state carried, against float64; budget top-1 >= 95%, bpb within 3%",
+            "model": "the bundled model (seqedge/default_model), table 259 x 192"}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
