@@ -102,16 +102,20 @@ def trained_copy(path: Path, steps: int = 150, lr: float = 1e-2, batch: int = 32
     return model.eval()
 
 
-def quantized_top1(path: Path, tmp_path: Path, schemes=("fp16", "int8")) -> dict[str, float]:
+QUANTIZED_RECIPES = {"fp16": "fp16", "int8": "int8-dynamic", "int4": "int4-all"}
+
+
+def quantized_top1(path: Path, tmp_path: Path, schemes=("fp16", "int8", "int4")) -> dict[str, float]:
     """Top-1 agreement over 256 tokens of the onnx step at each of ``schemes`` with float32 logits, on a
     :func:`trained_copy` of the model imported from ``path``: the copy is saved as a checkpoint, exported by the
-    CLI (int8 as its ``int8-dynamic`` recipe: 8-bit weights in blocks, int8 activations) and stepped from a zero
-    state over unseen tokens of the same language."""
+    CLI (int8 as its ``int8-dynamic`` recipe: 8-bit weights in blocks, int8 activations; int4 as ``int4-all``:
+    every matrix in 4-bit groups of 32, the recipe for models without MLP blocks) and stepped from a zero state
+    over unseen tokens of the same language."""
     import seqedge
 
     model = trained_copy(path)
     model.save_pretrained(tmp_path / "trained")
-    recipes = ",".join("int8-dynamic" if s == "int8" else s for s in schemes)
+    recipes = ",".join(QUANTIZED_RECIPES[s] for s in schemes)
     artifact = tmp_path / "art"
     assert main(["export", "-m", str(tmp_path / "trained"), "--target", "onnx", "--quantize", recipes,
                  "--out", str(artifact), "--quiet"]) == 0

@@ -105,7 +105,7 @@ def trained_top1(hf, tmp_path_factory):
     return quantized_top1(hf[1], tmp_path_factory.mktemp("mamba2-q"))
 
 
-@pytest.mark.parametrize("scheme", ["fp16", "int8"])
+@pytest.mark.parametrize("scheme", ["fp16", "int8", "int4"])
 def test_quantized_step_keeps_top1(trained_top1, scheme):
     assert trained_top1[scheme] >= 0.99, trained_top1
 
