@@ -139,6 +139,7 @@ class Engine:
     prefill: Callable[[np.ndarray], None]
     step: Callable[[int], None]
     floor_ms: float = 0.0
+    pages: str = ""          # a seqedge session's huge pages (Session.describe())
 
 
 def llama_engine(path: Path, quant: str, n_ctx: int, threads: int, work: Path, floor: Callable[[int], float]
@@ -176,7 +177,7 @@ def seqedge_engine(artifact: Path, runtime: str, tag: str, threads: int, floor: 
         _, box[0] = sess.step(np.asarray([token]), box[0], donate=True)
 
     return Engine(f"seqedge {runtime}", tag, tag, sum(f["bytes"] for f in sess.variant.files.values()) / 2**20,
-                  reset, prefill, step, floor(step_weight_bytes(sess.variant)))
+                  reset, prefill, step, floor(step_weight_bytes(sess.variant)), sess.describe()["huge_pages"])
 
 
 def bench_engines(engines: list[Engine], contexts: list[int], steps: int, vocab: int, seed: int = 0) -> list[Row]:
@@ -251,6 +252,9 @@ def render(rows: list[Row], meta: dict) -> str:
              *([f"- seqedge int4: groups of {meta['int4_group_size']} weights, asymmetric (float32 scale and 4-bit "
                 f"zero point per group: {int4_bits(meta['int4_group_size']):.2f} bits a weight); llama.cpp q4_0: "
                 f"groups of 32, symmetric, float16 scale (4.50 bits)"] if meta.get("int4_group_size") else []),
+             *(["- seqedge's memory on 2 MiB pages (runtimes/huge_pages.py), as each session reported at load: "
+                + "; ".join(f"{k}: {v}" for k, v in meta["huge_pages"].items()) + ". llama.cpp's weights are its "
+                "mmap of the GGUF file, as it runs alone"] if meta.get("huge_pages") else []),
              *[f"- rows of {', '.join(group['engines'])} are not from this run: kept from the run of commit "
               f"{group.get('commit')} ({group.get('date')})" for group in _groups(meta.get("kept_rows"))], "",
              "| engine | variant | precision | context | p50 ms/token | p99 ms/token | tok/s (p50) | prefill tok/s "
@@ -355,14 +359,19 @@ def main(argv: list[str] | None = None) -> int:
         # one model on both sides: the same state and FLOPs per token, the engines' weight bytes differ
         state, flops = state_nbytes(manifest.state_specs, 1), step_flops(manifest.config)
         floor = lambda nbytes: step_floor(nbytes, state, flops, limits)["floor_ms"]  # noqa: E731
+    pages: dict[str, str] = {}
     for quant, path in ggufs.items():
-        engines = [llama_engine(path, quant, max(contexts) + args.steps + WARMUP + 16, args.threads, work, floor)]
-        engines += [seqedge_engine(art, runtime, tag, args.threads, floor) for runtime, tag in variants
-                    if tag == PRECISION_OF_GGUF[quant]]
+        # seqedge's sessions first: a load advises the process's written memory onto huge pages
+        # (runtimes/huge_pages.py), which would otherwise take in llama.cpp's buffers, not advised when it runs alone
+        engines = [seqedge_engine(art, runtime, tag, args.threads, floor) for runtime, tag in variants
+                   if tag == PRECISION_OF_GGUF[quant]]
+        engines.insert(0, llama_engine(path, quant, max(contexts) + args.steps + WARMUP + 16, args.threads, work,
+                                       floor))
+        pages.update({f"{e.engine} {e.variant}": e.pages for e in engines if e.pages})
         rows += bench_engines(engines, contexts, args.steps, vocab, args.seed)
         del engines                     # one precision's models in memory at a time
     meta = run_metadata(threads=args.threads, llama_cpp_python=LLAMA_CPP_PYTHON, limits=limits.to_dict(),
-                        int4_group_size=args.group_size)
+                        int4_group_size=args.group_size, huge_pages=pages)
     if args.keep_rows and (RESULTS / "llama_cpp.json").is_file():
         last = json.loads((RESULTS / "llama_cpp.json").read_text())
         timed = {r.engine for r in rows}

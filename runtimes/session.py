@@ -28,6 +28,7 @@ from seqedge.sampling import Sampler, SamplingConfig
 from seqedge.state import State
 
 from .base import Backend, get_runtime
+from .huge_pages import HugePages, advise_written_memory
 
 _INT64 = np.dtype(np.int64)
 
@@ -35,11 +36,13 @@ _INT64 = np.dtype(np.int64)
 class Session:
     """A loaded artifact on one runtime. Create with :func:`seqedge.runtimes.load`."""
 
-    def __init__(self, manifest: Manifest, variant: Variant, backend: Backend, runtime: str) -> None:
+    def __init__(self, manifest: Manifest, variant: Variant, backend: Backend, runtime: str,
+                 huge_pages: HugePages | None = None) -> None:
         self.manifest = manifest
         self.variant = variant
         self.backend = backend
         self.runtime = runtime
+        self.huge_pages = huge_pages or HugePages(reason="not asked for")
         self.specs = manifest.state_specs
         self.fingerprint = manifest.fingerprint
         self.vocab_size = manifest.vocab_size
@@ -203,7 +206,8 @@ class Session:
             last, state = self.step(np.asarray([token]), state, check_finite=False, donate=True)
 
     def describe(self) -> dict[str, Any]:
-        return {"runtime": self.runtime, "variant": self.variant.name, **self.backend.describe()}
+        return {"runtime": self.runtime, "variant": self.variant.name, **self.backend.describe(),
+                "huge_pages": self.huge_pages.describe()}
 
 
 def check_logits_mode(logits: Any, length: int) -> bool:
@@ -225,19 +229,25 @@ def load(artifact_dir: str | Path, runtime: str = "onnxruntime", *, quantization
     ``quantization`` picks a variant (fp32/none, fp16, int8, int4); by default fp32, or the only one present.
     Files are checked against their sha256 before use. ``options`` go to the runtime (each lists its own when
     given an unknown one), e.g. ``threads``, or for executorch ``library``: seqedge's C++ runner library
-    (``libseqedge.so``, built from runners/cpp) to run the program instead of the Python bindings.
+    (``libseqedge.so``, built from runners/cpp) to run the program instead of the Python bindings; and to every
+    runtime ``huge_pages`` (default True): once the runtime has loaded, the process's written anonymous memory (the
+    runtime's weights among it) is advised onto 2 MiB pages where Linux allows (:mod:`seqedge.runtimes.huge_pages`).
     """
     target = get_runtime(runtime).target
     manifest = read_manifest(artifact_dir)
     return open_session(manifest, manifest.variant(target, quantization), runtime, **options)
 
 
-def open_session(manifest: Manifest, variant: Variant, runtime: str, **options: Any) -> Session:
+def open_session(manifest: Manifest, variant: Variant, runtime: str, *, huge_pages: bool = True,
+                 **options: Any) -> Session:
     """A Session for one variant of an already-read manifest; ImportError or RuntimeUnavailable if the runtime
-    cannot run here (the message says what would)."""
+    cannot run here (the message says what would). ``huge_pages``: see :func:`load`."""
+    if not isinstance(huge_pages, bool):
+        raise TypeError(f"huge_pages must be True or False, got {huge_pages!r}")
     with quiet_libraries():
         factory = get_runtime(runtime)
         factory.check_available()
         backend = factory.open(manifest, variant, **options)
+    pages = advise_written_memory(huge_pages)
     session_class = getattr(backend, "session_class", Session)     # a backend may keep its states on a device
-    return session_class(manifest, variant, backend, runtime)
+    return session_class(manifest, variant, backend, runtime, pages)

@@ -83,6 +83,9 @@ def floor_markdown(results: Sequence[RunResult]) -> list[str]:
         out.append(f"| {r.name} | {r.info.get('threads', '-')} | {_size(f['weight_bytes'])} | "
                    f"{_size(f['state_bytes'])} | {f['flops'] / 1e6:.2f} | {f['floor_ms']:.4f} | {f['bound']} | "
                    f"{f['p50_over_floor']:.1f}x |")
+    pages = [f"{r.name}: {r.info['huge_pages']}" for r in rows if "huge_pages" in r.info]
+    if pages:
+        out += ["", "Huge pages (runtimes/huge_pages.py): " + "; ".join(pages) + "."]
     return out
 
 
