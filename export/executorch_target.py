@@ -12,9 +12,11 @@ How each recipe scheme is packed here (DESIGN §3; the state I/O stays float32 i
   others, and a selected linear whose input width is not a multiple of the group size, stay float32; the
   Variant lists which linears were quantized and why each other one was kept.
 
-The embedding table is no ``nn.Linear`` and stays float32 in every scheme. A tied output head reads the same
-table; where the scheme packs it (int8, and int4 where the policy selects ``embed``) it gets an ``nn.Linear`` copy
-of its own for torchao to pack, so a step reads the packed head rather than the float32 table.
+The embedding table is no ``nn.Linear``. A tied output head reads the same table; where the scheme packs it (int8,
+and int4 where the policy selects ``embed``) it gets an ``nn.Linear`` copy of its own for torchao to pack, so a step
+reads the packed head rather than the float32 table, and a table of 1 MiB or more is then packed for the lookup too
+(int8 rows or int4 groups, ExecuTorch's quantized embedding kernels: export/executorch_embedding.py). Otherwise the
+table stays float32.
 
 After quantization the copy's RMSNorms, short convs, SwiGLUs, SiLUs, tied head and chunked scan are rewritten
 (the scan with constant masks and prefix sums: export/xnnpack_scan.py), and the edge graphs' reshapes made
@@ -45,6 +47,7 @@ from seqedge.quiet import quiet_libraries
 
 from .base import ExportContext
 from .entry_points import ENTRY_POINTS, entry_module, example_inputs
+from .executorch_embedding import pack_embedding
 from .quantization import SCHEMES, TIED_HEAD, QuantizationRecipe
 from .xnnpack_cast import partitioner_configs
 from .xnnpack_friendly import EDGE_PASSES, XNNPACK_REWRITES, linear_logits, xnnpack_friendly
@@ -126,11 +129,17 @@ def prepare_model(model: nn.Module, recipe: QuantizationRecipe) -> tuple[nn.Modu
     quantized = [n for n in linears if n not in kept]
     with torch.no_grad():
         quantize_(model, config, filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn in quantized)
+    # the table, read only by the lookup once the head has its own copy, packed as well where it is large
+    embedding = pack_embedding(model, 8 if recipe.scheme == "int8" else 4, recipe.group_size) if untied else None
     desc.update(torchao_config=type(config).__name__, quantized_linears=len(quantized), quantized_modules=quantized,
                 float32_linears=sorted(kept), float32_reasons=kept,
-                float32_modules=["embed (tied head)" if model.head is None else "embed"])
+                float32_modules=[] if embedding else ["embed (tied head)" if model.head is None else "embed"])
+    if embedding:
+        desc["packed_embedding"] = embedding
     if untied:
-        desc["untied_head"] = "the tied head's packed copy; the embedding table stays float32"
+        desc["untied_head"] = ("the tied head's packed copy; the embedding table " +
+                               ("packed for the lookup (export/executorch_embedding.py)" if embedding else
+                                "stays float32"))
     return model, desc
 
 

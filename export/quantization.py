@@ -24,8 +24,8 @@ MLP_MODULES = ("blocks.*.mlp.gate_up", "blocks.*.mlp.down")
 BLOCK_LINEARS = ("blocks.*",)
 TIED_HEAD = "embed"        # the weight-matrix name of the output head when it is tied to the embedding
 # Every linear layer: the blocks' and the output head (tied or not). A tied head gets its own packed copy (ONNX,
-# ExecuTorch); ONNX embeds the tokens from that copy's blocks where the table is large (packed_table), ExecuTorch
-# keeps the table float; Core ML packs the one table both read.
+# ExecuTorch); where the table is large, ONNX embeds the tokens from that copy's blocks (packed_table) and
+# ExecuTorch packs the table for its lookup kernels (executorch_embedding); Core ML packs the one table both read.
 EVERY_LINEAR = BLOCK_LINEARS + (TIED_HEAD, "head")
 
 
@@ -56,7 +56,7 @@ RECIPES: dict[str, RecipeInfo] = {r.name: r for r in (
                         "a tied head's blocks also embed the tokens where the table is 1 MiB or more",
                 "onnx-ort": "as onnx, with the fused LinearAttention scan",
                 "executorch": "torchao int8 weights per output channel, int8 dynamic activations per token (a "
-                              "tied head gets a packed copy; the embedding table stays float32)",
+                              "tied head gets a packed copy, and a table of 1 MiB or more int8 rows for the lookup)",
                 "coreml": "int8 weights per output channel, float16 compute (no activation quantization)"}),
     RecipeInfo("int4-mlp", "int4", "int4 weights in groups (--group-size) for the MLP linears only; attention "
                "projections and the tied head keep the float format",
@@ -66,15 +66,16 @@ RECIPES: dict[str, RecipeInfo] = {r.name: r for r in (
                 "executorch": "torchao 8da4w: int4 grouped weights, int8 dynamic activations per token",
                 "coreml": "int4 weights per block, float16 compute"}),
     RecipeInfo("int4-all", "int4", "int4 weights in groups (--group-size) for every linear layer: mixer "
-               "projections, MLP and the output head; a tied head's blocks embed the tokens too (ONNX, tables "
-               "of 1 MiB or more) or the head gets a packed copy beside the float table (ExecuTorch). Writes the "
+               "projections, MLP and the output head; a tied table of 1 MiB or more is read in 4 bits by the "
+               "token lookup too (ONNX: the head's blocks; ExecuTorch: a packed copy of its own). Writes the "
                "same int4 variant as int4-mlp: one of the two per artifact",
                {"onnx": "MatMulNBits (4 bits, uint8 zero points); int8 activations in the step, and in the chunk "
                         "from 512 wide on (float below); a tied head's blocks also embed the tokens where the "
                         "table is 1 MiB or more",
                 "onnx-ort": "as onnx, with the fused LinearAttention scan",
                 "executorch": "torchao 8da4w: int4 grouped weights, int8 dynamic activations per token; a tied "
-                              "head is untied into a packed copy",
+                              "head is untied into a packed copy, and a table of 1 MiB or more packed in 4-bit "
+                              "groups for the lookup",
                 "coreml": "int4 weights per block, float16 compute; a tied table is packed for both its "
                           "readers"}, int4_modules=EVERY_LINEAR),
 )}

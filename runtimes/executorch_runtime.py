@@ -34,6 +34,10 @@ def _import_runtime():
     except ImportError as err:
         raise ImportError(f"the executorch runtime needs ExecuTorch ({err}); install it with `{INSTALL_HINT}`") \
             from None
+    try:    # the quantized kernels: a packed embedding table's lookup (export/executorch_embedding.py)
+        import executorch.kernels.quantized  # noqa: F401
+    except (ImportError, OSError):
+        pass        # a program that needs them names the missing operator when its method loads
     return torch, Runtime
 
 

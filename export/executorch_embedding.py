@@ -1,0 +1,84 @@
+"""A packed token embedding for ExecuTorch programs: the table in int8 rows or int4 groups, not float32.
+
+torchao packs ``nn.Linear``s only, so an int8 or int4 program kept the embedding table in float32 beside the tied
+head's packed copy (Mamba2-130M: 154 MB of a 273 MB int8 program). :class:`PackedEmbedding` stands in for the
+model's ``nn.Embedding`` and looks rows up with ExecuTorch's quantized kernels
+(``quantized_decomposed::embedding_byte`` / ``embedding_4bit``, portable ops that read one row of the packed table
+per token), symmetric like the head's packing:
+
+- 8 bits: one float32 scale per row, ``max |w| / 127``, codes -127..127 (int8 ``[V, D]``);
+- 4 bits: one float32 scale per group of ``group`` columns, ``max |w| / 7``, codes -8..7 stored plus 8, two a
+  byte with the even column in the high nibble (uint8 ``[V, D / 2]``, the kernel's layout).
+
+:func:`pack_embedding` swaps it in where the head has a packed copy of its own (the table is then read only by the
+lookup) and the table is at least :data:`MIN_TABLE_BYTES`, the floor the ONNX packed table uses too: a small
+table's bytes do not pay for a portable op.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .packed_table import MIN_TABLE_BYTES
+
+
+def _register_ops() -> None:
+    """Define ``quantized_decomposed::embedding_byte`` / ``embedding_4bit`` in torch (with their eager forms), as
+    ExecuTorch's own quantization flows do; the runtime's kernels come from ``executorch.kernels.quantized``."""
+    import executorch.exir.passes._quant_patterns_and_replacements  # noqa: F401
+
+
+class PackedEmbedding(nn.Module):
+    """``nn.Embedding``'s lookup over a packed table: ``weight`` holds the codes, ``scales`` their scales."""
+
+    def __init__(self, table: torch.Tensor, bits: int, group: int | None = None) -> None:
+        super().__init__()
+        _register_ops()
+        table = table.detach().float()
+        V, D = table.shape
+        self.bits = bits
+        if bits == 8:
+            scales = table.abs().amax(1) / 127
+            codes = torch.round(table / torch.where(scales > 0, scales, 1)[:, None]).clamp(-127, 127)
+            self.register_buffer("weight", codes.to(torch.int8))
+            self.qmin, self.qmax = -127, 127
+        elif bits == 4:
+            if group is None or group % 2 or D % group:
+                raise ValueError(f"4-bit embedding groups must be even and divide the width {D}, got {group}")
+            blocks = table.reshape(V, D // group, group)
+            scales = blocks.abs().amax(2) / 7
+            codes = torch.round(blocks / torch.where(scales > 0, scales, 1)[..., None]).clamp(-8, 7)
+            stored = (codes.reshape(V, D) + 8).to(torch.uint8)
+            self.register_buffer("weight", (stored[:, 0::2] << 4) | stored[:, 1::2])
+            self.qmin, self.qmax = -8, 7
+        else:
+            raise ValueError(f"bits must be 8 or 4, got {bits}")
+        self.register_buffer("scales", scales.float().contiguous())
+        self.num_embeddings, self.embedding_dim = V, D
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        op = (torch.ops.quantized_decomposed.embedding_byte if self.bits == 8
+              else torch.ops.quantized_decomposed.embedding_4bit)
+        return op.default(self.weight, self.scales, None, self.qmin, self.qmax, tokens)
+
+    def dequantized(self) -> torch.Tensor:
+        """The float32 table the lookup reads rows of."""
+        return self.forward(torch.arange(self.num_embeddings))
+
+
+def pack_embedding(model: nn.Module, bits: int, group: int | None = None) -> dict[str, Any] | None:
+    """Swap ``model.embed`` (an ``nn.Embedding``) for a :class:`PackedEmbedding` of ``bits`` where ``model.head``
+    is a module of its own and the table is at least :data:`MIN_TABLE_BYTES`; 4 bits fall back to 8 where
+    ``group`` does not divide the width. Returns what was done, or None where the table was kept."""
+    table = model.embed.weight
+    if model.head is None or table.numel() * 4 < MIN_TABLE_BYTES:
+        return None
+    if bits == 4 and (group is None or group % 2 or table.shape[1] % group):
+        bits = 8
+    model.embed = PackedEmbedding(table, bits, group if bits == 4 else None)
+    return {"bits": bits, "group": group if bits == 4 else "row",
+            "kernel": f"quantized_decomposed::embedding_{'byte' if bits == 8 else '4bit'} (portable)",
+            "bytes": int(model.embed.weight.numel() + model.embed.scales.numel() * 4)}
