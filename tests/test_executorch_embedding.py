@@ -27,14 +27,29 @@ def _table(V: int = 37, D: int = 64, seed: int = 0) -> torch.Tensor:
     return table
 
 
-@pytest.mark.parametrize("bits, group", [(8, None), (4, 16), (4, 64)])
-def test_rows_are_the_table_to_half_a_step(bits, group):
+def test_eight_bit_rows_are_the_table_to_half_a_step():
     table = _table()
-    packed = PackedEmbedding(table, bits, group)
+    packed = PackedEmbedding(table, 8)
     rows = packed.dequantized()
-    scales = packed.scales if bits == 8 else packed.scales.repeat_interleave(group, dim=1)
-    step = scales[:, None] if bits == 8 else scales
-    assert torch.all((rows - table).abs() <= step / 2 + 1e-6)
+    assert torch.all((rows - table).abs() <= packed.scales[:, None] / 2 + 1e-6)
+    assert torch.equal(rows[4], torch.zeros(64))
+    tokens = torch.tensor([[0, 3, 36], [4, 4, 1]])
+    assert torch.equal(packed(tokens), rows[tokens])
+
+
+@pytest.mark.parametrize("group", [16, 64])
+def test_four_bit_groups_take_the_scale_of_least_error(group):
+    table = _table()
+    packed = PackedEmbedding(table, 4, group)
+    rows = packed.dequantized()
+    V, D = table.shape
+    blocks, got = table.reshape(V, D // group, group), rows.reshape(V, D // group, group)
+    error = ((got - blocks) ** 2).sum(2)
+    never_clipped = blocks.abs().amax(2, keepdim=True) / 7               # the scale that clips nothing
+    plain = ((torch.round(blocks / never_clipped.clamp_min(1e-30)).clamp(-8, 7) * never_clipped - blocks) ** 2).sum(2)
+    assert torch.all(error <= plain * (1 + 1e-6) + 1e-12) and error.sum() < plain.sum()
+    scales = packed.scales.repeat_interleave(group, dim=1)
+    assert torch.all((rows - table).abs() <= torch.maximum(scales / 2, table.abs() - 7 * scales) + 1e-6)
     assert torch.equal(rows[4], torch.zeros(64))
     tokens = torch.tensor([[0, 3, 36], [4, 4, 1]])
     assert torch.equal(packed(tokens), rows[tokens])

@@ -1,11 +1,14 @@
-"""What an embedding read from the packed tied head costs in quality, on the trained bundled model.
+"""What a packed embedding table costs in quality, on the trained bundled model.
 
-The int8 and int4 exports embed tokens from the tied head's 8-bit or 4-bit blocks (``export/packed_table.py``)
-only where the float32 table is at least ``MIN_TABLE_BYTES`` (1 MiB); the bundled model's table (259 x 192, 0.2 MB)
-is under that floor, so its artifacts keep the float32 table. This probe applies the same rewrite to the bundled
-model's quantized ``chunk`` graphs with the floor at 0 and compares parity with the float32 table and with the
-head's rows: the quality the rewrite costs a trained model, which the random-weight Mamba2-130M it applies to
-cannot show. Recipes: int8-dynamic (8-bit blocks of 128) and int4-all (every matrix 4-bit, groups of 32 and 64).
+The int8 and int4 exports read the token embedding from packed bytes only where the float32 table is at least
+``MIN_TABLE_BYTES`` (1 MiB): ONNX from the tied head's 8-bit or 4-bit blocks (``export/packed_table.py``),
+ExecuTorch from a packed copy of the table for its quantized lookup kernels (``export/executorch_embedding.py``).
+The bundled model's table (259 x 192, 0.2 MB) is under that floor, so its artifacts keep the float32 table. This
+probe applies the same packing to the bundled model with the floor lifted and compares parity with the float32
+table and with the packed one: the quality it costs a trained model, which the random-weight Mamba2-130M it
+applies to cannot show. Recipes: int8-dynamic and int4-all (groups of 32 and 64). ONNX: the rewrite on the
+exported ``chunk`` graphs. ExecuTorch: torchao's eager model of the recipe (``prepare_model``, what the program
+lowers; ``benchmarks/int4_policy.py`` does the same), its ``embed`` swapped for a ``PackedEmbedding``.
 
 Parity as ``benchmarks/int4_policy.py`` measures it: 1,024 tokens of the parity stream as chunk calls (state
 carried) against the float64 reference; budget top-1 >= 95%, bpb within 3%.
@@ -50,6 +53,19 @@ def chunk_logits(path: Path, model, tokens: np.ndarray) -> np.ndarray:
     return np.concatenate(logits).astype(np.float64)
 
 
+def eager_logits(model, tokens: np.ndarray) -> np.ndarray:
+    """Logits ``[T, V]`` (float64) of a torch model over ``tokens``, one chunk a call, state carried."""
+    import torch
+
+    C = model.config.chunk_size
+    state, logits = None, []
+    with torch.no_grad():
+        for start in range(0, len(tokens), C):
+            out, state = model(torch.as_tensor(tokens[None, start:start + C]), state)
+            logits.append(out[0].double().numpy())
+    return np.concatenate(logits)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "packed_table_quality.json")
@@ -59,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     from seqedge.defaults import load_default
     from seqedge.evaluate.parity import StreamResult, compare, reference_stream, text_tokens
     from seqedge.export.api import export_model
+    from seqedge.export.executorch_embedding import PackedEmbedding
+    from seqedge.export.executorch_target import prepare_model
     from seqedge.export.packed_table import gather_from_packed_head
+    from seqedge.export.quantization import make_recipe
 
     torch.set_num_threads(2)
     model = load_default().float().eval()
@@ -79,13 +98,20 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"{recipe}: the rewrite found no packed head for the table")
             packed = root / "packed_chunk.onnx"
             onnx.save(rewritten, str(packed))
-            for embedding, path in (("float32 table", graph), ("the head's packed rows", packed)):
-                report = compare(StreamResult(chunk_logits(path, model, tokens), reference.state), reference,
-                                 tokens, prefill=TOKENS, tag=variant.tag)
-                rows.append({"recipe": recipe, "group_size": group, "embedding": embedding, "top1": report.top1,
-                             "dbpb": report.bpb / report.bpb_reference - 1, "kl": report.kl,
+            runs = {("onnx", "float32 table"): chunk_logits(graph, model, tokens),
+                    ("onnx", "the head's packed rows"): chunk_logits(packed, model, tokens)}
+            eager, _ = prepare_model(model, make_recipe(recipe, group_size=group or 32))
+            runs[("executorch (torchao eager)", "float32 table")] = eager_logits(eager, tokens)
+            bits = 8 if recipe == "int8-dynamic" else 4
+            eager.embed = PackedEmbedding(model.embed.weight, bits, group if bits == 4 else None)
+            runs[("executorch (torchao eager)", f"packed table ({bits} bits)")] = eager_logits(eager, tokens)
+            for (packing, embedding), logits in runs.items():
+                report = compare(StreamResult(logits, reference.state), reference, tokens, prefill=TOKENS,
+                                 tag=variant.tag)
+                rows.append({"recipe": recipe, "group_size": group, "packing": packing, "embedding": embedding,
+                             "top1": report.top1, "dbpb": report.bpb / report.bpb_reference - 1, "kl": report.kl,
                              "passed": report.passed})
-                print(f"{recipe:12s} g{group!s:4s} {embedding:24s} top-1 {report.top1:.2%} "
+                print(f"{recipe:12s} g{group!s:4s} {packing:26s} {embedding:24s} top-1 {report.top1:.2%} "
                       f"bpb {rows[-1]['dbpb']:+.2%} kl {report.kl:.4f}", flush=True)
     run = run_metadata()
     meta = {"command": "python benchmarks/probes/packed_table_quality.py", "date_utc": run["date"],
