@@ -17,10 +17,12 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode_ab import alternating_p50, last_logits  # noqa: E402
 
 
 def process_huge_bytes() -> int:
@@ -37,26 +39,8 @@ def one_variant(artifact: Path, runtime: str, variant: str, rounds: int, calls: 
     plain = load(artifact, runtime, quantization=variant, huge_pages=False)
     sessions = {"huge pages": huge, "4 KiB pages": plain}
     tokens = np.random.default_rng(0).integers(0, huge.vocab_size, 16)
-    last = {}
-    for name, s in sessions.items():
-        state = s.init_state(1)
-        for t in tokens:
-            logits, state = s.step(np.array([t]), state, donate=True)
-        last[name] = logits
-    states = {name: s.init_state(1) for name, s in sessions.items()}
-    one = np.array([int(tokens[0])])
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for r in range(rounds):
-        for name in (list(sessions) if r % 2 == 0 else list(sessions)[::-1]):
-            s, state, block = sessions[name], states[name], []
-            for _ in range(3):
-                _, state = s.step(one, state, donate=True)
-            for _ in range(calls):
-                started = time.perf_counter()
-                _, state = s.step(one, state, donate=True)
-                block.append(time.perf_counter() - started)
-            states[name] = state
-            times[name].append(float(np.median(block)) * 1e3)
+    last = last_logits(sessions, tokens)
+    times = alternating_p50(sessions, int(tokens[0]), rounds, calls)
     p50 = {name: float(np.median(v)) for name, v in times.items()}
     return {"variant": variant, "runtime": runtime, "huge_pages": huge.describe()["huge_pages"],
             "plain_session_huge_mib": (process_huge_bytes() - before) / 2**20,

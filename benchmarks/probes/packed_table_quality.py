@@ -21,49 +21,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
 
-from seqedge.evaluate.run_info import run_metadata
-
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from int4_policy import eager_stream, onnx_stream  # noqa: E402  (chunk calls, state carried, float64 logits)
+
+from seqedge.evaluate.run_info import run_metadata  # noqa: E402
 TOKENS = 1024
 RECIPES = (("int8-dynamic", None), ("int4-all", 32), ("int4-all", 64))
-
-
-def chunk_logits(path: Path, model, tokens: np.ndarray) -> np.ndarray:
-    """Logits ``[T, V]`` (float64) of the chunk graph at ``path`` over ``tokens``, one chunk a call, state carried."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    C = model.config.chunk_size
-    names = [i.name for i in session.get_inputs()]
-    state = [np.zeros(s.concrete_shape(1), np.float32) for s in model.state_specs]
-    logits = []
-    for start in range(0, len(tokens), C):
-        out = session.run(None, dict(zip(names, [tokens[None, start:start + C], *state])))
-        logits.append(out[0][0])
-        state = out[1:]
-    return np.concatenate(logits).astype(np.float64)
-
-
-def eager_logits(model, tokens: np.ndarray) -> np.ndarray:
-    """Logits ``[T, V]`` (float64) of a torch model over ``tokens``, one chunk a call, state carried."""
-    import torch
-
-    C = model.config.chunk_size
-    state, logits = None, []
-    with torch.no_grad():
-        for start in range(0, len(tokens), C):
-            out, state = model(torch.as_tensor(tokens[None, start:start + C]), state)
-            logits.append(out[0].double().numpy())
-    return np.concatenate(logits)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,13 +68,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"{recipe}: the rewrite found no packed head for the table")
             packed = root / "packed_chunk.onnx"
             onnx.save(rewritten, str(packed))
-            runs = {("onnx", "float32 table"): chunk_logits(graph, model, tokens),
-                    ("onnx", "the head's packed rows"): chunk_logits(packed, model, tokens)}
+            runs = {("onnx", "float32 table"): onnx_stream(graph, model, tokens),
+                    ("onnx", "the head's packed rows"): onnx_stream(packed, model, tokens)}
             eager, _ = prepare_model(model, make_recipe(recipe, group_size=group or 32))
-            runs[("executorch (torchao eager)", "float32 table")] = eager_logits(eager, tokens)
+            runs[("executorch (torchao eager)", "float32 table")] = eager_stream(eager, tokens)
             bits = 8 if recipe == "int8-dynamic" else 4
             eager.embed = PackedEmbedding(model.embed.weight, bits, group if bits == 4 else None)
-            runs[("executorch (torchao eager)", f"packed table ({bits} bits)")] = eager_logits(eager, tokens)
+            runs[("executorch (torchao eager)", f"packed table ({bits} bits)")] = eager_stream(eager, tokens)
             for (packing, embedding), logits in runs.items():
                 report = compare(StreamResult(logits, reference.state), reference, tokens, prefill=TOKENS,
                                  tag=variant.tag)

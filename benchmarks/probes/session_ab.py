@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode_ab import alternating_p50, last_logits  # noqa: E402
 
 
 def main() -> None:
@@ -35,26 +38,8 @@ def main() -> None:
 
     sessions = {k: load(path, args.runtime, quantization=args.variant) for k, path in (("a", args.a), ("b", args.b))}
     tokens = np.random.default_rng(0).integers(0, sessions["a"].vocab_size, 16)
-    last = {}
-    for name, s in sessions.items():
-        state = s.init_state(1)
-        for t in tokens:
-            logits, state = s.step(np.array([t]), state, donate=True)
-        last[name] = logits
-    states = {name: s.init_state(1) for name, s in sessions.items()}
-    one = np.array([int(tokens[0])])
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for r in range(args.rounds):
-        for name in ("a", "b") if r % 2 == 0 else ("b", "a"):
-            s, state, block = sessions[name], states[name], []
-            for _ in range(3):
-                _, state = s.step(one, state, donate=True)
-            for _ in range(args.calls):
-                started = time.perf_counter()
-                _, state = s.step(one, state, donate=True)
-                block.append(time.perf_counter() - started)
-            states[name] = state
-            times[name].append(float(np.median(block)) * 1e3)
+    last = last_logits(sessions, tokens)
+    times = alternating_p50(sessions, int(tokens[0]), args.rounds, args.calls)
     p50 = {name: float(np.median(v)) for name, v in times.items()}
     diff = np.abs(last["a"] - last["b"])
     result = {"meta": run_metadata(a=str(args.a), b=str(args.b), runtime=args.runtime, variant=args.variant,
