@@ -123,8 +123,7 @@ class OnnxTarget:
                                                          int4_blocks)
                         # the quantizers rename dims: written again with the clean-up, one load and save
                         _rewrite(out / f"{entry}.onnx", lambda proto, entry=entry: _head_rows(_static_dims(
-                            gather_from_packed_head(tie_head_to_table(graph_passes.clean(proto, self.flavour))),
-                            ctx.model, entry), entry))
+                            _clean(proto, self.flavour), ctx.model, entry), entry))
                 files[entry] = out / f"{entry}.onnx"
         weights = share_weights(list(files.values()), WEIGHTS_FILE)
         for path in files.values():
@@ -177,12 +176,19 @@ class OnnxTarget:
                                             opset_version=self.opset, dynamo=True, dynamic_shapes=shapes,
                                             optimize=True, verbose=False)
                 program.save(str(path))
-        _rewrite(path, lambda proto: _head_rows(tie_head_to_table(graph_passes.clean(
-            _static_dims(proto, model, entry), self.flavour)), entry) if clean else _static_dims(proto, model, entry))
+        _rewrite(path, lambda proto: _head_rows(_clean(_static_dims(proto, model, entry), self.flavour), entry)
+                 if clean else _static_dims(proto, model, entry))
 
     def _finalize(self, path: Path) -> None:
         """The full ``onnx.checker`` on the written graph (its weights beside it)."""
         finalize_graph(path)
+
+
+def _clean(proto, flavour: str):
+    """:func:`graph_passes.clean`, then the passes on the tied head and its table (:mod:`tied_head`: a float head
+    reads the table; :mod:`packed_table`: a quantized head's blocks embed the tokens). Each leaves a graph it does
+    not apply to as it was."""
+    return gather_from_packed_head(tie_head_to_table(graph_passes.clean(proto, flavour)))
 
 
 def _static_dims(proto, model, entry: str):
