@@ -183,21 +183,14 @@ def _madvise():
     return libc.madvise
 
 
-def advise(regions: list[Region]) -> int:
-    """Advise each region's aligned interior as huge (``MADV_HUGEPAGE``, then ``MADV_COLLAPSE``); returns the bytes
-    ``MADV_HUGEPAGE`` took. ``MADV_COLLAPSE``'s refusals are ignored: it answers EINVAL where part of a range was
-    never written (it still collapses the rest) and on kernels before 6.1."""
+def advise(ranges: list[Region]) -> None:
+    """Advise each 2 MiB-aligned range as huge (``MADV_HUGEPAGE``, then ``MADV_COLLAPSE``). Refusals are ignored:
+    ``MADV_COLLAPSE`` answers EINVAL where part of a range was never written (it still collapses the rest) and on
+    kernels before 6.1."""
     madvise = _madvise()
-    advised = 0
-    for region in regions:
-        interior = aligned_interior(region)
-        if interior is None:
-            continue
-        length = interior[1] - interior[0]
-        if madvise(interior[0], length, MADV_HUGEPAGE) == 0:
-            advised += length
-            madvise(interior[0], length, MADV_COLLAPSE)
-    return advised
+    for start, end in ranges:
+        if madvise(start, end - start, MADV_HUGEPAGE) == 0:
+            madvise(start, end - start, MADV_COLLAPSE)
 
 
 def advise_written_memory(enabled: bool = True) -> HugePages:
