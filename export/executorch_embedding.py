@@ -6,7 +6,8 @@ model's ``nn.Embedding`` and looks rows up with ExecuTorch's quantized kernels
 (``quantized_decomposed::embedding_byte`` / ``embedding_4bit``, portable ops that read one row of the packed table
 per token), symmetric like the head's packing:
 
-- 8 bits: one float32 scale per row, ``max |w| / 127``, codes -127..127 (int8 ``[V, D]``);
+- 8 bits: one float32 scale per row, ``max |w| / 127``, codes -127..127 (int8 ``[V, D]``): the ONNX int8 blocks
+  (:func:`int8_blocks.quantize`) with a whole row as the block;
 - 4 bits: one float32 scale per group of ``group`` columns, codes -8..7 stored plus 8, two a byte with the even
   column in the high nibble (uint8 ``[V, D / 2]``, the kernel's layout). The scale is ``max |w| / d`` for the
   ``d`` of :data:`DIVISORS` that gives the group the least squared error (``d = 7`` never clips; a larger ``d``
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from . import int8_blocks
 from .packed_table import MIN_TABLE_BYTES
 
 DIVISORS = tuple(6 + 0.25 * i for i in range(17))        # max |w| / d tried per 4-bit group: d in 6..10
@@ -50,6 +52,11 @@ def _least_error_scales(blocks: torch.Tensor) -> torch.Tensor:
     return best_scale
 
 
+def _groups_fit(group: int | None, width: int) -> bool:
+    """Whether 4-bit groups of ``group`` columns pack a row ``width`` wide: two codes a byte, whole groups."""
+    return group is not None and group % 2 == 0 and width % group == 0
+
+
 class PackedEmbedding(nn.Module):
     """``nn.Embedding``'s lookup over a packed table: ``weight`` holds the codes, ``scales`` their scales."""
 
@@ -60,12 +67,12 @@ class PackedEmbedding(nn.Module):
         V, D = table.shape
         self.bits = bits
         if bits == 8:
-            scales = table.abs().amax(1) / 127
-            codes = torch.round(table / torch.where(scales > 0, scales, 1)[:, None]).clamp(-127, 127)
-            self.register_buffer("weight", codes.to(torch.int8))
-            self.qmin, self.qmax = -127, 127
+            codes, scales = int8_blocks.quantize(table.numpy().T, block=D)       # [V, 1, D], [V, 1]
+            self.register_buffer("weight", torch.from_numpy(codes.reshape(V, D)))
+            scales = torch.from_numpy(scales.reshape(V))
+            self.qmin, self.qmax = -int8_blocks.LEVEL, int8_blocks.LEVEL
         elif bits == 4:
-            if group is None or group % 2 or D % group:
+            if not _groups_fit(group, D):
                 raise ValueError(f"4-bit embedding groups must be even and divide the width {D}, got {group}")
             blocks = table.reshape(V, D // group, group)
             scales = _least_error_scales(blocks)
@@ -95,7 +102,7 @@ def pack_embedding(model: nn.Module, bits: int, group: int | None = None) -> dic
     table = model.embed.weight
     if model.head is None or table.numel() * 4 < MIN_TABLE_BYTES:
         return None
-    if bits == 4 and (group is None or group % 2 or table.shape[1] % group):
+    if bits == 4 and not _groups_fit(group, table.shape[1]):
         bits = 8
     model.embed = PackedEmbedding(table, bits, group if bits == 4 else None)
     return {"bits": bits, "group": group if bits == 4 else "row",
