@@ -16,7 +16,8 @@ scope because a runtime's weights are not told apart from other memory: a model 
 may sit in memory the process already had. The written share leaves sparse memory (thread stacks, reserved heaps)
 alone, so advising adds little resident memory. Both calls are hints: values never change, and a kernel or mode
 that refuses them (huge pages ``never``, a kernel before 6.1, another OS) leaves the memory as it was.
-``benchmarks/results/huge_pages_ab.json`` measures what it buys a step.
+``benchmarks/results/huge_pages_ab.json`` measures what it buys a step. The C++ runner does the same once it has
+loaded (runners/cpp/tools/huge_pages.cpp).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ import numpy as np
 PAGE = 4096
 HUGE_PAGE = 2 << 20
 MIN_WRITTEN = 0.9            # share of a 2 MiB range's pages written, below which it is left alone
+# a mapping over this many times its resident bytes is address space reserved (a sanitizer's shadow memory, an
+# allocator's arena), not memory in use: its page map is not read
+MAX_SPARSITY = 1024
 MADV_HUGEPAGE = 14
 MADV_COLLAPSE = 25
 SMAPS = Path("/proc/self/smaps")
@@ -105,9 +109,10 @@ def parse_smaps(text: str) -> list[Mapping]:
 
 def candidates(mappings: list[Mapping]) -> list[Mapping]:
     """The mappings :func:`advise_written_memory` looks into: private, writable, anonymous, holding a whole aligned
-    huge page, written somewhere and not all on huge pages already."""
+    huge page, written somewhere (at least one part in :data:`MAX_SPARSITY` of it) and not all on huge pages
+    already."""
     return [m for m in mappings if m.anonymous and m.perms.startswith("rw") and m.perms[3:4] == "p"
-            and 0 < m.rss and m.huge < _interior_bytes(m)]
+            and 0 < m.rss and m.size <= MAX_SPARSITY * m.rss and m.huge < _interior_bytes(m)]
 
 
 def written_ranges(present: np.ndarray, start: int) -> list[Region]:

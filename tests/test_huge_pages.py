@@ -6,6 +6,7 @@ logits whether or not its memory was advised."""
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import mmap
 import platform
 
@@ -71,6 +72,10 @@ def test_private_anonymous_written_mappings_not_all_huge_are_looked_into():
                                                   (0x55D000000000, 0x55D004000000)]
     whole = hp.Mapping(0x200000, 0x600000, "rw-p", True, 4 * MiB, 4 * MiB)           # already on huge pages
     assert hp.candidates([whole]) == []
+    # address space reserved far beyond what is written (a sanitizer's shadow memory): its page map is not read
+    reserved = hp.Mapping(0x10000000000, 0x10000000000 + 2 * hp.MAX_SPARSITY * MiB, "rw-p", True, MiB, 0)
+    assert hp.candidates([reserved]) == []
+    assert hp.candidates([dataclasses.replace(reserved, rss=2 * MiB)]) == [dataclasses.replace(reserved, rss=2 * MiB)]
 
 
 def test_written_ranges_keep_the_huge_pages_almost_all_written():

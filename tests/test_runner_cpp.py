@@ -164,6 +164,55 @@ def test_single_stream_program(runner, tmp_path_factory, tmp_path):
         session.step(np.array([1, 2]), state)
 
 
+def test_a_model_larger_than_its_byte_tokenizer_runs_every_id(runner, tmp_path_factory, tmp_path):
+    """An imported checkpoint without a tokenizer of its own: the byte tokenizer's 259 ids inside a larger
+    vocabulary. As in Python, every model id runs (the logits match the session's), and decoding an id past the
+    tokenizer's is refused."""
+    from seqedge.export.base import ExportContext, get_target
+    from seqedge.export.quantization import QuantizationRecipe
+
+    model = test_executorch.tiny_model("gated", vocab_size=300)
+    root = tmp_path_factory.mktemp("et-gated-vocab300")
+    variant = get_target("executorch").export(ExportContext(model, root, QuantizationRecipe("none"), max_batch=1))
+    artifact = test_executorch.write_artifact(root, model, [variant])
+    session = load(artifact, "executorch")
+    assert session.vocab_size == 300 and session.tokenizer.vocab_size == 259
+    tokens = np.random.default_rng(5).integers(0, 300, 48)
+    ours = cpp_stream(runner, artifact, tmp_path, tokens, 32)
+    python = run_stream(session, tokens, 32)
+    assert ours.shape == (48, 300) and np.abs(ours - python.logits).max() <= 1e-4
+    with pytest.raises(ValueError, match=r"outside the vocabulary \[0, 259\)"):
+        session.tokenizer.decode([299])
+    # greedy text: a byte decodes, an id past the tokenizer's stops the stream with the same message
+    first = int(run_stream(session, np.array([256, ord("x")]), 2).logits[-1].argmax())
+    done = run_cli(runner, artifact, "-p", "x", "-n", 1, "--temperature", 0, check=False)
+    if first < 259:
+        assert done.returncode == 0, done.stderr
+    else:
+        assert done.returncode == 2 and b"outside the vocabulary [0, 259)" in done.stderr
+
+
+def test_huge_pages_are_advised_unless_turned_off_and_change_no_value(runner, exported, tmp_path):
+    artifact, _ = exported("none")
+    args = [artifact, "--bench", "--json", "--contexts", "0", "--steps", "4", "--warmup", "1", "--prefill-tokens",
+            "16", "--stepwise-tokens", "4", "--ttft-prompt", "4"]
+    pages = json.loads(run_cli(runner, *args).stdout.decode().strip().splitlines()[-1])["huge_pages"]
+    assert set(pages) == {"advised_bytes", "huge_bytes", "reason"}
+    if pages["reason"] is None:
+        assert pages["advised_bytes"] % (2 << 20) == 0 and pages["huge_bytes"] >= 0
+    off = json.loads(run_cli(runner, *args, "--no-huge-pages").stdout.decode().strip().splitlines()[-1])
+    assert off["huge_pages"] == {"advised_bytes": 0, "huge_bytes": 0, "reason": "turned off"}
+    assert "--no-huge-pages" in run_cli(runner, "--help").stdout.decode()
+    tokens = stream_tokens()[:40]
+    (tmp_path / "tokens.txt").write_text(" ".join(map(str, tokens)))
+    dumps = []
+    for extra in ([], ["--no-huge-pages"]):
+        out = tmp_path / f"logits{len(dumps)}.bin"
+        run_cli(runner, artifact, "--dump-logits", out, "--tokens", tmp_path / "tokens.txt", "--prefill", 24, *extra)
+        dumps.append(np.fromfile(out, np.float32))
+    assert np.array_equal(*dumps)
+
+
 def test_state_moves_between_python_and_cpp(runner, exported, tmp_path):
     """Python prefills and saves; C++ continues and saves; Python continues: one uninterrupted stream."""
     artifact, _ = exported("none")

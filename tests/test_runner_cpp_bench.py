@@ -49,6 +49,9 @@ def test_bench_measures_the_runner_beside_the_python_session(runner, exported, t
     for key in ("ttft_ms", "prefill_tokens_per_s", "stepwise_tokens_per_s", "load_s"):
         assert math.isfinite(cpp[key]) and cpp[key] > 0, key
     assert 0 < cpp["peak_rss_bytes"] <= cpp["info"]["process_peak_rss_bytes"]
+    # its loaded memory advised onto 2 MiB pages as a Python session's is, said in the same words
+    assert cpp["info"]["huge_pages"].endswith("MiB advised at load)") or cpp["info"]["huge_pages"].startswith("off (")
+    assert "executorch-cpp/fp32: " in (out / "bench.md").read_text().split("Huge pages")[1]
     assert cpp["artifact_bytes"] == rows["executorch/fp32"]["artifact_bytes"] > 0
     # the ids the runner consumed are the stream the Python session got: its sha256, computed here independently
     config = BenchConfig(contexts=(0, 64), steps=8, warmup=2, prefill_tokens=64, stepwise_tokens=16, ttft_prompt=16)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from seqedge.evaluate.bench_results import BenchConfig, ContextResult, RunResult
+from seqedge.runtimes.huge_pages import HugePages
 
 RUNNER_ENV = "SEQEDGE_RUN"
 RUNNER_PROGRAM = "seqedge-run"
@@ -126,6 +127,9 @@ def bench_native(runner: Path, artifact: str | Path, tag: str, config: BenchConf
             "process": "own (the C++ runner, no Python)", "state_bytes": report["state_bytes"],
             "process_peak_rss_bytes": report["process_peak_rss_bytes"], "peak_rss_reset": report["peak_rss_reset"],
             "stream_sha256": report["stream_sha256"]}
+    pages = report.get("huge_pages")            # what the runner advised once loaded, as a Python session reports it
+    if pages is not None:
+        info["huge_pages"] = HugePages(pages["advised_bytes"], pages["huge_bytes"], pages["reason"]).describe()
     return RunResult(name=name or f"executorch-cpp/{tag}", kind="seqedge", contexts=contexts,
                      ttft_ms=report["ttft_ms"], prefill_tokens_per_s=report["prefill_tokens_per_s"],
                      stepwise_tokens_per_s=report["stepwise_tokens_per_s"], peak_rss_bytes=report["peak_rss_bytes"],

@@ -143,8 +143,10 @@ ByteTokenizerInfo read_tokenizer(const json& data, std::int64_t vocab_size, cons
     if (id < 256 || id >= info.vocab_size) fail(where + ": tokenizer special id " + std::to_string(id) +
                                                 " is not in [256, tokenizer vocab_size)");
   }
-  if (info.vocab_size != vocab_size) {
-    fail(where + ": the tokenizer's vocab_size " + std::to_string(info.vocab_size) + " differs from the model's " +
+  // a byte tokenizer may cover fewer ids than the model has (an imported checkpoint without a tokenizer of its
+  // own): the model's other ids still run, and decoding one is refused, as the Python tokenizer does
+  if (info.vocab_size > vocab_size) {
+    fail(where + ": the tokenizer's vocab_size " + std::to_string(info.vocab_size) + " exceeds the model's " +
          std::to_string(vocab_size));
   }
   return info;

@@ -117,6 +117,13 @@ void test_open_errors(const fs::path& artifact, const fs::path& scratch) {
   EXPECT_STATUS(edited([](auto& m) { m["model"]["vocab_size"] = "many"; }), SEQEDGE_ERR_ARTIFACT);
   EXPECT_STATUS(edited([](auto& m) { m["chunk_size"] = m["chunk_size"].template get<int>() / 2;
                                      m["model"]["chunk_size"] = m["chunk_size"]; }), SEQEDGE_ERR_ARTIFACT);
+  // a byte tokenizer covering more ids than the model has
+  EXPECT_STATUS(edited([&](auto& m) {
+                  m["tokenizer"] = {{"type", "bytes"}, {"bos_id", 256}, {"eos_id", 257}, {"pad_id", 258},
+                                    {"vocab_size", m["model"]["vocab_size"].template get<int>() + 1}};
+                }),
+                SEQEDGE_ERR_ARTIFACT);
+  EXPECT(std::string(seqedge_last_error()).find("exceeds the model's") != std::string::npos);
   // a state spec or vocabulary that the program's signature contradicts (sha256 and manifest otherwise intact)
   EXPECT_STATUS(edited([](auto& m) { m["state"][1]["shape"][1] = m["state"][1]["shape"][1].template get<int>() + 1; }),
                 SEQEDGE_ERR_ARTIFACT);

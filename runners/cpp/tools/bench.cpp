@@ -15,6 +15,7 @@
 #include <openssl/evp.h>
 
 #include "cli_args.h"
+#include "huge_pages.h"
 #include "run_common.h"
 
 namespace {
@@ -192,11 +193,18 @@ void print_table(const nlohmann::json& out) {
               out["ttft_prompt"].get<long long>(), out["ttft_ms"].get<double>(),
               out["peak_rss_bytes"].get<double>() / (1 << 20), out["process_peak_rss_bytes"].get<double>() / (1 << 20),
               out["state_bytes"].get<long long>());
+  const auto& pages = out["huge_pages"];
+  if (pages["reason"].is_null()) {
+    std::printf("2 MiB pages: %.0f MiB of the process (%.0f MiB advised at load)\n",
+                pages["huge_bytes"].get<double>() / (1 << 20), pages["advised_bytes"].get<double>() / (1 << 20));
+  } else {
+    std::printf("2 MiB pages: off (%s)\n", pages["reason"].get<std::string>().c_str());
+  }
 }
 
 }  // namespace
 
-void run_bench(seqedge_model* model, const CliOptions& o, double load_s) {
+void run_bench(seqedge_model* model, const CliOptions& o, double load_s, const HugePages& huge_pages) {
   seqedge_info info{};
   check(seqedge_get_info(model, &info));
   const std::vector<std::int64_t> contexts = checked_contexts(o);
@@ -233,7 +241,9 @@ void run_bench(seqedge_model* model, const CliOptions& o, double load_s) {
       {"rss_before_bytes", rss_before}, {"peak_rss_bytes", peak}, {"peak_rss_reset", peak_reset},
       {"process_peak_rss_bytes", std::max(peak, load_peak)}, {"state_bytes", info.state_bytes},
       {"steps", o.steps}, {"warmup", o.warmup}, {"sweeps", o.sweeps}, {"stream_tokens", need},
-      {"stream_sha256", ids_sha256(b.stream)}};
+      {"stream_sha256", ids_sha256(b.stream)},
+      {"huge_pages", {{"advised_bytes", huge_pages.advised_bytes}, {"huge_bytes", huge_pages.huge_bytes},
+                      {"reason", huge_pages.reason.empty() ? nlohmann::json() : nlohmann::json(huge_pages.reason)}}}};
   if (o.json) {
     std::printf("%s\n", out.dump().c_str());
   } else {

@@ -54,6 +54,9 @@ CliOptions parse_cli(int argc, char** argv) {
   app.add_option("--top-p", o.top_p, "nucleus sampling mass (1.0: off)")->check(CLI::Range(0.0, 1.0));
   app.add_option("--seed", seed, "random seed, for repeatable sampling (default: random)");
   app.add_flag("--verbose", o.verbose, "show ExecuTorch's own info lines on stderr");
+  app.add_flag("--no-huge-pages", o.no_huge_pages, "leave the loaded model's memory on the kernel's default pages "
+                                                  "(default: its written memory is advised onto 2 MiB pages, which "
+                                                  "a large model's step streams faster)");
   app.add_option("--threads", o.threads, "1: run on this thread; ExecuTorch's pool size (one per performant "
                                          "core): run on its pool; 0: 1 for models below 16M parameters, else the "
                                          "pool (default: 0)")->check(CLI::NonNegativeNumber);

@@ -18,6 +18,7 @@ struct CliOptions {
   std::optional<std::uint64_t> seed;
   std::string state_in, state_out;
   bool verbose = false;         // ExecuTorch's info lines on stderr
+  bool no_huge_pages = false;   // leave the loaded model's memory on 4 KiB pages (tools/huge_pages.h)
   int threads = 0;              // 0: chosen by the model's size (seqedge_open_threads)
   // --dump-logits: feed --tokens (the first --prefill of them through seqedge_prefill, the rest as steps)
   std::string dump_logits, tokens_file;

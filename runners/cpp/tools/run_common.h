@@ -19,5 +19,6 @@ inline void check(seqedge_status status) {
 }
 
 struct CliOptions;
+struct HugePages;
 // --bench: prints a table, or JSON with --json
-void run_bench(seqedge_model* model, const CliOptions& options, double load_s);
+void run_bench(seqedge_model* model, const CliOptions& options, double load_s, const HugePages& huge_pages);

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cli_args.h"
+#include "huge_pages.h"
 #include "run_common.h"
 
 namespace {
@@ -119,10 +120,11 @@ int main(int argc, char** argv) {
                                o.threads, &model.handle));
     const double load_s = std::chrono::duration<double>(Clock::now() - t0).count();
     check(seqedge_get_info(model.handle, &model.info));
+    const HugePages huge_pages = advise_written_memory(!o.no_huge_pages);
     if (!o.dump_logits.empty()) {
       dump_logits(model, o);
     } else if (o.bench) {
-      run_bench(model.handle, o, load_s);
+      run_bench(model.handle, o, load_s, huge_pages);
     } else {
       std::fprintf(stderr, "[seqedge-run: %s]\n", model.info.variant);
       generate(model, o);
