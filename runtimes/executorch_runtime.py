@@ -3,7 +3,10 @@ runtime (``executorch.runtime.Runtime``), whose prebuilt pybindings include the 
 
 The pybindings exchange ``torch.Tensor``s, so this runtime imports torch (CPU) besides ExecuTorch; data still
 crosses the Session boundary as numpy arrays. XNNPACK's thread pool is one per process; its size is chosen
-from the model's size or asked for with ``threads`` (:mod:`.executorch_pool` says when it can change).
+from the model's size or asked for with ``threads`` (:mod:`.executorch_pool` says when it can change). A step's
+large outputs (a real-size model's logits and state) leave the program's memory through numpy on the calling
+thread, not through torch's thread pool, whose spinning threads would slow the next step
+(:meth:`ExecuTorchBackend._numpy_copies`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from seqedge.artifact import Manifest, Variant
 
 from . import executorch_pool
 from .base import RuntimeUnavailable
+from .block_pool import BlockPool
 from .signature import TensorSig, check_signature
 from .threads import check_threads, default_threads
 
@@ -25,6 +29,8 @@ BACKEND = "XnnpackBackend"
 METHODS = ("step", "chunk")
 # ExecuTorch ScalarType codes (c10 numbering) of the dtypes a program's inputs/outputs may have
 SCALAR_TYPES = {3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64"}
+# torch copies a tensor of this many elements or more on its intra-op thread pool (at::internal::GRAIN_SIZE)
+TORCH_PARALLEL_GRAIN = 32768
 
 
 def _import_runtime():
@@ -71,6 +77,14 @@ class ExecuTorchBackend:
         self._calls = {m: method._method for m, method in self.methods.items()}
         self._ids: dict[tuple[int, ...], tuple[Any, np.ndarray]] = {}
         self._last_out: list[Any] = []     # the new state the last call returned (its own torch tensors)
+        self._last_numpy: list[np.ndarray] | None = None      # numpy views of them, made when first needed
+        # a step's largest output per batch row, in elements (which steps copy through numpy)
+        self._shapes = [tuple(s.concrete_shape(1)[1:]) for s in manifest.state_specs]
+        self._sizes = [int(np.prod(shape)) for shape in self._shapes]
+        self._step_row = max([manifest.config.vocab_size] + self._sizes)
+        self.numpy_copies_from = TORCH_PARALLEL_GRAIN       # elements; see _numpy_copies
+        # the new states those steps copy out go to blocks the dropped states gave back (block_pool says why)
+        self._blocks = BlockPool()
         self.threads = threads
         batch = variant.info.get("batch", {})
         self.min_batch, self.max_batch = int(batch.get("min", 1)), int(batch.get("max", 1))
@@ -87,9 +101,16 @@ class ExecuTorchBackend:
             inputs = [ids, *state]
         else:
             inputs = [ids] + [self._state_tensor(s) for s in state]
-        logits, *new_state = method(inputs)
-        self._last_out = new_state
-        return logits.numpy(), new_state
+        if entry != "step" or not self._numpy_copies(tokens):
+            logits, *new_state = method(inputs)
+            logits = logits.numpy()
+        else:
+            # copied out of the program's memory by numpy, on this thread (see _numpy_copies)
+            logits, *planned = method(inputs, False)
+            logits = logits.numpy().copy()
+            new_state = self._pooled_copies(planned, tokens.shape[0])
+        self._last_out, self._last_numpy = new_state, None
+        return logits, new_state
 
     def step_donated(self, tokens: np.ndarray, state: list[Any]) -> tuple[np.ndarray, list[Any]]:
         """``run("step", ...)`` for a state its caller gave up. Where that is the state this backend returned
@@ -101,8 +122,36 @@ class ExecuTorchBackend:
         ids = self._ids_tensor(tokens)
         # outputs left in the program's memory (not cloned): read before the next call reuses it
         logits, *new_state = self._calls["step"]([ids, *state], False)
-        self._torch._foreach_copy_(state, new_state)      # one dispatch for all of them, not one per tensor
+        if not self._numpy_copies(tokens):
+            self._torch._foreach_copy_(state, new_state)      # one dispatch for all of them, not one per tensor
+        else:
+            if self._last_numpy is None:
+                self._last_numpy = [t.numpy() for t in state]
+            for dst, src in zip(self._last_numpy, new_state):
+                np.copyto(dst, src.numpy())
         return logits.numpy().copy(), state
+
+    def _pooled_copies(self, planned: list[Any], batch: int) -> list[Any]:
+        """Copies of the state tensors ``planned`` (the program's memory), as torch tensors over one block of the
+        pool: a plain step loop then writes its states into two blocks in turn, not into fresh memory each step
+        (whose page faults cost a real-size model's step more than the copy)."""
+        block, _ = self._blocks.take(batch * sum(self._sizes))
+        out, start = [], 0
+        for shape, size, src in zip(self._shapes, self._sizes, planned):
+            view = block[start:start + batch * size].reshape(batch, *shape)
+            np.copyto(view, src.numpy())
+            out.append(self._torch.from_numpy(view))
+            start += batch * size
+        return out
+
+    def _numpy_copies(self, tokens: np.ndarray) -> bool:
+        """Whether a step of ``tokens`` ``[B]`` returns a tensor that torch would copy on its intra-op thread
+        pool. Such a step's outputs are copied by numpy on the calling thread instead: torch's pool threads keep
+        spinning after a parallel copy and take the cores XNNPACK's own pool runs the next step on (a real-size
+        model's step ran up to a third slower: benchmarks/results/et_numpy_copies_ab.json). Smaller outputs keep
+        torch's copies, one dispatch cheaper than numpy's per array; so does a chunk call, long enough for the
+        spinning not to matter, whose large logits copy faster on torch's pool."""
+        return tokens.shape[0] * self._step_row >= self.numpy_copies_from
 
     def _is_last_out(self, state: list[Any]) -> bool:
         last = self._last_out

@@ -308,11 +308,48 @@ def test_missing_library_names_the_exact_install(monkeypatch):
         ExecuTorchRuntime().check_available()
 
 
-def test_outputs_are_owned(exported):
+def copying(artifact, copies: str):
+    """A session whose outputs leave the program's memory through torch's copies (a small model's) or through
+    numpy (``copies="numpy"``: every output, as a real-size model's large ones do)."""
+    session = load(artifact, runtime="executorch")
+    if copies == "numpy":
+        session.backend.numpy_copies_from = 0
+    return session
+
+
+def test_steps_copy_through_numpy_where_torch_would_copy_on_its_pool(exported):
+    """Which steps copy their outputs through numpy: those with a tensor of torch's parallel grain or more (the
+    logits or a state tensor of every sequence: the tiny model's step of one sequence does not); forced for every
+    step, the numbers are torch's copies', bit for bit, through prefill, plain and donated steps."""
+    from seqedge.runtimes.executorch_runtime import TORCH_PARALLEL_GRAIN
+
+    artifact, _, _ = exported("delta", "none")
+    torch_copies, numpy_copies = copying(artifact, "torch"), copying(artifact, "numpy")
+    backend = torch_copies.backend
+    assert backend.numpy_copies_from == TORCH_PARALLEL_GRAIN
+    row = max([torch_copies.vocab_size] + [int(np.prod(s.concrete_shape(1))) for s in torch_copies.specs])
+    enough = -(-TORCH_PARALLEL_GRAIN // row)                 # sequences whose step output reaches the grain
+    assert not backend._numpy_copies(np.zeros(enough - 1, np.int64))
+    assert backend._numpy_copies(np.zeros(enough, np.int64))
+    tokens = np.random.default_rng(6).integers(0, 259, (2, 40))
+    (a, sa), (b, sb) = (s.prefill(tokens[:, :35], s.init_state(2)) for s in (torch_copies, numpy_copies))
+    np.testing.assert_array_equal(a, b)
+    for t in range(35, 40):
+        donate = t % 2 == 1
+        (a, sa), (b, sb) = (s.step(tokens[:, t], st, donate=donate)
+                            for s, st in ((torch_copies, sa), (numpy_copies, sb)))
+        np.testing.assert_array_equal(a, b)
+        assert all(isinstance(x, torch.Tensor) for x in sb.tensors)
+    for x, y in zip(sa.numpy(), sb.numpy()):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("copies", ["torch", "numpy"])
+def test_outputs_are_owned(exported, copies):
     """The arrays a step returns stay as they were after the next step (copies, not the program's reused
     buffers)."""
     artifact, _, _ = exported("delta", "none")
-    session = load(artifact, runtime="executorch")
+    session = copying(artifact, copies)
     state = session.init_state(1)
     logits, state = session.step(np.array([3]), state)
     kept = [logits.copy(), *(a.copy() for a in state.numpy())]
@@ -387,13 +424,14 @@ def test_own_state_tensors_go_back_as_they_are(exported, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_donated_steps_write_over_the_backends_own_state(exported):
+@pytest.mark.parametrize("copies", ["torch", "numpy"])
+def test_donated_steps_write_over_the_backends_own_state(exported, copies):
     """``step(..., donate=True)``: where the state is the one the backend returned last, the new state is copied
     over its tensors (the same tensors from the second donated step on) and the numbers are the plain steps', bit
     for bit; a donated state is spent; a state kept (not donated) is never written, and two streams donating in
     turn (neither state the last output) give what each gives alone."""
     artifact, _, _ = exported("delta", "none")
-    session = load(artifact, runtime="executorch")
+    session = copying(artifact, copies)
     tokens = np.random.default_rng(4).integers(0, 256, (2, 12))
     plain, donated = session.init_state(2), session.init_state(2)
     plain_logits = []
