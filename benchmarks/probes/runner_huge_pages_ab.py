@@ -2,8 +2,9 @@
 
 Per variant, rounds of two ``seqedge-run --bench --json`` processes, one as it runs by default (its loaded memory
 advised onto huge pages) and one with ``--no-huge-pages``, in alternating order; each reports the p50 of
-consecutive steps at context 0. The median over rounds of each side is reported, with the logits of the same
-tokens from both sides compared bit for bit.
+consecutive steps at context 0 and its load time (the advice included: ``MADV_COLLAPSE`` copies what it moves).
+The median over rounds of each side is reported, with the logits of the same tokens from both sides compared bit
+for bit.
 
     python benchmarks/probes/runner_huge_pages_ab.py --runner build/cpp/seqedge-run --artifact ART
         [--variants fp32,int8,int4] [--rounds 6] [--steps 200] [--out FILE]
@@ -40,16 +41,19 @@ def logits(runner: Path, artifact: Path, variant: str, extra: list[str]) -> np.n
 
 def one_variant(runner: Path, artifact: Path, variant: str, rounds: int, steps: int) -> dict:
     times: dict[str, list[float]] = {side: [] for side in SIDES}
+    loads: dict[str, list[float]] = {side: [] for side in SIDES}
     pages: dict[str, dict] = {}
     for r in range(rounds):
         for side in (list(SIDES) if r % 2 == 0 else list(SIDES)[::-1]):
             out = bench(runner, artifact, variant, steps, SIDES[side])
             times[side].append(out["contexts"][0]["p50_ms"])
+            loads[side].append(out["load_s"])
             pages[side] = out["huge_pages"]
     same = np.array_equal(*(logits(runner, artifact, variant, extra) for extra in SIDES.values()))
     p50 = {side: float(np.median(v)) for side, v in times.items()}
     return {"variant": variant, "huge_pages": pages, "same_logits": bool(same), "p50_ms": p50,
-            "p50_ms_by_round": times, "huge_over_plain": p50["huge pages"] / p50["4 KiB pages"]}
+            "p50_ms_by_round": times, "huge_over_plain": p50["huge pages"] / p50["4 KiB pages"],
+            "load_s": {side: float(np.median(v)) for side, v in loads.items()}, "load_s_by_round": loads}
 
 
 def main() -> None:
@@ -68,7 +72,8 @@ def main() -> None:
         rows.append(one_variant(args.runner, args.artifact, variant, args.rounds, args.steps))
         r = rows[-1]
         print(f"seqedge-run {variant}: huge {r['p50_ms']['huge pages']:.3f} ms, 4 KiB {r['p50_ms']['4 KiB pages']:.3f}"
-              f" ms, ratio {r['huge_over_plain']:.3f}; same logits {r['same_logits']}", flush=True)
+              f" ms, ratio {r['huge_over_plain']:.3f}; load {r['load_s']['huge pages']:.2f} against "
+              f"{r['load_s']['4 KiB pages']:.2f} s; same logits {r['same_logits']}", flush=True)
     result = {"meta": run_metadata(artifact=str(args.artifact), runner=str(args.runner), rounds=args.rounds,
                                    steps=args.steps), "rows": rows}
     if args.out:
