@@ -78,7 +78,8 @@ class ExecuTorchBackend:
         self._ids: dict[tuple[int, ...], tuple[Any, np.ndarray]] = {}
         self._last_out: list[Any] = []     # the new state the last call returned (its own torch tensors)
         self._last_numpy: list[np.ndarray] | None = None      # numpy views of them, made when first needed
-        # a step's largest output per batch row, in elements (which steps copy through numpy)
+        # per batch row: each state tensor's shape and elements, and a step's largest output (which steps copy
+        # through numpy)
         self._shapes = [tuple(s.concrete_shape(1)[1:]) for s in manifest.state_specs]
         self._sizes = [int(np.prod(shape)) for shape in self._shapes]
         self._step_row = max([manifest.config.vocab_size] + self._sizes)
@@ -148,7 +149,7 @@ class ExecuTorchBackend:
         """Whether a step of ``tokens`` ``[B]`` returns a tensor that torch would copy on its intra-op thread
         pool. Such a step's outputs are copied by numpy on the calling thread instead: torch's pool threads keep
         spinning after a parallel copy and take the cores XNNPACK's own pool runs the next step on (a real-size
-        model's step ran up to a third slower: benchmarks/results/et_numpy_copies_ab.json). Smaller outputs keep
+        model's step took up to 1.4x as long: benchmarks/results/et_numpy_copies_ab.json). Smaller outputs keep
         torch's copies, one dispatch cheaper than numpy's per array; so does a chunk call, long enough for the
         spinning not to matter, whose large logits copy faster on torch's pool."""
         return tokens.shape[0] * self._step_row >= self.numpy_copies_from
