@@ -103,7 +103,7 @@ class NativeExecuTorchBackend:
                                      "rebuild the library from this seqedge's runners/cpp")
         self._run = self._lib.seqedge_run_buffers
         self._sizes = np.array(self.numel, dtype=np.int64)
-        self._layout = _Layout([tuple(s.concrete_shape(1)[1:]) for s in manifest.state_specs])
+        self._layout = StateLayout([tuple(s.concrete_shape(1)[1:]) for s in manifest.state_specs])
         # new states go to blocks the dropped states of this batch size gave back (block_pool says why)
         self._blocks = BlockPool() if blocks is None else blocks
         # calls from two threads take turns: the model handle, the token buffer and the tables are one each
@@ -197,7 +197,7 @@ class NativeExecuTorchBackend:
             self.close()
 
 
-class _Layout:
+class StateLayout:
     """Where each state tensor of a batch lies in its state's one block: the tensors of one shape side by side, so
     that one reshape of their part of the block and its unpacking (in C) make their views, far cheaper than a view
     per tensor, which would cost a small model's step a measurable share. Per batch, the byte offsets of every

@@ -21,6 +21,7 @@ from seqedge.artifact import Manifest, Variant
 from . import executorch_pool
 from .base import RuntimeUnavailable
 from .block_pool import BlockPool
+from .executorch_native import StateLayout
 from .signature import TensorSig, check_signature
 from .threads import check_threads, default_threads
 
@@ -77,15 +78,14 @@ class ExecuTorchBackend:
         self._calls = {m: method._method for m, method in self.methods.items()}
         self._ids: dict[tuple[int, ...], tuple[Any, np.ndarray]] = {}
         self._last_out: list[Any] = []     # the new state the last call returned (its own torch tensors)
-        self._last_numpy: list[np.ndarray] | None = None      # numpy views of them, made when first needed
-        # per batch row: each state tensor's shape and elements, and a step's largest output (which steps copy
-        # through numpy)
-        self._shapes = [tuple(s.concrete_shape(1)[1:]) for s in manifest.state_specs]
-        self._sizes = [int(np.prod(shape)) for shape in self._shapes]
-        self._step_row = max([manifest.config.vocab_size] + self._sizes)
+        # a step's largest output per batch row, in elements (which steps copy through numpy)
+        self._step_row = max([manifest.config.vocab_size] +
+                             [int(np.prod(s.concrete_shape(1))) for s in manifest.state_specs])
         self.numpy_copies_from = TORCH_PARALLEL_GRAIN       # elements; see _numpy_copies
-        # the new states those steps copy out go to blocks the dropped states gave back (block_pool says why)
+        # the new states those steps copy out go to blocks the dropped states gave back (block_pool says why),
+        # laid out as the C++ library's backend lays its states out
         self._blocks = BlockPool()
+        self._layout = StateLayout([tuple(s.concrete_shape(1)[1:]) for s in manifest.state_specs])
         self.threads = threads
         batch = variant.info.get("batch", {})
         self.min_batch, self.max_batch = int(batch.get("min", 1)), int(batch.get("max", 1))
@@ -110,7 +110,7 @@ class ExecuTorchBackend:
             logits, *planned = method(inputs, False)
             logits = logits.numpy().copy()
             new_state = self._pooled_copies(planned, tokens.shape[0])
-        self._last_out, self._last_numpy = new_state, None
+        self._last_out = new_state
         return logits, new_state
 
     def step_donated(self, tokens: np.ndarray, state: list[Any]) -> tuple[np.ndarray, list[Any]]:
@@ -126,24 +126,19 @@ class ExecuTorchBackend:
         if not self._numpy_copies(tokens):
             self._torch._foreach_copy_(state, new_state)      # one dispatch for all of them, not one per tensor
         else:
-            if self._last_numpy is None:
-                self._last_numpy = [t.numpy() for t in state]
-            for dst, src in zip(self._last_numpy, new_state):
-                np.copyto(dst, src.numpy())
+            for dst, src in zip(state, new_state):
+                np.copyto(dst.numpy(), src.numpy())
         return logits.numpy().copy(), state
 
     def _pooled_copies(self, planned: list[Any], batch: int) -> list[Any]:
         """Copies of the state tensors ``planned`` (the program's memory), as torch tensors over one block of the
         pool: a plain step loop then writes its states into two blocks in turn, not into fresh memory each step
         (whose page faults cost a real-size model's step more than the copy)."""
-        block, _ = self._blocks.take(batch * sum(self._sizes))
-        out, start = [], 0
-        for shape, size, src in zip(self._shapes, self._sizes, planned):
-            view = block[start:start + batch * size].reshape(batch, *shape)
+        block, _ = self._blocks.take(batch * self._layout.total)
+        views = self._layout.views(block, batch)
+        for view, src in zip(views, planned):
             np.copyto(view, src.numpy())
-            out.append(self._torch.from_numpy(view))
-            start += batch * size
-        return out
+        return [self._torch.from_numpy(view) for view in views]
 
     def _numpy_copies(self, tokens: np.ndarray) -> bool:
         """Whether a step of ``tokens`` ``[B]`` returns a tensor that torch would copy on its intra-op thread

@@ -1,5 +1,5 @@
-"""The state layout of the C++ library's Python backend (``runtimes.executorch_native._Layout``): the views it
-makes of one block are the spec's shapes in spec order, disjoint and covering the block, and the address tables
+"""The state layout of the C++ library's Python backend (``runtimes.executorch_native.StateLayout``): the views
+it makes of one block are the spec's shapes in spec order, disjoint and covering the block, and the address tables
 the C API reads point at exactly those views' rows. No library is needed: the layout is plain numpy."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqedge.runtimes.executorch_native import _address, _Layout
+from seqedge.runtimes.executorch_native import StateLayout, _address
 
 SHAPES = st.lists(st.sampled_from([(5, 3), (2, 4, 4), (7,), (1, 1)]), min_size=1, max_size=7)
 
@@ -17,7 +17,7 @@ SHAPES = st.lists(st.sampled_from([(5, 3), (2, 4, 4), (7,), (1, 1)]), min_size=1
 @settings(max_examples=40, deadline=None)
 @given(dims=SHAPES, batch=st.integers(1, 4))
 def test_views_cover_the_block_in_spec_order_and_tables_point_at_their_rows(dims, batch):
-    layout = _Layout(dims)
+    layout = StateLayout(dims)
     assert layout.total == sum(int(np.prod(d)) for d in dims)
     block = np.empty(batch * layout.total, dtype=np.float32)
     views = layout.views(block, batch)
@@ -37,7 +37,7 @@ def test_views_cover_the_block_in_spec_order_and_tables_point_at_their_rows(dims
 
 
 def test_two_tables_per_batch_and_addresses():
-    layout = _Layout([(3,), (2, 2)])
+    layout = StateLayout([(3,), (2, 2)])
     first, second = layout.tables(2)
     assert first[0] is not second[0] and first[0].shape == (2, 2)
     assert (first[1], second[1]) == (first[0].ctypes.data, second[0].ctypes.data)
