@@ -19,7 +19,8 @@ conversion from and to the ``onnx.ModelProto``, so a real-size graph's weights a
    Runtime and TensorRT-RTX's parser run it); ``ort`` graphs get ONNX Runtime's ``SimplifiedLayerNormalization``.
    Then :func:`collapse_reshapes` again: shapes now pass through each norm as one op.
 4. :func:`merge_shared_matmuls`: the MatMuls that read the same input with constant weights become one MatMul on
-   the concatenated weights and a ``Split`` (one kernel call per layer instead of four).
+   the concatenated weights and a ``Split`` (one kernel call per layer instead of four); a bias that only one of
+   them has is added after the Split, on its part alone.
 """
 
 from __future__ import annotations
@@ -303,14 +304,18 @@ def _bias_add(matmul: Any, width: int, dtype: Any) -> tuple[Any, Any] | None:
     return add, bias
 
 
-def merge_shared_matmuls(model: Any, kind: Callable[[str], Hashable] | None = None) -> Any:
+def merge_shared_matmuls(model: Any, kind: Callable[[str], Hashable] | None = None, *,
+                         lone_bias_after_split: bool = False) -> Any:
     """MatMuls reading the same input with constant 2-D weights of one dtype -> one MatMul on the weights
     concatenated along N, then a ``Split`` into the original outputs (same names, same values). Where some of them
     are read only by an ``Add`` of a constant bias over their N, the biases (zeros for the others) are added once
     before the Split: ONNX Runtime folds one bias over the whole output into the packed ``MatMulNBits``.
 
     ``kind`` (weight initializer name -> a key, or None to leave that MatMul alone) keeps weights of different
-    kinds apart: the int4 export merges before packing, and only weights its policy packs alike."""
+    kinds apart: the int4 export merges before packing, and only weights its policy packs alike.
+    ``lone_bias_after_split``: where only one of the merged MatMuls has a bias, its ``Add`` stays after the Split on
+    that part (as many nodes, and a float MatMul's output is not added to over its whole width: Mamba2's merged
+    projection is 3,352 wide and only its 24 step sizes have a bias)."""
     import numpy as np
 
     ir = _library("onnx_ir")
@@ -343,6 +348,8 @@ def merge_shared_matmuls(model: Any, kind: Callable[[str], Hashable] | None = No
         dtype = weight.const_value.dtype
         matmul.outputs[0].dtype = dtype     # typed values only: the IR writes a value_info for each
         adds = [_bias_add(n, w.shape[1], dtype) for n, w in zip(nodes, weights)]
+        if lone_bias_after_split and sum(a is not None for a in adds) == 1:
+            adds = [None] * len(adds)                       # the Add reads the Split's output below
         merged = [matmul]
         if any(adds):
             bias = np.concatenate([_const(a[1]) if a else np.zeros(w.shape[1], dtype.numpy())
@@ -375,7 +382,8 @@ def clean(model: Any, flavour: str) -> Any:
     """The passes of this module in order (see the module docstring) on the ``onnx.ModelProto`` ``model``,
     through one IR of it (:func:`on_proto`); returns the cleaned ``onnx.ModelProto``."""
     return on_proto(model, type_matmul_nbits, library_optimize, drop_unsqueeze_before_reshape, collapse_reshapes,
-                    library_optimize, lambda m: fuse_rms_norm(m, flavour), collapse_reshapes, merge_shared_matmuls)
+                    library_optimize, lambda m: fuse_rms_norm(m, flavour), collapse_reshapes,
+                    lambda m: merge_shared_matmuls(m, lone_bias_after_split=True))
 
 
 def node_counts(model: Any, layers: int) -> dict[str, Any]:

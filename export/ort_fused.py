@@ -6,8 +6,9 @@ per-head decay ``[B, T, H]`` (the step's gate per head, ``[..., 1]``), state ``[
 into k, and its ``gated_delta`` rule with per-key decay is exactly our delta rule (DESIGN §3).
 :data:`ORT_FUSED_OPS` is the model's ops object for this flavour (:meth:`SequentialAttentionModel.with_ops`): its
 scans go through :class:`LinearAttentionOp`, which computes with the plain PyTorch forms (so traced shapes and
-values are right) and exports as one ``LinearAttention`` node per layer; its short causal convolution with the
-carried tail (concat, depthwise conv, SiLU, slice) likewise becomes one ``CausalConvWithState`` node. The graph
+values are right) and exports as one ``LinearAttention`` node per layer; a step's short causal convolution with the
+carried tail (concat, depthwise conv, SiLU, slice) likewise becomes one ``CausalConvWithState`` node, while a
+chunk's runs as plain elementwise ops on channels-last rows (:func:`_channels_last_short_conv` says why). The graph
 then runs only in ONNX Runtime: TensorRT and other ONNX consumers take the portable ``onnx`` target.
 """
 
@@ -113,21 +114,35 @@ def _fused_channels_first(xt: torch.Tensor, tail: torch.Tensor, weight: torch.Te
     return y, new_tail.to(at_least_f32(xt.dtype))
 
 
-def _fused_short_conv(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-    """:func:`seqedge.ops.short_conv` through :class:`CausalConvOp` (same inputs and outputs)."""
-    y, new_tail = _fused_channels_first(x.transpose(1, 2), tail, weight, bias)
-    return y.transpose(1, 2), new_tail
+def _channels_last_short_conv(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor,
+                              bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`seqedge.ops.short_conv` over a sequence (same inputs and outputs) as K shifted rows of x ``[B, T, C]``
+    times the taps, summed, in plain ops.
+
+    A chunk's conv is traced this way rather than as :class:`CausalConvOp`: ONNX Runtime's ``CausalConvWithState``
+    takes channels-first input, so each layer would add two transposes of the chunk, and its kernel runs slower
+    over many tokens than these elementwise ops (one token the other way round: the step keeps the fused op).
+    Every slice's bounds count from one end of the rows, so the graph does not depend on the chunk's length."""
+    kernel = int(weight.shape[-1])
+    xc = torch.cat([tail.to(x.dtype).transpose(1, 2), x], dim=1)              # [B, K-1+T, C]
+    taps = weight.to(x.dtype)[:, 0].t()                                        # [K, C]
+    y = bias.to(x.dtype) if bias is not None else None
+    for i in range(kernel):
+        rows = xc[:, i:i - (kernel - 1)] if i < kernel - 1 else xc[:, kernel - 1:]
+        y = rows * taps[i] if y is None else y + rows * taps[i]
+    return torch.nn.functional.silu(y), xc[:, -(kernel - 1):].transpose(1, 2).to(at_least_f32(x.dtype))
 
 
 def _fused_short_conv_step(x: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-    """:func:`_fused_short_conv` for one token (:func:`seqedge.ops.one_token_by_reshape`)."""
-    return one_token_by_reshape(_fused_channels_first, _fused_short_conv, x, tail, weight, bias)
+    """:func:`seqedge.ops.short_conv_step`: one token through :class:`CausalConvOp` (reached by reshapes,
+    :func:`seqedge.ops.one_token_by_reshape`), more through :func:`_channels_last_short_conv`."""
+    return one_token_by_reshape(_fused_channels_first, _channels_last_short_conv, x, tail, weight, bias)
 
 
-# The model's scans trace as ``com.microsoft::LinearAttention`` and its short convolutions as
+# The model's scans trace as ``com.microsoft::LinearAttention`` and its one-token convolutions as
 # ``com.microsoft::CausalConvWithState`` (TorchScript ONNX exporter); norms, SiLU and the head stay plain. Grouped
 # keys and gates per head go in as they are: the op's own grouping and per-head decay replace the expands the other
 # flavours trace.
 ORT_FUSED_OPS = MixerOps(name="ort-fused", sequence_scan=_fused_sequence_scan, step_scan=_fused_recurrent_step,
-                         short_conv=_fused_short_conv, short_conv_step=_fused_short_conv_step, grouped_keys=True,
-                         head_gates=True)
+                         short_conv=_channels_last_short_conv, short_conv_step=_fused_short_conv_step,
+                         grouped_keys=True, head_gates=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import torch
 from _artifacts import RULES, ort_artifact, reference, tiny_model
 
 import seqedge
@@ -27,8 +28,13 @@ def test_graph_has_one_fused_scan_per_layer_and_portable_graph_none(artifact):
         assert sum(n.op_type == "SimplifiedLayerNormalization" for n in fused.graph.node) == 2 * 3 + 1
         ops = [n for n in fused.graph.node if n.op_type == "LinearAttention"]
         assert len(ops) == 2 and all(n.domain == "com.microsoft" for n in ops)        # tiny model: 2 layers
+        # one token's conv is ONNX Runtime's op, a chunk's runs as elementwise ops on channels-last rows
         convs = [n for n in fused.graph.node if n.op_type == "CausalConvWithState"]
-        assert len(convs) == 2 and not any(n.op_type == "Conv" for n in fused.graph.node)
+        assert len(convs) == (2 if entry == "step" else 0) and not any(n.op_type == "Conv" for n in fused.graph.node)
+        # ... which need no transpose of the chunk: only the carried tails and the tied head's table move
+        weights = {t.name for t in fused.graph.initializer}
+        assert all(n.input[0].startswith("state.") or n.output[0].startswith("new_state.") or n.input[0] in weights
+                   for n in fused.graph.node if n.op_type == "Transpose")
         portable = onnx.load(str(artifact / "onnx" / "fp32" / f"{entry}.onnx"))
         assert not any(n.domain == "com.microsoft" for n in portable.graph.node)
 
@@ -111,3 +117,22 @@ def test_grouped_keys_and_head_gates_go_to_the_fused_op_unexpanded(family, tmp_p
 def _rel(got, want) -> float:
     """max |got - want| over max |want|: float32 rounding of two graphs of the same math."""
     return float(np.abs(np.asarray(got) - np.asarray(want)).max() / np.abs(np.asarray(want)).max())
+
+
+@pytest.mark.parametrize("T", [1, 2, 5, 64])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
+def test_chunk_conv_matches_the_reference_short_conv(T, bias, dtype, tol):
+    """The chunk's conv as shifted rows (export/ort_fused.py) against seqedge.ops.short_conv: output and new tail,
+    fresh random inputs and a carried tail, lengths shorter and longer than the kernel."""
+    from seqedge.export.ort_fused import ORT_FUSED_OPS
+    from seqedge.ops import short_conv
+
+    g = torch.Generator().manual_seed(T * 2 + bias)
+    B, C, K = 3, 7, 4
+    x, tail = torch.randn(B, T, C, generator=g, dtype=dtype), torch.randn(B, C, K - 1, generator=g, dtype=dtype)
+    w = torch.randn(C, 1, K, generator=g, dtype=dtype)
+    b = torch.randn(C, generator=g, dtype=dtype) if bias else None
+    for got, want in zip(ORT_FUSED_OPS.short_conv(x, tail, w, b), short_conv(x, tail, w, b)):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
