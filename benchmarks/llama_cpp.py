@@ -9,9 +9,10 @@ One run, one machine, the same thread count on both sides:
 2. the model: transformers' ``Mamba2ForCausalLM`` with mamba2-130m's config and seeded random weights, saved as a
    Hugging Face folder; llama.cpp's converter turns it into GGUF (f32, then q8_0 and q4_0 by llama-quantize) and
    ``seqedge import`` / ``seqedge export`` turn the same folder into seqedge artifacts;
-3. both sides are timed from Python in one process with the same loop, one precision class at a time: each
-   engine prefills the same ``context`` tokens, then the engines decode ``steps`` single-token calls in blocks,
-   taking turns block by block so that the VM's slow phases hit every engine alike, each call timed alone
+3. both sides are timed from Python in one process with the same loop, one precision class at a time: the
+   engines prefill the same ``context`` tokens in pieces, then decode ``steps`` single-token calls in blocks,
+   taking turns piece by piece and block by block so that the VM's slow phases hit every engine alike, each
+   call timed alone
    (llama.cpp through the sdist's own ctypes binding over the libraries built in 1).
    A prefill keeps the last token's logits only on both sides (``Llama.eval`` without ``logits_all``;
    ``Session.prefill(..., logits="last")``), as a prompt before generation does;
@@ -124,6 +125,10 @@ def make_gguf(src: Path, work: Path, hf: Path) -> dict[str, Path]:
 # timing ---------------------------------------------------------------------------------------------------
 WARMUP = 4
 ROUNDS = 4      # decode blocks per engine and context, alternating engines: slow phases of the VM hit all alike
+# prompt tokens per prefill call, alternating engines likewise (this VM's speed moves by 20-30% for seconds at a
+# time: one engine's whole 16K prompt in one go could fall in a slow phase, the other's in a fast one). llama.cpp's
+# batch (n_batch below) and a multiple of seqedge's chunk, so neither side computes otherwise than in one call.
+PREFILL_PIECE = 512
 PRECISION_OF_GGUF = {"f32": "fp32", "q8_0": "int8", "q4_0": "int4"}
 
 
@@ -149,8 +154,8 @@ def llama_engine(path: Path, quant: str, n_ctx: int, threads: int, work: Path, f
     sys.path.insert(0, str(work / "site"))
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, n_threads=threads, n_threads_batch=threads,
-                verbose=False)
+    llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=PREFILL_PIECE, n_threads=threads,
+                n_threads_batch=threads, verbose=False)
     return Engine("llama.cpp", quant, PRECISION_OF_GGUF[quant], path.stat().st_size / 2**20, llm.reset,
                   lambda prompt: llm.eval(prompt.tolist()), lambda token: llm.eval([token]),
                   floor(path.stat().st_size))
@@ -181,20 +186,26 @@ def seqedge_engine(artifact: Path, runtime: str, tag: str, threads: int, floor: 
 
 
 def bench_engines(engines: list[Engine], contexts: list[int], steps: int, vocab: int, seed: int = 0) -> list[Row]:
-    """Per context: every engine prefills the same prompt (timed), then decodes the same tokens in ``ROUNDS``
-    blocks, the engines taking turns block by block (order reversed every round), each step timed alone.
-    p50/p99 over all of an engine's steps."""
+    """Per context: every engine prefills the same prompt in pieces of ``PREFILL_PIECE`` tokens, the engines
+    taking turns piece by piece (order reversed every piece), tok/s over the sum of an engine's piece times; then
+    they decode the same tokens in ``ROUNDS`` blocks, taking turns block by block (order reversed every round),
+    each step timed alone. p50/p99 over all of an engine's steps."""
     rng = np.random.default_rng(seed)
     rows = []
     for ctx in contexts:
         prompt = rng.integers(1, vocab - 1, size=max(ctx, 1))
         tokens = rng.integers(1, vocab - 1, size=steps + WARMUP)
-        prefill, times = {}, {e.engine: [] for e in engines}
+        times = {e.engine: [] for e in engines}
+        prefill_s = {e.engine: 0.0 for e in engines}
         for e in engines:
             e.reset()
-            t0 = time.perf_counter()
-            e.prefill(prompt)
-            prefill[e.engine] = ctx / (time.perf_counter() - t0) if ctx else 0.0
+        for i, start in enumerate(range(0, ctx, PREFILL_PIECE)):
+            for e in (engines if i % 2 == 0 else engines[::-1]):
+                t0 = time.perf_counter()
+                e.prefill(prompt[start:start + PREFILL_PIECE])
+                prefill_s[e.engine] += time.perf_counter() - t0
+        prefill = {name: ctx / s if ctx else 0.0 for name, s in prefill_s.items()}
+        for e in engines:
             for t in tokens[:WARMUP]:           # first-call allocations
                 e.step(int(t))
         block = -(-steps // ROUNDS)
