@@ -2,7 +2,10 @@
 on ONNX Runtime's CPU provider, on the same random feeds, with the largest difference of their outputs.
 
     python benchmarks/probes/ort_ab.py --a OLD/step.onnx --b NEW/step.onnx [--threads 2] [--rounds 7]
-        [--calls 40] [--out result.json]
+        [--calls 40] [--last-row] [--out result.json]
+
+``--last-row`` feeds a chunk graph's ``logits_from`` as -1 (its head on the last row, as a prompt's prefill runs
+it); without it the head runs on every row.
 """
 
 from __future__ import annotations
@@ -22,17 +25,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=7, help="alternating rounds (default: %(default)s)")
     parser.add_argument("--calls", type=int, default=40, help="timed calls per round (default: %(default)s)")
+    parser.add_argument("--last-row", action="store_true", help="feed a chunk graph's logits_from as -1")
     parser.add_argument("--out", type=Path, help="write the result as JSON here too")
     args = parser.parse_args()
+    from seqedge.artifact import CHUNK_LOGITS_FROM
     from seqedge.evaluate.run_info import run_metadata
 
     sessions = {"a": cpu_session(args.a, args.threads), "b": cpu_session(args.b, args.threads)}
     feeds = random_feeds(sessions["a"])
+    if args.last_row:
+        feeds[CHUNK_LOGITS_FROM] = np.array([-1], np.int64)
     outputs = {k: s.run(None, feeds) for k, s in sessions.items()}
     diff = max(float(np.abs(x - y).max()) for x, y in zip(outputs["a"], outputs["b"]))
     times = time_rounds(sessions, feeds, args.calls, args.rounds)
     result = {"meta": run_metadata(a=str(args.a), b=str(args.b), threads=args.threads, rounds=args.rounds,
-                                   calls=args.calls),
+                                   calls=args.calls, last_row=args.last_row),
               "max_abs_output_difference": diff, "p50_ms_by_round": times,
               "p50_ms": {k: float(np.median(v)) for k, v in times.items()}}
     if args.out:
