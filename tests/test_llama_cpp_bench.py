@@ -77,6 +77,24 @@ def test_engines_take_turns_on_the_same_tokens(bench):
         assert timed[2 * block:4 * block] == ["b"] * block + ["a"] * block
 
 
+def test_engines_prefill_in_pieces_taking_turns(bench):
+    """A long prompt goes in pieces of PREFILL_PIECE tokens, the engines taking turns piece by piece (order
+    reversed every piece); each engine's pieces make up the whole prompt, and its tok/s counts all of them."""
+    calls = []
+
+    def engine(name):
+        return bench.Engine(name, "v", "fp32", 1.0, lambda: None,
+                            lambda prompt: calls.append((name, tuple(prompt))), lambda token: None)
+
+    ctx = 2 * bench.PREFILL_PIECE + 3
+    rows = bench.bench_engines([engine("a"), engine("b")], [ctx], steps=2, vocab=100)
+    assert [c[0] for c in calls] == ["a", "b", "b", "a", "a", "b"]
+    assert [len(c[1]) for c in calls] == [bench.PREFILL_PIECE] * 4 + [3] * 2
+    pieces = {name: sum((c[1] for c in calls if c[0] == name), ()) for name in "ab"}
+    assert pieces["a"] == pieces["b"] and len(pieces["a"]) == ctx
+    assert all(r.prefill_tok_s > 0 for r in rows)
+
+
 def test_report_reads_each_row_against_its_floor(bench):
     """A row with a floor prints it and its p50 over it, and the ratio table prints the best variant's p50 over
     its floor; a row carried over from a record without floors prints dashes."""
