@@ -125,7 +125,7 @@ def make_gguf(src: Path, work: Path, hf: Path) -> dict[str, Path]:
 # timing ---------------------------------------------------------------------------------------------------
 WARMUP = 4
 ROUNDS = 4      # decode blocks per engine and context, alternating engines: slow phases of the VM hit all alike
-# prompt tokens per prefill call, alternating engines likewise (this VM's speed moves by 20-30% for seconds at a
+# prompt tokens per prefill call, alternating engines likewise (this VM's speed moves by 20-40% for seconds at a
 # time: one engine's whole 16K prompt in one go could fall in a slow phase, the other's in a fast one). llama.cpp's
 # batch (n_batch below) and a multiple of seqedge's chunk, so neither side computes otherwise than in one call.
 PREFILL_PIECE = 512

@@ -15,7 +15,7 @@ from seqedge.artifact import read_manifest
 # nodes of the tiny test model's fp32 graphs after clean-up (2 layers; as exported, before ONNX Runtime's own
 # optimiser): a graph that grows past these fails; lower them when a pass removes more
 NODE_BUDGET = {("onnx", "step"): 109, ("onnx", "chunk"): 223, ("onnx-ort", "step"): 79, ("onnx-ort", "chunk"): 105}
-# the onnx-ort chunk's conv is 16 elementwise nodes a layer, not CausalConvWithState and two transposes
+# the onnx-ort chunk's conv is 16 plain nodes a layer, not CausalConvWithState and two transposes
 # (export/ort_fused.py: faster over a chunk's rows, where a node's fixed cost is small beside its work)
 # a chunk's budget includes the Slice in front of the head that picks its rows (export/head_rows.py) and the
 # Transpose of the embedding table its tied head reads (export/tied_head.py; runtimes fold it at load)
