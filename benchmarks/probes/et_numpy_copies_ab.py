@@ -25,21 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode_ab import alternating_p50, last_logits  # noqa: E402
+
 SIDES = ("numpy copies", "torch copies")
-
-
-def blocks(session, token: int, donate: bool, count: int, calls: int) -> float:
-    """The median over ``count`` blocks of each block's p50 (ms) of ``calls`` steps after 3 untimed ones."""
-    state, one, p50s = session.init_state(1), np.array([token]), []
-    for _ in range(count):
-        times = []
-        for i in range(calls + 3):
-            started = time.perf_counter()
-            _, state = session.step(one, state, donate=donate)
-            if i >= 3:
-                times.append(time.perf_counter() - started)
-        p50s.append(float(np.median(times)))
-    return float(np.median(p50s)) * 1e3
 
 
 def one_process(artifact: Path, variant: str, side: str, calls: int) -> dict:
@@ -48,10 +37,9 @@ def one_process(artifact: Path, variant: str, side: str, calls: int) -> dict:
     session = load(artifact, "executorch", quantization=variant)
     if side == "torch copies":
         session.backend.numpy_copies_from = sys.maxsize
-    state = session.init_state(1)
-    for t in np.random.default_rng(0).integers(0, 256, 16):
-        logits, state = session.step(np.array([t]), state, donate=True)
-    donated, plain = blocks(session, 5, True, 3, calls), blocks(session, 5, False, 3, calls)
+    logits = last_logits({side: session}, np.random.default_rng(0).integers(0, 256, 16))[side]
+    donated, plain = (float(np.median(alternating_p50({side: session}, 5, 3, calls, donate=donate)[side]))
+                      for donate in (True, False))
     prompt = np.random.default_rng(1).integers(0, 256, (1, 256))
     started = time.perf_counter()               # last: its chunk calls copy on torch's pool on both sides
     session.prefill(prompt, session.init_state(1), logits="last")
