@@ -28,9 +28,13 @@ def cpu_session(model: str | bytes | os.PathLike, threads: int,
                                 providers=["CPUExecutionProvider"])
 
 
-def random_feeds(session: ort.InferenceSession, seed: int = 0, vocab: int = 1000) -> dict[str, np.ndarray]:
+def random_feeds(session: ort.InferenceSession, seed: int = 0, vocab: int | None = None) -> dict[str, np.ndarray]:
     """One array per input: token ids in 1..vocab-1 for integer inputs, small normal values otherwise; symbolic
-    dimensions are 1."""
+    dimensions are 1. ``vocab`` by default: 1000, or the graph's vocabulary (its logits' last extent) where that
+    is smaller."""
+    if vocab is None:
+        extents = [o.shape[-1] for o in session.get_outputs() if o.name == "logits" and isinstance(o.shape[-1], int)]
+        vocab = min([1000, *extents])
     rng = np.random.default_rng(seed)
     out = {}
     for i in session.get_inputs():
