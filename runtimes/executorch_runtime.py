@@ -21,8 +21,8 @@ from seqedge.artifact import Manifest, Variant
 from . import executorch_pool
 from .base import RuntimeUnavailable
 from .block_pool import BlockPool
-from .executorch_native import StateLayout
 from .signature import TensorSig, check_signature
+from .state_layout import StateLayout
 from .threads import check_threads, default_threads
 
 INSTALL_HINT = "pip install executorch==1.5.1 torchao==0.18.0"

@@ -1,4 +1,4 @@
-"""The state layout of the C++ library's Python backend (``runtimes.executorch_native.StateLayout``): the views
+"""The state layout of the ExecuTorch backends' pooled states (``runtimes.state_layout.StateLayout``): the views
 it makes of one block are the spec's shapes in spec order, disjoint and covering the block, and the address tables
 the C API reads point at exactly those views' rows. No library is needed: the layout is plain numpy."""
 
@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqedge.runtimes.executorch_native import StateLayout, _address
+from seqedge.runtimes.executorch_native import _address
+from seqedge.runtimes.state_layout import StateLayout
 
 SHAPES = st.lists(st.sampled_from([(5, 3), (2, 4, 4), (7,), (1, 1)]), min_size=1, max_size=7)
 
