@@ -13,16 +13,19 @@ outputs and gradients included.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib
 import json
 import os
 import sys
+from unittest import mock
 
 import torch
 
 B, H, D = 1, 16, 128
 TARGETS = {"fwd_ratio": 2 / 3, "fwdbwd_ratio": 1.0, "peak_ratio": 0.5}    # ours / fla, at most
+GATES = {False: "per-key (fla: chunk_kda)", True: "per-head (fla: chunk_gated_delta_rule)"}
 
 
 def inputs(T: int, per_head: bool, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -54,6 +57,42 @@ def runners(per_head: bool) -> dict:
             from fla.ops.kda import chunk_kda as peer
         out["fla"] = lambda q, k, v, g, beta: peer(q, k, v, g, beta)[0]
     return out
+
+
+def peer_guard(per_head: bool) -> tuple[contextlib.AbstractContextManager, str | None]:
+    """The context fla's per-head calls run in, and a note for the record when it differs from fla's own.
+
+    fla 0.6 refuses its gated backward (``chunk_bwd_dqkwg``) on Hopper with Triton in [3.4, 3.7.1): Triton
+    miscompiles that kernel at key block 64 (fla issue #640; its bisection found key blocks 32 and 128 correct).
+    On a Hopper card fla's wrapper picks key block 128 for dk=128, outside the miscompiled width, so there the
+    benchmark lets the call past the version check, and the ``grads`` row compares fla's gradients with ours on the
+    same inputs: a miscompiled backward shows there as an error of order one.
+    """
+    if not per_head or importlib.util.find_spec("fla") is None:
+        return contextlib.nullcontext(), None
+    chunk_o = importlib.import_module("fla.ops.common.chunk_o")
+    refused = chunk_o.IS_NVIDIA_HOPPER and chunk_o.TRITON_ABOVE_3_4_0 and not chunk_o.TRITON_ABOVE_3_7_1
+    if not refused or D != 128 or not chunk_o.check_shared_mem("hopper", torch.cuda.current_device()):
+        return contextlib.nullcontext(), None
+    return (mock.patch.object(chunk_o, "TRITON_ABOVE_3_7_1", True),
+            "fla's per-head backward run past its Hopper/Triton version check: key block 128, not #640's 64; "
+            "its gradients checked against ours in the grads row")
+
+
+def grads_rel(T: int, per_head: bool) -> dict:
+    """Relative L2 difference of fla's output and gradients from ours on the same inputs and output gradient."""
+    fns = runners(per_head)
+    xs = inputs(T, per_head)
+    do = torch.randn_like(xs[2])
+    got = {}
+    for name in ("ours", "fla"):
+        leaves = [x.detach().clone().requires_grad_() for x in xs]
+        with peer_guard(per_head)[0] if name == "fla" else contextlib.nullcontext():
+            o = fns[name](*leaves)
+            o.backward(do)
+        got[name] = [o.detach()] + [x.grad for x in leaves]
+    names = ("o", "dq", "dk", "dv", "dg", "dbeta")
+    return {n: rel(f, ours) for n, f, ours in zip(names, got["fla"], got["ours"])}
 
 
 def fwd_ms(fn, xs) -> float:
@@ -142,9 +181,22 @@ def markdown(res: dict) -> str:
             lines += ["", f"Ours by launch ({gates} gates, the whole length as one piece), ms:", "",
                       "| config | prep | scan (with o) |", "|---|---|---|"]
             lines += [f"| {name} | {p['prep_ms']:.3f} | {p['scan_ms']:.3f} |" for name, p in res[key].items()]
+    if res.get("grads"):
+        lines += ["", "fla's output and gradients against ours (relative L2 difference, same inputs and output "
+                  "gradient):", "", "| gates | T | o | dq | dk | dv | dg | dbeta |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {gates} | {g['T']} | " + " | ".join(f"{g[n]:.1e}" for n in ("o", "dq", "dk", "dv", "dg", "dbeta"))
+                  + " |" for gates, g in res["grads"].items()]
+    for gates, note in res.get("peer_notes", {}).items():
+        lines += ["", f"{gates}: {note}."]
+    if res.get("earlier"):
+        lines += ["", f"Rows this run did not measure are kept from the run of {res['earlier']['date']} "
+                  f"(`{res['earlier']['command']}`)."]
     if "picked" in res:
         lines += ["", "Configs picked by timing (shape class -> config):", ""]
         lines += [f"- `{key}`: `{cfg}`" for key, cfg in res["picked"].items()]
+    if res.get("picked_backward"):
+        lines += ["", "Backward launches picked by timing (shape class -> launch):", ""]
+        lines += [f"- `{key}`: `{launch}`" for key, launch in res["picked_backward"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -155,16 +207,29 @@ def main() -> None:
     ap.add_argument("--T-mem", type=int, default=131072, help="length of the peak-memory runs")
     ap.add_argument("--who", choices=("ours", "fla"), nargs="+", default=["ours", "fla"],
                     help="whose rows to measure (fla's first calls compile and autotune for minutes)")
-    ap.add_argument("--rows", choices=("fwd", "peak_fwd", "fwdbwd", "peak_fwdbwd", "parts"), nargs="+",
-                    default=["fwd", "peak_fwd", "fwdbwd", "peak_fwdbwd", "parts"], help="which rows to measure")
+    ap.add_argument("--rows", choices=("fwd", "peak_fwd", "fwdbwd", "peak_fwdbwd", "parts", "grads"), nargs="+",
+                    default=["fwd", "peak_fwd", "fwdbwd", "peak_fwdbwd", "parts", "grads"],
+                    help="which rows to measure (grads: fla's output and gradients against ours)")
+    ap.add_argument("--gates", choices=("per-key", "per-head"), nargs="+", default=["per-key", "per-head"],
+                    help="which gate kinds to measure")
+    ap.add_argument("--T-grads", type=int, default=8192, help="length of the gradient comparison")
+    ap.add_argument("--merge", metavar="JSON", help="an earlier delta_kernels.json whose rows this run's replace "
+                    "one by one (the others are kept, with that run's environment under 'earlier')")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     res = {"env": environment(sys.argv), "rows": {}}
+    if args.merge:
+        with open(args.merge) as f:
+            earlier = json.load(f)
+        res = {**earlier, "env": res["env"], "earlier": earlier["env"]}
+    kinds = [per_head for per_head in (False, True) if ("per-head" if per_head else "per-key") in args.gates]
 
     def save() -> None:
+        from seqedge.kernels.delta_scan_bwd import _PICKED_BWD
         from seqedge.kernels.delta_scan_triton import _PICKED
 
         res["picked"] = {str(key): repr(cfg) for key, cfg in _PICKED.items()}
+        res["picked_backward"] = {str(key): repr(launch) for key, launch in _PICKED_BWD.items()}
         with open(os.path.join(args.out, "delta_kernels.json"), "w") as f:
             json.dump(res, f, indent=1)
         with open(os.path.join(args.out, "delta_kernels.md"), "w") as f:
@@ -180,14 +245,18 @@ def main() -> None:
         if what.rsplit("_T", 1)[0].replace("_ms", "").replace("_gb", "") not in args.rows:
             continue
         for name in args.who:                  # ours first by default: fla's first calls take minutes
-            for per_head in (False, True):
-                gates = "per-head (fla: chunk_gated_delta_rule)" if per_head else "per-key (fla: chunk_kda)"
+            for per_head in kinds:
+                gates = GATES[per_head]
                 rows = res["rows"].setdefault(gates, {})
                 fn = runners(per_head).get(name)
                 if fn is None:
                     continue
+                guard, note = peer_guard(per_head) if name == "fla" else (contextlib.nullcontext(), None)
+                if note:
+                    res.setdefault("peer_notes", {})[gates] = note
                 try:
-                    rows.setdefault(what, {})[name] = measure(fn, inputs(T, per_head))
+                    with guard:
+                        rows.setdefault(what, {})[name] = measure(fn, inputs(T, per_head))
                 except torch.OutOfMemoryError as err:
                     rows.setdefault(what, {})[name] = f"out of memory: {str(err)[:80]}"
                 except RuntimeError as err:       # e.g. a peer that refuses this Triton version on this card
@@ -195,7 +264,11 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 print(gates, what, name, rows[what][name], flush=True)
                 save()
-    for per_head in (False, True) if "parts" in args.rows else ():
+    for per_head in kinds if "grads" in args.rows and "fla" in args.who else ():
+        res.setdefault("grads", {})[GATES[per_head]] = {"T": args.T_grads, **grads_rel(args.T_grads, per_head)}
+        print("grads", GATES[per_head], res["grads"][GATES[per_head]], flush=True)
+        save()
+    for per_head in kinds if "parts" in args.rows else ():
         res["parts_per_head" if per_head else "parts_per_key"] = parts_ms(args.T, per_head)
         print("parts per head" if per_head else "parts per key", res["parts_per_head" if per_head else
                                                                     "parts_per_key"], flush=True)

@@ -7,12 +7,15 @@ forward+backward of the public op, then each launch of :func:`seqedge.kernels.de
 alone (triton do_bench, median) on one piece of ``delta_operands.PIECE`` tokens, with how often the backward runs
 it. With ``--sweep``: the same launches under other launch parameters, each output compared with the shipped
 launch's. With ``--whole``: the whole forward at two priorities of the scans' stream, and the whole backward
-from the forward's saved piece states (shipped and float32 workspace) and re-scanning them.
+from the forward's saved piece states (shipped and float32 workspace) and re-scanning them. With ``--fla``: fla's
+profiler table beside ours (its per-head backward past the version check, as ``benchmarks/delta_kernels.py``).
+With ``--configs``: first the whole backward under each chunk and chunk-local key block and warps.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -21,23 +24,23 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from delta_kernels import D, H, inputs, rel  # noqa: E402
+from delta_kernels import D, H, inputs, peer_guard, rel, runners  # noqa: E402
 
 
-def profiler_table(T: int, per_head: bool) -> list[dict]:
-    """CUDA time per kernel name over one forward+backward (after a warm-up call)."""
+def profiler_table(T: int, per_head: bool, who: str = "ours") -> list[dict]:
+    """CUDA time per kernel name over one forward+backward of ours or fla's peer (after warm-up calls)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from seqedge.kernels import delta_scan
-
+    fn = runners(per_head)[who]
     xs = [x.detach().clone().requires_grad_() for x in inputs(T, per_head)]
     do = torch.randn_like(xs[2])
-    for _ in range(2):
-        delta_scan(*xs)[0].backward(do)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        delta_scan(*xs)[0].backward(do)
+    with peer_guard(per_head)[0] if who == "fla" else contextlib.nullcontext():
+        for _ in range(2):
+            fn(*xs).backward(do)
         torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn(*xs).backward(do)
+            torch.cuda.synchronize()
     rows = []
     for ev in prof.key_averages():
         us = getattr(ev, "device_time_total", 0) or getattr(ev, "cuda_time_total", 0)
@@ -163,6 +166,40 @@ def whole_backward(T: int, per_head: bool) -> list[dict]:
     return out
 
 
+def backward_configs(T: int, per_head: bool) -> list[dict]:
+    """The whole backward from the forward's saved piece states under each chunk (its forward's too) and
+    chunk-local key block and warps, ms; gradients compared with the first row's."""
+    from triton.testing import do_bench
+
+    from seqedge.kernels import delta_operands
+    from seqedge.kernels import delta_scan_bwd as bwd_mod
+    from seqedge.kernels.delta_scan_triton import DeltaConfig, delta_scan_fwd
+
+    q, k, v, g, beta = inputs(T, per_head)
+    g = g.unsqueeze(-1) if per_head else g
+    do = torch.randn_like(v)
+    d_fin = torch.zeros(1, H, D, D, dtype=torch.float32, device="cuda")
+    out, ref = [], None
+    for chunk in (32, 64):
+        cfg = DeltaConfig(chunk=chunk, block_v=bwd_mod.BWD_CONFIG.block_v, num_stages=bwd_mod.BWD_CONFIG.num_stages)
+        saved = torch.empty(delta_operands.piece_count(T), 1, H, D, D, dtype=torch.float32, device="cuda")
+        delta_scan_fwd(q, k, v, g, beta, None, D ** -0.5, cfg, entering=saved)
+        for bk, nw in ((64, 4), (32, 4), (64, 8), (128, 4), (128, 8)):
+            name = f"C={chunk} local BD={bk} warps={nw}"
+            run = lambda: bwd_mod.delta_scan_bwd(q, k, v, g, beta, None, do, d_fin, D ** -0.5, cfg, entering=saved,
+                                                 local_blocks=(bk, bwd_mod.LOCAL_BLOCK_V), local_warps=nw)
+            try:
+                ms = do_bench(run, warmup=5, rep=40, return_mode="median")
+                got = run()
+                ref = ref or got
+                row = {"backward": name, "ms": ms, "err_vs_first": max(rel(a, b) for a, b in zip(got, ref))}
+            except Exception as e:  # noqa: BLE001 (a sweep records what failed and goes on)
+                row = {"backward": name, "error": str(e)[:200]}
+            print(row, flush=True)
+            out.append(row)
+    return out
+
+
 def forward_streams(T: int, per_head: bool) -> list[dict]:
     """The forward (the op's picked config), ms, with the scans' stream at the shipped priority and at 0, and the
     host's lookahead of preps at 1 and the shipped one."""
@@ -193,12 +230,20 @@ def main() -> None:
     ap.add_argument("--T", type=int, default=65536)
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--per-head", action="store_true", help="also the per-head gates")
+    ap.add_argument("--fla", action="store_true", help="also fla's profiler table beside ours")
+    ap.add_argument("--configs", action="store_true",
+                    help="first the whole backward under each chunk and chunk-local launch (per-head gates with "
+                    "--per-head, else per-key)")
     ap.add_argument("--whole", action="store_true",
                     help="the whole forward (scans' priority) and backward (saved states or re-scan, workspace)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     res = {"card": torch.cuda.get_device_name(), "T": args.T}
     path = os.path.join(args.out, "delta_bwd_profile.json")
+    if args.configs:
+        res["backward_configs_per_head" if args.per_head else "backward_configs_per_key"] = backward_configs(
+            args.T, args.per_head)
+        json.dump(res, open(path, "w"), indent=1)
     for per_head in (False, True) if args.per_head else (False,):
         key = "per_head" if per_head else "per_key"
         if args.whole:
@@ -210,6 +255,11 @@ def main() -> None:
         for r in res[f"profiler_{key}"][:14]:
             print(f"{key} {r['ms']:9.3f} ms {r['calls']:5d}x {r['kernel']}", flush=True)
         json.dump(res, open(path, "w"), indent=1)
+        if args.fla:
+            res[f"fla_profiler_{key}"] = profiler_table(args.T, per_head, "fla")
+            for r in res[f"fla_profiler_{key}"][:14]:
+                print(f"fla {key} {r['ms']:9.3f} ms {r['calls']:5d}x {r['kernel']}", flush=True)
+            json.dump(res, open(path, "w"), indent=1)
 
 
 if __name__ == "__main__":
