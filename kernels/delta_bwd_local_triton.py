@@ -18,6 +18,8 @@ gradients are decayed products again:
 
 formed 16x16 block by block with exponents referenced to the key block's middle row (as the prep, so no factor
 that survives the causal mask exceeds exp(40) for g >= -5); dg is the reverse running sum of db within the chunk.
+With one gate per head the decay is a scalar per pair of rows, so the same gradients are whole-chunk products of
+the masked, decayed ``[C, C]`` matrices (:func:`_decayed_phase_per_head`).
 
 Everything after dA, dM and dv is independent per key column, so one program owns one chunk and one block of
 key columns (each program forms the chunk's dA and dM itself: three small dots over the values, cheaper than a
@@ -190,6 +192,40 @@ def _decayed_phase(q, k, beta, dq_out, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, 
 
 
 @triton.jit
+def _decayed_phase_per_head(q, k, g, beta, dq_out, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, k_base, ko_base, g_base,
+                            be_base, t0, d0, T, H, scale, DK: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
+                            PREC: tl.constexpr):
+    """:func:`_decayed_phase` for one gate per head: the decay between rows t >= s is the scalar
+    ``exp(b_t - b_s)`` (an exponent <= 0), the same for every key column, so with ``GA = dA * decay`` and
+    ``GM = dM * decay`` the gradients are whole-chunk products, ``dX = G Y`` and ``dY = G^T X``, with no blocks
+    and no reference rows."""
+    rc = tl.arange(0, C)
+    rows = t0 + rc
+    cols = d0 + tl.arange(0, BD)
+    rmask = (rows < T)[:, None]
+    b = tl.cumsum(tl.load(g + g_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32), axis=0)
+    decay = tl.exp(tl.where(rc[:, None] >= rc[None, :], b[:, None] - b[None, :], float("-inf")))   # [C, C]
+    ga = tl.load(sc_g + rc[:, None] * C + rc[None, :]) * decay
+    gm = tl.load(sc_g + C * C + rc[:, None] * C + rc[None, :]) * decay
+    b_k = _tile(k, k_base, rows, cols, H * DK, T)
+    x = _tile(q, k_base, rows, cols, H * DK, T) * scale
+    b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32)
+    kb = b_k * b_beta[:, None]
+    dx_a = tl.dot(ga, kb, input_precision=PREC)
+    dx_m = tl.dot(gm, kb, input_precision=PREC)
+    dy = tl.dot(tl.trans(ga), x, input_precision=PREC) + tl.dot(tl.trans(gm), b_k, input_precision=PREC)
+    tl.store(dq_out + ko_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :],
+             (tl.load(_sc(sc_dq, rc, BD)) + dx_a * scale).to(dq_out.dtype.element_ty), mask=rmask)
+    p_dk = _sc(sc_dk, rc, BD)
+    tl.store(p_dk, tl.load(p_dk) + dx_m)
+    p_dkb = _sc(sc_dkb, rc, BD)
+    tl.store(p_dkb, tl.load(p_dkb) + dy)
+    p_db = _sc(sc_db, rc, BD)
+    tl.store(p_db, tl.load(p_db) + x * dx_a + b_k * dx_m - kb * dy)
+    tl.debug_barrier()
+
+
+@triton.jit
 def _delta_local_grad_kernel(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg, part, scratch,
                              T, T_OUT, H, NC, scale, DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr,
                              C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
@@ -226,8 +262,12 @@ def _delta_local_grad_kernel(q, k, g, beta, do, u, du, states, dstates, inv, dq,
                   k_base, v_base, vo_base, g_base, be_base, idx, t0, d0, i_k, T, H, scale, DK, DV, GK, C, BD, BV,
                   PREC)
     tl.debug_barrier()
-    _decayed_phase(q, k, beta, dq, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, k_base, ko_base, be_base, t0, d0, T, H,
-                   scale, DK, C, BD, PREC)
+    if GK == 1:
+        _decayed_phase_per_head(q, k, g, beta, dq, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, k_base, ko_base, g_base,
+                                be_base, t0, d0, T, H, scale, DK, C, BD, PREC)
+    else:
+        _decayed_phase(q, k, beta, dq, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, k_base, ko_base, be_base, t0, d0,
+                       T, H, scale, DK, C, BD, PREC)
     rmask = (rows < T)[:, None]
     b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32)
     dkb = tl.load(_sc(sc_dkb, rc, BD))

@@ -86,8 +86,9 @@ def _chunk_scan_delta_bwd_cuda(q, k, v, g, beta, initial_state, entering, do, df
     init = None if initial_state is None else initial_state.float().contiguous()
     if q.shape[1] == 0:
         return (*(torch.zeros_like(x) for x in (q, k, v, g, beta)), dfinal.float().clone())
-    return bwd.delta_scan_bwd(q, k, v, g, beta, init, do.to(q.dtype).contiguous(), dfinal, scale,
-                              bwd.BWD_CONFIG, entering=entering.float())
+    do, entering = do.to(q.dtype).contiguous(), entering.float()
+    launch = bwd.pick_launch(q, k, v, g, beta, init, do, dfinal, scale, entering)
+    return bwd.run_launch(launch, q, k, v, g, beta, init, do, dfinal, scale, entering)
 
 
 @chunk_scan_delta_bwd.register_fake

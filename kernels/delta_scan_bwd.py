@@ -14,10 +14,12 @@ checks compare the chunk-local kernel with.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from . import delta_operands
-from .chunk_scan_triton import dot_precision
+from .chunk_scan_triton import dot_precision, fastest
 from .delta_bwd_local_triton import local_grads
 from .delta_scan_triton import (
     SCAN_PRIORITY,
@@ -33,13 +35,32 @@ from .delta_scan_triton import (
 # (benchmarks/probes/delta_bwd_profile.py): the two scans want the most programs (block_v 16); the chunk-local
 # kernel (one program per chunk and key block, its products over the values block by block) is latency-bound:
 # 64 key columns and four warps left the whole backward fastest beside the scans (more, smaller programs took
-# multiprocessors from the scans). Chunk 64 makes the scans faster but the whole backward slower, for per-key and
-# for per-head gates (their prep is cheap, but the chunk-local kernel is slower at chunk 64). Three stages load the
+# multiprocessors from the scans). With a gate per key, chunk 64 makes the scans faster but the whole backward
+# slower (the chunk-local kernel's 16x16 decayed blocks grow with the chunk's square). Three stages load the
 # forward-order scan's chunks two ahead (as the forward's configs); the reverse scan neither gains nor loses.
 BWD_CONFIG = DeltaConfig(chunk=32, block_v=16, num_stages=3)
 LOCAL_WARPS = 4
 LOCAL_BLOCK_K = 64
 LOCAL_BLOCK_V = 32
+
+
+@dataclass(frozen=True)
+class BwdLaunch:
+    """One way to run the backward: the prep's and scans' config, the chunk-local kernel's key block and warps."""
+
+    config: DeltaConfig = BWD_CONFIG
+    local_block_k: int = LOCAL_BLOCK_K
+    local_warps: int = LOCAL_WARPS
+
+
+# With a gate per head the chunk-local kernel forms its decayed products as whole-chunk dots, so a chunk of 64
+# (half the scans' sequential steps) may now win; which launch does depends on the card: timed once per shape
+# class (as the forward's configs), the per-key launch first (it is what a CUDA graph capture gets).
+_C64 = DeltaConfig(chunk=64, block_v=16, num_stages=3)
+BWD_LAUNCHES = {False: (BwdLaunch(),),
+                True: (BwdLaunch(), BwdLaunch(_C64), BwdLaunch(_C64, local_block_k=32),
+                       BwdLaunch(_C64, local_warps=8))}
+_PICKED_BWD: dict = {}
 
 
 def _entering_states(q, k, v, g, beta, initial_state, starts: list[int], piece: int, scale: float,
@@ -99,12 +120,13 @@ def _piece_recurrences(q, k, v, g, beta, s_in, do, d_out, scale: float, config: 
 
 def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, config: DeltaConfig,
                    piece: int | None = None, entering: torch.Tensor | None = None,
-                   local_blocks: tuple[int, int] = (LOCAL_BLOCK_K, LOCAL_BLOCK_V)) -> tuple[torch.Tensor, ...]:
+                   local_blocks: tuple[int, int] = (LOCAL_BLOCK_K, LOCAL_BLOCK_V),
+                   local_warps: int = LOCAL_WARPS) -> tuple[torch.Tensor, ...]:
     """(dq, dk, dv, dg, dbeta, dinitial_state) for contiguous CUDA inputs; the gradients in the inputs' dtypes,
     the initial state's float32. ``piece``: tokens per piece (default :data:`~seqedge.kernels.delta_operands.PIECE`,
     rounded down to whole chunks); ``entering``: the forward's float32 ``[P, B, H, dk, dv]`` states entering the
     pieces after the first (its ``piece`` must be the same), else they are re-scanned; ``local_blocks``: the
-    chunk-local kernel's key and value blocks. The side stream is used except while a CUDA graph is captured and
+    chunk-local kernel's key and value blocks, ``local_warps`` its warps. The side stream is used except while a CUDA graph is captured and
     in Triton's interpreter (CPU tensors)."""
     T = q.shape[1]
     piece = max((piece or delta_operands.PIECE) // config.chunk, 1) * config.chunk
@@ -135,7 +157,7 @@ def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, co
             main.wait_stream(scans)
             for t in (*xs, *piece_ops):
                 t.record_stream(main)                # made on the scans' stream, read on this one
-        local_grads(*xs, *piece_ops, scale, config.chunk, *local_blocks, LOCAL_WARPS, dot_precision(q.dtype),
+        local_grads(*xs, *piece_ops, scale, config.chunk, *local_blocks, local_warps, dot_precision(q.dtype),
                     out=[x[:, sl] for x in outs])
         if scans is not None:
             done.append(torch.cuda.Event())
@@ -143,3 +165,23 @@ def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, co
     if scans is not None:
         d_state.record_stream(main)
     return (*outs, d_state)
+
+
+def pick_launch(q, k, v, g, beta, initial_state, do, dfinal, scale: float,
+                entering: torch.Tensor | None) -> BwdLaunch:
+    """The fastest of :data:`BWD_LAUNCHES` for these gates and this shape class (timed once per class)."""
+    B, T, H, DK = q.shape
+    per_head = g.shape[-1] == 1
+    launches = BWD_LAUNCHES[per_head]
+    if len(launches) == 1:
+        return launches[0]
+    key = (DK, v.shape[-1], q.dtype, per_head, B * H, min(T, delta_operands.PIECE).bit_length())
+    return fastest(launches, key, _PICKED_BWD, lambda c: run_launch(c, q, k, v, g, beta, initial_state, do, dfinal,
+                                                                    scale, entering), warmup=5, rep=20)
+
+
+def run_launch(launch: BwdLaunch, q, k, v, g, beta, initial_state, do, dfinal, scale: float,
+               entering: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """:func:`delta_scan_bwd` under ``launch``."""
+    return delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale, launch.config, entering=entering,
+                          local_blocks=(launch.local_block_k, LOCAL_BLOCK_V), local_warps=launch.local_warps)

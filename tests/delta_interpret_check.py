@@ -118,6 +118,7 @@ def main() -> None:
     mid = fwd.DeltaConfig(chunk=32, block_v=16, prep_block_k=16)
     check_bwd(mid, 1, T=45, piece=8192, dk=32)          # a gate per head, two key blocks and column blocks
     check_bwd(fwd.DeltaConfig(chunk=64, block_v=16, prep_block_k=16), 32, T=70, piece=64, dk=32)   # per key
+    check_bwd(fwd.DeltaConfig(chunk=64, block_v=16, prep_block_k=16), 1, T=70, piece=64, dk=32)    # per head
     check_bwd(mid, 1, T=45, piece=8192, dk=32, blocks=16)      # the chunk-local kernel over two key blocks
     check_bwd(mid, 32, T=45, piece=32, dk=32, blocks=16, B=2)
     print("ALL OK")

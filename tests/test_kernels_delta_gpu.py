@@ -109,6 +109,38 @@ def test_delta_gradients(dtype, shape, per_head):
         assert _rel(x, ref) < GRAD_TOL[dtype], (name, _rel(x, ref))
 
 
+_LAUNCHES = [(per_head, i) for per_head in (False, True) for i in range(len(
+    importlib.import_module("seqedge.kernels.delta_scan_bwd").BWD_LAUNCHES[per_head]))] if HAS_TRITON else []
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("per_head,launch_id", _LAUNCHES)
+def test_delta_backward_launches(per_head, launch_id, dtype):
+    """Every launch the backward may pick (not only the one picked on this card), from the forward's saved piece
+    states, against float64 autograd of the chunked form: several pieces, the last one a partial chunk."""
+    from seqedge.kernels import delta_scan_bwd as bwd
+    from seqedge.kernels.delta_scan_triton import delta_scan_fwd
+
+    launch = bwd.BWD_LAUNCHES[per_head][launch_id]
+    B, T, H, dk, dv = 2, 300, 2, 128, 128
+    piece = 2 * launch.config.chunk
+    q, k, v, g, beta, s0 = _inputs(B, T, H, dk, dv, dtype, seed=launch_id, per_head=per_head)
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    do, ds = torch.randn(B, T, H, dv, generator=gen, device="cuda"), torch.randn(B, H, dk, dv, generator=gen,
+                                                                                   device="cuda")
+    entering = torch.full(((T - 1) // piece, B, H, dk, dv), float("nan"), device="cuda")
+    delta_scan_fwd(q, k, v, g, beta, s0, dk ** -0.5, launch.config, piece=piece, entering=entering)
+    got = bwd.delta_scan_bwd(q, k, v, g, beta, s0, do.to(dtype), ds, dk ** -0.5, launch.config, piece=piece,
+                             entering=entering, local_blocks=(launch.local_block_k, bwd.LOCAL_BLOCK_V),
+                             local_warps=launch.local_warps)
+    leaves = [x.detach().double().requires_grad_() for x in (q, k, v, g, beta, s0)]
+    ro, rs = chunked_scan(*leaves[:3], leaves[3].expand(B, T, H, dk), leaves[4], rule="delta",
+                          initial_state=leaves[5])
+    want = torch.autograd.grad((ro, rs), leaves, (do.to(dtype).double(), ds.double()))
+    for name, x, ref in zip(("dq", "dk", "dv", "dg", "dbeta", "ds0"), got, want):
+        assert _rel(x, ref) < GRAD_TOL[dtype], (launch, name, _rel(x, ref))
+
+
 def test_delta_dispatch_uses_the_kernel():
     from seqedge.scan import dispatch
 
