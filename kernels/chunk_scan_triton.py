@@ -446,8 +446,11 @@ def shape_class(q: torch.Tensor, v: torch.Tensor) -> tuple:
 def fastest(configs: tuple, key: tuple, cache: dict, run, warmup: int, rep: int) -> Any:
     """The config of ``configs`` for which ``run(config)`` is fastest, timed once per ``key`` (median of events).
 
-    While a CUDA graph is being captured nothing can be timed: the first config is used and not cached.
+    While a CUDA graph is being captured nothing can be timed: the first config is used and not cached. A lone
+    config is returned untimed.
     """
+    if len(configs) == 1:
+        return configs[0]
     if key in cache:
         return cache[key]
     if torch.cuda.is_current_stream_capturing():

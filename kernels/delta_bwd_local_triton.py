@@ -133,7 +133,8 @@ def _direct_phase(q, k, g, beta, do, u, du, states, dstates, inv, dv, sc_b, sc_d
     d_kd = -tl.dot(tl.trans(b_tm), d_us, input_precision=PREC) * e_b                  # [C, BD]
     tl.store(_sc(sc_dk, rc, BD), d_kd)
     tl.store(_sc(sc_db, rc, BD), d_b + d_kd * b_k)
-    tl.store(_sc(sc_b, rc, BD), b_b)
+    if GSEL == 1:                       # the per-key decayed phase reads b back; the per-head one forms its own
+        tl.store(_sc(sc_b, rc, BD), b_b)
 
 
 @triton.jit

@@ -28,6 +28,7 @@ from .delta_scan_triton import (
     on_stream,
     prep,
     scan_piece,
+    shape_key,
     side_stream,
 )
 
@@ -126,8 +127,8 @@ def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, co
     the initial state's float32. ``piece``: tokens per piece (default :data:`~seqedge.kernels.delta_operands.PIECE`,
     rounded down to whole chunks); ``entering``: the forward's float32 ``[P, B, H, dk, dv]`` states entering the
     pieces after the first (its ``piece`` must be the same), else they are re-scanned; ``local_blocks``: the
-    chunk-local kernel's key and value blocks, ``local_warps`` its warps. The side stream is used except while a CUDA graph is captured and
-    in Triton's interpreter (CPU tensors)."""
+    chunk-local kernel's key and value blocks, ``local_warps`` its warps. The side stream is used except while a
+    CUDA graph is captured and in Triton's interpreter (CPU tensors)."""
     T = q.shape[1]
     piece = max((piece or delta_operands.PIECE) // config.chunk, 1) * config.chunk
     starts = list(range(0, T, piece)) or [0]
@@ -170,18 +171,14 @@ def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, co
 def pick_launch(q, k, v, g, beta, initial_state, do, dfinal, scale: float,
                 entering: torch.Tensor | None) -> BwdLaunch:
     """The fastest of :data:`BWD_LAUNCHES` for these gates and this shape class (timed once per class)."""
-    B, T, H, DK = q.shape
-    per_head = g.shape[-1] == 1
-    launches = BWD_LAUNCHES[per_head]
-    if len(launches) == 1:
-        return launches[0]
-    key = (DK, v.shape[-1], q.dtype, per_head, B * H, min(T, delta_operands.PIECE).bit_length())
-    return fastest(launches, key, _PICKED_BWD, lambda c: run_launch(c, q, k, v, g, beta, initial_state, do, dfinal,
-                                                                    scale, entering), warmup=5, rep=20)
+    return fastest(BWD_LAUNCHES[g.shape[-1] == 1], shape_key(q, v, g), _PICKED_BWD,
+                   lambda c: run_launch(c, q, k, v, g, beta, initial_state, do, dfinal, scale, entering),
+                   warmup=5, rep=20)
 
 
 def run_launch(launch: BwdLaunch, q, k, v, g, beta, initial_state, do, dfinal, scale: float,
-               entering: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+               entering: torch.Tensor | None, piece: int | None = None) -> tuple[torch.Tensor, ...]:
     """:func:`delta_scan_bwd` under ``launch``."""
-    return delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale, launch.config, entering=entering,
-                          local_blocks=(launch.local_block_k, LOCAL_BLOCK_V), local_warps=launch.local_warps)
+    return delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale, launch.config, piece=piece,
+                          entering=entering, local_blocks=(launch.local_block_k, LOCAL_BLOCK_V),
+                          local_warps=launch.local_warps)

@@ -373,10 +373,15 @@ def delta_scan_fwd(q, k, v, g, beta, initial_state, scale: float, config: DeltaC
 _PICKED: dict[tuple, DeltaConfig] = {}
 
 
+def shape_key(q: torch.Tensor, v: torch.Tensor, g: torch.Tensor) -> tuple:
+    """The shape class a timed pick is kept for: head sizes, dtype, gate kind (one per head: ``g``'s last extent
+    is 1), batch*heads and the length's bit length up to one piece."""
+    B, T, H, DK = q.shape
+    return DK, v.shape[-1], q.dtype, g.shape[-1] == 1, B * H, min(T, delta_operands.PIECE).bit_length()
+
+
 def pick_config(q, k, v, g, beta, initial_state, scale: float) -> DeltaConfig:
     """The fastest of :data:`DELTA_CONFIGS` for this shape class (timed once per class; see ``fastest``)."""
-    B, T, H, DK = q.shape
     per_head = g.shape[-1] == 1
-    key = (DK, v.shape[-1], q.dtype, per_head, B * H, min(T, delta_operands.PIECE).bit_length())
-    return fastest(tuple(c for c in DELTA_CONFIGS if c.timed_for(per_head)), key, _PICKED,
+    return fastest(tuple(c for c in DELTA_CONFIGS if c.timed_for(per_head)), shape_key(q, v, g), _PICKED,
                    lambda cfg: delta_scan_fwd(q, k, v, g, beta, initial_state, scale, cfg), warmup=5, rep=20)

@@ -4,6 +4,7 @@ test_kernels_gpu.py."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import subprocess
 import tempfile
@@ -259,3 +260,17 @@ def test_graph_decoder_needs_cuda():
     model = SequentialAttentionModel(SequentialAttentionConfig.preset("tiny", num_layers=1))
     with pytest.raises(ValueError, match="needs the model on a CUDA device"):
         GraphDecoder(model, batch_size=1)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="the kernels' modules import triton")
+def test_a_lone_launch_is_picked_without_timing():
+    """``fastest`` (every timed pick: the chunk scans' and the delta rule's forward and backward) returns the only
+    candidate without timing it, so a gate kind with one backward launch costs no first-call timing."""
+    from seqedge.kernels.chunk_scan_triton import fastest
+
+    def run(config):
+        raise AssertionError("timed a lone candidate")
+
+    cache: dict = {}
+    assert fastest(("only",), ("key",), cache, run, warmup=5, rep=20) == "only"
+    assert cache == {}

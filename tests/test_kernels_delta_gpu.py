@@ -130,9 +130,7 @@ def test_delta_backward_launches(per_head, launch_id, dtype):
                                                                                    device="cuda")
     entering = torch.full(((T - 1) // piece, B, H, dk, dv), float("nan"), device="cuda")
     delta_scan_fwd(q, k, v, g, beta, s0, dk ** -0.5, launch.config, piece=piece, entering=entering)
-    got = bwd.delta_scan_bwd(q, k, v, g, beta, s0, do.to(dtype), ds, dk ** -0.5, launch.config, piece=piece,
-                             entering=entering, local_blocks=(launch.local_block_k, bwd.LOCAL_BLOCK_V),
-                             local_warps=launch.local_warps)
+    got = bwd.run_launch(launch, q, k, v, g, beta, s0, do.to(dtype), ds, dk ** -0.5, entering, piece=piece)
     leaves = [x.detach().double().requires_grad_() for x in (q, k, v, g, beta, s0)]
     ro, rs = chunked_scan(*leaves[:3], leaves[3].expand(B, T, H, dk), leaves[4], rule="delta",
                           initial_state=leaves[5])

@@ -9,7 +9,7 @@ it. With ``--sweep``: the same launches under other launch parameters, each outp
 launch's. With ``--whole``: the whole forward at two priorities of the scans' stream, and the whole backward
 from the forward's saved piece states (shipped and float32 workspace) and re-scanning them. With ``--fla``: fla's
 profiler table beside ours (its per-head backward past the version check, as ``benchmarks/delta_kernels.py``).
-With ``--configs``: first the whole backward under each chunk and chunk-local key block and warps.
+With ``--configs``: first the whole backward under each launch the op picks among.
 """
 
 from __future__ import annotations
@@ -167,36 +167,32 @@ def whole_backward(T: int, per_head: bool) -> list[dict]:
 
 
 def backward_configs(T: int, per_head: bool) -> list[dict]:
-    """The whole backward from the forward's saved piece states under each chunk (its forward's too) and
-    chunk-local key block and warps, ms; gradients compared with the first row's."""
+    """The whole backward from the forward's saved piece states under each launch the op picks among
+    (``delta_scan_bwd.BWD_LAUNCHES``), ms; gradients compared with the first launch's."""
     from triton.testing import do_bench
 
     from seqedge.kernels import delta_operands
     from seqedge.kernels import delta_scan_bwd as bwd_mod
-    from seqedge.kernels.delta_scan_triton import DeltaConfig, delta_scan_fwd
+    from seqedge.kernels.delta_scan_triton import delta_scan_fwd
 
     q, k, v, g, beta = inputs(T, per_head)
     g = g.unsqueeze(-1) if per_head else g
     do = torch.randn_like(v)
     d_fin = torch.zeros(1, H, D, D, dtype=torch.float32, device="cuda")
+    saved = torch.empty(delta_operands.piece_count(T), 1, H, D, D, dtype=torch.float32, device="cuda")
+    delta_scan_fwd(q, k, v, g, beta, None, D ** -0.5, bwd_mod.BWD_CONFIG, entering=saved)   # pieces, not chunks
     out, ref = [], None
-    for chunk in (32, 64):
-        cfg = DeltaConfig(chunk=chunk, block_v=bwd_mod.BWD_CONFIG.block_v, num_stages=bwd_mod.BWD_CONFIG.num_stages)
-        saved = torch.empty(delta_operands.piece_count(T), 1, H, D, D, dtype=torch.float32, device="cuda")
-        delta_scan_fwd(q, k, v, g, beta, None, D ** -0.5, cfg, entering=saved)
-        for bk, nw in ((64, 4), (32, 4), (64, 8), (128, 4), (128, 8)):
-            name = f"C={chunk} local BD={bk} warps={nw}"
-            run = lambda: bwd_mod.delta_scan_bwd(q, k, v, g, beta, None, do, d_fin, D ** -0.5, cfg, entering=saved,
-                                                 local_blocks=(bk, bwd_mod.LOCAL_BLOCK_V), local_warps=nw)
-            try:
-                ms = do_bench(run, warmup=5, rep=40, return_mode="median")
-                got = run()
-                ref = ref or got
-                row = {"backward": name, "ms": ms, "err_vs_first": max(rel(a, b) for a, b in zip(got, ref))}
-            except Exception as e:  # noqa: BLE001 (a sweep records what failed and goes on)
-                row = {"backward": name, "error": str(e)[:200]}
-            print(row, flush=True)
-            out.append(row)
+    for launch in bwd_mod.BWD_LAUNCHES[per_head]:
+        run = lambda: bwd_mod.run_launch(launch, q, k, v, g, beta, None, do, d_fin, D ** -0.5, saved)
+        try:
+            ms = do_bench(run, warmup=5, rep=40, return_mode="median")
+            got = run()
+            ref = ref or got
+            row = {"backward": repr(launch), "ms": ms, "err_vs_first": max(rel(a, b) for a, b in zip(got, ref))}
+        except Exception as e:  # noqa: BLE001 (a sweep records what failed and goes on)
+            row = {"backward": repr(launch), "error": str(e)[:200]}
+        print(row, flush=True)
+        out.append(row)
     return out
 
 
@@ -232,7 +228,7 @@ def main() -> None:
     ap.add_argument("--per-head", action="store_true", help="also the per-head gates")
     ap.add_argument("--fla", action="store_true", help="also fla's profiler table beside ours")
     ap.add_argument("--configs", action="store_true",
-                    help="first the whole backward under each chunk and chunk-local launch (per-head gates with "
+                    help="first the whole backward under each launch the op picks among (per-head gates with "
                     "--per-head, else per-key)")
     ap.add_argument("--whole", action="store_true",
                     help="the whole forward (scans' priority) and backward (saved states or re-scan, workspace)")
