@@ -208,6 +208,11 @@ def test_malformed_bodies_get_400(served):
     assert status == 400 and "role" in body["error"]["message"]
 
 
+def test_a_request_without_a_model_name_goes_to_the_served_model(served):
+    status, body = http(served, "/v1/completions", {"prompt": "x", "max_tokens": 2, "temperature": 0})
+    assert status == 200 and body["model"] == MODEL and body["choices"][0]["finish_reason"], body
+
+
 def test_503_while_the_scheduler_is_stopped(served, client):
     wait_until_idle(served)
     served.scheduler.stop()

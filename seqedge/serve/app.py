@@ -147,7 +147,7 @@ class _Api:
               extra_stop: tuple[str, ...] = ()) -> _Run:
         """Check what pydantic cannot (model, limits, token ids) and submit the stream."""
         settings, vocab = self.settings, self.tokenizer.vocab_size
-        if body.model != settings.model_name:
+        if body.model is not None and body.model != settings.model_name:
             raise APIError(404, f"model {body.model!r} is not served here; this server serves "
                                 f"{settings.model_name!r} (GET /v1/models)", param="model", code="model_not_found")
         if max_tokens is not None and max_tokens > settings.max_tokens_limit:
