@@ -2,9 +2,11 @@
 
 The onnx-ort step runs each layer's short conv (K taps, carried tail, SiLU) as one ``CausalConvWithState`` node,
 whose cost ``ort_node_cost.py`` measures. The plain form for one token:
-Concat(tail, x) -> Mul by the taps -> ReduceSum -> Sigmoid, Mul (SiLU), and Slice for the new tail. Timed two ways:
+Concat(tail, x) -> Mul by the taps -> ReduceSum -> Sigmoid, Mul (SiLU), and Slice for the new tail; the ``conv``
+form takes ONNX's depthwise ``Conv`` (group = channels) for the Mul and ReduceSum. Timed two ways:
 
-- isolated: 24 convs chained in one graph, per conv, at the bundled model's and Mamba2-130M's channel counts;
+- isolated: 24 convs chained in one graph, per conv, at the bundled model's and Mamba2-130M's channel counts
+  (all three forms);
 - in the step (``--artifact``): the onnx-ort step graph of an artifact with its convs rewritten to the plain form,
   against the graph as exported (same feeds, outputs compared), p50 of alternating rounds.
 
@@ -32,13 +34,17 @@ CHAIN = 24
 
 
 def plain_conv_nodes(x: str, tail: str, taps: str, y: str, new_tail: str, prefix: str, consts: dict[str, str],
-                     bias: str | None = None) -> list[onnx.NodeProto]:
-    """The one-token conv of ``x`` ``[B, C, 1]`` with ``tail`` ``[B, C, K-1]`` and ``taps`` ``[C, K]``: SiLU(y) and
-    the new tail, in plain ops (``consts``: names of the int64 constants axis 2, 1 and K)."""
+                     bias: str | None = None, groups: int = 0) -> list[onnx.NodeProto]:
+    """The one-token conv of ``x`` ``[B, C, 1]`` with ``tail`` ``[B, C, K-1]`` and ``taps`` ``[C, K]`` (``[C, 1, K]``
+    with ``groups`` = C: one depthwise ``Conv`` node): SiLU(y) and the new tail, in plain ops (``consts``: names of the int64
+    constants axis 2, 1 and K)."""
     total = f"{prefix}_sum"
-    nodes = [helper.make_node("Concat", [tail, x], [f"{prefix}_xc"], axis=2),
-             helper.make_node("Mul", [f"{prefix}_xc", taps], [f"{prefix}_prod"]),
-             helper.make_node("ReduceSum", [f"{prefix}_prod", consts["axis"]], [total], keepdims=1)]
+    nodes = [helper.make_node("Concat", [tail, x], [f"{prefix}_xc"], axis=2)]
+    if groups:
+        nodes.append(helper.make_node("Conv", [f"{prefix}_xc", taps], [total], group=groups))
+    else:
+        nodes += [helper.make_node("Mul", [f"{prefix}_xc", taps], [f"{prefix}_prod"]),
+                  helper.make_node("ReduceSum", [f"{prefix}_prod", consts["axis"]], [total], keepdims=1)]
     if bias is not None:
         nodes.append(helper.make_node("Add", [total, bias], [f"{prefix}_biased"]))
         total = f"{prefix}_biased"
@@ -54,8 +60,10 @@ def constants(kernel: int) -> tuple[dict[str, str], list[onnx.TensorProto]]:
     return names, [numpy_helper.from_array(np.array([values[k]], np.int64), names[k]) for k in names]
 
 
-def chain_model(channels: int, plain: bool) -> bytes:
-    """CHAIN convs, each reading the previous one's output and a tail input of its own."""
+def chain_model(channels: int, kind: str) -> bytes:
+    """CHAIN convs (``kind``: fused, plain or conv), each reading the previous one's output and a tail input of its
+    own."""
+    plain = kind != "fused"
     rng = np.random.default_rng(0)
     consts, inits = constants(KERNEL)
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 1])]
@@ -66,8 +74,9 @@ def chain_model(channels: int, plain: bool) -> bytes:
         inputs.append(helper.make_tensor_value_info(tail, TensorProto.FLOAT, [1, channels, KERNEL - 1]))
         outputs.append(helper.make_tensor_value_info(new_tail, TensorProto.FLOAT, None))
         if plain:
-            inits.append(numpy_helper.from_array(taps[:, 0], f"taps{i}"))
-            nodes += plain_conv_nodes(x, tail, f"taps{i}", y, new_tail, f"conv{i}", consts)
+            inits.append(numpy_helper.from_array(taps if kind == "conv" else taps[:, 0], f"taps{i}"))
+            nodes += plain_conv_nodes(x, tail, f"taps{i}", y, new_tail, f"conv{i}", consts,
+                                      groups=channels if kind == "conv" else 0)
         else:
             inits += [numpy_helper.from_array(taps, f"taps{i}"),
                       numpy_helper.from_array(np.zeros(channels, np.float32), f"bias{i}")]
@@ -123,12 +132,15 @@ def main() -> None:
     result = {"meta": run_metadata(calls=args.calls, rounds=args.rounds, artifact=str(args.artifact)),
               "unit": "us, p50 of each round", "isolated_per_conv": {}}
     for name, channels in CHANNELS.items():
-        sessions = {kind: cpu_session(chain_model(channels, kind == "plain"), 1) for kind in ("fused", "plain")}
+        sessions = {kind: cpu_session(chain_model(channels, kind), 1) for kind in ("fused", "plain", "conv")}
         feeds = random_feeds(sessions["fused"], 1)
-        diff = max(float(np.abs(a - b).max()) for a, b in zip(*(s.run(None, feeds) for s in sessions.values())))
+        outs = {kind: s.run(None, feeds) for kind, s in sessions.items()}
+        diff = {kind: max(float(np.abs(a - b).max()) for a, b in zip(outs["fused"], outs[kind]))
+                for kind in ("plain", "conv")}
         times = time_rounds(sessions, feeds, args.calls, args.rounds)
         result["isolated_per_conv"][f"{name} ({channels} channels)"] = {
-            "max_abs_diff": diff, **{k: [round(v * 1e3 / CHAIN, 2) for v in t] for k, t in times.items()}}
+            "max_abs_diff": diff["plain"], "max_abs_diff_conv": diff["conv"],
+            **{k: [round(v * 1e3 / CHAIN, 2) for v in t] for k, t in times.items()}}
         print(name, result["isolated_per_conv"][f"{name} ({channels} channels)"], flush=True)
     if args.artifact is not None:
         manifest = read_manifest(args.artifact)
