@@ -189,8 +189,9 @@ def markdown(res: dict) -> str:
     for gates, note in res.get("peer_notes", {}).items():
         lines += ["", f"{gates}: {note}."]
     if res.get("earlier"):
-        lines += ["", f"Rows this run did not measure are kept from the run of {res['earlier']['date']} "
-                  f"(`{res['earlier']['command']}`)."]
+        lines += ["", "Rows this run did not measure are kept from earlier runs (newest first; a row is the newest "
+                  "run's that measured it):", ""]
+        lines += [f"- {env['date']}: `{env['command']}`" for env in earlier_runs(res)]
     if "picked" in res:
         lines += ["", "Configs picked by timing (shape class -> config):", ""]
         lines += [f"- `{key}`: `{cfg}`" for key, cfg in res["picked"].items()]
@@ -198,6 +199,18 @@ def markdown(res: dict) -> str:
         lines += ["", "Backward launches picked by timing (shape class -> launch):", ""]
         lines += [f"- `{key}`: `{launch}`" for key, launch in res["picked_backward"].items()]
     return "\n".join(lines) + "\n"
+
+
+def earlier_runs(res: dict) -> list[dict]:
+    """The environments of the runs a merged record keeps rows of, newest first (a record of the format before
+    the chain kept only the last run's, as one dict)."""
+    earlier = res.get("earlier") or []
+    return [earlier] if isinstance(earlier, dict) else earlier
+
+
+def merged(earlier: dict, env: dict) -> dict:
+    """A record of this run (``env``) that starts with ``earlier``'s rows, which this run's replace one by one."""
+    return {**earlier, "env": env, "earlier": [earlier["env"], *earlier_runs(earlier)]}
 
 
 def main() -> None:
@@ -221,7 +234,7 @@ def main() -> None:
     if args.merge:
         with open(args.merge) as f:
             earlier = json.load(f)
-        res = {**earlier, "env": res["env"], "earlier": earlier["env"]}
+        res = merged(earlier, res["env"])
     kinds = [per_head for per_head in (False, True) if ("per-head" if per_head else "per-key") in args.gates]
 
     def save() -> None:

@@ -36,31 +36,36 @@ from .delta_scan_triton import (
 # (benchmarks/probes/delta_bwd_profile.py): the two scans want the most programs (block_v 16); the chunk-local
 # kernel (one program per chunk and key block, its products over the values block by block) is latency-bound:
 # 64 key columns and four warps left the whole backward fastest beside the scans (more, smaller programs took
-# multiprocessors from the scans). With a gate per key, chunk 64 makes the scans faster but the whole backward
-# slower (the chunk-local kernel's 16x16 decayed blocks grow with the chunk's square). Three stages load the
-# forward-order scan's chunks two ahead (as the forward's configs); the reverse scan neither gains nor loses.
+# multiprocessors from the scans), its products over the values 64 columns at a time (fewer, larger dots than 32:
+# 6-8% less time for the whole backward, either gate kind). With a gate per key, chunk 64 makes the scans faster
+# but the whole backward slower (the chunk-local kernel's 16x16 decayed blocks grow with the chunk's square). Three
+# stages load the forward-order scan's chunks two ahead (as the forward's configs); the reverse scan neither gains
+# nor loses.
 BWD_CONFIG = DeltaConfig(chunk=32, block_v=16, num_stages=3)
 LOCAL_WARPS = 4
 LOCAL_BLOCK_K = 64
-LOCAL_BLOCK_V = 32
+LOCAL_BLOCK_V = 64
 
 
 @dataclass(frozen=True)
 class BwdLaunch:
-    """One way to run the backward: the prep's and scans' config, the chunk-local kernel's key block and warps."""
+    """One way to run the backward: the prep's and scans' config, the chunk-local kernel's key block, value block
+    and warps."""
 
     config: DeltaConfig = BWD_CONFIG
     local_block_k: int = LOCAL_BLOCK_K
     local_warps: int = LOCAL_WARPS
+    local_block_v: int = LOCAL_BLOCK_V
 
 
-# With a gate per head the chunk-local kernel forms its decayed products as whole-chunk dots, so a chunk of 64
-# (half the scans' sequential steps) may now win; which launch does depends on the card: timed once per shape
-# class (as the forward's configs), the per-key launch first (it is what a CUDA graph capture gets).
+# With a gate per head the chunk-local kernel forms its decayed products as whole-chunk dots, which favours wider
+# value blocks there, and a chunk of 64 (half the scans' sequential steps) may win on some cards; which launch
+# does is timed once per shape class (as the forward's configs), the per-key launch first (it is what a CUDA
+# graph capture gets). The others are the fastest of a sweep of chunk, key block, value block and warps
+# (benchmarks/probes/delta_bwd_profile.py --sweep-launches).
 _C64 = DeltaConfig(chunk=64, block_v=16, num_stages=3)
 BWD_LAUNCHES = {False: (BwdLaunch(),),
-                True: (BwdLaunch(), BwdLaunch(_C64), BwdLaunch(_C64, local_block_k=32),
-                       BwdLaunch(_C64, local_warps=8))}
+                True: (BwdLaunch(), BwdLaunch(local_block_k=128, local_warps=8), BwdLaunch(_C64, local_warps=8))}
 _PICKED_BWD: dict = {}
 
 
@@ -180,5 +185,5 @@ def run_launch(launch: BwdLaunch, q, k, v, g, beta, initial_state, do, dfinal, s
                entering: torch.Tensor | None, piece: int | None = None) -> tuple[torch.Tensor, ...]:
     """:func:`delta_scan_bwd` under ``launch``."""
     return delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale, launch.config, piece=piece,
-                          entering=entering, local_blocks=(launch.local_block_k, LOCAL_BLOCK_V),
+                          entering=entering, local_blocks=(launch.local_block_k, launch.local_block_v),
                           local_warps=launch.local_warps)

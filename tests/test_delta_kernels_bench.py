@@ -26,7 +26,7 @@ def _env(date: str) -> dict:
 
 def test_merged_record_reports_both_runs_and_the_gradient_check(bench):
     per_head = bench.GATES[True]
-    res = {"env": _env("second"), "earlier": _env("first"),
+    res = {"env": _env("third"), "earlier": [_env("second"), _env("first")],
            "rows": {per_head: {"fwd_ms_T65536": {"ours": 3.0, "fla": 2.0},
                                "fwdbwd_ms_T65536": {"ours": 15.0, "fla": "error: refused"}}},
            "grads": {per_head: {"T": 8192, "o": 1e-3, "dq": 2e-3, "dk": 3e-3, "dv": 4e-3, "dg": 5e-3,
@@ -37,7 +37,16 @@ def test_merged_record_reports_both_runs_and_the_gradient_check(bench):
     assert f"| {per_head} | fwdbwd_ms_T65536 | 15.000 | error: refused | - | 1.00 |" in md
     assert f"| {per_head} | 8192 | 1.0e-03 | 2.0e-03 | 3.0e-03 | 4.0e-03 | 5.0e-03 | 6.0e-03 |" in md
     assert f"{per_head}: a note." in md
-    assert "kept from the run of first (`command of first`)" in md
+    assert "- second: `command of second`\n- first: `command of first`" in md
+
+
+def test_a_merge_keeps_the_chain_of_earlier_runs(bench):
+    older = {"env": _env("second"), "earlier": _env("first")}         # a record that kept one run, as one dict
+    assert bench.earlier_runs(older) == [_env("first")]
+    assert bench.earlier_runs({"env": _env("first")}) == []
+    chain = bench.merged(bench.merged({"env": _env("first"), "rows": {"a": 1}}, _env("second")), _env("third"))
+    assert chain["env"] == _env("third") and chain["rows"] == {"a": 1}
+    assert chain["earlier"] == [_env("second"), _env("first")]
 
 
 def test_per_key_peer_runs_as_fla_ships_it(bench):

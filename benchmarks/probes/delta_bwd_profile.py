@@ -9,7 +9,8 @@ it. With ``--sweep``: the same launches under other launch parameters, each outp
 launch's. With ``--whole``: the whole forward at two priorities of the scans' stream, and the whole backward
 from the forward's saved piece states (shipped and float32 workspace) and re-scanning them. With ``--fla``: fla's
 profiler table beside ours (its per-head backward past the version check, as ``benchmarks/delta_kernels.py``).
-With ``--configs``: first the whole backward under each launch the op picks among.
+With ``--configs``: first the whole backward under each launch the op picks among. With ``--sweep-launches``:
+only the whole backward under a grid of launches (:func:`sweep_launches`), per key or (``--per-head``) per head.
 """
 
 from __future__ import annotations
@@ -166,9 +167,22 @@ def whole_backward(T: int, per_head: bool) -> list[dict]:
     return out
 
 
-def backward_configs(T: int, per_head: bool) -> list[dict]:
+def sweep_launches(per_head: bool) -> list:
+    """The launches ``--sweep-launches`` times: chunk, the chunk-local kernel's key block, value block and warps
+    (with a gate per key chunk 32 only: chunk 64's decayed blocks grow with the chunk's square)."""
+    from seqedge.kernels.delta_scan_bwd import BwdLaunch
+    from seqedge.kernels.delta_scan_triton import DeltaConfig
+
+    chunks = (32, 64) if per_head else (32,)
+    return [BwdLaunch(DeltaConfig(chunk=c, block_v=16, num_stages=3), local_block_k=bk, local_warps=nw,
+                      local_block_v=bv)
+            for c in chunks for bk in (32, 64, 128) for bv in ((16, 32, 64) if per_head else (32, 64))
+            for nw in (4, 8)]
+
+
+def backward_configs(T: int, per_head: bool, launches: list | None = None) -> list[dict]:
     """The whole backward from the forward's saved piece states under each launch the op picks among
-    (``delta_scan_bwd.BWD_LAUNCHES``), ms; gradients compared with the first launch's."""
+    (``delta_scan_bwd.BWD_LAUNCHES``, or ``launches``), ms; gradients compared with the first launch's."""
     from triton.testing import do_bench
 
     from seqedge.kernels import delta_operands
@@ -182,7 +196,7 @@ def backward_configs(T: int, per_head: bool) -> list[dict]:
     saved = torch.empty(delta_operands.piece_count(T), 1, H, D, D, dtype=torch.float32, device="cuda")
     delta_scan_fwd(q, k, v, g, beta, None, D ** -0.5, bwd_mod.BWD_CONFIG, entering=saved)   # pieces, not chunks
     out, ref = [], None
-    for launch in bwd_mod.BWD_LAUNCHES[per_head]:
+    for launch in bwd_mod.BWD_LAUNCHES[per_head] if launches is None else launches:
         run = lambda: bwd_mod.run_launch(launch, q, k, v, g, beta, None, do, d_fin, D ** -0.5, saved)
         try:
             ms = do_bench(run, warmup=5, rep=40, return_mode="median")
@@ -232,10 +246,17 @@ def main() -> None:
                     "--per-head, else per-key)")
     ap.add_argument("--whole", action="store_true",
                     help="the whole forward (scans' priority) and backward (saved states or re-scan, workspace)")
+    ap.add_argument("--sweep-launches", action="store_true",
+                    help="instead of the rest: the whole backward under a grid of launches (sweep_launches)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     res = {"card": torch.cuda.get_device_name(), "T": args.T}
     path = os.path.join(args.out, "delta_bwd_profile.json")
+    if args.sweep_launches:
+        key = "sweep_launches_per_head" if args.per_head else "sweep_launches_per_key"
+        res[key] = backward_configs(args.T, args.per_head, sweep_launches(args.per_head))
+        json.dump(res, open(path, "w"), indent=1)
+        return
     if args.configs:
         res["backward_configs_per_head" if args.per_head else "backward_configs_per_key"] = backward_configs(
             args.T, args.per_head)
