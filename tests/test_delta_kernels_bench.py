@@ -52,3 +52,15 @@ def test_a_merge_keeps_the_chain_of_earlier_runs(bench):
 def test_per_key_peer_runs_as_fla_ships_it(bench):
     guard, note = bench.peer_guard(False)
     assert isinstance(guard, contextlib.nullcontext) and note is None
+
+
+def test_the_shipped_backward_launches_are_points_of_the_probe_sweep():
+    """The launches the op picks among come from ``delta_bwd_profile.py --sweep-launches``'s grid."""
+    pytest.importorskip("triton", reason="the kernels' modules import triton")
+    probe = SimpleNamespace(**runpy.run_path(str(BENCHMARKS / "probes" / "delta_bwd_profile.py")))
+    from seqedge.kernels.delta_scan_bwd import BWD_LAUNCHES
+
+    for per_head in (False, True):
+        grid = probe.sweep_launches(per_head)
+        assert len(grid) == len(set(grid)) == (36 if per_head else 12)
+        assert set(BWD_LAUNCHES[per_head]) <= set(grid), per_head

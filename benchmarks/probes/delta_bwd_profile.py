@@ -10,7 +10,8 @@ launch's. With ``--whole``: the whole forward at two priorities of the scans' st
 from the forward's saved piece states (shipped and float32 workspace) and re-scanning them. With ``--fla``: fla's
 profiler table beside ours (its per-head backward past the version check, as ``benchmarks/delta_kernels.py``).
 With ``--configs``: first the whole backward under each launch the op picks among. With ``--sweep-launches``:
-only the whole backward under a grid of launches (:func:`sweep_launches`), per key or (``--per-head``) per head.
+only the whole backward under a grid of launches (:func:`sweep_launches`), per key or (``--per-head``) per head,
+into ``DIR/delta_bwd_sweep.json``.
 """
 
 from __future__ import annotations
@@ -255,7 +256,7 @@ def main() -> None:
     if args.sweep_launches:
         key = "sweep_launches_per_head" if args.per_head else "sweep_launches_per_key"
         res[key] = backward_configs(args.T, args.per_head, sweep_launches(args.per_head))
-        json.dump(res, open(path, "w"), indent=1)
+        json.dump(res, open(os.path.join(args.out, "delta_bwd_sweep.json"), "w"), indent=1)
         return
     if args.configs:
         res["backward_configs_per_head" if args.per_head else "backward_configs_per_key"] = backward_configs(
