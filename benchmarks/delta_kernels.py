@@ -134,20 +134,27 @@ def parts_ms(T: int, per_head: bool) -> dict:
 
 
 def peak_gb(fn, xs, backward: bool) -> float:
+    """The most memory one call (with ``backward`` its backward too) allocates above its inputs, in GB, after one
+    unmeasured call: a first call of a shape class also times the candidate configs or autotunes (ours and fla's),
+    whose buffers are no part of a call's peak."""
     leaves = [x.detach().clone().requires_grad_(backward) for x in xs]
     do = torch.randn_like(xs[2]) if backward else None
-    torch.cuda.synchronize()
+
+    def call() -> None:
+        with torch.set_grad_enabled(backward):
+            o = fn(*leaves)
+            if backward:
+                o.backward(do)
+        for x in leaves:
+            x.grad = None
+        torch.cuda.synchronize()
+
+    call()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    with torch.set_grad_enabled(backward):
-        o = fn(*leaves)
-        if backward:
-            o.backward(do)
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - base
-    del o, leaves
-    return peak / 1e9
+    call()
+    return (torch.cuda.max_memory_allocated() - base) / 1e9
 
 
 def environment(argv: list[str]) -> dict:
