@@ -74,17 +74,16 @@ def _sc(ptr, rows, BD: tl.constexpr):
 
 
 @triton.jit
-def _direct_phase(q, k, g, beta, do, u, du, states, dstates, inv, dv, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g,
-                  k_base, v_base, vo_base, g_base, be_base, idx, t0, d0, i_k, T, H, scale,
-                  DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
-                  BV: tl.constexpr, PREC: tl.constexpr):
-    """dA and dM to scratch, dv (the output, from the first key block's program), and for this key block the
-    direct terms of dq, dk (float32 partial sums), dkb and db (through qt, kt, Kd and b_C); b to scratch."""
+def _value_products(do, u, du, states, dstates, inv, dv, v_base, vo_base, idx, t0, d0, i_k, T, H,
+                    DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+                    PREC: tl.constexpr):
+    """The products over the values for one chunk and key block: dA (lower triangle) and dM (strictly lower)
+    ``[C, C]``, ``do S^T``, ``u dS'^T``, ``du S^T`` ``[C, BD]``, ``rowsum(S * dS')`` ``[BD]`` and Tm, all float32;
+    dv (the output) written by the first key block's program."""
     rc = tl.arange(0, C)
     rows = t0 + rc
     cols = d0 + tl.arange(0, BD)
     rmask = (rows < T)[:, None]
-    GSEL: tl.constexpr = GK // DK       # 1: a gate per key column; 0: one per head, broadcast over the keys
     b_tm = tl.load(inv + idx * C * C + rc[:, None] * C + rc[None, :])                  # [C, C] Tm, float32
     # the products over the values, a block of BV value columns at a time (bounds the dots' operand registers)
     d_a = tl.zeros([C, C], dtype=tl.float32)
@@ -111,8 +110,27 @@ def _direct_phase(q, k, g, beta, do, u, du, states, dstates, inv, dv, sc_b, sc_d
         d_kt += _dot(b_u, tl.trans(ds_blk), PREC)
         d_us += _dot(b_du, tl.trans(s_blk), PREC)
         s_ds += tl.sum(s_blk.to(tl.float32) * ds_blk.to(tl.float32), axis=1)
-    tl.store(sc_g + rc[:, None] * C + rc[None, :], tl.where(rc[:, None] >= rc[None, :], d_a, 0.0))
-    tl.store(sc_g + C * C + rc[:, None] * C + rc[None, :], tl.where(rc[:, None] > rc[None, :], d_m, 0.0))
+    d_a = tl.where(rc[:, None] >= rc[None, :], d_a, 0.0)
+    d_m = tl.where(rc[:, None] > rc[None, :], d_m, 0.0)
+    return d_a, d_m, d_qt, d_kt, d_us, s_ds, b_tm
+
+
+@triton.jit
+def _direct_phase(q, k, g, beta, do, u, du, states, dstates, inv, dv, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g,
+                  k_base, v_base, vo_base, g_base, be_base, idx, t0, d0, i_k, T, H, scale,
+                  DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
+                  BV: tl.constexpr, PREC: tl.constexpr):
+    """dA and dM to scratch, dv (the output, from the first key block's program), and for this key block the
+    direct terms of dq, dk (float32 partial sums), dkb and db (through qt, kt, Kd and b_C); b to scratch."""
+    rc = tl.arange(0, C)
+    rows = t0 + rc
+    cols = d0 + tl.arange(0, BD)
+    rmask = (rows < T)[:, None]
+    GSEL: tl.constexpr = GK // DK       # 1: a gate per key column; 0: one per head, broadcast over the keys
+    d_a, d_m, d_qt, d_kt, d_us, s_ds, b_tm = _value_products(do, u, du, states, dstates, inv, dv, v_base, vo_base,
+                                                             idx, t0, d0, i_k, T, H, DK, DV, C, BD, BV, PREC)
+    tl.store(sc_g + rc[:, None] * C + rc[None, :], d_a)
+    tl.store(sc_g + C * C + rc[:, None] * C + rc[None, :], d_m)
     b_b = tl.cumsum(tl.load(g + g_base + rows[:, None].to(tl.int64) * (H * GK) + cols[None, :] * GSEL,
                             mask=rmask, other=0.0).to(tl.float32), axis=0)              # [C, BD]
     b_last = tl.sum(tl.where(rc[:, None] == C - 1, b_b, 0.0), axis=0)                  # [BD] b_C
@@ -227,13 +245,62 @@ def _decayed_phase_per_head(q, k, g, beta, dq_out, sc_dkb, sc_db, sc_dq, sc_dk, 
 
 
 @triton.jit
+def _per_head_in_registers(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, part, k_base, v_base,
+                           ko_base, vo_base, g_base, be_base, idx, t0, d0, i_k, T, H, scale, bth,
+                           DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
+                           BV: tl.constexpr, NKB: tl.constexpr, PREC: tl.constexpr):
+    """One gate per head, the whole chunk-local backward of this chunk and key block without scratch: the direct
+    phase, :func:`_decayed_phase_per_head` and the epilogue of :func:`_delta_local_grad_kernel`, composed in
+    registers (the same terms in the same order)."""
+    rc = tl.arange(0, C)
+    rows = t0 + rc
+    cols = d0 + tl.arange(0, BD)
+    rmask = (rows < T)[:, None]
+    d_a, d_m, d_qt, d_kt, d_us, s_ds, b_tm = _value_products(do, u, du, states, dstates, inv, dv, v_base, vo_base,
+                                                             idx, t0, d0, i_k, T, H, DK, DV, C, BD, BV, PREC)
+    b = tl.cumsum(tl.load(g + g_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32), axis=0)
+    b_last = tl.sum(tl.where(rc == C - 1, b, 0.0), axis=0)                              # b_C
+    e_b = tl.exp(b)[:, None]
+    e_kt = tl.exp(b_last - b)[:, None]
+    x = _tile(q, k_base, rows, cols, H * DK, T) * scale
+    b_k = _tile(k, k_base, rows, cols, H * DK, T)
+    b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32)
+    kb = b_k * b_beta[:, None]
+    kt = kb * e_kt
+    # the direct terms: through qt = x exp(b), kt = kb exp(b_C - b) and b_C, w = Tm Kd with Kd = k exp(b)
+    d_b = d_qt * x * e_b
+    d_last = tl.exp(b_last) * s_ds + tl.sum(d_kt * kt, axis=0)                          # [BD]
+    d_b = d_b - d_kt * kt + tl.where(rc[:, None] == C - 1, d_last[None, :], 0.0)
+    d_kd = -tl.dot(tl.trans(b_tm), d_us, input_precision=PREC) * e_b                  # [C, BD]
+    d_b = d_b + d_kd * b_k
+    # the decayed scores: decay exp(b_t - b_s) for t >= s, a scalar per pair of rows
+    decay = tl.exp(tl.where(rc[:, None] >= rc[None, :], b[:, None] - b[None, :], float("-inf")))   # [C, C]
+    ga = d_a * decay
+    gm = d_m * decay
+    dx_a = tl.dot(ga, kb, input_precision=PREC)
+    dx_m = tl.dot(gm, kb, input_precision=PREC)
+    dy = tl.dot(tl.trans(ga), x, input_precision=PREC) + tl.dot(tl.trans(gm), b_k, input_precision=PREC)
+    d_b = d_b + x * dx_a + b_k * dx_m - kb * dy
+    dkb = d_kt * e_kt + dy
+    tl.store(dq + ko_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :],
+             ((d_qt * e_b + dx_a) * scale).to(dq.dtype.element_ty), mask=rmask)
+    tl.store(dk + ko_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :],
+             (d_kd + dx_m + dkb * b_beta[:, None]).to(dk.dtype.element_ty), mask=rmask)
+    p_rows = part + i_k * bth + be_base + rows.to(tl.int64) * H
+    tl.store(p_rows, tl.sum(dkb * b_k, axis=1), mask=rows < T)                         # dbeta's partial sum
+    tl.store(p_rows + NKB * bth, tl.cumsum(tl.sum(d_b, axis=1), axis=0, reverse=True), mask=rows < T)
+
+
+@triton.jit
 def _delta_local_grad_kernel(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg, part, scratch,
                              T, T_OUT, H, NC, scale, DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr,
-                             C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+                             C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+                             IN_REGISTERS: tl.constexpr = False):
     """One chunk's dq, dk, dg (a gate per key) on one key block, and dv, in their buffers' dtypes, into gradients
     of the whole sequence (``T_OUT`` rows per batch, the piece's first row at the pointers); dbeta's and (a gate
     per head) dg's partial sums over this key block into ``part [1 or 2, DK / BD, B, T, H]`` float32; ``scratch
-    [B*H, NC, DK / BD, 5 C BD + 2 C C]`` float32, the piece's workspace."""
+    [B*H, NC, DK / BD, 5 C BD + 2 C C]`` float32, the piece's workspace, unused with ``IN_REGISTERS`` (one gate
+    per head only: :func:`_per_head_in_registers`)."""
     i_c = tl.program_id(0)
     i_bh = tl.program_id(1)
     i_k = tl.program_id(2)
@@ -253,41 +320,47 @@ def _delta_local_grad_kernel(q, k, g, beta, do, u, du, states, dstates, inv, dq,
     t0 = i_c * C
     rows = t0 + rc
     idx = i_bh.to(tl.int64) * NC + i_c
-    sc_b = scratch + (idx * NKB + i_k) * (5 * C * BD + 2 * C * C)
-    sc_dkb = sc_b + C * BD
-    sc_db = sc_dkb + C * BD
-    sc_dq = sc_db + C * BD
-    sc_dk = sc_dq + C * BD
-    sc_g = sc_dk + C * BD
-    _direct_phase(q, k, g, beta, do, u, du, states, dstates, inv, dv, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g,
-                  k_base, v_base, vo_base, g_base, be_base, idx, t0, d0, i_k, T, H, scale, DK, DV, GK, C, BD, BV,
-                  PREC)
-    tl.debug_barrier()
-    if GK == 1:
-        _decayed_phase_per_head(q, k, g, beta, dq, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, k_base, ko_base, g_base,
-                                be_base, t0, d0, T, H, scale, DK, C, BD, PREC)
-    else:
-        _decayed_phase(q, k, beta, dq, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, k_base, ko_base, be_base, t0, d0,
-                       T, H, scale, DK, C, BD, PREC)
-    rmask = (rows < T)[:, None]
-    b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32)
-    dkb = tl.load(_sc(sc_dkb, rc, BD))
-    b_k = _tile(k, k_base, rows, cols, H * DK, T)
-    tl.store(dk + ko_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :],
-             (tl.load(_sc(sc_dk, rc, BD)) + dkb * b_beta[:, None]).to(dk.dtype.element_ty), mask=rmask)
-    d_b = tl.load(_sc(sc_db, rc, BD))
     bth = tl.num_programs(1).to(tl.int64) * T                      # B*T*H: one key block's partials
-    p_rows = part + i_k * bth + be_base + rows.to(tl.int64) * H
-    tl.store(p_rows, tl.sum(dkb * b_k, axis=1), mask=rows < T)                         # dbeta's partial sum
-    if GK == 1:
-        tl.store(p_rows + NKB * bth, tl.cumsum(tl.sum(d_b, axis=1), axis=0, reverse=True), mask=rows < T)
+    if IN_REGISTERS:
+        _per_head_in_registers(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, part, k_base, v_base,
+                               ko_base, vo_base, g_base, be_base, idx, t0, d0, i_k, T, H, scale, bth, DK, DV, C,
+                               BD, BV, NKB, PREC)
     else:
-        tl.store(dg + go_base + rows[:, None].to(tl.int64) * (H * GK) + cols[None, :],
-                 tl.cumsum(d_b, axis=0, reverse=True).to(dg.dtype.element_ty), mask=rmask)
+        sc_b = scratch + (idx * NKB + i_k) * (5 * C * BD + 2 * C * C)
+        sc_dkb = sc_b + C * BD
+        sc_db = sc_dkb + C * BD
+        sc_dq = sc_db + C * BD
+        sc_dk = sc_dq + C * BD
+        sc_g = sc_dk + C * BD
+        _direct_phase(q, k, g, beta, do, u, du, states, dstates, inv, dv, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g,
+                      k_base, v_base, vo_base, g_base, be_base, idx, t0, d0, i_k, T, H, scale, DK, DV, GK, C, BD, BV,
+                      PREC)
+        tl.debug_barrier()
+        if GK == 1:
+            _decayed_phase_per_head(q, k, g, beta, dq, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, k_base, ko_base, g_base,
+                                    be_base, t0, d0, T, H, scale, DK, C, BD, PREC)
+        else:
+            _decayed_phase(q, k, beta, dq, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, k_base, ko_base, be_base, t0, d0,
+                           T, H, scale, DK, C, BD, PREC)
+        rmask = (rows < T)[:, None]
+        b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32)
+        dkb = tl.load(_sc(sc_dkb, rc, BD))
+        b_k = _tile(k, k_base, rows, cols, H * DK, T)
+        tl.store(dk + ko_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :],
+                 (tl.load(_sc(sc_dk, rc, BD)) + dkb * b_beta[:, None]).to(dk.dtype.element_ty), mask=rmask)
+        d_b = tl.load(_sc(sc_db, rc, BD))
+        p_rows = part + i_k * bth + be_base + rows.to(tl.int64) * H
+        tl.store(p_rows, tl.sum(dkb * b_k, axis=1), mask=rows < T)                         # dbeta's partial sum
+        if GK == 1:
+            tl.store(p_rows + NKB * bth, tl.cumsum(tl.sum(d_b, axis=1), axis=0, reverse=True), mask=rows < T)
+        else:
+            tl.store(dg + go_base + rows[:, None].to(tl.int64) * (H * GK) + cols[None, :],
+                     tl.cumsum(d_b, axis=0, reverse=True).to(dg.dtype.element_ty), mask=rmask)
 
 
 def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, scale: float, chunk: int, block_k: int,
-                block_v: int, num_warps: int, precision: str, out: tuple[torch.Tensor, ...]) -> None:
+                block_v: int, num_warps: int, precision: str, out: tuple[torch.Tensor, ...],
+                in_registers: bool = False) -> None:
     """Launch :func:`_delta_local_grad_kernel` over one piece: writes (dq, dk, dv, dg, dbeta) into ``out``, views
     of the whole sequence's gradients shaped as (q, k, v, g, beta) of the piece (``grad[:, t0:t0 + T]``), in any
     dtype.
@@ -296,7 +369,8 @@ def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, scale: float,
     u, du ``[B, T, H, dv]``; states (entering each chunk), dstates (gradient of the state leaving it)
     ``[B*H, NC, dk, dv]`` (these four float32 or the inputs' dtype); inv ``[B*H, NC, C, C]`` float32 (the prep's
     inverse). One program per chunk, batch*head and block of ``block_k`` key columns (a divisor of dk), its
-    products over the values ``block_v`` columns at a time.
+    products over the values ``block_v`` columns at a time; ``in_registers`` (one gate per head only): each program
+    keeps its chunk's terms in registers instead of a float32 scratch.
     """
     B, T, H, DK = q.shape
     DV = v.shape[-1]
@@ -305,17 +379,19 @@ def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, scale: float,
         assert x.shape == ref.shape and x.stride()[1:] == ref.stride()[1:] and (B == 1 or x.stride(0) ==
                                                                                    t_out * ref.stride(1)), \
             "gradient views: rows of a contiguous [B, T_out, ...] tensor"
+    if in_registers and g.shape[-1] != 1:
+        raise ValueError("the chunk-local gradients in registers take one gate per head (g [B, T, H, 1])")
     nc = triton.cdiv(T, chunk)
     bd = min(block_k, DK)
     nkb = DK // bd
     f32 = dict(dtype=torch.float32, device=q.device)
     part = torch.empty(1 + (g.shape[-1] == 1), nkb, B, T, H, **f32)     # dbeta's (and a per-head gate's) sums
-    scratch = torch.empty(B * H, nc, nkb, 5 * chunk * bd + 2 * chunk * chunk, **f32)
+    scratch = torch.empty(1 if in_registers else B * H * nc * nkb * (5 * chunk * bd + 2 * chunk * chunk), **f32)
     dq, dk, dv, dg, dbeta = out
     _delta_local_grad_kernel[(nc, B * H, nkb)](q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg,
                                                part, scratch, T, t_out, H, nc, scale, DK=DK, DV=DV,
                                                GK=g.shape[-1], C=chunk, BD=bd, BV=min(block_v, DV),
-                                               PREC=precision, num_warps=num_warps)
+                                               PREC=precision, IN_REGISTERS=in_registers, num_warps=num_warps)
     dbeta.copy_(part[0].sum(0))
     if g.shape[-1] == 1:
         dg.copy_(part[1].sum(0).unsqueeze(-1))

@@ -56,6 +56,7 @@ class BwdLaunch:
     local_block_k: int = LOCAL_BLOCK_K
     local_warps: int = LOCAL_WARPS
     local_block_v: int = LOCAL_BLOCK_V
+    local_in_registers: bool = False
 
 
 # With a gate per head the chunk-local kernel forms its decayed products as whole-chunk dots, which favours wider
@@ -66,6 +67,13 @@ class BwdLaunch:
 _C64 = DeltaConfig(chunk=64, block_v=16, num_stages=3)
 BWD_LAUNCHES = {False: (BwdLaunch(),),
                 True: (BwdLaunch(), BwdLaunch(local_block_k=128, local_warps=8), BwdLaunch(_C64, local_warps=8))}
+# Candidates: checked by the GPU tests and Triton's interpreter like BWD_LAUNCHES, timed by
+# benchmarks/probes/delta_bwd_profile.py --configs, never picked; one joins BWD_LAUNCHES once a card has run the
+# GPU tests with it and timed it. Per head, the chunk-local terms in registers skip the float32 scratch round
+# trips between its phases.
+PENDING_BWD_LAUNCHES = {False: (),
+                        True: (BwdLaunch(local_block_k=128, local_warps=8, local_in_registers=True),
+                               BwdLaunch(local_in_registers=True))}
 _PICKED_BWD: dict = {}
 
 
@@ -127,12 +135,13 @@ def _piece_recurrences(q, k, v, g, beta, s_in, do, d_out, scale: float, config: 
 def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, config: DeltaConfig,
                    piece: int | None = None, entering: torch.Tensor | None = None,
                    local_blocks: tuple[int, int] = (LOCAL_BLOCK_K, LOCAL_BLOCK_V),
-                   local_warps: int = LOCAL_WARPS) -> tuple[torch.Tensor, ...]:
+                   local_warps: int = LOCAL_WARPS, local_in_registers: bool = False) -> tuple[torch.Tensor, ...]:
     """(dq, dk, dv, dg, dbeta, dinitial_state) for contiguous CUDA inputs; the gradients in the inputs' dtypes,
     the initial state's float32. ``piece``: tokens per piece (default :data:`~seqedge.kernels.delta_operands.PIECE`,
     rounded down to whole chunks); ``entering``: the forward's float32 ``[P, B, H, dk, dv]`` states entering the
     pieces after the first (its ``piece`` must be the same), else they are re-scanned; ``local_blocks``: the
-    chunk-local kernel's key and value blocks, ``local_warps`` its warps. The side stream is used except while a
+    chunk-local kernel's key and value blocks, ``local_warps`` its warps, ``local_in_registers`` its terms in
+    registers instead of a scratch (one gate per head). The side stream is used except while a
     CUDA graph is captured and in Triton's interpreter (CPU tensors)."""
     T = q.shape[1]
     piece = max((piece or delta_operands.PIECE) // config.chunk, 1) * config.chunk
@@ -164,7 +173,7 @@ def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, co
             for t in (*xs, *piece_ops):
                 t.record_stream(main)                # made on the scans' stream, read on this one
         local_grads(*xs, *piece_ops, scale, config.chunk, *local_blocks, local_warps, dot_precision(q.dtype),
-                    out=[x[:, sl] for x in outs])
+                    out=[x[:, sl] for x in outs], in_registers=local_in_registers)
         if scans is not None:
             done.append(torch.cuda.Event())
             done[-1].record(main)
@@ -186,4 +195,4 @@ def run_launch(launch: BwdLaunch, q, k, v, g, beta, initial_state, do, dfinal, s
     """:func:`delta_scan_bwd` under ``launch``."""
     return delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale, launch.config, piece=piece,
                           entering=entering, local_blocks=(launch.local_block_k, launch.local_block_v),
-                          local_warps=launch.local_warps)
+                          local_warps=launch.local_warps, local_in_registers=launch.local_in_registers)

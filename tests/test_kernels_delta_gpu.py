@@ -109,19 +109,27 @@ def test_delta_gradients(dtype, shape, per_head):
         assert _rel(x, ref) < GRAD_TOL[dtype], (name, _rel(x, ref))
 
 
-_LAUNCHES = [(per_head, i) for per_head in (False, True) for i in range(len(
-    importlib.import_module("seqedge.kernels.delta_scan_bwd").BWD_LAUNCHES[per_head]))] if HAS_TRITON else []
+def _launches() -> list:
+    """(gates per head, index, launch) of every launch the backward may pick and of the candidates."""
+    if not HAS_TRITON:
+        return []
+    bwd = importlib.import_module("seqedge.kernels.delta_scan_bwd")
+    return [(per_head, i, launch) for per_head in (False, True)
+            for i, launch in enumerate((*bwd.BWD_LAUNCHES[per_head], *bwd.PENDING_BWD_LAUNCHES[per_head]))]
+
+
+_LAUNCHES = _launches()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("per_head,launch_id", _LAUNCHES)
-def test_delta_backward_launches(per_head, launch_id, dtype):
-    """Every launch the backward may pick (not only the one picked on this card), from the forward's saved piece
-    states, against float64 autograd of the chunked form: several pieces, the last one a partial chunk."""
+@pytest.mark.parametrize("per_head,launch_id,launch", _LAUNCHES)
+def test_delta_backward_launches(per_head, launch_id, launch, dtype):
+    """Every launch the backward may pick (not only the one picked on this card) and every candidate, from the
+    forward's saved piece states, against float64 autograd of the chunked form: several pieces, the last one a
+    partial chunk."""
     from seqedge.kernels import delta_scan_bwd as bwd
     from seqedge.kernels.delta_scan_triton import delta_scan_fwd
 
-    launch = bwd.BWD_LAUNCHES[per_head][launch_id]
     B, T, H, dk, dv = 2, 300, 2, 128, 128
     piece = 2 * launch.config.chunk
     q, k, v, g, beta, s0 = _inputs(B, T, H, dk, dv, dtype, seed=launch_id, per_head=per_head)

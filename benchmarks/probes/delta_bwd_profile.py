@@ -9,9 +9,9 @@ it. With ``--sweep``: the same launches under other launch parameters, each outp
 launch's. With ``--whole``: the whole forward at two priorities of the scans' stream, and the whole backward
 from the forward's saved piece states (shipped and float32 workspace) and re-scanning them. With ``--fla``: fla's
 profiler table beside ours (its per-head backward past the version check, as ``benchmarks/delta_kernels.py``).
-With ``--configs``: first the whole backward under each launch the op picks among. With ``--sweep-launches``:
-only the whole backward under a grid of launches (:func:`sweep_launches`), per key or (``--per-head``) per head,
-into ``DIR/delta_bwd_sweep.json``.
+With ``--configs``: first the whole backward under each launch the op picks among and each candidate. With
+``--sweep-launches``: only the whole backward under a grid of launches (:func:`sweep_launches`), per key or
+(``--per-head``) per head, into ``DIR/delta_bwd_sweep.json``.
 """
 
 from __future__ import annotations
@@ -182,8 +182,9 @@ def sweep_launches(per_head: bool) -> list:
 
 
 def backward_configs(T: int, per_head: bool, launches: list | None = None) -> list[dict]:
-    """The whole backward from the forward's saved piece states under each launch the op picks among
-    (``delta_scan_bwd.BWD_LAUNCHES``, or ``launches``), ms; gradients compared with the first launch's."""
+    """The whole backward from the forward's saved piece states under each launch the op picks among and each
+    candidate (``delta_scan_bwd.BWD_LAUNCHES``, ``PENDING_BWD_LAUNCHES``), or under ``launches``, ms; gradients
+    compared with the first launch's."""
     from triton.testing import do_bench
 
     from seqedge.kernels import delta_operands
@@ -197,13 +198,17 @@ def backward_configs(T: int, per_head: bool, launches: list | None = None) -> li
     saved = torch.empty(delta_operands.piece_count(T), 1, H, D, D, dtype=torch.float32, device="cuda")
     delta_scan_fwd(q, k, v, g, beta, None, D ** -0.5, bwd_mod.BWD_CONFIG, entering=saved)   # pieces, not chunks
     out, ref = [], None
-    for launch in bwd_mod.BWD_LAUNCHES[per_head] if launches is None else launches:
+    pending = set(bwd_mod.PENDING_BWD_LAUNCHES[per_head])
+    if launches is None:
+        launches = [*bwd_mod.BWD_LAUNCHES[per_head], *bwd_mod.PENDING_BWD_LAUNCHES[per_head]]
+    for launch in launches:
         run = lambda: bwd_mod.run_launch(launch, q, k, v, g, beta, None, do, d_fin, D ** -0.5, saved)
         try:
             ms = do_bench(run, warmup=5, rep=40, return_mode="median")
             got = run()
             ref = ref or got
-            row = {"backward": repr(launch), "ms": ms, "err_vs_first": max(rel(a, b) for a, b in zip(got, ref))}
+            row = {"backward": repr(launch), "ms": ms, "err_vs_first": max(rel(a, b) for a, b in zip(got, ref)),
+                   "pending": launch in pending}
         except Exception as e:  # noqa: BLE001 (a sweep records what failed and goes on)
             row = {"backward": repr(launch), "error": str(e)[:200]}
         print(row, flush=True)
