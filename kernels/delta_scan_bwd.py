@@ -70,10 +70,11 @@ BWD_LAUNCHES = {False: (BwdLaunch(),),
 # Candidates: checked by the GPU tests and Triton's interpreter like BWD_LAUNCHES, timed by
 # benchmarks/probes/delta_bwd_profile.py --configs, never picked; one joins BWD_LAUNCHES once a card has run the
 # GPU tests with it and timed it. Per head, the chunk-local terms in registers skip the float32 scratch round
-# trips between its phases.
+# trips between its phases; at chunk 64 they would also let the scans step half as often, if the registers hold.
 PENDING_BWD_LAUNCHES = {False: (),
                         True: (BwdLaunch(local_block_k=128, local_warps=8, local_in_registers=True),
-                               BwdLaunch(local_in_registers=True))}
+                               BwdLaunch(local_in_registers=True),
+                               BwdLaunch(_C64, local_warps=8, local_in_registers=True))}
 _PICKED_BWD: dict = {}
 
 
