@@ -26,7 +26,8 @@ key columns (each program forms the chunk's dA and dM itself: three small dots o
 launch and a round trip), with no loop over the key blocks: many short programs. The kernel still spills
 registers (``benchmarks/probes/kernel_registers.py``), but more programs in flight hide the spills' latency.
 Per-program float32 scratch holds b, dA, dM, dkb, db and the partial sums of dq and dk between the phases;
-barriers order the program's own stores and loads. The key-summed parts (dbeta, and dg for a gate per head) leave
+barriers order the program's own stores and loads. With one gate per head, ``IN_REGISTERS`` composes the phases
+in registers instead (:func:`_per_head_in_registers`: no scratch, no barriers, more live registers). The key-summed parts (dbeta, and dg for a gate per head) leave
 as float32 partials per key block, summed by the host. Dots take the workspace's dtype straight (bf16 products
 are exact in float32, the same as TF32 of bf16 values); float32 operands formed here use ``PREC``.
 """
