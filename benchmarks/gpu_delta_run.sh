@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # One GPU run of the delta-rule kernel and the cuda runtime: their GPU tests (pytest-xdist workers: compiling
 # dominates), then benchmarks/delta_kernels.py; logs and results under OUT.
-#   OUT=/tmp/out [TESTS=1] [PROBE=0] [GATED=0] [IMPORTS=0] [BENCH=1] [WORKERS=8] [TESTS_K=expr] \
+#   OUT=/tmp/out [TESTS=1] [PROBE=0] [GATED=0] [IMPORTS=0] [CONFIGS=0] [BENCH=1] [WORKERS=8] [TESTS_K=expr] \
 #       bash benchmarks/gpu_delta_run.sh
+# CONFIGS=1 times the whole backward under each launch the op picks among and each pending candidate, per key and
+# per head (benchmarks/probes/delta_bwd_profile.py --configs-only, into OUT/configs_per_{key,head}/), before
+# the benchmark.
 # PROBE=1 (with TESTS=1) runs benchmarks/probes/delta_fla_crash.py beside the tests; BENCH_ARGS go to the
 # benchmark (e.g. "--who ours --rows fwdbwd peak_fwdbwd": our backward's rows without fla's minutes of compiling).
 # WORKERS is per suite, and each worker process holds 1-6.5 GiB of the card: keep all suites' workers together
@@ -61,6 +64,13 @@ if [ "${TESTS:-1}" = "1" ]; then
         grep -E ' FAILED|^FAILED|^ERROR|exit code|passed|failed' "$log" | tail -n 15 | cut -c1-300
     done
     [ -f "$OUT/probe.log" ] && cut -c1-300 "$OUT/probe.log"
+fi
+if [ "${CONFIGS:-0}" = "1" ]; then
+    for gates in key head; do
+        flag=$([ "$gates" = head ] && echo --per-head)
+        timeout "${CONFIGS_TIMEOUT:-150}" python -P benchmarks/probes/delta_bwd_profile.py --configs-only $flag \
+            --out "$OUT/configs_per_$gates" 2>&1 | grep "'backward'" | cut -c1-400
+    done
 fi
 if [ "${BENCH:-1}" = "1" ]; then
     timeout "${BENCH_TIMEOUT:-300}" python benchmarks/delta_kernels.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -n 30

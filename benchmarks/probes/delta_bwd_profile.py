@@ -252,6 +252,7 @@ def main() -> None:
                     "--per-head, else per-key)")
     ap.add_argument("--whole", action="store_true",
                     help="the whole forward (scans' priority) and backward (saved states or re-scan, workspace)")
+    ap.add_argument("--configs-only", action="store_true", help="--configs, and nothing after it")
     ap.add_argument("--sweep-launches", action="store_true",
                     help="instead of the rest: the whole backward under a grid of launches (sweep_launches)")
     args = ap.parse_args()
@@ -263,10 +264,12 @@ def main() -> None:
         res[key] = backward_configs(args.T, args.per_head, sweep_launches(args.per_head))
         json.dump(res, open(os.path.join(args.out, "delta_bwd_sweep.json"), "w"), indent=1)
         return
-    if args.configs:
+    if args.configs or args.configs_only:
         res["backward_configs_per_head" if args.per_head else "backward_configs_per_key"] = backward_configs(
             args.T, args.per_head)
         json.dump(res, open(path, "w"), indent=1)
+        if args.configs_only:
+            return
     for per_head in (False, True) if args.per_head else (False,):
         key = "per_head" if per_head else "per_key"
         if args.whole:
