@@ -208,6 +208,13 @@ def test_malformed_bodies_get_400(served):
     assert status == 400 and "role" in body["error"]["message"]
 
 
+def test_an_empty_text_prompt_starts_from_bos_and_an_empty_id_list_is_refused(served):
+    status, body = http(served, "/v1/completions", {"prompt": "", "max_tokens": 2, "temperature": 0})
+    assert status == 200 and body["usage"]["prompt_tokens"] == 1, body
+    status, body = http(served, "/v1/completions", {"prompt": [], "max_tokens": 2})
+    assert status == 400 and body["error"]["param"] == "prompt", body
+
+
 def test_a_request_without_a_model_name_goes_to_the_served_model(served):
     status, body = http(served, "/v1/completions", {"prompt": "x", "max_tokens": 2, "temperature": 0})
     assert status == 200 and body["model"] == MODEL and body["choices"][0]["finish_reason"], body

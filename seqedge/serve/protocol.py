@@ -65,10 +65,18 @@ class SamplingFields(BaseModel):
 
 
 class CompletionRequest(SamplingFields):
-    """``/v1/completions``: a text prompt (encoded with BOS) or a list of token ids."""
+    """``/v1/completions``: a text prompt (encoded with BOS, so an empty one starts from BOS alone, as
+    llama.cpp's server does) or a non-empty list of token ids."""
 
-    prompt: str | list[int] = Field(min_length=1)
+    prompt: str | list[int]
     max_tokens: int = Field(16, ge=1)
+
+    @field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, value: str | list[int]) -> str | list[int]:
+        if isinstance(value, list) and not value:
+            raise ValueError("a prompt of token ids needs at least one id")
+        return value
 
 
 class TextPart(BaseModel):
