@@ -88,7 +88,7 @@ def _chunk_scan_delta_bwd_cuda(q, k, v, g, beta, initial_state, entering, do, df
         return (*(torch.zeros_like(x) for x in (q, k, v, g, beta)), dfinal.float().clone())
     do, entering = do.to(q.dtype).contiguous(), entering.float()
     launch = bwd.pick_launch(q, k, v, g, beta, init, do, dfinal, scale, entering)
-    return bwd.run_launch(launch, q, k, v, g, beta, init, do, dfinal, scale, entering)
+    return bwd.delta_scan_bwd(q, k, v, g, beta, init, do, dfinal, scale, launch, entering=entering)
 
 
 @chunk_scan_delta_bwd.register_fake

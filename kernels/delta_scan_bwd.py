@@ -133,17 +133,15 @@ def _piece_recurrences(q, k, v, g, beta, s_in, do, d_out, scale: float, config: 
     return (u, du, states, dstates, inv), d_in
 
 
-def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, config: DeltaConfig,
-                   piece: int | None = None, entering: torch.Tensor | None = None,
-                   local_blocks: tuple[int, int] = (LOCAL_BLOCK_K, LOCAL_BLOCK_V),
-                   local_warps: int = LOCAL_WARPS, local_in_registers: bool = False) -> tuple[torch.Tensor, ...]:
-    """(dq, dk, dv, dg, dbeta, dinitial_state) for contiguous CUDA inputs; the gradients in the inputs' dtypes,
-    the initial state's float32. ``piece``: tokens per piece (default :data:`~seqedge.kernels.delta_operands.PIECE`,
-    rounded down to whole chunks); ``entering``: the forward's float32 ``[P, B, H, dk, dv]`` states entering the
-    pieces after the first (its ``piece`` must be the same), else they are re-scanned; ``local_blocks``: the
-    chunk-local kernel's key and value blocks, ``local_warps`` its warps, ``local_in_registers`` its terms in
-    registers instead of a scratch (one gate per head). The side stream is used except while a
-    CUDA graph is captured and in Triton's interpreter (CPU tensors)."""
+def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, launch: BwdLaunch = BwdLaunch(),
+                   piece: int | None = None, entering: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """(dq, dk, dv, dg, dbeta, dinitial_state) for contiguous CUDA inputs under ``launch``; the gradients in the
+    inputs' dtypes, the initial state's float32. ``piece``: tokens per piece (default
+    :data:`~seqedge.kernels.delta_operands.PIECE`, rounded down to whole chunks); ``entering``: the forward's
+    float32 ``[P, B, H, dk, dv]`` states entering the pieces after the first (its ``piece`` must be the same), else
+    they are re-scanned. The side stream is used except while a CUDA graph is captured and in Triton's interpreter
+    (CPU tensors)."""
+    config = launch.config
     T = q.shape[1]
     piece = max((piece or delta_operands.PIECE) // config.chunk, 1) * config.chunk
     starts = list(range(0, T, piece)) or [0]
@@ -173,8 +171,9 @@ def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, co
             main.wait_stream(scans)
             for t in (*xs, *piece_ops):
                 t.record_stream(main)                # made on the scans' stream, read on this one
-        local_grads(*xs, *piece_ops, scale, config.chunk, *local_blocks, local_warps, dot_precision(q.dtype),
-                    out=[x[:, sl] for x in outs], in_registers=local_in_registers)
+        local_grads(*xs, *piece_ops, scale, config.chunk, launch.local_block_k, launch.local_block_v,
+                    launch.local_warps, dot_precision(q.dtype), out=[x[:, sl] for x in outs],
+                    in_registers=launch.local_in_registers)
         if scans is not None:
             done.append(torch.cuda.Event())
             done[-1].record(main)
@@ -187,13 +186,6 @@ def pick_launch(q, k, v, g, beta, initial_state, do, dfinal, scale: float,
                 entering: torch.Tensor | None) -> BwdLaunch:
     """The fastest of :data:`BWD_LAUNCHES` for these gates and this shape class (timed once per class)."""
     return fastest(BWD_LAUNCHES[g.shape[-1] == 1], shape_key(q, v, g), _PICKED_BWD,
-                   lambda c: run_launch(c, q, k, v, g, beta, initial_state, do, dfinal, scale, entering),
+                   lambda c: delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale, c,
+                                            entering=entering),
                    warmup=5, rep=20)
-
-
-def run_launch(launch: BwdLaunch, q, k, v, g, beta, initial_state, do, dfinal, scale: float,
-               entering: torch.Tensor | None, piece: int | None = None) -> tuple[torch.Tensor, ...]:
-    """:func:`delta_scan_bwd` under ``launch``."""
-    return delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale, launch.config, piece=piece,
-                          entering=entering, local_blocks=(launch.local_block_k, launch.local_block_v),
-                          local_warps=launch.local_warps, local_in_registers=launch.local_in_registers)

@@ -88,9 +88,9 @@ def check_bwd(cfg, gk: int, T: int, piece: int, dk: int = 16, saved: bool = Fals
     if saved:
         entering = torch.full(((T - 1) // piece, B, H, dk, dv), float("nan"))
         fwd.delta_scan_fwd(q, k, v, g, beta, s0, dk ** -0.5, cfg, piece=piece, entering=entering)
-    local = (blocks, blocks) if blocks else (bwd_mod.LOCAL_BLOCK_K, bwd_mod.LOCAL_BLOCK_V)
-    got = delta_scan_bwd(q, k, v, g, beta, s0, do, dfinal, dk ** -0.5, cfg, piece=piece, entering=entering,
-                         local_blocks=local, local_in_registers=in_registers)
+    local = {"local_block_k": blocks, "local_block_v": blocks} if blocks else {}
+    launch = bwd_mod.BwdLaunch(cfg, local_in_registers=in_registers, **local)
+    got = delta_scan_bwd(q, k, v, g, beta, s0, do, dfinal, dk ** -0.5, launch, piece=piece, entering=entering)
     for name, x, ref in zip(("dq", "dk", "dv", "dg", "dbeta", "ds0"), got, want):
         tag = (f"bwd C={cfg.chunk} gk={gk} dk={dk} B={B} T={T} piece={piece} saved={saved} blocks={blocks}"
                f"{' in registers' if in_registers else ''} {name}")

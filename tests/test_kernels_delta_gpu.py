@@ -138,7 +138,8 @@ def test_delta_backward_launches(per_head, launch_id, launch, dtype):
                                                                                    device="cuda")
     entering = torch.full(((T - 1) // piece, B, H, dk, dv), float("nan"), device="cuda")
     delta_scan_fwd(q, k, v, g, beta, s0, dk ** -0.5, launch.config, piece=piece, entering=entering)
-    got = bwd.run_launch(launch, q, k, v, g, beta, s0, do.to(dtype), ds, dk ** -0.5, entering, piece=piece)
+    got = bwd.delta_scan_bwd(q, k, v, g, beta, s0, do.to(dtype), ds, dk ** -0.5, launch, piece=piece,
+                             entering=entering)
     leaves = [x.detach().double().requires_grad_() for x in (q, k, v, g, beta, s0)]
     ro, rs = chunked_scan(*leaves[:3], leaves[3].expand(B, T, H, dk), leaves[4], rule="delta",
                           initial_state=leaves[5])

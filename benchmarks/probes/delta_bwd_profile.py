@@ -146,8 +146,8 @@ def whole_backward(T: int, per_head: bool) -> list[dict]:
                 ("re-scan, shipped workspace", None, shipped)]
     out, ref = [], None
     for name, ent, wdt in variants:
-        run = lambda ent=ent: bwd_mod.delta_scan_bwd(q, k, v, g, beta, None, do, d_fin, D ** -0.5, cfg,
-                                                     entering=ent)
+        run = lambda ent=ent: bwd_mod.delta_scan_bwd(q, k, v, g, beta, None, do, d_fin, D ** -0.5,
+                                                     bwd_mod.BwdLaunch(cfg), entering=ent)
         bwd_mod.workspace_dtype = wdt
         try:
             ms = do_bench(run, warmup=5, rep=60, return_mode="median")
@@ -202,7 +202,7 @@ def backward_configs(T: int, per_head: bool, launches: list | None = None) -> li
     if launches is None:
         launches = [*bwd_mod.BWD_LAUNCHES[per_head], *bwd_mod.PENDING_BWD_LAUNCHES[per_head]]
     for launch in launches:
-        run = lambda: bwd_mod.run_launch(launch, q, k, v, g, beta, None, do, d_fin, D ** -0.5, saved)
+        run = lambda: bwd_mod.delta_scan_bwd(q, k, v, g, beta, None, do, d_fin, D ** -0.5, launch, entering=saved)
         try:
             ms = do_bench(run, warmup=5, rep=40, return_mode="median")
             got = run()

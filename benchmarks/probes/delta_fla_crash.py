@@ -72,7 +72,7 @@ v = r(B, T, H, D).bfloat16(); g = -5.0 * torch.rand(B, T, H, D, generator=gen, d
 beta = torch.rand(B, T, H, generator=gen, device="cuda"); s0 = r(B, H, D, D) if opts["s0"] else None
 if opts["call"] in ("config", "prep", "bwd"):
     from seqedge.kernels.delta_scan_triton import DeltaConfig, delta_scan_fwd, prep
-    from seqedge.kernels.delta_scan_bwd import delta_scan_bwd
+    from seqedge.kernels.delta_scan_bwd import BwdLaunch, delta_scan_bwd
     gh = g[..., :1].contiguous() if opts["per_head"] else g
     cfg = DeltaConfig(**opts["config"])
     if opts["call"] == "config":
@@ -80,7 +80,8 @@ if opts["call"] in ("config", "prep", "bwd"):
     elif opts["call"] == "prep":
         outs = prep(q, k, v, gh, beta, D ** -0.5, cfg)
     else:
-        outs = delta_scan_bwd(q, k, v, gh, beta, s0, torch.randn_like(v), torch.randn_like(s0), D ** -0.5, cfg)
+        outs = delta_scan_bwd(q, k, v, gh, beta, s0, torch.randn_like(v), torch.randn_like(s0), D ** -0.5,
+                              BwdLaunch(cfg))
     torch.cuda.synchronize()
     print(opts["call"], "ok", [round(float(x.float().norm()), 4) for x in outs])
     sys.exit(0)
