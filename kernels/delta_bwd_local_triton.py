@@ -27,9 +27,11 @@ launch and a round trip), with no loop over the key blocks: many short programs.
 registers (``benchmarks/probes/kernel_registers.py``), but more programs in flight hide the spills' latency.
 Per-program float32 scratch holds b, dA, dM, dkb, db and the partial sums of dq and dk between the phases;
 barriers order the program's own stores and loads. With one gate per head, ``IN_REGISTERS`` composes the phases
-in registers instead (:func:`_per_head_in_registers`: no scratch, no barriers, more live registers). The key-summed parts (dbeta, and dg for a gate per head) leave
-as float32 partials per key block, summed by the host. Dots take the workspace's dtype straight (bf16 products
-are exact in float32, the same as TF32 of bf16 values); float32 operands formed here use ``PREC``.
+in registers instead (:func:`_per_head_in_registers`: no scratch, no barriers, more live registers; a candidate
+until a card has timed it, then one of the two per-head paths goes). The key-summed parts (dbeta, and dg for a
+gate per head) leave as float32 partials per key block, summed by the host. Dots take the workspace's dtype
+straight (bf16 products are exact in float32, the same as TF32 of bf16 values); float32 operands formed here use
+``PREC``.
 """
 
 from __future__ import annotations
@@ -293,6 +295,48 @@ def _per_head_in_registers(q, k, g, beta, do, u, du, states, dstates, inv, dq, d
 
 
 @triton.jit
+def _through_scratch(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg, part, scratch, k_base, v_base,
+                     ko_base, vo_base, go_base, g_base, be_base, idx, t0, d0, i_k, T, H, scale, bth,
+                     DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
+                     BV: tl.constexpr, NKB: tl.constexpr, PREC: tl.constexpr):
+    """The chunk-local backward of this chunk and key block in phases through the program's float32 scratch:
+    :func:`_direct_phase`, the decayed products (per key or per head), then dk, dbeta's and dg's sums."""
+    rc = tl.arange(0, C)
+    rows = t0 + rc
+    cols = d0 + tl.arange(0, BD)
+    sc_b = scratch + (idx * NKB + i_k) * (5 * C * BD + 2 * C * C)
+    sc_dkb = sc_b + C * BD
+    sc_db = sc_dkb + C * BD
+    sc_dq = sc_db + C * BD
+    sc_dk = sc_dq + C * BD
+    sc_g = sc_dk + C * BD
+    _direct_phase(q, k, g, beta, do, u, du, states, dstates, inv, dv, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g,
+                  k_base, v_base, vo_base, g_base, be_base, idx, t0, d0, i_k, T, H, scale, DK, DV, GK, C, BD, BV,
+                  PREC)
+    tl.debug_barrier()
+    if GK == 1:
+        _decayed_phase_per_head(q, k, g, beta, dq, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, k_base, ko_base, g_base,
+                                be_base, t0, d0, T, H, scale, DK, C, BD, PREC)
+    else:
+        _decayed_phase(q, k, beta, dq, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, k_base, ko_base, be_base, t0, d0,
+                       T, H, scale, DK, C, BD, PREC)
+    rmask = (rows < T)[:, None]
+    b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32)
+    dkb = tl.load(_sc(sc_dkb, rc, BD))
+    b_k = _tile(k, k_base, rows, cols, H * DK, T)
+    tl.store(dk + ko_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :],
+             (tl.load(_sc(sc_dk, rc, BD)) + dkb * b_beta[:, None]).to(dk.dtype.element_ty), mask=rmask)
+    d_b = tl.load(_sc(sc_db, rc, BD))
+    p_rows = part + i_k * bth + be_base + rows.to(tl.int64) * H
+    tl.store(p_rows, tl.sum(dkb * b_k, axis=1), mask=rows < T)                         # dbeta's partial sum
+    if GK == 1:
+        tl.store(p_rows + NKB * bth, tl.cumsum(tl.sum(d_b, axis=1), axis=0, reverse=True), mask=rows < T)
+    else:
+        tl.store(dg + go_base + rows[:, None].to(tl.int64) * (H * GK) + cols[None, :],
+                 tl.cumsum(d_b, axis=0, reverse=True).to(dg.dtype.element_ty), mask=rmask)
+
+
+@triton.jit
 def _delta_local_grad_kernel(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg, part, scratch,
                              T, T_OUT, H, NC, scale, DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr,
                              C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
@@ -308,9 +352,7 @@ def _delta_local_grad_kernel(q, k, g, beta, do, u, du, states, dstates, inv, dq,
     NKB: tl.constexpr = DK // BD
     i_b = i_bh // H
     i_h = i_bh % H
-    rc = tl.arange(0, C)
     d0 = i_k * BD
-    cols = d0 + tl.arange(0, BD)
     k_base = i_b.to(tl.int64) * T * H * DK + i_h * DK
     v_base = i_b.to(tl.int64) * T * H * DV + i_h * DV
     g_base = i_b.to(tl.int64) * T * H * GK + i_h * GK
@@ -319,7 +361,6 @@ def _delta_local_grad_kernel(q, k, g, beta, do, u, du, states, dstates, inv, dq,
     vo_base = i_b.to(tl.int64) * T_OUT * H * DV + i_h * DV
     go_base = i_b.to(tl.int64) * T_OUT * H * GK + i_h * GK
     t0 = i_c * C
-    rows = t0 + rc
     idx = i_bh.to(tl.int64) * NC + i_c
     bth = tl.num_programs(1).to(tl.int64) * T                      # B*T*H: one key block's partials
     if IN_REGISTERS:
@@ -327,36 +368,9 @@ def _delta_local_grad_kernel(q, k, g, beta, do, u, du, states, dstates, inv, dq,
                                ko_base, vo_base, g_base, be_base, idx, t0, d0, i_k, T, H, scale, bth, DK, DV, C,
                                BD, BV, NKB, PREC)
     else:
-        sc_b = scratch + (idx * NKB + i_k) * (5 * C * BD + 2 * C * C)
-        sc_dkb = sc_b + C * BD
-        sc_db = sc_dkb + C * BD
-        sc_dq = sc_db + C * BD
-        sc_dk = sc_dq + C * BD
-        sc_g = sc_dk + C * BD
-        _direct_phase(q, k, g, beta, do, u, du, states, dstates, inv, dv, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g,
-                      k_base, v_base, vo_base, g_base, be_base, idx, t0, d0, i_k, T, H, scale, DK, DV, GK, C, BD, BV,
-                      PREC)
-        tl.debug_barrier()
-        if GK == 1:
-            _decayed_phase_per_head(q, k, g, beta, dq, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, k_base, ko_base, g_base,
-                                    be_base, t0, d0, T, H, scale, DK, C, BD, PREC)
-        else:
-            _decayed_phase(q, k, beta, dq, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, k_base, ko_base, be_base, t0, d0,
-                           T, H, scale, DK, C, BD, PREC)
-        rmask = (rows < T)[:, None]
-        b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32)
-        dkb = tl.load(_sc(sc_dkb, rc, BD))
-        b_k = _tile(k, k_base, rows, cols, H * DK, T)
-        tl.store(dk + ko_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :],
-                 (tl.load(_sc(sc_dk, rc, BD)) + dkb * b_beta[:, None]).to(dk.dtype.element_ty), mask=rmask)
-        d_b = tl.load(_sc(sc_db, rc, BD))
-        p_rows = part + i_k * bth + be_base + rows.to(tl.int64) * H
-        tl.store(p_rows, tl.sum(dkb * b_k, axis=1), mask=rows < T)                         # dbeta's partial sum
-        if GK == 1:
-            tl.store(p_rows + NKB * bth, tl.cumsum(tl.sum(d_b, axis=1), axis=0, reverse=True), mask=rows < T)
-        else:
-            tl.store(dg + go_base + rows[:, None].to(tl.int64) * (H * GK) + cols[None, :],
-                     tl.cumsum(d_b, axis=0, reverse=True).to(dg.dtype.element_ty), mask=rmask)
+        _through_scratch(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg, part, scratch, k_base,
+                         v_base, ko_base, vo_base, go_base, g_base, be_base, idx, t0, d0, i_k, T, H, scale, bth, DK,
+                         DV, GK, C, BD, BV, NKB, PREC)
 
 
 def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, scale: float, chunk: int, block_k: int,
