@@ -36,8 +36,8 @@ CHAIN = 24
 def plain_conv_nodes(x: str, tail: str, taps: str, y: str, new_tail: str, prefix: str, consts: dict[str, str],
                      bias: str | None = None, groups: int = 0) -> list[onnx.NodeProto]:
     """The one-token conv of ``x`` ``[B, C, 1]`` with ``tail`` ``[B, C, K-1]`` and ``taps`` ``[C, K]`` (``[C, 1, K]``
-    with ``groups`` = C: one depthwise ``Conv`` node): SiLU(y) and the new tail, in plain ops (``consts``: names of the int64
-    constants axis 2, 1 and K)."""
+    with ``groups`` = C: one depthwise ``Conv`` node): SiLU(y) and the new tail, in plain ops (``consts``: names of
+    the int64 constants axis 2, 1 and K)."""
     total = f"{prefix}_sum"
     nodes = [helper.make_node("Concat", [tail, x], [f"{prefix}_xc"], axis=2)]
     if groups:
