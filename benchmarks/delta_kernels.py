@@ -26,6 +26,7 @@ import torch
 B, H, D = 1, 16, 128
 TARGETS = {"fwd_ratio": 2 / 3, "fwdbwd_ratio": 1.0, "peak_ratio": 0.5}    # ours / fla, at most
 GATES = {False: "per-key (fla: chunk_kda)", True: "per-head (fla: chunk_gated_delta_rule)"}
+GRADS = ("o", "dq", "dk", "dv", "dg", "dbeta")          # the grads row: the output, then the inputs' gradients
 
 
 def inputs(T: int, per_head: bool, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -91,8 +92,7 @@ def grads_rel(T: int, per_head: bool) -> dict:
             o = fns[name](*leaves)
             o.backward(do)
         got[name] = [o.detach()] + [x.grad for x in leaves]
-    names = ("o", "dq", "dk", "dv", "dg", "dbeta")
-    return {n: rel(f, ours) for n, f, ours in zip(names, got["fla"], got["ours"])}
+    return {n: rel(f, ours) for n, f, ours in zip(GRADS, got["fla"], got["ours"])}
 
 
 def fwd_ms(fn, xs) -> float:
@@ -190,9 +190,9 @@ def markdown(res: dict) -> str:
             lines += [f"| {name} | {p['prep_ms']:.3f} | {p['scan_ms']:.3f} |" for name, p in res[key].items()]
     if res.get("grads"):
         lines += ["", "fla's output and gradients against ours (relative L2 difference, same inputs and output "
-                  "gradient):", "", "| gates | T | o | dq | dk | dv | dg | dbeta |", "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {gates} | {g['T']} | " + " | ".join(f"{g[n]:.1e}" for n in ("o", "dq", "dk", "dv", "dg", "dbeta"))
-                  + " |" for gates, g in res["grads"].items()]
+                  "gradient):", "", "| gates | T | " + " | ".join(GRADS) + " |", "|---" * (len(GRADS) + 2) + "|"]
+        lines += [f"| {gates} | {g['T']} | " + " | ".join(f"{g[n]:.1e}" for n in GRADS) + " |"
+                  for gates, g in res["grads"].items()]
     for gates, note in res.get("peer_notes", {}).items():
         lines += ["", f"{gates}: {note}."]
     if res.get("earlier"):
