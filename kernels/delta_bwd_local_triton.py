@@ -19,19 +19,19 @@ gradients are decayed products again:
 formed 16x16 block by block with exponents referenced to the key block's middle row (as the prep, so no factor
 that survives the causal mask exceeds exp(40) for g >= -5); dg is the reverse running sum of db within the chunk.
 With one gate per head the decay is a scalar per pair of rows, so the same gradients are whole-chunk products of
-the masked, decayed ``[C, C]`` matrices (:func:`_decayed_phase_per_head`).
+the masked, decayed ``[C, C]`` matrices.
 
-Everything after dA, dM and dv is independent per key column, so one program owns one chunk and one block of
-key columns (each program forms the chunk's dA and dM itself: three small dots over the values, cheaper than a
-launch and a round trip), with no loop over the key blocks: many short programs. The kernel still spills
-registers (``benchmarks/probes/kernel_registers.py``), but more programs in flight hide the spills' latency.
-Per-program float32 scratch holds b, dA, dM, dkb, db and the partial sums of dq and dk between the phases;
-barriers order the program's own stores and loads. With one gate per head, ``IN_REGISTERS`` composes the phases
-in registers instead (:func:`_per_head_in_registers`: no scratch, no barriers, more live registers; a candidate
-until a card has timed it, then one of the two per-head paths goes). The key-summed parts (dbeta, and dg for a
-gate per head) leave as float32 partials per key block, summed by the host. Dots take the workspace's dtype
-straight (bf16 products are exact in float32, the same as TF32 of bf16 values); float32 operands formed here use
-``PREC``.
+Everything after dA, dM and dv is independent per key column, so one program owns one chunk and one block of key
+columns (each program forms the chunk's dA and dM itself: three small dots over the values, cheaper than a launch
+and a round trip), with no loop over the key blocks: many short programs. The kernel still spills registers
+(``benchmarks/probes/kernel_registers.py``), but more programs in flight hide the spills' latency. With a gate per
+key, per-program float32 scratch holds b, dA, dM, dkb, db and the partial sums of dq and dk between the phases
+(:func:`_through_scratch`); barriers order the program's own stores and loads. With one gate per head the
+whole-chunk products leave few enough terms to keep them all in registers through every phase
+(:func:`_per_head_in_registers`: no scratch, no barriers), which also lets a chunk of 64 pay. The key-summed parts
+(dbeta, and dg for a gate per head) leave as float32 partials per key block, summed by the host. Dots take the
+workspace's dtype straight (bf16 products are exact in float32, the same as TF32 of bf16 values); float32 operands
+formed here use ``PREC``.
 """
 
 from __future__ import annotations
@@ -120,21 +120,21 @@ def _value_products(do, u, du, states, dstates, inv, dv, v_base, vo_base, idx, t
 
 @triton.jit
 def _direct_phase(q, k, g, beta, do, u, du, states, dstates, inv, dv, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g,
-                  k_base, v_base, vo_base, g_base, be_base, idx, t0, d0, i_k, T, H, scale,
-                  DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
-                  BV: tl.constexpr, PREC: tl.constexpr):
-    """dA and dM to scratch, dv (the output, from the first key block's program), and for this key block the
-    direct terms of dq, dk (float32 partial sums), dkb and db (through qt, kt, Kd and b_C); b to scratch."""
+                  k_base, v_base, vo_base, be_base, idx, t0, d0, i_k, T, H, scale,
+                  DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+                  PREC: tl.constexpr):
+    """A gate per key: dA and dM to scratch, dv (the output, from the first key block's program), and for this
+    key block the direct terms of dq, dk (float32 partial sums), dkb and db (through qt, kt, Kd and b_C); b to
+    scratch."""
     rc = tl.arange(0, C)
     rows = t0 + rc
     cols = d0 + tl.arange(0, BD)
     rmask = (rows < T)[:, None]
-    GSEL: tl.constexpr = GK // DK       # 1: a gate per key column; 0: one per head, broadcast over the keys
     d_a, d_m, d_qt, d_kt, d_us, s_ds, b_tm = _value_products(do, u, du, states, dstates, inv, dv, v_base, vo_base,
                                                              idx, t0, d0, i_k, T, H, DK, DV, C, BD, BV, PREC)
     tl.store(sc_g + rc[:, None] * C + rc[None, :], d_a)
     tl.store(sc_g + C * C + rc[:, None] * C + rc[None, :], d_m)
-    b_b = tl.cumsum(tl.load(g + g_base + rows[:, None].to(tl.int64) * (H * GK) + cols[None, :] * GSEL,
+    b_b = tl.cumsum(tl.load(g + k_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :],   # g as k
                             mask=rmask, other=0.0).to(tl.float32), axis=0)              # [C, BD]
     b_last = tl.sum(tl.where(rc[:, None] == C - 1, b_b, 0.0), axis=0)                  # [BD] b_C
     e_b = tl.exp(b_b)
@@ -154,8 +154,7 @@ def _direct_phase(q, k, g, beta, do, u, du, states, dstates, inv, dv, sc_b, sc_d
     d_kd = -tl.dot(tl.trans(b_tm), d_us, input_precision=PREC) * e_b                  # [C, BD]
     tl.store(_sc(sc_dk, rc, BD), d_kd)
     tl.store(_sc(sc_db, rc, BD), d_b + d_kd * b_k)
-    if GSEL == 1:                       # the per-key decayed phase reads b back; the per-head one forms its own
-        tl.store(_sc(sc_b, rc, BD), b_b)
+    tl.store(_sc(sc_b, rc, BD), b_b)
 
 
 @triton.jit
@@ -214,54 +213,22 @@ def _decayed_phase(q, k, beta, dq_out, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, 
 
 
 @triton.jit
-def _decayed_phase_per_head(q, k, g, beta, dq_out, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, k_base, ko_base, g_base,
-                            be_base, t0, d0, T, H, scale, DK: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
-                            PREC: tl.constexpr):
-    """:func:`_decayed_phase` for one gate per head: the decay between rows t >= s is the scalar
-    ``exp(b_t - b_s)`` (an exponent <= 0), the same for every key column, so with ``GA = dA * decay`` and
-    ``GM = dM * decay`` the gradients are whole-chunk products, ``dX = G Y`` and ``dY = G^T X``, with no blocks
-    and no reference rows."""
-    rc = tl.arange(0, C)
-    rows = t0 + rc
-    cols = d0 + tl.arange(0, BD)
-    rmask = (rows < T)[:, None]
-    b = tl.cumsum(tl.load(g + g_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32), axis=0)
-    decay = tl.exp(tl.where(rc[:, None] >= rc[None, :], b[:, None] - b[None, :], float("-inf")))   # [C, C]
-    ga = tl.load(sc_g + rc[:, None] * C + rc[None, :]) * decay
-    gm = tl.load(sc_g + C * C + rc[:, None] * C + rc[None, :]) * decay
-    b_k = _tile(k, k_base, rows, cols, H * DK, T)
-    x = _tile(q, k_base, rows, cols, H * DK, T) * scale
-    b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32)
-    kb = b_k * b_beta[:, None]
-    dx_a = tl.dot(ga, kb, input_precision=PREC)
-    dx_m = tl.dot(gm, kb, input_precision=PREC)
-    dy = tl.dot(tl.trans(ga), x, input_precision=PREC) + tl.dot(tl.trans(gm), b_k, input_precision=PREC)
-    tl.store(dq_out + ko_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :],
-             (tl.load(_sc(sc_dq, rc, BD)) + dx_a * scale).to(dq_out.dtype.element_ty), mask=rmask)
-    p_dk = _sc(sc_dk, rc, BD)
-    tl.store(p_dk, tl.load(p_dk) + dx_m)
-    p_dkb = _sc(sc_dkb, rc, BD)
-    tl.store(p_dkb, tl.load(p_dkb) + dy)
-    p_db = _sc(sc_db, rc, BD)
-    tl.store(p_db, tl.load(p_db) + x * dx_a + b_k * dx_m - kb * dy)
-    tl.debug_barrier()
-
-
-@triton.jit
 def _per_head_in_registers(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, part, k_base, v_base,
-                           ko_base, vo_base, g_base, be_base, idx, t0, d0, i_k, T, H, scale, bth,
+                           ko_base, vo_base, be_base, idx, t0, d0, i_k, T, H, scale, bth,
                            DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
                            BV: tl.constexpr, NKB: tl.constexpr, PREC: tl.constexpr):
-    """One gate per head, the whole chunk-local backward of this chunk and key block without scratch: the direct
-    phase, :func:`_decayed_phase_per_head` and the epilogue of :func:`_delta_local_grad_kernel`, composed in
-    registers (the same terms in the same order)."""
+    """One gate per head, the whole chunk-local backward of this chunk and key block in registers: the direct
+    terms, then the decayed products' gradients as whole-chunk products (the decay between rows t >= s is the
+    scalar ``exp(b_t - b_s)``, so with ``GA = dA * decay`` and ``GM = dM * decay``, ``dX = G Y`` and
+    ``dY = G^T X``), then dq, dk and dbeta's and dg's partial sums."""
     rc = tl.arange(0, C)
     rows = t0 + rc
     cols = d0 + tl.arange(0, BD)
     rmask = (rows < T)[:, None]
     d_a, d_m, d_qt, d_kt, d_us, s_ds, b_tm = _value_products(do, u, du, states, dstates, inv, dv, v_base, vo_base,
                                                              idx, t0, d0, i_k, T, H, DK, DV, C, BD, BV, PREC)
-    b = tl.cumsum(tl.load(g + g_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32), axis=0)
+    b = tl.cumsum(tl.load(g + be_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32),
+                  axis=0)                                                            # g laid out as beta
     b_last = tl.sum(tl.where(rc == C - 1, b, 0.0), axis=0)                              # b_C
     e_b = tl.exp(b)[:, None]
     e_kt = tl.exp(b_last - b)[:, None]
@@ -296,11 +263,11 @@ def _per_head_in_registers(q, k, g, beta, do, u, du, states, dstates, inv, dq, d
 
 @triton.jit
 def _through_scratch(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg, part, scratch, k_base, v_base,
-                     ko_base, vo_base, go_base, g_base, be_base, idx, t0, d0, i_k, T, H, scale, bth,
-                     DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
-                     BV: tl.constexpr, NKB: tl.constexpr, PREC: tl.constexpr):
-    """The chunk-local backward of this chunk and key block in phases through the program's float32 scratch:
-    :func:`_direct_phase`, the decayed products (per key or per head), then dk, dbeta's and dg's sums."""
+                     ko_base, vo_base, be_base, idx, t0, d0, i_k, T, H, scale, bth, DK: tl.constexpr,
+                     DV: tl.constexpr, C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, NKB: tl.constexpr,
+                     PREC: tl.constexpr):
+    """A gate per key, the chunk-local backward of this chunk and key block in phases through the program's float32
+    scratch: :func:`_direct_phase`, :func:`_decayed_phase`, then dk, dbeta's sum and dg."""
     rc = tl.arange(0, C)
     rows = t0 + rc
     cols = d0 + tl.arange(0, BD)
@@ -311,41 +278,31 @@ def _through_scratch(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv,
     sc_dk = sc_dq + C * BD
     sc_g = sc_dk + C * BD
     _direct_phase(q, k, g, beta, do, u, du, states, dstates, inv, dv, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g,
-                  k_base, v_base, vo_base, g_base, be_base, idx, t0, d0, i_k, T, H, scale, DK, DV, GK, C, BD, BV,
-                  PREC)
+                  k_base, v_base, vo_base, be_base, idx, t0, d0, i_k, T, H, scale, DK, DV, C, BD, BV, PREC)
     tl.debug_barrier()
-    if GK == 1:
-        _decayed_phase_per_head(q, k, g, beta, dq, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, k_base, ko_base, g_base,
-                                be_base, t0, d0, T, H, scale, DK, C, BD, PREC)
-    else:
-        _decayed_phase(q, k, beta, dq, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, k_base, ko_base, be_base, t0, d0,
-                       T, H, scale, DK, C, BD, PREC)
+    _decayed_phase(q, k, beta, dq, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, k_base, ko_base, be_base, t0, d0, T, H,
+                   scale, DK, C, BD, PREC)
     rmask = (rows < T)[:, None]
     b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32)
     dkb = tl.load(_sc(sc_dkb, rc, BD))
     b_k = _tile(k, k_base, rows, cols, H * DK, T)
-    tl.store(dk + ko_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :],
-             (tl.load(_sc(sc_dk, rc, BD)) + dkb * b_beta[:, None]).to(dk.dtype.element_ty), mask=rmask)
-    d_b = tl.load(_sc(sc_db, rc, BD))
-    p_rows = part + i_k * bth + be_base + rows.to(tl.int64) * H
-    tl.store(p_rows, tl.sum(dkb * b_k, axis=1), mask=rows < T)                         # dbeta's partial sum
-    if GK == 1:
-        tl.store(p_rows + NKB * bth, tl.cumsum(tl.sum(d_b, axis=1), axis=0, reverse=True), mask=rows < T)
-    else:
-        tl.store(dg + go_base + rows[:, None].to(tl.int64) * (H * GK) + cols[None, :],
-                 tl.cumsum(d_b, axis=0, reverse=True).to(dg.dtype.element_ty), mask=rmask)
+    out = ko_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :]            # dk's, and dg's (as k)
+    tl.store(dk + out, (tl.load(_sc(sc_dk, rc, BD)) + dkb * b_beta[:, None]).to(dk.dtype.element_ty), mask=rmask)
+    tl.store(part + i_k * bth + be_base + rows.to(tl.int64) * H, tl.sum(dkb * b_k, axis=1),
+             mask=rows < T)                                                                # dbeta's partial sum
+    tl.store(dg + out, tl.cumsum(tl.load(_sc(sc_db, rc, BD)), axis=0, reverse=True).to(dg.dtype.element_ty),
+             mask=rmask)
 
 
 @triton.jit
 def _delta_local_grad_kernel(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg, part, scratch,
                              T, T_OUT, H, NC, scale, DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr,
-                             C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
-                             IN_REGISTERS: tl.constexpr = False):
+                             C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
     """One chunk's dq, dk, dg (a gate per key) on one key block, and dv, in their buffers' dtypes, into gradients
     of the whole sequence (``T_OUT`` rows per batch, the piece's first row at the pointers); dbeta's and (a gate
-    per head) dg's partial sums over this key block into ``part [1 or 2, DK / BD, B, T, H]`` float32; ``scratch
-    [B*H, NC, DK / BD, 5 C BD + 2 C C]`` float32, the piece's workspace, unused with ``IN_REGISTERS`` (one gate
-    per head only: :func:`_per_head_in_registers`)."""
+    per head) dg's partial sums over this key block into ``part [1 or 2, DK / BD, B, T, H]`` float32. A gate per
+    key goes through ``scratch [B*H, NC, DK / BD, 5 C BD + 2 C C]`` float32, the piece's workspace
+    (:func:`_through_scratch`); one per head stays in registers (:func:`_per_head_in_registers`)."""
     i_c = tl.program_id(0)
     i_bh = tl.program_id(1)
     i_k = tl.program_id(2)
@@ -355,27 +312,24 @@ def _delta_local_grad_kernel(q, k, g, beta, do, u, du, states, dstates, inv, dq,
     d0 = i_k * BD
     k_base = i_b.to(tl.int64) * T * H * DK + i_h * DK
     v_base = i_b.to(tl.int64) * T * H * DV + i_h * DV
-    g_base = i_b.to(tl.int64) * T * H * GK + i_h * GK
     be_base = i_b.to(tl.int64) * T * H + i_h
     ko_base = i_b.to(tl.int64) * T_OUT * H * DK + i_h * DK          # the outputs: rows of the whole sequence
     vo_base = i_b.to(tl.int64) * T_OUT * H * DV + i_h * DV
-    go_base = i_b.to(tl.int64) * T_OUT * H * GK + i_h * GK
     t0 = i_c * C
     idx = i_bh.to(tl.int64) * NC + i_c
     bth = tl.num_programs(1).to(tl.int64) * T                      # B*T*H: one key block's partials
-    if IN_REGISTERS:
+    if GK == 1:
         _per_head_in_registers(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, part, k_base, v_base,
-                               ko_base, vo_base, g_base, be_base, idx, t0, d0, i_k, T, H, scale, bth, DK, DV, C,
+                               ko_base, vo_base, be_base, idx, t0, d0, i_k, T, H, scale, bth, DK, DV, C,
                                BD, BV, NKB, PREC)
     else:
         _through_scratch(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg, part, scratch, k_base,
-                         v_base, ko_base, vo_base, go_base, g_base, be_base, idx, t0, d0, i_k, T, H, scale, bth, DK,
-                         DV, GK, C, BD, BV, NKB, PREC)
+                         v_base, ko_base, vo_base, be_base, idx, t0, d0, i_k, T, H, scale, bth, DK, DV, C, BD, BV,
+                         NKB, PREC)
 
 
 def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, scale: float, chunk: int, block_k: int,
-                block_v: int, num_warps: int, precision: str, out: tuple[torch.Tensor, ...],
-                in_registers: bool = False) -> None:
+                block_v: int, num_warps: int, precision: str, out: tuple[torch.Tensor, ...]) -> None:
     """Launch :func:`_delta_local_grad_kernel` over one piece: writes (dq, dk, dv, dg, dbeta) into ``out``, views
     of the whole sequence's gradients shaped as (q, k, v, g, beta) of the piece (``grad[:, t0:t0 + T]``), in any
     dtype.
@@ -384,8 +338,7 @@ def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, scale: float,
     u, du ``[B, T, H, dv]``; states (entering each chunk), dstates (gradient of the state leaving it)
     ``[B*H, NC, dk, dv]`` (these four float32 or the inputs' dtype); inv ``[B*H, NC, C, C]`` float32 (the prep's
     inverse). One program per chunk, batch*head and block of ``block_k`` key columns (a divisor of dk), its
-    products over the values ``block_v`` columns at a time; ``in_registers`` (one gate per head only): each program
-    keeps its chunk's terms in registers instead of a float32 scratch.
+    products over the values ``block_v`` columns at a time.
     """
     B, T, H, DK = q.shape
     DV = v.shape[-1]
@@ -394,19 +347,18 @@ def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, scale: float,
         assert x.shape == ref.shape and x.stride()[1:] == ref.stride()[1:] and (B == 1 or x.stride(0) ==
                                                                                    t_out * ref.stride(1)), \
             "gradient views: rows of a contiguous [B, T_out, ...] tensor"
-    if in_registers and g.shape[-1] != 1:
-        raise ValueError("the chunk-local gradients in registers take one gate per head (g [B, T, H, 1])")
     nc = triton.cdiv(T, chunk)
     bd = min(block_k, DK)
     nkb = DK // bd
     f32 = dict(dtype=torch.float32, device=q.device)
-    part = torch.empty(1 + (g.shape[-1] == 1), nkb, B, T, H, **f32)     # dbeta's (and a per-head gate's) sums
-    scratch = torch.empty(1 if in_registers else B * H * nc * nkb * (5 * chunk * bd + 2 * chunk * chunk), **f32)
+    per_head = g.shape[-1] == 1
+    part = torch.empty(1 + per_head, nkb, B, T, H, **f32)     # dbeta's (and a per-head gate's) sums
+    scratch = torch.empty(1 if per_head else B * H * nc * nkb * (5 * chunk * bd + 2 * chunk * chunk), **f32)
     dq, dk, dv, dg, dbeta = out
     _delta_local_grad_kernel[(nc, B * H, nkb)](q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg,
                                                part, scratch, T, t_out, H, nc, scale, DK=DK, DV=DV,
                                                GK=g.shape[-1], C=chunk, BD=bd, BV=min(block_v, DV),
-                                               PREC=precision, IN_REGISTERS=in_registers, num_warps=num_warps)
+                                               PREC=precision, num_warps=num_warps)
     dbeta.copy_(part[0].sum(0))
-    if g.shape[-1] == 1:
+    if per_head:
         dg.copy_(part[1].sum(0).unsqueeze(-1))

@@ -56,25 +56,18 @@ class BwdLaunch:
     local_block_k: int = LOCAL_BLOCK_K
     local_warps: int = LOCAL_WARPS
     local_block_v: int = LOCAL_BLOCK_V
-    local_in_registers: bool = False
 
 
-# With a gate per head the chunk-local kernel forms its decayed products as whole-chunk dots, which favours wider
-# value blocks there, and a chunk of 64 (half the scans' sequential steps) may win on some cards; which launch
-# does is timed once per shape class (as the forward's configs), the per-key launch first (it is what a CUDA
-# graph capture gets). The others are the fastest of a sweep of chunk, key block, value block and warps
-# (benchmarks/probes/delta_bwd_profile.py --sweep-launches).
+# With a gate per head the chunk-local kernel keeps a chunk's terms in registers (no scratch), and there a chunk of
+# 64 (half the scans' sequential steps) made the whole backward fastest (benchmarks/probes/delta_bwd_profile.py
+# --configs); which launch wins is timed once per shape class (as the forward's configs), the first being what a
+# CUDA graph capture gets.
 _C64 = DeltaConfig(chunk=64, block_v=16, num_stages=3)
 BWD_LAUNCHES = {False: (BwdLaunch(),),
-                True: (BwdLaunch(), BwdLaunch(local_block_k=128, local_warps=8), BwdLaunch(_C64, local_warps=8))}
-# Candidates: checked by the GPU tests and Triton's interpreter like BWD_LAUNCHES, timed by
-# benchmarks/probes/delta_bwd_profile.py --configs, never picked; one joins BWD_LAUNCHES once a card has run the
-# GPU tests with it and timed it. Per head, the chunk-local terms in registers skip the float32 scratch round
-# trips between its phases; at chunk 64 they would also let the scans step half as often, if the registers hold.
-PENDING_BWD_LAUNCHES = {False: (),
-                        True: (BwdLaunch(local_block_k=128, local_warps=8, local_in_registers=True),
-                               BwdLaunch(local_in_registers=True),
-                               BwdLaunch(_C64, local_warps=8, local_in_registers=True))}
+                True: (BwdLaunch(_C64, local_warps=8), BwdLaunch(), BwdLaunch(local_block_k=128, local_warps=8))}
+# Candidates: checked by the GPU tests like BWD_LAUNCHES, timed by benchmarks/probes/delta_bwd_profile.py
+# --configs, never picked; one joins BWD_LAUNCHES once a card has run the GPU tests with it and timed it.
+PENDING_BWD_LAUNCHES: dict[bool, tuple[BwdLaunch, ...]] = {False: (), True: ()}
 _PICKED_BWD: dict = {}
 
 
@@ -172,8 +165,7 @@ def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, la
             for t in (*xs, *piece_ops):
                 t.record_stream(main)                # made on the scans' stream, read on this one
         local_grads(*xs, *piece_ops, scale, config.chunk, launch.local_block_k, launch.local_block_v,
-                    launch.local_warps, dot_precision(q.dtype), out=[x[:, sl] for x in outs],
-                    in_registers=launch.local_in_registers)
+                    launch.local_warps, dot_precision(q.dtype), out=[x[:, sl] for x in outs])
         if scans is not None:
             done.append(torch.cuda.Event())
             done[-1].record(main)

@@ -109,22 +109,8 @@ def test_pending_delta_configs_are_checked_but_never_picked():
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (pip install triton==3.6.0)")
 def test_pending_backward_launches_are_never_picked():
-    """The backward's candidates are not among the launches the op times, and the terms in registers (one gate
-    per head only) stay with per-head gates."""
+    """The backward's candidates (none at times) are not among the launches the op times."""
     from seqedge.kernels.delta_scan_bwd import BWD_LAUNCHES, PENDING_BWD_LAUNCHES
 
     for per_head in (False, True):
         assert not set(PENDING_BWD_LAUNCHES[per_head]) & set(BWD_LAUNCHES[per_head])
-        launches = (*BWD_LAUNCHES[per_head], *PENDING_BWD_LAUNCHES[per_head])
-        assert per_head or not any(launch.local_in_registers for launch in launches)
-
-
-def test_the_chunk_local_terms_in_registers_take_per_head_gates_only():
-    pytest.importorskip("triton", reason="the chunk-local kernel's module imports triton")
-    from seqedge.kernels.delta_bwd_local_triton import local_grads
-
-    B, T, H, D = 1, 32, 1, 16
-    x = torch.zeros(B, T, H, D)
-    with pytest.raises(ValueError, match="one gate per head"):
-        local_grads(x, x, x, x, torch.zeros(B, T, H), x, x, x, None, None, None, 1.0, 32, 16, 16, 4, "ieee",
-                    out=(x, x, x, x, torch.zeros(B, T, H)), in_registers=True)
