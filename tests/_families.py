@@ -80,12 +80,15 @@ def successor_stream(vocab: int, batch: int, length: int, seed: int, follow: flo
     return tokens
 
 
-def trained_copy(path: Path, steps: int = 150, lr: float = 1e-2, batch: int = 32, length: int = 17):
+def trained_copy(path: Path, steps: int = 300, lr: float = 1e-2, batch: int = 32, length: int = 17):
     """The model imported from ``path``, trained briefly on :func:`successor_stream`.
 
     A tiny random model's logits are flat, so the top-1 agreement of a quantized export with it measures which
     near-ties the rounding flips, not what quantization does to a model that predicts something; after these steps
-    the model predicts the successor with a margin of several logits, as a trained model does where it is confident."""
+    the model predicts the successor with a margin of several logits, as a trained model does where it is confident.
+    With half the steps the margins stayed small enough that slight differences in the trained weights (a learning
+    rate 10% off, or another CPU's float kernels) moved int4-all's top-1 on the Gated DeltaNet copy between 0.97
+    and 1.0."""
     from seqedge.families import import_hf
 
     torch.manual_seed(0)
@@ -103,6 +106,10 @@ def trained_copy(path: Path, steps: int = 150, lr: float = 1e-2, batch: int = 32
 
 
 QUANTIZED_RECIPES = {"fp16": "fp16", "int8": "int8-dynamic", "int4": "int4-all"}
+# The least top-1 agreement with the float32 model each scheme keeps on a trained copy. int4-all rounds every matrix
+# of a 32-wide model to 4 bits (logits off by 15-20% of their norm), so a near-tie flips now and then: 0.98 allows
+# five of 256 tokens; a broken packing (wrong zero points, scales or block order) agrees on far fewer.
+TOP1_MIN = {"fp16": 0.99, "int8": 0.99, "int4": 0.98}
 
 
 def quantized_top1(path: Path, tmp_path: Path, schemes=("fp16", "int8", "int4")) -> dict[str, float]:
