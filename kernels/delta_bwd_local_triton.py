@@ -24,8 +24,8 @@ the masked, decayed ``[C, C]`` matrices.
 Everything after dA, dM and dv is independent per key column, so one program owns one chunk and one block of key
 columns (each program forms the chunk's dA and dM itself: three small dots over the values, cheaper than a launch
 and a round trip), with no loop over the key blocks: many short programs. The kernel still spills registers
-(``benchmarks/probes/kernel_registers.py``), but more programs in flight hide the spills' latency. With a gate per
-key, per-program float32 scratch holds b, dA, dM, dkb, db and the partial sums of dq and dk between the phases
+(``benchmarks/probes/delta_local_registers.py``), but more programs in flight hide the spills' latency. With a gate
+per key, per-program float32 scratch holds b, dA, dM, dkb, db and the partial sums of dq and dk between the phases
 (:func:`_through_scratch`); barriers order the program's own stores and loads. With one gate per head the
 whole-chunk products leave few enough terms to keep them all in registers through every phase
 (:func:`_per_head_in_registers`: no scratch, no barriers), which also lets a chunk of 64 pay. The key-summed parts
