@@ -27,11 +27,12 @@ and a round trip), with no loop over the key blocks: many short programs. The ke
 (``benchmarks/probes/delta_local_registers.py``), but more programs in flight hide the spills' latency. With a gate
 per key, per-program float32 scratch holds b, dA, dM, dkb, db and the partial sums of dq and dk between the phases
 (:func:`_through_scratch`); barriers order the program's own stores and loads. With one gate per head the
-whole-chunk products leave few enough terms to keep them all in registers through every phase
-(:func:`_per_head_in_registers`: no scratch, no barriers), which also lets a chunk of 64 pay. The key-summed parts
-(dbeta, and dg for a gate per head) leave as float32 partials per key block, summed by the host. Dots take the
-workspace's dtype straight (bf16 products are exact in float32, the same as TF32 of bf16 values); float32 operands
-formed here use ``PREC``.
+whole-chunk products let a program keep all its terms in registers through every phase
+(:func:`_per_head_in_registers`: no scratch, no barriers), which also lets a chunk of 64 pay. A candidate
+(``TWO_PASSES``, :func:`_per_head_two_passes`) takes the products over the values in two passes with the decayed
+products between them, so fewer terms are alive at once. The key-summed parts (dbeta, and dg for a gate per head)
+leave as float32 partials per key block, summed by the host. Dots take the workspace's dtype straight (bf16 products
+are exact in float32, the same as TF32 of bf16 values); float32 operands formed here use ``PREC``.
 """
 
 from __future__ import annotations
