@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from kernel_registers import ptxas_usage
+from kernel_registers import ptxas_usage, write_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FP32 = {"inv", "part", "scratch"}
@@ -59,20 +59,17 @@ def main(argv=None) -> int:
                    two_passes=launch.local_two_passes, **usage(launch, per_head, args.arch))
         rows.append(row)
         print(json.dumps(row), flush=True)
-    os.makedirs(args.out, exist_ok=True)
     command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
-    with open(os.path.join(args.out, "delta_local_registers.json"), "w") as f:
-        json.dump(dict(arch=args.arch, command=command, triton=triton.__version__, rows=rows), f, indent=1)
-    lines = ["# The delta rule's chunk-local backward kernel: registers and spills (compiled offline, ptxas -v)", "",
-             f"- target: sm_{args.arch}; triton {triton.__version__}; head dim 128, bf16 inputs and workspace",
-             f"- command: `{command}`", "",
-             "| launches | gates | chunk | key block | value block | warps | two passes | registers / thread | "
-             "spill stores B | spill loads B |", "|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['launches']} | {r['gates']} | {r['chunk']} | {r['key_block']} | {r['value_block']} | "
-              f"{r['num_warps']} | {'yes' if r['two_passes'] else 'no'} | {r['registers']} | {r['spill_stores']} | "
-              f"{r['spill_loads']} |" for r in rows]
-    with open(os.path.join(args.out, "delta_local_registers.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_record(args.out, "delta_local_registers",
+                 "The delta rule's chunk-local backward kernel: registers and spills (compiled offline, ptxas -v)",
+                 [f"target: sm_{args.arch}; triton {triton.__version__}; head dim 128, bf16 inputs and workspace",
+                  f"command: `{command}`"],
+                 {"launches": lambda r: r["launches"], "gates": lambda r: r["gates"], "chunk": lambda r: r["chunk"],
+                  "key block": lambda r: r["key_block"], "value block": lambda r: r["value_block"],
+                  "warps": lambda r: r["num_warps"], "two passes": lambda r: "yes" if r["two_passes"] else "no",
+                  "registers / thread": lambda r: r["registers"], "spill stores B": lambda r: r["spill_stores"],
+                  "spill loads B": lambda r: r["spill_loads"]},
+                 rows, arch=args.arch, command=command, triton=triton.__version__)
     return 0
 
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 
-from kernel_registers import ptxas_usage
+from kernel_registers import ptxas_usage, write_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 POINTERS = dict(q="*bf16", k="*bf16", v="*bf16", g="*fp32", beta="*bf16", qt="*bf16", kt="*bf16", A="*bf16",
@@ -91,23 +91,18 @@ def main(argv=None) -> int:
             row["footprint_registers"] = row["registers"] * 32 * warps
         rows.append(row)
         print(json.dumps(row), flush=True)
-    os.makedirs(args.out, exist_ok=True)
     command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
-    with open(os.path.join(args.out, "delta_prep_registers.json"), "w") as f:
-        json.dump(dict(arch=args.arch, command=command, triton=triton.__version__, rows=rows), f, indent=1)
-    lines = ["# The delta register prep: registers and spills (compiled offline, ptxas -v)", "",
-             f"- target: sm_{args.arch}; triton {triton.__version__}; head dim 128, bf16 inputs, float32 gates; no "
-             "inverse written",
-             f"- command: `{command}`", "",
-             "| version | gates | chunk | key block | warps | registers / thread | spill stores B | spill loads B |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        cells = ([r["registers"], r["spill_stores"], r["spill_loads"]] if "registers" in r
-                 else [r["error"], "", ""])
-        lines.append(f"| {r['version']} | {r['gates']} | {r['chunk']} | {r['key_block']} | {r['num_warps']} | "
-                     + " | ".join(map(str, cells)) + " |")
-    with open(os.path.join(args.out, "delta_prep_registers.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    failed = lambda r, key: r[key] if "registers" in r else (r["error"] if key == "registers" else "")
+    write_record(args.out, "delta_prep_registers",
+                 "The delta register prep: registers and spills (compiled offline, ptxas -v)",
+                 [f"target: sm_{args.arch}; triton {triton.__version__}; head dim 128, bf16 inputs, float32 gates; "
+                  "no inverse written", f"command: `{command}`"],
+                 {"version": lambda r: r["version"], "gates": lambda r: r["gates"], "chunk": lambda r: r["chunk"],
+                  "key block": lambda r: r["key_block"], "warps": lambda r: r["num_warps"],
+                  "registers / thread": lambda r: failed(r, "registers"),
+                  "spill stores B": lambda r: failed(r, "spill_stores"),
+                  "spill loads B": lambda r: failed(r, "spill_loads")},
+                 rows, arch=args.arch, command=command, triton=triton.__version__)
     return 0
 
 

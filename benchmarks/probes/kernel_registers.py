@@ -45,6 +45,20 @@ def ptxas_usage(fn, signature: dict, constexprs: dict, num_warps: int, arch: int
                 spill_loads=number(r"(\d+) bytes spill loads"))
 
 
+def write_record(out: str, stem: str, title: str, notes: list[str], columns: dict, rows: list[dict],
+                 **meta) -> None:
+    """``out/<stem>.json`` (``meta`` and the rows) and ``out/<stem>.md``: ``title``, ``notes`` as a list, and a
+    table of the rows with ``columns`` (header -> a function of a row giving its cell)."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{stem}.json"), "w") as f:
+        json.dump(dict(**meta, rows=rows), f, indent=1)
+    lines = [f"# {title}", "", *(f"- {note}" for note in notes), "", "| " + " | ".join(columns) + " |",
+             "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(cell(r)) for cell in columns.values()) + " |" for r in rows]
+    with open(os.path.join(out, f"{stem}.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for kernel_registers.json / .md")
@@ -62,17 +76,14 @@ def main(argv=None) -> int:
         row["footprint_registers"] = row["registers"] * 32 * warps
         rows.append(row)
         print(json.dumps(row), flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "kernel_registers.json"), "w") as f:
-        json.dump(dict(arch=args.arch, command="python " + " ".join(sys.argv), rows=rows), f, indent=1)
-    lines = ["# Prepass kernels: registers and spills (compiled offline, ptxas -v)", "",
-             f"- target: sm_{args.arch}; head dim 128, chunk 32, bf16", f"- command: `python {' '.join(sys.argv)}`",
-             "", "| kernel | warps | registers / thread | spill stores B | spill loads B | registers / program |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| `{r['kernel']}` | {r['num_warps']} | {r['registers']} | {r['spill_stores']} | {r['spill_loads']} | "
-              f"{r['footprint_registers']} |" for r in rows]
-    with open(os.path.join(args.out, "kernel_registers.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    command = "python " + " ".join(sys.argv)
+    write_record(args.out, "kernel_registers", "Prepass kernels: registers and spills (compiled offline, ptxas -v)",
+                 [f"target: sm_{args.arch}; head dim 128, chunk 32, bf16", f"command: `{command}`"],
+                 {"kernel": lambda r: f"`{r['kernel']}`", "warps": lambda r: r["num_warps"],
+                  "registers / thread": lambda r: r["registers"], "spill stores B": lambda r: r["spill_stores"],
+                  "spill loads B": lambda r: r["spill_loads"],
+                  "registers / program": lambda r: r["footprint_registers"]},
+                 rows, arch=args.arch, command=command)
     return 0
 
 
