@@ -69,13 +69,13 @@ BWD_LAUNCHES = {False: (BwdLaunch(),),
 # Candidates: checked by the GPU tests like BWD_LAUNCHES, timed by benchmarks/probes/delta_bwd_profile.py
 # --configs, never picked; one joins BWD_LAUNCHES once a card has run the GPU tests with it and timed it. Per head,
 # the chunk-local products over the values in two passes keep fewer terms alive at once: about half the register
-# spills of one pass at the same launch, fewer still at value block 32 or 16 or key block 32
-# (benchmarks/probes/delta_local_registers.py).
+# spills of one pass at the same launch, fewer still at value block 32 or 16 or key block 32, none at key and value
+# block 32 (benchmarks/probes/delta_local_registers.py).
 PENDING_BWD_LAUNCHES: dict[bool, tuple[BwdLaunch, ...]] = {
     False: (),
     True: tuple(BwdLaunch(config, local_block_k=bk, local_block_v=bv, local_warps=8, local_two_passes=True)
                 for config, bk, bv in ((_C64, 64, 64), (_C64, 64, 32), (_C64, 64, 16), (_C64, 32, 64),
-                                       (BWD_CONFIG, 128, 32))),
+                                       (_C64, 32, 32), (BWD_CONFIG, 128, 32))),
 }
 _PICKED_BWD: dict = {}
 
