@@ -346,7 +346,7 @@ def _per_head_two_passes(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk,
     b_last = tl.sum(tl.where(rc == C - 1, b, 0.0), axis=0)                              # b_C
     e_b = tl.exp(b)[:, None]
     e_kt = tl.exp(b_last - b)[:, None]
-    x = _tile(q, k_base, rows, cols, H * DK, T) * scale          # loaded again (a cache hit) rather than kept live
+    x = _tile(q, k_base, rows, cols, H * DK, T) * scale          # loaded again (recently read) rather than kept live
     b_k = _tile(k, k_base, rows, cols, H * DK, T)                # through the second pass, as is Tm
     kt = b_k * b_beta[:, None] * e_kt
     b_tm = tl.load(inv + idx * C * C + rc[:, None] * C + rc[None, :])                  # [C, C] Tm, float32
