@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from delta_kernels import D, H, inputs, peer_guard, rel, runners  # noqa: E402
+from delta_kernels import D, H, environment, inputs, peer_guard, rel, runners  # noqa: E402
 
 
 def profiler_table(T: int, per_head: bool, who: str = "ours") -> list[dict]:
@@ -257,7 +257,7 @@ def main() -> None:
                     help="instead of the rest: the whole backward under a grid of launches (sweep_launches)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    res = {"card": torch.cuda.get_device_name(), "T": args.T}
+    res = {**environment(sys.argv), "T": args.T}           # card, date, versions and command
     path = os.path.join(args.out, "delta_bwd_profile.json")
     if args.sweep_launches:
         key = "sweep_launches_per_head" if args.per_head else "sweep_launches_per_key"
