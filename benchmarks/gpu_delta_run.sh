@@ -5,7 +5,7 @@
 #       bash benchmarks/gpu_delta_run.sh
 # CONFIGS=1 times the whole backward under each launch the op picks among and each pending candidate, per key and
 # per head (benchmarks/probes/delta_bwd_profile.py --configs-only, into OUT/configs_per_{key,head}/), before
-# the benchmark.
+# the benchmark; CONFIGS_GATES="head" (or "key") times one gate kind only.
 # PROBE=1 (with TESTS=1) runs benchmarks/probes/delta_fla_crash.py beside the tests; BENCH_ARGS go to the
 # benchmark (e.g. "--who ours --rows fwdbwd peak_fwdbwd": our backward's rows without fla's minutes of compiling).
 # WORKERS is per suite, and each worker process holds 1-6.5 GiB of the card: keep all suites' workers together
@@ -66,7 +66,7 @@ if [ "${TESTS:-1}" = "1" ]; then
     [ -f "$OUT/probe.log" ] && cut -c1-300 "$OUT/probe.log"
 fi
 if [ "${CONFIGS:-0}" = "1" ]; then
-    for gates in key head; do
+    for gates in ${CONFIGS_GATES:-key head}; do
         flag=$([ "$gates" = head ] && echo --per-head)
         timeout "${CONFIGS_TIMEOUT:-150}" python -P benchmarks/probes/delta_bwd_profile.py --configs-only $flag \
             --out "$OUT/configs_per_$gates" 2>&1 | grep "'backward'" | cut -c1-400
