@@ -28,9 +28,10 @@ and a round trip), with no loop over the key blocks: many short programs. The ke
 per key, per-program float32 scratch holds b, dA, dM, dkb, db and the partial sums of dq and dk between the phases
 (:func:`_through_scratch`); barriers order the program's own stores and loads. With one gate per head the
 whole-chunk products let a program keep all its terms in registers through every phase
-(:func:`_per_head_in_registers`: no scratch, no barriers), which also lets a chunk of 64 pay. A candidate
-(``TWO_PASSES``, :func:`_per_head_two_passes`) takes the products over the values in two passes with the decayed
-products between them, so fewer terms are alive at once. The key-summed parts (dbeta, and dg for a gate per head)
+(:func:`_per_head_in_registers`: no scratch, no barriers), which also lets a chunk of 64 pay. Taking its products
+over the values in two passes, with the decayed products between them, keeps fewer terms alive (half the spills,
+or none at key and value block 32) but was slower at every launch tried, reading do, u and du twice and x, k and Tm
+again (``benchmarks/results/delta_bwd_two_pass.json``). The key-summed parts (dbeta, and dg for a gate per head)
 leave as float32 partials per key block, summed by the host. Dots take the workspace's dtype straight (bf16 products
 are exact in float32, the same as TF32 of bf16 values); float32 operands formed here use ``PREC``.
 """
@@ -263,107 +264,6 @@ def _per_head_in_registers(q, k, g, beta, do, u, du, states, dstates, inv, dq, d
 
 
 @triton.jit
-def _score_products(do, u, du, inv, dv, v_base, vo_base, idx, t0, i_k, T, H, DV: tl.constexpr, C: tl.constexpr,
-                    BV: tl.constexpr, PREC: tl.constexpr):
-    """:func:`_value_products`' first half: dA (lower triangle) and dM (strictly lower) ``[C, C]`` float32, and dv
-    (the output, written by the first key block's program)."""
-    rc = tl.arange(0, C)
-    rows = t0 + rc
-    rmask = (rows < T)[:, None]
-    b_tm = tl.load(inv + idx * C * C + rc[:, None] * C + rc[None, :])                  # [C, C] Tm, float32
-    d_a = tl.zeros([C, C], dtype=tl.float32)
-    d_m = tl.zeros([C, C], dtype=tl.float32)
-    for v0 in tl.range(0, DV, BV, num_stages=1):
-        rv = v0 + tl.arange(0, BV)
-        b_u = _raw_tile(u, v_base, rows, rv, H * DV, T)                                 # [C, BV]
-        b_du = _raw_tile(du, v_base, rows, rv, H * DV, T)
-        d_a += _dot(_raw_tile(do, v_base, rows, rv, H * DV, T), tl.trans(b_u), PREC)
-        b_dv = tl.dot(tl.trans(b_tm), b_du.to(tl.float32), input_precision=PREC)        # [C, BV]
-        if i_k == 0:
-            tl.store(dv + vo_base + rows[:, None].to(tl.int64) * (H * DV) + rv[None, :],
-                     b_dv.to(dv.dtype.element_ty), mask=rmask)
-        d_m -= tl.dot(b_dv, tl.trans(b_u.to(tl.float32)), input_precision=PREC)
-    d_a = tl.where(rc[:, None] >= rc[None, :], d_a, 0.0)
-    d_m = tl.where(rc[:, None] > rc[None, :], d_m, 0.0)
-    return d_a, d_m
-
-
-@triton.jit
-def _state_products(do, u, du, states, dstates, v_base, idx, t0, d0, T, H, DK: tl.constexpr, DV: tl.constexpr,
-                    C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
-    """:func:`_value_products`' second half: ``do S^T``, ``u dS'^T``, ``du S^T`` ``[C, BD]`` and
-    ``rowsum(S * dS')`` ``[BD]``, float32."""
-    rows = t0 + tl.arange(0, C)
-    cols = d0 + tl.arange(0, BD)
-    d_qt = tl.zeros([C, BD], dtype=tl.float32)
-    d_kt = tl.zeros([C, BD], dtype=tl.float32)
-    d_us = tl.zeros([C, BD], dtype=tl.float32)
-    s_ds = tl.zeros([BD], dtype=tl.float32)
-    for v0 in tl.range(0, DV, BV, num_stages=1):
-        rv = v0 + tl.arange(0, BV)
-        s_off = idx * DK * DV + cols[:, None] * DV + rv[None, :]                        # a [BD, BV] state block
-        s_blk = tl.load(states + s_off)
-        ds_blk = tl.load(dstates + s_off)
-        d_qt += _dot(_raw_tile(do, v_base, rows, rv, H * DV, T), tl.trans(s_blk), PREC)
-        d_kt += _dot(_raw_tile(u, v_base, rows, rv, H * DV, T), tl.trans(ds_blk), PREC)
-        d_us += _dot(_raw_tile(du, v_base, rows, rv, H * DV, T), tl.trans(s_blk), PREC)
-        s_ds += tl.sum(s_blk.to(tl.float32) * ds_blk.to(tl.float32), axis=1)
-    return d_qt, d_kt, d_us, s_ds
-
-
-@triton.jit
-def _per_head_two_passes(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, part, k_base, v_base,
-                         ko_base, vo_base, be_base, idx, t0, d0, i_k, T, H, scale, bth,
-                         DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
-                         BV: tl.constexpr, NKB: tl.constexpr, PREC: tl.constexpr):
-    """:func:`_per_head_in_registers` with fewer terms alive at once: the products over the values in two passes,
-    the decayed products' gradients between them (so dA and dM are gone before the state products start), and
-    db, whose row sums alone reach dg, summed as its terms are formed."""
-    rc = tl.arange(0, C)
-    rows = t0 + rc
-    cols = d0 + tl.arange(0, BD)
-    rmask = (rows < T)[:, None]
-    d_a, d_m = _score_products(do, u, du, inv, dv, v_base, vo_base, idx, t0, i_k, T, H, DV, C, BV, PREC)
-    b = tl.cumsum(tl.load(g + be_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32),
-                  axis=0)                                                            # g laid out as beta
-    b_beta = tl.load(beta + be_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32)
-    # the decayed scores: decay exp(b_t - b_s) for t >= s, a scalar per pair of rows
-    decay = tl.exp(tl.where(rc[:, None] >= rc[None, :], b[:, None] - b[None, :], float("-inf")))   # [C, C]
-    ga = d_a * decay
-    gm = d_m * decay
-    x = _tile(q, k_base, rows, cols, H * DK, T) * scale
-    b_k = _tile(k, k_base, rows, cols, H * DK, T)
-    kb = b_k * b_beta[:, None]
-    dx_a = tl.dot(ga, kb, input_precision=PREC)                                      # dq's decayed term
-    dx_m = tl.dot(gm, kb, input_precision=PREC)
-    dy = tl.dot(tl.trans(ga), x, input_precision=PREC) + tl.dot(tl.trans(gm), b_k, input_precision=PREC)
-    db_rows = tl.sum(x * dx_a + b_k * dx_m - kb * dy, axis=1)                         # [C] db's row sums
-    beta_rows = tl.sum(dy * b_k, axis=1)                                              # [C] dbeta's, through dy
-    acc_k = dx_m + dy * b_beta[:, None]                                               # dk's decayed terms
-    # the direct terms: through qt = x exp(b), kt = kb exp(b_C - b) and b_C, w = Tm Kd with Kd = k exp(b)
-    d_qt, d_kt, d_us, s_ds = _state_products(do, u, du, states, dstates, v_base, idx, t0, d0, T, H, DK, DV, C, BD,
-                                             BV, PREC)
-    b_last = tl.sum(tl.where(rc == C - 1, b, 0.0), axis=0)                              # b_C
-    e_b = tl.exp(b)[:, None]
-    e_kt = tl.exp(b_last - b)[:, None]
-    x = _tile(q, k_base, rows, cols, H * DK, T) * scale          # loaded again (recently read) rather than kept live
-    b_k = _tile(k, k_base, rows, cols, H * DK, T)                # through the second pass, as is Tm
-    kt = b_k * b_beta[:, None] * e_kt
-    b_tm = tl.load(inv + idx * C * C + rc[:, None] * C + rc[None, :])                  # [C, C] Tm, float32
-    d_kd = -tl.dot(tl.trans(b_tm), d_us, input_precision=PREC) * e_b                  # [C, BD]
-    d_last = tl.sum(tl.exp(b_last) * s_ds + tl.sum(d_kt * kt, axis=0), axis=0)          # row C-1's last-chunk term
-    db_rows += tl.sum(d_qt * x * e_b - d_kt * kt + d_kd * b_k, axis=1) + tl.where(rc == C - 1, d_last, 0.0)
-    dkb_direct = d_kt * e_kt
-    tl.store(dq + ko_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :],
-             ((d_qt * e_b + dx_a) * scale).to(dq.dtype.element_ty), mask=rmask)
-    tl.store(dk + ko_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :],
-             (d_kd + acc_k + dkb_direct * b_beta[:, None]).to(dk.dtype.element_ty), mask=rmask)
-    p_rows = part + i_k * bth + be_base + rows.to(tl.int64) * H
-    tl.store(p_rows, beta_rows + tl.sum(dkb_direct * b_k, axis=1), mask=rows < T)      # dbeta's partial sum
-    tl.store(p_rows + NKB * bth, tl.cumsum(db_rows, axis=0, reverse=True), mask=rows < T)
-
-
-@triton.jit
 def _through_scratch(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg, part, scratch, k_base, v_base,
                      ko_base, vo_base, be_base, idx, t0, d0, i_k, T, H, scale, bth, DK: tl.constexpr,
                      DV: tl.constexpr, C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, NKB: tl.constexpr,
@@ -399,8 +299,7 @@ def _through_scratch(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv,
 @triton.jit
 def _delta_local_grad_kernel(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg, part, scratch,
                              T, T_OUT, H, NC, scale, DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr,
-                             C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
-                             TWO_PASSES: tl.constexpr = False):
+                             C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
     """One chunk's dq, dk, dg (a gate per key) on one key block, and dv, in their buffers' dtypes, into gradients
     of the whole sequence (``T_OUT`` rows per batch, the piece's first row at the pointers); dbeta's and (a gate
     per head) dg's partial sums over this key block into ``part [1 or 2, DK / BD, B, T, H]`` float32. A gate per
@@ -421,11 +320,7 @@ def _delta_local_grad_kernel(q, k, g, beta, do, u, du, states, dstates, inv, dq,
     t0 = i_c * C
     idx = i_bh.to(tl.int64) * NC + i_c
     bth = tl.num_programs(1).to(tl.int64) * T                      # B*T*H: one key block's partials
-    if GK == 1 and TWO_PASSES:
-        _per_head_two_passes(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, part, k_base, v_base,
-                             ko_base, vo_base, be_base, idx, t0, d0, i_k, T, H, scale, bth, DK, DV, C, BD, BV, NKB,
-                             PREC)
-    elif GK == 1:
+    if GK == 1:
         _per_head_in_registers(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, part, k_base, v_base,
                                ko_base, vo_base, be_base, idx, t0, d0, i_k, T, H, scale, bth, DK, DV, C,
                                BD, BV, NKB, PREC)
@@ -436,8 +331,7 @@ def _delta_local_grad_kernel(q, k, g, beta, do, u, du, states, dstates, inv, dq,
 
 
 def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, scale: float, chunk: int, block_k: int,
-                block_v: int, num_warps: int, precision: str, out: tuple[torch.Tensor, ...],
-                two_passes: bool = False) -> None:
+                block_v: int, num_warps: int, precision: str, out: tuple[torch.Tensor, ...]) -> None:
     """Launch :func:`_delta_local_grad_kernel` over one piece: writes (dq, dk, dv, dg, dbeta) into ``out``, views
     of the whole sequence's gradients shaped as (q, k, v, g, beta) of the piece (``grad[:, t0:t0 + T]``), in any
     dtype.
@@ -446,8 +340,7 @@ def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, scale: float,
     u, du ``[B, T, H, dv]``; states (entering each chunk), dstates (gradient of the state leaving it)
     ``[B*H, NC, dk, dv]`` (these four float32 or the inputs' dtype); inv ``[B*H, NC, C, C]`` float32 (the prep's
     inverse). One program per chunk, batch*head and block of ``block_k`` key columns (a divisor of dk), its
-    products over the values ``block_v`` columns at a time; ``two_passes`` (one gate per head): the candidate
-    :func:`_per_head_two_passes`.
+    products over the values ``block_v`` columns at a time.
     """
     B, T, H, DK = q.shape
     DV = v.shape[-1]
@@ -467,7 +360,7 @@ def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, scale: float,
     _delta_local_grad_kernel[(nc, B * H, nkb)](q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg,
                                                part, scratch, T, t_out, H, nc, scale, DK=DK, DV=DV,
                                                GK=g.shape[-1], C=chunk, BD=bd, BV=min(block_v, DV),
-                                               PREC=precision, TWO_PASSES=two_passes, num_warps=num_warps)
+                                               PREC=precision, num_warps=num_warps)
     dbeta.copy_(part[0].sum(0))
     if per_head:
         dg.copy_(part[1].sum(0).unsqueeze(-1))

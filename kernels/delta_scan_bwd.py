@@ -56,7 +56,6 @@ class BwdLaunch:
     local_block_k: int = LOCAL_BLOCK_K
     local_warps: int = LOCAL_WARPS
     local_block_v: int = LOCAL_BLOCK_V
-    local_two_passes: bool = False
 
 
 # With a gate per head the chunk-local kernel keeps a chunk's terms in registers (no scratch), and there a chunk of
@@ -67,16 +66,8 @@ _C64 = DeltaConfig(chunk=64, block_v=16, num_stages=3)
 BWD_LAUNCHES = {False: (BwdLaunch(),),
                 True: (BwdLaunch(_C64, local_warps=8), BwdLaunch(), BwdLaunch(local_block_k=128, local_warps=8))}
 # Candidates: checked by the GPU tests like BWD_LAUNCHES, timed by benchmarks/probes/delta_bwd_profile.py
-# --configs, never picked; one joins BWD_LAUNCHES once a card has run the GPU tests with it and timed it. Per head,
-# the chunk-local products over the values in two passes keep fewer terms alive at once: about half the register
-# spills of one pass at the same launch, fewer still at value block 32 or 16 or key block 32, none at key and value
-# block 32 (benchmarks/probes/delta_local_registers.py).
-PENDING_BWD_LAUNCHES: dict[bool, tuple[BwdLaunch, ...]] = {
-    False: (),
-    True: tuple(BwdLaunch(config, local_block_k=bk, local_block_v=bv, local_warps=8, local_two_passes=True)
-                for config, bk, bv in ((_C64, 64, 64), (_C64, 64, 32), (_C64, 64, 16), (_C64, 32, 64),
-                                       (_C64, 32, 32), (BWD_CONFIG, 128, 32))),
-}
+# --configs, never picked; one joins BWD_LAUNCHES once a card has run the GPU tests with it and timed it.
+PENDING_BWD_LAUNCHES: dict[bool, tuple[BwdLaunch, ...]] = {False: (), True: ()}
 _PICKED_BWD: dict = {}
 
 
@@ -174,8 +165,7 @@ def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, la
             for t in (*xs, *piece_ops):
                 t.record_stream(main)                # made on the scans' stream, read on this one
         local_grads(*xs, *piece_ops, scale, config.chunk, launch.local_block_k, launch.local_block_v,
-                    launch.local_warps, dot_precision(q.dtype), out=[x[:, sl] for x in outs],
-                    two_passes=launch.local_two_passes)
+                    launch.local_warps, dot_precision(q.dtype), out=[x[:, sl] for x in outs])
         if scans is not None:
             done.append(torch.cuda.Event())
             done[-1].record(main)

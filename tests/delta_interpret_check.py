@@ -72,11 +72,10 @@ def check_scan(cfg, gk: int, T: int, B: int, piece: int | None = None) -> None:
 
 
 def check_bwd(cfg, gk: int, T: int, piece: int, dk: int = 16, saved: bool = False, B: int = 1,
-              blocks: int | None = None, two_passes: bool = False) -> None:
+              blocks: int | None = None) -> None:
     """Every gradient against float64 autograd of the chunked form, from output and final-state cotangents; with
     ``saved`` from the forward's piece-entering states (else the backward re-scans them); ``blocks``: the
-    chunk-local kernel's key and value block (several key blocks: dbeta and a per-head dg summed over them);
-    ``two_passes``: its per-head candidate :func:`_per_head_two_passes`."""
+    chunk-local kernel's key and value block (several key blocks: dbeta and a per-head dg summed over them)."""
     H, dv = 2, 32
     q, k, v, g, beta, s0 = inputs(B, T, H, dk, dv, min(gk, dk), 7 + T)
     gen = torch.Generator().manual_seed(T)
@@ -89,11 +88,10 @@ def check_bwd(cfg, gk: int, T: int, piece: int, dk: int = 16, saved: bool = Fals
         entering = torch.full(((T - 1) // piece, B, H, dk, dv), float("nan"))
         fwd.delta_scan_fwd(q, k, v, g, beta, s0, dk ** -0.5, cfg, piece=piece, entering=entering)
     local = {"local_block_k": blocks, "local_block_v": blocks} if blocks else {}
-    launch = bwd_mod.BwdLaunch(cfg, local_two_passes=two_passes, **local)
+    launch = bwd_mod.BwdLaunch(cfg, **local)
     got = delta_scan_bwd(q, k, v, g, beta, s0, do, dfinal, dk ** -0.5, launch, piece=piece, entering=entering)
     for name, x, ref in zip(("dq", "dk", "dv", "dg", "dbeta", "ds0"), got, want):
-        tag = (f"bwd C={cfg.chunk} gk={gk} dk={dk} B={B} T={T} piece={piece} saved={saved} blocks={blocks}"
-               f"{' two passes' if two_passes else ''} {name}")
+        tag = f"bwd C={cfg.chunk} gk={gk} dk={dk} B={B} T={T} piece={piece} saved={saved} blocks={blocks} {name}"
         check(tag, rel(x, ref), TOL_G if name == "dg" else TOL)
 
 
@@ -124,10 +122,6 @@ def main() -> None:
     check_bwd(mid, 1, T=45, piece=8192, dk=32, blocks=16)      # the chunk-local kernel over two key blocks
     check_bwd(mid, 32, T=45, piece=32, dk=32, blocks=16, B=2)
     check_bwd(mid, 1, T=45, piece=32, dk=32, blocks=16, B=2, saved=True)   # per head: batches, pieces, saved
-    # the per-head candidate in two passes over the values: one and two key blocks, chunk 64, saved states
-    check_bwd(mid, 1, T=45, piece=8192, dk=32, two_passes=True)
-    check_bwd(mid, 1, T=45, piece=32, dk=32, blocks=16, B=2, saved=True, two_passes=True)
-    check_bwd(fwd.DeltaConfig(chunk=64, block_v=16, prep_block_k=16), 1, T=70, piece=64, dk=32, two_passes=True)
     print("ALL OK")
 
 

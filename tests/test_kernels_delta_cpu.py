@@ -109,11 +109,8 @@ def test_pending_delta_configs_are_checked_but_never_picked():
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (pip install triton==3.6.0)")
 def test_pending_backward_launches_are_never_picked():
-    """The backward's candidates (none at times) are not among the launches the op times, and the two-pass
-    chunk-local kernel (one gate per head) stays with per-head gates."""
+    """The backward's candidates (none at times) are not among the launches the op times."""
     from seqedge.kernels.delta_scan_bwd import BWD_LAUNCHES, PENDING_BWD_LAUNCHES
 
     for per_head in (False, True):
         assert not set(PENDING_BWD_LAUNCHES[per_head]) & set(BWD_LAUNCHES[per_head])
-        launches = (*BWD_LAUNCHES[per_head], *PENDING_BWD_LAUNCHES[per_head])
-        assert per_head or not any(launch.local_two_passes for launch in launches)

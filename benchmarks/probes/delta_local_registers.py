@@ -38,8 +38,7 @@ def usage(launch, per_head: bool, arch: int) -> dict:
     from seqedge.kernels.delta_bwd_local_triton import _delta_local_grad_kernel as fn
 
     constexprs = dict(DK=128, DV=128, GK=1 if per_head else 128, C=launch.config.chunk,
-                      BD=min(launch.local_block_k, 128), BV=min(launch.local_block_v, 128), PREC="tf32",
-                      TWO_PASSES=launch.local_two_passes)
+                      BD=min(launch.local_block_k, 128), BV=min(launch.local_block_v, 128), PREC="tf32")
     signature = {name: "constexpr" if name in constexprs else SCALARS.get(name, "*fp32" if name in FP32 else "*bf16")
                  for name in fn.arg_names}
     return ptxas_usage(fn, signature, constexprs, launch.local_warps, arch)
@@ -56,7 +55,7 @@ def main(argv=None) -> int:
     for kind, per_head, launch in launches():
         row = dict(launches=kind, gates="per head" if per_head else "per key", chunk=launch.config.chunk,
                    key_block=launch.local_block_k, value_block=launch.local_block_v, num_warps=launch.local_warps,
-                   two_passes=launch.local_two_passes, **usage(launch, per_head, args.arch))
+                   **usage(launch, per_head, args.arch))
         rows.append(row)
         print(json.dumps(row), flush=True)
     command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
@@ -66,7 +65,7 @@ def main(argv=None) -> int:
                   f"command: `{command}`"],
                  {"launches": lambda r: r["launches"], "gates": lambda r: r["gates"], "chunk": lambda r: r["chunk"],
                   "key block": lambda r: r["key_block"], "value block": lambda r: r["value_block"],
-                  "warps": lambda r: r["num_warps"], "two passes": lambda r: "yes" if r["two_passes"] else "no",
+                  "warps": lambda r: r["num_warps"],
                   "registers / thread": lambda r: r["registers"], "spill stores B": lambda r: r["spill_stores"],
                   "spill loads B": lambda r: r["spill_loads"]},
                  rows, arch=args.arch, command=command, triton=triton.__version__)
