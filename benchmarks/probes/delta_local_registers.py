@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
-from kernel_registers import ptxas_usage, write_record
+from kernel_registers import command_line, ptxas_usage, write_record
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FP32 = {"inv", "part", "scratch"}
 SCALARS = dict(T="i32", T_OUT="i32", H="i32", NC="i32", scale="fp32")
 
@@ -58,7 +55,7 @@ def main(argv=None) -> int:
                    **usage(launch, per_head, args.arch))
         rows.append(row)
         print(json.dumps(row), flush=True)
-    command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+    command = command_line()
     write_record(args.out, "delta_local_registers",
                  "The delta rule's chunk-local backward kernel: registers and spills (compiled offline, ptxas -v)",
                  [f"target: sm_{args.arch}; triton {triton.__version__}; head dim 128, bf16 inputs and workspace",

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 
-from kernel_registers import ptxas_usage, write_record
+from kernel_registers import command_line, ptxas_usage, write_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 POINTERS = dict(q="*bf16", k="*bf16", v="*bf16", g="*fp32", beta="*bf16", qt="*bf16", kt="*bf16", A="*bf16",
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
             row["footprint_registers"] = row["registers"] * 32 * warps
         rows.append(row)
         print(json.dumps(row), flush=True)
-    command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+    command = command_line()
     failed = lambda r, key: r[key] if "registers" in r else (r["error"] if key == "registers" else "")
     write_record(args.out, "delta_prep_registers",
                  "The delta register prep: registers and spills (compiled offline, ptxas -v)",

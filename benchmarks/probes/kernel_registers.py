@@ -45,6 +45,12 @@ def ptxas_usage(fn, signature: dict, constexprs: dict, num_warps: int, arch: int
                 spill_loads=number(r"(\d+) bytes spill loads"))
 
 
+def command_line() -> str:
+    """This run's command as a record gives it: the script's path from the repository root, then its arguments."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return "python " + " ".join([os.path.relpath(sys.argv[0], root)] + sys.argv[1:])
+
+
 def write_record(out: str, stem: str, title: str, notes: list[str], columns: dict, rows: list[dict],
                  **meta) -> None:
     """``out/<stem>.json`` (``meta`` and the rows) and ``out/<stem>.md``: ``title``, ``notes`` as a list, and a
@@ -76,7 +82,7 @@ def main(argv=None) -> int:
         row["footprint_registers"] = row["registers"] * 32 * warps
         rows.append(row)
         print(json.dumps(row), flush=True)
-    command = "python " + " ".join(sys.argv)
+    command = command_line()
     write_record(args.out, "kernel_registers", "Prepass kernels: registers and spills (compiled offline, ptxas -v)",
                  [f"target: sm_{args.arch}; head dim 128, chunk 32, bf16", f"command: `{command}`"],
                  {"kernel": lambda r: f"`{r['kernel']}`", "warps": lambda r: r["num_warps"],
