@@ -6,6 +6,8 @@
 # CONFIGS=1 times the whole backward under each launch the op picks among and each pending candidate, per key and
 # per head (benchmarks/probes/delta_bwd_profile.py --configs-only, into OUT/configs_per_{key,head}/), before
 # the benchmark; CONFIGS_GATES="head" (or "key") times one gate kind only.
+# NCU=1 profiles the per-head backward, ours and fla's, under Nsight Compute (benchmarks/probes/delta_bwd_ncu.py:
+# CSVs into OUT, the summary printed), after the tests.
 # PROBE=1 (with TESTS=1) runs benchmarks/probes/delta_fla_crash.py beside the tests; BENCH_ARGS go to the
 # benchmark (e.g. "--who ours --rows fwdbwd peak_fwdbwd": our backward's rows without fla's minutes of compiling).
 # WORKERS is per suite, and each worker process holds 1-6.5 GiB of the card: keep all suites' workers together
@@ -64,6 +66,12 @@ if [ "${TESTS:-1}" = "1" ]; then
         grep -E ' FAILED|^FAILED|^ERROR|exit code|passed|failed' "$log" | tail -n 15 | cut -c1-300
     done
     [ -f "$OUT/probe.log" ] && cut -c1-300 "$OUT/probe.log"
+fi
+if [ "${NCU:-0}" = "1" ]; then
+    timeout "${NCU_TIMEOUT:-300}" python -P benchmarks/probes/delta_bwd_ncu.py --profile "$OUT" ${NCU_ARGS:-} \
+        > "$OUT/ncu.log" 2>&1
+    echo "ncu exit code: $?" >> "$OUT/ncu.log"
+    tail -n 60 "$OUT/ncu.log" | cut -c1-400
 fi
 if [ "${CONFIGS:-0}" = "1" ]; then
     for gates in ${CONFIGS_GATES:-key head}; do

@@ -33,7 +33,11 @@ over the values in two passes, with the decayed products between them, keeps few
 or none at key and value block 32) but was slower at every launch tried, reading do, u and du twice and x, k and Tm
 again (``benchmarks/results/delta_bwd_two_pass.json``). The key-summed parts (dbeta, and dg for a gate per head)
 leave as float32 partials per key block, summed by the host. Dots take the workspace's dtype straight (bf16 products
-are exact in float32, the same as TF32 of bf16 values); float32 operands formed here use ``PREC``.
+are exact in float32, the same as TF32 of bf16 values); float32 operands formed here use ``PREC``, or with ``LOW``
+(per head) are rounded to the workspace's dtype first, as fla's kernels round theirs: half the operand registers
+and staging and bf16's tensor-core rate, for gradients within bf16's precision of the float32 operands'
+(``benchmarks/results/delta_kernels.md``). What still holds the kernel is loading: its value loop loads each tile
+just before the dots that read it (``benchmarks/results/delta_bwd_ncu.md``).
 """
 
 from __future__ import annotations
@@ -81,15 +85,17 @@ def _sc(ptr, rows, BD: tl.constexpr):
 @triton.jit
 def _value_products(do, u, du, states, dstates, inv, dv, v_base, vo_base, idx, t0, d0, i_k, T, H,
                     DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-                    PREC: tl.constexpr):
+                    PREC: tl.constexpr, LOW: tl.constexpr):
     """The products over the values for one chunk and key block: dA (lower triangle) and dM (strictly lower)
-    ``[C, C]``, ``do S^T``, ``u dS'^T``, ``du S^T`` ``[C, BD]``, ``rowsum(S * dS')`` ``[BD]`` and Tm, all float32;
-    dv (the output) written by the first key block's program."""
+    ``[C, C]``, ``do S^T``, ``u dS'^T``, ``du S^T`` ``[C, BD]``, ``rowsum(S * dS')`` ``[BD]``, all float32, and
+    Tm (float32, or with ``LOW`` the workspace's dtype, as dv's and dM's dots then take it); dv (the output)
+    written by the first key block's program."""
     rc = tl.arange(0, C)
     rows = t0 + rc
     cols = d0 + tl.arange(0, BD)
     rmask = (rows < T)[:, None]
-    b_tm = tl.load(inv + idx * C * C + rc[:, None] * C + rc[None, :])                  # [C, C] Tm, float32
+    b_tm = tl.load(inv + idx * C * C + rc[:, None] * C + rc[None, :]).to(                # [C, C] Tm
+        du.dtype.element_ty if LOW else tl.float32)
     # the products over the values, a block of BV value columns at a time (bounds the dots' operand registers)
     d_a = tl.zeros([C, C], dtype=tl.float32)
     d_m = tl.zeros([C, C], dtype=tl.float32)
@@ -106,11 +112,11 @@ def _value_products(do, u, du, states, dstates, inv, dv, v_base, vo_base, idx, t
         s_blk = tl.load(states + s_off)
         ds_blk = tl.load(dstates + s_off)
         d_a += _dot(b_do, tl.trans(b_u), PREC)
-        b_dv = tl.dot(tl.trans(b_tm), b_du.to(tl.float32), input_precision=PREC)        # [C, BV]
+        b_dv = _dot(tl.trans(b_tm), b_du, PREC)                                         # [C, BV]
         if i_k == 0:
             tl.store(dv + vo_base + rows[:, None].to(tl.int64) * (H * DV) + rv[None, :],
                      b_dv.to(dv.dtype.element_ty), mask=rmask)
-        d_m -= tl.dot(b_dv, tl.trans(b_u.to(tl.float32)), input_precision=PREC)
+        d_m -= _dot(b_dv.to(b_tm.dtype), tl.trans(b_u), PREC)
         d_qt += _dot(b_do, tl.trans(s_blk), PREC)
         d_kt += _dot(b_u, tl.trans(ds_blk), PREC)
         d_us += _dot(b_du, tl.trans(s_blk), PREC)
@@ -133,7 +139,8 @@ def _direct_phase(q, k, g, beta, do, u, du, states, dstates, inv, dv, sc_b, sc_d
     cols = d0 + tl.arange(0, BD)
     rmask = (rows < T)[:, None]
     d_a, d_m, d_qt, d_kt, d_us, s_ds, b_tm = _value_products(do, u, du, states, dstates, inv, dv, v_base, vo_base,
-                                                             idx, t0, d0, i_k, T, H, DK, DV, C, BD, BV, PREC)
+                                                             idx, t0, d0, i_k, T, H, DK, DV, C, BD, BV, PREC,
+                                                             False)
     tl.store(sc_g + rc[:, None] * C + rc[None, :], d_a)
     tl.store(sc_g + C * C + rc[:, None] * C + rc[None, :], d_m)
     b_b = tl.cumsum(tl.load(g + k_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :],   # g as k
@@ -218,17 +225,20 @@ def _decayed_phase(q, k, beta, dq_out, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, 
 def _per_head_in_registers(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, part, k_base, v_base,
                            ko_base, vo_base, be_base, idx, t0, d0, i_k, T, H, scale, bth,
                            DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
-                           BV: tl.constexpr, NKB: tl.constexpr, PREC: tl.constexpr):
+                           BV: tl.constexpr, NKB: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
     """One gate per head, the whole chunk-local backward of this chunk and key block in registers: the direct
     terms, then the decayed products' gradients as whole-chunk products (the decay between rows t >= s is the
     scalar ``exp(b_t - b_s)``, so with ``GA = dA * decay`` and ``GM = dM * decay``, ``dX = G Y`` and
-    ``dY = G^T X``), then dq, dk and dbeta's and dg's partial sums."""
+    ``dY = G^T X``), then dq, dk and dbeta's and dg's partial sums. ``LOW``: the dots whose operands are formed
+    here (Tm's, GA's, GM's, dv's, kb's) take them rounded to the workspace's dtype, as the dots over the values
+    take theirs, accumulating in float32."""
     rc = tl.arange(0, C)
     rows = t0 + rc
     cols = d0 + tl.arange(0, BD)
     rmask = (rows < T)[:, None]
     d_a, d_m, d_qt, d_kt, d_us, s_ds, b_tm = _value_products(do, u, du, states, dstates, inv, dv, v_base, vo_base,
-                                                             idx, t0, d0, i_k, T, H, DK, DV, C, BD, BV, PREC)
+                                                             idx, t0, d0, i_k, T, H, DK, DV, C, BD, BV, PREC,
+                                                             LOW)
     b = tl.cumsum(tl.load(g + be_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32),
                   axis=0)                                                            # g laid out as beta
     b_last = tl.sum(tl.where(rc == C - 1, b, 0.0), axis=0)                              # b_C
@@ -243,15 +253,23 @@ def _per_head_in_registers(q, k, g, beta, do, u, du, states, dstates, inv, dq, d
     d_b = d_qt * x * e_b
     d_last = tl.exp(b_last) * s_ds + tl.sum(d_kt * kt, axis=0)                          # [BD]
     d_b = d_b - d_kt * kt + tl.where(rc[:, None] == C - 1, d_last[None, :], 0.0)
-    d_kd = -tl.dot(tl.trans(b_tm), d_us, input_precision=PREC) * e_b                  # [C, BD]
+    d_kd = -_dot(tl.trans(b_tm), d_us.to(b_tm.dtype), PREC) * e_b                      # [C, BD]
     d_b = d_b + d_kd * b_k
     # the decayed scores: decay exp(b_t - b_s) for t >= s, a scalar per pair of rows
     decay = tl.exp(tl.where(rc[:, None] >= rc[None, :], b[:, None] - b[None, :], float("-inf")))   # [C, C]
     ga = d_a * decay
     gm = d_m * decay
-    dx_a = tl.dot(ga, kb, input_precision=PREC)
-    dx_m = tl.dot(gm, kb, input_precision=PREC)
-    dy = tl.dot(tl.trans(ga), x, input_precision=PREC) + tl.dot(tl.trans(gm), b_k, input_precision=PREC)
+    if LOW:
+        lo = b_tm.dtype
+        ga_lo, gm_lo, kb_lo = ga.to(lo), gm.to(lo), kb.to(lo)
+        dx_a = _dot(ga_lo, kb_lo, PREC)
+        dx_m = _dot(gm_lo, kb_lo, PREC)
+        q_lo = _raw_tile(q, k_base, rows, cols, H * DK, T).to(lo)          # q itself: x = scale q is not exact
+        dy = _dot(tl.trans(ga_lo), q_lo, PREC) * scale + _dot(tl.trans(gm_lo), b_k.to(lo), PREC)
+    else:
+        dx_a = tl.dot(ga, kb, input_precision=PREC)
+        dx_m = tl.dot(gm, kb, input_precision=PREC)
+        dy = tl.dot(tl.trans(ga), x, input_precision=PREC) + tl.dot(tl.trans(gm), b_k, input_precision=PREC)
     d_b = d_b + x * dx_a + b_k * dx_m - kb * dy
     dkb = d_kt * e_kt + dy
     tl.store(dq + ko_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :],
@@ -299,7 +317,8 @@ def _through_scratch(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv,
 @triton.jit
 def _delta_local_grad_kernel(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg, part, scratch,
                              T, T_OUT, H, NC, scale, DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr,
-                             C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+                             C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+                             LOW: tl.constexpr):
     """One chunk's dq, dk, dg (a gate per key) on one key block, and dv, in their buffers' dtypes, into gradients
     of the whole sequence (``T_OUT`` rows per batch, the piece's first row at the pointers); dbeta's and (a gate
     per head) dg's partial sums over this key block into ``part [1 or 2, DK / BD, B, T, H]`` float32. A gate per
@@ -323,7 +342,7 @@ def _delta_local_grad_kernel(q, k, g, beta, do, u, du, states, dstates, inv, dq,
     if GK == 1:
         _per_head_in_registers(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, part, k_base, v_base,
                                ko_base, vo_base, be_base, idx, t0, d0, i_k, T, H, scale, bth, DK, DV, C,
-                               BD, BV, NKB, PREC)
+                               BD, BV, NKB, PREC, LOW)
     else:
         _through_scratch(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg, part, scratch, k_base,
                          v_base, ko_base, vo_base, be_base, idx, t0, d0, i_k, T, H, scale, bth, DK, DV, C, BD, BV,
@@ -331,7 +350,8 @@ def _delta_local_grad_kernel(q, k, g, beta, do, u, du, states, dstates, inv, dq,
 
 
 def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, scale: float, chunk: int, block_k: int,
-                block_v: int, num_warps: int, precision: str, out: tuple[torch.Tensor, ...]) -> None:
+                block_v: int, num_warps: int, precision: str, out: tuple[torch.Tensor, ...],
+                low_dots: bool = False) -> None:
     """Launch :func:`_delta_local_grad_kernel` over one piece: writes (dq, dk, dv, dg, dbeta) into ``out``, views
     of the whole sequence's gradients shaped as (q, k, v, g, beta) of the piece (``grad[:, t0:t0 + T]``), in any
     dtype.
@@ -340,7 +360,8 @@ def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, scale: float,
     u, du ``[B, T, H, dv]``; states (entering each chunk), dstates (gradient of the state leaving it)
     ``[B*H, NC, dk, dv]`` (these four float32 or the inputs' dtype); inv ``[B*H, NC, C, C]`` float32 (the prep's
     inverse). One program per chunk, batch*head and block of ``block_k`` key columns (a divisor of dk), its
-    products over the values ``block_v`` columns at a time.
+    products over the values ``block_v`` columns at a time. ``low_dots`` (a gate per head only): the dots of
+    operands formed in the kernel take them in the workspace's dtype (:func:`_per_head_in_registers`).
     """
     B, T, H, DK = q.shape
     DV = v.shape[-1]
@@ -360,7 +381,7 @@ def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, scale: float,
     _delta_local_grad_kernel[(nc, B * H, nkb)](q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg,
                                                part, scratch, T, t_out, H, nc, scale, DK=DK, DV=DV,
                                                GK=g.shape[-1], C=chunk, BD=bd, BV=min(block_v, DV),
-                                               PREC=precision, num_warps=num_warps)
+                                               PREC=precision, LOW=low_dots and per_head, num_warps=num_warps)
     dbeta.copy_(part[0].sum(0))
     if per_head:
         dg.copy_(part[1].sum(0).unsqueeze(-1))

@@ -50,21 +50,26 @@ LOCAL_BLOCK_V = 64
 @dataclass(frozen=True)
 class BwdLaunch:
     """One way to run the backward: the prep's and scans' config, the chunk-local kernel's key block, value block
-    and warps."""
+    and warps, and (a gate per head) whether its dots take operands formed in the kernel in the workspace's dtype
+    (``local_low_dots``, :func:`~seqedge.kernels.delta_bwd_local_triton.local_grads`)."""
 
     config: DeltaConfig = BWD_CONFIG
     local_block_k: int = LOCAL_BLOCK_K
     local_warps: int = LOCAL_WARPS
     local_block_v: int = LOCAL_BLOCK_V
+    local_low_dots: bool = False
 
 
 # With a gate per head the chunk-local kernel keeps a chunk's terms in registers (no scratch), and there a chunk of
 # 64 (half the scans' sequential steps) made the whole backward fastest (benchmarks/probes/delta_bwd_profile.py
 # --configs); which launch wins is timed once per shape class (as the forward's configs), the first being what a
-# CUDA graph capture gets.
+# CUDA graph capture gets. That chunk-64 launch rounds the operands its chunk-local kernel forms to the inputs'
+# dtype before their dots (local_low_dots; float32 inputs keep float32), which the whole per-head backward runs
+# faster with than with float32 operands at the same blocks (benchmarks/results/delta_kernels.md).
 _C64 = DeltaConfig(chunk=64, block_v=16, num_stages=3)
 BWD_LAUNCHES = {False: (BwdLaunch(),),
-                True: (BwdLaunch(_C64, local_warps=8), BwdLaunch(), BwdLaunch(local_block_k=128, local_warps=8))}
+                True: (BwdLaunch(_C64, local_warps=8, local_low_dots=True), BwdLaunch(),
+                       BwdLaunch(local_block_k=128, local_warps=8))}
 # Candidates: checked by the GPU tests like BWD_LAUNCHES, timed by benchmarks/probes/delta_bwd_profile.py
 # --configs, never picked; one joins BWD_LAUNCHES once a card has run the GPU tests with it and timed it.
 PENDING_BWD_LAUNCHES: dict[bool, tuple[BwdLaunch, ...]] = {False: (), True: ()}
@@ -165,7 +170,8 @@ def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, la
             for t in (*xs, *piece_ops):
                 t.record_stream(main)                # made on the scans' stream, read on this one
         local_grads(*xs, *piece_ops, scale, config.chunk, launch.local_block_k, launch.local_block_v,
-                    launch.local_warps, dot_precision(q.dtype), out=[x[:, sl] for x in outs])
+                    launch.local_warps, dot_precision(q.dtype), out=[x[:, sl] for x in outs],
+                    low_dots=launch.local_low_dots)
         if scans is not None:
             done.append(torch.cuda.Event())
             done[-1].record(main)

@@ -62,6 +62,6 @@ def test_the_shipped_backward_launches_are_points_of_the_probe_sweep():
 
     for per_head in (False, True):
         grid = probe.sweep_launches(per_head)
-        assert len(grid) == len(set(grid)) == (36 if per_head else 12)
+        assert len(grid) == len(set(grid)) == (72 if per_head else 12)
         assert set(BWD_LAUNCHES[per_head]) <= set(grid), per_head
 

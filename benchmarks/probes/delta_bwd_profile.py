@@ -169,16 +169,17 @@ def whole_backward(T: int, per_head: bool) -> list[dict]:
 
 
 def sweep_launches(per_head: bool) -> list:
-    """The launches ``--sweep-launches`` times: chunk, the chunk-local kernel's key block, value block and warps
-    (with a gate per key chunk 32 only: chunk 64's decayed blocks grow with the chunk's square)."""
+    """The launches ``--sweep-launches`` times: chunk, the chunk-local kernel's key block, value block and warps,
+    and with a gate per head its dots' operands at both precisions (with a gate per key chunk 32 only: chunk 64's
+    decayed blocks grow with the chunk's square)."""
     from seqedge.kernels.delta_scan_bwd import BwdLaunch
     from seqedge.kernels.delta_scan_triton import DeltaConfig
 
     chunks = (32, 64) if per_head else (32,)
     return [BwdLaunch(DeltaConfig(chunk=c, block_v=16, num_stages=3), local_block_k=bk, local_warps=nw,
-                      local_block_v=bv)
+                      local_block_v=bv, local_low_dots=low)
             for c in chunks for bk in (32, 64, 128) for bv in ((16, 32, 64) if per_head else (32, 64))
-            for nw in (4, 8)]
+            for nw in (4, 8) for low in ((False, True) if per_head else (False,))]
 
 
 def backward_configs(T: int, per_head: bool, launches: list | None = None) -> list[dict]:
