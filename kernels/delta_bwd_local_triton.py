@@ -83,26 +83,25 @@ def _sc(ptr, rows, BD: tl.constexpr):
 
 
 @triton.jit
-def _value_tiles(do, u, du, states, dstates, v_base, idx, rows, cols, v0, T, H, DK: tl.constexpr, DV: tl.constexpr,
-                 BV: tl.constexpr):
-    """One block of BV value columns from ``v0``: do, u, du ``[C, BV]`` and the state and its gradient ``[BD, BV]``,
-    in their own dtypes."""
-    rv = v0 + tl.arange(0, BV)
+def _value_tiles(do, u, du, states, dstates, v_base, idx, rows, cols, rv, T, H, DK: tl.constexpr, DV: tl.constexpr):
+    """One block of value columns ``rv``: do, u, du ``[C, BV]`` and the state and its gradient ``[BD, BV]``, in their
+    own dtypes."""
+    b_do = _raw_tile(do, v_base, rows, rv, H * DV, T)
+    b_u = _raw_tile(u, v_base, rows, rv, H * DV, T)
+    b_du = _raw_tile(du, v_base, rows, rv, H * DV, T)
     s_off = idx * DK * DV + cols[:, None] * DV + rv[None, :]
-    return (_raw_tile(do, v_base, rows, rv, H * DV, T), _raw_tile(u, v_base, rows, rv, H * DV, T),
-            _raw_tile(du, v_base, rows, rv, H * DV, T), tl.load(states + s_off), tl.load(dstates + s_off))
+    return b_do, b_u, b_du, tl.load(states + s_off), tl.load(dstates + s_off)
 
 
 @triton.jit
-def _value_block(b_do, b_u, b_du, s_blk, ds_blk, b_tm, d_a, d_m, d_qt, d_kt, d_us, s_ds, dv, vo_base, rows, v0, i_k,
-                 T, H, DV: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+def _value_block(b_do, b_u, b_du, s_blk, ds_blk, b_tm, d_a, d_m, d_qt, d_kt, d_us, s_ds, dv, vo_base, rows, rv,
+                 rmask, i_k, H, DV: tl.constexpr, PREC: tl.constexpr):
     """One value block's share of :func:`_value_products`' sums (its dv written by the first key block's program)."""
-    rv = v0 + tl.arange(0, BV)
     d_a += _dot(b_do, tl.trans(b_u), PREC)
     b_dv = _dot(tl.trans(b_tm), b_du, PREC)                                             # [C, BV]
     if i_k == 0:
         tl.store(dv + vo_base + rows[:, None].to(tl.int64) * (H * DV) + rv[None, :], b_dv.to(dv.dtype.element_ty),
-                 mask=(rows < T)[:, None])
+                 mask=rmask)
     d_m -= _dot(b_dv.to(b_tm.dtype), tl.trans(b_u), PREC)
     d_qt += _dot(b_do, tl.trans(s_blk), PREC)
     d_kt += _dot(b_u, tl.trans(ds_blk), PREC)
@@ -119,8 +118,7 @@ def _value_products(do, u, du, states, dstates, inv, dv, v_base, vo_base, idx, t
     ``[C, C]``, ``do S^T``, ``u dS'^T``, ``du S^T`` ``[C, BD]``, ``rowsum(S * dS')`` ``[BD]``, all float32, and
     Tm (float32, or with ``LOW`` the workspace's dtype, as dv's and dM's dots then take it); dv (the output)
     written by the first key block's program. ``PREFETCH``: each value block's tiles are loaded while the block
-    before is in its dots (:func:`_value_tiles`, :func:`_value_block`); without it, the loop below, the code the
-    launches picked among were timed with."""
+    before is in its dots."""
     rc = tl.arange(0, C)
     rows = t0 + rc
     cols = d0 + tl.arange(0, BD)
@@ -133,38 +131,27 @@ def _value_products(do, u, du, states, dstates, inv, dv, v_base, vo_base, idx, t
     d_kt = tl.zeros([C, BD], dtype=tl.float32)                       # u dS'^T
     d_us = tl.zeros([C, BD], dtype=tl.float32)                       # du S^T
     s_ds = tl.zeros([BD], dtype=tl.float32)                          # rowsum(S * dS')
+    rmask = (rows < T)[:, None]
     if PREFETCH:
         # each value block's tiles loaded while the block before is in its dots (Triton's pipeliner does not take
         # this loop: num_stages compiles to the same code), at the price of a second block's tiles in registers
-        nxt = _value_tiles(do, u, du, states, dstates, v_base, idx, rows, cols, 0, T, H, DK, DV, BV)
+        nxt = _value_tiles(do, u, du, states, dstates, v_base, idx, rows, cols, tl.arange(0, BV), T, H, DK, DV)
         for j in tl.static_range(DV // BV):
             b_do, b_u, b_du, s_blk, ds_blk = nxt
             if j + 1 < DV // BV:
-                nxt = _value_tiles(do, u, du, states, dstates, v_base, idx, rows, cols, (j + 1) * BV, T, H, DK,
-                                   DV, BV)
+                nxt = _value_tiles(do, u, du, states, dstates, v_base, idx, rows, cols,
+                                   (j + 1) * BV + tl.arange(0, BV), T, H, DK, DV)
             d_a, d_m, d_qt, d_kt, d_us, s_ds = _value_block(b_do, b_u, b_du, s_blk, ds_blk, b_tm, d_a, d_m, d_qt,
-                                                            d_kt, d_us, s_ds, dv, vo_base, rows, j * BV, i_k, T,
-                                                            H, DV, BV, PREC)
+                                                            d_kt, d_us, s_ds, dv, vo_base, rows,
+                                                            j * BV + tl.arange(0, BV), rmask, i_k, H, DV, PREC)
     else:
-        rmask = (rows < T)[:, None]
         for v0 in tl.range(0, DV, BV, num_stages=1):
             rv = v0 + tl.arange(0, BV)
-            b_do = _raw_tile(do, v_base, rows, rv, H * DV, T)                           # [C, BV]
-            b_u = _raw_tile(u, v_base, rows, rv, H * DV, T)
-            b_du = _raw_tile(du, v_base, rows, rv, H * DV, T)
-            s_off = idx * DK * DV + cols[:, None] * DV + rv[None, :]                    # a [BD, BV] state block
-            s_blk = tl.load(states + s_off)
-            ds_blk = tl.load(dstates + s_off)
-            d_a += _dot(b_do, tl.trans(b_u), PREC)
-            b_dv = _dot(tl.trans(b_tm), b_du, PREC)                                     # [C, BV]
-            if i_k == 0:
-                tl.store(dv + vo_base + rows[:, None].to(tl.int64) * (H * DV) + rv[None, :],
-                         b_dv.to(dv.dtype.element_ty), mask=rmask)
-            d_m -= _dot(b_dv.to(b_tm.dtype), tl.trans(b_u), PREC)
-            d_qt += _dot(b_do, tl.trans(s_blk), PREC)
-            d_kt += _dot(b_u, tl.trans(ds_blk), PREC)
-            d_us += _dot(b_du, tl.trans(s_blk), PREC)
-            s_ds += tl.sum(s_blk.to(tl.float32) * ds_blk.to(tl.float32), axis=1)
+            b_do, b_u, b_du, s_blk, ds_blk = _value_tiles(do, u, du, states, dstates, v_base, idx, rows, cols, rv,
+                                                          T, H, DK, DV)
+            d_a, d_m, d_qt, d_kt, d_us, s_ds = _value_block(b_do, b_u, b_du, s_blk, ds_blk, b_tm, d_a, d_m, d_qt,
+                                                            d_kt, d_us, s_ds, dv, vo_base, rows, rv, rmask, i_k, H,
+                                                            DV, PREC)
     d_a = tl.where(rc[:, None] >= rc[None, :], d_a, 0.0)
     d_m = tl.where(rc[:, None] > rc[None, :], d_m, 0.0)
     return d_a, d_m, d_qt, d_kt, d_us, s_ds, b_tm

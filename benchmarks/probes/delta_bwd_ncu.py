@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter, defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -155,26 +156,24 @@ def stalls_by_opcode(path: Path, top: int = 12) -> list[dict]:
         rows = list(csv.reader(f))
     head = next(i for i, r in enumerate(rows) if r[:2] == ["Address", "Source"])
     names = rows[head]
-    samples: dict[str, float] = {}
-    count: dict[str, int] = {}
-    reasons: dict[str, dict[str, float]] = {}
+    samples: Counter = Counter()
+    count: Counter = Counter()
+    reasons: defaultdict = defaultdict(Counter)
     for r in rows[head + 1:]:
-        d = dict(zip(names, r))
-        words = d.get("Source", "").split()
+        d = {name: _num(v) for name, v in zip(names, r)}
+        words = str(d.get("Source", "")).split()
         if not words:
             continue
         op = (words[1] if words[0].startswith("@") and len(words) > 1 else words[0]).split(".")[0]
-        n = _num(d.get("Warp Stall Sampling (All Samples)", "0"))
-        samples[op] = samples.get(op, 0.0) + (n if isinstance(n, float) else 0.0)
-        count[op] = count.get(op, 0) + 1
-        for name, v in d.items():
-            if name.startswith("stall_") and "Not Issued" not in name and isinstance(_num(v), float):
-                reasons.setdefault(op, {})[name[6:]] = reasons.get(op, {}).get(name[6:], 0.0) + _num(v)
+        count[op] += 1
+        n = d.get("Warp Stall Sampling (All Samples)")
+        samples[op] += n if isinstance(n, float) else 0.0
+        reasons[op].update({name[6:]: v for name, v in d.items()
+                            if name.startswith("stall_") and "Not Issued" not in name and isinstance(v, float)})
     total = sum(samples.values()) or 1.0
     return [{"opcode": op, "share_pct": round(100 * n / total, 1), "instructions": count[op],
-             "reasons_pct": {k: round(100 * v / total, 1)
-                             for k, v in sorted(reasons.get(op, {}).items(), key=lambda kv: -kv[1])[:3]}}
-            for op, n in sorted(samples.items(), key=lambda kv: -kv[1])[:top]]
+             "reasons_pct": {k: round(100 * v / total, 1) for k, v in reasons[op].most_common(3)}}
+            for op, n in samples.most_common(top)]
 
 
 def markdown(res: dict) -> str:
