@@ -81,9 +81,9 @@ def _block(q, k, g, k_base, t0, T, H, DK, cols, i: tl.constexpr, start, hb_i, he
 
 
 @triton.jit
-def _dot(x, y, PREC: tl.constexpr):
-    """A block of the inverse (float32) times 16 rows of k or v (float32)."""
-    return tl.dot(x, y, input_precision=PREC)
+def _dot(x, y, PREC: tl.constexpr, OPD: tl.constexpr):
+    """A block of the inverse (float32) times 16 rows of k or v (float32), both taken as OPD."""
+    return tl.dot(x.to(OPD), y.to(OPD), input_precision=PREC)
 
 
 @triton.jit
@@ -167,32 +167,36 @@ def _diagonal_inverse(m):
 
 @triton.jit
 def _store_inverse_times(ptr, base, t0, T, H, W, cols, x00, x10, x11, x20, x21, x22, x30, x31, x32, x33,
-                         y0, y1, y2, y3, NB: tl.constexpr, PREC: tl.constexpr):
+                         y0, y1, y2, y3, NB: tl.constexpr, PREC: tl.constexpr, OPD: tl.constexpr):
     """``(I + M)^-1 y`` block row by block row (x: the inverse's blocks, y: the chunk's 16-row blocks of k exp(b)
     or v at these columns), stored at rows ``t0 ..`` of a ``[B, T, H, W]`` tensor."""
-    _store_rows(ptr, base, t0, T, H, W, cols, _dot(x00, y0, PREC), 0)
+    _store_rows(ptr, base, t0, T, H, W, cols, _dot(x00, y0, PREC, OPD), 0)
     if NB >= 2:
-        _store_rows(ptr, base, t0, T, H, W, cols, _dot(x10, y0, PREC) + _dot(x11, y1, PREC), 1)
+        _store_rows(ptr, base, t0, T, H, W, cols, _dot(x10, y0, PREC, OPD) + _dot(x11, y1, PREC, OPD), 1)
     if NB == 4:
         _store_rows(ptr, base, t0, T, H, W, cols,
-                    _dot(x20, y0, PREC) + _dot(x21, y1, PREC) + _dot(x22, y2, PREC), 2)
+                    _dot(x20, y0, PREC, OPD) + _dot(x21, y1, PREC, OPD) + _dot(x22, y2, PREC, OPD), 2)
         _store_rows(ptr, base, t0, T, H, W, cols,
-                    _dot(x30, y0, PREC) + _dot(x31, y1, PREC) + _dot(x32, y2, PREC) + _dot(x33, y3, PREC), 3)
+                    _dot(x30, y0, PREC, OPD) + _dot(x31, y1, PREC, OPD) + _dot(x32, y2, PREC, OPD)
+                    + _dot(x33, y3, PREC, OPD), 3)
 
 
 @triton.jit
 def _delta_prep_regs_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, inverse, T, H, NC, scale,
                             DK: tl.constexpr, DV: tl.constexpr, PER_HEAD: tl.constexpr, C: tl.constexpr,
-                            BD: tl.constexpr, PREC: tl.constexpr, WITH_INVERSE: tl.constexpr):
+                            BD: tl.constexpr, PREC: tl.constexpr, WITH_INVERSE: tl.constexpr,
+                            LOW: tl.constexpr):
     """One chunk of C = 16, 32 or 64 tokens (NB = 1, 2 or 4 blocks of 16 rows): qt, kt, w ``[B, T, H, DK]`` and
     u0 ``[B, T, H, DV]`` in k's dtype, A ``[B*H, NC, C, C]`` in k's dtype, b_C ``[B*H, NC, DK]`` float32, and with
     WITH_INVERSE ``(I + M)^-1`` ``[B*H, NC, C, C]`` float32. Block (i, j) of M is ``m{i}{j}``, of A ``a{i}{j}``, of
-    the inverse ``x{i}{j}``; the names of blocks a shorter chunk lacks are bound to zeros and never stored."""
+    the inverse ``x{i}{j}``; the names of blocks a shorter chunk lacks are bound to zeros and never stored. LOW: w
+    and u0 from the inverse's blocks and k exp(b) rounded to k's dtype (float32 accumulation)."""
     i_c = tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b = i_bh // H
     i_h = i_bh % H
     dt: tl.constexpr = k.dtype.element_ty
+    OPD: tl.constexpr = dt if LOW else tl.float32             # operands of the dots forming w and u0
     NB: tl.constexpr = C // 16
     rd = tl.arange(0, BD)
     t0 = i_c * C
@@ -300,7 +304,7 @@ def _delta_prep_regs_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, inverse, 
             b3, e3 = _gates(g, k_base, t0, T, H, DK, cols, 3, e2, hb3, he3, PER_HEAD)
             y3 = _rows(k, k_base, t0, T, H, DK, cols, 3) * tl.exp(b3)
         _store_inverse_times(w, k_base, t0, T, H, DK, cols, x00, x10, x11, x20, x21, x22, x30, x31, x32, x33,
-                             y0, y1, y2, y3, NB, PREC)
+                             y0, y1, y2, y3, NB, PREC, OPD)
     for c0 in tl.range(0, DV, BD, num_stages=1):
         cols = c0 + rd
         y0 = _rows(v, v_base, t0, T, H, DV, cols, 0)
@@ -311,11 +315,11 @@ def _delta_prep_regs_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, inverse, 
             y2 = _rows(v, v_base, t0, T, H, DV, cols, 2)
             y3 = _rows(v, v_base, t0, T, H, DV, cols, 3)
         _store_inverse_times(u0, v_base, t0, T, H, DV, cols, x00, x10, x11, x20, x21, x22, x30, x31, x32, x33,
-                             y0, y1, y2, y3, NB, PREC)
+                             y0, y1, y2, y3, NB, PREC, OPD)
 
 
 def prep(q, k, v, g, beta, scale: float, chunk: int, block_k: int, num_warps: int, precision: str,
-         with_inverse: bool = False) -> tuple[torch.Tensor, ...]:
+         with_inverse: bool = False, low_dots: bool = False) -> tuple[torch.Tensor, ...]:
     """:func:`seqedge.kernels.delta_prep_triton.prep`'s outputs from :func:`_delta_prep_regs_kernel` (chunk 16,
     32 or 64): ``(qt, kt, A, w, u0, decay)``, and with ``with_inverse`` ``(I + M)^-1`` ``[B*H, NC, C, C]``
     float32."""
@@ -329,5 +333,5 @@ def prep(q, k, v, g, beta, scale: float, chunk: int, block_k: int, num_warps: in
                                          inverse if with_inverse else decay, T, H, nc, scale,
                                          DK=DK, DV=DV, PER_HEAD=g.shape[-1] == 1, C=chunk,
                                          BD=min(block_k, DK, DV), PREC=precision, WITH_INVERSE=with_inverse,
-                                         num_warps=num_warps)
+                                         LOW=low_dots, num_warps=num_warps)
     return (qt, kt, A, w, u0, decay, inverse) if with_inverse else (qt, kt, A, w, u0, decay)

@@ -181,16 +181,18 @@ def _unit_lower_inverse(ptr, C: tl.constexpr):
 @triton.jit
 def _delta_prep_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, scratch, b_scratch, T, H, NC, scale,
                        DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr, C: tl.constexpr,
-                       BD: tl.constexpr, PREC: tl.constexpr):
+                       BD: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
     """One chunk's state-independent operands (module docstring): qt, kt, w ``[B, T, H, DK]`` and u0
     ``[B, T, H, DV]`` in k's dtype, A ``[B*H, NC, C, C]`` in k's dtype, b_C ``[B*H, NC, DK]`` float32;
     ``scratch [B*H, NC, C, C]`` float32 holds M, then its inverse; with a gate per key ``b_scratch
-    [B*H, NC, C, DK]`` float32 holds the cumulative log-gates (unused with a gate per head)."""
+    [B*H, NC, C, DK]`` float32 holds the cumulative log-gates (unused with a gate per head). LOW: w and u0 from
+    the inverse and ``k exp(b)`` rounded to k's dtype (float32 accumulation), else from float32 operands."""
     i_c = tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b = i_bh // H
     i_h = i_bh % H
     DT = k.dtype.element_ty
+    OPD = DT if LOW else tl.float32                          # operands of the dots forming w and u0
     PER_HEAD: tl.constexpr = GK == 1
     rc = tl.arange(0, C)
     rd = tl.arange(0, BD)
@@ -243,7 +245,7 @@ def _delta_prep_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, scratch, b_scr
         _per_key_scores(q, k, beta, bs, a_ptr, sp, k_base, be_base, t0, T, H, scale, DK, BD, C, PREC)
     tl.debug_barrier()
     _unit_lower_inverse(sp, C)
-    inv = tl.load(sp + rc[:, None] * C + rc[None, :])                                   # [C, C] (I + M)^-1
+    inv = tl.load(sp + rc[:, None] * C + rc[None, :]).to(OPD)                          # [C, C] (I + M)^-1
     for d0 in tl.range(0, DK, BD, num_stages=1):
         off = k_base + rows[:, None].to(tl.int64) * (H * DK) + (d0 + rd)[None, :]
         b_k = tl.load(k + off, mask=m[:, None], other=0.0).to(tl.float32)
@@ -251,10 +253,10 @@ def _delta_prep_kernel(q, k, v, g, beta, qt, kt, A, w, u0, decay, scratch, b_scr
             b_k = b_k * tl.exp(b_h)[:, None]
         else:
             b_k = b_k * tl.exp(tl.load(bs + rc[:, None] * DK + (d0 + rd)[None, :]))
-        tl.store(w + off, tl.dot(inv, b_k, input_precision=PREC).to(DT), mask=m[:, None])
+        tl.store(w + off, tl.dot(inv, b_k.to(OPD), input_precision=PREC).to(DT), mask=m[:, None])
     for e0 in tl.range(0, DV, BD, num_stages=1):
         off_v = v_base + rows[:, None].to(tl.int64) * (H * DV) + (e0 + rd)[None, :]
-        b_v = tl.load(v + off_v, mask=m[:, None], other=0.0).to(tl.float32)
+        b_v = tl.load(v + off_v, mask=m[:, None], other=0.0).to(OPD)
         tl.store(u0 + off_v, tl.dot(inv, b_v, input_precision=PREC).to(DT), mask=m[:, None])
 
 
@@ -272,9 +274,10 @@ def prep_outputs(k, v, chunk: int, inverse: bool = True) -> tuple[torch.Tensor |
 
 
 def prep(q, k, v, g, beta, scale: float, chunk: int, block_k: int, num_warps: int, precision: str,
-         with_inverse: bool = False) -> tuple[torch.Tensor, ...]:
+         with_inverse: bool = False, low_dots: bool = False) -> tuple[torch.Tensor, ...]:
     """Launch :func:`_delta_prep_kernel`: ``(qt, kt, A, w, u0, decay)`` for every chunk of C = ``chunk`` tokens,
-    and with ``with_inverse`` also ``(I + M)^-1`` ``[B*H, NC, C, C]`` float32 (the backward's).
+    and with ``with_inverse`` also ``(I + M)^-1`` ``[B*H, NC, C, C]`` float32 (the backward's). ``low_dots``: w
+    and u0 from operands in k's dtype (the kernel's LOW; no change for float32 inputs).
 
     q, k ``[B, T, H, dk]``, v ``[B, T, H, dv]``, g ``[B, T, H, dk]`` or ``[B, T, H, 1]``, beta ``[B, T, H]``,
     contiguous. ``block_k``: key and value columns per step (bounds the registers)."""
@@ -286,5 +289,5 @@ def prep(q, k, v, g, beta, scale: float, chunk: int, block_k: int, num_warps: in
     b_scratch = torch.empty(B * H, nc, chunk, DK if per_key else 1, dtype=torch.float32, device=k.device)
     _delta_prep_kernel[(nc, B * H)](q, k, v, g, beta, qt, kt, A, w, u0, decay, scratch, b_scratch, T, H, nc, scale,
                                     DK=DK, DV=DV, GK=g.shape[-1], C=chunk, BD=min(block_k, DK, DV),
-                                    PREC=precision, num_warps=num_warps)
+                                    PREC=precision, LOW=low_dots, num_warps=num_warps)
     return (qt, kt, A, w, u0, decay, scratch) if with_inverse else (qt, kt, A, w, u0, decay)

@@ -60,6 +60,8 @@ class DeltaConfig:
     prep_block_k: int = 32      # key columns per step of the prep (bounds its registers)
     split_o: bool = False
     register_prep: bool = False  # the prep of :mod:`~seqedge.kernels.delta_prep_regs_triton`
+    prep_low_dots: bool = False  # the prep forms w and u0 from operands in the inputs' dtype (float32 accumulation),
+                                 # as it forms the scores; else from float32 operands (TF32 dots for 16-bit inputs)
 
     def __post_init__(self) -> None:
         if self.chunk not in (16, 32, 64):
@@ -99,7 +101,16 @@ DELTA_CONFIGS: tuple[DeltaConfig, ...] = (
 )
 # Candidates: checked by the GPU tests like DELTA_CONFIGS, never picked; one joins DELTA_CONFIGS once the GPU suite
 # has run in full with it and a card has timed it.
-PENDING_CONFIGS: tuple[DeltaConfig, ...] = ()
+# The prep forms w and u0 as ``(I + M)^-1`` times k exp(b) and v: with float32 operands those dots run at TF32 rate
+# and take twice the operand registers of the score dots beside them; fla's w/u recompute takes its inverse in the
+# inputs' dtype. The two picked configs with that, and the per-key register prep at value blocks 32 and 16 (the
+# scan then keeps two or four times the programs busy while the one-warp preps fill the rest of the card).
+PENDING_CONFIGS: tuple[DeltaConfig, ...] = (
+    DeltaConfig(chunk=64, block_v=64, num_stages=3, prep_block_k=64, prep_low_dots=True),
+    DeltaConfig(chunk=32, block_v=64, num_stages=3, register_prep=True, prep_warps=1, prep_low_dots=True),
+    DeltaConfig(chunk=32, block_v=32, num_stages=3, register_prep=True, prep_warps=1),
+    DeltaConfig(chunk=32, block_v=16, num_stages=3, register_prep=True, prep_warps=1, prep_low_dots=True),
+)
 # Configs taken out, with why (docs/excluded-kernel-configs.md, "Delta rule", has the measurements). Kept so that
 # sweeps can still time them and none is re-added without its reason.
 EXCLUDED_CONFIGS: dict[DeltaConfig, str] = {
@@ -245,7 +256,7 @@ def prep(q, k, v, g, beta, scale: float, config: DeltaConfig, with_inverse: bool
     ``[B, T, H, dk]`` or ``[B, T, H, 1]``."""
     make = prep_regs if config.register_prep else prep_chunks
     return make(q, k, v, g, beta, scale, config.chunk, config.prep_block_k, config.prep_warps, dot_precision(q.dtype),
-                with_inverse)
+                with_inverse, low_dots=config.prep_low_dots)
 
 
 def scan_piece(ops: tuple, o, init, final, config: DeltaConfig, store: tuple | None = None) -> None:

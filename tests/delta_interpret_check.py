@@ -42,7 +42,7 @@ def check_prep(cfg, gk: int) -> None:
         if name in ("qt", "kt", "w", "u0"):
             x = chunk_layout(x, C)
         x = x.reshape(ref.shape)
-        check(f"prep C={C} gk={gk} register={cfg.register_prep} {name}", rel(x, ref), TOL)
+        check(f"prep C={C} gk={gk} register={cfg.register_prep} low={cfg.prep_low_dots} {name}", rel(x, ref), TOL)
 
 
 def check_prep_inverse(cfg, gk: int) -> None:
@@ -112,6 +112,9 @@ def main() -> None:
         check_prep(regs, gk)
         check_prep_inverse(regs, gk)
     check_scan(fwd.DeltaConfig(chunk=32, block_v=16, prep_block_k=16, register_prep=True), 16, T=75, B=2, piece=64)
+    for register in (False, True):                      # w and u0 from operands in the inputs' dtype (float32 here)
+        check_prep(fwd.DeltaConfig(chunk=64, block_v=16, prep_block_k=16, register_prep=register, prep_warps=1,
+                                   prep_low_dots=True), 1)
     for gk in (1, 16):                                   # strong gates through four blocks, a partial last chunk
         check_scan(fwd.DeltaConfig(chunk=64, block_v=16, prep_block_k=16, register_prep=True), gk, T=150, B=1,
                    piece=128)

@@ -62,7 +62,7 @@ SHAPES = [(1, 1, 1, 64, 64), (2, 100, 3, 64, 64), (1, 200, 2, 128, 128), (2, 64,
           (3, 777, 2, 64, 128)]
 
 
-@pytest.mark.parametrize("cfg_id", range(N_CONFIGS))
+@pytest.mark.parametrize("cfg_id", range(N_CONFIGS), ids=lambda i: f"cfg{i}")   # -k "cfg6": one config's
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("per_head", [False, True])
