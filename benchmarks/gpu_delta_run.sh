@@ -6,8 +6,13 @@
 # CONFIGS=1 times the whole backward under each launch the op picks among and each pending candidate, per key and
 # per head (benchmarks/probes/delta_bwd_profile.py --configs-only, into OUT/configs_per_{key,head}/), before
 # the benchmark; CONFIGS_GATES="head" (or "key") times one gate kind only.
+# FWD_CONFIGS=1 times the whole forward under each config the op picks among and each pending candidate, beside
+# fla's (benchmarks/probes/delta_fwd_profile.py --configs, into OUT/fwd_configs/); FWD_CONFIGS_ARGS="--per-head"
+# (or "--per-key") times one gate kind only.
+# AB_PREP=FILE times the prep against FILE, a copy of kernels/delta_prep_triton.py from another commit
+# (benchmarks/probes/delta_prep_ab.py, AB_PREP_ARGS passed on, into OUT/delta_prep_ab.json).
 # NCU=1 profiles the per-head backward, ours and fla's, under Nsight Compute (benchmarks/probes/delta_bwd_ncu.py:
-# CSVs into OUT, the summary printed), after the tests.
+# CSVs into OUT, the summary printed), after the tests; NCU_ARGS="--pass fwd [--per-key]" the forward instead.
 # PROBE=1 (with TESTS=1) runs benchmarks/probes/delta_fla_crash.py beside the tests; BENCH_ARGS go to the
 # benchmark (e.g. "--who ours --rows fwdbwd peak_fwdbwd": our backward's rows without fla's minutes of compiling).
 # WORKERS is per suite, and each worker process holds 1-6.5 GiB of the card: keep all suites' workers together
@@ -79,6 +84,14 @@ if [ "${CONFIGS:-0}" = "1" ]; then
         timeout "${CONFIGS_TIMEOUT:-150}" python -P benchmarks/probes/delta_bwd_profile.py --configs-only $flag \
             --out "$OUT/configs_per_$gates" 2>&1 | grep "'backward'" | cut -c1-400
     done
+fi
+if [ "${FWD_CONFIGS:-0}" = "1" ]; then
+    timeout "${FWD_CONFIGS_TIMEOUT:-200}" python -P benchmarks/probes/delta_fwd_profile.py --configs \
+        --out "$OUT/fwd_configs" ${FWD_CONFIGS_ARGS:-} 2>&1 | grep "'config'" | cut -c1-400
+fi
+if [ -n "${AB_PREP:-}" ]; then     # a copy of kernels/delta_prep_triton.py to time the prep against
+    timeout "${AB_PREP_TIMEOUT:-150}" python -P benchmarks/probes/delta_prep_ab.py --baseline "$AB_PREP" \
+        --out "$OUT" ${AB_PREP_ARGS:-} 2>&1 | cut -c1-500
 fi
 if [ "${BENCH:-1}" = "1" ]; then
     timeout "${BENCH_TIMEOUT:-300}" python benchmarks/delta_kernels.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -n 30

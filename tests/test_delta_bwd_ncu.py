@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import runpy
 from pathlib import Path
 from types import SimpleNamespace
@@ -82,3 +83,16 @@ def test_a_side_without_csvs_is_left_out(probe, tmp_path):
     _raw(tmp_path / "fla_raw.csv")
     res = probe.summarize(tmp_path, write=False)
     assert set(res) == {"fla"} and not (tmp_path / "delta_bwd_ncu.json").exists()
+
+
+def test_a_forward_profile_is_summarized_under_its_own_name(probe, tmp_path):
+    (tmp_path / "meta.json").write_text(json.dumps({"pass": "fwd", "gates": "per key", "T": 16384}))
+    _details(tmp_path / "ours_details.csv")
+    _raw(tmp_path / "ours_raw.csv")
+    _source(tmp_path / "ours_source.csv")
+    res = probe.summarize(tmp_path)
+    assert "ours_prep_kernel_by_opcode" in res and "ours_local_kernel_by_opcode" not in res
+    assert not (tmp_path / "delta_bwd_ncu.md").exists()
+    md = (tmp_path / "delta_fwd_ncu.md").read_text()
+    assert md.startswith("# Per key delta forward under Nsight Compute")
+    assert "where the prep kernel's warps stall" in md and "`_delta_prep`" in md

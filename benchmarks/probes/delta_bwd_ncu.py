@@ -1,14 +1,16 @@
-"""Nsight Compute's view of the per-head delta-rule backward, ours beside fla's, kernel by kernel.
+"""Nsight Compute's view of the delta-rule backward (or forward), ours beside fla's, kernel by kernel.
 
-    python benchmarks/probes/delta_bwd_ncu.py --profile DIR [--T 16384]   (on a CUDA card with ncu on the PATH)
-    python benchmarks/probes/delta_bwd_ncu.py --summarize DIR               (anywhere: DIR/delta_bwd_ncu.{json,md})
+    python benchmarks/probes/delta_bwd_ncu.py --profile DIR [--T 16384] [--pass fwd] [--per-key]   (on a CUDA card
+        with ncu on the PATH)
+    python benchmarks/probes/delta_bwd_ncu.py --summarize DIR      (anywhere: DIR/delta_{bwd,fwd}_ncu.{json,md})
 
-``--profile`` runs ncu (full section set, clocks left alone) over one backward of each side, marked with an NVTX
-range after two warm-up calls, and exports each report's details and raw pages as CSV into DIR (and, for ours, the
-chunk-local kernel's source page: stall samples per SASS instruction). ``--summarize``
-reads those CSVs back: per kernel its duration, throughput against the card's peaks, occupancy, registers, local
-memory traffic and where its warps stall. The shape is the benchmark's (B=1, H=16, dk=dv=128, bf16) at a T of
-whole pieces; per-chunk kernels behave alike at any T, and a shorter T keeps ncu's replays short.
+``--profile`` runs ncu (full section set, clocks left alone) over one backward (``--pass fwd``: one forward) of
+each side, per-head gates unless ``--per-key``, marked with an NVTX range after two warm-up calls, and exports each
+report's details and raw pages as CSV into DIR (and, for ours, the source page of the kernel :data:`SOURCE_KERNEL`
+names: stall samples per SASS instruction). ``--summarize`` reads those CSVs back: per kernel its duration,
+throughput against the card's peaks, occupancy, registers, local memory traffic and where its warps stall. The
+shape is the benchmark's (B=1, H=16, dk=dv=128, bf16) at a T of whole pieces; per-chunk kernels behave alike at any
+T, and a shorter T keeps ncu's replays short.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 WHO = ("ours", "fla")
-LOCAL_KERNEL = "_delta_local_grad_kernel"
+PASSES = ("bwd", "fwd")
+# per pass, the kernel of ours whose stalls are tallied per instruction: (label, name regex)
+SOURCE_KERNEL = {"bwd": ("local", "_delta_local_grad_kernel"), "fwd": ("prep", "_delta_prep")}
 # details-page metrics kept per kernel: (section, metric) -> column name
 DETAILS = {
     ("GPU Speed Of Light Throughput", "Duration"): "duration",
@@ -61,46 +65,56 @@ STALL_PREFIX = "smsp__average_warps_issue_stalled_"
 STALL_SUFFIX = "_per_issue_active.ratio"
 
 
-def drive(who: str, T: int) -> None:
-    """Two warm-up forward+backward calls, then one backward inside the NVTX range ``bwd_<who>``."""
+def drive(who: str, T: int, pass_: str, per_head: bool) -> None:
+    """Two warm-up calls, then one backward (``pass_`` "bwd") or forward ("fwd") inside the NVTX range
+    ``<pass_>_<who>``."""
     import torch
     from delta_kernels import inputs, peer_guard, runners
 
-    fn = runners(per_head=True)[who]
-    xs = [x.detach().clone().requires_grad_() for x in inputs(T, per_head=True)]
+    fn = runners(per_head=per_head)[who]
+    backward = pass_ == "bwd"
+    xs = [x.detach().clone().requires_grad_(backward) for x in inputs(T, per_head=per_head)]
     do = torch.randn_like(xs[2])
-    with peer_guard(True)[0] if who == "fla" else contextlib.nullcontext():
+    with peer_guard(per_head)[0] if who == "fla" else contextlib.nullcontext(), torch.set_grad_enabled(backward):
         for _ in range(2):
-            fn(*xs).backward(do)
-        o = fn(*xs)
+            o = fn(*xs)
+            if backward:
+                o.backward(do)
+        o = fn(*xs) if backward else None
         torch.cuda.synchronize()
         # a start/end range, not push/pop: autograd launches the backward's kernels from its own thread
-        rng = torch.cuda.nvtx.range_start(f"bwd_{who}")
-        o.backward(do)
+        rng = torch.cuda.nvtx.range_start(f"{pass_}_{who}")
+        if backward:
+            o.backward(do)
+        else:
+            fn(*xs)
         torch.cuda.synchronize()
         torch.cuda.nvtx.range_end(rng)
 
 
-def profile(out: Path, T: int, launches: int) -> None:
+def profile(out: Path, T: int, launches: int, pass_: str, per_head: bool) -> None:
     from delta_kernels import environment
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "meta.json").write_text(json.dumps({**environment(sys.argv), "T": T}, indent=1) + "\n")
+    meta = {**environment(sys.argv), "T": T, "pass": pass_, "gates": "per head" if per_head else "per key"}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     for who in WHO:
         rep = out / f"{who}.ncu-rep"
-        cmd = ["ncu", "--clock-control", "none", "--set", "full", "--nvtx", "--nvtx-include", f"bwd_{who}",
+        cmd = ["ncu", "--clock-control", "none", "--set", "full", "--nvtx", "--nvtx-include", f"{pass_}_{who}",
                "--launch-count", str(launches), "-f", "-o", str(rep.with_suffix("")),
-               sys.executable, __file__, "--drive", who, "--T", str(T)]
+               sys.executable, __file__, "--drive", who, "--T", str(T), "--pass", pass_,
+               *(() if per_head else ("--per-key",))]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         for page in ("details", "raw"):
             with open(out / f"{who}_{page}.csv", "w") as f:
                 subprocess.run(["ncu", "--import", str(rep), "--page", page, "--csv", "--print-units", "base"],
                                stdout=f, check=True)
-        if who == "ours":       # where in our chunk-local kernel the warps stall, instruction by instruction
+        if who == "ours":       # where in one of our kernels the warps stall, instruction by instruction
             with open(out / "ours_source.csv", "w") as f:
                 subprocess.run(["ncu", "--import", str(rep), "--page", "source", "--csv", "--print-source", "sass",
-                                "--kernel-name", f"regex:{LOCAL_KERNEL}", "--launch-count", "1"], stdout=f)
+                                "--kernel-name", f"regex:{SOURCE_KERNEL[pass_][1]}", "--launch-count", "1"],
+                               stdout=f)
         rep.unlink()        # the CSVs hold what the summary reads; the report is too big to bring back
 
 
@@ -115,6 +129,7 @@ def summarize(out: Path, write: bool = True) -> dict:
     res: dict = {}
     if (out / "meta.json").exists():
         res["meta"] = json.loads((out / "meta.json").read_text())
+    pass_ = res.get("meta", {}).get("pass", "bwd")
     for who in WHO:
         if not (out / f"{who}_details.csv").exists():
             continue
@@ -142,10 +157,10 @@ def summarize(out: Path, write: bool = True) -> dict:
             k["stalls"] = {n: round(v, 2) for v, n in top}
         res[who] = list(kernels.values())
     if (out / "ours_source.csv").exists():
-        res["ours_local_kernel_by_opcode"] = stalls_by_opcode(out / "ours_source.csv")
+        res[f"ours_{SOURCE_KERNEL[pass_][0]}_kernel_by_opcode"] = stalls_by_opcode(out / "ours_source.csv")
     if write:
-        (out / "delta_bwd_ncu.json").write_text(json.dumps(res, indent=1) + "\n")
-        (out / "delta_bwd_ncu.md").write_text(markdown(res))
+        (out / f"delta_{pass_}_ncu.json").write_text(json.dumps(res, indent=1) + "\n")
+        (out / f"delta_{pass_}_ncu.md").write_text(markdown(res))
     return res
 
 
@@ -178,11 +193,15 @@ def stalls_by_opcode(path: Path, top: int = 12) -> list[dict]:
 
 def markdown(res: dict) -> str:
     meta = res.get("meta", {})
-    lines = [f"# Per-head delta backward under Nsight Compute, ours beside fla: {meta.get('card', 'card unknown')}",
+    pass_ = meta.get("pass", "bwd")
+    what = {"bwd": "backward", "fwd": "forward"}[pass_]
+    gates = meta.get("gates", "per head")
+    lines = [f"# {gates.capitalize()} delta {what} under Nsight Compute, ours beside fla: "
+             f"{meta.get('card', 'card unknown')}",
              "", f"{meta.get('date', '')}; torch {meta.get('torch')}, triton {meta.get('triton')}, CUDA "
              f"{meta.get('cuda')}, fla {meta.get('fla')}; T={meta.get('T')}, B=1, H=16, dk=dv=128, bf16.",
              f"Command: `{meta.get('command')}`", "",
-             "One backward after two warm-up calls (`benchmarks/probes/delta_bwd_ncu.py`). Times are ncu's "
+             f"One {what} after two warm-up calls (`benchmarks/probes/delta_bwd_ncu.py`). Times are ncu's "
              "(kernel replayed, caches flushed), so they run longer than in the benchmark; compare the sides, "
              "and the kernels within a side. Stalls: warps stalled per issued instruction, the five largest.", ""]
     cols = ("duration", "sm_pct", "mem_pct", "dram_pct", "tensor_pct", "issue_pct", "regs", "occ_pct",
@@ -206,12 +225,13 @@ def markdown(res: dict) -> str:
             stalls = ", ".join(f"{n} {v}" for n, v in k.get("stalls", {}).items())
             lines.append(f"| {k['kernel']} | " + " | ".join(cells) + f" | {stalls} |")
         lines.append("")
-    if res.get("ours_local_kernel_by_opcode"):
-        lines += ["## ours: where the chunk-local kernel's warps stall, by SASS opcode", "",
-                  "Share of all warp-stall samples of `_delta_local_grad_kernel` (its first launch) at each opcode, "
+    label, kernel = SOURCE_KERNEL[pass_]
+    if res.get(f"ours_{label}_kernel_by_opcode"):
+        lines += [f"## ours: where the {label} kernel's warps stall, by SASS opcode", "",
+                  f"Share of all warp-stall samples of `{kernel}` (its first launch) at each opcode, "
                   "and the three largest reasons there (shares of all samples).", "",
                   "| opcode | share | instructions | reasons |", "|---|---|---|---|"]
-        for r in res["ours_local_kernel_by_opcode"]:
+        for r in res[f"ours_{label}_kernel_by_opcode"]:
             why = ", ".join(f"{k} {v}%" for k, v in r["reasons_pct"].items())
             lines.append(f"| {r['opcode']} | {r['share_pct']}% | {r['instructions']} | {why} |")
         lines.append("")
@@ -226,11 +246,14 @@ def main() -> None:
     mode.add_argument("--drive", choices=WHO, help=argparse.SUPPRESS)
     ap.add_argument("--T", type=int, default=16384, help="tokens (default: %(default)s, two pieces)")
     ap.add_argument("--launch-count", type=int, default=40, help="kernels profiled per side at most")
+    ap.add_argument("--pass", dest="pass_", choices=PASSES, default="bwd",
+                    help="profile the backward (default) or the forward")
+    ap.add_argument("--per-key", action="store_true", help="a gate per key (fla: chunk_kda), not per head")
     args = ap.parse_args()
     if args.drive:
-        drive(args.drive, args.T)
+        drive(args.drive, args.T, args.pass_, not args.per_key)
     elif args.profile:
-        profile(args.profile, args.T, args.launch_count)
+        profile(args.profile, args.T, args.launch_count, args.pass_, not args.per_key)
         print(markdown(summarize(args.profile, write=False)))
     else:
         print(markdown(summarize(args.summarize)))

@@ -2,6 +2,8 @@
 
     python benchmarks/probes/delta_fwd_profile.py --out DIR [--fla] [--budget S] [--warps ..] [--stages ..] [--split]
         -> DIR/delta_fwd_profile.json
+    python benchmarks/probes/delta_fwd_profile.py --out DIR --configs [--per-head | --per-key]
+        -> DIR/delta_fwd_configs.json
 
 The benchmark's shape (B=1, H=16, dk=dv=128, bf16). On one piece of ``delta_operands.PIECE`` tokens, each gate
 kind: the prep under several (chunk, key block, warps), the scan under several (chunk, value block, warps,
@@ -9,6 +11,11 @@ stages, split o), each output compared with the first config's; a synthetic one-
 the scan's critical path would be with the two dots of the recurrence folded into one state map per chunk); then
 the whole forward at T=65,536 under the fastest scan configs, and with ``--fla`` torch.profiler's CUDA time per
 kernel of fla's forward. Stops starting new measurements after ``--budget`` seconds.
+
+``--configs`` instead: the whole forward at T=65,536 under each candidate (``PENDING_CONFIGS``) and the configs the
+op picks among (``DELTA_CONFIGS``) of a candidate's chunk and prep kind (``--every``: all of them), those
+``timed_for`` the gates, each output compared with the first config's, and fla's forward on the same inputs in the
+same process.
 """
 
 from __future__ import annotations
@@ -44,15 +51,71 @@ def _chain_kernel(P, Q, states, NC, DK: tl.constexpr, DV: tl.constexpr, BV: tl.c
         S = tl.dot(p, S.to(p.dtype)) + qq
 
 
+def forward_configs(T: int, per_head: bool, every: bool) -> list[dict]:
+    """The whole forward under each candidate and, before them, each config the op picks among (with ``every``;
+    else only those of a candidate's chunk and prep kind, the baselines), ms (triton do_bench, median), o and the
+    final state compared with the first config's; then fla's forward (``"fla"``), where installed."""
+    from triton.testing import do_bench
+
+    from delta_kernels import runners
+
+    from seqedge.kernels import delta_scan_triton as fwd_mod
+
+    q, k, v, g, beta = inputs(T, per_head)
+    gk = g.unsqueeze(-1) if per_head else g
+    pending = [c for c in fwd_mod.PENDING_CONFIGS if c.timed_for(per_head)]
+    shipped = [c for c in fwd_mod.DELTA_CONFIGS if c.timed_for(per_head) and (every or any(
+        c.chunk == p.chunk and c.register_prep == p.register_prep for p in pending))]
+    configs = shipped + pending
+    rows, ref = [], None
+    for cfg in configs:
+        run = lambda: fwd_mod.delta_scan_fwd(q, k, v, gk, beta, None, D ** -0.5, cfg)   # noqa: E731
+        try:
+            got = run()
+            ref = ref or got
+            row = {"config": repr(cfg), "pending": cfg in pending,
+                   "ms": do_bench(run, warmup=10, rep=50, return_mode="median"),
+                   "err_o_final_vs_first": [rel(got[0], ref[0]), rel(got[1], ref[1])]}
+        except Exception as e:  # noqa: BLE001  a probe: record what failed and go on
+            row = {"config": repr(cfg), "pending": cfg in pending, "error": repr(e)[:200]}
+        print(row, flush=True)
+        rows.append(row)
+    peer = runners(per_head).get("fla")
+    if peer is not None:
+        with torch.no_grad():
+            row = {"config": "fla", "ms": do_bench(lambda: peer(q, k, v, g, beta), warmup=10, rep=50,
+                                                   return_mode="median"),
+                   "err_o_vs_first": rel(peer(q, k, v, g, beta), ref[0]) if ref else None}
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
+    ap.add_argument("--configs", action="store_true",
+                    help="only the whole forward under each config and candidate, beside fla's")
+    ap.add_argument("--every", action="store_true",
+                    help="with --configs: every config the op picks among, not only a candidate's baselines")
+    gates = ap.add_mutually_exclusive_group()
+    gates.add_argument("--per-head", action="store_true", help="with --configs: per-head gates only")
+    gates.add_argument("--per-key", action="store_true", help="with --configs: per-key gates only")
     ap.add_argument("--fla", action="store_true")
     ap.add_argument("--budget", type=float, default=400.0)
     ap.add_argument("--warps", type=int, nargs="+", default=[4], help="scan warps to sweep")
     ap.add_argument("--stages", type=int, nargs="+", default=[3, 4, 2], help="scan load stages to sweep")
     ap.add_argument("--split", action="store_true", help="also sweep o formed after the scan (split_o)")
     args = ap.parse_args()
+    if args.configs:
+        from delta_kernels import environment
+        res = {**environment(sys.argv), "T": 65536}
+        for per_head in (True,) if args.per_head else (False,) if args.per_key else (False, True):
+            key = "forward_configs_per_head" if per_head else "forward_configs_per_key"
+            res[key] = forward_configs(res["T"], per_head, args.every)
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "delta_fwd_configs.json").write_text(json.dumps(res, indent=1) + "\n")
+        return
     from triton.testing import do_bench
 
     from seqedge.kernels import delta_operands
