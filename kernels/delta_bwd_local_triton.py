@@ -83,45 +83,17 @@ def _sc(ptr, rows, BD: tl.constexpr):
 
 
 @triton.jit
-def _value_tiles(do, u, du, states, dstates, v_base, idx, rows, cols, rv, T, H, DK: tl.constexpr, DV: tl.constexpr):
-    """One block of value columns ``rv``: do, u, du ``[C, BV]`` and the state and its gradient ``[BD, BV]``, in their
-    own dtypes."""
-    b_do = _raw_tile(do, v_base, rows, rv, H * DV, T)
-    b_u = _raw_tile(u, v_base, rows, rv, H * DV, T)
-    b_du = _raw_tile(du, v_base, rows, rv, H * DV, T)
-    s_off = idx * DK * DV + cols[:, None] * DV + rv[None, :]
-    return b_do, b_u, b_du, tl.load(states + s_off), tl.load(dstates + s_off)
-
-
-@triton.jit
-def _value_block(b_do, b_u, b_du, s_blk, ds_blk, b_tm, d_a, d_m, d_qt, d_kt, d_us, s_ds, dv, vo_base, rows, rv,
-                 rmask, i_k, H, DV: tl.constexpr, PREC: tl.constexpr):
-    """One value block's share of :func:`_value_products`' sums (its dv written by the first key block's program)."""
-    d_a += _dot(b_do, tl.trans(b_u), PREC)
-    b_dv = _dot(tl.trans(b_tm), b_du, PREC)                                             # [C, BV]
-    if i_k == 0:
-        tl.store(dv + vo_base + rows[:, None].to(tl.int64) * (H * DV) + rv[None, :], b_dv.to(dv.dtype.element_ty),
-                 mask=rmask)
-    d_m -= _dot(b_dv.to(b_tm.dtype), tl.trans(b_u), PREC)
-    d_qt += _dot(b_do, tl.trans(s_blk), PREC)
-    d_kt += _dot(b_u, tl.trans(ds_blk), PREC)
-    d_us += _dot(b_du, tl.trans(s_blk), PREC)
-    s_ds += tl.sum(s_blk.to(tl.float32) * ds_blk.to(tl.float32), axis=1)
-    return d_a, d_m, d_qt, d_kt, d_us, s_ds
-
-
-@triton.jit
 def _value_products(do, u, du, states, dstates, inv, dv, v_base, vo_base, idx, t0, d0, i_k, T, H,
                     DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-                    PREC: tl.constexpr, LOW: tl.constexpr, PREFETCH: tl.constexpr):
+                    PREC: tl.constexpr, LOW: tl.constexpr):
     """The products over the values for one chunk and key block: dA (lower triangle) and dM (strictly lower)
     ``[C, C]``, ``do S^T``, ``u dS'^T``, ``du S^T`` ``[C, BD]``, ``rowsum(S * dS')`` ``[BD]``, all float32, and
     Tm (float32, or with ``LOW`` the workspace's dtype, as dv's and dM's dots then take it); dv (the output)
-    written by the first key block's program. ``PREFETCH``: each value block's tiles are loaded while the block
-    before is in its dots."""
+    written by the first key block's program."""
     rc = tl.arange(0, C)
     rows = t0 + rc
     cols = d0 + tl.arange(0, BD)
+    rmask = (rows < T)[:, None]
     b_tm = tl.load(inv + idx * C * C + rc[:, None] * C + rc[None, :]).to(                # [C, C] Tm
         du.dtype.element_ty if LOW else tl.float32)
     # the products over the values, a block of BV value columns at a time (bounds the dots' operand registers)
@@ -131,27 +103,24 @@ def _value_products(do, u, du, states, dstates, inv, dv, v_base, vo_base, idx, t
     d_kt = tl.zeros([C, BD], dtype=tl.float32)                       # u dS'^T
     d_us = tl.zeros([C, BD], dtype=tl.float32)                       # du S^T
     s_ds = tl.zeros([BD], dtype=tl.float32)                          # rowsum(S * dS')
-    rmask = (rows < T)[:, None]
-    if PREFETCH:
-        # each value block's tiles loaded while the block before is in its dots (Triton's pipeliner does not take
-        # this loop: num_stages compiles to the same code), at the price of a second block's tiles in registers
-        nxt = _value_tiles(do, u, du, states, dstates, v_base, idx, rows, cols, tl.arange(0, BV), T, H, DK, DV)
-        for j in tl.static_range(DV // BV):
-            b_do, b_u, b_du, s_blk, ds_blk = nxt
-            if j + 1 < DV // BV:
-                nxt = _value_tiles(do, u, du, states, dstates, v_base, idx, rows, cols,
-                                   (j + 1) * BV + tl.arange(0, BV), T, H, DK, DV)
-            d_a, d_m, d_qt, d_kt, d_us, s_ds = _value_block(b_do, b_u, b_du, s_blk, ds_blk, b_tm, d_a, d_m, d_qt,
-                                                            d_kt, d_us, s_ds, dv, vo_base, rows,
-                                                            j * BV + tl.arange(0, BV), rmask, i_k, H, DV, PREC)
-    else:
-        for v0 in tl.range(0, DV, BV, num_stages=1):
-            rv = v0 + tl.arange(0, BV)
-            b_do, b_u, b_du, s_blk, ds_blk = _value_tiles(do, u, du, states, dstates, v_base, idx, rows, cols, rv,
-                                                          T, H, DK, DV)
-            d_a, d_m, d_qt, d_kt, d_us, s_ds = _value_block(b_do, b_u, b_du, s_blk, ds_blk, b_tm, d_a, d_m, d_qt,
-                                                            d_kt, d_us, s_ds, dv, vo_base, rows, rv, rmask, i_k, H,
-                                                            DV, PREC)
+    for v0 in tl.range(0, DV, BV, num_stages=1):
+        rv = v0 + tl.arange(0, BV)
+        b_do = _raw_tile(do, v_base, rows, rv, H * DV, T)                               # [C, BV]
+        b_u = _raw_tile(u, v_base, rows, rv, H * DV, T)
+        b_du = _raw_tile(du, v_base, rows, rv, H * DV, T)
+        s_off = idx * DK * DV + cols[:, None] * DV + rv[None, :]                        # a [BD, BV] state block
+        s_blk = tl.load(states + s_off)
+        ds_blk = tl.load(dstates + s_off)
+        d_a += _dot(b_do, tl.trans(b_u), PREC)
+        b_dv = _dot(tl.trans(b_tm), b_du, PREC)                                         # [C, BV]
+        if i_k == 0:
+            tl.store(dv + vo_base + rows[:, None].to(tl.int64) * (H * DV) + rv[None, :],
+                     b_dv.to(dv.dtype.element_ty), mask=rmask)
+        d_m -= _dot(b_dv.to(b_tm.dtype), tl.trans(b_u), PREC)
+        d_qt += _dot(b_do, tl.trans(s_blk), PREC)
+        d_kt += _dot(b_u, tl.trans(ds_blk), PREC)
+        d_us += _dot(b_du, tl.trans(s_blk), PREC)
+        s_ds += tl.sum(s_blk.to(tl.float32) * ds_blk.to(tl.float32), axis=1)
     d_a = tl.where(rc[:, None] >= rc[None, :], d_a, 0.0)
     d_m = tl.where(rc[:, None] > rc[None, :], d_m, 0.0)
     return d_a, d_m, d_qt, d_kt, d_us, s_ds, b_tm
@@ -171,7 +140,7 @@ def _direct_phase(q, k, g, beta, do, u, du, states, dstates, inv, dv, sc_b, sc_d
     rmask = (rows < T)[:, None]
     d_a, d_m, d_qt, d_kt, d_us, s_ds, b_tm = _value_products(do, u, du, states, dstates, inv, dv, v_base, vo_base,
                                                              idx, t0, d0, i_k, T, H, DK, DV, C, BD, BV, PREC,
-                                                             False, False)
+                                                             False)
     tl.store(sc_g + rc[:, None] * C + rc[None, :], d_a)
     tl.store(sc_g + C * C + rc[:, None] * C + rc[None, :], d_m)
     b_b = tl.cumsum(tl.load(g + k_base + rows[:, None].to(tl.int64) * (H * DK) + cols[None, :],   # g as k
@@ -256,8 +225,7 @@ def _decayed_phase(q, k, beta, dq_out, sc_b, sc_dkb, sc_db, sc_dq, sc_dk, sc_g, 
 def _per_head_in_registers(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, part, k_base, v_base,
                            ko_base, vo_base, be_base, idx, t0, d0, i_k, T, H, scale, bth,
                            DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
-                           BV: tl.constexpr, NKB: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr,
-                           PREFETCH: tl.constexpr):
+                           BV: tl.constexpr, NKB: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
     """One gate per head, the whole chunk-local backward of this chunk and key block in registers: the direct
     terms, then the decayed products' gradients as whole-chunk products (the decay between rows t >= s is the
     scalar ``exp(b_t - b_s)``, so with ``GA = dA * decay`` and ``GM = dM * decay``, ``dX = G Y`` and
@@ -270,7 +238,7 @@ def _per_head_in_registers(q, k, g, beta, do, u, du, states, dstates, inv, dq, d
     rmask = (rows < T)[:, None]
     d_a, d_m, d_qt, d_kt, d_us, s_ds, b_tm = _value_products(do, u, du, states, dstates, inv, dv, v_base, vo_base,
                                                              idx, t0, d0, i_k, T, H, DK, DV, C, BD, BV, PREC,
-                                                             LOW, PREFETCH)
+                                                             LOW)
     b = tl.cumsum(tl.load(g + be_base + rows.to(tl.int64) * H, mask=rows < T, other=0.0).to(tl.float32),
                   axis=0)                                                            # g laid out as beta
     b_last = tl.sum(tl.where(rc == C - 1, b, 0.0), axis=0)                              # b_C
@@ -350,7 +318,7 @@ def _through_scratch(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv,
 def _delta_local_grad_kernel(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg, part, scratch,
                              T, T_OUT, H, NC, scale, DK: tl.constexpr, DV: tl.constexpr, GK: tl.constexpr,
                              C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
-                             LOW: tl.constexpr, PREFETCH: tl.constexpr):
+                             LOW: tl.constexpr):
     """One chunk's dq, dk, dg (a gate per key) on one key block, and dv, in their buffers' dtypes, into gradients
     of the whole sequence (``T_OUT`` rows per batch, the piece's first row at the pointers); dbeta's and (a gate
     per head) dg's partial sums over this key block into ``part [1 or 2, DK / BD, B, T, H]`` float32. A gate per
@@ -374,7 +342,7 @@ def _delta_local_grad_kernel(q, k, g, beta, do, u, du, states, dstates, inv, dq,
     if GK == 1:
         _per_head_in_registers(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, part, k_base, v_base,
                                ko_base, vo_base, be_base, idx, t0, d0, i_k, T, H, scale, bth, DK, DV, C,
-                               BD, BV, NKB, PREC, LOW, PREFETCH)
+                               BD, BV, NKB, PREC, LOW)
     else:
         _through_scratch(q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg, part, scratch, k_base,
                          v_base, ko_base, vo_base, be_base, idx, t0, d0, i_k, T, H, scale, bth, DK, DV, C, BD, BV,
@@ -383,7 +351,7 @@ def _delta_local_grad_kernel(q, k, g, beta, do, u, du, states, dstates, inv, dq,
 
 def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, scale: float, chunk: int, block_k: int,
                 block_v: int, num_warps: int, precision: str, out: tuple[torch.Tensor, ...],
-                low_dots: bool = False, prefetch: bool = False) -> None:
+                low_dots: bool = False) -> None:
     """Launch :func:`_delta_local_grad_kernel` over one piece: writes (dq, dk, dv, dg, dbeta) into ``out``, views
     of the whole sequence's gradients shaped as (q, k, v, g, beta) of the piece (``grad[:, t0:t0 + T]``), in any
     dtype.
@@ -393,9 +361,7 @@ def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, scale: float,
     ``[B*H, NC, dk, dv]`` (these four float32 or the inputs' dtype); inv ``[B*H, NC, C, C]`` float32 (the prep's
     inverse). One program per chunk, batch*head and block of ``block_k`` key columns (a divisor of dk), its
     products over the values ``block_v`` columns at a time. ``low_dots`` (a gate per head only): the dots of
-    operands formed in the kernel take them in the workspace's dtype (:func:`_per_head_in_registers`);
-    ``prefetch`` (a gate per head only): each value block's tiles are loaded while the block before is in its dots
-    (:func:`_value_products`).
+    operands formed in the kernel take them in the workspace's dtype (:func:`_per_head_in_registers`).
     """
     B, T, H, DK = q.shape
     DV = v.shape[-1]
@@ -415,8 +381,7 @@ def local_grads(q, k, v, g, beta, do, u, du, states, dstates, inv, scale: float,
     _delta_local_grad_kernel[(nc, B * H, nkb)](q, k, g, beta, do, u, du, states, dstates, inv, dq, dk, dv, dg,
                                                part, scratch, T, t_out, H, nc, scale, DK=DK, DV=DV,
                                                GK=g.shape[-1], C=chunk, BD=bd, BV=min(block_v, DV),
-                                               PREC=precision, LOW=low_dots and per_head,
-                                               PREFETCH=prefetch and per_head, num_warps=num_warps)
+                                               PREC=precision, LOW=low_dots and per_head, num_warps=num_warps)
     dbeta.copy_(part[0].sum(0))
     if per_head:
         dg.copy_(part[1].sum(0).unsqueeze(-1))

@@ -51,15 +51,13 @@ LOCAL_BLOCK_V = 64
 class BwdLaunch:
     """One way to run the backward: the prep's and scans' config, the chunk-local kernel's key block, value block
     and warps, and (a gate per head) whether its dots take operands formed in the kernel in the workspace's dtype
-    (``local_low_dots``) and whether it loads each value block's tiles during the block before's dots
-    (``local_prefetch``; :func:`~seqedge.kernels.delta_bwd_local_triton.local_grads`)."""
+    (``local_low_dots``, :func:`~seqedge.kernels.delta_bwd_local_triton.local_grads`)."""
 
     config: DeltaConfig = BWD_CONFIG
     local_block_k: int = LOCAL_BLOCK_K
     local_warps: int = LOCAL_WARPS
     local_block_v: int = LOCAL_BLOCK_V
     local_low_dots: bool = False
-    local_prefetch: bool = False
 
 
 # With a gate per head the chunk-local kernel keeps a chunk's terms in registers (no scratch), and there a chunk of
@@ -74,12 +72,7 @@ BWD_LAUNCHES = {False: (BwdLaunch(),),
                        BwdLaunch(local_block_k=128, local_warps=8))}
 # Candidates: checked by the GPU tests like BWD_LAUNCHES, timed by benchmarks/probes/delta_bwd_profile.py
 # --configs, never picked; one joins BWD_LAUNCHES once a card has run the GPU tests with it and timed it.
-# Per head, after Nsight Compute found the chunk-local kernel waiting on its value tiles' loads
-# (benchmarks/results/delta_bwd_ncu.md): the next value block's tiles loaded during the dots (twice the spills), and
-# value block 32 (less than half the spills, more and smaller loads).
-PENDING_BWD_LAUNCHES: dict[bool, tuple[BwdLaunch, ...]] = {
-    False: (), True: (BwdLaunch(_C64, local_warps=8, local_low_dots=True, local_prefetch=True),
-                      BwdLaunch(_C64, local_warps=8, local_block_v=32, local_low_dots=True))}
+PENDING_BWD_LAUNCHES: dict[bool, tuple[BwdLaunch, ...]] = {False: (), True: ()}
 _PICKED_BWD: dict = {}
 
 
@@ -178,7 +171,7 @@ def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, la
                 t.record_stream(main)                # made on the scans' stream, read on this one
         local_grads(*xs, *piece_ops, scale, config.chunk, launch.local_block_k, launch.local_block_v,
                     launch.local_warps, dot_precision(q.dtype), out=[x[:, sl] for x in outs],
-                    low_dots=launch.local_low_dots, prefetch=launch.local_prefetch)
+                    low_dots=launch.local_low_dots)
         if scans is not None:
             done.append(torch.cuda.Event())
             done[-1].record(main)

@@ -72,12 +72,12 @@ def check_scan(cfg, gk: int, T: int, B: int, piece: int | None = None) -> None:
 
 
 def check_bwd(cfg, gk: int, T: int, piece: int, dk: int = 16, saved: bool = False, B: int = 1,
-              blocks: int | None = None, low: bool = False, prefetch: bool = False) -> None:
+              blocks: int | None = None, low: bool = False) -> None:
     """Every gradient against float64 autograd of the chunked form, from output and final-state cotangents; with
     ``saved`` from the forward's piece-entering states (else the backward re-scans them); ``blocks``: the
     chunk-local kernel's key and value block (several key blocks: dbeta and a per-head dg summed over them);
     ``low``: its dots of operands formed in the kernel in the inputs' dtype (float32 here: the same values, the
-    code path checked); ``prefetch``: its value tiles loaded a block ahead."""
+    code path checked)."""
     H, dv = 2, 32
     q, k, v, g, beta, s0 = inputs(B, T, H, dk, dv, min(gk, dk), 7 + T)
     gen = torch.Generator().manual_seed(T)
@@ -90,11 +90,11 @@ def check_bwd(cfg, gk: int, T: int, piece: int, dk: int = 16, saved: bool = Fals
         entering = torch.full(((T - 1) // piece, B, H, dk, dv), float("nan"))
         fwd.delta_scan_fwd(q, k, v, g, beta, s0, dk ** -0.5, cfg, piece=piece, entering=entering)
     local = {"local_block_k": blocks, "local_block_v": blocks} if blocks else {}
-    launch = bwd_mod.BwdLaunch(cfg, **local, local_low_dots=low, local_prefetch=prefetch)
+    launch = bwd_mod.BwdLaunch(cfg, **local, local_low_dots=low)
     got = delta_scan_bwd(q, k, v, g, beta, s0, do, dfinal, dk ** -0.5, launch, piece=piece, entering=entering)
     for name, x, ref in zip(("dq", "dk", "dv", "dg", "dbeta", "ds0"), got, want):
         tag = (f"bwd C={cfg.chunk} gk={gk} dk={dk} B={B} T={T} piece={piece} saved={saved} blocks={blocks} "
-               f"low={low} prefetch={prefetch} {name}")
+               f"low={low} {name}")
         check(tag, rel(x, ref), TOL_G if name == "dg" else TOL)
 
 
@@ -129,7 +129,6 @@ def main() -> None:
     check_bwd(mid, 32, T=45, piece=32, dk=32, blocks=16, B=2)
     check_bwd(mid, 1, T=45, piece=32, dk=32, blocks=16, B=2, saved=True)   # per head: batches, pieces, saved
     check_bwd(mid, 1, T=45, piece=32, dk=32, blocks=16, B=2, saved=True, low=True)
-    check_bwd(mid, 1, T=45, piece=32, dk=32, blocks=16, B=2, saved=True, low=True, prefetch=True)   # 2 value blocks
     print("ALL OK")
 
 

@@ -36,7 +36,7 @@ def usage(launch, per_head: bool, arch: int) -> dict:
 
     constexprs = dict(DK=128, DV=128, GK=1 if per_head else 128, C=launch.config.chunk,
                       BD=min(launch.local_block_k, 128), BV=min(launch.local_block_v, 128), PREC="tf32",
-                      LOW=launch.local_low_dots and per_head, PREFETCH=launch.local_prefetch and per_head)
+                      LOW=launch.local_low_dots and per_head)
     signature = {name: "constexpr" if name in constexprs else SCALARS.get(name, "*fp32" if name in FP32 else "*bf16")
                  for name in fn.arg_names}
     return ptxas_usage(fn, signature, constexprs, launch.local_warps, arch)
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     for kind, per_head, launch in launches():
         row = dict(launches=kind, gates="per head" if per_head else "per key", chunk=launch.config.chunk,
                    key_block=launch.local_block_k, value_block=launch.local_block_v, num_warps=launch.local_warps,
-                   low_dots=launch.local_low_dots, prefetch=launch.local_prefetch,
+                   low_dots=launch.local_low_dots,
                    **usage(launch, per_head, args.arch))
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -65,7 +65,6 @@ def main(argv=None) -> int:
                  {"launches": lambda r: r["launches"], "gates": lambda r: r["gates"], "chunk": lambda r: r["chunk"],
                   "key block": lambda r: r["key_block"], "value block": lambda r: r["value_block"],
                   "warps": lambda r: r["num_warps"], "bf16 operands formed in the kernel": lambda r: r["low_dots"],
-                  "value tiles loaded a block ahead": lambda r: r["prefetch"],
                   "registers / thread": lambda r: r["registers"], "spill stores B": lambda r: r["spill_stores"],
                   "spill loads B": lambda r: r["spill_loads"]},
                  rows, arch=args.arch, command=command, triton=triton.__version__)
