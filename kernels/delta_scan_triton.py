@@ -90,27 +90,21 @@ class DeltaConfig:
 # block 64 leaves the most multiprocessors to the next piece's prep running beside the scan; key block 64 is the
 # faster prep with one gate per head. With a gate per key the prep is the forward's longest launch; its register
 # form runs on one warp (its forward substitution then reduces 16-wide rows within the warp; four warps made it
-# slower than the scratch prep, two in between).
+# slower than the scratch prep, two in between). The picked configs' preps form w and u0 from operands in the
+# inputs' dtype (``prep_low_dots``), as fla's w/u recompute does: the same forward with float32 operands (TF32
+# dots, twice the operand registers) was 2-3% slower (benchmarks/results/delta_fwd_configs.json).
 DELTA_CONFIGS: tuple[DeltaConfig, ...] = (
     DeltaConfig(chunk=32, block_v=32, num_stages=3),
     DeltaConfig(chunk=64, block_v=16, num_stages=3),
     DeltaConfig(chunk=32, block_v=16, num_stages=3),
-    DeltaConfig(chunk=64, block_v=64, num_stages=3, prep_block_k=64),
+    DeltaConfig(chunk=64, block_v=64, num_stages=3, prep_block_k=64, prep_low_dots=True),
     DeltaConfig(chunk=32, block_v=64, num_stages=3),
-    DeltaConfig(chunk=32, block_v=64, num_stages=3, register_prep=True, prep_warps=1),
+    DeltaConfig(chunk=32, block_v=64, num_stages=3, register_prep=True, prep_warps=1, prep_low_dots=True),
+    DeltaConfig(chunk=32, block_v=16, num_stages=3, register_prep=True, prep_warps=1, prep_low_dots=True),
 )
 # Candidates: checked by the GPU tests like DELTA_CONFIGS, never picked; one joins DELTA_CONFIGS once the GPU suite
 # has run in full with it and a card has timed it.
-# The prep forms w and u0 as ``(I + M)^-1`` times k exp(b) and v: with float32 operands those dots run at TF32 rate
-# and take twice the operand registers of the score dots beside them; fla's w/u recompute takes its inverse in the
-# inputs' dtype. The two picked configs with that, and the per-key register prep at value blocks 32 and 16 (the
-# scan then keeps two or four times the programs busy while the one-warp preps fill the rest of the card).
-PENDING_CONFIGS: tuple[DeltaConfig, ...] = (
-    DeltaConfig(chunk=64, block_v=64, num_stages=3, prep_block_k=64, prep_low_dots=True),
-    DeltaConfig(chunk=32, block_v=64, num_stages=3, register_prep=True, prep_warps=1, prep_low_dots=True),
-    DeltaConfig(chunk=32, block_v=32, num_stages=3, register_prep=True, prep_warps=1),
-    DeltaConfig(chunk=32, block_v=16, num_stages=3, register_prep=True, prep_warps=1, prep_low_dots=True),
-)
+PENDING_CONFIGS: tuple[DeltaConfig, ...] = ()
 # Configs taken out, with why (docs/excluded-kernel-configs.md, "Delta rule", has the measurements). Kept so that
 # sweeps can still time them and none is re-added without its reason.
 EXCLUDED_CONFIGS: dict[DeltaConfig, str] = {
@@ -135,6 +129,12 @@ EXCLUDED_CONFIGS: dict[DeltaConfig, str] = {
         "scratch prep at chunk 64 on four warps (docs/excluded-kernel-configs.md)",
     DeltaConfig(chunk=64, block_v=16, num_stages=4): "out of resources at launch: the scan's stages need more shared "
                                                      "memory than a Hopper block has (also at block_v 32 and 64)",
+    DeltaConfig(chunk=64, block_v=64, num_stages=3, prep_block_k=64):
+        "w and u0 from float32 operands: slower than from the inputs' dtype (docs/excluded-kernel-configs.md)",
+    DeltaConfig(chunk=32, block_v=64, num_stages=3, register_prep=True, prep_warps=1):
+        "w and u0 from float32 operands: slower than from the inputs' dtype (docs/excluded-kernel-configs.md)",
+    DeltaConfig(chunk=32, block_v=32, num_stages=3, register_prep=True, prep_warps=1):
+        "the register prep at value block 32: slower than at 64 and 16 (docs/excluded-kernel-configs.md)",
 }
 
 @triton.jit

@@ -92,7 +92,7 @@ def test_a_forward_profile_is_summarized_under_its_own_name(probe, tmp_path):
     _source(tmp_path / "ours_source.csv")
     res = probe.summarize(tmp_path)
     assert "ours_prep_kernel_by_opcode" in res and "ours_local_kernel_by_opcode" not in res
-    assert not (tmp_path / "delta_bwd_ncu.md").exists()
-    md = (tmp_path / "delta_fwd_ncu.md").read_text()
+    assert not (tmp_path / "delta_bwd_ncu.md").exists() and not (tmp_path / "delta_fwd_ncu.md").exists()
+    md = (tmp_path / "delta_fwd_ncu_per_key.md").read_text()
     assert md.startswith("# Per key delta forward under Nsight Compute")
     assert "where the prep kernel's warps stall" in md and "`_delta_prep`" in md

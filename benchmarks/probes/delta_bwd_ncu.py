@@ -2,7 +2,8 @@
 
     python benchmarks/probes/delta_bwd_ncu.py --profile DIR [--T 16384] [--pass fwd] [--per-key]   (on a CUDA card
         with ncu on the PATH)
-    python benchmarks/probes/delta_bwd_ncu.py --summarize DIR      (anywhere: DIR/delta_{bwd,fwd}_ncu.{json,md})
+    python benchmarks/probes/delta_bwd_ncu.py --summarize DIR      (anywhere: DIR/delta_{bwd,fwd}_ncu[_per_key].md
+        and .json)
 
 ``--profile`` runs ncu (full section set, clocks left alone) over one backward (``--pass fwd``: one forward) of
 each side, per-head gates unless ``--per-key``, marked with an NVTX range after two warm-up calls, and exports each
@@ -130,6 +131,7 @@ def summarize(out: Path, write: bool = True) -> dict:
     if (out / "meta.json").exists():
         res["meta"] = json.loads((out / "meta.json").read_text())
     pass_ = res.get("meta", {}).get("pass", "bwd")
+    name = f"delta_{pass_}_ncu" + ("_per_key" if res.get("meta", {}).get("gates") == "per key" else "")
     for who in WHO:
         if not (out / f"{who}_details.csv").exists():
             continue
@@ -159,8 +161,8 @@ def summarize(out: Path, write: bool = True) -> dict:
     if (out / "ours_source.csv").exists():
         res[f"ours_{SOURCE_KERNEL[pass_][0]}_kernel_by_opcode"] = stalls_by_opcode(out / "ours_source.csv")
     if write:
-        (out / f"delta_{pass_}_ncu.json").write_text(json.dumps(res, indent=1) + "\n")
-        (out / f"delta_{pass_}_ncu.md").write_text(markdown(res))
+        (out / f"{name}.json").write_text(json.dumps(res, indent=1) + "\n")
+        (out / f"{name}.md").write_text(markdown(res))
     return res
 
 
@@ -204,7 +206,7 @@ def markdown(res: dict) -> str:
              f"One {what} after two warm-up calls (`benchmarks/probes/delta_bwd_ncu.py`). Times are ncu's "
              "(kernel replayed, caches flushed), so they run longer than in the benchmark; compare the sides, "
              "and the kernels within a side. Stalls: warps stalled per issued instruction, the five largest.", ""]
-    cols = ("duration", "sm_pct", "mem_pct", "dram_pct", "tensor_pct", "issue_pct", "regs", "occ_pct",
+    cols = ("duration", "grid", "block", "sm_pct", "mem_pct", "dram_pct", "tensor_pct", "issue_pct", "regs", "occ_pct",
             "local_ld_sectors", "local_st_sectors")
     for who in WHO:
         kernels = res.get(who)
@@ -219,6 +221,8 @@ def markdown(res: dict) -> str:
                 v = k.get(c, "")
                 if c == "duration" and isinstance(v, float):
                     v = f"{v / 1e3:.1f} us"
+                elif c in ("grid", "block") and isinstance(v, float):
+                    v = str(int(v))
                 elif isinstance(v, float):
                     v = f"{v:.3g}"
                 cells.append(str(v))
