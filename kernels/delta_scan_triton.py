@@ -48,7 +48,8 @@ from .delta_prep_triton import prep as prep_chunks
 @dataclass(frozen=True)
 class DeltaConfig:
     """One launch configuration: chunk length, value block and warps of the scan, warps and key block of the prep,
-    and whether o is formed in the sequential scan (``split_o`` False) or by a parallel launch after it."""
+    and whether o is formed in the sequential scan (``split_o`` False) or by a parallel launch off the scans'
+    chain (beside the next piece's scan)."""
 
     chunk: int
     block_v: int
@@ -104,7 +105,16 @@ DELTA_CONFIGS: tuple[DeltaConfig, ...] = (
 )
 # Candidates: checked by the GPU tests like DELTA_CONFIGS, never picked; one joins DELTA_CONFIGS once the GPU suite
 # has run in full with it and a card has timed it.
-PENDING_CONFIGS: tuple[DeltaConfig, ...] = ()
+# o off the scans' chain: Nsight Compute found the sequential scans with o inside at about 1.8x fla's state pass,
+# which forms o afterwards for all chunks in parallel (benchmarks/results/delta_fwd_ncu.md). The split scan writes
+# the state entering every chunk and u, and o of each piece runs beside the next piece's scan (the split configs
+# excluded above were timed with o after the scan on the scans' stream, still on the chain).
+PENDING_CONFIGS: tuple[DeltaConfig, ...] = (
+    DeltaConfig(chunk=64, block_v=64, num_stages=3, prep_block_k=64, prep_low_dots=True, split_o=True),
+    DeltaConfig(chunk=32, block_v=32, num_stages=3, split_o=True, prep_low_dots=True),
+    DeltaConfig(chunk=32, block_v=64, num_stages=3, register_prep=True, prep_warps=1, prep_low_dots=True,
+                split_o=True),
+)
 # Configs taken out, with why (docs/excluded-kernel-configs.md, "Delta rule", has the measurements). Kept so that
 # sweeps can still time them and none is re-added without its reason.
 EXCLUDED_CONFIGS: dict[DeltaConfig, str] = {
@@ -259,30 +269,52 @@ def prep(q, k, v, g, beta, scale: float, config: DeltaConfig, with_inverse: bool
                 with_inverse, low_dots=config.prep_low_dots)
 
 
-def scan_piece(ops: tuple, o, init, final, config: DeltaConfig, store: tuple | None = None) -> None:
+def split_buffers(ops: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split scan's ``(states, u)`` for one piece's prep ``ops``, in the inputs' dtype: the state entering
+    every chunk ``[B*H, NC, dk, dv]`` and u like u0."""
+    qt, u0, A = ops[0], ops[4], ops[2]
+    B, _, H, DK = qt.shape
+    return torch.empty(B * H, A.shape[1], DK, u0.shape[-1], dtype=qt.dtype, device=qt.device), torch.empty_like(u0)
+
+
+def scan_piece(ops: tuple, o, init, final, config: DeltaConfig, store: tuple | None = None,
+               defer_o: bool = False) -> tuple | None:
     """Launch :func:`_delta_scan_kernel` over one piece's prep ``ops``: writes ``final``, o unless it is None,
     and with ``store`` = (states, u) those (the backward passes float32 buffers). With ``config.split_o`` and an
-    o, the scan writes the states and u in the inputs' dtype and :func:`_delta_out_kernel` forms o."""
+    o, the scan writes the states and u in the inputs' dtype (into ``store`` where given) and
+    :func:`out_piece` forms o, right after it, or with ``defer_o`` not at all: then the caller launches it (the
+    forward does beside the next piece's scan) and gets ``(states, u)``."""
     qt, kt, A, w, u0, decay = ops
     B, T, H, DK = qt.shape
     DV = u0.shape[-1]
     NC = A.shape[1]
     BV = min(config.block_v, DV)
-    prec = dot_precision(qt.dtype)
-    split = o is not None and config.split_o and store is None
-    if split:
-        store = (torch.empty(B * H, NC, DK, DV, dtype=qt.dtype, device=qt.device), torch.empty_like(u0))
+    split = o is not None and config.split_o
+    if split and store is None:
+        store = split_buffers(ops)
     states, u = store if store is not None else (final, final)
     fused_o = o is not None and not split
     _delta_scan_kernel[(B * H, DV // BV)](
         qt, kt, A, w, u0, decay, o if fused_o else final, init if init is not None else final, final,
         states, u, T, H, NC, DK=DK, DV=DV, BV=BV, C=config.chunk, HAS_INIT=init is not None,
-        WRITE_O=fused_o, STORE=store is not None, PREC=prec, num_warps=config.num_warps,
+        WRITE_O=fused_o, STORE=store is not None, PREC=dot_precision(qt.dtype), num_warps=config.num_warps,
         num_stages=config.stages(qt.dtype))
+    if split and defer_o:
+        return store
     if split:
-        bo = min(64, DV)
-        _delta_out_kernel[(NC, B * H, DV // bo)](qt, A, states, u, o, T, H, NC, DK=DK, DV=DV, BV=bo,
-                                                 C=config.chunk, PREC=prec, num_warps=4)
+        out_piece(ops, store, o, config)
+    return None
+
+
+def out_piece(ops: tuple, store: tuple, o, config: DeltaConfig) -> None:
+    """Launch :func:`_delta_out_kernel`: ``o = qt S + A u`` for every chunk of one piece in parallel, from the
+    split scan's ``store`` = (states, u)."""
+    qt, A = ops[0], ops[2]
+    B, T, H, DK = qt.shape
+    DV = o.shape[-1]
+    bo = min(64, DV)
+    _delta_out_kernel[(A.shape[1], B * H, DV // bo)](qt, A, *store, o, T, H, A.shape[1], DK=DK, DV=DV, BV=bo,
+                                                     C=config.chunk, PREC=dot_precision(qt.dtype), num_warps=4)
 
 
 _SIDE: dict[tuple[int, int], torch.cuda.Stream] = {}
@@ -334,7 +366,8 @@ def delta_scan_fwd(q, k, v, g, beta, initial_state, scale: float, config: DeltaC
     With several pieces the scans run on a high-priority side stream (:data:`SCAN_PRIORITY`) and each next
     piece's prep (parallel over chunks) on the caller's stream beside the scan of the piece before; at most
     :data:`PREP_LOOKAHEAD` + 1 pieces' preps are alive. Not while a CUDA graph is captured (one stream then), nor
-    in Triton's interpreter.
+    in Triton's interpreter. With ``config.split_o`` each piece's o is formed on the caller's stream after the
+    next piece's prep, beside the next piece's scan (one stream: in the same order).
     """
     B, T, H, DK = q.shape
     DV = v.shape[-1]
@@ -354,31 +387,66 @@ def delta_scan_fwd(q, k, v, g, beta, initial_state, scale: float, config: DeltaC
     scans = None
     if main is not None and len(starts) > 1 and not torch.cuda.is_current_stream_capturing():
         scans = side_stream(q.device, SCAN_PRIORITY)
+    # split o: each piece's o is launched on the caller's stream after the next piece's prep, so it runs beside
+    # the next scan instead of on the scans' chain; the scans then wait for their prep alone (an event), not for
+    # everything queued on the caller's stream
+    defer = config.split_o and len(starts) > 1
     state, ops, scanned = initial_state, make(0), []
+    ready = _recorded(main) if scans is not None and defer else None
+    store = split_buffers(ops) if defer else None
     for i, t0 in enumerate(starts):
         if scans is not None:
-            scans.wait_stream(main)                  # this piece's prep, the inputs and the outputs' buffers
+            if defer:
+                scans.wait_event(ready)              # this piece's prep; the outputs' buffers came before it
+            else:
+                scans.wait_stream(main)              # this piece's prep, the inputs and the outputs' buffers
+        o_piece = o[:, t0:t0 + piece]
         with on_stream(scans):
             last = i == len(starts) - 1
             dst = final if last else (entering[i] if entering is not None else torch.empty_like(final))
-            o_piece = o[:, t0:t0 + piece]
-            o_buf = o_piece if o_piece.is_contiguous() else torch.empty_like(o_piece)
-            scan_piece(ops, o_buf, state, dst, config)
-            if o_buf is not o_piece:
-                o_piece.copy_(o_buf)
+            if defer:
+                scan_piece(ops, o_piece, state, dst, config, store=store, defer_o=True)
+            else:
+                o_buf = o_piece if o_piece.is_contiguous() else torch.empty_like(o_piece)
+                scan_piece(ops, o_buf, state, dst, config)
+                if o_buf is not o_piece:
+                    o_piece.copy_(o_buf)
         state = dst
         if scans is not None:
-            for t in ops:
+            for t in (*ops, *(store or ())):
                 t.record_stream(scans)               # made on the caller's stream, read on the scans' one
-            scanned.append(torch.cuda.Event())
-            scanned[-1].record(scans)
+            scanned.append(_recorded(scans))
             if i >= PREP_LOOKAHEAD:
                 scanned[i - PREP_LOOKAHEAD].synchronize()   # bounds the preps alive: the host runs ahead
+        done = (ops, store, o_piece) if defer else None
         if i + 1 < len(starts):
             ops = make(starts[i + 1])
+            if defer:
+                ready = _recorded(main) if scans is not None else None
+                store = split_buffers(ops)           # after the event: its memory's earlier users came before it
+        if done is not None:
+            if scans is not None:
+                main.wait_event(scanned[-1])
+            _out_into(*done, config)
     if scans is not None:
         main.wait_stream(scans)
     return o, final
+
+
+def _recorded(stream) -> torch.cuda.Event:
+    """An event recorded on ``stream`` now."""
+    event = torch.cuda.Event()
+    event.record(stream)
+    return event
+
+
+def _out_into(ops: tuple, store: tuple, o_piece: torch.Tensor, config: DeltaConfig) -> None:
+    """:func:`out_piece` into ``o_piece`` (a slice of the whole o: through a contiguous buffer where it is not
+    contiguous), on the current stream."""
+    o_buf = o_piece if o_piece.is_contiguous() else torch.empty_like(o_piece)
+    out_piece(ops, store, o_buf, config)
+    if o_buf is not o_piece:
+        o_piece.copy_(o_buf)
 
 
 _PICKED: dict[tuple, DeltaConfig] = {}

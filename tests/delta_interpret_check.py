@@ -107,6 +107,7 @@ def main() -> None:
     split = fwd.DeltaConfig(chunk=32, block_v=16, prep_block_k=16, split_o=True)
     check_scan(split, 16, T=75, B=2, piece=64)          # o formed after the scan, two batches, a partial piece
     check_scan(split, 1, T=40, B=1)
+    check_scan(split, 1, T=100, B=2, piece=32)         # four pieces: each piece's o formed after the next prep
     for chunk, gk in ((16, 32), (32, 1), (32, 32), (64, 1), (64, 32)):   # the register prep: 1, 2 and 4 blocks
         regs = fwd.DeltaConfig(chunk=chunk, block_v=16, prep_block_k=16, register_prep=True, prep_warps=1)
         check_prep(regs, gk)
