@@ -52,7 +52,7 @@ def _chain_kernel(P, Q, states, NC, DK: tl.constexpr, DV: tl.constexpr, BV: tl.c
 
 
 def forward_configs(T: int, per_head: bool, every: bool) -> list[dict]:
-    """The whole forward under each candidate and, before them, each config the op picks among (with ``every``;
+    """The whole forward under each candidate and, after them, each config the op picks among (with ``every``;
     else only those of a candidate's chunk and prep kind, the baselines), ms (triton do_bench, median), o and the
     final state compared with the first config's; then fla's forward (``"fla"``), where installed."""
     from triton.testing import do_bench
@@ -66,7 +66,7 @@ def forward_configs(T: int, per_head: bool, every: bool) -> list[dict]:
     pending = [c for c in fwd_mod.PENDING_CONFIGS if c.timed_for(per_head)]
     shipped = [c for c in fwd_mod.DELTA_CONFIGS if c.timed_for(per_head) and (every or any(
         c.chunk == p.chunk and c.register_prep == p.register_prep for p in pending))]
-    configs = shipped + pending
+    configs = pending + shipped          # candidates first: a run cut short by its time box still times them
     rows, ref = [], None
     for cfg in configs:
         run = lambda: fwd_mod.delta_scan_fwd(q, k, v, gk, beta, None, D ** -0.5, cfg)   # noqa: E731
