@@ -6,9 +6,9 @@
 # CONFIGS=1 times the whole backward under each launch the op picks among and each pending candidate, per key and
 # per head (benchmarks/probes/delta_bwd_profile.py --configs-only, into OUT/configs_per_{key,head}/), before
 # the benchmark; CONFIGS_GATES="head" (or "key") times one gate kind only.
-# FWD_CONFIGS=1 times the whole forward under each config the op picks among and each pending candidate, beside
+# FWD_CONFIGS=1 times the whole forward under each pending candidate and the configs it would compete with, beside
 # fla's (benchmarks/probes/delta_fwd_profile.py --configs, into OUT/fwd_configs/); FWD_CONFIGS_ARGS="--per-head"
-# (or "--per-key") times one gate kind only.
+# (or "--per-key") times one gate kind only, "--every" every config the op picks among.
 # AB_PREP=FILE times the prep against FILE, a copy of kernels/delta_prep_triton.py from another commit
 # (benchmarks/probes/delta_prep_ab.py, AB_PREP_ARGS passed on, into OUT/delta_prep_ab.json).
 # NCU=1 profiles the per-head backward, ours and fla's, under Nsight Compute (benchmarks/probes/delta_bwd_ncu.py:
