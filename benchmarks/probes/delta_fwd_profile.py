@@ -51,10 +51,21 @@ def _chain_kernel(P, Q, states, NC, DK: tl.constexpr, DV: tl.constexpr, BV: tl.c
         S = tl.dot(p, S.to(p.dtype)) + qq
 
 
+def _peak_gb(run) -> float:
+    """The most memory one call of ``run`` allocates above what is allocated before it, GB."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    run()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 1e9
+
+
 def forward_configs(T: int, per_head: bool, every: bool) -> list[dict]:
     """The whole forward under each candidate and, after them, each config the op picks among (with ``every``;
-    else only those of a candidate's chunk and prep kind, the baselines), ms (triton do_bench, median), o and the
-    final state compared with the first config's; then fla's forward (``"fla"``), where installed."""
+    else only those of a candidate's chunk and prep kind, the baselines), ms (triton do_bench, median), peak memory
+    above the inputs, o and the final state compared with the first config's; then fla's forward (``"fla"``),
+    where installed."""
     from triton.testing import do_bench
 
     from delta_kernels import runners
@@ -75,7 +86,7 @@ def forward_configs(T: int, per_head: bool, every: bool) -> list[dict]:
             ref = ref or got
             row = {"config": repr(cfg), "pending": cfg in pending,
                    "ms": do_bench(run, warmup=10, rep=50, return_mode="median"),
-                   "err_o_final_vs_first": [rel(got[0], ref[0]), rel(got[1], ref[1])]}
+                   "err_o_final_vs_first": [rel(got[0], ref[0]), rel(got[1], ref[1])], "peak_gb": _peak_gb(run)}
         except Exception as e:  # noqa: BLE001  a probe: record what failed and go on
             row = {"config": repr(cfg), "pending": cfg in pending, "error": repr(e)[:200]}
         print(row, flush=True)
