@@ -114,6 +114,9 @@ PENDING_CONFIGS: tuple[DeltaConfig, ...] = (
     DeltaConfig(chunk=32, block_v=32, num_stages=3, split_o=True, prep_low_dots=True),
     DeltaConfig(chunk=32, block_v=64, num_stages=3, register_prep=True, prep_warps=1, prep_low_dots=True,
                 split_o=True),
+    # the chunk-64 prep on eight warps: 12 bytes of spills a thread against 588 on four (compiled offline, one gate
+    # per head, key block 64), at one program per multiprocessor
+    DeltaConfig(chunk=64, block_v=64, num_stages=3, prep_block_k=64, prep_warps=8, prep_low_dots=True),
 )
 # Configs taken out, with why (docs/excluded-kernel-configs.md, "Delta rule", has the measurements). Kept so that
 # sweeps can still time them and none is re-added without its reason.
