@@ -27,6 +27,7 @@ from .delta_scan_triton import (
     dstate_piece,
     on_stream,
     prep,
+    recorded,
     scan_piece,
     shape_key,
     side_stream,
@@ -96,8 +97,7 @@ def _entering_states(q, k, v, g, beta, initial_state, starts: list[int], piece: 
         if scans is not None:
             for t in ops:
                 t.record_stream(scans)               # made on the caller's stream, read on the scans' one
-            scanned.append(torch.cuda.Event())
-            scanned[-1].record(scans)
+            scanned.append(recorded(scans))
             if i >= 1:
                 scanned[i - 1].synchronize()         # two preps alive at most
         if i + 2 < len(starts):                      # the leaving state of the next piece is needed too
@@ -173,8 +173,7 @@ def delta_scan_bwd(q, k, v, g, beta, initial_state, do, dfinal, scale: float, la
                     launch.local_warps, dot_precision(q.dtype), out=[x[:, sl] for x in outs],
                     low_dots=launch.local_low_dots)
         if scans is not None:
-            done.append(torch.cuda.Event())
-            done[-1].record(main)
+            done.append(recorded(main))
     if scans is not None:
         d_state.record_stream(main)
     return (*outs, d_state)

@@ -395,7 +395,7 @@ def delta_scan_fwd(q, k, v, g, beta, initial_state, scale: float, config: DeltaC
     # everything queued on the caller's stream
     defer = config.split_o and len(starts) > 1
     state, ops, scanned = initial_state, make(0), []
-    ready = _recorded(main) if scans is not None and defer else None
+    ready = recorded(main) if scans is not None and defer else None
     store = split_buffers(ops) if defer else None
     for i, t0 in enumerate(starts):
         if scans is not None:
@@ -410,46 +410,44 @@ def delta_scan_fwd(q, k, v, g, beta, initial_state, scale: float, config: DeltaC
             if defer:
                 scan_piece(ops, o_piece, state, dst, config, store=store, defer_o=True)
             else:
-                o_buf = o_piece if o_piece.is_contiguous() else torch.empty_like(o_piece)
-                scan_piece(ops, o_buf, state, dst, config)
-                if o_buf is not o_piece:
-                    o_piece.copy_(o_buf)
+                _write_into(o_piece, lambda buf: scan_piece(ops, buf, state, dst, config))
         state = dst
         if scans is not None:
             for t in (*ops, *(store or ())):
                 t.record_stream(scans)               # made on the caller's stream, read on the scans' one
-            scanned.append(_recorded(scans))
+            scanned.append(recorded(scans))
             if i >= PREP_LOOKAHEAD:
                 scanned[i - PREP_LOOKAHEAD].synchronize()   # bounds the preps alive: the host runs ahead
         done = (ops, store, o_piece) if defer else None
         if i + 1 < len(starts):
             ops = make(starts[i + 1])
             if defer:
-                ready = _recorded(main) if scans is not None else None
+                ready = recorded(main) if scans is not None else None
                 store = split_buffers(ops)           # after the event: its memory's earlier users came before it
         if done is not None:
             if scans is not None:
                 main.wait_event(scanned[-1])
-            _out_into(*done, config)
+            done_ops, done_store, done_o = done
+            _write_into(done_o, lambda buf: out_piece(done_ops, done_store, buf, config))
     if scans is not None:
         main.wait_stream(scans)
     return o, final
 
 
-def _recorded(stream) -> torch.cuda.Event:
-    """An event recorded on ``stream`` now."""
+def recorded(stream) -> torch.cuda.Event:
+    """An event recorded on ``stream`` now (the forward's and backward's scans and launches beside them)."""
     event = torch.cuda.Event()
     event.record(stream)
     return event
 
 
-def _out_into(ops: tuple, store: tuple, o_piece: torch.Tensor, config: DeltaConfig) -> None:
-    """:func:`out_piece` into ``o_piece`` (a slice of the whole o: through a contiguous buffer where it is not
-    contiguous), on the current stream."""
-    o_buf = o_piece if o_piece.is_contiguous() else torch.empty_like(o_piece)
-    out_piece(ops, store, o_buf, config)
-    if o_buf is not o_piece:
-        o_piece.copy_(o_buf)
+def _write_into(o_piece: torch.Tensor, write) -> None:
+    """``write(buf)`` with ``buf`` ``o_piece`` itself where it is contiguous, else a contiguous buffer copied into
+    it after (a piece of o of several batch rows is a strided slice of the whole)."""
+    buf = o_piece if o_piece.is_contiguous() else torch.empty_like(o_piece)
+    write(buf)
+    if buf is not o_piece:
+        o_piece.copy_(buf)
 
 
 _PICKED: dict[tuple, DeltaConfig] = {}
