@@ -51,16 +51,6 @@ def _chain_kernel(P, Q, states, NC, DK: tl.constexpr, DV: tl.constexpr, BV: tl.c
         S = tl.dot(p, S.to(p.dtype)) + qq
 
 
-def _peak_gb(run) -> float:
-    """The most memory one call of ``run`` allocates above what is allocated before it, GB."""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    run()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 1e9
-
-
 def forward_configs(T: int, per_head: bool, every: bool) -> list[dict]:
     """The whole forward under each candidate and, after them, each config the op picks among (with ``every``;
     else only those of a candidate's chunk and prep kind, the baselines), ms (triton do_bench, median), peak memory
@@ -68,7 +58,7 @@ def forward_configs(T: int, per_head: bool, every: bool) -> list[dict]:
     where installed."""
     from triton.testing import do_bench
 
-    from delta_kernels import runners
+    from delta_kernels import peak_gb, runners
 
     from seqedge.kernels import delta_scan_triton as fwd_mod
 
@@ -86,7 +76,9 @@ def forward_configs(T: int, per_head: bool, every: bool) -> list[dict]:
             ref = ref or got
             row = {"config": repr(cfg), "pending": cfg in pending,
                    "ms": do_bench(run, warmup=10, rep=50, return_mode="median"),
-                   "err_o_final_vs_first": [rel(got[0], ref[0]), rel(got[1], ref[1])], "peak_gb": _peak_gb(run)}
+                   "err_o_final_vs_first": [rel(got[0], ref[0]), rel(got[1], ref[1])],
+                   "peak_gb": peak_gb(lambda *xs: fwd_mod.delta_scan_fwd(*xs, None, D ** -0.5, cfg),
+                                      (q, k, v, gk, beta), backward=False)}
         except Exception as e:  # noqa: BLE001  a probe: record what failed and go on
             row = {"config": repr(cfg), "pending": cfg in pending, "error": repr(e)[:200]}
         print(row, flush=True)
